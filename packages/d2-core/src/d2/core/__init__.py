@@ -1,0 +1,86 @@
+"""d2-core: a fast, default-deny authorization guard for the functions an LLM agent
+(or any app) can call.
+
+Guard a function with :func:`d2_guard`, set the user per request with
+:func:`set_user`, and configure once at startup with :func:`configure_rbac_sync` (or
+``await configure_rbac_async()``). Anything the policy does not allow is denied.
+"""
+
+from ._version import __version__
+from .context import (
+    UserContext,
+    clear_context,
+    clear_context_async,
+    clear_user_context,
+    get_user_context,
+    run_in_thread,
+    set_user,
+    set_user_context,
+    submit_with_context,
+    warn_if_context_set,
+)
+from .errors import (
+    BundleExpiredError,
+    ConfigurationError,
+    D2Error,
+    D2PlanLimitError,
+    InvalidPolicyError,
+    InvalidSignatureError,
+    MissingPolicyError,
+    PermissionDeniedError,
+    PolicyTooLargeError,
+    TooManyToolsError,
+)
+from .evaluate import TraceStep
+from .guard import d2, d2_guard
+from .limits import Limits
+from .local import InMemorySource, LocalFileSource, PolicySource
+from .manager import (
+    PolicyManager,
+    allowed_tools,
+    configure_rbac_async,
+    configure_rbac_sync,
+    get_policy_manager,
+    is_allowed,
+    shutdown_all_rbac,
+    shutdown_rbac,
+)
+
+__all__ = [
+    "BundleExpiredError",
+    "ConfigurationError",
+    "D2Error",
+    "D2PlanLimitError",
+    "InMemorySource",
+    "InvalidPolicyError",
+    "InvalidSignatureError",
+    "Limits",
+    "LocalFileSource",
+    "MissingPolicyError",
+    "PermissionDeniedError",
+    "PolicyManager",
+    "PolicySource",
+    "PolicyTooLargeError",
+    "TooManyToolsError",
+    "TraceStep",
+    "UserContext",
+    "__version__",
+    "allowed_tools",
+    "clear_context",
+    "clear_context_async",
+    "clear_user_context",
+    "configure_rbac_async",
+    "configure_rbac_sync",
+    "d2",
+    "d2_guard",
+    "get_policy_manager",
+    "get_user_context",
+    "is_allowed",
+    "run_in_thread",
+    "set_user",
+    "set_user_context",
+    "shutdown_all_rbac",
+    "shutdown_rbac",
+    "submit_with_context",
+    "warn_if_context_set",
+]

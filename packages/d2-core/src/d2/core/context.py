@@ -1,0 +1,220 @@
+"""The per-request user context, kept in a ``contextvars.ContextVar``.
+
+Each asyncio task and each thread sees its own value, so concurrent requests never
+see each other's user. ``set_user`` starts a new request scope (history and facts
+of later issues live there); ``clear_user_context`` ends it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import warnings
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor, Future
+
+__all__ = [
+    "RequestScope",
+    "UserContext",
+    "clear_context",
+    "clear_context_async",
+    "clear_user_context",
+    "get_user_context",
+    "run_in_thread",
+    "set_user",
+    "set_user_context",
+    "submit_with_context",
+    "warn_if_context_set",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class RequestScope:
+    """Mutable state of one request (call history and facts), shared by everything
+    that runs under the same ``set_user``: child tasks, ``run_in_thread``, ``.aio``."""
+
+    __slots__ = ("facts", "history")
+
+    def __init__(self) -> None:
+        self.history: list[str] = []
+        self.facts: set[str] = set()
+
+
+class UserContext:
+    """Who is calling: ``user_id`` (``None`` when no user is set) and ``roles``
+    (an immutable, normalised ``frozenset``)."""
+
+    __slots__ = ("roles", "scope", "user_id")
+
+    user_id: str | None
+    roles: frozenset[str]
+    scope: RequestScope
+
+    def __init__(
+        self, user_id: str | None, roles: frozenset[str], scope: RequestScope | None = None
+    ) -> None:
+        object.__setattr__(self, "user_id", user_id)
+        object.__setattr__(self, "roles", roles)
+        object.__setattr__(self, "scope", scope if scope is not None else RequestScope())
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("UserContext is immutable; call set_user() to change the user")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, UserContext):
+            return NotImplemented
+        return self.user_id == other.user_id and self.roles == other.roles
+
+    def __hash__(self) -> int:
+        return hash((self.user_id, self.roles))
+
+    def __repr__(self) -> str:
+        return f"UserContext(user_id={self.user_id!r}, roles={sorted(self.roles)!r})"
+
+    @property
+    def is_set(self) -> bool:
+        """True when a user id is set."""
+        return self.user_id is not None
+
+
+_ANONYMOUS_ROLES: frozenset[str] = frozenset()
+_current: contextvars.ContextVar[UserContext] = contextvars.ContextVar(
+    "d2_user_context", default=UserContext(None, _ANONYMOUS_ROLES)
+)
+# Read by the guard on every call: one C-level lookup.
+current_context = _current.get
+
+
+def normalise_roles(roles: Iterable[str] | str | None) -> frozenset[str]:
+    """Strip each role, drop empties and duplicates; a lone string is one role."""
+    if roles is None:
+        return _ANONYMOUS_ROLES
+    if isinstance(roles, str):
+        roles = (roles,)
+    out: set[str] = set()
+    for role in roles:
+        if not isinstance(role, str):
+            raise ConfigurationError(
+                f"role {role!r} is a {type(role).__name__}; roles must be strings, "
+                "for example set_user('alice', roles=['analyst'])"
+            )
+        role = role.strip()
+        if role:
+            out.add(role)
+    return frozenset(out)
+
+
+def _normalise_user_id(user_id: object) -> str | None:
+    if user_id is None or isinstance(user_id, str):
+        return user_id or None
+    if isinstance(user_id, int) and not isinstance(user_id, bool):
+        return str(user_id)
+    raise ConfigurationError(
+        f"user_id {user_id!r} is a {type(user_id).__name__}; pass a string (or int) id"
+    )
+
+
+def set_user(user_id: str | int | None, roles: Iterable[str] | str | None = None) -> UserContext:
+    """Set the current user for this request and start a fresh request scope.
+
+    Returns the new context. Call ``clear_user_context()`` (or use
+    ``@clear_context``) when the request ends.
+    """
+    ctx = UserContext(_normalise_user_id(user_id), normalise_roles(roles))
+    _current.set(ctx)
+    return ctx
+
+
+def set_user_context(
+    user_id: str | int | None = None, roles: Iterable[str] | str | None = None
+) -> UserContext:
+    """Same as :func:`set_user` (kept for code written against the 1.x releases)."""
+    return set_user(user_id, roles)
+
+
+def get_user_context() -> UserContext:
+    """The current context; ``user_id`` is ``None`` when no user is set."""
+    return _current.get()
+
+
+def clear_user_context() -> None:
+    """Forget the current user and end the request scope (history, facts)."""
+    _current.set(UserContext(None, _ANONYMOUS_ROLES))
+
+
+def warn_if_context_set() -> bool:
+    """Warn (``RuntimeWarning``) and return True when a user context is still set:
+    a cheap leak detector for the end of a request or a test."""
+    ctx = _current.get()
+    if ctx.user_id is None and not ctx.roles:
+        return False
+    warnings.warn(
+        f"D2 user context still set ({ctx!r}); clear it at the end of each request "
+        "with clear_user_context() or @clear_context",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return True
+
+
+def clear_context(func: Callable[P, R]) -> Callable[P, R]:
+    """Decorator: clear the user context when ``func`` returns or raises.
+
+    Works on sync and async functions (for async ones it is the same as
+    :func:`clear_context_async`).
+    """
+    if inspect.iscoroutinefunction(func):
+        return clear_context_async(func)  # type: ignore[return-value]
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        finally:
+            clear_user_context()
+
+    return wrapper
+
+
+def clear_context_async(
+    func: Callable[P, Awaitable[R]],
+) -> Callable[P, Awaitable[R]]:
+    """Decorator for ``async def`` handlers: clear the user context when the
+    coroutine returns or raises."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await func(*args, **kwargs)
+        finally:
+            clear_user_context()
+
+    return wrapper
+
+
+def submit_with_context(
+    executor: Executor, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+) -> Future[R]:
+    """``executor.submit`` that runs ``fn`` inside a copy of the caller's context,
+    so the worker sees the same user and request scope."""
+    ctx = contextvars.copy_context()
+    return executor.submit(ctx.run, fn, *args, **kwargs)  # type: ignore[arg-type]
+
+
+async def run_in_thread(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+    """Await ``fn(*args, **kwargs)`` run in the loop's default thread pool with the
+    caller's context (user and request scope) carried over."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    ctx = contextvars.copy_context()
+    call = functools.partial(ctx.run, fn, *args, **kwargs)
+    return await loop.run_in_executor(None, call)

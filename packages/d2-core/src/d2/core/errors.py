@@ -1,0 +1,135 @@
+"""Every error D2 raises.
+
+The hierarchy::
+
+    D2Error
+    ├── ConfigurationError            configure/setup problems; fix the setup
+    │   └── InvalidPolicyError        a policy document that does not follow the language
+    ├── PermissionDeniedError         a guarded call was refused (every denial is one)
+    │   ├── MissingPolicyError        no policy in force, or the tool is in no entry
+    │   └── BundleExpiredError        the policy in force is past ``metadata.expires``
+    ├── TooManyToolsError             a local policy names more tools than ``Limits`` allow
+    ├── PolicyTooLargeError           a local policy file is bigger than ``Limits`` allow
+    ├── InvalidSignatureError         a signed bundle failed verification (cloud mode)
+    └── D2PlanLimitError              the control plane refused for a plan limit (cloud mode)
+
+``MissingPolicyError`` and ``BundleExpiredError`` are denials (fail closed), so an
+``except PermissionDeniedError`` around a guarded call catches every refusal. When
+they are raised while loading a policy, ``tool_id`` is ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "BundleExpiredError",
+    "ConfigurationError",
+    "D2Error",
+    "D2PlanLimitError",
+    "InvalidPolicyError",
+    "InvalidSignatureError",
+    "MissingPolicyError",
+    "PermissionDeniedError",
+    "PolicyTooLargeError",
+    "TooManyToolsError",
+]
+
+
+class D2Error(Exception):
+    """Root of every error raised by D2."""
+
+
+class ConfigurationError(D2Error):
+    """D2 is set up wrongly (bad argument, missing extra, bad environment variable)."""
+
+
+class InvalidPolicyError(ConfigurationError):
+    """A policy document does not follow the policy language; it was refused whole.
+
+    ``source`` names the file (or ``<memory>``), ``errors`` holds one line per
+    problem, each starting with the path inside the document.
+    """
+
+    def __init__(self, source: str, errors: Sequence[str]) -> None:
+        self.source = source
+        self.errors: tuple[str, ...] = tuple(errors)
+        shown = "\n".join(f"  - {e}" for e in self.errors[:20])
+        more = f"\n  ... and {len(self.errors) - 20} more" if len(self.errors) > 20 else ""
+        super().__init__(
+            f"invalid policy {source} ({len(self.errors)} problem"
+            f"{'s' if len(self.errors) != 1 else ''}); fix it and reload:\n{shown}{more}"
+        )
+
+
+class PermissionDeniedError(D2Error):
+    """A guarded call was refused; the tool did not run.
+
+    ``reason`` is machine-readable (for example ``not_granted``, ``explicit_deny``,
+    ``no_user``, ``missing_policy``, ``policy_expired``, ``unknown_tool``).
+    ``trace`` lists, in order, the decision steps that ran and what each concluded.
+    """
+
+    reason_default = "denied"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tool_id: str | None = None,
+        user_id: str | None = None,
+        roles: frozenset[str] = frozenset(),
+        reason: str | None = None,
+        trace: Sequence[Any] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.tool_id = tool_id
+        self.user_id = user_id
+        self.roles = roles
+        self.reason = reason or self.reason_default
+        self.trace: tuple[Any, ...] = tuple(trace)
+
+    def __reduce__(self) -> Any:  # keep attributes across pickling (process pools)
+        return (_rebuild_denial, (type(self), self.message, self.__dict__))
+
+
+def _rebuild_denial(
+    cls: type[PermissionDeniedError], message: str, state: dict[str, Any]
+) -> PermissionDeniedError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+class MissingPolicyError(PermissionDeniedError):
+    """No policy is in force (not configured, shut down, revoked), or no entry of
+    the policy can match the tool id. Fail closed: the call is denied."""
+
+    reason_default = "missing_policy"
+
+
+class BundleExpiredError(PermissionDeniedError):
+    """The policy's ``metadata.expires`` has passed (or, in local mode, is missing or
+    too far ahead). Every guarded call is denied until a fresh policy loads."""
+
+    reason_default = "policy_expired"
+
+
+class TooManyToolsError(D2Error):
+    """A local policy names more distinct tools than its ``Limits`` allow."""
+
+
+class PolicyTooLargeError(D2Error):
+    """A local policy file is larger than its ``Limits`` allow."""
+
+
+class InvalidSignatureError(D2Error):
+    """A signed policy bundle failed verification (cloud mode); it is not used."""
+
+
+class D2PlanLimitError(D2Error):
+    """The control plane refused because of a plan limit (HTTP 402, or 403
+    ``quota_apps_exceeded``): upgrade the plan or delete unused apps."""

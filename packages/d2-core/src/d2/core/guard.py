@@ -1,0 +1,312 @@
+"""``d2_guard``: the decorator that puts the policy in front of a function.
+
+The wrapper asks the instance's :class:`~d2.core.evaluate.Evaluator` before the
+function runs; a denial raises :class:`PermissionDeniedError` (or returns the
+``on_deny`` fallback) and the function never runs. The check is pure memory, so a
+sync tool called inside a running event loop runs inline; ``strict=True`` (or
+``D2_STRICT_SYNC=1``) turns that case into an error, and ``await tool.aio(...)``
+runs the sync tool in a worker thread with the caller's context.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from asyncio import _get_running_loop
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from .context import run_in_thread
+from .errors import ConfigurationError, D2Error, PermissionDeniedError
+from .evaluate import evaluator_for
+
+__all__ = ["d2", "d2_guard"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Raise:
+    def __repr__(self) -> str:
+        return "<raise>"
+
+
+RAISE: Any = _Raise()  # default ``on_deny``: raise the denial
+
+
+def _fallback(on_deny: Any, is_async: bool, tool_id: str) -> Callable[[PermissionDeniedError], Any]:
+    """Build ``handle(err)`` from ``on_deny``: raise, return a value, or call it
+    with the error when its signature accepts one positional argument."""
+    if on_deny is RAISE:
+
+        def reraise(err: PermissionDeniedError) -> Any:
+            raise err
+
+        return reraise
+    if not callable(on_deny):
+        return lambda err: on_deny
+    if not is_async and (
+        inspect.iscoroutinefunction(on_deny)
+        or inspect.iscoroutinefunction(getattr(on_deny, "__call__", None))  # noqa: B004
+    ):
+        raise ConfigurationError(
+            f"on_deny for the sync tool {tool_id!r} is an async function, which a sync "
+            "call cannot await; give a sync callable or a plain value"
+        )
+    try:
+        sig = inspect.signature(on_deny)
+    except (TypeError, ValueError):
+        return lambda err: on_deny(err)
+    try:
+        sig.bind(None)
+        return lambda err: on_deny(err)
+    except TypeError:
+        pass
+    try:
+        sig.bind()
+    except TypeError:
+        raise ConfigurationError(
+            f"on_deny {on_deny!r} for {tool_id!r} must accept one argument (the "
+            "PermissionDeniedError) or none"
+        ) from None
+    return lambda err: on_deny()
+
+
+def _stream_sync(value: Any) -> Any:
+    if value is None:
+        return
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        yield value
+    else:
+        yield from value
+
+
+async def _stream_async(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        value = await value
+    if value is None:
+        return
+    if hasattr(value, "__aiter__"):
+        async for item in value:
+            yield item
+    elif isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        yield value
+    else:
+        for item in value:
+            yield item
+
+
+def _build(fn: Callable[..., Any], tool_id: str, on_deny: Any, strict: bool | None,
+           instance_name: str) -> Callable[..., Any]:
+    evaluator = evaluator_for(instance_name)
+    evaluator.guarded_tools.add(tool_id)
+    check = evaluator.check
+    is_async = inspect.iscoroutinefunction(fn)
+    is_agen = inspect.isasyncgenfunction(fn)
+    is_gen = inspect.isgeneratorfunction(fn)
+    handle = _fallback(on_deny, is_async or is_agen, tool_id)
+    raising = on_deny is RAISE
+    wrapper: Callable[..., Any]
+
+    if is_async:
+        if raising:
+
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                check(tool_id)
+                return await fn(*args, **kwargs)
+        else:
+
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    check(tool_id)
+                except PermissionDeniedError as err:
+                    result = handle(err)
+                    return (await result) if inspect.isawaitable(result) else result
+                return await fn(*args, **kwargs)
+
+    elif is_agen:
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                check(tool_id)
+            except PermissionDeniedError as err:
+                if raising:
+                    raise
+                return _stream_async(handle(err))
+            return fn(*args, **kwargs)
+
+    else:
+
+        def in_loop() -> None:
+            if (evaluator.strict if strict is None else strict) and _get_running_loop():
+                raise D2Error(
+                    f"sync tool {tool_id!r} called inside a running event loop while strict "
+                    "sync mode is on (strict=True or D2_STRICT_SYNC=1): it would block the "
+                    f"loop. Use `await {fn.__name__}.aio(...)` or make the tool async"
+                )
+
+        if raising:
+
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                if strict is not False and (strict or evaluator.strict):
+                    in_loop()
+                check(tool_id)
+                return fn(*args, **kwargs)
+        else:
+
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                if strict is not False and (strict or evaluator.strict):
+                    in_loop()
+                try:
+                    check(tool_id)
+                except PermissionDeniedError as err:
+                    result = handle(err)
+                    return _stream_sync(result) if is_gen else result
+                return fn(*args, **kwargs)
+
+    functools.update_wrapper(wrapper, fn)
+    wrapper.tool_id = tool_id  # type: ignore[attr-defined]
+    if not (is_async or is_agen or is_gen):
+        guarded = wrapper
+
+        async def aio(*args: Any, **kwargs: Any) -> Any:
+            return await run_in_thread(guarded, *args, **kwargs)
+
+        aio.__name__ = f"{fn.__name__}.aio"
+        aio.__qualname__ = f"{fn.__qualname__}.aio"
+        aio.__doc__ = f"Await {fn.__qualname__} in a worker thread (caller's context kept)."
+        wrapper.aio = aio  # type: ignore[attr-defined]
+    return wrapper
+
+
+class _BoundTool:
+    """A guarded sync method bound to its instance (or class), with a bound ``.aio``."""
+
+    __slots__ = ("__self__", "_guarded")
+
+    def __init__(self, guarded: Callable[..., Any], owner: object) -> None:
+        self._guarded = guarded
+        self.__self__ = owner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guarded(self.__self__, *args, **kwargs)
+
+    async def aio(self, *args: Any, **kwargs: Any) -> Any:
+        """Await the method in a worker thread with the caller's context."""
+        return await self._guarded.aio(self.__self__, *args, **kwargs)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._guarded, name)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        sig = inspect.signature(self._guarded)
+        return sig.replace(parameters=list(sig.parameters.values())[1:])
+
+    def __repr__(self) -> str:
+        return f"<guarded method {self._guarded.__qualname__} of {self.__self__!r}>"
+
+
+class _GuardedMethod:
+    """Descriptor for sync guarded methods and classmethods: binds like a method and
+    keeps ``.aio`` bound too (a plain function attribute would lose ``self``)."""
+
+    def __init__(self, guarded: Callable[..., Any], classmethod_: bool) -> None:
+        self._guarded = guarded
+        self._classmethod = classmethod_
+        functools.update_wrapper(self, guarded)  # type: ignore[arg-type]
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        if self._classmethod:
+            return _BoundTool(self._guarded, owner if owner is not None else type(obj))
+        if obj is None:
+            return self._guarded
+        return _BoundTool(self._guarded, obj)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guarded(*args, **kwargs)
+
+
+def _is_sync_plain(fn: Callable[..., Any]) -> bool:
+    return not (
+        inspect.iscoroutinefunction(fn)
+        or inspect.isasyncgenfunction(fn)
+        or inspect.isgeneratorfunction(fn)
+    )
+
+
+def _looks_like_method(fn: Callable[..., Any]) -> bool:
+    qual = getattr(fn, "__qualname__", "")
+    if "." not in qual or qual.rsplit(".", 2)[-2] == "<locals>":
+        return False
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return False
+    return bool(params) and params[0] == "self"
+
+
+def _decorate(target: Any, tool_id: str | None, on_deny: Any, strict: bool | None,
+              instance_name: str) -> Any:
+    if isinstance(target, (staticmethod, classmethod)):
+        fn = target.__func__
+        tid = tool_id or f"{fn.__module__}.{fn.__qualname__}"
+        guarded = _build(fn, tid, on_deny, strict, instance_name)
+        if isinstance(target, staticmethod):
+            return staticmethod(guarded)
+        if _is_sync_plain(fn):
+            return _GuardedMethod(guarded, classmethod_=True)
+        return classmethod(guarded)
+    if not callable(target):
+        raise ConfigurationError(f"d2_guard can only wrap functions, got {target!r}")
+    tid = tool_id or f"{target.__module__}.{target.__qualname__}"
+    guarded = _build(target, tid, on_deny, strict, instance_name)
+    if _is_sync_plain(target) and _looks_like_method(target):
+        return _GuardedMethod(guarded, classmethod_=False)
+    return guarded
+
+
+@overload
+def d2_guard(tool_id: F, /) -> F: ...
+@overload
+def d2_guard(
+    tool_id: str | None = None,
+    *,
+    on_deny: Any = ...,
+    strict: bool | None = None,
+    instance_name: str = "default",
+) -> Callable[[F], F]: ...
+def d2_guard(
+    tool_id: Any = None,
+    *,
+    on_deny: Any = RAISE,
+    strict: bool | None = None,
+    instance_name: str = "default",
+) -> Any:
+    """Guard a function with the policy: ``@d2_guard("billing:read")``.
+
+    ``tool_id``: the id the policy names; bare ``@d2_guard`` uses
+    ``module.qualname``. ``on_deny``: a value returned instead of raising, or a
+    callable (sync or async) called with the :class:`PermissionDeniedError` when it
+    takes one argument, else with none. For generator tools the fallback is
+    streamed (``None`` streams nothing). ``strict``: refuse sync calls made inside a
+    running event loop (default: ``D2_STRICT_SYNC``). ``instance_name``: which
+    configured instance decides.
+
+    Works on functions, ``async def``, methods, static and class methods and
+    (async) generator functions, decided when called. Sync tools get
+    ``await tool.aio(...)``, which runs them in a worker thread.
+    """
+    if tool_id is not None and not isinstance(tool_id, str):
+        if callable(tool_id) or isinstance(tool_id, (staticmethod, classmethod)):
+            return _decorate(tool_id, None, on_deny, strict, instance_name)
+        raise ConfigurationError(f"tool_id must be a string, got {tool_id!r}")
+    if tool_id is not None and (not tool_id or tool_id != tool_id.strip()):
+        raise ConfigurationError(f"tool_id {tool_id!r} is empty or has surrounding spaces")
+
+    def decorator(fn: F) -> F:
+        return _decorate(fn, tool_id, on_deny, strict, instance_name)  # type: ignore[no-any-return]
+
+    return decorator
+
+
+d2 = d2_guard

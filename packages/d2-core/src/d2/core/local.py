@@ -1,0 +1,185 @@
+"""Policy sources for local mode: a watched file, or a document held in memory.
+
+A source loads a policy once (``load``) and may then report changes (``watch``).
+The file source polls the file's metadata from one daemon thread; a valid change is
+handed over, an invalid one is logged and the policy in force stays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from .errors import D2Error
+from .limits import Limits
+from .policy.load import discover_policy_file, load_policy_bytes
+from .policy.model import CompiledPolicy
+
+__all__ = ["InMemorySource", "LocalFileSource", "PolicySource"]
+
+log = logging.getLogger("d2")
+
+OnChange = Callable[[CompiledPolicy], None]
+
+
+@runtime_checkable
+class PolicySource(Protocol):
+    """Where a local-mode policy comes from (the test seam: swap in
+    :class:`InMemorySource`)."""
+
+    def describe(self) -> str:
+        """Where the policy comes from, for logs (a path or ``<memory>``)."""
+        ...
+
+    def load(self, limits: Limits) -> CompiledPolicy:
+        """Load and compile the policy now; raise a :class:`D2Error` when it is bad."""
+        ...
+
+    def watch(self, limits: Limits, on_change: OnChange) -> None:
+        """Start reporting valid changes to ``on_change`` (may do nothing)."""
+        ...
+
+    def close(self) -> None:
+        """Stop watching; idempotent."""
+        ...
+
+
+class LocalFileSource:
+    """A policy file, re-read when it changes.
+
+    ``path``: the file (default: discovery, see
+    :func:`~d2.core.policy.load.discover_policy_file`). ``poll_interval``: seconds
+    between checks of the file's size and modification time; ``None`` disables
+    watching.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *,
+                 poll_interval: float | None = 1.0) -> None:
+        self._explicit = Path(path).expanduser() if path is not None else None
+        self.path: Path | None = self._explicit
+        self.poll_interval = poll_interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        self._digest: str | None = None
+
+    def describe(self) -> str:
+        """The file's path (once known)."""
+        return str(self.path) if self.path is not None else "<policy file discovery>"
+
+    def _stat(self, path: Path) -> tuple[int, int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def load(self, limits: Limits) -> CompiledPolicy:
+        """Find (unless given) and load the file."""
+        if self._explicit is None:
+            self.path = discover_policy_file()
+        elif not self._explicit.is_file():
+            from .errors import MissingPolicyError
+
+            raise MissingPolicyError(f"policy file {str(self._explicit)!r} does not exist")
+        assert self.path is not None
+        self._stamp = self._stat(self.path)
+        data = self.path.read_bytes()
+        policy = load_policy_bytes(data, str(self.path), limits)
+        self._digest = policy.digest
+        return policy
+
+    def watch(self, limits: Limits, on_change: OnChange) -> None:
+        """Poll the file from a daemon thread until :meth:`close`."""
+        if self.poll_interval is None or self._thread is not None or self.path is None:
+            return
+        self._thread = threading.Thread(
+            target=self._run, args=(limits, on_change), name=f"d2-watch:{self.path.name}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _run(self, limits: Limits, on_change: OnChange) -> None:
+        assert self.path is not None and self.poll_interval is not None
+        while not self._stop.wait(self.poll_interval):
+            stamp = self._stat(self.path)
+            if stamp is None or stamp == self._stamp:
+                continue
+            self._stamp = stamp
+            try:
+                data = self.path.read_bytes()
+                if hashlib.sha256(data).hexdigest() == self._digest:
+                    continue
+                policy = load_policy_bytes(data, str(self.path), limits)
+            except (D2Error, OSError) as exc:
+                log.error("d2: policy file %s changed but was refused; the previous policy "
+                          "stays in force. %s", self.path, exc)
+                continue
+            except Exception:  # never let the watcher die on a surprise
+                log.exception("d2: unexpected error reloading %s; previous policy kept",
+                              self.path)
+                continue
+            self._digest = policy.digest
+            log.info("d2: reloaded policy %s (%s)", self.path, policy.digest[:12])
+            on_change(policy)
+
+    def close(self) -> None:
+        """Stop the watcher thread."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+
+class InMemorySource:
+    """A policy document held in memory (tests, embedded policies).
+
+    ``document`` is a mapping, or JSON/YAML text. :meth:`update` swaps in a new
+    document (raising, and keeping the old policy, when it is invalid).
+    """
+
+    def __init__(self, document: Mapping[str, Any] | str | bytes, *,
+                 name: str = "<memory>") -> None:
+        self.name = name
+        self._document = document
+        self._limits: Limits | None = None
+        self._on_change: OnChange | None = None
+
+    def describe(self) -> str:
+        """The source's name."""
+        return self.name
+
+    def _compile(self, document: Mapping[str, Any] | str | bytes, limits: Limits) -> CompiledPolicy:
+        if isinstance(document, (str, bytes)):
+            data = document.encode() if isinstance(document, str) else document
+        else:
+            data = json.dumps(document, separators=(",", ":"), default=str).encode()
+        return load_policy_bytes(data, self.name, limits)
+
+    def load(self, limits: Limits) -> CompiledPolicy:
+        """Compile the held document."""
+        self._limits = limits
+        return self._compile(self._document, limits)
+
+    def watch(self, limits: Limits, on_change: OnChange) -> None:
+        """Remember where :meth:`update` reports to."""
+        self._limits = limits
+        self._on_change = on_change
+
+    def update(self, document: Mapping[str, Any] | str | bytes) -> CompiledPolicy:
+        """Compile ``document`` and, if valid, put it in force."""
+        policy = self._compile(document, self._limits or Limits())
+        self._document = document
+        if self._on_change is not None:
+            self._on_change(policy)
+        return policy
+
+    def close(self) -> None:
+        """Stop reporting updates."""
+        self._on_change = None

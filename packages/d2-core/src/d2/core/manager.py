@@ -1,0 +1,276 @@
+"""Configure, query and shut down D2 instances.
+
+``configure_rbac_sync()`` / ``await configure_rbac_async()`` pick the mode: with
+``D2_TOKEN`` set they hand over to the cloud package (``d2-sdk[cloud]``), otherwise
+they load a local policy (file discovery, or the ``source`` given) and watch it.
+Each instance name has its own policy; guards name theirs with ``instance_name``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError
+from .evaluate import Evaluator, evaluator_for
+from .limits import Limits
+from .local import LocalFileSource, PolicySource
+from .policy.model import CompiledPolicy
+
+__all__ = [
+    "PolicyManager",
+    "allowed_tools",
+    "configure_rbac_async",
+    "configure_rbac_sync",
+    "get_policy_manager",
+    "is_allowed",
+    "shutdown_all_rbac",
+    "shutdown_rbac",
+]
+
+log = logging.getLogger("d2")
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+class PolicyManager:
+    """A configured instance: its mode, source, limits and the policy in force.
+
+    Obtain it from ``configure_rbac_*`` or :func:`get_policy_manager`.
+    """
+
+    mode = "local"
+
+    def __init__(self, evaluator: Evaluator, source: PolicySource, limits: Limits) -> None:
+        self.evaluator = evaluator
+        self.source = source
+        self.limits = limits
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        """The instance name."""
+        return self.evaluator.name
+
+    @property
+    def policy(self) -> CompiledPolicy | None:
+        """The compiled policy in force, or ``None``."""
+        return self.evaluator.policy
+
+    def _install(self, policy: CompiledPolicy) -> None:
+        if not self._closed:
+            self.evaluator.policy = policy  # one atomic assignment: the swap
+
+    def start(self) -> CompiledPolicy:
+        """Load the first policy (raising when it is bad) and start watching."""
+        policy = self.source.load(self.limits)
+        self._install(policy)
+        self.source.watch(self.limits, self._install)
+        _announce(policy, self.source.describe())
+        return policy
+
+    def reload(self) -> CompiledPolicy:
+        """Load the source again now; on error the policy in force stays."""
+        policy = self.source.load(self.limits)
+        self._install(policy)
+        return policy
+
+    def is_allowed(self, tool_id: str) -> bool:
+        """Would the current user be allowed to call ``tool_id`` (RBAC steps 1-3)?"""
+        return self.evaluator.decide(tool_id) is None
+
+    def allowed_tools(self) -> tuple[str, ...]:
+        """The concrete tool ids the current user may call, sorted."""
+        return self.evaluator.allowed_tools()
+
+    def shutdown(self) -> None:
+        """Stop watching and drop the policy: guarded calls deny from now on."""
+        self._closed = True
+        self.source.close()
+        ev = self.evaluator
+        ev.policy = None
+        ev.absent_reason = "missing_policy"
+        ev.absent_detail = (
+            f"D2 instance {ev.name!r} was shut down: call configure_rbac_sync() again "
+            "to guard calls"
+        )
+
+    async def ashutdown(self) -> None:
+        """Async twin of :meth:`shutdown` (cloud managers flush events here)."""
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} mode={self.mode} policy={self.policy!r}>"
+
+
+def _announce(policy: CompiledPolicy, where: str) -> None:
+    log.info("d2: local mode, policy file %s (digest %s)", where, policy.digest[:12])
+    if _flag("D2_SILENT"):
+        return
+    left = policy.expires_at - time.time()
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(policy.expires_at))
+    sys.stderr.write(
+        f"D2 local mode: {where} ({len(policy.roles)} roles, {policy.tool_count} tools), "
+        f"expires {expires}. Set D2_SILENT=1 to hide this.\n"
+    )
+    if left < 86400:
+        log.warning("d2: policy %s expires in %.1f hours (%s); renew metadata.expires",
+                    where, left / 3600, expires)
+
+
+_lock = threading.Lock()  # configure/shutdown only; never taken by a guarded call
+_managers: dict[str, PolicyManager] = {}
+
+
+def _prepare(
+    instance_name: str, source: PolicySource | str | os.PathLike[str] | None,
+    limits: Limits | None, strict_sync: bool | None,
+) -> PolicyManager:
+    if not isinstance(instance_name, str) or not instance_name:
+        raise ConfigurationError(f"instance_name must be a non-empty string, got {instance_name!r}")
+    if isinstance(source, (str, os.PathLike)):
+        source = LocalFileSource(Path(source))
+    elif source is None:
+        source = LocalFileSource()
+    elif not isinstance(source, PolicySource):
+        raise ConfigurationError(
+            f"source must be a path or a PolicySource (LocalFileSource, InMemorySource), "
+            f"got {source!r}"
+        )
+    ev = evaluator_for(instance_name)
+    ev.strict = _flag("D2_STRICT_SYNC") if strict_sync is None else strict_sync
+    return PolicyManager(ev, source, limits or Limits())
+
+
+def _cloud_module(token: str) -> Any:
+    try:
+        import d2.cloud as cloud  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise ConfigurationError(
+            "D2_TOKEN is set, which selects cloud mode, but the cloud package is not "
+            'installed: pip install "d2-sdk[cloud]" (or unset D2_TOKEN for local mode)'
+        ) from exc
+    return cloud
+
+
+def _replace(manager: PolicyManager) -> None:
+    with _lock:
+        old = _managers.get(manager.name)
+        _managers[manager.name] = manager
+    if old is not None and old is not manager:
+        old.source.close()
+        old._closed = True
+
+
+def configure_rbac_sync(
+    *,
+    instance_name: str = "default",
+    source: PolicySource | str | os.PathLike[str] | None = None,
+    limits: Limits | None = None,
+    strict_sync: bool | None = None,
+    token: str | None = None,
+    **cloud_options: Any,
+) -> PolicyManager:
+    """Configure D2 once at startup (sync apps). Returns the instance's manager.
+
+    Cloud mode when ``token`` or ``D2_TOKEN`` is set (needs ``d2-sdk[cloud]``);
+    otherwise local mode from ``source`` (a path, a :class:`PolicySource`, or file
+    discovery). ``limits`` raises the local limits. ``strict_sync`` overrides
+    ``D2_STRICT_SYNC``. A bad policy raises and leaves guarded calls denied.
+    Calling it again replaces the instance's configuration.
+    """
+    token = token if token is not None else os.environ.get("D2_TOKEN") or None
+    if token:
+        cloud = _cloud_module(token)
+        ev = evaluator_for(instance_name)
+        ev.strict = _flag("D2_STRICT_SYNC") if strict_sync is None else strict_sync
+        manager: PolicyManager = cloud.configure_sync(ev, token=token, **cloud_options)
+        _replace(manager)
+        return manager
+    if cloud_options:
+        raise ConfigurationError(f"unknown option(s) for local mode: {sorted(cloud_options)}")
+    manager = _prepare(instance_name, source, limits, strict_sync)
+    try:
+        manager.start()
+    except Exception:
+        manager.shutdown()
+        raise
+    _replace(manager)
+    return manager
+
+
+async def configure_rbac_async(
+    *,
+    instance_name: str = "default",
+    source: PolicySource | str | os.PathLike[str] | None = None,
+    limits: Limits | None = None,
+    strict_sync: bool | None = None,
+    token: str | None = None,
+    **cloud_options: Any,
+) -> PolicyManager:
+    """Async twin of :func:`configure_rbac_sync`: file reads and parsing run in a
+    worker thread so the event loop is never blocked."""
+    token = token if token is not None else os.environ.get("D2_TOKEN") or None
+    if token:
+        cloud = _cloud_module(token)
+        ev = evaluator_for(instance_name)
+        ev.strict = _flag("D2_STRICT_SYNC") if strict_sync is None else strict_sync
+        manager: PolicyManager = await cloud.configure_async(ev, token=token, **cloud_options)
+        _replace(manager)
+        return manager
+    import asyncio
+
+    return await asyncio.to_thread(
+        configure_rbac_sync, instance_name=instance_name, source=source, limits=limits,
+        strict_sync=strict_sync, token="", **cloud_options,
+    )
+
+
+def get_policy_manager(instance_name: str = "default") -> PolicyManager:
+    """The manager of a configured instance; raises :class:`ConfigurationError`
+    naming the fix when it is not configured."""
+    manager = _managers.get(instance_name)
+    if manager is None:
+        raise ConfigurationError(
+            f"D2 instance {instance_name!r} is not configured: call "
+            f"configure_rbac_sync(instance_name={instance_name!r}) first"
+        )
+    return manager
+
+
+def shutdown_rbac(instance_name: str = "default") -> None:
+    """Shut one instance down (no-op when it is not configured)."""
+    with _lock:
+        manager = _managers.pop(instance_name, None)
+    if manager is not None:
+        manager.shutdown()
+
+
+def shutdown_all_rbac() -> None:
+    """Shut every instance down."""
+    with _lock:
+        managers = list(_managers.values())
+        _managers.clear()
+    for manager in managers:
+        manager.shutdown()
+
+
+def is_allowed(tool_id: str, *, instance_name: str = "default") -> bool:
+    """Whether the current user may call ``tool_id`` now. Never raises: no policy,
+    no user or no grant all answer False."""
+    return evaluator_for(instance_name).decide(tool_id) is None
+
+
+def allowed_tools(*, instance_name: str = "default") -> tuple[str, ...]:
+    """The concrete tool ids the current user may call: those the policy names and
+    those guarded in this process; sorted. Show a model only these."""
+    return evaluator_for(instance_name).allowed_tools()
+

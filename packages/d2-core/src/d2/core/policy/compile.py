@@ -1,0 +1,265 @@
+"""Validate a policy document and compile it into a :class:`CompiledPolicy`.
+
+Validation collects every problem with its path inside the document
+(``policies[2].permissions[0].tool``) and refuses the document whole.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import InvalidPolicyError
+from .model import CompiledPolicy, Grant, RoleEntry
+
+__all__ = ["compile_policy", "parse_expires"]
+
+_TOP_KEYS = ("metadata", "policies")
+_METADATA_KEYS = ("name", "description", "expires", "tool_groups", "mode", "version")
+_ENTRY_KEYS = ("role", "roles", "permissions", "description")
+_GRANT_KEYS = ("tool", "allow", "description")
+# Parts of the language that this version of d2-core refuses rather than ignores:
+# ignoring a guardrail would fail open.
+_NOT_YET = {
+    "data_flow": "metadata.data_flow",
+    "sequence": "sequence rules",
+    "conditions": "argument/output conditions",
+    "limits": "call budgets (limits)",
+    "approval": "approvals",
+}
+
+
+def _suggest(word: str, options: tuple[str, ...]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    lowered = [o for o in options if o.lower() == word.lower()]
+    best = lowered or close
+    return f" (did you mean {best[0]!r}?)" if best else f" (expected one of: {', '.join(options)})"
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def parse_expires(value: object) -> float | None:
+    """RFC 3339 text, a ``datetime`` or a ``date`` -> seconds since the epoch.
+    Naive times are UTC. ``None`` when the value cannot be read."""
+    if isinstance(value, _dt.datetime):
+        moment = value
+    elif isinstance(value, _dt.date):
+        moment = _dt.datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text[-1:] in ("Z", "z"):
+            text = text[:-1] + "+00:00"
+        try:
+            moment = _dt.datetime.fromisoformat(text)
+        except ValueError:
+            return None
+    else:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=_dt.timezone.utc)
+    return moment.timestamp()
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(f"{path}: {message}")
+
+    def keys(self, path: str, mapping: Mapping[Any, Any], allowed: tuple[str, ...]) -> None:
+        for key in mapping:
+            if key in allowed:
+                continue
+            if key in _NOT_YET:
+                self.error(
+                    f"{path}.{key}" if path else str(key),
+                    f"{_NOT_YET[key]} are not supported by this version of d2-core; "
+                    "upgrade d2-core, or remove the key (a guardrail is never ignored)",
+                )
+            else:
+                where = f"{path}.{key}" if path else str(key)
+                self.error(where, f"unknown key{_suggest(str(key), allowed)}")
+
+    def tool_pattern(self, path: str, value: object, groups: Mapping[str, Any]) -> str | None:
+        if not isinstance(value, str):
+            self.error(path, f"expected a tool id (string), got {_type_name(value)}")
+            return None
+        if not value or value != value.strip():
+            self.error(path, f"tool id {value!r} is empty or has surrounding spaces")
+            return None
+        if value.startswith("@"):
+            if value[1:] not in groups:
+                known = tuple(groups) or ("<no tool_groups defined>",)
+                self.error(path, f"unknown tool group {value!r}{_suggest(value[1:], known)}")
+                return None
+            return value
+        if "*" in value[:-1]:
+            self.error(
+                path,
+                f"{value!r}: '*' is only allowed alone or at the end (prefix wildcard 'x:*')",
+            )
+            return None
+        return value
+
+
+def _roles_of(c: _Checker, path: str, entry: Mapping[str, Any]) -> tuple[str, ...]:
+    if "role" in entry and "roles" in entry:
+        c.error(path, "give either 'role' or 'roles', not both")
+        return ()
+    key = "role" if "role" in entry else "roles"
+    if key not in entry:
+        c.error(path, "missing 'role' (a string or a list of strings)")
+        return ()
+    raw = entry[key]
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items:
+        c.error(f"{path}.{key}", f"expected a role name or a non-empty list, got {raw!r}")
+        return ()
+    roles: list[str] = []
+    for i, role in enumerate(items):
+        where = f"{path}.{key}" if isinstance(raw, str) else f"{path}.{key}[{i}]"
+        if not isinstance(role, str) or not role.strip():
+            c.error(where, f"expected a non-empty role name, got {role!r}")
+        elif role.strip() not in roles:
+            roles.append(role.strip())
+    return tuple(roles)
+
+
+def _groups_of(c: _Checker, raw: object) -> dict[str, tuple[str, ...]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        c.error("metadata.tool_groups", f"expected a mapping of name -> list, got {_type_name(raw)}")
+        return {}
+    groups: dict[str, tuple[str, ...]] = {}
+    for name, members in raw.items():
+        path = f"metadata.tool_groups.{name}"
+        if not isinstance(name, str) or not name or name.startswith("@"):
+            c.error(path, "a group name is a non-empty string without '@'")
+            continue
+        if not isinstance(members, list):
+            c.error(path, f"expected a list of tool ids, got {_type_name(members)}")
+            continue
+        tools: list[str] = []
+        for i, tool in enumerate(members):
+            if not isinstance(tool, str) or not tool or tool != tool.strip():
+                c.error(f"{path}[{i}]", f"expected a tool id, got {tool!r}")
+            elif "*" in tool or tool.startswith("@"):
+                c.error(f"{path}[{i}]", f"{tool!r}: a group lists exact tool ids only")
+            elif tool not in tools:
+                tools.append(tool)
+        groups[name] = tuple(tools)
+    return groups
+
+
+def compile_policy(
+    document: object,
+    *,
+    source: str = "<memory>",
+    raw: bytes | None = None,
+    version: int | None = None,
+    expires_at: float | None = None,
+) -> CompiledPolicy:
+    """Validate ``document`` (the parsed policy) and compile it.
+
+    ``raw`` is the document's bytes (for the digest; the canonical JSON of the
+    document is used otherwise). ``expires_at`` overrides ``metadata.expires``
+    (cloud bundles carry ``exp``). Raises :class:`InvalidPolicyError` listing
+    every problem with its path.
+    """
+    c = _Checker()
+    if not isinstance(document, Mapping):
+        raise InvalidPolicyError(
+            source, [f"<root>: expected a mapping with 'policies', got {_type_name(document)}"]
+        )
+    c.keys("", document, _TOP_KEYS)
+    meta = document.get("metadata", {})
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, Mapping):
+        c.error("metadata", f"expected a mapping, got {_type_name(meta)}")
+        meta = {}
+    c.keys("metadata", meta, _METADATA_KEYS)
+    for key in ("name", "description"):
+        if key in meta and not isinstance(meta[key], str):
+            c.error(f"metadata.{key}", f"expected a string, got {_type_name(meta[key])}")
+    mode = meta.get("mode", "enforce")
+    if mode == "audit":
+        c.error("metadata.mode", "audit mode is not supported by this version of d2-core")
+    elif mode != "enforce":
+        c.error("metadata.mode", f"expected 'enforce' or 'audit', got {mode!r}")
+    exp = expires_at
+    if exp is None and "expires" in meta:
+        exp = parse_expires(meta["expires"])
+        if exp is None:
+            c.error(
+                "metadata.expires",
+                f"expected an RFC 3339 time like '2026-12-01T00:00:00Z', got {meta['expires']!r}",
+            )
+    groups = _groups_of(c, meta.get("tool_groups"))
+
+    entries: list[RoleEntry] = []
+    policies = document.get("policies")
+    if not isinstance(policies, list):
+        c.error("policies", f"expected a list of role entries, got {_type_name(policies)}")
+        policies = []
+    order = 0
+    for i, entry in enumerate(policies):
+        path = f"policies[{i}]"
+        if not isinstance(entry, Mapping):
+            c.error(path, f"expected a mapping with 'role' and 'permissions', got {entry!r}")
+            continue
+        c.keys(path, entry, _ENTRY_KEYS)
+        roles = _roles_of(c, path, entry)
+        perms = entry.get("permissions", [])
+        if not isinstance(perms, list):
+            c.error(f"{path}.permissions", f"expected a list, got {_type_name(perms)}")
+            perms = []
+        grants: list[Grant] = []
+        for j, perm in enumerate(perms):
+            ppath = f"{path}.permissions[{j}]"
+            allow = True
+            if isinstance(perm, Mapping):
+                c.keys(ppath, perm, _GRANT_KEYS)
+                if "tool" not in perm:
+                    c.error(ppath, "missing 'tool'")
+                    continue
+                pattern = c.tool_pattern(f"{ppath}.tool", perm["tool"], groups)
+                allow = perm.get("allow", True)
+                if not isinstance(allow, bool):
+                    c.error(f"{ppath}.allow", f"expected true or false, got {allow!r}")
+                    continue
+            else:
+                pattern = c.tool_pattern(ppath, perm, groups)
+            if pattern is None:
+                continue
+            grants.append(Grant(order, pattern, allow, roles, ppath))
+            order += 1
+        entries.append(RoleEntry(roles, tuple(grants), path))
+
+    if c.errors:
+        raise InvalidPolicyError(source, c.errors)
+    if raw is None:
+        raw = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str).encode()
+    name = meta.get("name")
+    description = meta.get("description")
+    return CompiledPolicy(
+        document=document,
+        entries=tuple(entries),
+        groups=groups,
+        name=name if isinstance(name, str) else None,
+        description=description if isinstance(description, str) else None,
+        expires_at=exp if exp is not None else float("inf"),
+        digest=hashlib.sha256(raw).hexdigest(),
+        source=source,
+        version=version,
+        mode=str(mode),
+    )

@@ -1,0 +1,171 @@
+"""The compiled policy: immutable data built once at load, read by every decision.
+
+``CompiledPolicy.rules_for(tool_id)`` answers, for one tool id, which entries of the
+policy can match it, which roles they grant and which they deny. The answer is
+computed once per tool id and memoised (a plain dict write, no lock: two threads
+racing compute the same immutable value), so a decision costs the same for a policy
+of 10 or of 10,000 tools.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["CompiledPolicy", "Grant", "RoleEntry", "ToolRules"]
+
+_MEMO_CAP = 200_000  # beyond this many distinct ids, answers are computed, not stored
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One permission of one policy entry.
+
+    ``pattern`` is as written (``billing:read``, ``reports:*``, ``*``, ``@group``);
+    ``path`` locates it in the document (``policies[1].permissions[2]``);
+    ``order`` is its position in policy order.
+    """
+
+    order: int
+    pattern: str
+    allow: bool
+    roles: tuple[str, ...]
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoleEntry:
+    """One item of ``policies``: the roles it applies to and its grants."""
+
+    roles: tuple[str, ...]
+    grants: tuple[Grant, ...]
+    path: str
+
+
+class ToolRules:
+    """Everything the policy says about one tool id.
+
+    ``grants``: the matching grants in policy order (allows and denies);
+    ``allow_roles`` / ``deny_roles``: roles with a matching grant / ``allow: false``.
+    ``known`` is False when no entry of the policy can match the id.
+    """
+
+    __slots__ = ("allow_roles", "deny_roles", "grants", "known", "tool_id")
+
+    def __init__(self, tool_id: str, grants: tuple[Grant, ...]) -> None:
+        self.tool_id = tool_id
+        self.grants = grants
+        self.known = bool(grants)
+        self.allow_roles = frozenset(r for g in grants if g.allow for r in g.roles)
+        self.deny_roles = frozenset(r for g in grants if not g.allow for r in g.roles)
+
+    def deny_grant(self, roles: frozenset[str]) -> Grant | None:
+        """The first ``allow: false`` grant that applies to one of ``roles``."""
+        for g in self.grants:
+            if not g.allow and not roles.isdisjoint(g.roles):
+                return g
+        return None
+
+    def allow_grants(self, roles: frozenset[str]) -> tuple[Grant, ...]:
+        """The allowing grants that apply to one of ``roles``, in policy order."""
+        return tuple(g for g in self.grants if g.allow and not roles.isdisjoint(g.roles))
+
+
+class CompiledPolicy:
+    """A validated policy document, indexed for decisions. Never mutated after
+    compile, except for the per-tool memo (see module docstring)."""
+
+    __slots__ = (
+        "_exact",
+        "_memo",
+        "_prefixes",
+        "_star",
+        "concrete_tools",
+        "description",
+        "digest",
+        "document",
+        "entries",
+        "expires_at",
+        "groups",
+        "mode",
+        "name",
+        "patterns",
+        "roles",
+        "source",
+        "version",
+    )
+
+    def __init__(
+        self,
+        *,
+        document: Mapping[str, Any],
+        entries: tuple[RoleEntry, ...],
+        groups: Mapping[str, tuple[str, ...]],
+        name: str | None,
+        description: str | None,
+        expires_at: float,
+        digest: str,
+        source: str,
+        version: int | None = None,
+        mode: str = "enforce",
+    ) -> None:
+        self.document = document
+        self.entries = entries
+        self.groups = groups
+        self.name = name
+        self.description = description
+        self.expires_at = expires_at
+        self.digest = digest
+        self.source = source
+        self.version = version
+        self.mode = mode
+
+        exact: dict[str, list[Grant]] = {}
+        prefixes: list[tuple[str, Grant]] = []
+        star: list[Grant] = []
+        patterns: set[str] = set()
+        for entry in entries:
+            for g in entry.grants:
+                p = g.pattern
+                if p == "*":
+                    star.append(g)
+                elif p.startswith("@"):
+                    for tool in groups[p[1:]]:
+                        exact.setdefault(tool, []).append(g)
+                elif p.endswith("*"):
+                    prefixes.append((p[:-1], g))
+                    patterns.add(p)
+                else:
+                    exact.setdefault(p, []).append(g)
+        self._exact = {k: tuple(v) for k, v in exact.items()}
+        self._prefixes = tuple(prefixes)
+        self._star = tuple(star)
+        self.concrete_tools = frozenset(exact)
+        self.patterns = frozenset(patterns)
+        self.roles = frozenset(r for e in entries for r in e.roles)
+        self._memo: dict[str, ToolRules] = {}
+
+    def rules_for(self, tool_id: str) -> ToolRules:
+        """What the policy says about ``tool_id`` (memoised)."""
+        rules = self._memo.get(tool_id)
+        if rules is None:
+            grants = list(self._exact.get(tool_id, ()))
+            grants.extend(g for prefix, g in self._prefixes if tool_id.startswith(prefix))
+            grants.extend(self._star)
+            grants.sort(key=lambda g: g.order)
+            rules = ToolRules(tool_id, tuple(grants))
+            if len(self._memo) < _MEMO_CAP:
+                self._memo[tool_id] = rules
+        return rules
+
+    @property
+    def tool_count(self) -> int:
+        """Distinct tool ids and prefix patterns the policy names (``*`` excluded)."""
+        return len(self.concrete_tools) + len(self.patterns)
+
+    def __repr__(self) -> str:
+        return (
+            f"CompiledPolicy(name={self.name!r}, source={self.source!r}, "
+            f"roles={len(self.roles)}, tools={self.tool_count}, digest={self.digest[:12]!r})"
+        )

@@ -1,0 +1,126 @@
+__path__ = __import__("pkgutil").extend_path(__path__, __name__)
+
+__doc__ = """D2: a fast, default-deny authorization guard for the functions an LLM agent (or
+any app) can call.
+
+The stable public API. Add ``@d2_guard("tool-id")`` to each tool, call
+``configure_rbac_sync()`` (or ``await configure_rbac_async()``) once at startup, and
+``set_user(user_id, roles=[...])`` per request. Anything the policy does not allow is
+denied.
+
+Names that live in optional distributions (``ASGIMiddleware``, ``headers_extractor``)
+are imported on first use; when the distribution is missing the ``ImportError``
+names the extra to install.
+"""
+
+from typing import Any
+
+from d2.core import (
+    BundleExpiredError,
+    ConfigurationError,
+    D2Error,
+    D2PlanLimitError,
+    InMemorySource,
+    InvalidPolicyError,
+    InvalidSignatureError,
+    Limits,
+    LocalFileSource,
+    MissingPolicyError,
+    PermissionDeniedError,
+    PolicyManager,
+    PolicySource,
+    PolicyTooLargeError,
+    TooManyToolsError,
+    TraceStep,
+    UserContext,
+    __version__,
+    allowed_tools,
+    clear_context,
+    clear_context_async,
+    clear_user_context,
+    configure_rbac_async,
+    configure_rbac_sync,
+    d2,
+    d2_guard,
+    get_policy_manager,
+    get_user_context,
+    is_allowed,
+    run_in_thread,
+    set_user,
+    set_user_context,
+    shutdown_all_rbac,
+    shutdown_rbac,
+    submit_with_context,
+    warn_if_context_set,
+)
+
+# name -> (module, attribute, extra that installs it)
+_LAZY = {
+    "ASGIMiddleware": ("d2.asgi", "ASGIMiddleware", "asgi"),
+    "headers_extractor": ("d2.asgi", "headers_extractor", "asgi"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr, extra = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'd2' has no attribute {name!r}") from None
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(
+            f"d2.{name} needs the {extra!r} extra: pip install \"d2-sdk[{extra}]\"",
+            name=module_name,
+        ) from exc
+    value = getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = [
+    "ASGIMiddleware",
+    "BundleExpiredError",
+    "ConfigurationError",
+    "D2Error",
+    "D2PlanLimitError",
+    "InMemorySource",
+    "InvalidPolicyError",
+    "InvalidSignatureError",
+    "Limits",
+    "LocalFileSource",
+    "MissingPolicyError",
+    "PermissionDeniedError",
+    "PolicyManager",
+    "PolicySource",
+    "PolicyTooLargeError",
+    "TooManyToolsError",
+    "TraceStep",
+    "UserContext",
+    "__version__",
+    "allowed_tools",
+    "clear_context",
+    "clear_context_async",
+    "clear_user_context",
+    "configure_rbac_async",
+    "configure_rbac_sync",
+    "d2",
+    "d2_guard",
+    "get_policy_manager",
+    "get_user_context",
+    "headers_extractor",
+    "is_allowed",
+    "run_in_thread",
+    "set_user",
+    "set_user_context",
+    "shutdown_all_rbac",
+    "shutdown_rbac",
+    "submit_with_context",
+    "warn_if_context_set",
+]

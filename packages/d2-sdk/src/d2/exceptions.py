@@ -1,0 +1,31 @@
+"""Every error D2 raises (see ``d2.core.errors`` for the hierarchy).
+
+``from d2.exceptions import PermissionDeniedError`` keeps working from the 1.x
+releases.
+"""
+
+from d2.core.errors import (
+    BundleExpiredError,
+    ConfigurationError,
+    D2Error,
+    D2PlanLimitError,
+    InvalidPolicyError,
+    InvalidSignatureError,
+    MissingPolicyError,
+    PermissionDeniedError,
+    PolicyTooLargeError,
+    TooManyToolsError,
+)
+
+__all__ = [
+    "BundleExpiredError",
+    "ConfigurationError",
+    "D2Error",
+    "D2PlanLimitError",
+    "InvalidPolicyError",
+    "InvalidSignatureError",
+    "MissingPolicyError",
+    "PermissionDeniedError",
+    "PolicyTooLargeError",
+    "TooManyToolsError",
+]
