@@ -72,7 +72,7 @@ def __getattr__(name: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ImportError(
-            f"d2.{name} needs the {extra!r} extra: pip install \"d2-sdk[{extra}]\"",
+            f'd2.{name} needs the {extra!r} extra: pip install "d2-sdk[{extra}]"',
             name=module_name,
         ) from exc
     value = getattr(module, attr)

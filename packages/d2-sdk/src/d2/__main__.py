@@ -5,8 +5,10 @@ import sys
 
 def main() -> int:
     """Run the CLI, or explain how to install it."""
+    import importlib
+
     try:
-        from d2.cli import main as cli_main  # type: ignore[import-not-found,unused-ignore]
+        cli_main = importlib.import_module("d2.cli").main
     except ImportError:
         sys.stderr.write('the d2 command line is not installed: pip install "d2-sdk[cli]"\n')
         return 2

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import inspect
 import warnings
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar, cast
 
+from ._functions import is_coroutine_function
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -171,8 +171,8 @@ def clear_context(func: Callable[P, R]) -> Callable[P, R]:
     Works on sync and async functions (for async ones it is the same as
     :func:`clear_context_async`).
     """
-    if inspect.iscoroutinefunction(func):
-        return clear_context_async(func)  # type: ignore[return-value]
+    if is_coroutine_function(func):
+        return cast("Callable[P, R]", clear_context_async(cast("Callable[P, Awaitable[R]]", func)))
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:

@@ -20,7 +20,7 @@ they are raised while loading a policy, ``tool_id`` is ``None``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = [
@@ -68,7 +68,8 @@ class PermissionDeniedError(D2Error):
 
     ``reason`` is machine-readable (for example ``not_granted``, ``explicit_deny``,
     ``no_user``, ``missing_policy``, ``policy_expired``, ``unknown_tool``).
-    ``trace`` lists, in order, the decision steps that ran and what each concluded.
+    ``trace`` lists, in order, the decision steps that ran and what each concluded
+    (:class:`~d2.core.evaluate.TraceStep`); ``message`` says what to do.
     """
 
     reason_default = "denied"
@@ -84,24 +85,78 @@ class PermissionDeniedError(D2Error):
         trace: Sequence[Any] = (),
     ) -> None:
         super().__init__(message)
-        self.message = message
         self.tool_id = tool_id
         self.user_id = user_id
         self.roles = roles
         self.reason = reason or self.reason_default
-        self.trace: tuple[Any, ...] = tuple(trace)
+        self._message: str | None = message
+        self._trace: tuple[Any, ...] | None = tuple(trace)
+        self._explain: Callable[[], tuple[str, tuple[Any, ...]]] | None = None
+
+    @classmethod
+    def deferred(
+        cls,
+        reason: str,
+        tool_id: str,
+        user_id: str | None,
+        roles: frozenset[str],
+        explain: Callable[[], tuple[str, tuple[Any, ...]]],
+    ) -> PermissionDeniedError:
+        """A denial whose message and trace are built by ``explain`` on first use,
+        so refusing a call stays cheap (internal: used by the evaluator)."""
+        err = cls.__new__(cls)
+        err.tool_id = tool_id
+        err.user_id = user_id
+        err.roles = roles
+        err.reason = reason
+        err._message = None
+        err._trace = None
+        err._explain = explain
+        return err
+
+    def _resolve(self) -> None:
+        explain, self._explain = self._explain, None
+        if explain is None:  # pragma: no cover - defensive
+            self._message, self._trace = self._message or "", self._trace or ()
+            return
+        self._message, self._trace = explain()
+        self.args = (self._message,)
+
+    @property
+    def message(self) -> str:
+        """What was refused, why, and what to do."""
+        if self._message is None:
+            self._resolve()
+        return self._message or ""
+
+    @property
+    def trace(self) -> tuple[Any, ...]:
+        """The decision steps that ran, in order."""
+        if self._trace is None:
+            self._resolve()
+        return self._trace or ()
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, reason={self.reason!r})"
 
     def __reduce__(self) -> Any:  # keep attributes across pickling (process pools)
-        return (_rebuild_denial, (type(self), self.message, self.__dict__))
+        state = {
+            "tool_id": self.tool_id,
+            "user_id": self.user_id,
+            "roles": self.roles,
+            "reason": self.reason,
+            "trace": self.trace,
+        }
+        return (_rebuild_denial, (type(self), self.message, state))
 
 
 def _rebuild_denial(
     cls: type[PermissionDeniedError], message: str, state: dict[str, Any]
 ) -> PermissionDeniedError:
-    err = cls.__new__(cls)
-    Exception.__init__(err, message)
-    err.__dict__.update(state)
-    return err
+    return cls(message, **state)
 
 
 class MissingPolicyError(PermissionDeniedError):

@@ -16,6 +16,7 @@ Decision steps implemented here (``POLICY.md``):
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import NamedTuple
 
@@ -90,65 +91,79 @@ class Evaluator:
     def _denial(
         self, policy: CompiledPolicy | None, tool_id: str, ctx: UserContext
     ) -> PermissionDeniedError:
-        user, roles = ctx.user_id, ctx.roles
-        common = {"tool_id": tool_id, "user_id": user, "roles": roles}
+        """Classify the refusal now (cheap); the message and trace are built only
+        when someone reads them."""
+        cls: type[PermissionDeniedError] = PermissionDeniedError
         if policy is None:
-            step = TraceStep("policy", "deny", self.absent_detail)
-            return MissingPolicyError(
+            cls, reason = MissingPolicyError, self.absent_reason
+        elif _now() >= policy.expires_at:
+            cls, reason = BundleExpiredError, "policy_expired"
+        elif ctx.user_id is None:
+            reason = "no_user"
+        else:
+            rules = policy.rules_for(tool_id)
+            if not rules.known:
+                cls, reason = MissingPolicyError, "unknown_tool"
+            elif not rules.deny_roles.isdisjoint(ctx.roles):
+                reason = "explicit_deny"
+            else:
+                reason = "not_granted"
+        return cls.deferred(
+            reason,
+            tool_id,
+            ctx.user_id,
+            ctx.roles,
+            functools.partial(self._explain, reason, policy, tool_id, ctx),
+        )
+
+    def _explain(
+        self, reason: str, policy: CompiledPolicy | None, tool_id: str, ctx: UserContext
+    ) -> tuple[str, tuple[TraceStep, ...]]:
+        user, roles = ctx.user_id, ctx.roles
+        if policy is None:
+            return (
                 f"{tool_id!r} denied: {self.absent_detail}",
-                reason=self.absent_reason,
-                trace=(step,),
-                **common,  # type: ignore[arg-type]
+                (TraceStep("policy", "deny", self.absent_detail),),
             )
         loaded = TraceStep("policy", "pass", f"{policy.source} ({policy.digest[:12]})")
-        if _now() >= policy.expires_at:
+        if reason == "policy_expired":
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(policy.expires_at))
             detail = f"the policy expired at {when}"
-            return BundleExpiredError(
+            return (
                 f"{tool_id!r} denied: {detail}; load a renewed policy (local: update "
                 "metadata.expires in the file; cloud: publish a new bundle)",
-                trace=(TraceStep("policy", "deny", detail),),
-                **common,  # type: ignore[arg-type]
+                (TraceStep("policy", "deny", detail),),
             )
-        if user is None:
+        if reason == "no_user":
             detail = "no user context is set"
-            return PermissionDeniedError(
+            return (
                 f"{tool_id!r} denied: {detail}; call d2.set_user(user_id, roles=[...]) for "
                 "this request before calling guarded tools",
-                reason="no_user",
-                trace=(loaded, TraceStep("user", "deny", detail)),
-                **common,  # type: ignore[arg-type]
+                (loaded, TraceStep("user", "deny", detail)),
             )
         who = TraceStep("user", "pass", f"{user!r} with roles [{_roles_text(roles)}]")
         rules = policy.rules_for(tool_id)
-        if not rules.known:
+        if reason == "unknown_tool":
             detail = f"no entry of the policy names {tool_id!r} (or a wildcard matching it)"
-            return MissingPolicyError(
-                f"{tool_id!r} denied: {detail}; add it to a role's permissions in "
-                f"{policy.source}",
-                reason="unknown_tool",
-                trace=(loaded, who, TraceStep("rbac", "deny", detail)),
-                **common,  # type: ignore[arg-type]
+            return (
+                f"{tool_id!r} denied: {detail}; add it to a role's permissions in {policy.source}",
+                (loaded, who, TraceStep("rbac", "deny", detail)),
             )
         deny = rules.deny_grant(roles)
-        if deny is not None:
+        if reason == "explicit_deny" and deny is not None:
             role = next(r for r in deny.roles if r in roles)
             detail = f"role {role!r} has 'allow: false' for {deny.pattern!r}"
-            return PermissionDeniedError(
+            return (
                 f"{tool_id!r} denied for user {user!r}: {detail} at {deny.path} "
                 "(an explicit deny overrides every grant)",
-                reason="explicit_deny",
-                trace=(loaded, who, TraceStep("rbac", "deny", detail, deny.path)),
-                **common,  # type: ignore[arg-type]
+                (loaded, who, TraceStep("rbac", "deny", detail, deny.path)),
             )
         detail = f"no role of the user ([{_roles_text(roles)}]) is granted {tool_id!r}"
         granted = sorted(rules.allow_roles)
         hint = f" (roles that may: {', '.join(granted[:10])})" if granted else ""
-        return PermissionDeniedError(
+        return (
             f"{tool_id!r} denied for user {user!r}: {detail}{hint}",
-            reason="not_granted",
-            trace=(loaded, who, TraceStep("rbac", "deny", detail)),
-            **common,  # type: ignore[arg-type]
+            (loaded, who, TraceStep("rbac", "deny", detail)),
         )
 
     def allowed_tools(self, ctx: UserContext | None = None) -> tuple[str, ...]:

@@ -11,14 +11,21 @@ runs the sync tool in a worker thread with the caller's context.
 from __future__ import annotations
 
 import functools
-import inspect
-from asyncio import _get_running_loop
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from ._functions import (
+    first_parameter,
+    is_async_generator_function,
+    is_coroutine_function,
+    is_generator_function,
+)
 from .context import run_in_thread
 from .errors import ConfigurationError, D2Error, PermissionDeniedError
 from .evaluate import evaluator_for
+
+if TYPE_CHECKING:
+    import inspect
 
 __all__ = ["d2", "d2_guard"]
 
@@ -44,9 +51,10 @@ def _fallback(on_deny: Any, is_async: bool, tool_id: str) -> Callable[[Permissio
         return reraise
     if not callable(on_deny):
         return lambda err: on_deny
+    import inspect  # only for callables given as on_deny, at decoration time
+
     if not is_async and (
-        inspect.iscoroutinefunction(on_deny)
-        or inspect.iscoroutinefunction(getattr(on_deny, "__call__", None))  # noqa: B004
+        is_coroutine_function(on_deny) or is_coroutine_function(getattr(on_deny, "__call__", None))  # noqa: B004
     ):
         raise ConfigurationError(
             f"on_deny for the sync tool {tool_id!r} is an async function, which a sync "
@@ -81,7 +89,7 @@ def _stream_sync(value: Any) -> Any:
 
 
 async def _stream_async(value: Any) -> Any:
-    if inspect.isawaitable(value):
+    if hasattr(value, "__await__"):
         value = await value
     if value is None:
         return
@@ -95,14 +103,15 @@ async def _stream_async(value: Any) -> Any:
             yield item
 
 
-def _build(fn: Callable[..., Any], tool_id: str, on_deny: Any, strict: bool | None,
-           instance_name: str) -> Callable[..., Any]:
+def _build(
+    fn: Callable[..., Any], tool_id: str, on_deny: Any, strict: bool | None, instance_name: str
+) -> Callable[..., Any]:
     evaluator = evaluator_for(instance_name)
     evaluator.guarded_tools.add(tool_id)
     check = evaluator.check
-    is_async = inspect.iscoroutinefunction(fn)
-    is_agen = inspect.isasyncgenfunction(fn)
-    is_gen = inspect.isgeneratorfunction(fn)
+    is_async = is_coroutine_function(fn)
+    is_agen = is_async_generator_function(fn)
+    is_gen = is_generator_function(fn)
     handle = _fallback(on_deny, is_async or is_agen, tool_id)
     raising = on_deny is RAISE
     wrapper: Callable[..., Any]
@@ -120,7 +129,7 @@ def _build(fn: Callable[..., Any], tool_id: str, on_deny: Any, strict: bool | No
                     check(tool_id)
                 except PermissionDeniedError as err:
                     result = handle(err)
-                    return (await result) if inspect.isawaitable(result) else result
+                    return (await result) if hasattr(result, "__await__") else result
                 return await fn(*args, **kwargs)
 
     elif is_agen:
@@ -137,7 +146,9 @@ def _build(fn: Callable[..., Any], tool_id: str, on_deny: Any, strict: bool | No
     else:
 
         def in_loop() -> None:
-            if (evaluator.strict if strict is None else strict) and _get_running_loop():
+            from asyncio import _get_running_loop  # strict mode only
+
+            if _get_running_loop() is not None:
                 raise D2Error(
                     f"sync tool {tool_id!r} called inside a running event loop while strict "
                     "sync mode is on (strict=True or D2_STRICT_SYNC=1): it would block the "
@@ -164,7 +175,7 @@ def _build(fn: Callable[..., Any], tool_id: str, on_deny: Any, strict: bool | No
                 return fn(*args, **kwargs)
 
     functools.update_wrapper(wrapper, fn)
-    wrapper.tool_id = tool_id  # type: ignore[attr-defined]
+    wrapper.__dict__["tool_id"] = tool_id
     if not (is_async or is_agen or is_gen):
         guarded = wrapper
 
@@ -174,7 +185,7 @@ def _build(fn: Callable[..., Any], tool_id: str, on_deny: Any, strict: bool | No
         aio.__name__ = f"{fn.__name__}.aio"
         aio.__qualname__ = f"{fn.__qualname__}.aio"
         aio.__doc__ = f"Await {fn.__qualname__} in a worker thread (caller's context kept)."
-        wrapper.aio = aio  # type: ignore[attr-defined]
+        wrapper.__dict__["aio"] = aio
     return wrapper
 
 
@@ -199,6 +210,8 @@ class _BoundTool:
 
     @property
     def __signature__(self) -> inspect.Signature:
+        import inspect
+
         sig = inspect.signature(self._guarded)
         return sig.replace(parameters=list(sig.parameters.values())[1:])
 
@@ -213,7 +226,7 @@ class _GuardedMethod:
     def __init__(self, guarded: Callable[..., Any], classmethod_: bool) -> None:
         self._guarded = guarded
         self._classmethod = classmethod_
-        functools.update_wrapper(self, guarded)  # type: ignore[arg-type]
+        functools.update_wrapper(self, guarded)
 
     def __get__(self, obj: object, owner: type | None = None) -> Any:
         if self._classmethod:
@@ -228,9 +241,7 @@ class _GuardedMethod:
 
 def _is_sync_plain(fn: Callable[..., Any]) -> bool:
     return not (
-        inspect.iscoroutinefunction(fn)
-        or inspect.isasyncgenfunction(fn)
-        or inspect.isgeneratorfunction(fn)
+        is_coroutine_function(fn) or is_async_generator_function(fn) or is_generator_function(fn)
     )
 
 
@@ -238,15 +249,12 @@ def _looks_like_method(fn: Callable[..., Any]) -> bool:
     qual = getattr(fn, "__qualname__", "")
     if "." not in qual or qual.rsplit(".", 2)[-2] == "<locals>":
         return False
-    try:
-        params = list(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return False
-    return bool(params) and params[0] == "self"
+    return first_parameter(fn) == "self"
 
 
-def _decorate(target: Any, tool_id: str | None, on_deny: Any, strict: bool | None,
-              instance_name: str) -> Any:
+def _decorate(
+    target: Any, tool_id: str | None, on_deny: Any, strict: bool | None, instance_name: str
+) -> Any:
     if isinstance(target, (staticmethod, classmethod)):
         fn = target.__func__
         tid = tool_id or f"{fn.__module__}.{fn.__qualname__}"

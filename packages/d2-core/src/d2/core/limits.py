@@ -6,12 +6,11 @@ self-hosted setups and benchmarks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .errors import ConfigurationError
 
 __all__ = ["Limits"]
 
 
-@dataclass(frozen=True, slots=True)
 class Limits:
     """Bounds a local policy must respect to load.
 
@@ -20,9 +19,51 @@ class Limits:
     ``max_expiry_seconds``: how far ahead ``metadata.expires`` may be.
     """
 
-    max_tools: int = 25
-    max_bytes: int = 512 * 1024
-    max_expiry_seconds: float = 7 * 24 * 3600.0
+    __slots__ = ("max_bytes", "max_expiry_seconds", "max_tools")
+
+    max_tools: int
+    max_bytes: int
+    max_expiry_seconds: float
+
+    def __init__(
+        self,
+        max_tools: int = 25,
+        max_bytes: int = 512 * 1024,
+        max_expiry_seconds: float = 7 * 24 * 3600.0,
+    ) -> None:
+        for name, value in (
+            ("max_tools", max_tools),
+            ("max_bytes", max_bytes),
+            ("max_expiry_seconds", max_expiry_seconds),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigurationError(
+                    f"Limits({name}=...) must be a positive number, got {value!r}"
+                )
+        object.__setattr__(self, "max_tools", max_tools)
+        object.__setattr__(self, "max_bytes", max_bytes)
+        object.__setattr__(self, "max_expiry_seconds", float(max_expiry_seconds))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Limits is immutable; build a new one")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Limits):
+            return NotImplemented
+        return (self.max_tools, self.max_bytes, self.max_expiry_seconds) == (
+            other.max_tools,
+            other.max_bytes,
+            other.max_expiry_seconds,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.max_tools, self.max_bytes, self.max_expiry_seconds))
+
+    def __repr__(self) -> str:
+        return (
+            f"Limits(max_tools={self.max_tools}, max_bytes={self.max_bytes}, "
+            f"max_expiry_seconds={self.max_expiry_seconds:g})"
+        )
 
     @classmethod
     def unlimited(cls) -> Limits:

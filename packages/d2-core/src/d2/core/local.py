@@ -7,23 +7,25 @@ handed over, an invalid one is logged and the policy in force stays.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import D2Error
 from .limits import Limits
-from .policy.load import discover_policy_file, load_policy_bytes
+from .policy.load import discover_policy_file, load_policy_bytes, load_policy_file
 from .policy.model import CompiledPolicy
 
 __all__ = ["InMemorySource", "LocalFileSource", "PolicySource"]
 
-log = logging.getLogger("d2")
+
+def _log() -> Any:
+    import logging  # only when there is something to say
+
+    return logging.getLogger("d2")
+
 
 OnChange = Callable[[CompiledPolicy], None]
 
@@ -59,23 +61,24 @@ class LocalFileSource:
     watching.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *,
-                 poll_interval: float | None = 1.0) -> None:
-        self._explicit = Path(path).expanduser() if path is not None else None
-        self.path: Path | None = self._explicit
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, *, poll_interval: float | None = 1.0
+    ) -> None:
+        self._explicit = os.path.expanduser(os.fspath(path)) if path is not None else None
+        self.path: str | None = self._explicit
         self.poll_interval = poll_interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._stamp: tuple[int, int, int] | None = None
-        self._digest: str | None = None
+        self._raw: bytes | None = None
 
     def describe(self) -> str:
         """The file's path (once known)."""
-        return str(self.path) if self.path is not None else "<policy file discovery>"
+        return self.path if self.path is not None else "<policy file discovery>"
 
-    def _stat(self, path: Path) -> tuple[int, int, int] | None:
+    def _stat(self, path: str) -> tuple[int, int, int] | None:
         try:
-            st = path.stat()
+            st = os.stat(path)
         except OSError:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -84,15 +87,16 @@ class LocalFileSource:
         """Find (unless given) and load the file."""
         if self._explicit is None:
             self.path = discover_policy_file()
-        elif not self._explicit.is_file():
+        elif not os.path.isfile(self._explicit):
             from .errors import MissingPolicyError
 
-            raise MissingPolicyError(f"policy file {str(self._explicit)!r} does not exist")
+            raise MissingPolicyError(
+                f"policy file {self._explicit!r} does not exist; check the path"
+            )
         assert self.path is not None
         self._stamp = self._stat(self.path)
-        data = self.path.read_bytes()
-        policy = load_policy_bytes(data, str(self.path), limits)
-        self._digest = policy.digest
+        policy = load_policy_file(self.path, limits)
+        self._raw = policy.raw
         return policy
 
     def watch(self, limits: Limits, on_change: OnChange) -> None:
@@ -100,7 +104,9 @@ class LocalFileSource:
         if self.poll_interval is None or self._thread is not None or self.path is None:
             return
         self._thread = threading.Thread(
-            target=self._run, args=(limits, on_change), name=f"d2-watch:{self.path.name}",
+            target=self._run,
+            args=(limits, on_change),
+            name=f"d2-watch:{os.path.basename(self.path)}",
             daemon=True,
         )
         self._thread.start()
@@ -113,20 +119,26 @@ class LocalFileSource:
                 continue
             self._stamp = stamp
             try:
-                data = self.path.read_bytes()
-                if hashlib.sha256(data).hexdigest() == self._digest:
+                with open(self.path, "rb") as fh:
+                    data = fh.read()
+                if data == self._raw:
                     continue
-                policy = load_policy_bytes(data, str(self.path), limits)
+                policy = load_policy_bytes(data, self.path, limits)
             except (D2Error, OSError) as exc:
-                log.error("d2: policy file %s changed but was refused; the previous policy "
-                          "stays in force. %s", self.path, exc)
+                _log().error(
+                    "d2: policy file %s changed but was refused; the previous policy "
+                    "stays in force. %s",
+                    self.path,
+                    exc,
+                )
                 continue
             except Exception:  # never let the watcher die on a surprise
-                log.exception("d2: unexpected error reloading %s; previous policy kept",
-                              self.path)
+                _log().exception(
+                    "d2: unexpected error reloading %s; previous policy kept", self.path
+                )
                 continue
-            self._digest = policy.digest
-            log.info("d2: reloaded policy %s (%s)", self.path, policy.digest[:12])
+            self._raw = data
+            _log().info("d2: reloaded policy %s (%s)", self.path, policy.digest[:12])
             on_change(policy)
 
     def close(self) -> None:
@@ -144,8 +156,9 @@ class InMemorySource:
     document (raising, and keeping the old policy, when it is invalid).
     """
 
-    def __init__(self, document: Mapping[str, Any] | str | bytes, *,
-                 name: str = "<memory>") -> None:
+    def __init__(
+        self, document: Mapping[str, Any] | str | bytes, *, name: str = "<memory>"
+    ) -> None:
         self.name = name
         self._document = document
         self._limits: Limits | None = None

@@ -8,12 +8,10 @@ Each instance name has its own policy; guards name theirs with ``instance_name``
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError
@@ -33,7 +31,6 @@ __all__ = [
     "shutdown_rbac",
 ]
 
-log = logging.getLogger("d2")
 _TRUE = ("1", "true", "yes", "on")
 
 
@@ -112,6 +109,9 @@ class PolicyManager:
 
 
 def _announce(policy: CompiledPolicy, where: str) -> None:
+    import logging
+
+    log = logging.getLogger("d2")
     log.info("d2: local mode, policy file %s (digest %s)", where, policy.digest[:12])
     if _flag("D2_SILENT"):
         return
@@ -122,8 +122,12 @@ def _announce(policy: CompiledPolicy, where: str) -> None:
         f"expires {expires}. Set D2_SILENT=1 to hide this.\n"
     )
     if left < 86400:
-        log.warning("d2: policy %s expires in %.1f hours (%s); renew metadata.expires",
-                    where, left / 3600, expires)
+        log.warning(
+            "d2: policy %s expires in %.1f hours (%s); renew metadata.expires",
+            where,
+            left / 3600,
+            expires,
+        )
 
 
 _lock = threading.Lock()  # configure/shutdown only; never taken by a guarded call
@@ -131,13 +135,15 @@ _managers: dict[str, PolicyManager] = {}
 
 
 def _prepare(
-    instance_name: str, source: PolicySource | str | os.PathLike[str] | None,
-    limits: Limits | None, strict_sync: bool | None,
+    instance_name: str,
+    source: PolicySource | str | os.PathLike[str] | None,
+    limits: Limits | None,
+    strict_sync: bool | None,
 ) -> PolicyManager:
     if not isinstance(instance_name, str) or not instance_name:
         raise ConfigurationError(f"instance_name must be a non-empty string, got {instance_name!r}")
     if isinstance(source, (str, os.PathLike)):
-        source = LocalFileSource(Path(source))
+        source = LocalFileSource(source)
     elif source is None:
         source = LocalFileSource()
     elif not isinstance(source, PolicySource):
@@ -151,14 +157,15 @@ def _prepare(
 
 
 def _cloud_module(token: str) -> Any:
+    import importlib
+
     try:
-        import d2.cloud as cloud  # type: ignore[import-not-found,unused-ignore]
+        return importlib.import_module("d2.cloud")
     except ImportError as exc:
         raise ConfigurationError(
             "D2_TOKEN is set, which selects cloud mode, but the cloud package is not "
             'installed: pip install "d2-sdk[cloud]" (or unset D2_TOKEN for local mode)'
         ) from exc
-    return cloud
 
 
 def _replace(manager: PolicyManager) -> None:
@@ -229,8 +236,13 @@ async def configure_rbac_async(
     import asyncio
 
     return await asyncio.to_thread(
-        configure_rbac_sync, instance_name=instance_name, source=source, limits=limits,
-        strict_sync=strict_sync, token="", **cloud_options,
+        configure_rbac_sync,
+        instance_name=instance_name,
+        source=source,
+        limits=limits,
+        strict_sync=strict_sync,
+        token="",
+        **cloud_options,
     )
 
 
@@ -273,4 +285,3 @@ def allowed_tools(*, instance_name: str = "default") -> tuple[str, ...]:
     """The concrete tool ids the current user may call: those the policy names and
     those guarded in this process; sorted. Show a model only these."""
     return evaluator_for(instance_name).allowed_tools()
-

@@ -7,7 +7,6 @@ Validation collects every problem with its path inside the document
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -137,7 +136,9 @@ def _groups_of(c: _Checker, raw: object) -> dict[str, tuple[str, ...]]:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        c.error("metadata.tool_groups", f"expected a mapping of name -> list, got {_type_name(raw)}")
+        c.error(
+            "metadata.tool_groups", f"expected a mapping of name -> list, got {_type_name(raw)}"
+        )
         return {}
     groups: dict[str, tuple[str, ...]] = {}
     for name, members in raw.items():
@@ -258,7 +259,7 @@ def compile_policy(
         name=name if isinstance(name, str) else None,
         description=description if isinstance(description, str) else None,
         expires_at=exp if exp is not None else float("inf"),
-        digest=hashlib.sha256(raw).hexdigest(),
+        raw=raw,
         source=source,
         version=version,
         mode=str(mode),

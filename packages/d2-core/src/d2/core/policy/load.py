@@ -10,7 +10,6 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from ..errors import (
@@ -30,7 +29,7 @@ __all__ = ["check_limits", "discover_policy_file", "load_policy_bytes", "load_po
 _NAMES = ("policy.yaml", "policy.yml", "policy.json")
 
 
-def discover_policy_file(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path:
+def discover_policy_file(env: Mapping[str, str] | None = None, cwd: str | None = None) -> str:
     """The policy file local mode reads.
 
     Order: ``D2_POLICY_FILE`` (must exist), then
@@ -40,22 +39,23 @@ def discover_policy_file(env: Mapping[str, str] | None = None, cwd: Path | None 
     env = os.environ if env is None else env
     explicit = env.get("D2_POLICY_FILE")
     if explicit:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
+        path = os.path.expanduser(explicit)
+        if not os.path.isfile(path):
             raise MissingPolicyError(
-                f"D2_POLICY_FILE points to {str(path)!r}, which is not a file; "
+                f"D2_POLICY_FILE points to {path!r}, which is not a file; "
                 "fix the path or unset D2_POLICY_FILE to use discovery"
             )
         return path
-    xdg = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".config")
-    searched = [Path(xdg) / "d2" / n for n in _NAMES]
-    searched += [(cwd or Path.cwd()) / n for n in _NAMES]
+    home = env.get("HOME") or os.path.expanduser("~")
+    xdg = env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    searched = [os.path.join(xdg, "d2", n) for n in _NAMES]
+    searched += [os.path.join(cwd or os.getcwd(), n) for n in _NAMES]
     for path in searched:
-        if path.is_file():
+        if os.path.isfile(path):
             return path
     raise MissingPolicyError(
         "no local policy file found; looked for: "
-        + ", ".join(str(p) for p in searched)
+        + ", ".join(searched)
         + ". Create one with `d2 init`, set D2_POLICY_FILE, or set D2_TOKEN for cloud mode"
     )
 
@@ -72,8 +72,8 @@ def parse_document(data: bytes, source: str) -> Any:
         from ruamel.yaml.error import YAMLError
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ConfigurationError(
-            f"{source} is YAML, which needs ruamel.yaml: pip install \"d2-sdk[yaml]\" "
-            "(or \"d2-core[yaml]\"), or write the policy as JSON"
+            f'{source} is YAML, which needs ruamel.yaml: pip install "d2-sdk[yaml]" '
+            '(or "d2-core[yaml]"), or write the policy as JSON'
         ) from exc
     try:
         return YAML(typ="safe").load(data)
@@ -111,6 +111,13 @@ def check_limits(policy: CompiledPolicy, limits: Limits, now: float) -> None:
         )
 
 
+def _too_large(source: str, size: int, limits: Limits) -> PolicyTooLargeError:
+    return PolicyTooLargeError(
+        f"{source} is {size} bytes; local mode allows at most {limits.max_bytes}. "
+        "Use tool groups or prefix wildcards to shorten it, or raise Limits(max_bytes=...)"
+    )
+
+
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
@@ -121,19 +128,23 @@ def load_policy_bytes(
     """Parse, validate, compile and limit-check a local policy's bytes."""
     now = time.time() if now is None else now
     if len(data) > limits.max_bytes:  # refuse before parsing a huge file
-        raise PolicyTooLargeError(
-            f"{source} is {len(data)} bytes; local mode allows at most {limits.max_bytes}. "
-            "Use tool groups or prefix wildcards to shorten it, or raise Limits(max_bytes=...)"
-        )
+        raise _too_large(source, len(data), limits)
     policy = compile_policy(parse_document(data, source), source=source, raw=data)
     check_limits(policy, limits, now)
     return policy
 
 
-def load_policy_file(path: Path, limits: Limits, now: float | None = None) -> CompiledPolicy:
+def load_policy_file(
+    path: str | os.PathLike[str], limits: Limits, now: float | None = None
+) -> CompiledPolicy:
     """Read and load the policy file at ``path``."""
+    path = os.fspath(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > limits.max_bytes:
+                raise _too_large(path, size, limits)
+            data = fh.read()
     except OSError as exc:
-        raise MissingPolicyError(f"cannot read policy file {str(path)!r}: {exc}") from exc
-    return load_policy_bytes(data, str(path), limits, now)
+        raise MissingPolicyError(f"cannot read policy file {path!r}: {exc}") from exc
+    return load_policy_bytes(data, path, limits, now)

@@ -10,7 +10,6 @@ of 10 or of 10,000 tools.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["CompiledPolicy", "Grant", "RoleEntry", "ToolRules"]
@@ -18,29 +17,46 @@ __all__ = ["CompiledPolicy", "Grant", "RoleEntry", "ToolRules"]
 _MEMO_CAP = 200_000  # beyond this many distinct ids, answers are computed, not stored
 
 
-@dataclass(frozen=True, slots=True)
 class Grant:
-    """One permission of one policy entry.
+    """One permission of one policy entry (read-only).
 
     ``pattern`` is as written (``billing:read``, ``reports:*``, ``*``, ``@group``);
     ``path`` locates it in the document (``policies[1].permissions[2]``);
     ``order`` is its position in policy order.
     """
 
-    order: int
-    pattern: str
-    allow: bool
-    roles: tuple[str, ...]
-    path: str
+    __slots__ = ("allow", "order", "path", "pattern", "roles")
+
+    def __init__(
+        self, order: int, pattern: str, allow: bool, roles: tuple[str, ...], path: str
+    ) -> None:
+        self.order = order
+        self.pattern = pattern
+        self.allow = allow
+        self.roles = roles
+        self.path = path
+
+    def __repr__(self) -> str:
+        return (
+            f"Grant({self.pattern!r}, allow={self.allow}, roles={list(self.roles)!r}, "
+            f"path={self.path!r})"
+        )
 
 
-@dataclass(frozen=True, slots=True)
 class RoleEntry:
-    """One item of ``policies``: the roles it applies to and its grants."""
+    """One item of ``policies`` (read-only): the roles it applies to and its grants."""
 
-    roles: tuple[str, ...]
-    grants: tuple[Grant, ...]
-    path: str
+    __slots__ = ("grants", "path", "roles")
+
+    def __init__(self, roles: tuple[str, ...], grants: tuple[Grant, ...], path: str) -> None:
+        self.roles = roles
+        self.grants = grants
+        self.path = path
+
+    def __repr__(self) -> str:
+        return (
+            f"RoleEntry(roles={list(self.roles)!r}, grants={len(self.grants)}, path={self.path!r})"
+        )
 
 
 class ToolRules:
@@ -77,13 +93,13 @@ class CompiledPolicy:
     compile, except for the per-tool memo (see module docstring)."""
 
     __slots__ = (
+        "_digest",
         "_exact",
         "_memo",
         "_prefixes",
         "_star",
         "concrete_tools",
         "description",
-        "digest",
         "document",
         "entries",
         "expires_at",
@@ -91,6 +107,7 @@ class CompiledPolicy:
         "mode",
         "name",
         "patterns",
+        "raw",
         "roles",
         "source",
         "version",
@@ -105,7 +122,7 @@ class CompiledPolicy:
         name: str | None,
         description: str | None,
         expires_at: float,
-        digest: str,
+        raw: bytes,
         source: str,
         version: int | None = None,
         mode: str = "enforce",
@@ -116,7 +133,8 @@ class CompiledPolicy:
         self.name = name
         self.description = description
         self.expires_at = expires_at
-        self.digest = digest
+        self.raw = raw
+        self._digest: str | None = None
         self.source = source
         self.version = version
         self.mode = mode
@@ -158,6 +176,15 @@ class CompiledPolicy:
             if len(self._memo) < _MEMO_CAP:
                 self._memo[tool_id] = rules
         return rules
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 (hex) of the document's bytes: the local policy's version."""
+        if self._digest is None:
+            import hashlib  # off the cold path: computed when first asked for
+
+            self._digest = hashlib.sha256(self.raw).hexdigest()
+        return self._digest
 
     @property
     def tool_count(self) -> int:

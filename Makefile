@@ -1,0 +1,39 @@
+# D2 monorepo. `make test` works from a bare machine: it installs uv with pip when
+# missing and uses the machine's own Python (no interpreter downloads).
+export UV_PYTHON_DOWNLOADS := never
+export PATH := $(HOME)/.local/bin:$(PATH)
+
+UV ?= uv
+RUN = $(UV) run --frozen --all-packages
+
+.PHONY: help uv sync demo test lint format bench version-check
+
+help:
+	@echo "make demo   - a scripted agent as three users: each call allowed or denied, and why"
+	@echo "make test   - install everything (uv included) and run the whole suite"
+	@echo "make lint   - ruff check, ruff format --check, mypy --strict on packages/"
+	@echo "make bench  - guard overhead, scaling, compile time and cold start"
+
+uv:
+	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+sync: uv
+	$(UV) sync --all-packages --frozen
+
+demo: sync
+	$(RUN) python examples/demo_agent.py
+
+test: sync
+	$(RUN) pytest -q
+
+lint: sync
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy packages/d2-core/src packages/d2-sdk/src
+
+format: sync
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+bench: sync
+	$(RUN) python benchmarks/run.py
