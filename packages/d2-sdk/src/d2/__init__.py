@@ -13,7 +13,7 @@ are imported on first use; when the distribution is missing the ``ImportError``
 names the extra to install.
 """
 
-from typing import Any
+import typing as _typing
 
 from d2.core import (
     BundleExpiredError,
@@ -61,7 +61,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     try:
         module_name, attr, extra = _LAZY[name]
     except KeyError:

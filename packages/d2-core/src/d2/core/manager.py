@@ -109,10 +109,11 @@ class PolicyManager:
 
 
 def _announce(policy: CompiledPolicy, where: str) -> None:
-    import logging
-
-    log = logging.getLogger("d2")
-    log.info("d2: local mode, policy file %s (digest %s)", where, policy.digest[:12])
+    # Logging is imported by nearly every app; when it is not, nobody listens at INFO
+    # and importing it here would only slow the cold start.
+    loaded_logging: Any = sys.modules.get("logging")
+    if loaded_logging is not None:
+        loaded_logging.getLogger("d2").info("d2: local mode, policy file %s", where)
     if _flag("D2_SILENT"):
         return
     left = policy.expires_at - time.time()
@@ -122,7 +123,9 @@ def _announce(policy: CompiledPolicy, where: str) -> None:
         f"expires {expires}. Set D2_SILENT=1 to hide this.\n"
     )
     if left < 86400:
-        log.warning(
+        import logging
+
+        logging.getLogger("d2").warning(
             "d2: policy %s expires in %.1f hours (%s); renew metadata.expires",
             where,
             left / 3600,

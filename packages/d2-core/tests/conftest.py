@@ -1,0 +1,70 @@
+"""Shared fixtures: every test starts with no instance configured, no user set and
+no D2_* variables, with HOME and XDG_CONFIG_HOME in a temporary directory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from d2.core import InMemorySource, clear_user_context, configure_rbac_sync, shutdown_all_rbac
+from d2.core.manager import PolicyManager
+
+
+def expires_in(seconds: float = 3 * 86400) -> str:
+    """An RFC 3339 UTC time ``seconds`` from now."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
+
+
+def policy_doc(*entries: dict[str, Any], **metadata: Any) -> dict[str, Any]:
+    """A valid policy document with the given role entries."""
+    meta = {"name": "test-app", "expires": expires_in(), **metadata}
+    return {"metadata": meta, "policies": list(entries)}
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[None]:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("D2_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("D2_SILENT", "1")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    clear_user_context()
+    yield
+    shutdown_all_rbac()
+    clear_user_context()
+
+
+@pytest.fixture
+def configure() -> Callable[..., PolicyManager]:
+    """Configure the default (or a named) instance from an in-memory document."""
+
+    def _configure(
+        *entries: dict[str, Any],
+        instance_name: str = "default",
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> PolicyManager:
+        doc = policy_doc(*entries, **(metadata or {}))
+        return configure_rbac_sync(
+            source=InMemorySource(doc), instance_name=instance_name, **kwargs
+        )
+
+    return _configure
+
+
+@pytest.fixture
+def make_doc() -> Callable[..., dict[str, Any]]:
+    """``make_doc(*entries, **metadata)``: a valid policy document."""
+    return policy_doc
+
+
+@pytest.fixture
+def future() -> Callable[..., str]:
+    """``future(seconds)``: an RFC 3339 time that far ahead."""
+    return expires_in
