@@ -13,6 +13,7 @@ from d2.core import (
     ConfigurationError,
     InMemorySource,
     InvalidPolicyError,
+    LocalFileSource,
     MissingPolicyError,
     PolicyManager,
     configure_rbac_async,
@@ -93,13 +94,20 @@ def test_shutdown_all(configure: Any) -> None:
         get_policy_manager("two")
 
 
-def test_reconfigure_replaces_and_a_bad_reconfigure_denies(configure: Any, make_doc: Any) -> None:
+def test_reconfigure_replaces_the_policy(configure: Any) -> None:
     configure({"role": "a", "permissions": ["x"]})
+    configure({"role": "a", "permissions": ["y"]})
     set_user("u", roles=["a"])
+    assert is_allowed("y") and not is_allowed("x")
+
+
+def test_failed_first_configure_leaves_calls_denied() -> None:
     with pytest.raises(InvalidPolicyError):
         configure_rbac_sync(source=InMemorySource({"policies": "nope"}))
-    # fail closed: a failed configure never leaves a half state that allows
+    set_user("u", roles=["a"])
     assert not is_allowed("x")
+    with pytest.raises(ConfigurationError):
+        get_policy_manager()
 
 
 def test_in_memory_source_update_swaps_and_invalid_update_keeps(make_doc: Any) -> None:
@@ -154,3 +162,44 @@ async def test_d2_token_hands_over_to_the_cloud_package(
     m2 = await configure_rbac_async(token="d2_arg", instance_name="x")
     assert calls == [("sync", "d2_env", {"poll_seconds": 5}), ("async", "d2_arg", {})]
     assert get_policy_manager() is m1 and get_policy_manager("x") is m2
+
+
+def test_refused_reconfigure_keeps_the_policy_in_force(tmp_path: Path, make_doc: Any) -> None:
+    import json
+    import time
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(make_doc({"role": "a", "permissions": ["x"]})))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(make_doc({"role": "a", "permissions": ["@nope"]})))
+    first = configure_rbac_sync(source=LocalFileSource(good, poll_interval=0.02))
+    set_user("u", roles=["a"])
+    with pytest.raises(InvalidPolicyError):
+        configure_rbac_sync(source=bad)
+    assert is_allowed("x") and get_policy_manager() is first and first.policy is not None
+    # and the first configuration's watcher still follows its file
+    good.write_text(json.dumps(make_doc({"role": "a", "permissions": ["y"]})))
+    deadline = time.monotonic() + 5
+    while not is_allowed("y") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert is_allowed("y")
+
+
+def test_replaced_manager_no_longer_updates_and_its_shutdown_is_harmless(
+    tmp_path: Path, make_doc: Any
+) -> None:
+    import json
+    import time
+
+    old_file = tmp_path / "old.json"
+    old_file.write_text(json.dumps(make_doc({"role": "a", "permissions": ["old"]})))
+    old = configure_rbac_sync(source=LocalFileSource(old_file, poll_interval=0.02))
+    new = configure_rbac_sync(
+        source=InMemorySource(make_doc({"role": "a", "permissions": ["new"]}))
+    )
+    set_user("u", roles=["a"])
+    old_file.write_text(json.dumps(make_doc({"role": "a", "permissions": ["old2"]})))
+    time.sleep(0.2)
+    assert is_allowed("new") and not is_allowed("old2")
+    old.shutdown()
+    assert is_allowed("new") and get_policy_manager() is new

@@ -46,10 +46,13 @@ class PolicyManager:
 
     mode = "local"
 
-    def __init__(self, evaluator: Evaluator, source: PolicySource, limits: Limits) -> None:
+    def __init__(
+        self, evaluator: Evaluator, source: PolicySource, limits: Limits, strict: bool = False
+    ) -> None:
         self.evaluator = evaluator
         self.source = source
         self.limits = limits
+        self.strict = strict
         self._closed = False
 
     @property
@@ -67,8 +70,14 @@ class PolicyManager:
             self.evaluator.policy = policy  # one atomic assignment: the swap
 
     def start(self) -> CompiledPolicy:
-        """Load the first policy (raising when it is bad) and start watching."""
+        """Load the first policy, put it in force and start watching.
+
+        A bad policy raises and changes nothing: the instance's previous
+        configuration (if any) stays in force.
+        """
         policy = self.source.load(self.limits)
+        _register(self)  # retires the previous manager of this instance first
+        self.evaluator.strict = self.strict
         self._install(policy)
         self.source.watch(self.limits, self._install)
         _announce(policy, self.source.describe())
@@ -88,10 +97,22 @@ class PolicyManager:
         """The concrete tool ids the current user may call, sorted."""
         return self.evaluator.allowed_tools()
 
-    def shutdown(self) -> None:
-        """Stop watching and drop the policy: guarded calls deny from now on."""
+    def _retire(self) -> None:
+        """Stop updating the evaluator (a newer manager took over)."""
         self._closed = True
-        self.source.close()
+        self.source.close()  # joins the watcher: no late update can follow
+
+    def shutdown(self) -> None:
+        """Stop watching and drop the policy: guarded calls deny from now on.
+
+        On a manager already replaced by a newer ``configure_rbac_*`` call this
+        only stops its watcher; the newer configuration stays in force.
+        """
+        self._retire()
+        with _lock:
+            if _managers.get(self.name) is not self:
+                return  # replaced (or never started): the instance is not ours
+            del _managers[self.name]
         ev = self.evaluator
         ev.policy = None
         ev.absent_reason = "missing_policy"
@@ -108,6 +129,10 @@ class PolicyManager:
         return f"<{type(self).__name__} {self.name!r} mode={self.mode} policy={self.policy!r}>"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _announce(policy: CompiledPolicy, where: str) -> None:
     # Logging is imported by nearly every app; when it is not, nobody listens at INFO
     # and importing it here would only slow the cold start.
@@ -119,7 +144,8 @@ def _announce(policy: CompiledPolicy, where: str) -> None:
     left = policy.expires_at - time.time()
     expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(policy.expires_at))
     sys.stderr.write(
-        f"D2 local mode: {where} ({len(policy.roles)} roles, {policy.tool_count} tools), "
+        f"D2 local mode: {where} ({_count(len(policy.roles), 'role')}, "
+        f"{_count(policy.tool_count, 'tool')}), "
         f"expires {expires}. Set D2_SILENT=1 to hide this.\n"
     )
     if left < 86400:
@@ -154,9 +180,8 @@ def _prepare(
             f"source must be a path or a PolicySource (LocalFileSource, InMemorySource), "
             f"got {source!r}"
         )
-    ev = evaluator_for(instance_name)
-    ev.strict = _flag("D2_STRICT_SYNC") if strict_sync is None else strict_sync
-    return PolicyManager(ev, source, limits or Limits())
+    strict = _flag("D2_STRICT_SYNC") if strict_sync is None else strict_sync
+    return PolicyManager(evaluator_for(instance_name), source, limits or Limits(), strict)
 
 
 def _cloud_module(token: str) -> Any:
@@ -171,13 +196,14 @@ def _cloud_module(token: str) -> Any:
         ) from exc
 
 
-def _replace(manager: PolicyManager) -> None:
+def _register(manager: PolicyManager) -> None:
+    """Make ``manager`` its instance's manager, retiring the previous one (its
+    watcher is stopped before the caller installs a new policy)."""
     with _lock:
         old = _managers.get(manager.name)
         _managers[manager.name] = manager
-    if old is not None and old is not manager:
-        old.source.close()
-        old._closed = True
+        if old is not None and old is not manager:
+            old._retire()
 
 
 def configure_rbac_sync(
@@ -203,17 +229,16 @@ def configure_rbac_sync(
         ev = evaluator_for(instance_name)
         ev.strict = _flag("D2_STRICT_SYNC") if strict_sync is None else strict_sync
         manager: PolicyManager = cloud.configure_sync(ev, token=token, **cloud_options)
-        _replace(manager)
+        _register(manager)
         return manager
     if cloud_options:
         raise ConfigurationError(f"unknown option(s) for local mode: {sorted(cloud_options)}")
     manager = _prepare(instance_name, source, limits, strict_sync)
     try:
         manager.start()
-    except Exception:
-        manager.shutdown()
+    except BaseException:
+        manager.source.close()
         raise
-    _replace(manager)
     return manager
 
 
@@ -234,7 +259,7 @@ async def configure_rbac_async(
         ev = evaluator_for(instance_name)
         ev.strict = _flag("D2_STRICT_SYNC") if strict_sync is None else strict_sync
         manager: PolicyManager = await cloud.configure_async(ev, token=token, **cloud_options)
-        _replace(manager)
+        _register(manager)
         return manager
     import asyncio
 
@@ -263,18 +288,14 @@ def get_policy_manager(instance_name: str = "default") -> PolicyManager:
 
 def shutdown_rbac(instance_name: str = "default") -> None:
     """Shut one instance down (no-op when it is not configured)."""
-    with _lock:
-        manager = _managers.pop(instance_name, None)
+    manager = _managers.get(instance_name)
     if manager is not None:
         manager.shutdown()
 
 
 def shutdown_all_rbac() -> None:
     """Shut every instance down."""
-    with _lock:
-        managers = list(_managers.values())
-        _managers.clear()
-    for manager in managers:
+    for manager in list(_managers.values()):
         manager.shutdown()
 
 
