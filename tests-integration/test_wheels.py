@@ -120,7 +120,7 @@ def test_sdk_adds_the_facade_over_core(wheels: dict[str, Path], tmp_path: Path) 
             "configure_rbac_sync()\n"
             "set_user('u', roles=['r'])\n"
             "import d2.core\n"
-        "print(d2_guard('t')(lambda: 'ran')(), d2.d2_guard is d2.core.d2_guard)\n"
+            "print(d2_guard('t')(lambda: 'ran')(), d2.d2_guard is d2.core.d2_guard)\n"
         ),
         tmp_path,
     )

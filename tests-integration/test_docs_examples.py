@@ -1,0 +1,66 @@
+"""What a new user pastes or runs first: the README's Python blocks and `make demo`."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+
+
+def blocks(text: str, lang: str) -> list[str]:
+    return [body for kind, body in FENCE.findall(text) if kind == lang]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("D2_")}
+    env.update(extra)
+    return env
+
+
+def test_readme_python_blocks_run_against_the_readme_policy(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    policy = blocks(readme, "yaml")[0]
+    fresh = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3 * 86400))
+    policy = re.sub(r'expires: "[^"]+"', f'expires: "{fresh}"', policy)
+    (tmp_path / "policy.yaml").write_text(policy)
+    python_blocks = blocks(readme, "python")
+    assert python_blocks, "the README has no runnable Python"
+    outputs = []
+    for i, code in enumerate(python_blocks):
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=clean_env(D2_SILENT="1", HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path)),
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, f"README python block {i} failed:\n{proc.stderr}"
+        outputs.append(proc.stdout)
+    # the quickstart prints what the README says it prints
+    expected = blocks(readme, "text")[0]
+    assert outputs[0] == expected
+
+
+def test_make_demo_runs_and_shows_allowed_and_denied_calls(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "demo_agent.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=clean_env(HOME=str(tmp_path)),
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "ALLOWED" in out and "DENIED" in out
+    for reason in ("explicit_deny", "not_granted", "no_user"):
+        assert reason in out
