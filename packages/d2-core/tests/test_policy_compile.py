@@ -115,15 +115,25 @@ def test_unknown_group_suggests_a_close_group_name() -> None:
 @pytest.mark.parametrize(
     ("where", "doc"),
     [
-        ("metadata.data_flow", {"metadata": {"data_flow": {}}, "policies": []}),
-        ("policies[0].sequence", {"policies": [{"role": "a", "permissions": [], "sequence": []}]}),
-        (
-            "policies[0].permissions[0].conditions",
-            {"policies": [{"role": "a", "permissions": [{"tool": "t", "conditions": {}}]}]},
-        ),
         (
             "policies[0].permissions[0].limits",
             {"policies": [{"role": "a", "permissions": [{"tool": "t", "limits": []}]}]},
+        ),
+        (
+            "policies[0].permissions[0].approval",
+            {"policies": [{"role": "a", "permissions": [{"tool": "t", "approval": {}}]}]},
+        ),
+        (
+            "policies[0].sequence[0].audit",
+            {
+                "policies": [
+                    {
+                        "role": "a",
+                        "permissions": ["t"],
+                        "sequence": [{"deny": ["t", "u"], "audit": True}],
+                    }
+                ]
+            },
         ),
     ],
 )

@@ -12,7 +12,12 @@ from .context import (
     clear_context,
     clear_context_async,
     clear_user_context,
+    get_facts,
     get_user_context,
+    has_any_fact,
+    has_fact,
+    record_fact,
+    record_facts,
     run_in_thread,
     set_user,
     set_user_context,
@@ -31,7 +36,7 @@ from .errors import (
     PolicyTooLargeError,
     TooManyToolsError,
 )
-from .evaluate import TraceStep
+from .evaluate import Decision, TraceStep
 from .guard import d2, d2_guard
 from .limits import Limits
 from .local import InMemorySource, LocalFileSource, PolicySource
@@ -40,6 +45,7 @@ from .manager import (
     allowed_tools,
     configure_rbac_async,
     configure_rbac_sync,
+    explain,
     get_policy_manager,
     is_allowed,
     shutdown_all_rbac,
@@ -51,6 +57,7 @@ __all__ = [
     "ConfigurationError",
     "D2Error",
     "D2PlanLimitError",
+    "Decision",
     "InMemorySource",
     "InvalidPolicyError",
     "InvalidSignatureError",
@@ -73,9 +80,15 @@ __all__ = [
     "configure_rbac_sync",
     "d2",
     "d2_guard",
+    "explain",
+    "get_facts",
     "get_policy_manager",
     "get_user_context",
+    "has_any_fact",
+    "has_fact",
     "is_allowed",
+    "record_fact",
+    "record_facts",
     "run_in_thread",
     "set_user",
     "set_user_context",

@@ -25,7 +25,12 @@ __all__ = [
     "clear_context",
     "clear_context_async",
     "clear_user_context",
+    "get_facts",
     "get_user_context",
+    "has_any_fact",
+    "has_fact",
+    "record_fact",
+    "record_facts",
     "run_in_thread",
     "set_user",
     "set_user_context",
@@ -38,14 +43,20 @@ R = TypeVar("R")
 
 
 class RequestScope:
-    """Mutable state of one request (call history and facts), shared by everything
-    that runs under the same ``set_user``: child tasks, ``run_in_thread``, ``.aio``."""
+    """Mutable state of one request, shared by everything that runs under the same
+    ``set_user``: child tasks, ``run_in_thread``, ``.aio``.
 
-    __slots__ = ("facts", "history")
+    ``history``: ids of the allowed calls, in order (kept while a policy with
+    sequence rules is in force). ``facts``: data-flow labels -> what recorded them.
+    ``progress``: per policy, sequence progress and how much history it has read.
+    """
+
+    __slots__ = ("facts", "history", "progress")
 
     def __init__(self) -> None:
         self.history: list[str] = []
-        self.facts: set[str] = set()
+        self.facts: dict[str, str] = {}
+        self.progress: dict[object, list[int]] = {}
 
 
 class UserContext:
@@ -86,8 +97,9 @@ class UserContext:
 
 
 _ANONYMOUS_ROLES: frozenset[str] = frozenset()
+_DEFAULT = UserContext(None, _ANONYMOUS_ROLES)  # shared: never write to its scope
 _current: contextvars.ContextVar[UserContext] = contextvars.ContextVar(
-    "d2_user_context", default=UserContext(None, _ANONYMOUS_ROLES)
+    "d2_user_context", default=_DEFAULT
 )
 # Read by the guard on every call: one C-level lookup.
 current_context = _current.get
@@ -148,6 +160,50 @@ def get_user_context() -> UserContext:
 def clear_user_context() -> None:
     """Forget the current user and end the request scope (history, facts)."""
     _current.set(UserContext(None, _ANONYMOUS_ROLES))
+
+
+def _label(fact: object) -> str:
+    if not isinstance(fact, str) or not fact.strip():
+        raise ConfigurationError(f"a fact is a non-empty string label, got {fact!r}")
+    return fact.strip()
+
+
+def _writable_scope() -> RequestScope:
+    ctx = _current.get()
+    if ctx is _DEFAULT:  # no request started in this context: start an anonymous one
+        ctx = UserContext(None, _ANONYMOUS_ROLES)
+        _current.set(ctx)
+    return ctx.scope
+
+
+def record_fact(fact: str) -> None:
+    """Record a data-flow label (e.g. ``"UNTRUSTED_INPUT"``) in this request: tools
+    that ``metadata.data_flow.blocks`` lists for it are denied from now on."""
+    _writable_scope().facts.setdefault(_label(fact), "record_fact")
+
+
+def record_facts(facts: Iterable[str]) -> None:
+    """Record several labels (see :func:`record_fact`)."""
+    labels = [_label(f) for f in ([facts] if isinstance(facts, str) else facts)]
+    scope = _writable_scope()
+    for label in labels:
+        scope.facts.setdefault(label, "record_fact")
+
+
+def get_facts() -> frozenset[str]:
+    """The labels recorded in this request (by tools' data-flow labels or by hand)."""
+    return frozenset(_current.get().scope.facts)
+
+
+def has_fact(fact: str) -> bool:
+    """Whether ``fact`` was recorded in this request."""
+    return fact in _current.get().scope.facts
+
+
+def has_any_fact(facts: Iterable[str]) -> bool:
+    """Whether any of ``facts`` was recorded in this request."""
+    recorded = _current.get().scope.facts
+    return any(f in recorded for f in ([facts] if isinstance(facts, str) else facts))
 
 
 def warn_if_context_set() -> bool:

@@ -5,26 +5,42 @@ atomically by a single attribute assignment when a new policy loads). A decision
 reads that attribute, the user context and the per-tool rules: a handful of dict and
 set operations on immutable data, with no lock and no I/O.
 
-Decision steps implemented here (``POLICY.md``):
+Decision steps (``POLICY.md``), in order; the first that fails denies:
 1. a policy is in force and not expired, else ``MissingPolicyError`` /
    ``BundleExpiredError``;
 2. a user is set, else reason ``no_user``;
 3. RBAC: some role of the user is granted the tool, and no role of the user has an
    ``allow: false`` matching it (that overrides every grant). A tool no entry can
-   match is ``MissingPolicyError`` (reason ``unknown_tool``).
+   match is ``MissingPolicyError`` (reason ``unknown_tool``);
+4. input: the first granting entry (policy order) whose ``conditions.input`` hold
+   wins and supplies the output rules (``input_validation``);
+5. sequence: for some role of the user that grants the tool, the call passes that
+   role's sequence rules (``sequence_violation``);
+6. data flow: no label recorded in the request blocks the tool
+   (``data_flow_violation``);
+7. the call is recorded (history, labels) and the tool runs;
+8. output: the chosen entry's ``conditions.output`` validate and sanitize the
+   result (``output_validation`` / ``output_sanitization``).
+
+Steps 1-3 are :meth:`Evaluator.check`, the hot path; a tool for which the policy
+has nothing beyond RBAC stops there. Steps 4-7 are :meth:`Evaluator.admit`, step 8
+:meth:`Evaluator.finish`.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from .context import UserContext, current_context
+from ._functions import Arguments
+from .context import RequestScope, UserContext, current_context
 from .errors import BundleExpiredError, MissingPolicyError, PermissionDeniedError
-from .policy.model import CompiledPolicy, ToolRules
+from .policy.constraints import MISSING
+from .policy.model import CompiledPolicy, Grant, ToolRules
+from .policy.output import OutputRules, OutputViolation
 
-__all__ = ["Evaluator", "TraceStep", "evaluator_for"]
+__all__ = ["Decision", "Evaluator", "TraceStep", "evaluator_for"]
 
 _now = time.time
 
@@ -40,6 +56,41 @@ class TraceStep(NamedTuple):
     path: str | None = None
 
 
+class Decision(NamedTuple):
+    """What :func:`~d2.core.explain` found: ``allowed``, the denial ``reason``
+    (``None`` when allowed), the ``trace`` of steps, the ``grant_path`` of the entry
+    that allowed the call (its output rules apply) and the ``error`` a call would
+    raise."""
+
+    allowed: bool
+    reason: str | None
+    trace: tuple[TraceStep, ...]
+    grant_path: str | None
+    error: PermissionDeniedError | None
+
+
+def _progress(scope: RequestScope, policy: CompiledPolicy) -> list[int]:
+    """Sequence progress of ``policy`` in this request, caught up with its history.
+
+    The last item counts the history entries already read, so each recorded call
+    is read once per policy: O(patterns mentioning it), whatever the history.
+    """
+    state = scope.progress.get(policy)
+    if state is None:
+        state = [0] * (len(policy.tracked) + 1)
+        scope.progress[policy] = state
+    history = scope.history
+    read = state[-1]
+    if read < len(history):
+        for tool_id in history[read:]:
+            for slot, hits, last in policy.rules_for(tool_id).advance:
+                done = state[slot]
+                if done < last and done in hits:
+                    state[slot] = done + 1
+        state[-1] = len(history)
+    return state
+
+
 def _roles_text(roles: frozenset[str]) -> str:
     return ", ".join(sorted(roles)) or "none"
 
@@ -52,6 +103,8 @@ class Evaluator:
 
     __slots__ = ("absent_detail", "absent_reason", "guarded_tools", "name", "policy", "strict")
 
+    guarded_tools: dict[str, Arguments | None]
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.policy: CompiledPolicy | None = None
@@ -61,7 +114,7 @@ class Evaluator:
             "await d2.configure_rbac_async() once at startup, before calling guarded tools"
         )
         self.strict = False
-        self.guarded_tools: set[str] = set()
+        self.guarded_tools = {}  # tool id -> how to read its arguments
 
     # -- the hot path ---------------------------------------------------------------
     def check(self, tool_id: str) -> ToolRules:
@@ -166,6 +219,76 @@ class Evaluator:
             (loaded, who, TraceStep("rbac", "deny", detail)),
         )
 
+    def admit(
+        self,
+        rules: ToolRules,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        arguments: Arguments | None,
+    ) -> OutputRules | None:
+        """Steps 4-7 for a call that passed RBAC: raise the denial, or record the
+        call and return the output rules to apply to its result."""
+        ctx = current_context()
+        output, denial = _layers(rules, ctx, args, kwargs, arguments, None)
+        if denial is not None:
+            raise _guardrail_error(rules, ctx, denial, args, kwargs, arguments)
+        scope = ctx.scope
+        if rules.policy.sequences:
+            scope.history.append(rules.tool_id)
+        if rules.labels:
+            for label in rules.labels:
+                scope.facts.setdefault(label, rules.tool_id)
+        return output
+
+    def finish(self, rules: ToolRules, output: OutputRules, result: Any) -> Any:
+        """Step 8: the sanitized result, or raise the output denial."""
+        try:
+            return output.apply(result)
+        except OutputViolation as exc:
+            ctx = current_context()
+            step = TraceStep("output", "deny", exc.detail, exc.path)
+            raise PermissionDeniedError(
+                f"{rules.tool_id!r} result refused for user {ctx.user_id!r}: {exc.detail}"
+                + (f" ({exc.path})" if exc.path else ""),
+                tool_id=rules.tool_id,
+                user_id=ctx.user_id,
+                roles=ctx.roles,
+                reason=exc.reason,
+                trace=(*_base_trace(rules.policy, ctx), _rbac_step(rules, ctx), step),
+            ) from None
+
+    def explain(
+        self, tool_id: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Decision:
+        """The decision a call ``tool_id(*args, **kwargs)`` would get now, with the
+        trace of every step; nothing runs and nothing is recorded."""
+        kwargs = kwargs or {}
+        ctx = current_context()
+        err = self.decide(tool_id, ctx)
+        if err is not None:
+            return Decision(False, err.reason, err.trace, None, err)
+        policy = self.policy
+        assert policy is not None
+        rules = policy.rules_for(tool_id)
+        arguments = self.guarded_tools.get(tool_id)
+        trace = [*_base_trace(policy, ctx), _rbac_step(rules, ctx)]
+        allowed = rules.allow_grants(ctx.roles)
+        output, denial = _layers(rules, ctx, args, kwargs, arguments, trace)
+        if denial is not None:
+            err = _guardrail_error(rules, ctx, denial, args, kwargs, arguments)
+            return Decision(False, err.reason, err.trace, None, err)
+        chosen = next((g for g in allowed if g.output is output), allowed[0])
+        if output is not None:
+            trace.append(
+                TraceStep(
+                    "output",
+                    "pass",
+                    "result will be checked by the output rules of the chosen entry",
+                    f"{chosen.path}.conditions.output",
+                )
+            )
+        return Decision(True, None, tuple(trace), chosen.path, None)
+
     def allowed_tools(self, ctx: UserContext | None = None) -> tuple[str, ...]:
         """Concrete tool ids the user may call: those the policy names plus those
         guarded in this process, filtered by :meth:`decide`; sorted."""
@@ -173,8 +296,193 @@ class Evaluator:
         policy = self.policy
         if policy is None:
             return ()
-        candidates = policy.concrete_tools | self.guarded_tools
+        candidates = policy.concrete_tools | self.guarded_tools.keys()
         return tuple(sorted(t for t in candidates if self.decide(t, ctx) is None))
+
+
+def _rbac_step(rules: ToolRules, ctx: UserContext) -> TraceStep:
+    grant = rules.allow_grants(ctx.roles)[0]
+    roles = ", ".join(sorted(ctx.roles & rules.allow_roles))
+    return TraceStep("rbac", "pass", f"granted by {grant.pattern!r} to role(s) {roles}", grant.path)
+
+
+def _base_trace(policy: CompiledPolicy, ctx: UserContext) -> tuple[TraceStep, ...]:
+    return (
+        TraceStep("policy", "pass", f"{policy.source} ({policy.digest[:12]})"),
+        TraceStep("user", "pass", f"{ctx.user_id!r} with roles [{_roles_text(ctx.roles)}]"),
+    )
+
+
+# A guardrail denial before it becomes an error: (reason, detail, path).
+_Denial = tuple[str, str, "str | None"]
+
+
+def _plan(grant: Grant, arguments: Arguments | None) -> tuple[Any, ...]:
+    """How to read and check each argument of ``grant.input`` for one function:
+    ``(position, name, default, ok)``; position -2 means "ask ``arguments``"."""
+    plan = []
+    for name, constraint in grant.input:
+        pos = arguments.position(name) if arguments is not None else -1
+        default = arguments.defaults.get(name, MISSING) if arguments is not None else MISSING
+        plan.append((-2 if pos is None else pos, name, default, constraint.ok))
+    return tuple(plan)
+
+
+def _check_input(
+    grant: Grant, args: tuple[Any, ...], kwargs: dict[str, Any], arguments: Arguments | None
+) -> _Denial | None:
+    plans = arguments.plans if arguments is not None else None
+    plan = plans.get(grant) if plans is not None else None
+    if plan is None:
+        plan = _plan(grant, arguments)
+        if plans is not None:
+            plans[grant] = plan
+    n = len(args)
+    for pos, name, default, ok in plan:
+        if -1 < pos < n:
+            value = args[pos]
+        elif pos == -2 and arguments is not None:
+            value = arguments.value(name, args, kwargs, MISSING)
+        else:
+            value = kwargs.get(name, default)
+        if not ok(value):
+            constraint = next(c for a, c in grant.input if a == name)
+            op = constraint.failure(value) or "required"
+            return (
+                "input_validation",
+                f"argument {name!r} fails {constraint.describe(op)}",
+                f"{grant.path}.conditions.input.{name}",
+            )
+    return None
+
+
+def _layers(
+    rules: ToolRules,
+    ctx: UserContext,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    arguments: Arguments | None,
+    trace: list[TraceStep] | None,
+) -> tuple[OutputRules | None, _Denial | None]:
+    """Steps 4-6. Returns (output rules of the chosen entry, None) or (None, denial).
+    ``trace`` (explain, denials) collects the steps; the hot path passes None."""
+    roles = ctx.roles
+    output = None
+    # 4. input: the first granting entry whose input conditions hold
+    if rules.conditional:
+        first_failure: _Denial | None = None
+        chosen = None
+        for grant in rules.allow_grants(roles):
+            failure = _check_input(grant, args, kwargs, arguments) if grant.input else None
+            if failure is None:
+                chosen = grant
+                break
+            first_failure = first_failure or failure
+        if chosen is None:
+            assert first_failure is not None
+            return None, first_failure
+        output = chosen.output
+        if trace is not None:
+            n = len(chosen.input)
+            trace.append(
+                TraceStep("input", "pass", f"{n} argument rule{'s' * (n != 1)} hold", chosen.path)
+            )
+    policy = rules.policy
+    scope = ctx.scope
+    # 5. sequence: some granting role's rules pass
+    if policy.sequences:
+        state = _progress(scope, policy)
+        history = scope.history
+        blocked: _Denial | None = None
+        passed = False
+        for role in sorted(roles & rules.allow_roles):
+            seq = policy.sequences.get(role)
+            if seq is None:
+                passed = True
+                break
+            if seq.mode == "allow":
+                hit = None
+                excepted = False
+                for rule in rules.completes.get(role, ()):
+                    if state[rule.slot] >= len(rule.steps) - 1:
+                        if rule.kind == "allow":
+                            excepted = True
+                        elif hit is None:
+                            hit = rule
+                if hit is None or excepted:
+                    passed = True
+                    break
+                blocked = blocked or (
+                    "sequence_violation",
+                    f"the call would complete the forbidden sequence {hit.describe()} "
+                    f"of role {role!r}",
+                    hit.path,
+                )
+            else:
+                if history:
+                    ok = any(m(history[-1]) for m in rules.follows.get(role, ()))
+                    why = f"{rules.tool_id!r} may not follow {history[-1]!r}"
+                else:
+                    ok = role in rules.firsts
+                    why = f"{rules.tool_id!r} may not start the request"
+                if ok:
+                    passed = True
+                    break
+                blocked = blocked or (
+                    "sequence_violation",
+                    f"role {role!r} allows only the call chains of its allow rules: {why}",
+                    seq.path,
+                )
+        if not passed:
+            assert blocked is not None
+            return None, blocked
+        if trace is not None:
+            trace.append(
+                TraceStep("sequence", "pass", f"history of {len(history)} call(s) allows it")
+            )
+    # 6. data flow: no recorded label blocks the tool
+    if rules.blocked_by:
+        facts = scope.facts
+        for label, path in rules.blocked_by.items():
+            if label in facts:
+                return None, (
+                    "data_flow_violation",
+                    f"label {label!r} (recorded by {facts[label]!r} earlier in "
+                    f"this request) blocks {rules.tool_id!r}",
+                    path,
+                )
+        if trace is not None:
+            trace.append(TraceStep("data_flow", "pass", "no recorded label blocks it"))
+    return output, None
+
+
+def _guardrail_error(
+    rules: ToolRules,
+    ctx: UserContext,
+    denial: _Denial,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    arguments: Arguments | None,
+) -> PermissionDeniedError:
+    reason, detail, path = denial
+    step = {
+        "input_validation": "input",
+        "sequence_violation": "sequence",
+        "data_flow_violation": "data_flow",
+    }[reason]
+    # Re-run the layers with a trace (deterministic, records nothing) to list the
+    # steps that passed before the one that denied.
+    trace = [*_base_trace(rules.policy, ctx), _rbac_step(rules, ctx)]
+    _layers(rules, ctx, args, kwargs, arguments, trace)
+    trace.append(TraceStep(step, "deny", detail, path))
+    return PermissionDeniedError(
+        f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail} ({path})",
+        tool_id=rules.tool_id,
+        user_id=ctx.user_id,
+        roles=ctx.roles,
+        reason=reason,
+        trace=trace,
+    )
 
 
 _evaluators: dict[str, Evaluator] = {}

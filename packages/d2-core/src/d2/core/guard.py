@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._functions import (
+    Arguments,
     first_parameter,
     is_async_generator_function,
     is_coroutine_function,
@@ -26,6 +27,9 @@ from .evaluate import evaluator_for
 
 if TYPE_CHECKING:
     import inspect
+
+    from .policy.model import ToolRules
+    from .policy.output import OutputRules
 
 __all__ = ["d2", "d2_guard"]
 
@@ -103,12 +107,22 @@ async def _stream_async(value: Any) -> Any:
             yield item
 
 
+async def _resolve(value: Any) -> Any:
+    return (await value) if hasattr(value, "__await__") else value
+
+
 def _build(
     fn: Callable[..., Any], tool_id: str, on_deny: Any, strict: bool | None, instance_name: str
 ) -> Callable[..., Any]:
+    """The wrapper. Its hot path is ``check`` (steps 1-3); only when the policy has
+    more for this tool (``rules.guarded``) does it ``admit`` (steps 4-7) and
+    ``finish`` (step 8, output rules). Denials never reach the tool; denials raised
+    by the tool's own code (a nested guarded call) are not this guard's and pass
+    through ``on_deny`` untouched."""
     evaluator = evaluator_for(instance_name)
-    evaluator.guarded_tools.add(tool_id)
-    check = evaluator.check
+    arguments = Arguments(fn)
+    evaluator.guarded_tools[tool_id] = arguments
+    check, admit, finish = evaluator.check, evaluator.admit, evaluator.finish
     is_async = is_coroutine_function(fn)
     is_agen = is_async_generator_function(fn)
     is_gen = is_generator_function(fn)
@@ -116,32 +130,38 @@ def _build(
     raising = on_deny is RAISE
     wrapper: Callable[..., Any]
 
+    def sanitized(rules: ToolRules, out: OutputRules, result: Any) -> Any:
+        if is_gen:
+            return (finish(rules, out, item) for item in result)
+        if is_agen:
+            return (finish(rules, out, item) async for item in result)
+        return finish(rules, out, result)
+
     if is_async:
         if raising:
 
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
-                check(tool_id)
+                rules = check(tool_id)
+                if rules.guarded:
+                    out = admit(rules, args, kwargs, arguments)
+                    result = await fn(*args, **kwargs)
+                    return result if out is None else finish(rules, out, result)
                 return await fn(*args, **kwargs)
         else:
 
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
                 try:
-                    check(tool_id)
+                    rules = check(tool_id)
+                    out = admit(rules, args, kwargs, arguments) if rules.guarded else None
                 except PermissionDeniedError as err:
-                    result = handle(err)
-                    return (await result) if hasattr(result, "__await__") else result
-                return await fn(*args, **kwargs)
-
-    elif is_agen:
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                check(tool_id)
-            except PermissionDeniedError as err:
-                if raising:
-                    raise
-                return _stream_async(handle(err))
-            return fn(*args, **kwargs)
+                    return await _resolve(handle(err))
+                result = await fn(*args, **kwargs)
+                if out is None:
+                    return result
+                try:
+                    return finish(rules, out, result)
+                except PermissionDeniedError as err:
+                    return await _resolve(handle(err))
 
     else:
 
@@ -155,24 +175,39 @@ def _build(
                     f"loop. Use `await {fn.__name__}.aio(...)` or make the tool async"
                 )
 
+        check_loop = not (is_agen or strict is False)
         if raising:
 
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                if strict is not False and (strict or evaluator.strict):
+                if check_loop and (strict or evaluator.strict):
                     in_loop()
-                check(tool_id)
+                rules = check(tool_id)
+                if rules.guarded:
+                    out = admit(rules, args, kwargs, arguments)
+                    result = fn(*args, **kwargs)
+                    return result if out is None else sanitized(rules, out, result)
                 return fn(*args, **kwargs)
         else:
+            stream = _stream_async if is_agen else _stream_sync if is_gen else None
 
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                if strict is not False and (strict or evaluator.strict):
+                if check_loop and (strict or evaluator.strict):
                     in_loop()
                 try:
-                    check(tool_id)
+                    rules = check(tool_id)
+                    out = admit(rules, args, kwargs, arguments) if rules.guarded else None
                 except PermissionDeniedError as err:
-                    result = handle(err)
-                    return _stream_sync(result) if is_gen else result
-                return fn(*args, **kwargs)
+                    fallback = handle(err)
+                    return fallback if stream is None else stream(fallback)
+                result = fn(*args, **kwargs)
+                if out is None:
+                    return result
+                if stream is not None:
+                    return sanitized(rules, out, result)
+                try:
+                    return finish(rules, out, result)
+                except PermissionDeniedError as err:
+                    return handle(err)
 
     functools.update_wrapper(wrapper, fn)
     wrapper.__dict__["tool_id"] = tool_id

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from .errors import ConfigurationError
-from .evaluate import Evaluator, evaluator_for
+from .evaluate import Decision, Evaluator, evaluator_for
 from .limits import Limits
 from .local import LocalFileSource, PolicySource
 from .policy.model import CompiledPolicy
@@ -25,6 +25,7 @@ __all__ = [
     "allowed_tools",
     "configure_rbac_async",
     "configure_rbac_sync",
+    "explain",
     "get_policy_manager",
     "is_allowed",
     "shutdown_all_rbac",
@@ -96,6 +97,10 @@ class PolicyManager:
     def allowed_tools(self) -> tuple[str, ...]:
         """The concrete tool ids the current user may call, sorted."""
         return self.evaluator.allowed_tools()
+
+    def explain(self, tool_id: str, *args: Any, **kwargs: Any) -> Decision:
+        """The decision ``tool_id(*args, **kwargs)`` would get now (see :func:`explain`)."""
+        return self.evaluator.explain(tool_id, args, kwargs)
 
     def _retire(self) -> None:
         """Stop updating the evaluator (a newer manager took over)."""
@@ -303,6 +308,19 @@ def is_allowed(tool_id: str, *, instance_name: str = "default") -> bool:
     """Whether the current user may call ``tool_id`` now. Never raises: no policy,
     no user or no grant all answer False."""
     return evaluator_for(instance_name).decide(tool_id) is None
+
+
+def explain(tool_id: str, /, *args: Any, **kwargs: Any) -> Decision:
+    """Why the current user may or may not call ``tool_id(*args, **kwargs)`` now.
+
+    Runs every decision step against the default instance's policy and this
+    request's history and facts, without running the tool or recording anything.
+    The :class:`~d2.core.evaluate.Decision` lists each step with the rule (and its
+    path in the policy) that decided. Arguments are bound to the guarded function's
+    signature when ``tool_id`` is guarded in this process, else read by keyword.
+    For a named instance use ``get_policy_manager(name).explain(...)``.
+    """
+    return evaluator_for("default").explain(tool_id, args, kwargs)
 
 
 def allowed_tools(*, instance_name: str = "default") -> tuple[str, ...]:

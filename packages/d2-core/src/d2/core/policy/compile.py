@@ -12,26 +12,30 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import InvalidPolicyError
+from .constraints import Constraint, compile_constraint
 from .model import CompiledPolicy, Grant, RoleEntry
+from .output import OutputRules
+from .sequence import compile_data_flow, compile_sequences
 
 __all__ = ["compile_policy", "parse_expires"]
 
 _TOP_KEYS = ("metadata", "policies")
-_METADATA_KEYS = ("name", "description", "expires", "tool_groups", "mode", "version")
-_ENTRY_KEYS = ("role", "roles", "permissions", "description")
-_GRANT_KEYS = ("tool", "allow", "description")
+_METADATA_KEYS = (
+    "name", "description", "expires", "tool_groups", "data_flow", "mode", "version",
+)  # fmt: skip
+_ENTRY_KEYS = ("role", "roles", "permissions", "sequence", "description")
+_GRANT_KEYS = ("tool", "allow", "conditions", "description")
 # Parts of the language that this version of d2-core refuses rather than ignores:
 # ignoring a guardrail would fail open.
 _NOT_YET = {
-    "data_flow": "metadata.data_flow",
-    "sequence": "sequence rules",
-    "conditions": "argument/output conditions",
     "limits": "call budgets (limits)",
     "approval": "approvals",
+    "audit": "audit rules",
 }
 
 
-def _suggest(word: str, options: tuple[str, ...]) -> str:
+def suggest(word: str, options: tuple[str, ...]) -> str:
+    """`` (did you mean 'x'?)`` for the closest option, else the list of options."""
     import difflib
 
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
@@ -85,7 +89,7 @@ class _Checker:
                 )
             else:
                 where = f"{path}.{key}" if path else str(key)
-                self.error(where, f"unknown key{_suggest(str(key), allowed)}")
+                self.error(where, f"unknown key{suggest(str(key), allowed)}")
 
     def tool_pattern(self, path: str, value: object, groups: Mapping[str, Any]) -> str | None:
         if not isinstance(value, str):
@@ -97,7 +101,7 @@ class _Checker:
         if value.startswith("@"):
             if value[1:] not in groups:
                 known = tuple(groups) or ("<no tool_groups defined>",)
-                self.error(path, f"unknown tool group {value!r}{_suggest(value[1:], known)}")
+                self.error(path, f"unknown tool group {value!r}{suggest(value[1:], known)}")
                 return None
             return value
         if "*" in value[:-1]:
@@ -161,6 +165,32 @@ def _groups_of(c: _Checker, raw: object) -> dict[str, tuple[str, ...]]:
     return groups
 
 
+def _conditions(
+    c: _Checker, path: str, raw: object
+) -> tuple[tuple[tuple[str, Constraint], ...], OutputRules | None]:
+    if not isinstance(raw, Mapping):
+        c.error(path, "expected a mapping with 'input' and/or 'output'")
+        return (), None
+    c.keys(path, raw, ("input", "output"))
+    inputs: list[tuple[str, Constraint]] = []
+    spec = raw.get("input", {})
+    if not isinstance(spec, Mapping):
+        c.error(f"{path}.input", "expected a mapping of argument name -> constraints")
+    else:
+        for arg, rule in spec.items():
+            where = f"{path}.input.{arg}"
+            if not isinstance(rule, Mapping) or not rule:
+                c.error(where, "expected a non-empty mapping of operators, e.g. {type: string}")
+                continue
+            compiled = compile_constraint(c, where, rule)
+            if compiled is not None:
+                inputs.append((str(arg), compiled))
+    output = None
+    if "output" in raw:
+        output = OutputRules.compile(c, f"{path}.output", raw["output"])
+    return tuple(inputs), output
+
+
 def compile_policy(
     document: object,
     *,
@@ -206,6 +236,8 @@ def compile_policy(
                 f"expected an RFC 3339 time like '2026-12-01T00:00:00Z', got {meta['expires']!r}",
             )
     groups = _groups_of(c, meta.get("tool_groups"))
+    flow_labels, flow_blocks = compile_data_flow(c, meta.get("data_flow"), groups)
+    sequence_specs: list[tuple[str, tuple[str, ...], object]] = []
 
     entries: list[RoleEntry] = []
     policies = document.get("policies")
@@ -224,10 +256,14 @@ def compile_policy(
         if not isinstance(perms, list):
             c.error(f"{path}.permissions", f"expected a list, got {_type_name(perms)}")
             perms = []
+        if "sequence" in entry:
+            sequence_specs.append((path, roles, entry["sequence"]))
         grants: list[Grant] = []
         for j, perm in enumerate(perms):
             ppath = f"{path}.permissions[{j}]"
             allow = True
+            inputs: tuple[tuple[str, Constraint], ...] = ()
+            output = None
             if isinstance(perm, Mapping):
                 c.keys(ppath, perm, _GRANT_KEYS)
                 if "tool" not in perm:
@@ -238,14 +274,23 @@ def compile_policy(
                 if not isinstance(allow, bool):
                     c.error(f"{ppath}.allow", f"expected true or false, got {allow!r}")
                     continue
+                if "conditions" in perm:
+                    if not allow:
+                        c.error(
+                            f"{ppath}.conditions",
+                            "an 'allow: false' entry takes no "
+                            "conditions (it denies whatever the arguments)",
+                        )
+                    inputs, output = _conditions(c, f"{ppath}.conditions", perm["conditions"])
             else:
                 pattern = c.tool_pattern(ppath, perm, groups)
             if pattern is None:
                 continue
-            grants.append(Grant(order, pattern, allow, roles, ppath))
+            grants.append(Grant(order, pattern, allow, roles, ppath, inputs, output))
             order += 1
         entries.append(RoleEntry(roles, tuple(grants), path))
 
+    sequences, tracked = compile_sequences(c, sequence_specs, groups)
     if c.errors:
         raise InvalidPolicyError(source, c.errors)
     if raw is None:
@@ -263,4 +308,8 @@ def compile_policy(
         source=source,
         version=version,
         mode=str(mode),
+        sequences=sequences,
+        tracked=tracked,
+        flow_labels=flow_labels,
+        flow_blocks=flow_blocks,
     )

@@ -10,7 +10,12 @@ of 10 or of 10,000 tools.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .constraints import Constraint
+    from .output import OutputRules
+    from .sequence import Matcher, RoleSequences, SequenceRule
 
 __all__ = ["CompiledPolicy", "Grant", "RoleEntry", "ToolRules"]
 
@@ -25,16 +30,25 @@ class Grant:
     ``order`` is its position in policy order.
     """
 
-    __slots__ = ("allow", "order", "path", "pattern", "roles")
+    __slots__ = ("allow", "input", "order", "output", "path", "pattern", "roles")
 
     def __init__(
-        self, order: int, pattern: str, allow: bool, roles: tuple[str, ...], path: str
+        self,
+        order: int,
+        pattern: str,
+        allow: bool,
+        roles: tuple[str, ...],
+        path: str,
+        input: tuple[tuple[str, Constraint], ...] = (),
+        output: OutputRules | None = None,
     ) -> None:
         self.order = order
         self.pattern = pattern
         self.allow = allow
         self.roles = roles
         self.path = path
+        self.input = input  # (argument name, constraint) pairs of conditions.input
+        self.output = output  # compiled conditions.output, if any
 
     def __repr__(self) -> str:
         return (
@@ -65,16 +79,68 @@ class ToolRules:
     ``grants``: the matching grants in policy order (allows and denies);
     ``allow_roles`` / ``deny_roles``: roles with a matching grant / ``allow: false``.
     ``known`` is False when no entry of the policy can match the id.
+    ``guarded`` is True when a layer beyond RBAC applies (conditions, sequences,
+    data flow): only then does a call take the slower path.
     """
 
-    __slots__ = ("allow_roles", "deny_roles", "grants", "known", "tool_id")
+    __slots__ = (
+        "advance",
+        "allow_roles",
+        "blocked_by",
+        "by_roles",
+        "completes",
+        "conditional",
+        "deny_roles",
+        "firsts",
+        "follows",
+        "grants",
+        "guarded",
+        "known",
+        "labels",
+        "policy",
+        "tool_id",
+    )
 
-    def __init__(self, tool_id: str, grants: tuple[Grant, ...]) -> None:
+    def __init__(self, tool_id: str, grants: tuple[Grant, ...], policy: CompiledPolicy) -> None:
         self.tool_id = tool_id
         self.grants = grants
+        self.policy = policy
         self.known = bool(grants)
         self.allow_roles = frozenset(r for g in grants if g.allow for r in g.roles)
         self.deny_roles = frozenset(r for g in grants if not g.allow for r in g.roles)
+        self.by_roles: dict[frozenset[str], tuple[Grant, ...]] = {}
+        self.conditional = any(g.allow and (g.input or g.output) for g in grants)
+        # data flow: labels this tool adds, and label -> path of the block on it
+        self.labels = frozenset(
+            label for m, labels, _ in policy.flow_labels if m(tool_id) for label in labels
+        )
+        self.blocked_by = {label: path for m, label, path in policy.flow_blocks if m(tool_id)}
+        # sequences (see policy/sequence.py)
+        advance = []
+        for rule in policy.tracked:
+            hits = frozenset(i for i, m in enumerate(rule.matchers[:-1]) if m(tool_id))
+            if hits:
+                advance.append((rule.slot, hits, len(rule.steps) - 1))
+        self.advance: tuple[tuple[int, frozenset[int], int], ...] = tuple(advance)
+        self.completes: dict[str, tuple[SequenceRule, ...]] = {}
+        self.firsts: set[str] = set()
+        self.follows: dict[str, tuple[Matcher, ...]] = {}
+        for role in self.allow_roles:
+            seq = policy.sequences.get(role)
+            if seq is None:
+                continue
+            if seq.mode == "allow":
+                self.completes[role] = tuple(r for r in seq.rules if r.matchers[-1](tool_id))
+            else:
+                if any(r.matchers[0](tool_id) for r in seq.rules):
+                    self.firsts.add(role)
+                self.follows[role] = tuple(
+                    r.matchers[i]
+                    for r in seq.rules
+                    for i in range(len(r.steps) - 1)
+                    if r.matchers[i + 1](tool_id)
+                )
+        self.guarded = bool(self.conditional or policy.sequences or self.labels or self.blocked_by)
 
     def deny_grant(self, roles: frozenset[str]) -> Grant | None:
         """The first ``allow: false`` grant that applies to one of ``roles``."""
@@ -84,8 +150,14 @@ class ToolRules:
         return None
 
     def allow_grants(self, roles: frozenset[str]) -> tuple[Grant, ...]:
-        """The allowing grants that apply to one of ``roles``, in policy order."""
-        return tuple(g for g in self.grants if g.allow and not roles.isdisjoint(g.roles))
+        """The allowing grants that apply to one of ``roles``, in policy order
+        (memoised per role set)."""
+        found = self.by_roles.get(roles)
+        if found is None:
+            found = tuple(g for g in self.grants if g.allow and not roles.isdisjoint(g.roles))
+            if len(self.by_roles) < 256:
+                self.by_roles[roles] = found
+        return found
 
 
 class CompiledPolicy:
@@ -103,13 +175,17 @@ class CompiledPolicy:
         "document",
         "entries",
         "expires_at",
+        "flow_blocks",
+        "flow_labels",
         "groups",
         "mode",
         "name",
         "patterns",
         "raw",
         "roles",
+        "sequences",
         "source",
+        "tracked",
         "version",
     )
 
@@ -126,6 +202,10 @@ class CompiledPolicy:
         source: str,
         version: int | None = None,
         mode: str = "enforce",
+        sequences: Mapping[str, RoleSequences] | None = None,
+        tracked: tuple[SequenceRule, ...] = (),
+        flow_labels: tuple[tuple[Matcher, frozenset[str], str], ...] = (),
+        flow_blocks: tuple[tuple[Matcher, str, str], ...] = (),
     ) -> None:
         self.document = document
         self.entries = entries
@@ -138,6 +218,10 @@ class CompiledPolicy:
         self.source = source
         self.version = version
         self.mode = mode
+        self.sequences: Mapping[str, RoleSequences] = sequences or {}
+        self.tracked = tracked
+        self.flow_labels = flow_labels
+        self.flow_blocks = flow_blocks
 
         exact: dict[str, list[Grant]] = {}
         prefixes: list[tuple[str, Grant]] = []
@@ -172,7 +256,7 @@ class CompiledPolicy:
             grants.extend(g for prefix, g in self._prefixes if tool_id.startswith(prefix))
             grants.extend(self._star)
             grants.sort(key=lambda g: g.order)
-            rules = ToolRules(tool_id, tuple(grants))
+            rules = ToolRules(tool_id, tuple(grants), self)
             if len(self._memo) < _MEMO_CAP:
                 self._memo[tool_id] = rules
         return rules

@@ -1,0 +1,390 @@
+"""Output rules of one grant (``conditions.output``): compiled once at load,
+applied to a tool's result on the hot path (decision step 8).
+
+``conditions.output`` is a mapping. Three keys are special; they are checked on the
+*sanitized* result and deny with reason ``output_validation``:
+
+- ``max_bytes``: the size of the JSON encoding (UTF-8, ``ensure_ascii=False``; models
+  and dataclasses as their dumped form, other objects as ``str``). A result that
+  cannot be encoded (circular, unsupported keys) is denied.
+- ``deny_if_patterns``: regexes searched in every string leaf and every mapping key,
+  at any depth. Other scalars (bytes, datetimes, ...) are searched as ``str(value)``.
+- ``require_fields_absent``: dotted paths; a field present at one denies.
+
+Every other key is a dotted field path (``a.b.c``; a field name cannot contain a dot)
+whose rule holds constraint operators and an optional ``action``. A path reaches
+nested mappings; wherever a list or tuple is met with path left (the result itself
+included), the rest of the path applies to each of its items. Items that are not
+mappings are skipped. Pydantic models (a callable ``model_dump``) and dataclass
+instances are read, at any depth where met, as their dumped form; when a rule
+changes one, the result holds that form as plain dicts.
+
+Order:
+
+1. Validation rules (no ``action``): any violation denies the whole result
+   (``output_validation``). A missing field (a missing key at any level of the path)
+   violates only ``required: true``.
+2. Action rules, in the order written, on present fields only. The action applies to
+   a value iff
+
+   - the rule has no operator other than ``required`` (it always applies), or
+   - the rule has ``matches`` and the value is a string that matches: for an action
+     rule ``matches`` is a *selector*, not a requirement, or
+   - some other operator is violated (``required: true`` is violated by ``null``).
+
+   ``filter`` removes the field. ``redact`` replaces the value with ``"[REDACTED]"``;
+   when only ``matches`` selected a string, just the matching spans are replaced
+   (and the whole string if the redacted text still matches, e.g. the replacement
+   made a new match). ``truncate`` cuts a string, list or tuple to ``maxLength``
+   (other values stay as they are). ``deny`` denies (``output_sanitization``).
+3. The special keys, on the sanitized result.
+
+The tool's return value is never mutated: the containers along a changed path are
+copied (a tuple stays a tuple), unchanged subtrees are shared, and a result that no
+rule changes is returned as the same object. Messages name the field and the rule,
+never the value.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .constraints import MISSING, Constraint, compile_constraint
+
+__all__ = ["ACTIONS", "REDACTED", "OutputRules", "OutputViolation"]
+
+ACTIONS = ("filter", "redact", "truncate", "deny")
+REDACTED = "[REDACTED]"
+_REMOVE: Any = object()  # a decision to remove the field
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+class OutputViolation(Exception):
+    """A result the output rules deny. Internal: the guard turns it into a
+    ``PermissionDeniedError``. ``reason`` is ``output_validation`` or
+    ``output_sanitization``; ``detail`` names the field and the rule, never the
+    value; ``path`` is the rule's path in the policy document."""
+
+    def __init__(self, reason: str, detail: str, path: str | None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.path = path
+
+
+def _plain(node: Any) -> Any:
+    """The dumped form of a pydantic model or dataclass instance, else MISSING."""
+    if isinstance(node, type) or node is MISSING:
+        return MISSING
+    dump = getattr(node, "model_dump", None)
+    if callable(dump):
+        return dump(mode="python")
+    if hasattr(type(node), "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(node)
+    return MISSING
+
+
+def _checkable(value: Any) -> Any:
+    if type(value) in _SCALARS or isinstance(value, (Mapping, list, tuple)):
+        return value
+    plain = _plain(value)
+    return value if plain is MISSING else plain
+
+
+def _rewrite(node: Any, parts: tuple[str, ...], i: int, rules: tuple[_Rule, ...]) -> Any:
+    """``node`` with ``rules`` applied to the mappings ``parts[i:]`` reaches, copied
+    on write."""
+    t = type(node)
+    if t is list or t is tuple or (t not in _SCALARS and isinstance(node, (list, tuple))):
+        items: list[Any] | None = None
+        last = i == len(parts)
+        for n, item in enumerate(node):
+            new = _at(rules, item) if last and type(item) is dict else (
+                _rewrite(item, parts, i, rules))  # fmt: skip
+            if new is not item:
+                if items is None:
+                    items = list(node)
+                items[n] = new
+        if items is None:
+            return node
+        if not isinstance(node, tuple):
+            return items
+        make = getattr(t, "_make", None)  # a namedtuple stays one
+        return make(items) if callable(make) else tuple(items)
+    if t is dict or (t not in _SCALARS and isinstance(node, Mapping)):
+        if i == len(parts):
+            return _at(rules, node)
+        child = node.get(parts[i], MISSING)
+        if child is MISSING:
+            return node
+        new = _rewrite(child, parts, i + 1, rules)
+        if new is child:
+            return node
+        out = dict(node)
+        out[parts[i]] = new
+        return out
+    plain = MISSING if t in _SCALARS else _plain(node)
+    if plain is MISSING:
+        return node
+    new = _rewrite(plain, parts, i, rules)
+    return node if new is plain else new
+
+
+def _at(rules: tuple[_Rule, ...], node: Mapping[str, Any]) -> Any:
+    """``node`` with each rule applied to its field, in order, copied on write."""
+    out: Any = node
+    for rule in rules:
+        value = out.get(rule.key, MISSING)
+        if value is MISSING:
+            continue
+        new = rule.decide(value)
+        if new is value:
+            continue
+        if out is node:
+            out = dict(node)
+        if new is _REMOVE:
+            del out[rule.key]
+        else:
+            out[rule.key] = new
+    return out
+
+
+def _reach(node: Any, parts: tuple[str, ...], i: int, visit: Callable[[Any], None]) -> None:
+    """Call ``visit`` with every value (or MISSING) that ``parts[i:]`` reaches."""
+    if isinstance(node, (list, tuple)):
+        for item in node:
+            _reach(item, parts, i, visit)
+    elif type(node) in _SCALARS:
+        return
+    elif isinstance(node, Mapping):
+        value = node.get(parts[i], MISSING)
+        if i == len(parts) - 1 or value is MISSING:
+            visit(value)
+        else:
+            _reach(value, parts, i + 1, visit)
+    else:
+        plain = _plain(node)
+        if plain is not MISSING:
+            _reach(plain, parts, i, visit)
+
+
+def _strings(node: Any, out: list[str]) -> None:
+    """Append to ``out`` every string leaf and mapping key (``str(key)``) of ``node``;
+    other scalars that are not numbers, booleans or null as ``str(value)``."""
+    t = type(node)
+    if t is dict or (t is not list and isinstance(node, Mapping)):
+        out.extend(map(str, node))
+        values: Any = node.values()
+    elif t is list or isinstance(node, (list, tuple)):
+        values = node
+    elif isinstance(node, str):
+        out.append(node)
+        return
+    elif t in _SCALARS:
+        return
+    else:
+        plain = _plain(node)
+        _strings(str(node) if plain is MISSING else plain, out)
+        return
+    for value in values:
+        if type(value) is str:
+            out.append(value)
+        elif type(value) not in _SCALARS:
+            _strings(value, out)
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    plain = _plain(obj)
+    return str(obj) if plain is MISSING else plain
+
+
+def _split(c: Any, where: str, text: object) -> tuple[str, ...] | None:
+    parts = tuple(text.split(".")) if isinstance(text, str) else ()
+    if not parts or not all(parts):
+        c.error(where, f"expected a dotted field path like 'a.b.c', got {text!r}")
+        return None
+    return parts
+
+
+class _Rule:
+    """One field rule: a validation rule (``action`` None) or an action rule."""
+
+    __slots__ = ("action", "always", "con", "field", "key", "others", "parts", "path", "selector")
+
+    def __init__(self, path: str, field: str, parts: tuple[str, ...], con: Constraint,
+                 action: str | None) -> None:  # fmt: skip
+        self.path, self.field, self.parts, self.con, self.action = path, field, parts, con, action
+        self.key = parts[-1]
+        self.selector = con.regex if action else None
+        checks = tuple(ch for ch in con.checks if ch[0] != "matches" or not action)
+        self.others = Constraint(checks, con.required, con.spec, None) if checks else None
+        self.always = not checks and self.selector is None
+
+    def check(self, value: Any) -> None:
+        """Validation: raise when ``value`` (or MISSING) violates the rule."""
+        op = self.con.failure(_checkable(value))
+        if op is not None:
+            what = f"violates {self.con.describe(op)}"
+            raise OutputViolation("output_validation", f"output field {self.field!r} {what}",
+                                  self.path)  # fmt: skip
+
+    def decide(self, value: Any) -> Any:
+        """The field's new value: ``_REMOVE`` to filter, ``value`` itself when the
+        action does not apply. Raises for ``deny``."""
+        op = None if self.others is None else self.others.failure(_checkable(value))
+        selector, action = self.selector, self.action
+        if op is None and not self.always:
+            if selector is None or not isinstance(value, str):
+                return value
+            if action == "redact":
+                new, count = selector.subn(REDACTED, value)
+                if not count:
+                    return value
+                return REDACTED if selector.search(new) is not None else new
+            if selector.search(value) is None:
+                return value
+        if action == "filter":
+            return _REMOVE
+        if action == "redact":
+            return value if value == REDACTED else REDACTED
+        if action == "truncate":
+            n = self.con.spec["maxLength"]
+            cut = isinstance(value, (str, list, tuple)) and len(value) > n
+            return value[:n] if cut else value
+        what = "is present"
+        if op is not None and self.others is not None:
+            what = f"violates {self.others.describe(op)}"
+        elif selector is not None:
+            what = f"matches {selector.pattern!r}"
+        detail = f"output field {self.field!r} {what} (action deny)"
+        raise OutputViolation("output_sanitization", detail, self.path)
+
+    @classmethod
+    def compile(cls, c: Any, where: str, field: object, rule: object) -> _Rule | None:
+        """The rule at ``where``; problems go to ``c.error``."""
+        from .compile import suggest
+
+        parts = _split(c, where, field)
+        if not isinstance(rule, Mapping):
+            c.error(where, f"expected a mapping of operators, got {rule!r}")
+            return None
+        if not rule:
+            c.error(where, "empty rule: give constraint operators and/or an 'action'")
+        action = rule.get("action")
+        if "action" in rule and action not in ACTIONS:
+            c.error(f"{where}.action", f"unknown action {action!r}{suggest(str(action), ACTIONS)}")
+        if action == "truncate" and "maxLength" not in rule:
+            c.error(where, "action 'truncate' needs 'maxLength' in the same rule")
+        con = compile_constraint(c, where, rule, extra_keys=("action",))
+        if con is None or parts is None or not rule:
+            return None
+        return cls(where, str(field), parts, con, action if isinstance(action, str) else None)
+
+
+def _absent(where: str, parts: tuple[str, ...]) -> _Rule:
+    """A validation rule that any present value violates."""
+    spec = {"require_fields_absent": ".".join(parts)}
+    never = Constraint((("require_fields_absent", lambda v: False),), False, spec, None)
+    return _Rule(where, ".".join(parts), parts, never, None)
+
+
+class OutputRules:
+    """The compiled ``conditions.output`` of one grant. ``sanitizes``: whether any
+    rule has an action (the result may be changed)."""
+
+    __slots__ = ("absent", "groups", "max_bytes", "path", "patterns", "sanitizes", "validations")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.validations: list[_Rule] = []
+        self.groups: list[tuple[tuple[str, ...], tuple[_Rule, ...]]] = []  # by parent path
+        self.max_bytes: int | None = None
+        self.patterns: tuple[re.Pattern[str], ...] = ()
+        self.absent: list[_Rule] = []
+        self.sanitizes = False
+
+    @classmethod
+    def compile(cls, c: Any, path: str, spec: object) -> OutputRules | None:
+        """Compile ``spec`` (``path`` ends in ``conditions.output``). Every problem
+        goes to ``c.error`` with the path of the bad entry; ``None`` if any."""
+        if not isinstance(spec, Mapping):
+            c.error(path, f"expected a mapping of output rules, got {spec!r}")
+            return None
+        before, rules, patterns = len(c.errors), cls(path), []
+        for key, value in spec.items():
+            where = f"{path}.{key}"
+            if key == "max_bytes":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    c.error(where, f"expected a non-negative integer, got {value!r}")
+                rules.max_bytes = value
+            elif key in ("deny_if_patterns", "require_fields_absent"):
+                if not isinstance(value, list):
+                    c.error(where, f"expected a list, got {value!r}")
+                    continue
+                for n, item in enumerate(value):
+                    if key == "require_fields_absent":
+                        parts = _split(c, f"{where}[{n}]", item)
+                        if parts is not None:
+                            rules.absent.append(_absent(f"{where}[{n}]", parts))
+                        continue
+                    if not isinstance(item, str):
+                        c.error(f"{where}[{n}]", f"expected a regular expression, got {item!r}")
+                        continue
+                    try:
+                        patterns.append(re.compile(item))
+                    except re.error as exc:
+                        c.error(f"{where}[{n}]", f"bad regular expression {item!r}: {exc}")
+            elif (rule := _Rule.compile(c, where, key, value)) is None:
+                pass
+            elif rule.action is None:
+                rules.validations.append(rule)
+            elif rules.groups and rules.groups[-1][0] == rule.parts[:-1]:
+                # consecutive rules on the same mappings: one walk, same effect
+                rules.groups[-1] = (rule.parts[:-1], (*rules.groups[-1][1], rule))
+            else:
+                rules.groups.append((rule.parts[:-1], (rule,)))
+        rules.patterns, rules.sanitizes = tuple(patterns), bool(rules.groups)
+        return None if len(c.errors) > before else rules
+
+    def apply(self, result: object) -> object:
+        """Validate, sanitize and check ``result``; the result to return (the same
+        object when nothing changed). Raises :class:`OutputViolation`."""
+        try:
+            for rule in self.validations:
+                _reach(result, rule.parts, 0, rule.check)
+            for parent, rules in self.groups:
+                result = _rewrite(result, parent, 0, rules)
+            if self.max_bytes is not None and _size(result) > self.max_bytes:
+                detail = f"output is larger than max_bytes {self.max_bytes} (or not JSON)"
+                raise OutputViolation("output_validation", detail, f"{self.path}.max_bytes")
+            if self.patterns:
+                texts: list[str] = []
+                _strings(result, texts)
+                for n, pattern in enumerate(self.patterns):
+                    if not any(map(pattern.search, texts)):
+                        continue
+                    detail = f"output matches deny_if_patterns[{n}] {pattern.pattern!r}"
+                    where = f"{self.path}.deny_if_patterns[{n}]"
+                    raise OutputViolation("output_validation", detail, where)
+            for rule in self.absent:
+                _reach(result, rule.parts, 0, rule.check)
+        except RecursionError:
+            detail = "output is nested too deeply (or circular) to check"
+            raise OutputViolation("output_validation", detail, None) from None
+        return result
+
+
+def _size(result: object) -> float:
+    """Bytes of the JSON encoding; infinite when it cannot be encoded."""
+    try:
+        text = json.dumps(result, ensure_ascii=False, default=_default)
+    except (TypeError, ValueError):
+        return float("inf")
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
