@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import re
@@ -201,12 +202,11 @@ def test_validation_through_a_list_checks_every_item() -> None:
 
 def test_max_bytes_denies_a_larger_json_encoding_counted_in_utf8_bytes() -> None:
     spec = {"max_bytes": 12}
-    assert rules(spec).apply({"a": "1234"}) == {"a": "1234"}  # {"a": "1234"} is 13 chars
-    exc = denied({"max_bytes": 12}, {"a": "12345"})
+    assert rules(spec).apply({"a": "123"}) == {"a": "123"}  # {"a": "123"} is 12 bytes
+    exc = denied(spec, {"a": "1234"})
     assert exc.reason == "output_validation"
     assert exc.path == f"{PATH}.max_bytes"
-    assert rules({"max_bytes": 5}).apply("\"é\"") == "\"é\""  # '"\\"é\\""' -> 7 bytes? no
-    assert rules({"max_bytes": 4}).apply("é") == "é"  # '"é"' is 4 bytes
+    assert rules({"max_bytes": 4}).apply("é") == "é"  # "é" in quotes is 4 bytes
     denied({"max_bytes": 3}, "é")
 
 
@@ -291,7 +291,7 @@ def test_tuples_and_namedtuples_on_a_changed_path_keep_their_type() -> None:
 
 
 def test_the_original_result_is_never_mutated_and_unchanged_subtrees_are_shared() -> None:
-    value = {"items": [{"ssn": "1", "tags": ["a"]}, {"id": 2}], "meta": {"n": 1}}
+    value: dict[str, Any] = {"items": [{"ssn": "1", "tags": ["a"]}, {"id": 2}], "meta": {"n": 1}}
     before = copy.deepcopy(value)
     out = rules({"items.ssn": {"action": "filter"}}).apply(value)
     assert value == before
@@ -336,9 +336,7 @@ class Row:
 def test_pydantic_model_result_is_sanitized_as_its_dump_at_any_depth() -> None:
     user = User(name="Ann", ssn="1", addresses=[Address(city="Oslo", secret="s")])
     before = user.model_copy(deep=True)
-    out = rules({"ssn": {"action": "filter"}, "addresses.secret": {"action": "redact"}}).apply(
-        user
-    )
+    out = rules({"ssn": {"action": "filter"}, "addresses.secret": {"action": "redact"}}).apply(user)
     assert out == {"name": "Ann", "addresses": [{"city": "Oslo", "secret": REDACTED}]}
     assert user == before
     nested = {"users": [user]}
@@ -493,8 +491,6 @@ actions = st.sampled_from(
 @given(value=json_like, spec=st.dictionaries(paths, actions, max_size=4))
 def test_property_apply_never_mutates_its_input(value: Any, spec: dict[str, Any]) -> None:
     before = copy.deepcopy(value)
-    try:
+    with contextlib.suppress(OutputViolation):
         rules(spec).apply(value)
-    except OutputViolation:
-        pass
     assert value == before
