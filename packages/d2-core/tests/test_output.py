@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import datetime as dt
 import re
 from collections import namedtuple
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -356,6 +358,29 @@ def test_dataclass_result_is_sanitized_as_its_asdict_form() -> None:
     assert rules({"id": {"type": "int"}}).apply(rows) is rows
     assert rules({"require_fields_absent": ["x"]}).apply({"r": rows[0]}) == {"r": rows[0]}
     denied({"require_fields_absent": ["r.ssn"]}, {"r": rows[0]})
+
+
+def test_a_model_as_a_field_value_is_checked_as_its_dump() -> None:
+    value = {"u": Address(city="Oslo", secret="s"), "n": 1}
+    assert rules({"u": {"type": "dict", "action": "deny"}}).apply(value) is value
+    assert rules({"u": {"type": "dict"}}).apply(value) is value
+    assert rules({"u": {"action": "redact"}}).apply(value) == {"u": REDACTED, "n": 1}
+
+
+def test_other_mappings_are_copied_as_dicts_and_other_objects_are_skipped_or_searched() -> None:
+    proxy = MappingProxyType({"ssn": 1, "id": 2})
+    out = rules({"items.ssn": {"action": "filter"}}).apply({"items": [proxy, object()]})
+    assert isinstance(out, dict)
+    assert out["items"][0] == {"id": 2}
+    assert proxy == {"ssn": 1, "id": 2}
+    assert rules({"max_bytes": 19}).apply(proxy) is proxy  # encoded as {"ssn": 1, "id": 2}
+    denied({"max_bytes": 18}, proxy)
+    when = dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc)
+    denied({"deny_if_patterns": ["2024-01-02"]}, {"at": when})
+    denied({"deny_if_patterns": ["AKIA"]}, [b"xAKIAx"])
+    denied({"deny_if_patterns": ["User"]}, {"type": User})
+    numbers = {"n": 2, "f": 2.5, "b": True, "z": None}  # numbers are not searched
+    assert rules({"deny_if_patterns": ["2|True|None"]}).apply(numbers) is numbers
 
 
 def test_sanitizes_tells_whether_any_rule_has_an_action() -> None:

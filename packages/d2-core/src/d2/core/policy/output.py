@@ -1,48 +1,45 @@
-"""Output rules of one grant (``conditions.output``): compiled once at load,
-applied to a tool's result on the hot path (decision step 8).
+"""Output rules of one grant (``conditions.output``): compiled once at load, applied
+to a tool's result on the hot path (decision step 8).
 
-``conditions.output`` is a mapping. Three keys are special; they are checked on the
-*sanitized* result and deny with reason ``output_validation``:
+Three keys are special; they are checked on the *sanitized* result and deny with
+reason ``output_validation``:
 
-- ``max_bytes``: the size of the JSON encoding (UTF-8, ``ensure_ascii=False``; models
-  and dataclasses as their dumped form, other objects as ``str``). A result that
-  cannot be encoded (circular, unsupported keys) is denied.
-- ``deny_if_patterns``: regexes searched in every string leaf and every mapping key,
-  at any depth. Other scalars (bytes, datetimes, ...) are searched as ``str(value)``.
+- ``max_bytes``: size of the JSON encoding (UTF-8, ``ensure_ascii=False``; models and
+  dataclasses as their dumped form, other objects as ``str``). A result that cannot
+  be encoded (circular, unsupported keys) is denied.
+- ``deny_if_patterns``: regexes searched in every string leaf and every mapping key
+  (as ``str(key)``) at any depth; other scalars except numbers, booleans and null
+  (bytes, datetimes, ...) are searched as ``str(value)``.
 - ``require_fields_absent``: dotted paths; a field present at one denies.
 
-Every other key is a dotted field path (``a.b.c``; a field name cannot contain a dot)
-whose rule holds constraint operators and an optional ``action``. A path reaches
-nested mappings; wherever a list or tuple is met with path left (the result itself
-included), the rest of the path applies to each of its items. Items that are not
-mappings are skipped. Pydantic models (a callable ``model_dump``) and dataclass
-instances are read, at any depth where met, as their dumped form; when a rule
-changes one, the result holds that form as plain dicts.
-
-Order:
+Every other key is a dotted field path (``a.b.c``; names cannot contain dots) whose
+rule holds constraint operators and an optional ``action``. A path reaches nested
+mappings; wherever a list or tuple is met with path left (the result itself
+included), the rest of the path applies to each item. Non-mapping items on the way
+are skipped. Pydantic models (a callable ``model_dump``) and dataclass instances are
+read, at any depth, as their dumped form (also a field's value, for its constraints);
+when a rule changes one, the result holds that form as plain dicts.
 
 1. Validation rules (no ``action``): any violation denies the whole result
-   (``output_validation``). A missing field (a missing key at any level of the path)
+   (``output_validation``). A missing field (a key missing at any level of the path)
    violates only ``required: true``.
 2. Action rules, in the order written, on present fields only. The action applies to
    a value iff
-
    - the rule has no operator other than ``required`` (it always applies), or
-   - the rule has ``matches`` and the value is a string that matches: for an action
-     rule ``matches`` is a *selector*, not a requirement, or
-   - some other operator is violated (``required: true`` is violated by ``null``).
-
-   ``filter`` removes the field. ``redact`` replaces the value with ``"[REDACTED]"``;
-   when only ``matches`` selected a string, just the matching spans are replaced
-   (and the whole string if the redacted text still matches, e.g. the replacement
-   made a new match). ``truncate`` cuts a string, list or tuple to ``maxLength``
-   (other values stay as they are). ``deny`` denies (``output_sanitization``).
+   - the rule has ``matches`` and the value is a string that matches (for an action
+     rule ``matches`` is a *selector*, not a requirement), or
+   - another operator is violated (``required: true`` is violated by ``null``).
+   ``filter`` removes the field. ``redact`` replaces the value with ``"[REDACTED]"``,
+   except that when ``matches`` alone selected a string, only the matching spans are
+   replaced (the whole string if the result still matches, e.g. the replacement made
+   a new match). ``truncate`` cuts a string, list or tuple to ``maxLength`` (other
+   values stay). ``deny`` denies (``output_sanitization``).
 3. The special keys, on the sanitized result.
 
-The tool's return value is never mutated: the containers along a changed path are
-copied (a tuple stays a tuple), unchanged subtrees are shared, and a result that no
-rule changes is returned as the same object. Messages name the field and the rule,
-never the value.
+The tool's return value is never mutated: containers along a changed path are copied
+(a tuple stays a tuple), unchanged subtrees are shared, and a result no rule changes
+is returned as the same object. A result nested too deeply (or circular) to walk is
+denied. Messages name the field and the rule, never the value.
 """
 
 from __future__ import annotations
@@ -50,6 +47,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
+from operator import is_
 from typing import Any
 
 from .constraints import MISSING, Constraint, compile_constraint
@@ -76,9 +74,9 @@ class OutputViolation(Exception):
 
 
 def _plain(node: Any) -> Any:
-    """The dumped form of a pydantic model or dataclass instance, else MISSING."""
-    if isinstance(node, type) or node is MISSING:
-        return MISSING
+    """The dumped form of a pydantic model or dataclass instance, else ``node``."""
+    if type(node) in _SCALARS or isinstance(node, (Mapping, list, tuple, type)):
+        return node
     dump = getattr(node, "model_dump", None)
     if callable(dump):
         return dump(mode="python")
@@ -86,14 +84,7 @@ def _plain(node: Any) -> Any:
         import dataclasses
 
         return dataclasses.asdict(node)
-    return MISSING
-
-
-def _checkable(value: Any) -> Any:
-    if type(value) in _SCALARS or isinstance(value, (Mapping, list, tuple)):
-        return value
-    plain = _plain(value)
-    return value if plain is MISSING else plain
+    return node
 
 
 def _rewrite(node: Any, parts: tuple[str, ...], i: int, rules: tuple[_Rule, ...]) -> Any:
@@ -101,16 +92,12 @@ def _rewrite(node: Any, parts: tuple[str, ...], i: int, rules: tuple[_Rule, ...]
     on write."""
     t = type(node)
     if t is list or t is tuple or (t not in _SCALARS and isinstance(node, (list, tuple))):
-        items: list[Any] | None = None
         last = i == len(parts)
-        for n, item in enumerate(node):
-            new = _at(rules, item) if last and type(item) is dict else (
-                _rewrite(item, parts, i, rules))  # fmt: skip
-            if new is not item:
-                if items is None:
-                    items = list(node)
-                items[n] = new
-        if items is None:
+        items = [
+            _at(rules, item) if last and type(item) is dict else _rewrite(item, parts, i, rules)
+            for item in node
+        ]
+        if all(map(is_, items, node)):
             return node
         if not isinstance(node, tuple):
             return items
@@ -128,8 +115,8 @@ def _rewrite(node: Any, parts: tuple[str, ...], i: int, rules: tuple[_Rule, ...]
         out = dict(node)
         out[parts[i]] = new
         return out
-    plain = MISSING if t in _SCALARS else _plain(node)
-    if plain is MISSING:
+    plain = _plain(node)
+    if plain is node:
         return node
     new = _rewrite(plain, parts, i, rules)
     return node if new is plain else new
@@ -167,10 +154,8 @@ def _reach(node: Any, parts: tuple[str, ...], i: int, visit: Callable[[Any], Non
             visit(value)
         else:
             _reach(value, parts, i + 1, visit)
-    else:
-        plain = _plain(node)
-        if plain is not MISSING:
-            _reach(plain, parts, i, visit)
+    elif (plain := _plain(node)) is not node:
+        _reach(plain, parts, i, visit)
 
 
 def _strings(node: Any, out: list[str]) -> None:
@@ -189,7 +174,7 @@ def _strings(node: Any, out: list[str]) -> None:
         return
     else:
         plain = _plain(node)
-        _strings(str(node) if plain is MISSING else plain, out)
+        _strings(str(node) if plain is node else plain, out)
         return
     for value in values:
         if type(value) is str:
@@ -202,7 +187,7 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return dict(obj)
     plain = _plain(obj)
-    return str(obj) if plain is MISSING else plain
+    return str(obj) if plain is obj else plain
 
 
 def _split(c: Any, where: str, text: object) -> tuple[str, ...] | None:
@@ -229,7 +214,7 @@ class _Rule:
 
     def check(self, value: Any) -> None:
         """Validation: raise when ``value`` (or MISSING) violates the rule."""
-        op = self.con.failure(_checkable(value))
+        op = self.con.failure(_plain(value))
         if op is not None:
             what = f"violates {self.con.describe(op)}"
             raise OutputViolation("output_validation", f"output field {self.field!r} {what}",
@@ -238,7 +223,7 @@ class _Rule:
     def decide(self, value: Any) -> Any:
         """The field's new value: ``_REMOVE`` to filter, ``value`` itself when the
         action does not apply. Raises for ``deny``."""
-        op = None if self.others is None else self.others.failure(_checkable(value))
+        op = None if self.others is None else self.others.failure(_plain(value))
         selector, action = self.selector, self.action
         if op is None and not self.always:
             if selector is None or not isinstance(value, str):
@@ -253,7 +238,7 @@ class _Rule:
         if action == "filter":
             return _REMOVE
         if action == "redact":
-            return value if value == REDACTED else REDACTED
+            return value if isinstance(value, str) and value == REDACTED else REDACTED
         if action == "truncate":
             n = self.con.spec["maxLength"]
             cut = isinstance(value, (str, list, tuple)) and len(value) > n
@@ -327,20 +312,18 @@ class OutputRules:
             elif key in ("deny_if_patterns", "require_fields_absent"):
                 if not isinstance(value, list):
                     c.error(where, f"expected a list, got {value!r}")
-                    continue
-                for n, item in enumerate(value):
+                for n, item in enumerate(value if isinstance(value, list) else ()):
+                    at = f"{where}[{n}]"
                     if key == "require_fields_absent":
-                        parts = _split(c, f"{where}[{n}]", item)
-                        if parts is not None:
-                            rules.absent.append(_absent(f"{where}[{n}]", parts))
-                        continue
-                    if not isinstance(item, str):
-                        c.error(f"{where}[{n}]", f"expected a regular expression, got {item!r}")
-                        continue
-                    try:
-                        patterns.append(re.compile(item))
-                    except re.error as exc:
-                        c.error(f"{where}[{n}]", f"bad regular expression {item!r}: {exc}")
+                        parts = _split(c, at, item)
+                        rules.absent += [_absent(at, parts)] if parts else []
+                    elif not isinstance(item, str):
+                        c.error(at, f"expected a regular expression, got {item!r}")
+                    else:
+                        try:
+                            patterns.append(re.compile(item))
+                        except re.error as exc:
+                            c.error(at, f"bad regular expression {item!r}: {exc}")
             elif (rule := _Rule.compile(c, where, key, value)) is None:
                 pass
             elif rule.action is None:
