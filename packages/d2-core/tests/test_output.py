@@ -187,8 +187,13 @@ def test_missing_field_passes_unless_required_and_a_missing_parent_counts_as_mis
     exc = denied({"a.b": {"type": "int", "required": True}}, {"a": {}})
     assert "required" in exc.detail
     assert denied({"a.b": {"required": True}}, {}).path == f"{PATH}.a.b"
+    # a non-mapping where the path goes on: the field is missing (fail closed)
+    assert denied({"a.b": {"required": True}}, {"a": "not a mapping"}).reason == (
+        "output_validation"
+    )
+    assert denied({"a.b": {"required": True}}, {"a": None}).reason == "output_validation"
     value = {"a": "not a mapping"}
-    assert rules({"a.b": {"required": True}}).apply(value) is value
+    assert rules({"a.b": {"type": "int"}}).apply(value) is value
 
 
 def test_validation_through_a_list_checks_every_item() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import os
 import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, ParamSpec, TypeVar, cast
@@ -79,6 +80,10 @@ class UserContext:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("UserContext is immutable; call set_user() to change the user")
 
+    def __reduce__(self) -> tuple[type[UserContext], tuple[str | None, frozenset[str]]]:
+        # copies and pickles carry the user, not the request scope (history, facts)
+        return (UserContext, (self.user_id, self.roles))
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, UserContext):
             return NotImplemented
@@ -96,6 +101,7 @@ class UserContext:
         return self.user_id is not None
 
 
+ASCII_SPACE = " \t\n\r\f\v"  # what "stripped" strips: never Unicode or control characters
 _ANONYMOUS_ROLES: frozenset[str] = frozenset()
 _DEFAULT = UserContext(None, _ANONYMOUS_ROLES)  # shared: never write to its scope
 _current: contextvars.ContextVar[UserContext] = contextvars.ContextVar(
@@ -103,6 +109,16 @@ _current: contextvars.ContextVar[UserContext] = contextvars.ContextVar(
 )
 # Read by the guard on every call: one C-level lookup.
 current_context = _current.get
+
+
+def _forget_user_after_fork() -> None:
+    # A forked worker (process pools) starts with the context of whatever thread
+    # forked it: another request's user. Start it with no user instead.
+    _current.set(_DEFAULT)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_user_after_fork)
 
 
 def normalise_roles(roles: Iterable[str] | str | None) -> frozenset[str]:
@@ -118,7 +134,7 @@ def normalise_roles(roles: Iterable[str] | str | None) -> frozenset[str]:
                 f"role {role!r} is a {type(role).__name__}; roles must be strings, "
                 "for example set_user('alice', roles=['analyst'])"
             )
-        role = role.strip()
+        role = role.strip(ASCII_SPACE)
         if role:
             out.add(role)
     return frozenset(out)

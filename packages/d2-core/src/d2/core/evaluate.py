@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 from ._functions import Arguments
 from .context import RequestScope, UserContext, current_context
 from .errors import BundleExpiredError, MissingPolicyError, PermissionDeniedError
+from .policy._text import short
 from .policy.constraints import MISSING
 from .policy.model import CompiledPolicy, Grant, ToolRules
 from .policy.output import OutputRules, OutputViolation
@@ -121,7 +122,7 @@ class Evaluator:
         """Decide for the current user; return the tool's rules or raise a denial."""
         policy = self.policy
         ctx = current_context()
-        if policy is None or _now() >= policy.expires_at or ctx.user_id is None:
+        if policy is None or not _now() < policy.expires_at or ctx.user_id is None:
             raise self._denial(policy, tool_id, ctx)
         rules = policy.rules_for(tool_id)
         roles = ctx.roles
@@ -133,10 +134,15 @@ class Evaluator:
     def decide(self, tool_id: str, ctx: UserContext | None = None) -> PermissionDeniedError | None:
         """The denial the call would get, or ``None`` when it is allowed. Never raises."""
         ctx = current_context() if ctx is None else ctx
+        if not isinstance(tool_id, str) or not tool_id:
+            return PermissionDeniedError(
+                f"{short(tool_id)} is not a tool id", reason="unknown_tool"
+            )
         policy = self.policy
-        if policy is None or _now() >= policy.expires_at or ctx.user_id is None:
+        if policy is None or not _now() < policy.expires_at or ctx.user_id is None:
             return self._denial(policy, tool_id, ctx)
-        rules = policy.rules_for(tool_id)
+        # queries may carry ids from model output: remember only ids this process guards
+        rules = policy.rules_for(tool_id, remember=tool_id in self.guarded_tools)
         if rules.deny_roles.isdisjoint(ctx.roles) and not rules.allow_roles.isdisjoint(ctx.roles):
             return None
         return self._denial(policy, tool_id, ctx)
@@ -149,12 +155,12 @@ class Evaluator:
         cls: type[PermissionDeniedError] = PermissionDeniedError
         if policy is None:
             cls, reason = MissingPolicyError, self.absent_reason
-        elif _now() >= policy.expires_at:
+        elif not _now() < policy.expires_at:
             cls, reason = BundleExpiredError, "policy_expired"
         elif ctx.user_id is None:
             reason = "no_user"
         else:
-            rules = policy.rules_for(tool_id)
+            rules = policy.rules_for(tool_id, remember=False)
             if not rules.known:
                 cls, reason = MissingPolicyError, "unknown_tool"
             elif not rules.deny_roles.isdisjoint(ctx.roles):
@@ -195,7 +201,7 @@ class Evaluator:
                 (loaded, TraceStep("user", "deny", detail)),
             )
         who = TraceStep("user", "pass", f"{user!r} with roles [{_roles_text(roles)}]")
-        rules = policy.rules_for(tool_id)
+        rules = policy.rules_for(tool_id, remember=False)
         if reason == "unknown_tool":
             detail = f"no entry of the policy names {tool_id!r} (or a wildcard matching it)"
             return (
@@ -269,7 +275,7 @@ class Evaluator:
             return Decision(False, err.reason, err.trace, None, err)
         policy = self.policy
         assert policy is not None
-        rules = policy.rules_for(tool_id)
+        rules = policy.rules_for(tool_id, remember=False)
         arguments = self.guarded_tools.get(tool_id)
         trace = [*_base_trace(policy, ctx), _rbac_step(rules, ctx)]
         allowed = rules.allow_grants(ctx.roles)

@@ -11,6 +11,7 @@ runs the sync tool in a worker thread with the caller's context.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -120,6 +121,7 @@ def _build(
     by the tool's own code (a nested guarded call) are not this guard's and pass
     through ``on_deny`` untouched."""
     evaluator = evaluator_for(instance_name)
+    name = getattr(fn, "__name__", tool_id)
     arguments = Arguments(fn)
     evaluator.guarded_tools[tool_id] = arguments
     check, admit, finish = evaluator.check, evaluator.admit, evaluator.finish
@@ -166,13 +168,12 @@ def _build(
     else:
 
         def in_loop() -> None:
-            from asyncio import _get_running_loop  # strict mode only
-
-            if _get_running_loop() is not None:
+            asyncio = sys.modules.get("asyncio")  # not imported: no loop can be running
+            if asyncio is not None and asyncio._get_running_loop() is not None:
                 raise D2Error(
                     f"sync tool {tool_id!r} called inside a running event loop while strict "
                     "sync mode is on (strict=True or D2_STRICT_SYNC=1): it would block the "
-                    f"loop. Use `await {fn.__name__}.aio(...)` or make the tool async"
+                    f"loop. Use `await {name}.aio(...)` or make the tool async"
                 )
 
         check_loop = not (is_agen or strict is False)
@@ -217,9 +218,9 @@ def _build(
         async def aio(*args: Any, **kwargs: Any) -> Any:
             return await run_in_thread(guarded, *args, **kwargs)
 
-        aio.__name__ = f"{fn.__name__}.aio"
-        aio.__qualname__ = f"{fn.__qualname__}.aio"
-        aio.__doc__ = f"Await {fn.__qualname__} in a worker thread (caller's context kept)."
+        aio.__name__ = f"{name}.aio"
+        aio.__qualname__ = f"{getattr(fn, '__qualname__', name)}.aio"
+        aio.__doc__ = f"Await {name} in a worker thread (caller's context kept)."
         wrapper.__dict__["aio"] = aio
     return wrapper
 
@@ -287,12 +288,21 @@ def _looks_like_method(fn: Callable[..., Any]) -> bool:
     return first_parameter(fn) == "self"
 
 
+def _default_id(fn: Any) -> str:
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(qualname, str):
+        raise ConfigurationError(
+            f'{fn!r} has no __qualname__ to name it by: give a tool id, @d2_guard("tool.id")'
+        )
+    return f"{getattr(fn, '__module__', None) or '__main__'}.{qualname}"
+
+
 def _decorate(
     target: Any, tool_id: str | None, on_deny: Any, strict: bool | None, instance_name: str
 ) -> Any:
     if isinstance(target, (staticmethod, classmethod)):
         fn = target.__func__
-        tid = tool_id or f"{fn.__module__}.{fn.__qualname__}"
+        tid = tool_id or _default_id(fn)
         guarded = _build(fn, tid, on_deny, strict, instance_name)
         if isinstance(target, staticmethod):
             return staticmethod(guarded)
@@ -301,7 +311,7 @@ def _decorate(
         return classmethod(guarded)
     if not callable(target):
         raise ConfigurationError(f"d2_guard can only wrap functions, got {target!r}")
-    tid = tool_id or f"{target.__module__}.{target.__qualname__}"
+    tid = tool_id or _default_id(target)
     guarded = _build(target, tid, on_deny, strict, instance_name)
     if _is_sync_plain(target) and _looks_like_method(target):
         return _GuardedMethod(guarded, classmethod_=False)

@@ -47,6 +47,9 @@ class Limits:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Limits is immutable; build a new one")
 
+    def __reduce__(self) -> tuple[type[Limits], tuple[int, int, float]]:
+        return (Limits, (self.max_tools, self.max_bytes, self.max_expiry_seconds))
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Limits):
             return NotImplemented

@@ -13,9 +13,14 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import D2Error
+from .errors import ConfigurationError, D2Error, InvalidPolicyError
 from .limits import Limits
-from .policy.load import discover_policy_file, load_policy_bytes, load_policy_file
+from .policy.load import (
+    discover_policy_file,
+    load_policy_bytes,
+    load_policy_file,
+    read_policy_bytes,
+)
 from .policy.model import CompiledPolicy
 
 __all__ = ["InMemorySource", "LocalFileSource", "PolicySource"]
@@ -71,6 +76,7 @@ class LocalFileSource:
         self._thread: threading.Thread | None = None
         self._stamp: tuple[int, int, int] | None = None
         self._raw: bytes | None = None
+        self._watching: tuple[Limits, OnChange] | None = None
 
     def describe(self) -> str:
         """The file's path (once known)."""
@@ -87,7 +93,7 @@ class LocalFileSource:
         """Find (unless given) and load the file."""
         if self._explicit is None:
             self.path = discover_policy_file()
-        elif not os.path.isfile(self._explicit):
+        elif not os.path.exists(self._explicit):
             from .errors import MissingPolicyError
 
             raise MissingPolicyError(
@@ -100,53 +106,86 @@ class LocalFileSource:
         return policy
 
     def watch(self, limits: Limits, on_change: OnChange) -> None:
-        """Poll the file from a daemon thread until :meth:`close`."""
-        if self.poll_interval is None or self._thread is not None or self.path is None:
+        """Poll the file from a daemon thread until :meth:`close`. One source
+        serves one instance: watching it twice at once is a configuration error."""
+        if self._thread is not None and self._thread.is_alive():
+            raise ConfigurationError(
+                f"{self.describe()} is already watched by another D2 instance; give each "
+                "instance its own LocalFileSource"
+            )
+        self._watching = (limits, on_change)
+        if self.poll_interval is None or self.path is None:
             return
+        self._stop = threading.Event()  # a closed source can be watched again
         self._thread = threading.Thread(
             target=self._run,
-            args=(limits, on_change),
+            args=(self._stop, limits, on_change),
             name=f"d2-watch:{os.path.basename(self.path)}",
             daemon=True,
         )
         self._thread.start()
 
-    def _run(self, limits: Limits, on_change: OnChange) -> None:
-        assert self.path is not None and self.poll_interval is not None
-        while not self._stop.wait(self.poll_interval):
-            stamp = self._stat(self.path)
+    def _run(self, stop: threading.Event, limits: Limits, on_change: OnChange) -> None:
+        path, interval = self.path, self.poll_interval
+        assert path is not None
+        assert interval is not None
+        pending: tuple[int, int, int] | None = None
+        while not stop.wait(interval):
+            stamp = self._stat(path)
             if stamp is None or stamp == self._stamp:
+                pending = None
                 continue
-            self._stamp = stamp
+            if stamp != pending:  # changed since the last look: let the writer finish
+                pending = stamp
+                continue
             try:
-                with open(self.path, "rb") as fh:
-                    data = fh.read()
+                data = read_policy_bytes(path, limits)
+                if self._stat(path) != stamp:  # written to while we read: next round
+                    continue
+                self._stamp, pending = stamp, None
                 if data == self._raw:
                     continue
-                policy = load_policy_bytes(data, self.path, limits)
-            except (D2Error, OSError) as exc:
+                policy = load_policy_bytes(data, path, limits)
+            except D2Error as exc:
+                self._stamp, pending = stamp, None
                 _log().error(
                     "d2: policy file %s changed but was refused; the previous policy "
                     "stays in force. %s",
-                    self.path,
+                    path,
                     exc,
                 )
                 continue
             except Exception:  # never let the watcher die on a surprise
-                _log().exception(
-                    "d2: unexpected error reloading %s; previous policy kept", self.path
-                )
+                self._stamp, pending = stamp, None
+                _log().exception("d2: unexpected error reloading %s; previous policy kept", path)
                 continue
             self._raw = data
-            _log().info("d2: reloaded policy %s (%s)", self.path, policy.digest[:12])
-            on_change(policy)
+            if not stop.is_set():
+                _log().info("d2: reloaded policy %s", path)
+                on_change(policy)
+
+    def restart_after_fork(self) -> None:
+        """In a forked child: the watcher thread did not survive the fork; start a
+        new one so the child keeps following the file."""
+        self._thread = None
+        if self._watching is not None and not self._stop.is_set():
+            self.watch(*self._watching)
 
     def close(self) -> None:
         """Stop the watcher thread."""
         self._stop.set()
+        self._watching = None
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+
+
+def _dates(value: object) -> str:
+    import datetime as dt
+
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not allowed in a policy document")
 
 
 class InMemorySource:
@@ -172,7 +211,12 @@ class InMemorySource:
         if isinstance(document, (str, bytes)):
             data = document.encode() if isinstance(document, str) else document
         else:
-            data = json.dumps(document, separators=(",", ":"), default=str).encode()
+            try:
+                data = json.dumps(document, separators=(",", ":"), default=_dates).encode()
+            except (TypeError, ValueError) as exc:
+                raise InvalidPolicyError(
+                    self.name, [f"<root>: not a JSON-like document: {exc}"]
+                ) from None
         return load_policy_bytes(data, self.name, limits)
 
     def load(self, limits: Limits) -> CompiledPolicy:
@@ -181,7 +225,12 @@ class InMemorySource:
         return self._compile(self._document, limits)
 
     def watch(self, limits: Limits, on_change: OnChange) -> None:
-        """Remember where :meth:`update` reports to."""
+        """Remember where :meth:`update` reports to (one instance per source)."""
+        if self._on_change is not None:
+            raise ConfigurationError(
+                f"{self.name} already serves another D2 instance; give each instance its "
+                "own InMemorySource"
+            )
         self._limits = limits
         self._on_change = on_change
 

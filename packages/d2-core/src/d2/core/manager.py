@@ -55,6 +55,7 @@ class PolicyManager:
         self.limits = limits
         self.strict = strict
         self._closed = False
+        self._state = threading.Lock()  # _install vs _retire; never on a guarded call
 
     @property
     def name(self) -> str:
@@ -67,8 +68,9 @@ class PolicyManager:
         return self.evaluator.policy
 
     def _install(self, policy: CompiledPolicy) -> None:
-        if not self._closed:
-            self.evaluator.policy = policy  # one atomic assignment: the swap
+        with self._state:
+            if not self._closed:
+                self.evaluator.policy = policy  # one atomic assignment: the swap
 
     def start(self) -> CompiledPolicy:
         """Load the first policy, put it in force and start watching.
@@ -104,8 +106,9 @@ class PolicyManager:
 
     def _retire(self) -> None:
         """Stop updating the evaluator (a newer manager took over)."""
-        self._closed = True
-        self.source.close()  # joins the watcher: no late update can follow
+        with self._state:
+            self._closed = True
+        self.source.close()  # joins the watcher
 
     def shutdown(self) -> None:
         """Stop watching and drop the policy: guarded calls deny from now on.
@@ -185,6 +188,12 @@ def _prepare(
             f"source must be a path or a PolicySource (LocalFileSource, InMemorySource), "
             f"got {source!r}"
         )
+    for name, other in list(_managers.items()):
+        if other.source is source and name != instance_name:
+            raise ConfigurationError(
+                f"this source already serves D2 instance {name!r}; give each instance its "
+                f"own {type(source).__name__}"
+            )
     strict = _flag("D2_STRICT_SYNC") if strict_sync is None else strict_sync
     return PolicyManager(evaluator_for(instance_name), source, limits or Limits(), strict)
 
@@ -302,6 +311,20 @@ def shutdown_all_rbac() -> None:
     """Shut every instance down."""
     for manager in list(_managers.values()):
         manager.shutdown()
+
+
+def _after_fork_in_child() -> None:
+    # Watcher threads do not survive fork(): restart them so a forked worker keeps
+    # following its policy file (revocations included) instead of a frozen copy.
+    for manager in list(_managers.values()):
+        manager._state = threading.Lock()
+        restart = getattr(manager.source, "restart_after_fork", None)
+        if restart is not None and not manager._closed:
+            restart()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def is_allowed(tool_id: str, *, instance_name: str = "default") -> bool:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
+from ..context import ASCII_SPACE
 from ..errors import InvalidPolicyError
+from ._text import short, suggest
 from .constraints import Constraint, compile_constraint
 from .model import CompiledPolicy, Grant, RoleEntry
 from .output import OutputRules
@@ -32,16 +35,6 @@ _NOT_YET = {
     "approval": "approvals",
     "audit": "audit rules",
 }
-
-
-def suggest(word: str, options: tuple[str, ...]) -> str:
-    """`` (did you mean 'x'?)`` for the closest option, else the list of options."""
-    import difflib
-
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    lowered = [o for o in options if o.lower() == word.lower()]
-    best = lowered or close
-    return f" (did you mean {best[0]!r}?)" if best else f" (expected one of: {', '.join(options)})"
 
 
 def _type_name(value: object) -> str:
@@ -91,23 +84,31 @@ class _Checker:
                 where = f"{path}.{key}" if path else str(key)
                 self.error(where, f"unknown key{suggest(str(key), allowed)}")
 
+    def description(self, path: str, mapping: Mapping[Any, Any]) -> None:
+        """A ``description`` is free text: a string."""
+        if "description" in mapping and not isinstance(mapping["description"], str):
+            self.error(
+                f"{path}.description",
+                f"expected a string, got {_type_name(mapping['description'])}",
+            )
+
     def tool_pattern(self, path: str, value: object, groups: Mapping[str, Any]) -> str | None:
         if not isinstance(value, str):
             self.error(path, f"expected a tool id (string), got {_type_name(value)}")
             return None
         if not value or value != value.strip():
-            self.error(path, f"tool id {value!r} is empty or has surrounding spaces")
+            self.error(path, f"tool id {short(value)} is empty or has surrounding spaces")
             return None
         if value.startswith("@"):
             if value[1:] not in groups:
                 known = tuple(groups) or ("<no tool_groups defined>",)
-                self.error(path, f"unknown tool group {value!r}{suggest(value[1:], known)}")
+                self.error(path, f"unknown tool group {short(value)}{suggest(value[1:], known)}")
                 return None
             return value
         if "*" in value[:-1]:
             self.error(
                 path,
-                f"{value!r}: '*' is only allowed alone or at the end (prefix wildcard 'x:*')",
+                f"{short(value)}: '*' is only allowed alone or at the end (prefix wildcard 'x:*')",
             )
             return None
         return value
@@ -124,15 +125,15 @@ def _roles_of(c: _Checker, path: str, entry: Mapping[str, Any]) -> tuple[str, ..
     raw = entry[key]
     items = [raw] if isinstance(raw, str) else raw
     if not isinstance(items, list) or not items:
-        c.error(f"{path}.{key}", f"expected a role name or a non-empty list, got {raw!r}")
+        c.error(f"{path}.{key}", f"expected a role name or a non-empty list, got {short(raw)}")
         return ()
     roles: list[str] = []
     for i, role in enumerate(items):
         where = f"{path}.{key}" if isinstance(raw, str) else f"{path}.{key}[{i}]"
-        if not isinstance(role, str) or not role.strip():
-            c.error(where, f"expected a non-empty role name, got {role!r}")
-        elif role.strip() not in roles:
-            roles.append(role.strip())
+        if not isinstance(role, str) or not role.strip(ASCII_SPACE):
+            c.error(where, f"expected a non-empty role name, got {short(role)}")
+        elif role.strip(ASCII_SPACE) not in roles:
+            roles.append(role.strip(ASCII_SPACE))
     return tuple(roles)
 
 
@@ -156,9 +157,9 @@ def _groups_of(c: _Checker, raw: object) -> dict[str, tuple[str, ...]]:
         tools: list[str] = []
         for i, tool in enumerate(members):
             if not isinstance(tool, str) or not tool or tool != tool.strip():
-                c.error(f"{path}[{i}]", f"expected a tool id, got {tool!r}")
+                c.error(f"{path}[{i}]", f"expected a tool id, got {short(tool)}")
             elif "*" in tool or tool.startswith("@"):
-                c.error(f"{path}[{i}]", f"{tool!r}: a group lists exact tool ids only")
+                c.error(f"{path}[{i}]", f"{short(tool)}: a group lists exact tool ids only")
             elif tool not in tools:
                 tools.append(tool)
         groups[name] = tuple(tools)
@@ -206,6 +207,22 @@ def compile_policy(
     (cloud bundles carry ``exp``). Raises :class:`InvalidPolicyError` listing
     every problem with its path.
     """
+    try:
+        return _compile(document, source=source, raw=raw, version=version, expires_at=expires_at)
+    except (RecursionError, MemoryError) as exc:
+        raise InvalidPolicyError(
+            source, [f"<root>: nested too deeply: {type(exc).__name__}"]
+        ) from None
+
+
+def _compile(
+    document: object,
+    *,
+    source: str = "<memory>",
+    raw: bytes | None = None,
+    version: int | None = None,
+    expires_at: float | None = None,
+) -> CompiledPolicy:
     c = _Checker()
     if not isinstance(document, Mapping):
         raise InvalidPolicyError(
@@ -226,14 +243,17 @@ def compile_policy(
     if mode == "audit":
         c.error("metadata.mode", "audit mode is not supported by this version of d2-core")
     elif mode != "enforce":
-        c.error("metadata.mode", f"expected 'enforce' or 'audit', got {mode!r}")
+        c.error("metadata.mode", f"expected 'enforce' or 'audit', got {short(mode)}")
     exp = expires_at
+    if exp is not None and (math.isnan(exp) or exp == float("-inf")):  # NaN never expires
+        c.error("metadata.expires", f"expected a finite expiry time, got {exp!r}")
     if exp is None and "expires" in meta:
         exp = parse_expires(meta["expires"])
         if exp is None:
             c.error(
                 "metadata.expires",
-                f"expected an RFC 3339 time like '2026-12-01T00:00:00Z', got {meta['expires']!r}",
+                "expected an RFC 3339 time like '2026-12-01T00:00:00Z', got "
+                f"{short(meta['expires'])}",
             )
     groups = _groups_of(c, meta.get("tool_groups"))
     flow_labels, flow_blocks = compile_data_flow(c, meta.get("data_flow"), groups)
@@ -248,9 +268,10 @@ def compile_policy(
     for i, entry in enumerate(policies):
         path = f"policies[{i}]"
         if not isinstance(entry, Mapping):
-            c.error(path, f"expected a mapping with 'role' and 'permissions', got {entry!r}")
+            c.error(path, f"expected a mapping with 'role' and 'permissions', got {short(entry)}")
             continue
         c.keys(path, entry, _ENTRY_KEYS)
+        c.description(path, entry)
         roles = _roles_of(c, path, entry)
         perms = entry.get("permissions", [])
         if not isinstance(perms, list):
@@ -266,13 +287,14 @@ def compile_policy(
             output = None
             if isinstance(perm, Mapping):
                 c.keys(ppath, perm, _GRANT_KEYS)
+                c.description(ppath, perm)
                 if "tool" not in perm:
                     c.error(ppath, "missing 'tool'")
                     continue
                 pattern = c.tool_pattern(f"{ppath}.tool", perm["tool"], groups)
                 allow = perm.get("allow", True)
                 if not isinstance(allow, bool):
-                    c.error(f"{ppath}.allow", f"expected true or false, got {allow!r}")
+                    c.error(f"{ppath}.allow", f"expected true or false, got {short(allow)}")
                     continue
                 if "conditions" in perm:
                     if not allow:

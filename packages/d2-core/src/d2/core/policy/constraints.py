@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ._text import short, suggest
+
 __all__ = ["MISSING", "OPERATORS", "Constraint", "compile_constraint", "same"]
 
 
@@ -146,7 +148,7 @@ class Constraint:
         """``op`` and its rule as written, e.g. ``matches '^c_[0-9]+$'``."""
         if op == "required":
             return "required (the value is missing)"
-        return f"{op} {self.spec[op]!r}"
+        return f"{op} {short(self.spec[op], 80)}"
 
 
 def _all_of(tests: tuple[Callable[[Any], bool], ...], required: bool) -> Callable[[Any], bool]:
@@ -170,26 +172,26 @@ def _num(
     c: Any, path: str, op: str, value: Any
 ) -> float | None:  # c: the compile checker (has .error)
     if not _is_number(value) or (isinstance(value, float) and math.isnan(value)):
-        c.error(f"{path}.{op}", f"expected a number, got {value!r}")
+        c.error(f"{path}.{op}", f"expected a number, got {short(value)}")
         return None
     return float(value) if isinstance(value, float) else value
 
 
 def _count(c: Any, path: str, op: str, value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        c.error(f"{path}.{op}", f"expected a non-negative integer, got {value!r}")
+        c.error(f"{path}.{op}", f"expected a non-negative integer, got {short(value)}")
         return None
     return value
 
 
 def _regex(c: Any, path: str, op: str, value: Any) -> re.Pattern[str] | None:
     if not isinstance(value, str):
-        c.error(f"{path}.{op}", f"expected a regular expression (string), got {value!r}")
+        c.error(f"{path}.{op}", f"expected a regular expression (string), got {short(value)}")
         return None
     try:
         return re.compile(value)
     except re.error as exc:
-        c.error(f"{path}.{op}", f"bad regular expression {value!r}: {exc}")
+        c.error(f"{path}.{op}", f"bad regular expression {short(value)}: {exc}")
         return None
 
 
@@ -198,14 +200,14 @@ Test = Callable[[Any], bool]
 
 def _b_type(c: Any, path: str, arg: Any) -> Test | None:
     if arg not in _TYPES:
-        c.error(f"{path}.type", f"unknown type {arg!r}{suggest_type(arg)}")
+        c.error(f"{path}.type", f"unknown type {short(arg)}{suggest_type(arg)}")
         return None
     return _TYPES[arg]
 
 
 def _b_required(c: Any, path: str, arg: Any) -> Test | None:
     if not isinstance(arg, bool):
-        c.error(f"{path}.required", f"expected true or false, got {arg!r}")
+        c.error(f"{path}.required", f"expected true or false, got {short(arg)}")
     return None  # handled by Constraint.required
 
 
@@ -237,7 +239,8 @@ def _b_in(negate: bool) -> Callable[[Any, str, Any], Test | None]:
     def build(c: Any, path: str, arg: Any) -> Test | None:
         if not isinstance(arg, list):
             c.error(
-                f"{path}.{'not_in' if negate else 'in'}", f"expected a list of values, got {arg!r}"
+                f"{path}.{'not_in' if negate else 'in'}",
+                f"expected a list of values, got {short(arg)}",
             )
             return None
         member = _member(arg)
@@ -286,7 +289,7 @@ def _b_contains(negate: bool) -> Callable[[Any, str, Any], Test | None]:
 def _b_affix(op: str) -> Callable[[Any, str, Any], Test | None]:
     def build(c: Any, path: str, arg: Any) -> Test | None:
         if not isinstance(arg, str):
-            c.error(f"{path}.{op}", f"expected a string, got {arg!r}")
+            c.error(f"{path}.{op}", f"expected a string, got {short(arg)}")
             return None
         if op == "startsWith":
             return lambda v: isinstance(v, str) and v.startswith(arg)
@@ -331,8 +334,6 @@ def compile_constraint(
             continue
         build = _BUILDERS.get(op)
         if build is None:
-            from .compile import suggest
-
             c.error(f"{path}.{op}", f"unknown operator{suggest(str(op), OPERATORS)}")
             continue
         test = build(c, path, arg)
@@ -346,6 +347,4 @@ def compile_constraint(
 
 def suggest_type(name: object) -> str:
     """`` (did you mean 'string'?)`` for a near-miss type name."""
-    from .compile import suggest
-
     return suggest(str(name), tuple(_TYPES))

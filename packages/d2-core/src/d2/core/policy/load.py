@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +25,13 @@ from ..limits import Limits
 from .compile import compile_policy
 from .model import CompiledPolicy
 
-__all__ = ["check_limits", "discover_policy_file", "load_policy_bytes", "load_policy_file"]
+__all__ = [
+    "check_limits",
+    "discover_policy_file",
+    "load_policy_bytes",
+    "load_policy_file",
+    "read_policy_bytes",
+]
 
 _NAMES = ("policy.yaml", "policy.yml", "policy.json")
 
@@ -60,11 +67,30 @@ def discover_policy_file(env: Mapping[str, str] | None = None, cwd: str | None =
     )
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r} (a policy must say one thing once)")
+        out[key] = value
+    return out
+
+
 def parse_document(data: bytes, source: str) -> Any:
-    """Parse JSON (a ``.json`` file, or text starting with ``{``) or YAML."""
+    """Parse JSON (a ``.json`` file, or text starting with ``{``) or YAML. Duplicate
+    keys are refused in both, as are documents nested too deeply to walk."""
+    try:
+        return _parse(data, source)
+    except (RecursionError, MemoryError) as exc:
+        raise InvalidPolicyError(
+            source, [f"<root>: nested too deeply: {type(exc).__name__}"]
+        ) from None
+
+
+def _parse(data: bytes, source: str) -> Any:
     if source.endswith(".json") or data.lstrip()[:1] == b"{":
         try:
-            return json.loads(data)
+            return json.loads(data, object_pairs_hook=_unique_keys)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidPolicyError(source, [f"<root>: not valid JSON: {exc}"]) from exc
     try:
@@ -139,12 +165,23 @@ def load_policy_file(
 ) -> CompiledPolicy:
     """Read and load the policy file at ``path``."""
     path = os.fspath(path)
+    return load_policy_bytes(read_policy_bytes(path, limits), path, limits, now)
+
+
+def read_policy_bytes(path: str, limits: Limits) -> bytes:
+    """The bytes of the regular file at ``path``, refusing anything larger than
+    ``limits.max_bytes`` without reading it (and never blocking on a FIFO)."""
     try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size > limits.max_bytes:
-                raise _too_large(path, size, limits)
-            data = fh.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise MissingPolicyError(f"cannot read policy file {path!r}: {exc}") from exc
-    return load_policy_bytes(data, path, limits, now)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise MissingPolicyError(f"policy file {path!r} is not a regular file")
+        if st.st_size > limits.max_bytes:
+            raise _too_large(path, st.st_size, limits)
+        data = fh.read(int(min(limits.max_bytes, 1 << 40)) + 1)
+    if len(data) > limits.max_bytes:
+        raise _too_large(path, len(data), limits)
+    return data

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CompiledPolicy", "Grant", "RoleEntry", "ToolRules"]
 
-_MEMO_CAP = 200_000  # beyond this many distinct ids, answers are computed, not stored
+_MEMO_CAP = 100_000  # beyond this many distinct ids, answers are computed, not stored
+_NO_LABELS: frozenset[str] = frozenset()
+_NO_BLOCKS: dict[str, str] = {}  # shared, never written
 
 
 class Grant:
@@ -111,36 +113,49 @@ class ToolRules:
         self.by_roles: dict[frozenset[str], tuple[Grant, ...]] = {}
         self.conditional = any(g.allow and (g.input or g.output) for g in grants)
         # data flow: labels this tool adds, and label -> path of the block on it
-        self.labels = frozenset(
-            label for m, labels, _ in policy.flow_labels if m(tool_id) for label in labels
-        )
-        self.blocked_by = {label: path for m, label, path in policy.flow_blocks if m(tool_id)}
+        self.labels: frozenset[str] = _NO_LABELS
+        self.blocked_by: dict[str, str] = _NO_BLOCKS
+        if policy.flow_labels or policy.flow_blocks:
+            self.labels = frozenset(
+                label for m, labels, _ in policy.flow_labels if m(tool_id) for label in labels
+            )
+            self.blocked_by = {label: p for m, label, p in policy.flow_blocks if m(tool_id)}
         # sequences (see policy/sequence.py)
+        self.advance: tuple[tuple[int, frozenset[int], int], ...] = ()
+        self.completes: dict[str, tuple[SequenceRule, ...]] = _NO_BLOCKS  # type: ignore[assignment]
+        self.firsts: frozenset[str] = _NO_LABELS
+        self.follows: dict[str, tuple[Matcher, ...]] = _NO_BLOCKS  # type: ignore[assignment]
+        if policy.sequences:
+            self._index_sequences(policy)
+        self.guarded = bool(self.conditional or policy.sequences or self.labels or self.blocked_by)
+
+    def _index_sequences(self, policy: CompiledPolicy) -> None:
+        tool_id = self.tool_id
         advance = []
         for rule in policy.tracked:
             hits = frozenset(i for i, m in enumerate(rule.matchers[:-1]) if m(tool_id))
             if hits:
                 advance.append((rule.slot, hits, len(rule.steps) - 1))
-        self.advance: tuple[tuple[int, frozenset[int], int], ...] = tuple(advance)
-        self.completes: dict[str, tuple[SequenceRule, ...]] = {}
-        self.firsts: set[str] = set()
-        self.follows: dict[str, tuple[Matcher, ...]] = {}
+        self.advance = tuple(advance)
+        completes: dict[str, tuple[SequenceRule, ...]] = {}
+        firsts: set[str] = set()
+        follows: dict[str, tuple[Matcher, ...]] = {}
         for role in self.allow_roles:
             seq = policy.sequences.get(role)
             if seq is None:
                 continue
             if seq.mode == "allow":
-                self.completes[role] = tuple(r for r in seq.rules if r.matchers[-1](tool_id))
+                completes[role] = tuple(r for r in seq.rules if r.matchers[-1](tool_id))
             else:
                 if any(r.matchers[0](tool_id) for r in seq.rules):
-                    self.firsts.add(role)
-                self.follows[role] = tuple(
+                    firsts.add(role)
+                follows[role] = tuple(
                     r.matchers[i]
                     for r in seq.rules
                     for i in range(len(r.steps) - 1)
                     if r.matchers[i + 1](tool_id)
                 )
-        self.guarded = bool(self.conditional or policy.sequences or self.labels or self.blocked_by)
+        self.completes, self.firsts, self.follows = completes, frozenset(firsts), follows
 
     def deny_grant(self, roles: frozenset[str]) -> Grant | None:
         """The first ``allow: false`` grant that applies to one of ``roles``."""
@@ -248,8 +263,9 @@ class CompiledPolicy:
         self.roles = frozenset(r for e in entries for r in e.roles)
         self._memo: dict[str, ToolRules] = {}
 
-    def rules_for(self, tool_id: str) -> ToolRules:
-        """What the policy says about ``tool_id`` (memoised)."""
+    def rules_for(self, tool_id: str, remember: bool = True) -> ToolRules:
+        """What the policy says about ``tool_id`` (memoised unless ``remember`` is
+        False and the id is not one the policy names)."""
         rules = self._memo.get(tool_id)
         if rules is None:
             grants = list(self._exact.get(tool_id, ()))
@@ -257,7 +273,7 @@ class CompiledPolicy:
             grants.extend(self._star)
             grants.sort(key=lambda g: g.order)
             rules = ToolRules(tool_id, tuple(grants), self)
-            if len(self._memo) < _MEMO_CAP:
+            if len(self._memo) < _MEMO_CAP and (remember or tool_id in self._exact):
                 self._memo[tool_id] = rules
         return rules
 

@@ -21,8 +21,8 @@ read, at any depth, as their dumped form (also a field's value, for its constrai
 when a rule changes one, the result holds that form as plain dicts.
 
 1. Validation rules (no ``action``): any violation denies the whole result
-   (``output_validation``). A missing field (a key missing at any level of the path)
-   violates only ``required: true``.
+   (``output_validation``). A missing field (a key missing at any level of the path,
+   or a non-mapping where the path goes on) violates only ``required: true``.
 2. Action rules, in the order written, on present fields only. The action applies to
    a value iff
    - the rule has no operator other than ``required`` (it always applies), or
@@ -50,6 +50,7 @@ from collections.abc import Callable, Mapping
 from operator import is_
 from typing import Any
 
+from ._text import short, suggest
 from .constraints import MISSING, Constraint, compile_constraint
 
 __all__ = ["ACTIONS", "REDACTED", "OutputRules", "OutputViolation"]
@@ -142,12 +143,14 @@ def _at(rules: tuple[_Rule, ...], node: Mapping[str, Any]) -> Any:
 
 
 def _reach(node: Any, parts: tuple[str, ...], i: int, visit: Callable[[Any], None]) -> None:
-    """Call ``visit`` with every value (or MISSING) that ``parts[i:]`` reaches."""
+    """Call ``visit`` with every value (or MISSING) that ``parts[i:]`` reaches. A
+    scalar where the path needs a mapping counts as MISSING (fail closed for
+    ``required``)."""
     if isinstance(node, (list, tuple)):
         for item in node:
             _reach(item, parts, i, visit)
     elif type(node) in _SCALARS:
-        return
+        visit(MISSING)
     elif isinstance(node, Mapping):
         value = node.get(parts[i], MISSING)
         if i == len(parts) - 1 or value is MISSING:
@@ -156,6 +159,8 @@ def _reach(node: Any, parts: tuple[str, ...], i: int, visit: Callable[[Any], Non
             _reach(value, parts, i + 1, visit)
     elif (plain := _plain(node)) is not node:
         _reach(plain, parts, i, visit)
+    else:
+        visit(MISSING)
 
 
 def _strings(node: Any, out: list[str]) -> None:
@@ -193,7 +198,7 @@ def _default(obj: Any) -> Any:
 def _split(c: Any, where: str, text: object) -> tuple[str, ...] | None:
     parts = tuple(text.split(".")) if isinstance(text, str) else ()
     if not parts or not all(parts):
-        c.error(where, f"expected a dotted field path like 'a.b.c', got {text!r}")
+        c.error(where, f"expected a dotted field path like 'a.b.c', got {short(text)}")
         return None
     return parts
 
@@ -254,17 +259,17 @@ class _Rule:
     @classmethod
     def compile(cls, c: Any, where: str, field: object, rule: object) -> _Rule | None:
         """The rule at ``where``; problems go to ``c.error``."""
-        from .compile import suggest
-
         parts = _split(c, where, field)
         if not isinstance(rule, Mapping):
-            c.error(where, f"expected a mapping of operators, got {rule!r}")
+            c.error(where, f"expected a mapping of operators, got {short(rule)}")
             return None
         if not rule:
             c.error(where, "empty rule: give constraint operators and/or an 'action'")
         action = rule.get("action")
         if "action" in rule and action not in ACTIONS:
-            c.error(f"{where}.action", f"unknown action {action!r}{suggest(str(action), ACTIONS)}")
+            c.error(
+                f"{where}.action", f"unknown action {short(action)}{suggest(str(action), ACTIONS)}"
+            )
         if action == "truncate" and "maxLength" not in rule:
             c.error(where, "action 'truncate' needs 'maxLength' in the same rule")
         con = compile_constraint(c, where, rule, extra_keys=("action",))
@@ -300,30 +305,30 @@ class OutputRules:
         """Compile ``spec`` (``path`` ends in ``conditions.output``). Every problem
         goes to ``c.error`` with the path of the bad entry; ``None`` if any."""
         if not isinstance(spec, Mapping):
-            c.error(path, f"expected a mapping of output rules, got {spec!r}")
+            c.error(path, f"expected a mapping of output rules, got {short(spec)}")
             return None
         before, rules, patterns = len(c.errors), cls(path), []
         for key, value in spec.items():
             where = f"{path}.{key}"
             if key == "max_bytes":
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    c.error(where, f"expected a non-negative integer, got {value!r}")
+                    c.error(where, f"expected a non-negative integer, got {short(value)}")
                 rules.max_bytes = value
             elif key in ("deny_if_patterns", "require_fields_absent"):
                 if not isinstance(value, list):
-                    c.error(where, f"expected a list, got {value!r}")
+                    c.error(where, f"expected a list, got {short(value)}")
                 for n, item in enumerate(value if isinstance(value, list) else ()):
                     at = f"{where}[{n}]"
                     if key == "require_fields_absent":
                         parts = _split(c, at, item)
                         rules.absent += [_absent(at, parts)] if parts else []
                     elif not isinstance(item, str):
-                        c.error(at, f"expected a regular expression, got {item!r}")
+                        c.error(at, f"expected a regular expression, got {short(item)}")
                     else:
                         try:
                             patterns.append(re.compile(item))
                         except re.error as exc:
-                            c.error(at, f"bad regular expression {item!r}: {exc}")
+                            c.error(at, f"bad regular expression {short(item)}: {exc}")
             elif (rule := _Rule.compile(c, where, key, value)) is None:
                 pass
             elif rule.action is None:

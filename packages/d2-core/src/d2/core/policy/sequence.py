@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ._text import short
+
 __all__ = ["Matcher", "RoleSequences", "SequenceRule", "compile_data_flow", "compile_sequences"]
 
 
@@ -110,7 +112,7 @@ def compile_sequences(
             mode = raw.get("mode", "allow")
             items = raw.get("rules", [])
             if mode not in ("allow", "deny"):
-                c.error(f"{spath}.mode", f"expected 'allow' or 'deny', got {mode!r}")
+                c.error(f"{spath}.mode", f"expected 'allow' or 'deny', got {short(mode)}")
                 continue
             spath = f"{spath}.rules"
         if not isinstance(items, list):
@@ -127,8 +129,8 @@ def compile_sequences(
             if role in per_role and per_role[role][0] != mode:
                 c.error(
                     f"{path}.sequence",
-                    f"role {role!r} already has sequence mode "
-                    f"{per_role[role][0]!r} at {per_role[role][2]}; one mode per role",
+                    f"role {short(role)} already has sequence mode "
+                    f"{short(per_role[role][0])} at {per_role[role][2]}; one mode per role",
                 )
                 continue
             per_role.setdefault(role, (mode, [], f"{path}.sequence"))[1].extend(rules)
@@ -161,7 +163,7 @@ def _compile_rule(
     patterns = [c.tool_pattern(f"{path}.{kind}[{i}]", s, groups) for i, s in enumerate(steps)]
     reason = item.get("reason")
     if reason is not None and not isinstance(reason, str):
-        c.error(f"{path}.reason", f"expected a string, got {reason!r}")
+        c.error(f"{path}.reason", f"expected a string, got {short(reason)}")
     if len(c.errors) > before:
         return None
     clean = tuple(p for p in patterns if p is not None)
