@@ -71,9 +71,9 @@ def test_in_memory_source_serves_one_instance(make_doc: Any) -> None:
 
 def test_duplicate_json_keys_are_refused(tmp_path: Path, future: Any) -> None:
     text = (
-        '{"metadata": {"expires": "%s"}, "policies": [{"role": "a", "permissions": '
-        '["db:*", {"tool": "db:drop", "allow": false, "allow": true}]}]}' % future()
-    )
+        '{"metadata": {"expires": "EXP"}, "policies": [{"role": "a", "permissions": '
+        '["db:*", {"tool": "db:drop", "allow": false, "allow": true}]}]}'
+    ).replace("EXP", future())
     for name in ("policy.json", "policy.yaml"):  # JSON text in a .yaml file too
         (tmp_path / name).write_text(text)
         with pytest.raises(InvalidPolicyError, match="duplicate key 'allow'"):
