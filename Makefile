@@ -22,6 +22,10 @@ sync: uv
 
 demo: sync
 	$(RUN) python examples/demo_agent.py
+	@echo; echo "== guardrails: an agent stopped from exfiltrating data =="; echo
+	$(RUN) python examples/exfiltration.py
+	@echo; echo "== guardrails: CRM output filtered per role =="; echo
+	$(RUN) python examples/crm_output.py
 
 test: sync
 	$(RUN) pytest -q

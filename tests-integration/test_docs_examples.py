@@ -64,3 +64,38 @@ def test_make_demo_runs_and_shows_allowed_and_denied_calls(tmp_path: Path) -> No
     assert "ALLOWED" in out and "DENIED" in out
     for reason in ("explicit_deny", "not_granted", "no_user"):
         assert reason in out
+
+
+def run_example(name: str, tmp_path: Path) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=clean_env(HOME=str(tmp_path)),
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_exfiltration_example_stops_the_chain_and_the_pivot(tmp_path: Path) -> None:
+    out = run_example("exfiltration.py", tmp_path)
+    request2 = out.split("Request 2")[1]
+    assert "ALLOWED  db.read_users()" in request2
+    assert "DENIED   http.request" in request2 and "DENIED   email.send" in request2
+    assert "exfiltration" in request2
+    assert "ALLOWED  web.search('weather')" in request2
+
+
+def test_crm_example_filters_output_per_role(tmp_path: Path) -> None:
+    out = run_example("crm_output.py", tmp_path)
+    admin, support, analyst = (
+        out.split(f"{r}:\n")[1].split("\n\n")[0] for r in ("admin", "support", "analyst")
+    )
+    assert "123-45-6789" in admin and "4111-1111-1111-1111" in admin
+    assert "ssn" not in support and "card [REDACTED] on file" in support
+    assert "email" not in analyst and "'[REDACTED]'" in analyst
+    assert "DENIED (output_validation)" in out and "DENIED (input_validation)" in out
+    assert "untouched: ssn='123-45-6789'" in out
