@@ -29,8 +29,16 @@ def test_readme_python_blocks_run_against_the_readme_policy(tmp_path: Path) -> N
     fresh = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3 * 86400))
     policy = re.sub(r'expires: "[^"]+"', f'expires: "{fresh}"', policy)
     (tmp_path / "policy.yaml").write_text(policy)
+    fences = FENCE.findall(readme)
     python_blocks = blocks(readme, "python")
     assert python_blocks, "the README has no runnable Python"
+    # a python block directly followed by a text block shows what it prints
+    shown = {
+        body: fences[i + 1][1]
+        for i, (kind, body) in enumerate(fences[:-1])
+        if kind == "python" and fences[i + 1][0] == "text"
+    }
+    assert len(shown) >= 2
     outputs = []
     for i, code in enumerate(python_blocks):
         proc = subprocess.run(
@@ -43,10 +51,9 @@ def test_readme_python_blocks_run_against_the_readme_policy(tmp_path: Path) -> N
             check=False,
         )
         assert proc.returncode == 0, f"README python block {i} failed:\n{proc.stderr}"
+        if code in shown:
+            assert proc.stdout == shown[code], f"README python block {i} prints otherwise"
         outputs.append(proc.stdout)
-    # the quickstart prints what the README says it prints
-    expected = blocks(readme, "text")[0]
-    assert outputs[0] == expected
 
 
 def test_make_demo_runs_and_shows_allowed_and_denied_calls(tmp_path: Path) -> None:
