@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ._functions import Arguments
@@ -70,6 +71,9 @@ class Decision(NamedTuple):
     error: PermissionDeniedError | None
 
 
+Observer = Callable[[str, UserContext, "str | None"], None]
+
+
 def _progress(scope: RequestScope, policy: CompiledPolicy) -> list[int]:
     """Sequence progress of ``policy`` in this request, caught up with its history.
 
@@ -102,7 +106,15 @@ class Evaluator:
     ``policy`` is the policy in force, or ``None`` (then ``absent_reason`` says why).
     """
 
-    __slots__ = ("absent_detail", "absent_reason", "guarded_tools", "name", "policy", "strict")
+    __slots__ = (
+        "absent_detail",
+        "absent_reason",
+        "guarded_tools",
+        "name",
+        "observer",
+        "policy",
+        "strict",
+    )
 
     guarded_tools: dict[str, Arguments | None]
 
@@ -116,6 +128,9 @@ class Evaluator:
         )
         self.strict = False
         self.guarded_tools = {}  # tool id -> how to read its arguments
+        # Told of every decision of a guarded call: (tool_id, context, reason or None
+        # when allowed). None costs one attribute test per call (telemetry off).
+        self.observer: Observer | None = None
 
     # -- the hot path ---------------------------------------------------------------
     def check(self, tool_id: str) -> ToolRules:
@@ -123,12 +138,19 @@ class Evaluator:
         policy = self.policy
         ctx = current_context()
         if policy is None or not _now() < policy.expires_at or ctx.user_id is None:
-            raise self._denial(policy, tool_id, ctx)
+            raise self._refuse(self._denial(policy, tool_id, ctx), ctx)
         rules = policy.rules_for(tool_id)
         roles = ctx.roles
         if rules.deny_roles.isdisjoint(roles) and not rules.allow_roles.isdisjoint(roles):
+            if self.observer is not None and not rules.guarded:
+                self.observer(tool_id, ctx, None)
             return rules
-        raise self._denial(policy, tool_id, ctx)
+        raise self._refuse(self._denial(policy, tool_id, ctx), ctx)
+
+    def _refuse(self, err: PermissionDeniedError, ctx: UserContext) -> PermissionDeniedError:
+        if self.observer is not None:
+            self.observer(err.tool_id or "", ctx, err.reason)
+        return err
 
     # -- everything below runs only for denials or queries ---------------------------
     def decide(self, tool_id: str, ctx: UserContext | None = None) -> PermissionDeniedError | None:
@@ -237,7 +259,9 @@ class Evaluator:
         ctx = current_context()
         output, denial = _layers(rules, ctx, args, kwargs, arguments, None)
         if denial is not None:
-            raise _guardrail_error(rules, ctx, denial, args, kwargs, arguments)
+            raise self._refuse(_guardrail_error(rules, ctx, denial, args, kwargs, arguments), ctx)
+        if self.observer is not None:
+            self.observer(rules.tool_id, ctx, None)
         scope = ctx.scope
         if rules.policy.sequences:
             scope.history.append(rules.tool_id)
@@ -253,14 +277,17 @@ class Evaluator:
         except OutputViolation as exc:
             ctx = current_context()
             step = TraceStep("output", "deny", exc.detail, exc.path)
-            raise PermissionDeniedError(
-                f"{rules.tool_id!r} result refused for user {ctx.user_id!r}: {exc.detail}"
-                + (f" ({exc.path})" if exc.path else ""),
-                tool_id=rules.tool_id,
-                user_id=ctx.user_id,
-                roles=ctx.roles,
-                reason=exc.reason,
-                trace=(*_base_trace(rules.policy, ctx), _rbac_step(rules, ctx), step),
+            raise self._refuse(
+                PermissionDeniedError(
+                    f"{rules.tool_id!r} result refused for user {ctx.user_id!r}: {exc.detail}"
+                    + (f" ({exc.path})" if exc.path else ""),
+                    tool_id=rules.tool_id,
+                    user_id=ctx.user_id,
+                    roles=ctx.roles,
+                    reason=exc.reason,
+                    trace=(*_base_trace(rules.policy, ctx), _rbac_step(rules, ctx), step),
+                ),
+                ctx,
             ) from None
 
     def explain(

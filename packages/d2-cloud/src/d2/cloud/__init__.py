@@ -1,0 +1,238 @@
+"""d2-cloud: cloud mode. With ``D2_TOKEN`` set, ``configure_rbac_sync()`` /
+``configure_rbac_async()`` hand over to :func:`configure_sync` / :func:`configure_async`
+here: the same guarded code then runs against signed policy bundles from a control
+plane (see ``PROTOCOL.md``), verified against its JWKS, polled, and kept in a state
+file so a process can start offline.
+
+Settings (arguments win over the environment): ``api_url`` / ``D2_API_URL`` (the
+control plane's base URL; required), ``jwks_url`` / ``D2_JWKS_URL``, ``app`` /
+``D2_APP``, ``state_path`` / ``D2_STATE_PATH``, ``jwks_thumbprints`` /
+``D2_JWKS_THUMBPRINTS`` (comma-separated RFC 7638 thumbprints to pin),
+``first_fetch_timeout`` (seconds configure waits for the first bundle, default 10),
+``transport`` (an ``httpx.AsyncBaseTransport``, for tests), ``clock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import httpx
+from d2.core.errors import ConfigurationError
+from d2.core.evaluate import Evaluator
+from d2.core.limits import Limits
+from d2.core.manager import PolicyManager
+from d2.core.policy.model import CompiledPolicy
+
+from .client import ControlPlane
+from .poller import CloudRuntime
+from .state import StateFile, default_state_path
+from .usage import UsageEvents, usage_enabled
+from .verify import thumbprint
+
+__all__ = ["CloudPolicyManager", "configure_async", "configure_sync", "thumbprint"]
+
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """One daemon thread running a private event loop (sync apps)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="d2-cloud", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+class CloudPolicyManager(PolicyManager):
+    """A cloud-mode instance: the runtime that polls, and the loop it runs on."""
+
+    mode = "cloud"
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        runtime: CloudRuntime,
+        thread: _LoopThread | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(evaluator, runtime, Limits.unlimited(), evaluator.strict)
+        self.runtime = runtime
+        self._thread = thread
+        self._loop = loop
+
+    def _set(self, policy: CompiledPolicy | None, why: str) -> None:
+        with self._state:
+            if self._closed:
+                return
+            ev = self.evaluator
+            if policy is None:
+                ev.absent_reason = "policy_revoked" if why == "revoked" else "missing_policy"
+                ev.absent_detail = (
+                    "the app's policy was revoked in the control plane: publish a new version"
+                    if why == "revoked"
+                    else f"cloud mode has no verified policy bundle: {why}"
+                )
+            ev.policy = policy
+
+    def reload(self) -> CompiledPolicy:
+        """Poll the control plane now (sync apps only)."""
+        if self._thread is None:
+            raise ConfigurationError("in async apps, await manager.runtime.poll_once()")
+        self._thread.run(self.runtime.poll_once(), timeout=30)
+        if self.evaluator.policy is None:
+            raise ConfigurationError(f"no verified bundle: {self.runtime.last_error}")
+        return self.evaluator.policy
+
+    def _retire(self) -> None:
+        """Stop polling and flush usage events (bounded), on shutdown or when a
+        newer configuration replaces this one."""
+        if not self._closed:
+            usage = self.runtime.usage
+            if usage is not None and self.evaluator.observer == usage.observe:
+                self.evaluator.observer = None
+            self._stop_runtime()
+        super()._retire()
+
+    def _stop_runtime(self) -> None:
+        if self._thread is not None:
+            try:
+                self._thread.run(self.runtime.aclose(), timeout=10)
+            except Exception:  # never let shutdown hang or crash the host
+                pass
+            self._thread.stop()
+            return
+        if self._loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:  # called on the app's loop: finish there
+            self._loop.create_task(self.runtime.aclose())
+        else:
+            fut = asyncio.run_coroutine_threadsafe(self.runtime.aclose(), self._loop)
+            try:
+                fut.result(timeout=10)
+            except Exception:
+                pass
+
+    async def ashutdown(self) -> None:
+        """Async twin of :meth:`shutdown` that awaits the final flush."""
+        if not self._closed:
+            usage = self.runtime.usage
+            if usage is not None and self.evaluator.observer == usage.observe:
+                self.evaluator.observer = None
+            if self._thread is None:
+                await self.runtime.aclose()
+            else:
+                await asyncio.to_thread(self._thread.run, self.runtime.aclose(), 10)
+                self._thread.stop()
+            self._thread = None
+        self.shutdown()
+
+
+def _setting(value: Any, env: str) -> Any:
+    return value if value is not None else (os.environ.get(env) or None)
+
+
+def _build(
+    evaluator: Evaluator,
+    token: str,
+    loop: asyncio.AbstractEventLoop,
+    thread: _LoopThread | None,
+    *,
+    api_url: str | None = None,
+    jwks_url: str | None = None,
+    app: str | None = None,
+    state_path: str | None = None,
+    jwks_thumbprints: str | list[str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], float] | None = None,
+    jwks_floor: float = 30.0,
+) -> CloudPolicyManager:
+    base = _setting(api_url, "D2_API_URL")
+    if not base:
+        raise ConfigurationError(
+            "cloud mode needs the control plane's base URL: set D2_API_URL (or pass "
+            "api_url=...); unset D2_TOKEN for local mode"
+        )
+    pins_raw = _setting(jwks_thumbprints, "D2_JWKS_THUMBPRINTS")
+    pins = None
+    if pins_raw:
+        items = pins_raw.split(",") if isinstance(pins_raw, str) else list(pins_raw)
+        pins = frozenset(p.strip() for p in items if p.strip()) or None
+    api = ControlPlane(base, token, jwks_url=_setting(jwks_url, "D2_JWKS_URL"), transport=transport)
+    usage = UsageEvents(api, clock=clock or time.time) if usage_enabled() else None
+    holder: list[CloudPolicyManager] = []
+    runtime = CloudRuntime(
+        evaluator,
+        api,
+        install=lambda policy, why: holder[0]._set(policy, why),
+        state=StateFile(_setting(state_path, "D2_STATE_PATH") or default_state_path()),
+        app=_setting(app, "D2_APP"),
+        pins=pins,
+        clock=clock or time.time,
+        jwks_floor=jwks_floor,
+        usage=usage,
+    )
+    manager = CloudPolicyManager(evaluator, runtime, thread, loop)
+    holder.append(manager)
+    from d2.core.manager import _register
+
+    _register(manager)  # retire a previous configuration before this one installs
+    evaluator.policy = None
+    manager._set(None, "waiting for the first bundle")
+    if usage is not None:
+        evaluator.observer = usage.observe
+    return manager
+
+
+def configure_sync(
+    evaluator: Evaluator, *, token: str, first_fetch_timeout: float = 10.0, **options: Any
+) -> CloudPolicyManager:
+    """Cloud mode for sync apps: one background thread with its own loop. Returns
+    once the first bundle is verified, or after ``first_fetch_timeout`` (then calls
+    are denied until one arrives)."""
+    thread = _LoopThread()
+    try:
+        manager = _build(evaluator, token, thread.loop, thread, **options)
+    except BaseException:
+        thread.stop()
+        raise
+    try:
+        thread.run(manager.runtime.start(first_fetch_timeout), first_fetch_timeout + 5)
+    except BaseException:
+        manager.shutdown()
+        raise
+    return manager
+
+
+async def configure_async(
+    evaluator: Evaluator, *, token: str, first_fetch_timeout: float = 10.0, **options: Any
+) -> CloudPolicyManager:
+    """Cloud mode for async apps: a polling task on the running loop (all I/O async;
+    verification in a worker thread)."""
+    manager = _build(evaluator, token, asyncio.get_running_loop(), None, **options)
+    try:
+        await manager.runtime.start(first_fetch_timeout)
+    except BaseException:
+        await manager.ashutdown()
+        raise
+    return manager

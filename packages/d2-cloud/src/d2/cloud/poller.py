@@ -1,0 +1,323 @@
+"""The cloud runtime: first fetch, ``If-None-Match`` polling, the state file.
+
+All I/O is async on one event loop (the app's, or a private thread's in sync apps);
+verifying and compiling a bundle run in a worker thread so the loop never stalls.
+Fail closed throughout: until a bundle is verified, after it is revoked, or past its
+``exp``, every guarded call is denied. A failed poll keeps the last good bundle
+(still bound by its ``exp``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from d2.core.errors import D2Error, D2PlanLimitError, InvalidPolicyError, InvalidSignatureError
+from d2.core.evaluate import Evaluator
+from d2.core.policy import compile_policy
+from d2.core.policy.model import CompiledPolicy
+
+from .client import ApiError, ControlPlane
+from .jwks import JWKSCache
+from .state import StateFile
+from .usage import UsageEvents
+from .verify import Bundle, header_of, verify_bundle
+
+__all__ = ["MAX_POLL", "MIN_POLL", "CloudRuntime"]
+
+log = logging.getLogger("d2.cloud")
+MIN_POLL, MAX_POLL = 5.0, 3600.0
+
+
+def clamp_interval(seconds: float | None, default: float) -> float:
+    """The server's poll interval clamped to [5, 3600] seconds."""
+    value = default if seconds is None or math.isnan(seconds) else float(seconds)
+    return min(MAX_POLL, max(MIN_POLL, value))
+
+
+class CloudRuntime:
+    """Keeps ``evaluator.policy`` in step with the control plane."""
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        api: ControlPlane,
+        *,
+        install: Callable[[CompiledPolicy | None, str], None],
+        state: StateFile,
+        app: str | None = None,
+        pins: frozenset[str] | None = None,
+        clock: Callable[[], float] = time.time,
+        jwks_floor: float = 30.0,
+        usage: UsageEvents | None = None,
+    ) -> None:
+        self.evaluator = evaluator
+        self.api = api
+        self.install = install  # (policy or None, why) -> puts it in force
+        self.state = state
+        self.app = app
+        self.clock = clock
+        self.jwks = JWKSCache(api.jwks, clock, floor=jwks_floor, pins=pins)
+        self.usage = usage
+        self.audience: str | None = None
+        self.quotas: dict[str, Any] = {}
+        self.interval = 60.0
+        self.etag: str | None = None
+        self.highest: tuple[int, str] | None = None
+        self.failures = 0
+        self.last_error: D2Error | ApiError | None = None
+        self.plan_error: D2PlanLimitError | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._closed = False
+
+    # -- PolicySource protocol (the manager closes us) -----------------------------
+    def describe(self) -> str:
+        """The control plane and app."""
+        return f"cloud {self.api.base_url} app {self.app or '?'}"
+
+    def load(self, limits: Any) -> CompiledPolicy:  # pragma: no cover - not used
+        """Cloud mode loads asynchronously; see :meth:`start`."""
+        raise NotImplementedError
+
+    def watch(self, limits: Any, on_change: Any) -> None:
+        """Polling is started by :meth:`start`."""
+
+    def close(self) -> None:
+        """Stop polling (idempotent; :meth:`aclose` also flushes events)."""
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.get_loop().call_soon_threadsafe(task.cancel)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self, timeout: float) -> None:
+        """Identity, the state file, the first fetch (bounded by ``timeout``), then
+        the polling task. Returns whether or not a bundle is in force (fail closed)."""
+        deadline = time.monotonic() + timeout
+        try:
+            await asyncio.wait_for(self._identify(), timeout=max(0.1, timeout))
+        except (ApiError, asyncio.TimeoutError) as exc:
+            self._fail_closed(f"cannot reach the control plane: {exc or 'timed out'}")
+            if isinstance(exc, ApiError) and exc.status == 401:
+                raise D2Error("the control plane refused D2_TOKEN (401): check the token") from None
+        else:
+            await self._restore()
+            left = deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(self.poll_once(), timeout=max(0.1, left))
+            except asyncio.TimeoutError:
+                log.warning("d2: first bundle fetch timed out after %.1fs; polling on", timeout)
+        if self.usage is not None:
+            self.usage.start()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="d2-poll")
+
+    async def _identify(self) -> None:
+        me = await self.api.me()
+        account, app = me["account_id"], self.app or me["app_name"]
+        if self.app and self.app != me["app_name"]:
+            log.warning(
+                "d2: D2_APP=%r but the token is for app %r; bundles must match D2_APP",
+                self.app,
+                me["app_name"],
+            )
+        self.app = app
+        self.audience = f"d2-policy:{account}:{app}"
+        quotas = me.get("quotas")
+        self.quotas = quotas if isinstance(quotas, dict) else {}
+        poll = me.get("poll_seconds")
+        self.interval = clamp_interval(poll if isinstance(poll, (int, float)) else None, 60.0)
+        if self.usage is not None:
+            interval = self.quotas.get("ingest_interval")
+            if isinstance(interval, (int, float)) and interval > 0:
+                self.usage.interval = float(interval)
+
+    async def _loop(self) -> None:
+        delay = self._jitter(self.interval)
+        while not self._stopped:
+            await asyncio.sleep(delay)
+            try:
+                delay = await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the poller must never die
+                log.exception("d2: unexpected error while polling: %s", exc)
+                delay = self._backoff()
+
+    def _jitter(self, seconds: float) -> float:
+        return seconds * random.uniform(0.9, 1.1)
+
+    def _backoff(self, retry_after: float | None = None) -> float:
+        self.failures += 1
+        if retry_after is not None:
+            return min(MAX_POLL, max(0.0, retry_after))
+        return self._jitter(min(self.interval, 2.0 ** min(self.failures, 12)))
+
+    # -- one poll -------------------------------------------------------------------------
+    async def poll_once(self) -> float:
+        """Fetch once and act on the answer; returns the delay until the next poll."""
+        if self.audience is None:
+            try:
+                await self._identify()
+            except ApiError as exc:
+                return self._on_error(exc)
+        try:
+            reply = await self.api.bundle(self.etag)
+        except ApiError as exc:
+            return self._on_error(exc)
+        self.failures = 0
+        interval = clamp_interval(reply.poll_seconds, self.interval)
+        self.interval = interval
+        if reply.status == 304 or reply.jws is None:
+            return self._jitter(interval)
+        try:
+            await self._accept(reply.jws, reply.etag)
+        except (InvalidSignatureError, InvalidPolicyError, D2PlanLimitError) as exc:
+            self.last_error = exc
+            log.error(
+                "d2: refused policy bundle from %s; the policy in force stays: %s",
+                self.api.base_url,
+                exc,
+            )
+            if self.usage is not None:
+                self.usage.record("policy_rejected", reason=str(exc)[:200])
+        return self._jitter(interval)
+
+    async def _accept(
+        self, jws: str, etag: str | None, jwks_doc: dict[str, Any] | None = None
+    ) -> None:
+        limit = self.quotas.get("bundle_size_bytes")
+        if isinstance(limit, int) and limit > 0 and len(jws) > limit:
+            raise D2PlanLimitError(f"bundle is {len(jws)} bytes; the plan allows {limit}")
+        header = header_of(jws)
+        if jwks_doc is not None:
+            self.jwks.load(jwks_doc)
+            kid = header.get("kid")
+            key = self.jwks.keys.get(kid) if isinstance(kid, str) else None
+        else:
+            key = await self.jwks.key_for(
+                header.get("kid"), refresh=header.get("jwks_refresh") is True
+            )
+        assert self.audience is not None
+        bundle, policy = await asyncio.to_thread(self._verify_and_compile, jws, key)
+        max_tools = self.quotas.get("max_tools")
+        if isinstance(max_tools, int) and max_tools > 0 and policy.tool_count > max_tools:
+            raise D2PlanLimitError(
+                f"bundle version {bundle.version} names {policy.tool_count} tools; the plan "
+                f"allows {max_tools}: upgrade the plan or remove tools"
+            )
+        if (
+            self.highest is not None
+            and bundle.version == self.highest[0]
+            and (
+                self.evaluator.policy is not None
+                and self.evaluator.policy.version == bundle.version
+            )
+        ):
+            self.etag = etag or self.etag  # same version, same content: nothing to do
+            return
+        self.highest = (bundle.version, bundle.digest)
+        self.etag = etag
+        self.install(policy, f"version {bundle.version}")
+        self.last_error = None
+        self.state.put(
+            self.audience,
+            {"jws": jws, "etag": etag, "version": bundle.version, "jwks": self.jwks.document},
+        )
+        log.info("d2: cloud policy version %d in force (%s)", bundle.version, self.app)
+        if self.usage is not None:
+            self.usage.record("policy_loaded", version=bundle.version)
+
+    def _verify_and_compile(self, jws: str, key: Any) -> tuple[Bundle, CompiledPolicy]:
+        assert self.audience is not None
+        bundle = verify_bundle(
+            jws, key, audience=self.audience, now=self.clock(), highest=self.highest
+        )
+        policy = compile_policy(
+            bundle.document,
+            source=f"cloud:{self.app} v{bundle.version}",
+            raw=jws.encode(),
+            version=bundle.version,
+            expires_at=bundle.expires_at,
+        )
+        return bundle, policy
+
+    async def _restore(self) -> None:
+        """Start from the state file's last good bundle (verified again)."""
+        if self.audience is None:
+            return
+        entry = self.state.get(self.audience)
+        if entry is None:
+            return
+        try:
+            await self._accept(entry["jws"], entry.get("etag"), jwks_doc=entry["jwks"])
+        except (D2Error, ValueError, KeyError, TypeError) as exc:
+            log.warning("d2: ignoring the saved bundle in %s: %s", self.state.path, exc)
+            self.etag = None
+            return
+        log.info("d2: started from the saved bundle (version %s)", entry.get("version"))
+
+    def _on_error(self, exc: ApiError) -> float:
+        self.last_error = exc
+        status = exc.status
+        if status == 410:
+            log.error(
+                "d2: the app's policy was revoked; every guarded call is denied "
+                "until a new version is published"
+            )
+            self.install(None, "revoked")
+            self.etag = None
+            if self.audience is not None:
+                self.state.put(self.audience, None)
+            if self.usage is not None:
+                self.usage.record("policy_revoked")
+            return self._jitter(self.interval)
+        if status == 404:
+            if self.evaluator.policy is None:
+                self._fail_closed("nothing is published for this app yet (404 no_policy)")
+            return self._jitter(self.interval)
+        if status in (402, 403):
+            if self.plan_error is None:
+                self.plan_error = D2PlanLimitError(
+                    f"the control plane refused the bundle fetch ({status} {exc.detail}): "
+                    "upgrade the plan, or delete unused apps"
+                )
+                log.error("d2: %s", self.plan_error)
+            return self._jitter(self.interval)  # not retried before the interval
+        if status == 401:
+            log.error("d2: the control plane refused D2_TOKEN (401); check the token")
+            return self._jitter(self.interval)
+        delay = self._backoff(exc.retry_after if status in (429, 503) else None)
+        log.warning(
+            "d2: policy poll failed (%s); retrying in %.1fs, the policy in force "
+            "stays until it expires",
+            exc,
+            delay,
+        )
+        return delay
+
+    def _fail_closed(self, why: str) -> None:
+        if self.evaluator.policy is None:
+            self.install(None, why)
+
+    async def aclose(self, flush_timeout: float = 5.0) -> None:
+        """Stop polling, flush usage events, close the connection pool (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.usage is not None:
+            await self.usage.aclose(flush_timeout)
+        await self.api.aclose()

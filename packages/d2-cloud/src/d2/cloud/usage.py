@@ -1,0 +1,201 @@
+"""Usage events: recorded without blocking a tool call, shipped in the background.
+
+A guarded call only appends to a bounded deque (O(1), no lock, no I/O); when it is
+full the oldest event is dropped and counted. The shipper packs events into chunks
+of at most 32 KiB of JSON body, honours 429 ``Retry-After`` by sending the same
+chunk again (nothing is lost for a 429), splits a chunk on 413, and flushes at
+shutdown. Never sent in local mode or when ``D2_TELEMETRY`` is ``off``/``metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from d2.core.context import UserContext
+
+from .client import ApiError, ControlPlane
+
+__all__ = ["MAX_CHUNK", "UsageEvents", "usage_enabled"]
+
+log = logging.getLogger("d2.cloud")
+MAX_CHUNK = 32 * 1024
+_ENVELOPE = len(b'{"events":[]}')
+
+
+def usage_enabled() -> bool:
+    """``D2_TELEMETRY`` is ``all`` (the default) or ``usage``."""
+    mode = os.environ.get("D2_TELEMETRY", "all").strip().lower() or "all"
+    return mode in ("all", "usage")
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+class UsageEvents:
+    """The buffer and its shipper. ``observe`` is installed as the evaluator's
+    observer; ``record`` takes lifecycle events."""
+
+    def __init__(
+        self,
+        api: ControlPlane,
+        *,
+        capacity: int = 10_000,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        hash_user_ids: bool | None = None,
+    ) -> None:
+        self.api = api
+        self.buffer: deque[dict[str, Any]] = deque(maxlen=capacity)
+        self.interval = interval
+        self.clock = clock
+        self.dropped = 0
+        self.sent = 0
+        self._warned = False
+        if hash_user_ids is None:
+            hash_user_ids = os.environ.get("D2_USER_ID_HASH", "").strip() in ("1", "true", "yes")
+        salt = os.environ.get("D2_USER_ID_SALT", "")
+        self._salt = salt.encode() if salt else os.urandom(16)
+        self.hash_user_ids = hash_user_ids
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+
+    # -- recording (any thread, never blocks) -------------------------------------
+    def _push(self, event: dict[str, Any]) -> None:
+        buffer = self.buffer
+        if len(buffer) == buffer.maxlen:
+            self.dropped += 1
+            if not self._warned:
+                self._warned = True
+                log.warning("d2: usage event buffer full; dropping the oldest events")
+        buffer.append(event)
+
+    def user(self, user_id: str | None) -> str | None:
+        """The user id as sent: as given, or a salted hash with D2_USER_ID_HASH=1."""
+        if user_id is None or not self.hash_user_ids:
+            return user_id
+        return hmac.new(self._salt, user_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def observe(self, tool_id: str, ctx: UserContext, reason: str | None) -> None:
+        """Evaluator observer: one ``authz_decision`` event per decision."""
+        self._push(
+            {
+                "event_type": "authz_decision",
+                "payload": {
+                    "tool_id": tool_id,
+                    "user_id": self.user(ctx.user_id),
+                    "decision": "allowed" if reason is None else "denied",
+                    "reason": reason,
+                },
+                "occurred_at": _iso(self.clock()),
+            }
+        )
+
+    def record(self, event_type: str, **payload: Any) -> None:
+        """A lifecycle event (``policy_loaded``, ``policy_revoked``, ...)."""
+        self._push(
+            {"event_type": event_type, "payload": payload, "occurred_at": _iso(self.clock())}
+        )
+
+    # -- shipping (the runtime's event loop) --------------------------------------
+    def start(self) -> None:
+        """Start the background shipper on the running loop."""
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="d2-usage")
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never let telemetry die or reach the app
+                log.warning("d2: shipping usage events failed: %s", exc)
+
+    def _take_chunk(self) -> list[bytes]:
+        chunk: list[bytes] = []
+        size = _ENVELOPE
+        while self.buffer:
+            encoded = json.dumps(self.buffer[0], separators=(",", ":"), default=str).encode()
+            if len(encoded) + _ENVELOPE > MAX_CHUNK:  # one event too large to ever send
+                self.buffer.popleft()
+                self.dropped += 1
+                continue
+            if chunk and size + len(encoded) + 1 > MAX_CHUNK:
+                break
+            chunk.append(encoded)
+            size += len(encoded) + 1
+            self.buffer.popleft()
+        return chunk
+
+    async def flush(self, deadline: float | None = None) -> None:
+        """Send everything buffered now (until ``deadline``, a monotonic time)."""
+        while self.buffer:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            await self._send(self._take_chunk(), deadline)
+
+    async def _send(self, chunk: list[bytes], deadline: float | None) -> None:
+        pending = [chunk]
+        attempts = 0
+        while pending:
+            part = pending.pop()
+            if not part:
+                continue
+            body = b'{"events":[' + b",".join(part) + b"]}"
+            try:
+                await self.api.ingest(body)
+                self.sent += len(part)
+                attempts = 0
+                continue
+            except ApiError as exc:
+                if exc.status == 413 and len(part) > 1:
+                    half = len(part) // 2
+                    pending += [part[half:], part[:half]]
+                    continue
+                if exc.status == 413:
+                    self.dropped += 1
+                    continue
+                retryable = exc.status in (0, 429) or exc.status >= 500
+                attempts += 1
+                if not retryable or attempts > 5:
+                    self.dropped += len(part)
+                    log.warning("d2: dropping %d usage events: %s", len(part), exc)
+                    continue
+                wait = exc.retry_after if exc.retry_after is not None else min(2.0**attempts, 30.0)
+                if deadline is not None and time.monotonic() + wait > deadline:
+                    self.dropped += len(part)  # shutting down: cannot wait that long
+                    continue
+                pending.append(part)  # the same chunk again, after the wait
+                await asyncio.sleep(wait)
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Stop the shipper and flush what is buffered (bounded by ``timeout``)."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+        try:
+            await self.flush(deadline=time.monotonic() + timeout)
+        except Exception as exc:
+            log.warning("d2: final flush of usage events failed: %s", exc)
+        if self.dropped:
+            log.warning("d2: %d usage events were dropped in total", self.dropped)

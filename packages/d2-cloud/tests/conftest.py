@@ -1,0 +1,54 @@
+"""Fixtures for the cloud tests (the fakes live in ``cloudfakes.py``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from cloudfakes import BASE, Clock, FakePlane
+from d2.core import clear_user_context, shutdown_all_rbac
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[None]:
+    for key in list(os.environ):
+        if key.startswith("D2_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("D2_SILENT", "1")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    clear_user_context()
+    yield
+    shutdown_all_rbac()
+    clear_user_context()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def plane(clock: Clock) -> FakePlane:
+    return FakePlane(clock)
+
+
+@pytest.fixture
+def cloud_options(plane: FakePlane, clock: Clock, tmp_path: Any) -> Callable[..., dict[str, Any]]:
+    def options(**overrides: Any) -> dict[str, Any]:
+        return {
+            "token": "d2_test",
+            "api_url": BASE,
+            "transport": plane.transport(),
+            "clock": clock,
+            "state_path": str(tmp_path / "state.json"),
+            "first_fetch_timeout": 5.0,
+            **overrides,
+        }
+
+    return options

@@ -1,0 +1,289 @@
+"""Cloud mode through the public API (configure_rbac_*), with the fake control
+plane: first fetch, polling, revocation, plan limits, failures, expiry, state file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cloudfakes import Clock, FakePlane, Signer, policy_claims
+from d2.core import (
+    BundleExpiredError,
+    ConfigurationError,
+    MissingPolicyError,
+    PermissionDeniedError,
+    configure_rbac_async,
+    configure_rbac_sync,
+    d2_guard,
+    is_allowed,
+    set_user,
+)
+
+
+def poll(manager: Any) -> float:
+    """One poll on the manager's own loop thread; the delay it chose."""
+    future = asyncio.run_coroutine_threadsafe(manager.runtime.poll_once(), manager._loop)
+    return float(future.result(10))
+
+
+@pytest.fixture
+def search() -> Any:
+    return d2_guard("search")(lambda: "results")
+
+
+def test_first_fetch_then_guarded_calls_follow_the_bundle(
+    plane: FakePlane, cloud_options: Any, search: Any
+) -> None:
+    manager = configure_rbac_sync(**cloud_options())
+    assert manager.mode == "cloud" and manager.policy is not None
+    assert manager.policy.version == 1
+    set_user("u", roles=["agent"])
+    assert search() == "results"
+    set_user("u", roles=["guest"])
+    with pytest.raises(PermissionDeniedError):
+        search()
+
+
+def test_d2_token_from_the_environment_and_d2_api_url_required(
+    monkeypatch: pytest.MonkeyPatch, plane: FakePlane, cloud_options: Any
+) -> None:
+    options = cloud_options()
+    monkeypatch.setenv("D2_TOKEN", options.pop("token"))
+    options.pop("api_url")
+    with pytest.raises(ConfigurationError, match="D2_API_URL"):
+        configure_rbac_sync(**options)
+    monkeypatch.setenv("D2_API_URL", "http://127.0.0.1:9")
+    assert configure_rbac_sync(**options).policy is not None
+
+
+def test_304_keeps_and_a_new_version_is_picked_up(plane: FakePlane, cloud_options: Any) -> None:
+    manager = configure_rbac_sync(**cloud_options())
+    runtime = manager.runtime  # type: ignore[attr-defined]
+    first = manager.policy
+    manager.reload()  # 304: the very same compiled policy stays
+    assert manager.policy is first and plane.calls["/v1/policy/bundle"] == 2
+    plane.publish(2, permissions=["search", "summarize"])
+    manager.reload()
+    set_user("u", roles=["agent"])
+    assert manager.policy is not None and manager.policy.version == 2
+    assert is_allowed("summarize") and runtime.etag == plane.etag()
+
+
+def test_poll_interval_is_clamped_and_jittered(plane: FakePlane, cloud_options: Any) -> None:
+    from d2.cloud.poller import clamp_interval
+
+    assert clamp_interval(1, 60) == 5 and clamp_interval(10_000, 60) == 3600
+    assert clamp_interval(None, 60) == 60 and clamp_interval(float("nan"), 60) == 60
+    manager = configure_rbac_sync(**cloud_options())
+    delays = {manager.runtime._jitter(30) for _ in range(20)}  # type: ignore[attr-defined]
+    assert len(delays) > 1 and all(27 <= d <= 33 for d in delays)
+
+
+def test_revocation_denies_everywhere_and_clears_the_state_file(
+    plane: FakePlane, cloud_options: Any, tmp_path: Path, search: Any
+) -> None:
+    manager = configure_rbac_sync(**cloud_options())
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["apps"]["d2-policy:acc1:app1"]["version"] == 1
+    plane.fail["/v1/policy/bundle"] = (410, {})
+    manager.runtime._thread_loop = None  # type: ignore[attr-defined]
+    asyncio.run_coroutine_threadsafe(
+        manager.runtime.poll_once(),  # type: ignore[attr-defined]
+        manager._loop,
+    ).result(10)  # type: ignore[attr-defined]
+    set_user("u", roles=["agent"])
+    with pytest.raises(MissingPolicyError) as info:
+        search()
+    assert info.value.reason == "policy_revoked" and "publish" in str(info.value)
+    assert json.loads((tmp_path / "state.json").read_text())["apps"] == {}
+    del plane.fail["/v1/policy/bundle"]
+    plane.publish(2)
+    manager.reload()
+    assert search() == "results"
+
+
+def test_plan_limit_is_surfaced_once_and_not_retried_early(
+    plane: FakePlane, cloud_options: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = configure_rbac_sync(**cloud_options())
+    runtime = manager.runtime  # type: ignore[attr-defined]
+    plane.fail["/v1/policy/bundle"] = (402, {})
+    delays = [
+        asyncio.run_coroutine_threadsafe(runtime.poll_once(), manager._loop).result(10)  # type: ignore[attr-defined]
+        for _ in range(3)
+    ]
+    assert all(d >= 27 for d in delays)  # the full interval, no fast retries
+    assert caplog.text.count("upgrade the plan") == 1
+    assert runtime.plan_error is not None
+    assert manager.policy is not None  # the last good bundle stays in force
+
+
+def test_network_failure_keeps_the_bundle_until_exp_then_denies(
+    plane: FakePlane,
+    cloud_options: Any,
+    clock: Clock,
+    search: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("d2.core.evaluate._now", clock)
+    manager = configure_rbac_sync(**cloud_options())
+    plane.network_down = True
+    delay = poll(manager)
+    assert delay < 30  # backoff starts small
+    set_user("u", roles=["agent"])
+    assert search() == "results"
+    clock.advance(3601)
+    with pytest.raises(BundleExpiredError):
+        search()
+
+
+def test_429_and_503_honour_retry_after(plane: FakePlane, cloud_options: Any) -> None:
+    manager = configure_rbac_sync(**cloud_options())
+    for status in (429, 503):
+        plane.fail["/v1/policy/bundle"] = (status, {"Retry-After": "17"})
+        assert poll(manager) == 17
+
+
+def test_backoff_grows_exponentially_and_is_bounded(plane: FakePlane, cloud_options: Any) -> None:
+    manager = configure_rbac_sync(**cloud_options())
+    runtime = manager.runtime  # type: ignore[attr-defined]
+    plane.fail["/v1/policy/bundle"] = (500, {})
+    delays = [
+        asyncio.run_coroutine_threadsafe(runtime.poll_once(), manager._loop).result(10)  # type: ignore[attr-defined]
+        for _ in range(8)
+    ]
+    assert delays[0] < delays[2] < delays[4]
+    assert max(delays) <= 30 * 1.1
+
+
+def test_unknown_kid_flood_refreshes_the_jwks_at_most_once_per_floor(
+    plane: FakePlane, cloud_options: Any, clock: Clock
+) -> None:
+    manager = configure_rbac_sync(**cloud_options())
+    before = plane.calls.get("/.well-known/jwks.json", 0)
+    rogue = Signer(kid="rogue")
+    for i in range(20):
+        plane.jws = rogue.sign(policy_claims(2 + i, clock))
+        poll(manager)
+    assert plane.calls["/.well-known/jwks.json"] - before <= 1
+    assert manager.policy is not None and manager.policy.version == 1  # kept
+
+
+def test_key_rotation_with_jwks_refresh(plane: FakePlane, cloud_options: Any, clock: Clock) -> None:
+    manager = configure_rbac_sync(**cloud_options(jwks_floor=0))
+    new = Signer("ES256", kid="k2")
+    plane.keys = [plane.signer, new]
+    plane.signer = new
+    plane.jws = new.sign(policy_claims(2, clock), jwks_refresh=True)
+    plane.version = 2
+    manager.reload()
+    assert manager.policy is not None and manager.policy.version == 2
+
+
+def test_pinned_thumbprints_refuse_other_keys(plane: FakePlane, cloud_options: Any) -> None:
+    from d2.cloud import thumbprint
+
+    pins = thumbprint(plane.signer.jwk)
+    assert configure_rbac_sync(**cloud_options(jwks_thumbprints=pins)).policy is not None
+    other = configure_rbac_sync(**cloud_options(jwks_thumbprints="not-a-pin", instance_name="x"))
+    assert other.policy is None
+
+
+def test_restart_offline_from_the_state_file(
+    plane: FakePlane, cloud_options: Any, tmp_path: Path, search: Any
+) -> None:
+    configure_rbac_sync(**cloud_options()).shutdown()
+    mode = stat.S_IMODE(os.stat(tmp_path / "state.json").st_mode)
+    assert mode == 0o600
+    plane.network_down = True
+    manager = configure_rbac_sync(**cloud_options(first_fetch_timeout=1.0))
+    assert manager.policy is None  # /me is unreachable: nothing to bind the state to
+    plane.network_down = False
+    plane.fail["/v1/policy/bundle"] = (503, {})
+    manager = configure_rbac_sync(**cloud_options(first_fetch_timeout=1.0))
+    assert manager.policy is not None and manager.policy.version == 1
+    set_user("u", roles=["agent"])
+    assert search() == "results"
+
+
+def test_tampered_state_file_is_ignored(
+    plane: FakePlane, cloud_options: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    configure_rbac_sync(**cloud_options()).shutdown()
+    path = tmp_path / "state.json"
+    state = json.loads(path.read_text())
+    entry = state["apps"]["d2-policy:acc1:app1"]
+    head, payload, sig = entry["jws"].split(".")
+    entry["jws"] = f"{head}.{payload[:-4]}AAAA.{sig}"
+    path.write_text(json.dumps(state))
+    plane.fail["/v1/policy/bundle"] = (503, {})
+    manager = configure_rbac_sync(**cloud_options(first_fetch_timeout=1.0))
+    assert manager.policy is None and "ignoring the saved bundle" in caplog.text
+    path.write_text("{corrupt")
+    assert configure_rbac_sync(**cloud_options(first_fetch_timeout=1.0)).policy is None
+
+
+def test_a_bad_token_is_a_clear_error(plane: FakePlane, cloud_options: Any) -> None:
+    from d2.core import D2Error
+
+    with pytest.raises(D2Error, match="401"):
+        configure_rbac_sync(**cloud_options(token="d2_wrong"))
+
+
+def test_quota_max_tools_refuses_a_bundle(
+    plane: FakePlane, cloud_options: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    plane.me["quotas"]["max_tools"] = 2
+    plane.publish(1, permissions=["a", "b", "c"])
+    manager = configure_rbac_sync(**cloud_options())
+    assert manager.policy is None and "the plan allows 2" in caplog.text
+
+
+def test_rollback_served_by_the_server_is_refused(
+    plane: FakePlane, cloud_options: Any, clock: Clock
+) -> None:
+    plane.publish(5)
+    manager = configure_rbac_sync(**cloud_options())
+    plane.jws = plane.signer.sign(policy_claims(3, clock, permissions=["*"]))
+    plane.version = 3
+    manager.reload()
+    assert manager.policy is not None and manager.policy.version == 5
+
+
+async def test_async_configure_never_blocks_the_loop_on_a_slow_server(
+    plane: FakePlane, cloud_options: Any
+) -> None:
+    plane.delay = 0.3
+    lags: list[float] = []
+
+    async def heartbeat() -> None:
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - start - 0.01)
+
+    beat = asyncio.create_task(heartbeat())
+    manager = await configure_rbac_async(**cloud_options())
+    await manager.runtime.poll_once()  # type: ignore[attr-defined]
+    beat.cancel()
+    assert manager.policy is not None
+    assert len(lags) > 20 and max(lags) < 0.1  # the loop kept ticking
+    await manager.ashutdown()
+
+
+def test_shutdown_is_clean_and_denies(plane: FakePlane, cloud_options: Any, search: Any) -> None:
+    import threading
+
+    manager = configure_rbac_sync(**cloud_options())
+    assert any(t.name == "d2-cloud" for t in threading.enumerate())
+    manager.shutdown()
+    assert not any(t.name == "d2-cloud" and t.is_alive() for t in threading.enumerate())
+    set_user("u", roles=["agent"])
+    with pytest.raises(MissingPolicyError):
+        search()
