@@ -639,3 +639,25 @@ def test_explain_reports_each_step_without_running_or_recording(configure: Any) 
     seq = explain("http.request")
     assert seq.reason == "sequence_violation" and seq.trace[-1].path == "policies[0].sequence[0]"
     assert explain("db.read_users").allowed  # explain itself recorded nothing
+
+
+def test_observer_sees_every_decision_of_guarded_calls_but_not_queries(configure: Any) -> None:
+    from d2.core.evaluate import evaluator_for
+
+    configure({"role": "r", "permissions": [
+        "plain", {"tool": "checked", "conditions": {"input": {"x": {"max": 1}}}}]})
+    seen: list[tuple[str, str | None, str | None]] = []
+    evaluator_for("default").observer = lambda tool, ctx, reason: seen.append(
+        (tool, ctx.user_id, reason))
+    plain = d2_guard("plain")(lambda: None)
+    checked = d2_guard("checked")(lambda x: x)
+    other = d2_guard("other", on_deny=None)(lambda: None)
+    set_user("u", roles=["r"])
+    plain()
+    checked(1)
+    with pytest.raises(PermissionDeniedError):
+        checked(5)
+    other()
+    explain("plain")
+    assert seen == [("plain", "u", None), ("checked", "u", None),
+                    ("checked", "u", "input_validation"), ("other", "u", "unknown_tool")]
