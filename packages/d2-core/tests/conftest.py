@@ -38,6 +38,10 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[None]:
     yield
     shutdown_all_rbac()
     clear_user_context()
+    from d2.core.evaluate import _evaluators
+
+    for evaluator in _evaluators.values():
+        evaluator.observer = None
 
 
 @pytest.fixture
