@@ -165,7 +165,19 @@ def _all_of(tests: tuple[Callable[[Any], bool], ...], required: bool) -> Callabl
     if len(tests) == 2:
         a, b = tests
         return lambda v: v is MISSING or (a(v) and b(v))
-    return lambda v: v is MISSING or all(test(v) for test in tests)
+    if len(tests) == 3:
+        a, b, c = tests
+        return lambda v: v is MISSING or (a(v) and b(v) and c(v))
+
+    def every(v: Any) -> bool:
+        if v is MISSING:
+            return True
+        for test in tests:
+            if not test(v):
+                return False
+        return True
+
+    return every
 
 
 def _num(
