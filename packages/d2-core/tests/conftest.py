@@ -41,7 +41,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[None]:
     from d2.core.evaluate import _evaluators
 
     for evaluator in _evaluators.values():
-        evaluator.observer = None
+        evaluator._set_observers(())
 
 
 @pytest.fixture

@@ -647,8 +647,8 @@ def test_observer_sees_every_decision_of_guarded_calls_but_not_queries(configure
     configure({"role": "r", "permissions": [
         "plain", {"tool": "checked", "conditions": {"input": {"x": {"max": 1}}}}]})
     seen: list[tuple[str, str | None, str | None]] = []
-    evaluator_for("default").observer = lambda tool, ctx, reason: seen.append(
-        (tool, ctx.user_id, reason))
+    evaluator_for("default").add_observer(
+        lambda tool, ctx, reason: seen.append((tool, ctx.user_id, reason)))
     plain = d2_guard("plain")(lambda: None)
     checked = d2_guard("checked")(lambda x: x)
     other = d2_guard("other", on_deny=None)(lambda: None)

@@ -105,8 +105,8 @@ class CloudPolicyManager(PolicyManager):
         newer configuration replaces this one."""
         if not self._closed:
             usage = self.runtime.usage
-            if usage is not None and self.evaluator.observer == usage.observe:
-                self.evaluator.observer = None
+            if usage is not None:
+                self.evaluator.remove_observer(usage.observe)
             self._stop_runtime()
         super()._retire()
 
@@ -137,8 +137,8 @@ class CloudPolicyManager(PolicyManager):
         """Async twin of :meth:`shutdown` that awaits the final flush."""
         if not self._closed:
             usage = self.runtime.usage
-            if usage is not None and self.evaluator.observer == usage.observe:
-                self.evaluator.observer = None
+            if usage is not None:
+                self.evaluator.remove_observer(usage.observe)
             if self._thread is None:
                 await self.runtime.aclose()
             else:
@@ -200,7 +200,7 @@ def _build(
     evaluator.policy = None
     manager._set(None, "waiting for the first bundle")
     if usage is not None:
-        evaluator.observer = usage.observe
+        evaluator.add_observer(usage.observe)
     return manager
 
 

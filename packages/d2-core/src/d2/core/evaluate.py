@@ -112,6 +112,7 @@ class Evaluator:
         "guarded_tools",
         "name",
         "observer",
+        "observers",
         "policy",
         "strict",
     )
@@ -131,6 +132,30 @@ class Evaluator:
         # Told of every decision of a guarded call: (tool_id, context, reason or None
         # when allowed). None costs one attribute test per call (telemetry off).
         self.observer: Observer | None = None
+        self.observers: tuple[Observer, ...] = ()
+
+    def add_observer(self, observer: Observer) -> None:
+        """Tell ``observer`` of every decision of a guarded call (telemetry: usage
+        events, metrics, decision logs). It must be cheap and must not raise."""
+        self._set_observers((*self.observers, observer))
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop telling ``observer``; unknown observers are ignored."""
+        self._set_observers(tuple(o for o in self.observers if o != observer))
+
+    def _set_observers(self, observers: tuple[Observer, ...]) -> None:
+        self.observers = observers
+        if not observers:
+            self.observer = None
+        elif len(observers) == 1:
+            self.observer = observers[0]
+        else:
+
+            def fan_out(tool_id: str, ctx: UserContext, reason: str | None) -> None:
+                for observer in observers:
+                    observer(tool_id, ctx, reason)
+
+            self.observer = fan_out
 
     # -- the hot path ---------------------------------------------------------------
     def check(self, tool_id: str) -> ToolRules:
