@@ -644,11 +644,19 @@ def test_explain_reports_each_step_without_running_or_recording(configure: Any) 
 def test_observer_sees_every_decision_of_guarded_calls_but_not_queries(configure: Any) -> None:
     from d2.core.evaluate import evaluator_for
 
-    configure({"role": "r", "permissions": [
-        "plain", {"tool": "checked", "conditions": {"input": {"x": {"max": 1}}}}]})
+    configure(
+        {
+            "role": "r",
+            "permissions": [
+                "plain",
+                {"tool": "checked", "conditions": {"input": {"x": {"max": 1}}}},
+            ],
+        }
+    )
     seen: list[tuple[str, str | None, str | None]] = []
     evaluator_for("default").add_observer(
-        lambda tool, ctx, reason: seen.append((tool, ctx.user_id, reason)))
+        lambda tool, ctx, reason: seen.append((tool, ctx.user_id, reason))
+    )
     plain = d2_guard("plain")(lambda: None)
     checked = d2_guard("checked")(lambda x: x)
     other = d2_guard("other", on_deny=None)(lambda: None)
@@ -659,5 +667,9 @@ def test_observer_sees_every_decision_of_guarded_calls_but_not_queries(configure
         checked(5)
     other()
     explain("plain")
-    assert seen == [("plain", "u", None), ("checked", "u", None),
-                    ("checked", "u", "input_validation"), ("other", "u", "unknown_tool")]
+    assert seen == [
+        ("plain", "u", None),
+        ("checked", "u", None),
+        ("checked", "u", "input_validation"),
+        ("other", "u", "unknown_tool"),
+    ]

@@ -25,7 +25,7 @@ import httpx
 from d2.core.errors import ConfigurationError
 from d2.core.evaluate import Evaluator
 from d2.core.limits import Limits
-from d2.core.manager import PolicyManager
+from d2.core.manager import PolicyManager, count_policy_load
 from d2.core.policy.model import CompiledPolicy
 
 from .client import ControlPlane
@@ -90,6 +90,10 @@ class CloudPolicyManager(PolicyManager):
                     else f"cloud mode has no verified policy bundle: {why}"
                 )
             ev.policy = policy
+            if policy is not None:
+                count_policy_load(ev, "cloud")
+                if ev.timer is not None:
+                    ev.timer.bundle_loaded_at = time.time()
 
     def reload(self) -> CompiledPolicy:
         """Poll the control plane now (sync apps only)."""
@@ -194,9 +198,10 @@ def _build(
     )
     manager = CloudPolicyManager(evaluator, runtime, thread, loop)
     holder.append(manager)
-    from d2.core.manager import _register
+    from d2.core.manager import _register, install_telemetry
 
     _register(manager)  # retire a previous configuration before this one installs
+    install_telemetry(evaluator)
     evaluator.policy = None
     manager._set(None, "waiting for the first bundle")
     if usage is not None:

@@ -31,6 +31,7 @@ class JWKSCache:
         *,
         floor: float = 30.0,
         pins: frozenset[str] | None = None,
+        on_fetch: Callable[[bool], None] | None = None,
     ) -> None:
         self._fetch = fetch
         self._clock = clock
@@ -40,6 +41,7 @@ class JWKSCache:
         self.document: dict[str, Any] = {"keys": []}
         self._last_refresh: float | None = None
         self.refreshes = 0
+        self._on_fetch = on_fetch  # told of each fetch: did the key ids change?
 
     def load(self, document: Mapping[str, Any]) -> None:
         """Replace the keys with those of ``document`` (unusable keys are skipped

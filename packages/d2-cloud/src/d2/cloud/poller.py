@@ -62,7 +62,13 @@ class CloudRuntime:
         self.state = state
         self.app = app
         self.clock = clock
-        self.jwks = JWKSCache(api.jwks, clock, floor=jwks_floor, pins=pins)
+        self.jwks = JWKSCache(
+            api.jwks,
+            clock,
+            floor=jwks_floor,
+            pins=pins,
+            on_fetch=lambda changed: self._count("jwks_rotations" if changed else "jwks_fetches"),
+        )
         self.usage = usage
         self.audience: str | None = None
         self.quotas: dict[str, Any] = {}
@@ -166,6 +172,7 @@ class CloudRuntime:
                 await self._identify()
             except ApiError as exc:
                 return self._on_error(exc)
+        self._count("polls")
         try:
             reply = await self.api.bundle(self.etag)
         except ApiError as exc:
@@ -262,9 +269,20 @@ class CloudRuntime:
             return
         log.info("d2: started from the saved bundle (version %s)", entry.get("version"))
 
+    def _jwks_fetched(self, rotated: bool) -> None:
+        self._count("jwks_fetches")
+        if rotated:
+            self._count("jwks_rotations")
+
+    def _count(self, instrument: str, **attributes: Any) -> None:
+        metrics = self.evaluator.timer  # OpenTelemetry metrics, when on
+        if metrics is not None:
+            getattr(metrics, instrument).add(1, attributes)
+
     def _on_error(self, exc: ApiError) -> float:
         self.last_error = exc
         status = exc.status
+        self._count("poll_failures", status=status)
         if status == 410:
             log.error(
                 "d2: the app's policy was revoked; every guarded call is denied "

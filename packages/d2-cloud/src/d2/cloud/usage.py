@@ -70,10 +70,18 @@ class UsageEvents:
         self._wake: asyncio.Event | None = None
 
     # -- recording (any thread, never blocks) -------------------------------------
+    def _drop(self, n: int) -> None:
+        self.dropped += n
+        from d2.core.telemetry import get_metrics
+
+        metrics = get_metrics()
+        if metrics is not None:
+            metrics.events_dropped.add(n)
+
     def _push(self, event: dict[str, Any]) -> None:
         buffer = self.buffer
         if len(buffer) == buffer.maxlen:
-            self.dropped += 1
+            self._drop(1)
             if not self._warned:
                 self._warned = True
                 log.warning("d2: usage event buffer full; dropping the oldest events")
@@ -134,7 +142,7 @@ class UsageEvents:
             encoded = json.dumps(self.buffer[0], separators=(",", ":"), default=str).encode()
             if len(encoded) + _ENVELOPE > MAX_CHUNK:  # one event too large to ever send
                 self.buffer.popleft()
-                self.dropped += 1
+                self._drop(1)
                 continue
             if chunk and size + len(encoded) + 1 > MAX_CHUNK:
                 break
@@ -169,17 +177,17 @@ class UsageEvents:
                     pending += [part[half:], part[:half]]
                     continue
                 if exc.status == 413:
-                    self.dropped += 1
+                    self._drop(1)
                     continue
                 retryable = exc.status in (0, 429) or exc.status >= 500
                 attempts += 1
                 if not retryable or attempts > 5:
-                    self.dropped += len(part)
+                    self._drop(len(part))
                     log.warning("d2: dropping %d usage events: %s", len(part), exc)
                     continue
                 wait = exc.retry_after if exc.retry_after is not None else min(2.0**attempts, 30.0)
                 if deadline is not None and time.monotonic() + wait > deadline:
-                    self.dropped += len(part)  # shutting down: cannot wait that long
+                    self._drop(len(part))  # shutting down: cannot wait that long
                     continue
                 pending.append(part)  # the same chunk again, after the wait
                 await asyncio.sleep(wait)

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import functools
 import time
+from time import perf_counter
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._functions import Arguments
 from .context import RequestScope, UserContext, current_context
@@ -41,6 +42,9 @@ from .policy._text import short
 from .policy.constraints import MISSING
 from .policy.model import CompiledPolicy, Grant, ToolRules
 from .policy.output import OutputRules, OutputViolation
+
+if TYPE_CHECKING:
+    from .telemetry import Metrics
 
 __all__ = ["Decision", "Evaluator", "TraceStep", "evaluator_for"]
 
@@ -115,6 +119,7 @@ class Evaluator:
         "observers",
         "policy",
         "strict",
+        "timer",
     )
 
     guarded_tools: dict[str, Arguments | None]
@@ -133,6 +138,8 @@ class Evaluator:
         # when allowed). None costs one attribute test per call (telemetry off).
         self.observer: Observer | None = None
         self.observers: tuple[Observer, ...] = ()
+        # Metrics: times decisions and tool runs when set (None: nothing measured).
+        self.timer: Metrics | None = None
 
     def add_observer(self, observer: Observer) -> None:
         """Tell ``observer`` of every decision of a guarded call (telemetry: usage
@@ -160,6 +167,8 @@ class Evaluator:
     # -- the hot path ---------------------------------------------------------------
     def check(self, tool_id: str) -> ToolRules:
         """Decide for the current user; return the tool's rules or raise a denial."""
+        if self.timer is not None:
+            return self._timed_check(tool_id)
         policy = self.policy
         ctx = current_context()
         if policy is None or not _now() < policy.expires_at or ctx.user_id is None:
@@ -171,6 +180,25 @@ class Evaluator:
                 self.observer(tool_id, ctx, None)
             return rules
         raise self._refuse(self._denial(policy, tool_id, ctx), ctx)
+
+    def _timed_check(self, tool_id: str) -> ToolRules:
+        timer = self.timer
+        start = perf_counter()
+        try:
+            policy = self.policy
+            ctx = current_context()
+            if policy is None or not _now() < policy.expires_at or ctx.user_id is None:
+                raise self._refuse(self._denial(policy, tool_id, ctx), ctx)
+            rules = policy.rules_for(tool_id)
+            roles = ctx.roles
+            if rules.deny_roles.isdisjoint(roles) and not rules.allow_roles.isdisjoint(roles):
+                if self.observer is not None and not rules.guarded:
+                    self.observer(tool_id, ctx, None)
+                return rules
+            raise self._refuse(self._denial(policy, tool_id, ctx), ctx)
+        finally:
+            if timer is not None:
+                timer.decided(tool_id, perf_counter() - start)
 
     def _refuse(self, err: PermissionDeniedError, ctx: UserContext) -> PermissionDeniedError:
         if self.observer is not None:

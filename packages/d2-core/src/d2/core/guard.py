@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from time import perf_counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -29,8 +30,10 @@ from .evaluate import evaluator_for
 if TYPE_CHECKING:
     import inspect
 
+    from .evaluate import Evaluator
     from .policy.model import ToolRules
     from .policy.output import OutputRules
+    from .telemetry import Metrics
 
 __all__ = ["d2", "d2_guard"]
 
@@ -108,6 +111,37 @@ async def _stream_async(value: Any) -> Any:
             yield item
 
 
+def _timed_call(
+    evaluator: Evaluator,
+    tool_id: str,
+    fn: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+    *,
+    is_async: bool,
+) -> Any:
+    """Call ``fn``; with metrics on, record how long it ran (for a coroutine
+    function the returned awaitable is timed when awaited)."""
+    timer = evaluator.timer
+    if timer is None:
+        return fn(*args, **kwargs)
+    if is_async:
+        return _timed_await(timer, tool_id, fn(*args, **kwargs))
+    start = perf_counter()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        timer.ran(tool_id, perf_counter() - start)
+
+
+async def _timed_await(timer: Metrics, tool_id: str, awaitable: Any) -> Any:
+    start = perf_counter()
+    try:
+        return await awaitable
+    finally:
+        timer.ran(tool_id, perf_counter() - start)
+
+
 async def _resolve(value: Any) -> Any:
     return (await value) if hasattr(value, "__await__") else value
 
@@ -140,14 +174,26 @@ def _build(
         return finish(rules, out, result)
 
     if is_async:
+
+        async def slow_async(rules: ToolRules, args: Any, kwargs: Any) -> Any:
+            out = admit(rules, args, kwargs, arguments) if rules.guarded else None
+            timer = evaluator.timer
+            if timer is None:
+                result = await fn(*args, **kwargs)
+            else:
+                start = perf_counter()
+                try:
+                    result = await fn(*args, **kwargs)
+                finally:
+                    timer.ran(tool_id, perf_counter() - start)
+            return result if out is None else finish(rules, out, result)
+
         if raising:
 
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
                 rules = check(tool_id)
-                if rules.guarded:
-                    out = admit(rules, args, kwargs, arguments)
-                    result = await fn(*args, **kwargs)
-                    return result if out is None else finish(rules, out, result)
+                if rules.guarded or evaluator.timer is not None:
+                    return await slow_async(rules, args, kwargs)
                 return await fn(*args, **kwargs)
         else:
 
@@ -157,7 +203,7 @@ def _build(
                     out = admit(rules, args, kwargs, arguments) if rules.guarded else None
                 except PermissionDeniedError as err:
                     return await _resolve(handle(err))
-                result = await fn(*args, **kwargs)
+                result = await _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=True)
                 if out is None:
                     return result
                 try:
@@ -176,6 +222,11 @@ def _build(
                     f"loop. Use `await {name}.aio(...)` or make the tool async"
                 )
 
+        def slow_sync(rules: ToolRules, args: Any, kwargs: Any) -> Any:
+            out = admit(rules, args, kwargs, arguments) if rules.guarded else None
+            result = _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=False)
+            return result if out is None else sanitized(rules, out, result)
+
         check_loop = not (is_agen or strict is False)
         if raising:
 
@@ -183,10 +234,8 @@ def _build(
                 if check_loop and (strict or evaluator.strict):
                     in_loop()
                 rules = check(tool_id)
-                if rules.guarded:
-                    out = admit(rules, args, kwargs, arguments)
-                    result = fn(*args, **kwargs)
-                    return result if out is None else sanitized(rules, out, result)
+                if rules.guarded or evaluator.timer is not None:
+                    return slow_sync(rules, args, kwargs)
                 return fn(*args, **kwargs)
         else:
             stream = _stream_async if is_agen else _stream_sync if is_gen else None
@@ -200,7 +249,7 @@ def _build(
                 except PermissionDeniedError as err:
                     fallback = handle(err)
                     return fallback if stream is None else stream(fallback)
-                result = fn(*args, **kwargs)
+                result = _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=False)
                 if out is None:
                     return result
                 if stream is not None:

@@ -71,6 +71,7 @@ class PolicyManager:
         with self._state:
             if not self._closed:
                 self.evaluator.policy = policy  # one atomic assignment: the swap
+                count_policy_load(self.evaluator, self.mode)
 
     def start(self) -> CompiledPolicy:
         """Load the first policy, put it in force and start watching.
@@ -81,6 +82,7 @@ class PolicyManager:
         policy = self.source.load(self.limits)
         _register(self)  # retires the previous manager of this instance first
         self.evaluator.strict = self.strict
+        install_telemetry(self.evaluator)
         self._install(policy)
         self.source.watch(self.limits, self._install)
         _announce(policy, self.source.describe())
@@ -135,6 +137,25 @@ class PolicyManager:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} mode={self.mode} policy={self.policy!r}>"
+
+
+def install_telemetry(evaluator: Evaluator) -> None:
+    """Attach (or, with D2_TELEMETRY off, detach) the OpenTelemetry metrics."""
+    from .telemetry import get_metrics
+
+    metrics = get_metrics()
+    for observer in evaluator.observers:
+        if getattr(observer, "__self__", None).__class__.__name__ == "Metrics":
+            evaluator.remove_observer(observer)
+    evaluator.timer = metrics
+    if metrics is not None:
+        evaluator.add_observer(metrics.observe)
+
+
+def count_policy_load(evaluator: Evaluator, mode: str) -> None:
+    """Count a policy put in force (metrics on only)."""
+    if evaluator.timer is not None:
+        evaluator.timer.policy_loads.add(1, {"mode": mode, "instance": evaluator.name})
 
 
 def _count(n: int, noun: str) -> str:
