@@ -10,12 +10,11 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk.metrics")
 
-from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
-
-from d2.core import PermissionDeniedError, d2_guard, set_user  # noqa: E402
-from d2.core.evaluate import evaluator_for  # noqa: E402
-from d2.core.telemetry import Metrics  # noqa: E402
+from d2.core import PermissionDeniedError, d2_guard, set_user
+from d2.core.evaluate import evaluator_for
+from d2.core.telemetry import Metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 
 @pytest.fixture

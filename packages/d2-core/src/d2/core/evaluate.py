@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import functools
 import time
-from time import perf_counter
 from collections.abc import Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._functions import Arguments

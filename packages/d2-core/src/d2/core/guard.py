@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import functools
 import sys
-from time import perf_counter
 from collections.abc import Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._functions import (
