@@ -33,7 +33,7 @@ test: sync
 lint: sync
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy packages/d2-core/src packages/d2-sdk/src
+	$(RUN) mypy $(wildcard packages/*/src)
 
 format: sync
 	$(RUN) ruff check --fix .

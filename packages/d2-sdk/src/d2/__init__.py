@@ -65,6 +65,10 @@ from d2.core import (
 _LAZY = {
     "ASGIMiddleware": ("d2.asgi", "ASGIMiddleware", "asgi"),
     "headers_extractor": ("d2.asgi", "headers_extractor", "asgi"),
+    "WSGIMiddleware": ("d2.asgi", "WSGIMiddleware", "wsgi"),
+    "wsgi_headers_extractor": ("d2.asgi", "wsgi_headers_extractor", "wsgi"),
+    "add_permission_denied_handler": ("d2.asgi", "add_permission_denied_handler", "asgi"),
+    "permission_denied_handler": ("d2.asgi", "permission_denied_handler", "asgi"),
 }
 
 
@@ -111,7 +115,9 @@ __all__ = [
     "TooManyToolsError",
     "TraceStep",
     "UserContext",
+    "WSGIMiddleware",
     "__version__",
+    "add_permission_denied_handler",
     "allowed_tools",
     "clear_context",
     "clear_context_async",
@@ -128,6 +134,7 @@ __all__ = [
     "has_fact",
     "headers_extractor",
     "is_allowed",
+    "permission_denied_handler",
     "record_fact",
     "record_facts",
     "run_in_thread",
@@ -137,4 +144,5 @@ __all__ = [
     "shutdown_rbac",
     "submit_with_context",
     "warn_if_context_set",
+    "wsgi_headers_extractor",
 ]
