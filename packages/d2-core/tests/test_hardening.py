@@ -187,3 +187,85 @@ def test_denial_of_a_tool_the_policy_never_names_is_not_remembered_by_queries(
     set_user("u", roles=["a"])
     with pytest.raises(PermissionDeniedError):
         d2_guard("zz")(lambda: None)()
+
+
+def _pay_policy(configure: Any) -> None:
+    configure(
+        {
+            "role": "r",
+            "permissions": [
+                {"tool": t, "conditions": {"input": {"amount": {"type": "int", "max": 100}}}}
+                for t in ("partial", "bound", "obj", "wrapped", "builtin")
+            ]
+            + [{"tool": "posonly", "conditions": {"input": {"path": {"startsWith": "/tmp/"}}}}],
+        }
+    )
+
+
+def test_input_rules_bind_through_partials_methods_objects_and_wrappers(configure: Any) -> None:
+    _pay_policy(configure)
+
+    def transfer(account: str, amount: int) -> str:
+        return f"{account}:{amount}"
+
+    class Payer:
+        def pay(self, amount: int) -> int:
+            return amount
+
+        def __call__(self, amount: int) -> int:
+            return amount
+
+    def lying_decorator(f: Any) -> Any:
+        @functools.wraps(f)
+        def wrapper(extra: Any, *args: Any, **kwargs: Any) -> Any:
+            return f(*args, **kwargs)
+
+        return wrapper
+
+    def pay(amount: int) -> int:
+        return amount
+
+    cases = {
+        "partial": d2_guard("partial")(functools.partial(transfer, "acct-1")),
+        "bound": d2_guard("bound")(Payer().pay),
+        "obj": d2_guard("obj")(Payer()),
+        "wrapped": d2_guard("wrapped")(lying_decorator(pay)),
+    }
+    set_user("u", roles=["r"])
+    for name, tool in cases.items():
+        args = (0, 10**9) if name == "wrapped" else (10**9,)
+        with pytest.raises(PermissionDeniedError) as info:
+            tool(*args)
+        assert info.value.reason == "input_validation", name
+    assert cases["partial"](5) == "acct-1:5" and cases["bound"](5) == 5
+
+
+def test_builtins_called_positionally_fail_closed_and_posonly_is_not_a_keyword(
+    configure: Any,
+) -> None:
+    _pay_policy(configure)
+    guarded_abs = d2_guard("builtin")(abs)
+
+    def opener(path: str = "/etc/shadow", /, **kw: Any) -> str:
+        return path
+
+    guarded_open = d2_guard("posonly")(opener)
+    set_user("u", roles=["r"])
+    with pytest.raises(PermissionDeniedError, match="cannot be bound"):
+        guarded_abs(-(10**9))
+    with pytest.raises(PermissionDeniedError, match="startsWith"):
+        guarded_open(path="/tmp/x")  # goes to **kw; the real path is /etc/shadow
+    assert guarded_open("/tmp/ok") == "/tmp/ok"
+
+
+def test_attach_and_detach_continue_a_request_scope() -> None:
+    from d2.core import attach, detach, get_user_context, record_fact
+
+    session = set_user("u", roles=["r"])
+    record_fact("SEEN")
+    token = attach(session)
+    set_user("other", roles=[])
+    detach(token)
+    assert get_user_context() is session and "SEEN" in session.scope.facts
+    with pytest.raises(ConfigurationError):
+        attach("u")  # type: ignore[arg-type]

@@ -9,9 +9,11 @@ Guard a function with :func:`d2_guard`, set the user per request with
 from ._version import __version__
 from .context import (
     UserContext,
+    attach,
     clear_context,
     clear_context_async,
     clear_user_context,
+    detach,
     get_facts,
     get_user_context,
     has_any_fact,
@@ -73,6 +75,7 @@ __all__ = [
     "UserContext",
     "__version__",
     "allowed_tools",
+    "attach",
     "clear_context",
     "clear_context_async",
     "clear_user_context",
@@ -80,6 +83,7 @@ __all__ = [
     "configure_rbac_sync",
     "d2",
     "d2_guard",
+    "detach",
     "explain",
     "get_facts",
     "get_policy_manager",

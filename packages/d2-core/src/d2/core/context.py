@@ -23,9 +23,11 @@ if TYPE_CHECKING:
 __all__ = [
     "RequestScope",
     "UserContext",
+    "attach",
     "clear_context",
     "clear_context_async",
     "clear_user_context",
+    "detach",
     "get_facts",
     "get_user_context",
     "has_any_fact",
@@ -166,6 +168,20 @@ def set_user_context(
 ) -> UserContext:
     """Same as :func:`set_user` (kept for code written against the 1.x releases)."""
     return set_user(user_id, roles)
+
+
+def attach(ctx: UserContext) -> contextvars.Token[UserContext]:
+    """Make ``ctx`` current again (same user, roles and request scope: its history
+    and facts continue), e.g. for the next message of a long agent session. Returns
+    the token :func:`detach` needs to restore what was current before."""
+    if not isinstance(ctx, UserContext):
+        raise ConfigurationError(f"attach() takes a UserContext, got {type(ctx).__name__}")
+    return _current.set(ctx)
+
+
+def detach(token: contextvars.Token[UserContext]) -> None:
+    """Restore the context that was current before the matching :func:`attach`."""
+    _current.reset(token)
 
 
 def get_user_context() -> UserContext:

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._functions import Arguments
+from ._functions import UNBOUND, Arguments
 from .context import RequestScope, UserContext, current_context
 from .errors import BundleExpiredError, MissingPolicyError, PermissionDeniedError
 from .policy._text import short
@@ -431,6 +431,14 @@ def _check_input(
             value = arguments.value(name, args, kwargs, MISSING)
         else:
             value = kwargs.get(name, default)
+        if value is UNBOUND:
+            return (
+                "input_validation",
+                f"argument {name!r} cannot be bound to the tool's signature (it is "
+                "positional in a call to a callable whose parameters are unknown); pass "
+                "it by keyword",
+                f"{grant.path}.conditions.input.{name}",
+            )
         if not ok(value):
             constraint = next(c for a, c in grant.input if a == name)
             op = constraint.failure(value) or "required"

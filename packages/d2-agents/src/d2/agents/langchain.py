@@ -1,0 +1,147 @@
+"""D2 for LangChain tools (``langchain-core``)::
+
+    from d2.agents.langchain import guard_tools, permitted_tools
+
+    tools = guard_tools([search, read_users, http_request])  # every run guarded
+    set_user("alice", roles=["analyst"])                      # per request
+    model_with_tools = model.bind_tools(permitted_tools(tools))
+
+:func:`guard_tools` returns guarded copies; the originals are untouched. For a
+function tool (``@tool``, ``StructuredTool``, ``Tool``) the function itself is
+guarded, sync and async, so input rules bind to its parameters and output rules
+see its return value. Any other ``BaseTool`` runs behind a ``StructuredTool`` with
+the same name and schema whose function is guarded and invokes the original with
+the arguments LangChain validated. A denial raises :class:`ToolDenied`, a
+``ToolException``: with ``handle_tool_error=True`` on the tool (or LangGraph's
+``ToolNode``) the model reads it as an error ``ToolMessage``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+try:
+    from langchain_core.runnables import RunnableConfig
+    from langchain_core.tools import BaseTool, StructuredTool, Tool, ToolException
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        'd2.agents.langchain needs langchain-core: pip install "d2-sdk[langchain]"'
+    ) from exc
+
+from d2.core import PermissionDeniedError, d2_guard, is_allowed
+
+from ._common import DenyMessage, ToolIds, denial_message, tool_id_resolver
+
+__all__ = ["TOOL_ID_KEY", "ToolDenied", "guard_tool", "guard_tools", "permitted_tools"]
+
+TOOL_ID_KEY = "d2_tool_id"
+"""Key in a guarded tool's ``metadata`` holding its D2 tool id."""
+
+
+class ToolDenied(ToolException):
+    """D2 refused a tool run; ``error`` is the :class:`~d2.core.PermissionDeniedError`
+    and the message is what the model reads (``deny_message(error)``)."""
+
+    def __init__(self, message: str, error: PermissionDeniedError) -> None:
+        super().__init__(message)
+        self.error = error
+
+
+def _refuse(deny_message: DenyMessage) -> Callable[[PermissionDeniedError], Any]:
+    def refuse(err: PermissionDeniedError) -> Any:
+        raise ToolDenied(deny_message(err), err) from err
+
+    return refuse
+
+
+def _facade(tool: BaseTool) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """Sync and async functions that run ``tool`` with the validated arguments,
+    passing the run's config on so callbacks nest under the outer run."""
+
+    def run(config: RunnableConfig, **arguments: Any) -> Any:
+        return tool.invoke(arguments, config)
+
+    async def arun(config: RunnableConfig, **arguments: Any) -> Any:
+        return await tool.ainvoke(arguments, config)
+
+    return run, arun
+
+
+def guard_tool(
+    tool: BaseTool,
+    *,
+    tool_id: str | None = None,
+    instance_name: str = "default",
+    deny_message: DenyMessage = denial_message,
+) -> BaseTool:
+    """A copy of ``tool`` whose every run (``invoke``, ``ainvoke``, ``run``, ...)
+    passes ``d2_guard(tool_id)`` first; ``tool_id`` defaults to the tool's name.
+    A tool this module already guarded is returned as it is."""
+    if not isinstance(tool, BaseTool):
+        raise TypeError(f"guard_tool takes a langchain BaseTool, got {tool!r}")
+    if (tool.metadata or {}).get(TOOL_ID_KEY) is not None:
+        return tool
+    tool_id = tool_id or tool.name
+    guard = d2_guard(tool_id, on_deny=_refuse(deny_message), instance_name=instance_name)
+    metadata = {**(tool.metadata or {}), TOOL_ID_KEY: tool_id}
+    if isinstance(tool, (StructuredTool, Tool)):
+        copied = tool.model_copy(
+            update={
+                "func": guard(tool.func) if tool.func is not None else None,
+                "coroutine": guard(tool.coroutine) if tool.coroutine is not None else None,
+                "metadata": metadata,
+            }
+        )
+        return cast("BaseTool", copied)
+    run, arun = _facade(tool)
+    return StructuredTool(
+        name=tool.name,
+        description=tool.description,
+        args_schema=tool.args_schema if tool.args_schema is not None else tool.get_input_schema(),
+        func=guard(run),
+        coroutine=guard(arun),
+        return_direct=tool.return_direct,
+        handle_tool_error=tool.handle_tool_error,
+        handle_validation_error=tool.handle_validation_error,
+        tags=tool.tags,
+        metadata=metadata,
+    )
+
+
+def guard_tools(
+    tools: Iterable[BaseTool],
+    *,
+    tool_ids: ToolIds = None,
+    instance_name: str = "default",
+    deny_message: DenyMessage = denial_message,
+) -> list[BaseTool]:
+    """Guarded copies of ``tools`` (see :func:`guard_tool`). ``tool_ids`` maps tool
+    names to D2 tool ids (default: the name is the id)."""
+    resolve = tool_id_resolver(tool_ids)
+    return [
+        guard_tool(
+            t,
+            tool_id=resolve(t.name),
+            instance_name=instance_name,
+            deny_message=deny_message,
+        )
+        for t in tools
+    ]
+
+
+def permitted_tools(
+    tools: Iterable[BaseTool], *, tool_ids: ToolIds = None, instance_name: str = "default"
+) -> list[BaseTool]:
+    """The tools the current user may call, in order: bind only these to a model.
+
+    A guarded tool is checked under the id it was guarded with; any other under
+    ``tool_ids`` (default: its name). Call it per request, after ``set_user``.
+    """
+    resolve = tool_id_resolver(tool_ids)
+    permitted = []
+    for tool in tools:
+        tool_id = (tool.metadata or {}).get(TOOL_ID_KEY) or resolve(tool.name)
+        if is_allowed(tool_id, instance_name=instance_name):
+            permitted.append(tool)
+    return permitted

