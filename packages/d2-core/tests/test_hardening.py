@@ -269,3 +269,153 @@ def test_attach_and_detach_continue_a_request_scope() -> None:
     assert get_user_context() is session and "SEEN" in session.scope.facts
     with pytest.raises(ConfigurationError):
         attach("u")  # type: ignore[arg-type]
+
+
+def test_deny_lists_fail_closed_on_bool_int_aliasing(configure: Any) -> None:
+    configure(
+        {
+            "role": "r",
+            "permissions": [
+                {
+                    "tool": "acct",
+                    "conditions": {
+                        "input": {"account": {"ne": 0, "not_in": [0]}, "tags": {"not_contains": 0}}
+                    },
+                }
+            ],
+        }
+    )
+    acct = d2_guard("acct")(lambda account, tags=(): account)
+    set_user("u", roles=["r"])
+    assert acct(7, [1]) == 7
+    for bad in ((False,), (0.0,), (7, [False])):
+        with pytest.raises(PermissionDeniedError):
+            acct(*bad)
+
+
+def test_bad_operator_arguments_never_crash_the_loader() -> None:
+    with pytest.raises(InvalidPolicyError, match="unknown type"):
+        compile_policy(
+            {
+                "policies": [
+                    {
+                        "role": "r",
+                        "permissions": [
+                            {
+                                "tool": "t",
+                                "conditions": {"input": {"x": {"type": ["string", "null"]}}},
+                            }
+                        ],
+                    }
+                ]
+            }
+        )
+
+
+def test_max_bytes_on_unmeasurable_values_denies(configure: Any) -> None:
+    configure(
+        {
+            "role": "r",
+            "permissions": [{"tool": "t", "conditions": {"input": {"x": {"max_bytes": 100}}}}],
+        }
+    )
+    tool = d2_guard("t")(lambda x: x)
+    circular: list[Any] = []
+    circular.append(circular)
+    set_user("u", roles=["r"])
+    for value in ({(1, 2): "tuple key"}, circular):
+        with pytest.raises(PermissionDeniedError):
+            tool(value)
+
+
+def test_metadata_expires_applies_inside_bundles_too() -> None:
+    policy = compile_policy(
+        {"metadata": {"expires": "2000-01-01T00:00:00Z"}, "policies": []},
+        expires_at=time.time() + 3600,
+    )
+    assert policy.expires_at < time.time()
+    with pytest.raises(InvalidPolicyError, match="RFC 3339"):
+        compile_policy(
+            {"metadata": {"expires": "not a date"}, "policies": []}, expires_at=time.time() + 3600
+        )
+
+
+def test_explain_binds_method_arguments_like_the_guard(configure: Any) -> None:
+    from d2.core import explain
+
+    configure(
+        {
+            "role": "r",
+            "permissions": [{"tool": "refund", "conditions": {"input": {"amount": {"max": 100}}}}],
+        }
+    )
+
+    class Shop:
+        @d2_guard("refund")
+        def refund(self, amount: int) -> int:
+            return amount
+
+    set_user("u", roles=["r"])
+    with pytest.raises(PermissionDeniedError):
+        Shop().refund(5000)
+    assert not explain("refund", 5000).allowed
+    assert explain("refund", 5).allowed
+
+
+def test_sequence_tracking_is_consistent_under_thread_races(configure: Any) -> None:
+    import threading
+
+    from d2.core import run_in_thread  # noqa: F401 - the helper this mirrors
+
+    configure({"role": "r", "permissions": ["*"], "sequence": [{"deny": ["a", "b"]}]})
+    a, noise, b = (d2_guard(n, on_deny="denied")(lambda n=n: n) for n in ("a", "noise", "b"))
+    import contextvars
+
+    leaks = 0
+    for _ in range(200):
+        set_user("u", roles=["r"])
+        ctx = contextvars.copy_context()
+        threads = [threading.Thread(target=ctx.run, args=(a,))] + [
+            threading.Thread(target=contextvars.copy_context().run, args=(noise,)) for _ in range(3)
+        ]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if b() == "b":
+            leaks += 1
+    assert leaks == 0
+
+
+def test_output_rules_reach_iterators_and_awaitables(configure: Any) -> None:
+    import asyncio
+
+    configure(
+        {
+            "role": "r",
+            "permissions": [
+                {"tool": t, "conditions": {"output": {"ssn": {"action": "filter"}}}}
+                for t in ("it", "aw", "obj")
+            ],
+        }
+    )
+    rows = [{"name": "bob", "ssn": "123"}]
+
+    async def fetch() -> dict[str, str]:
+        return dict(rows[0])
+
+    def sync_wrapper() -> Any:  # a sync decorator around an async function
+        return fetch()
+
+    class AsyncCallable:
+        async def __call__(self) -> dict[str, str]:
+            return dict(rows[0])
+
+    it = d2_guard("it")(lambda: iter(rows))
+    aw = d2_guard("aw")(sync_wrapper)
+    obj = d2_guard("obj")(AsyncCallable())
+    set_user("u", roles=["r"])
+    assert list(it()) == [{"name": "bob"}]
+    assert asyncio.run(aw()) == {"name": "bob"}
+    assert asyncio.run(obj()) == {"name": "bob"}
+    assert rows == [{"name": "bob", "ssn": "123"}]

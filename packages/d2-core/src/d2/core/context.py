@@ -12,7 +12,7 @@ import functools
 import os
 import warnings
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from ._functions import is_coroutine_function
 from .errors import ConfigurationError
@@ -49,9 +49,9 @@ class RequestScope:
     """Mutable state of one request, shared by everything that runs under the same
     ``set_user``: child tasks, ``run_in_thread``, ``.aio``.
 
-    ``history``: ids of the allowed calls, in order (kept while a policy with
-    sequence rules is in force). ``facts``: data-flow labels -> what recorded them.
-    ``progress``: per policy, sequence progress and how much history it has read.
+    ``history``: ids of the allowed calls, in order. ``facts``: data-flow labels ->
+    what recorded them. ``progress``: per policy, what it has read of the history
+    (sequence progress, labels).
     """
 
     __slots__ = ("facts", "history", "progress")
@@ -59,7 +59,7 @@ class RequestScope:
     def __init__(self) -> None:
         self.history: list[str] = []
         self.facts: dict[str, str] = {}
-        self.progress: dict[object, list[int]] = {}
+        self.progress: dict[object, Any] = {}
 
 
 class UserContext:

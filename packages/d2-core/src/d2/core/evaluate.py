@@ -78,26 +78,44 @@ class Decision(NamedTuple):
 Observer = Callable[[str, UserContext, "str | None"], None]
 
 
-def _progress(scope: RequestScope, policy: CompiledPolicy) -> list[int]:
-    """Sequence progress of ``policy`` in this request, caught up with its history.
+class _Track:
+    """What one policy has read of a request's history: sequence progress per
+    tracked rule, the data-flow labels the calls carry under this policy (so a
+    policy swapped in mid-request still sees the calls made before), and how many
+    history entries it has read. Replaced, never mutated: threads racing to catch
+    up each compute the same value from the same input, so no lock is needed."""
 
-    The last item counts the history entries already read, so each recorded call
-    is read once per policy: O(patterns mentioning it), whatever the history.
-    """
-    state = scope.progress.get(policy)
-    if state is None:
-        state = [0] * (len(policy.tracked) + 1)
-        scope.progress[policy] = state
+    __slots__ = ("labels", "progress", "read")
+
+    def __init__(self, progress: tuple[int, ...], labels: dict[str, str], read: int) -> None:
+        self.progress = progress
+        self.labels = labels
+        self.read = read
+
+
+def _track(scope: RequestScope, policy: CompiledPolicy) -> _Track:
+    """``policy``'s view of this request's history, caught up incrementally: each
+    recorded call is read once per policy, O(rules mentioning it)."""
+    track: _Track | None = scope.progress.get(policy)
     history = scope.history
-    read = state[-1]
-    if read < len(history):
-        for tool_id in history[read:]:
-            for slot, hits, last in policy.rules_for(tool_id).advance:
-                done = state[slot]
-                if done < last and done in hits:
-                    state[slot] = done + 1
-        state[-1] = len(history)
-    return state
+    end = len(history)
+    if track is not None and track.read >= end:
+        return track
+    if track is None:
+        progress, labels, read = [0] * len(policy.tracked), {}, 0
+    else:
+        progress, labels, read = list(track.progress), dict(track.labels), track.read
+    for tool_id in history[read:end]:
+        rules = policy.rules_for(tool_id)
+        for slot, hits, last in rules.advance:
+            done = progress[slot]
+            if done < last and done in hits:
+                progress[slot] = done + 1
+        for label in rules.labels:
+            labels.setdefault(label, tool_id)
+    track = _Track(tuple(progress), labels, end)
+    scope.progress[policy] = track
+    return track
 
 
 def _roles_text(roles: frozenset[str]) -> str:
@@ -316,7 +334,9 @@ class Evaluator:
         if self.observer is not None:
             self.observer(rules.tool_id, ctx, None)
         scope = ctx.scope
-        if rules.policy.sequences:
+        # Step 7. History is kept while the policy has sequence or data-flow rules
+        # (a request that never meets one keeps no history, however long it runs).
+        if rules.policy.sequences or rules.policy.flow_labels:
             scope.history.append(rules.tool_id)
         if rules.labels:
             for label in rules.labels:
@@ -357,13 +377,18 @@ class Evaluator:
         assert policy is not None
         rules = policy.rules_for(tool_id, remember=False)
         arguments = self.guarded_tools.get(tool_id)
+        if arguments is not None and arguments.method:
+            args = (None, *args)  # the guard sees self/cls first; explain() is given none
         trace = [*_base_trace(policy, ctx), _rbac_step(rules, ctx)]
         allowed = rules.allow_grants(ctx.roles)
         output, denial = _layers(rules, ctx, args, kwargs, arguments, trace)
         if denial is not None:
             err = _guardrail_error(rules, ctx, denial, args, kwargs, arguments)
             return Decision(False, err.reason, err.trace, None, err)
-        chosen = next((g for g in allowed if g.output is output), allowed[0])
+        chosen = next(
+            (g for g in allowed if not g.input or _check_input(g, args, kwargs, arguments) is None),
+            allowed[0],
+        )
         if output is not None:
             trace.append(
                 TraceStep(
@@ -485,7 +510,7 @@ def _layers(
     scope = ctx.scope
     # 5. sequence: some granting role's rules pass
     if policy.sequences:
-        state = _progress(scope, policy)
+        state = _track(scope, policy).progress
         history = scope.history
         blocked: _Denial | None = None
         passed = False
@@ -537,11 +562,13 @@ def _layers(
     # 6. data flow: no recorded label blocks the tool
     if rules.blocked_by:
         facts = scope.facts
+        carried = _track(scope, policy).labels  # labels of earlier calls, this policy
         for label, path in rules.blocked_by.items():
-            if label in facts:
+            origin = facts.get(label) or carried.get(label)
+            if origin is not None:
                 return None, (
                     "data_flow_violation",
-                    f"label {label!r} (recorded by {facts[label]!r} earlier in "
+                    f"label {label!r} (recorded by {origin!r} earlier in "
                     f"this request) blocks {rules.tool_id!r}",
                     path,
                 )

@@ -142,6 +142,12 @@ async def _timed_await(timer: Metrics, tool_id: str, awaitable: Any) -> Any:
         timer.ran(tool_id, perf_counter() - start)
 
 
+async def _finish_later(
+    finish: Callable[..., Any], rules: ToolRules, out: OutputRules, awaitable: Any
+) -> Any:
+    return finish(rules, out, await awaitable)
+
+
 async def _resolve(value: Any) -> Any:
     return (await value) if hasattr(value, "__await__") else value
 
@@ -167,10 +173,15 @@ def _build(
     wrapper: Callable[..., Any]
 
     def sanitized(rules: ToolRules, out: OutputRules, result: Any) -> Any:
-        if is_gen:
-            return (finish(rules, out, item) for item in result)
-        if is_agen:
+        # Output rules reach whatever the caller will actually see: items of a
+        # (async) iterator, the value of an awaitable (a sync wrapper around an
+        # async function, an object with async __call__), or the result itself.
+        if is_agen or (hasattr(result, "__aiter__") and hasattr(result, "__anext__")):
             return (finish(rules, out, item) async for item in result)
+        if is_gen or (hasattr(result, "__next__") and hasattr(result, "__iter__")):
+            return (finish(rules, out, item) for item in result)
+        if hasattr(result, "__await__"):
+            return _finish_later(finish, rules, out, result)
         return finish(rules, out, result)
 
     if is_async:
@@ -186,7 +197,7 @@ def _build(
                     result = await fn(*args, **kwargs)
                 finally:
                     timer.ran(tool_id, perf_counter() - start)
-            return result if out is None else finish(rules, out, result)
+            return result if out is None else sanitized(rules, out, result)
 
         if raising:
 
@@ -207,7 +218,7 @@ def _build(
                 if out is None:
                     return result
                 try:
-                    return finish(rules, out, result)
+                    return sanitized(rules, out, result)
                 except PermissionDeniedError as err:
                     return await _resolve(handle(err))
 
@@ -252,15 +263,14 @@ def _build(
                 result = _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=False)
                 if out is None:
                     return result
-                if stream is not None:
-                    return sanitized(rules, out, result)
                 try:
-                    return finish(rules, out, result)
+                    return sanitized(rules, out, result)
                 except PermissionDeniedError as err:
                     return handle(err)
 
     functools.update_wrapper(wrapper, fn)
     wrapper.__dict__["tool_id"] = tool_id
+    wrapper.__dict__["_d2_arguments"] = arguments
     if not (is_async or is_agen or is_gen):
         guarded = wrapper
 
@@ -337,6 +347,11 @@ def _looks_like_method(fn: Callable[..., Any]) -> bool:
     return first_parameter(fn) == "self"
 
 
+def _mark_method(guarded: Callable[..., Any]) -> None:
+    """Tell explain() that calls of this tool start with self/cls."""
+    guarded.__dict__["_d2_arguments"].method = True
+
+
 def _default_id(fn: Any) -> str:
     qualname = getattr(fn, "__qualname__", None)
     if not isinstance(qualname, str):
@@ -355,6 +370,7 @@ def _decorate(
         guarded = _build(fn, tid, on_deny, strict, instance_name)
         if isinstance(target, staticmethod):
             return staticmethod(guarded)
+        _mark_method(guarded)
         if _is_sync_plain(fn):
             return _GuardedMethod(guarded, classmethod_=True)
         return classmethod(guarded)
@@ -362,8 +378,10 @@ def _decorate(
         raise ConfigurationError(f"d2_guard can only wrap functions, got {target!r}")
     tid = tool_id or _default_id(target)
     guarded = _build(target, tid, on_deny, strict, instance_name)
-    if _is_sync_plain(target) and _looks_like_method(target):
-        return _GuardedMethod(guarded, classmethod_=False)
+    if _looks_like_method(target):
+        _mark_method(guarded)
+        if _is_sync_plain(target):
+            return _GuardedMethod(guarded, classmethod_=False)
     return guarded
 
 

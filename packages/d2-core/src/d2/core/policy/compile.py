@@ -203,8 +203,8 @@ def compile_policy(
     """Validate ``document`` (the parsed policy) and compile it.
 
     ``raw`` is the document's bytes (for the digest; the canonical JSON of the
-    document is used otherwise). ``expires_at`` overrides ``metadata.expires``
-    (cloud bundles carry ``exp``). Raises :class:`InvalidPolicyError` listing
+    document is used otherwise). ``expires_at`` is a bundle's ``exp``: the policy
+    expires at the earlier of it and ``metadata.expires``. Raises :class:`InvalidPolicyError` listing
     every problem with its path.
     """
     try:
@@ -247,14 +247,16 @@ def _compile(
     exp = expires_at
     if exp is not None and (math.isnan(exp) or exp == float("-inf")):  # NaN never expires
         c.error("metadata.expires", f"expected a finite expiry time, got {exp!r}")
-    if exp is None and "expires" in meta:
-        exp = parse_expires(meta["expires"])
-        if exp is None:
+    if "expires" in meta:  # also inside a bundle: the earlier of it and the bundle's exp
+        meta_exp = parse_expires(meta["expires"])
+        if meta_exp is None:
             c.error(
                 "metadata.expires",
                 "expected an RFC 3339 time like '2026-12-01T00:00:00Z', got "
                 f"{short(meta['expires'])}",
             )
+        elif exp is None or meta_exp < exp:
+            exp = meta_exp
     groups = _groups_of(c, meta.get("tool_groups"))
     flow_labels, flow_blocks = compile_data_flow(c, meta.get("data_flow"), groups)
     sequence_specs: list[tuple[str, tuple[str, ...], object]] = []

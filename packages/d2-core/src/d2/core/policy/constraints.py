@@ -91,12 +91,40 @@ def _member(options: list[Any]) -> Callable[[Any], bool]:
     return test
 
 
-def _size(v: Any) -> int:
-    if isinstance(v, str):
-        return len(v.encode("utf-8", "surrogatepass"))
-    if isinstance(v, (bytes, bytearray)):
-        return len(v)
-    return len(json.dumps(v, default=str, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+def _loose_member(options: list[Any]) -> Callable[[Any], bool]:
+    """Membership under Python's own equality (``False in [0]`` is True)."""
+    hashable = []
+    for o in options:
+        try:
+            hash(o)
+            hashable.append(o)
+        except TypeError:
+            pass
+    plain = frozenset(hashable)
+
+    def test(v: Any) -> bool:
+        try:
+            if v in plain:
+                return True
+        except TypeError:
+            pass
+        return any(_loosely_equal(v, o) for o in options)
+
+    return test
+
+
+def _size(v: Any) -> float:
+    """Bytes of ``v`` (UTF-8, or its JSON form); a value that cannot be measured is
+    infinitely large (fail closed)."""
+    try:
+        if isinstance(v, str):
+            return len(v.encode("utf-8", "surrogatepass"))
+        if isinstance(v, (bytes, bytearray)):
+            return len(v)
+        text = json.dumps(v, default=str, ensure_ascii=False)
+        return len(text.encode("utf-8", "surrogatepass"))
+    except (TypeError, ValueError, RecursionError, OverflowError):
+        return float("inf")
 
 
 def _contains(needle: Any) -> Callable[[Any], bool]:
@@ -211,7 +239,7 @@ Test = Callable[[Any], bool]
 
 
 def _b_type(c: Any, path: str, arg: Any) -> Test | None:
-    if arg not in _TYPES:
+    if not isinstance(arg, str) or arg not in _TYPES:
         c.error(f"{path}.type", f"unknown type {short(arg)}{suggest_type(arg)}")
         return None
     return _TYPES[arg]
@@ -227,8 +255,17 @@ def _b_eq(c: Any, path: str, arg: Any) -> Test:
     return lambda v: same(v, arg)
 
 
+def _loosely_equal(a: object, b: object) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
 def _b_ne(c: Any, path: str, arg: Any) -> Test:
-    return lambda v: not same(v, arg)
+    # Deny-lists fail closed: a value equal under either the type-aware or Python's
+    # own equality (False == 0, 1.0 == 1) is the forbidden value.
+    return lambda v: not same(v, arg) and not _loosely_equal(v, arg)
 
 
 def _b_compare(op: str) -> Callable[[Any, str, Any], Test | None]:
@@ -256,7 +293,10 @@ def _b_in(negate: bool) -> Callable[[Any, str, Any], Test | None]:
             )
             return None
         member = _member(arg)
-        return (lambda v: not member(v)) if negate else member
+        if not negate:
+            return member
+        loose = _loose_member(arg)
+        return lambda v: not member(v) and not loose(v)
 
     return build
 
@@ -292,7 +332,12 @@ def _b_contains(negate: bool) -> Callable[[Any, str, Any], Test | None]:
     def build(c: Any, path: str, arg: Any) -> Test | None:
         has = _contains(arg)
         if negate:
-            return lambda v: isinstance(v, (str, list, tuple, Mapping)) and not has(v)
+            loose = _loose_member([arg])
+            return lambda v: (
+                isinstance(v, (str, list, tuple, Mapping))
+                and not has(v)
+                and not (isinstance(v, (list, tuple)) and any(loose(item) for item in v))
+            )
         return has
 
     return build

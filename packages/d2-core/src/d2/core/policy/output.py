@@ -8,26 +8,41 @@ reason ``output_validation``:
   dataclasses as their dumped form, other objects as ``str``). A result that cannot
   be encoded (circular, unsupported keys) is denied.
 - ``deny_if_patterns``: regexes searched in every string leaf and every mapping key
-  (as ``str(key)``) at any depth; other scalars except numbers, booleans and null
-  (bytes, datetimes, ...) are searched as ``str(value)``.
+  (as ``str(key)``) at any depth, through lists, tuples and sets; bytes are searched
+  decoded as UTF-8 (``errors="replace"``), other scalars except numbers, booleans and
+  null (datetimes, ...) as ``str(value)``.
 - ``require_fields_absent``: dotted paths; a field present at one denies.
 
 Every other key is a dotted field path (``a.b.c``; names cannot contain dots) whose
 rule holds constraint operators and an optional ``action``. A path reaches nested
-mappings; wherever a list or tuple is met with path left (the result itself
-included), the rest of the path applies to each item. Non-mapping items on the way
-are skipped. Pydantic models (a callable ``model_dump``) and dataclass instances are
-read, at any depth, as their dumped form (also a field's value, for its constraints);
-when a rule changes one, the result holds that form as plain dicts.
+mappings; wherever a list, tuple or set is met with path left (the result itself
+included), the rest of the path applies to each item. Scalars on the way (strings,
+numbers, bytes, datetimes, enum members, ...) are skipped: the field is missing there.
+Pydantic models (a callable ``model_dump``), dataclass instances and namedtuples
+(``_asdict()``) are read, at any depth, as their dumped form (also a field's value,
+for its constraints); when a rule changes one, the result holds that form as plain
+dicts (a sanitized namedtuple becomes a dict). Any other object where a path must
+look into it (``SimpleNamespace``, instances of other classes, generators) cannot be
+checked and denies (``output_validation``): fail closed.
+
+A field name matches a mapping key that equals it (``key == name``), or whose
+``value`` or ``name`` attribute equals it (enum members as keys). Keys are the
+mapping's own: a mapping other than a dict (``MappingProxyType``, a case-insensitive
+dict) is walked with ``for key in mapping``, and when its ``get(name)`` finds a value
+that no key equals (a case-insensitive mapping), the rule applies to every key whose
+``str(key).lower()`` equals ``name.lower()``; if none does, the result denies. In a
+dict whose keys are all strings (the fast path), a field matches by ``name in dict``.
 
 1. Validation rules (no ``action``): any violation denies the whole result
    (``output_validation``). A missing field (a key missing at any level of the path,
-   or a non-mapping where the path goes on) violates only ``required: true``.
+   or a scalar where the path goes on) violates only ``required: true``.
 2. Action rules, in the order written, on present fields only. The action applies to
    a value iff
    - the rule has no operator other than ``required`` (it always applies), or
-   - the rule has ``matches`` and the value is a string that matches (for an action
-     rule ``matches`` is a *selector*, not a requirement), or
+   - the rule has ``matches`` and the value matches: a string itself, any other
+     value when one of its strings (the ``deny_if_patterns`` walk, plus numbers other
+     than booleans as ``str``) matches (for an action rule ``matches`` is a
+     *selector*, not a requirement), or
    - another operator is violated (``required: true`` is violated by ``null``).
    ``filter`` removes the field. ``redact`` replaces the value with ``"[REDACTED]"``,
    except that when ``matches`` alone selected a string, only the matching spans are
@@ -37,17 +52,26 @@ when a rule changes one, the result holds that form as plain dicts.
 3. The special keys, on the sanitized result.
 
 The tool's return value is never mutated: containers along a changed path are copied
-(a tuple stays a tuple), unchanged subtrees are shared, and a result no rule changes
-is returned as the same object. A result nested too deeply (or circular) to walk is
-denied. Messages name the field and the rule, never the value.
+(a tuple stays a tuple, a set becomes a list, any mapping becomes a dict of its own
+keys), unchanged subtrees are shared, and a result no rule changes is returned as the
+same object. A result nested too deeply (or circular) to walk, or that fails in any
+other way while it is checked (a value whose ``str`` or comparison raises, an int too
+large to convert), is denied (``output_validation``). Messages name the field and the
+rule, never the value.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as _dt
+import enum
 import json
+import numbers
 import re
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Mapping
 from operator import is_
+from pathlib import PurePath
 from typing import Any
 
 from ._text import short, suggest
@@ -59,6 +83,13 @@ ACTIONS = ("filter", "redact", "truncate", "deny")
 REDACTED = "[REDACTED]"
 _REMOVE: Any = object()  # a decision to remove the field
 _SCALARS = frozenset({str, int, float, bool, type(None)})
+# values a path cannot look into: where it needs a mapping, the field is missing
+_LEAVES = (
+    str, bytes, bytearray, memoryview, numbers.Number, _dt.date, _dt.time, _dt.timedelta,
+    _dt.tzinfo, enum.Enum, uuid.UUID, PurePath, type, re.Pattern,
+)  # fmt: skip
+_ITEMS = (list, tuple, set, frozenset)  # the path applies to each item
+_join = "".join  # raises TypeError unless every key of a dict is a string
 
 
 class OutputViolation(Exception):
@@ -74,57 +105,118 @@ class OutputViolation(Exception):
         self.path = path
 
 
+def _unchecked(node: object, path: str | None) -> OutputViolation:
+    detail = (
+        f"result of type {type(node).__name__} cannot be checked by the output rules; "
+        "return a dict, a dataclass or a pydantic model"
+    )
+    return OutputViolation("output_validation", detail, path)
+
+
 def _plain(node: Any) -> Any:
-    """The dumped form of a pydantic model or dataclass instance, else ``node``."""
-    if type(node) in _SCALARS or isinstance(node, (Mapping, list, tuple, type)):
+    """The dumped form of a pydantic model, dataclass instance or namedtuple, else
+    ``node``."""
+    if type(node) in _SCALARS or isinstance(node, (Mapping, list, type)):
         return node
+    if isinstance(node, tuple):
+        asdict = getattr(type(node), "_asdict", None)  # a namedtuple
+        return asdict(node) if callable(asdict) else node
     dump = getattr(node, "model_dump", None)
     if callable(dump):
         return dump(mode="python")
     if hasattr(type(node), "__dataclass_fields__"):
-        import dataclasses
-
         return dataclasses.asdict(node)
     return node
+
+
+def _named(key: Any, name: str) -> bool:
+    """Whether the field ``name`` names ``key`` (itself, or its enum value or name)."""
+    if type(key) is str:
+        return key == name
+    return bool(
+        key == name or getattr(key, "value", None) == name or getattr(key, "name", None) == name
+    )
+
+
+def _keys(node: Mapping[Any, Any], name: str, path: str | None) -> list[Any]:
+    """The keys of ``node`` that the field ``name`` names."""
+    if type(node) is dict:
+        try:
+            _join(node)
+        except TypeError:
+            return [k for k in node if _named(k, name)]
+        return [name] if name in node else []
+    keys = [k for k in node if _named(k, name)]
+    if not keys and node.get(name, MISSING) is not MISSING:
+        low = name.lower()  # a case-insensitive mapping: the keys it resolves to
+        keys = [k for k in node if str(k).lower() == low]
+        if not keys:
+            raise _unchecked(node, path)
+    return keys
+
+
+def _copy(node: Mapping[Any, Any]) -> dict[Any, Any]:
+    """A dict of ``node``'s own keys."""
+    return dict(node) if type(node) is dict else {k: node[k] for k in node}
 
 
 def _rewrite(node: Any, parts: tuple[str, ...], i: int, rules: tuple[_Rule, ...]) -> Any:
     """``node`` with ``rules`` applied to the mappings ``parts[i:]`` reaches, copied
     on write."""
     t = type(node)
-    if t is list or t is tuple or (t not in _SCALARS and isinstance(node, (list, tuple))):
-        last = i == len(parts)
-        items = [
-            _at(rules, item) if last and type(item) is dict else _rewrite(item, parts, i, rules)
-            for item in node
-        ]
-        if all(map(is_, items, node)):
-            return node
-        if not isinstance(node, tuple):
-            return items
-        make = getattr(t, "_make", None)  # a namedtuple stays one
-        return make(items) if callable(make) else tuple(items)
-    if t is dict or (t not in _SCALARS and isinstance(node, Mapping)):
-        if i == len(parts):
-            return _at(rules, node)
-        child = node.get(parts[i], MISSING)
-        if child is MISSING:
-            return node
-        new = _rewrite(child, parts, i + 1, rules)
-        if new is child:
-            return node
-        out = dict(node)
-        out[parts[i]] = new
-        return out
-    plain = _plain(node)
-    if plain is node:
+    if t is list or t is tuple:
+        return _items(node, parts, i, rules)
+    if t is dict:
+        return _at(rules, node) if i == len(parts) else _down(node, parts, i, rules)
+    if t in _SCALARS:
         return node
-    new = _rewrite(plain, parts, i, rules)
-    return node if new is plain else new
+    if isinstance(node, Mapping):
+        return _at(rules, node) if i == len(parts) else _down(node, parts, i, rules)
+    if isinstance(node, _LEAVES):
+        return node
+    plain = _plain(node)
+    if plain is not node:
+        new = _rewrite(plain, parts, i, rules)
+        return node if new is plain else new
+    if isinstance(node, _ITEMS):
+        return _items(node, parts, i, rules)
+    raise _unchecked(node, rules[0].path)
 
 
-def _at(rules: tuple[_Rule, ...], node: Mapping[str, Any]) -> Any:
+def _items(node: Any, parts: tuple[str, ...], i: int, rules: tuple[_Rule, ...]) -> Any:
+    """A list, tuple or set with the path applied to each item."""
+    last = i == len(parts)
+    items = [
+        _at(rules, item) if last and type(item) is dict else _rewrite(item, parts, i, rules)
+        for item in node
+    ]
+    if all(map(is_, items, node)):
+        return node
+    return tuple(items) if isinstance(node, tuple) else items
+
+
+def _down(node: Mapping[Any, Any], parts: tuple[str, ...], i: int,
+          rules: tuple[_Rule, ...]) -> Any:  # fmt: skip
+    """A mapping with the path going on into its field ``parts[i]``."""
+    out: Any = node
+    for key in _keys(node, parts[i], rules[0].path):
+        child = node[key]
+        new = _rewrite(child, parts, i + 1, rules)
+        if new is not child:
+            if out is node:
+                out = _copy(node)
+            out[key] = new
+    return out
+
+
+def _at(rules: tuple[_Rule, ...], node: Mapping[Any, Any]) -> Any:
     """``node`` with each rule applied to its field, in order, copied on write."""
+    if type(node) is not dict:
+        return _at_keys(rules, node)
+    try:
+        _join(node)
+    except TypeError:  # keys other than strings (enum members, ...)
+        return _at_keys(rules, node)
     out: Any = node
     for rule in rules:
         value = out.get(rule.key, MISSING)
@@ -142,50 +234,83 @@ def _at(rules: tuple[_Rule, ...], node: Mapping[str, Any]) -> Any:
     return out
 
 
-def _reach(node: Any, parts: tuple[str, ...], i: int, visit: Callable[[Any], None]) -> None:
-    """Call ``visit`` with every value (or MISSING) that ``parts[i:]`` reaches. A
+def _at_keys(rules: tuple[_Rule, ...], node: Mapping[Any, Any]) -> Any:
+    """:func:`_at` for any mapping: the rules match its own keys."""
+    out: Any = node
+    for rule in rules:
+        for key in _keys(node, rule.key, rule.path):
+            if out is not node and key not in out:
+                continue  # an earlier rule removed it
+            value = out[key]
+            new = rule.decide(value)
+            if new is value:
+                continue
+            if out is node:
+                out = _copy(node)
+            if new is _REMOVE:
+                del out[key]
+            else:
+                out[key] = new
+    return out
+
+
+def _reach(node: Any, parts: tuple[str, ...], i: int, rule: _Rule) -> None:
+    """Check ``rule`` on every value (or MISSING) that ``parts[i:]`` reaches. A
     scalar where the path needs a mapping counts as MISSING (fail closed for
     ``required``)."""
-    if isinstance(node, (list, tuple)):
+    t = type(node)
+    if t is list or t is tuple:
         for item in node:
-            _reach(item, parts, i, visit)
-    elif type(node) in _SCALARS:
-        visit(MISSING)
-    elif isinstance(node, Mapping):
-        value = node.get(parts[i], MISSING)
-        if i == len(parts) - 1 or value is MISSING:
-            visit(value)
-        else:
-            _reach(value, parts, i + 1, visit)
+            _reach(item, parts, i, rule)
+    elif t is dict or (t not in _SCALARS and isinstance(node, Mapping)):
+        keys = _keys(node, parts[i], rule.path)
+        if not keys:
+            rule.check(MISSING)
+        for key in keys:
+            if i == len(parts) - 1:
+                rule.check(node[key])
+            else:
+                _reach(node[key], parts, i + 1, rule)
+    elif t in _SCALARS or isinstance(node, _LEAVES):
+        rule.check(MISSING)
     elif (plain := _plain(node)) is not node:
-        _reach(plain, parts, i, visit)
+        _reach(plain, parts, i, rule)
+    elif isinstance(node, _ITEMS):
+        for item in node:
+            _reach(item, parts, i, rule)
     else:
-        visit(MISSING)
+        raise _unchecked(node, rule.path)
 
 
-def _strings(node: Any, out: list[str]) -> None:
+def _strings(node: Any, out: list[str], numbers: bool = False) -> None:
     """Append to ``out`` every string leaf and mapping key (``str(key)``) of ``node``;
-    other scalars that are not numbers, booleans or null as ``str(value)``."""
+    bytes decoded, other scalars that are not numbers, booleans or null as
+    ``str(value)``; with ``numbers``, numbers (not booleans) as ``str(value)`` too."""
     t = type(node)
     if t is dict or (t is not list and isinstance(node, Mapping)):
         out.extend(map(str, node))
         values: Any = node.values()
-    elif t is list or isinstance(node, (list, tuple)):
+    elif t is list or isinstance(node, _ITEMS):
         values = node
     elif isinstance(node, str):
         out.append(node)
         return
     elif t in _SCALARS:
+        if numbers and t is not bool and node is not None:
+            out.append(str(node))
+        return
+    elif isinstance(node, (bytes, bytearray, memoryview)):
+        out.append(bytes(node).decode("utf-8", "replace"))
         return
     else:
         plain = _plain(node)
-        _strings(str(node) if plain is node else plain, out)
+        _strings(str(node) if plain is node else plain, out, numbers)
         return
     for value in values:
         if type(value) is str:
             out.append(value)
-        elif type(value) not in _SCALARS:
-            _strings(value, out)
+        elif type(value) not in _SCALARS or numbers:
+            _strings(value, out, numbers)
 
 
 def _default(obj: Any) -> Any:
@@ -231,14 +356,19 @@ class _Rule:
         op = None if self.others is None else self.others.failure(_plain(value))
         selector, action = self.selector, self.action
         if op is None and not self.always:
-            if selector is None or not isinstance(value, str):
+            if selector is None:
                 return value
-            if action == "redact":
+            if not isinstance(value, str):
+                texts: list[str] = []
+                _strings(value, texts, numbers=True)
+                if not any(map(selector.search, texts)):
+                    return value
+            elif action == "redact":
                 new, count = selector.subn(REDACTED, value)
                 if not count:
                     return value
                 return REDACTED if selector.search(new) is not None else new
-            if selector.search(value) is None:
+            elif selector.search(value) is None:
                 return value
         if action == "filter":
             return _REMOVE
@@ -346,7 +476,7 @@ class OutputRules:
         object when nothing changed). Raises :class:`OutputViolation`."""
         try:
             for rule in self.validations:
-                _reach(result, rule.parts, 0, rule.check)
+                _reach(result, rule.parts, 0, rule)
             for parent, rules in self.groups:
                 result = _rewrite(result, parent, 0, rules)
             if self.max_bytes is not None and _size(result) > self.max_bytes:
@@ -362,9 +492,14 @@ class OutputRules:
                     where = f"{self.path}.deny_if_patterns[{n}]"
                     raise OutputViolation("output_validation", detail, where)
             for rule in self.absent:
-                _reach(result, rule.parts, 0, rule.check)
+                _reach(result, rule.parts, 0, rule)
+        except OutputViolation:
+            raise
         except RecursionError:
             detail = "output is nested too deeply (or circular) to check"
+            raise OutputViolation("output_validation", detail, None) from None
+        except Exception as exc:  # odd data must deny, never escape (fail closed)
+            detail = f"output cannot be checked by the output rules ({type(exc).__name__})"
             raise OutputViolation("output_validation", detail, None) from None
         return result
 
