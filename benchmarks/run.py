@@ -1,6 +1,6 @@
 """D2 benchmarks: guard overhead, scaling with policy size, the cost of guardrails
-(input rules, sequence rules, output sanitizing), compile time and memory, and cold
-start (against the earlier d2-sdk 1.2.2 release).
+(input rules, sequence rules, output sanitizing), compile time and memory, cold
+start (against the earlier d2-sdk 1.2.2 release), and the cost of telemetry.
 
     make bench                                   # full run, writes benchmarks/results.md
     uv run --frozen --all-packages python benchmarks/run.py --quick   # smoke run
@@ -11,7 +11,8 @@ of a batch; each guarded figure is set against a bare call measured in the same 
 writes a results file only when ``--output`` is given.
 
 The sections live next to this script, one module each (``overhead``,
-``guardrails``, ``compile_bench``, ``cold`` with ``baseline``), on top of ``common``;
+``guardrails``, ``compile_bench``, ``cold`` with ``baseline``, ``telemetry_bench``),
+on top of ``common``;
 this script puts the repository root on ``sys.path`` and imports them as
 ``benchmarks.<name>`` (the names mypy gives them).
 """
@@ -37,6 +38,7 @@ from benchmarks.common import ROOT, Settings, Table, Target, verdict
 from benchmarks.compile_bench import compile_section
 from benchmarks.guardrails import guardrails_section
 from benchmarks.overhead import overhead_section
+from benchmarks.telemetry_bench import telemetry_section
 
 RESULTS = ROOT / "benchmarks" / "results.md"
 
@@ -77,6 +79,9 @@ SECTIONS: dict[str, Section] = {
     "guardrails": guardrails_section,
     "compile": compile_section,
     "cold": cold_section,
+    # Last: it imports the OpenTelemetry SDK, which would let the sections that
+    # configure instances in-process pick up metrics if they ran after it.
+    "telemetry": telemetry_section,
 }
 
 

@@ -204,8 +204,8 @@ def compile_policy(
 
     ``raw`` is the document's bytes (for the digest; the canonical JSON of the
     document is used otherwise). ``expires_at`` is a bundle's ``exp``: the policy
-    expires at the earlier of it and ``metadata.expires``. Raises :class:`InvalidPolicyError` listing
-    every problem with its path.
+    expires at the earlier of it and ``metadata.expires``. Raises
+    :class:`InvalidPolicyError` listing every problem with its path.
     """
     try:
         return _compile(document, source=source, raw=raw, version=version, expires_at=expires_at)
