@@ -255,7 +255,8 @@ def measure_in_process(settings: Settings) -> InProcess:
         progress(f"telemetry: {len(batches)} call kinds x {settings.batches} rounds, interleaved")
         times = interleaved(batches, settings)
         points = recorded(reader)
-        assert len(points) == 3 and len(set(points.values())) == 1, points  # one each per call
+        # decisions are all counted; durations are sampled (one call in SAMPLE)
+        assert len(points) == 3 and min(points.values()) > 0, points
     finally:
         for evaluator, m in attached:
             detach(evaluator, m)

@@ -90,7 +90,8 @@ def test_revocation_denies_everywhere_and_clears_the_state_file(
 ) -> None:
     manager = configure_rbac_sync(**cloud_options())
     state = json.loads((tmp_path / "state.json").read_text())
-    assert state["apps"]["d2-policy:acc1:app1"]["version"] == 1
+    (entry,) = state["apps"].values()
+    assert entry["version"] == 1 and entry["audience"] == "d2-policy:acc1:app1"
     plane.fail["/v1/policy/bundle"] = (410, {})
     manager.runtime._thread_loop = None  # type: ignore[attr-defined]
     asyncio.run_coroutine_threadsafe(
@@ -101,8 +102,13 @@ def test_revocation_denies_everywhere_and_clears_the_state_file(
     with pytest.raises(MissingPolicyError) as info:
         search()
     assert info.value.reason == "policy_revoked" and "publish" in str(info.value)
-    assert json.loads((tmp_path / "state.json").read_text())["apps"] == {}
-    del plane.fail["/v1/policy/bundle"]
+    (entry,) = json.loads((tmp_path / "state.json").read_text())["apps"].values()
+    assert entry["revoked"] is True and entry["version"] == 1 and "jws" not in entry
+    del plane.fail["/v1/policy/bundle"]  # the server serves the revoked v1 again
+    with pytest.raises(ConfigurationError, match="revoked"):
+        manager.reload()
+    with pytest.raises(MissingPolicyError):
+        search()
     plane.publish(2)
     manager.reload()
     assert search() == "results"
@@ -203,7 +209,7 @@ def test_restart_offline_from_the_state_file(
     assert mode == 0o600
     plane.network_down = True
     manager = configure_rbac_sync(**cloud_options(first_fetch_timeout=1.0))
-    assert manager.policy is None  # /me is unreachable: nothing to bind the state to
+    assert manager.policy is not None and manager.policy.version == 1  # fully offline
     plane.network_down = False
     plane.fail["/v1/policy/bundle"] = (503, {})
     manager = configure_rbac_sync(**cloud_options(first_fetch_timeout=1.0))
@@ -218,7 +224,7 @@ def test_tampered_state_file_is_ignored(
     configure_rbac_sync(**cloud_options()).shutdown()
     path = tmp_path / "state.json"
     state = json.loads(path.read_text())
-    entry = state["apps"]["d2-policy:acc1:app1"]
+    (entry,) = state["apps"].values()
     head, payload, sig = entry["jws"].split(".")
     entry["jws"] = f"{head}.{payload[:-4]}AAAA.{sig}"
     path.write_text(json.dumps(state))
@@ -287,3 +293,35 @@ def test_shutdown_is_clean_and_denies(plane: FakePlane, cloud_options: Any, sear
     set_user("u", roles=["agent"])
     with pytest.raises(MissingPolicyError):
         search()
+
+
+def test_a_re_signed_bundle_of_the_same_version_extends_its_life(
+    plane: FakePlane,
+    cloud_options: Any,
+    clock: Clock,
+    search: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("d2.core.evaluate._now", clock)
+    manager = configure_rbac_sync(**cloud_options())
+    clock.advance(3000)
+    plane.jws = plane.signer.sign(policy_claims(1, clock))  # same v1, fresh exp
+    manager.reload()
+    clock.advance(1000)  # past the first bundle's exp, within the re-signed one's
+    set_user("u", roles=["agent"])
+    assert search() == "results"
+
+
+def test_a_forged_state_file_cannot_shadow_the_live_keys(
+    plane: FakePlane, cloud_options: Any, tmp_path: Path, clock: Clock
+) -> None:
+    configure_rbac_sync(**cloud_options()).shutdown()
+    path = tmp_path / "state.json"
+    state = json.loads(path.read_text())
+    (key,) = state["apps"]
+    forger = Signer(kid="k1")  # same kid as the real key, attacker's material
+    claims = policy_claims(10**9, clock, permissions=["*"])
+    state["apps"][key].update(jws=forger.sign(claims), version=10**9, jwks={"keys": [forger.jwk]})
+    path.write_text(json.dumps(state))
+    manager = configure_rbac_sync(**cloud_options())  # online: live keys are used
+    assert manager.policy is not None and manager.policy.version == 1

@@ -189,3 +189,22 @@ def test_claims_outside_the_rules_never_verify(claims: dict[str, Any]) -> None:
     else:
         with pytest.raises(InvalidSignatureError):
             check(token, _SIGNER, clock)
+
+
+def test_aud_lists_and_infinite_exp_are_refused(clock: Clock) -> None:
+    signer = Signer()
+    listed = {**policy_claims(1, clock), "aud": [AUD, "d2-policy:acc1:other"]}
+    with pytest.raises(InvalidSignatureError, match="aud"):
+        check(signer.sign(listed), signer, clock)
+    forever = {**policy_claims(1, clock), "exp": float("inf")}
+    with pytest.raises(InvalidSignatureError):
+        check(
+            jwt.encode(
+                forever,
+                signer.private,
+                algorithm="EdDSA",
+                headers={"kid": "k1", "typ": "d2-policy+jwt"},
+            ),
+            signer,
+            clock,
+        )

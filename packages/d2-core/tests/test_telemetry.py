@@ -18,7 +18,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 
 @pytest.fixture
-def reader(configure: Any) -> InMemoryMetricReader:
+def reader(configure: Any, monkeypatch: pytest.MonkeyPatch) -> InMemoryMetricReader:
+    monkeypatch.setattr("d2.core.telemetry.SAMPLE", 1)  # record every duration
     configure(
         {
             "role": "r",

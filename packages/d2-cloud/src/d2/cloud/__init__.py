@@ -15,6 +15,7 @@ control plane's base URL; required), ``jwks_url`` / ``D2_JWKS_URL``, ``app`` /
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import threading
 import time
@@ -195,6 +196,7 @@ def _build(
         clock=clock or time.time,
         jwks_floor=jwks_floor,
         usage=usage,
+        state_key=hashlib.sha256(f"{base}\n{token}".encode()).hexdigest()[:32],
     )
     manager = CloudPolicyManager(evaluator, runtime, thread, loop)
     holder.append(manager)

@@ -55,8 +55,10 @@ class CloudRuntime:
         clock: Callable[[], float] = time.time,
         jwks_floor: float = 30.0,
         usage: UsageEvents | None = None,
+        state_key: str = "default",
     ) -> None:
         self.evaluator = evaluator
+        self.state_key = state_key  # which state-file entry is ours (token + URL digest)
         self.api = api
         self.install = install  # (policy or None, why) -> puts it in force
         self.state = state
@@ -75,6 +77,7 @@ class CloudRuntime:
         self.interval = 60.0
         self.etag: str | None = None
         self.highest: tuple[int, str] | None = None
+        self.revoked_version: int | None = None  # after a 410: only newer versions
         self.failures = 0
         self.last_error: D2Error | ApiError | None = None
         self.plan_error: D2PlanLimitError | None = None
@@ -109,16 +112,20 @@ class CloudRuntime:
         try:
             await asyncio.wait_for(self._identify(), timeout=max(0.1, timeout))
         except (ApiError, asyncio.TimeoutError) as exc:
-            self._fail_closed(f"cannot reach the control plane: {exc or 'timed out'}")
             if isinstance(exc, ApiError) and exc.status == 401:
+                self._fail_closed("the control plane refused D2_TOKEN")
                 raise D2Error("the control plane refused D2_TOKEN (401): check the token") from None
+            await self._restore(online=False)  # offline start: the last good bundle
+            self._fail_closed(f"cannot reach the control plane: {exc or 'timed out'}")
         else:
-            await self._restore()
+            await self._restore(online=True)
             left = deadline - time.monotonic()
             try:
                 await asyncio.wait_for(self.poll_once(), timeout=max(0.1, left))
             except asyncio.TimeoutError:
                 log.warning("d2: first bundle fetch timed out after %.1fs; polling on", timeout)
+            except Exception as exc:  # never let a surprise stop configure: fail closed
+                log.exception("d2: first bundle fetch failed: %s", exc)
         if self.usage is not None:
             self.usage.start()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="d2-poll")
@@ -202,49 +209,62 @@ class CloudRuntime:
         if isinstance(limit, int) and limit > 0 and len(jws) > limit:
             raise D2PlanLimitError(f"bundle is {len(jws)} bytes; the plan allows {limit}")
         header = header_of(jws)
-        if jwks_doc is not None:
+        kid = header.get("kid")
+        refreshed = False
+        if jwks_doc is not None:  # offline: the keys saved with the bundle
             self.jwks.load(jwks_doc)
-            kid = header.get("kid")
             key = self.jwks.keys.get(kid) if isinstance(kid, str) else None
         else:
-            key = await self.jwks.key_for(
-                header.get("kid"), refresh=header.get("jwks_refresh") is True
-            )
-        assert self.audience is not None
-        bundle, policy = await asyncio.to_thread(self._verify_and_compile, jws, key)
+            before = self.jwks.refreshes
+            key = await self.jwks.key_for(kid, refresh=header.get("jwks_refresh") is True)
+            refreshed = self.jwks.refreshes != before
+        try:
+            bundle, policy = await asyncio.to_thread(self._verify_and_compile, jws, key)
+        except InvalidSignatureError:
+            if jwks_doc is not None or refreshed or not await self.jwks.refresh():
+                raise
+            # a cached key failed: the control plane may have rotated; try once more
+            key = self.jwks.keys.get(kid) if isinstance(kid, str) else None
+            bundle, policy = await asyncio.to_thread(self._verify_and_compile, jws, key)
         max_tools = self.quotas.get("max_tools")
         if isinstance(max_tools, int) and max_tools > 0 and policy.tool_count > max_tools:
             raise D2PlanLimitError(
                 f"bundle version {bundle.version} names {policy.tool_count} tools; the plan "
                 f"allows {max_tools}: upgrade the plan or remove tools"
             )
-        if (
-            self.highest is not None
-            and bundle.version == self.highest[0]
-            and (
-                self.evaluator.policy is not None
-                and self.evaluator.policy.version == bundle.version
-            )
-        ):
-            self.etag = etag or self.etag  # same version, same content: nothing to do
-            return
+        # Same version and content re-signed with a later exp is installed too: the
+        # policy's lifetime moves with the freshest verified bundle.
         self.highest = (bundle.version, bundle.digest)
+        self.revoked_version = None
         self.etag = etag
         self.install(policy, f"version {bundle.version}")
         self.last_error = None
-        self.state.put(
-            self.audience,
-            {"jws": jws, "etag": etag, "version": bundle.version, "jwks": self.jwks.document},
+        await self._save(
+            {
+                "audience": self.audience,
+                "jws": jws,
+                "etag": etag,
+                "version": bundle.version,
+                "jwks": self.jwks.document,
+            }
         )
         log.info("d2: cloud policy version %d in force (%s)", bundle.version, self.app)
         if self.usage is not None:
             self.usage.record("policy_loaded", version=bundle.version)
+
+    async def _save(self, entry: dict[str, Any] | None) -> None:
+        """Write our state-file entry off the event loop (it fsyncs)."""
+        await asyncio.to_thread(self.state.put, self.state_key, entry)
 
     def _verify_and_compile(self, jws: str, key: Any) -> tuple[Bundle, CompiledPolicy]:
         assert self.audience is not None
         bundle = verify_bundle(
             jws, key, audience=self.audience, now=self.clock(), highest=self.highest
         )
+        if self.revoked_version is not None and bundle.version <= self.revoked_version:
+            raise InvalidSignatureError(
+                f"bundle version {bundle.version} was revoked; only a newer version is accepted"
+            )
         policy = compile_policy(
             bundle.document,
             source=f"cloud:{self.app} v{bundle.version}",
@@ -254,15 +274,31 @@ class CloudRuntime:
         )
         return bundle, policy
 
-    async def _restore(self) -> None:
-        """Start from the state file's last good bundle (verified again)."""
-        if self.audience is None:
-            return
-        entry = self.state.get(self.audience)
+    async def _restore(self, *, online: bool) -> None:
+        """Start from the state file: the last good bundle (verified again, with the
+        live keys when the control plane answers, the saved ones only offline), or
+        the record of a revocation (older versions stay refused)."""
+        entry = self.state.get(self.state_key)
         if entry is None:
             return
+        audience = entry.get("audience")
+        if not isinstance(audience, str) or (self.audience and audience != self.audience):
+            log.warning(
+                "d2: ignoring the saved bundle in %s: it is for another app", self.state.path
+            )
+            return
+        self.audience = audience
+        if self.app is None and isinstance(entry.get("app"), str):
+            self.app = entry["app"]
+        if entry.get("revoked") is True:
+            self.revoked_version = entry["version"]
+            self.highest = (entry["version"], str(entry.get("digest", "")))
+            return
+        saved_keys = None
+        if not online or not await self.jwks.refresh(force=True):
+            saved_keys = entry["jwks"]
         try:
-            await self._accept(entry["jws"], entry.get("etag"), jwks_doc=entry["jwks"])
+            await self._accept(entry["jws"], entry.get("etag"), jwks_doc=saved_keys)
         except (D2Error, ValueError, KeyError, TypeError) as exc:
             log.warning("d2: ignoring the saved bundle in %s: %s", self.state.path, exc)
             self.etag = None
@@ -290,8 +326,17 @@ class CloudRuntime:
             )
             self.install(None, "revoked")
             self.etag = None
-            if self.audience is not None:
-                self.state.put(self.audience, None)
+            if self.highest is not None:
+                self.revoked_version = self.highest[0]
+                tombstone = {
+                    "audience": self.audience,
+                    "revoked": True,
+                    "version": self.highest[0],
+                    "digest": self.highest[1],
+                }
+                self.state.put(self.state_key, tombstone)
+            else:
+                self.state.put(self.state_key, None)
             if self.usage is not None:
                 self.usage.record("policy_revoked")
             return self._jitter(self.interval)

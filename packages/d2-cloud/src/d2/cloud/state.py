@@ -48,8 +48,8 @@ class StateFile:
                 data = json.load(fh)
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as exc:
-            log.warning("d2: ignoring unreadable state file %s: %s", self.path, exc)
+        except (OSError, ValueError, RecursionError) as exc:
+            log.warning("d2: ignoring unreadable state file %s: %s", self.path, type(exc).__name__)
             return {}
         if (
             not isinstance(data, dict)
@@ -66,11 +66,14 @@ class StateFile:
         entry = self._read_all().get(app)
         if entry is None:
             return None
-        if not (
-            isinstance(entry, dict)
-            and isinstance(entry.get("jws"), str)
-            and isinstance(entry.get("jwks"), dict)
-            and isinstance(entry.get("version"), int)
+        revoked = isinstance(entry, dict) and entry.get("revoked") is True
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("version"), int)
+            or not (
+                revoked
+                or (isinstance(entry.get("jws"), str) and isinstance(entry.get("jwks"), dict))
+            )
         ):
             log.warning("d2: ignoring corrupt state for %s in %s", app, self.path)
             return None

@@ -91,7 +91,8 @@ class UsageEvents:
         """The user id as sent: as given, or a salted hash with D2_USER_ID_HASH=1."""
         if user_id is None or not self.hash_user_ids:
             return user_id
-        return hmac.new(self._salt, user_id.encode(), hashlib.sha256).hexdigest()[:32]
+        data = user_id.encode("utf-8", "surrogatepass")
+        return hmac.new(self._salt, data, hashlib.sha256).hexdigest()[:32]
 
     def observe(self, tool_id: str, ctx: UserContext, reason: str | None) -> None:
         """Evaluator observer: one ``authz_decision`` event per decision."""
@@ -201,9 +202,9 @@ class UsageEvents:
             except (asyncio.CancelledError, Exception):
                 pass
             self._task = None
-        try:
-            await self.flush(deadline=time.monotonic() + timeout)
-        except Exception as exc:
-            log.warning("d2: final flush of usage events failed: %s", exc)
+        try:  # bounded even against a server that trickles its answer
+            await asyncio.wait_for(self.flush(deadline=time.monotonic() + timeout), timeout)
+        except (Exception, asyncio.TimeoutError) as exc:
+            log.warning("d2: final flush of usage events failed: %s", exc or "timed out")
         if self.dropped:
             log.warning("d2: %d usage events were dropped in total", self.dropped)

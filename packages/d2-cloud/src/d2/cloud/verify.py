@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,7 +109,7 @@ def content_digest(claims: Mapping[str, Any]) -> str:
     """Digest of what a version *says* (every claim but ``iat``/``exp``), so a
     re-signed, same-content bundle is recognised and changed content is not."""
     body = {k: v for k, v in claims.items() if k not in ("iat", "exp")}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -164,10 +165,17 @@ def verify_bundle(
         ) from None
     except jwt.PyJWTError as exc:
         raise InvalidSignatureError(f"bundle failed verification: {exc}") from None
+    if claims.get("aud") != audience:  # a list naming several apps is not this app's
+        raise InvalidSignatureError(f"bundle aud must be exactly {audience!r}")
     version, exp = claims.get("version"), claims.get("exp")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise InvalidSignatureError(f"bundle version {version!r} is not an integer >= 1")
-    if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not now < exp:
+    if (
+        isinstance(exp, bool)
+        or not isinstance(exp, (int, float))
+        or not math.isfinite(exp)
+        or not now < exp
+    ):
         raise InvalidSignatureError(f"bundle expired (exp={exp!r}) or has no valid exp")
     bundle = Bundle(token, claims, key.kid)
     if highest is not None:

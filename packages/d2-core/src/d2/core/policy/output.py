@@ -138,14 +138,22 @@ def _named(key: Any, name: str) -> bool:
     )
 
 
+def _strkeys(node: dict[Any, Any]) -> bool:
+    """Whether every key of a dict is a string."""
+    try:
+        _join(node)
+    except TypeError:
+        return False
+    return True
+
+
 def _keys(node: Mapping[Any, Any], name: str, path: str | None) -> list[Any]:
-    """The keys of ``node`` that the field ``name`` names."""
+    """The keys of ``node`` that the field ``name`` names (a dict: when it holds no
+    key ``name``)."""
     if type(node) is dict:
-        try:
-            _join(node)
-        except TypeError:
-            return [k for k in node if _named(k, name)]
-        return [name] if name in node else []
+        if _strkeys(node):
+            return [name] if name in node else []
+        return [k for k in node if _named(k, name)]
     keys = [k for k in node if _named(k, name)]
     if not keys and node.get(name, MISSING) is not MISSING:
         low = name.lower()  # a case-insensitive mapping: the keys it resolves to
@@ -166,13 +174,9 @@ def _rewrite(node: Any, parts: tuple[str, ...], i: int, rules: tuple[_Rule, ...]
     t = type(node)
     if t is list or t is tuple:
         return _items(node, parts, i, rules)
-    if t is dict:
+    if t is dict or (t not in _SCALARS and isinstance(node, Mapping)):
         return _at(rules, node) if i == len(parts) else _down(node, parts, i, rules)
-    if t in _SCALARS:
-        return node
-    if isinstance(node, Mapping):
-        return _at(rules, node) if i == len(parts) else _down(node, parts, i, rules)
-    if isinstance(node, _LEAVES):
+    if t in _SCALARS or isinstance(node, _LEAVES):
         return node
     plain = _plain(node)
     if plain is not node:
@@ -198,8 +202,9 @@ def _items(node: Any, parts: tuple[str, ...], i: int, rules: tuple[_Rule, ...]) 
 def _down(node: Mapping[Any, Any], parts: tuple[str, ...], i: int,
           rules: tuple[_Rule, ...]) -> Any:  # fmt: skip
     """A mapping with the path going on into its field ``parts[i]``."""
-    out: Any = node
-    for key in _keys(node, parts[i], rules[0].path):
+    name, out = parts[i], node
+    keys = [name] if type(node) is dict and name in node else _keys(node, name, rules[0].path)
+    for key in keys:
         child = node[key]
         new = _rewrite(child, parts, i + 1, rules)
         if new is not child:
@@ -213,16 +218,14 @@ def _at(rules: tuple[_Rule, ...], node: Mapping[Any, Any]) -> Any:
     """``node`` with each rule applied to its field, in order, copied on write."""
     if type(node) is not dict:
         return _at_keys(rules, node)
-    try:
-        _join(node)
-    except TypeError:  # keys other than strings (enum members, ...)
-        return _at_keys(rules, node)
     out: Any = node
+    missed = False
     for rule in rules:
         value = out.get(rule.key, MISSING)
         if value is MISSING:
+            missed = True
             continue
-        new = rule.decide(value)
+        new = _REMOVE if rule.drop else rule.decide(value)
         if new is value:
             continue
         if out is node:
@@ -231,6 +234,8 @@ def _at(rules: tuple[_Rule, ...], node: Mapping[Any, Any]) -> Any:
             del out[rule.key]
         else:
             out[rule.key] = new
+    if missed and not _strkeys(node):  # other keys (enum members) may name a field
+        return _at_keys(rules, node)
     return out
 
 
@@ -263,7 +268,8 @@ def _reach(node: Any, parts: tuple[str, ...], i: int, rule: _Rule) -> None:
         for item in node:
             _reach(item, parts, i, rule)
     elif t is dict or (t not in _SCALARS and isinstance(node, Mapping)):
-        keys = _keys(node, parts[i], rule.path)
+        name = parts[i]
+        keys = [name] if t is dict and name in node else _keys(node, name, rule.path)
         if not keys:
             rule.check(MISSING)
         for key in keys:
@@ -331,7 +337,9 @@ def _split(c: Any, where: str, text: object) -> tuple[str, ...] | None:
 class _Rule:
     """One field rule: a validation rule (``action`` None) or an action rule."""
 
-    __slots__ = ("action", "always", "con", "field", "key", "others", "parts", "path", "selector")
+    __slots__ = (
+        "action", "always", "con", "drop", "field", "key", "others", "parts", "path", "selector",
+    )  # fmt: skip
 
     def __init__(self, path: str, field: str, parts: tuple[str, ...], con: Constraint,
                  action: str | None) -> None:  # fmt: skip
@@ -341,6 +349,7 @@ class _Rule:
         checks = tuple(ch for ch in con.checks if ch[0] != "matches" or not action)
         self.others = Constraint(checks, con.required, con.spec, None) if checks else None
         self.always = not checks and self.selector is None
+        self.drop = self.always and action == "filter"  # removes any value
 
     def check(self, value: Any) -> None:
         """Validation: raise when ``value`` (or MISSING) violates the rule."""
