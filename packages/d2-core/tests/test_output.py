@@ -6,9 +6,14 @@ import contextlib
 import copy
 import dataclasses
 import datetime as dt
+import decimal
+import enum
 import re
+import uuid
 from collections import namedtuple
-from types import MappingProxyType
+from collections.abc import Iterator, Mapping
+from pathlib import PurePosixPath
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -68,7 +73,7 @@ def test_redact_with_matches_replaces_only_the_matching_spans() -> None:
     assert out == {"body": f"ssn {REDACTED} and {REDACTED} on file"}
     clean = {"body": "nothing here", "other": 1}
     assert r.apply(clean) is clean
-    number = {"body": 123456789}  # matches selects strings only
+    number = {"body": 123456789}  # searched as "123456789": no match
     assert r.apply(number) is number
 
 
@@ -287,14 +292,14 @@ def test_top_level_list_result_applies_the_path_to_every_item() -> None:
     assert out == [{"name": "An"}, {"name": "Bo"}, "x"]
 
 
-def test_tuples_and_namedtuples_on_a_changed_path_keep_their_type() -> None:
-    Row = namedtuple("Row", ["a", "b"])
+def test_tuples_on_a_changed_path_keep_their_type_and_sets_become_lists() -> None:
     out = rules({"ssn": {"action": "filter"}}).apply(({"ssn": 1}, {"x": 2}))
     assert out == ({}, {"x": 2})
     assert type(out) is tuple
-    out2 = rules({"ssn": {"action": "filter"}}).apply(Row({"ssn": 1}, 5))
-    assert type(out2) is Row
-    assert out2 == Row({}, 5)
+    Pair = namedtuple("Pair", ["a", "b"])
+    value = {"rows": frozenset({Pair("x", 1)})}
+    assert rules({"rows.a": {"action": "filter"}}).apply(value) == {"rows": [{"b": 1}]}
+    assert rules({"rows.zzz": {"action": "filter"}}).apply(value) is value
 
 
 def test_the_original_result_is_never_mutated_and_unchanged_subtrees_are_shared() -> None:
@@ -374,7 +379,7 @@ def test_a_model_as_a_field_value_is_checked_as_its_dump() -> None:
 
 def test_other_mappings_are_copied_as_dicts_and_other_objects_are_skipped_or_searched() -> None:
     proxy = MappingProxyType({"ssn": 1, "id": 2})
-    out = rules({"items.ssn": {"action": "filter"}}).apply({"items": [proxy, object()]})
+    out = rules({"items.ssn": {"action": "filter"}}).apply({"items": [proxy, 7]})
     assert isinstance(out, dict)
     assert out["items"][0] == {"id": 2}
     assert proxy == {"ssn": 1, "id": 2}
@@ -398,6 +403,217 @@ def test_circular_result_denies_instead_of_recursing_forever() -> None:
     loop.append(loop)
     exc = denied({"deny_if_patterns": ["x"]}, loop)
     assert exc.reason == "output_validation"
+
+
+# --- odd shapes (hostile review) -------------------------------------------------------
+
+
+class CaseInsensitive(Mapping[str, Any]):
+    """A case-insensitive mapping that keeps the case of its keys (like
+    ``requests.structures.CaseInsensitiveDict``)."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = {key.lower(): (key, value) for key, value in data.items()}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key.lower()][1]
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key, _ in self._data.values())
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def test_case_insensitive_mapping_rules_match_and_copy_its_real_keys() -> None:
+    headers = CaseInsensitive({"Authorization": "Bearer x", "Password": "p", "Id": 1})
+    spec = {"authorization": {"action": "redact"}, "password": {"action": "filter"}}
+    out = rules(spec).apply(headers)
+    assert type(out) is dict
+    assert out == {"Authorization": REDACTED, "Id": 1}
+    assert dict(headers) == {"Authorization": "Bearer x", "Password": "p", "Id": 1}
+    nested = rules({"h.password": {"action": "filter"}}).apply({"h": headers})
+    assert nested == {"h": {"Authorization": "Bearer x", "Id": 1}}
+    through = CaseInsensitive({"Meta": {"ssn": 1, "x": 2}})
+    assert rules({"meta.ssn": {"action": "filter"}}).apply(through) == {"Meta": {"x": 2}}
+    assert denied({"require_fields_absent": ["password"]}, headers).reason == ("output_validation")
+    assert denied({"id": {"type": "string"}}, headers).path == f"{PATH}.id"
+    assert rules({"zzz": {"action": "filter"}}).apply(headers) is headers
+    proxy = MappingProxyType({"ssn": 1, "Ssn": 2})  # exact keys: only "ssn" is named
+    assert rules({"ssn": {"action": "filter"}}).apply(proxy) == {"Ssn": 2}
+
+
+def test_mapping_whose_get_finds_a_field_that_no_key_resolves_to_denies() -> None:
+    class Hidden(Mapping[str, Any]):
+        def __getitem__(self, key: str) -> Any:
+            return "secret"
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(["other"])
+
+        def __len__(self) -> int:
+            return 1
+
+    exc = denied({"ssn": {"action": "filter"}}, Hidden())
+    assert exc.reason == "output_validation"
+    assert "Hidden" in exc.detail
+    assert "secret" not in exc.detail
+    denied({"require_fields_absent": ["x.ssn"]}, {"x": [Hidden()]})
+
+
+def test_namedtuple_results_are_read_as_their_asdict_form() -> None:
+    Person = namedtuple("Person", ["name", "ssn"])
+    ann = Person("Ann", "123-45-6789")
+    assert rules({"ssn": {"action": "filter"}}).apply(ann) == {"name": "Ann"}
+    assert rules({"ssn": {"action": "filter"}}).apply([ann, ann]) == [{"name": "Ann"}] * 2
+    out = rules({"p.ssn": {"action": "redact"}}).apply({"p": ann})
+    assert out == {"p": {"name": "Ann", "ssn": REDACTED}}
+    assert ann == Person("Ann", "123-45-6789")
+    exc = denied({"require_fields_absent": ["p.ssn"]}, {"p": ann})
+    assert exc.path == f"{PATH}.require_fields_absent[0]"
+    assert denied({"ssn": {"type": "int"}}, ann).reason == "output_validation"
+    assert rules({"zzz": {"action": "filter"}}).apply(ann) is ann
+    Row = namedtuple("Row", ["a", "b"])
+    assert rules({"a.ssn": {"action": "filter"}}).apply(Row({"ssn": 1}, 5)) == {"a": {}, "b": 5}
+
+
+class Opaque:
+    def __init__(self) -> None:
+        self.ssn = "123-45-6789"
+
+
+@pytest.mark.parametrize(
+    ("spec", "result", "kind"),
+    [
+        ({"ssn": {"action": "filter"}}, SimpleNamespace(ssn="123-45-6789"), "SimpleNamespace"),
+        (
+            {"items.ssn": {"action": "redact"}},
+            {"items": [{"ssn": 1}, SimpleNamespace(ssn=2)]},
+            "SimpleNamespace",
+        ),
+        ({"ssn": {"type": "string"}}, SimpleNamespace(ssn="123-45-6789"), "SimpleNamespace"),
+        (
+            {"require_fields_absent": ["u.ssn"]},
+            {"u": SimpleNamespace(ssn="123-45-6789")},
+            "SimpleNamespace",
+        ),
+        ({"ssn": {"action": "filter"}}, Opaque(), "Opaque"),
+        ({"a.ssn": {"required": True}}, {"a": Opaque()}, "Opaque"),
+        ({"ssn": {"action": "filter"}}, (x for x in [{"ssn": 1}]), "generator"),
+    ],
+)
+def test_objects_a_path_cannot_look_into_deny(spec: dict[str, Any], result: Any, kind: str) -> None:
+    exc = denied(spec, result)
+    assert exc.reason == "output_validation"
+    assert exc.detail == (
+        f"result of type {kind} cannot be checked by the output rules; "
+        "return a dict, a dataclass or a pydantic model"
+    )
+    assert exc.path is not None and exc.path.startswith(PATH)
+
+
+def test_scalars_stay_missing_and_objects_off_the_path_pass() -> None:
+    when = dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc)
+    value = {"a": when, "b": b"bytes", "c": Opaque(), "d": [3, "x", None]}
+    assert rules({"a.x": {"action": "filter"}, "b.x": {"type": "int"}}).apply(value) is value
+    assert rules({"d.x": {"action": "filter"}}).apply(value) is value
+    leaves = [uuid.uuid4(), PurePosixPath("/x"), decimal.Decimal(1), dt.timedelta(1), Field.SSN]
+    assert rules({"x.ssn": {"action": "filter"}}).apply({"x": leaves}) == {"x": leaves}
+    assert denied({"a.x": {"required": True}}, value).reason == "output_validation"
+    assert rules({"c": {"action": "redact"}}).apply(value) == {**value, "c": REDACTED}
+    assert rules({"c": {"action": "filter"}}).apply(value) == {
+        "a": when,
+        "b": b"bytes",
+        "d": [3, "x", None],
+    }
+
+
+def test_selector_on_a_non_string_value_searches_its_strings() -> None:
+    spec = {"notes": {"matches": "(?i)secret", "action": "deny"}}
+    exc = denied(spec, {"notes": ["TOP SECRET plan"]})
+    assert exc.reason == "output_sanitization"
+    assert "plan" not in exc.detail
+    denied(spec, {"notes": {"k": ("x", "a secret")}})
+    denied(spec, {"notes": {"secret": 1}})  # keys are strings too
+    denied(spec, {"notes": b"secret \xff"})
+    denied(spec, {"notes": Address(city="Oslo", secret="secret")})
+    fine = {"notes": ["public", 1, None, True]}
+    assert rules(spec).apply(fine) is fine
+    redact = rules({"ssn": {"matches": r"\d{9}", "action": "redact"}})
+    assert redact.apply({"ssn": 123456789}) == {"ssn": REDACTED}
+    assert redact.apply({"ssn": [1, "x 123456789"]}) == {"ssn": REDACTED}
+    assert redact.apply({"ssn": b"123456789"}) == {"ssn": REDACTED}
+    short = {"ssn": [12345, True]}
+    assert redact.apply(short) is short
+    flt = rules({"tags": {"matches": "^vip$", "action": "filter"}})
+    assert flt.apply({"tags": ["a", "vip"], "id": 1}) == {"id": 1}
+    assert rules({"b": {"matches": "True", "action": "filter"}}).apply({"b": True}) == {"b": True}
+
+
+class Field(enum.Enum):
+    SSN = "ssn"
+    NAME = "name"
+    USER = "user"
+
+
+class ByName(enum.Enum):
+    ssn = 1
+
+
+def test_enum_keys_match_by_value_or_name() -> None:
+    r = rules({"ssn": {"action": "filter"}})
+    assert r.apply({Field.SSN: "1", Field.NAME: "Ann"}) == {Field.NAME: "Ann"}
+    assert r.apply({ByName.ssn: "1", "x": 2}) == {"x": 2}
+    both = rules({"ssn": {"action": "filter"}, "zzz": {"action": "filter"}})
+    assert both.apply({Field.SSN: "1", "ssn": "2", "x": 3}) == {"x": 3}
+    assert rules({"ssn": {"action": "redact"}}).apply({Field.SSN: "1"}) == {Field.SSN: REDACTED}
+    assert rules({"user.ssn": {"action": "filter"}}).apply({Field.USER: {"ssn": 1, "n": 2}}) == {
+        Field.USER: {"n": 2}
+    }
+    assert denied({"require_fields_absent": ["ssn"]}, [{Field.SSN: 1}]).reason == (
+        "output_validation"
+    )
+    assert denied({"ssn": {"type": "int"}}, {ByName.ssn: "x"}).reason == "output_validation"
+    assert denied({"ssn": {"required": True}}, {Field.NAME: "x"}).reason == "output_validation"
+    mixed = {1: "a", "ssn": "x", Field.NAME: "n"}
+    assert r.apply(mixed) == {1: "a", Field.NAME: "n"}
+    other = {1: "a", Field.NAME: "n"}
+    assert r.apply(other) is other
+
+
+def test_odd_data_denies_instead_of_raising() -> None:
+    class BadKey:
+        def __hash__(self) -> int:
+            return 1
+
+        def __eq__(self, other: object) -> bool:
+            raise TypeError("no")
+
+    class BadStr:
+        def __str__(self) -> str:
+            raise ValueError("no")
+
+    huge = 10**5000
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    cases: list[tuple[dict[str, Any], Any]] = [
+        ({"max_bytes": 100}, {("a", "b"): 1}),
+        ({"max_bytes": 10**9}, {"n": huge}),
+        ({"n": {"matches": "1", "action": "redact"}}, {"n": huge}),
+        ({"n": {"matches": "1", "action": "redact"}}, {"n": [huge]}),
+        ({"ssn": {"action": "filter"}}, {BadKey(): 1}),
+        ({"deny_if_patterns": ["x"]}, {"v": BadStr()}),
+        ({"max_bytes": 10**9}, {"v": BadStr()}),
+        ({"deny_if_patterns": ["x"]}, loop),
+        ({"max_bytes": 10**9}, loop),
+        ({"self": {"matches": "x", "action": "redact"}}, loop),
+    ]
+    for spec, result in cases:
+        exc = denied(spec, result)
+        assert exc.reason == "output_validation", spec
+        assert "no" not in exc.detail.split()
+    assert rules({"ssn": {"action": "filter"}}).apply(loop) is loop
+    assert rules({"require_fields_absent": ["self.self.x"]}).apply(loop) is loop
 
 
 # --- load errors -----------------------------------------------------------------------
@@ -524,3 +740,35 @@ def test_property_apply_never_mutates_its_input(value: Any, spec: dict[str, Any]
     with contextlib.suppress(OutputViolation):
         rules(spec).apply(value)
     assert value == before
+
+
+cased = st.sampled_from(["a", "A", "b", "B", "c", "C"])
+ci_like = st.recursive(
+    st.none() | st.integers() | st.text(alphabet="ab12- ", max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(cased, inner, max_size=3).map(CaseInsensitive)
+    ),
+    max_leaves=25,
+)
+
+
+def reached_ci(value: Any, parts: list[str]) -> list[Any]:
+    """:func:`reached` ignoring the case of keys, for any mapping."""
+    if isinstance(value, (list, tuple)):
+        return [m for item in value for m in reached_ci(item, parts)]
+    if not isinstance(value, Mapping):
+        return []
+    if len(parts) == 1:
+        return [value]
+    inner = [v for k, v in value.items() if k.lower() == parts[0]]
+    return [m for v in inner for m in reached_ci(v, parts[1:])]
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=ci_like, path=paths)
+def test_property_filtered_field_never_survives_in_case_insensitive_mappings(
+    value: Any, path: str
+) -> None:
+    out = rules({path: {"action": "filter"}}).apply(value)
+    parts = path.split(".")
+    assert all(k.lower() != parts[-1] for m in reached_ci(out, parts) for k in m)

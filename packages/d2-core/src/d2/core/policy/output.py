@@ -28,10 +28,13 @@ checked and denies (``output_validation``): fail closed.
 A field name matches a mapping key that equals it (``key == name``), or whose
 ``value`` or ``name`` attribute equals it (enum members as keys). Keys are the
 mapping's own: a mapping other than a dict (``MappingProxyType``, a case-insensitive
-dict) is walked with ``for key in mapping``, and when its ``get(name)`` finds a value
-that no key equals (a case-insensitive mapping), the rule applies to every key whose
-``str(key).lower()`` equals ``name.lower()``; if none does, the result denies. In a
-dict whose keys are all strings (the fast path), a field matches by ``name in dict``.
+dict) is walked with ``for key in mapping`` and copied from those keys; when its
+``get(name)`` finds a value that no key equals (a case-insensitive mapping), the rule
+applies to every key whose ``str(key).lower()`` equals ``name.lower()``, and if none
+does, the result denies. A dict (the fast path) is looked up with ``name in dict``;
+its keys are compared one by one only when that finds nothing and some key is not a
+string, so a dict holding both ``"ssn"`` and an enum key named ``ssn`` may keep the
+enum one.
 
 1. Validation rules (no ``action``): any violation denies the whole result
    (``output_validation``). A missing field (a key missing at any level of the path,
@@ -62,16 +65,12 @@ rule, never the value.
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
 import enum
 import json
-import numbers
 import re
-import uuid
+import sys
 from collections.abc import Mapping
 from operator import is_
-from pathlib import PurePath
 from typing import Any
 
 from ._text import short, suggest
@@ -84,9 +83,10 @@ REDACTED = "[REDACTED]"
 _REMOVE: Any = object()  # a decision to remove the field
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 # values a path cannot look into: where it needs a mapping, the field is missing
-_LEAVES = (
-    str, bytes, bytearray, memoryview, numbers.Number, _dt.date, _dt.time, _dt.timedelta,
-    _dt.tzinfo, enum.Enum, uuid.UUID, PurePath, type, re.Pattern,
+_LEAVES = (str, bytes, bytearray, memoryview, int, float, complex, enum.Enum, type, re.Pattern)
+_MORE_LEAVES = (  # looked up only once their module is imported (no cold-import cost)
+    ("numbers", "Number"), ("datetime", "date"), ("datetime", "time"),
+    ("datetime", "timedelta"), ("datetime", "tzinfo"), ("uuid", "UUID"), ("pathlib", "PurePath"),
 )  # fmt: skip
 _ITEMS = (list, tuple, set, frozenset)  # the path applies to each item
 _join = "".join  # raises TypeError unless every key of a dict is a string
@@ -125,8 +125,22 @@ def _plain(node: Any) -> Any:
     if callable(dump):
         return dump(mode="python")
     if hasattr(type(node), "__dataclass_fields__"):
+        import dataclasses
+
         return dataclasses.asdict(node)
     return node
+
+
+def _leaf(node: object) -> bool:
+    """Whether ``node`` is a scalar that a path cannot look into (the field is missing
+    there). A type whose module is not imported has no instances."""
+    if isinstance(node, _LEAVES):
+        return True
+    for module, name in _MORE_LEAVES:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(node, cls):
+            return True
+    return False
 
 
 def _named(key: Any, name: str) -> bool:
@@ -176,7 +190,7 @@ def _rewrite(node: Any, parts: tuple[str, ...], i: int, rules: tuple[_Rule, ...]
         return _items(node, parts, i, rules)
     if t is dict or (t not in _SCALARS and isinstance(node, Mapping)):
         return _at(rules, node) if i == len(parts) else _down(node, parts, i, rules)
-    if t in _SCALARS or isinstance(node, _LEAVES):
+    if t in _SCALARS or _leaf(node):
         return node
     plain = _plain(node)
     if plain is not node:
@@ -202,7 +216,8 @@ def _items(node: Any, parts: tuple[str, ...], i: int, rules: tuple[_Rule, ...]) 
 def _down(node: Mapping[Any, Any], parts: tuple[str, ...], i: int,
           rules: tuple[_Rule, ...]) -> Any:  # fmt: skip
     """A mapping with the path going on into its field ``parts[i]``."""
-    name, out = parts[i], node
+    name = parts[i]
+    out: Any = node
     keys = [name] if type(node) is dict and name in node else _keys(node, name, rules[0].path)
     for key in keys:
         child = node[key]
@@ -277,7 +292,7 @@ def _reach(node: Any, parts: tuple[str, ...], i: int, rule: _Rule) -> None:
                 rule.check(node[key])
             else:
                 _reach(node[key], parts, i + 1, rule)
-    elif t in _SCALARS or isinstance(node, _LEAVES):
+    elif t in _SCALARS or _leaf(node):
         rule.check(MISSING)
     elif (plain := _plain(node)) is not node:
         _reach(plain, parts, i, rule)
