@@ -6,10 +6,11 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 UV ?= uv
 RUN = $(UV) run --frozen --all-packages
 
-.PHONY: help uv sync demo test lint format bench version-check
+.PHONY: help uv sync demo demo-cloud test lint format bench
 
 help:
 	@echo "make demo   - a scripted agent as three users: each call allowed or denied, and why"
+	@echo "make demo-cloud - the quickstart in cloud mode against a local d2-server"
 	@echo "make test   - install everything (uv included) and run the whole suite"
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict on packages/"
 	@echo "make bench  - guard overhead, scaling, compile time and cold start"
@@ -26,6 +27,9 @@ demo: sync
 	$(RUN) python examples/exfiltration.py
 	@echo; echo "== guardrails: CRM output filtered per role =="; echo
 	$(RUN) python examples/crm_output.py
+
+demo-cloud: sync
+	$(RUN) python examples/cloud_demo.py
 
 test: sync
 	$(RUN) pytest -q

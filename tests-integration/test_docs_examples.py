@@ -106,3 +106,9 @@ def test_crm_example_filters_output_per_role(tmp_path: Path) -> None:
     assert "email" not in analyst and "'[REDACTED]'" in analyst
     assert "DENIED (output_validation)" in out and "DENIED (input_validation)" in out
     assert "untouched: ssn='123-45-6789'" in out
+
+
+def test_cloud_demo_runs_against_a_local_server(tmp_path: Path) -> None:
+    out = run_example("cloud_demo.py", tmp_path)
+    assert "bundle version 1 verified" in out
+    assert "now runs version 2" in out and "DENIED  (policy_revoked)" in out

@@ -1,0 +1,5 @@
+"""The version of d2-server (kept equal to the repository's VERSION)."""
+
+__all__ = ["__version__"]
+
+__version__ = "0.1.0"

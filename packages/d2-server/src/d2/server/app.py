@@ -1,0 +1,146 @@
+"""The HTTP API (PROTOCOL.md v1) as a Starlette application.
+
+Each route authenticates, reads a bounded body, and hands the work to
+:class:`~d2.server.service.ControlPlane` in the thread pool (storage is blocking
+SQLite). Every refusal is JSON ``{"detail": ...}``; unknown routes and methods too.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .config import EVENTS_MAX_BYTES
+from .errors import ApiError
+from .openapi import openapi_document
+from .preconditions import parse_etags
+from .service import ControlPlane
+from .storage import Principal
+from .tokens import EVENTS_WRITE, POLICY_WRITE
+from .wire import error_response, http_exception_response, json_response, read_body
+
+__all__ = ["create_app"]
+
+_T = TypeVar("_T")
+_SMALL_BODY = 64 * 1024  # keys and other small JSON bodies
+
+
+class _Api:
+    """The route handlers, bound to one control plane."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+        self.poll = str(plane.config.poll_seconds)
+
+    async def _run(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        return await run_in_threadpool(functools.partial(func, *args, **kwargs))
+
+    async def _principal(self, request: Request, scope: str | None = None) -> Principal:
+        principal = await self._run(self.plane.authenticate, request.headers.get("authorization"))
+        if scope is not None:
+            self.plane.require(principal, scope)
+        return principal
+
+    async def health(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    async def jwks(self, request: Request) -> Response:
+        body = await self._run(self.plane.jwks)
+        return json_response(body, headers={"Cache-Control": "no-cache"})
+
+    async def me(self, request: Request) -> Response:
+        principal = await self._principal(request)
+        return json_response(self.plane.identity(principal))
+
+    async def bundle(self, request: Request) -> Response:
+        principal = await self._principal(request)
+        if_none_match = parse_etags(request.headers.get("if-none-match"))
+        bundle = await self._run(self.plane.bundle, principal)
+        headers = {"ETag": bundle.etag, "X-D2-Poll-Seconds": self.poll, "Cache-Control": "no-cache"}
+        if self.plane.bundle_matches(bundle, if_none_match):
+            return Response(status_code=304, headers=headers)
+        return json_response({"jws": bundle.jws, "version": bundle.version}, headers=headers)
+
+    async def publish(self, request: Request) -> Response:
+        principal = await self._principal(request, POLICY_WRITE)
+        body = await read_body(request, self.plane.config.max_body_bytes)
+        new = await self._run(
+            self.plane.publish,
+            principal,
+            body,
+            key_id=request.headers.get("x-d2-key-id"),
+            signature=request.headers.get("x-d2-signature"),
+            if_match=parse_etags(request.headers.get("if-match")),
+            if_none_match=parse_etags(request.headers.get("if-none-match")),
+        )
+        etag = new.bundle.etag
+        return json_response({"version": new.version, "etag": etag}, 201, {"ETag": etag})
+
+    async def revoke(self, request: Request) -> Response:
+        principal = await self._principal(request, POLICY_WRITE)
+        await read_body(request, _SMALL_BODY)  # ignored, but bounded
+        version = await self._run(self.plane.revoke, principal)
+        return json_response({"revoked_version": version})
+
+    async def draft(self, request: Request) -> Response:
+        principal = await self._principal(request, POLICY_WRITE)
+        if request.method != "PUT":
+            return json_response(await self._run(self.plane.get_draft, principal))
+        body = await read_body(request, self.plane.config.max_body_bytes)
+        version = await self._run(self.plane.put_draft, principal, body)
+        return json_response({"draft_version": version})
+
+    async def keys(self, request: Request) -> Response:
+        principal = await self._principal(request, POLICY_WRITE)
+        body = await read_body(request, _SMALL_BODY)
+        return json_response(await self._run(self.plane.register_key, principal, body), 201)
+
+    async def ingest(self, request: Request) -> Response:
+        principal = await self._principal(request, EVENTS_WRITE)
+        self.plane.admit_events(principal)
+        body = await read_body(request, EVENTS_MAX_BYTES)
+        count = await self._run(self.plane.ingest, principal, body)
+        return json_response({"accepted": count}, 202)
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ApiError):
+        return error_response(exc)
+    if isinstance(exc, HTTPException):
+        return http_exception_response(exc)
+    return json_response({"detail": "internal_error"}, 500)
+
+
+def create_app(plane: ControlPlane) -> Starlette:
+    """The ASGI application serving ``plane``."""
+    api = _Api(plane)
+    handler: Callable[[Request, Exception], Awaitable[Response]] = _on_error
+    routes = [
+        Route("/healthz", api.health, methods=["GET"]),
+        Route("/openapi.json", api.openapi, methods=["GET"]),
+        Route("/.well-known/jwks.json", api.jwks, methods=["GET"]),
+        Route("/v1/accounts/me", api.me, methods=["GET"]),
+        Route("/v1/policy/bundle", api.bundle, methods=["GET"]),
+        Route("/v1/policy/publish", api.publish, methods=["POST"]),
+        Route("/v1/policy/revoke", api.revoke, methods=["POST"]),
+        Route("/v1/policy/draft", api.draft, methods=["GET", "PUT"]),
+        Route("/v1/keys", api.keys, methods=["POST"]),
+        Route("/v1/events/ingest", api.ingest, methods=["POST"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={ApiError: handler, HTTPException: handler, Exception: handler},
+    )
+    app.state.plane = plane
+    return app

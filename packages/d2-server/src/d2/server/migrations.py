@@ -1,0 +1,121 @@
+"""The SQLite schema, as numbered migrations applied in order.
+
+The database records the last applied migration in ``PRAGMA user_version``. A
+migration is a tuple of statements run in one transaction; never edit a released
+migration, append a new one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+__all__ = ["MIGRATIONS", "SchemaTooNewError", "migrate"]
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: accounts, apps, tokens, keys, versions, bundles, drafts, events
+    (
+        """CREATE TABLE accounts (
+            id TEXT PRIMARY KEY,
+            plan TEXT NOT NULL,
+            max_tools INTEGER NOT NULL,
+            bundle_size_bytes INTEGER NOT NULL,
+            event_batch INTEGER NOT NULL,
+            ingest_interval INTEGER NOT NULL,
+            max_apps INTEGER NOT NULL,
+            created_at REAL NOT NULL)""",
+        """CREATE TABLE apps (
+            id INTEGER PRIMARY KEY,
+            account_id TEXT NOT NULL REFERENCES accounts(id),
+            name TEXT NOT NULL,
+            current_version INTEGER NOT NULL DEFAULT 0,
+            revoked INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            UNIQUE (account_id, name))""",
+        """CREATE TABLE tokens (
+            hash TEXT PRIMARY KEY,
+            app_id INTEGER NOT NULL REFERENCES apps(id),
+            scopes TEXT NOT NULL,
+            created_at REAL NOT NULL)""",
+        """CREATE TABLE signing_keys (
+            kid TEXT PRIMARY KEY,
+            alg TEXT NOT NULL,
+            private_pem BLOB NOT NULL,
+            public_jwk TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            refresh_until REAL,
+            retired_at REAL,
+            remove_at REAL)""",
+        """CREATE TABLE device_keys (
+            account_id TEXT NOT NULL REFERENCES accounts(id),
+            key_id TEXT NOT NULL,
+            algorithm TEXT NOT NULL,
+            public_key BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (account_id, key_id))""",
+        """CREATE TABLE versions (
+            app_id INTEGER NOT NULL REFERENCES apps(id),
+            version INTEGER NOT NULL,
+            document TEXT NOT NULL,
+            body BLOB NOT NULL,
+            device_key_id TEXT NOT NULL,
+            signature BLOB NOT NULL,
+            published_at REAL NOT NULL,
+            PRIMARY KEY (app_id, version))""",
+        """CREATE TABLE bundles (
+            id INTEGER PRIMARY KEY,
+            app_id INTEGER NOT NULL,
+            version INTEGER NOT NULL,
+            jws TEXT NOT NULL,
+            etag TEXT NOT NULL,
+            kid TEXT NOT NULL,
+            iat INTEGER NOT NULL,
+            exp INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            FOREIGN KEY (app_id, version) REFERENCES versions(app_id, version))""",
+        "CREATE INDEX bundles_by_version ON bundles (app_id, version, id)",
+        """CREATE TABLE drafts (
+            app_id INTEGER PRIMARY KEY REFERENCES apps(id),
+            version INTEGER NOT NULL,
+            document TEXT NOT NULL,
+            updated_at REAL NOT NULL)""",
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            app_id INTEGER NOT NULL REFERENCES apps(id),
+            token_hash TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            occurred_at TEXT NOT NULL,
+            received_at REAL NOT NULL)""",
+        "CREATE INDEX events_by_app ON events (app_id, id)",
+    ),
+)
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was written by a newer d2-server (its migration number is higher
+    than any this version knows); refusing to touch it."""
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the missing migrations, each in its own ``BEGIN IMMEDIATE``
+    transaction; returns the resulting schema version. ``conn`` must be in
+    autocommit mode (``isolation_level=None``)."""
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if current > len(MIGRATIONS):
+                raise SchemaTooNewError(
+                    f"the database is at schema {current}, newer than this d2-server "
+                    f"knows ({len(MIGRATIONS)}); upgrade d2-server"
+                )
+            if current == len(MIGRATIONS):
+                conn.execute("COMMIT")
+                return current
+            for statement in MIGRATIONS[current]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {current + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise

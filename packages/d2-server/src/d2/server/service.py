@@ -1,0 +1,348 @@
+"""The control plane: what each endpoint does, independent of HTTP.
+
+:class:`ControlPlane` ties the storage, the signing keys, the rate limiter and the
+clock together. Its methods are synchronous (the HTTP layer runs them in a thread
+pool) and raise :class:`~d2.server.errors.ApiError` to refuse a request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from .bodies import canonical_json, parse_draft, parse_events, parse_key_registration
+from .config import Quotas, ServerConfig
+from .devicekeys import DEVICE_KEY_ALGORITHM, decode_base64, valid_key_id, verify_signature
+from .errors import ApiError
+from .policycheck import check_policy, check_size, parse_policy
+from .preconditions import ETagSet, check_publish_precondition, matches
+from .ratelimit import RateLimiter
+from .signing import (
+    DEFAULT_ALGORITHM,
+    KeyCache,
+    SigningKey,
+    bundle_etag,
+    bundle_payload,
+)
+from .storage import (
+    Account,
+    App,
+    Bundle,
+    BundleState,
+    KeyRegistration,
+    NewVersion,
+    Principal,
+    PublishState,
+    SigningKeyRecord,
+    Storage,
+)
+from .tokens import (
+    EVENTS_WRITE,
+    POLICY_READ,
+    POLICY_WRITE,
+    hash_token,
+    looks_like_token,
+    new_token,
+    parse_scopes,
+)
+
+__all__ = ["APP_NAME", "ControlPlane"]
+
+APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+"""App names: they appear in ``aud`` (``d2-policy:<account>:<app>``), so no ``:``."""
+
+
+def _unauthorized(detail: str) -> ApiError:
+    return ApiError(401, detail, headers={"WWW-Authenticate": 'Bearer realm="d2"'})
+
+
+class ControlPlane:
+    """The reference control plane over a :class:`~d2.server.storage.Storage`."""
+
+    def __init__(self, storage: Storage, config: ServerConfig | None = None) -> None:
+        self.storage = storage
+        self.config = config or ServerConfig()
+        self.clock = self.config.clock
+        self.limiter = RateLimiter(self.config.ingest_burst, self.config.ingest_window, self.clock)
+        self._keys = KeyCache()
+
+    def now(self) -> float:
+        """The current time of the injected clock."""
+        return float(self.clock())
+
+    # administration (CLI, test harness)
+    def create_account(
+        self,
+        app_name: str = "default",
+        quotas: Quotas | None = None,
+        *,
+        account_id: str | None = None,
+    ) -> tuple[Account, App]:
+        """A new account with one app; creates the first signing key if none exists."""
+        self.ensure_signing_key()
+        account_id = account_id or "acc_" + secrets.token_hex(8)
+        account = self.storage.create_account(account_id, quotas or Quotas(), self.now())
+        return account, self.app(account.id, app_name)
+
+    def app(self, account_id: str, name: str) -> App:
+        """The app ``name`` of the account, created when missing."""
+        if not APP_NAME.fullmatch(name):
+            raise ValueError(
+                f"invalid app name {name!r}: 1-63 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        if self.storage.get_account(account_id) is None:
+            raise ValueError(f"no account {account_id!r}")
+        return self.storage.ensure_app(account_id, name, self.now())
+
+    def create_token(self, app: App, scopes: str | Sequence[str] = "runtime") -> str:
+        """A new token for ``app`` (returned once; only its hash is stored)."""
+        token = new_token()
+        self.storage.add_token(hash_token(token), app, parse_scopes(scopes), self.now())
+        return token
+
+    def ensure_signing_key(self, alg: str = DEFAULT_ALGORITHM) -> SigningKeyRecord:
+        """The active signing key, generated with ``alg`` when there is none."""
+        active = self.storage.active_signing_key()
+        return active if active is not None else self.rotate_key(alg, overlap=0.0)
+
+    def rotate_key(
+        self, alg: str = DEFAULT_ALGORITHM, *, overlap: float = 86400.0
+    ) -> SigningKeyRecord:
+        """Make a new key active; the previous one stays in the JWKS for ``overlap``
+        seconds and bundles signed meanwhile carry ``jwks_refresh: true``. The
+        current version of every app is re-signed on its next fetch."""
+        if overlap < 0:
+            raise ValueError("overlap must be >= 0")
+        key = SigningKey.generate(alg)
+        now = self.now()
+        record = SigningKeyRecord(key.kid, alg, key.pem(), key.jwk, now)
+        self.storage.add_signing_key(record, overlap=overlap, now=now)
+        stored = self.storage.active_signing_key()
+        assert stored is not None
+        return stored
+
+    # authentication
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of an ``Authorization: Bearer <token>`` header; 401 otherwise."""
+        if not authorization:
+            raise _unauthorized("missing_token")
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not looks_like_token(token):
+            raise _unauthorized("invalid_token")
+        principal = self.storage.find_token(hash_token(token))
+        if principal is None:
+            raise _unauthorized("invalid_token")
+        return principal
+
+    @staticmethod
+    def require(principal: Principal, scope: str) -> None:
+        """403 ``missing_scope`` unless the token holds ``scope``."""
+        if scope not in principal.scopes:
+            raise ApiError(403, "missing_scope", scope=scope)
+
+    # identity and keys
+    def identity(self, principal: Principal) -> dict[str, Any]:
+        """The ``GET /v1/accounts/me`` body."""
+        quotas = principal.account.quotas
+        return {
+            "account_id": principal.account.id,
+            "app_name": principal.app.name,
+            "plan": quotas.plan,
+            "poll_seconds": self.config.poll_seconds,
+            "quotas": quotas.reported(),
+            "scopes": list(principal.scopes),
+        }
+
+    def jwks(self) -> dict[str, Any]:
+        """The ``GET /.well-known/jwks.json`` body."""
+        return {"keys": [k.jwk for k in self.storage.published_signing_keys(self.now())]}
+
+    # bundles
+    def _sign(
+        self,
+        record: SigningKeyRecord,
+        app: App,
+        version: int,
+        document: dict[str, Any],
+        iat: int,
+        exp: int,
+    ) -> Bundle:
+        key = self._keys.load(record.kid, record.pem, record.alg)
+        payload = bundle_payload(
+            account_id=app.account_id,
+            app_name=app.name,
+            version=version,
+            iat=iat,
+            exp=exp,
+            document=document,
+        )
+        refresh = record.refresh_until is not None and self.now() < record.refresh_until
+        jws = key.sign(payload, jwks_refresh=refresh)
+        return Bundle(app.id, version, jws, bundle_etag(jws), key.kid, iat, exp)
+
+    def bundle(self, principal: Principal) -> Bundle:
+        """The app's current bundle, re-signed first when it is old or was signed
+        with a key that is no longer active. 404 ``no_policy``, 410 ``revoked``."""
+        self.require(principal, POLICY_READ)
+        app = principal.app
+        state = self.storage.bundle_state(app.id)
+        state = self._check_served(state)
+        assert state.bundle is not None
+        active = self.storage.active_signing_key()
+        if active is not None and self._needs_resign(state.bundle, active):
+            state = self._check_served(
+                self.storage.refresh_bundle(
+                    app.id, lambda st, key: self._resign(principal, st, key), self.now()
+                )
+            )
+        assert state.bundle is not None
+        return state.bundle
+
+    @staticmethod
+    def _check_served(state: BundleState) -> BundleState:
+        if state.current_version == 0 or state.bundle is None:
+            raise ApiError(404, "no_policy")
+        if state.revoked:
+            raise ApiError(410, "revoked")
+        return state
+
+    def _needs_resign(self, bundle: Bundle, active: SigningKeyRecord) -> bool:
+        return bundle.kid != active.kid or self.now() - bundle.iat >= self.config.refresh_after
+
+    def _resign(
+        self, principal: Principal, state: BundleState, active: SigningKeyRecord
+    ) -> Bundle | None:
+        old = state.bundle
+        if old is None or state.document is None or not self._needs_resign(old, active):
+            return None
+        iat, exp = old.iat, old.exp  # a key change alone keeps the claims byte for byte
+        if self.now() - old.iat >= self.config.refresh_after:
+            iat = int(self.now())
+            exp = iat + self.config.bundle_lifetime
+        document = json.loads(state.document)
+        return self._sign(active, principal.app, old.version, document, iat, exp)
+
+    def bundle_matches(self, bundle: Bundle, if_none_match: ETagSet | None) -> bool:
+        """Whether ``If-None-Match`` names the bundle being served (-> 304)."""
+        return if_none_match is not None and matches(if_none_match, frozenset({bundle.etag}))
+
+    # authoring
+    def publish(
+        self,
+        principal: Principal,
+        body: bytes,
+        *,
+        key_id: str | None,
+        signature: str | None,
+        if_match: ETagSet | None,
+        if_none_match: ETagSet | None,
+    ) -> NewVersion:
+        """Publish ``body`` (the policy document's JSON bytes) as the next version.
+
+        In one transaction: the device key's signature over the exact bytes (401),
+        size and tool limits (402), validation (422), the precondition (412/428), the
+        app quota (403), then the version bump and the signed bundle."""
+        self.require(principal, POLICY_WRITE)
+        if not key_id:
+            raise _unauthorized("missing_key_id")
+        if not valid_key_id(key_id):
+            raise _unauthorized("unknown_key")
+        if not signature:
+            raise _unauthorized("missing_signature")
+        raw_signature = decode_base64(signature)
+        if raw_signature is None or len(raw_signature) != 64:
+            raise _unauthorized("bad_signature")
+        quotas = principal.account.quotas
+        now = self.now()
+
+        def decide(state: PublishState) -> NewVersion:
+            if state.device_public_key is None:
+                raise _unauthorized("unknown_key")
+            if not verify_signature(state.device_public_key, raw_signature, body):
+                raise _unauthorized("bad_signature")
+            check_size(len(body), quotas)
+            document = parse_policy(body)
+            canonical = check_policy(document, app_name=principal.app.name, quotas=quotas, now=now)
+            check_publish_precondition(
+                if_match=if_match,
+                if_none_match=if_none_match,
+                current_version=state.current_version,
+                revoked=state.revoked,
+                etags=state.etags,
+            )
+            in_force = state.current_version > 0 and not state.revoked
+            if not in_force and state.live_apps >= quotas.max_apps:
+                raise ApiError(
+                    403,
+                    "quota_apps_exceeded",
+                    limit=quotas.max_apps,
+                    message="the plan's app limit is reached; revoke an unused app or upgrade",
+                )
+            if state.signing_key is None:
+                raise ApiError(503, "no_signing_key")
+            version = state.current_version + 1
+            iat = int(now)
+            exp = iat + self.config.bundle_lifetime
+            bundle = self._sign(state.signing_key, principal.app, version, document, iat, exp)
+            return NewVersion(version, canonical, body, key_id, raw_signature, bundle)
+
+        return self.storage.publish(principal.app, key_id, decide, now)
+
+    def revoke(self, principal: Principal) -> int:
+        """Revoke the app's policy; returns the revoked version. 404 ``no_policy``."""
+        self.require(principal, POLICY_WRITE)
+        version = self.storage.revoke(principal.app.id, self.now())
+        if version is None:
+            raise ApiError(404, "no_policy")
+        return version
+
+    def put_draft(self, principal: Principal, body: bytes) -> int:
+        """Store the app's draft; returns its version."""
+        self.require(principal, POLICY_WRITE)
+        version, document = parse_draft(body)
+        quotas = principal.account.quotas
+        check_size(len(canonical_json(document).encode()), quotas)
+        now = self.now()
+        canonical = check_policy(document, app_name=principal.app.name, quotas=quotas, now=now)
+        self.storage.put_draft(principal.app.id, version, canonical, now)
+        return version
+
+    def get_draft(self, principal: Principal) -> dict[str, Any]:
+        """The ``GET /v1/policy/draft`` body; 404 ``no_draft``."""
+        self.require(principal, POLICY_WRITE)
+        draft = self.storage.get_draft(principal.app.id)
+        if draft is None:
+            raise ApiError(404, "no_draft")
+        return {"version": draft.version, "bundle": json.loads(draft.document)}
+
+    def register_key(self, principal: Principal, body: bytes) -> dict[str, Any]:
+        """Register a device key; 409 ``key_id_conflict`` for another key."""
+        self.require(principal, POLICY_WRITE)
+        key_id, public = parse_key_registration(body)
+        outcome = self.storage.add_device_key(principal.account.id, key_id, public, self.now())
+        if outcome is KeyRegistration.CONFLICT:
+            raise ApiError(409, "key_id_conflict")
+        return {"key_id": key_id, "algorithm": DEVICE_KEY_ALGORITHM}
+
+    # events
+    def admit_events(self, principal: Principal) -> None:
+        """Scope and rate-limit checks of an ingest, before its body is read."""
+        self.require(principal, EVENTS_WRITE)
+        wait = self.limiter.acquire(principal.token_hash)
+        if wait:
+            raise ApiError(
+                429, "rate_limited", headers={"Retry-After": str(wait)}, retry_after=wait
+            )
+
+    def ingest(self, principal: Principal, body: bytes) -> int:
+        """Store a batch of usage events; returns how many."""
+        self.require(principal, EVENTS_WRITE)
+        events = parse_events(body, principal.account.quotas.event_batch)
+        if not events:
+            return 0
+        return self.storage.add_events(principal.app.id, principal.token_hash, events, self.now())

@@ -1,0 +1,285 @@
+"""The storage interface of the control plane and the records it exchanges.
+
+:class:`Storage` is what the service needs from a database; :mod:`d2.server.sqlite`
+implements it on one SQLite file. Another SQL database can be added by implementing
+the same methods: the write paths that must be atomic (:meth:`Storage.publish`,
+:meth:`Storage.refresh_bundle`) hand their decision to a callback that runs inside
+the transaction, after the state it decides on was read under the write lock.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Quotas
+
+__all__ = [
+    "Account",
+    "App",
+    "Bundle",
+    "BundleState",
+    "Draft",
+    "KeyRegistration",
+    "NewVersion",
+    "Principal",
+    "PublishState",
+    "SigningKeyRecord",
+    "Storage",
+    "StoredEvent",
+]
+
+
+@dataclass(frozen=True)
+class Account:
+    """An account and its plan quotas."""
+
+    id: str
+    quotas: Quotas
+    created_at: float
+
+
+@dataclass(frozen=True)
+class App:
+    """An app of an account; tokens, bundles, drafts and events belong to one app."""
+
+    id: int
+    account_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a bearer token speaks for: one account, one app, some scopes."""
+
+    token_hash: str
+    account: Account
+    app: App
+    scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SigningKeyRecord:
+    """A stored server signing key.
+
+    ``retired_at`` is set when a newer key replaced it; the key stays in the JWKS
+    until ``remove_at``. Bundles signed before ``refresh_until`` carry
+    ``jwks_refresh: true`` (set for a key that replaced another).
+    """
+
+    kid: str
+    alg: str
+    pem: bytes
+    jwk: dict[str, Any]
+    created_at: float
+    refresh_until: float | None = None
+    retired_at: float | None = None
+    remove_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """One signing of one policy version."""
+
+    app_id: int
+    version: int
+    jws: str
+    etag: str
+    kid: str
+    iat: int
+    exp: int
+
+
+@dataclass(frozen=True)
+class BundleState:
+    """What ``GET /v1/policy/bundle`` serves for an app.
+
+    ``current_version`` is 0 before the first publish. ``bundle`` is the newest
+    signing of the current version; ``document`` its canonical policy JSON.
+    """
+
+    current_version: int
+    revoked: bool
+    bundle: Bundle | None
+    document: str | None
+
+
+@dataclass(frozen=True)
+class PublishState:
+    """The state a publish decides on, read inside the write transaction.
+
+    ``etags``: every ETag served for the current version (a re-signing adds one).
+    ``device_public_key``: the raw Ed25519 key registered under the request's key
+    id for the account, or ``None``. ``live_apps``: apps of the account with a
+    policy in force (published and not revoked).
+    """
+
+    current_version: int
+    revoked: bool
+    etags: frozenset[str]
+    device_public_key: bytes | None
+    live_apps: int
+    signing_key: SigningKeyRecord | None
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """What a successful publish stores."""
+
+    version: int
+    document: str
+    body: bytes
+    device_key_id: str
+    signature: bytes
+    bundle: Bundle
+
+
+@dataclass(frozen=True)
+class Draft:
+    """An app's draft policy."""
+
+    version: int
+    document: str
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One usage event as stored."""
+
+    event_type: str
+    payload: str
+    occurred_at: str
+    received_at: float
+
+
+class KeyRegistration(enum.Enum):
+    """Outcome of registering a device key."""
+
+    CREATED = "created"
+    EXISTS = "exists"  # the same id with the same key: nothing to do
+    CONFLICT = "conflict"  # the id exists with another key
+
+
+class Storage(abc.ABC):
+    """Everything the control plane keeps. Every method is synchronous and safe to
+    call from several threads at once."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release every connection."""
+
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """The migration the database is at."""
+
+    # accounts, apps, tokens
+    @abc.abstractmethod
+    def create_account(self, account_id: str, quotas: Quotas, now: float) -> Account:
+        """Store a new account."""
+
+    @abc.abstractmethod
+    def get_account(self, account_id: str) -> Account | None:
+        """The account, or ``None``."""
+
+    @abc.abstractmethod
+    def accounts(self) -> list[Account]:
+        """Every account, oldest first."""
+
+    @abc.abstractmethod
+    def ensure_app(self, account_id: str, name: str, now: float) -> App:
+        """The app ``name`` of the account, created when missing."""
+
+    @abc.abstractmethod
+    def apps(self, account_id: str) -> list[App]:
+        """The account's apps, oldest first."""
+
+    @abc.abstractmethod
+    def add_token(self, token_hash: str, app: App, scopes: Sequence[str], now: float) -> None:
+        """Store a token (its hash only) for ``app`` with ``scopes``."""
+
+    @abc.abstractmethod
+    def find_token(self, token_hash: str) -> Principal | None:
+        """The principal of a token hash, or ``None``."""
+
+    # server signing keys
+    @abc.abstractmethod
+    def add_signing_key(self, record: SigningKeyRecord, *, overlap: float, now: float) -> None:
+        """Make ``record`` the active key; the previous active key is retired and
+        stays published for ``overlap`` seconds."""
+
+    @abc.abstractmethod
+    def active_signing_key(self) -> SigningKeyRecord | None:
+        """The key new bundles are signed with."""
+
+    @abc.abstractmethod
+    def published_signing_keys(self, now: float) -> list[SigningKeyRecord]:
+        """The keys in the JWKS at ``now`` (active first, then retired ones whose
+        overlap has not ended)."""
+
+    # device keys
+    @abc.abstractmethod
+    def add_device_key(
+        self, account_id: str, key_id: str, public_key: bytes, now: float
+    ) -> KeyRegistration:
+        """Register a device key for the account."""
+
+    @abc.abstractmethod
+    def device_key(self, account_id: str, key_id: str) -> bytes | None:
+        """The raw public key registered under ``key_id``, or ``None``."""
+
+    # policy
+    @abc.abstractmethod
+    def bundle_state(self, app_id: int) -> BundleState:
+        """What the app serves now."""
+
+    @abc.abstractmethod
+    def publish(
+        self,
+        app: App,
+        device_key_id: str,
+        decide: Callable[[PublishState], NewVersion],
+        now: float,
+    ) -> NewVersion:
+        """In one write transaction: read :class:`PublishState`, call ``decide``
+        (which raises to refuse), store the :class:`NewVersion` it returns and make
+        it current (clearing a revocation). Two concurrent calls are serialized,
+        so a precondition checked in ``decide`` can never be passed by both."""
+
+    @abc.abstractmethod
+    def refresh_bundle(
+        self,
+        app_id: int,
+        decide: Callable[[BundleState, SigningKeyRecord], Bundle | None],
+        now: float,
+    ) -> BundleState:
+        """In one write transaction: re-read the state and the active key, call
+        ``decide``; store the bundle it returns (a re-signing of the current
+        version). Returns the state after the transaction."""
+
+    @abc.abstractmethod
+    def revoke(self, app_id: int, now: float) -> int | None:
+        """Revoke the current version; ``None`` when nothing was ever published."""
+
+    # drafts
+    @abc.abstractmethod
+    def put_draft(self, app_id: int, version: int, document: str, now: float) -> None:
+        """Store (replace) the app's draft."""
+
+    @abc.abstractmethod
+    def get_draft(self, app_id: int) -> Draft | None:
+        """The app's draft, or ``None``."""
+
+    # events
+    @abc.abstractmethod
+    def add_events(
+        self, app_id: int, token_hash: str, events: Sequence[tuple[str, str, str]], now: float
+    ) -> int:
+        """Store ``(event_type, payload JSON, occurred_at)`` items; returns how many."""
+
+    @abc.abstractmethod
+    def events(self, app_id: int, limit: int = 1000) -> list[StoredEvent]:
+        """The app's newest events, oldest first."""

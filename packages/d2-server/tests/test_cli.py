@@ -1,0 +1,115 @@
+"""The d2-server command (serve is tested end to end in tests-integration)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from d2.server import SQLiteStorage
+from d2.server.cli import main
+from d2.server.tokens import hash_token
+
+
+def _init(db: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, str]:
+    assert main(["init", "--db", str(db), "--json", *extra]) == 0
+    data: dict[str, str] = json.loads(capsys.readouterr().out)
+    return data
+
+
+def test_init_creates_an_account_an_app_and_two_tokens_stored_as_hashes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "d2.db"
+    out = _init(db, capsys, "--app", "shop", "--alg", "ES256", "--max-tools", "7")
+    assert out["app_name"] == "shop" and out["signing_key"].startswith("ES256 ")
+    storage = SQLiteStorage(db)
+    try:
+        runtime = storage.find_token(hash_token(out["runtime_token"]))
+        developer = storage.find_token(hash_token(out["developer_token"]))
+        assert runtime is not None and developer is not None
+        assert runtime.scopes == ("policy:read", "events:write")
+        assert "policy:write" in developer.scopes
+        assert runtime.account.quotas.max_tools == 7
+    finally:
+        storage.close()
+    assert out["runtime_token"].encode() not in db.read_bytes()
+
+
+def test_init_prints_readable_lines_without_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["init", "--db", str(tmp_path / "d2.db")]) == 0
+    out = capsys.readouterr().out
+    assert "runtime_token:" in out and "shown once" in out
+
+
+def test_init_refuses_an_initialized_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _init(tmp_path / "d2.db", capsys)
+    assert main(["init", "--db", str(tmp_path / "d2.db")]) == 1
+    assert "already has an account" in capsys.readouterr().err
+
+
+def test_token_create_scopes_a_token_to_an_app(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "d2.db"
+    _init(db, capsys)
+    monkeypatch.setenv("D2_SERVER_DB", str(db))  # the default --db
+    assert main(["token", "create", "--scope", "policy:read", "--app", "other", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["scopes"] == "policy:read" and out["app_name"] == "other"
+    assert main(["token", "create", "--scope", "admin"]) == 1
+    assert "unknown scope" in capsys.readouterr().err
+
+
+def test_token_create_needs_an_account(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["token", "create", "--db", str(tmp_path / "d2.db")]) == 1
+    assert "d2-server init" in capsys.readouterr().err
+
+
+def test_rotate_key_adds_a_key_and_keeps_the_old_one_for_the_overlap(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "d2.db"
+    _init(db, capsys)
+    assert main(["rotate-key", "--db", str(db), "--alg", "RS256", "--overlap", "120"]) == 0
+    assert "RS256" in capsys.readouterr().out
+    storage = SQLiteStorage(db)
+    try:
+        keys = storage.published_signing_keys(0.0)
+        assert [k.alg for k in keys] == ["RS256", "EdDSA"]
+        assert keys[1].remove_at is not None and keys[1].retired_at is not None
+        assert keys[1].remove_at - keys[1].retired_at == 120
+    finally:
+        storage.close()
+
+
+def test_commands_other_than_init_refuse_a_missing_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = str(tmp_path / "d2.db")
+    for command in (["serve"], ["rotate-key"], ["token", "create"]):
+        assert main([*command, "--db", db]) == 1
+        assert "no database" in capsys.readouterr().err
+    assert not (tmp_path / "d2.db").exists()
+
+
+def test_serve_and_rotate_refuse_an_uninitialized_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = str(tmp_path / "d2.db")
+    SQLiteStorage(db).close()  # schema, but no account and no key
+    assert main(["serve", "--db", db]) == 1
+    assert "not initialized" in capsys.readouterr().err
+    assert main(["rotate-key", "--db", db]) == 1
+    assert "run `d2-server init`" in capsys.readouterr().err
+
+
+def test_an_unreadable_database_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["init", "--db", str(tmp_path / "missing" / "d2.db")]) == 1
+    assert "cannot open" in capsys.readouterr().err

@@ -1,0 +1,142 @@
+"""The d2-server command as docs/self-hosting.md shows it: init, serve, token
+create and rotate-key against a running server, in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from d2.server.cli import build_parser
+from d2.server.testing import DeviceKey
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "self-hosting.md"
+EXE = Path(sys.executable).parent / "d2-server"
+pytestmark = pytest.mark.skipif(not EXE.exists(), reason="the d2-server script is not installed")
+
+
+def _doc_commands() -> list[list[str]]:
+    blocks = re.findall(r"^```bash\n(.*?)^```", DOC.read_text(), re.M | re.S)
+    return [
+        shlex.split(line.split("#", 1)[0])
+        for block in blocks
+        for line in block.splitlines()
+        if line.startswith("d2-server ")
+    ]
+
+
+def test_every_documented_command_parses() -> None:
+    commands = _doc_commands()
+    assert {c[1] for c in commands} == {"init", "serve", "token", "rotate-key"}
+    for command in commands:
+        build_parser().parse_args(command[1:])  # exits on a usage error
+
+
+def _run(*args: str, env: dict[str, str]) -> str:
+    proc = subprocess.run(
+        [str(EXE), *args], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("D2_")}
+    return {**clean, "D2_SERVER_DB": str(tmp_path / "d2-server.db")}
+
+
+@pytest.fixture
+def served(env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
+    tokens = json.loads(_run("init", "--app", "support-bot", "--json", env=env))
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(EXE), "serve", "--port", str(port), "--poll-seconds", "7", "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "d2-server serve did not start"
+            time.sleep(0.05)
+        yield base, tokens
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            # uvicorn shuts down gracefully, then re-raises the signal it caught
+            assert proc.wait(timeout=15) in (0, -signal.SIGTERM)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stderr:
+                proc.stderr.close()
+
+
+def test_init_serve_publish_token_and_rotate_as_documented(
+    served: tuple[str, dict[str, str]], env: dict[str, str]
+) -> None:
+    base, tokens = served
+    runtime = {"Authorization": f"Bearer {tokens['runtime_token']}"}
+    developer = {"Authorization": f"Bearer {tokens['developer_token']}"}
+    with httpx.Client(base_url=base) as http:
+        me = http.get("/v1/accounts/me", headers=runtime).json()
+        assert me["app_name"] == "support-bot" and me["poll_seconds"] == 7
+
+        key = DeviceKey("laptop")
+        registration = {
+            "key_id": "laptop",
+            "algorithm": "Ed25519",
+            "public_key": key.public_key_b64,
+        }
+        assert http.post("/v1/keys", json=registration, headers=developer).status_code == 201
+        body = json.dumps(
+            {"metadata": {"name": "support-bot"}, "policies": [{"role": "r", "permissions": ["t"]}]}
+        ).encode()
+        signed = {"X-D2-Key-Id": "laptop", "X-D2-Signature": key.sign(body), "If-None-Match": "*"}
+        r = http.post("/v1/policy/publish", content=body, headers={**developer, **signed})
+        assert r.status_code == 201 and r.json()["version"] == 1
+
+        # a token created while the server runs works at once
+        out = json.loads(_run("token", "create", "--scope", "runtime", "--json", env=env))
+        fresh = {"Authorization": f"Bearer {out['token']}"}
+        bundle = http.get("/v1/policy/bundle", headers=fresh)
+        assert bundle.status_code == 200 and bundle.headers["x-d2-poll-seconds"] == "7"
+        old_kid = jwt.get_unverified_header(bundle.json()["jws"])["kid"]
+
+        # a key rotated while the server runs is used for the next signature
+        assert "RS256" in _run("rotate-key", "--alg", "RS256", "--overlap", "60", env=env)
+        keys = http.get("/.well-known/jwks.json").json()["keys"]
+        assert len(keys) == 2 and keys[1]["kid"] == old_kid
+        header = jwt.get_unverified_header(
+            http.get("/v1/policy/bundle", headers=fresh).json()["jws"]
+        )
+        assert header["alg"] == "RS256" and header["jwks_refresh"] is True
