@@ -12,13 +12,13 @@ Framework tools are named ``web_search``, ``read_users`` and ``http_request``;
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from d2.core import InMemorySource, clear_user_context, configure_rbac_sync, shutdown_all_rbac
 from d2.core.manager import PolicyManager
+from d2.core.testing import expires_in
 
 TOOL_IDS = {
     "web_search": "web.search",
@@ -30,11 +30,6 @@ USERS = [
     {"name": "Ada", "email": "ada@example.com"},
     {"name": "Grace", "email": "grace@example.com"},
 ]
-
-
-def expires_in(seconds: float = 3 * 86400) -> str:
-    """An RFC 3339 UTC time ``seconds`` from now."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
 
 
 def agents_policy() -> dict[str, Any]:

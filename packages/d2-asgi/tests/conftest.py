@@ -19,12 +19,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 import pytest
 import uvicorn
 from d2.core import InMemorySource, clear_user_context, configure_rbac_sync, shutdown_all_rbac
-
-
-def expires_in(seconds: float = 3 * 86400) -> str:
-    """An RFC 3339 UTC time ``seconds`` from now."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
-
+from d2.core.testing import expires_in
 
 POLICY_ENTRIES = [
     {"role": "admin", "permissions": ["*"]},

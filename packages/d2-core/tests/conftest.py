@@ -3,24 +3,14 @@ no D2_* variables, with HOME and XDG_CONFIG_HOME in a temporary directory."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from d2.core import InMemorySource, clear_user_context, configure_rbac_sync, shutdown_all_rbac
+from d2.core import InMemorySource, clear_user_context, configure_rbac_sync
 from d2.core.manager import PolicyManager
-
-
-def expires_in(seconds: float = 3 * 86400) -> str:
-    """An RFC 3339 UTC time ``seconds`` from now."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
-
-
-def policy_doc(*entries: dict[str, Any], **metadata: Any) -> dict[str, Any]:
-    """A valid policy document with the given role entries."""
-    meta = {"name": "test-app", "expires": expires_in(), **metadata}
-    return {"metadata": meta, "policies": list(entries)}
+from d2.core.testing import expires_in, reset
+from d2.core.testing import policy_document as policy_doc
 
 
 @pytest.fixture(autouse=True)
@@ -36,12 +26,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[None]:
     monkeypatch.chdir(tmp_path)
     clear_user_context()
     yield
-    shutdown_all_rbac()
-    clear_user_context()
-    from d2.core.evaluate import _evaluators
-
-    for evaluator in _evaluators.values():
-        evaluator._set_observers(())
+    reset()
 
 
 @pytest.fixture
