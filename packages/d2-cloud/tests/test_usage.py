@@ -141,3 +141,51 @@ async def test_server_errors_never_reach_the_app() -> None:
     _fill(usage, 5)
     await usage.flush()  # no exception
     assert usage.dropped == 5
+
+
+async def test_a_5xx_storm_holds_events_for_the_next_flush(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    monkeypatch.setattr("d2.cloud.usage.asyncio.sleep", no_wait)
+    down = True
+    received: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if down:
+            return httpx.Response(503)
+        received.extend(e["payload"]["tool_id"] for e in json.loads(request.content)["events"])
+        return httpx.Response(202)
+
+    usage = _usage(handler)
+    _fill(usage, 30)
+    await usage.flush()  # the server is down: nothing is lost
+    assert usage.dropped == 0 and received == []
+    down = False
+    await usage.flush()
+    assert received == [f"tool.{i:05d}" for i in range(30)] and usage.dropped == 0
+
+
+async def test_many_429s_never_drop_and_event_batch_is_respected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    monkeypatch.setattr("d2.cloud.usage.asyncio.sleep", no_wait)
+    answers = iter([429] * 12)
+    sizes: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status = next(answers, 202)
+        if status == 202:
+            sizes.append(len(json.loads(request.content)["events"]))
+        return httpx.Response(status, headers={"Retry-After": "1"})
+
+    usage = _usage(handler)
+    usage.max_events = 7
+    _fill(usage, 20)
+    await usage.flush()
+    assert usage.dropped == 0 and usage.sent == 20 and max(sizes) <= 7

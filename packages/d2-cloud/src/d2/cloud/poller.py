@@ -149,6 +149,9 @@ class CloudRuntime:
             interval = self.quotas.get("ingest_interval")
             if isinstance(interval, (int, float)) and interval > 0:
                 self.usage.interval = float(interval)
+            batch = self.quotas.get("event_batch")
+            if isinstance(batch, int) and batch > 0:
+                self.usage.max_events = batch
 
     async def _loop(self) -> None:
         delay = self._jitter(self.interval)

@@ -60,6 +60,8 @@ class UsageEvents:
         self.clock = clock
         self.dropped = 0
         self.sent = 0
+        self.max_events = 1_000  # per request; the control plane's quota when known
+        self._held: list[bytes] = []  # encoded events the server could not take yet
         self._warned = False
         if hash_user_ids is None:
             hash_user_ids = os.environ.get("D2_USER_ID_HASH", "").strip() in ("1", "true", "yes")
@@ -137,31 +139,42 @@ class UsageEvents:
                 log.warning("d2: shipping usage events failed: %s", exc)
 
     def _take_chunk(self) -> list[bytes]:
+        """Up to 32 KiB (and ``max_events``) of encoded events: held-back ones first."""
         chunk: list[bytes] = []
         size = _ENVELOPE
-        while self.buffer:
-            encoded = json.dumps(self.buffer[0], separators=(",", ":"), default=str).encode()
-            if len(encoded) + _ENVELOPE > MAX_CHUNK:  # one event too large to ever send
-                self.buffer.popleft()
-                self._drop(1)
-                continue
-            if chunk and size + len(encoded) + 1 > MAX_CHUNK:
+        while self._held or self.buffer:
+            if self._held:
+                encoded = self._held[0]
+            else:
+                encoded = json.dumps(self.buffer[0], separators=(",", ":"), default=str).encode()
+                if len(encoded) + _ENVELOPE > MAX_CHUNK:  # one event too large to ever send
+                    self.buffer.popleft()
+                    self._drop(1)
+                    continue
+            if chunk and (size + len(encoded) + 1 > MAX_CHUNK or len(chunk) >= self.max_events):
                 break
             chunk.append(encoded)
             size += len(encoded) + 1
-            self.buffer.popleft()
+            if self._held:
+                self._held.pop(0)
+            else:
+                self.buffer.popleft()
         return chunk
 
     async def flush(self, deadline: float | None = None) -> None:
-        """Send everything buffered now (until ``deadline``, a monotonic time)."""
-        while self.buffer:
+        """Send everything buffered now (until ``deadline``, a monotonic time). A
+        chunk the server cannot take now (5xx, network) is held back for the next
+        flush; a 429 is waited out and the same chunk sent again."""
+        while self._held or self.buffer:
             if deadline is not None and time.monotonic() >= deadline:
                 return
-            await self._send(self._take_chunk(), deadline)
+            if not await self._send(self._take_chunk(), deadline):
+                return
 
-    async def _send(self, chunk: list[bytes], deadline: float | None) -> None:
+    async def _send(self, chunk: list[bytes], deadline: float | None) -> bool:
+        """Send ``chunk``; False when the server is failing (the rest is held back)."""
         pending = [chunk]
-        attempts = 0
+        failures = 0
         while pending:
             part = pending.pop()
             if not part:
@@ -170,7 +183,6 @@ class UsageEvents:
             try:
                 await self.api.ingest(body)
                 self.sent += len(part)
-                attempts = 0
                 continue
             except ApiError as exc:
                 if exc.status == 413 and len(part) > 1:
@@ -180,18 +192,33 @@ class UsageEvents:
                 if exc.status == 413:
                     self._drop(1)
                     continue
-                retryable = exc.status in (0, 429) or exc.status >= 500
-                attempts += 1
-                if not retryable or attempts > 5:
+                if exc.status == 429:  # never dropped for a 429: wait, send it again
+                    wait = exc.retry_after if exc.retry_after is not None else 1.0
+                elif exc.status == 0 or exc.status >= 500:
+                    failures += 1
+                    if failures > 2:  # the server is down: keep it for the next flush
+                        held = [e for p in (part, *pending) for e in p]
+                        self._held[:0] = held
+                        self._trim_held()
+                        return False
+                    wait = min(2.0**failures, 30.0)
+                else:  # 4xx: the server will never take these
                     self._drop(len(part))
                     log.warning("d2: dropping %d usage events: %s", len(part), exc)
                     continue
-                wait = exc.retry_after if exc.retry_after is not None else min(2.0**attempts, 30.0)
                 if deadline is not None and time.monotonic() + wait > deadline:
                     self._drop(len(part))  # shutting down: cannot wait that long
                     continue
                 pending.append(part)  # the same chunk again, after the wait
                 await asyncio.sleep(wait)
+        return True
+
+    def _trim_held(self) -> None:
+        # held-back events count against the buffer's capacity: drop the oldest
+        excess = len(self._held) + len(self.buffer) - (self.buffer.maxlen or 0)
+        if excess > 0:
+            del self._held[:excess]
+            self._drop(excess)
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Stop the shipper and flush what is buffered (bounded by ``timeout``)."""
