@@ -44,6 +44,20 @@ def test_every_documented_command_parses() -> None:
         build_parser().parse_args(command[1:])  # exits on a usage error
 
 
+def test_init_with_an_invalid_app_name_creates_no_database(env: dict[str, str]) -> None:
+    proc = subprocess.run(
+        [str(EXE), "init", "--app", "bad:name"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1 and "invalid app name" in proc.stderr
+    assert not Path(env["D2_SERVER_DB"]).exists()
+    assert json.loads(_run("init", "--app", "fixed", "--json", env=env))["app_name"] == "fixed"
+
+
 def _run(*args: str, env: dict[str, str]) -> str:
     proc = subprocess.run(
         [str(EXE), *args], capture_output=True, text=True, env=env, timeout=60, check=False

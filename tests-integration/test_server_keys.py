@@ -59,6 +59,13 @@ def test_rotation_keeps_the_old_key_for_the_overlap_and_flags_new_bundles(
     assert [k["kid"] for k in d2_server.jwks()["keys"]] == [new.kid]
     with pytest.raises(jwt.InvalidKeyError):
         d2_server.verify(v1)
+    # the cached signing of v2 is re-served without the flag (same claims), so a
+    # client does not re-fetch the JWKS at every poll from now on
+    r = d2_server.fetch_bundle()
+    v2_unflagged = r.json()["jws"]
+    assert "jwks_refresh" not in jwt.get_unverified_header(v2_unflagged)
+    assert v2_unflagged.split(".")[1] == v2.split(".")[1]
+    assert d2_server.fetch_bundle(r.headers["etag"]).status_code == 304
     assert d2_server.publish(d2_server.policy()).status_code == 201
     v3 = d2_server.fetch_bundle().json()["jws"]
     assert "jwks_refresh" not in jwt.get_unverified_header(v3)

@@ -153,7 +153,8 @@ def test_apps_are_isolated(d2_server: D2Server) -> None:
     r = d2_server.fetch_bundle(token=other.runtime_token)
     assert r.status_code == 404
     doc = {"metadata": {"name": "other-app"}, "policies": []}
-    assert d2_server.publish(doc, token=other.developer_token).status_code == 201
+    key = d2_server.register_key(DeviceKey("other-dev"), token=other.developer_token)
+    assert d2_server.publish(doc, key=key, token=other.developer_token).status_code == 201
     jws = d2_server.fetch_bundle(token=other.runtime_token).json()["jws"]
     with pytest.raises(jwt.InvalidAudienceError):
         d2_server.verify(jws)  # audience of test-app
@@ -207,6 +208,74 @@ def test_a_key_of_another_account_is_unknown(d2_server_factory: Callable[..., D2
     key = first.register_key(DeviceKey("shared-id"))
     r = second.publish(second.policy(), key=key, if_none_match="*")
     assert r.status_code == 401 and _detail(r) == "unknown_key"
+
+
+def test_a_key_of_another_app_of_the_account_is_unknown_and_its_id_not_taken(
+    d2_server: D2Server,
+) -> None:
+    other = d2_server.add_app("other-app")
+    doc = {"metadata": {"name": "other-app"}, "policies": []}
+    mine = d2_server.register_key(DeviceKey("laptop"))
+    # the other app's developer token cannot publish with this app's key ...
+    r = d2_server.publish(doc, key=mine, token=other.developer_token, if_none_match="*")
+    assert r.status_code == 401 and _detail(r) == "unknown_key"
+    # ... and registering "laptop" for the other app is its own key, not a conflict
+    theirs = d2_server.register_key(DeviceKey("laptop"), token=other.developer_token)
+    r = d2_server.publish(doc, key=mine, token=other.developer_token, if_none_match="*")
+    assert r.status_code == 401 and _detail(r) == "bad_signature"
+    r = d2_server.publish(doc, key=theirs, token=other.developer_token, if_none_match="*")
+    assert r.status_code == 201
+    # this app accepts its own key only
+    r = d2_server.publish(d2_server.policy(), key=theirs, if_none_match="*")
+    assert r.status_code == 401 and _detail(r) == "bad_signature"
+    assert d2_server.publish(d2_server.policy(), key=mine).status_code == 201
+    # a second key under the same id in the same app is still a conflict
+    r = d2_server.client().post(
+        "/v1/keys",
+        json={
+            "key_id": "laptop",
+            "algorithm": "Ed25519",
+            "public_key": DeviceKey().public_key_b64,
+        },
+    )
+    assert r.status_code == 409 and _detail(r) == "key_id_conflict"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"If-None-Match": '"x"'},  # If-None-Match other than * never holds on publish
+        {"If-None-Match": ""},
+        {"If-None-Match": "W/*"},
+        {"If-None-Match": "{etag}"},
+        {"If-Match": "*"},  # not a precondition on the state being replaced
+        {"If-Match": ""},
+        {"If-Match": "W/{etag}"},  # strong comparison: weak tags never match
+        {"If-Match": "{etag}", "If-None-Match": '"x"'},  # one header or the other
+        {"If-Match": "{etag}", "If-None-Match": "*"},
+    ],
+)
+def test_publish_accepts_only_if_none_match_star_or_if_match_etag(
+    d2_server: D2Server, headers: dict[str, str]
+) -> None:
+    first = {k: v.replace("{etag}", '"x"') for k, v in headers.items()}
+    r = d2_server.publish(d2_server.policy(), **_pre(first))
+    assert r.status_code == 412 and _detail(r) == "precondition_failed"
+    assert d2_server.publish(d2_server.policy(), if_none_match="*").status_code == 201
+    etag = d2_server.current_etag()
+    assert etag is not None
+    live = {k: v.replace("{etag}", etag) for k, v in headers.items()}
+    r = d2_server.publish(d2_server.policy(), **_pre(live))
+    assert r.status_code == 412 and _detail(r) == "precondition_failed"
+    assert r.json()["current_version"] == 1
+    assert d2_server.fetch_bundle().json()["version"] == 1
+    assert d2_server.publish(d2_server.policy(), if_match=etag).status_code == 201
+
+
+def _pre(headers: dict[str, str]) -> dict[str, str | None]:
+    """``publish`` keyword arguments sending exactly ``headers`` as preconditions."""
+    names = {"If-Match": "if_match", "If-None-Match": "if_none_match"}
+    return {"if_match": None, "if_none_match": None} | {names[k]: v for k, v in headers.items()}
 
 
 def test_publish_with_a_stale_precondition_is_a_412(d2_server: D2Server) -> None:
@@ -272,7 +341,8 @@ def test_the_app_quota_is_a_403_quota_apps_exceeded(
     assert server.publish(server.policy()).status_code == 201
     other = server.add_app("second")
     doc = {"metadata": {"name": "second"}, "policies": []}
-    r = server.publish(doc, token=other.developer_token, if_none_match="*")
+    key = server.register_key(DeviceKey("second-dev"), token=other.developer_token)
+    r = server.publish(doc, key=key, token=other.developer_token, if_none_match="*")
     assert r.status_code == 403 and _detail(r) == "quota_apps_exceeded"
     assert server.publish(server.policy()).status_code == 201  # the live app may still publish
 

@@ -113,3 +113,22 @@ def test_an_unreadable_database_is_reported(
 ) -> None:
     assert main(["init", "--db", str(tmp_path / "missing" / "d2.db")]) == 1
     assert "cannot open" in capsys.readouterr().err
+
+
+def test_init_with_an_invalid_app_name_leaves_nothing_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "d2.db"
+    assert main(["init", "--db", str(db), "--app", "bad:name", "--alg", "RS256"]) == 1
+    assert "invalid app name" in capsys.readouterr().err
+    assert not db.exists()  # refused before the database was created
+    # so a corrected init starts from scratch, with the algorithm it asks for
+    out = _init(db, capsys, "--app", "good", "--alg", "ES256")
+    assert out["app_name"] == "good" and out["signing_key"].startswith("ES256 ")
+    storage = SQLiteStorage(db)
+    try:
+        (account,) = storage.accounts()
+        assert [a.name for a in storage.apps(account.id)] == ["good"]
+        assert [k.alg for k in storage.published_signing_keys(0.0)] == ["ES256"]
+    finally:
+        storage.close()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from d2.server import SQLiteStorage
+from d2.server import Quotas, SQLiteStorage
 from d2.server.migrations import MIGRATIONS, SchemaTooNewError, migrate
 
 
@@ -27,14 +29,60 @@ def test_a_new_database_is_migrated_to_the_latest_schema_in_wal_mode(tmp_path: P
     assert expected | {"bundles", "drafts", "events"} <= tables
 
 
-def test_the_database_file_is_private_to_its_owner(tmp_path: Path) -> None:
-    SQLiteStorage(tmp_path / "d2.db").close()
-    assert stat.S_IMODE((tmp_path / "d2.db").stat().st_mode) == 0o600
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_the_database_and_its_wal_and_shm_files_are_private_to_their_owner(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "d2.db"
+    store = SQLiteStorage(db)
+    try:
+        store.create_account("acc_1", Quotas(), 1.0)  # a write: the WAL has content
+        files = [db, tmp_path / "d2.db-wal", tmp_path / "d2.db-shm"]
+        assert (tmp_path / "d2.db-wal").stat().st_size > 0
+        assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
+    finally:
+        store.close()
+    assert _mode(db) == 0o600
+    # reopened after the last close removed the WAL: SQLite recreates it 0600 too
+    store = SQLiteStorage(db)
+    try:
+        store.create_account("acc_2", Quotas(), 2.0)
+        for name in ("d2.db-wal", "d2.db-shm"):
+            assert _mode(tmp_path / name) == 0o600
+    finally:
+        store.close()
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_opening_makes_an_existing_world_readable_database_private(tmp_path: Path) -> None:
+    db = tmp_path / "d2.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x)")  # written with the umask: 0644, -wal/-shm too
+    assert _mode(db) == 0o644 and _mode(tmp_path / "d2.db-wal") == 0o644
+    try:
+        SQLiteStorage(db).close()
+    finally:
+        conn.close()
+    for name in ("d2.db", "d2.db-wal", "d2.db-shm"):
+        path = tmp_path / name
+        assert not path.exists() or _mode(path) == 0o600, name
 
 
 def test_reopening_a_migrated_database_keeps_its_data(tmp_path: Path) -> None:
-    from d2.server import Quotas
-
     store = SQLiteStorage(tmp_path / "d2.db")
     store.create_account("acc_1", Quotas(), 1.0)
     store.close()
@@ -82,3 +130,32 @@ def test_a_database_from_a_newer_server_is_refused(tmp_path: Path) -> None:
 def test_an_in_memory_database_is_refused() -> None:
     with pytest.raises(ValueError, match="file path"):
         SQLiteStorage(":memory:")
+
+
+def test_migration_2_gives_each_app_of_an_account_the_keys_registered_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "d2.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr("d2.server.migrations.MIGRATIONS", MIGRATIONS[:1])
+            assert migrate(conn) == 1
+        for account in ("acc", "other"):
+            conn.execute("INSERT INTO accounts VALUES (?, 'free', 1, 1, 1, 1, 3, 1.0)", (account,))
+        conn.executemany(
+            "INSERT INTO apps (id, account_id, name, created_at) VALUES (?, ?, ?, 1.0)",
+            [(1, "acc", "shop"), (2, "acc", "blog"), (3, "other", "shop")],
+        )
+        conn.execute(
+            "INSERT INTO device_keys VALUES ('acc', 'laptop', 'Ed25519', ?, 1.0)", (b"k" * 32,)
+        )
+    finally:
+        conn.close()
+    store = SQLiteStorage(db)
+    try:
+        assert store.schema_version() == len(MIGRATIONS) >= 2
+        assert store.device_key(1, "laptop") == store.device_key(2, "laptop") == b"k" * 32
+        assert store.device_key(3, "laptop") is None  # another account: never had it
+    finally:
+        store.close()

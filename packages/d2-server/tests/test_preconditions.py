@@ -10,8 +10,17 @@ from d2.server.preconditions import ANY, check_publish_precondition, matches, pa
 def test_etag_headers_parse_lists_weak_tags_and_star() -> None:
     assert parse_etags(None) is None
     assert parse_etags(" * ") == ANY
-    assert parse_etags('"a", W/"b",c') == frozenset({'"a"', '"b"', '"c"'})
+    assert parse_etags('"a", W/"b",c') == frozenset({'"a"', 'W/"b"', '"c"'})
     assert parse_etags("") == frozenset()
+    assert parse_etags('"a" junk') == frozenset()
+
+
+def test_weak_comparison_ignores_w_but_strong_comparison_never_matches_a_weak_tag() -> None:
+    current = frozenset({'"a"'})
+    assert matches(frozenset({'W/"a"'}), current)
+    assert not matches(frozenset({'W/"a"'}), current, strong=True)
+    assert matches(frozenset({'W/"a"', '"a"'}), current, strong=True)
+    assert matches(ANY, current, strong=True)
 
 
 def test_star_matches_only_when_something_is_current() -> None:
@@ -47,12 +56,29 @@ NOTHING, LIVE, REVOKED = (0, False), (3, False), (3, True)
         (LIVE, {"im": '"cur"'}, 0),
         (LIVE, {"im": '"cur-resigned"'}, 0),  # any signing of the current version
         (LIVE, {"im": '"old"'}, 412),
-        (LIVE, {"im": "*"}, 0),
+        (LIVE, {"im": '"old", "cur"'}, 0),  # a list: one current tag is enough
+        (LIVE, {"im": 'W/"cur"'}, 412),  # strong comparison: a weak tag never matches
+        (LIVE, {"im": "cur"}, 0),  # an unquoted tag is read as quoted
+        (LIVE, {"im": "*"}, 412),  # a blind overwrite is not a precondition
+        (LIVE, {"im": ""}, 412),
+        (LIVE, {"im": '"cur" junk'}, 412),  # unparsable
         (LIVE, {"inm": "*"}, 412),
+        (LIVE, {"inm": '"x"'}, 412),  # If-None-Match is only ever *
+        (LIVE, {"inm": '"cur"'}, 412),
+        (LIVE, {"inm": ""}, 412),
+        (LIVE, {"im": '"cur"', "inm": '"x"'}, 412),  # both headers: refused
+        (LIVE, {"im": '"cur"', "inm": "*"}, 412),
         (LIVE, {}, 428),
+        (NOTHING, {"inm": '"x"'}, 412),
+        (NOTHING, {"inm": ""}, 412),
+        (NOTHING, {"inm": 'W/"x"'}, 412),
+        (NOTHING, {"inm": "*", "im": "*"}, 412),
         (REVOKED, {"inm": "*"}, 0),
         (REVOKED, {"im": '"cur"'}, 0),
         (REVOKED, {"im": '"old"'}, 412),
+        (REVOKED, {"im": "*"}, 412),
+        (REVOKED, {"inm": '"x"'}, 412),
+        (REVOKED, {"im": '"cur"', "inm": "*"}, 412),
     ],
 )
 def test_publish_precondition_table(

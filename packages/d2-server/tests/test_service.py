@@ -12,9 +12,17 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from d2.server import ControlPlane, Quotas
 from d2.server.errors import ApiError
-from d2.server.preconditions import parse_etags
+from d2.server.preconditions import ANY, parse_etags
 from d2.server.storage import NewVersion, Principal
 from d2.server.testing import FakeClock
+
+
+def _register(
+    plane: ControlPlane, dev: Principal, key: ed25519.Ed25519PrivateKey, key_id: str = "dev"
+) -> None:
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    body = {"key_id": key_id, "algorithm": "Ed25519", "public_key": base64.b64encode(raw).decode()}
+    plane.register_key(dev, json.dumps(body).encode())
 
 
 class Publisher:
@@ -26,13 +34,7 @@ class Publisher:
         self.dev = plane.authenticate("Bearer " + plane.create_token(app, "developer"))
         self.runtime = plane.authenticate("Bearer " + plane.create_token(app, "runtime"))
         self.key = ed25519.Ed25519PrivateKey.generate()
-        raw = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        body = {
-            "key_id": "dev",
-            "algorithm": "Ed25519",
-            "public_key": base64.b64encode(raw).decode(),
-        }
-        plane.register_key(self.dev, json.dumps(body).encode())
+        _register(plane, self.dev, self.key)
 
     def publish(self, doc: object, **headers: str | None) -> NewVersion:
         body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
@@ -90,8 +92,17 @@ def test_after_rotation_the_current_version_is_re_signed_with_the_same_claims(
     assert jwt.get_unverified_header(resigned.jws)["jwks_refresh"] is True
     assert resigned.jws.split(".")[1] == old.jws.split(".")[1]  # the same payload
     assert {k["kid"] for k in plane.jwks()["keys"]} == {old.kid, new_key.kid}
-    clock.advance(600)
+    clock.advance(599)
+    assert plane.bundle(pub.runtime) == resigned  # flagged while the old key is published
+    clock.advance(1)
     assert [k["kid"] for k in plane.jwks()["keys"]] == [new_key.kid]
+    # the old key left the JWKS: the cached bundle is re-signed without the flag,
+    # claims unchanged, once
+    unflagged = plane.bundle(pub.runtime)
+    assert unflagged.etag != resigned.etag and unflagged.kid == new_key.kid
+    assert "jwks_refresh" not in jwt.get_unverified_header(unflagged.jws)
+    assert unflagged.jws.split(".")[1] == old.jws.split(".")[1]
+    assert plane.bundle(pub.runtime) == unflagged
     v2 = pub.publish(_doc("u"), if_match=resigned.etag).bundle
     assert "jwks_refresh" not in jwt.get_unverified_header(v2.jws)
 
@@ -121,6 +132,7 @@ def test_the_app_quota_counts_apps_with_a_policy_in_force(plane: ControlPlane) -
     pub.publish(_doc(), if_none_match="*")
     other = plane.app(pub.dev.account.id, "other")
     dev2 = plane.authenticate("Bearer " + plane.create_token(other, "developer"))
+    _register(plane, dev2, pub.key)  # device keys are per app
     body = json.dumps({"metadata": {"name": "other"}, "policies": []}).encode()
     sig = base64.b64encode(pub.key.sign(body)).decode()
 
@@ -159,3 +171,39 @@ def test_app_names_must_fit_in_the_audience(plane: ControlPlane) -> None:
     account, _ = plane.create_account("ok")
     with pytest.raises(ValueError, match="invalid app name"):
         plane.app(account.id, "a:b")
+
+
+def test_an_invalid_app_name_creates_no_account_and_no_key(plane: ControlPlane) -> None:
+    with pytest.raises(ValueError, match="invalid app name"):
+        plane.create_account("bad:name")
+    assert plane.storage.accounts() == []
+    assert plane.storage.active_signing_key() is None
+
+
+def test_device_keys_belong_to_the_app_that_registered_them(plane: ControlPlane) -> None:
+    pub = Publisher(plane)  # app "shop", key id "dev"
+    other = plane.app(pub.dev.account.id, "other")
+    dev2 = plane.authenticate("Bearer " + plane.create_token(other, "developer"))
+    body = json.dumps({"metadata": {"name": "other"}, "policies": []}).encode()
+
+    def publish_other(key: ed25519.Ed25519PrivateKey) -> tuple[int, str]:
+        sig = base64.b64encode(key.sign(body)).decode()
+        return _status(
+            lambda: plane.publish(
+                dev2, body, key_id="dev", signature=sig, if_match=None, if_none_match=ANY
+            )
+        )
+
+    # another app's token cannot publish with shop's key
+    assert publish_other(pub.key) == (401, "unknown_key")
+    # nor is shop's key id taken for it: it registers its own "dev"
+    own = ed25519.Ed25519PrivateKey.generate()
+    _register(plane, dev2, own)
+    assert publish_other(pub.key) == (401, "bad_signature")
+    assert publish_other(own) == (0, "")
+    # and shop still publishes with its own key only
+    assert _status(lambda: pub.publish(_doc(), if_none_match="*")) == (0, "")
+    sig = base64.b64encode(own.sign(json.dumps(_doc()).encode())).decode()
+    assert _status(
+        lambda: pub.publish(_doc(), signature=sig, if_match=pub.plane.bundle(pub.runtime).etag)
+    ) == (401, "bad_signature")

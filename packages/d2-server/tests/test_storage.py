@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -44,17 +45,40 @@ def test_accounts_apps_and_tokens_round_trip(storage: SQLiteStorage) -> None:
     assert [a.name for a in storage.apps("acc")] == ["shop"]
 
 
-def test_a_device_key_id_is_registered_once_per_account(storage: SQLiteStorage) -> None:
+def test_a_device_key_id_is_registered_once_per_app(storage: SQLiteStorage) -> None:
     storage.create_account("acc", Quotas(), 1.0)
     storage.create_account("other", Quotas(), 1.0)
+    shop = storage.ensure_app("acc", "shop", 1.0)
+    blog = storage.ensure_app("acc", "blog", 1.0)  # same account, another app
+    elsewhere = storage.ensure_app("other", "shop", 1.0)
     key, other_key = b"k" * 32, b"o" * 32
-    assert storage.add_device_key("acc", "laptop", key, 1.0) is KeyRegistration.CREATED
-    assert storage.add_device_key("acc", "laptop", key, 2.0) is KeyRegistration.EXISTS
-    assert storage.add_device_key("acc", "laptop", other_key, 3.0) is KeyRegistration.CONFLICT
-    assert storage.add_device_key("other", "laptop", other_key, 3.0) is KeyRegistration.CREATED
-    assert storage.device_key("acc", "laptop") == key
-    assert storage.device_key("other", "laptop") == other_key
-    assert storage.device_key("acc", "desktop") is None
+    assert storage.add_device_key(shop.id, "laptop", key, 1.0) is KeyRegistration.CREATED
+    assert storage.add_device_key(shop.id, "laptop", key, 2.0) is KeyRegistration.EXISTS
+    assert storage.add_device_key(shop.id, "laptop", other_key, 3.0) is KeyRegistration.CONFLICT
+    assert storage.add_device_key(blog.id, "laptop", other_key, 3.0) is KeyRegistration.CREATED
+    assert storage.add_device_key(elsewhere.id, "laptop", key, 3.0) is KeyRegistration.CREATED
+    assert storage.device_key(shop.id, "laptop") == key
+    assert storage.device_key(blog.id, "laptop") == other_key
+    assert storage.device_key(elsewhere.id, "laptop") == key
+    assert storage.device_key(shop.id, "desktop") is None
+    assert storage.device_key(blog.id + elsewhere.id + 1, "laptop") is None
+
+
+def test_an_account_and_its_first_app_are_created_together_or_not_at_all(
+    storage: SQLiteStorage,
+) -> None:
+    account, app = storage.create_account_with_app("acc", Quotas(), "shop", 1.0)
+    assert storage.apps("acc") == [app] and storage.get_account("acc") == account
+    conn = storage._conn()
+    conn.execute(
+        "CREATE TEMP TRIGGER no_apps BEFORE INSERT ON apps BEGIN SELECT RAISE(ABORT, 'no'); END"
+    )
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            storage.create_account_with_app("acc2", Quotas(), "shop", 2.0)
+    finally:
+        conn.execute("DROP TRIGGER no_apps")
+    assert [a.id for a in storage.accounts()] == ["acc"]
 
 
 def test_signing_key_rotation_keeps_the_old_key_published_for_the_overlap(

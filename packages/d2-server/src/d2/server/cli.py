@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import Quotas, ServerConfig
-from .service import ControlPlane
+from .service import ControlPlane, check_app_name
 from .signing import ALGORITHMS, DEFAULT_ALGORITHM
 from .sqlite import SQLiteStorage
 
@@ -203,6 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.db = args.db or _db_default()
+    if args.command == "init":
+        try:  # before the database is created: a refused init leaves nothing behind
+            check_app_name(args.app)
+        except ValueError as exc:
+            print(f"d2-server: {exc}", file=sys.stderr)
+            return 1
     if args.command != "init" and not os.path.exists(args.db):
         print(f"d2-server: no database at {args.db}; run `d2-server init` first", file=sys.stderr)
         return 1

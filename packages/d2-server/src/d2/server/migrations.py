@@ -88,6 +88,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             received_at REAL NOT NULL)""",
         "CREATE INDEX events_by_app ON events (app_id, id)",
     ),
+    # 2: device keys belong to an app, not to the whole account (one app's developer
+    # token must not publish with, or squat the key id of, another app's key). Keys
+    # registered before are kept for every app of their account: which app
+    # registered them was not recorded, and each of those apps could use them.
+    (
+        """CREATE TABLE app_device_keys (
+            app_id INTEGER NOT NULL REFERENCES apps(id),
+            key_id TEXT NOT NULL,
+            algorithm TEXT NOT NULL,
+            public_key BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (app_id, key_id))""",
+        """INSERT INTO app_device_keys (app_id, key_id, algorithm, public_key, created_at)
+            SELECT p.id, k.key_id, k.algorithm, k.public_key, k.created_at
+            FROM device_keys k JOIN apps p ON p.account_id = k.account_id""",
+        "DROP TABLE device_keys",
+        "ALTER TABLE app_device_keys RENAME TO device_keys",
+    ),
 )
 
 

@@ -19,9 +19,12 @@ _ERROR_TEXT = {
     402: "Plan limit (tools, bundle size)",
     403: "Missing scope, or quota_apps_exceeded",
     404: "Not found (no_policy, no_draft)",
-    409: "The key id exists with another key",
+    409: "The key id exists for this app with another key",
     410: "The app's policy was revoked",
-    412: "Precondition failed: someone published since",
+    412: (
+        "Precondition failed: someone published since, or not exactly one of "
+        'If-None-Match: * / If-Match: "<etag>"'
+    ),
     413: "Body too large, or too many events in one batch",
     422: "Invalid body or policy; errors lists the paths",
     428: "Publish needs If-Match or If-None-Match",
@@ -263,8 +266,8 @@ def openapi_document() -> dict[str, Any]:
                 parameters=[
                     _param("X-D2-Key-Id", "Registered device key id", required=True),
                     _param("X-D2-Signature", "base64 Ed25519 signature of the body", required=True),
-                    _param("If-Match", "ETag of the current bundle"),
-                    _param("If-None-Match", "* for the first publish"),
+                    _param("If-Match", "ETag of the current bundle (strong comparison)"),
+                    _param("If-None-Match", "* when no policy is in force (only *)"),
                 ],
                 requestBody=_body(_ref("PolicyDocument")),
             )
@@ -291,7 +294,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "/v1/keys": {
             "post": _op(
-                "Register a device key",
+                "Register a device key for the token's app",
                 {"201": _json(_ref("Key"), "Registered"), **_errors(400, 401, 403, 409, 413, 422)},
                 requestBody=_body(_ref("KeyIn")),
             )

@@ -26,6 +26,7 @@ from .signing import (
     SigningKey,
     bundle_etag,
     bundle_payload,
+    carries_jwks_refresh,
 )
 from .storage import (
     Account,
@@ -49,10 +50,19 @@ from .tokens import (
     parse_scopes,
 )
 
-__all__ = ["APP_NAME", "ControlPlane"]
+__all__ = ["APP_NAME", "ControlPlane", "check_app_name"]
 
 APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 """App names: they appear in ``aud`` (``d2-policy:<account>:<app>``), so no ``:``."""
+
+
+def check_app_name(name: str) -> None:
+    """``ValueError`` unless ``name`` is a valid app name (:data:`APP_NAME`)."""
+    if not APP_NAME.fullmatch(name):
+        raise ValueError(
+            f"invalid app name {name!r}: 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
 
 
 def _unauthorized(detail: str) -> ApiError:
@@ -81,19 +91,19 @@ class ControlPlane:
         *,
         account_id: str | None = None,
     ) -> tuple[Account, App]:
-        """A new account with one app; creates the first signing key if none exists."""
+        """A new account with one app (stored together: both or neither); creates
+        the first signing key if none exists. ``ValueError`` for an invalid app
+        name, before anything is stored."""
+        check_app_name(app_name)
         self.ensure_signing_key()
         account_id = account_id or "acc_" + secrets.token_hex(8)
-        account = self.storage.create_account(account_id, quotas or Quotas(), self.now())
-        return account, self.app(account.id, app_name)
+        return self.storage.create_account_with_app(
+            account_id, quotas or Quotas(), app_name, self.now()
+        )
 
     def app(self, account_id: str, name: str) -> App:
         """The app ``name`` of the account, created when missing."""
-        if not APP_NAME.fullmatch(name):
-            raise ValueError(
-                f"invalid app name {name!r}: 1-63 letters, digits, '.', '_' or '-', "
-                "starting with a letter or digit"
-            )
+        check_app_name(name)
         if self.storage.get_account(account_id) is None:
             raise ValueError(f"no account {account_id!r}")
         return self.storage.ensure_app(account_id, name, self.now())
@@ -114,7 +124,8 @@ class ControlPlane:
     ) -> SigningKeyRecord:
         """Make a new key active; the previous one stays in the JWKS for ``overlap``
         seconds and bundles signed meanwhile carry ``jwks_refresh: true``. The
-        current version of every app is re-signed on its next fetch."""
+        current version of every app is re-signed on its next fetch, and once more
+        after the overlap (without the flag)."""
         if overlap < 0:
             raise ValueError("overlap must be >= 0")
         key = SigningKey.generate(alg)
@@ -181,8 +192,7 @@ class ControlPlane:
             exp=exp,
             document=document,
         )
-        refresh = record.refresh_until is not None and self.now() < record.refresh_until
-        jws = key.sign(payload, jwks_refresh=refresh)
+        jws = key.sign(payload, jwks_refresh=self._in_rotation(record))
         return Bundle(app.id, version, jws, bundle_etag(jws), key.kid, iat, exp)
 
     def bundle(self, principal: Principal) -> Bundle:
@@ -211,8 +221,19 @@ class ControlPlane:
             raise ApiError(410, "revoked")
         return state
 
+    def _in_rotation(self, record: SigningKeyRecord) -> bool:
+        """Whether bundles signed by ``record`` now carry ``jwks_refresh``: until
+        the key it replaced leaves the JWKS."""
+        return record.refresh_until is not None and self.now() < record.refresh_until
+
     def _needs_resign(self, bundle: Bundle, active: SigningKeyRecord) -> bool:
-        return bundle.kid != active.kid or self.now() - bundle.iat >= self.config.refresh_after
+        """Re-sign a bundle signed by another key, or old, or still flagged
+        ``jwks_refresh`` after the rotation's overlap ended."""
+        return (
+            bundle.kid != active.kid
+            or self.now() - bundle.iat >= self.config.refresh_after
+            or (not self._in_rotation(active) and carries_jwks_refresh(bundle.jws))
+        )
 
     def _resign(
         self, principal: Principal, state: BundleState, active: SigningKeyRecord
@@ -220,7 +241,8 @@ class ControlPlane:
         old = state.bundle
         if old is None or state.document is None or not self._needs_resign(old, active):
             return None
-        iat, exp = old.iat, old.exp  # a key change alone keeps the claims byte for byte
+        # a key change (or dropping jwks_refresh) alone keeps the claims byte for byte
+        iat, exp = old.iat, old.exp
         if self.now() - old.iat >= self.config.refresh_after:
             iat = int(self.now())
             exp = iat + self.config.bundle_lifetime
@@ -321,10 +343,11 @@ class ControlPlane:
         return {"version": draft.version, "bundle": json.loads(draft.document)}
 
     def register_key(self, principal: Principal, body: bytes) -> dict[str, Any]:
-        """Register a device key; 409 ``key_id_conflict`` for another key."""
+        """Register a device key for the token's app (publishes to that app only);
+        409 ``key_id_conflict`` when the app has another key under that id."""
         self.require(principal, POLICY_WRITE)
         key_id, public = parse_key_registration(body)
-        outcome = self.storage.add_device_key(principal.account.id, key_id, public, self.now())
+        outcome = self.storage.add_device_key(principal.app.id, key_id, public, self.now())
         if outcome is KeyRegistration.CONFLICT:
             raise ApiError(409, "key_id_conflict")
         return {"key_id": key_id, "algorithm": DEVICE_KEY_ALGORITHM}

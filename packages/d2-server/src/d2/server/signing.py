@@ -30,6 +30,7 @@ __all__ = [
     "audience",
     "bundle_etag",
     "bundle_payload",
+    "carries_jwks_refresh",
     "jwk_thumbprint",
 ]
 
@@ -172,6 +173,15 @@ class KeyCache:
             with self._lock:
                 self._keys[kid] = key
         return key
+
+
+def carries_jwks_refresh(jws: str) -> bool:
+    """Whether a compact JWS's protected header has ``jwks_refresh: true``."""
+    try:
+        header = jwt.get_unverified_header(jws)
+    except jwt.PyJWTError:
+        return False
+    return header.get("jwks_refresh") is True
 
 
 def audience(account_id: str, app_name: str) -> str:

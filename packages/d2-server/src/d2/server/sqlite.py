@@ -74,6 +74,31 @@ def _bundle(row: Sequence[Any]) -> Bundle:
     )
 
 
+def _create_private(path: str) -> None:
+    """Create the database file and its ``-wal`` / ``-shm`` companions 0600 before
+    SQLite opens them (all three hold the private signing keys), and make existing
+    ones 0600 too (an older d2-server left them to the umask, typically 0644).
+
+    SQLite creates a ``-wal`` / ``-shm`` with the mode of the database file, so
+    with the file 0600 before the first connection they stay private even after a
+    checkpoint deletes and SQLite recreates them. An empty ``-wal`` or ``-shm`` is
+    valid: SQLite initializes it."""
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            fd = os.open(name, os.O_CREAT | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError:
+            if name == path:
+                raise  # no directory, no permission: report it now
+            continue  # pragma: no cover - e.g. a read-only companion we do not own
+        try:
+            if hasattr(os, "fchmod"):
+                os.fchmod(fd, 0o600)
+        except OSError:  # pragma: no cover - not our file to chmod
+            pass
+        finally:
+            os.close(fd)
+
+
 class SQLiteStorage(Storage):
     """Storage in the SQLite file at ``path`` (created, and migrated, on open)."""
 
@@ -86,6 +111,7 @@ class SQLiteStorage(Storage):
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        _create_private(self.path)
         try:
             conn = self._conn()
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -95,10 +121,6 @@ class SQLiteStorage(Storage):
         except BaseException:
             self.close()
             raise
-        try:
-            os.chmod(self.path, 0o600)  # it holds private signing keys
-        except OSError:  # pragma: no cover - not our file to chmod
-            pass
 
     # connections and transactions
     def _conn(self) -> sqlite3.Connection:
@@ -155,20 +177,41 @@ class SQLiteStorage(Storage):
     def create_account(self, account_id: str, quotas: Quotas, now: float) -> Account:
         """Store a new account."""
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    account_id,
-                    quotas.plan,
-                    quotas.max_tools,
-                    quotas.bundle_size_bytes,
-                    quotas.event_batch,
-                    quotas.ingest_interval,
-                    quotas.max_apps,
-                    now,
-                ),
-            )
+            self._insert_account(conn, account_id, quotas, now)
         return Account(id=account_id, quotas=quotas, created_at=now)
+
+    def create_account_with_app(
+        self, account_id: str, quotas: Quotas, app_name: str, now: float
+    ) -> tuple[Account, App]:
+        """Store a new account and its first app in one transaction."""
+        with self._write() as conn:
+            self._insert_account(conn, account_id, quotas, now)
+            cursor = conn.execute(
+                "INSERT INTO apps (account_id, name, created_at) VALUES (?, ?, ?)",
+                (account_id, app_name, now),
+            )
+            app_id = cursor.lastrowid
+        assert app_id is not None
+        account = Account(id=account_id, quotas=quotas, created_at=now)
+        return account, App(id=app_id, account_id=account_id, name=app_name)
+
+    @staticmethod
+    def _insert_account(
+        conn: sqlite3.Connection, account_id: str, quotas: Quotas, now: float
+    ) -> None:
+        conn.execute(
+            "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                account_id,
+                quotas.plan,
+                quotas.max_tools,
+                quotas.bundle_size_bytes,
+                quotas.event_batch,
+                quotas.ingest_interval,
+                quotas.max_apps,
+                now,
+            ),
+        )
 
     def get_account(self, account_id: str) -> Account | None:
         """The account, or ``None``."""
@@ -280,32 +323,31 @@ class SQLiteStorage(Storage):
 
     # device keys
     def add_device_key(
-        self, account_id: str, key_id: str, public_key: bytes, now: float
+        self, app_id: int, key_id: str, public_key: bytes, now: float
     ) -> KeyRegistration:
-        """Register a device key for the account."""
+        """Register a device key for the app."""
         with self._write() as conn:
-            row = conn.execute(
-                "SELECT public_key FROM device_keys WHERE account_id = ? AND key_id = ?",
-                (account_id, key_id),
-            ).fetchone()
-            if row is not None:
-                same = bytes(row[0]) == public_key
-                return KeyRegistration.EXISTS if same else KeyRegistration.CONFLICT
+            existing = self._device_key(conn, app_id, key_id)
+            if existing is not None:
+                return (
+                    KeyRegistration.EXISTS if existing == public_key else KeyRegistration.CONFLICT
+                )
             conn.execute(
-                "INSERT INTO device_keys VALUES (?, ?, 'Ed25519', ?, ?)",
-                (account_id, key_id, public_key, now),
+                "INSERT INTO device_keys (app_id, key_id, algorithm, public_key, created_at) "
+                "VALUES (?, ?, 'Ed25519', ?, ?)",
+                (app_id, key_id, public_key, now),
             )
         return KeyRegistration.CREATED
 
-    def device_key(self, account_id: str, key_id: str) -> bytes | None:
-        """The raw public key registered under ``key_id``, or ``None``."""
-        return self._device_key(self._conn(), account_id, key_id)
+    def device_key(self, app_id: int, key_id: str) -> bytes | None:
+        """The raw public key registered under ``key_id`` for the app, or ``None``."""
+        return self._device_key(self._conn(), app_id, key_id)
 
     @staticmethod
-    def _device_key(conn: sqlite3.Connection, account_id: str, key_id: str) -> bytes | None:
+    def _device_key(conn: sqlite3.Connection, app_id: int, key_id: str) -> bytes | None:
         row = conn.execute(
-            "SELECT public_key FROM device_keys WHERE account_id = ? AND key_id = ?",
-            (account_id, key_id),
+            "SELECT public_key FROM device_keys WHERE app_id = ? AND key_id = ?",
+            (app_id, key_id),
         ).fetchone()
         return bytes(row[0]) if row else None
 
@@ -367,7 +409,7 @@ class SQLiteStorage(Storage):
                     current_version=state.current_version,
                     revoked=state.revoked,
                     etags=etags,
-                    device_public_key=self._device_key(conn, app.account_id, device_key_id),
+                    device_public_key=self._device_key(conn, app.id, device_key_id),
                     live_apps=int(live),
                     signing_key=_key(krow) if krow else None,
                 )

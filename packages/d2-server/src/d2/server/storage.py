@@ -113,8 +113,8 @@ class PublishState:
 
     ``etags``: every ETag served for the current version (a re-signing adds one).
     ``device_public_key``: the raw Ed25519 key registered under the request's key
-    id for the account, or ``None``. ``live_apps``: apps of the account with a
-    policy in force (published and not revoked).
+    id for the app being published, or ``None``. ``live_apps``: apps of the
+    account with a policy in force (published and not revoked).
     """
 
     current_version: int
@@ -182,6 +182,13 @@ class Storage(abc.ABC):
         """Store a new account."""
 
     @abc.abstractmethod
+    def create_account_with_app(
+        self, account_id: str, quotas: Quotas, app_name: str, now: float
+    ) -> tuple[Account, App]:
+        """Store a new account and its first app in one transaction (both or
+        neither)."""
+
+    @abc.abstractmethod
     def get_account(self, account_id: str) -> Account | None:
         """The account, or ``None``."""
 
@@ -223,13 +230,13 @@ class Storage(abc.ABC):
     # device keys
     @abc.abstractmethod
     def add_device_key(
-        self, account_id: str, key_id: str, public_key: bytes, now: float
+        self, app_id: int, key_id: str, public_key: bytes, now: float
     ) -> KeyRegistration:
-        """Register a device key for the account."""
+        """Register a device key for the app (key ids are unique per app)."""
 
     @abc.abstractmethod
-    def device_key(self, account_id: str, key_id: str) -> bytes | None:
-        """The raw public key registered under ``key_id``, or ``None``."""
+    def device_key(self, app_id: int, key_id: str) -> bytes | None:
+        """The raw public key registered under ``key_id`` for the app, or ``None``."""
 
     # policy
     @abc.abstractmethod

@@ -258,7 +258,10 @@ class D2Server:
         return {"metadata": meta, "policies": roles}
 
     def register_key(self, key: DeviceKey | None = None, *, token: str | None = None) -> DeviceKey:
-        """Register ``key`` (default: a new one, kept as ``device_key``)."""
+        """Register ``key`` (default: a new one) for the app of ``token`` (default:
+        the developer token of this app). Device keys belong to one app: the first
+        key registered for this app is kept as ``device_key``, the default of
+        :meth:`publish`; publishing for another app needs its own key."""
         key = key or DeviceKey()
         r = self._request(
             "POST",
@@ -268,7 +271,7 @@ class D2Server:
         )
         if r.status_code != 201:
             raise AssertionError(f"registering the device key failed: {r.status_code} {r.text}")
-        if self.device_key is None:
+        if self.device_key is None and token in (None, self.developer_token):
             self.device_key = key
         return key
 
@@ -288,8 +291,9 @@ class D2Server:
         token: str | None = None,
     ) -> httpx.Response:
         """``POST /v1/policy/publish`` of ``document`` (a mapping is sent as compact
-        JSON; bytes are sent as they are), signed by ``key`` (default: the registered
-        device key, registering one first if needed).
+        JSON; bytes are sent as they are), signed by ``key`` (default: this app's
+        registered device key, registering one first if needed; pass a key
+        registered for the token's app when ``token`` is another app's).
 
         Preconditions default to the right ones: ``If-Match`` with the current ETag,
         or ``If-None-Match: *`` when no policy is in force. Pass ``if_match`` /
