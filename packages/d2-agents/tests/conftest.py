@@ -93,6 +93,12 @@ def configure() -> Callable[..., PolicyManager]:
 
 
 @pytest.fixture
+def policy_doc() -> dict[str, Any]:
+    """A fresh copy of the agents policy, for a test to adjust before ``configure``."""
+    return agents_policy()
+
+
+@pytest.fixture
 def tool_ids() -> dict[str, str]:
     """Framework tool name -> the policy's tool id."""
     return dict(TOOL_IDS)

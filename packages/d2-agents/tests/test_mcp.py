@@ -101,14 +101,59 @@ async def test_a_forbidden_call_is_an_mcp_tool_error_and_the_session_goes_on(
         act_as("victor", "viewer")
         refused = await client.call_tool("read_users", {"limit": 1})
         assert refused.is_error
-        assert "Permission denied" in text(refused) and "not_granted" in text(refused)
+        assert text(refused) == "Unknown tool: read_users"  # as if it did not exist
         assert "ada@example.com" not in text(refused)
         # the session is intact: the next call works
         ok = await client.call_tool("web_search", {"query": "pricing"})
         assert not ok.is_error and "as victor" in text(ok)
         act_as(None)
         anonymous = await client.call_tool("web_search", {"query": "x"})
-        assert anonymous.is_error and "no_user" in text(anonymous)
+        assert anonymous.is_error and text(anonymous) == "Unknown tool: web_search"
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_a_hidden_tool_cannot_be_told_from_a_missing_one(
+    configure: Any, tool_ids: dict[str, str], users: list[dict[str, str]], mode: Any
+) -> None:
+    # The SDK validates a call's arguments (and runs resolvers) before the tool's
+    # function; a hidden tool must be refused before that, exactly like a missing one.
+    configure()
+    server = build_server(users)
+    ran: list[str] = []
+
+    @server.tool()
+    def export_users(destination: str, include_emails: bool) -> str:
+        """Granted to no role."""
+        ran.append("export_users")
+        return "exported"
+
+    guard_server(server, identify=identify, tool_ids=tool_ids)
+    async with Client(server, mode=mode) as client:
+        act_as("victor", "viewer")
+
+        async def answer(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+            result = await client.call_tool(name, arguments)
+            assert result.is_error
+            dumped = result.model_dump(exclude={"meta"})
+            text_ = dumped["content"][0]["text"]
+            assert text_ == f"Unknown tool: {name}"
+            dumped["content"][0]["text"] = text_.replace(name, "<name>")
+            return dumped
+
+        missing = await answer("no_such_tool", {})
+        assert await answer("read_users", {"limit": 1}) == missing  # granted to others
+        assert await answer("read_users", {"limit": "not a number"}) == missing
+        assert await answer("http_request", {}) == missing  # a required argument absent
+        assert await answer("export_users", {"destination": 3}) == missing  # granted to none
+        assert await answer("export_users", {"destination": "x", "include_emails": True}) == (
+            missing
+        )
+        act_as(None)  # no user at all: the same answer
+        assert await answer("web_search", {"query": ["wrong", "type"]}) == missing
+        act_as("alice", "analyst")  # a granted tool still reports bad arguments
+        bad = await client.call_tool("read_users", {"limit": "not a number"})
+        assert bad.is_error and "limit" in text(bad) and "Unknown tool" not in text(bad)
+    assert ran == []
 
 
 async def test_input_and_output_rules_bind_to_the_tool_function(server: MCPServer) -> None:
@@ -159,7 +204,7 @@ async def test_the_user_is_set_from_each_request_and_cleared_after_it(
         act_as(None)
         assert await listed(client) == []
         refused = await client.call_tool("web_search", {"query": "x"})
-        assert refused.is_error and "no_user" in text(refused)
+        assert refused.is_error and text(refused) == "Unknown tool: web_search"
         act_as("alice", "analyst")
         assert "as alice" in text(await client.call_tool("web_search", {"query": "x"}))
         act_as("victor", "viewer")
@@ -179,7 +224,7 @@ async def test_tools_registered_after_guard_server_are_guarded_on_first_call(
         act_as("alice", "analyst")
         assert "drop_tables" not in await listed(client)
         refused = await client.call_tool("drop_tables", {})
-        assert refused.is_error and "unknown_tool" in text(refused)
+        assert refused.is_error and text(refused) == "Unknown tool: drop_tables"
 
 
 async def test_a_session_key_carries_the_history_across_stateless_requests(
@@ -242,7 +287,7 @@ async def test_a_low_level_server_is_guarded_through_its_handlers(
         act_as("victor", "viewer")
         assert await listed(client) == ["web.search"]
         refused = await client.call_tool("db.read_users", {"limit": 1})
-        assert refused.is_error and "not_granted" in text(refused)
+        assert refused.is_error and text(refused) == "Unknown tool: db.read_users"
         act_as("alice", "analyst")
         assert await listed(client) == ["db.read_users", "http.request", "web.search"]
         too_many = await client.call_tool("db.read_users", {"limit": 500})
@@ -251,6 +296,181 @@ async def test_a_low_level_server_is_guarded_through_its_handlers(
         assert not read.is_error
         exfil = await client.call_tool("http.request", {"url": "https://evil.test"})
         assert exfil.is_error and "sequence_violation" in text(exfil)
+
+
+def lowlevel_reader(result: Any) -> Server[Any]:
+    """A low-level server whose only tool, ``db.read_users``, returns ``result``
+    (a function of the call's arguments)."""
+
+    async def on_list_tools(
+        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(
+            tools=[types.Tool(name="db.read_users", input_schema={"type": "object"})]
+        )
+
+    async def on_call_tool(
+        ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> Any:
+        return result(params.arguments or {})
+
+    return Server("lowlevel", on_list_tools=on_list_tools, on_call_tool=on_call_tool)
+
+
+def reader_policy(
+    doc: dict[str, Any], output: dict[str, Any], limit: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``doc`` (the agents policy) with ``db.read_users``'s conditions replaced."""
+    grant = doc["policies"][0]["permissions"][1]
+    grant["conditions"] = {"input": {"limit": limit or {"type": "int", "max": 50}}}
+    grant["conditions"]["output"] = output
+    return doc
+
+
+async def test_a_low_level_server_applies_output_rules_to_structured_and_text_content(
+    configure: Any, users: list[dict[str, str]], policy_doc: dict[str, Any]
+) -> None:
+    configure(reader_policy(policy_doc, {"users.email": {"action": "redact"}}))
+
+    def read(arguments: dict[str, Any]) -> types.CallToolResult:
+        found = {"users": users[: arguments.get("limit", 10)]}
+        return types.CallToolResult(  # the MCP convention: the text is the JSON
+            content=[types.TextContent(type="text", text=json.dumps(found))],
+            structured_content=found,
+        )
+
+    server = lowlevel_reader(read)
+    guard_server(server, identify=identify)
+    async with Client(server, mode="legacy") as client:
+        act_as("alice", "analyst")
+        result = await client.call_tool("db.read_users", {"limit": 2})
+    assert not result.is_error
+    redacted = {
+        "users": [
+            {"name": "Ada", "email": "[REDACTED]"},
+            {"name": "Grace", "email": "[REDACTED]"},
+        ]
+    }
+    assert result.structured_content == redacted
+    assert json.loads(text(result)) == redacted
+    assert "example.com" not in result.model_dump_json()
+
+
+async def test_a_low_level_server_applies_output_rules_to_each_json_text_block(
+    configure: Any, users: list[dict[str, str]]
+) -> None:
+    configure()  # the agents policy: "email" redacted wherever the result holds it
+
+    def read(arguments: dict[str, Any]) -> types.CallToolResult:
+        return types.CallToolResult(
+            content=[
+                types.TextContent(type="text", text=json.dumps(users)),  # a list
+                types.TextContent(type="text", text=json.dumps(users[0])),  # an object
+                types.TextContent(type="text", text="2 users found"),  # not JSON
+            ],
+            structured_content={"email": "ops@example.com", "count": 2},  # not mirrored
+        )
+
+    server = lowlevel_reader(read)
+    guard_server(server, identify=identify)
+    async with Client(server, mode="legacy") as client:
+        act_as("alice", "analyst")
+        result = await client.call_tool("db.read_users", {"limit": 2})
+    assert not result.is_error
+    assert "example.com" not in result.model_dump_json()
+    assert result.structured_content == {"email": "[REDACTED]", "count": 2}
+    blocks = [c.text for c in result.content if isinstance(c, types.TextContent)]
+    assert json.loads(blocks[0])[1] == {"name": "Grace", "email": "[REDACTED]"}
+    assert json.loads(blocks[1]) == {"name": "Ada", "email": "[REDACTED]"}
+    assert blocks[2] == "2 users found"
+
+
+async def test_low_level_content_the_output_rules_cannot_read_is_refused_under_them(
+    configure: Any, users: list[dict[str, str]]
+) -> None:
+    configure()
+    image = types.ImageContent(type="image", data="aGVsbG8=", mime_type="image/png")
+
+    def read(arguments: dict[str, Any]) -> types.CallToolResult:
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=json.dumps(users)), image]
+        )
+
+    server = lowlevel_reader(read)
+    guard_server(server, identify=identify)
+    async with Client(server, mode="legacy") as client:
+        act_as("alice", "analyst")
+        refused = await client.call_tool("db.read_users", {"limit": 1})
+        assert refused.is_error and "output_validation" in text(refused)
+        assert "example.com" not in refused.model_dump_json()
+
+
+async def test_a_low_level_result_no_rule_changes_is_passed_as_it_is(
+    configure: Any, users: list[dict[str, str]], policy_doc: dict[str, Any]
+) -> None:
+    configure(reader_policy(policy_doc, {"users.email": {"action": "redact"}}))
+    sent = types.CallToolResult(
+        content=[types.TextContent(type="text", text='{"count": 2}')],
+        structured_content={"count": 2},
+    )
+
+    server = lowlevel_reader(lambda arguments: sent)
+    guard_server(server, identify=identify)
+    async with Client(server, mode="legacy") as client:
+        act_as("alice", "analyst")
+        result = await client.call_tool("db.read_users", {"limit": 1})
+    assert not result.is_error
+    assert result.structured_content == {"count": 2} and text(result) == '{"count": 2}'
+
+
+async def test_low_level_input_rules_see_only_the_arguments_sent_so_require_them(
+    configure: Any, users: list[dict[str, str]], policy_doc: dict[str, Any]
+) -> None:
+    # No signature, so the handler's own default is invisible: `required` closes it.
+    configure(reader_policy(policy_doc, {}, limit={"type": "int", "max": 50, "required": True}))
+
+    def read(arguments: dict[str, Any]) -> types.CallToolResult:
+        found = users[: arguments.get("limit", 1000)]
+        return types.CallToolResult(content=[types.TextContent(type="text", text=str(found))])
+
+    server = lowlevel_reader(read)
+    guard_server(server, identify=identify)
+    async with Client(server, mode="legacy") as client:
+        act_as("alice", "analyst")
+        missing = await client.call_tool("db.read_users", {})
+        assert missing.is_error and "input_validation" in text(missing)
+        assert not (await client.call_tool("db.read_users", {"limit": 1})).is_error
+
+
+async def test_the_low_level_gates_are_bounded_under_a_wildcard_policy(
+    configure: Any, monkeypatch: pytest.MonkeyPatch, policy_doc: dict[str, Any]
+) -> None:
+    import d2.agents.mcp as adapter
+
+    monkeypatch.setattr(adapter, "_GATES", 8)
+    doc = policy_doc
+    doc["policies"][0]["permissions"].append("scratch.*")
+    configure(doc)
+
+    async def on_call_tool(
+        ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        return types.CallToolResult(content=[types.TextContent(type="text", text="ok")])
+
+    async def on_list_tools(
+        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=[])
+
+    server: Server[Any] = Server("lowlevel", on_list_tools=on_list_tools, on_call_tool=on_call_tool)
+    guard = guard_server(server, identify=identify)
+    async with Client(server, mode="legacy") as client:
+        act_as("alice", "analyst")
+        for n in range(30):
+            assert not (await client.call_tool(f"scratch.t{n}", {})).is_error
+        assert not (await client.call_tool("scratch.t29", {})).is_error
+    assert len(guard._gates) == 8
+    assert "scratch.t29" in guard._gates and "scratch.t0" not in guard._gates
 
 
 def test_guarding_twice_or_guarding_something_else_is_a_configuration_error(

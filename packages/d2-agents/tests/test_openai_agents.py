@@ -161,3 +161,100 @@ def test_guard_tool_is_idempotent_and_refuses_non_function_tools(
     assert search.params_json_schema == tools[0].params_json_schema
     with pytest.raises(TypeError, match="FunctionTool"):
         guard_tool(object())  # type: ignore[arg-type]
+
+
+async def invoke(tool: Tool, arguments: str) -> Any:
+    """What the SDK does with one function call of the model: the tool's invoker
+    with the raw argument string."""
+    assert isinstance(tool, FunctionTool)
+    context = ToolContext(
+        context=None, tool_name=tool.name, tool_call_id="c1", tool_arguments=arguments
+    )
+    return await invoke_function_tool(function_tool=tool, context=context, arguments=arguments)
+
+
+@pytest.fixture
+def wide_reader(configure: Any, users: list[dict[str, str]]) -> Tool:
+    """``read_users`` whose own default (1000) is far above the policy's max of 50."""
+    configure()
+    RAN.clear()
+
+    @function_tool
+    def read_users(limit: int = 1000) -> list[dict[str, str]]:
+        """Read user records."""
+        RAN.append(f"read_users({limit})")
+        return users[:limit]
+
+    return guard_tools([read_users], tool_ids={"read_users": "db.read_users"})[0]
+
+
+@pytest.mark.parametrize("arguments", ["{}", ""])
+async def test_input_rules_see_the_functions_defaults_when_the_model_sends_none(
+    wide_reader: Tool, arguments: str
+) -> None:
+    set_user("alice", roles=["analyst"])
+    output = await invoke(wide_reader, arguments)
+    assert "input_validation" in output and "'limit' fails max 50" in output
+    assert RAN == []
+
+
+async def test_input_rules_see_the_values_the_function_receives(wide_reader: Tool) -> None:
+    set_user("alice", roles=["analyst"])
+    # the SDK's parameter model turns "2" into 2: the rule (type int) sees 2
+    assert "[REDACTED]" in str(await invoke(wide_reader, json.dumps({"limit": "2"})))
+    assert "input_validation" in await invoke(wide_reader, json.dumps({"limit": "500"}))
+    assert RAN == ["read_users(2)"]
+
+
+@pytest.mark.parametrize("arguments", ["{not json", "[1]", '"limit"', '{"limit": "many"}'])
+async def test_arguments_that_cannot_be_read_are_refused(wide_reader: Tool, arguments: str) -> None:
+    set_user("alice", roles=["analyst"])
+    output = await invoke(wide_reader, arguments)
+    assert output.startswith("Permission denied: 'db.read_users' was refused (input_validation)")
+    assert "many" not in output  # never the value
+    assert RAN == []
+
+
+async def test_a_tool_taking_the_context_binds_its_arguments_after_it(
+    configure: Any, users: list[dict[str, str]]
+) -> None:
+    configure()
+
+    @function_tool
+    def read_users(ctx: RunContextWrapper[Any], limit: int = 1000) -> list[dict[str, str]]:
+        """Read user records."""
+        return users[:limit]
+
+    guarded = guard_tools([read_users], tool_ids={"read_users": "db.read_users"})[0]
+    set_user("alice", roles=["analyst"])
+    assert "input_validation" in await invoke(guarded, "{}")
+    assert "[REDACTED]" in str(await invoke(guarded, '{"limit": 1}'))
+
+
+async def test_a_hand_built_tool_gets_the_defaults_of_its_schema(
+    configure: Any, users: list[dict[str, str]]
+) -> None:
+    configure()
+    ran: list[str] = []
+
+    async def run(ctx: ToolContext[Any], arguments: str) -> str:
+        ran.append(arguments)
+        return json.dumps(users)
+
+    tool = FunctionTool(
+        name="read_users",
+        description="Read user records.",
+        params_json_schema={
+            "type": "object",
+            "properties": {"limit": {"type": "integer", "default": 1000}},
+            "additionalProperties": False,
+        },
+        on_invoke_tool=run,
+        strict_json_schema=False,
+    )
+    guarded = guard_tools([tool], tool_ids={"read_users": "db.read_users"})[0]
+    set_user("alice", roles=["analyst"])
+    assert "input_validation" in await invoke(guarded, "{}")
+    assert "(input_validation)" in await invoke(guarded, "not json")
+    assert not (await invoke(guarded, '{"limit": 5}')).startswith("Permission denied")
+    assert ran == ['{"limit": 5}']

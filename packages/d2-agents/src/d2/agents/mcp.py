@@ -17,20 +17,38 @@ Through the SDK's own extension points:
   only. The user's request scope (call history, data-flow facts) lives as long as
   the MCP session, so sequence and data-flow rules span the session's calls;
 - ``tools/list`` answers only the tools the user may call (``is_allowed``);
-- every call passes ``d2_guard``. On an ``MCPServer`` each registered tool's own
-  function is guarded, so input rules bind to its parameters and output rules see
-  its return value. On a low-level ``Server`` the ``tools/call`` handler is guarded,
-  with the call's ``arguments`` as keywords and its ``CallToolResult`` as output;
-- a denial is an MCP tool error (``isError: true``, text ``deny_message(err)``):
-  the model reads it, the session goes on.
+- ``tools/call`` of a tool the user may not call (``is_allowed`` is false, whatever
+  the reason) is answered before the SDK looks at the arguments, with the very
+  error an unknown tool gets (``Unknown tool: <name>``): a hidden tool cannot be
+  told from a missing one, nor its parameters probed;
+- every other call passes ``d2_guard``. On an ``MCPServer`` each registered tool's
+  own function is guarded, so input rules bind to its parameters (defaults applied)
+  and output rules see its return value. On a low-level ``Server`` the
+  ``tools/call`` handler is guarded:
+
+  - input rules read the call's ``arguments`` as the client sent them: there is no
+    signature, so a handler's own defaults are invisible to them. Mark the
+    arguments a rule depends on ``required: true`` (a missing one then denies);
+  - output rules read the handler's ``CallToolResult`` as JSON: its
+    ``structured_content``, and each text block as the JSON it holds (or as a
+    string when it is not JSON). A text block that is the JSON of the structured
+    content (the MCP convention) is checked with it and rewritten from its
+    sanitized value; when there are several values, the rules apply to each (as to
+    the items of a list). Other content (images, audio, resources) cannot be read:
+    a field rule meeting it refuses the result (``output_validation``);
+    ``deny_if_patterns`` and ``max_bytes`` read its JSON;
+- a guardrail denial is an MCP tool error (``isError: true``, text
+  ``deny_message(err)``): the model reads it, the session goes on.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 try:
     from mcp import types
@@ -48,11 +66,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from d2.core import (
     ConfigurationError,
-    MissingPolicyError,
     PermissionDeniedError,
     UserContext,
     d2_guard,
-    get_policy_manager,
     is_allowed,
 )
 
@@ -77,22 +93,156 @@ _STATE_KEY = "d2.agents.mcp"  # our slot in Connection.state
 _UNGUARDED = frozenset({"initialize", "ping", "server/discover"})
 _MARK = "__d2_agents_tool_id__"  # set on functions this module guarded
 _SESSIONS = 10_000  # custom session keys remembered (least recently used dropped)
+_GATES = 4_096  # guarded tool ids of a low-level server remembered (same)
+
+_logger = logging.getLogger(__name__)
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
 
 
-class _Sessions(OrderedDict[Hashable, UserContext]):
-    """Request scopes by session key, the least recently used dropped past a bound."""
+class _Bounded(OrderedDict[_K, _V]):
+    """A mapping that drops its least recently used entry past ``bound`` entries
+    (setting or :meth:`hit` makes an entry the most recent)."""
 
-    def __setitem__(self, key: Hashable, value: UserContext) -> None:
+    def __init__(self, bound: int) -> None:
+        super().__init__()
+        self._bound = bound
+
+    def __setitem__(self, key: _K, value: _V) -> None:
         super().__setitem__(key, value)
         self.move_to_end(key)
-        if len(self) > _SESSIONS:
+        if len(self) > self._bound:
             self.popitem(last=False)
+
+    def hit(self, key: _K) -> _V | None:
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+
+def _unknown_tool(name: str) -> types.CallToolResult:
+    """The answer to a tool the user may not call: word for word what ``MCPServer``
+    answers for a tool it does not have."""
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=f"Unknown tool: {name}")], is_error=True
+    )
 
 
 async def _through(_d2_call: Callable[[], Awaitable[Any]], /, **arguments: Any) -> Any:
     """What a low-level server's tool calls pass through: ``d2_guard`` reads the
-    call's arguments from the keywords, the handler runs inside."""
+    call's arguments from the keywords; the handler runs inside and what it returns
+    is the value output rules read (:class:`_Readable`)."""
     return await _d2_call()
+
+
+class _Opaque:
+    """Content the output rules cannot read (an image, audio, a resource, a result
+    that is not a ``CallToolResult``): a field rule that meets it refuses the
+    result; ``deny_if_patterns`` and ``max_bytes`` read its JSON (``str``)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, value: Any) -> None:
+        try:
+            if hasattr(value, "model_dump_json"):
+                self.text = str(value.model_dump_json(by_alias=True, exclude_none=True))
+            else:
+                self.text = json.dumps(value, ensure_ascii=False, default=str)
+        except Exception:  # unreadable: its type name is all there is
+            self.text = type(value).__name__
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return "<MCP content the output rules cannot read>"
+
+
+_MIRROR = -1  # a text block holding the JSON of the structured content
+
+
+class _Readable:
+    """A low-level handler's result as the JSON values output rules can read, and
+    the way back from their sanitized values to a ``CallToolResult``.
+
+    The values: the ``structured_content`` (when present), then each content block
+    that is not the JSON of the structured content: a text block as the JSON it
+    holds (or its text), any other block as :class:`_Opaque`. One value is read as
+    it is; several as a list (the rules apply to each)."""
+
+    __slots__ = ("original", "parsed", "result", "slots", "structured", "values", "view")
+
+    def __init__(self, result: Any) -> None:
+        self.original = result
+        self.result: types.CallToolResult | None = None
+        self.values: list[Any] = []
+        self.parsed: list[bool] = []  # per value: read from JSON text
+        self.slots: list[int] = []  # per content block: its value, or _MIRROR
+        self.structured = False
+        if isinstance(result, types.CallToolResult):
+            self.result = result
+        elif isinstance(result, dict):
+            try:
+                self.result = types.CallToolResult.model_validate(result)
+            except Exception:  # not a tool result: unreadable
+                self.result = None
+        if self.result is None:
+            self.values.append(_Opaque(result))
+            self.parsed.append(False)
+        else:
+            self._read(self.result)
+        self.view: Any = self.values[0] if len(self.values) == 1 else list(self.values)
+
+    def _read(self, result: types.CallToolResult) -> None:
+        structured = result.structured_content
+        if structured is not None:
+            self.structured = True
+            self.values.append(structured)
+            self.parsed.append(False)
+        for block in result.content:
+            if not isinstance(block, types.TextContent):
+                self.slots.append(len(self.values))
+                self.values.append(_Opaque(block))
+                self.parsed.append(False)
+                continue
+            try:
+                value, parsed = json.loads(block.text), True
+            except ValueError:
+                value, parsed = block.text, False
+            if parsed and self.structured and value == structured:
+                self.slots.append(_MIRROR)
+                continue
+            self.slots.append(len(self.values))
+            self.values.append(value)
+            self.parsed.append(parsed)
+
+    def rebuilt(self, sanitized: Any) -> Any:
+        """The result carrying ``sanitized`` (what the output rules made of
+        :attr:`view`); the original when they changed nothing."""
+        if sanitized is self.view:
+            return self.original
+        values = [sanitized] if len(self.values) == 1 else sanitized
+        if self.result is None or not isinstance(values, list) or len(values) != len(self.values):
+            raise ValueError("the output rules changed the shape of the result")
+        result = self.result
+        structured = values[0] if self.structured else result.structured_content
+        content: list[types.ContentBlock] = []
+        for block, slot in zip(result.content, self.slots, strict=True):
+            if slot == _MIRROR:
+                changed = structured is not self.values[0]
+                new = structured
+                as_json = True
+            else:
+                new = values[slot]
+                changed = new is not self.values[slot]
+                as_json = self.parsed[slot] or not isinstance(new, str)
+            if not changed or not isinstance(block, types.TextContent):
+                content.append(block)
+                continue
+            text = json.dumps(new, ensure_ascii=False, default=str) if as_json else new
+            content.append(block.model_copy(update={"text": text}))
+        return result.model_copy(update={"content": content, "structured_content": structured})
 
 
 def _connection_state(ctx: ServerRequestContext[Any, Any]) -> MutableMapping[str, Any] | None:
@@ -127,11 +277,12 @@ class MCPGuard:
         self._identify = identify
         self._tool_id = tool_id_resolver(tool_ids)
         self._session_key = session_key
-        self._sessions = _Sessions()
+        self._sessions: _Bounded[Hashable, UserContext] = _Bounded(_SESSIONS)
         self._instance = instance_name
         self._deny_message = deny_message
         self._tools: ToolManager | None = None  # an MCPServer's registry
-        self._gates: dict[str, Callable[..., Awaitable[Any]]] = {}  # low-level servers
+        # low-level servers: one gate per tool id, the least recently used dropped
+        self._gates: _Bounded[str, Callable[..., Awaitable[Any]]] = _Bounded(_GATES)
 
     # -- the middleware ------------------------------------------------------------
     async def __call__(
@@ -202,6 +353,31 @@ class MCPGuard:
         for tool in registry.list_tools():
             self._guard_tool(tool)
 
+    def refuse_hidden(self, server: Server[Any]) -> None:
+        """Answer ``tools/call`` of a tool the current user may not call before
+        ``server``'s own handler runs (the SDK validates a call's arguments and runs
+        its resolvers inside that handler, before the tool's function): the same
+        answer an unknown tool gets, in the SDK's own response envelope."""
+        entry = server.get_request_handler("tools/call")
+        if entry is None:
+            raise ConfigurationError(
+                "this MCP server has no tools/call handler to guard; this version of "
+                "the mcp SDK is not supported by d2.agents.mcp"
+            )
+        inner = entry.handler
+
+        async def call_tool(ctx: ServerRequestContext[Any, Any], params: Any) -> HandlerResult:
+            name = getattr(params, "name", None)
+            if not isinstance(name, str) or not self._allowed(name):
+                return self._refused(name)
+            return await inner(ctx, params)
+
+        server.add_request_handler("tools/call", entry.params_type, call_tool)
+
+    def _refused(self, name: object) -> types.CallToolResult:
+        _logger.info("D2 refused tools/call of %r: not allowed for the current user", name)
+        return _unknown_tool(name if isinstance(name, str) else repr(name))
+
     def _guard_registered(self, ctx: ServerRequestContext[Any, Any]) -> None:
         name = (ctx.params or {}).get("name")
         if self._tools is None or not isinstance(name, str):
@@ -243,35 +419,40 @@ class MCPGuard:
         ctx: ServerRequestContext[Any, Any],
         params: types.CallToolRequestParams,
     ) -> HandlerResult:
+        if not self._allowed(params.name):  # before the handler sees the call
+            return self._refused(params.name)
         tool_id = self._tool_id(params.name)
-        try:
-            gate = self._gates.get(tool_id)
-            if gate is None:
-                # RBAC first: names the policy refuses never become guarded tool ids
-                self._refuse_unless_allowed(tool_id)
-                gate = d2_guard(tool_id, instance_name=self._instance)(_through)
-                self._gates[tool_id] = gate
-            result = await gate(lambda: inner(ctx, params), **(params.arguments or {}))
-        except PermissionDeniedError as err:
-            return types.CallToolResult(
-                content=[types.TextContent(type="text", text=self._deny_message(err))],
-                is_error=True,
-            )
-        if isinstance(result, dict) and "content" in result:  # sanitized by output rules
-            return types.CallToolResult.model_validate(result)
-        return result  # type: ignore[no-any-return]
+        gate = self._gates.hit(tool_id)
+        if gate is None:
+            gate = d2_guard(tool_id, instance_name=self._instance)(_through)
+            self._gates[tool_id] = gate
+        readable: list[_Readable] = []
 
-    def _refuse_unless_allowed(self, tool_id: str) -> None:
-        if is_allowed(tool_id, instance_name=self._instance):
-            return
+        async def handle() -> Any:
+            result = _Readable(await inner(ctx, params))
+            readable.append(result)
+            return result.view
+
         try:
-            err = get_policy_manager(self._instance).explain(tool_id).error
-        except ConfigurationError:
-            err = MissingPolicyError(
-                f"{tool_id!r} denied: D2 instance {self._instance!r} is not configured",
-                tool_id=tool_id,
+            sanitized = await gate(handle, **(params.arguments or {}))
+        except PermissionDeniedError as err:
+            return self._denied(err)
+        try:
+            return readable[0].rebuilt(sanitized)  # type: ignore[no-any-return]
+        except ValueError:  # defensive: the rules never change its shape; fail closed
+            return self._denied(
+                PermissionDeniedError(
+                    f"{tool_id!r} result refused: it cannot be rebuilt after its output rules",
+                    tool_id=tool_id,
+                    reason="output_validation",
+                )
             )
-        raise err or PermissionDeniedError(f"{tool_id!r} denied", tool_id=tool_id)
+
+    def _denied(self, err: PermissionDeniedError) -> types.CallToolResult:
+        text = self._deny_message(err)
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=text)], is_error=True
+        )
 
 
 def guard_server(
@@ -293,7 +474,9 @@ def guard_server(
     stateless 2026-07-28 transport every request is its own connection, so give a key
     the client cannot reset at will (for example a session claim of the access
     token), or sequence and data-flow rules only see one call. ``deny_message(err)``
-    is the text of a refused call's tool error. Returns the installed middleware.
+    is the text of the tool error of a call a guardrail refuses (a tool the user may
+    not call at all is answered ``Unknown tool: <name>``, like a missing one).
+    Returns the installed middleware.
 
     Register the tools first: on an ``MCPServer``, tools added later are guarded on
     their first call; on a low-level ``Server`` the ``tools/call`` handler must exist.
@@ -317,6 +500,13 @@ def guard_server(
                 "SDK is not supported by d2.agents.mcp"
             )
         guard.guard_tools(registry)
+        lowlevel = getattr(server, "_lowlevel_server", None)  # no public accessor either
+        if not isinstance(lowlevel, Server):
+            raise ConfigurationError(
+                "cannot reach this MCPServer's request handlers; this version of the mcp "
+                "SDK is not supported by d2.agents.mcp"
+            )
+        guard.refuse_hidden(lowlevel)
     else:
         guard.guard_handler(server)
     server.middleware.append(guard)
