@@ -45,7 +45,10 @@ class _Raise:
         return "<raise>"
 
 
-RAISE: Any = _Raise()  # default ``on_deny``: raise the denial
+RAISE: Any = _Raise()
+# Guards made per request (adapters guarding client-named tools) must not grow the
+# registry without bound; past this many ids, new ones are guarded but not listed.
+_MAX_REGISTERED = 100_000  # default ``on_deny``: raise the denial
 
 
 def _fallback(on_deny: Any, is_async: bool, tool_id: str) -> Callable[[PermissionDeniedError], Any]:
@@ -163,7 +166,8 @@ def _build(
     evaluator = evaluator_for(instance_name)
     name = getattr(fn, "__name__", tool_id)
     arguments = Arguments(fn)
-    evaluator.guarded_tools[tool_id] = arguments
+    if len(evaluator.guarded_tools) < _MAX_REGISTERED or tool_id in evaluator.guarded_tools:
+        evaluator.guarded_tools[tool_id] = arguments  # for allowed_tools() and explain()
     check, admit, finish = evaluator.check, evaluator.admit, evaluator.finish
     is_async = is_coroutine_function(fn)
     is_agen = is_async_generator_function(fn)
