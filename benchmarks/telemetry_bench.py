@@ -367,7 +367,7 @@ def telemetry_section(settings: Settings) -> tuple[list[Table], list[Target]]:
         "each hook called directly on a second `Metrics` (its own MeterProvider and "
         "InMemoryMetricReader), in the same round robin as the table above.",
         "what (c)'s reader collected over the run (calibration and warm-up included; "
-        "one of each per guarded call): "
+        "every decision is counted; durations are sampled one call in SAMPLE): "
         + ", ".join(f"{name} {count:,}" for name, count in sorted(inproc.points.items())),
     ]
 

@@ -419,3 +419,16 @@ def test_output_rules_reach_iterators_and_awaitables(configure: Any) -> None:
     assert asyncio.run(aw()) == {"name": "bob"}
     assert asyncio.run(obj()) == {"name": "bob"}
     assert rows == [{"name": "bob", "ssn": "123"}]
+
+
+def test_a_rule_on_an_argument_the_tool_does_not_take_fails_closed(configure: Any) -> None:
+    configure(
+        {
+            "role": "r",
+            "permissions": [{"tool": "q", "conditions": {"input": {"limt": {"max": 50}}}}],
+        }
+    )
+    query = d2_guard("q")(lambda limit=1000: limit)
+    set_user("u", roles=["r"])
+    with pytest.raises(PermissionDeniedError, match="does not take"):
+        query()

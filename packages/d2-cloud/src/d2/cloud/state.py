@@ -1,7 +1,8 @@
 """The state file: the last verified bundle per app, so a process can start offline.
 
 ``D2_STATE_PATH`` (default ``~/.config/d2/bundles.json``; ``:memory:`` keeps
-nothing). Per app (keyed by audience): the JWS, its ETag and version, and the JWKS
+nothing). One entry per control plane and token (keyed by a digest of the base URL
+and the token): the audience, the JWS, its ETag and version, and the JWKS
 it verified with. Written atomically (temp file, then rename) with mode 0600.
 Everything read back is verified again before use; a corrupt file is ignored with a
 warning.

@@ -64,7 +64,8 @@ class UsageEvents:
         self._held: list[bytes] = []  # encoded events the server could not take yet
         self._warned = False
         if hash_user_ids is None:
-            hash_user_ids = os.environ.get("D2_USER_ID_HASH", "").strip() in ("1", "true", "yes")
+            flag = os.environ.get("D2_USER_ID_HASH", "").strip().lower()
+            hash_user_ids = flag in ("1", "true", "yes", "on")
         salt = os.environ.get("D2_USER_ID_SALT", "")
         self._salt = salt.encode() if salt else os.urandom(16)
         self.hash_user_ids = hash_user_ids

@@ -162,6 +162,18 @@ class Arguments:
         if code.co_flags & _CO_VARKEYWORDS:
             self.varkw = names[extra]
 
+    def takes(self, name: str) -> bool:
+        """Whether a call can pass ``name`` at all (always, when the signature is
+        unknown or collects ``**kwargs``)."""
+        if self.opaque or self.varkw is not None:
+            return True
+        return (
+            name in self.positions
+            or name in self.keywords
+            or name in self.fixed
+            or (self.varargs is not None and name == self.varargs[0])
+        )
+
     def position(self, name: str) -> int | None:
         """Where ``name`` is read from when a plain lookup is enough: its position
         (-1 when keyword-only), or None when :meth:`value` must decide."""

@@ -435,6 +435,8 @@ def _plan(grant: Grant, arguments: Arguments | None) -> tuple[Any, ...]:
     for name, constraint in grant.input:
         pos = arguments.position(name) if arguments is not None else -1
         default = arguments.defaults.get(name, MISSING) if arguments is not None else MISSING
+        if arguments is not None and not arguments.takes(name):
+            pos = -3  # a rule on an argument the tool does not take: a typo, fail closed
         plan.append((-2 if pos is None else pos, name, default, constraint.ok))
     return tuple(plan)
 
@@ -450,6 +452,13 @@ def _check_input(
             plans[grant] = plan
     n = len(args)
     for pos, name, default, ok in plan:
+        if pos == -3:
+            return (
+                "input_validation",
+                f"the policy constrains argument {name!r}, which this tool does not take: "
+                "fix the argument name in the policy",
+                f"{grant.path}.conditions.input.{name}",
+            )
         if -1 < pos < n:
             value = args[pos]
         elif pos == -2 and arguments is not None:
