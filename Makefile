@@ -6,7 +6,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 UV ?= uv
 RUN = $(UV) run --frozen --all-packages
 
-.PHONY: help uv sync demo demo-cloud test lint format bench
+.PHONY: help uv sync demo demo-cloud test lint format bench bench-peers docs
 
 help:
 	@echo "make demo   - a scripted agent as three users: each call allowed or denied, and why"
@@ -14,6 +14,8 @@ help:
 	@echo "make test   - install everything (uv included) and run the whole suite"
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict on packages/"
 	@echo "make bench  - guard overhead, scaling, compile time and cold start"
+	@echo "make bench-peers - D2 vs casbin and cedarpy on the same RBAC decisions (throwaway venv)"
+	@echo "make docs   - build the documentation site into ./site (mkdocs --strict)"
 
 uv:
 	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -45,3 +47,13 @@ format: sync
 
 bench: sync
 	$(RUN) python benchmarks/run.py
+
+# The peers (casbin, cedarpy) go into a throwaway venv under .bench/peers, never into
+# the project's; the run writes its tables into docs/performance.md.
+bench-peers: sync
+	$(RUN) python benchmarks/peers.py
+
+# NO_MKDOCS_2_WARNING: mute mkdocs-material's banner about MkDocs 2.0 (not a warning
+# of this build; --strict still fails on every real one).
+docs: sync
+	NO_MKDOCS_2_WARNING=1 $(RUN) mkdocs build --strict --site-dir site

@@ -3,6 +3,7 @@ measured by the benchmarks, never by the test suite)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,23 @@ def test_quick_benchmark_run_reports_every_target() -> None:
         "compile 10,000 tools",
     ):
         assert name in proc.stdout, name
+
+
+def test_peers_benchmark_d2_side_runs_and_answers() -> None:
+    """`make bench-peers` measures D2 in a child process like this one (the peers
+    themselves are installed by the benchmark, never by the test suite)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--child", "d2", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "D2_SILENT": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {row["tools"] for row in result["rows"]} == {10, 1000}
+    answers = result["decisions"]["D2 `is_allowed()`"]
+    assert answers["10"][-1] is False  # the id no rule names
+    assert any(answers["1000"]) and not all(answers["1000"])
