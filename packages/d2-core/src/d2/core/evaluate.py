@@ -102,18 +102,31 @@ def _track(scope: RequestScope, policy: CompiledPolicy) -> _Track:
     if track is not None and track.read >= end:
         return track
     if track is None:
-        progress, labels, read = [0] * len(policy.tracked), {}, 0
+        progress: tuple[int, ...] = (0,) * len(policy.tracked)
+        labels: dict[str, str] = {}
+        read = 0
     else:
-        progress, labels, read = list(track.progress), dict(track.labels), track.read
+        progress, labels, read = track.progress, track.labels, track.read
+    new_progress: list[int] | None = None  # copied only when something moves
+    new_labels: dict[str, str] | None = None
     for tool_id in history[read:end]:
         rules = policy.rules_for(tool_id)
         for slot, hits, last in rules.advance:
-            done = progress[slot]
+            done = (new_progress or progress)[slot]
             if done < last and done in hits:
-                progress[slot] = done + 1
-        for label in rules.labels:
-            labels.setdefault(label, tool_id)
-    track = _Track(tuple(progress), labels, end)
+                if new_progress is None:
+                    new_progress = list(progress)
+                new_progress[slot] = done + 1
+        if rules.labels:
+            if new_labels is None:
+                new_labels = dict(labels)
+            for label in rules.labels:
+                new_labels.setdefault(label, tool_id)
+    track = _Track(
+        tuple(new_progress) if new_progress is not None else progress,
+        new_labels if new_labels is not None else labels,
+        end,
+    )
     scope.progress[policy] = track
     return track
 
