@@ -11,14 +11,13 @@ Framework tools are named ``web_search``, ``read_users`` and ``http_request``;
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from d2.core import InMemorySource, clear_user_context, configure_rbac_sync, shutdown_all_rbac
 from d2.core.manager import PolicyManager
-from d2.core.testing import expires_in
+from d2.core.testing import expires_in, isolate
 
 TOOL_IDS = {
     "web_search": "web.search",
@@ -59,12 +58,7 @@ def agents_policy() -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[None]:
-    for key in list(os.environ):
-        if key.startswith("D2_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("D2_SILENT", "1")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    isolate(monkeypatch, tmp_path)
     # nothing may phone home: no real provider key, no Agents SDK tracing export
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
     monkeypatch.setenv("OPENAI_AGENTS_DISABLE_TRACING", "1")

@@ -7,7 +7,6 @@ The policy: ``admin`` may call every tool, ``reader`` only ``notes.read``."""
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import threading
 import time
@@ -19,7 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 import pytest
 import uvicorn
 from d2.core import InMemorySource, clear_user_context, configure_rbac_sync, shutdown_all_rbac
-from d2.core.testing import expires_in
+from d2.core.testing import expires_in, isolate
 
 POLICY_ENTRIES = [
     {"role": "admin", "permissions": ["*"]},
@@ -29,14 +28,7 @@ POLICY_ENTRIES = [
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[None]:
-    for key in list(os.environ):
-        if key.startswith("D2_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("D2_SILENT", "1")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.chdir(tmp_path)
-    clear_user_context()
+    isolate(monkeypatch, tmp_path)
     doc = {
         "metadata": {"name": "d2-asgi-tests", "expires": expires_in()},
         "policies": POLICY_ENTRIES,

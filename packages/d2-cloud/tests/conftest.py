@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from d2.core.testing import isolate
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -17,12 +18,7 @@ from d2.core import clear_user_context, shutdown_all_rbac
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[None]:
-    for key in list(os.environ):
-        if key.startswith("D2_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("D2_SILENT", "1")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    clear_user_context()
+    isolate(monkeypatch, tmp_path)
     yield
     shutdown_all_rbac()
     clear_user_context()

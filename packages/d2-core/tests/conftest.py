@@ -7,24 +7,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from d2.core import InMemorySource, clear_user_context, configure_rbac_sync
+from d2.core import InMemorySource, configure_rbac_sync
 from d2.core.manager import PolicyManager
-from d2.core.testing import expires_in, reset
+from d2.core.testing import expires_in, isolate, reset
 from d2.core.testing import policy_document as policy_doc
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[None]:
-    import os
 
-    for key in list(os.environ):
-        if key.startswith("D2_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("D2_SILENT", "1")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.chdir(tmp_path)
-    clear_user_context()
+    isolate(monkeypatch, tmp_path)
     yield
     reset()
 

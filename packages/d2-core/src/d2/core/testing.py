@@ -13,13 +13,14 @@ user, no telemetry hooks. Typical pytest use::
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from .context import clear_user_context
 from .manager import shutdown_all_rbac
 
-__all__ = ["expires_in", "policy_document", "reset"]
+__all__ = ["expires_in", "isolate", "policy_document", "reset"]
 
 
 def expires_in(seconds: float = 3 * 86400) -> str:
@@ -45,3 +46,17 @@ def reset() -> None:
     for evaluator in _evaluators.values():
         evaluator._set_observers(())
         evaluator.timer = None
+
+
+def isolate(monkeypatch: Any, directory: str | os.PathLike[str]) -> None:
+    """For one test (``monkeypatch`` is pytest's): no ``D2_*`` variables,
+    ``D2_SILENT=1``, ``HOME`` and ``XDG_CONFIG_HOME`` inside ``directory`` and the
+    working directory there, so no policy file or state of the machine is read."""
+    for key in list(os.environ):
+        if key.startswith("D2_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("D2_SILENT", "1")
+    monkeypatch.setenv("HOME", os.path.join(directory, "home"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", os.path.join(directory, "xdg"))
+    monkeypatch.chdir(directory)
+    clear_user_context()
