@@ -119,17 +119,29 @@ def test_facade_starts_with_extend_path_and_has_a_docstring() -> None:
 
 
 def test_python_dash_m_d2_without_cli_names_the_extra() -> None:
-    try:
-        importlib.import_module("d2.cli")
-    except ImportError:
-        pass
-    else:  # pragma: no cover
-        pytest.skip("d2-cli is installed")
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['d2.cli'] = None  # as if d2-cli were not installed\n"
+        "sys.argv = ['d2']\n"
+        "runpy.run_module('d2', run_name='__main__')\n"
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "d2"], capture_output=True, text=True, check=False, timeout=60
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
     )
     assert proc.returncode == 2
     assert 'pip install "d2-sdk[cli]"' in proc.stderr
+
+
+def test_python_dash_m_d2_runs_the_cli_when_installed() -> None:
+    pytest.importorskip("d2.cli")
+    proc = subprocess.run(
+        [sys.executable, "-m", "d2", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and "publish" in proc.stdout
 
 
 def test_cold_import_pulls_no_heavy_module() -> None:
