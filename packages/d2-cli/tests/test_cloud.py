@@ -442,3 +442,81 @@ def test_revoke_yes_json_and_nothing_to_revoke(d2: Invoke, server: Server) -> No
     published(srv, "search")
     report = as_json(d2("revoke", "-y", "--json"))
     assert report == {"ok": True, "app": "test-app", "revoked_version": 1}
+
+
+# -- rollback and token hygiene ----------------------------------------------------------
+def test_pull_refuses_an_older_bundle_than_the_file_it_replaces(
+    d2: Invoke, server: Server, tmp_path: Path
+) -> None:
+    srv, proxy = server
+    published(srv, "old")
+    old = srv.fetch_bundle().json()
+    assert srv.publish(doc("new", name=srv.app_name)).status_code in (200, 201)
+    out = tmp_path / "policy.yaml"
+    assert d2("pull", "-o", str(out)).exit_code == 0
+    before = out.read_text()
+    assert "published version 2" in before
+    proxy.answer("GET", "/v1/policy/bundle", json_answer(200, old))
+    replayed = d2("pull", "-o", str(out))
+    assert replayed.exit_code == 1, replayed.output
+    assert "rollback refused" in replayed.stderr
+    assert out.read_text() == before
+
+
+def test_pull_refuses_an_older_bundle_than_the_runtime_state(
+    d2: Invoke, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    srv, proxy = server
+    published(srv, "old")
+    old = srv.fetch_bundle().json()
+    state = tmp_path / "bundles.json"
+    monkeypatch.setenv("D2_STATE_PATH", str(state))
+    key = hashlib.sha256(
+        f"{os.environ['D2_API_URL']}\n{os.environ['D2_TOKEN']}".encode()
+    ).hexdigest()[:32]
+    entry = {"revoked": True, "version": 3, "digest": "x"}
+    state.write_text(json.dumps({"format": 1, "apps": {key: entry}}))
+    proxy.answer("GET", "/v1/policy/bundle", json_answer(200, old))
+    out = tmp_path / "fresh.yaml"
+    replayed = d2("pull", "-o", str(out), "--json")
+    assert replayed.exit_code == 1 and "rollback refused" in replayed.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("token", ["d2_abc\ndef", "d2_abc def", "d2_tökén", "d2_\x07bell"])
+def test_a_malformed_token_is_a_usage_error_and_never_shown(
+    d2: Invoke, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    _, proxy = server
+    monkeypatch.setenv("D2_TOKEN", token)
+    for args in (("pull", "-o", str(tmp_path / "x")), ("pull", "--json", "-o", "x")):
+        result = d2(*args)
+        assert result.exit_code == 2, result.output
+        assert "D2_TOKEN" in result.output
+        assert token.strip() not in result.output and "abc" not in result.output
+    assert proxy.requests == []
+
+
+def test_url_credentials_are_never_printed_or_written(
+    d2: Invoke, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from d2.cli.settings import public_url
+
+    assert public_url("https://u:p@h.example:8443/x?q=1") == "https://h.example:8443/x?q=1"
+    assert public_url("https://h.example/") == "https://h.example/"
+    srv, _ = server
+    published(srv, "search")
+    url = os.environ["D2_API_URL"]
+    scheme, rest = url.split("://", 1)
+    monkeypatch.setenv("D2_API_URL", f"{scheme}://alice:s3cret@{rest}")
+    out = tmp_path / "p.yaml"
+    for args in (("pull", "-o", str(out)), ("pull", "--json", "-o", str(out)), ("inspect",)):
+        result = d2(*args)
+        assert "s3cret" not in result.output and "alice" not in result.output
+    if out.exists():
+        assert "s3cret" not in out.read_text() and f"from {url}," in out.read_text()
+    monkeypatch.setenv("D2_API_URL", "ftp://bob:hunter2@example")
+    bad = d2("pull", "-o", str(out))
+    assert bad.exit_code == 2 and "hunter2" not in bad.output

@@ -130,3 +130,50 @@ def test_d2_policy_file_is_pointed_out(
     result = d2("init", "--path", str(project(tmp_path / "app", "t")))
     assert result.exit_code == 0
     assert "D2_POLICY_FILE" in result.stderr
+
+
+def test_a_policy_in_the_working_directory_or_d2_policy_file_blocks_too(
+    d2: Invoke, tmp_path: Path, xdg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = project(tmp_path / "app", "t")
+    local = tmp_path / "policy.yaml"  # the working directory
+    local.write_text("mine")
+    refused = d2("init", "--path", str(src))
+    assert refused.exit_code == 2 and str(local) in refused.stderr
+    assert not (xdg / "policy.yaml").exists()
+    forced = d2("init", "--path", str(src), "--force")
+    assert forced.exit_code == 0, forced.output
+    assert local.read_text() == "mine" and "no longer read" in forced.stderr
+    local.unlink()
+    (xdg / "policy.yaml").unlink()
+    explicit = tmp_path / "elsewhere.json"
+    explicit.write_text("{}")
+    monkeypatch.setenv("D2_POLICY_FILE", str(explicit))
+    blocked = d2("init", "--path", str(src))
+    assert blocked.exit_code == 2 and str(explicit) in blocked.stderr
+    assert not (xdg / "policy.yaml").exists()
+
+
+def test_force_never_overwrites_a_previous_backup(d2: Invoke, tmp_path: Path, xdg: Path) -> None:
+    src = project(tmp_path / "app", "a.one")
+    assert d2("init", "--path", str(src)).exit_code == 0
+    versions = [(xdg / "policy.yaml").read_text()]
+    for tool in ("a.two", "a.three"):
+        project(tmp_path / "app", tool)
+        assert d2("init", "--path", str(src), "--force").exit_code == 0
+        versions.append((xdg / "policy.yaml").read_text())
+    assert (xdg / "policy.yaml.bak").read_text() == versions[0]
+    assert (xdg / "policy.yaml.bak.1").read_text() == versions[1]
+    assert "a.three" in versions[2]
+
+
+def test_deeply_nested_source_is_a_warning_not_a_traceback(
+    d2: Invoke, tmp_path: Path, xdg: Path
+) -> None:
+    src = project(tmp_path / "app", "t")
+    (src / "deep.py").write_text("import d2\nx = " + "1 + " * 100_000 + "1\n")
+    result = d2("init", "--path", str(src))
+    assert result.exit_code == 0, result.output
+    assert "deep.py: not parsed" in result.stderr
+    diagnosed = d2("diagnose", "--path", str(src))
+    assert "Traceback" not in diagnosed.output and "RecursionError" in diagnosed.output

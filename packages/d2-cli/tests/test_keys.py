@@ -93,3 +93,43 @@ def test_registrations_are_per_control_plane_and_app(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "registrations.json").stat().st_mode) == 0o600
     forget_registration(tmp_path, "http://a", "acc", "app")
     assert not is_registered(tmp_path, key, "http://a", "acc", "app")
+
+
+def test_a_symlinked_key_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    directory = tmp_path / "keys"
+    load_or_create(directory)
+    real = tmp_path / "elsewhere.pem"
+    (directory / KEY_FILE).rename(real)
+    (directory / KEY_FILE).symlink_to(real)
+    with pytest.raises(CliError, match="symbolic link") as linked:
+        load_or_create(directory)
+    assert linked.value.code == 2
+    real.unlink()
+    with pytest.raises(CliError, match="points to a missing file"):
+        load_or_create(directory)
+    assert (directory / KEY_FILE).is_symlink()  # nothing was created through the link
+    assert not real.exists()
+
+
+def test_a_key_or_directory_of_another_user_or_open_to_others_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "keys"
+    load_or_create(directory)
+    directory.chmod(0o777)
+    with pytest.raises(CliError, match="written by other users") as loose:
+        load_or_create(directory)
+    assert loose.value.code == 2 and "chmod 700" in (loose.value.hint or "")
+    directory.chmod(0o700)
+    me = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: me + 1)
+    with pytest.raises(CliError, match="owned by another user"):
+        load_or_create(directory)
+
+
+def test_a_key_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "keys"
+    (directory / KEY_FILE).mkdir(parents=True)
+    directory.chmod(0o700)
+    with pytest.raises(CliError, match=r"not a regular file|cannot read"):
+        load_or_create(directory)

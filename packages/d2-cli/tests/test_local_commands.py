@@ -294,3 +294,47 @@ def test_check_an_unknown_tool_is_denied(d2: Invoke, rich_policy: Path) -> None:
     assert data["reason"] == "not_granted" or data["reason"] == "unknown_tool"
     only_named = as_json(d2("check", "-r", "r", "x", "--json", "--policy", str(rich_policy)))
     assert only_named["allowed"] is False
+
+
+def test_check_denies_when_the_policy_would_not_load(d2: Invoke, write_policy: WritePolicy) -> None:
+    path = write_policy({"role": "r", "permissions": [f"t{i}" for i in range(40)]})
+    result = d2("check", "t0", "--role", "r", "--policy", str(path), "--json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report["allowed"] is False and report["reason"] == "policy_not_in_force"
+    assert "would not load" in report["message"]
+
+
+def test_check_uses_literal_defaults_of_the_scanned_function(
+    d2: Invoke, write_policy: WritePolicy, tmp_path: Path
+) -> None:
+    grant = {"tool": "crm.export", "conditions": {"input": {"limit": {"max": 10}}}}
+    path = write_policy({"role": "r", "permissions": [grant]})
+    (tmp_path / "tools.py").write_text(
+        'from d2 import d2_guard\n\n@d2_guard("crm.export")\ndef export(limit=500): ...\n'
+    )
+    denied = d2("check", "crm.export", "--role", "r", "--policy", str(path), "--json")
+    assert denied.exit_code == 1, denied.output
+    report = json.loads(denied.stdout)
+    assert report["defaults_used"] == {"limit": 500} and report["allowed"] is False
+    assert report["reason"] == "input_validation"
+    given = d2("check", "crm.export", "--role", "r", "--policy", str(path), "-a", "limit=3")
+    assert given.exit_code == 0, given.output
+
+
+def test_check_without_the_default_says_it_is_not_given(
+    d2: Invoke, write_policy: WritePolicy, tmp_path: Path
+) -> None:
+    grant = {"tool": "crm.export", "conditions": {"input": {"limit": {"max": 10}}}}
+    path = write_policy({"role": "r", "permissions": [grant]})
+    (tmp_path / "tools.py").write_text(
+        'from d2 import d2_guard\nN = 5\n\n@d2_guard("crm.export")\ndef export(limit=N): ...\n'
+    )
+    result = d2("check", "crm.export", "--role", "r", "--policy", str(path))
+    assert result.exit_code == 1, result.output
+    assert "UNDECIDED" in result.stdout and "not given: the function's default" in result.stdout
+    report = json.loads(
+        d2("check", "crm.export", "--role", "r", "--policy", str(path), "--json").stdout
+    )
+    assert report["allowed"] is None and report["reason"] == "argument_not_given"
+    assert list(report["not_given"]) == ["limit"]

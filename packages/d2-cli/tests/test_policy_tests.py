@@ -199,3 +199,60 @@ def test_no_test_files_and_missing_paths(d2: Invoke, tmp_path: Path) -> None:
     )
     missing_policy = d2("test")
     assert missing_policy.exit_code == 2 and "no policy file at" in missing_policy.stderr
+
+
+def test_a_policy_that_would_not_load_denies_every_case(d2: Invoke, tmp_path: Path) -> None:
+    tools = [f"t{i}" for i in range(40)]  # more than local mode allows
+    inline = tmp_path / "big_test.json"
+    inline.write_text(
+        json.dumps(
+            {
+                "policy": {"policies": [{"role": "r", "permissions": tools}]},
+                "cases": [{"name": "t0 ok", "roles": ["r"], "tool": "t0", "expect": "allow"}],
+            }
+        )
+    )
+    result = d2("test", str(inline), "--json")
+    assert result.exit_code == 1, result.output
+    case = json.loads(result.stdout)["files"][0]["cases"][0]
+    assert case["got"] == "deny" and case["reason"] == "policy_not_in_force"
+    assert "not in force" in result.stderr
+
+
+def test_arguments_not_given_use_literal_defaults_or_are_undecided(
+    d2: Invoke, tmp_path: Path
+) -> None:
+    (tmp_path / "tools.py").write_text(
+        "from d2 import d2_guard\nN = 5\n\n"
+        '@d2_guard("crm.export")\ndef export(limit=500): ...\n\n'
+        '@d2_guard("crm.peek")\ndef peek(limit=N): ...\n'
+    )
+    cond = {"input": {"limit": {"max": 10}}}
+    inline = tmp_path / "defaults_test.json"
+    inline.write_text(
+        json.dumps(
+            {
+                "policy": {
+                    "policies": [
+                        {
+                            "role": "r",
+                            "permissions": [
+                                {"tool": "crm.export", "conditions": cond},
+                                {"tool": "crm.peek", "conditions": cond},
+                            ],
+                        }
+                    ]
+                },
+                "cases": [
+                    {"name": "default 500", "roles": ["r"], "tool": "crm.export", "expect": "deny"},
+                    {"name": "unknown", "roles": ["r"], "tool": "crm.peek", "expect": "allow"},
+                ],
+            }
+        )
+    )
+    result = d2("test", str(inline), "--json")
+    assert result.exit_code == 1, result.output
+    first, second = json.loads(result.stdout)["files"][0]["cases"]
+    assert first["passed"] and first["defaults_used"] == {"limit": 500}
+    assert not second["passed"] and second["got"] == "undecided"
+    assert "not given: the function's default applies at run time" in second["message"]

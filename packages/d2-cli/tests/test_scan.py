@@ -267,3 +267,14 @@ def test_module_names(tmp_path: Path, rel: str, expected: str) -> None:
     write(tmp_path, "src/ns/core/__init__.py", "")
     path = write(tmp_path, rel, "")
     assert module_name(path) == expected
+
+
+@pytest.mark.parametrize(
+    "body", ["x = " + "1 + " * 100_000 + "1\n", "x = " + "-" * 200_000 + "1\n"]
+)
+def test_deeply_nested_source_is_reported_not_fatal(tmp_path: Path, body: str) -> None:
+    (tmp_path / "deep.py").write_text("import d2\n" + body)
+    (tmp_path / "ok.py").write_text("import d2\n\n@d2.guard\ndef search(q): ...\n")
+    found = scan(tmp_path)
+    assert any(p.startswith("deep.py: not parsed") for p in found.problems), found.problems
+    assert found.files == 2

@@ -174,13 +174,14 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
 
 def explain_refusal(exc: ApiError, settings: CloudSettings, action: str) -> CliError:
     """What a refusal of ``action`` (``publish``, ``pull``...) means and what to do."""
-    status, detail = exc.status, exc.detail
+    status, detail = exc.status, settings.redact(str(exc.detail))
     refused = exc if isinstance(exc, Refused) else None
     message = refused.message if refused is not None else None
+    message = settings.redact(message) if isinstance(message, str) else message
     said = f"{detail}: {message}" if message else detail
     if status == 0:
         return CliError(
-            f"cannot reach the control plane at {settings.api_url} ({detail})",
+            f"cannot reach the control plane at {settings.display_url} ({detail})",
             hint="check D2_API_URL and your network, then try again",
         )
     if status == 401:

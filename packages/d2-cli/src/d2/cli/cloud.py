@@ -4,6 +4,7 @@ module."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -54,8 +55,11 @@ def pull(
         settings = cloud_settings()
         target = output or _default_target(fmt.value if fmt else None)
         file_format = format_for(target, fmt.value if fmt else None)
+        pulled = (
+            _pulled_version(target, settings.display_url) if stage.value == "published" else None
+        )
         me, document, version, signer = run_remote(
-            settings, "pull", _pull(settings, stage.value, app_name)
+            settings, "pull", _pull(settings, stage.value, app_name, pulled)
         )
         if signer is None:
             out.warn(
@@ -64,7 +68,7 @@ def pull(
             )
         how = f"signature verified, key {signer}" if signer else "draft, unsigned"
         header = [
-            f"Pulled by `d2 pull` from {settings.api_url}, app {me['app_name']}, "
+            f"Pulled by `d2 pull` from {settings.display_url}, app {me['app_name']}, "
             f"{stage.value} version {version} ({how}) at {rfc3339(time.time())}."
         ]
         write_file(target, render(tidy(document), file_format, header), overwrite=True)
@@ -92,8 +96,28 @@ def pull(
     run_command(as_json, body)
 
 
+_HEADER = re.compile(
+    r"^# Pulled by `d2 pull` from (?P<url>\S+), app (?P<app>\S+), "
+    r"published version (?P<version>\d+) "
+)
+
+
+def _pulled_version(target: Path, api_url: str) -> dict[str, Any] | None:
+    """What the header of a file ``d2 pull`` wrote says: the control plane, app and
+    published version (``None`` for another file, or one pulled from elsewhere)."""
+    try:
+        with target.open(encoding="utf-8", errors="replace") as fh:
+            first = fh.readline(4096)
+    except OSError:
+        return None
+    match = _HEADER.match(first)
+    if match is None or match["url"] != api_url:
+        return None
+    return {"app": match["app"], "version": int(match["version"])}
+
+
 async def _pull(
-    settings: CloudSettings, stage: str, app_name: str | None
+    settings: CloudSettings, stage: str, app_name: str | None, pulled: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], Any, Any, str | None]:
     async with connect(settings) as api:
         me = await identify(api, app_name)
@@ -106,7 +130,8 @@ async def _pull(
             document = draft.get("bundle")
             compile_policy(document, source=f"draft of {me['app_name']}")
             return me, document, draft.get("version"), None
-        bundle, _ = await verified(api, me)
+        floor = pulled["version"] if pulled and pulled["app"] == me["app_name"] else None
+        bundle, _ = await verified(api, me, floor)
         return me, bundle.document, bundle.version, bundle.kid
 
 
@@ -161,7 +186,7 @@ def revoke(
         async def go() -> tuple[str, int | None] | None:
             async with connect(settings) as api:
                 me = await identify(api)
-                if not yes and not _confirm(me["app_name"], settings.api_url):
+                if not yes and not _confirm(me["app_name"], settings.display_url):
                     return None
                 return me["app_name"], await api.revoke()
 

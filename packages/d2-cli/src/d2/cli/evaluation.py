@@ -9,10 +9,11 @@ facts are untouched, and no D2 instance is configured or replaced.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from d2.core.context import record_fact, set_user
 from d2.core.errors import PermissionDeniedError
@@ -21,7 +22,22 @@ from d2.core.policy.model import CompiledPolicy
 
 from .output import CliError
 
-__all__ = ["Call", "Outcome", "Scenario", "evaluate", "parse_args", "parse_value", "trace_rows"]
+if TYPE_CHECKING:
+    from .scan import ScanResult
+
+__all__ = [
+    "NOT_GIVEN",
+    "Call",
+    "Outcome",
+    "Scenario",
+    "evaluate",
+    "parse_args",
+    "parse_value",
+    "trace_rows",
+    "with_defaults",
+]
+
+NOT_GIVEN = "not given: the function's default applies at run time"
 
 
 @dataclass(frozen=True)
@@ -73,10 +89,22 @@ def parse_args(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def evaluate(policy: CompiledPolicy, scenario: Scenario) -> Outcome:
-    """Decide ``scenario.call`` under ``policy`` (see the module docstring)."""
+def evaluate(
+    policy: CompiledPolicy, scenario: Scenario, not_in_force: Sequence[str] = ()
+) -> Outcome:
+    """Decide ``scenario.call`` under ``policy`` (see the module docstring).
+
+    ``not_in_force`` lists why the runtime would refuse to load ``policy`` (too many
+    tools, expired...): then there is no policy, and every call is denied, as at run
+    time."""
     evaluator = Evaluator("d2-cli")
-    evaluator.policy = policy
+    if not_in_force:
+        evaluator.absent_reason = "policy_not_in_force"
+        evaluator.absent_detail = "the policy would not load at run time: " + "; ".join(
+            not_in_force
+        )
+    else:
+        evaluator.policy = policy
 
     def run() -> Outcome:
         set_user(scenario.user, roles=list(scenario.roles))
@@ -104,3 +132,31 @@ def trace_rows(decision: Decision) -> list[dict[str, Any]]:
         {"step": s.step, "outcome": s.outcome, "detail": s.detail, "path": s.path}
         for s in decision.trace
     ]
+
+
+def with_defaults(
+    policy: CompiledPolicy, scenario: Scenario, scanned: Callable[[], ScanResult]
+) -> tuple[Scenario, dict[str, Any], list[str]]:
+    """Fill in the arguments the conditions of the grants that could allow the call
+    name but the call does not give, from the literal defaults of the guarded
+    function (``scanned()``, called only when needed). Returns the scenario, what
+    was filled in, and the names still not given (their default is only known at
+    run time)."""
+    rules = policy.rules_for(scenario.call.tool, remember=False)
+    named: list[str] = []
+    for grant in rules.allow_grants(frozenset(scenario.roles)):
+        named += [name for name, _ in grant.input if name not in named]
+    missing = [n for n in named if n not in scenario.call.args]
+    if not missing:
+        return scenario, {}, []
+    functions = [t for t in scanned().tools if t.tool_id == scenario.call.tool]
+    filled: dict[str, Any] = {}
+    for name in missing:
+        values = [dict(t.defaults)[name] for t in functions if name in dict(t.defaults)]
+        if functions and len(values) == len(functions) and all(v == values[0] for v in values):
+            filled[name] = values[0]
+    if not filled:
+        return scenario, {}, missing
+    call = Call(scenario.call.tool, {**scenario.call.args, **filled})
+    rest = [n for n in missing if n not in filled]
+    return dataclasses.replace(scenario, call=call), filled, rest

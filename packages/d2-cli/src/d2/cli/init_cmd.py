@@ -29,9 +29,38 @@ _NAMES = ("policy.yaml", "policy.yml", "policy.json")  # the runtime reads the f
 
 
 def _backup(path: Path) -> Path:
-    backup = path.with_name(path.name + ".bak")
-    os.replace(path, backup)
-    return backup
+    """Move ``path`` to ``<name>.bak`` (or ``<name>.bak.1``, ``.bak.2``... when
+    taken): a previous backup is never overwritten."""
+    for n in range(10_000):
+        backup = path.with_name(path.name + (".bak" if n == 0 else f".bak.{n}"))
+        try:
+            os.link(path, backup)  # fails when the name is taken
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links here: rename, checking the name first
+            if os.path.lexists(backup):
+                continue
+            os.rename(path, backup)
+            return backup
+        os.unlink(path)
+        return backup
+    raise CliError(f"too many backups of {path}; remove some and run the command again")
+
+
+def _runtime_policy_files() -> list[Path]:
+    """Every existing policy file local mode could read (``discover_policy_file``'s
+    order: ``D2_POLICY_FILE``, the XDG directory, ``./policy.*``)."""
+    files: list[Path] = []
+    explicit = os.environ.get("D2_POLICY_FILE")
+    if explicit:
+        files.append(Path(os.path.expanduser(explicit)))
+    files += [config_dir() / n for n in _NAMES]
+    files += [Path.cwd() / n for n in _NAMES]
+    seen: list[Path] = []
+    for f in files:
+        if f.is_file() and f not in seen:
+            seen.append(f)
+    return seen
 
 
 def _tools_table(found: ScanResult) -> Table:
@@ -80,15 +109,19 @@ def init(
         file_format = format_for(output, fmt_value) if output else (fmt_value or "yaml")
         target = output or default_policy_path(file_format)
         shadowing = []
+        readable: list[Path] = []
         if output is None:  # another policy.* here would be read instead of (or before) ours
             shadowing = [config_dir() / n for n in _NAMES if (config_dir() / n) != target]
             shadowing = [p for p in shadowing if p.exists()]
+            readable = _runtime_policy_files()
         existing = [p for p in (target, *shadowing) if p.exists()]
-        if existing and not force:
+        refused = existing + [p for p in readable if p not in existing]
+        if refused and not force:
             raise CliError(
-                f"a policy file already exists: {', '.join(map(str, existing))}",
-                hint="pass --force to replace it (the old file is kept as <name>.bak), or "
-                "--output to write elsewhere",
+                f"a policy file already exists: {', '.join(map(str, refused))}",
+                hint="pass --force to replace it (the old file is kept as <name>.bak; the "
+                f"new {target} takes precedence over ./policy.*), or --output to write "
+                "elsewhere",
             )
         found = scan(path)
         limits = Limits()
@@ -125,6 +158,9 @@ def init(
             out.print(_tools_table(found))
         for backup in backups:
             out.note(f"kept the previous file as {backup}")
+        for other in readable:
+            if other not in existing and other.parent == Path.cwd():
+                out.warn(f"{other} is no longer read: {target} takes precedence over it")
         explicit = os.environ.get("D2_POLICY_FILE")
         if explicit and output is None:
             out.warn(f"D2_POLICY_FILE={explicit} is set: the runtime reads that file, not {target}")

@@ -88,20 +88,80 @@ def _write_private(path: Path, data: bytes) -> None:
         os.unlink(tmp)
 
 
+def _check_directory(directory: Path) -> None:
+    """Refuse a keys directory another user owns or others may write to (they could
+    swap the key)."""
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        return
+    hint = f"chmod 700 {directory} (it must be a directory owned by you)"
+    if not stat.S_ISDIR(info.st_mode):
+        raise CliError(f"the keys directory {directory} is not a directory", hint=hint)
+    if info.st_uid != os.geteuid():
+        raise CliError(
+            f"the keys directory {directory} is owned by another user (uid {info.st_uid}); "
+            "refusing to use it",
+            hint=hint,
+        )
+    if stat.S_IMODE(info.st_mode) & 0o022:
+        raise CliError(
+            f"the keys directory {directory} can be written by other users "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}); refusing to use it",
+            hint=hint,
+        )
+
+
+def _read_private(path: Path) -> bytes:
+    """The key file's bytes, read from one descriptor opened without following a
+    symbolic link and checked first: a regular file, ours, mode 0600 or stricter."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_NONBLOCK", 0)  # a FIFO in its place must not hang us
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if os.path.islink(path):
+            target = os.readlink(path)
+            state = "points to a missing file" if not os.path.exists(path) else "is a link"
+            raise CliError(
+                f"the device key {path} is a symbolic link (to {target}) and {state}; "
+                "refusing to follow it",
+                hint=f"replace it with the key file itself (mode 600), or remove {path} "
+                "to create a new key on the next publish",
+            ) from None
+        raise CliError(f"cannot read the device key {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CliError(f"the device key {path} is not a regular file")
+        if info.st_uid != os.geteuid():
+            raise CliError(
+                f"the device key {path} is owned by another user (uid {info.st_uid}); "
+                "refusing to use it",
+                hint=f"remove {path}; a new key is created and registered on the next publish",
+            )
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            raise CliError(
+                f"the device key {path} can be read by other users "
+                f"(mode {mode:04o}); refusing to use it",
+                hint=f"chmod 600 {path}",
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read(1 << 20)
+
+
 def _load(path: Path) -> DeviceKey:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    mode = path.stat().st_mode
-    if stat.S_IMODE(mode) & 0o077:
-        raise CliError(
-            f"the device key {path} can be read by other users "
-            f"(mode {stat.S_IMODE(mode):04o}); refusing to use it",
-            hint=f"chmod 600 {path}",
-        )
+    data = _read_private(path)
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except ValueError as exc:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
         raise CliError(
             f"the device key {path} is unreadable: {exc}",
             hint="move it away; a new key is created and registered on the next publish",
@@ -113,13 +173,15 @@ def _load(path: Path) -> DeviceKey:
 
 def load_or_create(directory: Path) -> tuple[DeviceKey, bool]:
     """The device key in ``directory``, created on first use; ``(key, created)``."""
+    _check_directory(directory)
     path = directory / KEY_FILE
-    if path.exists():
+    if os.path.lexists(path):
         return _load(path), False
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_directory(directory)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,

@@ -11,10 +11,11 @@ from rich.text import Text
 
 from .describe import describe, render
 from .diagnose import ERROR, WARN, diagnose
-from .evaluation import Call, Scenario, evaluate, parse_args, trace_rows
+from .evaluation import NOT_GIVEN, Call, Scenario, evaluate, parse_args, trace_rows, with_defaults
 from .loading import load_in_force, local_policy_path
 from .options import AppNameOption, JsonOption, PolicyOption, ScanPathOption
 from .output import FAILED, OK, CliError, Output, run_command
+from .scan import scan
 
 __all__ = ["check", "diagnose_command", "inspect", "trace_table"]
 
@@ -132,7 +133,7 @@ def check(
             raise CliError("give the user's roles with --role (repeatable)")
         view = load_in_force(policy, local=local)
         for problem in view.problems:
-            out.warn(f"this policy is not in force ({problem}); deciding with its rules anyway")
+            out.warn(f"this policy is not in force ({problem}): every call is denied")
         scenario = Scenario(
             roles=tuple(role),
             call=Call(tool, parse_args(arg or [])),
@@ -140,14 +141,26 @@ def check(
             facts=tuple(fact or ()),
             calls=tuple(Call(c) for c in call or ()),
         )
-        outcome = evaluate(view.policy, scenario)
+        filled: dict[str, Any] = {}
+        not_given: list[str] = []
+        if not view.problems:
+            scenario, filled, not_given = with_defaults(
+                view.policy, scenario, lambda: scan(Path("."))
+            )
+        outcome = evaluate(view.policy, scenario, view.problems)
         decision = outcome.decision
-        _show_decision(out, scenario, outcome.earlier, decision)
+        for name, value in filled.items():
+            out.note(f"argument {name!r} not given: using the function's default {value!r}")
+        undecided = decision.allowed and bool(not_given)
+        _show_decision(out, scenario, outcome.earlier, decision, not_given if undecided else [])
+        allowed: bool | None = None if undecided else decision.allowed
         out.emit(
             {
-                "ok": decision.allowed,
-                "allowed": decision.allowed,
-                "reason": decision.reason,
+                "ok": bool(allowed),
+                "allowed": allowed,
+                "reason": "argument_not_given" if undecided else decision.reason,
+                "not_given": dict.fromkeys(not_given, NOT_GIVEN),
+                "defaults_used": filled,
                 "message": str(decision.error) if decision.error else None,
                 "grant_path": decision.grant_path,
                 "tool": tool,
@@ -160,7 +173,7 @@ def check(
                 "policy": view.source,
             }
         )
-        return OK if decision.allowed else FAILED
+        return OK if allowed else FAILED
 
     run_command(as_json, body)
 
@@ -181,14 +194,20 @@ def trace_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def _show_decision(out: Output, scenario: Scenario, earlier: Any, decision: Any) -> None:
+def _show_decision(
+    out: Output, scenario: Scenario, earlier: Any, decision: Any, not_given: list[str]
+) -> None:
     for c, reason in earlier:
         out.line(
             f"earlier call {c.tool}: "
             + ("allowed (recorded)" if reason is None else f"denied ({reason}), not recorded"),
             style="dim",
         )
-    if decision.allowed:
+    if not_given:
+        out.line(f"UNDECIDED  {scenario.call.tool}", style="bold yellow")
+        for name in not_given:
+            out.line(f"argument {name!r} {NOT_GIVEN}; pass --arg {name}=VALUE to decide")
+    elif decision.allowed:
         out.line(f"ALLOWED  {scenario.call.tool}", style="bold green")
         if decision.grant_path:
             out.line(f"granted by {decision.grant_path}", style="dim")

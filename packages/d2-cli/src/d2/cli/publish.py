@@ -151,7 +151,7 @@ async def _device_key(api: Api, me: Mapping[str, Any], out: Output) -> DeviceKey
                 ) from None
             raise
         mark_registered(directory, key, api.settings.api_url, account, app)
-        out.note(f"registered device key {key.key_id} with {api.settings.api_url}")
+        out.note(f"registered device key {key.key_id} with {api.settings.display_url}")
     return key
 
 

@@ -10,11 +10,14 @@ the exact audience of this account and app, ``exp``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from d2.core.errors import InvalidSignatureError
 from d2.core.policy.compile import compile_policy
 
 from .describe import PolicyView, rfc3339
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "connect",
+    "saved_highest",
     "fetch_view",
     "identify",
     "read_for_cloud",
@@ -58,8 +62,44 @@ async def identify(api: Api, expected_app: str | None = None) -> dict[str, Any]:
     return me
 
 
-async def verified(api: Api, me: Mapping[str, Any]) -> tuple[Bundle, CompiledPolicy]:
-    """The app's current bundle, verified with the live JWKS, and compiled."""
+def saved_highest(settings: CloudSettings, audience: str) -> tuple[int, str] | None:
+    """The newest bundle the runtime accepted for this control plane and token (its
+    state-file entry, revoked or not), as ``(version, digest)``; ``None`` without one.
+
+    The runtime keys its entry by ``sha256(f"{D2_API_URL}\\n{D2_TOKEN}")[:32]`` of
+    the raw settings; both the raw and the normalised values are tried."""
+    from d2.cloud.state import StateFile, default_state_path
+
+    path = default_state_path()
+    if path == ":memory:":
+        return None
+    state = StateFile(path)
+    urls = {settings.api_url, (os.environ.get("D2_API_URL") or "").strip()}
+    urls |= {os.environ.get("D2_API_URL") or ""}
+    tokens = {settings.token, os.environ.get("D2_TOKEN") or ""}
+    best: tuple[int, str] | None = None
+    for url in urls:
+        for token in tokens:
+            if not url or not token:
+                continue
+            key = hashlib.sha256(f"{url}\n{token}".encode()).hexdigest()[:32]
+            entry = state.get(key)
+            if entry is None or entry.get("audience") not in (None, audience):
+                continue
+            found = (int(entry["version"]), str(entry.get("digest", "")))
+            if best is None or found[0] > best[0]:
+                best = found
+    return best
+
+
+async def verified(
+    api: Api, me: Mapping[str, Any], floor: int | None = None
+) -> tuple[Bundle, CompiledPolicy]:
+    """The app's current bundle, verified with the live JWKS, and compiled.
+
+    A bundle older than the newest one the runtime accepted (its state file) or
+    than ``floor`` (the version of the file about to be replaced) is a rollback:
+    refused (:class:`InvalidSignatureError`, exit 1)."""
     from d2.cloud.jwks import JWKSCache
     from d2.cloud.verify import header_of, verify_bundle
 
@@ -71,7 +111,13 @@ async def verified(api: Api, me: Mapping[str, Any]) -> tuple[Bundle, CompiledPol
     kid = header_of(reply.jws).get("kid")
     key = cache.keys.get(kid) if isinstance(kid, str) else None
     audience = f"d2-policy:{me['account_id']}:{me['app_name']}"
-    bundle = verify_bundle(reply.jws, key, audience=audience, now=time.time())
+    highest = saved_highest(api.settings, audience)
+    bundle = verify_bundle(reply.jws, key, audience=audience, now=time.time(), highest=highest)
+    if floor is not None and bundle.version < floor:
+        raise InvalidSignatureError(
+            f"bundle version {bundle.version} is older than version {floor} already pulled "
+            "into the file it would replace (rollback refused)"
+        )
     policy = compile_policy(
         bundle.document,
         source=f"cloud:{me['app_name']} v{bundle.version}",
@@ -108,7 +154,7 @@ def fetch_view(app_name: str | None = None) -> PolicyView:
         return PolicyView(
             policy,
             "cloud",
-            f"{settings.api_url} app {me['app_name']}",
+            f"{settings.display_url} app {me['app_name']}",
             bundle.version,
             problems,
             {"signed_by": bundle.kid, "app": me["app_name"]},

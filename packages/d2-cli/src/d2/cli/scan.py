@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = ["SKIP_DIRS", "GuardedTool", "ScanResult", "module_name", "scan"]
 
@@ -65,6 +66,7 @@ class GuardedTool:
     params: tuple[str, ...] = ()
     var_keyword: bool = False
     signature_known: bool = True
+    defaults: tuple[tuple[str, Any], ...] = ()  # literal defaults only
 
     @property
     def where(self) -> str:
@@ -263,6 +265,15 @@ class _Visitor(ast.NodeVisitor):
         a = node.args
         params = tuple(p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs))
         tool_id = explicit or f"{self.module}.{qualname}"
+        positional = (*a.posonlyargs, *a.args)
+        pairs = list(zip(positional[len(positional) - len(a.defaults) :], a.defaults, strict=True))
+        pairs += [(p, d) for p, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d is not None]
+        defaults = []
+        for param, node_default in pairs:
+            try:
+                defaults.append((param.arg, ast.literal_eval(node_default)))
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                continue  # not a literal: only known at run time
         self._add(
             GuardedTool(
                 tool_id,
@@ -272,6 +283,7 @@ class _Visitor(ast.NodeVisitor):
                 explicit is not None,
                 params,
                 a.kwarg is not None,
+                defaults=tuple(defaults),
             )
         )
 
@@ -307,5 +319,11 @@ def scan(root: Path) -> ScanResult:
         except (SyntaxError, ValueError) as exc:
             result.problems.append(f"{rel}: not parsed ({type(exc).__name__}: {exc})")
             continue
-        _Visitor(_Names(tree), module_name(path), rel, result).visit(tree)
+        except (RecursionError, MemoryError) as exc:
+            result.problems.append(f"{rel}: not parsed ({type(exc).__name__}: nested too deeply)")
+            continue
+        try:
+            _Visitor(_Names(tree), module_name(path), rel, result).visit(tree)
+        except (RecursionError, MemoryError) as exc:
+            result.problems.append(f"{rel}: not parsed ({type(exc).__name__}: nested too deeply)")
     return result

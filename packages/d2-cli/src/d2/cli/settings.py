@@ -8,10 +8,18 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from .output import CliError
 
-__all__ = ["CloudSettings", "cloud_settings", "config_dir", "default_policy_path", "keys_dir"]
+__all__ = [
+    "CloudSettings",
+    "cloud_settings",
+    "config_dir",
+    "default_policy_path",
+    "keys_dir",
+    "public_url",
+]
 
 
 def _env(env: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -45,6 +53,44 @@ class CloudSettings:
     app: str | None = None
     pins: frozenset[str] | None = None
 
+    @property
+    def display_url(self) -> str:
+        """``api_url`` without any ``user:password@`` (what is printed or written)."""
+        return public_url(self.api_url)
+
+    def redact(self, text: str) -> str:
+        """``text`` with the token and the URL's credentials taken out."""
+        if self.token:
+            text = text.replace(self.token, "<D2_TOKEN>")
+        if self.api_url != self.display_url:
+            text = text.replace(self.api_url, self.display_url)
+            userinfo = urlsplit(self.api_url).netloc.rsplit("@", 1)[0]
+            text = text.replace(userinfo, "<credentials>")
+        return text
+
+
+def public_url(url: str) -> str:
+    """``url`` without its userinfo (``user:password@``)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def _token_problem(token: str) -> str | None:
+    """Why ``token`` cannot be sent as a bearer token (never quoting it)."""
+    if any(ch.isspace() for ch in token):
+        return "contains whitespace"
+    if any(not ch.isascii() for ch in token):
+        return "contains non-ASCII characters"
+    if any(not 0x21 <= ord(ch) <= 0x7E for ch in token):
+        return "contains control characters"
+    return None
+
 
 def cloud_settings(env: Mapping[str, str] | None = None) -> CloudSettings:
     """The cloud settings; a usage error (exit 2) naming what is missing."""
@@ -58,8 +104,14 @@ def cloud_settings(env: Mapping[str, str] | None = None) -> CloudSettings:
             hint="export D2_TOKEN=<developer token from the dashboard> and "
             "D2_API_URL=<your control plane's base URL>",
         )
+    problem = _token_problem(token)
+    if problem is not None:
+        raise CliError(
+            f"D2_TOKEN {problem} ({len(token)} characters; not shown)",
+            hint="copy the token again from the dashboard: it is one line of printable ASCII",
+        )
     if not api_url.startswith(("https://", "http://")):
-        raise CliError(f"D2_API_URL must be an http(s) URL, got {api_url!r}")
+        raise CliError(f"D2_API_URL must be an http(s) URL, got {public_url(api_url)!r}")
     pins_raw = e.get("D2_JWKS_THUMBPRINTS") or ""
     pins = frozenset(p.strip() for p in pins_raw.split(",") if p.strip()) or None
     return CloudSettings(

@@ -23,23 +23,26 @@ diagnose`` checks it). A failing case prints its trace.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from d2.core.errors import InvalidPolicyError
+from d2.core.errors import BundleExpiredError, D2Error, InvalidPolicyError
+from d2.core.limits import Limits
 from d2.core.policy.compile import compile_policy
-from d2.core.policy.load import parse_document
+from d2.core.policy.load import check_limits, parse_document
 from d2.core.policy.model import CompiledPolicy
 from rich.text import Text
 
 from .documents import read_document
-from .evaluation import Call, Scenario, evaluate, trace_rows
+from .evaluation import NOT_GIVEN, Call, Scenario, evaluate, trace_rows, with_defaults
 from .loading import local_policy_path
 from .options import JsonOption, PolicyOption
 from .output import FAILED, OK, USAGE, CliError, Output, from_d2_error, run_command
+from .scan import ScanResult, scan
 
 __all__ = ["Case", "PolicyTests", "find_suites", "parse_suite", "run_tests"]
 
@@ -186,38 +189,71 @@ def _without_expiry(document: Any) -> Any:
     return document
 
 
+def _not_in_force(policy: CompiledPolicy, size: int | None) -> list[str]:
+    """Why local mode would refuse to load ``policy`` (tool count, size); its expiry
+    is left out on purpose (tests must not start failing when the file expires)."""
+    limits = Limits()
+    problems = []
+    if size is not None and size > limits.max_bytes:
+        problems.append(
+            f"{policy.source} is {size} bytes; local mode allows at most {limits.max_bytes}"
+        )
+    try:
+        check_limits(policy, limits, time.time())
+    except BundleExpiredError:
+        pass
+    except D2Error as exc:
+        problems.append(str(exc))
+    return problems
+
+
 class _Policies:
-    """Compiled policies by source, loaded once."""
+    """Compiled policies by source, loaded once, with why each would not load."""
 
     def __init__(self, override: Path | None) -> None:
         self.override = override
-        self.cache: dict[str, CompiledPolicy] = {}
+        self.cache: dict[str, tuple[CompiledPolicy, list[str]]] = {}
 
-    def get(self, test: PolicyTests) -> tuple[str, CompiledPolicy]:
+    def get(self, test: PolicyTests) -> tuple[str, CompiledPolicy, list[str]]:
         spec = self.override or test.policy or local_policy_path()
         if isinstance(spec, Mapping):
             source = f"{test.path}:policy"
-            return source, compile_policy(_without_expiry(spec), source=source)
+            compiled = compile_policy(_without_expiry(spec), source=source)
+            return source, compiled, _not_in_force(compiled, None)
         source = str(spec)
         if source not in self.cache:
-            document, _ = read_document(Path(spec))
-            self.cache[source] = compile_policy(_without_expiry(document), source=source)
-        return source, self.cache[source]
+            document, raw = read_document(Path(spec))
+            compiled = compile_policy(_without_expiry(document), source=source)
+            self.cache[source] = (compiled, _not_in_force(compiled, len(raw)))
+        return source, *self.cache[source]
 
 
-def _run_case(policy: CompiledPolicy, case: Case) -> dict[str, Any]:
-    outcome = evaluate(policy, case.scenario)
+def _run_case(
+    policy: CompiledPolicy, case: Case, problems: list[str], scanned: Callable[[], ScanResult]
+) -> dict[str, Any]:
+    scenario = case.scenario
+    filled: dict[str, Any] = {}
+    not_given: list[str] = []
+    if not problems:
+        scenario, filled, not_given = with_defaults(policy, scenario, scanned)
+    outcome = evaluate(policy, scenario, problems)
     decision = outcome.decision
     got = "allow" if decision.allowed else "deny"
-    passed = got == case.expect and (case.reason is None or case.reason == decision.reason)
+    reason = decision.reason
+    message = str(decision.error) if decision.error else None
+    if decision.allowed and not_given:  # the function's default decides: not known here
+        got, reason = "undecided", "argument_not_given"
+        message = "; ".join(f"argument {n!r} {NOT_GIVEN}" for n in not_given)
+    passed = got == case.expect and (case.reason is None or case.reason == reason)
     return {
         "name": case.name,
         "passed": passed,
         "expect": case.expect,
         "expected_reason": case.reason,
         "got": got,
-        "reason": decision.reason,
-        "message": str(decision.error) if decision.error else None,
+        "reason": reason,
+        "message": message,
+        "defaults_used": filled,
         "earlier": [
             {"tool": c.tool, "allowed": r is None, "reason": r} for c, r in outcome.earlier
         ],
@@ -269,6 +305,13 @@ def run_tests(
                 hint="pass test files or directories; see `d2 test --help`",
             )
         policies = _Policies(policy)
+        found: list[ScanResult] = []
+
+        def scanned() -> ScanResult:  # the guarded functions, for their defaults
+            if not found:
+                found.append(scan(Path(".")))
+            return found[0]
+
         reports: list[dict[str, Any]] = []
         problems: list[dict[str, Any]] = []
         code = OK
@@ -276,7 +319,7 @@ def run_tests(
             out.line(str(path), style="bold")
             try:
                 suite = parse_suite(path)
-                source, compiled = policies.get(suite)
+                source, compiled, not_in_force = policies.get(suite)
             except CliError as exc:
                 if not out.json:
                     out.fail(exc)
@@ -290,7 +333,9 @@ def run_tests(
                 problems.append({"file": str(path), **error.as_dict()})
                 code = max(code, error.code)
                 continue
-            results = [_run_case(compiled, case) for case in suite.cases]
+            for problem in not_in_force:
+                out.warn(f"{source} is not in force ({problem}): every call is denied")
+            results = [_run_case(compiled, c, not_in_force, scanned) for c in suite.cases]
             for result in results:
                 _show_case(out, result, verbose)
             reports.append({"file": str(path), "policy": source, "cases": results})
