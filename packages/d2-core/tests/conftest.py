@@ -3,13 +3,15 @@ no D2_* variables, with HOME and XDG_CONFIG_HOME in a temporary directory."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from d2.core import InMemorySource, configure_rbac_sync
 from d2.core.manager import PolicyManager
-from d2.core.testing import expires_in, isolate, reset
+from d2.core.testing import RedisServer, expires_in, isolate, redis_server, reset
 from d2.core.testing import policy_document as policy_doc
 
 
@@ -49,3 +51,40 @@ def make_doc() -> Callable[..., dict[str, Any]]:
 def future() -> Callable[..., str]:
     """``future(seconds)``: an RFC 3339 time that far ahead."""
     return expires_in
+
+
+# read at import: the autouse fixture above clears D2_* variables for each test
+REQUIRE_REDIS = os.environ.get("D2_REQUIRE_REDIS") == "1"
+
+
+def _need_redis() -> None:
+    """Skip (fail with ``D2_REQUIRE_REDIS=1``) without redis-server or redis-py."""
+    missing = []
+    if shutil.which("redis-server") is None:
+        missing.append("redis-server (Debian package redis-server)")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        missing.append('the redis package (pip install "d2-core[redis]")')
+    if missing:
+        message = "Redis tests need " + " and ".join(missing)
+        if REQUIRE_REDIS:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """URL of a redis-server shared by a test module: give each test its own
+    store key ``prefix``."""
+    _need_redis()
+    with redis_server() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_instance() -> Iterator[RedisServer]:
+    """A redis-server of this test alone (it may ``.stop()`` and ``.start()`` it)."""
+    _need_redis()
+    with redis_server() as server:
+        yield server

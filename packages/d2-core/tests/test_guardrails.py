@@ -655,7 +655,7 @@ def test_observer_sees_every_decision_of_guarded_calls_but_not_queries(configure
     )
     seen: list[tuple[str, str | None, str | None]] = []
     evaluator_for("default").add_observer(
-        lambda tool, ctx, reason: seen.append((tool, ctx.user_id, reason))
+        lambda tool, ctx, reason, decision: seen.append((tool, ctx.user_id, reason))
     )
     plain = d2_guard("plain")(lambda: None)
     checked = d2_guard("checked")(lambda x: x)

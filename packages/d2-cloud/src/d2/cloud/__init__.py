@@ -92,7 +92,7 @@ class CloudPolicyManager(PolicyManager):
                 )
             ev.policy = policy
             if policy is not None:
-                count_policy_load(ev, "cloud")
+                count_policy_load(ev, "cloud", policy)
                 if ev.timer is not None:
                     ev.timer.bundle_loaded_at = time.time()
 

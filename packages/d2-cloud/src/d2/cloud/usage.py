@@ -97,15 +97,19 @@ class UsageEvents:
         data = user_id.encode("utf-8", "surrogatepass")
         return hmac.new(self._salt, data, hashlib.sha256).hexdigest()[:32]
 
-    def observe(self, tool_id: str, ctx: UserContext, reason: str | None) -> None:
-        """Evaluator observer: one ``authz_decision`` event per decision."""
+    def observe(
+        self, tool_id: str, ctx: UserContext, reason: str | None, decision: str = "allowed"
+    ) -> None:
+        """Evaluator observer: one ``authz_decision`` event per decision
+        (``allowed``, ``denied`` or ``would_deny``; budget and approval denials carry
+        their reason)."""
         self._push(
             {
                 "event_type": "authz_decision",
                 "payload": {
                     "tool_id": tool_id,
                     "user_id": self.user(ctx.user_id),
-                    "decision": "allowed" if reason is None else "denied",
+                    "decision": decision if reason is not None else "allowed",
                     "reason": reason,
                 },
                 "occurred_at": _iso(self.clock()),

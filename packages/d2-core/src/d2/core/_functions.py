@@ -208,3 +208,32 @@ class Arguments:
         if self.varargs is not None and len(args) > self.varargs[1]:
             return UNBOUND  # maybe inside *args: cannot tell, fail closed
         return missing
+
+
+def bound_arguments(
+    arguments: Arguments | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Every argument of a call by parameter name, defaults applied (``self`` /
+    ``cls`` of a method left out): what approvals and decision logs record. A
+    callable whose signature is unknown records its keywords plus ``*args``."""
+    if arguments is None or arguments.opaque:
+        bound = dict(kwargs)
+        if args:
+            bound["*args"] = list(args)
+        return bound
+    names = sorted(
+        {*arguments.positions, *arguments.keywords, *arguments.fixed},
+        key=lambda n: arguments.positions.get(n, 1 << 30),
+    )
+    if arguments.method and names and arguments.positions.get(names[0]) == 0:
+        names = names[1:]
+    bound = {}
+    for name in names:
+        value = arguments.value(name, args, kwargs, UNBOUND)
+        if value is not UNBOUND:
+            bound[name] = value
+    if arguments.varargs is not None:
+        bound[arguments.varargs[0]] = list(args[arguments.varargs[1] :])
+    if arguments.varkw is not None:
+        bound[arguments.varkw] = {k: v for k, v in kwargs.items() if k not in arguments.keywords}
+    return bound

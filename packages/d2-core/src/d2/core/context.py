@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import itertools
 import os
 import warnings
 from collections.abc import Awaitable, Callable, Iterable
@@ -43,6 +44,7 @@ __all__ = [
 
 P = ParamSpec("P")
 R = TypeVar("R")
+_request_numbers = itertools.count(1)
 
 
 class RequestScope:
@@ -51,15 +53,18 @@ class RequestScope:
 
     ``history``: ids of the allowed calls, in order. ``facts``: data-flow labels ->
     what recorded them. ``progress``: per policy, what it has read of the history
-    (sequence progress, labels).
+    (sequence progress, labels). ``spent``: calls counted by ``per: request``
+    budgets. ``number``: this request's number in the process (decision logs).
     """
 
-    __slots__ = ("facts", "history", "progress")
+    __slots__ = ("facts", "history", "number", "progress", "spent")
 
     def __init__(self) -> None:
         self.history: list[str] = []
         self.facts: dict[str, str] = {}
         self.progress: dict[object, Any] = {}
+        self.spent: dict[str, int] = {}
+        self.number = next(_request_numbers)
 
 
 class UserContext:

@@ -6,6 +6,7 @@ The hierarchy::
     ├── ConfigurationError            configure/setup problems; fix the setup
     │   └── InvalidPolicyError        a policy document that does not follow the language
     ├── PermissionDeniedError         a guarded call was refused (every denial is one)
+    │   ├── ApprovalRequiredError     the call waits for a person's approval (``.request``)
     │   ├── MissingPolicyError        no policy in force, or the tool is in no entry
     │   └── BundleExpiredError        the policy in force is past ``metadata.expires``
     ├── TooManyToolsError             a local policy names more tools than ``Limits`` allow
@@ -21,9 +22,13 @@ they are raised while loading a policy, ``tool_id`` is ``None``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .approvals import ApprovalRequest
 
 __all__ = [
+    "ApprovalRequiredError",
     "BundleExpiredError",
     "ConfigurationError",
     "D2Error",
@@ -70,9 +75,12 @@ class PermissionDeniedError(D2Error):
     ``no_user``, ``missing_policy``, ``policy_expired``, ``unknown_tool``).
     ``trace`` lists, in order, the decision steps that ran and what each concluded
     (:class:`~d2.core.evaluate.TraceStep`); ``message`` says what to do.
+    ``retry_after``: for ``budget_exceeded``, seconds until the exhausted window
+    resets (``None`` for a ``per: request`` budget, and for other reasons).
     """
 
     reason_default = "denied"
+    retry_after: float | None = None
 
     def __init__(
         self,
@@ -83,8 +91,10 @@ class PermissionDeniedError(D2Error):
         roles: frozenset[str] = frozenset(),
         reason: str | None = None,
         trace: Sequence[Any] = (),
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
+        self.retry_after = retry_after
         self.tool_id = tool_id
         self.user_id = user_id
         self.roles = roles
@@ -149,6 +159,7 @@ class PermissionDeniedError(D2Error):
             "roles": self.roles,
             "reason": self.reason,
             "trace": self.trace,
+            "retry_after": self.retry_after,
         }
         return (_rebuild_denial, (type(self), self.message, state))
 
@@ -157,6 +168,32 @@ def _rebuild_denial(
     cls: type[PermissionDeniedError], message: str, state: dict[str, Any]
 ) -> PermissionDeniedError:
     return cls(message, **state)
+
+
+class ApprovalRequiredError(PermissionDeniedError):
+    """The call needs a person's approval first (a grant's ``approval`` rule).
+
+    ``request`` is the :class:`~d2.core.approvals.ApprovalRequest`: show it to an
+    approver, who calls ``d2.approve(request.id)``; then the same user's identical
+    call runs once before ``request.expires_at``. Reason ``approval_required``.
+    """
+
+    reason_default = "approval_required"
+
+    def __init__(self, message: str, *, request: ApprovalRequest, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.request = request
+
+    def __reduce__(self) -> Any:
+        state = {
+            "tool_id": self.tool_id,
+            "user_id": self.user_id,
+            "roles": self.roles,
+            "reason": self.reason,
+            "trace": self.trace,
+            "request": self.request,
+        }
+        return (_rebuild_denial, (type(self), self.message, state))
 
 
 class MissingPolicyError(PermissionDeniedError):

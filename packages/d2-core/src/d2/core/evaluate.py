@@ -18,32 +18,52 @@ Decision steps (``POLICY.md``), in order; the first that fails denies:
    role's sequence rules (``sequence_violation``);
 6. data flow: no label recorded in the request blocks the tool
    (``data_flow_violation``);
+6b. budgets: every ``limits`` item of the chosen grant has room
+   (``budget_exceeded``; ``budget_unavailable`` when the store cannot answer);
+6c. approval: when the grant's ``approval.when`` holds, an approval of this exact
+   call was given (``approval_required``), and it is used up;
 7. the call is recorded (history, labels) and the tool runs;
 8. output: the chosen entry's ``conditions.output`` validate and sanitize the
    result (``output_validation`` / ``output_sanitization``).
 
 Steps 1-3 are :meth:`Evaluator.check`, the hot path; a tool for which the policy
-has nothing beyond RBAC stops there. Steps 4-7 are :meth:`Evaluator.admit`, step 8
+has nothing beyond RBAC stops there. Steps 4-7 are :meth:`Evaluator.admit` (or
+:meth:`Evaluator.admit_async` when a store is asked), step 8
 :meth:`Evaluator.finish`.
+
+Audit: in a policy with ``metadata.mode: audit`` a call that steps 3-8 would deny
+runs anyway, its result unchanged, and is reported as ``would_deny`` (it is not
+recorded in the request's history: enforce would not have run it). An audited rule
+(``audit: true``) in an enforced policy only reports ``would_deny``; the call is
+decided by the other rules. Steps 1-2 deny in every mode.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._functions import UNBOUND, Arguments
+from ._functions import UNBOUND, Arguments, bound_arguments
 from .context import RequestScope, UserContext, current_context
-from .errors import BundleExpiredError, MissingPolicyError, PermissionDeniedError
+from .errors import (
+    ApprovalRequiredError,
+    BundleExpiredError,
+    MissingPolicyError,
+    PermissionDeniedError,
+)
 from .policy._text import short
 from .policy.constraints import MISSING
-from .policy.model import CompiledPolicy, Grant, ToolRules
+from .policy.model import Approval, CompiledPolicy, Grant, Limit, ToolRules
 from .policy.output import OutputRules, OutputViolation
 
 if TYPE_CHECKING:
+    from .approvals import ApprovalRequest
+    from .decisionlog import DecisionLog
+    from .stores import ApprovalState, Counter, Store
     from .telemetry import Metrics
 
 __all__ = ["Decision", "Evaluator", "TraceStep", "evaluator_for"]
@@ -75,7 +95,10 @@ class Decision(NamedTuple):
     error: PermissionDeniedError | None
 
 
-Observer = Callable[[str, UserContext, "str | None"], None]
+# Observers are told (tool_id, context, reason or None, decision) where decision is
+# "allowed", "denied" or "would_deny".
+Observer = Callable[[str, UserContext, "str | None", str], None]
+_spend_lock = threading.Lock()  # per-request budgets of tools that have them, only
 
 
 class _Track:
@@ -139,17 +162,22 @@ class Evaluator:
     """The decision point of one instance (``"default"`` unless named).
 
     ``policy`` is the policy in force, or ``None`` (then ``absent_reason`` says why).
+    ``store`` keeps ``per: user`` budgets and approvals; ``log`` is the decision log
+    (``None``: off).
     """
 
     __slots__ = (
         "absent_detail",
         "absent_reason",
         "guarded_tools",
+        "log",
         "name",
         "observer",
         "observers",
         "policy",
+        "store",
         "strict",
+        "timed",
         "timer",
     )
 
@@ -165,66 +193,120 @@ class Evaluator:
         )
         self.strict = False
         self.guarded_tools = {}  # tool id -> how to read its arguments
-        # Told of every decision of a guarded call: (tool_id, context, reason or None
-        # when allowed). None costs one attribute test per call (telemetry off).
-        self.observer: Observer | None = None
+        # Told of every decision of a guarded call (see _note). None costs one
+        # attribute test per call (telemetry and decision log off).
+        self.observer: Callable[..., None] | None = None
         self.observers: tuple[Observer, ...] = ()
         # Metrics: times decisions and tool runs when set (None: nothing measured).
         self.timer: Metrics | None = None
+        self.log: DecisionLog | None = None
+        self.timed = False  # timer or log set: decisions take the timed path
+        self.store: Store | None = None  # created on first use (MemoryStore)
 
     def add_observer(self, observer: Observer) -> None:
-        """Tell ``observer`` of every decision of a guarded call (telemetry: usage
-        events, metrics, decision logs). It must be cheap and must not raise."""
+        """Tell ``observer(tool_id, context, reason, decision)`` of every decision of
+        a guarded call (``decision``: ``allowed``, ``denied`` or ``would_deny``;
+        ``reason`` is ``None`` when allowed). It must be cheap and must not raise."""
         self._set_observers((*self.observers, observer))
 
     def remove_observer(self, observer: Observer) -> None:
         """Stop telling ``observer``; unknown observers are ignored."""
         self._set_observers(tuple(o for o in self.observers if o != observer))
 
+    def set_log(self, log: DecisionLog | None) -> None:
+        """Send every decision to ``log`` (``None``: stop)."""
+        self.log = log
+        self._set_observers(self.observers)
+
+    def set_timer(self, timer: Metrics | None) -> None:
+        """Time decisions and tool runs into ``timer`` (``None``: stop)."""
+        self.timer = timer
+        self.timed = timer is not None or self.log is not None
+
     def _set_observers(self, observers: tuple[Observer, ...]) -> None:
         self.observers = observers
-        if not observers:
-            self.observer = None
-        elif len(observers) == 1:
-            self.observer = observers[0]
-        else:
+        self.timed = self.timer is not None or self.log is not None
+        self.observer = self._note if observers or self.log is not None else None
 
-            def fan_out(tool_id: str, ctx: UserContext, reason: str | None) -> None:
-                for observer in observers:
-                    observer(tool_id, ctx, reason)
+    def _note(
+        self,
+        tool_id: str,
+        ctx: UserContext,
+        reason: str | None,
+        decision: str = "allowed",
+        rules: ToolRules | None = None,
+        started: float = 0.0,
+        err: PermissionDeniedError | None = None,
+        grant: Grant | None = None,
+        call: tuple[Any, ...] | None = None,
+        approval: str | None = None,
+    ) -> None:
+        """Tell the observers and the decision log of one decision. ``call`` is
+        ``(args, kwargs, arguments)`` when the arguments are known."""
+        for observer in self.observers:
+            observer(tool_id, ctx, reason, decision)
+        log = self.log
+        if log is not None:
+            duration = perf_counter() - started if started else 0.0
+            policy = rules.policy if rules is not None else self.policy
+            log.add(
+                tool_id, ctx, reason, decision, policy, rules, err, grant, duration, call, approval
+            )
 
-            self.observer = fan_out
+    def store_for_use(self) -> Store:
+        """The store (an in-process one unless configured otherwise)."""
+        store = self.store
+        if store is None:
+            from .stores import MemoryStore
+
+            store = self.store = MemoryStore()
+        return store
 
     # -- the hot path ---------------------------------------------------------------
-    def check(self, tool_id: str, _untimed: bool = False) -> ToolRules:
+    def check(self, tool_id: str, _started: float = 0.0) -> ToolRules:
         """Decide for the current user; return the tool's rules or raise a denial."""
-        if self.timer is not None and not _untimed:
+        if self.timed and not _started:
             return self._timed_check(tool_id)
         policy = self.policy
         ctx = current_context()
         if policy is None or not _now() < policy.expires_at or ctx.user_id is None:
-            raise self._refuse(self._denial(policy, tool_id, ctx), ctx)
+            raise self._refuse(self._denial(policy, tool_id, ctx), ctx, _started)
         rules = policy.rules_for(tool_id)
         roles = ctx.roles
         if rules.deny_roles.isdisjoint(roles) and not rules.allow_roles.isdisjoint(roles):
             if self.observer is not None and not rules.guarded:
-                self.observer(tool_id, ctx, None)
+                self.observer(tool_id, ctx, None, "allowed", rules, _started)
             return rules
-        raise self._refuse(self._denial(policy, tool_id, ctx), ctx)
+        err = self._denial(policy, tool_id, ctx)
+        if policy.audit:
+            return self._would_deny_rbac(policy, err, ctx, _started)
+        raise self._refuse(err, ctx, _started)
 
     def _timed_check(self, tool_id: str) -> ToolRules:
-        """:meth:`check`, timed for the metrics (only when they are on)."""
+        """:meth:`check`, timed for the metrics and the decision log."""
         timer = self.timer
         start = perf_counter()
         try:
-            return self.check(tool_id, True)
+            return self.check(tool_id, start)
         finally:
             if timer is not None:
                 timer.decided(tool_id, perf_counter() - start)
 
-    def _refuse(self, err: PermissionDeniedError, ctx: UserContext) -> PermissionDeniedError:
+    def _would_deny_rbac(
+        self, policy: CompiledPolicy, err: PermissionDeniedError, ctx: UserContext, started: float
+    ) -> ToolRules:
+        """Audit mode: RBAC would deny; report it and let the call run untouched."""
         if self.observer is not None:
-            self.observer(err.tool_id or "", ctx, err.reason)
+            self.observer(err.tool_id or "", ctx, err.reason, "would_deny", None, started, err)
+        rules = ToolRules(err.tool_id or "", (), policy)
+        rules.guarded = False  # nothing more to decide: it runs as it is
+        return rules
+
+    def _refuse(
+        self, err: PermissionDeniedError, ctx: UserContext, started: float = 0.0
+    ) -> PermissionDeniedError:
+        if self.observer is not None:
+            self.observer(err.tool_id or "", ctx, err.reason, "denied", None, started, err)
         return err
 
     # -- everything below runs only for denials or queries ---------------------------
@@ -331,12 +413,202 @@ class Evaluator:
     ) -> OutputRules | None:
         """Steps 4-7 for a call that passed RBAC: raise the denial, or record the
         call and return the output rules to apply to its result."""
+        adm = self._begin(rules, args, kwargs, arguments)
+        if adm.store_needed:
+            store = self.store_for_use()
+            now = _now()
+            try:
+                result = store.take(adm.counters, adm.approval_id, now)
+                if result == _APPROVAL_MISSING and adm.request is not None:
+                    state = store.request_approval(adm.request, now)
+                    if state.state == "approved":  # approved meanwhile: try once more
+                        result = store.take(adm.counters, adm.approval_id, now)
+                    adm.state = state
+            except Exception as exc:
+                result = _UNAVAILABLE
+                adm.problem = exc
+            self._taken(adm, result, now)
+        return self._admitted(adm)
+
+    async def admit_async(
+        self,
+        rules: ToolRules,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        arguments: Arguments | None,
+    ) -> OutputRules | None:
+        """:meth:`admit` for async tools: the store is asked without blocking the
+        event loop."""
+        adm = self._begin(rules, args, kwargs, arguments)
+        if adm.store_needed:
+            store = self.store_for_use()
+            now = _now()
+            try:
+                result = await store.take_async(adm.counters, adm.approval_id, now)
+                if result == _APPROVAL_MISSING and adm.request is not None:
+                    state = await store.request_approval_async(adm.request, now)
+                    if state.state == "approved":
+                        result = await store.take_async(adm.counters, adm.approval_id, now)
+                    adm.state = state
+            except Exception as exc:
+                result = _UNAVAILABLE
+                adm.problem = exc
+            self._taken(adm, result, now)
+        return self._admitted(adm)
+
+    def _begin(
+        self,
+        rules: ToolRules,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        arguments: Arguments | None,
+    ) -> _Admission:
+        """Steps 4-6 and the memory part of 6b-6c (``per: request`` budgets are
+        reserved here; a later denial gives them back)."""
         ctx = current_context()
-        output, denial = _layers(rules, ctx, args, kwargs, arguments, None)
+        adm = _Admission(rules, ctx, (args, kwargs, arguments))
+        if self.log is not None:
+            adm.started = perf_counter()
+        output, denial, grant, audited = _layers(rules, ctx, args, kwargs, arguments, None)
+        policy = rules.policy
         if denial is not None:
-            raise self._refuse(_guardrail_error(rules, ctx, denial, args, kwargs, arguments), ctx)
+            err = _guardrail_error(rules, ctx, denial, args, kwargs, arguments)
+            if not policy.audit:
+                raise self._refuse(err, ctx, adm.started)
+            adm.would = err
+            return adm
+        adm.output, adm.audited = output, audited
+        if not rules.budgeted:
+            return adm
+        if grant is None:
+            grant = rules.allow_grants(ctx.roles)[0]
+        adm.grant = grant
+        if grant.request_limits:
+            spent = ctx.scope.spent
+            full = None
+            with _spend_lock:
+                for limit in grant.request_limits:
+                    if spent.get(limit.key, 0) >= limit.max:
+                        full = limit
+                        break
+                else:
+                    for limit in grant.request_limits:
+                        spent[limit.key] = spent.get(limit.key, 0) + 1
+            if full is not None:
+                self._stop(adm, _budget_error(rules, ctx, full, None))
+                return adm
+            adm.reserved = grant.request_limits
+        if grant.user_limits:
+            adm.counters = _counters(policy, grant.user_limits, ctx.user_id or "", _now())
+            adm.store_needed = True
+        approval = grant.approval
+        if approval is not None and (
+            not approval.input or _check_input(approval, args, kwargs, arguments) is None
+        ):
+            if policy.audit:  # never ask a person on behalf of an audited policy
+                err = _approval_error(rules, ctx, None, approval.path, None)
+                self._stop(adm, err)
+                return adm
+            from .approvals import ApprovalRequest, approval_id, json_arguments
+
+            bound = bound_arguments(arguments, args, kwargs)
+            version = policy.version_text
+            ident = approval_id(rules.tool_id, bound, ctx.user_id or "", version)
+            adm.approval_id = ident
+            adm.request = ApprovalRequest(
+                id=ident,
+                tool_id=rules.tool_id,
+                user_id=ctx.user_id or "",
+                arguments=json_arguments(bound),
+                policy_version=version,
+                expires_at=_now() + approval.ttl,
+                approver_roles=approval.approvers,
+            )
+            adm.store_needed = True
+        return adm
+
+    def _stop(self, adm: _Admission, err: PermissionDeniedError) -> None:
+        """A budget or approval denial: give the reservations back, then deny (or,
+        in audit mode, note that enforce would have)."""
+        self._release(adm)
+        adm.store_needed = False
+        if adm.rules.policy.audit:
+            adm.would = err
+            return
+        raise self._refuse(err, adm.ctx, adm.started)
+
+    @staticmethod
+    def _release(adm: _Admission) -> None:
+        if adm.reserved:
+            spent = adm.ctx.scope.spent
+            with _spend_lock:
+                for limit in adm.reserved:
+                    spent[limit.key] = max(spent.get(limit.key, 0) - 1, 0)
+            adm.reserved = ()
+
+    def _taken(self, adm: _Admission, result: int, now: float) -> None:
+        """Act on the store's answer to ``take``."""
+        rules, ctx = adm.rules, adm.ctx
+        if result == _TAKEN:
+            return
+        if result == _UNAVAILABLE:
+            _log_store_problem(adm.problem)
+            detail = (
+                f"the budget/approval store could not answer ({type(adm.problem).__name__}: "
+                f"{adm.problem}); the call is denied until it is reachable again"
+            )
+            err = PermissionDeniedError(
+                f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail}",
+                tool_id=rules.tool_id,
+                user_id=ctx.user_id,
+                roles=ctx.roles,
+                reason="budget_unavailable",
+                trace=(
+                    *_base_trace(rules.policy, ctx),
+                    _rbac_step(rules, ctx),
+                    TraceStep("budget", "deny", detail, adm.grant.path if adm.grant else None),
+                ),
+            )
+        elif result >= 0:
+            assert adm.grant is not None
+            counter = adm.counters[result]
+            limit = adm.grant.user_limits[result]
+            err = _budget_error(rules, ctx, limit, max(counter.expires_at - now, 0.0))
+        else:  # approval missing
+            assert adm.grant is not None and adm.grant.approval is not None
+            state = adm.state
+            err = _approval_error(
+                rules,
+                ctx,
+                state.request if state is not None else adm.request,
+                adm.grant.approval.path,
+                state.state if state is not None else None,
+            )
+        self._stop(adm, err)
+
+    def _admitted(self, adm: _Admission) -> OutputRules | None:
+        """Report the decision and record the call (step 7)."""
+        rules, ctx = adm.rules, adm.ctx
+        if adm.would is not None:  # audit mode: enforce would deny; it runs unrecorded
+            if self.observer is not None:
+                err = adm.would
+                self.observer(
+                    rules.tool_id, ctx, err.reason, "would_deny", rules, adm.started, err,
+                    adm.grant, adm.call,
+                )  # fmt: skip
+            return None
         if self.observer is not None:
-            self.observer(rules.tool_id, ctx, None)
+            if adm.audited is not None:
+                err = _audit_error(rules, ctx, adm.audited)
+                self.observer(
+                    rules.tool_id, ctx, err.reason, "would_deny", rules, adm.started, err,
+                    adm.grant, adm.call, adm.approval_id,
+                )  # fmt: skip
+            else:
+                self.observer(
+                    rules.tool_id, ctx, None, "allowed", rules, adm.started, None,
+                    adm.grant, adm.call, adm.approval_id,
+                )  # fmt: skip
         scope = ctx.scope
         # Step 7. History is kept while the policy has sequence or data-flow rules
         # (a request that never meets one keeps no history, however long it runs).
@@ -345,27 +617,33 @@ class Evaluator:
         if rules.labels:
             for label in rules.labels:
                 scope.facts.setdefault(label, rules.tool_id)
-        return output
+        return adm.output
 
     def finish(self, rules: ToolRules, output: OutputRules, result: Any) -> Any:
-        """Step 8: the sanitized result, or raise the output denial."""
+        """Step 8: the sanitized result, or raise the output denial. Audited output
+        rules (and an audit-mode policy) leave the result as it is and only report
+        what enforce would have refused."""
+        audit = output.audit or rules.policy.audit
         try:
-            return output.apply(result)
+            sanitized = output.apply(result)
         except OutputViolation as exc:
             ctx = current_context()
-            step = TraceStep("output", "deny", exc.detail, exc.path)
-            raise self._refuse(
-                PermissionDeniedError(
-                    f"{rules.tool_id!r} result refused for user {ctx.user_id!r}: {exc.detail}"
-                    + (f" ({exc.path})" if exc.path else ""),
-                    tool_id=rules.tool_id,
-                    user_id=ctx.user_id,
-                    roles=ctx.roles,
-                    reason=exc.reason,
-                    trace=(*_base_trace(rules.policy, ctx), _rbac_step(rules, ctx), step),
-                ),
-                ctx,
-            ) from None
+            step = TraceStep("output", "would_deny" if audit else "deny", exc.detail, exc.path)
+            err = PermissionDeniedError(
+                f"{rules.tool_id!r} result refused for user {ctx.user_id!r}: {exc.detail}"
+                + (f" ({exc.path})" if exc.path else ""),
+                tool_id=rules.tool_id,
+                user_id=ctx.user_id,
+                roles=ctx.roles,
+                reason=exc.reason,
+                trace=(*_base_trace(rules.policy, ctx), _rbac_step(rules, ctx), step),
+            )
+            if audit:
+                if self.observer is not None:
+                    self.observer(rules.tool_id, ctx, exc.reason, "would_deny", rules, 0.0, err)
+                return result
+            raise self._refuse(err, ctx) from None
+        return result if audit else sanitized
 
     def explain(
         self, tool_id: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
@@ -385,14 +663,22 @@ class Evaluator:
             args = (None, *args)  # the guard sees self/cls first; explain() is given none
         trace = [*_base_trace(policy, ctx), _rbac_step(rules, ctx)]
         allowed = rules.allow_grants(ctx.roles)
-        output, denial = _layers(rules, ctx, args, kwargs, arguments, trace)
+        output, denial, chosen, _ = _layers(rules, ctx, args, kwargs, arguments, trace)
         if denial is not None:
             err = _guardrail_error(rules, ctx, denial, args, kwargs, arguments)
             return Decision(False, err.reason, err.trace, None, err)
-        chosen = next(
-            (g for g in allowed if not g.input or _check_input(g, args, kwargs, arguments) is None),
-            allowed[0],
-        )
+        chosen = chosen or allowed[0]
+        for limit in chosen.limits:
+            trace.append(TraceStep("budget", "pass", f"limited to {limit.describe()}", limit.path))
+        if chosen.approval is not None:
+            approval = chosen.approval
+            needed = not approval.input or _check_input(approval, args, kwargs, arguments) is None
+            detail = (
+                f"needs an approval by [{', '.join(approval.approvers)}] unless one was given"
+                if needed
+                else "approval.when does not hold: no approval needed"
+            )
+            trace.append(TraceStep("approval", "pass", detail, approval.path))
         if output is not None:
             trace.append(
                 TraceStep(
@@ -432,7 +718,7 @@ def _base_trace(policy: CompiledPolicy, ctx: UserContext) -> tuple[TraceStep, ..
 _Denial = tuple[str, str, "str | None"]
 
 
-def _plan(grant: Grant, arguments: Arguments | None) -> tuple[Any, ...]:
+def _plan(grant: Grant | Approval, arguments: Arguments | None) -> tuple[Any, ...]:
     """How to read and check each argument of ``grant.input`` for one function:
     ``(position, name, default, ok)``; position -2 means "ask ``arguments``"."""
     plan = []
@@ -446,7 +732,10 @@ def _plan(grant: Grant, arguments: Arguments | None) -> tuple[Any, ...]:
 
 
 def _check_input(
-    grant: Grant, args: tuple[Any, ...], kwargs: dict[str, Any], arguments: Arguments | None
+    grant: Grant | Approval,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    arguments: Arguments | None,
 ) -> _Denial | None:
     plans = arguments.plans if arguments is not None else None
     plan = plans.get(grant) if plans is not None else None
@@ -461,7 +750,7 @@ def _check_input(
                 "input_validation",
                 f"the policy constrains argument {name!r}, which this tool does not take: "
                 "fix the argument name in the policy",
-                f"{grant.path}.conditions.input.{name}",
+                f"{grant.input_path}.{name}",
             )
         if -1 < pos < n:
             value = args[pos]
@@ -475,7 +764,7 @@ def _check_input(
                 f"argument {name!r} cannot be bound to the tool's signature (it is "
                 "positional in a call to a callable whose parameters are unknown); pass "
                 "it by keyword",
-                f"{grant.path}.conditions.input.{name}",
+                f"{grant.input_path}.{name}",
             )
         if not ok(value):
             constraint = next(c for a, c in grant.input if a == name)
@@ -483,7 +772,7 @@ def _check_input(
             return (
                 "input_validation",
                 f"argument {name!r} fails {constraint.describe(op)}",
-                f"{grant.path}.conditions.input.{name}",
+                f"{grant.input_path}.{name}",
             )
     return None
 
@@ -495,61 +784,83 @@ def _layers(
     kwargs: dict[str, Any],
     arguments: Arguments | None,
     trace: list[TraceStep] | None,
-) -> tuple[OutputRules | None, _Denial | None]:
-    """Steps 4-6. Returns (output rules of the chosen entry, None) or (None, denial).
-    ``trace`` (explain, denials) collects the steps; the hot path passes None."""
+) -> tuple[OutputRules | None, _Denial | None, Grant | None, _Denial | None]:
+    """Steps 4-6. Returns (output rules of the chosen entry, the denial or None,
+    the chosen grant when conditions chose one, the first audited rule that would
+    have denied or None). ``trace`` (explain, denials) collects the steps; the hot
+    path passes None."""
     roles = ctx.roles
     output = None
-    # 4. input: the first granting entry whose input conditions hold
+    chosen = None
+    audited: _Denial | None = None
+    failure: _Denial | None
+    # 4. input: the first granting entry whose input conditions hold; when none
+    # does, the first audited one that failed (a would-deny) before denying
     if rules.conditional:
         first_failure: _Denial | None = None
-        chosen = None
+        audit_pick: tuple[Grant, _Denial] | None = None
         for grant in rules.allow_grants(roles):
             failure = _check_input(grant, args, kwargs, arguments) if grant.input else None
             if failure is None:
                 chosen = grant
                 break
+            if grant.audit and audit_pick is None:
+                audit_pick = (grant, failure)
             first_failure = first_failure or failure
         if chosen is None:
-            assert first_failure is not None
-            return None, first_failure
+            if audit_pick is None:
+                assert first_failure is not None
+                return None, first_failure, None, None
+            chosen, audited = audit_pick
         output = chosen.output
         if trace is not None:
             n = len(chosen.input)
+            outcome = "pass" if audited is None else "would_deny"
+            detail = f"{n} argument rule{'s' * (n != 1)} hold" if audited is None else audited[1]
             trace.append(
-                TraceStep("input", "pass", f"{n} argument rule{'s' * (n != 1)} hold", chosen.path)
+                TraceStep("input", outcome, detail, audited[2] if audited else chosen.path)
             )
     policy = rules.policy
     scope = ctx.scope
-    # 5. sequence: some granting role's rules pass
+    # 5. sequence: some granting role's rules pass (audited rules only report)
     if policy.sequences:
         state = _track(scope, policy).progress
         history = scope.history
         blocked: _Denial | None = None
-        passed = False
+        would: _Denial | None = None
+        passed = lenient = False
         for role in sorted(roles & rules.allow_roles):
             seq = policy.sequences.get(role)
             if seq is None:
                 passed = True
                 break
             if seq.mode == "allow":
-                hit = None
+                hit = audit_hit = None
                 excepted = False
                 for rule in rules.completes.get(role, ()):
                     if state[rule.slot] >= len(rule.steps) - 1:
                         if rule.kind == "allow":
                             excepted = True
+                        elif rule.audit:
+                            audit_hit = audit_hit or rule
                         elif hit is None:
                             hit = rule
-                if hit is None or excepted:
+                if excepted or (hit is None and audit_hit is None):
                     passed = True
                     break
-                blocked = blocked or (
+                first = hit or audit_hit
+                assert first is not None
+                failure = (
                     "sequence_violation",
-                    f"the call would complete the forbidden sequence {hit.describe()} "
+                    f"the call would complete the forbidden sequence {first.describe()} "
                     f"of role {role!r}",
-                    hit.path,
+                    first.path,
                 )
+                if hit is None:
+                    lenient = True
+                    would = would or failure
+                else:
+                    blocked = blocked or failure
             else:
                 if history:
                     ok = any(m(history[-1]) for m in rules.follows.get(role, ()))
@@ -560,34 +871,52 @@ def _layers(
                 if ok:
                     passed = True
                     break
-                blocked = blocked or (
+                failure = (
                     "sequence_violation",
                     f"role {role!r} allows only the call chains of its allow rules: {why}",
                     seq.path,
                 )
+                if seq.audit:
+                    lenient = True
+                    would = would or failure
+                else:
+                    blocked = blocked or failure
         if not passed:
-            assert blocked is not None
-            return None, blocked
+            if not lenient:
+                assert blocked is not None
+                return None, blocked, None, None
+            audited = audited or would
         if trace is not None:
-            trace.append(
-                TraceStep("sequence", "pass", f"history of {len(history)} call(s) allows it")
-            )
-    # 6. data flow: no recorded label blocks the tool
+            if passed:
+                trace.append(
+                    TraceStep("sequence", "pass", f"history of {len(history)} call(s) allows it")
+                )
+            elif would is not None:
+                trace.append(TraceStep("sequence", "would_deny", would[1], would[2]))
+    # 6. data flow: no recorded label blocks the tool (audited blocks only report)
     if rules.blocked_by:
         facts = scope.facts
         carried = _track(scope, policy).labels  # labels of earlier calls, this policy
-        for label, path in rules.blocked_by.items():
+        flow_would: _Denial | None = None
+        for label, (path, audit) in rules.blocked_by.items():
             origin = facts.get(label) or carried.get(label)
             if origin is not None:
-                return None, (
+                failure = (
                     "data_flow_violation",
                     f"label {label!r} (recorded by {origin!r} earlier in "
                     f"this request) blocks {rules.tool_id!r}",
                     path,
                 )
+                if not audit:
+                    return None, failure, None, None
+                flow_would = flow_would or failure
+        audited = audited or flow_would
         if trace is not None:
-            trace.append(TraceStep("data_flow", "pass", "no recorded label blocks it"))
-    return output, None
+            if flow_would is None:
+                trace.append(TraceStep("data_flow", "pass", "no recorded label blocks it"))
+            else:
+                trace.append(TraceStep("data_flow", "would_deny", flow_would[1], flow_would[2]))
+    return output, None, chosen, audited
 
 
 def _guardrail_error(
@@ -608,7 +937,7 @@ def _guardrail_error(
     # steps that passed before the one that denied.
     trace = [*_base_trace(rules.policy, ctx), _rbac_step(rules, ctx)]
     _layers(rules, ctx, args, kwargs, arguments, trace)
-    trace.append(TraceStep(step, "deny", detail, path))
+    trace.append(TraceStep(step, "would_deny" if rules.policy.audit else "deny", detail, path))
     return PermissionDeniedError(
         f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail} ({path})",
         tool_id=rules.tool_id,
@@ -616,6 +945,170 @@ def _guardrail_error(
         roles=ctx.roles,
         reason=reason,
         trace=trace,
+    )
+
+
+_TAKEN = -1  # store answers (see d2.core.stores.base)
+_APPROVAL_MISSING = -2
+_UNAVAILABLE = -3  # the store raised
+
+
+class _Admission:
+    """One call between steps 4 and 7 (internal)."""
+
+    __slots__ = (
+        "approval_id",
+        "audited",
+        "call",
+        "counters",
+        "ctx",
+        "grant",
+        "output",
+        "problem",
+        "request",
+        "reserved",
+        "rules",
+        "started",
+        "state",
+        "store_needed",
+        "would",
+    )
+
+    def __init__(self, rules: ToolRules, ctx: UserContext, call: tuple[Any, ...]) -> None:
+        self.rules = rules
+        self.ctx = ctx
+        self.call = call
+        self.started = 0.0
+        self.output: OutputRules | None = None
+        self.audited: _Denial | None = None
+        self.would: PermissionDeniedError | None = None
+        self.grant: Grant | None = None
+        self.reserved: tuple[Limit, ...] = ()
+        self.counters: list[Counter] = []
+        self.store_needed = False
+        self.approval_id: str | None = None
+        self.request: ApprovalRequest | None = None
+        self.state: ApprovalState | None = None
+        self.problem: BaseException | None = None
+
+
+def _counters(
+    policy: CompiledPolicy, limits: tuple[Limit, ...], user_id: str, now: float
+) -> list[Counter]:
+    """The store counters of ``per: user`` limits for this user and window: keys
+    are digests (no user id in the store), scoped by the policy's name."""
+    import hashlib
+
+    from .stores import Counter
+
+    found = []
+    for limit in limits:
+        window = limit.window or 1.0
+        index = int(now // window)
+        text = f"{policy.name or ''}\x1f{limit.key}\x1f{user_id}\x1f{window:g}\x1f{index}"
+        key = "budget:" + hashlib.sha256(text.encode()).hexdigest()[:40]
+        found.append(Counter(key, limit.max, (index + 1) * window))
+    return found
+
+
+def _budget_error(
+    rules: ToolRules, ctx: UserContext, limit: Limit, retry_after: float | None
+) -> PermissionDeniedError:
+    if retry_after is None:
+        detail = f"the budget of {limit.describe()} is used up (it resets with the request)"
+    else:
+        detail = (
+            f"the budget of {limit.describe()} is used up; the window resets in {retry_after:.0f}s"
+        )
+    return PermissionDeniedError(
+        f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail} ({limit.path})",
+        tool_id=rules.tool_id,
+        user_id=ctx.user_id,
+        roles=ctx.roles,
+        reason="budget_exceeded",
+        retry_after=retry_after,
+        trace=(
+            *_base_trace(rules.policy, ctx),
+            _rbac_step(rules, ctx),
+            TraceStep("budget", "deny", detail, limit.path),
+        ),
+    )
+
+
+def _approval_error(
+    rules: ToolRules,
+    ctx: UserContext,
+    request: ApprovalRequest | None,
+    path: str,
+    state: str | None,
+) -> PermissionDeniedError:
+    base = (*_base_trace(rules.policy, ctx), _rbac_step(rules, ctx))
+    fields: dict[str, Any] = {"tool_id": rules.tool_id, "user_id": ctx.user_id, "roles": ctx.roles}
+    if state == "rejected" and request is not None:
+        detail = (
+            f"approval request {request.id[:12]} for this exact call was rejected; it "
+            "cannot run before the request expires"
+        )
+        return PermissionDeniedError(
+            f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail} ({path})",
+            reason="approval_rejected",
+            trace=(*base, TraceStep("approval", "deny", detail, path)),
+            **fields,
+        )
+    if request is None:  # audit mode: nobody is asked
+        detail = "the call needs an approval (audit mode: none was requested)"
+        return PermissionDeniedError(
+            f"{rules.tool_id!r} for user {ctx.user_id!r}: {detail} ({path})",
+            reason="approval_required",
+            trace=(*base, TraceStep("approval", "would_deny", detail, path)),
+            **fields,
+        )
+    roles = ", ".join(request.approver_roles)
+    detail = (
+        f"this exact call needs an approval by a user with role [{roles}]; approval "
+        f"request {request.id} waits until "
+        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(request.expires_at))}"
+    )
+    return ApprovalRequiredError(
+        f"{rules.tool_id!r} for user {ctx.user_id!r}: {detail}. An approver calls "
+        f"d2.approve({request.id!r}); then retry the identical call",
+        request=request,
+        trace=(*base, TraceStep("approval", "deny", detail, path)),
+        **fields,
+    )
+
+
+def _audit_error(rules: ToolRules, ctx: UserContext, denial: _Denial) -> PermissionDeniedError:
+    """What an audited rule would have refused (reported, never raised)."""
+    reason, detail, path = denial
+    step = {"input_validation": "input", "sequence_violation": "sequence"}.get(reason, "data_flow")
+    return PermissionDeniedError(
+        f"{rules.tool_id!r} would be denied for user {ctx.user_id!r}: {detail} ({path})",
+        tool_id=rules.tool_id,
+        user_id=ctx.user_id,
+        roles=ctx.roles,
+        reason=reason,
+        trace=(TraceStep(step, "would_deny", detail, path),),
+    )
+
+
+_store_problem_logged = False
+
+
+def _log_store_problem(exc: BaseException | None) -> None:
+    """Log the first store failure (a warning), then stay quiet: an outage must
+    not flood the app's log."""
+    global _store_problem_logged
+    if _store_problem_logged:
+        return
+    _store_problem_logged = True
+    import logging
+
+    logging.getLogger("d2").warning(
+        "d2: the budget/approval store failed (%s: %s); calls of tools with per-user "
+        "limits or approvals are denied (budget_unavailable) until it answers again",
+        type(exc).__name__,
+        exc,
     )
 
 

@@ -169,6 +169,7 @@ def _build(
     if len(evaluator.guarded_tools) < _MAX_REGISTERED or tool_id in evaluator.guarded_tools:
         evaluator.guarded_tools[tool_id] = arguments  # for allowed_tools() and explain()
     check, admit, finish = evaluator.check, evaluator.admit, evaluator.finish
+    admit_async = evaluator.admit_async
     is_async = is_coroutine_function(fn)
     is_agen = is_async_generator_function(fn)
     is_gen = is_generator_function(fn)
@@ -191,7 +192,10 @@ def _build(
     if is_async:
 
         async def slow_async(rules: ToolRules, args: Any, kwargs: Any) -> Any:
-            out = admit(rules, args, kwargs, arguments) if rules.guarded else None
+            if rules.budgeted:  # a store may be asked: without blocking the loop
+                out = await admit_async(rules, args, kwargs, arguments)
+            else:
+                out = admit(rules, args, kwargs, arguments) if rules.guarded else None
             timer = evaluator.timer
             if timer is None:
                 result = await fn(*args, **kwargs)
@@ -215,7 +219,10 @@ def _build(
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
                 try:
                     rules = check(tool_id)
-                    out = admit(rules, args, kwargs, arguments) if rules.guarded else None
+                    if rules.budgeted:
+                        out = await admit_async(rules, args, kwargs, arguments)
+                    else:
+                        out = admit(rules, args, kwargs, arguments) if rules.guarded else None
                 except PermissionDeniedError as err:
                     return await _resolve(handle(err))
                 result = await _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=True)

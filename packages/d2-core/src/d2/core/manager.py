@@ -12,13 +12,19 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
 from .evaluate import Decision, Evaluator, evaluator_for
 from .limits import Limits
 from .local import LocalFileSource, PolicySource
 from .policy.model import CompiledPolicy
+
+if TYPE_CHECKING:
+    from .decisionlog import DecisionLog
+    from .stores import Store
+
 
 __all__ = [
     "PolicyManager",
@@ -56,6 +62,7 @@ class PolicyManager:
         self.strict = strict
         self._closed = False
         self._state = threading.Lock()  # _install vs _retire; never on a guarded call
+        self.decision_log: DecisionLog | None = None  # set by configure_rbac_*
 
     @property
     def name(self) -> str:
@@ -71,7 +78,7 @@ class PolicyManager:
         with self._state:
             if not self._closed:
                 self.evaluator.policy = policy  # one atomic assignment: the swap
-                count_policy_load(self.evaluator, self.mode)
+                count_policy_load(self.evaluator, self.mode, policy)
 
     def start(self) -> CompiledPolicy:
         """Load the first policy, put it in force and start watching.
@@ -111,6 +118,12 @@ class PolicyManager:
         with self._state:
             self._closed = True
         self.source.close()  # joins the watcher
+        log = self.decision_log
+        if log is not None:
+            if self.evaluator.log is log:
+                self.evaluator.set_log(None)
+            self.decision_log = None
+            log.close()
 
     def shutdown(self) -> None:
         """Stop watching and drop the policy: guarded calls deny from now on.
@@ -147,15 +160,41 @@ def install_telemetry(evaluator: Evaluator) -> None:
     for observer in evaluator.observers:
         if getattr(observer, "__self__", None).__class__.__name__ == "Metrics":
             evaluator.remove_observer(observer)
-    evaluator.timer = metrics
+    evaluator.set_timer(metrics)
     if metrics is not None:
         evaluator.add_observer(metrics.observe)
 
 
-def count_policy_load(evaluator: Evaluator, mode: str) -> None:
-    """Count a policy put in force (metrics on only)."""
+def count_policy_load(
+    evaluator: Evaluator, mode: str, policy: CompiledPolicy | None = None
+) -> None:
+    """Count a policy put in force (metrics on only) and say loudly when it is in
+    audit mode."""
     if evaluator.timer is not None:
         evaluator.timer.policy_loads.add(1, {"mode": mode, "instance": evaluator.name})
+    if policy is not None and policy.audit:
+        _warn_audit(policy)
+
+
+_audit_warned: set[str] = set()
+
+
+def _warn_audit(policy: CompiledPolicy) -> None:
+    """Audit mode enforces nothing beyond steps 1-2: never let it pass unnoticed
+    (a warning on the ``d2`` logger and a stderr line, once per policy version)."""
+    if policy.digest in _audit_warned:
+        return
+    _audit_warned.add(policy.digest)
+    import logging
+
+    text = (
+        f"D2 AUDIT MODE: policy {policy.source} ({policy.version_text[:12]}) has "
+        "metadata.mode: audit: calls it would deny RUN ANYWAY and are only recorded as "
+        "would_deny. Set mode: enforce to enforce it."
+    )
+    logging.getLogger("d2").warning("%s", text)
+    if not _flag("D2_SILENT"):
+        sys.stderr.write(text + "\n")
 
 
 def _count(n: int, noun: str) -> str:
@@ -248,6 +287,9 @@ def configure_rbac_sync(
     limits: Limits | None = None,
     strict_sync: bool | None = None,
     token: str | None = None,
+    store: Store | str | None = None,
+    decision_log: str | os.PathLike[str] | Callable[[dict[str, Any]], None] | None = None,
+    decision_log_arguments: bool = False,
     **cloud_options: Any,
 ) -> PolicyManager:
     """Configure D2 once at startup (sync apps). Returns the instance's manager.
@@ -257,24 +299,92 @@ def configure_rbac_sync(
     discovery). ``limits`` raises the local limits. ``strict_sync`` overrides
     ``D2_STRICT_SYNC``. A bad policy raises and leaves guarded calls denied.
     Calling it again replaces the instance's configuration.
+
+    ``store``: where ``per: user`` budgets and approvals live: a
+    :class:`~d2.core.stores.Store` or a URL (``redis://host:port/db``; default
+    ``D2_STORE_URL``, else in-process). ``decision_log``: a JSON Lines file path or
+    a callable given each record (default ``D2_DECISION_LOG``, else off);
+    ``decision_log_arguments=True`` also records each call's bound arguments.
     """
     token = token if token is not None else os.environ.get("D2_TOKEN") or None
-    if token:
-        cloud = _cloud_module(token)
-        ev = evaluator_for(instance_name)
-        ev.strict = _flag("D2_STRICT_SYNC") if strict_sync is None else strict_sync
-        manager: PolicyManager = cloud.configure_sync(ev, token=token, **cloud_options)
-        _register(manager)
-        return manager
-    if cloud_options:
-        raise ConfigurationError(f"unknown option(s) for local mode: {sorted(cloud_options)}")
-    manager = _prepare(instance_name, source, limits, strict_sync)
+    chosen_store = _store_option(store)
+    log = _log_option(decision_log, decision_log_arguments)
     try:
-        manager.start()
+        if token:
+            cloud = _cloud_module(token)
+            ev = evaluator_for(instance_name)
+            ev.strict = _flag("D2_STRICT_SYNC") if strict_sync is None else strict_sync
+            manager: PolicyManager = cloud.configure_sync(ev, token=token, **cloud_options)
+            _register(manager)
+        else:
+            if cloud_options:
+                raise ConfigurationError(
+                    f"unknown option(s) for local mode: {sorted(cloud_options)}"
+                )
+            manager = _prepare(instance_name, source, limits, strict_sync)
+            try:
+                manager.start()
+            except BaseException:
+                manager.source.close()
+                raise
     except BaseException:
-        manager.source.close()
+        if log is not None:
+            log.close()
         raise
+    _attach(manager, chosen_store, log)
     return manager
+
+
+def _store_option(store: Store | str | None) -> Store | None:
+    if store is None:
+        url = os.environ.get("D2_STORE_URL", "").strip()
+        if not url:
+            return None  # the in-process store, created on first use
+        store = url
+    from .stores import Store, store_from_url
+
+    if isinstance(store, str):
+        return store_from_url(store)
+    if not isinstance(store, Store):
+        raise ConfigurationError(
+            f"store must be a d2.core.stores.Store or a URL like redis://host:6379/0, got {store!r}"
+        )
+    return store
+
+
+def _log_option(
+    target: str | os.PathLike[str] | Callable[[dict[str, Any]], None] | None, arguments: bool
+) -> DecisionLog | None:
+    if target is None:
+        target = os.environ.get("D2_DECISION_LOG", "").strip() or None
+        if target is None:
+            return None
+    if not (callable(target) or isinstance(target, (str, os.PathLike))):
+        raise ConfigurationError(
+            f"decision_log must be a file path or a callable taking one record (dict), "
+            f"got {target!r}"
+        )
+    from .decisionlog import DecisionLog
+
+    try:
+        return DecisionLog(target, arguments=bool(arguments))
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot open the decision log {target!r} for appending: {exc}; "
+            "give a writable path (D2_DECISION_LOG or decision_log=)"
+        ) from None
+
+
+def _attach(manager: PolicyManager, store: Store | None, log: DecisionLog | None) -> None:
+    """Give the instance its store and decision log (after it started: a failed
+    start changes neither)."""
+    ev = manager.evaluator
+    if store is not None:
+        ev.store = store
+    elif ev.store is not None and type(ev.store).__name__ != "MemoryStore":
+        ev.store = None  # back to in-process (created on first use)
+    manager.decision_log = log
+    ev.set_log(log)
 
 
 async def configure_rbac_async(
@@ -284,17 +394,28 @@ async def configure_rbac_async(
     limits: Limits | None = None,
     strict_sync: bool | None = None,
     token: str | None = None,
+    store: Store | str | None = None,
+    decision_log: str | os.PathLike[str] | Callable[[dict[str, Any]], None] | None = None,
+    decision_log_arguments: bool = False,
     **cloud_options: Any,
 ) -> PolicyManager:
     """Async twin of :func:`configure_rbac_sync`: file reads and parsing run in a
     worker thread so the event loop is never blocked."""
     token = token if token is not None else os.environ.get("D2_TOKEN") or None
     if token:
-        cloud = _cloud_module(token)
-        ev = evaluator_for(instance_name)
-        ev.strict = _flag("D2_STRICT_SYNC") if strict_sync is None else strict_sync
-        manager: PolicyManager = await cloud.configure_async(ev, token=token, **cloud_options)
-        _register(manager)
+        chosen_store = _store_option(store)
+        log = _log_option(decision_log, decision_log_arguments)
+        try:
+            cloud = _cloud_module(token)
+            ev = evaluator_for(instance_name)
+            ev.strict = _flag("D2_STRICT_SYNC") if strict_sync is None else strict_sync
+            manager: PolicyManager = await cloud.configure_async(ev, token=token, **cloud_options)
+            _register(manager)
+        except BaseException:
+            if log is not None:
+                log.close()
+            raise
+        _attach(manager, chosen_store, log)
         return manager
     import asyncio
 
@@ -305,6 +426,9 @@ async def configure_rbac_async(
         limits=limits,
         strict_sync=strict_sync,
         token="",
+        store=store,
+        decision_log=decision_log,
+        decision_log_arguments=decision_log_arguments,
         **cloud_options,
     )
 

@@ -19,7 +19,9 @@ Instruments (all under ``d2.``; see docs/telemetry.md): ``d2.decisions`` (counte
 ``d2.decision.duration`` and ``d2.tool.duration`` (histograms, seconds; one call in
 ``SAMPLE`` is recorded), ``d2.policy.loads``, ``d2.policy.polls``,
 ``d2.policy.poll_failures``, ``d2.jwks.fetches``, ``d2.jwks.rotations``,
-``d2.events.dropped`` (counters) and ``d2.bundle.age`` (gauge, seconds).
+``d2.events.dropped``, ``d2.decision_log.dropped`` (counters) and
+``d2.bundle.age`` (gauge, seconds). ``result`` is ``allowed``, ``denied`` or
+``would_deny`` (audit).
 """
 
 from __future__ import annotations
@@ -96,6 +98,12 @@ class Metrics:
         self.events_dropped = meter.create_counter(
             "d2.events.dropped", description="Usage events dropped (buffer full or refused)"
         )
+        meter.create_observable_counter(
+            "d2.decision_log.dropped",
+            callbacks=[self._log_dropped],
+            unit="{record}",
+            description="Decision-log records dropped (queue full)",
+        )
         self.bundle_loaded_at: float | None = None
         meter.create_observable_gauge(
             "d2.bundle.age",
@@ -113,6 +121,13 @@ class Metrics:
             out.append(Observation(seen, {"tool": tool, "result": result, "reason": reason}))
         return out
 
+    def _log_dropped(self, options: Any) -> Any:
+        from opentelemetry.metrics import Observation
+
+        from .decisionlog import dropped_total
+
+        return [Observation(dropped_total())]
+
     def _bundle_age(self, options: Any) -> Any:
         from opentelemetry.metrics import Observation
 
@@ -121,9 +136,11 @@ class Metrics:
         return [Observation(time.time() - self.bundle_loaded_at)]
 
     # -- hooks called by the evaluator and the guard (cheap, never raise) ---------------
-    def observe(self, tool_id: str, ctx: UserContext, reason: str | None) -> None:
+    def observe(
+        self, tool_id: str, ctx: UserContext, reason: str | None, decision: str = "allowed"
+    ) -> None:
         """Evaluator observer: count the decision (thread-safe, no lock)."""
-        key = (tool_id, "allowed", "none") if reason is None else (tool_id, "denied", reason)
+        key = (tool_id, "allowed", "none") if reason is None else (tool_id, decision, reason)
         counter = self._counts.get(key)
         if counter is None:
             counter = self._counts.setdefault(key, itertools.count(0))

@@ -9,18 +9,26 @@ user, no telemetry hooks. Typical pytest use::
     def _d2():
         yield
         d2.core.testing.reset()
+
+``redis_server()`` runs a throwaway ``redis-server`` (Debian package
+``redis-server``) on a free loopback port, for tests of the Redis store.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess
 
 from .context import clear_user_context
 from .manager import shutdown_all_rbac
 
-__all__ = ["expires_in", "isolate", "policy_document", "reset"]
+__all__ = ["RedisServer", "expires_in", "isolate", "policy_document", "redis_server", "reset"]
 
 
 def expires_in(seconds: float = 3 * 86400) -> str:
@@ -44,8 +52,10 @@ def reset() -> None:
     shutdown_all_rbac()
     clear_user_context()
     for evaluator in _evaluators.values():
+        evaluator.set_log(None)
         evaluator._set_observers(())
-        evaluator.timer = None
+        evaluator.set_timer(None)
+        evaluator.store = None
 
 
 def isolate(monkeypatch: Any, directory: str | os.PathLike[str]) -> None:
@@ -60,3 +70,123 @@ def isolate(monkeypatch: Any, directory: str | os.PathLike[str]) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", os.path.join(directory, "xdg"))
     monkeypatch.chdir(directory)
     clear_user_context()
+
+
+class RedisServer:
+    """A ``redis-server`` process on ``127.0.0.1:port`` without persistence (see
+    :func:`redis_server`). ``url`` is ``redis://127.0.0.1:port/0``; :meth:`stop`
+    and :meth:`start` take it down and bring it back on the same port."""
+
+    def __init__(self, executable: str, port: int, directory: str) -> None:
+        self.executable = executable
+        self.port = port
+        self.directory = directory
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def _ping(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def _log(self) -> str:
+        try:
+            with open(os.path.join(self.directory, "redis.log"), encoding="utf-8") as file:
+                return file.read()[-2000:]
+        except OSError:
+            return ""
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server (no-op when running) and wait until it answers PING."""
+        import subprocess
+
+        if self.running:
+            return
+        self._process = subprocess.Popen(
+            [
+                self.executable,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                self.directory,
+                "--logfile",
+                os.path.join(self.directory, "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while not self._ping():
+            code = self._process.poll()
+            if code is not None or time.monotonic() > deadline:
+                self.stop()
+                why = f"exited with code {code}" if code is not None else "did not answer"
+                raise RuntimeError(
+                    f"redis-server on port {self.port} {why} within {timeout:g}s; "
+                    f"its log:\n{self._log()}"
+                )
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Terminate the server and wait for it (no-op when stopped)."""
+        import subprocess
+
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def __repr__(self) -> str:
+        return f"<RedisServer {self.url} {'running' if self.running else 'stopped'}>"
+
+
+@contextmanager
+def redis_server(executable: str | None = None) -> Iterator[RedisServer]:
+    """Run ``redis-server`` (from ``PATH`` unless ``executable`` is given) on a free
+    ``127.0.0.1`` port with no persistence, in a temporary directory; stop it on
+    exit. Raises :class:`RuntimeError` when ``redis-server`` is not installed."""
+    import shutil
+    import socket
+    import tempfile
+
+    found = executable or shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError(
+            "redis-server is not on PATH: install the Debian/Ubuntu package "
+            "redis-server (apt-get install redis-server) or Redis from redis.io"
+        )
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    with tempfile.TemporaryDirectory(prefix="d2-redis-") as directory:
+        server = RedisServer(found, port, directory)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,25 +17,37 @@ from ..context import ASCII_SPACE
 from ..errors import InvalidPolicyError
 from ._text import short, suggest
 from .constraints import Constraint, compile_constraint
-from .model import CompiledPolicy, Grant, RoleEntry
+from .model import Approval, CompiledPolicy, Grant, Limit, RoleEntry
 from .output import OutputRules
-from .sequence import compile_data_flow, compile_sequences
+from .sequence import audit_flag, compile_data_flow, compile_sequences
 
-__all__ = ["compile_policy", "parse_expires"]
+__all__ = ["compile_policy", "parse_duration", "parse_expires"]
 
 _TOP_KEYS = ("metadata", "policies")
 _METADATA_KEYS = (
     "name", "description", "expires", "tool_groups", "data_flow", "mode", "version",
 )  # fmt: skip
 _ENTRY_KEYS = ("role", "roles", "permissions", "sequence", "description")
-_GRANT_KEYS = ("tool", "allow", "conditions", "description")
-# Parts of the language that this version of d2-core refuses rather than ignores:
-# ignoring a guardrail would fail open.
-_NOT_YET = {
-    "limits": "call budgets (limits)",
-    "approval": "approvals",
-    "audit": "audit rules",
-}
+_GRANT_KEYS = ("tool", "allow", "conditions", "description", "limits", "approval")
+_LIMIT_KEYS = ("max", "per", "window")
+_APPROVAL_KEYS = ("when", "approvers", "ttl")
+# Parts of the language that this version of d2-core refuses rather than ignores
+# (ignoring a guardrail would fail open). Empty: every key of POLICY.md v1.1 is known.
+_NOT_YET: dict[str, str] = {}
+_DURATION = re.compile(r"([1-9][0-9]{0,8})([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_APPROVAL_TTL = 7 * 86400
+DEFAULT_APPROVAL_TTL = 15 * 60
+
+
+def parse_duration(value: object) -> int | None:
+    """``30s`` / ``15m`` / ``2h`` / ``1d`` -> seconds; ``None`` when not a duration."""
+    if not isinstance(value, str):
+        return None
+    match = _DURATION.fullmatch(value)
+    if match is None:
+        return None
+    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 def _type_name(value: object) -> str:
@@ -166,30 +179,113 @@ def _groups_of(c: _Checker, raw: object) -> dict[str, tuple[str, ...]]:
     return groups
 
 
+def _input_rules(c: _Checker, path: str, spec: object) -> tuple[tuple[str, Constraint], ...]:
+    """``argument -> {operator: value}`` (``conditions.input``, ``approval.when``)."""
+    if not isinstance(spec, Mapping):
+        c.error(path, "expected a mapping of argument name -> constraints")
+        return ()
+    inputs: list[tuple[str, Constraint]] = []
+    for arg, rule in spec.items():
+        where = f"{path}.{arg}"
+        if not isinstance(rule, Mapping) or not rule:
+            c.error(where, "expected a non-empty mapping of operators, e.g. {type: string}")
+            continue
+        compiled = compile_constraint(c, where, rule)
+        if compiled is not None:
+            inputs.append((str(arg), compiled))
+    return tuple(inputs)
+
+
 def _conditions(
     c: _Checker, path: str, raw: object
-) -> tuple[tuple[tuple[str, Constraint], ...], OutputRules | None]:
+) -> tuple[tuple[tuple[str, Constraint], ...], OutputRules | None, bool]:
     if not isinstance(raw, Mapping):
         c.error(path, "expected a mapping with 'input' and/or 'output'")
-        return (), None
-    c.keys(path, raw, ("input", "output"))
-    inputs: list[tuple[str, Constraint]] = []
-    spec = raw.get("input", {})
-    if not isinstance(spec, Mapping):
-        c.error(f"{path}.input", "expected a mapping of argument name -> constraints")
-    else:
-        for arg, rule in spec.items():
-            where = f"{path}.input.{arg}"
-            if not isinstance(rule, Mapping) or not rule:
-                c.error(where, "expected a non-empty mapping of operators, e.g. {type: string}")
-                continue
-            compiled = compile_constraint(c, where, rule)
-            if compiled is not None:
-                inputs.append((str(arg), compiled))
+        return (), None, False
+    c.keys(path, raw, ("input", "output", "audit"))
+    audit = audit_flag(c, path, raw)
+    inputs = _input_rules(c, f"{path}.input", raw.get("input", {}))
     output = None
     if "output" in raw:
         output = OutputRules.compile(c, f"{path}.output", raw["output"])
-    return tuple(inputs), output
+        if output is not None:
+            output.audit = audit
+    return inputs, output, audit
+
+
+def _limits(c: _Checker, path: str, raw: object) -> tuple[Limit, ...]:
+    if not isinstance(raw, list) or not raw:
+        c.error(path, "expected a non-empty list like [{max: 5, per: request}]")
+        return ()
+    limits: list[Limit] = []
+    for i, item in enumerate(raw):
+        where = f"{path}[{i}]"
+        if not isinstance(item, Mapping):
+            c.error(where, f"expected a mapping like {{max: 5, per: request}}, got {short(item)}")
+            continue
+        before = len(c.errors)
+        c.keys(where, item, _LIMIT_KEYS)
+        top = item.get("max")
+        if isinstance(top, bool) or not isinstance(top, int) or top <= 0:
+            c.error(f"{where}.max", f"expected a positive integer, got {short(top)}")
+        per = item.get("per")
+        window: int | None = None
+        if per not in ("request", "user"):
+            c.error(
+                f"{where}.per",
+                f"expected 'request' or 'user', got {short(per)}"
+                + (suggest(per, ("request", "user")) if isinstance(per, str) else ""),
+            )
+        elif per == "user":
+            if "window" not in item:
+                c.error(where, "a 'per: user' limit needs a 'window' (like 1h or 1d)")
+            else:
+                window = parse_duration(item["window"])
+                if window is None:
+                    c.error(
+                        f"{where}.window",
+                        f"expected a duration like 30s, 15m, 2h or 1d, got {short(item['window'])}",
+                    )
+        elif "window" in item:
+            c.error(
+                f"{where}.window",
+                "a 'per: request' limit has no window (it resets with the request)",
+            )
+        if len(c.errors) == before:
+            limits.append(Limit(int(top or 0), str(per), window, where))
+    return tuple(limits)
+
+
+def _approval(c: _Checker, path: str, raw: object) -> Approval | None:
+    if not isinstance(raw, Mapping):
+        c.error(path, "expected a mapping like {approvers: [finance_lead], ttl: 15m}")
+        return None
+    before = len(c.errors)
+    c.keys(path, raw, _APPROVAL_KEYS)
+    when = _input_rules(c, f"{path}.when", raw.get("when", {}))
+    approvers = raw.get("approvers")
+    names: tuple[str, ...] = ()
+    if isinstance(approvers, str):
+        approvers = [approvers]
+    if not isinstance(approvers, list) or not approvers:
+        c.error(f"{path}.approvers", f"expected a non-empty list of roles, got {short(approvers)}")
+    else:
+        for i, role in enumerate(approvers):
+            if not isinstance(role, str) or not role.strip(ASCII_SPACE):
+                c.error(f"{path}.approvers[{i}]", f"expected a role name, got {short(role)}")
+        names = tuple(dict.fromkeys(r.strip(ASCII_SPACE) for r in approvers if isinstance(r, str)))
+    ttl: int | None = DEFAULT_APPROVAL_TTL
+    if "ttl" in raw:
+        ttl = parse_duration(raw["ttl"])
+        if ttl is None:
+            c.error(
+                f"{path}.ttl", f"expected a duration like 15m, 2h or 1d, got {short(raw['ttl'])}"
+            )
+        elif ttl > MAX_APPROVAL_TTL:
+            c.error(f"{path}.ttl", f"{short(raw['ttl'])} is longer than the 7d maximum")
+    if len(c.errors) > before or ttl is None:
+        return None
+    return Approval(when, names, ttl, path)
 
 
 def compile_policy(
@@ -240,9 +336,7 @@ def _compile(
         if key in meta and not isinstance(meta[key], str):
             c.error(f"metadata.{key}", f"expected a string, got {_type_name(meta[key])}")
     mode = meta.get("mode", "enforce")
-    if mode == "audit":
-        c.error("metadata.mode", "audit mode is not supported by this version of d2-core")
-    elif mode != "enforce":
+    if mode not in ("enforce", "audit"):
         c.error("metadata.mode", f"expected 'enforce' or 'audit', got {short(mode)}")
     exp = expires_at
     if exp is not None and (math.isnan(exp) or exp == float("-inf")):  # NaN never expires
@@ -262,6 +356,7 @@ def _compile(
     sequence_specs: list[tuple[str, tuple[str, ...], object]] = []
 
     entries: list[RoleEntry] = []
+    approvals: list[Approval] = []
     policies = document.get("policies")
     if not isinstance(policies, list):
         c.error("policies", f"expected a list of role entries, got {_type_name(policies)}")
@@ -287,6 +382,9 @@ def _compile(
             allow = True
             inputs: tuple[tuple[str, Constraint], ...] = ()
             output = None
+            audit = False
+            limits: tuple[Limit, ...] = ()
+            approval = None
             if isinstance(perm, Mapping):
                 c.keys(ppath, perm, _GRANT_KEYS)
                 c.description(ppath, perm)
@@ -305,16 +403,41 @@ def _compile(
                             "an 'allow: false' entry takes no "
                             "conditions (it denies whatever the arguments)",
                         )
-                    inputs, output = _conditions(c, f"{ppath}.conditions", perm["conditions"])
+                    inputs, output, audit = _conditions(
+                        c, f"{ppath}.conditions", perm["conditions"]
+                    )
+                for key in ("limits", "approval"):
+                    if key in perm and not allow:
+                        c.error(
+                            f"{ppath}.{key}",
+                            f"an 'allow: false' entry takes no {key} (it never admits a call)",
+                        )
+                if "limits" in perm:
+                    limits = _limits(c, f"{ppath}.limits", perm["limits"])
+                if "approval" in perm:
+                    approval = _approval(c, f"{ppath}.approval", perm["approval"])
+                    if approval is not None:
+                        approvals.append(approval)
             else:
                 pattern = c.tool_pattern(ppath, perm, groups)
             if pattern is None:
                 continue
-            grants.append(Grant(order, pattern, allow, roles, ppath, inputs, output))
+            grants.append(
+                Grant(order, pattern, allow, roles, ppath, inputs, output, limits, approval, audit)
+            )
             order += 1
         entries.append(RoleEntry(roles, tuple(grants), path))
 
     sequences, tracked = compile_sequences(c, sequence_specs, groups)
+    known_roles = tuple(sorted({r for e in entries for r in e.roles}))
+    for approval in approvals:
+        for i, role in enumerate(approval.approvers):
+            if role not in known_roles:
+                c.error(
+                    f"{approval.path}.approvers[{i}]",
+                    f"no policy entry names role {short(role)}{suggest(role, known_roles)}: "
+                    "approvers must be roles of this policy",
+                )
     if c.errors:
         raise InvalidPolicyError(source, c.errors)
     if raw is None:

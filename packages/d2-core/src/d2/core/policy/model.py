@@ -17,11 +17,61 @@ if TYPE_CHECKING:
     from .output import OutputRules
     from .sequence import Matcher, RoleSequences, SequenceRule
 
-__all__ = ["CompiledPolicy", "Grant", "RoleEntry", "ToolRules"]
+__all__ = ["Approval", "CompiledPolicy", "Grant", "Limit", "RoleEntry", "ToolRules"]
 
 _MEMO_CAP = 100_000  # beyond this many distinct ids, answers are computed, not stored
 _NO_LABELS: frozenset[str] = frozenset()
 _NO_BLOCKS: dict[str, str] = {}  # shared, never written
+
+
+class Limit:
+    """One call budget of a grant: at most ``max`` calls ``per`` request, or per
+    user in fixed ``window``-second windows aligned to the Unix epoch. ``key``
+    names its counter (shared by every tool the grant matches); ``path`` locates it
+    in the document."""
+
+    __slots__ = ("key", "max", "path", "per", "window")
+
+    def __init__(self, max: int, per: str, window: float | None, path: str) -> None:
+        self.max = max
+        self.per = per
+        self.window = window
+        self.path = path
+        self.key = path
+
+    def describe(self) -> str:
+        """``5 per request`` / ``200 per user per 1d``, for messages."""
+        if self.per == "request":
+            return f"{self.max} per request"
+        return f"{self.max} per user per {_duration_text(self.window or 0)}"
+
+
+def _duration_text(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+class Approval:
+    """A grant's ``approval``: calls for which ``when`` holds (always, when it is
+    empty) wait for a user holding one of ``approvers``; an approval lasts ``ttl``
+    seconds."""
+
+    __slots__ = ("approvers", "input", "input_path", "path", "ttl")
+
+    def __init__(
+        self,
+        when: tuple[tuple[str, Constraint], ...],
+        approvers: tuple[str, ...],
+        ttl: float,
+        path: str,
+    ) -> None:
+        self.input = when  # read like a grant's conditions.input
+        self.input_path = f"{path}.when"
+        self.approvers = approvers
+        self.ttl = ttl
+        self.path = path
 
 
 class Grant:
@@ -29,10 +79,26 @@ class Grant:
 
     ``pattern`` is as written (``billing:read``, ``reports:*``, ``*``, ``@group``);
     ``path`` locates it in the document (``policies[1].permissions[2]``);
-    ``order`` is its position in policy order.
+    ``order`` is its position in policy order. ``limits`` and ``approval`` are the
+    grant's budgets and approval rule; ``audit`` means its ``conditions`` are only
+    recorded, never enforced.
     """
 
-    __slots__ = ("allow", "input", "order", "output", "path", "pattern", "roles")
+    __slots__ = (
+        "allow",
+        "approval",
+        "audit",
+        "input",
+        "input_path",
+        "limits",
+        "order",
+        "output",
+        "path",
+        "pattern",
+        "request_limits",
+        "roles",
+        "user_limits",
+    )
 
     def __init__(
         self,
@@ -43,13 +109,22 @@ class Grant:
         path: str,
         input: tuple[tuple[str, Constraint], ...] = (),
         output: OutputRules | None = None,
+        limits: tuple[Limit, ...] = (),
+        approval: Approval | None = None,
+        audit: bool = False,
     ) -> None:
+        self.limits = limits
+        self.request_limits = tuple(lim for lim in limits if lim.per == "request")
+        self.user_limits = tuple(lim for lim in limits if lim.per == "user")
+        self.approval = approval
+        self.audit = audit
         self.order = order
         self.pattern = pattern
         self.allow = allow
         self.roles = roles
         self.path = path
         self.input = input  # (argument name, constraint) pairs of conditions.input
+        self.input_path = f"{path}.conditions.input"
         self.output = output  # compiled conditions.output, if any
 
     def __repr__(self) -> str:
@@ -82,13 +157,15 @@ class ToolRules:
     ``allow_roles`` / ``deny_roles``: roles with a matching grant / ``allow: false``.
     ``known`` is False when no entry of the policy can match the id.
     ``guarded`` is True when a layer beyond RBAC applies (conditions, sequences,
-    data flow): only then does a call take the slower path.
+    data flow, budgets, approvals): only then does a call take the slower path.
+    ``blocked_by`` maps a data-flow label to the (path, audit) of the block on it.
     """
 
     __slots__ = (
         "advance",
         "allow_roles",
         "blocked_by",
+        "budgeted",
         "by_roles",
         "completes",
         "conditional",
@@ -112,14 +189,20 @@ class ToolRules:
         self.deny_roles = frozenset(r for g in grants if not g.allow for r in g.roles)
         self.by_roles: dict[frozenset[str], tuple[Grant, ...]] = {}
         self.conditional = any(g.allow and (g.input or g.output) for g in grants)
+        self.budgeted = any(g.allow and (g.limits or g.approval) for g in grants)
         # data flow: labels this tool adds, and label -> path of the block on it
         self.labels: frozenset[str] = _NO_LABELS
-        self.blocked_by: dict[str, str] = _NO_BLOCKS
+        self.blocked_by: dict[str, tuple[str, bool]] = _NO_BLOCKS  # type: ignore[assignment]
         if policy.flow_labels or policy.flow_blocks:
             self.labels = frozenset(
                 label for m, labels, _ in policy.flow_labels if m(tool_id) for label in labels
             )
-            self.blocked_by = {label: p for m, label, p in policy.flow_blocks if m(tool_id)}
+            blocked: dict[str, tuple[str, bool]] = {}
+            for m, label, p, audit in policy.flow_blocks:
+                # several blocks on one label: an enforced one wins over audited ones
+                if m(tool_id) and (label not in blocked or blocked[label][1]):
+                    blocked[label] = (p, audit)
+            self.blocked_by = blocked
         # sequences (see policy/sequence.py)
         self.advance: tuple[tuple[int, frozenset[int], int], ...] = ()
         self.completes: dict[str, tuple[SequenceRule, ...]] = _NO_BLOCKS  # type: ignore[assignment]
@@ -127,7 +210,9 @@ class ToolRules:
         self.follows: dict[str, tuple[Matcher, ...]] = _NO_BLOCKS  # type: ignore[assignment]
         if policy.sequences:
             self._index_sequences(policy)
-        self.guarded = bool(self.conditional or policy.sequences or self.labels or self.blocked_by)
+        self.guarded = bool(
+            self.conditional or self.budgeted or policy.sequences or self.labels or self.blocked_by
+        )
 
     def _index_sequences(self, policy: CompiledPolicy) -> None:
         tool_id = self.tool_id
@@ -185,6 +270,7 @@ class CompiledPolicy:
         "_memo",
         "_prefixes",
         "_star",
+        "audit",
         "concrete_tools",
         "description",
         "document",
@@ -220,7 +306,7 @@ class CompiledPolicy:
         sequences: Mapping[str, RoleSequences] | None = None,
         tracked: tuple[SequenceRule, ...] = (),
         flow_labels: tuple[tuple[Matcher, frozenset[str], str], ...] = (),
-        flow_blocks: tuple[tuple[Matcher, str, str], ...] = (),
+        flow_blocks: tuple[tuple[Matcher, str, str, bool], ...] = (),
     ) -> None:
         self.document = document
         self.entries = entries
@@ -233,6 +319,7 @@ class CompiledPolicy:
         self.source = source
         self.version = version
         self.mode = mode
+        self.audit = mode == "audit"
         self.sequences: Mapping[str, RoleSequences] = sequences or {}
         self.tracked = tracked
         self.flow_labels = flow_labels
@@ -285,6 +372,12 @@ class CompiledPolicy:
 
             self._digest = hashlib.sha256(self.raw).hexdigest()
         return self._digest
+
+    @property
+    def version_text(self) -> str:
+        """The policy's version as recorded in approvals and decision logs: the
+        bundle version (cloud) or the file's SHA-256 (local)."""
+        return str(self.version) if self.version is not None else self.digest
 
     @property
     def tool_count(self) -> int:

@@ -443,10 +443,13 @@ class OutputRules:
     """The compiled ``conditions.output`` of one grant. ``sanitizes``: whether any
     rule has an action (the result may be changed)."""
 
-    __slots__ = ("absent", "groups", "max_bytes", "path", "patterns", "sanitizes", "validations")
+    __slots__ = (
+        "absent", "audit", "groups", "max_bytes", "path", "patterns", "sanitizes", "validations",
+    )  # fmt: skip
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.audit = False  # set for audited conditions: checked, result never changed
         self.validations: list[_Rule] = []
         self.groups: list[tuple[tuple[str, ...], tuple[_Rule, ...]]] = []  # by parent path
         self.max_bytes: int | None = None

@@ -50,10 +50,10 @@ class Matcher:
 class SequenceRule:
     """One rule: ``kind`` (``deny`` or ``allow``), its ``steps`` (patterns as
     written, with one :class:`Matcher` each), an optional ``reason`` label, its
-    ``path`` in the document and, for tracked rules, its ``slot`` in a request's
-    progress list."""
+    ``path`` in the document, ``audit`` (recorded, never enforced) and, for tracked
+    rules, its ``slot`` in a request's progress list."""
 
-    __slots__ = ("kind", "matchers", "path", "reason", "slot", "steps")
+    __slots__ = ("audit", "kind", "matchers", "path", "reason", "slot", "steps")
 
     def __init__(
         self,
@@ -62,7 +62,9 @@ class SequenceRule:
         matchers: tuple[Matcher, ...],
         reason: str | None,
         path: str,
+        audit: bool = False,
     ) -> None:
+        self.audit = audit
         self.kind = kind
         self.steps = steps
         self.matchers = matchers
@@ -77,18 +79,36 @@ class SequenceRule:
 
 
 class RoleSequences:
-    """The sequence rules of one role and its mode (``allow`` or ``deny``)."""
+    """The sequence rules of one role, its mode (``allow`` or ``deny``) and, for an
+    allowlist, whether it is only audited (``audit``)."""
 
-    __slots__ = ("mode", "path", "role", "rules")
+    __slots__ = ("audit", "mode", "path", "role", "rules")
 
-    def __init__(self, role: str, mode: str, rules: tuple[SequenceRule, ...], path: str) -> None:
+    def __init__(
+        self,
+        role: str,
+        mode: str,
+        rules: tuple[SequenceRule, ...],
+        path: str,
+        audit: bool = False,
+    ) -> None:
         self.role = role
         self.mode = mode
         self.rules = rules
         self.path = path
+        self.audit = audit
 
 
-_RULE_KEYS = ("deny", "allow", "reason", "description")
+_RULE_KEYS = ("deny", "allow", "reason", "description", "audit")
+
+
+def audit_flag(c: Any, path: str, raw: Mapping[str, Any]) -> bool:
+    """The ``audit`` key of a rule: true or false (absent: false)."""
+    value = raw.get("audit", False)
+    if not isinstance(value, bool):
+        c.error(f"{path}.audit", f"expected true or false, got {short(value)}")
+        return False
+    return value
 
 
 def compile_sequences(
@@ -101,14 +121,16 @@ def compile_sequences(
     Returns the rules per role and the tracked rules (mode ``allow``), each given
     its slot. Two entries that give one role different modes are an error.
     """
-    per_role: dict[str, tuple[str, list[SequenceRule], str]] = {}
+    per_role: dict[str, tuple[str, list[SequenceRule], str, bool]] = {}
     tracked: list[SequenceRule] = []
     for path, roles, raw in entries:
         spath = f"{path}.sequence"
         mode = "allow"
         items = raw
+        block_audit = False
         if isinstance(raw, Mapping):
-            c.keys(spath, raw, ("mode", "rules"))
+            c.keys(spath, raw, ("mode", "rules", "audit"))
+            block_audit = audit_flag(c, spath, raw)
             mode = raw.get("mode", "allow")
             items = raw.get("rules", [])
             if mode not in ("allow", "deny"):
@@ -122,6 +144,7 @@ def compile_sequences(
         for i, item in enumerate(items):
             rule = _compile_rule(c, f"{spath}[{i}]", item, mode, groups)
             if rule is not None:
+                rule.audit = rule.audit or (block_audit and rule.kind == "deny")
                 rules.append(rule)
         if mode == "allow":
             tracked.extend(rules)
@@ -133,10 +156,21 @@ def compile_sequences(
                     f"{short(per_role[role][0])} at {per_role[role][2]}; one mode per role",
                 )
                 continue
-            per_role.setdefault(role, (mode, [], f"{path}.sequence"))[1].extend(rules)
+            if mode == "deny" and role in per_role and per_role[role][3] != block_audit:
+                c.error(
+                    f"{path}.sequence.audit",
+                    f"role {short(role)}'s allowlist at {per_role[role][2]} is "
+                    f"{'audited' if per_role[role][3] else 'enforced'}; give every "
+                    "allowlist of a role the same 'audit'",
+                )
+                continue
+            per_role.setdefault(role, (mode, [], f"{path}.sequence", block_audit))[1].extend(rules)
     for slot, rule in enumerate(tracked):
         rule.slot = slot
-    result = {r: RoleSequences(r, m, tuple(rs), p) for r, (m, rs, p) in per_role.items()}
+    result = {
+        r: RoleSequences(r, m, tuple(rs), p, a and m == "deny")
+        for r, (m, rs, p, a) in per_role.items()
+    }
     return result, tuple(tracked)
 
 
@@ -155,6 +189,14 @@ def _compile_rule(
     if mode == "deny" and kind == "deny":
         c.error(f"{path}.deny", "mode 'deny' is an allowlist: its rules are 'allow' patterns")
         return None
+    audit = audit_flag(c, path, item)
+    if audit and kind == "allow":
+        c.error(
+            f"{path}.audit",
+            "only 'deny' rules can be audited; to audit an allowlist, put 'audit: true' "
+            "on the block: {mode: deny, audit: true, rules: [...]}",
+        )
+        return None
     steps = item[kind]
     if not isinstance(steps, list) or not steps:
         c.error(f"{path}.{kind}", "expected a non-empty list of tool patterns")
@@ -167,14 +209,19 @@ def _compile_rule(
     if len(c.errors) > before:
         return None
     clean = tuple(p for p in patterns if p is not None)
-    return SequenceRule(kind, clean, tuple(Matcher([p], groups) for p in clean), reason, path)
+    matchers = tuple(Matcher([p], groups) for p in clean)
+    return SequenceRule(kind, clean, matchers, reason, path, audit)
+
+
+Block = tuple[Matcher, str, str, bool]  # (tools it blocks, label, path, audit)
 
 
 def compile_data_flow(
     c: Any, raw: object, groups: Mapping[str, tuple[str, ...]]
-) -> tuple[tuple[tuple[Matcher, frozenset[str], str], ...], tuple[tuple[Matcher, str, str], ...]]:
+) -> tuple[tuple[tuple[Matcher, frozenset[str], str], ...], tuple[Block, ...]]:
     """``metadata.data_flow`` -> (labels: (matcher, labels, path)...,
-    blocks: (matcher, label, path)...)."""
+    blocks: (matcher, label, path, audit)...). A block is a list of tool patterns
+    or ``{tools: [...], audit: true}``."""
     path = "metadata.data_flow"
     if raw is None:
         return (), ()
@@ -183,7 +230,7 @@ def compile_data_flow(
         return (), ()
     c.keys(path, raw, ("labels", "blocks"))
     labels: list[tuple[Matcher, frozenset[str], str]] = []
-    blocks: list[tuple[Matcher, str, str]] = []
+    blocks: list[Block] = []
     for key in ("labels", "blocks"):
         section = raw.get(key, {})
         if not isinstance(section, Mapping):
@@ -191,6 +238,11 @@ def compile_data_flow(
             continue
         for name, values in section.items():
             where = f"{path}.{key}.{name}"
+            audit = False
+            if key == "blocks" and isinstance(values, Mapping):
+                c.keys(where, values, ("tools", "audit", "description"))
+                audit = audit_flag(c, where, values)
+                values = values.get("tools")
             if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
                 what = "labels" if key == "labels" else "tool patterns"
                 c.error(where, f"expected a list of {what}")
@@ -203,5 +255,6 @@ def compile_data_flow(
                 before = len(c.errors)
                 pats = [c.tool_pattern(f"{where}[{i}]", v, groups) for i, v in enumerate(values)]
                 if len(c.errors) == before:
-                    blocks.append((Matcher([p for p in pats if p], groups), str(name), where))
+                    matcher = Matcher([p for p in pats if p], groups)
+                    blocks.append((matcher, str(name), where, audit))
     return tuple(labels), tuple(blocks)

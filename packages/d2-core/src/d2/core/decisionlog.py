@@ -1,0 +1,267 @@
+"""The decision log: one JSON object per decision, written in the background.
+
+``configure_rbac_*(decision_log=PATH or callable)`` (or ``D2_DECISION_LOG=PATH``)
+turns it on. A guarded call only appends a tuple to a bounded in-memory queue; a
+daemon thread formats and writes the records (JSON Lines, file created 0600) a few
+times a second, and at shutdown and interpreter exit. When the queue is full the
+record is dropped and counted (logged once, reported as the
+``d2.decision_log.dropped`` metric); the call never waits.
+
+Fields: ``ts`` (Unix seconds), ``request_id`` (one per ``set_user`` scope),
+``user_id``, ``roles``, ``tool_id``, ``decision`` (``allowed``, ``denied``,
+``would_deny``), ``reason``, ``rule`` (the deciding rule's path in the policy),
+``policy_version``, ``mode``, ``duration_us``; ``approval_id`` when an approval was
+used or requested; ``arguments`` (the bound arguments) only with
+``decision_log_arguments=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._functions import bound_arguments
+
+if TYPE_CHECKING:
+    from .context import UserContext
+    from .errors import PermissionDeniedError
+    from .policy.model import CompiledPolicy, Grant, ToolRules
+
+__all__ = ["DecisionLog", "dropped_total"]
+
+Sink = Callable[[dict[str, Any]], None]
+_dropped = [0]  # records dropped by every log of the process; read by the metrics
+_live: list[DecisionLog] = []  # logs whose writer runs (restarted after fork)
+
+
+def dropped_total() -> int:
+    """Records dropped because a decision log's queue was full (this process)."""
+    return _dropped[0]
+
+
+def _process_tag() -> str:
+    return os.urandom(4).hex()
+
+
+class DecisionLog:
+    """Where decisions go: a JSON Lines file (``path``) or a callable given each
+    record as a dict (in the writer thread). ``arguments``: also record the bound
+    arguments of each call. ``capacity``: records held before dropping;
+    ``interval``: seconds between writes."""
+
+    def __init__(
+        self,
+        sink: str | os.PathLike[str] | Sink,
+        *,
+        arguments: bool = False,
+        capacity: int = 100_000,
+        interval: float = 0.2,
+    ) -> None:
+        self.arguments = arguments
+        self.capacity = capacity
+        self.interval = interval
+        self.path: str | None = None
+        self._sink: Sink | None = None
+        if callable(sink):
+            self._sink = sink
+        else:
+            self.path = os.fspath(sink)
+            self._open_file()  # fail at configure time, naming the path
+        self._queue: deque[tuple[Any, ...]] = deque()
+        self._tag = _process_tag()
+        self._write_lock = threading.Lock()  # the writer vs flush(); never the caller's
+        self._stop = threading.Event()
+        self._warned = False
+        self._failed = False
+        self._thread: threading.Thread | None = None
+        self._start()
+
+    # -- the caller's side: append only ---------------------------------------
+    def add(
+        self,
+        tool_id: str,
+        ctx: UserContext,
+        reason: str | None,
+        decision: str,
+        policy: CompiledPolicy | None,
+        rules: ToolRules | None,
+        err: PermissionDeniedError | None,
+        grant: Grant | None,
+        duration: float,
+        call: tuple[Any, ...] | None,
+        approval: str | None,
+    ) -> None:
+        """Queue one decision (called by the evaluator; never blocks, never raises)."""
+        queue = self._queue
+        if len(queue) >= self.capacity:
+            _dropped[0] += 1
+            if not self._warned:
+                self._warned = True
+                import logging
+
+                logging.getLogger("d2").warning(
+                    "d2: decision log queue full (%d records); dropping records (counted "
+                    "in the d2.decision_log.dropped metric)",
+                    self.capacity,
+                )
+            return
+        arguments = None
+        if self.arguments and call is not None:
+            try:
+                from .approvals import canonical_arguments
+
+                arguments = canonical_arguments(bound_arguments(call[2], call[0], call[1]))
+            except Exception:
+                arguments = '"<unserializable>"'
+        queue.append(
+            (
+                time.time(),
+                ctx.scope.number,
+                ctx.user_id,
+                ctx.roles,
+                tool_id,
+                decision,
+                reason,
+                policy,
+                rules,
+                err,
+                grant,
+                duration,
+                arguments,
+                approval,
+            )
+        )
+
+    # -- the writer's side -------------------------------------------------------
+    def _start(self) -> None:
+        self._stop.clear()
+        thread = threading.Thread(target=self._run, name="d2-decision-log", daemon=True)
+        self._thread = thread
+        thread.start()
+        _live.append(self)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.flush()
+        self.flush()
+
+    def _open_file(self) -> Any:
+        assert self.path is not None
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return os.fdopen(fd, "a", encoding="utf-8")
+
+    def flush(self) -> None:
+        """Write every queued record now."""
+        with self._write_lock:
+            queue = self._queue
+            if not queue:
+                return
+            records = []
+            while queue:
+                records.append(self._record(queue.popleft()))
+            try:
+                if self._sink is not None:
+                    for record in records:
+                        self._sink(record)
+                else:
+                    lines = "".join(
+                        json.dumps(r, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+                        for r in records
+                    )
+                    with self._open_file() as fh:
+                        fh.write(lines)
+            except Exception as exc:
+                if not self._failed:
+                    self._failed = True
+                    import logging
+
+                    logging.getLogger("d2").warning(
+                        "d2: writing the decision log to %s failed (%s: %s); records lost",
+                        self.path or repr(self._sink),
+                        type(exc).__name__,
+                        exc,
+                    )
+
+    def _record(self, item: tuple[Any, ...]) -> dict[str, Any]:
+        (
+            ts, number, user_id, roles, tool_id, decision, reason, policy, rules, err, grant,
+            duration, arguments, approval,
+        ) = item  # fmt: skip
+        rule = None
+        if err is not None:
+            try:
+                rule = next((s.path for s in reversed(err.trace) if s.path), None)
+            except Exception:
+                rule = None
+        elif grant is not None:
+            rule = grant.path
+        elif rules is not None:
+            found = rules.allow_grants(roles)
+            rule = found[0].path if found else None
+        record: dict[str, Any] = {
+            "ts": round(ts, 6),
+            "request_id": f"{self._tag}-{number}",
+            "user_id": user_id,
+            "roles": sorted(roles),
+            "tool_id": tool_id,
+            "decision": decision,
+            "reason": reason,
+            "rule": rule,
+            "policy_version": policy.version_text if policy is not None else None,
+            "mode": policy.mode if policy is not None else None,
+            "duration_us": round(duration * 1e6, 3),
+        }
+        if approval is not None:
+            record["approval_id"] = approval
+        if err is not None and getattr(err, "request", None) is not None:
+            record["approval_id"] = err.request.id
+        if err is not None and err.retry_after is not None:
+            record["retry_after"] = round(err.retry_after, 3)
+        if arguments is not None:
+            record["arguments"] = json.loads(arguments)
+        return record
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        self.flush()
+        if self in _live:
+            _live.remove(self)
+
+    def _after_fork(self) -> None:
+        # the parent's queued records are the parent's to write
+        self._queue = deque()
+        self._write_lock = threading.Lock()
+        self._tag = _process_tag()
+        self._stop = threading.Event()
+        if self in _live:
+            _live.remove(self)
+        self._start()
+
+    def __repr__(self) -> str:
+        return f"<DecisionLog {self.path or self._sink!r} queued={len(self._queue)}>"
+
+
+def _close_all() -> None:
+    for log in list(_live):
+        log.close()
+
+
+def _after_fork_in_child() -> None:
+    for log in list(_live):
+        log._after_fork()
+
+
+import atexit  # noqa: E402 - registration belongs with the functions it registers
+
+atexit.register(_close_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
