@@ -5,6 +5,7 @@ releases.
 """
 
 from d2.core.errors import (
+    ApprovalRequiredError,
     BundleExpiredError,
     ConfigurationError,
     D2Error,
@@ -18,6 +19,7 @@ from d2.core.errors import (
 )
 
 __all__ = [
+    "ApprovalRequiredError",
     "BundleExpiredError",
     "ConfigurationError",
     "D2Error",

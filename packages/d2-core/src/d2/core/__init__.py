@@ -7,6 +7,15 @@ Guard a function with :func:`d2_guard`, set the user per request with
 """
 
 from ._version import __version__
+from .approvals import (
+    ApprovalRequest,
+    approve,
+    approve_async,
+    pending_approvals,
+    pending_approvals_async,
+    reject,
+    reject_async,
+)
 from .context import (
     UserContext,
     attach,
@@ -27,6 +36,7 @@ from .context import (
     warn_if_context_set,
 )
 from .errors import (
+    ApprovalRequiredError,
     BundleExpiredError,
     ConfigurationError,
     D2Error,
@@ -55,6 +65,8 @@ from .manager import (
 )
 
 __all__ = [
+    "ApprovalRequest",
+    "ApprovalRequiredError",
     "BundleExpiredError",
     "ConfigurationError",
     "D2Error",
@@ -75,6 +87,8 @@ __all__ = [
     "UserContext",
     "__version__",
     "allowed_tools",
+    "approve",
+    "approve_async",
     "attach",
     "clear_context",
     "clear_context_async",
@@ -91,8 +105,12 @@ __all__ = [
     "has_any_fact",
     "has_fact",
     "is_allowed",
+    "pending_approvals",
+    "pending_approvals_async",
     "record_fact",
     "record_facts",
+    "reject",
+    "reject_async",
     "run_in_thread",
     "set_user",
     "set_user_context",

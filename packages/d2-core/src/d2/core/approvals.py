@@ -10,8 +10,6 @@ call under the same policy version runs once before ``expires_at``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -51,6 +49,8 @@ def _plain(value: Any) -> Any:
 
 def canonical_arguments(arguments: Any) -> str:
     """Canonical JSON (sorted keys, no spaces, UTF-8 kept) of bound arguments."""
+    import json
+
     return json.dumps(
         arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain
     )
@@ -58,12 +58,17 @@ def canonical_arguments(arguments: Any) -> str:
 
 def json_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
     """``arguments`` as plain JSON values (what an approver is shown)."""
+    import json
+
     loaded: dict[str, Any] = json.loads(canonical_arguments(dict(arguments)))
     return loaded
 
 
 def approval_id(tool_id: str, arguments: Mapping[str, Any], user_id: str, version: str) -> str:
     """The id of the approval request for this exact call (hex SHA-256)."""
+    import hashlib
+    import json
+
     text = json.dumps(
         [tool_id, canonical_arguments(dict(arguments)), user_id, version],
         separators=(",", ":"),
@@ -92,6 +97,8 @@ class ApprovalRequest(NamedTuple):
 
     def to_json(self) -> str:
         """The request as one JSON object (how shared stores keep it)."""
+        import json
+
         return json.dumps(
             {**self._asdict(), "approver_roles": list(self.approver_roles)},
             sort_keys=True,
@@ -102,6 +109,8 @@ class ApprovalRequest(NamedTuple):
     @classmethod
     def from_json(cls, text: str | bytes) -> ApprovalRequest:
         """Read a request written by :meth:`to_json`."""
+        import json
+
         data = json.loads(text)
         return cls(
             id=str(data["id"]),
