@@ -410,10 +410,17 @@ class Evaluator:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         arguments: Arguments | None,
+        *,
+        inputs: bool = True,
+        approval_holds: bool | None = None,
     ) -> OutputRules | None:
         """Steps 4-7 for a call that passed RBAC: raise the denial, or record the
-        call and return the output rules to apply to its result."""
-        adm = self._begin(rules, args, kwargs, arguments)
+        call and return the output rules to apply to its result.
+
+        For ``d2 replay`` of calls whose arguments were not recorded:
+        ``inputs=False`` skips the input rules (the first granting entry is
+        chosen) and ``approval_holds`` answers for ``approval.when``."""
+        adm = self._begin(rules, args, kwargs, arguments, inputs, approval_holds)
         if adm.store_needed:
             store = self.store_for_use()
             now = _now()
@@ -439,7 +446,7 @@ class Evaluator:
     ) -> OutputRules | None:
         """:meth:`admit` for async tools: the store is asked without blocking the
         event loop."""
-        adm = self._begin(rules, args, kwargs, arguments)
+        adm = self._begin(rules, args, kwargs, arguments, True, None)
         if adm.store_needed:
             store = self.store_for_use()
             now = _now()
@@ -462,6 +469,8 @@ class Evaluator:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         arguments: Arguments | None,
+        inputs: bool,
+        approval_holds: bool | None,
     ) -> _Admission:
         """Steps 4-6 and the memory part of 6b-6c (``per: request`` budgets are
         reserved here; a later denial gives them back)."""
@@ -469,7 +478,7 @@ class Evaluator:
         adm = _Admission(rules, ctx, (args, kwargs, arguments))
         if self.log is not None:
             adm.started = perf_counter()
-        output, denial, grant, audited = _layers(rules, ctx, args, kwargs, arguments, None)
+        output, denial, grant, audited = _layers(rules, ctx, args, kwargs, arguments, None, inputs)
         policy = rules.policy
         if denial is not None:
             err = _guardrail_error(rules, ctx, denial, args, kwargs, arguments)
@@ -503,7 +512,9 @@ class Evaluator:
             adm.store_needed = True
         approval = grant.approval
         if approval is not None and (
-            not approval.input or _check_input(approval, args, kwargs, arguments) is None
+            approval_holds
+            if approval_holds is not None
+            else not approval.input or _check_input(approval, args, kwargs, arguments) is None
         ):
             if policy.audit:  # never ask a person on behalf of an audited policy
                 err = _approval_error(rules, ctx, None, approval.path, None)
@@ -784,6 +795,7 @@ def _layers(
     kwargs: dict[str, Any],
     arguments: Arguments | None,
     trace: list[TraceStep] | None,
+    inputs: bool = True,
 ) -> tuple[OutputRules | None, _Denial | None, Grant | None, _Denial | None]:
     """Steps 4-6. Returns (output rules of the chosen entry, the denial or None,
     the chosen grant when conditions chose one, the first audited rule that would
@@ -800,7 +812,9 @@ def _layers(
         first_failure: _Denial | None = None
         audit_pick: tuple[Grant, _Denial] | None = None
         for grant in rules.allow_grants(roles):
-            failure = _check_input(grant, args, kwargs, arguments) if grant.input else None
+            failure = (
+                _check_input(grant, args, kwargs, arguments) if grant.input and inputs else None
+            )
             if failure is None:
                 chosen = grant
                 break
