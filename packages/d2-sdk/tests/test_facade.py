@@ -78,7 +78,8 @@ def test_exceptions_module_keeps_the_1x_import_path() -> None:
 
     assert PermissionDeniedError is d2.PermissionDeniedError
     assert set(d2.exceptions.__all__) == {n for n in STABLE_1X if n.endswith("Error")} | {
-        "InvalidPolicyError"
+        "InvalidPolicyError",
+        "ApprovalRequiredError",
     }
 
 

@@ -71,7 +71,7 @@ class DecisionLog:
             self._sink = sink
         else:
             self.path = os.fspath(sink)
-            self._open_file()  # fail at configure time, naming the path
+            self._open_file().close()  # fail at configure time, naming the path
         self._queue: deque[tuple[Any, ...]] = deque()
         self._tag = _process_tag()
         self._write_lock = threading.Lock()  # the writer vs flush(); never the caller's

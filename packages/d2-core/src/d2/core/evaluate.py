@@ -175,10 +175,12 @@ class Evaluator:
         "observer",
         "observers",
         "policy",
+        "slow",
         "store",
         "strict",
         "timed",
         "timer",
+        "wants_args",
     )
 
     guarded_tools: dict[str, Arguments | None]
@@ -201,6 +203,8 @@ class Evaluator:
         self.timer: Metrics | None = None
         self.log: DecisionLog | None = None
         self.timed = False  # timer or log set: decisions take the timed path
+        self.wants_args = False  # the log records arguments: the guard reports calls
+        self.slow = False  # timer set or wants_args: the guard takes its slow path
         self.store: Store | None = None  # created on first use (MemoryStore)
 
     def add_observer(self, observer: Observer) -> None:
@@ -221,12 +225,32 @@ class Evaluator:
     def set_timer(self, timer: Metrics | None) -> None:
         """Time decisions and tool runs into ``timer`` (``None``: stop)."""
         self.timer = timer
-        self.timed = timer is not None or self.log is not None
+        self._set_observers(self.observers)
 
     def _set_observers(self, observers: tuple[Observer, ...]) -> None:
         self.observers = observers
         self.timed = self.timer is not None or self.log is not None
+        self.wants_args = self.log is not None and self.log.arguments
+        self.slow = self.timer is not None or self.wants_args
         self.observer = self._note if observers or self.log is not None else None
+
+    def passed(
+        self,
+        rules: ToolRules,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        arguments: Arguments | None,
+    ) -> None:
+        """Report an allowed call of a tool with nothing beyond RBAC, with its
+        arguments (the guard calls it only when the decision log records them).
+        A call that audit mode let through (RBAC would deny: no grants) was
+        reported already."""
+        if self.observer is not None and rules.grants:
+            ctx = current_context()
+            self.observer(
+                rules.tool_id, ctx, None, "allowed", rules, 0.0, None, None,
+                (args, kwargs, arguments),
+            )  # fmt: skip
 
     def _note(
         self,
@@ -274,7 +298,7 @@ class Evaluator:
         rules = policy.rules_for(tool_id)
         roles = ctx.roles
         if rules.deny_roles.isdisjoint(roles) and not rules.allow_roles.isdisjoint(roles):
-            if self.observer is not None and not rules.guarded:
+            if self.observer is not None and not rules.guarded and not self.wants_args:
                 self.observer(tool_id, ctx, None, "allowed", rules, _started)
             return rules
         err = self._denial(policy, tool_id, ctx)

@@ -169,7 +169,7 @@ def _build(
     if len(evaluator.guarded_tools) < _MAX_REGISTERED or tool_id in evaluator.guarded_tools:
         evaluator.guarded_tools[tool_id] = arguments  # for allowed_tools() and explain()
     check, admit, finish = evaluator.check, evaluator.admit, evaluator.finish
-    admit_async = evaluator.admit_async
+    admit_async, passed = evaluator.admit_async, evaluator.passed
     is_async = is_coroutine_function(fn)
     is_agen = is_async_generator_function(fn)
     is_gen = is_generator_function(fn)
@@ -194,8 +194,12 @@ def _build(
         async def slow_async(rules: ToolRules, args: Any, kwargs: Any) -> Any:
             if rules.budgeted:  # a store may be asked: without blocking the loop
                 out = await admit_async(rules, args, kwargs, arguments)
+            elif rules.guarded:
+                out = admit(rules, args, kwargs, arguments)
             else:
-                out = admit(rules, args, kwargs, arguments) if rules.guarded else None
+                out = None
+                if evaluator.wants_args:
+                    passed(rules, args, kwargs, arguments)
             timer = evaluator.timer
             if timer is None:
                 result = await fn(*args, **kwargs)
@@ -211,7 +215,7 @@ def _build(
 
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
                 rules = check(tool_id)
-                if rules.guarded or evaluator.timer is not None:
+                if rules.guarded or evaluator.slow:
                     return await slow_async(rules, args, kwargs)
                 return await fn(*args, **kwargs)
         else:
@@ -221,8 +225,12 @@ def _build(
                     rules = check(tool_id)
                     if rules.budgeted:
                         out = await admit_async(rules, args, kwargs, arguments)
+                    elif rules.guarded:
+                        out = admit(rules, args, kwargs, arguments)
                     else:
-                        out = admit(rules, args, kwargs, arguments) if rules.guarded else None
+                        out = None
+                        if evaluator.wants_args:
+                            passed(rules, args, kwargs, arguments)
                 except PermissionDeniedError as err:
                     return await _resolve(handle(err))
                 result = await _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=True)
@@ -246,6 +254,8 @@ def _build(
 
         def slow_sync(rules: ToolRules, args: Any, kwargs: Any) -> Any:
             out = admit(rules, args, kwargs, arguments) if rules.guarded else None
+            if out is None and not rules.guarded and evaluator.wants_args:
+                passed(rules, args, kwargs, arguments)
             result = _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=False)
             return result if out is None else sanitized(rules, out, result)
 
@@ -256,7 +266,7 @@ def _build(
                 if check_loop and (strict or evaluator.strict):
                     in_loop()
                 rules = check(tool_id)
-                if rules.guarded or evaluator.timer is not None:
+                if rules.guarded or evaluator.slow:
                     return slow_sync(rules, args, kwargs)
                 return fn(*args, **kwargs)
         else:
@@ -268,6 +278,8 @@ def _build(
                 try:
                     rules = check(tool_id)
                     out = admit(rules, args, kwargs, arguments) if rules.guarded else None
+                    if not rules.guarded and evaluator.wants_args:
+                        passed(rules, args, kwargs, arguments)
                 except PermissionDeniedError as err:
                     fallback = handle(err)
                     return fallback if stream is None else stream(fallback)

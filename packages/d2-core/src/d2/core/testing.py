@@ -28,7 +28,16 @@ if TYPE_CHECKING:
 from .context import clear_user_context
 from .manager import shutdown_all_rbac
 
-__all__ = ["RedisServer", "expires_in", "isolate", "policy_document", "redis_server", "reset"]
+__all__ = [
+    "Clock",
+    "RedisServer",
+    "controlled_clock",
+    "expires_in",
+    "isolate",
+    "policy_document",
+    "redis_server",
+    "reset",
+]
 
 
 def expires_in(seconds: float = 3 * 86400) -> str:
@@ -190,3 +199,30 @@ def redis_server(executable: str | None = None) -> Iterator[RedisServer]:
             yield server
         finally:
             server.stop()
+
+
+class Clock:
+    """A clock tests move by hand (see :func:`controlled_clock`): ``now`` is Unix
+    seconds; :meth:`advance` moves it forward."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        """Move the clock ``seconds`` ahead; returns the new time."""
+        self.now += seconds
+        return self.now
+
+
+def controlled_clock(monkeypatch: Any, start: float | None = None) -> Clock:
+    """Make D2's decisions (policy expiry, budget windows, approval ttl) read a
+    :class:`Clock` for one test (``monkeypatch`` is pytest's). ``start`` defaults
+    to the real time now."""
+    from . import evaluate
+
+    clock = Clock(time.time() if start is None else start)
+    monkeypatch.setattr(evaluate, "_now", clock)
+    return clock

@@ -1,0 +1,383 @@
+"""Replay a decision log against a candidate policy: what would change?
+
+A decision log (``configure_rbac_*(decision_log=...)``) records every decision of
+guarded calls. :func:`replay` runs each recorded call again, through the real
+:class:`~d2.core.evaluate.Evaluator`, under a *candidate* policy, and reports the
+calls whose decision (``allowed``, ``denied``, ``would_deny``) or reason changes.
+Nothing runs and nothing is stored: no tool is called, no budget is spent, no
+approval is asked of anyone.
+
+How each recorded call is judged:
+
+- calls are grouped by ``request_id`` (file order kept); each request gets its own
+  fresh request scope, so sequences, data flow and ``per: request`` budgets are
+  recomputed from the request's recorded order, as the candidate sees it;
+- the call runs as the recorded ``user_id`` with the recorded ``roles``; RBAC is
+  always decided; input rules only when the log recorded the ``arguments``
+  (``decision_log_arguments=True``), and are skipped otherwise;
+- approvals recorded as given count as given: a call allowed with an
+  ``approval_id`` had its approval; a call the log shows needing one
+  (``approval_id``, ``approval_required``) is taken to meet ``approval.when`` when
+  its arguments are not recorded;
+- ``per: user`` budgets are taken as recorded: full only for a call refused with
+  ``budget_exceeded`` and a ``retry_after`` (``per: request`` budgets have none and
+  are recounted);
+- calls refused at the output stage (``output_validation``,
+  ``output_sanitization``) need the tool's result and are skipped, as are calls
+  refused because the store was unreachable (``budget_unavailable``); refusals no
+  policy can change (``no_user``, ``missing_policy``, ``policy_expired``) stay as
+  they were.
+
+The candidate's own ``metadata.expires`` does not matter to a replay (a review may
+replay a policy whose expiry is far ahead or already passed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .context import RequestScope, UserContext, attach, detach, normalise_roles
+from .errors import ConfigurationError, PermissionDeniedError
+from .evaluate import Evaluator
+from .policy.compile import compile_policy
+from .stores.base import APPROVAL_MISSING, TAKEN, ApprovalState, Counter, Store
+
+if TYPE_CHECKING:
+    from .approvals import ApprovalRequest
+    from .policy.model import CompiledPolicy, Grant, ToolRules
+
+__all__ = ["DECISIONS", "Change", "ReplayReport", "read_log", "replay"]
+
+DECISIONS = ("allowed", "denied", "would_deny")
+_OUTPUT_REASONS = frozenset({"output_validation", "output_sanitization"})
+_FIXED_REASONS = frozenset({"no_user", "missing_policy", "policy_expired"})
+_SKIP_OUTPUT = "output stage (needs the tool's result)"
+_SKIP_STORE = "store unavailable when recorded (budget_unavailable)"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One recorded call whose decision differs under the candidate.
+
+    ``before`` / ``before_reason``: what the log recorded; ``after`` / ``reason``:
+    what the candidate decides (``reason`` is ``None`` when allowed); ``rule``:
+    the candidate's deciding rule (its path in the policy), when one decided.
+    """
+
+    tool_id: str
+    user_id: str | None
+    roles: tuple[str, ...]
+    request_id: str | None
+    before: str
+    after: str
+    reason: str | None
+    before_reason: str | None
+    rule: str | None
+
+
+@dataclass
+class ReplayReport:
+    """What a replay found: ``records`` read, ``changed`` (``len(changes)``), the
+    ``changes`` in log order, ``unchanged`` records, and ``skipped`` records that
+    cannot be judged again with ``skip_reasons`` (why -> count)."""
+
+    records: int = 0
+    changed: int = 0
+    changes: list[Change] = field(default_factory=list)
+    unchanged: int = 0
+    skipped: int = 0
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, why: str) -> None:
+        """Count one skipped record."""
+        self.skipped += 1
+        self.skip_reasons[why] = self.skip_reasons.get(why, 0) + 1
+
+
+# -- reading a log ------------------------------------------------------------------
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _problem(record: object) -> str | None:
+    """What is wrong with one record, or None when it can be replayed."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object (one decision), got {_kind(record)}"
+    tool_id = record.get("tool_id")
+    if not isinstance(tool_id, str) or not tool_id:
+        return f"'tool_id' must be a non-empty string, got {_kind(tool_id)}"
+    decision = record.get("decision")
+    if decision not in DECISIONS:
+        return f"'decision' must be one of {', '.join(DECISIONS)}, got {decision!r}"
+    if "user_id" not in record:
+        return "'user_id' is missing (a string, or null when no user was set)"
+    if record["user_id"] is not None and not isinstance(record["user_id"], str):
+        return f"'user_id' must be a string or null, got {_kind(record['user_id'])}"
+    roles = record.get("roles")
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        return f"'roles' must be a list of strings, got {_kind(roles)}"
+    reason = record.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        return f"'reason' must be a string or null, got {_kind(reason)}"
+    if decision != "allowed" and not reason:
+        return f"a {decision!r} record needs its 'reason'"
+    request_id = record.get("request_id")
+    if request_id is not None and not isinstance(request_id, (str, int)):
+        return f"'request_id' must be a string, got {_kind(request_id)}"
+    approval = record.get("approval_id")
+    if approval is not None and not isinstance(approval, str):
+        return f"'approval_id' must be a string, got {_kind(approval)}"
+    retry = record.get("retry_after")
+    if retry is not None and (
+        isinstance(retry, bool) or not isinstance(retry, (int, float)) or math.isnan(retry)
+    ):
+        return f"'retry_after' must be a number of seconds, got {_kind(retry)}"
+    return None
+
+
+def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of the JSON Lines decision log at ``path``, in file order.
+
+    Blank lines are skipped. An unreadable file, or a line that is not a decision
+    record, raises :class:`~d2.core.errors.ConfigurationError` naming
+    ``file:line`` and what is wrong.
+    """
+    name = os.fspath(path)
+    try:
+        fh = open(name, "rb")  # noqa: SIM115 - closed below; bytes: decode per line
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read decision log {name}: {exc.strerror or exc}") from exc
+    records: list[dict[str, Any]] = []
+    with fh:
+        for number, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise ConfigurationError(f"{name}:{number}: not UTF-8 text: {exc}") from None
+            except ValueError as exc:
+                raise ConfigurationError(f"{name}:{number}: not valid JSON: {exc}") from None
+            problem = _problem(record)
+            if problem is not None:
+                raise ConfigurationError(f"{name}:{number}: {problem}")
+            records.append(record)
+    return records
+
+
+# -- the replay store and evaluator --------------------------------------------------
+class _ReplayStore(Store):
+    """Answers for the record being replayed, from what the log says: nothing is
+    counted and nothing is stored."""
+
+    def __init__(self) -> None:
+        self.record: Mapping[str, Any] = {}
+
+    def take(self, counters: Sequence[Counter], approval: str | None, now: float) -> int:
+        record = self.record
+        # per-user budgets as recorded: full only when the call was refused for one
+        if (
+            counters
+            and record.get("reason") == "budget_exceeded"
+            and record.get("retry_after") is not None
+        ):
+            return 0
+        if approval is not None:
+            given = record.get("decision") == "allowed" and bool(record.get("approval_id"))
+            return TAKEN if given else APPROVAL_MISSING
+        return TAKEN
+
+    def request_approval(self, request: ApprovalRequest, now: float) -> ApprovalState:
+        rejected = self.record.get("reason") == "approval_rejected"
+        return ApprovalState(request, "rejected" if rejected else "pending")
+
+    def get_approval(self, request_id: str, now: float) -> ApprovalState | None:
+        return None
+
+    def decide_approval(self, request_id: str, approve: bool, by: str, now: float) -> bool:
+        return False
+
+    def pending_approvals(self, now: float) -> list[ApprovalRequest]:
+        return []
+
+
+class _ReplayEvaluator(Evaluator):
+    """The real evaluator, unregistered. An observer keeps the decision and reason
+    it reports for each call; the deciding rule's path is picked up on the way
+    (found as the decision log finds it)."""
+
+    __slots__ = ("rule", "seen")
+
+    def __init__(self) -> None:
+        super().__init__("<replay>")
+        self.seen: tuple[str, str | None] | None = None
+        self.rule: str | None = None
+        self.add_observer(self._saw)
+
+    def _saw(self, tool_id: str, ctx: UserContext, reason: str | None, decision: str) -> None:
+        self.seen = (decision, reason)
+
+    def _note(
+        self,
+        tool_id: str,
+        ctx: UserContext,
+        reason: str | None,
+        decision: str = "allowed",
+        rules: ToolRules | None = None,
+        started: float = 0.0,
+        err: PermissionDeniedError | None = None,
+        grant: Grant | None = None,
+        call: tuple[Any, ...] | None = None,
+        approval: str | None = None,
+    ) -> None:
+        rule: str | None = None
+        if err is not None:
+            rule = _rule_of(err)
+        elif grant is not None:
+            rule = grant.path
+        elif rules is not None:
+            found = rules.allow_grants(ctx.roles)
+            rule = found[0].path if found else None
+        self.rule = rule
+        super()._note(tool_id, ctx, reason, decision, rules, started, err, grant, call, approval)
+
+
+def _rule_of(err: PermissionDeniedError) -> str | None:
+    try:
+        return next((s.path for s in reversed(err.trace) if s.path), None)
+    except Exception:
+        return None
+
+
+def _timeless(policy: CompiledPolicy) -> CompiledPolicy:
+    """``policy`` without its expiry: the same rules, compiled again from the same
+    document (and bytes: same digest) minus ``metadata.expires``."""
+    if policy.expires_at == float("inf"):
+        return policy
+    document: Any = policy.document
+    meta = document.get("metadata") if isinstance(document, Mapping) else None
+    if isinstance(meta, Mapping):
+        document = {
+            **document,
+            "metadata": {k: v for k, v in meta.items() if k != "expires"},
+        }
+    return compile_policy(document, source=policy.source, raw=policy.raw, version=policy.version)
+
+
+def _approval_held(record: Mapping[str, Any]) -> bool:
+    """Whether ``approval.when`` held for a call whose arguments were not recorded:
+    the log shows an approval used or asked for (or refused, or needed in audit
+    mode, where nobody is asked and no id is recorded)."""
+    return bool(record.get("approval_id")) or record.get("reason") in (
+        "approval_required",
+        "approval_rejected",
+    )
+
+
+def _evaluate(
+    evaluator: _ReplayEvaluator, store: _ReplayStore, record: Mapping[str, Any]
+) -> tuple[str, str | None, str | None]:
+    """(decision, reason, rule) of the candidate for one record, in the current
+    context."""
+    store.record = record
+    evaluator.seen, evaluator.rule = None, None
+    tool_id: str = record["tool_id"]
+    raised: PermissionDeniedError | None = None
+    try:
+        rules = evaluator.check(tool_id)
+        if rules.guarded:
+            arguments = record.get("arguments")
+            if isinstance(arguments, dict):
+                evaluator.admit(rules, (), dict(arguments), None)
+            else:
+                evaluator.admit(
+                    rules, (), {}, None, inputs=False, approval_holds=_approval_held(record)
+                )
+    except PermissionDeniedError as exc:
+        raised = exc
+    if evaluator.seen is not None:
+        return (*evaluator.seen, evaluator.rule)
+    if raised is not None:
+        return "denied", raised.reason, _rule_of(raised)
+    return "allowed", None, None  # pragma: no cover - every decision is reported
+
+
+def replay(records: Iterable[Mapping[str, Any]], policy: CompiledPolicy) -> ReplayReport:
+    """Decide every recorded call again under ``policy`` (the candidate) and report
+    what changes; see the module docstring for how each call is judged.
+
+    ``records`` are decision-log records (from :func:`read_log`); a record that is
+    not one raises :class:`~d2.core.errors.ConfigurationError`. The caller's user
+    context is left as it was.
+    """
+    items = list(records)
+    requests: dict[object, list[tuple[int, Mapping[str, Any]]]] = {}
+    for index, record in enumerate(items):
+        problem = _problem(record)
+        if problem is not None:
+            raise ConfigurationError(f"decision record {index + 1}: {problem}")
+        request_id = record.get("request_id")
+        key: object = ("record", index) if request_id is None else ("request", str(request_id))
+        requests.setdefault(key, []).append((index, record))
+
+    evaluator = _ReplayEvaluator()
+    store = _ReplayStore()
+    evaluator.policy = _timeless(policy)
+    evaluator.store = store
+
+    report = ReplayReport(records=len(items))
+    found: list[tuple[int, Change]] = []
+    for group in requests.values():
+        scope = RequestScope()  # fresh per request: history, facts, per-request budgets
+        for index, record in group:
+            before: str = record["decision"]
+            before_reason: str | None = record.get("reason")
+            if before_reason in _OUTPUT_REASONS:
+                report.skip(_SKIP_OUTPUT)
+                continue
+            if before_reason == "budget_unavailable":
+                report.skip(_SKIP_STORE)
+                continue
+            user_id: str | None = record["user_id"]
+            if user_id is None or (before == "denied" and before_reason in _FIXED_REASONS):
+                report.unchanged += 1  # refused before any rule: no policy changes it
+                continue
+            roles = normalise_roles(record["roles"])
+            token = attach(UserContext(user_id, roles, scope))
+            try:
+                after, reason, rule = _evaluate(evaluator, store, record)
+            finally:
+                detach(token)
+            if (after, reason) == (before, before_reason):
+                report.unchanged += 1
+                continue
+            request_id = record.get("request_id")
+            found.append(
+                (
+                    index,
+                    Change(
+                        tool_id=record["tool_id"],
+                        user_id=user_id,
+                        roles=tuple(sorted(roles)),
+                        request_id=None if request_id is None else str(request_id),
+                        before=before,
+                        after=after,
+                        reason=reason,
+                        before_reason=before_reason,
+                        rule=rule,
+                    ),
+                )
+            )
+    found.sort(key=lambda pair: pair[0])
+    report.changes = [change for _, change in found]
+    report.changed = len(report.changes)
+    return report
