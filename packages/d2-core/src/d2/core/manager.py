@@ -63,6 +63,7 @@ class PolicyManager:
         self._closed = False
         self._state = threading.Lock()  # _install vs _retire; never on a guarded call
         self.decision_log: DecisionLog | None = None  # set by configure_rbac_*
+        self.owned_store: Store | None = None  # a store built from a URL: closed with us
 
     @property
     def name(self) -> str:
@@ -124,6 +125,14 @@ class PolicyManager:
                 self.evaluator.set_log(None)
             self.decision_log = None
             log.close()
+        store, self.owned_store = self.owned_store, None
+        if store is not None:
+            if self.evaluator.store is store:
+                self.evaluator.store = None
+            try:
+                store.close()
+            except Exception:  # noqa: BLE001 - closing must never fail a shutdown
+                pass
 
     def shutdown(self) -> None:
         """Stop watching and drop the policy: guarded calls deny from now on.
@@ -331,7 +340,7 @@ def configure_rbac_sync(
         if log is not None:
             log.close()
         raise
-    _attach(manager, chosen_store, log)
+    _attach(manager, chosen_store, log, owned=store is None or isinstance(store, str))
     return manager
 
 
@@ -375,12 +384,16 @@ def _log_option(
         ) from None
 
 
-def _attach(manager: PolicyManager, store: Store | None, log: DecisionLog | None) -> None:
+def _attach(
+    manager: PolicyManager, store: Store | None, log: DecisionLog | None, owned: bool
+) -> None:
     """Give the instance its store and decision log (after it started: a failed
     start changes neither)."""
     ev = manager.evaluator
     if store is not None:
         ev.store = store
+        if owned:
+            manager.owned_store = store
     elif ev.store is not None and type(ev.store).__name__ != "MemoryStore":
         ev.store = None  # back to in-process (created on first use)
     manager.decision_log = log
@@ -415,7 +428,7 @@ async def configure_rbac_async(
             if log is not None:
                 log.close()
             raise
-        _attach(manager, chosen_store, log)
+        _attach(manager, chosen_store, log, owned=store is None or isinstance(store, str))
         return manager
     import asyncio
 
