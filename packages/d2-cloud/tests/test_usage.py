@@ -189,3 +189,37 @@ async def test_many_429s_never_drop_and_event_batch_is_respected(
     _fill(usage, 20)
     await usage.flush()
     assert usage.dropped == 0 and usage.sent == 20 and max(sizes) <= 7
+
+
+def test_budget_denials_and_approvals_reach_the_usage_events(
+    plane: FakePlane, cloud_options: Any, tmp_path: Any
+) -> None:
+    plane.publish(
+        2,
+        permissions=[
+            {"tool": "search", "limits": [{"max": 1, "per": "request"}]},
+            {"tool": "refund", "approval": {"approvers": ["agent"]}},
+        ],
+    )
+    log: list[dict[str, Any]] = []
+    manager = configure_rbac_sync(**cloud_options(), decision_log=log.append)
+    search = d2_guard("search", on_deny=None)(lambda: "ok")
+    refund = d2_guard("refund", on_deny=None)(lambda: "ok")
+    set_user("alice", roles=["agent"])
+    search()
+    search()
+    refund()
+    manager.shutdown()
+    decisions = [
+        (e["payload"]["tool_id"], e["payload"]["decision"], e["payload"]["reason"])
+        for e in plane.events
+        if e["event_type"] == "authz_decision"
+    ]
+    assert decisions == [
+        ("search", "allowed", None),
+        ("search", "denied", "budget_exceeded"),
+        ("refund", "denied", "approval_required"),
+    ]
+    # cloud mode: the policy version recorded is the bundle's version
+    assert {r["policy_version"] for r in log} == {"2"}
+    assert log[-1]["approval_id"] and log[-1]["reason"] == "approval_required"

@@ -165,3 +165,32 @@ def test_no_import_of_opentelemetry_unless_wanted() -> None:
         "import sys; print('opentelemetry' in sys.modules)\n"
     )
     assert out == "False"
+
+
+def test_would_deny_and_budget_reasons_and_log_drops_are_metrics(configure: Any) -> None:
+    from d2.core.decisionlog import DecisionLog, dropped_total
+
+    configure(
+        {"role": "r", "permissions": [{"tool": "b", "limits": [{"max": 1, "per": "request"}]}]},
+        metadata={"mode": "audit"},
+    )
+    reader = InMemoryMetricReader()
+    metrics = Metrics(MeterProvider(metric_readers=[reader]).get_meter("d2"))
+    evaluator = evaluator_for("default")
+    evaluator.set_timer(metrics)
+    evaluator.add_observer(metrics.observe)
+    log = DecisionLog(lambda record: None, capacity=1, interval=3600)
+    evaluator.set_log(log)
+    before = dropped_total()
+    tool = d2_guard("b")(lambda: None)
+    set_user("u", roles=["r"])
+    tool()
+    tool()  # would exceed the budget: runs (audit), counted as would_deny
+    counted = {
+        (p.attributes["tool"], p.attributes["result"], p.attributes["reason"]): p.value
+        for p in points(reader)["d2.decisions"]
+    }
+    assert counted == {("b", "allowed", "none"): 1, ("b", "would_deny", "budget_exceeded"): 1}
+    (dropped,) = points(reader)["d2.decision_log.dropped"]
+    assert dropped.value == dropped_total() and dropped_total() - before == 1
+    log.close()
