@@ -1,6 +1,7 @@
 """D2 benchmarks: guard overhead, scaling with policy size, the cost of guardrails
 (input rules, sequence rules, output sanitizing), compile time and memory, cold
-start (against the earlier d2-sdk 1.2.2 release), and the cost of telemetry.
+start (against the earlier d2-sdk 1.2.2 release), the rollout features (budgets,
+decision log, audit mode, the Redis store), and the cost of telemetry.
 
     make bench                                   # full run, writes benchmarks/results.md
     uv run --frozen --all-packages python benchmarks/run.py --quick   # smoke run
@@ -11,7 +12,8 @@ of a batch; each guarded figure is set against a bare call measured in the same 
 writes a results file only when ``--output`` is given.
 
 The sections live next to this script, one module each (``overhead``,
-``guardrails``, ``compile_bench``, ``cold`` with ``baseline``, ``telemetry_bench``),
+``guardrails``, ``compile_bench``, ``cold`` with ``baseline``, ``rollout_bench``,
+``telemetry_bench``),
 on top of ``common``;
 this script puts the repository root on ``sys.path`` and imports them as
 ``benchmarks.<name>`` (the names mypy gives them).
@@ -38,6 +40,7 @@ from benchmarks.common import ROOT, Settings, Table, Target, verdict
 from benchmarks.compile_bench import compile_section
 from benchmarks.guardrails import guardrails_section
 from benchmarks.overhead import overhead_section
+from benchmarks.rollout_bench import rollout_section
 from benchmarks.telemetry_bench import telemetry_section
 
 RESULTS = ROOT / "benchmarks" / "results.md"
@@ -79,6 +82,7 @@ SECTIONS: dict[str, Section] = {
     "guardrails": guardrails_section,
     "compile": compile_section,
     "cold": cold_section,
+    "rollout": rollout_section,
     # Last: it imports the OpenTelemetry SDK, which would let the sections that
     # configure instances in-process pick up metrics if they ran after it.
     "telemetry": telemetry_section,

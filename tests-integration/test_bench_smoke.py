@@ -24,6 +24,8 @@ def test_quick_benchmark_run_reports_every_target() -> None:
             "guardrails",
             "--only",
             "compile",
+            "--only",
+            "rollout",
         ],
         capture_output=True,
         text=True,
@@ -39,6 +41,9 @@ def test_quick_benchmark_run_reports_every_target() -> None:
         "sequence check",
         "sanitize",
         "compile 10,000 tools",
+        "per: request limit",
+        "decision log on",
+        "audit vs enforce",
     ):
         assert name in proc.stdout, name
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["DecisionLog", "dropped_total"]
 
 Sink = Callable[[dict[str, Any]], None]
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
 _dropped = [0]  # records dropped by every log of the process; read by the metrics
 _live: list[DecisionLog] = []  # logs whose writer runs (restarted after fork)
 

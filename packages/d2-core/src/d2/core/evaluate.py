@@ -444,6 +444,8 @@ class Evaluator:
         For ``d2 replay`` of calls whose arguments were not recorded:
         ``inputs=False`` skips the input rules (the first granting entry is
         chosen) and ``approval_holds`` answers for ``approval.when``."""
+        if rules.request_only and self._within_request_budget(rules):
+            return None
         adm = self._begin(rules, args, kwargs, arguments, inputs, approval_holds)
         if adm.store_needed:
             store = self.store_for_use()
@@ -486,6 +488,25 @@ class Evaluator:
                 adm.problem = exc
             self._taken(adm, result, now)
         return self._admitted(adm)
+
+    def _within_request_budget(self, rules: ToolRules) -> bool:
+        """The short cut for a tool whose only layer is ``per: request`` budgets:
+        count the call and report it, or return False (a budget is used up: the
+        full path denies it, or reports the would-deny in audit mode)."""
+        ctx = current_context()
+        grant = rules.allow_grants(ctx.roles)[0]
+        limits = grant.request_limits
+        if limits:
+            spent = ctx.scope.spent
+            with _spend_lock:
+                for limit in limits:
+                    if spent.get(limit.key, 0) >= limit.max:
+                        return False
+                for limit in limits:
+                    spent[limit.key] = spent.get(limit.key, 0) + 1
+        if self.observer is not None:
+            self.observer(rules.tool_id, ctx, None, "allowed", rules, 0.0, None, grant)
+        return True
 
     def _begin(
         self,
@@ -1034,17 +1055,24 @@ def _counters(
     policy: CompiledPolicy, limits: tuple[Limit, ...], user_id: str, now: float
 ) -> list[Counter]:
     """The store counters of ``per: user`` limits for this user and window: keys
-    are digests (no user id in the store), scoped by the policy's name."""
-    import hashlib
-
+    are digests (no user id in the store), scoped by the policy's name; memoised
+    per limit (a few thousand users per window at most, then recomputed)."""
     from .stores import Counter
 
     found = []
     for limit in limits:
         window = limit.window or 1.0
         index = int(now // window)
-        text = f"{policy.name or ''}\x1f{limit.key}\x1f{user_id}\x1f{window:g}\x1f{index}"
-        key = "budget:" + hashlib.sha256(text.encode()).hexdigest()[:40]
+        memo = limit.keys
+        key = memo.get((user_id, policy.name, index))
+        if key is None:
+            import hashlib
+
+            text = f"{policy.name or ''}\x1f{limit.key}\x1f{user_id}\x1f{window:g}\x1f{index}"
+            key = "budget:" + hashlib.sha256(text.encode()).hexdigest()[:40]
+            if len(memo) >= 4096:
+                memo.clear()
+            memo[(user_id, policy.name, index)] = key
         found.append(Counter(key, limit.max, (index + 1) * window))
     return found
 

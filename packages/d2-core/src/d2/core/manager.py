@@ -131,7 +131,7 @@ class PolicyManager:
                 self.evaluator.store = None
             try:
                 store.close()
-            except Exception:  # noqa: BLE001 - closing must never fail a shutdown
+            except Exception:
                 pass
 
     def shutdown(self) -> None:

@@ -41,7 +41,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .context import RequestScope, UserContext, attach, detach, normalise_roles
+from ._functions import UNBOUND
+from .context import (
+    RequestScope,
+    UserContext,
+    attach,
+    current_context,
+    detach,
+    normalise_roles,
+)
 from .errors import ConfigurationError, PermissionDeniedError
 from .evaluate import Evaluator
 from .policy.compile import compile_policy
@@ -273,6 +281,14 @@ def _timeless(policy: CompiledPolicy) -> CompiledPolicy:
     return compile_policy(document, source=policy.source, raw=policy.raw, version=policy.version)
 
 
+class _Unbound(dict[str, Any]):
+    """Keyword arguments none of which can be read: an input rule reads each of
+    its arguments as unbound, which the evaluator refuses (fail closed)."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return UNBOUND
+
+
 def _approval_held(record: Mapping[str, Any]) -> bool:
     """Whether ``approval.when`` held for a call whose arguments were not recorded:
     the log shows an approval used or asked for (or refused, or needed in audit
@@ -281,6 +297,17 @@ def _approval_held(record: Mapping[str, Any]) -> bool:
         "approval_required",
         "approval_rejected",
     )
+
+
+def _always_approved(rules: ToolRules, inputs_fail: bool) -> bool:
+    """Whether the grant the evaluator will choose (the first granting entry, or
+    when input rules fail, the first without input rules) has an approval without
+    ``when``: it applies to every call, whatever ``approval_holds`` says."""
+    ctx = current_context()
+    for grant in rules.allow_grants(ctx.roles):
+        if not (inputs_fail and grant.input):
+            return grant.approval is not None and not grant.approval.input
+    return False
 
 
 def _evaluate(
@@ -299,9 +326,15 @@ def _evaluate(
             if isinstance(arguments, dict):
                 evaluator.admit(rules, (), dict(arguments), None)
             else:
-                evaluator.admit(
-                    rules, (), {}, None, inputs=False, approval_holds=_approval_held(record)
-                )
+                # input rules are judged as recorded: they failed for a call refused
+                # by them (every constrained argument then reads as unbound, which
+                # the evaluator refuses), and are skipped for any other call
+                failed = record.get("reason") == "input_validation"
+                held = _approval_held(record) or _always_approved(rules, failed)
+                if failed:
+                    evaluator.admit(rules, (), _Unbound(), None, approval_holds=held)
+                else:
+                    evaluator.admit(rules, (), {}, None, inputs=False, approval_holds=held)
     except PermissionDeniedError as exc:
         raised = exc
     if evaluator.seen is not None:

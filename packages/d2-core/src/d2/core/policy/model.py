@@ -30,9 +30,10 @@ class Limit:
     names its counter (shared by every tool the grant matches); ``path`` locates it
     in the document."""
 
-    __slots__ = ("key", "max", "path", "per", "window")
+    __slots__ = ("key", "keys", "max", "path", "per", "window")
 
     def __init__(self, max: int, per: str, window: float | None, path: str) -> None:
+        self.keys: dict[tuple[str, str | None, int], str] = {}  # store keys, memoised
         self.max = max
         self.per = per
         self.window = window
@@ -177,6 +178,7 @@ class ToolRules:
         "known",
         "labels",
         "policy",
+        "request_only",
         "tool_id",
     )
 
@@ -210,6 +212,12 @@ class ToolRules:
         self.follows: dict[str, tuple[Matcher, ...]] = _NO_BLOCKS  # type: ignore[assignment]
         if policy.sequences:
             self._index_sequences(policy)
+        # budgets are the only layer and only per request: admit() takes a short cut
+        self.request_only = (
+            self.budgeted
+            and not (self.conditional or policy.sequences or self.labels or self.blocked_by)
+            and all(not (g.user_limits or g.approval) for g in grants if g.allow)
+        )
         self.guarded = bool(
             self.conditional or self.budgeted or policy.sequences or self.labels or self.blocked_by
         )
