@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from d2.core import InMemorySource, clear_user_context, configure_rbac_sync, shutdown_all_rbac
 from d2.core.manager import PolicyManager
-from d2.core.testing import expires_in, isolate
+from d2.core.testing import expires_in, isolate, reset
 
 TOOL_IDS = {
     "web_search": "web.search",
@@ -67,6 +67,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[None]:
     clear_user_context()
     yield
     shutdown_all_rbac()
+    reset()  # approvals and budget counters start empty in every test
     clear_user_context()
 
 
@@ -102,3 +103,39 @@ def tool_ids() -> dict[str, str]:
 def users() -> list[dict[str, str]]:
     """What ``read_users`` returns (a fresh copy)."""
     return [dict(u) for u in USERS]
+
+
+HITL_IDS = {"refund": "payments.refund", "web_search": "web.search", "web_fetch": "web.fetch"}
+
+
+def hitl_policy() -> dict[str, Any]:
+    """Approvals and budgets: an ``agent`` refunds over 100 only with a
+    ``finance_lead``'s approval, searches twice per request and fetches once an hour."""
+    return {
+        "metadata": {"name": "agents-hitl", "expires": expires_in()},
+        "policies": [
+            {
+                "role": "agent",
+                "permissions": [
+                    {
+                        "tool": "payments.refund",
+                        "approval": {
+                            "when": {"amount": {"gt": 100}},
+                            "approvers": ["finance_lead"],
+                            "ttl": "15m",
+                        },
+                    },
+                    {"tool": "web.search", "limits": [{"max": 2, "per": "request"}]},
+                    {"tool": "web.fetch", "limits": [{"max": 1, "per": "user", "window": "1h"}]},
+                ],
+            },
+            {"role": "finance_lead", "permissions": ["payments.refund"]},
+        ],
+    }
+
+
+@pytest.fixture
+def hitl(configure: Callable[..., PolicyManager]) -> dict[str, str]:
+    """Load :func:`hitl_policy`; returns framework tool name -> tool id."""
+    configure(hitl_policy())
+    return dict(HITL_IDS)

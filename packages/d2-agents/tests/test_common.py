@@ -42,13 +42,26 @@ def test_exported_names_are_the_public_api() -> None:
     assert mcp.__all__ == ["Identify", "Identity", "MCPGuard", "SessionKey", "guard_server"]
     assert lc.__all__ == [
         "TOOL_ID_KEY",
+        "ApprovalPending",
         "ToolDenied",
         "guard_tool",
         "guard_tools",
         "permitted_tools",
     ]
-    assert oa.__all__ == ["guard_tool", "guard_tools"]
-    assert pa.__all__ == ["TOOL_ID_KEY", "guard_tool", "guard_tools"]
+    assert oa.__all__ == [
+        "approval_request",
+        "approve_item",
+        "guard_tool",
+        "guard_tools",
+        "reject_item",
+    ]
+    assert pa.__all__ == [
+        "APPROVAL_KEY",
+        "TOOL_ID_KEY",
+        "approval_requests",
+        "guard_tool",
+        "guard_tools",
+    ]
     for module in (d2.agents, mcp, lc, oa, pa):
         for name in module.__all__:
             assert getattr(module, name) is not None, (module.__name__, name)

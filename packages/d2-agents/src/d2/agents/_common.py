@@ -3,11 +3,25 @@ model reads when D2 refuses a call."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
-from d2.core import ConfigurationError, PermissionDeniedError
+from d2.core import (
+    ApprovalRequest,
+    ApprovalRequiredError,
+    ConfigurationError,
+    PermissionDeniedError,
+)
 
-__all__ = ["DenyMessage", "ToolIds", "denial_message", "tool_id_resolver"]
+__all__ = [
+    "DenyMessage",
+    "ToolIds",
+    "approval_details",
+    "approval_of",
+    "denial_message",
+    "tool_id_resolver",
+]
 
 ToolIds = Mapping[str, str] | Callable[[str], str] | None
 """How a framework's tool name becomes a D2 tool id: ``None`` (the name is the id),
@@ -29,13 +43,56 @@ _GUARDRAILS = frozenset(
 )
 
 
+def approval_of(err: PermissionDeniedError) -> ApprovalRequest | None:
+    """The approval request a denial waits for (an :class:`ApprovalRequiredError`
+    that asked a person), else ``None``."""
+    if isinstance(err, ApprovalRequiredError):
+        request = getattr(err, "request", None)
+        if isinstance(request, ApprovalRequest):
+            return request
+    return None
+
+
+def approval_details(request: ApprovalRequest) -> dict[str, Any]:
+    """What an app (and the model) may learn about a pending approval: JSON values
+    under stable keys (``d2_approval_request`` is the id to pass to ``d2.approve``)."""
+    return {
+        "d2_reason": "approval_required",
+        "d2_approval_request": request.id,
+        "d2_tool_id": request.tool_id,
+        "d2_approvers": list(request.approver_roles),
+        "d2_expires_at": request.expires_at,
+    }
+
+
+def _seconds(retry_after: float) -> str:
+    return f"{max(math.ceil(retry_after), 0)}s"
+
+
 def denial_message(err: PermissionDeniedError) -> str:
     """The default text a model reads when D2 refuses a call.
 
     It names the tool and the machine-readable reason; for a guardrail denial it adds
     the rule that refused (which argument or field, which sequence or label). It never
     carries argument values, the roles that could call the tool, or policy paths.
+
+    Two denials read differently, because the model can act on them: a call that
+    waits for a person reads ``approval required for payments.refund: request <id>,
+    approvers: finance_lead`` (the id an approver passes to ``d2.approve``, and the
+    roles that may approve), and an exhausted budget reads ``budget exceeded for
+    web.search; retry after 42s`` (or ``... for this request`` for a ``per: request``
+    budget).
     """
+    request = approval_of(err)
+    if request is not None:
+        return (
+            f"approval required for {request.tool_id}: request {request.id}, "
+            f"approvers: {', '.join(request.approver_roles)}"
+        )
+    if err.reason == "budget_exceeded":
+        if err.retry_after is None:
+            return f"budget exceeded for {err.tool_id} for this request"
+        return f"budget exceeded for {err.tool_id}; retry after {_seconds(err.retry_after)}"
     if err.reason in _GUARDRAILS and err.trace:
         detail = err.trace[-1].detail
         return f"Permission denied: {err.tool_id!r} was refused ({err.reason}): {detail}."

@@ -14,6 +14,16 @@ the same name and schema whose function is guarded and invokes the original with
 the arguments LangChain validated. A denial raises :class:`ToolDenied`, a
 ``ToolException``: with ``handle_tool_error=True`` on the tool (or LangGraph's
 ``ToolNode``) the model reads it as an error ``ToolMessage``.
+
+A call that waits for a person raises :class:`ApprovalPending` (a ``ToolDenied``
+whose ``request`` is D2's :class:`~d2.core.ApprovalRequest`): catch it to ask an
+approver, or let the model read ``approval required for payments.refund: request
+<id>, approvers: finance_lead``. Once an approver (another user with one of the
+roles) calls ``d2.approve(request.id)``, the same user's identical call runs once.
+langchain-core has no pause-and-resume of its own; in LangGraph, raise
+``langgraph.types.interrupt(...)`` from a node that catches ``ApprovalPending``.
+A call over a budget is a ``ToolDenied`` reading ``budget exceeded for web.search;
+retry after 42s``.
 """
 
 from __future__ import annotations
@@ -29,11 +39,18 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         'd2.agents.langchain needs langchain-core: pip install "d2-sdk[langchain]"'
     ) from exc
 
-from d2.core import PermissionDeniedError, d2_guard, is_allowed
+from d2.core import ApprovalRequest, PermissionDeniedError, d2_guard, is_allowed
 
-from ._common import DenyMessage, ToolIds, denial_message, tool_id_resolver
+from ._common import DenyMessage, ToolIds, approval_of, denial_message, tool_id_resolver
 
-__all__ = ["TOOL_ID_KEY", "ToolDenied", "guard_tool", "guard_tools", "permitted_tools"]
+__all__ = [
+    "TOOL_ID_KEY",
+    "ApprovalPending",
+    "ToolDenied",
+    "guard_tool",
+    "guard_tools",
+    "permitted_tools",
+]
 
 TOOL_ID_KEY = "d2_tool_id"
 """Key in a guarded tool's ``metadata`` holding its D2 tool id."""
@@ -48,8 +65,22 @@ class ToolDenied(ToolException):
         self.error = error
 
 
+class ApprovalPending(ToolDenied):
+    """D2 holds the call until a person approves it: ``request`` is the
+    :class:`~d2.core.ApprovalRequest` (its ``id`` goes to ``d2.approve``, its
+    ``approver_roles`` say who may). The same user's identical call, once approved,
+    runs once."""
+
+    def __init__(self, message: str, error: PermissionDeniedError, request: ApprovalRequest):
+        super().__init__(message, error)
+        self.request = request
+
+
 def _refuse(deny_message: DenyMessage) -> Callable[[PermissionDeniedError], Any]:
     def refuse(err: PermissionDeniedError) -> Any:
+        request = approval_of(err)
+        if request is not None:
+            raise ApprovalPending(deny_message(err), err, request) from err
         raise ToolDenied(deny_message(err), err) from err
 
     return refuse

@@ -38,7 +38,15 @@ Through the SDK's own extension points:
     a field rule meeting it refuses the result (``output_validation``);
     ``deny_if_patterns`` and ``max_bytes`` read its JSON;
 - a guardrail denial is an MCP tool error (``isError: true``, text
-  ``deny_message(err)``): the model reads it, the session goes on.
+  ``deny_message(err)``): the model reads it, the session goes on;
+- a call that waits for a person (D2's ``ApprovalRequiredError``) and a call over a
+  budget are MCP tool errors too, whose text says so (``approval required for
+  payments.refund: request <id>, approvers: finance_lead``; ``budget exceeded for
+  web.search; retry after 42s``) and whose ``structuredContent`` carries the same
+  facts as JSON (``d2_reason``, ``d2_approval_request``, ``d2_approvers``,
+  ``d2_expires_at``; ``d2_retry_after``). An approver (another user holding one of
+  the roles) calls ``d2.approve(id)`` outside the session; the client's next
+  identical call then runs once.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable, MutableMapping
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 try:
@@ -72,7 +81,14 @@ from d2.core import (
     is_allowed,
 )
 
-from ._common import DenyMessage, ToolIds, denial_message, tool_id_resolver
+from ._common import (
+    DenyMessage,
+    ToolIds,
+    approval_details,
+    approval_of,
+    denial_message,
+    tool_id_resolver,
+)
 from ._scope import enter, leave
 
 __all__ = ["Identify", "Identity", "MCPGuard", "SessionKey", "guard_server"]
@@ -121,6 +137,21 @@ class _Bounded(OrderedDict[_K, _V]):
         return value
 
 
+def _structured(err: PermissionDeniedError) -> dict[str, Any] | None:
+    """The JSON facts of a denial the client can act on (an approval to ask for, a
+    budget to wait for), for a tool error's ``structuredContent``; else ``None``."""
+    request = approval_of(err)
+    if request is not None:
+        return approval_details(request)
+    if err.reason == "budget_exceeded":
+        return {
+            "d2_reason": err.reason,
+            "d2_tool_id": err.tool_id,
+            "d2_retry_after": err.retry_after,
+        }
+    return None
+
+
 def _unknown_tool(name: str) -> types.CallToolResult:
     """The answer to a tool the user may not call: word for word what ``MCPServer``
     answers for a tool it does not have."""
@@ -129,11 +160,22 @@ def _unknown_tool(name: str) -> types.CallToolResult:
     )
 
 
-async def _through(_d2_call: Callable[[], Awaitable[Any]], /, **arguments: Any) -> Any:
+# The handler run of the call being guarded: it travels beside the arguments, so the
+# bound arguments (what input rules read, what an approval request digests) are the
+# call's arguments alone.
+_HANDLE: ContextVar[Callable[[], Awaitable[Any]] | None] = ContextVar(
+    "d2_agents_mcp_handle", default=None
+)
+
+
+async def _through(**arguments: Any) -> Any:
     """What a low-level server's tool calls pass through: ``d2_guard`` reads the
     call's arguments from the keywords; the handler runs inside and what it returns
     is the value output rules read (:class:`_Readable`)."""
-    return await _d2_call()
+    handle = _HANDLE.get()
+    if handle is None:  # pragma: no cover - defensive: only _call sets it
+        raise RuntimeError("a guarded MCP tools/call ran outside its handler")
+    return await handle()
 
 
 class _Opaque:
@@ -395,6 +437,8 @@ class MCPGuard:
         tool.fn = guarded
 
     def _tool_error(self, err: PermissionDeniedError) -> Any:
+        if _structured(err) is not None:  # an approval or a budget: the tool error as a result
+            return self._denied(err)
         raise ToolError(self._deny_message(err)) from err
 
     # -- low-level Server: guard the tools/call handler ----------------------------
@@ -433,10 +477,13 @@ class MCPGuard:
             readable.append(result)
             return result.view
 
+        token = _HANDLE.set(handle)
         try:
-            sanitized = await gate(handle, **(params.arguments or {}))
+            sanitized = await gate(**(params.arguments or {}))
         except PermissionDeniedError as err:
             return self._denied(err)
+        finally:
+            _HANDLE.reset(token)
         try:
             return readable[0].rebuilt(sanitized)  # type: ignore[no-any-return]
         except ValueError:  # defensive: the rules never change its shape; fail closed
@@ -451,7 +498,9 @@ class MCPGuard:
     def _denied(self, err: PermissionDeniedError) -> types.CallToolResult:
         text = self._deny_message(err)
         return types.CallToolResult(
-            content=[types.TextContent(type="text", text=text)], is_error=True
+            content=[types.TextContent(type="text", text=text)],
+            structured_content=_structured(err),
+            is_error=True,
         )
 
 

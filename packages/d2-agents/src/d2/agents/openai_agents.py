@@ -25,7 +25,19 @@ copy a ``FunctionTool``); the originals are untouched. Each copy
   never passed unchecked.
 - A denial is returned to the model as the tool's output string
   (``deny_message(err)``), the SDK's shape for a tool error the model should read;
-  the run goes on.
+  the run goes on. A call over a budget reads ``budget exceeded for web.search;
+  retry after 42s`` (or ``... for this request``).
+- A call that D2 holds for a person becomes an SDK approval interruption: the
+  copy's ``needs_approval`` asks D2 about the call before it runs, and when D2
+  answers ``ApprovalRequiredError`` the run stops with a ``ToolApprovalItem`` in
+  ``result.interruptions``. :func:`approval_request` gives the D2 request behind an
+  item; :func:`approve_item`, run as an approver (another user holding one of the
+  request's roles), calls ``d2.approve`` under that user and ``state.approve(item)``;
+  resuming the run (as the requester) runs the call once. :func:`reject_item`
+  rejects in both. The tool's own ``needs_approval`` still applies first.
+
+  D2 is asked before the call only for a tool whose grant has an ``approval`` rule
+  (``explain``); its answer is kept for the call, so each call is decided once.
 
 The SDK runs tools in tasks and threads that inherit the caller's context, so the
 user set before ``Runner.run`` is the user every tool sees, and one run is one D2
@@ -34,17 +46,19 @@ request scope: sequence and data-flow rules span its tool calls.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from contextvars import ContextVar
 from typing import Any
 
 try:
     from pydantic import ValidationError
 
-    from agents import AgentBase, FunctionTool, RunContextWrapper, Tool
+    from agents import AgentBase, FunctionTool, RunContextWrapper, RunState, Tool, ToolApprovalItem
     from agents.function_schema import function_schema
     from agents.tool_context import ToolContext
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -52,11 +66,21 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         'd2.agents.openai_agents needs the OpenAI Agents SDK: pip install "d2-sdk[openai-agents]"'
     ) from exc
 
-from d2.core import PermissionDeniedError, TraceStep, d2_guard, is_allowed
+from d2.core import (
+    ApprovalRequest,
+    PermissionDeniedError,
+    TraceStep,
+    approve_async,
+    d2_guard,
+    get_policy_manager,
+    get_user_context,
+    is_allowed,
+    reject_async,
+)
 
-from ._common import DenyMessage, ToolIds, denial_message, tool_id_resolver
+from ._common import DenyMessage, ToolIds, approval_of, denial_message, tool_id_resolver
 
-__all__ = ["guard_tool", "guard_tools"]
+__all__ = ["approval_request", "approve_item", "guard_tool", "guard_tools", "reject_item"]
 
 _MARK = "__d2_agents_tool_id__"  # set on invokers this module built
 
@@ -67,6 +91,141 @@ _INVOKE: ContextVar[Callable[[], Awaitable[Any]] | None] = ContextVar(
 )
 
 CallArguments = tuple[list[Any], dict[str, Any]]
+
+
+_REMEMBERED = 4_096  # calls decided before they run / approval items, per process
+
+
+class _Recent(OrderedDict[Hashable, Any]):
+    """A mapping that forgets its oldest entry past ``_REMEMBERED`` entries, and
+    cancels a parked admission it forgets (see :class:`_Parked`)."""
+
+    def __setitem__(self, key: Hashable, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > _REMEMBERED:
+            _, old = self.popitem(last=False)
+            if isinstance(old, _Parked):
+                old.task.cancel()
+
+
+class _Parked:
+    """A call D2 admitted while the SDK asked whether it needs approval (an approval
+    was given before the run asked): the admission waits, inside ``d2_guard``, for
+    the SDK to invoke the tool, so it is decided (and counted) once."""
+
+    __slots__ = ("handoff", "task")
+
+    def __init__(self, task: asyncio.Future[Any], handoff: asyncio.Future[Any]) -> None:
+        self.task = task
+        self.handoff = handoff
+
+
+# (request number, tool id, call id) -> what D2 decided when the SDK asked
+_DECIDED: _Recent = _Recent()
+# (tool name, call id, canonical arguments) -> the D2 approval request of a held call
+_REQUESTS: _Recent = _Recent()
+
+
+def _canonical(arguments: Any) -> str:
+    return json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _request_key(name: str, call_id: str, arguments: Any) -> tuple[str, str, str]:
+    return (name, call_id, _canonical(arguments))
+
+
+def _call_key(tool_id: str, call_id: str) -> tuple[int, str, str]:
+    return (get_user_context().scope.number, tool_id, call_id)
+
+
+def approval_request(item: ToolApprovalItem) -> ApprovalRequest | None:
+    """The D2 approval request behind an interruption of a guarded tool, or ``None``
+    when D2 did not ask for it (the tool's own ``needs_approval`` did, say). Known in
+    the process that ran the call (a ``RunState`` read back elsewhere: find it with
+    ``d2.pending_approvals()``)."""
+    raw = item.raw_item
+    get = raw.get if isinstance(raw, dict) else lambda key: getattr(raw, key, None)
+    call_id, arguments = get("call_id"), get("arguments")
+    if not isinstance(call_id, str) or not isinstance(arguments, str) or item.name is None:
+        return None
+    try:
+        parsed = json.loads(arguments) if arguments else {}
+    except ValueError:
+        return None
+    found = _REQUESTS.get(_request_key(item.name, call_id, parsed))
+    return found if isinstance(found, ApprovalRequest) else None
+
+
+async def approve_item(
+    state: RunState[Any, Any], item: ToolApprovalItem, *, instance_name: str = "default"
+) -> ApprovalRequest | None:
+    """Approve an interruption as the current user: first the D2 request behind it
+    (``d2.approve_async``, which refuses, with ``PermissionDeniedError``, a user who
+    holds none of its approver roles or asked for the call), then the SDK's
+    ``state.approve(item)``. Resume the run as the requester: the call runs once.
+    Returns the D2 request (``None`` when D2 did not ask for this call)."""
+    request = approval_request(item)
+    if request is not None:
+        await approve_async(request.id, instance_name=instance_name)
+    state.approve(item)
+    return request
+
+
+async def reject_item(
+    state: RunState[Any, Any],
+    item: ToolApprovalItem,
+    *,
+    rejection_message: str | None = None,
+    instance_name: str = "default",
+) -> ApprovalRequest | None:
+    """Reject an interruption as the current user: the D2 request behind it
+    (``d2.reject_async``, same rules as :func:`approve_item`), then
+    ``state.reject(item)``; the model reads ``rejection_message`` (or the SDK's)."""
+    request = approval_request(item)
+    if request is not None:
+        await reject_async(request.id, instance_name=instance_name)
+    state.reject(item, rejection_message=rejection_message)
+    return request
+
+
+def _has_approval_rule(
+    tool_id: str, instance_name: str, args: list[Any], kwargs: dict[str, Any]
+) -> bool:
+    """Whether the grant that would allow this call has an ``approval`` rule (then
+    D2 is asked before the call runs)."""
+    try:
+        decision = get_policy_manager(instance_name).explain(tool_id, *args, **kwargs)
+    except Exception:  # no policy, unbindable arguments: the call decides as usual
+        return False
+    return decision.allowed and any(step.step == "approval" for step in decision.trace)
+
+
+async def _decide_early(
+    gate: Callable[..., Awaitable[Any]], args: list[Any], kwargs: dict[str, Any]
+) -> Any:
+    """Run ``gate`` for a call the SDK has not invoked yet: the denial it raises, or
+    a :class:`_Parked` admission waiting for the invocation."""
+    loop = asyncio.get_running_loop()
+    admitted = asyncio.Event()
+    handoff: asyncio.Future[Any] = loop.create_future()
+
+    async def park() -> Any:
+        admitted.set()
+        invoke = await handoff
+        return await invoke()
+
+    token = _INVOKE.set(park)
+    try:
+        task = asyncio.ensure_future(gate(*args, **kwargs))  # copies the context
+    finally:
+        _INVOKE.reset(token)
+    waiter = asyncio.ensure_future(admitted.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if admitted.is_set():
+        return _Parked(task, handoff)
+    waiter.cancel()
+    return task.exception()
 
 
 class _Unreadable(Exception):
@@ -199,8 +358,18 @@ def guard_tool(
         gate = d2_guard(tool_id, instance_name=instance_name)(_by_keyword)
     invoke_inner = tool.on_invoke_tool
     enabled_inner = tool.is_enabled
+    approval_inner = tool.needs_approval
 
     async def on_invoke_tool(ctx: ToolContext[Any], input: str) -> Any:
+        early = _DECIDED.pop(_call_key(tool_id, ctx.tool_call_id), None)
+        if isinstance(early, PermissionDeniedError):
+            return deny_message(early)
+        if isinstance(early, _Parked):
+            early.handoff.set_result(lambda: invoke_inner(ctx, input))
+            try:
+                return await early.task
+            except PermissionDeniedError as err:
+                return deny_message(err)
         try:
             args, kwargs = read(ctx, input)
         except _Unreadable as exc:
@@ -223,10 +392,38 @@ def guard_tool(
             result = await result
         return bool(result)
 
+    async def needs_approval(
+        ctx: RunContextWrapper[Any], params: dict[str, Any], call_id: str
+    ) -> bool:
+        if isinstance(approval_inner, bool):
+            if approval_inner:
+                return True
+        else:
+            own: Any = approval_inner(ctx, params, call_id)
+            if inspect.isawaitable(own):
+                own = await own
+            if own:
+                return True
+        try:
+            args, kwargs = read(ctx, json.dumps(params))  # type: ignore[arg-type]
+        except _Unreadable:
+            return False  # refused when invoked
+        if not _has_approval_rule(tool_id, instance_name, args, kwargs):
+            return False
+        decided = await _decide_early(gate, args, kwargs)
+        request = approval_of(decided) if isinstance(decided, PermissionDeniedError) else None
+        if request is not None:  # hold the call: the SDK interrupts the run
+            _REQUESTS[_request_key(guarded.name, call_id, params)] = request
+            return True
+        if isinstance(decided, (PermissionDeniedError, _Parked)):
+            _DECIDED[_call_key(tool_id, call_id)] = decided
+        return False  # anything else: decided again when invoked
+
     setattr(on_invoke_tool, _MARK, tool_id)
     guarded = copy.copy(tool)
     guarded.on_invoke_tool = on_invoke_tool
     guarded.is_enabled = is_enabled
+    guarded.needs_approval = needs_approval
     return guarded
 
 

@@ -1,0 +1,110 @@
+"""Approvals and budgets through langchain-core tools: ``ApprovalPending`` (a
+``ToolException``) carries the D2 request; with ``handle_tool_error=True`` the model
+reads it as an error ``ToolMessage``. (LangGraph, with its ``interrupt``, is not
+installed here.)"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from d2.agents.langchain import ApprovalPending, ToolDenied, guard_tools
+from d2.core import approve, set_user
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.tools import BaseTool, tool
+
+RAN: list[str] = []
+REFUND = {"order": "o1", "amount": 500}
+
+
+def call(name: str, args: dict[str, Any], call_id: str) -> dict[str, Any]:
+    message = AIMessage(content="", tool_calls=[{"name": name, "args": args, "id": call_id}])
+    return dict(message.tool_calls[0], type="tool_call")
+
+
+@pytest.fixture
+def tools(hitl: dict[str, str]) -> dict[str, BaseTool]:
+    RAN.clear()
+
+    @tool
+    def refund(order: str, amount: int) -> str:
+        """Refund an order."""
+        RAN.append(f"refund({amount})")
+        return f"refunded {amount}"
+
+    @tool
+    def web_search(query: str) -> str:
+        """Search the web."""
+        RAN.append("web_search")
+        return f"results for {query!r}"
+
+    @tool
+    async def web_fetch(url: str) -> str:
+        """Fetch a page."""
+        RAN.append("web_fetch")
+        return "page"
+
+    return {t.name: t for t in guard_tools([refund, web_search, web_fetch], tool_ids=hitl)}
+
+
+def test_approval_pending_carries_the_request_and_the_approved_call_runs_once(
+    tools: dict[str, BaseTool],
+) -> None:
+    set_user("alice", roles=["agent"])
+    with pytest.raises(ApprovalPending) as held:
+        tools["refund"].invoke(REFUND)
+    request = held.value.request
+    assert isinstance(held.value, ToolDenied) and held.value.error.reason == "approval_required"
+    assert request.tool_id == "payments.refund" and request.approver_roles == ("finance_lead",)
+    assert str(held.value) == (
+        f"approval required for payments.refund: request {request.id}, approvers: finance_lead"
+    )
+    assert RAN == []
+    set_user("bob", roles=["finance_lead"])
+    approve(request.id)
+    set_user("alice", roles=["agent"])
+    assert tools["refund"].invoke(REFUND) == "refunded 500"
+    with pytest.raises(ApprovalPending) as again:  # a second identical call asks again
+        tools["refund"].invoke(REFUND)
+    assert again.value.request.id == request.id
+    assert RAN == ["refund(500)"]
+
+
+async def test_the_model_reads_the_request_id_in_an_error_tool_message(
+    tools: dict[str, BaseTool],
+) -> None:
+    refund = tools["refund"]
+    refund.handle_tool_error = True
+    set_user("alice", roles=["agent"])
+    message = await refund.ainvoke(call("refund", REFUND, "call-1"))
+    assert isinstance(message, ToolMessage) and message.status == "error"
+    found = re.fullmatch(
+        r"approval required for payments\.refund: request ([0-9a-f]{64}), approvers: finance_lead",
+        str(message.content),
+    )
+    assert found is not None
+    set_user("bob", roles=["finance_lead"])
+    approve(found.group(1))
+    set_user("alice", roles=["agent"])
+    message = await refund.ainvoke(call("refund", REFUND, "call-2"))
+    assert message.status == "success" and message.content == "refunded 500"
+    assert RAN == ["refund(500)"]
+
+
+async def test_an_exhausted_budget_is_a_short_tool_error(tools: dict[str, BaseTool]) -> None:
+    for t in tools.values():
+        t.handle_tool_error = True
+    set_user("alice", roles=["agent"])
+    searched = [tools["web_search"].invoke(call("web_search", {"query": q}, q)) for q in "abc"]
+    assert [m.status for m in searched] == ["success", "success", "error"]
+    assert searched[2].content == "budget exceeded for web.search for this request"
+    fetched = [await tools["web_fetch"].ainvoke(call("web_fetch", {"url": u}, u)) for u in "xy"]
+    assert fetched[0].content == "page" and fetched[1].status == "error"
+    match = re.fullmatch(r"budget exceeded for web\.fetch; retry after (\d+)s", fetched[1].content)
+    assert match is not None and 0 < int(match.group(1)) <= 3600
+    tools["web_fetch"].handle_tool_error = False
+    with pytest.raises(ToolDenied) as info:
+        await tools["web_fetch"].ainvoke({"url": "z"})
+    assert not isinstance(info.value, ApprovalPending)
+    assert info.value.error.retry_after is not None

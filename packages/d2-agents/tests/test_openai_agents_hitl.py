@@ -1,0 +1,162 @@
+"""Approvals and budgets through the Agents SDK's own human-in-the-loop path:
+``needs_approval`` -> ``result.interruptions`` (``ToolApprovalItem``) ->
+``RunState.approve`` -> ``Runner.run(agent, state)``, driven by ``ScriptedModel``."""
+
+from __future__ import annotations
+
+import re
+
+import agents
+import pytest
+from agents import Agent, Runner, Tool, function_tool
+from agents.testing import ScriptedModel, assistant_message, function_call
+from d2.agents.openai_agents import approval_request, approve_item, guard_tools, reject_item
+from d2.core import PermissionDeniedError, approve, set_user
+
+agents.set_tracing_disabled(True)
+
+RAN: list[str] = []
+REFUND = {"order": "o1", "amount": 500}
+
+
+@pytest.fixture
+def tools(hitl: dict[str, str]) -> list[Tool]:
+    RAN.clear()
+
+    @function_tool
+    def refund(order: str, amount: int) -> str:
+        """Refund an order."""
+        RAN.append(f"refund({amount})")
+        return f"refunded {amount}"
+
+    @function_tool
+    def web_search(query: str) -> str:
+        """Search the web."""
+        RAN.append("web_search")
+        return f"results for {query!r}"
+
+    @function_tool
+    def web_fetch(url: str) -> str:
+        """Fetch a page."""
+        RAN.append("web_fetch")
+        return "page"
+
+    return guard_tools([refund, web_search, web_fetch], tool_ids=hitl)
+
+
+def outputs(model: ScriptedModel) -> dict[str, str]:
+    items = model.calls[-1].input
+    return {i["call_id"]: i["output"] for i in items if i.get("type") == "function_call_output"}
+
+
+async def test_an_approval_interrupts_the_run_and_the_approved_call_runs_once(
+    tools: list[Tool],
+) -> None:
+    model = ScriptedModel(
+        [
+            [function_call("refund", REFUND, call_id="c1")],
+            [function_call("refund", {"order": "o2", "amount": 50}, call_id="c2")],
+            [function_call("refund", REFUND, call_id="c3")],
+            [assistant_message("done")],
+        ]
+    )
+    agent = Agent(name="support", model=model, tools=tools)
+    set_user("alice", roles=["agent"])
+    result = await Runner.run(agent, "refund o1")
+    [item] = result.interruptions
+    assert item.name == "refund" and RAN == []
+    request = approval_request(item)
+    assert request is not None
+    assert request.tool_id == "payments.refund" and request.user_id == "alice"
+    assert request.approver_roles == ("finance_lead",)
+    state = result.to_state()
+
+    set_user("alice", roles=["agent"])  # the requester cannot approve her own call
+    with pytest.raises(PermissionDeniedError, match="cannot approve"):
+        await approve_item(state, item)
+    set_user("bob", roles=["finance_lead"])
+    assert await approve_item(state, item) == request
+
+    set_user("alice", roles=["agent"])
+    result = await Runner.run(agent, state)
+    assert RAN == ["refund(500)", "refund(50)"]  # once, then a refund under the threshold
+    [again] = result.interruptions  # the identical call needs a new approval
+    assert again.raw_item.call_id == "c3"  # type: ignore[union-attr]
+    renewed = approval_request(again)
+    assert renewed is not None and renewed.id == request.id  # the same call, asked anew
+    assert outputs(model) == {"c1": "refunded 500", "c2": "refunded 50"}
+
+
+async def test_approving_in_the_sdk_alone_does_not_run_the_call(tools: list[Tool]) -> None:
+    model = ScriptedModel(
+        [[function_call("refund", REFUND, call_id="c1")], [assistant_message("ok")]]
+    )
+    agent = Agent(name="support", model=model, tools=tools)
+    set_user("alice", roles=["agent"])
+    result = await Runner.run(agent, "refund o1")
+    state = result.to_state()
+    state.approve(result.interruptions[0])  # no D2 approval
+    result = await Runner.run(agent, state)
+    assert RAN == []
+    assert re.fullmatch(
+        r"approval required for payments\.refund: request [0-9a-f]{64}, approvers: finance_lead",
+        outputs(model)["c1"],
+    )
+
+
+async def test_a_rejection_is_given_in_d2_and_the_sdk(tools: list[Tool]) -> None:
+    model = ScriptedModel(
+        [[function_call("refund", REFUND, call_id="c1")], [assistant_message("ok")]]
+    )
+    agent = Agent(name="support", model=model, tools=tools)
+    set_user("alice", roles=["agent"])
+    result = await Runner.run(agent, "refund o1")
+    state = result.to_state()
+    set_user("bob", roles=["finance_lead"])
+    await reject_item(state, result.interruptions[0], rejection_message="no refund")
+    set_user("alice", roles=["agent"])
+    await Runner.run(agent, state)
+    assert RAN == [] and outputs(model)["c1"] == "no refund"
+
+
+async def test_an_approval_given_before_the_run_asks_is_used_once_without_interrupting(
+    tools: list[Tool],
+) -> None:
+    first = ScriptedModel(
+        [[function_call("refund", REFUND, call_id="c1")], [assistant_message("x")]]
+    )
+    set_user("alice", roles=["agent"])
+    result = await Runner.run(Agent(name="support", model=first, tools=tools), "refund")
+    request = approval_request(result.interruptions[0])
+    assert request is not None
+    set_user("bob", roles=["finance_lead"])
+    approve(request.id)  # outside the SDK (a dashboard, the CLI)
+
+    model = ScriptedModel(
+        [
+            [function_call("refund", REFUND, call_id="c2")],
+            [assistant_message("done")],
+        ]
+    )
+    set_user("alice", roles=["agent"])
+    result = await Runner.run(Agent(name="support", model=model, tools=tools), "refund")
+    assert result.interruptions == [] and result.final_output == "done"
+    assert RAN == ["refund(500)"] and outputs(model) == {"c2": "refunded 500"}
+
+
+async def test_an_exhausted_budget_is_a_short_tool_output(tools: list[Tool]) -> None:
+    model = ScriptedModel(
+        [
+            [function_call("web_search", {"query": q}, call_id=f"s{q}") for q in "abc"],
+            [function_call("web_fetch", {"url": u}, call_id=f"f{u}") for u in "xy"],
+            [assistant_message("done")],
+        ]
+    )
+    set_user("alice", roles=["agent"])
+    result = await Runner.run(Agent(name="research", model=model, tools=tools), "go")
+    assert result.final_output == "done"
+    sent = outputs(model)
+    assert sent["sc"] == "budget exceeded for web.search for this request"
+    match = re.fullmatch(r"budget exceeded for web\.fetch; retry after (\d+)s", sent["fy"])
+    assert match is not None and 0 < int(match.group(1)) <= 3600
+    assert RAN == ["web_search", "web_search", "web_fetch"]

@@ -1,0 +1,139 @@
+"""Approvals and budgets through pydantic-ai's deferred tools: ``ApprovalRequired``
+-> ``DeferredToolRequests`` -> ``DeferredToolResults``, driven by FunctionModel."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from d2.agents.pydantic_ai import APPROVAL_KEY, approval_requests, guard_tools
+from d2.core import approve, set_user
+from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, models
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+)
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+RAN: list[str] = []
+REFUND = {"order": "o1", "amount": 500}
+
+
+@pytest.fixture(autouse=True)
+def _no_model_requests() -> Iterator[None]:
+    allowed, models.ALLOW_MODEL_REQUESTS = models.ALLOW_MODEL_REQUESTS, False
+    yield
+    models.ALLOW_MODEL_REQUESTS = allowed
+
+
+@pytest.fixture
+def tools(hitl: dict[str, str]) -> list[Any]:
+    RAN.clear()
+
+    def refund(order: str, amount: int) -> str:
+        """Refund an order."""
+        RAN.append(f"refund({amount})")
+        return f"refunded {amount}"
+
+    def web_search(query: str) -> str:
+        """Search the web."""
+        RAN.append("web_search")
+        return f"results for {query!r}"
+
+    async def web_fetch(url: str) -> str:
+        """Fetch a page."""
+        RAN.append("web_fetch")
+        return "page"
+
+    return guard_tools([refund, web_search, web_fetch], tool_ids=hitl)
+
+
+class Script:
+    """One model turn per list of tool calls, then "done"; records tool returns."""
+
+    def __init__(self, *turns: list[ToolCallPart]) -> None:
+        self.turns = list(turns)
+        self.returned: dict[str, ToolReturnPart] = {}
+
+    def __call__(self, messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        last = messages[-1]
+        if isinstance(last, ModelRequest):
+            for part in last.parts:
+                if isinstance(part, ToolReturnPart):
+                    self.returned[part.tool_call_id] = part
+        if self.turns:
+            return ModelResponse(parts=list(self.turns.pop(0)))
+        return ModelResponse(parts=[TextPart("done")])
+
+
+async def test_an_approval_defers_the_call_and_the_approved_call_runs_once(
+    tools: list[Any],
+) -> None:
+    script = Script(
+        [ToolCallPart("refund", REFUND, tool_call_id="c1")],
+        [ToolCallPart("refund", REFUND, tool_call_id="c2")],
+    )
+    agent = Agent(FunctionModel(script), tools=tools, output_type=[str, DeferredToolRequests])
+    set_user("alice", roles=["agent"])
+    result = await agent.run("refund o1")
+    deferred = result.output
+    assert isinstance(deferred, DeferredToolRequests)
+    assert [c.tool_call_id for c in deferred.approvals] == ["c1"] and RAN == []
+    meta = deferred.metadata["c1"]
+    assert meta["d2_approvers"] == ["finance_lead"] and meta["d2_tool_id"] == "payments.refund"
+    assert approval_requests(deferred) == {"c1": meta[APPROVAL_KEY]}
+
+    set_user("bob", roles=["finance_lead"])
+    approve(meta[APPROVAL_KEY])
+    set_user("alice", roles=["agent"])
+    resumed = await agent.run(
+        message_history=result.all_messages(),
+        deferred_tool_results=DeferredToolResults(approvals={"c1": True}),
+    )
+    assert RAN == ["refund(500)"]
+    assert script.returned["c1"].content == "refunded 500"
+    again = resumed.output  # the identical call asks again
+    assert isinstance(again, DeferredToolRequests)
+    assert approval_requests(again) == {"c2": meta[APPROVAL_KEY]}
+
+
+async def test_approving_in_pydantic_ai_alone_does_not_run_the_call(tools: list[Any]) -> None:
+    script = Script([ToolCallPart("refund", REFUND, tool_call_id="c1")])
+    agent = Agent(FunctionModel(script), tools=tools, output_type=[str, DeferredToolRequests])
+    set_user("alice", roles=["agent"])
+    result = await agent.run("refund o1")
+    resumed = await agent.run(
+        message_history=result.all_messages(),
+        deferred_tool_results=DeferredToolResults(approvals={"c1": True}),
+    )
+    assert resumed.output == "done" and RAN == []
+    failed = script.returned["c1"]
+    assert failed.outcome == "failed"
+    assert re.fullmatch(
+        r"approval required for payments\.refund: request [0-9a-f]{64}, approvers: finance_lead",
+        str(failed.content),
+    )
+
+
+async def test_an_exhausted_budget_is_a_short_failed_tool_result(tools: list[Any]) -> None:
+    script = Script(
+        [ToolCallPart("web_search", {"query": q}, tool_call_id=f"s{q}") for q in "abc"],
+        [ToolCallPart("web_fetch", {"url": u}, tool_call_id=f"f{u}") for u in "xy"],
+    )
+    set_user("alice", roles=["agent"])
+    result = await Agent(FunctionModel(script), tools=tools).run("go")
+    assert result.output == "done"
+    denied = [p for p in script.returned.values() if p.outcome == "failed"]
+    assert sorted(str(p.content) for p in denied)[0].startswith("budget exceeded for web.fetch")
+    texts = {p.tool_call_id: str(p.content) for p in denied}
+    assert list(texts.values()).count("budget exceeded for web.search for this request") == 1
+    [fetch] = [t for t in texts.values() if "web.fetch" in t]
+    match = re.fullmatch(r"budget exceeded for web\.fetch; retry after (\d+)s", fetch)
+    assert match is not None and 0 < int(match.group(1)) <= 3600
+    assert sorted(RAN) == ["web_fetch", "web_search", "web_search"]
