@@ -29,6 +29,8 @@ demo: sync
 	$(RUN) python examples/exfiltration.py
 	@echo; echo "== guardrails: CRM output filtered per role =="; echo
 	$(RUN) python examples/crm_output.py
+	@echo; echo "== human control: large refunds wait for a finance lead =="; echo
+	$(RUN) python examples/approvals/refund_agent.py
 
 demo-cloud: sync
 	$(RUN) python examples/cloud_demo.py

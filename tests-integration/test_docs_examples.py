@@ -108,6 +108,36 @@ def test_crm_example_filters_output_per_role(tmp_path: Path) -> None:
     assert "untouched: ssn='123-45-6789'" in out
 
 
+def test_refund_agent_waits_for_a_finance_lead(tmp_path: Path) -> None:
+    out = run_example("approvals/refund_agent.py", tmp_path)
+    lines = out.splitlines()
+
+    def row(start: str) -> str:
+        found = [ln for ln in lines if ln.startswith(start)]
+        assert len(found) == 1, f"one line starts with {start!r}:\n{out}"
+        return found[0]
+
+    assert "ALLOWED  refunded 40.00 on ord-1001" in row("agent-7  refund ord-1001 40.00")
+    waiting = row("agent-7  refund ord-1002 250.00")
+    assert "WAITING  approval_required: request" in waiting
+    assert "approvers [finance_lead]" in waiting
+    request_id = out.split("request id: ")[1].split()[0]
+    assert re.fullmatch(r"[0-9a-f]{64}", request_id)
+    pending = row("dana     pending_approvals()")
+    assert request_id[:12] in pending and "payments.refund" in pending
+    assert '{"amount": 250, "order_id": "ord-1002"} by agent-7' in pending
+    assert "APPROVED" in row(f"dana     approve({request_id[:12]})")
+    assert "ALLOWED  refunded 250.00 on ord-1002" in row("agent-7  retry refund ord-1002")
+    assert "WAITING  approval_required" in row("agent-7  the same refund, once more")
+    assert "REFUSED  approval_not_permitted" in row(f"agent-7  approve({request_id[:12]})")
+    assert "cannot approve or reject it" in out
+    for n in (1, 2, 3):
+        assert "ALLOWED" in row(f"agent-7  lookup ord-100{n} (call {n})")
+    budget = row("agent-7  lookup ord-1004 (call 4)")
+    assert "DENIED   budget_exceeded: the budget of 3 per request is used up" in budget
+    assert "ALLOWED" in row("agent-7  lookup ord-1004 (new request)")
+
+
 def test_cloud_demo_runs_against_a_local_server(tmp_path: Path) -> None:
     out = run_example("cloud_demo.py", tmp_path)
     assert "bundle version 1 verified" in out

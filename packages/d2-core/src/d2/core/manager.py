@@ -201,8 +201,9 @@ def _warn_audit(policy: CompiledPolicy) -> None:
         "metadata.mode: audit: calls it would deny RUN ANYWAY and are only recorded as "
         "would_deny. Set mode: enforce to enforce it."
     )
-    logging.getLogger("d2").warning("%s", text)
-    if not _flag("D2_SILENT"):
+    logger = logging.getLogger("d2")
+    logger.warning("%s", text)  # without handlers, Python prints it to stderr itself
+    if logger.hasHandlers() and not _flag("D2_SILENT"):
         sys.stderr.write(text + "\n")
 
 
