@@ -20,7 +20,18 @@ from d2.cli import app, main
 
 ROOT = Path(__file__).resolve().parents[3]
 DOC = ROOT / "docs" / "cli.md"
-COMMANDS = {"init", "inspect", "diagnose", "check", "test", "pull", "draft", "publish", "revoke"}
+COMMANDS = {
+    "init",
+    "inspect",
+    "diagnose",
+    "check",
+    "test",
+    "replay",
+    "pull",
+    "draft",
+    "publish",
+    "revoke",
+}
 
 
 def test_every_command_is_registered() -> None:

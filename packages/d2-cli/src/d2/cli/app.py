@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from . import cloud, init_cmd, local, publish, tests_cmd
+from . import cloud, init_cmd, local, publish, replay_cmd, tests_cmd
 
 __all__ = ["app", "main"]
 
@@ -50,6 +50,7 @@ _COMMANDS = (
     ("diagnose", local.diagnose_command, "Check the local policy: errors, limits, code drift."),
     ("check", local.check, "Decide a call and explain why, without running anything."),
     ("test", tests_cmd.run_tests, "Run policy unit tests (*_test.yaml)."),
+    ("replay", replay_cmd.replay, "Replay a decision log against a candidate policy."),
     ("pull", cloud.pull, "Download the app's policy (signature verified first)."),
     ("draft", cloud.draft, "Upload a policy as the app's draft."),
     ("publish", publish.publish, "Sign and publish a policy as the next version."),

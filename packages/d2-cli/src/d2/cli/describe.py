@@ -16,12 +16,25 @@ from rich.text import Text
 
 from .output import Output
 
-__all__ = ["PolicyView", "at_path", "describe", "duration", "render", "rfc3339"]
+__all__ = [
+    "AUDIT_MODE",
+    "PolicyView",
+    "at_path",
+    "audited_rules",
+    "describe",
+    "duration",
+    "render",
+    "rfc3339",
+]
 
 _DENY, _ALLOW, _CONDITIONAL = "deny", "allow", "conditional"
 _RANK = {_CONDITIONAL: 1, _ALLOW: 2, _DENY: 3}  # an explicit deny overrides every grant
 _STYLE = {_ALLOW: "green", _CONDITIONAL: "yellow", _DENY: "bold red"}
 _SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+AUDIT_MODE = (
+    "AUDIT MODE: this policy enforces nothing; calls it would deny run anyway and "
+    "are only recorded as would_deny (metadata.mode: audit)"
+)
 
 
 @dataclass
@@ -134,6 +147,27 @@ def _guardrails(policy: CompiledPolicy, verbose: bool) -> list[dict[str, Any]]:
     return out
 
 
+def audited_rules(policy: CompiledPolicy) -> list[str]:
+    """Paths of the rules marked ``audit: true`` (recorded, never enforced): grant
+    conditions, sequence rules and allowlists, data-flow blocks; in policy order,
+    each once."""
+    paths = [
+        f"{grant.path}.conditions"
+        for entry in policy.entries
+        for grant in entry.grants
+        if grant.audit and (grant.input or grant.output)
+    ]
+    sequences = sorted(policy.sequences.values(), key=lambda s: s.path)
+    for seq in sequences:
+        if seq.audit:
+            paths.append(seq.path)
+    paths.extend(
+        rule.path for seq in sequences for rule in seq.rules if rule.audit and not seq.audit
+    )
+    paths.extend(path for _, _, path, audit in policy.flow_blocks if audit)
+    return list(dict.fromkeys(paths))
+
+
 def _sequences(policy: CompiledPolicy) -> list[dict[str, Any]]:
     return [
         {
@@ -179,6 +213,7 @@ def describe(
         "guardrails": _guardrails(policy, verbose),
         "sequences": _sequences(policy),
         "data_flow": flow if isinstance(flow, Mapping) else {},
+        "audited": audited_rules(policy),
         **view.extra,
     }
 
@@ -229,6 +264,13 @@ def render(out: Output, data: Mapping[str, Any], *, verbose: bool = False) -> No
     out.print(_summary(data))
     for problem in data["problems"]:
         out.print(Text(f"NOT IN FORCE: {problem}", style="bold red"))
+    if data["mode"] == "audit":
+        out.print(Text(AUDIT_MODE, style="bold yellow"))
+    audited = data.get("audited") or []
+    if audited:
+        out.print(Text("audited rules (recorded, never enforced):", style="yellow"))
+        for path in audited:
+            out.line(f"  - {path}")
     out.print("")
     if data["tools"]:
         out.print(_permissions(data))

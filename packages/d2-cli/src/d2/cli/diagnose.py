@@ -17,10 +17,10 @@ from d2.core.policy.compile import compile_policy
 from d2.core.policy.load import parse_document, read_policy_bytes
 from d2.core.policy.model import CompiledPolicy
 
-from .describe import duration, rfc3339
+from .describe import AUDIT_MODE, audited_rules, duration, rfc3339
 from .scan import ScanResult, scan
 
-__all__ = ["ERROR", "OK", "WARN", "Finding", "diagnose"]
+__all__ = ["ERROR", "OK", "WARN", "Finding", "diagnose", "diagnose_policy", "rollout"]
 
 OK, WARN, ERROR = "ok", "warn", "error"
 
@@ -84,6 +84,26 @@ def _limits(policy: CompiledPolicy, limits: Limits, now: float) -> list[Finding]
     else:
         out.append(Finding("expiry", OK, f"expires at {rfc3339(exp)} (in {duration(exp - now)})"))
     return out
+
+
+def rollout(policy: CompiledPolicy) -> list[Finding]:
+    """Warnings about what the policy does not enforce: audit mode (everything),
+    and the rules marked ``audit: true``, by path. None for a policy without."""
+    audited = audited_rules(policy)
+    if policy.audit:
+        return [Finding("mode", WARN, AUDIT_MODE, [f"audited rule: {p}" for p in audited])]
+    if audited:
+        n = len(audited)
+        return [
+            Finding(
+                "audited rules",
+                WARN,
+                f"{n} rule{'s are' if n != 1 else ' is'} audited (audit: true): recorded "
+                "as would_deny, never enforced",
+                audited,
+            )
+        ]
+    return []
 
 
 def _explicitly_granted(policy: CompiledPolicy, tool: str) -> bool:
@@ -179,6 +199,13 @@ def diagnose(
 ) -> list[Finding]:
     """Every finding for the policy file at ``path`` (drift against the code under
     ``scan_root``, when given)."""
+    return diagnose_policy(path, scan_root, limits, now)[0]
+
+
+def diagnose_policy(
+    path: Path, scan_root: Path | None, limits: Limits | None = None, now: float | None = None
+) -> tuple[list[Finding], CompiledPolicy | None]:
+    """:func:`diagnose`, and the compiled policy (``None`` when it is invalid)."""
     limits = limits or Limits()
     now = time.time() if now is None else now
     data = read_policy_bytes(str(path), Limits(max_bytes=64 * 1024 * 1024))
@@ -190,13 +217,14 @@ def diagnose(
         findings.append(
             Finding("validation", ERROR, f"{len(exc.errors)} problems", list(exc.errors))
         )
-        return findings
+        return findings, None
     findings.append(
         Finding(
             "validation", OK, f"valid: {len(policy.roles)} roles, {len(policy.entries)} entries"
         )
     )
+    findings.extend(rollout(policy))
     findings.extend(_limits(policy, limits, now))
     if scan_root is not None:
         findings.extend(_drift(policy, scan(scan_root)))
-    return findings
+    return findings, policy

@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .describe import describe, render
-from .diagnose import ERROR, WARN, diagnose
+from .describe import AUDIT_MODE, audited_rules, describe, render
+from .diagnose import ERROR, WARN, diagnose_policy
 from .evaluation import NOT_GIVEN, Call, Scenario, evaluate, parse_args, trace_rows, with_defaults
 from .loading import load_in_force, local_policy_path
 from .options import AppNameOption, JsonOption, PolicyOption, ScanPathOption
@@ -65,9 +65,13 @@ def diagnose_command(
         target = local_policy_path(policy)
         if not no_scan and not path.exists():
             raise CliError(f"--path {path} does not exist")
-        findings = diagnose(target, None if no_scan else path)
+        findings, compiled = diagnose_policy(target, None if no_scan else path)
         errors = sum(f.status == ERROR for f in findings)
         warnings = sum(f.status == WARN for f in findings)
+        audit = compiled is not None and compiled.audit
+        if audit:
+            out.line(AUDIT_MODE, style="bold yellow")
+            out.warn(f"{target} is in audit mode: nothing is enforced")
         table = Table(title=f"d2 diagnose {target}", title_justify="left")
         for column in ("check", "status", "result"):
             table.add_column(column)
@@ -94,6 +98,8 @@ def diagnose_command(
                 "errors": errors,
                 "warnings": warnings,
                 "findings": [f.as_dict() for f in findings],
+                "mode": compiled.mode if compiled is not None else None,
+                "audited": audited_rules(compiled) if compiled is not None else [],
             }
         )
         return OK if passed else FAILED
