@@ -125,7 +125,7 @@ def test_refund_agent_waits_for_a_finance_lead(tmp_path: Path) -> None:
     assert re.fullmatch(r"[0-9a-f]{64}", request_id)
     pending = row("dana     pending_approvals()")
     assert request_id[:12] in pending and "payments.refund" in pending
-    assert '{"amount": 250, "order_id": "ord-1002"} by agent-7' in pending
+    assert '{"order_id": "ord-1002", "amount": 250} by agent-7' in pending
     assert "APPROVED" in row(f"dana     approve({request_id[:12]})")
     assert "ALLOWED  refunded 250.00 on ord-1002" in row("agent-7  retry refund ord-1002")
     assert "WAITING  approval_required" in row("agent-7  the same refund, once more")

@@ -844,3 +844,347 @@ def test_memory_store_protocol_round_trip() -> None:
 def test_clock_helper_moves_time() -> None:
     clock = Clock(10.0)
     assert clock() == 10.0 and clock.advance(5) == 15.0
+
+
+# -- regressions from a hostile review ------------------------------------------------
+
+
+def test_a_methods_object_is_part_of_the_approved_call() -> None:
+    start(REFUND, LEAD)
+
+    class Account:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        @d2_guard("refund")
+        def pay(self, amount: int) -> str:
+            return f"{self.name} paid {amount}"
+
+    as_user("agent-7", "agent")
+    request = ask(Account("acct-1").pay, 500)
+    assert request.arguments == {"amount": 500}  # shown without self
+    as_user("dana", "finance_lead")
+    approve(request.id)
+    as_user("agent-7", "agent")
+    assert ask(Account("acct-2").pay, 500).id != request.id  # another object: not approved
+    assert Account("acct-1").pay(500) == "acct-1 paid 500"  # an equal object: the same call
+
+
+def test_arguments_without_an_exact_form_cannot_be_approved() -> None:
+    start({"role": "agent", "permissions": [{"tool": "send", "approval": {"approvers": ["lead"]}}]},
+          {"role": "lead", "permissions": ["send"]})  # fmt: skip
+
+    class Opaque:
+        __slots__ = ("to",)
+
+        def __init__(self, to: str) -> None:
+            self.to = to
+
+        def __repr__(self) -> str:
+            return "Opaque()"
+
+    send = d2_guard("send")(lambda what: "sent")
+    as_user("agent-7", "agent")
+    with pytest.raises(PermissionDeniedError) as info:
+        send(Opaque("bob"))
+    assert info.value.reason == "approval_unsupported"
+    assert not isinstance(info.value, ApprovalRequiredError)
+    assert "cannot be digested" in str(info.value)
+
+
+def test_canonical_form_tells_types_and_hidden_state_apart() -> None:
+    import dataclasses
+    import enum
+
+    from d2.core.approvals import canonical_arguments
+
+    class Level(enum.IntEnum):
+        ONE = 1
+
+    @dataclasses.dataclass
+    class A:
+        x: int
+
+    @dataclasses.dataclass
+    class B:
+        x: int
+
+    class Summary:
+        def __init__(self, rows: list[int]) -> None:
+            self.rows = rows
+
+        def __repr__(self) -> str:
+            return f"Summary({len(self.rows)} rows)"
+
+    values = [
+        (1, 2), [1, 2], b"\x01", {"bytes": "01"}, Level.ONE, 1, 1.0, True, "1", A(1), B(1),
+        {1: "a"}, {"1": "a"}, {1, 2}, ["1", "2"], 10**5000, Summary([1]), Summary([2]),
+        {1: "a", "b": 2},
+    ]  # fmt: skip
+    texts = [canonical_arguments({"v": v}) for v in values]
+    assert len(set(texts)) == len(values)
+
+
+def test_secret_and_excluded_model_fields_still_tell_calls_apart() -> None:
+    from d2.core.approvals import approval_id, json_arguments
+    from pydantic import BaseModel, Field, SecretStr
+
+    class Wire(BaseModel):
+        account: SecretStr
+        memo: str = Field(default="", exclude=True)
+
+    ids = {
+        approval_id("wire", {"w": Wire(account=SecretStr(a), memo=m)}, "u", "v")
+        for a, m in (("ACC-BOB", ""), ("ACC-MALLORY", ""), ("ACC-BOB", "DROP TABLE"))
+    }
+    assert len(ids) == 3
+    shown = json_arguments({"w": Wire(account=SecretStr("ACC-BOB"))})
+    assert "ACC-BOB" not in json.dumps(shown)  # approvers never see the secret
+
+
+def test_budgets_follow_the_limit_not_its_place_in_the_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    search = {"tool": "search", "limits": [{"max": 2, "per": "user", "window": "1d"}]}
+    start({"role": "agent", "permissions": [search]})
+    tool = d2_guard("search")(lambda: "found")
+    mail = d2_guard("mail")(lambda: "sent")
+    as_user("alice", "agent")
+    tool()
+    tool()
+    mail_grant = {"tool": "mail", "limits": [{"max": 2, "per": "user", "window": "1d"}]}
+    start({"role": "agent", "permissions": [mail_grant, search]})  # an entry inserted above
+    as_user("alice", "agent")
+    with pytest.raises(PermissionDeniedError, match="budget"):
+        tool()  # still used up
+    assert mail() == "sent"  # and the new limit starts fresh
+
+
+def test_unnamed_policy_on_a_shared_store_warns(caplog: pytest.LogCaptureFixture) -> None:
+    class Shared(MemoryStore):
+        pass
+
+    doc = policy_document({"role": "agent", "permissions": ["t"]})
+    del doc["metadata"]["name"]
+    configure_rbac_sync(source=InMemorySource(doc), store=Shared())
+    assert any("no metadata.name" in r.getMessage() for r in caplog.records)
+
+
+def test_one_bad_record_or_sink_call_loses_only_itself(tmp_path: Any) -> None:
+    path = tmp_path / "log.jsonl"
+    configure_rbac_sync(
+        source=InMemorySource(policy_document({"role": "agent", "permissions": ["t"]})),
+        decision_log=str(path),
+        decision_log_arguments=True,
+    )
+    tool = d2_guard("t")(lambda q: q)
+    as_user("u", "agent")
+    for q in ("a", "x\ud800", "b"):
+        tool(q)
+    shutdown_rbac()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["arguments"]["q"] for r in lines] == ["a", "x\ud800", "b"]
+
+    seen: list[str] = []
+
+    def sink(record: Record) -> None:
+        if record["arguments"]["q"] == "boom":
+            raise ValueError("bad record")
+        seen.append(record["arguments"]["q"])
+
+    configure_rbac_sync(
+        source=InMemorySource(policy_document({"role": "agent", "permissions": ["t"]})),
+        decision_log=sink,
+        decision_log_arguments=True,
+    )
+    as_user("u", "agent")
+    for q in ("a", "boom", "c", "d"):
+        tool(q)
+    shutdown_rbac()
+    assert seen == ["a", "c", "d"]
+
+
+def test_odd_arguments_never_crash_the_guard_or_leak_a_reservation() -> None:
+    start(
+        {
+            "role": "agent",
+            "permissions": [
+                {
+                    "tool": "t",
+                    "limits": [{"max": 2, "per": "request"}],
+                    "approval": {"approvers": ["lead"]},
+                }
+            ],
+        },
+        {"role": "lead", "permissions": ["t"]},
+    )
+    tool = d2_guard("t")(lambda meta: "ran")
+    as_user("u", "agent")
+    for odd in ({1: "a", "b": 2}, 10**5000, [[[[]]]] * 3):
+        with pytest.raises(ApprovalRequiredError):
+            tool(odd)
+    assert not any(set_user_spent().values())
+
+
+def test_a_cancelled_store_call_gives_the_reservation_back() -> None:
+    class SlowStore(MemoryStore):
+        async def take_async(
+            self, counters: Sequence[Counter], approval: str | None, now: float
+        ) -> int:
+            await asyncio.sleep(10)
+            return -1
+
+    configure_rbac_sync(
+        source=InMemorySource(
+            policy_document(
+                grant(
+                    limits=[{"max": 1, "per": "request"}, {"max": 9, "per": "user", "window": "1h"}]
+                )
+            )
+        ),
+        store=SlowStore(),
+    )
+
+    @d2_guard("t")
+    async def fetch() -> str:
+        return "ok"
+
+    async def scenario() -> dict[str, int]:
+        as_user("u", "agent")
+        for _ in range(3):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(fetch(), 0.01)
+        return dict(set_user_spent())
+
+    assert not any(asyncio.run(scenario()).values())
+
+
+def test_async_generator_tools_ask_the_store_without_blocking() -> None:
+    calls: list[str] = []
+
+    class AsyncOnly(MemoryStore):
+        def take(self, counters: Sequence[Counter], approval: str | None, now: float) -> int:
+            calls.append("take")
+            return super().take(counters, approval, now)
+
+        async def take_async(
+            self, counters: Sequence[Counter], approval: str | None, now: float
+        ) -> int:
+            calls.append("take_async")
+            return super().take(counters, approval, now)
+
+    configure_rbac_sync(
+        source=InMemorySource(
+            policy_document(grant(limits=[{"max": 1, "per": "user", "window": "1h"}]))
+        ),
+        store=AsyncOnly(),
+    )
+
+    @d2_guard("t")
+    async def stream() -> Any:
+        yield 1
+        yield 2
+
+    async def scenario() -> list[int]:
+        as_user("u", "agent")
+        got = [i async for i in stream()]
+        with pytest.raises(PermissionDeniedError, match="budget"):
+            [i async for i in stream()]
+        return got
+
+    assert asyncio.run(scenario()) == [1, 2]
+    assert calls == ["take_async", "take_async"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork with threads
+def test_a_fork_while_the_budget_lock_is_held_does_not_hang_the_child() -> None:
+    import os
+    import threading
+
+    from d2.core import evaluate
+
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork here")
+    start(grant(limits=[{"max": 5, "per": "request"}]))
+    tool = d2_guard("t")(lambda: "ran")
+    as_user("u", "agent")
+    holder = threading.Thread(target=lambda: (evaluate._spend_lock.acquire(), time.sleep(1)))
+    holder.start()
+    time.sleep(0.1)
+    pid = os.fork()
+    if pid == 0:  # the child: one budgeted call, then leave at once
+        try:
+            as_user("u", "agent")  # a forked child starts with no user
+            os._exit(0 if tool() == "ran" else 1)
+        except BaseException:
+            os._exit(2)
+    deadline = time.time() + 10
+    status = None
+    while time.time() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    holder.join()
+    evaluate._spend_lock.release()
+    assert status == 0
+
+
+def test_limits_or_approval_behind_an_earlier_grant_are_refused() -> None:
+    errs = errors_of(
+        {
+            "policies": [
+                {
+                    "role": "agent",
+                    "permissions": [
+                        "payments:*",
+                        {"tool": "payments:refund", "approval": {"approvers": ["agent"]}},
+                    ],
+                }
+            ]
+        }
+    )
+    assert errs[0].startswith("policies[0].permissions[1]: its approval never apply")
+    assert "policies[0].permissions[0]" in errs[0]
+    # a more specific grant first, or an earlier grant with input conditions, is fine
+    compile_policy(
+        {
+            "policies": [
+                {
+                    "role": "agent",
+                    "permissions": [
+                        {"tool": "payments:refund", "limits": [{"max": 1, "per": "request"}]},
+                        "payments:*",
+                    ],
+                },
+                {
+                    "role": "agent",
+                    "permissions": [
+                        {"tool": "x", "conditions": {"input": {"a": {"max": 1}}}},
+                        {"tool": "x", "limits": [{"max": 1, "per": "request"}]},
+                    ],
+                },
+            ]
+        }
+    )
+
+
+def test_request_budget_records_carry_arguments_and_explain_reads_the_budget() -> None:
+    from d2.core import explain
+
+    log: list[Record] = []
+    configure_rbac_sync(
+        source=InMemorySource(policy_document(grant(limits=[{"max": 1, "per": "request"}]))),
+        decision_log=log.append,
+        decision_log_arguments=True,
+    )
+    tool = d2_guard("t")(lambda q: q)
+    as_user("u", "agent")
+    assert explain("t", "a").allowed
+    tool("a")
+    decision = explain("t", "b")
+    assert not decision.allowed and decision.reason == "budget_exceeded"
+    assert flushed(log)[0]["arguments"] == {"q": "a"}

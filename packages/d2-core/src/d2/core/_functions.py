@@ -211,10 +211,14 @@ class Arguments:
 
 
 def bound_arguments(
-    arguments: Arguments | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    arguments: Arguments | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    keep_self: bool = False,
 ) -> dict[str, Any]:
-    """Every argument of a call by parameter name, defaults applied (``self`` /
-    ``cls`` of a method left out): what approvals and decision logs record. A
+    """Every argument of a call by parameter name, defaults applied: what
+    approvals digest (``keep_self=True``: a method's object is part of the call)
+    and what approvers and decision logs are shown (``self`` / ``cls`` left out). A
     callable whose signature is unknown records its keywords plus ``*args``."""
     if arguments is None or arguments.opaque:
         bound = dict(kwargs)
@@ -225,7 +229,7 @@ def bound_arguments(
         {*arguments.positions, *arguments.keywords, *arguments.fixed},
         key=lambda n: arguments.positions.get(n, 1 << 30),
     )
-    if arguments.method and names and arguments.positions.get(names[0]) == 0:
+    if not keep_self and arguments.method and names and arguments.positions.get(names[0]) == 0:
         names = names[1:]
     bound = {}
     for name in names:

@@ -26,53 +26,155 @@ __all__ = [
 ]
 
 
-def _plain(value: Any) -> Any:
-    """A JSON-able stand-in for ``value``: models and dataclasses by their fields,
-    sets sorted, bytes as hex; anything else by its ``repr`` (an object whose repr
-    carries its address then never matches another call: fail closed)."""
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        return dump(mode="json")
-    fields = getattr(value, "__dataclass_fields__", None)
-    if isinstance(fields, dict) and not isinstance(value, type):
-        return {name: getattr(value, name) for name in fields}
-    if isinstance(value, (set, frozenset)):
-        return sorted(canonical_arguments(v) for v in value)
-    if isinstance(value, (bytes, bytearray)):
-        return {"bytes": bytes(value).hex()}
+_MAX_DEPTH = 64
+_ATOMS_BY_TEXT = ("datetime", "decimal", "uuid", "pathlib", "ipaddress", "fractions")
+
+
+class NoCanonicalForm(ValueError):
+    """An argument has no exact, stable form to digest (an approval of such a call
+    could be reused for another call, so none is given)."""
+
+
+def _qualname(value: Any) -> str:
+    cls = type(value)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _text(value: Any, depth: int) -> str:
+    import json
+
+    return json.dumps(_canon(value, depth), sort_keys=True, separators=(",", ":"))
+
+
+def _canon(value: Any, depth: int = 0) -> Any:
+    """An exact, typed stand-in for ``value`` (JSON values; other types tagged
+    with ``__t``) or :class:`NoCanonicalForm`. Two values get the same stand-in
+    only when they are the same type with the same content."""
+    if depth > _MAX_DEPTH:
+        raise NoCanonicalForm("nested too deeply")
+    depth += 1
+    if value is None or type(value) is str:
+        return value
+    cls = type(value)
+    if cls is bool:
+        return value
+    if cls is int:
+        return value if -(2**63) <= value < 2**63 else {"__t": "int", "v": format(value, "x")}
+    if cls is float:
+        import math
+
+        return value if math.isfinite(value) else {"__t": "float", "v": repr(value)}
+    if cls is list:
+        return [_canon(v, depth) for v in value]
+    if cls is tuple:
+        return {"__t": "tuple", "v": [_canon(v, depth) for v in value]}
+    if cls is dict and all(type(k) is str for k in value):
+        return {"__t": "dict", "v": {k: _canon(v, depth) for k, v in value.items()}}
     if isinstance(value, Mapping):
-        return {str(k): v for k, v in value.items()}
-    if isinstance(value, tuple):
-        return list(value)
-    return {"repr": repr(value), "type": type(value).__qualname__}
+        pairs = sorted([_text(k, depth), _canon(v, depth)] for k, v in value.items())
+        return {"__t": f"map:{_qualname(value)}", "v": pairs}
+    if cls in (bytes, bytearray):
+        return {"__t": cls.__name__, "v": bytes(value).hex()}
+    if cls in (set, frozenset):
+        return {"__t": cls.__name__, "v": sorted(_text(v, depth) for v in value)}
+    import enum
+
+    if isinstance(value, enum.Enum):
+        return {"__t": f"enum:{_qualname(value)}", "v": _canon(value.value, depth)}
+    secret = getattr(value, "get_secret_value", None)
+    if callable(secret):  # pydantic secrets: digested by their value, never shown
+        import hashlib
+
+        digest = hashlib.sha256(_text(secret(), depth).encode()).hexdigest()
+        return {"__t": f"secret:{_qualname(value)}", "v": digest}
+    if hasattr(cls, "__pydantic_fields__") or hasattr(cls, "model_fields"):
+        fields = {k: _canon(v, depth) for k, v in vars(value).items()}
+        extra = getattr(value, "__pydantic_extra__", None)
+        return {"__t": f"model:{_qualname(value)}", "v": fields, "x": _canon(extra, depth)}
+    dc_fields = getattr(cls, "__dataclass_fields__", None)
+    if isinstance(dc_fields, dict):
+        return {
+            "__t": f"dataclass:{_qualname(value)}",
+            "v": {name: _canon(getattr(value, name), depth) for name in dc_fields},
+        }
+    if cls.__module__ in _ATOMS_BY_TEXT:
+        return {"__t": _qualname(value), "v": str(value)}
+    if isinstance(value, (str, int, float)):  # subclasses: their value and their type
+        return {"__t": f"{type(value).__mro__[-2].__name__}:{_qualname(value)}", "v": _canon(
+            type(value).__mro__[-2](value), depth
+        )}  # fmt: skip
+    if (  # plain instances: their state
+        hasattr(value, "__dict__")
+        and not isinstance(value, type)
+        and not callable(value)
+        and not hasattr(cls, "__slots__")
+    ):
+        return {"__t": f"object:{_qualname(value)}", "v": _canon(dict(vars(value)), depth)}
+    raise NoCanonicalForm(f"a {_qualname(value)} value has no canonical form")
 
 
 def canonical_arguments(arguments: Any) -> str:
-    """Canonical JSON (sorted keys, no spaces, UTF-8 kept) of bound arguments."""
-    import json
+    """Exact canonical JSON of bound arguments (sorted keys, ASCII, types tagged),
+    as digested for approval ids. Raises :class:`NoCanonicalForm` for a value
+    whose state cannot be read exactly (an object with slots, a function, a
+    socket...)."""
+    try:
+        return _text(arguments, 0)
+    except NoCanonicalForm:
+        raise
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise NoCanonicalForm(f"{type(exc).__name__}: {exc}") from None
 
-    return json.dumps(
-        arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain
-    )
+
+def _shown(value: Any, depth: int = 0) -> Any:
+    """A JSON value for display (approvers, decision logs): never raises; secrets
+    and excluded model fields stay hidden (``model_dump(mode="json")``)."""
+    if depth > _MAX_DEPTH:
+        return "<nested too deeply>"
+    depth += 1
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 2**63 else f"<int of {value.bit_length()} bits>"
+    if isinstance(value, (list, tuple)):
+        return [_shown(v, depth) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _shown(v, depth) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted((_shown(v, depth) for v in value), key=repr)
+    if isinstance(value, (bytes, bytearray)):
+        return {"bytes": bytes(value).hex()}
+    try:
+        dump = getattr(value, "model_dump", None)
+        if callable(dump):
+            return _shown(dump(mode="json"), depth)
+        fields = getattr(type(value), "__dataclass_fields__", None)
+        if isinstance(fields, dict):
+            return {name: _shown(getattr(value, name), depth) for name in fields}
+        text = repr(value)
+    except Exception:  # a display must never fail the call
+        text = f"<{type(value).__qualname__}>"
+    return text if len(text) <= 1000 else text[:1000] + "..."
 
 
 def json_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
-    """``arguments`` as plain JSON values (what an approver is shown)."""
-    import json
-
-    loaded: dict[str, Any] = json.loads(canonical_arguments(dict(arguments)))
-    return loaded
+    """``arguments`` as plain JSON values (what an approver and the decision log
+    are shown); never raises."""
+    return {str(k): _shown(v) for k, v in arguments.items()}
 
 
 def approval_id(tool_id: str, arguments: Mapping[str, Any], user_id: str, version: str) -> str:
-    """The id of the approval request for this exact call (hex SHA-256)."""
+    """The id of the approval request for this exact call (hex SHA-256). Raises
+    :class:`NoCanonicalForm` when an argument cannot be digested exactly."""
     import hashlib
     import json
 
     text = json.dumps(
         [tool_id, canonical_arguments(dict(arguments)), user_id, version],
         separators=(",", ":"),
-        ensure_ascii=False,
+        ensure_ascii=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()
 

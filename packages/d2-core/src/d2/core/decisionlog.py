@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["DecisionLog", "dropped_total"]
 
 Sink = Callable[[dict[str, Any]], None]
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+# ASCII: a lone surrogate in a user id or an argument cannot break the UTF-8 write
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
 _dropped = [0]  # records dropped by every log of the process; read by the metrics
 _live: list[DecisionLog] = []  # logs whose writer runs (restarted after fork)
 
@@ -78,7 +79,7 @@ class DecisionLog:
         self._write_lock = threading.Lock()  # the writer vs flush(); never the caller's
         self._stop = threading.Event()
         self._warned = False
-        self._failed = False
+        self._failures = 0
         self._thread: threading.Thread | None = None
         self._start()
 
@@ -114,9 +115,10 @@ class DecisionLog:
         arguments = None
         if self.arguments and call is not None:
             try:
-                from .approvals import canonical_arguments
+                from .approvals import json_arguments
 
-                arguments = canonical_arguments(bound_arguments(call[2], call[0], call[1]))
+                shown = json_arguments(bound_arguments(call[2], call[0], call[1]))
+                arguments = _ENCODER.encode(shown)
             except Exception:
                 arguments = '"<unserializable>"'
         queue.append(
@@ -157,7 +159,8 @@ class DecisionLog:
         return os.fdopen(fd, "a", encoding="utf-8")
 
     def flush(self) -> None:
-        """Write every queued record now."""
+        """Write every queued record now. A record that cannot be encoded or a
+        sink that raises loses that record alone (counted as dropped)."""
         with self._write_lock:
             queue = self._queue
             if not queue:
@@ -165,28 +168,41 @@ class DecisionLog:
             records = []
             while queue:
                 records.append(self._record(queue.popleft()))
-            try:
-                if self._sink is not None:
-                    for record in records:
+            if self._sink is not None:
+                for record in records:
+                    try:
                         self._sink(record)
-                else:
-                    lines = "".join(
-                        json.dumps(r, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
-                        for r in records
-                    )
-                    with self._open_file() as fh:
-                        fh.write(lines)
+                    except Exception as exc:
+                        self._lost(1, exc)
+                return
+            lines = []
+            for record in records:
+                try:
+                    lines.append(_ENCODER.encode(record) + "\n")
+                except Exception as exc:
+                    self._lost(1, exc)
+            try:
+                with self._open_file() as fh:
+                    fh.write("".join(lines))
             except Exception as exc:
-                if not self._failed:
-                    self._failed = True
-                    import logging
+                self._lost(len(lines), exc)
 
-                    logging.getLogger("d2").warning(
-                        "d2: writing the decision log to %s failed (%s: %s); records lost",
-                        self.path or repr(self._sink),
-                        type(exc).__name__,
-                        exc,
-                    )
+    def _lost(self, count: int, exc: Exception) -> None:
+        """Records that could not be written: counted with the dropped ones;
+        logged the first time and then every 1,000th loss."""
+        before = self._failures
+        self._failures += count
+        _dropped[0] += count
+        if before == 0 or before // 1000 != self._failures // 1000:
+            import logging
+
+            logging.getLogger("d2").warning(
+                "d2: writing the decision log to %s failed (%s: %s); %d record(s) lost so far",
+                self.path or repr(self._sink),
+                type(exc).__name__,
+                exc,
+                self._failures,
+            )
 
     def _record(self, item: tuple[Any, ...]) -> dict[str, Any]:
         (

@@ -41,6 +41,7 @@ decided by the other rules. Steps 1-2 deny in every mode.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -444,7 +445,7 @@ class Evaluator:
         For ``d2 replay`` of calls whose arguments were not recorded:
         ``inputs=False`` skips the input rules (the first granting entry is
         chosen) and ``approval_holds`` answers for ``approval.when``."""
-        if rules.request_only and self._within_request_budget(rules):
+        if rules.request_only and self.log is None and self._within_request_budget(rules):
             return None
         adm = self._begin(rules, args, kwargs, arguments, inputs, approval_holds)
         if adm.store_needed:
@@ -460,6 +461,9 @@ class Evaluator:
             except Exception as exc:
                 result = _UNAVAILABLE
                 adm.problem = exc
+            except BaseException:  # cancelled or interrupted: the call does not run
+                self._release(adm)
+                raise
             self._taken(adm, result, now)
         return self._admitted(adm)
 
@@ -486,6 +490,9 @@ class Evaluator:
             except Exception as exc:
                 result = _UNAVAILABLE
                 adm.problem = exc
+            except BaseException:  # cancelled or interrupted: the call does not run
+                self._release(adm)
+                raise
             self._taken(adm, result, now)
         return self._admitted(adm)
 
@@ -537,8 +544,48 @@ class Evaluator:
         if grant is None:
             grant = rules.allow_grants(ctx.roles)[0]
         adm.grant = grant
-        if grant.request_limits:
-            spent = ctx.scope.spent
+        spent = ctx.scope.spent
+        for limit in grant.request_limits:  # 6b first: a used-up budget wins
+            if spent.get(limit.key, 0) >= limit.max:
+                self._stop(adm, _budget_error(rules, ctx, limit, None))
+                return adm
+        if grant.user_limits:
+            adm.counters = _counters(policy, grant.user_limits, ctx.user_id or "", _now())
+            adm.store_needed = True
+        approval = grant.approval
+        if approval is not None and (
+            not approval.input
+            or (
+                approval_holds
+                if approval_holds is not None
+                else _check_input(approval, args, kwargs, arguments) is None
+            )
+        ):
+            if policy.audit:  # never ask a person on behalf of an audited policy
+                err = _approval_error(rules, ctx, None, approval.path, None)
+                self._stop(adm, err)
+                return adm
+            from .approvals import ApprovalRequest, NoCanonicalForm, approval_id, json_arguments
+
+            version = policy.version_text
+            try:
+                exact = bound_arguments(arguments, args, kwargs, keep_self=True)
+                ident = approval_id(rules.tool_id, exact, ctx.user_id or "", version)
+            except NoCanonicalForm as exc:
+                self._stop(adm, _unapprovable(rules, ctx, approval.path, str(exc)))
+                return adm
+            adm.approval_id = ident
+            adm.request = ApprovalRequest(
+                id=ident,
+                tool_id=rules.tool_id,
+                user_id=ctx.user_id or "",
+                arguments=json_arguments(bound_arguments(arguments, args, kwargs)),
+                policy_version=version,
+                expires_at=_now() + approval.ttl,
+                approver_roles=approval.approvers,
+            )
+            adm.store_needed = True
+        if grant.request_limits:  # reserved last: nothing above can leak a reservation
             full = None
             with _spend_lock:
                 for limit in grant.request_limits:
@@ -548,39 +595,10 @@ class Evaluator:
                 else:
                     for limit in grant.request_limits:
                         spent[limit.key] = spent.get(limit.key, 0) + 1
-            if full is not None:
+            if full is not None:  # another thread of this request took the last one
                 self._stop(adm, _budget_error(rules, ctx, full, None))
                 return adm
             adm.reserved = grant.request_limits
-        if grant.user_limits:
-            adm.counters = _counters(policy, grant.user_limits, ctx.user_id or "", _now())
-            adm.store_needed = True
-        approval = grant.approval
-        if approval is not None and (
-            approval_holds
-            if approval_holds is not None
-            else not approval.input or _check_input(approval, args, kwargs, arguments) is None
-        ):
-            if policy.audit:  # never ask a person on behalf of an audited policy
-                err = _approval_error(rules, ctx, None, approval.path, None)
-                self._stop(adm, err)
-                return adm
-            from .approvals import ApprovalRequest, approval_id, json_arguments
-
-            bound = bound_arguments(arguments, args, kwargs)
-            version = policy.version_text
-            ident = approval_id(rules.tool_id, bound, ctx.user_id or "", version)
-            adm.approval_id = ident
-            adm.request = ApprovalRequest(
-                id=ident,
-                tool_id=rules.tool_id,
-                user_id=ctx.user_id or "",
-                arguments=json_arguments(bound),
-                policy_version=version,
-                expires_at=_now() + approval.ttl,
-                approver_roles=approval.approvers,
-            )
-            adm.store_needed = True
         return adm
 
     def _stop(self, adm: _Admission, err: PermissionDeniedError) -> None:
@@ -725,7 +743,16 @@ class Evaluator:
             return Decision(False, err.reason, err.trace, None, err)
         chosen = chosen or allowed[0]
         for limit in chosen.limits:
-            trace.append(TraceStep("budget", "pass", f"limited to {limit.describe()}", limit.path))
+            if limit.per == "request":
+                used = ctx.scope.spent.get(limit.key, 0)
+                detail = f"limited to {limit.describe()}: {used} used in this request"
+                if used >= limit.max and not policy.audit:
+                    trace.append(TraceStep("budget", "deny", detail, limit.path))
+                    err = _budget_error(rules, ctx, limit, None)
+                    return Decision(False, err.reason, tuple(trace), None, err)
+            else:
+                detail = f"limited to {limit.describe()} (explain does not ask the store)"
+            trace.append(TraceStep("budget", "pass", detail, limit.path))
         if chosen.approval is not None:
             approval = chosen.approval
             needed = not approval.input or _check_input(approval, args, kwargs, arguments) is None
@@ -1144,6 +1171,28 @@ def _approval_error(
     )
 
 
+def _unapprovable(
+    rules: ToolRules, ctx: UserContext, path: str, problem: str
+) -> PermissionDeniedError:
+    detail = (
+        f"the call needs an approval, but its arguments cannot be digested exactly "
+        f"({problem}), so no approval could be tied to this call alone; pass plain "
+        "values (JSON types, dataclasses, pydantic models, enums, dates)"
+    )
+    return PermissionDeniedError(
+        f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail} ({path})",
+        tool_id=rules.tool_id,
+        user_id=ctx.user_id,
+        roles=ctx.roles,
+        reason="approval_unsupported",
+        trace=(
+            *_base_trace(rules.policy, ctx),
+            _rbac_step(rules, ctx),
+            TraceStep("approval", "deny", detail, path),
+        ),
+    )
+
+
 def _audit_error(rules: ToolRules, ctx: UserContext, denial: _Denial) -> PermissionDeniedError:
     """What an audited rule would have refused (reported, never raised)."""
     reason, detail, path = denial
@@ -1177,6 +1226,15 @@ def _log_store_problem(exc: BaseException | None) -> None:
         exc,
     )
 
+
+def _fresh_lock_after_fork() -> None:
+    # a fork while another thread held the lock would leave it held for good
+    global _spend_lock
+    _spend_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock_after_fork)
 
 _evaluators: dict[str, Evaluator] = {}
 

@@ -252,7 +252,26 @@ def _build(
                     f"loop. Use `await {name}.aio(...)` or make the tool async"
                 )
 
+        async def budgeted_stream(rules: ToolRules, args: Any, kwargs: Any) -> Any:
+            # An async generator tool with budgets or approvals: the store is asked
+            # with the async client when iteration starts, never blocking the loop.
+            try:
+                out = await admit_async(rules, args, kwargs, arguments)
+            except PermissionDeniedError as err:
+                if raising:
+                    raise
+                async for item in _stream_async(handle(err)):
+                    yield item
+                return
+            result = _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=False)
+            if out is not None:
+                result = sanitized(rules, out, result)
+            async for item in result:
+                yield item
+
         def slow_sync(rules: ToolRules, args: Any, kwargs: Any) -> Any:
+            if is_agen and rules.budgeted:
+                return budgeted_stream(rules, args, kwargs)
             out = admit(rules, args, kwargs, arguments) if rules.guarded else None
             if out is None and not rules.guarded and evaluator.wants_args:
                 passed(rules, args, kwargs, arguments)
@@ -277,6 +296,8 @@ def _build(
                     in_loop()
                 try:
                     rules = check(tool_id)
+                    if is_agen and rules.budgeted:
+                        return budgeted_stream(rules, args, kwargs)
                     out = admit(rules, args, kwargs, arguments) if rules.guarded else None
                     if not rules.guarded and evaluator.wants_args:
                         passed(rules, args, kwargs, arguments)

@@ -393,6 +393,16 @@ def _attach(
     ev = manager.evaluator
     if store is not None:
         ev.store = store
+        policy = ev.policy
+        if policy is not None and policy.name is None and type(store).__name__ != "MemoryStore":
+            import logging
+
+            logging.getLogger("d2").warning(
+                "d2: the policy in force has no metadata.name, but its budgets and approvals "
+                "live in a shared store (%s): every unnamed app sharing it shares their "
+                "counters; give each app's policy its own metadata.name",
+                type(store).__name__,
+            )
         if owned:
             manager.owned_store = store
     elif ev.store is not None and type(ev.store).__name__ != "MemoryStore":

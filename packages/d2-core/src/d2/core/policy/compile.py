@@ -288,6 +288,54 @@ def _approval(c: _Checker, path: str, raw: object) -> Approval | None:
     return Approval(when, names, ttl, path)
 
 
+def _covers(outer: str, inner: str, groups: Mapping[str, tuple[str, ...]]) -> bool:
+    """Does every tool id ``inner`` can match also match ``outer``?"""
+    if outer in ("*", inner):
+        return True
+    if inner == "*":
+        return False
+    members = groups.get(inner[1:], ()) if inner.startswith("@") else None
+    if outer.startswith("@"):
+        group = set(groups.get(outer[1:], ()))
+        if members is not None:
+            return set(members) <= group
+        return not inner.endswith("*") and inner in group
+    if outer.endswith("*"):
+        prefix = outer[:-1]
+        if members is not None:
+            return all(m.startswith(prefix) for m in members)
+        return inner.startswith(prefix)
+    return members is not None and bool(members) and set(members) == {outer}
+
+
+def _shadowed_budgets(
+    c: _Checker, entries: list[RoleEntry], groups: Mapping[str, tuple[str, ...]]
+) -> None:
+    """The first granting entry (policy order) decides a call, so ``limits`` or an
+    ``approval`` behind an earlier unconditional grant of the same role for the
+    same tools would never apply: refuse it rather than fail open."""
+    grants = [g for e in entries for g in e.grants if g.allow]
+    for later in grants:
+        if not (later.limits or later.approval):
+            continue
+        for earlier in grants:
+            if earlier.order >= later.order:
+                break
+            shared = sorted(set(earlier.roles) & set(later.roles))
+            if shared and not earlier.input and _covers(earlier.pattern, later.pattern, groups):
+                what = " and ".join(
+                    k for k, v in (("limits", later.limits), ("approval", later.approval)) if v
+                )
+                c.error(
+                    later.path,
+                    f"its {what} never apply to role(s) {', '.join(shared)}: the earlier "
+                    f"grant {earlier.path} ({short(earlier.pattern)}) admits the same calls "
+                    "first (the first granting entry decides); move this entry above it, "
+                    "or narrow the earlier one",
+                )
+                break
+
+
 def compile_policy(
     document: object,
     *,
@@ -429,6 +477,7 @@ def _compile(
         entries.append(RoleEntry(roles, tuple(grants), path))
 
     sequences, tracked = compile_sequences(c, sequence_specs, groups)
+    _shadowed_budgets(c, entries, groups)
     known_roles = tuple(sorted({r for e in entries for r in e.roles}))
     for approval in approvals:
         for i, role in enumerate(approval.approvers):

@@ -115,6 +115,14 @@ class Grant:
         audit: bool = False,
     ) -> None:
         self.limits = limits
+        seen: dict[tuple[str, float | None], int] = {}
+        for limit in limits:
+            # a counter is named by what it counts, not by where the limit sits in the
+            # file: reordering or inserting entries keeps every budget where it was
+            n = seen[(limit.per, limit.window)] = seen.get((limit.per, limit.window), -1) + 1
+            limit.key = "\x1f".join(
+                (pattern, ",".join(sorted(roles)), limit.per, f"{limit.window or 0:g}", str(n))
+            )
         self.request_limits = tuple(lim for lim in limits if lim.per == "request")
         self.user_limits = tuple(lim for lim in limits if lim.per == "user")
         self.approval = approval

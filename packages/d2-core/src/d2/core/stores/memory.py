@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Sequence
 
 from ..approvals import ApprovalRequest
@@ -24,6 +26,7 @@ class MemoryStore(Store):
         self._counts: dict[str, tuple[int, float]] = {}  # key -> (count, expires_at)
         self._approvals: dict[str, ApprovalState] = {}
         self._takes = 0
+        _stores.add(self)
 
     def _count(self, key: str, now: float) -> int:
         found = self._counts.get(key)
@@ -87,3 +90,16 @@ class MemoryStore(Store):
 
     def __repr__(self) -> str:
         return f"<MemoryStore counters={len(self._counts)} approvals={len(self._approvals)}>"
+
+
+_stores: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
+
+
+def _fresh_locks_after_fork() -> None:
+    # a fork while another thread held a lock would leave it held for good
+    for store in list(_stores):
+        store._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_locks_after_fork)
