@@ -1147,7 +1147,7 @@ def test_limits_or_approval_behind_an_earlier_grant_are_refused() -> None:
             ]
         }
     )
-    assert errs[0].startswith("policies[0].permissions[1]: its approval never apply")
+    assert errs[0].startswith("policies[0].permissions[1]: its approval would never apply")
     assert "policies[0].permissions[0]" in errs[0]
     # a more specific grant first, or an earlier grant with input conditions, is fine
     compile_policy(

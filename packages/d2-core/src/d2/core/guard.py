@@ -457,7 +457,9 @@ def d2_guard(
     configured instance decides.
 
     Works on functions, ``async def``, methods, static and class methods and
-    (async) generator functions, decided when called. Sync tools get
+    (async) generator functions, decided when called (an async generator tool with
+    budgets or approvals is decided when iteration starts, so its store is asked
+    without blocking the event loop). Sync tools get
     ``await tool.aio(...)``, which runs them in a worker thread.
     """
     if tool_id is not None and not isinstance(tool_id, str):

@@ -328,7 +328,7 @@ def _shadowed_budgets(
                 )
                 c.error(
                     later.path,
-                    f"its {what} never apply to role(s) {', '.join(shared)}: the earlier "
+                    f"its {what} would never apply to role(s) {', '.join(shared)}: the earlier "
                     f"grant {earlier.path} ({short(earlier.pattern)}) admits the same calls "
                     "first (the first granting entry decides); move this entry above it, "
                     "or narrow the earlier one",
