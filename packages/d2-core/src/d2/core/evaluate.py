@@ -445,6 +445,8 @@ class Evaluator:
         For ``d2 replay`` of calls whose arguments were not recorded:
         ``inputs=False`` skips the input rules (the first granting entry is
         chosen) and ``approval_holds`` answers for ``approval.when``."""
+        if not rules.budgeted:  # conditions, sequences, data flow: no store, no budget
+            return self._admit_plain(rules, args, kwargs, arguments, inputs)
         if rules.request_only and self.log is None and self._within_request_budget(rules):
             return None
         adm = self._begin(rules, args, kwargs, arguments, inputs, approval_holds)
@@ -659,6 +661,46 @@ class Evaluator:
                 state.state if state is not None else None,
             )
         self._stop(adm, err)
+
+    def _admit_plain(
+        self,
+        rules: ToolRules,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        arguments: Arguments | None,
+        inputs: bool,
+    ) -> OutputRules | None:
+        """:meth:`admit` for a tool without budgets or approvals (the lean path:
+        steps 4-7 with nothing allocated when the call passes)."""
+        ctx = current_context()
+        started = perf_counter() if self.log is not None else 0.0
+        output, denial, grant, audited = _layers(rules, ctx, args, kwargs, arguments, None, inputs)
+        if denial is not None:
+            err = _guardrail_error(rules, ctx, denial, args, kwargs, arguments)
+            if not rules.policy.audit:
+                raise self._refuse(err, ctx, started)
+            if self.observer is not None:  # audit mode: it runs, unrecorded
+                self.observer(
+                    rules.tool_id, ctx, err.reason, "would_deny", rules, started, err, None,
+                    (args, kwargs, arguments),
+                )  # fmt: skip
+            return None
+        if self.observer is not None:
+            would = _audit_error(rules, ctx, audited) if audited is not None else None
+            self.observer(
+                rules.tool_id, ctx, would.reason if would else None,
+                "would_deny" if would else "allowed", rules, started, would, grant,
+                (args, kwargs, arguments),
+            )  # fmt: skip
+        scope = ctx.scope
+        # Step 7. History is kept while the policy has sequence or data-flow rules
+        # (a request that never meets one keeps no history, however long it runs).
+        if rules.policy.sequences or rules.policy.flow_labels:
+            scope.history.append(rules.tool_id)
+        if rules.labels:
+            for label in rules.labels:
+                scope.facts.setdefault(label, rules.tool_id)
+        return output
 
     def _admitted(self, adm: _Admission) -> OutputRules | None:
         """Report the decision and record the call (step 7)."""
