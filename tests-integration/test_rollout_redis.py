@@ -216,3 +216,21 @@ def test_async_tools_use_the_asyncio_client(tmp_path: Path, redis: RedisServer) 
 
     results, reason = asyncio.run(scenario())
     assert results == ["found"] * 3 and reason == "budget_unavailable"
+
+
+def test_one_store_serves_apps_that_run_several_event_loops(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    policy = write_policy(tmp_path / "policy.json", "loops")
+    configure_rbac_sync(source=str(policy), store=redis.url)
+
+    @d2_guard("search")
+    async def search() -> str:
+        return "found"
+
+    async def once() -> str:
+        set_user("agent-7", roles=["agent"])
+        return await search()
+
+    # asyncio.run per call (scripts, tests, serverless handlers): a fresh loop each time
+    assert [asyncio.run(once()) for _ in range(4)] == ["found"] * 4

@@ -8,7 +8,7 @@ import re
 
 import agents
 import pytest
-from agents import Agent, Runner, Tool, function_tool
+from agents import Agent, Runner, RunResult, Tool, function_tool
 from agents.testing import ScriptedModel, assistant_message, function_call
 from d2.agents.openai_agents import approval_request, approve_item, guard_tools, reject_item
 from d2.core import PermissionDeniedError, approve, set_user
@@ -160,3 +160,31 @@ async def test_an_exhausted_budget_is_a_short_tool_output(tools: list[Tool]) -> 
     match = re.fullmatch(r"budget exceeded for web\.fetch; retry after (\d+)s", sent["fy"])
     assert match is not None and 0 < int(match.group(1)) <= 3600
     assert RAN == ["web_search", "web_search", "web_fetch"]
+
+
+async def test_interruptions_of_two_users_with_one_call_id_are_never_confused(
+    tools: list[Tool],
+) -> None:
+    from d2.core import ConfigurationError
+
+    async def interrupted(user: str) -> tuple[Agent[None], RunResult]:
+        model = ScriptedModel(
+            [[function_call("refund", REFUND, call_id="same")], [assistant_message("ok")]]
+        )
+        agent = Agent(name="support", model=model, tools=tools)
+        set_user(user, roles=["agent"])
+        return agent, await Runner.run(agent, "refund o1")
+
+    _, alice = await interrupted("alice")
+    mallory_agent, mallory = await interrupted("mallory")
+    item = alice.interruptions[0]
+    assert approval_request(item) is None  # ambiguous: never the other user's request
+    set_user("bob", roles=["finance_lead"])
+    state = alice.to_state()
+    with pytest.raises(ConfigurationError, match="pending_approvals"):
+        await approve_item(state, item)
+    set_user("mallory", roles=["agent"])
+    mallory_state = mallory.to_state()
+    mallory_state.approve(mallory.interruptions[0])  # the SDK alone: D2 still asks
+    await Runner.run(mallory_agent, mallory_state)
+    assert RAN == []

@@ -806,3 +806,72 @@ def test_read_log_refuses_bytes_that_are_not_utf8(tmp_path: Path) -> None:
 def test_read_log_of_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"cannot read decision log .*missing\.jsonl"):
         read_log(tmp_path / "missing.jsonl")
+
+
+# -- regressions from a second review -------------------------------------------------
+
+
+def test_refused_calls_record_their_arguments_so_loosening_a_rule_shows() -> None:
+    entry = {
+        "role": "agent",
+        "permissions": [
+            {"tool": "fetch", "conditions": {"input": {"limit": {"max": 50}}}},
+            {
+                "tool": "refund",
+                "approval": {"when": {"amount": {"gt": 100}}, "approvers": ["lead"]},
+            },
+        ],
+    }
+    lead = {"role": "lead", "permissions": ["refund"]}
+    fetch = d2_guard("fetch")(lambda limit: limit)
+    refund = d2_guard("refund")(lambda amount: amount)
+
+    def scenario() -> None:
+        set_user("u", roles=["agent"])
+        fetch(10)
+        assert denied(lambda: fetch(100)) == "input_validation"
+        assert denied(lambda: refund(500)) == "approval_required"
+
+    records, policy = run(policy_document(entry, lead), scenario, arguments=True)
+    assert all("arguments" in r for r in records)  # refusals too
+    assert_no_change(replay(records, policy), records)
+    looser = json.loads(json.dumps(entry))
+    looser["permissions"][0]["conditions"]["input"]["limit"]["max"] = 5000
+    looser["permissions"][1]["approval"]["when"]["amount"]["gt"] = 1000
+    report = replay(records, candidate(looser, lead))
+    assert {(c.tool_id, c.before, c.after) for c in report.changes} == {
+        ("fetch", "denied", "allowed"),
+        ("refund", "denied", "allowed"),
+    }
+
+
+def test_parts_a_replay_cannot_judge_are_counted_as_notes() -> None:
+    entry = {
+        "role": "agent",
+        "permissions": [
+            {"tool": "fetch", "conditions": {"input": {"limit": {"max": 50}}}},
+            {"tool": "search", "limits": [{"max": 3, "per": "user", "window": "1d"}]},
+        ],
+    }
+    fetch = d2_guard("fetch")(lambda limit: limit)
+    search = d2_guard("search")(lambda: None)
+
+    def scenario() -> None:
+        set_user("u", roles=["agent"])
+        fetch(10)
+        search()
+
+    records, policy = run(policy_document(entry), scenario)
+    report = replay(records, policy)
+    assert report.changed == 0
+    assert set(report.notes) == {
+        "input rules or approval.when not judged: the call's arguments were not recorded",
+        "per: user budgets taken as recorded, not counted again",
+    }
+
+
+def test_a_deeply_nested_line_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "deep.jsonl"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigurationError, match=r"deep.jsonl:1"):
+        read_log(path)

@@ -68,6 +68,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from d2.core import (
     ApprovalRequest,
+    ConfigurationError,
     PermissionDeniedError,
     TraceStep,
     approve_async,
@@ -154,7 +155,24 @@ def approval_request(item: ToolApprovalItem) -> ApprovalRequest | None:
     except ValueError:
         return None
     found = _REQUESTS.get(_request_key(item.name, call_id, parsed))
-    return found if isinstance(found, ApprovalRequest) else None
+    if not isinstance(found, dict) or len(found) != 1:
+        return None  # unknown, or ambiguous (see approve_item)
+    (request,) = found.values()
+    return request if isinstance(request, ApprovalRequest) else None
+
+
+def _ambiguous(item: ToolApprovalItem) -> int:
+    """How many distinct D2 requests share this interruption's call id, tool and
+    arguments (more than one: several users' runs produced the same call id)."""
+    raw = item.raw_item
+    get = raw.get if isinstance(raw, dict) else lambda key: getattr(raw, key, None)
+    call_id, arguments = get("call_id"), get("arguments")
+    try:
+        parsed = json.loads(arguments) if isinstance(arguments, str) and arguments else {}
+    except ValueError:
+        return 0
+    found = _REQUESTS.get(_request_key(item.name or "", str(call_id), parsed))
+    return len(found) if isinstance(found, dict) else 0
 
 
 async def approve_item(
@@ -165,6 +183,12 @@ async def approve_item(
     holds none of its approver roles or asked for the call), then the SDK's
     ``state.approve(item)``. Resume the run as the requester: the call runs once.
     Returns the D2 request (``None`` when D2 did not ask for this call)."""
+    if _ambiguous(item) > 1:
+        raise ConfigurationError(
+            "several D2 approval requests match this interruption (runs of different "
+            "users produced the same call id and arguments): approve the right one with "
+            "d2.approve(request_id), picked from d2.pending_approvals()"
+        )
     request = approval_request(item)
     if request is not None:
         await approve_async(request.id, instance_name=instance_name)
@@ -182,6 +206,12 @@ async def reject_item(
     """Reject an interruption as the current user: the D2 request behind it
     (``d2.reject_async``, same rules as :func:`approve_item`), then
     ``state.reject(item)``; the model reads ``rejection_message`` (or the SDK's)."""
+    if _ambiguous(item) > 1:
+        raise ConfigurationError(
+            "several D2 approval requests match this interruption (runs of different "
+            "users produced the same call id and arguments): reject the right one with "
+            "d2.reject(request_id), picked from d2.pending_approvals()"
+        )
     request = approval_request(item)
     if request is not None:
         await reject_async(request.id, instance_name=instance_name)
@@ -413,7 +443,9 @@ def guard_tool(
         decided = await _decide_early(gate, args, kwargs)
         request = approval_of(decided) if isinstance(decided, PermissionDeniedError) else None
         if request is not None:  # hold the call: the SDK interrupts the run
-            _REQUESTS[_request_key(guarded.name, call_id, params)] = request
+            key = _request_key(guarded.name, call_id, params)
+            known = _REQUESTS.get(key)
+            _REQUESTS[key] = {**(known if isinstance(known, dict) else {}), request.id: request}
             return True
         if isinstance(decided, (PermissionDeniedError, _Parked)):
             _DECIDED[_call_key(tool_id, call_id)] = decided

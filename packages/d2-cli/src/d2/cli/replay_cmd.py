@@ -170,6 +170,8 @@ def replay(
             out.note("the candidate is in audit mode: its denials show as would_deny")
         report = run_replay(records, candidate)
         _render(out, report, str(policy))
+        for what, n in report.notes.items():  # stderr, also with --json
+            out.warn(f"judged in part: {n} record{'s' * (n != 1)}: {what}")
         out.emit(report_json(report))
         return FAILED if fail_on_change and report.changed else OK
 

@@ -328,10 +328,17 @@ class Evaluator:
         return rules
 
     def _refuse(
-        self, err: PermissionDeniedError, ctx: UserContext, started: float = 0.0
+        self,
+        err: PermissionDeniedError,
+        ctx: UserContext,
+        started: float = 0.0,
+        call: tuple[Any, ...] | None = None,
     ) -> PermissionDeniedError:
+        """Report a denial (``call``: the arguments, when known) and return it."""
         if self.observer is not None:
-            self.observer(err.tool_id or "", ctx, err.reason, "denied", None, started, err)
+            self.observer(
+                err.tool_id or "", ctx, err.reason, "denied", None, started, err, None, call
+            )
         return err
 
     # -- everything below runs only for denials or queries ---------------------------
@@ -537,7 +544,7 @@ class Evaluator:
         if denial is not None:
             err = _guardrail_error(rules, ctx, denial, args, kwargs, arguments)
             if not policy.audit:
-                raise self._refuse(err, ctx, adm.started)
+                raise self._refuse(err, ctx, adm.started, adm.call)
             adm.would = err
             return adm
         adm.output, adm.audited = output, audited
@@ -611,7 +618,7 @@ class Evaluator:
         if adm.rules.policy.audit:
             adm.would = err
             return
-        raise self._refuse(err, adm.ctx, adm.started)
+        raise self._refuse(err, adm.ctx, adm.started, adm.call)
 
     @staticmethod
     def _release(adm: _Admission) -> None:
@@ -678,7 +685,7 @@ class Evaluator:
         if denial is not None:
             err = _guardrail_error(rules, ctx, denial, args, kwargs, arguments)
             if not rules.policy.audit:
-                raise self._refuse(err, ctx, started)
+                raise self._refuse(err, ctx, started, (args, kwargs, arguments))
             if self.observer is not None:  # audit mode: it runs, unrecorded
                 self.observer(
                     rules.tool_id, ctx, err.reason, "would_deny", rules, started, err, None,

@@ -92,7 +92,10 @@ class Change:
 class ReplayReport:
     """What a replay found: ``records`` read, ``changed`` (``len(changes)``), the
     ``changes`` in log order, ``unchanged`` records, and ``skipped`` records that
-    cannot be judged again with ``skip_reasons`` (why -> count)."""
+    cannot be judged again with ``skip_reasons`` (why -> count). ``notes`` counts
+    records judged only in part: input rules or ``approval.when`` of the candidate
+    that could not be checked (no recorded arguments), and ``per: user`` budgets
+    taken as recorded rather than counted again."""
 
     records: int = 0
     changed: int = 0
@@ -100,6 +103,11 @@ class ReplayReport:
     unchanged: int = 0
     skipped: int = 0
     skip_reasons: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)
+
+    def note(self, what: str) -> None:
+        """Count one record that was judged only in part (``notes``: what -> count)."""
+        self.notes[what] = self.notes.get(what, 0) + 1
 
     def skip(self, why: str) -> None:
         """Count one skipped record."""
@@ -173,7 +181,7 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 record = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as exc:
                 raise ConfigurationError(f"{name}:{number}: not UTF-8 text: {exc}") from None
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise ConfigurationError(f"{name}:{number}: not valid JSON: {exc}") from None
             problem = _problem(record)
             if problem is not None:
@@ -310,8 +318,15 @@ def _always_approved(rules: ToolRules, inputs_fail: bool) -> bool:
     return False
 
 
+NOTE_INPUTS = "input rules or approval.when not judged: the call's arguments were not recorded"
+NOTE_USER_BUDGETS = "per: user budgets taken as recorded, not counted again"
+
+
 def _evaluate(
-    evaluator: _ReplayEvaluator, store: _ReplayStore, record: Mapping[str, Any]
+    evaluator: _ReplayEvaluator,
+    store: _ReplayStore,
+    record: Mapping[str, Any],
+    report: ReplayReport,
 ) -> tuple[str, str | None, str | None]:
     """(decision, reason, rule) of the candidate for one record, in the current
     context."""
@@ -321,6 +336,14 @@ def _evaluate(
     raised: PermissionDeniedError | None = None
     try:
         rules = evaluator.check(tool_id)
+        if rules.budgeted or rules.conditional:
+            grants = rules.allow_grants(current_context().roles)
+            if not isinstance(record.get("arguments"), dict) and any(
+                g.input or (g.approval is not None and g.approval.input) for g in grants
+            ):
+                report.note(NOTE_INPUTS)
+            if any(g.user_limits for g in grants):
+                report.note(NOTE_USER_BUDGETS)
         if rules.guarded:
             arguments = record.get("arguments")
             if isinstance(arguments, dict):
@@ -387,7 +410,7 @@ def replay(records: Iterable[Mapping[str, Any]], policy: CompiledPolicy) -> Repl
             roles = normalise_roles(record["roles"])
             token = attach(UserContext(user_id, roles, scope))
             try:
-                after, reason, rule = _evaluate(evaluator, store, record)
+                after, reason, rule = _evaluate(evaluator, store, record, report)
             finally:
                 detach(token)
             if (after, reason) == (before, before_reason):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -152,6 +153,18 @@ def _state(request_json: Any, state: Any, by: Any) -> ApprovalState:
     )
 
 
+async def _close_with_loop(client: Any, owned: list[Any]) -> Any:
+    """Suspended until its event loop shuts its async generators down, then closes
+    ``client`` on that loop (so no connection outlives it)."""
+    try:
+        yield
+    finally:
+        if client in owned:
+            owned.remove(client)
+        closer = getattr(client, "aclose", None) or client.close
+        await closer()
+
+
 class RedisStore(Store):
     """Budgets and approvals in Redis, shared by every process that uses the same
     server and ``prefix``.
@@ -200,6 +213,10 @@ class RedisStore(Store):
             self._shown = _client_url(client if client is not None else async_client)
         self._client = client
         self._async: Any = async_client
+        self._per_loop: weakref.WeakKeyDictionary[Any, tuple[Any, dict[str, Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._closers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._scripts = self._register(client) if client is not None else None
         self._async_scripts = self._register(async_client) if async_client is not None else None
 
@@ -260,25 +277,39 @@ class RedisStore(Store):
             )
         return self._client, self._scripts
 
-    def _async_client(self) -> tuple[Any, dict[str, Any]] | None:
-        """The async client and its scripts, made on first use from the URL;
-        ``None`` when there is neither (then the sync client runs in a thread)."""
-        if self._async is None:
-            if self._url is None:
+    async def _async_client(self) -> tuple[Any, dict[str, Any]] | None:
+        """The async client and its scripts; ``None`` when there is neither (then
+        the sync client runs in a thread). A store built from a URL makes one
+        client per event loop (an asyncio client cannot outlive its loop: an app
+        calling ``asyncio.run`` more than once gets a fresh one each time)."""
+        if self._url is None:
+            if self._async is None:
                 return None
+            assert self._async_scripts is not None
+            return self._async, self._async_scripts
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        found = self._per_loop.get(loop)
+        if found is None:
             with self._lock:
-                if self._async is None:
+                found = self._per_loop.get(loop)
+                if found is None:
                     try:
                         made = self._redis.asyncio.Redis.from_url(
                             self._url, **self._client_options(async_=True)
                         )
                     except (ValueError, TypeError):
                         raise self._bad_url(self._url) from None
-                    self._async_scripts = self._register(made)
+                    found = (made, self._register(made))
+                    self._per_loop[loop] = found
                     self._owned.append(made)
-                    self._async = made
-        assert self._async_scripts is not None
-        return self._async, self._async_scripts
+            # closed with its loop: asyncio.run() finalizes live async generators
+            # (loop.shutdown_asyncgens) before it closes the loop
+            closer = _close_with_loop(found[0], self._owned)
+            await closer.__anext__()
+            self._closers[loop] = closer
+        return found
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self._prefix}{kind}:{name}"
@@ -401,7 +432,7 @@ class RedisStore(Store):
         """Async twin of :meth:`take` (never blocks the event loop)."""
         if not counters and approval is None:
             return TAKEN
-        made = self._async_client()
+        made = await self._async_client()
         if made is None:
             return await asyncio.to_thread(self.take, counters, approval, now)
         keys, args = self._take_call(counters, approval, now)
@@ -410,7 +441,7 @@ class RedisStore(Store):
 
     async def request_approval_async(self, request: ApprovalRequest, now: float) -> ApprovalState:
         """Async twin of :meth:`request_approval`."""
-        made = self._async_client()
+        made = await self._async_client()
         if made is None:
             return await asyncio.to_thread(self.request_approval, request, now)
         keys, args = self._request_call(request, now)
@@ -420,7 +451,7 @@ class RedisStore(Store):
 
     async def get_approval_async(self, request_id: str, now: float) -> ApprovalState | None:
         """Async twin of :meth:`get_approval`."""
-        made = self._async_client()
+        made = await self._async_client()
         if made is None:
             return await asyncio.to_thread(self.get_approval, request_id, now)
         with self._guard():
@@ -431,7 +462,7 @@ class RedisStore(Store):
         self, request_id: str, approve: bool, by: str, now: float
     ) -> bool:
         """Async twin of :meth:`decide_approval`."""
-        made = self._async_client()
+        made = await self._async_client()
         if made is None:
             return await asyncio.to_thread(self.decide_approval, request_id, approve, by, now)
         keys, args = self._decide_call(request_id, approve, by, now)
@@ -440,7 +471,7 @@ class RedisStore(Store):
 
     async def pending_approvals_async(self, now: float) -> list[ApprovalRequest]:
         """Async twin of :meth:`pending_approvals`."""
-        made = self._async_client()
+        made = await self._async_client()
         if made is None:
             return await asyncio.to_thread(self.pending_approvals, now)
         client = made[0]
@@ -460,14 +491,21 @@ class RedisStore(Store):
         return self._read_pending(found, now)
 
     async def aclose(self) -> None:
-        """Close every client made from the URL."""
+        """Close every client made from the URL (async clients of loops that have
+        ended are dropped: their connections closed with their loop)."""
+        import asyncio
+
+        current = asyncio.get_running_loop()
+        mine = self._per_loop.get(current)
         for client in list(self._owned):
             if isinstance(client, self._redis.asyncio.Redis):
-                closer = getattr(client, "aclose", None) or client.close
-                await closer()
+                if mine is not None and client is mine[0]:
+                    closer = getattr(client, "aclose", None) or client.close
+                    await closer()
             else:
                 client.close()
             self._owned.remove(client)
+        self._per_loop = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"<RedisStore {self._shown} prefix={self._prefix!r}>"
