@@ -108,3 +108,45 @@ async def test_an_exhausted_budget_is_a_short_tool_error(tools: dict[str, BaseTo
         await tools["web_fetch"].ainvoke({"url": "z"})
     assert not isinstance(info.value, ApprovalPending)
     assert info.value.error.retry_after is not None
+
+
+def test_tool_subclasses_with_their_own_run_are_guarded_whole(hitl: dict[str, str]) -> None:
+    from langchain_core.tools import StructuredTool, Tool
+    from pydantic import BaseModel
+
+    ran: list[Any] = []
+
+    class Args(BaseModel):
+        order: str
+        amount: int
+
+    class Refund(StructuredTool):
+        def _run(self, order: str, amount: int, **kw: Any) -> str:
+            ran.append(amount)
+            return f"refunded {amount}"
+
+    class Shell(Tool):
+        async def _arun(self, *args: Any, **kw: Any) -> str:
+            ran.append("async shell")
+            return "ran"
+
+    refund = Refund(name="refund", description="Refund", args_schema=Args, func=None)
+    shell = Shell(name="shell", description="Shell", func=lambda q: ran.append(q) or "ran")
+    guarded, gshell = guard_tools([refund, shell], tool_ids={**hitl, "shell": "web.search"})
+    set_user("mallory", roles=["nobody"])
+    for run in (lambda: guarded.invoke({"order": "o1", "amount": 5}), lambda: gshell.invoke("x")):
+        with pytest.raises(ToolDenied):
+            run()
+    assert ran == []
+    set_user("alice", roles=["agent"])
+    assert guarded.invoke({"order": "o1", "amount": 5}) == "refunded 5"
+    assert gshell.invoke("ls") == "ran"
+    with pytest.raises(ApprovalPending) as info:
+        guarded.invoke({"order": "o1", "amount": 500}, {"run_name": "first"})
+    request = info.value.request
+    assert request.arguments == {"order": "o1", "amount": 500}  # the run's config is not shown
+    set_user("dana", roles=["finance_lead"])
+    approve(request.id)
+    set_user("alice", roles=["agent"])
+    # another run config, the same call: the approval covers it
+    assert guarded.invoke({"order": "o1", "amount": 500}, {"run_name": "retry"}) == "refunded 500"

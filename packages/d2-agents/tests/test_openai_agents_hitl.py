@@ -8,7 +8,7 @@ import re
 
 import agents
 import pytest
-from agents import Agent, Runner, RunResult, Tool, function_tool
+from agents import Agent, RunContextWrapper, Runner, RunResult, Tool, function_tool
 from agents.testing import ScriptedModel, assistant_message, function_call
 from d2.agents.openai_agents import approval_request, approve_item, guard_tools, reject_item
 from d2.core import PermissionDeniedError, approve, set_user
@@ -188,3 +188,30 @@ async def test_interruptions_of_two_users_with_one_call_id_are_never_confused(
     mallory_state.approve(mallory.interruptions[0])  # the SDK alone: D2 still asks
     await Runner.run(mallory_agent, mallory_state)
     assert RAN == []
+
+
+async def test_tools_taking_the_run_context_can_be_approved(hitl: dict[str, str]) -> None:
+    ran: list[int] = []
+
+    @function_tool
+    def refund(ctx: RunContextWrapper[None], order: str, amount: int) -> str:
+        """Refund an order."""
+        ran.append(amount)
+        return f"refunded {amount}"
+
+    tools = guard_tools([refund], tool_ids=hitl)
+    model = ScriptedModel(
+        [[function_call("refund", REFUND, call_id="c1")], [assistant_message("ok")]]
+    )
+    agent = Agent(name="support", model=model, tools=tools)
+    set_user("alice", roles=["agent"])
+    result = await Runner.run(agent, "refund o1")
+    item = result.interruptions[0]
+    request = approval_request(item)
+    assert request is not None and request.arguments == REFUND
+    set_user("bob", roles=["finance_lead"])
+    state = result.to_state()
+    await approve_item(state, item)
+    set_user("alice", roles=["agent"])
+    await Runner.run(agent, state)
+    assert ran == [500]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from d2.agents.pydantic_ai import APPROVAL_KEY, approval_requests, guard_tools
 from d2.core import approve, set_user
-from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, models
+from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, RunContext, models
 from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
@@ -137,3 +137,28 @@ async def test_an_exhausted_budget_is_a_short_failed_tool_result(tools: list[Any
     match = re.fullmatch(r"budget exceeded for web\.fetch; retry after (\d+)s", fetch)
     assert match is not None and 0 < int(match.group(1)) <= 3600
     assert sorted(RAN) == ["web_fetch", "web_search", "web_search"]
+
+
+async def test_tools_taking_the_run_context_can_be_approved(hitl: dict[str, str]) -> None:
+    ran: list[int] = []
+
+    async def refund(ctx: RunContext[None], order: str, amount: int) -> str:
+        """Refund an order."""
+        ran.append(amount)
+        return f"refunded {amount}"
+
+    tools = guard_tools([refund], tool_ids=hitl)
+    script = Script([ToolCallPart("refund", REFUND, tool_call_id="c1")])
+    agent = Agent(FunctionModel(script), tools=tools, output_type=[str, DeferredToolRequests])
+    set_user("alice", roles=["agent"])
+    result = await agent.run("refund o1")
+    deferred = result.output
+    assert isinstance(deferred, DeferredToolRequests)
+    set_user("bob", roles=["finance_lead"])
+    approve(approval_requests(deferred)["c1"])
+    set_user("alice", roles=["agent"])
+    await agent.run(
+        message_history=result.all_messages(),
+        deferred_tool_results=DeferredToolResults(approvals={"c1": True}),
+    )
+    assert ran == [500]  # the context (new each step) is not part of the approved call

@@ -1188,3 +1188,35 @@ def test_request_budget_records_carry_arguments_and_explain_reads_the_budget() -
     decision = explain("t", "b")
     assert not decision.allowed and decision.reason == "budget_exceeded"
     assert flushed(log)[0]["arguments"] == {"q": "a"}
+
+
+def test_approval_when_is_read_fail_safe() -> None:
+    start(REFUND, LEAD)
+    loose = d2_guard("refund")(lambda **raw: "refunded")  # a handler reading raw JSON
+    as_user("agent-7", "agent")
+    assert loose(order="o1", amount=50) == "refunded"  # a real number below the bar
+    for sneaky in ("500", "5e3", [500], None):
+        with pytest.raises(ApprovalRequiredError):
+            loose(order="o1", amount=sneaky)  # a value gt cannot judge: a person decides
+
+
+@pytest.mark.parametrize("answer", [1, 5, True, None, "-1", b"-1", 0.5])
+def test_a_store_answering_nonsense_denies_and_leaks_nothing(answer: Any) -> None:
+    class Broken(MemoryStore):
+        def take(self, counters: Sequence[Counter], approval: str | None, now: float) -> int:
+            return answer  # type: ignore[no-any-return]
+
+    configure_rbac_sync(
+        source=InMemorySource(
+            policy_document(
+                grant(
+                    limits=[{"max": 3, "per": "request"}, {"max": 9, "per": "user", "window": "1h"}]
+                )
+            )
+        ),
+        store=Broken(),
+    )
+    tool = d2_guard("t", on_deny="refused")(lambda: "ran")
+    as_user("u", "agent")
+    assert tool() == "refused"
+    assert not any(set_user_spent().values())

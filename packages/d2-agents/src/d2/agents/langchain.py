@@ -28,6 +28,7 @@ retry after 42s``.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -86,17 +87,80 @@ def _refuse(deny_message: DenyMessage) -> Callable[[PermissionDeniedError], Any]
     return refuse
 
 
-def _facade(tool: BaseTool) -> tuple[Callable[..., Any], Callable[..., Any]]:
+_CONFIG: contextvars.ContextVar[Any] = contextvars.ContextVar("d2_langchain_config")
+
+
+def _facade(
+    tool: BaseTool, guard: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """Sync and async functions that run ``tool`` with the validated arguments,
-    passing the run's config on so callbacks nest under the outer run."""
+    passing the run's config on so callbacks nest under the outer run. Only the
+    arguments pass through ``guard``: the config travels beside them (it is not
+    part of the call an approval covers, and approvers never see it)."""
+
+    @guard
+    def guarded_run(**arguments: Any) -> Any:
+        return tool.invoke(arguments, _CONFIG.get(None))
+
+    @guard
+    async def guarded_arun(**arguments: Any) -> Any:
+        return await tool.ainvoke(arguments, _CONFIG.get(None))
 
     def run(config: RunnableConfig, **arguments: Any) -> Any:
-        return tool.invoke(arguments, config)
+        token = _CONFIG.set(config)
+        try:
+            return guarded_run(**arguments)
+        finally:
+            _CONFIG.reset(token)
 
     async def arun(config: RunnableConfig, **arguments: Any) -> Any:
-        return await tool.ainvoke(arguments, config)
+        token = _CONFIG.set(config)
+        try:
+            return await guarded_arun(**arguments)
+        finally:
+            _CONFIG.reset(token)
 
     return run, arun
+
+
+def _single_facade(
+    tool: Tool, guard: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """:func:`_facade` for a single-input ``Tool``: the one input is the argument."""
+
+    @guard
+    def guarded_run(tool_input: Any) -> Any:
+        return tool.invoke(tool_input, _CONFIG.get(None))
+
+    @guard
+    async def guarded_arun(tool_input: Any) -> Any:
+        return await tool.ainvoke(tool_input, _CONFIG.get(None))
+
+    def run(tool_input: Any, config: RunnableConfig) -> Any:
+        token = _CONFIG.set(config)
+        try:
+            return guarded_run(tool_input)
+        finally:
+            _CONFIG.reset(token)
+
+    async def arun(tool_input: Any, config: RunnableConfig) -> Any:
+        token = _CONFIG.set(config)
+        try:
+            return await guarded_arun(tool_input)
+        finally:
+            _CONFIG.reset(token)
+
+    return run, arun
+
+
+def _is_function_tool(tool: BaseTool) -> bool:
+    """A StructuredTool / Tool that runs its ``func`` / ``coroutine`` (a subclass
+    with its own ``_run`` or ``_arun`` does not: it is guarded as a whole)."""
+    for base in (StructuredTool, Tool):
+        if isinstance(tool, base):
+            cls = type(tool)
+            return cls._run is base._run and cls._arun is base._arun
+    return False
 
 
 def guard_tool(
@@ -116,22 +180,36 @@ def guard_tool(
     tool_id = tool_id or tool.name
     guard = d2_guard(tool_id, on_deny=_refuse(deny_message), instance_name=instance_name)
     metadata = {**(tool.metadata or {}), TOOL_ID_KEY: tool_id}
-    if isinstance(tool, (StructuredTool, Tool)):
+    if _is_function_tool(tool):
+        func, coroutine = getattr(tool, "func", None), getattr(tool, "coroutine", None)
         copied = tool.model_copy(
             update={
-                "func": guard(tool.func) if tool.func is not None else None,
-                "coroutine": guard(tool.coroutine) if tool.coroutine is not None else None,
+                "func": guard(func) if func is not None else None,
+                "coroutine": guard(coroutine) if coroutine is not None else None,
                 "metadata": metadata,
             }
         )
         return cast("BaseTool", copied)
-    run, arun = _facade(tool)
+    if isinstance(tool, Tool):  # a single-input Tool with its own _run / _arun
+        run1, arun1 = _single_facade(tool, guard)
+        return Tool(
+            name=tool.name,
+            description=tool.description,
+            func=run1,
+            coroutine=arun1,
+            return_direct=tool.return_direct,
+            handle_tool_error=tool.handle_tool_error,
+            handle_validation_error=tool.handle_validation_error,
+            tags=tool.tags,
+            metadata=metadata,
+        )
+    run, arun = _facade(tool, guard)
     return StructuredTool(
         name=tool.name,
         description=tool.description,
         args_schema=tool.args_schema if tool.args_schema is not None else tool.get_input_schema(),
-        func=guard(run),
-        coroutine=guard(arun),
+        func=run,
+        coroutine=arun,
         return_direct=tool.return_direct,
         handle_tool_error=tool.handle_tool_error,
         handle_validation_error=tool.handle_validation_error,

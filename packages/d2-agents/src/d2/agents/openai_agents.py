@@ -78,6 +78,7 @@ from d2.core import (
     is_allowed,
     reject_async,
 )
+from d2.core._functions import first_parameter
 
 from ._common import DenyMessage, ToolIds, approval_of, denial_message, tool_id_resolver
 
@@ -335,6 +336,13 @@ def _function_reader(
     return fn, read
 
 
+def _takes_context(fn: Callable[..., Any]) -> bool:
+    try:
+        return bool(function_schema(fn, use_docstring_info=False).takes_context)
+    except Exception:
+        return False
+
+
 def _schema_defaults(tool: FunctionTool) -> dict[str, Any]:
     """The ``default`` of each property of a hand-built tool's parameter schema."""
     properties = tool.params_json_schema.get("properties")
@@ -379,6 +387,11 @@ def guard_tool(
     if reader is not None:
         fn, read = reader
         gate = d2_guard(tool_id, instance_name=instance_name)(_binding_like(fn))
+        context = first_parameter(fn)
+        if context is not None and _takes_context(fn):
+            # the run context is how the call runs, not what it does: an approval
+            # covers the model's arguments only
+            gate.__dict__["_d2_arguments"].hidden = frozenset((context,))
     else:
         defaults = _schema_defaults(tool)
 

@@ -52,6 +52,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from d2.core import PermissionDeniedError, d2_guard, is_allowed
+from d2.core._functions import first_parameter
 
 from ._common import (
     DenyMessage,
@@ -135,6 +136,10 @@ def guard_tool(
     function = d2_guard(tool_id, on_deny=_refuse(deny_message), instance_name=instance_name)(
         tool.function
     )
+    if tool.takes_ctx:  # the RunContext is how the call runs, not what it does
+        context = first_parameter(tool.function)
+        if context is not None:
+            function.__dict__["_d2_arguments"].hidden = frozenset((context,))
     prepare_inner = tool.prepare
 
     async def prepare(ctx: RunContext[Any], tool_def: ToolDefinition) -> ToolDefinition | None:

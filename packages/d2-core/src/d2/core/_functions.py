@@ -116,6 +116,7 @@ class Arguments:
     __slots__ = (
         "defaults",
         "fixed",
+        "hidden",
         "keywords",
         "method",
         "opaque",
@@ -136,6 +137,9 @@ class Arguments:
         self.varkw: str | None = None
         self.plans: dict[Any, Any] = {}  # evaluator's per-grant reading plans (memo)
         self.method = False  # set by the guard for methods: explain() gets no self
+        # parameters that are not part of the call an approval covers or a log shows
+        # (a framework's run context); set by adapters
+        self.hidden: frozenset[str] = frozenset()
         target, bound, fixed_kw = _resolve(fn)
         self.opaque = target is None
         if target is None:
@@ -218,7 +222,8 @@ def bound_arguments(
 ) -> dict[str, Any]:
     """Every argument of a call by parameter name, defaults applied: what
     approvals digest (``keep_self=True``: a method's object is part of the call)
-    and what approvers and decision logs are shown (``self`` / ``cls`` left out). A
+    and what approvers and decision logs are shown (``self`` / ``cls`` left out).
+    Extra keywords a ``**kwargs`` parameter collects appear under their own names. A
     callable whose signature is unknown records its keywords plus ``*args``."""
     if arguments is None or arguments.opaque:
         bound = dict(kwargs)
@@ -233,11 +238,15 @@ def bound_arguments(
         names = names[1:]
     bound = {}
     for name in names:
+        if name in arguments.hidden:
+            continue
         value = arguments.value(name, args, kwargs, UNBOUND)
         if value is not UNBOUND:
             bound[name] = value
     if arguments.varargs is not None:
         bound[arguments.varargs[0]] = list(args[arguments.varargs[1] :])
-    if arguments.varkw is not None:
-        bound[arguments.varkw] = {k: v for k, v in kwargs.items() if k not in arguments.keywords}
+    if arguments.varkw is not None:  # extra keywords by their own names
+        for key, value in kwargs.items():
+            if key not in arguments.keywords and key not in bound:
+                bound[key] = value
     return bound

@@ -461,11 +461,11 @@ class Evaluator:
             store = self.store_for_use()
             now = _now()
             try:
-                result = store.take(adm.counters, adm.approval_id, now)
+                result = _answer(store.take(adm.counters, adm.approval_id, now), adm)
                 if result == _APPROVAL_MISSING and adm.request is not None:
                     state = store.request_approval(adm.request, now)
                     if state.state == "approved":  # approved meanwhile: try once more
-                        result = store.take(adm.counters, adm.approval_id, now)
+                        result = _answer(store.take(adm.counters, adm.approval_id, now), adm)
                     adm.state = state
             except Exception as exc:
                 result = _UNAVAILABLE
@@ -490,11 +490,13 @@ class Evaluator:
             store = self.store_for_use()
             now = _now()
             try:
-                result = await store.take_async(adm.counters, adm.approval_id, now)
+                result = _answer(await store.take_async(adm.counters, adm.approval_id, now), adm)
                 if result == _APPROVAL_MISSING and adm.request is not None:
                     state = await store.request_approval_async(adm.request, now)
                     if state.state == "approved":
-                        result = await store.take_async(adm.counters, adm.approval_id, now)
+                        result = _answer(
+                            await store.take_async(adm.counters, adm.approval_id, now), adm
+                        )
                     adm.state = state
             except Exception as exc:
                 result = _UNAVAILABLE
@@ -567,7 +569,7 @@ class Evaluator:
             or (
                 approval_holds
                 if approval_holds is not None
-                else _check_input(approval, args, kwargs, arguments) is None
+                else _when_holds(approval, args, kwargs, arguments)
             )
         ):
             if policy.audit:  # never ask a person on behalf of an audited policy
@@ -804,7 +806,7 @@ class Evaluator:
             trace.append(TraceStep("budget", "pass", detail, limit.path))
         if chosen.approval is not None:
             approval = chosen.approval
-            needed = not approval.input or _check_input(approval, args, kwargs, arguments) is None
+            needed = not approval.input or _when_holds(approval, args, kwargs, arguments)
             detail = (
                 f"needs an approval by [{', '.join(approval.approvers)}] unless one was given"
                 if needed
@@ -831,6 +833,39 @@ class Evaluator:
             return ()
         candidates = policy.concrete_tools | self.guarded_tools.keys()
         return tuple(sorted(t for t in candidates if self.decide(t, ctx) is None))
+
+
+_NUMERIC_OPS = frozenset(("gt", "lt", "min", "max"))
+_TEXT_OPS = frozenset(("matches", "not_matches", "startsWith", "endsWith"))
+_SIZED_OPS = frozenset(("minLength", "maxLength", "contains", "not_contains"))
+
+
+def _when_holds(
+    approval: Approval, args: tuple[Any, ...], kwargs: dict[str, Any], arguments: Arguments | None
+) -> bool:
+    """``approval.when``, read fail-safe: it does not hold only when every failing
+    argument is of a type its failing operator can judge. A value the operator
+    cannot compare (``"500"`` for ``gt: 100``, an unbindable argument) asks a
+    person: skipping the approval must never be the way around it."""
+    if _check_input(approval, args, kwargs, arguments) is None:
+        return True
+    for name, constraint in approval.input:
+        if arguments is not None:
+            value = arguments.value(name, args, kwargs, MISSING)
+        else:
+            value = kwargs.get(name, MISSING)
+        if value is UNBOUND:
+            return True
+        op = constraint.failure(value)
+        if op is None:
+            continue
+        if op in _NUMERIC_OPS and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return True
+        if op in _TEXT_OPS and not isinstance(value, str):
+            return True
+        if op in _SIZED_OPS and not isinstance(value, (str, list, tuple, dict, set, frozenset)):
+            return True
+    return False
 
 
 def _rbac_step(rules: ToolRules, ctx: UserContext) -> TraceStep:
@@ -1125,6 +1160,14 @@ class _Admission:
         self.request: ApprovalRequest | None = None
         self.state: ApprovalState | None = None
         self.problem: BaseException | None = None
+
+
+def _answer(result: object, adm: _Admission) -> int:
+    """The store's answer to ``take``, checked: anything but TAKEN, APPROVAL_MISSING
+    or the index of one of the counters is a broken store (it denies)."""
+    if type(result) is not int or not _APPROVAL_MISSING <= result < len(adm.counters):
+        raise TypeError(f"the store answered take() with {result!r}")
+    return result
 
 
 def _counters(

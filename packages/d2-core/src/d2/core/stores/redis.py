@@ -231,13 +231,16 @@ class RedisStore(Store):
 
     def _client_options(self, *, async_: bool) -> dict[str, Any]:
         redis = self._redis
-        # One immediate retry: enough to replace a connection a restarted server
-        # dropped, without making a denied call wait for backoffs.
+        # No automatic retry: a script that timed out may have run, and running it
+        # again would count a call twice or use an approval up for nothing. A
+        # dropped connection is replaced on the next call (health checks on idle
+        # ones), so after a restart at most one call is denied budget_unavailable.
         retry_class = redis.asyncio.retry.Retry if async_ else redis.retry.Retry
         return {
             "socket_timeout": self._timeout,
             "socket_connect_timeout": self._timeout,
-            "retry": retry_class(redis.backoff.NoBackoff(), 1),
+            "retry": retry_class(redis.backoff.NoBackoff(), 0),
+            "health_check_interval": 5,
         }
 
     def _bad_url(self, url: str) -> ConfigurationError:
