@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._functions import bound_arguments
 
@@ -32,13 +32,57 @@ if TYPE_CHECKING:
     from .errors import PermissionDeniedError
     from .policy.model import CompiledPolicy, Grant, ToolRules
 
-__all__ = ["DecisionLog", "dropped_total"]
+__all__ = ["DecisionLog", "DecisionSink", "deciding_rule", "dropped_total"]
 
 Sink = Callable[[dict[str, Any]], None]
 # ASCII: a lone surrogate in a user id or an argument cannot break the UTF-8 write
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
 _dropped = [0]  # records dropped by every log of the process; read by the metrics
 _live: list[DecisionLog] = []  # logs whose writer runs (restarted after fork)
+
+
+class DecisionSink(Protocol):
+    """What an evaluator tells of each decision (:class:`DecisionLog`, or a
+    replay's capture): ``arguments`` says whether it wants the call's arguments."""
+
+    arguments: bool
+
+    def add(
+        self,
+        tool_id: str,
+        ctx: UserContext,
+        reason: str | None,
+        decision: str,
+        policy: CompiledPolicy | None,
+        rules: ToolRules | None,
+        err: PermissionDeniedError | None,
+        grant: Grant | None,
+        duration: float,
+        call: tuple[Any, ...] | None,
+        approval: str | None,
+    ) -> None:
+        """Take one decision; must be cheap and must not raise."""
+
+
+def deciding_rule(
+    err: PermissionDeniedError | None,
+    grant: Grant | None,
+    rules: ToolRules | None,
+    roles: frozenset[str],
+) -> str | None:
+    """The path of the rule that decided: the last step of a denial's trace that
+    names one, else the granting entry."""
+    if err is not None:
+        try:
+            return next((s.path for s in reversed(err.trace) if s.path), None)
+        except Exception:  # a trace that cannot be built: no rule
+            return None
+    if grant is not None:
+        return grant.path
+    if rules is not None:
+        found = rules.allow_grants(roles)
+        return found[0].path if found else None
+    return None
 
 
 def dropped_total() -> int:
@@ -209,17 +253,7 @@ class DecisionLog:
             ts, number, user_id, roles, tool_id, decision, reason, policy, rules, err, grant,
             duration, arguments, approval,
         ) = item  # fmt: skip
-        rule = None
-        if err is not None:
-            try:
-                rule = next((s.path for s in reversed(err.trace) if s.path), None)
-            except Exception:
-                rule = None
-        elif grant is not None:
-            rule = grant.path
-        elif rules is not None:
-            found = rules.allow_grants(roles)
-            rule = found[0].path if found else None
+        rule = deciding_rule(err, grant, rules, roles)
         record: dict[str, Any] = {
             "ts": round(ts, 6),
             "request_id": f"{self._tag}-{number}",

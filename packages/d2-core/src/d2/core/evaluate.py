@@ -63,7 +63,7 @@ from .policy.output import OutputRules, OutputViolation
 
 if TYPE_CHECKING:
     from .approvals import ApprovalRequest
-    from .decisionlog import DecisionLog
+    from .decisionlog import DecisionSink
     from .stores import ApprovalState, Counter, Store
     from .telemetry import Metrics
 
@@ -202,7 +202,7 @@ class Evaluator:
         self.observers: tuple[Observer, ...] = ()
         # Metrics: times decisions and tool runs when set (None: nothing measured).
         self.timer: Metrics | None = None
-        self.log: DecisionLog | None = None
+        self.log: DecisionSink | None = None
         self.timed = False  # timer or log set: decisions take the timed path
         self.wants_args = False  # the log records arguments: the guard reports calls
         self.slow = False  # timer set or wants_args: the guard takes its slow path
@@ -218,7 +218,7 @@ class Evaluator:
         """Stop telling ``observer``; unknown observers are ignored."""
         self._set_observers(tuple(o for o in self.observers if o != observer))
 
-    def set_log(self, log: DecisionLog | None) -> None:
+    def set_log(self, log: DecisionSink | None) -> None:
         """Send every decision to ``log`` (``None``: stop)."""
         self.log = log
         self._set_observers(self.observers)

@@ -50,6 +50,7 @@ from .context import (
     detach,
     normalise_roles,
 )
+from .decisionlog import deciding_rule
 from .errors import ConfigurationError, PermissionDeniedError
 from .evaluate import Evaluator
 from .policy.compile import compile_policy
@@ -226,52 +227,30 @@ class _ReplayStore(Store):
         return []
 
 
-class _ReplayEvaluator(Evaluator):
-    """The real evaluator, unregistered. An observer keeps the decision and reason
-    it reports for each call; the deciding rule's path is picked up on the way
-    (found as the decision log finds it)."""
+class _Capture:
+    """The replay's decision sink: what the evaluator decided for the call being
+    replayed, and the deciding rule (found as the decision log finds it)."""
 
-    __slots__ = ("rule", "seen")
+    arguments = False
 
     def __init__(self) -> None:
-        super().__init__("<replay>")
-        self.seen: tuple[str, str | None] | None = None
-        self.rule: str | None = None
-        self.add_observer(self._saw)
+        self.seen: tuple[str, str | None, str | None] | None = None
 
-    def _saw(self, tool_id: str, ctx: UserContext, reason: str | None, decision: str) -> None:
-        self.seen = (decision, reason)
-
-    def _note(
+    def add(
         self,
         tool_id: str,
         ctx: UserContext,
         reason: str | None,
-        decision: str = "allowed",
-        rules: ToolRules | None = None,
-        started: float = 0.0,
-        err: PermissionDeniedError | None = None,
-        grant: Grant | None = None,
-        call: tuple[Any, ...] | None = None,
-        approval: str | None = None,
+        decision: str,
+        policy: CompiledPolicy | None,
+        rules: ToolRules | None,
+        err: PermissionDeniedError | None,
+        grant: Grant | None,
+        duration: float,
+        call: tuple[Any, ...] | None,
+        approval: str | None,
     ) -> None:
-        rule: str | None = None
-        if err is not None:
-            rule = _rule_of(err)
-        elif grant is not None:
-            rule = grant.path
-        elif rules is not None:
-            found = rules.allow_grants(ctx.roles)
-            rule = found[0].path if found else None
-        self.rule = rule
-        super()._note(tool_id, ctx, reason, decision, rules, started, err, grant, call, approval)
-
-
-def _rule_of(err: PermissionDeniedError) -> str | None:
-    try:
-        return next((s.path for s in reversed(err.trace) if s.path), None)
-    except Exception:
-        return None
+        self.seen = (decision, reason, deciding_rule(err, grant, rules, ctx.roles))
 
 
 def _timeless(policy: CompiledPolicy) -> CompiledPolicy:
@@ -323,7 +302,8 @@ NOTE_USER_BUDGETS = "per: user budgets taken as recorded, not counted again"
 
 
 def _evaluate(
-    evaluator: _ReplayEvaluator,
+    evaluator: Evaluator,
+    capture: _Capture,
     store: _ReplayStore,
     record: Mapping[str, Any],
     report: ReplayReport,
@@ -331,7 +311,7 @@ def _evaluate(
     """(decision, reason, rule) of the candidate for one record, in the current
     context."""
     store.record = record
-    evaluator.seen, evaluator.rule = None, None
+    capture.seen = None
     tool_id: str = record["tool_id"]
     raised: PermissionDeniedError | None = None
     try:
@@ -360,10 +340,10 @@ def _evaluate(
                     evaluator.admit(rules, (), {}, None, inputs=False, approval_holds=held)
     except PermissionDeniedError as exc:
         raised = exc
-    if evaluator.seen is not None:
-        return (*evaluator.seen, evaluator.rule)
+    if capture.seen is not None:
+        return capture.seen
     if raised is not None:
-        return "denied", raised.reason, _rule_of(raised)
+        return "denied", raised.reason, deciding_rule(raised, None, None, frozenset())
     return "allowed", None, None  # pragma: no cover - every decision is reported
 
 
@@ -385,7 +365,9 @@ def replay(records: Iterable[Mapping[str, Any]], policy: CompiledPolicy) -> Repl
         key: object = ("record", index) if request_id is None else ("request", str(request_id))
         requests.setdefault(key, []).append((index, record))
 
-    evaluator = _ReplayEvaluator()
+    evaluator = Evaluator("<replay>")  # the real one, registered nowhere
+    capture = _Capture()
+    evaluator.set_log(capture)
     store = _ReplayStore()
     evaluator.policy = _timeless(policy)
     evaluator.store = store
@@ -410,7 +392,7 @@ def replay(records: Iterable[Mapping[str, Any]], policy: CompiledPolicy) -> Repl
             roles = normalise_roles(record["roles"])
             token = attach(UserContext(user_id, roles, scope))
             try:
-                after, reason, rule = _evaluate(evaluator, store, record, report)
+                after, reason, rule = _evaluate(evaluator, capture, store, record, report)
             finally:
                 detach(token)
             if (after, reason) == (before, before_reason):
