@@ -60,11 +60,12 @@ from .policy._text import short
 from .policy.constraints import MISSING
 from .policy.model import Approval, CompiledPolicy, Grant, Limit, ToolRules
 from .policy.output import OutputRules, OutputViolation
+from .stores.base import APPROVAL_MISSING, TAKEN, Counter
 
 if TYPE_CHECKING:
     from .approvals import ApprovalRequest
     from .decisionlog import DecisionSink
-    from .stores import ApprovalState, Counter, Store
+    from .stores import ApprovalState, Store
     from .telemetry import Metrics
 
 __all__ = ["Decision", "Evaluator", "TraceStep", "evaluator_for"]
@@ -462,7 +463,7 @@ class Evaluator:
             now = _now()
             try:
                 result = _answer(store.take(adm.counters, adm.approval_id, now), adm)
-                if result == _APPROVAL_MISSING and adm.request is not None:
+                if result == APPROVAL_MISSING and adm.request is not None:
                     state = store.request_approval(adm.request, now)
                     if state.state == "approved":  # approved meanwhile: try once more
                         result = _answer(store.take(adm.counters, adm.approval_id, now), adm)
@@ -491,7 +492,7 @@ class Evaluator:
             now = _now()
             try:
                 result = _answer(await store.take_async(adm.counters, adm.approval_id, now), adm)
-                if result == _APPROVAL_MISSING and adm.request is not None:
+                if result == APPROVAL_MISSING and adm.request is not None:
                     state = await store.request_approval_async(adm.request, now)
                     if state.state == "approved":
                         result = _answer(
@@ -634,7 +635,7 @@ class Evaluator:
     def _taken(self, adm: _Admission, result: int, now: float) -> None:
         """Act on the store's answer to ``take``."""
         rules, ctx = adm.rules, adm.ctx
-        if result == _TAKEN:
+        if result == TAKEN:
             return
         if result == _UNAVAILABLE:
             _log_store_problem(adm.problem)
@@ -1118,9 +1119,7 @@ def _guardrail_error(
     )
 
 
-_TAKEN = -1  # store answers (see d2.core.stores.base)
-_APPROVAL_MISSING = -2
-_UNAVAILABLE = -3  # the store raised
+_UNAVAILABLE = -3  # the store raised (beside the store's own answers)
 
 
 class _Admission:
@@ -1165,7 +1164,7 @@ class _Admission:
 def _answer(result: object, adm: _Admission) -> int:
     """The store's answer to ``take``, checked: anything but TAKEN, APPROVAL_MISSING
     or the index of one of the counters is a broken store (it denies)."""
-    if type(result) is not int or not _APPROVAL_MISSING <= result < len(adm.counters):
+    if type(result) is not int or not APPROVAL_MISSING <= result < len(adm.counters):
         raise TypeError(f"the store answered take() with {result!r}")
     return result
 
@@ -1176,8 +1175,6 @@ def _counters(
     """The store counters of ``per: user`` limits for this user and window: keys
     are digests (no user id in the store), scoped by the policy's name; memoised
     per limit (a few thousand users per window at most, then recomputed)."""
-    from .stores import Counter
-
     found = []
     for limit in limits:
         window = limit.window or 1.0
