@@ -13,15 +13,20 @@ see its return value. Any other ``BaseTool`` runs behind a ``StructuredTool`` wi
 the same name and schema whose function is guarded and invokes the original with
 the arguments LangChain validated. A denial raises :class:`ToolDenied`, a
 ``ToolException``: with ``handle_tool_error=True`` on the tool (or LangGraph's
-``ToolNode``) the model reads it as an error ``ToolMessage``.
+``ToolNode(..., handle_tool_errors=True)``) the model reads it as an error
+``ToolMessage``.
 
 A call that waits for a person raises :class:`ApprovalPending` (a ``ToolDenied``
 whose ``request`` is D2's :class:`~d2.core.ApprovalRequest`): catch it to ask an
 approver, or let the model read ``approval required for payments.refund: request
 <id>, approvers: finance_lead``. Once an approver (another user with one of the
 roles) calls ``d2.approve(request.id)``, the same user's identical call runs once.
-langchain-core has no pause-and-resume of its own; in LangGraph, raise
-``langgraph.types.interrupt(...)`` from a node that catches ``ApprovalPending``.
+Inside a LangGraph graph with a checkpointer (extra ``d2-sdk[langgraph]``), the
+held call pauses the graph instead, through LangGraph's own ``interrupt``: the
+interrupt's value names the request (``d2_approval_request``, ``d2_approvers``,
+...); once it is approved, resume with ``Command(resume=...)`` and the node runs
+again, and the call with it, once. Resumed without an approval, it is refused
+with ``ApprovalPending``.
 A call over a budget is a ``ToolDenied`` reading ``budget exceeded for web.search;
 retry after 42s``.
 """
@@ -29,6 +34,7 @@ retry after 42s``.
 from __future__ import annotations
 
 import contextvars
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -42,7 +48,14 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from d2.core import ApprovalRequest, PermissionDeniedError, d2_guard, is_allowed
 
-from ._common import DenyMessage, ToolIds, approval_of, denial_message, tool_id_resolver
+from ._common import (
+    DenyMessage,
+    ToolIds,
+    approval_details,
+    approval_of,
+    denial_message,
+    tool_id_resolver,
+)
 
 __all__ = [
     "TOOL_ID_KEY",
@@ -77,10 +90,27 @@ class ApprovalPending(ToolDenied):
         self.request = request
 
 
+def _pause_graph(request: ApprovalRequest) -> None:
+    """Inside a LangGraph run with a checkpointer, pause the graph on the held
+    call (LangGraph's ``interrupt`` raises, the first time); return when there is
+    no graph, or when it was resumed without an approval."""
+    if "langgraph" not in sys.modules:  # no graph can be running
+        return
+    try:
+        from langgraph.types import interrupt
+    except ImportError:  # pragma: no cover - a partial install
+        return
+    try:
+        interrupt(approval_details(request))
+    except (RuntimeError, KeyError):  # a plain LangChain run: not inside a graph
+        return
+
+
 def _refuse(deny_message: DenyMessage) -> Callable[[PermissionDeniedError], Any]:
     def refuse(err: PermissionDeniedError) -> Any:
         request = approval_of(err)
         if request is not None:
+            _pause_graph(request)
             raise ApprovalPending(deny_message(err), err, request) from err
         raise ToolDenied(deny_message(err), err) from err
 
