@@ -20,6 +20,7 @@ from .evaluate import Decision, Evaluator, evaluator_for
 from .limits import Limits
 from .local import LocalFileSource, PolicySource
 from .policy.model import CompiledPolicy
+from .stores import MemoryStore
 
 if TYPE_CHECKING:
     from .decisionlog import DecisionLog
@@ -394,7 +395,7 @@ def _attach(
     if store is not None:
         ev.store = store
         policy = ev.policy
-        if policy is not None and policy.name is None and type(store).__name__ != "MemoryStore":
+        if policy is not None and policy.name is None and not isinstance(store, MemoryStore):
             import logging
 
             logging.getLogger("d2").warning(
@@ -405,7 +406,7 @@ def _attach(
             )
         if owned:
             manager.owned_store = store
-    elif ev.store is not None and type(ev.store).__name__ != "MemoryStore":
+    elif ev.store is not None and not isinstance(ev.store, MemoryStore):
         ev.store = None  # back to in-process (created on first use)
     manager.decision_log = log
     ev.set_log(log)

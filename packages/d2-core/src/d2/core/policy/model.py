@@ -38,7 +38,7 @@ class Limit:
         self.per = per
         self.window = window
         self.path = path
-        self.key = path
+        self.key = path  # the grant renames it by what it counts (see Grant)
 
     def describe(self) -> str:
         """``5 per request`` / ``200 per user per 1d``, for messages."""
