@@ -395,7 +395,7 @@ def _attach(
     if store is not None:
         ev.store = store
         policy = ev.policy
-        if policy is not None and policy.name is None and not isinstance(store, MemoryStore):
+        if policy is not None and policy.name is None and type(store) is not MemoryStore:
             import logging
 
             logging.getLogger("d2").warning(
@@ -406,7 +406,7 @@ def _attach(
             )
         if owned:
             manager.owned_store = store
-    elif ev.store is not None and not isinstance(ev.store, MemoryStore):
+    elif ev.store is not None and type(ev.store) is not MemoryStore:
         ev.store = None  # back to in-process (created on first use)
     manager.decision_log = log
     ev.set_log(log)
