@@ -702,14 +702,7 @@ class Evaluator:
                 "would_deny" if would else "allowed", rules, started, would, grant,
                 (args, kwargs, arguments),
             )  # fmt: skip
-        scope = ctx.scope
-        # Step 7. History is kept while the policy has sequence or data-flow rules
-        # (a request that never meets one keeps no history, however long it runs).
-        if rules.policy.sequences or rules.policy.flow_labels:
-            scope.history.append(rules.tool_id)
-        if rules.labels:
-            for label in rules.labels:
-                scope.facts.setdefault(label, rules.tool_id)
+        _record(rules, ctx.scope)
         return output
 
     def _admitted(self, adm: _Admission) -> OutputRules | None:
@@ -735,14 +728,7 @@ class Evaluator:
                     rules.tool_id, ctx, None, "allowed", rules, adm.started, None,
                     adm.grant, adm.call, adm.approval_id,
                 )  # fmt: skip
-        scope = ctx.scope
-        # Step 7. History is kept while the policy has sequence or data-flow rules
-        # (a request that never meets one keeps no history, however long it runs).
-        if rules.policy.sequences or rules.policy.flow_labels:
-            scope.history.append(rules.tool_id)
-        if rules.labels:
-            for label in rules.labels:
-                scope.facts.setdefault(label, rules.tool_id)
+        _record(rules, ctx.scope)
         return adm.output
 
     def finish(self, rules: ToolRules, output: OutputRules, result: Any) -> Any:
@@ -834,6 +820,17 @@ class Evaluator:
             return ()
         candidates = policy.concrete_tools | self.guarded_tools.keys()
         return tuple(sorted(t for t in candidates if self.decide(t, ctx) is None))
+
+
+def _record(rules: ToolRules, scope: RequestScope) -> None:
+    """Step 7: the call joins the request's history and its labels the facts.
+    History is kept while the policy has sequence or data-flow rules (a request
+    that never meets one keeps no history, however long it runs)."""
+    if rules.policy.sequences or rules.policy.flow_labels:
+        scope.history.append(rules.tool_id)
+    if rules.labels:
+        for label in rules.labels:
+            scope.facts.setdefault(label, rules.tool_id)
 
 
 _NUMERIC_OPS = frozenset(("gt", "lt", "min", "max"))
