@@ -13,6 +13,7 @@ import types
 from pathlib import Path
 
 import d2.cli
+import d2.core
 import pytest
 import typer
 from cli_testkit import Invoke
@@ -41,7 +42,7 @@ def test_every_command_is_registered() -> None:
 
 def test_main_returns_the_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
-    assert capsys.readouterr().out.startswith("d2 0.")
+    assert capsys.readouterr().out.startswith(f"d2 {d2.core.__version__} ")
     assert main(["no-such-command"]) == 2
     assert main([]) == 2  # no command: help, and a usage error
     assert main(["init", "--format", "toml"]) == 2

@@ -64,11 +64,26 @@ def test_clear_user_context_forgets_the_user() -> None:
     assert ctx.user_id is None and ctx.roles == frozenset() and not ctx.is_set
 
 
-def test_warn_if_context_set_detects_a_leak() -> None:
+def test_warn_if_context_set_detects_a_leak_and_logs_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     assert warn_if_context_set() is False
     set_user("alice", roles=["a"])
-    with pytest.warns(RuntimeWarning, match="still set"):
+    with caplog.at_level("WARNING", logger="d2"):
         assert warn_if_context_set() is True
+    assert "alice" in caplog.text and "still set" in caplog.text
+
+
+def test_warn_if_context_set_logs_to_the_given_logger(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    mine = logging.getLogger("myapp.requests")
+    with caplog.at_level("WARNING"):
+        assert warn_if_context_set(logger=mine) is False
+        assert caplog.records == []
+        set_user("alice", roles=["a"])
+        assert warn_if_context_set(logger=mine) is True
+    assert [r.name for r in caplog.records] == ["myapp.requests"]
 
 
 def test_clear_context_decorator_clears_after_return_and_after_raise() -> None:

@@ -40,13 +40,16 @@ def test_every_error_is_a_d2error_and_denials_are_permission_denied() -> None:
     assert issubclass(InvalidPolicyError, ConfigurationError)
 
 
-def test_error_module_exports_exactly_its_classes() -> None:
+def test_error_module_exports_exactly_its_public_classes_and_the_status_map() -> None:
     public = {
         n
         for n, v in vars(errors).items()
-        if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == errors.__name__
+        if isinstance(v, type)
+        and issubclass(v, (Exception, Warning))
+        and v.__module__ == errors.__name__
+        and not n.startswith("_")
     }
-    assert set(errors.__all__) == public
+    assert set(errors.__all__) == public | {"STATUS_MAP"}
 
 
 def test_invalid_policy_error_lists_source_and_paths() -> None:
@@ -80,5 +83,38 @@ def test_permission_denied_built_by_users_works() -> None:
     err = PermissionDeniedError("nope", tool_id="t", reason="custom")
     assert str(err) == "nope" and err.reason == "custom" and err.trace == ()
     assert PermissionDeniedError("x").reason == "denied"
-    assert MissingPolicyError("x").reason == "missing_policy"
-    assert BundleExpiredError("x").reason == "policy_expired"
+    assert MissingPolicyError("x", tool_id="t").reason == "missing_policy"
+    expired = BundleExpiredError("x", tool_id="t", expiry_date="2026-01-01T00:00:00Z")
+    assert expired.reason == "policy_expired" and str(expired) == "x"
+    assert expired.expiry_date == "2026-01-01T00:00:00Z"
+
+
+def test_errors_d2_raises_while_loading_keep_their_reason_codes(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from d2.core import Limits, LocalFileSource
+
+    folder = Path(str(tmp_path))
+    stale = folder / "p.json"
+    stale.write_text(
+        '{"metadata": {"name": "x", "expires": "2020-01-01T00:00:00Z"}, '
+        '"policies": [{"role": "a", "permissions": ["t"]}]}'
+    )
+    with pytest.raises(BundleExpiredError) as info:
+        LocalFileSource(stale).load(Limits())
+    assert info.value.reason == "policy_expired"
+    assert info.value.expiry_date == "2020-01-01T00:00:00Z"
+    with pytest.raises(MissingPolicyError) as missing:
+        LocalFileSource(folder / "absent.json").load(Limits())
+    assert missing.value.reason == "missing_policy" and missing.value.tool_id is None
+    many = folder / "many.json"
+    many.write_text(
+        '{"metadata": {"name": "x", "expires": "2999-01-01T00:00:00Z"}, "policies": '
+        '[{"role": "a", "permissions": ["t1", "t2", "t3"]}]}'
+    )
+    with pytest.raises(TooManyToolsError) as too_many:
+        LocalFileSource(many).load(Limits(max_tools=2, max_expiry_seconds=10**12))
+    assert (too_many.value.tool_count, too_many.value.limit) == (3, 2)
+    with pytest.raises(PolicyTooLargeError) as large:
+        LocalFileSource(many).load(Limits(max_bytes=10, max_expiry_seconds=10**12))
+    assert large.value.size_limit == 10 and large.value.bundle_size == len(many.read_bytes())

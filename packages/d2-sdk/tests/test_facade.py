@@ -40,6 +40,11 @@ STABLE_1X = {
     "ConfigurationError",
     "D2PlanLimitError",
     "D2Error",
+    # in the 1.x __all__ too (its API reference)
+    "configure_rbac",
+    "PolicyError",
+    "ContextLeakWarning",
+    "D2NoContextError",
 }
 
 
@@ -61,7 +66,8 @@ def test_facade_objects_are_the_core_objects() -> None:
     for name in d2.__all__:
         if name in d2._LAZY:
             continue
-        assert getattr(d2, name) is getattr(d2.core, name), name
+        core_name = "configure_rbac_async" if name == "configure_rbac" else name  # 1.x alias
+        assert getattr(d2, name) is getattr(d2.core, core_name), name
 
 
 def test_core_all_matches_its_public_names() -> None:
@@ -80,6 +86,10 @@ def test_exceptions_module_keeps_the_1x_import_path() -> None:
     assert set(d2.exceptions.__all__) == {n for n in STABLE_1X if n.endswith("Error")} | {
         "InvalidPolicyError",
         "ApprovalRequiredError",
+        "PolicyError",
+        "D2NoContextError",
+        "ContextLeakWarning",
+        "STATUS_MAP",
     }
 
 

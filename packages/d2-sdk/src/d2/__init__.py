@@ -16,11 +16,14 @@ names the extra to install.
 import typing as _typing
 
 from d2.core import (
+    STATUS_MAP,
     ApprovalRequest,
     ApprovalRequiredError,
     BundleExpiredError,
     ConfigurationError,
+    ContextLeakWarning,
     D2Error,
+    D2NoContextError,
     D2PlanLimitError,
     Decision,
     InMemorySource,
@@ -30,6 +33,7 @@ from d2.core import (
     LocalFileSource,
     MissingPolicyError,
     PermissionDeniedError,
+    PolicyError,
     PolicyManager,
     PolicySource,
     PolicyTooLargeError,
@@ -68,8 +72,13 @@ from d2.core import (
     shutdown_all_rbac,
     shutdown_rbac,
     submit_with_context,
+    thread_entrypoint,
     warn_if_context_set,
 )
+
+from . import threads  # noqa: F401 - d2.threads, as in 1.x
+
+configure_rbac = configure_rbac_async  # the 1.x name of configure_rbac_async
 
 # name -> (module, attribute, extra that installs it)
 _LAZY = {
@@ -102,16 +111,34 @@ def __getattr__(name: str) -> _typing.Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return sorted(set(__all__) | set(_LAZY))
 
 
+def _installed(name: str) -> bool:
+    """Whether the distribution behind a lazy name is installed (found, not imported)."""
+    from importlib.machinery import PathFinder  # already loaded: importlib.util is not
+
+    try:
+        if PathFinder.find_spec(_LAZY[name][0], __path__) is None:
+            return False
+        return name not in _NEEDS_STARLETTE or PathFinder.find_spec("starlette") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+_NEEDS_STARLETTE = frozenset({"add_permission_denied_handler", "permission_denied_handler"})
+
+# ``from d2 import *`` binds every name of ``__all__``: names whose extra is not
+# installed are left out (importing one by name says which extra to install).
 __all__ = [
     "ASGIMiddleware",
     "ApprovalRequest",
     "ApprovalRequiredError",
     "BundleExpiredError",
     "ConfigurationError",
+    "ContextLeakWarning",
     "D2Error",
+    "D2NoContextError",
     "D2PlanLimitError",
     "Decision",
     "InMemorySource",
@@ -121,9 +148,11 @@ __all__ = [
     "LocalFileSource",
     "MissingPolicyError",
     "PermissionDeniedError",
+    "PolicyError",
     "PolicyManager",
     "PolicySource",
     "PolicyTooLargeError",
+    "STATUS_MAP",
     "TooManyToolsError",
     "TraceStep",
     "UserContext",
@@ -137,6 +166,7 @@ __all__ = [
     "clear_context",
     "clear_context_async",
     "clear_user_context",
+    "configure_rbac",
     "configure_rbac_async",
     "configure_rbac_sync",
     "d2",
@@ -163,6 +193,8 @@ __all__ = [
     "shutdown_all_rbac",
     "shutdown_rbac",
     "submit_with_context",
+    "thread_entrypoint",
     "warn_if_context_set",
     "wsgi_headers_extractor",
 ]
+__all__ = [n for n in __all__ if n not in _LAZY or _installed(n)]

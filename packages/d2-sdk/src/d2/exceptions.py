@@ -5,15 +5,19 @@ releases.
 """
 
 from d2.core.errors import (
+    STATUS_MAP,
     ApprovalRequiredError,
     BundleExpiredError,
     ConfigurationError,
+    ContextLeakWarning,
     D2Error,
+    D2NoContextError,
     D2PlanLimitError,
     InvalidPolicyError,
     InvalidSignatureError,
     MissingPolicyError,
     PermissionDeniedError,
+    PolicyError,
     PolicyTooLargeError,
     TooManyToolsError,
 )
@@ -22,12 +26,16 @@ __all__ = [
     "ApprovalRequiredError",
     "BundleExpiredError",
     "ConfigurationError",
+    "ContextLeakWarning",
     "D2Error",
+    "D2NoContextError",
     "D2PlanLimitError",
     "InvalidPolicyError",
     "InvalidSignatureError",
     "MissingPolicyError",
     "PermissionDeniedError",
+    "PolicyError",
     "PolicyTooLargeError",
+    "STATUS_MAP",
     "TooManyToolsError",
 ]

@@ -130,7 +130,7 @@ class CloudPolicyManager(PolicyManager):
         except RuntimeError:
             running = None
         if running is self._loop:  # called on the app's loop: finish there
-            self._loop.create_task(self.runtime.aclose())
+            self.closing = self._loop.create_task(self.runtime.aclose())
         else:
             fut = asyncio.run_coroutine_threadsafe(self.runtime.aclose(), self._loop)
             try:

@@ -210,7 +210,9 @@ class CloudRuntime:
     ) -> None:
         limit = self.quotas.get("bundle_size_bytes")
         if isinstance(limit, int) and limit > 0 and len(jws) > limit:
-            raise D2PlanLimitError(f"bundle is {len(jws)} bytes; the plan allows {limit}")
+            raise D2PlanLimitError(
+                "bundle_too_large", message=f"bundle is {len(jws)} bytes; the plan allows {limit}"
+            )
         header = header_of(jws)
         kid = header.get("kid")
         refreshed = False
@@ -232,8 +234,9 @@ class CloudRuntime:
         max_tools = self.quotas.get("max_tools")
         if isinstance(max_tools, int) and max_tools > 0 and policy.tool_count > max_tools:
             raise D2PlanLimitError(
-                f"bundle version {bundle.version} names {policy.tool_count} tools; the plan "
-                f"allows {max_tools}: upgrade the plan or remove tools"
+                "too_many_tools",
+                message=f"bundle version {bundle.version} names {policy.tool_count} tools; "
+                f"the plan allows {max_tools}: upgrade the plan or remove tools",
             )
         # Same version and content re-signed with a later exp is installed too: the
         # policy's lifetime moves with the freshest verified bundle.
@@ -350,8 +353,9 @@ class CloudRuntime:
         if status in (402, 403):
             if self.plan_error is None:
                 self.plan_error = D2PlanLimitError(
-                    f"the control plane refused the bundle fetch ({status} {exc.detail}): "
-                    "upgrade the plan, or delete unused apps"
+                    str(exc.detail or "plan_limit"),
+                    message=f"the control plane refused the bundle fetch ({status} "
+                    f"{exc.detail}): upgrade the plan, or delete unused apps",
                 )
                 log.error("d2: %s", self.plan_error)
             return self._jitter(self.interval)  # not retried before the interval

@@ -29,22 +29,24 @@ from .context import (
     has_fact,
     record_fact,
     record_facts,
-    run_in_thread,
     set_user,
     set_user_context,
-    submit_with_context,
     warn_if_context_set,
 )
 from .errors import (
+    STATUS_MAP,
     ApprovalRequiredError,
     BundleExpiredError,
     ConfigurationError,
+    ContextLeakWarning,
     D2Error,
+    D2NoContextError,
     D2PlanLimitError,
     InvalidPolicyError,
     InvalidSignatureError,
     MissingPolicyError,
     PermissionDeniedError,
+    PolicyError,
     PolicyTooLargeError,
     TooManyToolsError,
 )
@@ -63,13 +65,16 @@ from .manager import (
     shutdown_all_rbac,
     shutdown_rbac,
 )
+from .threads import run_in_thread, submit_with_context, thread_entrypoint
 
 __all__ = [
     "ApprovalRequest",
     "ApprovalRequiredError",
     "BundleExpiredError",
     "ConfigurationError",
+    "ContextLeakWarning",
     "D2Error",
+    "D2NoContextError",
     "D2PlanLimitError",
     "Decision",
     "InMemorySource",
@@ -79,9 +84,11 @@ __all__ = [
     "LocalFileSource",
     "MissingPolicyError",
     "PermissionDeniedError",
+    "PolicyError",
     "PolicyManager",
     "PolicySource",
     "PolicyTooLargeError",
+    "STATUS_MAP",
     "TooManyToolsError",
     "TraceStep",
     "UserContext",
@@ -117,5 +124,6 @@ __all__ = [
     "shutdown_all_rbac",
     "shutdown_rbac",
     "submit_with_context",
+    "thread_entrypoint",
     "warn_if_context_set",
 ]

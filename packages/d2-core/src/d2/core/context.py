@@ -11,7 +11,6 @@ import contextvars
 import functools
 import itertools
 import os
-import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
@@ -19,7 +18,7 @@ from ._functions import is_coroutine_function
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from concurrent.futures import Executor, Future
+    import logging
 
 __all__ = [
     "RequestScope",
@@ -35,10 +34,8 @@ __all__ = [
     "has_fact",
     "record_fact",
     "record_facts",
-    "run_in_thread",
     "set_user",
     "set_user_context",
-    "submit_with_context",
     "warn_if_context_set",
 ]
 
@@ -49,7 +46,7 @@ _request_numbers = itertools.count(1)
 
 class RequestScope:
     """Mutable state of one request, shared by everything that runs under the same
-    ``set_user``: child tasks, ``run_in_thread``, ``.aio``.
+    ``set_user``: child tasks, ``d2.threads`` helpers, ``.aio``.
 
     ``history``: ids of the allowed calls, in order. ``facts``: data-flow labels ->
     what recorded them. ``progress``: per policy, what it has read of the history
@@ -69,7 +66,14 @@ class RequestScope:
 
 class UserContext:
     """Who is calling: ``user_id`` (``None`` when no user is set) and ``roles``
-    (an immutable, normalised ``frozenset``)."""
+    (an immutable, normalised ``frozenset``), plus the request they act in.
+
+    Read-only views of the request: ``request_id`` (unique in this process, the
+    same as the decision log's), ``call_history`` (the allowed calls so far, in
+    order) and ``facts`` (the data-flow labels recorded). ``UserContext()`` and
+    ``UserContext(user_id="bob", roles=["viewer"])`` build one, for example as
+    the ``actor=`` of :mod:`d2.threads`; it starts a request of its own.
+    """
 
     __slots__ = ("roles", "scope", "user_id")
 
@@ -78,10 +82,13 @@ class UserContext:
     scope: RequestScope
 
     def __init__(
-        self, user_id: str | None, roles: frozenset[str], scope: RequestScope | None = None
+        self,
+        user_id: str | int | None = None,
+        roles: Iterable[str] | str | None = None,
+        scope: RequestScope | None = None,
     ) -> None:
-        object.__setattr__(self, "user_id", user_id)
-        object.__setattr__(self, "roles", roles)
+        object.__setattr__(self, "user_id", _normalise_user_id(user_id))
+        object.__setattr__(self, "roles", normalise_roles(roles))
         object.__setattr__(self, "scope", scope if scope is not None else RequestScope())
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -107,25 +114,37 @@ class UserContext:
         """True when a user id is set."""
         return self.user_id is not None
 
+    @property
+    def request_id(self) -> str:
+        """This request's id: unique in the process, as in the decision log."""
+        return request_id_of(self.scope)
+
+    @property
+    def call_history(self) -> tuple[str, ...]:
+        """The tool ids of this request's allowed calls, oldest first."""
+        return tuple(self.scope.history)
+
+    @property
+    def facts(self) -> frozenset[str]:
+        """The data-flow labels recorded in this request."""
+        return frozenset(self.scope.facts)
+
+
+_process_tag = [os.urandom(4).hex()]
+
+
+def process_tag() -> str:
+    """Random hex naming this process in request ids (new after ``fork``)."""
+    return _process_tag[0]
+
+
+def request_id_of(scope: RequestScope) -> str:
+    """The id of a request scope as logs show it: ``<process tag>-<number>``."""
+    return f"{_process_tag[0]}-{scope.number}"
+
 
 ASCII_SPACE = " \t\n\r\f\v"  # what "stripped" strips: never Unicode or control characters
 _ANONYMOUS_ROLES: frozenset[str] = frozenset()
-_DEFAULT = UserContext(None, _ANONYMOUS_ROLES)  # shared: never write to its scope
-_current: contextvars.ContextVar[UserContext] = contextvars.ContextVar(
-    "d2_user_context", default=_DEFAULT
-)
-# Read by the guard on every call: one C-level lookup.
-current_context = _current.get
-
-
-def _forget_user_after_fork() -> None:
-    # A forked worker (process pools) starts with the context of whatever thread
-    # forked it: another request's user. Start it with no user instead.
-    _current.set(_DEFAULT)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_user_after_fork)
 
 
 def normalise_roles(roles: Iterable[str] | str | None) -> frozenset[str]:
@@ -157,22 +176,74 @@ def _normalise_user_id(user_id: object) -> str | None:
     )
 
 
+_DEFAULT = UserContext(None, _ANONYMOUS_ROLES)  # shared: never write to its scope
+_current: contextvars.ContextVar[UserContext] = contextvars.ContextVar(
+    "d2_user_context", default=_DEFAULT
+)
+# Read by the guard on every call: one C-level lookup.
+current_context = _current.get
+
+
+def _forget_user_after_fork() -> None:
+    # A forked worker (process pools) starts with the context of whatever thread
+    # forked it: another request's user. Start it with no user instead, and with
+    # request ids of its own.
+    _current.set(_DEFAULT)
+    _process_tag[0] = os.urandom(4).hex()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_user_after_fork)
+
+
 def set_user(user_id: str | int | None, roles: Iterable[str] | str | None = None) -> UserContext:
     """Set the current user for this request and start a fresh request scope.
 
     Returns the new context. Call ``clear_user_context()`` (or use
     ``@clear_context``) when the request ends.
     """
-    ctx = UserContext(_normalise_user_id(user_id), normalise_roles(roles))
+    ctx = UserContext(user_id, roles)
     _current.set(ctx)
     return ctx
 
 
-def set_user_context(
-    user_id: str | int | None = None, roles: Iterable[str] | str | None = None
-) -> UserContext:
-    """Same as :func:`set_user` (kept for code written against the 1.x releases)."""
-    return set_user(user_id, roles)
+class set_user_context(UserContext):
+    """Set the current user, as :func:`set_user` does, and return the new context.
+
+    Used as ``with set_user_context(user_id, roles):`` (or ``async with``) it also
+    restores the previous context (user and request) when the block ends, even on
+    an error; blocks nest. Called without ``with`` the user stays set until
+    ``clear_user_context()``, as with :func:`set_user`.
+    """
+
+    __slots__ = ("_token",)
+
+    _token: contextvars.Token[UserContext] | None
+
+    def __init__(
+        self, user_id: str | int | None = None, roles: Iterable[str] | str | None = None
+    ) -> None:
+        super().__init__(user_id, roles)
+        object.__setattr__(self, "_token", _current.set(self))
+
+    def __enter__(self) -> UserContext:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        token = self._token
+        if token is None:
+            return
+        object.__setattr__(self, "_token", None)
+        try:
+            _current.reset(token)
+        except ValueError:  # the block ended in another context (task, thread): clear
+            _current.set(UserContext(None, _ANONYMOUS_ROLES))
+
+    async def __aenter__(self) -> UserContext:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__(*exc_info)
 
 
 def attach(ctx: UserContext) -> contextvars.Token[UserContext]:
@@ -243,18 +314,28 @@ def has_any_fact(facts: Iterable[str]) -> bool:
     return any(f in recorded for f in ([facts] if isinstance(facts, str) else facts))
 
 
-def warn_if_context_set() -> bool:
-    """Warn (``RuntimeWarning``) and return True when a user context is still set:
-    a cheap leak detector for the end of a request or a test."""
+def warn_if_context_set(*, logger: logging.Logger | None = None) -> bool:
+    """Return True, and log a warning, when a user context is still set: a cheap
+    leak detector for the end of a request, a worker task or a test. False when no
+    user is set. Never raises.
+
+    The warning goes to ``logger`` (default: the ``d2`` logger).
+    """
     ctx = _current.get()
     if ctx.user_id is None and not ctx.roles:
         return False
-    warnings.warn(
-        f"D2 user context still set ({ctx!r}); clear it at the end of each request "
-        "with clear_user_context() or @clear_context",
-        RuntimeWarning,
-        stacklevel=2,
-    )
+    try:
+        if logger is None:
+            import logging
+
+            logger = logging.getLogger("d2")
+        logger.warning(
+            "D2 user context leaked: %r is still set; clear it at the end of each request "
+            "with clear_user_context() or @clear_context",
+            ctx,
+        )
+    except Exception:
+        pass
     return True
 
 
@@ -291,23 +372,3 @@ def clear_context_async(
             clear_user_context()
 
     return wrapper
-
-
-def submit_with_context(
-    executor: Executor, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
-) -> Future[R]:
-    """``executor.submit`` that runs ``fn`` inside a copy of the caller's context,
-    so the worker sees the same user and request scope."""
-    ctx = contextvars.copy_context()
-    return executor.submit(ctx.run, fn, *args, **kwargs)  # type: ignore[arg-type]
-
-
-async def run_in_thread(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-    """Await ``fn(*args, **kwargs)`` run in the loop's default thread pool with the
-    caller's context (user and request scope) carried over."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    ctx = contextvars.copy_context()
-    call = functools.partial(ctx.run, fn, *args, **kwargs)
-    return await loop.run_in_executor(None, call)

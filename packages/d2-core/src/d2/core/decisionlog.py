@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._functions import bound_arguments
+from .context import process_tag  # request ids as UserContext.request_id shows them
 
 if TYPE_CHECKING:
     from .context import UserContext
@@ -90,10 +91,6 @@ def dropped_total() -> int:
     return _dropped[0]
 
 
-def _process_tag() -> str:
-    return os.urandom(4).hex()
-
-
 class DecisionLog:
     """Where decisions go: a JSON Lines file (``path``) or a callable given each
     record as a dict (in the writer thread). ``arguments``: also record the bound
@@ -119,7 +116,7 @@ class DecisionLog:
             self.path = os.fspath(sink)
             self._open_file().close()  # fail at configure time, naming the path
         self._queue: deque[tuple[Any, ...]] = deque()
-        self._tag = _process_tag()
+        self._tag = process_tag()
         self._write_lock = threading.Lock()  # the writer vs flush(); never the caller's
         self._stop = threading.Event()
         self._warned = False
@@ -291,7 +288,7 @@ class DecisionLog:
         # the parent's queued records are the parent's to write
         self._queue = deque()
         self._write_lock = threading.Lock()
-        self._tag = _process_tag()
+        self._tag = process_tag()
         self._stop = threading.Event()
         if self in _live:
             _live.remove(self)

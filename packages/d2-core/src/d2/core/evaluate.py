@@ -8,7 +8,7 @@ set operations on immutable data, with no lock and no I/O.
 Decision steps (``POLICY.md``), in order; the first that fails denies:
 1. a policy is in force and not expired, else ``MissingPolicyError`` /
    ``BundleExpiredError``;
-2. a user is set, else reason ``no_user``;
+2. a user is set, else ``D2NoContextError`` (reason ``no_user``);
 3. RBAC: some role of the user is granted the tool, and no role of the user has an
    ``allow: false`` matching it (that overrides every grant). A tool no entry can
    match is ``MissingPolicyError`` (reason ``unknown_tool``);
@@ -53,6 +53,7 @@ from .context import RequestScope, UserContext, current_context
 from .errors import (
     ApprovalRequiredError,
     BundleExpiredError,
+    D2NoContextError,
     MissingPolicyError,
     PermissionDeniedError,
 )
@@ -370,7 +371,7 @@ class Evaluator:
         elif not _now() < policy.expires_at:
             cls, reason = BundleExpiredError, "policy_expired"
         elif ctx.user_id is None:
-            reason = "no_user"
+            cls, reason = D2NoContextError, "no_user"
         else:
             rules = policy.rules_for(tool_id, remember=False)
             if not rules.known:

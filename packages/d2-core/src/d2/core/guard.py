@@ -23,9 +23,9 @@ from ._functions import (
     is_coroutine_function,
     is_generator_function,
 )
-from .context import run_in_thread
 from .errors import ConfigurationError, D2Error, PermissionDeniedError
 from .evaluate import evaluator_for
+from .threads import run_in_thread
 
 if TYPE_CHECKING:
     import inspect

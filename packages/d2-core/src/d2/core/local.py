@@ -97,7 +97,8 @@ class LocalFileSource:
             from .errors import MissingPolicyError
 
             raise MissingPolicyError(
-                f"policy file {self._explicit!r} does not exist; check the path"
+                f"policy file {self._explicit!r} does not exist; check the path",
+                reason="missing_policy",
             )
         assert self.path is not None
         self._stamp = self._stat(self.path)

@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
@@ -64,6 +64,8 @@ class PolicyManager:
         self._closed = False
         self._state = threading.Lock()  # _install vs _retire; never on a guarded call
         self.decision_log: DecisionLog | None = None  # set by configure_rbac_*
+        # a final flush still running on the caller's event loop after shutdown()
+        self.closing: Awaitable[None] | None = None
         self.owned_store: Store | None = None  # a store built from a URL: closed with us
 
     @property
@@ -292,8 +294,11 @@ def _register(manager: PolicyManager) -> None:
 
 
 def configure_rbac_sync(
-    *,
     instance_name: str = "default",
+    api_url: str | None = None,
+    pin_jwks_thumbprints: str | Sequence[str] | None = None,
+    jwks_url: str | None = None,
+    *,
     source: PolicySource | str | os.PathLike[str] | None = None,
     limits: Limits | None = None,
     strict_sync: bool | None = None,
@@ -316,8 +321,15 @@ def configure_rbac_sync(
     ``D2_STORE_URL``, else in-process). ``decision_log``: a JSON Lines file path or
     a callable given each record (default ``D2_DECISION_LOG``, else off);
     ``decision_log_arguments=True`` also records each call's bound arguments.
+
+    ``api_url``, ``pin_jwks_thumbprints`` and ``jwks_url`` (positional after the
+    instance name, as in 1.x) mean in cloud mode what ``D2_API_URL``,
+    ``D2_JWKS_THUMBPRINTS`` and ``D2_JWKS_URL`` mean; local mode ignores them.
     """
     token = token if token is not None else os.environ.get("D2_TOKEN") or None
+    cloud_options = _with_1x_options(cloud_options, api_url, pin_jwks_thumbprints, jwks_url)
+    if not token:
+        cloud_options = _local_options(cloud_options)
     chosen_store = _store_option(store)
     log = _log_option(decision_log, decision_log_arguments)
     try:
@@ -328,10 +340,6 @@ def configure_rbac_sync(
             manager: PolicyManager = cloud.configure_sync(ev, token=token, **cloud_options)
             _register(manager)
         else:
-            if cloud_options:
-                raise ConfigurationError(
-                    f"unknown option(s) for local mode: {sorted(cloud_options)}"
-                )
             manager = _prepare(instance_name, source, limits, strict_sync)
             try:
                 manager.start()
@@ -344,6 +352,47 @@ def configure_rbac_sync(
         raise
     _attach(manager, chosen_store, log, owned=store is None or isinstance(store, str))
     return manager
+
+
+_CLOUD_OPTIONS = frozenset({"api_url", "jwks_url", "jwks_thumbprints", "app", "state_path"})
+
+
+def _with_1x_options(
+    options: dict[str, Any],
+    api_url: str | None,
+    pins: str | Sequence[str] | None,
+    jwks_url: str | None,
+) -> dict[str, Any]:
+    """Fold the 1.x arguments into the cloud options (``pin_jwks_thumbprints`` is
+    the cloud package's ``jwks_thumbprints``)."""
+    if pins is not None and not isinstance(pins, str):
+        pins = list(pins)
+    given = {"api_url": api_url, "jwks_url": jwks_url, "jwks_thumbprints": pins}
+    out = dict(options)
+    for name, value in given.items():
+        if value is not None:
+            if out.get(name) is not None:
+                raise ConfigurationError(f"{name} is given twice; pass it once")
+            out[name] = value
+    return out
+
+
+def _local_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Local mode: cloud settings mean nothing (1.x code passes ``api_url``) and
+    are dropped with a debug log; an option no mode knows is a mistake."""
+    unknown = sorted(set(options) - _CLOUD_OPTIONS)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option(s) for configure_rbac_*: {unknown}; see help(d2.configure_rbac_sync)"
+        )
+    given = sorted(k for k, v in options.items() if v is not None)
+    if given:
+        import logging
+
+        logging.getLogger("d2").debug(
+            "d2: local mode (D2_TOKEN is not set) ignores the cloud option(s) %s", given
+        )
+    return {}
 
 
 def _store_option(store: Store | str | None) -> Store | None:
@@ -413,8 +462,11 @@ def _attach(
 
 
 async def configure_rbac_async(
-    *,
     instance_name: str = "default",
+    api_url: str | None = None,
+    pin_jwks_thumbprints: str | Sequence[str] | None = None,
+    jwks_url: str | None = None,
+    *,
     source: PolicySource | str | os.PathLike[str] | None = None,
     limits: Limits | None = None,
     strict_sync: bool | None = None,
@@ -424,9 +476,11 @@ async def configure_rbac_async(
     decision_log_arguments: bool = False,
     **cloud_options: Any,
 ) -> PolicyManager:
-    """Async twin of :func:`configure_rbac_sync`: file reads and parsing run in a
-    worker thread so the event loop is never blocked."""
+    """Async twin of :func:`configure_rbac_sync` (same arguments): file reads and
+    parsing run in a worker thread so the event loop is never blocked. ``d2.configure_rbac``
+    is its 1.x name."""
     token = token if token is not None else os.environ.get("D2_TOKEN") or None
+    cloud_options = _with_1x_options(cloud_options, api_url, pin_jwks_thumbprints, jwks_url)
     if token:
         chosen_store = _store_option(store)
         log = _log_option(decision_log, decision_log_arguments)
@@ -470,17 +524,46 @@ def get_policy_manager(instance_name: str = "default") -> PolicyManager:
     return manager
 
 
-def shutdown_rbac(instance_name: str = "default") -> None:
-    """Shut one instance down (no-op when it is not configured)."""
+class _ShutDown:
+    """What ``shutdown_rbac`` returns: the shutdown is already done; awaiting it
+    (the 1.x form) also waits for a cloud instance's last usage flush. Not a
+    coroutine, so leaving it un-awaited warns about nothing."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self, managers: list[PolicyManager]) -> None:
+        for manager in managers:
+            manager.shutdown()
+        self._pending = [m.closing for m in managers if m.closing is not None]
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> None:
+        for pending in self._pending:
+            try:
+                await pending
+            except BaseException:  # a flush failure never fails the host's shutdown
+                pass
+
+    def __repr__(self) -> str:
+        return "<d2 shutdown: done>"
+
+
+def shutdown_rbac(instance_name: str = "default") -> Awaitable[None]:
+    """Shut one instance down now (no-op when it is not configured): guarded calls
+    of that instance deny from now on.
+
+    Works both as a plain call and, as in 1.x, as ``await shutdown_rbac()``, which
+    also waits for a cloud instance's final usage-event flush.
+    """
     manager = _managers.get(instance_name)
-    if manager is not None:
-        manager.shutdown()
+    return _ShutDown([] if manager is None else [manager])
 
 
-def shutdown_all_rbac() -> None:
-    """Shut every instance down."""
-    for manager in list(_managers.values()):
-        manager.shutdown()
+def shutdown_all_rbac() -> Awaitable[None]:
+    """Shut every instance down now; plain call or ``await`` (see :func:`shutdown_rbac`)."""
+    return _ShutDown(list(_managers.values()))
 
 
 def _after_fork_in_child() -> None:

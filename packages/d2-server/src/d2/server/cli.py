@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ._version import __version__
 from .config import Quotas, ServerConfig
 from .service import ControlPlane, check_app_name
 from .signing import ALGORITHMS, DEFAULT_ALGORITHM
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="d2-server", description="D2 reference control plane (self-hosted)."
     )
+    parser.add_argument("--version", action="version", version=f"d2-server {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     init = sub.add_parser(

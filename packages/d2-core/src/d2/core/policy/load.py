@@ -50,7 +50,8 @@ def discover_policy_file(env: Mapping[str, str] | None = None, cwd: str | None =
         if not os.path.isfile(path):
             raise MissingPolicyError(
                 f"D2_POLICY_FILE points to {path!r}, which is not a file; "
-                "fix the path or unset D2_POLICY_FILE to use discovery"
+                "fix the path or unset D2_POLICY_FILE to use discovery",
+                reason="missing_policy",
             )
         return path
     home = env.get("HOME") or os.path.expanduser("~")
@@ -63,7 +64,8 @@ def discover_policy_file(env: Mapping[str, str] | None = None, cwd: str | None =
     raise MissingPolicyError(
         "no local policy file found; looked for: "
         + ", ".join(searched)
-        + ". Create one with `d2 init`, set D2_POLICY_FILE, or set D2_TOKEN for cloud mode"
+        + ". Create one with `d2 init`, set D2_POLICY_FILE, or set D2_TOKEN for cloud mode",
+        reason="missing_policy",
     )
 
 
@@ -115,32 +117,41 @@ def check_limits(policy: CompiledPolicy, limits: Limits, now: float) -> None:
         raise TooManyToolsError(
             f"{src} names {policy.tool_count} tools; local mode allows at most "
             f"{limits.max_tools}. Remove unused tools, use a prefix wildcard ('billing:*'), "
-            "move to cloud mode, or raise Limits(max_tools=...)"
+            "move to cloud mode, or raise Limits(max_tools=...)",
+            tool_count=policy.tool_count,
+            limit=limits.max_tools,
         )
     exp = policy.expires_at
     if exp == float("inf"):
         raise BundleExpiredError(
             f"{src} has no metadata.expires; add one at most "
             f"{limits.max_expiry_seconds / 86400:g} days ahead, e.g. expires: "
-            f'"{time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 6 * 86400))}"'
+            f'"{time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 6 * 86400))}"',
+            reason="policy_expired",
         )
     if exp <= now:
         raise BundleExpiredError(
             f"{src} expired at {_iso(exp)}; set metadata.expires to a future time "
-            f"(at most {limits.max_expiry_seconds / 86400:g} days ahead)"
+            f"(at most {limits.max_expiry_seconds / 86400:g} days ahead)",
+            reason="policy_expired",
+            expiry_date=_iso(exp),
         )
     if exp - now > limits.max_expiry_seconds:
         raise BundleExpiredError(
             f"{src} expires at {_iso(exp)}, more than "
             f"{limits.max_expiry_seconds / 86400:g} days ahead; local policies must be "
-            "renewed weekly: set metadata.expires closer, or raise Limits(max_expiry_seconds=...)"
+            "renewed weekly: set metadata.expires closer, or raise Limits(max_expiry_seconds=...)",
+            reason="policy_expired",
+            expiry_date=_iso(exp),
         )
 
 
 def _too_large(source: str, size: int, limits: Limits) -> PolicyTooLargeError:
     return PolicyTooLargeError(
         f"{source} is {size} bytes; local mode allows at most {limits.max_bytes}. "
-        "Use tool groups or prefix wildcards to shorten it, or raise Limits(max_bytes=...)"
+        "Use tool groups or prefix wildcards to shorten it, or raise Limits(max_bytes=...)",
+        bundle_size=size,
+        size_limit=limits.max_bytes,
     )
 
 
@@ -174,11 +185,15 @@ def read_policy_bytes(path: str, limits: Limits) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise MissingPolicyError(f"cannot read policy file {path!r}: {exc}") from exc
+        raise MissingPolicyError(
+            f"cannot read policy file {path!r}: {exc}", reason="missing_policy"
+        ) from exc
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise MissingPolicyError(f"policy file {path!r} is not a regular file")
+            raise MissingPolicyError(
+                f"policy file {path!r} is not a regular file", reason="missing_policy"
+            )
         if st.st_size > limits.max_bytes:
             raise _too_large(path, st.st_size, limits)
         data = fh.read(int(min(limits.max_bytes, 1 << 40)) + 1)
