@@ -469,3 +469,17 @@ def test_asyncio_apps_can_await_configure_and_shutdown_in_one_loop(local_policy:
         return ok
 
     assert asyncio.run(lifespan()) is True
+
+
+async def test_thread_entrypoint_on_a_coroutine_function_runs_as_the_actor() -> None:
+    from d2.threads import thread_entrypoint
+
+    @thread_entrypoint(require_actor=True)
+    async def job() -> str | None:
+        await asyncio.sleep(0)
+        return d2.get_user_context().user_id
+
+    assert await job(actor=d2.UserContext(user_id="bob")) == "bob"
+    assert d2.get_user_context().user_id is None
+    with pytest.raises(d2.D2NoContextError):
+        await job()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ._functions import is_coroutine_function
@@ -116,12 +116,13 @@ def thread_entrypoint(require_actor: Any = False) -> Any:
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         if is_coroutine_function(fn):
+            coro_fn: Callable[..., Awaitable[Any]] = fn  # type: ignore[assignment]
 
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
                 token = attach(pick(fn, kwargs))
                 try:
-                    return await fn(*args, **kwargs)
+                    return await coro_fn(*args, **kwargs)
                 finally:
                     try:
                         detach(token)
@@ -135,7 +136,7 @@ def thread_entrypoint(require_actor: Any = False) -> Any:
             actor = pick(fn, kwargs)
             return _context_as(actor).run(fn, *args, **kwargs)
 
-        return run  # type: ignore[return-value]
+        return run
 
     return decorate
 
