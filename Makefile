@@ -6,7 +6,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 UV ?= uv
 RUN = $(UV) run --frozen --all-packages
 
-.PHONY: help uv sync demo demo-cloud test lint format bench bench-peers docs
+.PHONY: help uv sync demo demo-cloud test lint format bench bench-peers docs dist
 
 help:
 	@echo "make demo   - a scripted agent as three users: each call allowed or denied, and why"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench  - guard overhead, scaling, compile time and cold start"
 	@echo "make bench-peers - D2 vs casbin and cedarpy on the same RBAC decisions (throwaway venv)"
 	@echo "make docs   - build the documentation site into ./site (mkdocs --strict)"
+	@echo "make dist   - build every wheel and sdist into ./dist"
 
 uv:
 	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -59,3 +60,8 @@ bench-peers: sync
 # of this build; --strict still fails on every real one).
 docs: sync
 	NO_MKDOCS_2_WARNING=1 $(RUN) mkdocs build --strict --site-dir site
+
+# Every distribution's wheel and sdist, one version for all (VERSION).
+dist: uv
+	rm -rf dist
+	$(UV) build --all-packages --out-dir dist
