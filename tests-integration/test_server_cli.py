@@ -3,6 +3,7 @@ create and rotate-key against a running server, in subprocesses."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
+from d2.server import SQLiteStorage
 from d2.server.cli import build_parser
 from d2.server.testing import DeviceKey
 
@@ -79,12 +81,12 @@ def env(tmp_path: Path) -> dict[str, str]:
     return {**clean, "D2_SERVER_DB": str(tmp_path / "d2-server.db")}
 
 
-@pytest.fixture
-def served(env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
-    tokens = json.loads(_run("init", "--app", "support-bot", "--json", env=env))
+@contextlib.contextmanager
+def _serving(env: dict[str, str], *options: str) -> Iterator[str]:
+    """``d2-server serve`` with ``options`` in a subprocess; yields its base URL."""
     port = _free_port()
     proc = subprocess.Popen(
-        [str(EXE), "serve", "--port", str(port), "--poll-seconds", "7", "--log-level", "warning"],
+        [str(EXE), "serve", "--port", str(port), "--log-level", "warning", *options],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -101,7 +103,7 @@ def served(env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             assert time.monotonic() < deadline, "d2-server serve did not start"
             time.sleep(0.05)
-        yield base, tokens
+        yield base
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -113,6 +115,13 @@ def served(env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
                 proc.wait()
             if proc.stderr:
                 proc.stderr.close()
+
+
+@pytest.fixture
+def served(env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
+    tokens = json.loads(_run("init", "--app", "support-bot", "--json", env=env))
+    with _serving(env, "--poll-seconds", "7") as base:
+        yield base, tokens
 
 
 def test_init_serve_publish_token_and_rotate_as_documented(
@@ -154,3 +163,42 @@ def test_init_serve_publish_token_and_rotate_as_documented(
             http.get("/v1/policy/bundle", headers=fresh).json()["jws"]
         )
         assert header["alg"] == "RS256" and header["jwks_refresh"] is True
+
+
+def test_serve_prunes_expired_events_at_startup_and_keeps_recent_ones(
+    env: dict[str, str],
+) -> None:
+    tokens = json.loads(_run("init", "--app", "support-bot", "--json", env=env))
+    storage = SQLiteStorage(env["D2_SERVER_DB"])
+    try:
+        (account,) = storage.accounts()
+        (app,) = storage.apps(account.id)
+        event = ("decision", '{"tool":"t"}', "2025-01-01T00:00:00Z")
+        storage.add_events(app.id, "h", [event] * 50, time.time() - 3 * 86400)
+        storage.add_events(app.id, "h", [event] * 4, time.time() - 3600)
+    finally:
+        storage.close()
+    options = ("--events-retention", "2", "--events-max-per-app", "10")
+    with _serving(env, *options) as base:
+        deadline = time.monotonic() + 30
+        while True:
+            storage = SQLiteStorage(env["D2_SERVER_DB"])
+            try:
+                if storage.event_usage(app.id).events == 4:
+                    break
+            finally:
+                storage.close()
+            assert time.monotonic() < deadline, "the startup pass did not prune"
+            time.sleep(0.05)
+        # the cap given on the command line holds for uploads too
+        runtime = {"Authorization": f"Bearer {tokens['runtime_token']}"}
+        item = {"event_type": "decision", "payload": {"tool": "t"}, "occurred_at": event[2]}
+        body = {"events": [item] * 3}
+        for _ in range(5):
+            r = httpx.post(f"{base}/v1/events/ingest", json=body, headers=runtime)
+            assert r.status_code == 202
+    storage = SQLiteStorage(env["D2_SERVER_DB"])
+    try:
+        assert storage.event_usage(app.id).events == 10
+    finally:
+        storage.close()

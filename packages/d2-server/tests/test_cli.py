@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
 import pytest
-from d2.server import SQLiteStorage
-from d2.server.cli import main
+from d2.server import ServerConfig, SQLiteStorage
+from d2.server.cli import build_parser, main
 from d2.server.tokens import hash_token
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def _init(db: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, str]:
@@ -132,3 +136,77 @@ def test_init_with_an_invalid_app_name_leaves_nothing_behind(
         assert [k.alg for k in storage.published_signing_keys(0.0)] == ["ES256"]
     finally:
         storage.close()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--events-retention", "0", "from 1 to 36500, got 0"),
+        ("--events-retention", "-3", "from 1 to 36500, got -3"),
+        ("--events-retention", "1.5", "whole number from 1 to 36500, got '1.5'"),
+        ("--events-retention", "forever", "got 'forever'"),
+        ("--events-max-per-app", "0", "from 1 to"),
+        ("--events-max-bytes-per-app", "1000", "from 32768 to"),
+        ("--events-prune-interval", "0", "number of seconds from 0.001 to 604800"),
+        ("--events-prune-interval", "inf", "got inf"),
+        ("--events-prune-interval", "nan", "got nan"),
+    ],
+)
+def test_serve_refuses_a_bad_retention_setting_naming_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--db", str(tmp_path / "d2.db"), option, value])
+    assert exited.value.code == 2  # a usage error, before anything is opened
+    err = capsys.readouterr().err
+    assert f"argument {option}: must be" in err and message in err
+    assert not (tmp_path / "d2.db").exists()
+
+
+def test_serve_hands_the_retention_settings_to_the_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    db = tmp_path / "d2.db"
+    _init(db, capsys)
+    seen: dict[str, object] = {}
+
+    def run(app: object, **kwargs: object) -> None:
+        seen.update(kwargs, config=app.state.plane.config)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    args = ["serve", "--db", str(db), "--events-retention", "7", "--events-max-per-app", "500"]
+    args += ["--events-max-bytes-per-app", "65536", "--events-prune-interval", "90.5"]
+    assert main(args) == 0
+    config = seen["config"]
+    assert isinstance(config, ServerConfig)
+    assert (config.events_retention_days, config.events_max_per_app) == (7, 500)
+    assert (config.events_max_bytes_per_app, config.events_prune_interval) == (65536, 90.5)
+    assert seen["lifespan"] == "on"  # the lifespan runs the pruner
+    defaults = build_parser().parse_args(["serve"])
+    assert (defaults.events_retention, defaults.events_max_per_app) == (30, 1_000_000)
+    assert defaults.events_max_bytes_per_app == 256 * 1024 * 1024
+    assert defaults.events_prune_interval == 3600.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=12), st.integers().map(str), st.floats().map(str)))
+def test_the_retention_option_takes_exactly_whole_days_from_1_to_36500(text: str) -> None:
+    try:
+        expected: int | None = int(text.strip())
+    except ValueError:
+        expected = None
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args = build_parser().parse_args(["serve", f"--events-retention={text}"])
+    except SystemExit as exc:
+        assert exc.code == 2
+        assert "argument --events-retention: must be a whole number from 1 to 36500" in (
+            err.getvalue()
+        )
+        assert expected is None or not 1 <= expected <= 36500
+    else:
+        assert expected is not None and args.events_retention == expected
+        assert 1 <= expected <= 36500

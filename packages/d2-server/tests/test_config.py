@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from d2.server import Quotas, ServerConfig
+from d2.server.config import EVENTS_MAX_BYTES
 
 
 def test_quotas_report_exactly_the_protocol_keys() -> None:
@@ -42,3 +43,35 @@ def test_server_settings_must_be_positive(kwargs: dict[str, Any]) -> None:
 def test_bundles_must_be_refreshed_before_they_expire() -> None:
     with pytest.raises(ValueError, match="shorter than bundle_lifetime"):
         ServerConfig(bundle_lifetime=100, bundle_refresh=100)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"events_retention_days": 0},
+        {"events_retention_days": 36_501},
+        {"events_retention_days": 1.5},
+        {"events_retention_days": True},
+        {"events_max_per_app": 0},
+        {"events_max_bytes_per_app": EVENTS_MAX_BYTES - 1},
+        {"events_prune_interval": 0},
+        {"events_prune_interval": float("inf")},
+        {"events_prune_interval": float("nan")},
+        {"events_prune_batch": 0},
+        {"events_prune_batch": 100_001},
+    ],
+)
+def test_retention_settings_out_of_range_are_refused_by_name(kwargs: dict[str, Any]) -> None:
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        ServerConfig(**kwargs)
+
+
+def test_retention_defaults_are_the_documented_ones() -> None:
+    config = ServerConfig()
+    assert config.events_retention_days == 30 and config.events_retention_seconds == 30 * 86400
+    assert config.events_max_per_app == 1_000_000
+    assert config.events_max_bytes_per_app == 256 * 1024 * 1024
+    assert config.events_prune_interval == 3600 and config.events_prune_batch == 5000
+    bounds = ServerConfig(events_retention_days=36_500, events_max_bytes_per_app=EVENTS_MAX_BYTES)
+    assert bounds.events_retention_days == 36_500

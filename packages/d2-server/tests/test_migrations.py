@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from d2.server import Quotas, SQLiteStorage
 from d2.server.migrations import MIGRATIONS, SchemaTooNewError, migrate
+from d2.server.storage import EventUsage
 
 
 def test_a_new_database_is_migrated_to_the_latest_schema_in_wal_mode(tmp_path: Path) -> None:
@@ -157,5 +158,49 @@ def test_migration_2_gives_each_app_of_an_account_the_keys_registered_before(
         assert store.schema_version() == len(MIGRATIONS) >= 2
         assert store.device_key(1, "laptop") == store.device_key(2, "laptop") == b"k" * 32
         assert store.device_key(3, "laptop") is None  # another account: never had it
+    finally:
+        store.close()
+
+
+def test_migration_3_counts_the_events_of_an_old_database_and_indexes_them_for_pruning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "d2.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr("d2.server.migrations.MIGRATIONS", MIGRATIONS[:2])
+            assert migrate(conn) == 2
+        conn.execute("INSERT INTO accounts VALUES ('acc', 'free', 1, 1, 1, 1, 3, 1.0)")
+        conn.executemany(
+            "INSERT INTO apps (id, account_id, name, created_at) VALUES (?, 'acc', ?, 1.0)",
+            [(1, "shop"), (2, "blog"), (3, "idle")],
+        )
+        rows = [(1, "decision", '{"tool":"café"}', 100.0)] * 7  # é: 2 bytes in UTF-8
+        rows += [(2, "decision", "{}", 100.0)] * 2 + [(2, "decision", "{}", 9e9)]
+        conn.executemany(
+            "INSERT INTO events (app_id, token_hash, event_type, payload, occurred_at, "
+            "received_at) VALUES (?, 'h', ?, ?, '2025-01-01T00:00:00Z', ?)",
+            rows,
+        )
+    finally:
+        conn.close()
+    store = SQLiteStorage(db)
+    try:
+        assert store.schema_version() == len(MIGRATIONS) >= 3
+        per_event = len("decision") + len("2025-01-01T00:00:00Z")
+        assert store.event_usage(1) == EventUsage(7, 7 * (per_event + 16))
+        assert store.event_usage(2) == EventUsage(3, 3 * (per_event + 2))
+        assert store.event_usage(3) == EventUsage(0, 0)
+        # the index exists and the counts stay exact as pruning deletes
+        assert store.delete_events_before(200.0, 100) == 9
+        assert store.event_usage(1) == EventUsage(0, 0)
+        assert store.event_usage(2) == EventUsage(1, per_event + 2)
+        store.add_events(3, "h", [("decision", "{}", "2025-01-01T00:00:00Z")], 300.0)
+        assert store.event_usage(3) == EventUsage(1, per_event + 2)
+        indexes = {
+            r[0] for r in store._conn().execute("SELECT name FROM sqlite_master WHERE type='index'")
+        }
+        assert "events_by_received" in indexes
     finally:
         store.close()

@@ -3,12 +3,15 @@
 Each route authenticates, reads a bounded body, and hands the work to
 :class:`~d2.server.service.ControlPlane` in the thread pool (storage is blocking
 SQLite). Every refusal is JSON ``{"detail": ...}``; unknown routes and methods too.
+The application's lifespan runs the usage-event pruner
+(:class:`~d2.server.retention.EventPruner`) in a thread of its own while it serves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
@@ -22,6 +25,7 @@ from .config import EVENTS_MAX_BYTES
 from .errors import ApiError
 from .openapi import openapi_document
 from .preconditions import parse_etags
+from .retention import EventPruner
 from .service import ControlPlane
 from .storage import Principal
 from .tokens import EVENTS_WRITE, POLICY_WRITE
@@ -123,7 +127,20 @@ async def _on_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(plane: ControlPlane) -> Starlette:
-    """The ASGI application serving ``plane``."""
+    """The ASGI application serving ``plane``. Serve it with the lifespan protocol on
+    (uvicorn's default): startup starts the usage-event pruner (``app.state.pruner``),
+    shutdown stops it."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pruner = EventPruner(plane)
+        app.state.pruner = pruner
+        pruner.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(pruner.stop)
+
     api = _Api(plane)
     handler: Callable[[Request, Exception], Awaitable[Response]] = _on_error
     routes = [
@@ -141,6 +158,7 @@ def create_app(plane: ControlPlane) -> Starlette:
     app = Starlette(
         routes=routes,
         exception_handlers={ApiError: handler, HTTPException: handler, Exception: handler},
+        lifespan=lifespan,
     )
     app.state.plane = plane
     return app

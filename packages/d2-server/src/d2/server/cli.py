@@ -11,11 +11,11 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._version import __version__
-from .config import Quotas, ServerConfig
+from .config import Quotas, ServerConfig, check_event_setting
 from .service import ControlPlane, check_app_name
 from .signing import ALGORITHMS, DEFAULT_ALGORITHM
 from .sqlite import SQLiteStorage
@@ -31,6 +31,26 @@ class _Refused(Exception):
 
 def _db_default() -> str:
     return os.environ.get("D2_SERVER_DB") or DEFAULT_DB
+
+
+def _event_option(setting: str, convert: Callable[[str], int | float]) -> Callable[[str], Any]:
+    """An argparse type for the ``ServerConfig`` field ``setting``: a refused value
+    is a usage error that argparse prints with the option's name."""
+
+    def parse(text: str) -> int | float:
+        value: object
+        try:
+            value = convert(text.strip())
+        except ValueError:
+            value = text  # not a number: refused below, quoted as typed
+        try:
+            check_event_setting(setting, value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        assert isinstance(value, (int, float))
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +91,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--ingest-burst", type=int, default=config.ingest_burst)
     serve.add_argument("--ingest-window", type=float, default=config.ingest_window)
+    serve.add_argument(
+        "--events-retention",
+        metavar="DAYS",
+        type=_event_option("events_retention_days", int),
+        default=config.events_retention_days,
+        help="delete usage events received more than DAYS ago (1-36500; default %(default)s)",
+    )
+    serve.add_argument(
+        "--events-max-per-app",
+        metavar="N",
+        type=_event_option("events_max_per_app", int),
+        default=config.events_max_per_app,
+        help="keep at most N usage events per app, dropping the oldest (default %(default)s)",
+    )
+    serve.add_argument(
+        "--events-max-bytes-per-app",
+        metavar="N",
+        type=_event_option("events_max_bytes_per_app", int),
+        default=config.events_max_bytes_per_app,
+        help="keep at most N bytes of usage-event data per app, dropping the oldest "
+        "(default %(default)s)",
+    )
+    serve.add_argument(
+        "--events-prune-interval",
+        metavar="SECONDS",
+        type=_event_option("events_prune_interval", float),
+        default=config.events_prune_interval,
+        help="seconds between pruning passes; one also runs at startup (default %(default)g)",
+    )
     serve.add_argument("--log-level", default="info")
 
     rotate = sub.add_parser("rotate-key", parents=[common], help="add a new bundle signing key")
@@ -191,12 +240,21 @@ def _serve(storage: SQLiteStorage, args: argparse.Namespace) -> None:
         bundle_refresh=args.bundle_refresh,
         ingest_burst=args.ingest_burst,
         ingest_window=args.ingest_window,
+        events_retention_days=args.events_retention,
+        events_max_per_app=args.events_max_per_app,
+        events_max_bytes_per_app=args.events_max_bytes_per_app,
+        events_prune_interval=args.events_prune_interval,
     )
     plane = ControlPlane(storage, config)
     if storage.active_signing_key() is None or not storage.accounts():
         raise _Refused(f"{args.db} is not initialized; run `d2-server init --db {args.db}`")
     uvicorn.run(
-        create_app(plane), host=args.host, port=args.port, log_level=args.log_level, access_log=True
+        create_app(plane),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=True,
+        lifespan="on",  # the lifespan runs the usage-event pruner
     )
 
 

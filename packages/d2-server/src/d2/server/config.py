@@ -7,10 +7,43 @@ from dataclasses import dataclass, field
 
 from .types import Clock
 
-__all__ = ["EVENTS_MAX_BYTES", "Quotas", "ServerConfig"]
+__all__ = [
+    "EVENTS_MAX_BYTES",
+    "EVENT_LIMITS",
+    "Quotas",
+    "ServerConfig",
+    "check_event_setting",
+]
 
 EVENTS_MAX_BYTES = 32 * 1024
 """Largest accepted ``POST /v1/events/ingest`` body (PROTOCOL.md: 32 KiB)."""
+
+EVENT_LIMITS: dict[str, tuple[float, float]] = {
+    "events_retention_days": (1, 36_500),
+    "events_max_per_app": (1, 10**12),
+    "events_max_bytes_per_app": (EVENTS_MAX_BYTES, 10**15),
+    "events_prune_interval": (0.001, 7 * 86400),
+    "events_prune_batch": (1, 100_000),
+}
+"""The accepted range of each event retention setting, inclusive. A byte cap below
+one request body would delete an upload as it is stored."""
+
+_WHOLE = frozenset(EVENT_LIMITS) - {"events_prune_interval"}
+
+
+def check_event_setting(name: str, value: object) -> None:
+    """``ValueError`` unless ``value`` is in the range :data:`EVENT_LIMITS` gives
+    ``name`` (a whole number, except the interval in seconds)."""
+    low, high = EVENT_LIMITS[name]
+    whole = name in _WHOLE
+    kind = "a whole number" if whole else "a number of seconds"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (whole and not isinstance(value, int))
+        or not low <= value <= high  # NaN fails too
+    ):
+        raise ValueError(f"must be {kind} from {low} to {high}, got {value!r}")
 
 
 def _positive(name: str, value: float) -> None:
@@ -72,6 +105,14 @@ class ServerConfig:
     - ``ingest_burst`` requests per token per ``ingest_window`` seconds are accepted by
       ``POST /v1/events/ingest`` (a token bucket); beyond that, 429 + ``Retry-After``.
     - ``max_body_bytes``: a request declaring a bigger body is refused (413) unread.
+    - ``events_retention_days``: usage events received longer ago are deleted.
+    - ``events_max_per_app`` / ``events_max_bytes_per_app``: the most events, and
+      bytes of event data (``event_type``, ``payload``, ``occurred_at`` in UTF-8),
+      kept per app; an ingest beyond either is stored and the app's oldest events
+      are deleted in the same transaction.
+    - ``events_prune_interval``: seconds between background prune passes (one runs
+      at startup); ``events_prune_batch``: the most events one delete transaction
+      removes.
     - ``clock``: the time source of every decision.
     """
 
@@ -81,6 +122,11 @@ class ServerConfig:
     ingest_burst: int = 60
     ingest_window: float = 60.0
     max_body_bytes: int = 8 * 1024 * 1024
+    events_retention_days: int = 30
+    events_max_per_app: int = 1_000_000
+    events_max_bytes_per_app: int = 256 * 1024 * 1024
+    events_prune_interval: float = 3600.0
+    events_prune_batch: int = 5000
     clock: Clock = field(default=time.time)
 
     def __post_init__(self) -> None:
@@ -90,6 +136,11 @@ class ServerConfig:
                 raise ValueError(f"{name} must be an integer, got {value!r}")
             _positive(name, value)
         _positive("ingest_window", self.ingest_window)
+        for name in EVENT_LIMITS:
+            try:
+                check_event_setting(name, getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"{name} {exc}") from None
         if self.bundle_refresh is not None:
             _positive("bundle_refresh", self.bundle_refresh)
             if self.bundle_refresh >= self.bundle_lifetime:
@@ -104,3 +155,8 @@ class ServerConfig:
         if self.bundle_refresh is not None:
             return self.bundle_refresh
         return max(1, self.bundle_lifetime // 2)
+
+    @property
+    def events_retention_seconds(self) -> float:
+        """How long a usage event is kept, in seconds."""
+        return self.events_retention_days * 86400.0

@@ -106,6 +106,48 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP TABLE device_keys",
         "ALTER TABLE app_device_keys RENAME TO device_keys",
     ),
+    # 3: event retention. An index to delete expired events oldest first without a
+    # table scan, and each app's stored events and bytes (event_type, payload and
+    # occurred_at, in UTF-8), kept exact by triggers, so the per-app cap is checked
+    # on ingest without counting rows. An existing database is counted once, here.
+    (
+        "CREATE INDEX events_by_received ON events (received_at)",
+        """CREATE TABLE event_counts (
+            app_id INTEGER PRIMARY KEY REFERENCES apps(id),
+            events INTEGER NOT NULL,
+            bytes INTEGER NOT NULL)""",
+        """INSERT INTO event_counts (app_id, events, bytes)
+            SELECT app_id, COUNT(*), SUM(length(CAST(event_type AS BLOB))
+                + length(CAST(payload AS BLOB)) + length(CAST(occurred_at AS BLOB)))
+            FROM events GROUP BY app_id""",
+        """CREATE TRIGGER events_counted_in AFTER INSERT ON events BEGIN
+            INSERT OR IGNORE INTO event_counts (app_id, events, bytes)
+                VALUES (new.app_id, 0, 0);
+            UPDATE event_counts SET events = events + 1,
+                bytes = bytes + length(CAST(new.event_type AS BLOB))
+                    + length(CAST(new.payload AS BLOB)) + length(CAST(new.occurred_at AS BLOB))
+                WHERE app_id = new.app_id;
+        END""",
+        """CREATE TRIGGER events_counted_out AFTER DELETE ON events BEGIN
+            UPDATE event_counts SET events = events - 1,
+                bytes = bytes - length(CAST(old.event_type AS BLOB))
+                    - length(CAST(old.payload AS BLOB)) - length(CAST(old.occurred_at AS BLOB))
+                WHERE app_id = old.app_id;
+        END""",
+        """CREATE TRIGGER events_counted_moved
+            AFTER UPDATE OF app_id, event_type, payload, occurred_at ON events BEGIN
+            UPDATE event_counts SET events = events - 1,
+                bytes = bytes - length(CAST(old.event_type AS BLOB))
+                    - length(CAST(old.payload AS BLOB)) - length(CAST(old.occurred_at AS BLOB))
+                WHERE app_id = old.app_id;
+            INSERT OR IGNORE INTO event_counts (app_id, events, bytes)
+                VALUES (new.app_id, 0, 0);
+            UPDATE event_counts SET events = events + 1,
+                bytes = bytes + length(CAST(new.event_type AS BLOB))
+                    + length(CAST(new.payload AS BLOB)) + length(CAST(new.occurred_at AS BLOB))
+                WHERE app_id = new.app_id;
+        END""",
+    ),
 )
 
 

@@ -33,6 +33,7 @@ from .storage import (
     App,
     Bundle,
     BundleState,
+    EventCap,
     KeyRegistration,
     NewVersion,
     Principal,
@@ -56,6 +57,13 @@ APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 """App names: they appear in ``aud`` (``d2-policy:<account>:<app>``), so no ``:``."""
 
 
+_UPLOAD_TRIM = 2048
+"""Enough deletions for an app within its cap to stay within it after any one upload:
+an upload adds at most ``event_batch`` events and 32 KiB, and no stored event is
+smaller than 23 bytes (a 1-char type, ``{}``, a 20-char time), so 32 KiB frees in
+at most 1,425 events. Beyond that (a cap lowered on a full app) the pruner trims."""
+
+
 def check_app_name(name: str) -> None:
     """``ValueError`` unless ``name`` is a valid app name (:data:`APP_NAME`)."""
     if not APP_NAME.fullmatch(name):
@@ -77,6 +85,9 @@ class ControlPlane:
         self.config = config or ServerConfig()
         self.clock = self.config.clock
         self.limiter = RateLimiter(self.config.ingest_burst, self.config.ingest_window, self.clock)
+        self.event_cap = EventCap(
+            self.config.events_max_per_app, self.config.events_max_bytes_per_app
+        )
         self._keys = KeyCache()
 
     def now(self) -> float:
@@ -363,9 +374,17 @@ class ControlPlane:
             )
 
     def ingest(self, principal: Principal, body: bytes) -> int:
-        """Store a batch of usage events; returns how many."""
+        """Store a batch of usage events; returns how many. An app at its event
+        cap keeps the newest: the same transaction deletes its oldest events."""
         self.require(principal, EVENTS_WRITE)
         events = parse_events(body, principal.account.quotas.event_batch)
         if not events:
             return 0
-        return self.storage.add_events(principal.app.id, principal.token_hash, events, self.now())
+        return self.storage.add_events(
+            principal.app.id,
+            principal.token_hash,
+            events,
+            self.now(),
+            cap=self.event_cap,
+            trim_limit=max(self.config.events_prune_batch, len(events), _UPLOAD_TRIM),
+        )

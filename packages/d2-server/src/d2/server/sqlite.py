@@ -24,6 +24,8 @@ from .storage import (
     Bundle,
     BundleState,
     Draft,
+    EventCap,
+    EventUsage,
     KeyRegistration,
     NewVersion,
     Principal,
@@ -41,6 +43,11 @@ _ACCOUNT_COLUMNS = (
 )
 _KEY_COLUMNS = "kid, alg, private_pem, public_jwk, created_at, refresh_until, retired_at, remove_at"
 _BUNDLE_COLUMNS = "app_id, version, jws, etag, kid, iat, exp"
+# the bytes of one event, as the triggers of migration 3 count them
+_EVENT_BYTES = (
+    "length(CAST(event_type AS BLOB)) + length(CAST(payload AS BLOB)) "
+    "+ length(CAST(occurred_at AS BLOB))"
+)
 
 
 def _account(row: Sequence[Any]) -> Account:
@@ -493,16 +500,89 @@ class SQLiteStorage(Storage):
 
     # events
     def add_events(
-        self, app_id: int, token_hash: str, events: Sequence[tuple[str, str, str]], now: float
+        self,
+        app_id: int,
+        token_hash: str,
+        events: Sequence[tuple[str, str, str]],
+        now: float,
+        *,
+        cap: EventCap | None = None,
+        trim_limit: int = 5000,
     ) -> int:
-        """Store usage events."""
+        """Store usage events, then trim the app to ``cap`` in the same transaction."""
         with self._write() as conn:
             conn.executemany(
                 "INSERT INTO events (app_id, token_hash, event_type, payload, occurred_at, "
                 "received_at) VALUES (?, ?, ?, ?, ?, ?)",
                 [(app_id, token_hash, t, p, o, now) for t, p, o in events],
             )
+            if cap is not None:
+                self._trim(conn, app_id, cap, trim_limit)
         return len(events)
+
+    def event_usage(self, app_id: int) -> EventUsage:
+        """The app's stored events and their bytes (kept by triggers)."""
+        row = (
+            self._conn()
+            .execute("SELECT events, bytes FROM event_counts WHERE app_id = ?", (app_id,))
+            .fetchone()
+        )
+        return EventUsage(int(row[0]), int(row[1])) if row else EventUsage(0, 0)
+
+    def delete_events_before(self, cutoff: float, limit: int) -> int:
+        """Delete up to ``limit`` events received before ``cutoff``, oldest first."""
+        with self._write() as conn:
+            return conn.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events "
+                "WHERE received_at < ? ORDER BY received_at LIMIT ?)",
+                (cutoff, limit),
+            ).rowcount
+
+    def apps_over_event_cap(self, cap: EventCap) -> list[int]:
+        """The apps holding more events or bytes than ``cap``."""
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT app_id FROM event_counts WHERE events > ? OR bytes > ? ORDER BY app_id",
+                (cap.max_events, cap.max_bytes),
+            )
+            .fetchall()
+        )
+        return [int(r[0]) for r in rows]
+
+    def trim_events(self, app_id: int, cap: EventCap, limit: int) -> int:
+        """Delete up to ``limit`` of the app's oldest events beyond ``cap``."""
+        with self._write() as conn:
+            return self._trim(conn, app_id, cap, limit)
+
+    @staticmethod
+    def _trim(conn: sqlite3.Connection, app_id: int, cap: EventCap, limit: int) -> int:
+        row = conn.execute(
+            "SELECT events, bytes FROM event_counts WHERE app_id = ?", (app_id,)
+        ).fetchone()
+        if row is None:
+            return 0
+        extra_events, extra_bytes = int(row[0]) - cap.max_events, int(row[1]) - cap.max_bytes
+        if extra_events <= 0 and extra_bytes <= 0:
+            return 0
+        # over the count only: exactly that many rows; over the bytes: walk the oldest
+        # rows until enough is freed (a 32 KiB upload frees at most ~1,500 small ones)
+        scan = min(limit, extra_events) if extra_bytes <= 0 else limit
+        cursor = conn.execute(
+            f"SELECT id, {_EVENT_BYTES} FROM events WHERE app_id = ? ORDER BY id LIMIT ?",
+            (app_id, scan),
+        )
+        count, freed, last = 0, 0, None
+        try:
+            for event_id, size in cursor:
+                if count >= extra_events and freed >= extra_bytes:
+                    break
+                count, freed, last = count + 1, freed + int(size), event_id
+        finally:
+            cursor.close()
+        if last is not None:
+            conn.execute("DELETE FROM events WHERE app_id = ? AND id <= ?", (app_id, last))
+        return count
 
     def events(self, app_id: int, limit: int = 1000) -> list[StoredEvent]:
         """The app's newest ``limit`` events, oldest first."""

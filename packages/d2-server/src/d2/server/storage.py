@@ -23,6 +23,8 @@ __all__ = [
     "Bundle",
     "BundleState",
     "Draft",
+    "EventCap",
+    "EventUsage",
     "KeyRegistration",
     "NewVersion",
     "Principal",
@@ -156,6 +158,23 @@ class StoredEvent:
     received_at: float
 
 
+@dataclass(frozen=True)
+class EventCap:
+    """The most events, and bytes of event data, one app keeps."""
+
+    max_events: int
+    max_bytes: int
+
+
+@dataclass(frozen=True)
+class EventUsage:
+    """What an app's stored events take: how many, and their bytes of data
+    (``event_type``, ``payload`` and ``occurred_at`` in UTF-8)."""
+
+    events: int
+    bytes: int
+
+
 class KeyRegistration(enum.Enum):
     """Outcome of registering a device key."""
 
@@ -283,10 +302,40 @@ class Storage(abc.ABC):
     # events
     @abc.abstractmethod
     def add_events(
-        self, app_id: int, token_hash: str, events: Sequence[tuple[str, str, str]], now: float
+        self,
+        app_id: int,
+        token_hash: str,
+        events: Sequence[tuple[str, str, str]],
+        now: float,
+        *,
+        cap: EventCap | None = None,
+        trim_limit: int = 5000,
     ) -> int:
-        """Store ``(event_type, payload JSON, occurred_at)`` items; returns how many."""
+        """Store ``(event_type, payload JSON, occurred_at)`` items received at
+        ``now``; returns how many. With ``cap``, the same transaction then deletes
+        the app's oldest events beyond it (at most ``trim_limit``), so an app at
+        its cap stays there: each upload replaces its own size of old events."""
 
     @abc.abstractmethod
     def events(self, app_id: int, limit: int = 1000) -> list[StoredEvent]:
         """The app's newest events, oldest first."""
+
+    @abc.abstractmethod
+    def event_usage(self, app_id: int) -> EventUsage:
+        """How many events the app has stored, and their bytes."""
+
+    @abc.abstractmethod
+    def delete_events_before(self, cutoff: float, limit: int) -> int:
+        """In one short transaction, delete up to ``limit`` events (of any app)
+        received before ``cutoff``, oldest first, through an index; returns how
+        many."""
+
+    @abc.abstractmethod
+    def apps_over_event_cap(self, cap: EventCap) -> list[int]:
+        """The ids of the apps whose stored events exceed ``cap``."""
+
+    @abc.abstractmethod
+    def trim_events(self, app_id: int, cap: EventCap, limit: int) -> int:
+        """In one short transaction, delete up to ``limit`` of the app's oldest
+        events, as many as it takes to bring the app within ``cap``; returns how
+        many."""

@@ -43,6 +43,7 @@ from starlette.types import ASGIApp
 
 from .app import create_app
 from .config import Quotas, ServerConfig
+from .retention import EventPruner
 from .service import ControlPlane
 from .signing import DEFAULT_ALGORITHM
 from .sqlite import SQLiteStorage
@@ -98,7 +99,8 @@ class _QuickServer(uvicorn.Server):
 
 class LiveServer:
     """An ASGI app served by uvicorn in a background thread (with its own event
-    loop) on ``127.0.0.1`` and a port the OS chose."""
+    loop) on ``127.0.0.1`` and a port the OS chose, lifespan on (the app's startup
+    runs before :meth:`start` returns, its shutdown in :meth:`stop`)."""
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1") -> None:
         # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose
@@ -114,7 +116,7 @@ class LiveServer:
             log_config=None,
             log_level="warning",
             access_log=False,
-            lifespan="off",
+            lifespan="on",
             ws="none",
             timeout_graceful_shutdown=2,
         )
@@ -192,7 +194,8 @@ class D2Server:
     ``base_url``, ``jwks_url``; ``account_id`` / ``app_name`` and their
     ``runtime_token`` (``policy:read events:write``) and ``developer_token``
     (adds ``policy:write``); ``clock`` (a :class:`FakeClock` unless another clock
-    was given); ``plane`` / ``storage`` for direct access; ``db_path``.
+    was given); ``plane`` / ``storage`` for direct access; ``db_path``; ``pruner``,
+    the server's background usage-event pruner.
     """
 
     base_url: str
@@ -203,6 +206,7 @@ class D2Server:
     clock: Any
     plane: ControlPlane
     db_path: Path
+    pruner: EventPruner | None = None
     device_key: DeviceKey | None = None
     _clients: list[httpx.Client] = field(default_factory=list, repr=False)
     _http: httpx.Client | None = field(default=None, repr=False)
@@ -402,10 +406,16 @@ def start_server(
     ingest_burst: int = 1000,
     ingest_window: float = 60.0,
     max_body_bytes: int = 8 * 1024 * 1024,
+    events_retention_days: int = 30,
+    events_max_per_app: int = 1_000_000,
+    events_max_bytes_per_app: int = 256 * 1024 * 1024,
+    events_prune_interval: float = 3600.0,
+    events_prune_batch: int = 5000,
 ) -> Iterator[D2Server]:
     """Run a d2-server on a free 127.0.0.1 port with its database in ``directory``
-    (``d2-server.db``), one account and app (``app_name``) with a runtime and a
-    developer token, signing with ``alg``; stop it and close everything on exit.
+    (``d2-server.db``, created, or opened when it exists), one new account and app
+    (``app_name``) with a runtime and a developer token, signing with ``alg``; stop
+    it and close everything on exit.
 
     ``clock`` defaults to a new :class:`FakeClock`; the other arguments are
     :class:`~d2.server.config.ServerConfig` / :class:`~d2.server.config.Quotas`
@@ -418,6 +428,11 @@ def start_server(
         ingest_burst=ingest_burst,
         ingest_window=ingest_window,
         max_body_bytes=max_body_bytes,
+        events_retention_days=events_retention_days,
+        events_max_per_app=events_max_per_app,
+        events_max_bytes_per_app=events_max_bytes_per_app,
+        events_prune_interval=events_prune_interval,
+        events_prune_batch=events_prune_batch,
         clock=clock,
     )
     db_path = Path(directory) / "d2-server.db"
@@ -426,7 +441,8 @@ def start_server(
         plane = ControlPlane(storage, config)
         plane.ensure_signing_key(alg)
         account, app = plane.create_account(app_name, quotas)
-        live = LiveServer(create_app(plane))
+        asgi = create_app(plane)
+        live = LiveServer(asgi)
         server = D2Server(
             base_url=live.base_url,
             account_id=account.id,
@@ -438,6 +454,7 @@ def start_server(
             db_path=db_path,
         )
         live.start()
+        server.pruner = asgi.state.pruner
         try:
             yield server
         finally:
