@@ -190,6 +190,30 @@ async def test_interruptions_of_two_users_with_one_call_id_are_never_confused(
     assert RAN == []
 
 
+async def test_a_sibling_of_a_held_call_runs_once_across_the_resume(tools: list[Tool]) -> None:
+    model = ScriptedModel(
+        [
+            [
+                function_call("web_search", {"query": "policy"}, call_id="s1"),
+                function_call("refund", REFUND, call_id="c1"),
+            ],
+            [assistant_message("done")],
+        ]
+    )
+    agent = Agent(name="support", model=model, tools=tools)
+    set_user("alice", roles=["agent"])
+    result = await Runner.run(agent, "refund o1")
+    [item] = result.interruptions
+    state = result.to_state()
+    set_user("bob", roles=["finance_lead"])
+    await approve_item(state, item)
+    set_user("alice", roles=["agent"])
+    resumed = await Runner.run(agent, state)
+    assert resumed.final_output == "done"
+    assert RAN == ["web_search", "refund(500)"]  # each body once
+    assert outputs(model) == {"s1": "results for 'policy'", "c1": "refunded 500"}
+
+
 async def test_tools_taking_the_run_context_can_be_approved(hitl: dict[str, str]) -> None:
     ran: list[int] = []
 
