@@ -175,7 +175,9 @@ def test_resuming_without_an_approval_refuses_the_call(shape: str, tools: list[B
 def test_calls_below_the_approval_threshold_never_pause(shape: str, tools: list[BaseTool]) -> None:
     graph = PAUSING[shape](script(SEARCH, SMALL), tools)
     set_user("alice", roles=["agent"])
-    done = graph.invoke({"messages": [HumanMessage("refund o2")]}, {"configurable": {"thread_id": "t4"}})
+    done = graph.invoke(
+        {"messages": [HumanMessage("refund o2")]}, {"configurable": {"thread_id": "t4"}}
+    )
     assert "__interrupt__" not in done
     assert tool_messages(done)["call-small"].content == "refunded 50"
     assert sorted(RAN) == ["refund(50)", "web_search"]
@@ -187,7 +189,9 @@ def test_where_the_graph_cannot_pause_the_model_reads_the_approval_message(
 ) -> None:
     graph = ANSWERING[shape](script(SEARCH, BIG), tools)
     set_user("alice", roles=["agent"])
-    done = graph.invoke({"messages": [HumanMessage("refund o1")]}, {"configurable": {"thread_id": "t5"}})
+    done = graph.invoke(
+        {"messages": [HumanMessage("refund o1")]}, {"configurable": {"thread_id": "t5"}}
+    )
     assert "__interrupt__" not in done  # nothing left waiting that could never resume
     answers = tool_messages(done)
     assert answers["call-search"].content == "results for 'refund policy'"
@@ -200,7 +204,9 @@ def test_where_the_graph_cannot_pause_the_model_reads_the_approval_message(
     request_id = held.removeprefix("approval required for payments.refund: request ").split(",")[0]
     approve_as_lead(request_id)
     again = ANSWERING[shape](script(BIG), tools)
-    done = again.invoke({"messages": [HumanMessage("retry")]}, {"configurable": {"thread_id": "t6"}})
+    done = again.invoke(
+        {"messages": [HumanMessage("retry")]}, {"configurable": {"thread_id": "t6"}}
+    )
     assert tool_messages(done)["call-refund"].content == "refunded 500"
     assert RAN == ["web_search", "refund(500)"]
 

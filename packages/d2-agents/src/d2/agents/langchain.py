@@ -240,9 +240,7 @@ def guard_tool(
     if (tool.metadata or {}).get(TOOL_ID_KEY) is not None:
         return tool
     tool_id = tool_id or tool.name
-    refuse = _refuse(
-        deny_message, with_artifact=tool.response_format == "content_and_artifact"
-    )
+    refuse = _refuse(deny_message, with_artifact=tool.response_format == "content_and_artifact")
     guard = d2_guard(tool_id, on_deny=refuse, instance_name=instance_name)
     metadata = {**(tool.metadata or {}), TOOL_ID_KEY: tool_id}
     if _is_function_tool(tool):
