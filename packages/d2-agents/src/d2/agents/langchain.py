@@ -116,10 +116,13 @@ def _hold_in_graph(request: ApprovalRequest) -> str:
         return _OUTSIDE
     try:
         from langgraph.config import get_config
-        from langgraph.constants import CONFIG_KEY_CHECKPOINTER
         from langgraph.types import interrupt
     except ImportError:  # pragma: no cover - a partial install
         return _OUTSIDE
+    try:  # public since langgraph 0.x, kept "for backwards compatibility" in 1.x
+        from langgraph.constants import CONFIG_KEY_CHECKPOINTER
+    except ImportError:  # pragma: no cover - the value it has always had
+        CONFIG_KEY_CHECKPOINTER = "__pregel_checkpointer"
     try:
         config = get_config()
     except RuntimeError:  # no runnable config at all

@@ -446,9 +446,11 @@ def guard_tool(
         settled(ctx, input)
         return output
 
+    held_any = False  # whether this tool ever held a call (others pay nothing here)
+
     def settled(ctx: ToolContext[Any], input: str) -> None:
         """The call ran, or was refused for good: a request held for it is done."""
-        if not _REQUESTS:
+        if not held_any or not _REQUESTS:
             return
         try:
             arguments = json.loads(input) if input else {}
@@ -505,6 +507,8 @@ def guard_tool(
         decided = await _decide_early(gate, args, kwargs)
         request = approval_of(decided) if isinstance(decided, PermissionDeniedError) else None
         if request is not None:  # hold the call: the SDK interrupts the run
+            nonlocal held_any
+            held_any = True
             _remember(guarded.name, call_id, params, request)
             return True
         if isinstance(decided, (PermissionDeniedError, _Parked)):
