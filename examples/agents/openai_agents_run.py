@@ -16,7 +16,7 @@ os.environ.setdefault("OPENAI_API_KEY", "sk-example-not-used")  # never sent any
 os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
 
 from _policy import POLICY, TOOL_IDS, USERS, show
-from agents import Agent, FunctionTool, Runner, function_tool, set_tracing_disabled
+from agents import Agent, FunctionTool, RunConfig, Runner, function_tool, set_tracing_disabled
 from agents.testing import ScriptedModel, assistant_message, function_call
 from agents.tool import invoke_function_tool
 from agents.tool_context import ToolContext
@@ -43,13 +43,17 @@ async def http_request(url: str, body: str) -> str:
 
 
 TOOLS = guard_tools([web_search, read_users, http_request], tool_ids=TOOL_IDS)
+# A call to a tool the model was not offered (a hidden one, or one that never
+# existed) reads "Tool 'x' not found." and the run goes on, instead of ending it.
+RUN_CONFIG = RunConfig(tool_not_found_behavior="return_error_to_model")
 
 
 async def run(*calls: tuple[str, dict[str, object]]) -> ScriptedModel:
     """One agent run: the model makes ``calls`` one turn each, then answers."""
     turns = [[function_call(n, a, call_id=f"c{i}")] for i, (n, a) in enumerate(calls)]
     model = ScriptedModel([*turns, [assistant_message("done")]])
-    await Runner.run(Agent(name="assistant", model=model, tools=TOOLS), "help me")
+    agent = Agent(name="assistant", model=model, tools=TOOLS)
+    await Runner.run(agent, "help me", run_config=RUN_CONFIG)
     sent = {i["call_id"]: i["output"] for i in model.calls[-1].input if "output" in i}
     for i, (name, arguments) in enumerate(calls):
         show(f"{name}({arguments})", sent[f"c{i}"])

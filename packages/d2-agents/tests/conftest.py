@@ -139,3 +139,9 @@ def hitl(configure: Callable[..., PolicyManager]) -> dict[str, str]:
     """Load :func:`hitl_policy`; returns framework tool name -> tool id."""
     configure(hitl_policy())
     return dict(HITL_IDS)
+
+
+@pytest.fixture
+def hitl_doc() -> dict[str, Any]:
+    """A fresh copy of :func:`hitl_policy`, for a test to adjust before ``configure``."""
+    return hitl_policy()

@@ -1,84 +1,265 @@
-"""Approvals through LangGraph's own human-in-the-loop: a guarded tool run by the
-prebuilt ``ToolNode`` pauses the graph with ``interrupt``; the app shows the
-request to an approver and resumes with ``Command(resume=...)``."""
+"""Approvals through LangGraph's own human-in-the-loop, driven by a real offline chat
+model (langchain-core's ``GenericFakeChatModel``) in the graph shapes users build.
+
+A held call pauses the graph (``interrupt``) only where LangGraph can resume that
+call alone: a checkpointer, and the call in a task of its own (a ``Send`` per tool
+call, as ``langchain.agents.create_agent`` does). The other calls of the same model
+message then run once: their results are kept by the checkpointer as the pending
+writes of their own tasks. Anywhere else inside a graph (no checkpointer, or a
+``ToolNode`` reached by an edge, which LangGraph re-runs whole on resume) the model
+reads the approval message as the held call's result and the run goes on."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 from d2.agents.langchain import ApprovalPending, guard_tools
 from d2.core import approve, set_user
-from langchain_core.messages import AIMessage, ToolMessage
-from langchain_core.tools import tool
+from langchain.agents import create_agent
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMessage
+from langchain_core.tools import BaseTool, tool
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.graph import START, MessagesState, StateGraph
-from langgraph.prebuilt import ToolNode
-from langgraph.types import Command
+from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.prebuilt import ToolNode, tools_condition
+from langgraph.types import Command, Send
 
-RAN: list[int] = []
+RAN: list[str] = []
+SEARCH = {"name": "web_search", "args": {"query": "refund policy"}, "id": "call-search"}
+BIG = {"name": "refund", "args": {"order": "o1", "amount": 500}, "id": "call-refund"}
+SMALL = {"name": "refund", "args": {"order": "o2", "amount": 50}, "id": "call-small"}
+
+
+class ScriptedChatModel(GenericFakeChatModel):
+    """langchain-core's offline chat model, answering from a script; tools bound to
+    it are accepted and ignored (the script says which tools it calls)."""
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedChatModel:
+        return self
+
+
+def script(*tool_calls: dict[str, Any]) -> ScriptedChatModel:
+    """A model that calls ``tool_calls`` in one message, then answers ``done``."""
+    replies: Iterator[AIMessage | str] = iter(
+        [AIMessage(content="", tool_calls=list(tool_calls)), AIMessage(content="done")]
+    )
+    return ScriptedChatModel(messages=replies)
 
 
 @pytest.fixture
-def graph(hitl: dict[str, str]) -> Any:
+def tools(hitl: dict[str, str]) -> list[BaseTool]:
     RAN.clear()
 
     @tool
     def refund(order: str, amount: int) -> str:
         """Refund an order."""
-        RAN.append(amount)
+        RAN.append(f"refund({amount})")
         return f"refunded {amount}"
 
+    @tool
+    def web_search(query: str) -> str:
+        """Search the web."""
+        RAN.append("web_search")
+        return f"results for {query!r}"
+
+    return guard_tools([web_search, refund], tool_ids=hitl)
+
+
+def send_each_call(state: MessagesState) -> list[Send] | str:
+    """Route each tool call of the last message to the tools node as its own task."""
+    last = state["messages"][-1]
+    calls = getattr(last, "tool_calls", None)
+    return [Send("tools", [call]) for call in calls] if calls else END
+
+
+def state_graph(
+    model: ScriptedChatModel, tools: list[BaseTool], route: Callable[..., Any], **compile: Any
+) -> Any:
+    """The documented loop: a model node, a ``ToolNode``, a route between them."""
+
+    def call_model(state: MessagesState) -> dict[str, list[AnyMessage]]:
+        return {"messages": [model.invoke(state["messages"])]}
+
     builder = StateGraph(MessagesState)
-    builder.add_node("tools", ToolNode(guard_tools([refund], tool_ids=hitl)))
-    builder.add_edge(START, "tools")
-    return builder.compile(checkpointer=InMemorySaver())
+    builder.add_node("model", call_model)
+    builder.add_node("tools", ToolNode(tools))
+    builder.add_edge(START, "model")
+    builder.add_conditional_edges("model", route, ["tools", END])
+    builder.add_edge("tools", "model")
+    return builder.compile(**compile)
 
 
-def ask(amount: int, call_id: str) -> dict[str, Any]:
-    call = {"name": "refund", "args": {"order": "o1", "amount": amount}, "id": call_id}
-    return {"messages": [AIMessage(content="", tool_calls=[call])]}
+PAUSING: dict[str, Callable[[ScriptedChatModel, list[BaseTool]], Any]] = {
+    "StateGraph+ToolNode, a Send per call": lambda model, tools: state_graph(
+        model, tools, send_each_call, checkpointer=InMemorySaver()
+    ),
+    "create_agent": lambda model, tools: create_agent(model, tools, checkpointer=InMemorySaver()),
+}
+
+ANSWERING: dict[str, Callable[[ScriptedChatModel, list[BaseTool]], Any]] = {
+    "StateGraph+ToolNode, no checkpointer": lambda model, tools: state_graph(
+        model, tools, send_each_call
+    ),
+    "StateGraph+ToolNode behind tools_condition": lambda model, tools: state_graph(
+        model, tools, tools_condition, checkpointer=InMemorySaver()
+    ),
+    "create_agent, no checkpointer": lambda model, tools: create_agent(model, tools),
+}
 
 
-def last_tool_message(result: dict[str, Any]) -> ToolMessage:
-    message = result["messages"][-1]
-    assert isinstance(message, ToolMessage)
-    return message
+def tool_messages(result: dict[str, Any]) -> dict[str, ToolMessage]:
+    return {m.tool_call_id: m for m in result["messages"] if isinstance(m, ToolMessage)}
 
 
-def test_a_held_call_pauses_the_graph_and_runs_once_after_approval(graph: Any) -> None:
+def approve_as_lead(request_id: str) -> None:
+    set_user("bob", roles=["finance_lead"])
+    approve(request_id)
+    set_user("alice", roles=["agent"])
+
+
+@pytest.mark.parametrize("shape", list(PAUSING))
+def test_a_held_call_pauses_and_its_sibling_runs_once_across_the_resume(
+    shape: str, tools: list[BaseTool]
+) -> None:
+    graph = PAUSING[shape](script(SEARCH, BIG), tools)
     config = {"configurable": {"thread_id": "t1"}}
     set_user("alice", roles=["agent"])
-    paused = graph.invoke(ask(500, "c1"), config)
+    paused = graph.invoke({"messages": [HumanMessage("refund o1")]}, config)
     (pause,) = paused["__interrupt__"]
     assert pause.value["d2_reason"] == "approval_required"
-    assert pause.value["d2_approvers"] == ["finance_lead"] and RAN == []
-    set_user("bob", roles=["finance_lead"])
-    approve(pause.value["d2_approval_request"])
-    set_user("alice", roles=["agent"])
+    assert pause.value["d2_tool_id"] == "payments.refund"
+    assert pause.value["d2_approvers"] == ["finance_lead"]
+    assert RAN == ["web_search"]  # the sibling ran; the held call did not
+    approve_as_lead(pause.value["d2_approval_request"])
     done = graph.invoke(Command(resume="approved"), config)
-    assert last_tool_message(done).content == "refunded 500" and RAN == [500]
-    # the identical call later: paused again, the approval was used up
-    again = graph.invoke(ask(500, "c2"), {"configurable": {"thread_id": "t2"}})
-    assert (
-        again["__interrupt__"][0].value["d2_approval_request"]
-        == (pause.value["d2_approval_request"])
-    )
-    assert RAN == [500]
+    assert RAN == ["web_search", "refund(500)"]  # each body once, across the resume
+    answers = tool_messages(done)
+    assert answers["call-search"].content == "results for 'refund policy'"
+    assert answers["call-refund"].content == "refunded 500"
+    assert done["messages"][-1].content == "done" and "__interrupt__" not in done
 
 
-def test_resuming_without_an_approval_refuses_the_call(graph: Any) -> None:
+@pytest.mark.parametrize("shape", list(PAUSING))
+def test_two_held_calls_pause_together_and_resume_by_interrupt_id(
+    shape: str, tools: list[BaseTool]
+) -> None:
+    big2 = {"name": "refund", "args": {"order": "o3", "amount": 900}, "id": "call-refund-2"}
+    graph = PAUSING[shape](script(BIG, SEARCH, big2), tools)
+    config = {"configurable": {"thread_id": "t2"}}
+    set_user("alice", roles=["agent"])
+    paused = graph.invoke({"messages": [HumanMessage("refund o1 and o3")]}, config)
+    pauses = paused["__interrupt__"]
+    assert len(pauses) == 2 and RAN == ["web_search"]
+    for pause in pauses:
+        approve_as_lead(pause.value["d2_approval_request"])
+    done = graph.invoke(Command(resume={p.id: "approved" for p in pauses}), config)
+    assert sorted(RAN) == ["refund(500)", "refund(900)", "web_search"]
+    assert tool_messages(done)["call-refund-2"].content == "refunded 900"
+
+
+@pytest.mark.parametrize("shape", list(PAUSING))
+def test_resuming_without_an_approval_refuses_the_call(shape: str, tools: list[BaseTool]) -> None:
+    graph = PAUSING[shape](script(BIG), tools)
     config = {"configurable": {"thread_id": "t3"}}
     set_user("alice", roles=["agent"])
-    graph.invoke(ask(500, "c1"), config)
+    graph.invoke({"messages": [HumanMessage("refund o1")]}, config)
     with pytest.raises(ApprovalPending) as info:  # nobody approved it in D2
         graph.invoke(Command(resume="approved"), config)
     assert info.value.request.tool_id == "payments.refund"
     assert RAN == []
 
 
-def test_small_calls_never_pause(graph: Any) -> None:
+@pytest.mark.parametrize("shape", list(PAUSING))
+def test_calls_below_the_approval_threshold_never_pause(shape: str, tools: list[BaseTool]) -> None:
+    graph = PAUSING[shape](script(SEARCH, SMALL), tools)
     set_user("alice", roles=["agent"])
-    result = graph.invoke(ask(50, "c1"), {"configurable": {"thread_id": "t4"}})
-    assert "__interrupt__" not in result
-    assert last_tool_message(result).content == "refunded 50" and RAN == [50]
+    done = graph.invoke(
+        {"messages": [HumanMessage("refund o2")]}, {"configurable": {"thread_id": "t4"}}
+    )
+    assert "__interrupt__" not in done
+    assert tool_messages(done)["call-small"].content == "refunded 50"
+    assert sorted(RAN) == ["refund(50)", "web_search"]
+
+
+@pytest.mark.parametrize("shape", list(ANSWERING))
+def test_where_the_graph_cannot_pause_the_model_reads_the_approval_message(
+    shape: str, tools: list[BaseTool]
+) -> None:
+    graph = ANSWERING[shape](script(SEARCH, BIG), tools)
+    set_user("alice", roles=["agent"])
+    done = graph.invoke(
+        {"messages": [HumanMessage("refund o1")]}, {"configurable": {"thread_id": "t5"}}
+    )
+    assert "__interrupt__" not in done  # nothing left waiting that could never resume
+    answers = tool_messages(done)
+    assert answers["call-search"].content == "results for 'refund policy'"
+    held = str(answers["call-refund"].content)
+    assert held.startswith("approval required for payments.refund: request ")
+    assert held.endswith(", approvers: finance_lead")
+    assert done["messages"][-1].content == "done"  # the run went on to the model's answer
+    assert RAN == ["web_search"]
+    # once approved, the model's identical call runs once
+    request_id = held.removeprefix("approval required for payments.refund: request ").split(",")[0]
+    approve_as_lead(request_id)
+    again = ANSWERING[shape](script(BIG), tools)
+    done = again.invoke(
+        {"messages": [HumanMessage("retry")]}, {"configurable": {"thread_id": "t6"}}
+    )
+    assert tool_messages(done)["call-refund"].content == "refunded 500"
+    assert RAN == ["web_search", "refund(500)"]
+
+
+def test_a_content_and_artifact_tool_reads_the_message_and_carries_the_request(
+    hitl: dict[str, str],
+) -> None:
+    @tool(response_format="content_and_artifact")
+    def refund(order: str, amount: int) -> tuple[str, dict[str, Any]]:
+        """Refund an order."""
+        return f"refunded {amount}", {"order": order}
+
+    graph = ANSWERING["create_agent, no checkpointer"](
+        script(BIG), guard_tools([refund], tool_ids=hitl)
+    )
+    set_user("alice", roles=["agent"])
+    done = graph.invoke({"messages": [HumanMessage("refund o1")]})
+    held = tool_messages(done)["call-refund"]
+    assert str(held.content).startswith("approval required for payments.refund")
+    assert held.artifact["d2_reason"] == "approval_required"
+    assert held.artifact["d2_approvers"] == ["finance_lead"]
+
+
+async def test_create_agent_human_in_the_loop_middleware_does_not_approve_in_d2(
+    hitl: dict[str, str],
+) -> None:
+    """langchain's ``HumanInTheLoopMiddleware`` pauses before the tools run, with its
+    own decisions; approving there is not a D2 approval: D2 then pauses the call
+    itself, and it runs once after ``d2.approve`` (async graph, async tool)."""
+    from langchain.agents.middleware import HumanInTheLoopMiddleware
+
+    ran: list[int] = []
+
+    @tool
+    async def refund(order: str, amount: int) -> str:
+        """Refund an order."""
+        ran.append(amount)
+        return f"refunded {amount}"
+
+    graph = create_agent(
+        script(BIG),
+        guard_tools([refund], tool_ids=hitl),
+        checkpointer=InMemorySaver(),
+        middleware=[HumanInTheLoopMiddleware(interrupt_on={"refund": True})],
+    )
+    config = {"configurable": {"thread_id": "t7"}}
+    set_user("alice", roles=["agent"])
+    paused = await graph.ainvoke({"messages": [HumanMessage("refund o1")]}, config)
+    (review,) = paused["__interrupt__"]
+    assert review.value["action_requests"][0]["name"] == "refund"
+    paused = await graph.ainvoke(Command(resume={"decisions": [{"type": "approve"}]}), config)
+    (pause,) = paused["__interrupt__"]  # D2 holds it all the same
+    assert pause.value["d2_reason"] == "approval_required" and ran == []
+    approve_as_lead(pause.value["d2_approval_request"])
+    done = await graph.ainvoke(Command(resume="approved"), config)
+    assert tool_messages(done)["call-refund"].content == "refunded 500" and ran == [500]

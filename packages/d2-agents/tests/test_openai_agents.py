@@ -10,7 +10,16 @@ from typing import Any
 
 import agents
 import pytest
-from agents import Agent, FunctionTool, RunContextWrapper, Runner, Tool, function_tool
+from agents import (
+    Agent,
+    FunctionTool,
+    ModelBehaviorError,
+    RunConfig,
+    RunContextWrapper,
+    Runner,
+    Tool,
+    function_tool,
+)
 from agents.testing import ScriptedModel, assistant_message, function_call
 from agents.tool import invoke_function_tool
 from agents.tool_context import ToolContext
@@ -112,6 +121,52 @@ async def test_a_forbidden_call_is_refused_with_a_tool_output_the_model_reads(
     assert (
         output == "Permission denied: the current user may not call 'db.read_users' (not_granted)."
     )
+    assert RAN == []
+
+
+RECOVER = RunConfig(tool_not_found_behavior="return_error_to_model")
+
+
+async def test_a_call_to_a_hidden_tool_reads_like_a_call_to_a_missing_tool(
+    guarded: list[Tool],
+) -> None:
+    """With the SDK's recoverable setting the model reads the SDK's own "not found"
+    for a hidden tool, word for word what a tool that does not exist gets, and the
+    run goes on; the hidden tool's body never runs."""
+    set_user("victor", roles=["viewer"])
+    model = ScriptedModel(
+        [
+            [
+                function_call("read_users", {"limit": 1}, call_id="hidden"),
+                function_call("no_such_tool", {"limit": 1}, call_id="missing"),
+                function_call("web_search", {"query": "q"}, call_id="allowed"),
+            ],
+            [assistant_message("done")],
+        ]
+    )
+    agent = Agent(name="analyst", model=model, tools=guarded)
+    result = await Runner.run(agent, "go", run_config=RECOVER)
+    assert result.final_output == "done"
+    assert outputs(model) == {
+        "hidden": "Tool 'read_users' not found.",
+        "missing": "Tool 'no_such_tool' not found.",
+        "allowed": "results for 'q'",
+    }
+    assert RAN == ["web_search"]
+
+
+@pytest.mark.parametrize("name", ["read_users", "no_such_tool"])
+async def test_by_default_a_hidden_tool_stops_the_run_exactly_as_a_missing_one_does(
+    guarded: list[Tool], name: str
+) -> None:
+    """The SDK's default (``tool_not_found_behavior="raise_error"``) ends the run on
+    any unknown tool; a hidden one is no exception, and the error does not say it
+    exists."""
+    set_user("victor", roles=["viewer"])
+    model = ScriptedModel([[function_call(name, {"limit": 1}, call_id="c1")]])
+    with pytest.raises(ModelBehaviorError) as info:
+        await Runner.run(Agent(name="analyst", model=model, tools=guarded), "go")
+    assert str(info.value) == f"Tool {name} not found in agent analyst"
     assert RAN == []
 
 

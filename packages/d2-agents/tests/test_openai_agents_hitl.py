@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import agents
 import pytest
@@ -113,7 +114,10 @@ async def test_a_rejection_is_given_in_d2_and_the_sdk(tools: list[Tool]) -> None
     result = await Runner.run(agent, "refund o1")
     state = result.to_state()
     set_user("bob", roles=["finance_lead"])
-    await reject_item(state, result.interruptions[0], rejection_message="no refund")
+    item = result.interruptions[0]
+    assert approval_request(item) is not None
+    await reject_item(state, item, rejection_message="no refund")
+    assert approval_request(item) is None  # decided: nothing left to approve
     set_user("alice", roles=["agent"])
     await Runner.run(agent, state)
     assert RAN == [] and outputs(model)["c1"] == "no refund"
@@ -190,6 +194,30 @@ async def test_interruptions_of_two_users_with_one_call_id_are_never_confused(
     assert RAN == []
 
 
+async def test_a_sibling_of_a_held_call_runs_once_across_the_resume(tools: list[Tool]) -> None:
+    model = ScriptedModel(
+        [
+            [
+                function_call("web_search", {"query": "policy"}, call_id="s1"),
+                function_call("refund", REFUND, call_id="c1"),
+            ],
+            [assistant_message("done")],
+        ]
+    )
+    agent = Agent(name="support", model=model, tools=tools)
+    set_user("alice", roles=["agent"])
+    result = await Runner.run(agent, "refund o1")
+    [item] = result.interruptions
+    state = result.to_state()
+    set_user("bob", roles=["finance_lead"])
+    await approve_item(state, item)
+    set_user("alice", roles=["agent"])
+    resumed = await Runner.run(agent, state)
+    assert resumed.final_output == "done"
+    assert RAN == ["web_search", "refund(500)"]  # each body once
+    assert outputs(model) == {"s1": "results for 'policy'", "c1": "refunded 500"}
+
+
 async def test_tools_taking_the_run_context_can_be_approved(hitl: dict[str, str]) -> None:
     ran: list[int] = []
 
@@ -215,3 +243,59 @@ async def test_tools_taking_the_run_context_can_be_approved(hitl: dict[str, str]
     set_user("alice", roles=["agent"])
     await Runner.run(agent, state)
     assert ran == [500]
+
+
+async def held_run(tools: list[Tool], call_id: str = "c1") -> tuple[Agent, RunResult]:
+    model = ScriptedModel(
+        [[function_call("refund", REFUND, call_id=call_id)], [assistant_message("ok")]]
+    )
+    agent = Agent(name="support", model=model, tools=tools)
+    result = await Runner.run(agent, "refund o1")
+    assert len(result.interruptions) == 1
+    return agent, result
+
+
+async def test_an_earlier_run_with_the_same_call_id_never_hides_the_request(
+    tools: list[Tool], configure: Any, hitl_doc: dict[str, Any]
+) -> None:
+    """The flake behind ``test_tools_taking_the_run_context_can_be_approved``: an
+    earlier run (of another test, or an earlier request of the app) left a held call
+    with the same call id and arguments, asked under another policy version, so
+    with another request id; the new run's interruption must still name its own
+    request, and the old one must not make the lookup ambiguous."""
+    set_user("alice", roles=["agent"])
+    _, first = await held_run(tools)  # never resumed
+    old = approval_request(first.interruptions[0])
+    assert old is not None
+    hitl_doc["metadata"]["name"] = "agents-hitl-reloaded"  # a new policy version
+    configure(hitl_doc)
+    set_user("alice", roles=["agent"])
+    agent, second = await held_run(tools)
+    item = second.interruptions[0]
+    request = approval_request(item)
+    assert request is not None and request.id != old.id
+    assert request.policy_version != old.policy_version
+    state = second.to_state()
+    set_user("bob", roles=["finance_lead"])
+    assert await approve_item(state, item) == request
+    set_user("alice", roles=["agent"])
+    await Runner.run(agent, state)
+    assert RAN == ["refund(500)"]
+
+
+async def test_a_used_approval_is_forgotten_with_its_call(tools: list[Tool]) -> None:
+    """Once the approved call ran, its interruption no longer names a request, and a
+    later run's identical call (same call id) names the new one."""
+    set_user("alice", roles=["agent"])
+    agent, result = await held_run(tools)
+    item = result.interruptions[0]
+    state = result.to_state()
+    set_user("bob", roles=["finance_lead"])
+    request = await approve_item(state, item)
+    set_user("alice", roles=["agent"])
+    await Runner.run(agent, state)
+    assert RAN == ["refund(500)"] and request is not None
+    assert approval_request(item) is None  # used: nothing left to approve
+    set_user("alice", roles=["agent"])
+    _, again = await held_run(tools)
+    assert approval_request(again.interruptions[0]) is not None

@@ -119,6 +119,25 @@ async def test_the_tools_own_prepare_hook_still_applies(
     assert script.offered == [[]]
 
 
+async def test_a_call_to_a_hidden_tool_reads_like_a_call_to_a_missing_tool(
+    guarded: list[Tool[Any]],
+) -> None:
+    script = Script(
+        [
+            ToolCallPart("read_users", {"limit": 1}, tool_call_id="hidden"),
+            ToolCallPart("no_such_tool", {"limit": 1}, tool_call_id="missing"),
+        ]
+    )
+    set_user("victor", roles=["viewer"])
+    result = await Agent(FunctionModel(script), tools=guarded, retries=2).run("go")
+    assert result.output == "done" and RAN == []
+    answers = {p.tool_call_id: (str(p.content), p.outcome) for p in script.returned}
+    assert answers == {
+        "hidden": ("Unknown tool name: 'read_users'. Available tools: 'web_search'", "retried"),
+        "missing": ("Unknown tool name: 'no_such_tool'. Available tools: 'web_search'", "retried"),
+    }
+
+
 async def test_a_forbidden_call_fails_with_a_tool_failure(guarded: list[Tool[Any]]) -> None:
     set_user("victor", roles=["viewer"])
     read_users = guarded[1]

@@ -103,6 +103,31 @@ async def test_an_approval_defers_the_call_and_the_approved_call_runs_once(
     assert approval_requests(again) == {"c2": meta[APPROVAL_KEY]}
 
 
+async def test_a_sibling_of_a_held_call_runs_once_across_the_resume(tools: list[Any]) -> None:
+    script = Script(
+        [
+            ToolCallPart("web_search", {"query": "policy"}, tool_call_id="s1"),
+            ToolCallPart("refund", REFUND, tool_call_id="c1"),
+        ]
+    )
+    agent = Agent(FunctionModel(script), tools=tools, output_type=[str, DeferredToolRequests])
+    set_user("alice", roles=["agent"])
+    result = await agent.run("refund o1")
+    deferred = result.output
+    assert isinstance(deferred, DeferredToolRequests) and RAN == ["web_search"]
+    set_user("bob", roles=["finance_lead"])
+    approve(deferred.metadata["c1"][APPROVAL_KEY])
+    set_user("alice", roles=["agent"])
+    resumed = await agent.run(
+        message_history=result.all_messages(),
+        deferred_tool_results=DeferredToolResults(approvals={"c1": True}),
+    )
+    assert resumed.output == "done"
+    assert RAN == ["web_search", "refund(500)"]  # each body once
+    assert script.returned["s1"].content == "results for 'policy'"
+    assert script.returned["c1"].content == "refunded 500"
+
+
 async def test_approving_in_pydantic_ai_alone_does_not_run_the_call(tools: list[Any]) -> None:
     script = Script([ToolCallPart("refund", REFUND, tool_call_id="c1")])
     agent = Agent(FunctionModel(script), tools=tools, output_type=[str, DeferredToolRequests])

@@ -21,12 +21,17 @@ whose ``request`` is D2's :class:`~d2.core.ApprovalRequest`): catch it to ask an
 approver, or let the model read ``approval required for payments.refund: request
 <id>, approvers: finance_lead``. Once an approver (another user with one of the
 roles) calls ``d2.approve(request.id)``, the same user's identical call runs once.
-Inside a LangGraph graph with a checkpointer (extra ``d2-sdk[langgraph]``), the
-held call pauses the graph instead, through LangGraph's own ``interrupt``: the
-interrupt's value names the request (``d2_approval_request``, ``d2_approvers``,
-...); once it is approved, resume with ``Command(resume=...)`` and the node runs
-again, and the call with it, once. Resumed without an approval, it is refused
-with ``ApprovalPending``.
+Inside a LangGraph graph (extra ``d2-sdk[langgraph]``) the graph handles a held call:
+where the graph can resume that call alone (a checkpointer, and the call in a task
+of its own, a ``Send`` per tool call as ``langchain.agents.create_agent`` routes
+them) it pauses the graph through LangGraph's own ``interrupt``, whose value names
+the request (``d2_approval_request``, ``d2_approvers``, ...); once it is approved,
+resume with ``Command(resume=...)`` and the call runs once, while the other calls of
+the same model message, finished in their own tasks, are not run again. Resumed
+without an approval, it is refused with ``ApprovalPending``. In any other graph (no
+checkpointer, or a ``ToolNode`` reached by an edge, which LangGraph re-runs whole on
+resume) the model reads the approval message as the call's result and the run goes
+on.
 A call over a budget is a ``ToolDenied`` reading ``budget exceeded for web.search;
 retry after 42s``.
 """
@@ -90,27 +95,57 @@ class ApprovalPending(ToolDenied):
         self.request = request
 
 
-def _pause_graph(request: ApprovalRequest) -> None:
-    """Inside a LangGraph run with a checkpointer, pause the graph on the held
-    call (LangGraph's ``interrupt`` raises, the first time); return when there is
-    no graph, or when it was resumed without an approval."""
+_OUTSIDE, _ANSWER, _RESUMED = "outside", "answer", "resumed"
+
+
+def _hold_in_graph(request: ApprovalRequest) -> str:
+    """What a held call does where it runs: ``_OUTSIDE`` a LangGraph graph, raise
+    :class:`ApprovalPending`; inside one that can resume this call alone, pause it
+    through LangGraph's ``interrupt`` (which raises, the first time) and, once
+    resumed, ``_RESUMED``; inside any other graph, ``_ANSWER``: the model reads the
+    approval message as the call's result.
+
+    A graph can resume the call alone when it has a checkpointer and the call runs in
+    a task of its own, a ``Send`` (``langgraph_path`` starts with ``__pregel_push``),
+    as ``create_agent`` routes each tool call: the other calls of the same message
+    then finish in their own tasks, and the checkpointer keeps their results for the
+    resume. A ``ToolNode`` reached by an edge runs every call of the message in one
+    task, and LangGraph re-runs a paused task whole, so a pause there would run the
+    other calls again; without a checkpointer nothing could resume at all."""
     if "langgraph" not in sys.modules:  # no graph can be running
-        return
+        return _OUTSIDE
     try:
+        from langgraph.config import get_config
         from langgraph.types import interrupt
     except ImportError:  # pragma: no cover - a partial install
-        return
+        return _OUTSIDE
+    try:  # public since langgraph 0.x, kept "for backwards compatibility" in 1.x
+        from langgraph.constants import CONFIG_KEY_CHECKPOINTER
+    except ImportError:  # pragma: no cover - the value it has always had
+        CONFIG_KEY_CHECKPOINTER = "__pregel_checkpointer"
     try:
-        interrupt(approval_details(request))
-    except (RuntimeError, KeyError):  # a plain LangChain run: not inside a graph
-        return
+        config = get_config()
+    except RuntimeError:  # no runnable config at all
+        return _OUTSIDE
+    path = (config.get("metadata") or {}).get("langgraph_path")
+    if not isinstance(path, tuple) or not path:  # a plain LangChain run
+        return _OUTSIDE
+    checkpointer = (config.get("configurable") or {}).get(CONFIG_KEY_CHECKPOINTER)
+    if checkpointer is None or path[0] != "__pregel_push":
+        return _ANSWER
+    interrupt(approval_details(request))
+    return _RESUMED
 
 
-def _refuse(deny_message: DenyMessage) -> Callable[[PermissionDeniedError], Any]:
+def _refuse(
+    deny_message: DenyMessage, *, with_artifact: bool = False
+) -> Callable[[PermissionDeniedError], Any]:
     def refuse(err: PermissionDeniedError) -> Any:
         request = approval_of(err)
         if request is not None:
-            _pause_graph(request)
+            if _hold_in_graph(request) == _ANSWER:
+                text = deny_message(err)
+                return (text, approval_details(request)) if with_artifact else text
             raise ApprovalPending(deny_message(err), err, request) from err
         raise ToolDenied(deny_message(err), err) from err
 
@@ -208,7 +243,8 @@ def guard_tool(
     if (tool.metadata or {}).get(TOOL_ID_KEY) is not None:
         return tool
     tool_id = tool_id or tool.name
-    guard = d2_guard(tool_id, on_deny=_refuse(deny_message), instance_name=instance_name)
+    refuse = _refuse(deny_message, with_artifact=tool.response_format == "content_and_artifact")
+    guard = d2_guard(tool_id, on_deny=refuse, instance_name=instance_name)
     metadata = {**(tool.metadata or {}), TOOL_ID_KEY: tool_id}
     if _is_function_tool(tool):
         func, coroutine = getattr(tool, "func", None), getattr(tool, "coroutine", None)

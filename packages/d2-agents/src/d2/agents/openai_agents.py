@@ -125,7 +125,11 @@ class _Parked:
 
 # (request number, tool id, call id) -> what D2 decided when the SDK asked
 _DECIDED: _Recent = _Recent()
-# (tool name, call id, canonical arguments) -> the D2 approval request of a held call
+# (tool name, call id, canonical arguments) -> {requesting user id: the D2 approval
+# request of that user's held call}. One request per user: a newer hold of the same
+# call by the same user (a later run reusing the call id, a new policy version)
+# replaces the older; an entry goes when its call has run or been rejected, so a
+# finished run never makes a later run's lookup ambiguous.
 _REQUESTS: _Recent = _Recent()
 
 
@@ -137,15 +141,34 @@ def _request_key(name: str, call_id: str, arguments: Any) -> tuple[str, str, str
     return (name, call_id, _canonical(arguments))
 
 
+def _remember(name: str, call_id: str, arguments: Any, request: ApprovalRequest) -> None:
+    key = _request_key(name, call_id, arguments)
+    known = _REQUESTS.get(key)
+    _REQUESTS[key] = {**(known if isinstance(known, dict) else {}), request.user_id: request}
+
+
+def _forget(name: str, call_id: str, arguments: Any, user_id: str | None) -> None:
+    """Drop ``user_id``'s held request for this call: the call ran, or was rejected."""
+    _forget_key(_request_key(name, call_id, arguments), user_id)
+
+
+def _forget_key(key: tuple[str, str, str], user_id: str | None) -> None:
+    known = _REQUESTS.get(key)
+    if not isinstance(known, dict) or user_id not in known:
+        return
+    rest = {user: request for user, request in known.items() if user != user_id}
+    if rest:
+        _REQUESTS[key] = rest
+    else:
+        del _REQUESTS[key]
+
+
 def _call_key(tool_id: str, call_id: str) -> tuple[int, str, str]:
     return (get_user_context().scope.number, tool_id, call_id)
 
 
-def approval_request(item: ToolApprovalItem) -> ApprovalRequest | None:
-    """The D2 approval request behind an interruption of a guarded tool, or ``None``
-    when D2 did not ask for it (the tool's own ``needs_approval`` did, say). Known in
-    the process that ran the call (a ``RunState`` read back elsewhere: find it with
-    ``d2.pending_approvals()``)."""
+def _item_key(item: ToolApprovalItem) -> tuple[str, str, str] | None:
+    """The ``_REQUESTS`` key of an interruption: its tool, call id and arguments."""
     raw = item.raw_item
     get = raw.get if isinstance(raw, dict) else lambda key: getattr(raw, key, None)
     call_id, arguments = get("call_id"), get("arguments")
@@ -155,25 +178,32 @@ def approval_request(item: ToolApprovalItem) -> ApprovalRequest | None:
         parsed = json.loads(arguments) if arguments else {}
     except ValueError:
         return None
-    found = _REQUESTS.get(_request_key(item.name, call_id, parsed))
-    if not isinstance(found, dict) or len(found) != 1:
+    return _request_key(item.name, call_id, parsed)
+
+
+def _held_for(item: ToolApprovalItem) -> dict[str | None, ApprovalRequest]:
+    """The D2 requests held for this interruption's call, by requesting user."""
+    key = _item_key(item)
+    found = _REQUESTS.get(key) if key is not None else None
+    return found if isinstance(found, dict) else {}
+
+
+def approval_request(item: ToolApprovalItem) -> ApprovalRequest | None:
+    """The D2 approval request behind an interruption of a guarded tool, or ``None``
+    when D2 did not ask for it (the tool's own ``needs_approval`` did, say), or its
+    call has run or been rejected since. Known in the process that ran the call (a
+    ``RunState`` read back elsewhere: find it with ``d2.pending_approvals()``)."""
+    found = _held_for(item)
+    if len(found) != 1:
         return None  # unknown, or ambiguous (see approve_item)
     (request,) = found.values()
-    return request if isinstance(request, ApprovalRequest) else None
+    return request
 
 
 def _ambiguous(item: ToolApprovalItem) -> int:
     """How many distinct D2 requests share this interruption's call id, tool and
     arguments (more than one: several users' runs produced the same call id)."""
-    raw = item.raw_item
-    get = raw.get if isinstance(raw, dict) else lambda key: getattr(raw, key, None)
-    call_id, arguments = get("call_id"), get("arguments")
-    try:
-        parsed = json.loads(arguments) if isinstance(arguments, str) and arguments else {}
-    except ValueError:
-        return 0
-    found = _REQUESTS.get(_request_key(item.name or "", str(call_id), parsed))
-    return len(found) if isinstance(found, dict) else 0
+    return len(_held_for(item))
 
 
 async def approve_item(
@@ -216,6 +246,9 @@ async def reject_item(
     request = approval_request(item)
     if request is not None:
         await reject_async(request.id, instance_name=instance_name)
+        key = _item_key(item)
+        if key is not None:
+            _forget_key(key, request.user_id)
     state.reject(item, rejection_message=rejection_message)
     return request
 
@@ -404,24 +437,42 @@ def guard_tool(
     approval_inner = tool.needs_approval
 
     async def on_invoke_tool(ctx: ToolContext[Any], input: str) -> Any:
+        try:
+            output = await decide_and_run(ctx, input)
+        except PermissionDeniedError as err:
+            if approval_of(err) is None:
+                settled(ctx, input)
+            return deny_message(err)
+        settled(ctx, input)
+        return output
+
+    held_any = False  # whether this tool ever held a call (others pay nothing here)
+
+    def settled(ctx: ToolContext[Any], input: str) -> None:
+        """The call ran, or was refused for good: a request held for it is done."""
+        if not held_any or not _REQUESTS:
+            return
+        try:
+            arguments = json.loads(input) if input else {}
+        except ValueError:
+            return
+        _forget(guarded.name, ctx.tool_call_id, arguments, get_user_context().user_id)
+
+    async def decide_and_run(ctx: ToolContext[Any], input: str) -> Any:
+        """Run the call if D2 admits it; a denial raises ``PermissionDeniedError``."""
         early = _DECIDED.pop(_call_key(tool_id, ctx.tool_call_id), None)
         if isinstance(early, PermissionDeniedError):
-            return deny_message(early)
+            raise early
         if isinstance(early, _Parked):
             early.handoff.set_result(lambda: invoke_inner(ctx, input))
-            try:
-                return await early.task
-            except PermissionDeniedError as err:
-                return deny_message(err)
+            return await early.task
         try:
             args, kwargs = read(ctx, input)
         except _Unreadable as exc:
-            return deny_message(_refusal(tool_id, str(exc)))
+            raise _refusal(tool_id, str(exc)) from None
         token = _INVOKE.set(lambda: invoke_inner(ctx, input))
         try:
             return await gate(*args, **kwargs)
-        except PermissionDeniedError as err:
-            return deny_message(err)
         finally:
             _INVOKE.reset(token)
 
@@ -456,9 +507,9 @@ def guard_tool(
         decided = await _decide_early(gate, args, kwargs)
         request = approval_of(decided) if isinstance(decided, PermissionDeniedError) else None
         if request is not None:  # hold the call: the SDK interrupts the run
-            key = _request_key(guarded.name, call_id, params)
-            known = _REQUESTS.get(key)
-            _REQUESTS[key] = {**(known if isinstance(known, dict) else {}), request.id: request}
+            nonlocal held_any
+            held_any = True
+            _remember(guarded.name, call_id, params, request)
             return True
         if isinstance(decided, (PermissionDeniedError, _Parked)):
             _DECIDED[_call_key(tool_id, call_id)] = decided
