@@ -14,7 +14,8 @@ Markers, each on the line right above a fence (indented like it):
   page, in page order, as a reader following the page runs them.
 - ``<!-- output -->`` above a ```text block: the python block (or ``run`` bash block)
   before it on the page prints exactly that. ``...`` in a line of it stands for any
-  text (ids, times, ports that change from run to run).
+  text (ids, times, ports that change from run to run). ``<!-- output:
+  examples/NAME.py -->``: what that example prints (``make demo`` and friends).
 - ``<!-- not-output: what it is -->`` above a ```text block: it shows no program's
   output (a synopsis, a file tree, the shape of a message); every other ```text block
   must be an ``output``, so no page can claim an output nobody checks.
@@ -214,10 +215,46 @@ def test_every_text_block_is_a_checked_output_or_says_what_it_is() -> None:
     assert unchecked == [], "mark each <!-- output --> (and make it true) or <!-- not-output: ... -->"
 
 
+EXAMPLE_OUTPUTS = [
+    pytest.param(page, block, id=f"{page.path.relative_to(ROOT)}:{block.line}")
+    for page in PAGES
+    for block in page.blocks
+    if block.marker == "output" and block.arg.strip().startswith("examples/")
+]
+
+
+@pytest.mark.parametrize(("page", "block"), EXAMPLE_OUTPUTS)
+def test_docs_show_what_the_examples_print(page: Page, block: Block, tmp_path: Path) -> None:
+    env = environment(tmp_path)
+    env.pop("D2_SILENT")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / block.arg.strip())],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert matches(block.code, proc.stdout), f"it prints otherwise:\n{proc.stdout}"
+
+
+def test_troubleshooting_shows_the_error_hierarchy_of_the_code() -> None:
+    import d2.core.errors
+
+    doc = d2.core.errors.__doc__ or ""
+    tree = doc[doc.index("    D2Error") : doc.index("\n\n(*)")]
+    expected = "\n".join(line[4:] for line in tree.splitlines()).replace("``", "")
+    page = next(p for p in PAGES if p.path.name == "troubleshooting.md")
+    shown = next(b.code for b in page.blocks if b.code.startswith("D2Error"))
+    assert shown.strip() == expected.strip()
+
+
 def test_every_output_follows_the_code_that_prints_it() -> None:
     for page in PAGES:
         for block in page.blocks:
-            if block.marker != "output":
+            if block.marker != "output" or block.arg.strip().startswith("examples/"):
                 continue
             before = page.blocks[: page.blocks.index(block)]
             code = [b for b in before if b.lang == "python" or b.marker == "run"]

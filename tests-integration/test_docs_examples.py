@@ -104,9 +104,3 @@ def test_refund_agent_waits_for_a_finance_lead(tmp_path: Path) -> None:
     budget = row("agent-7  lookup ord-1004 (call 4)")
     assert "DENIED   budget_exceeded: the budget of 3 per request is used up" in budget
     assert "ALLOWED" in row("agent-7  lookup ord-1004 (new request)")
-
-
-def test_cloud_demo_runs_against_a_local_server(tmp_path: Path) -> None:
-    out = run_example("cloud_demo.py", tmp_path)
-    assert "bundle version 1 verified" in out
-    assert "now runs version 2" in out and "DENIED  (policy_revoked)" in out
