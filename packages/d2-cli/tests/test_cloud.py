@@ -468,18 +468,39 @@ def test_pull_refuses_an_older_bundle_than_the_runtime_state(
 ) -> None:
     import hashlib
 
+    from d2.cloud.seal import StateSeal
+    from d2.cloud.state import StateFile
+
     srv, proxy = server
     published(srv, "old")
     old = srv.fetch_bundle().json()
     state = tmp_path / "bundles.json"
     monkeypatch.setenv("D2_STATE_PATH", str(state))
-    key = hashlib.sha256(
-        f"{os.environ['D2_API_URL']}\n{os.environ['D2_TOKEN']}".encode()
-    ).hexdigest()[:32]
-    entry = {"revoked": True, "version": 3, "digest": "x"}
-    state.write_text(json.dumps({"format": 1, "apps": {key: entry}}))
     proxy.answer("GET", "/v1/policy/bundle", json_answer(200, old))
     out = tmp_path / "fresh.yaml"
+    tombstone = {
+        "kind": "revoked",
+        "audience": f"d2-policy:{srv.account_id}:{srv.app_name}",
+        "app": srv.app_name,
+        "version": 3,
+        "digest": "x",
+    }
+    url, token = os.environ["D2_API_URL"], os.environ["D2_TOKEN"]
+    seal = StateSeal(token, url)
+    # made up by someone who can write the file but lacks the token: not a floor,
+    # neither in the unsealed format of earlier releases nor sealed with another token
+    old_slot = hashlib.sha256(f"{url}\n{token}".encode()).hexdigest()[:32]
+    made_up = StateSeal("d2_someone_else", url).seal(tombstone)
+    for forged in (
+        {"format": 1, "apps": {old_slot: {"revoked": True, "version": 3, "digest": "x"}}},
+        {"format": 2, "entries": {seal.entry_id: made_up}},
+    ):
+        state.write_text(json.dumps(forged))
+        accepted = d2("pull", "-o", str(out), "--json")
+        assert accepted.exit_code == 0, accepted.output
+        out.unlink()
+    # sealed by the runtime with this token: the floor holds
+    StateFile(str(state), seal).save(tombstone)
     replayed = d2("pull", "-o", str(out), "--json")
     assert replayed.exit_code == 1 and "rollback refused" in replayed.output
     assert not out.exists()

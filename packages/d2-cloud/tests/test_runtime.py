@@ -4,7 +4,6 @@ plane: first fetch, polling, revocation, plan limits, failures, expiry, state fi
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import stat
 import time
@@ -24,6 +23,15 @@ from d2.core import (
     is_allowed,
     set_user,
 )
+
+
+def saved(tmp_path: Path) -> dict[str, Any] | None:
+    """Our state-file entry, read as the runtime does (with the token's key)."""
+    from cloudfakes import BASE
+    from d2.cloud.seal import StateSeal
+    from d2.cloud.state import StateFile
+
+    return StateFile(str(tmp_path / "state.json"), StateSeal("d2_test", BASE)).load()
 
 
 def poll(manager: Any) -> float:
@@ -89,9 +97,9 @@ def test_revocation_denies_everywhere_and_clears_the_state_file(
     plane: FakePlane, cloud_options: Any, tmp_path: Path, search: Any
 ) -> None:
     manager = configure_rbac_sync(**cloud_options())
-    state = json.loads((tmp_path / "state.json").read_text())
-    (entry,) = state["apps"].values()
-    assert entry["version"] == 1 and entry["audience"] == "d2-policy:acc1:app1"
+    entry = saved(tmp_path)
+    assert entry is not None and entry["kind"] == "bundle" and entry["version"] == 1
+    assert entry["audience"] == "d2-policy:acc1:app1" and entry["app"] == "app1"
     plane.fail["/v1/policy/bundle"] = (410, {})
     manager.runtime._thread_loop = None  # type: ignore[attr-defined]
     asyncio.run_coroutine_threadsafe(
@@ -102,8 +110,9 @@ def test_revocation_denies_everywhere_and_clears_the_state_file(
     with pytest.raises(MissingPolicyError) as info:
         search()
     assert info.value.reason == "policy_revoked" and "publish" in str(info.value)
-    (entry,) = json.loads((tmp_path / "state.json").read_text())["apps"].values()
-    assert entry["revoked"] is True and entry["version"] == 1 and "jws" not in entry
+    entry = saved(tmp_path)
+    assert entry is not None and entry["kind"] == "revoked" and entry["version"] == 1
+    assert "jws" not in entry
     del plane.fail["/v1/policy/bundle"]  # the server serves the revoked v1 again
     with pytest.raises(ConfigurationError, match="revoked"):
         manager.reload()
@@ -221,18 +230,36 @@ def test_restart_offline_from_the_state_file(
 def test_tampered_state_file_is_ignored(
     plane: FakePlane, cloud_options: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from cloudfakes import BASE
+    from d2.cloud.seal import StateSeal
+    from d2.cloud.state import StateFile
+
     configure_rbac_sync(**cloud_options()).shutdown()
     path = tmp_path / "state.json"
-    state = json.loads(path.read_text())
-    (entry,) = state["apps"].values()
+    entry = saved(tmp_path)
+    assert entry is not None
     head, payload, sig = entry["jws"].split(".")
-    entry["jws"] = f"{head}.{payload[:-4]}AAAA.{sig}"
-    path.write_text(json.dumps(state))
+    tampered = {**entry, "jws": f"{head}.{payload[:-4]}AAAA.{sig}"}
+    # sealed with the token (only its holder can): the bundle inside is verified again
+    StateFile(str(path), StateSeal("d2_test", BASE)).save(tampered)
     plane.fail["/v1/policy/bundle"] = (503, {})
     manager = configure_rbac_sync(**cloud_options(first_fetch_timeout=1.0))
     assert manager.policy is None and "ignoring the saved bundle" in caplog.text
     path.write_text("{corrupt")
+    caplog.clear()
     assert configure_rbac_sync(**cloud_options(first_fetch_timeout=1.0)).policy is None
+    assert "ignoring unreadable state file" in caplog.text
+
+
+def test_a_saved_entry_for_another_d2_app_is_ignored_offline(
+    plane: FakePlane, cloud_options: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    configure_rbac_sync(**cloud_options()).shutdown()
+    plane.network_down = True
+    manager = configure_rbac_sync(**cloud_options(app="app2", first_fetch_timeout=1.0))
+    assert manager.policy is None and "for another app" in caplog.text
+    manager = configure_rbac_sync(**cloud_options(app="app1", first_fetch_timeout=1.0))
+    assert manager.policy is not None
 
 
 def test_a_bad_token_is_a_clear_error(plane: FakePlane, cloud_options: Any) -> None:
@@ -315,13 +342,17 @@ def test_a_re_signed_bundle_of_the_same_version_extends_its_life(
 def test_a_forged_state_file_cannot_shadow_the_live_keys(
     plane: FakePlane, cloud_options: Any, tmp_path: Path, clock: Clock
 ) -> None:
+    from cloudfakes import BASE
+    from d2.cloud.seal import StateSeal
+    from d2.cloud.state import StateFile
+
     configure_rbac_sync(**cloud_options()).shutdown()
-    path = tmp_path / "state.json"
-    state = json.loads(path.read_text())
-    (key,) = state["apps"]
+    entry = saved(tmp_path)
+    assert entry is not None
     forger = Signer(kid="k1")  # same kid as the real key, attacker's material
     claims = policy_claims(10**9, clock, permissions=["*"])
-    state["apps"][key].update(jws=forger.sign(claims), version=10**9, jwks={"keys": [forger.jwk]})
-    path.write_text(json.dumps(state))
-    manager = configure_rbac_sync(**cloud_options())  # online: live keys are used
+    forged = {**entry, "jws": forger.sign(claims), "version": 10**9, "jwks": {"keys": [forger.jwk]}}
+    # even sealed with the token: online, only the live keys verify a saved bundle
+    StateFile(str(tmp_path / "state.json"), StateSeal("d2_test", BASE)).save(forged)
+    manager = configure_rbac_sync(**cloud_options())
     assert manager.policy is not None and manager.policy.version == 1

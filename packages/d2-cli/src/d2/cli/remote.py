@@ -10,7 +10,6 @@ the exact audience of this account and app, ``exp``.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import time
 from collections.abc import Mapping
@@ -66,29 +65,27 @@ def saved_highest(settings: CloudSettings, audience: str) -> tuple[int, str] | N
     """The newest bundle the runtime accepted for this control plane and token (its
     state-file entry, revoked or not), as ``(version, digest)``; ``None`` without one.
 
-    The runtime keys its entry by ``sha256(f"{D2_API_URL}\\n{D2_TOKEN}")[:32]`` of
-    the raw settings; both the raw and the normalised values are tried."""
+    Only an entry sealed with this token for this control plane counts (see
+    ``d2.cloud.seal``): one that anyone able to write the file could have made up is
+    ignored with a warning. The runtime binds its entry to the raw settings (URL
+    without a trailing ``/``); both the raw and the normalised values are tried."""
+    from d2.cloud.seal import StateSeal
     from d2.cloud.state import StateFile, default_state_path
 
     path = default_state_path()
     if path == ":memory:":
         return None
-    state = StateFile(path)
-    urls = {settings.api_url, (os.environ.get("D2_API_URL") or "").strip()}
-    urls |= {os.environ.get("D2_API_URL") or ""}
+    raw_url = os.environ.get("D2_API_URL") or ""
+    urls = {settings.api_url, raw_url, raw_url.strip()}
     tokens = {settings.token, os.environ.get("D2_TOKEN") or ""}
     best: tuple[int, str] | None = None
-    for url in urls:
-        for token in tokens:
-            if not url or not token:
-                continue
-            key = hashlib.sha256(f"{url}\n{token}".encode()).hexdigest()[:32]
-            entry = state.get(key)
-            if entry is None or entry.get("audience") not in (None, audience):
-                continue
-            found = (int(entry["version"]), str(entry.get("digest", "")))
-            if best is None or found[0] > best[0]:
-                best = found
+    for url, token in {(u.rstrip("/"), t) for u in urls for t in tokens if u and t}:
+        entry = StateFile(path, StateSeal(token, url)).load()
+        if entry is None or entry["audience"] != audience:
+            continue
+        found = (int(entry["version"]), str(entry["digest"]))
+        if best is None or found[0] > best[0]:
+            best = found
     return best
 
 

@@ -15,7 +15,6 @@ control plane's base URL; required), ``jwks_url`` / ``D2_JWKS_URL``, ``app`` /
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import threading
 import time
@@ -31,6 +30,7 @@ from d2.core.policy.model import CompiledPolicy
 
 from .client import ControlPlane
 from .poller import CloudRuntime
+from .seal import StateSeal
 from .state import StateFile, default_state_path
 from .usage import UsageEvents, usage_enabled
 from .verify import thumbprint
@@ -190,13 +190,15 @@ def _build(
         evaluator,
         api,
         install=lambda policy, why: holder[0]._set(policy, why),
-        state=StateFile(_setting(state_path, "D2_STATE_PATH") or default_state_path()),
+        state=StateFile(
+            _setting(state_path, "D2_STATE_PATH") or default_state_path(),
+            StateSeal(token, api.base_url),  # entries only this token can have written
+        ),
         app=_setting(app, "D2_APP"),
         pins=pins,
         clock=clock or time.time,
         jwks_floor=jwks_floor,
         usage=usage,
-        state_key=hashlib.sha256(f"{base}\n{token}".encode()).hexdigest()[:32],
     )
     manager = CloudPolicyManager(evaluator, runtime, thread, loop)
     holder.append(manager)

@@ -16,9 +16,34 @@ from d2.core.errors import InvalidSignatureError
 
 from .verify import Key
 
-__all__ = ["JWKSCache"]
+__all__ = ["JWKSCache", "usable_keys"]
 
 log = logging.getLogger("d2.cloud")
+
+
+def usable_keys(document: Mapping[str, Any], pins: frozenset[str] | None) -> dict[str, Key]:
+    """The usable keys of a JWKS ``document`` by ``kid`` (with ``pins``, only pinned
+    ones); others are skipped and logged. Raises :class:`InvalidSignatureError`
+    when none is left."""
+    raw = document.get("keys") if isinstance(document, Mapping) else None
+    if not isinstance(raw, list):
+        raise InvalidSignatureError("JWKS document has no 'keys' list")
+    keys: dict[str, Key] = {}
+    for jwk in raw:
+        if not isinstance(jwk, Mapping):
+            continue
+        try:
+            key = Key(jwk)
+        except InvalidSignatureError as exc:
+            log.warning("d2: skipping JWKS key: %s", exc)
+            continue
+        if pins is not None and key.thumbprint not in pins:
+            log.warning("d2: skipping JWKS key %r: thumbprint not pinned", key.kid)
+            continue
+        keys[key.kid] = key
+    if not keys:
+        raise InvalidSignatureError("JWKS document has no usable (or pinned) key")
+    return keys
 
 
 class JWKSCache:
@@ -46,24 +71,7 @@ class JWKSCache:
     def load(self, document: Mapping[str, Any]) -> None:
         """Replace the keys with those of ``document`` (unusable keys are skipped
         and logged; a document with no usable key changes nothing)."""
-        raw = document.get("keys") if isinstance(document, Mapping) else None
-        if not isinstance(raw, list):
-            raise InvalidSignatureError("JWKS document has no 'keys' list")
-        keys: dict[str, Key] = {}
-        for jwk in raw:
-            if not isinstance(jwk, Mapping):
-                continue
-            try:
-                key = Key(jwk)
-            except InvalidSignatureError as exc:
-                log.warning("d2: skipping JWKS key: %s", exc)
-                continue
-            if self.pins is not None and key.thumbprint not in self.pins:
-                log.warning("d2: skipping JWKS key %r: thumbprint not pinned", key.kid)
-                continue
-            keys[key.kid] = key
-        if not keys:
-            raise InvalidSignatureError("JWKS document has no usable (or pinned) key")
+        keys = usable_keys(document, self.pins)
         self.keys = keys
         self.document = {"keys": [k.jwk for k in keys.values()]}
 

@@ -5,6 +5,13 @@ verifying and compiling a bundle run in a worker thread so the loop never stalls
 Fail closed throughout: until a bundle is verified, after it is revoked, or past its
 ``exp``, every guarded call is denied. A failed poll keeps the last good bundle
 (still bound by its ``exp``).
+
+The state file is a starting point, never an authority over the control plane. What
+is read from it (a bundle, verified again; its version as a floor; a tombstone)
+holds until the first bundle the control plane serves in this process is verified:
+that bundle is accepted whatever the file said (a lower version is logged), and from
+then on the floor is the control plane's (``highest``, ``revoked_version``), and
+rollbacks are refused. Keys saved in the file only ever verify the saved bundle.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from d2.core.policy import compile_policy
 from d2.core.policy.model import CompiledPolicy
 
 from .client import ApiError, ControlPlane
-from .jwks import JWKSCache
+from .jwks import JWKSCache, usable_keys
 from .state import StateFile
 from .usage import UsageEvents
 from .verify import Bundle, header_of, verify_bundle
@@ -55,10 +62,8 @@ class CloudRuntime:
         clock: Callable[[], float] = time.time,
         jwks_floor: float = 30.0,
         usage: UsageEvents | None = None,
-        state_key: str = "default",
     ) -> None:
         self.evaluator = evaluator
-        self.state_key = state_key  # which state-file entry is ours (token + URL digest)
         self.api = api
         self.install = install  # (policy or None, why) -> puts it in force
         self.state = state
@@ -73,11 +78,14 @@ class CloudRuntime:
         )
         self.usage = usage
         self.audience: str | None = None
+        self.identified = False  # GET /v1/accounts/me answered in this process
         self.quotas: dict[str, Any] = {}
         self.interval = 60.0
         self.etag: str | None = None
         self.highest: tuple[int, str] | None = None
         self.revoked_version: int | None = None  # after a 410: only newer versions
+        self.revoked = False  # a revocation (a 410, or a tombstone read back) is in force
+        self.from_file = False  # highest / revoked_version come from the state file
         self.failures = 0
         self.last_error: D2Error | ApiError | None = None
         self.plan_error: D2PlanLimitError | None = None
@@ -141,6 +149,7 @@ class CloudRuntime:
             )
         self.app = app
         self.audience = f"d2-policy:{account}:{app}"
+        self.identified = True
         quotas = me.get("quotas")
         self.quotas = quotas if isinstance(quotas, dict) else {}
         poll = me.get("poll_seconds")
@@ -177,16 +186,16 @@ class CloudRuntime:
     # -- one poll -------------------------------------------------------------------------
     async def poll_once(self) -> float:
         """Fetch once and act on the answer; returns the delay until the next poll."""
-        if self.audience is None:
+        if not self.identified:  # first contact (an offline start took the file's word)
             try:
                 await self._identify()
             except ApiError as exc:
-                return self._on_error(exc)
+                return await self._on_error(exc)
         self._count("polls")
         try:
             reply = await self.api.bundle(self.etag)
         except ApiError as exc:
-            return self._on_error(exc)
+            return await self._on_error(exc)
         self.failures = 0
         interval = clamp_interval(reply.poll_seconds, self.interval)
         self.interval = interval
@@ -206,8 +215,13 @@ class CloudRuntime:
         return self._jitter(interval)
 
     async def _accept(
-        self, jws: str, etag: str | None, jwks_doc: dict[str, Any] | None = None
+        self, jws: str, etag: str | None, *, from_file: bool = False, saved_keys: Any = None
     ) -> None:
+        """Verify ``jws`` and put it in force. From the control plane (the default) it
+        is checked against the live keys and, unless the floor was only read from the
+        state file, against ``highest`` / ``revoked_version``; then saved. From the
+        state file (``from_file``) it is checked with the live keys, or offline with
+        ``saved_keys`` (pinned ones only, when pins are set), and not saved again."""
         limit = self.quotas.get("bundle_size_bytes")
         if isinstance(limit, int) and limit > 0 and len(jws) > limit:
             raise D2PlanLimitError(
@@ -216,21 +230,22 @@ class CloudRuntime:
         header = header_of(jws)
         kid = header.get("kid")
         refreshed = False
-        if jwks_doc is not None:  # offline: the keys saved with the bundle
-            self.jwks.load(jwks_doc)
-            key = self.jwks.keys.get(kid) if isinstance(kid, str) else None
+        if saved_keys is not None:  # offline: for this saved bundle only, never cached
+            key = usable_keys(saved_keys, self.jwks.pins).get(kid) if isinstance(kid, str) else None
         else:
             before = self.jwks.refreshes
             key = await self.jwks.key_for(kid, refresh=header.get("jwks_refresh") is True)
             refreshed = self.jwks.refreshes != before
+        # a floor read from the file never outranks a bundle from the control plane
+        floor = not self.from_file
         try:
-            bundle, policy = await asyncio.to_thread(self._verify_and_compile, jws, key)
+            bundle, policy = await asyncio.to_thread(self._verify_and_compile, jws, key, floor)
         except InvalidSignatureError:
-            if jwks_doc is not None or refreshed or not await self.jwks.refresh():
+            if saved_keys is not None or refreshed or not await self.jwks.refresh():
                 raise
             # a cached key failed: the control plane may have rotated; try once more
             key = self.jwks.keys.get(kid) if isinstance(kid, str) else None
-            bundle, policy = await asyncio.to_thread(self._verify_and_compile, jws, key)
+            bundle, policy = await asyncio.to_thread(self._verify_and_compile, jws, key, floor)
         max_tools = self.quotas.get("max_tools")
         if isinstance(max_tools, int) and max_tools > 0 and policy.tool_count > max_tools:
             raise D2PlanLimitError(
@@ -238,36 +253,54 @@ class CloudRuntime:
                 message=f"bundle version {bundle.version} names {policy.tool_count} tools; "
                 f"the plan allows {max_tools}: upgrade the plan or remove tools",
             )
+        saved = self.highest if self.from_file and not from_file else None
         # Same version and content re-signed with a later exp is installed too: the
         # policy's lifetime moves with the freshest verified bundle.
         self.highest = (bundle.version, bundle.digest)
         self.revoked_version = None
-        self.etag = etag
+        self.revoked = False
+        self.from_file = from_file
+        self.etag = None if from_file else etag  # the first fetch then always verifies
         self.install(policy, f"version {bundle.version}")
         self.last_error = None
-        await self._save(
-            {
-                "audience": self.audience,
-                "jws": jws,
-                "etag": etag,
-                "version": bundle.version,
-                "jwks": self.jwks.document,
-            }
-        )
-        log.info("d2: cloud policy version %d in force (%s)", bundle.version, self.app)
+        if from_file:
+            log.info("d2: started from the saved bundle (version %d)", bundle.version)
+        else:
+            if saved is not None and bundle.version < saved[0]:
+                log.warning(
+                    "d2: the control plane serves version %d, older than version %d in the "
+                    "state file; the control plane's verified bundle is in force (a state "
+                    "file never outranks it)",
+                    bundle.version,
+                    saved[0],
+                )
+            await self._save(
+                {
+                    "kind": "bundle",
+                    "audience": self.audience,
+                    "app": self.app or "",
+                    "jws": jws,
+                    "version": bundle.version,
+                    "digest": bundle.digest,
+                    "jwks": self.jwks.document,
+                }
+            )
+            log.info("d2: cloud policy version %d in force (%s)", bundle.version, self.app)
         if self.usage is not None:
             self.usage.record("policy_loaded", version=bundle.version)
 
     async def _save(self, entry: dict[str, Any] | None) -> None:
         """Write our state-file entry off the event loop (it fsyncs)."""
-        await asyncio.to_thread(self.state.put, self.state_key, entry)
+        await asyncio.to_thread(self.state.save, entry)
 
-    def _verify_and_compile(self, jws: str, key: Any) -> tuple[Bundle, CompiledPolicy]:
+    def _verify_and_compile(
+        self, jws: str, key: Any, floor: bool = True
+    ) -> tuple[Bundle, CompiledPolicy]:
         assert self.audience is not None
-        bundle = verify_bundle(
-            jws, key, audience=self.audience, now=self.clock(), highest=self.highest
-        )
-        if self.revoked_version is not None and bundle.version <= self.revoked_version:
+        highest = self.highest if floor else None
+        bundle = verify_bundle(jws, key, audience=self.audience, now=self.clock(), highest=highest)
+        revoked = self.revoked_version if floor else None
+        if revoked is not None and bundle.version <= revoked:
             raise InvalidSignatureError(
                 f"bundle version {bundle.version} was revoked; only a newer version is accepted"
             )
@@ -281,35 +314,39 @@ class CloudRuntime:
         return bundle, policy
 
     async def _restore(self, *, online: bool) -> None:
-        """Start from the state file: the last good bundle (verified again, with the
-        live keys when the control plane answers, the saved ones only offline), or
-        the record of a revocation (older versions stay refused)."""
-        entry = self.state.get(self.state_key)
+        """Start from our state-file entry, if its seal checks: the saved bundle,
+        verified again (with the live keys when the control plane answers, with the
+        saved ones only offline), or a tombstone (calls denied as revoked). Either
+        holds until the control plane's first verified bundle."""
+        entry = await asyncio.to_thread(self.state.load)
         if entry is None:
             return
-        audience = entry.get("audience")
-        if not isinstance(audience, str) or (self.audience and audience != self.audience):
+        audience, app = entry["audience"], entry["app"]
+        if (self.audience and audience != self.audience) or (self.app and app != self.app):
             log.warning(
-                "d2: ignoring the saved bundle in %s: it is for another app", self.state.path
+                "d2: ignoring the saved entry in %s: it is for another app (%s)",
+                self.state.path,
+                audience,
             )
             return
-        self.audience = audience
-        if self.app is None and isinstance(entry.get("app"), str):
-            self.app = entry["app"]
-        if entry.get("revoked") is True:
-            self.revoked_version = entry["version"]
-            self.highest = (entry["version"], str(entry.get("digest", "")))
+        self.audience, self.app = audience, app
+        if entry["kind"] == "revoked":
+            self.highest, self.from_file = (entry["version"], entry["digest"]), True
+            self.revoked = True
+            self.install(None, "revoked")
+            log.warning(
+                "d2: the state file records that version %d was revoked; every guarded "
+                "call is denied until the control plane serves a newer one",
+                entry["version"],
+            )
             return
         saved_keys = None
         if not online or not await self.jwks.refresh(force=True):
             saved_keys = entry["jwks"]
         try:
-            await self._accept(entry["jws"], entry.get("etag"), jwks_doc=saved_keys)
+            await self._accept(entry["jws"], None, from_file=True, saved_keys=saved_keys)
         except (D2Error, ValueError, KeyError, TypeError) as exc:
             log.warning("d2: ignoring the saved bundle in %s: %s", self.state.path, exc)
-            self.etag = None
-            return
-        log.info("d2: started from the saved bundle (version %s)", entry.get("version"))
 
     def _jwks_fetched(self, rotated: bool) -> None:
         self._count("jwks_fetches")
@@ -321,7 +358,7 @@ class CloudRuntime:
         if metrics is not None:
             getattr(metrics, instrument).add(1, attributes)
 
-    def _on_error(self, exc: ApiError) -> float:
+    async def _on_error(self, exc: ApiError) -> float:
         self.last_error = exc
         status = exc.status
         self._count("poll_failures", status=status)
@@ -331,23 +368,27 @@ class CloudRuntime:
                 "until a new version is published"
             )
             self.install(None, "revoked")
+            self.revoked = True
             self.etag = None
             if self.highest is not None:
                 self.revoked_version = self.highest[0]
-                tombstone = {
-                    "audience": self.audience,
-                    "revoked": True,
-                    "version": self.highest[0],
-                    "digest": self.highest[1],
-                }
-                self.state.put(self.state_key, tombstone)
+                await self._save(
+                    {
+                        "kind": "revoked",
+                        "audience": self.audience,
+                        "app": self.app or "",
+                        "version": self.highest[0],
+                        "digest": self.highest[1],
+                    }
+                )
             else:
-                self.state.put(self.state_key, None)
+                await self._save(None)
             if self.usage is not None:
                 self.usage.record("policy_revoked")
             return self._jitter(self.interval)
         if status == 404:
             if self.evaluator.policy is None:
+                self.revoked = False  # the control plane's answer replaces a tombstone's
                 self._fail_closed("nothing is published for this app yet (404 no_policy)")
             return self._jitter(self.interval)
         if status in (402, 403):
@@ -372,7 +413,7 @@ class CloudRuntime:
         return delay
 
     def _fail_closed(self, why: str) -> None:
-        if self.evaluator.policy is None:
+        if self.evaluator.policy is None and not self.revoked:
             self.install(None, why)
 
     async def aclose(self, flush_timeout: float = 5.0) -> None:
