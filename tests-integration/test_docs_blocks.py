@@ -151,7 +151,7 @@ def run_shell(page: Page, block: Block, cwd: Path, env: dict[str, str]) -> str:
 
 def fresh(text: str) -> str:
     soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3 * 86400))
-    return re.sub(r'expires: "[^"]+"', f'expires: "{soon}"', text)
+    return re.sub(r'(expires"?: ")[^"]+"', lambda m: f'{m.group(1)}{soon}"', text)
 
 
 @pytest.mark.parametrize(("page", "block"), PYTHON)
@@ -209,10 +209,11 @@ def test_every_text_block_is_a_checked_output_or_says_what_it_is() -> None:
         f"{page.path.relative_to(ROOT)}:{block.line}"
         for page in PAGES
         for block in page.blocks
-        if block.lang in ("text", "console", "")
-        and block.marker not in ("output", "not-output")
+        if block.lang in ("text", "console", "") and block.marker not in ("output", "not-output")
     ]
-    assert unchecked == [], "mark each <!-- output --> (and make it true) or <!-- not-output: ... -->"
+    assert unchecked == [], (
+        "mark each <!-- output --> (and make it true) or <!-- not-output: ... -->"
+    )
 
 
 EXAMPLE_OUTPUTS = [
