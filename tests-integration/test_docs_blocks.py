@@ -134,19 +134,29 @@ def environment(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def run_shell(page: Page, block: Block, cwd: Path, env: dict[str, str]) -> str:
+def run(argv: list[str], cwd: Path, env: dict[str, str], where: str) -> str:
+    """Run ``argv`` as a reader would; its stdout (a failure shows its stderr)."""
     proc = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", block.code],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
+        argv, cwd=cwd, capture_output=True, text=True, env=env, timeout=300, check=False
     )
-    where = f"{page.path.relative_to(ROOT)}:{block.line}"
     assert proc.returncode == 0, f"{where} failed:\n{proc.stderr[-3000:]}"
     return proc.stdout
+
+
+def run_shell(page: Page, block: Block, cwd: Path, env: dict[str, str]) -> str:
+    where = f"{page.path.relative_to(ROOT)}:{block.line}"
+    return run(["bash", "-euo", "pipefail", "-c", block.code], cwd, env, where)
+
+
+def prepare(page: Page, block: Block, tmp_path: Path) -> dict[str, str]:
+    """The page's files, and its ``run`` blocks before ``block``, as a reader has them."""
+    for name, text in page.files().items():
+        (tmp_path / name).write_text(fresh(text))
+    env = environment(tmp_path)
+    for earlier in page.blocks[: page.blocks.index(block)]:
+        if earlier.marker == "run":
+            run_shell(page, earlier, tmp_path, env)
+    return env
 
 
 def fresh(text: str) -> str:
@@ -160,25 +170,12 @@ def test_docs_python_block_runs(page: Page, block: Block, tmp_path: Path) -> Non
     if block.marker == "fragment":
         assert block.arg.strip(), "a fragment marker says why the block cannot run alone"
         return
-    for name, text in page.files().items():
-        (tmp_path / name).write_text(fresh(text))
-    env = environment(tmp_path)
-    for earlier in page.blocks[: page.blocks.index(block)]:
-        if earlier.marker == "run":
-            run_shell(page, earlier, tmp_path, env)
-    proc = subprocess.run(
-        [sys.executable, "-c", block.code],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    env = prepare(page, block, tmp_path)
+    where = f"{page.path.relative_to(ROOT)}:{block.line}"
+    printed = run([sys.executable, "-c", block.code], tmp_path, env, where)
     shown = expected_output(page, block)
     if shown is not None:
-        assert matches(shown, proc.stdout), f"the block prints otherwise:\n{proc.stdout}"
+        assert matches(shown, printed), f"the block prints otherwise:\n{printed}"
 
 
 SHELL_OUTPUTS = [
@@ -193,12 +190,7 @@ SHELL_OUTPUTS = [
 def test_docs_shell_block_prints_what_the_page_shows(
     page: Page, block: Block, tmp_path: Path
 ) -> None:
-    for name, text in page.files().items():
-        (tmp_path / name).write_text(fresh(text))
-    env = environment(tmp_path)
-    for earlier in page.blocks[: page.blocks.index(block)]:
-        if earlier.marker == "run":
-            run_shell(page, earlier, tmp_path, env)
+    env = prepare(page, block, tmp_path)
     printed = run_shell(page, block, tmp_path, env)
     shown = expected_output(page, block)
     assert shown is not None and matches(shown, printed), f"it prints otherwise:\n{printed}"
@@ -228,17 +220,9 @@ EXAMPLE_OUTPUTS = [
 def test_docs_show_what_the_examples_print(page: Page, block: Block, tmp_path: Path) -> None:
     env = environment(tmp_path)
     env.pop("D2_SILENT")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / block.arg.strip())],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert matches(block.code, proc.stdout), f"it prints otherwise:\n{proc.stdout}"
+    where = f"{page.path.relative_to(ROOT)}:{block.line}"
+    printed = run([sys.executable, str(ROOT / block.arg.strip())], tmp_path, env, where)
+    assert matches(block.code, printed), f"it prints otherwise:\n{printed}"
 
 
 def test_troubleshooting_shows_the_error_hierarchy_of_the_code() -> None:
