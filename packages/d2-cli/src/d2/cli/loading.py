@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from d2.core.errors import D2Error, MissingPolicyError
+from d2.core.errors import BundleExpiredError, D2Error, MissingPolicyError
 from d2.core.limits import Limits
 from d2.core.policy.compile import compile_policy
 from d2.core.policy.load import check_limits, discover_policy_file
@@ -29,6 +30,7 @@ __all__ = [
     "load_in_force",
     "local_policy_path",
     "same_file",
+    "without_expiry",
 ]
 
 POLICY_NAMES = ("policy.yaml", "policy.yml", "policy.json")  # discovery's order in a directory
@@ -118,11 +120,32 @@ def local_policy_path(explicit: Path | None = None) -> Path:
         raise CliError(str(exc), hint="run `d2 init`, or pass the file explicitly") from None
 
 
-def load_file(path: Path, *, origin: str = "local", limits: Limits | None = None) -> PolicyView:
+def without_expiry(document: Any) -> Any:
+    """``document`` without ``metadata.expires``."""
+    if isinstance(document, Mapping) and isinstance(document.get("metadata"), Mapping):
+        meta = {k: v for k, v in document["metadata"].items() if k != "expires"}
+        return {**document, "metadata": meta}
+    return document
+
+
+def load_file(
+    path: Path,
+    *,
+    origin: str = "local",
+    limits: Limits | None = None,
+    check_expiry: bool = True,
+) -> PolicyView:
     """Load the policy file at ``path``. An invalid document raises
     ``InvalidPolicyError``; breaking the local ``limits`` (expiry, tool count,
-    size) is recorded in ``problems`` (the runtime would refuse it)."""
+    size) is recorded in ``problems`` (the runtime would refuse it).
+
+    Every command reads a local file through here, so all show the same digest:
+    the SHA-256 of the file's bytes, which the runtime records as the policy's
+    version. ``check_expiry=False`` (``d2 test``) leaves ``metadata.expires`` out
+    of the rules and of the problems; the digest is still the file's."""
     document, raw = read_document(path)
+    if not check_expiry:
+        document = without_expiry(document)
     policy = compile_policy(document, source=str(path), raw=raw)
     limits = limits or Limits()
     problems = []
@@ -130,6 +153,9 @@ def load_file(path: Path, *, origin: str = "local", limits: Limits | None = None
         problems.append(f"{path} is {len(raw)} bytes; local mode allows at most {limits.max_bytes}")
     try:
         check_limits(policy, limits, time.time())
+    except BundleExpiredError as exc:
+        if check_expiry:
+            problems.append(str(exc))
     except D2Error as exc:
         problems.append(str(exc))
     meta = document.get("metadata") if isinstance(document, dict) else None
