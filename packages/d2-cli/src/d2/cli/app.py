@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from . import cloud, init_cmd, local, publish, replay_cmd, tests_cmd
+from . import cloud, init_cmd, local, publish, renew, replay_cmd, tests_cmd
 
 __all__ = ["app", "main"]
 
@@ -49,6 +49,7 @@ _COMMANDS = (
     ("inspect", local.inspect, "Show the policy in force: roles x tools, guardrails, expiry."),
     ("diagnose", local.diagnose_command, "Check the local policy: errors, limits, code drift."),
     ("check", local.check, "Decide a call and explain why, without running anything."),
+    ("renew", renew.renew, "Set a local policy's expiry N days ahead (default 7)."),
     ("test", tests_cmd.run_tests, "Run policy unit tests (*_test.yaml)."),
     ("replay", replay_cmd.replay, "Replay a decision log against a candidate policy."),
     ("pull", cloud.pull, "Download the app's policy (signature verified first)."),
