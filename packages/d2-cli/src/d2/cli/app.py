@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from . import cloud, init_cmd, local, publish, renew, replay_cmd, tests_cmd
+from .usage import JsonUsageGroup
 
 __all__ = ["app", "main"]
 
@@ -23,6 +24,7 @@ def _version(value: bool) -> None:
 
 app = typer.Typer(
     name="d2",
+    cls=JsonUsageGroup,  # --json: usage errors as a JSON document too
     help="D2 policies from the command line: write, inspect, check, test and publish them.\n\n"
     "Exit codes: 0 ok, 1 policy problem or denial, 2 usage or configuration error.",
     no_args_is_help=True,
