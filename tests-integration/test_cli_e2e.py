@@ -185,3 +185,68 @@ def test_init_on_the_repository_examples_passes_diagnose(cli: Cli, tmp_path: Pat
     assert diagnose.exit_code == 0, diagnose.output
     report = json.loads(diagnose.stdout)
     assert report["ok"] and report["errors"] == 0 and report["warnings"] == 0
+
+
+def test_quickstart_policy_without_expires_renewed_then_the_app_runs(tmp_path: Path) -> None:
+    """The quickstart as a user runs it, in real processes: save policy.yaml without
+    an expires line, `d2 renew policy.yaml`, start the app; a week later the
+    renewal is the same one command, and the file is otherwise what the user wrote."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("D2_")}
+    env.update(
+        D2_SILENT="1",
+        D2_TELEMETRY="off",
+        HOME=str(tmp_path / "home"),
+        XDG_CONFIG_HOME=str(tmp_path / "xdg"),
+    )
+    written = textwrap.dedent(
+        """\
+        # who may do what
+        metadata:
+          name: quickstart
+        policies:
+          - role: analyst
+            permissions: [reports.read]   # read-only
+        """
+    )
+    (tmp_path / "policy.yaml").write_text(written)
+    app = textwrap.dedent(
+        """\
+        from d2 import configure_rbac_sync, d2_guard, set_user
+
+        @d2_guard("reports.read")
+        def read_report() -> str:
+            return "report"
+
+        configure_rbac_sync()
+        set_user("alice", roles=["analyst"])
+        print(read_report())
+        """
+    )
+    (tmp_path / "app.py").write_text(app)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=tmp_path,
+            env=env,
+        )
+
+    before = run("app.py")
+    assert before.returncode != 0 and "no metadata.expires" in before.stderr
+    for _ in range(2):  # the first renewal adds the line, the next ones move it
+        renewed = run("-m", "d2", "renew", "policy.yaml")
+        assert renewed.returncode == 0, renewed.stderr
+        assert renewed.stdout.startswith("renewed policy.yaml: expires ")
+        stamp = renewed.stdout.split("expires ", 1)[1].strip()
+        expected = written.replace("metadata:\n", f'metadata:\n  expires: "{stamp}"\n')
+        assert (tmp_path / "policy.yaml").read_text() == expected
+        started = run("app.py")
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.strip() == "report"

@@ -28,6 +28,7 @@ COMMANDS = {
     "check",
     "test",
     "replay",
+    "renew",
     "pull",
     "draft",
     "publish",

@@ -222,6 +222,28 @@ def test_token_problems_are_configuration_errors(
     assert d2("revoke", "--yes").exit_code == 2
 
 
+def test_publish_without_a_token_says_where_one_comes_from_self_hosted_too(
+    d2: Invoke, policy_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy_file("search")
+    monkeypatch.setenv("D2_API_URL", "http://127.0.0.1:9")  # only the token is missing
+    human = d2("publish")
+    assert human.exit_code == 2 and human.stdout == ""
+    assert "needs D2_TOKEN" in human.stderr
+    assert "dashboard" in human.stderr
+    assert "`d2-server token create --scope developer`" in human.stderr
+    scripted = d2("publish", "--json")
+    assert scripted.exit_code == 2
+    error = as_json(scripted)["error"]
+    assert "needs D2_TOKEN" in error["message"] and error["exit_code"] == 2
+    assert "`d2-server token create --scope developer`" in error["hint"]
+    # the command named is one d2-server accepts
+    from d2.server.cli import build_parser
+
+    args = build_parser().parse_args(["token", "create", "--scope", "developer"])
+    assert args.scope == "developer"
+
+
 def test_an_unreachable_control_plane_is_exit_2(
     d2: Invoke, monkeypatch: pytest.MonkeyPatch, policy_file: Callable[..., Path]
 ) -> None:

@@ -177,3 +177,47 @@ def test_deeply_nested_source_is_a_warning_not_a_traceback(
     assert "deep.py: not parsed" in result.stderr
     diagnosed = d2("diagnose", "--path", str(src))
     assert "Traceback" not in diagnosed.output and "RecursionError" in diagnosed.output
+
+
+def test_force_replaces_the_policy_in_one_step_never_leaving_none(
+    d2: Invoke, tmp_path: Path, xdg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process starting while ``init --force`` runs reads the old policy or the
+    new one: the target is never missing (discovery would fall through to
+    ``./policy.*``, or find nothing), and the files it shadows go only after."""
+    from d2.cli import documents, init_cmd
+
+    src = project(tmp_path / "app", "a.one")
+    assert d2("init", "--path", str(src)).exit_code == 0
+    target = xdg / "policy.yaml"
+    old = target.read_bytes()
+    (xdg / "policy.json").write_text("{}")  # shadowed by the new policy.yaml
+    seen: list[tuple[bytes, bool]] = []
+    real_write = init_cmd.write_file
+
+    def watching_write(path: Path, content: str, **kwargs: bool) -> None:
+        seen.append((path.read_bytes(), (xdg / "policy.json").exists()))
+        real_write(path, content, **kwargs)
+
+    replaced: list[tuple[str, str]] = []
+    real_replace = documents.os.replace
+
+    def watching_replace(src_path: str, dst: object) -> None:
+        replaced.append((str(Path(src_path).parent), str(dst)))
+        real_replace(src_path, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(init_cmd, "write_file", watching_write)
+    monkeypatch.setattr(documents.os, "replace", watching_replace)
+    project(tmp_path / "app", "a.one", "a.two")
+    forced = d2("init", "--path", str(src), "--force")
+    assert forced.exit_code == 0, forced.output
+    assert seen == [(old, True)]  # the old file still in place when the new one is written
+    assert replaced == [(str(xdg), str(target))]  # renamed over it from the same directory
+    assert (xdg / "policy.yaml.bak").read_bytes() == old
+    assert (xdg / "policy.json.bak").read_text() == "{}" and not (xdg / "policy.json").exists()
+    assert "a.two" in target.read_text()
+    assert sorted(p.name for p in xdg.iterdir()) == [
+        "policy.json.bak",
+        "policy.yaml",
+        "policy.yaml.bak",
+    ]  # no temporary file left behind

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from . import cloud, init_cmd, local, publish, replay_cmd, tests_cmd
+from . import cloud, init_cmd, local, publish, renew, replay_cmd, tests_cmd
+from .usage import JsonUsageGroup
 
 __all__ = ["app", "main"]
 
@@ -23,6 +24,7 @@ def _version(value: bool) -> None:
 
 app = typer.Typer(
     name="d2",
+    cls=JsonUsageGroup,  # --json: usage errors as a JSON document too
     help="D2 policies from the command line: write, inspect, check, test and publish them.\n\n"
     "Exit codes: 0 ok, 1 policy problem or denial, 2 usage or configuration error.",
     no_args_is_help=True,
@@ -49,6 +51,7 @@ _COMMANDS = (
     ("inspect", local.inspect, "Show the policy in force: roles x tools, guardrails, expiry."),
     ("diagnose", local.diagnose_command, "Check the local policy: errors, limits, code drift."),
     ("check", local.check, "Decide a call and explain why, without running anything."),
+    ("renew", renew.renew, "Set a local policy's expiry N days ahead (default 7)."),
     ("test", tests_cmd.run_tests, "Run policy unit tests (*_test.yaml)."),
     ("replay", replay_cmd.replay, "Replay a decision log against a candidate policy."),
     ("pull", cloud.pull, "Download the app's policy (signature verified first)."),

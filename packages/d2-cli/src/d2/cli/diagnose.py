@@ -18,9 +18,19 @@ from d2.core.policy.load import parse_document, read_policy_bytes
 from d2.core.policy.model import CompiledPolicy
 
 from .describe import AUDIT_MODE, audited_rules, duration, rfc3339
+from .loading import Discovery, same_file
 from .scan import ScanResult, scan
 
-__all__ = ["ERROR", "OK", "WARN", "Finding", "diagnose", "diagnose_policy", "rollout"]
+__all__ = [
+    "ERROR",
+    "OK",
+    "WARN",
+    "Finding",
+    "diagnose",
+    "diagnose_policy",
+    "rollout",
+    "shadowing",
+]
 
 OK, WARN, ERROR = "ok", "warn", "error"
 
@@ -192,6 +202,37 @@ def _arguments(policy: CompiledPolicy, guarded: dict[str, list[Any]]) -> Finding
         else "input conditions name real parameters",
         bad,
     )
+
+
+def shadowing(found: Discovery, target: Path) -> list[Finding]:
+    """Policy files local-mode discovery passes over (a ``./policy.yaml`` behind
+    the config directory's, everything behind ``D2_POLICY_FILE``...): a warning
+    naming the file in force and each file not read. None when only one exists."""
+    if found.in_force is None:
+        if found.problem is None or not found.problem.startswith("D2_POLICY_FILE"):
+            return []  # no policy file at all: the file diagnosed was named explicitly
+        return [Finding("policy in force", WARN, found.problem, _not_read(found))]
+    if not found.shadowed:
+        return []
+    in_force = found.in_force
+    if same_file(target, in_force):
+        message = f"{in_force} is in force; not read: " + ", ".join(
+            str(p) for p, _ in found.shadowed
+        )
+    elif found.is_shadowed(target):
+        message = f"{target} is not read: the runtime reads {in_force} instead"
+    else:
+        message = f"{target} is not the file in force: the runtime reads {in_force}" + (
+            "; not read: " + ", ".join(str(p) for p, _ in found.shadowed)
+        )
+    where = f"{in_force}: in force (found in {found.origin})"
+    if found.origin == "D2_POLICY_FILE":
+        where = f"{in_force}: in force (named by D2_POLICY_FILE)"
+    return [Finding("policy files", WARN, message, [where, *_not_read(found)])]
+
+
+def _not_read(found: Discovery) -> list[str]:
+    return [f"{path}: not read ({why})" for path, why in found.shadowed]
 
 
 def diagnose(

@@ -132,10 +132,17 @@ def tidy(document: Any) -> Any:
     return out
 
 
-def write_file(path: Path, text: str, *, overwrite: bool) -> None:
-    """Write ``text`` to ``path`` atomically (a reader sees the old file or the
-    new one, never half of one). Without ``overwrite`` an existing file is never
-    replaced: ``FileExistsError``, even when another process creates it meanwhile."""
+def write_file(
+    path: Path, content: str | bytes, *, overwrite: bool, unchanged: bytes | None = None
+) -> None:
+    """Write ``content`` (text as UTF-8, or bytes as they are) to ``path``
+    atomically: a temporary file in the same directory, flushed to disk, given the
+    old file's mode, then renamed over it, so a reader sees the old file or the new
+    one, never half of one. Without ``overwrite`` an existing file is never
+    replaced: ``FileExistsError``, even when another process creates it meanwhile.
+    With ``unchanged``, the file must still hold exactly those bytes just before it
+    is replaced (someone else's edit is never lost): else a :class:`CliError`."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = 0o644
     try:
@@ -144,12 +151,17 @@ def write_file(path: Path, text: str, *, overwrite: bool) -> None:
         pass
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         if overwrite:
+            if unchanged is not None and _current(path) != unchanged:
+                raise CliError(
+                    f"{path} changed while this command ran; nothing was written",
+                    hint="run the command again",
+                )
             os.replace(tmp, path)
         else:
             try:
@@ -157,7 +169,7 @@ def write_file(path: Path, text: str, *, overwrite: bool) -> None:
             except FileExistsError:
                 raise
             except OSError:  # no hard links here: exclusive create instead
-                _create_exclusive(path, text, mode)
+                _create_exclusive(path, data, mode)
     finally:
         try:
             os.unlink(tmp)
@@ -165,7 +177,14 @@ def write_file(path: Path, text: str, *, overwrite: bool) -> None:
             pass
 
 
-def _create_exclusive(path: Path, text: str, mode: int) -> None:
+def _current(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _create_exclusive(path: Path, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)

@@ -5,6 +5,7 @@ and write a starter policy where local mode finds it, never overwriting without
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Annotated
@@ -28,21 +29,31 @@ __all__ = ["init"]
 _NAMES = ("policy.yaml", "policy.yml", "policy.json")  # the runtime reads the first that exists
 
 
-def _backup(path: Path) -> Path:
+def _backup(path: Path, *, keep: bool = False) -> Path:
     """Move ``path`` to ``<name>.bak`` (or ``<name>.bak.1``, ``.bak.2``... when
-    taken): a previous backup is never overwritten."""
+    taken): a previous backup is never overwritten. With ``keep`` the file stays
+    where it is too (it is about to be replaced atomically, never missing)."""
     for n in range(10_000):
         backup = path.with_name(path.name + (".bak" if n == 0 else f".bak.{n}"))
         try:
             os.link(path, backup)  # fails when the name is taken
         except FileExistsError:
             continue
-        except OSError:  # no hard links here: rename, checking the name first
-            if os.path.lexists(backup):
+        except OSError:  # no hard links here
+            if keep:
+                try:
+                    with path.open("rb") as src, backup.open("xb") as dst:
+                        shutil.copyfileobj(src, dst)
+                except FileExistsError:
+                    continue
+                shutil.copymode(path, backup)
+                return backup
+            if os.path.lexists(backup):  # rename, checking the name first
                 continue
             os.rename(path, backup)
             return backup
-        os.unlink(path)
+        if not keep:
+            os.unlink(path)
         return backup
     raise CliError(f"too many backups of {path}; remove some and run the command again")
 
@@ -137,11 +148,17 @@ def init(
                 hint="run `d2 init --path` on a smaller part of the code, or use cloud mode",
             )
         check_limits(policy, limits, time.time())
-        backups = [str(_backup(p)) for p in existing]
+        # The target is replaced in one step (a reader sees the old policy or the new
+        # one, never none); the files it shadows are moved away only once it is in place.
+        replacing = target in existing
+        backups = [str(_backup(target, keep=True))] if replacing else []
         try:
-            write_file(target, render(document, file_format, header(len(tools))), overwrite=False)
+            write_file(
+                target, render(document, file_format, header(len(tools))), overwrite=replacing
+            )
         except FileExistsError:
             raise CliError(f"{target} was created meanwhile; run the command again") from None
+        backups += [str(_backup(p)) for p in existing if p != target]
         for problem in found.problems:
             out.warn(problem)
         if not tools:

@@ -10,9 +10,9 @@ from rich.table import Table
 from rich.text import Text
 
 from .describe import AUDIT_MODE, audited_rules, describe, render
-from .diagnose import ERROR, WARN, diagnose_policy
+from .diagnose import ERROR, WARN, diagnose_policy, shadowing
 from .evaluation import NOT_GIVEN, Call, Scenario, evaluate, parse_args, trace_rows, with_defaults
-from .loading import load_in_force, local_policy_path
+from .loading import discover, load_in_force, local_policy_path
 from .options import AppNameOption, JsonOption, PolicyOption, ScanPathOption
 from .output import FAILED, OK, CliError, Output, run_command
 from .scan import scan
@@ -66,6 +66,8 @@ def diagnose_command(
         if not no_scan and not path.exists():
             raise CliError(f"--path {path} does not exist")
         findings, compiled = diagnose_policy(target, None if no_scan else path)
+        found = discover()
+        findings = shadowing(found, target) + findings  # first: which file the runtime reads
         errors = sum(f.status == ERROR for f in findings)
         warnings = sum(f.status == WARN for f in findings)
         audit = compiled is not None and compiled.audit
@@ -95,6 +97,7 @@ def diagnose_command(
             {
                 "ok": passed,
                 "policy": str(target),
+                **{k: v for k, v in found.as_dict().items() if k != "problem"},
                 "errors": errors,
                 "warnings": warnings,
                 "findings": [f.as_dict() for f in findings],

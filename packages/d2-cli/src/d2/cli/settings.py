@@ -101,7 +101,8 @@ def cloud_settings(env: Mapping[str, str] | None = None) -> CloudSettings:
     if missing:
         raise CliError(
             f"this command talks to the control plane and needs {' and '.join(missing)}",
-            hint="export D2_TOKEN=<developer token from the dashboard> and "
+            hint="export D2_TOKEN=<developer token from the dashboard; on a self-hosted "
+            "control plane, create one with `d2-server token create --scope developer`> and "
             "D2_API_URL=<your control plane's base URL>",
         )
     problem = _token_problem(token)

@@ -37,9 +37,8 @@ from d2.core.policy.load import check_limits, parse_document
 from d2.core.policy.model import CompiledPolicy
 from rich.text import Text
 
-from .documents import read_document
 from .evaluation import NOT_GIVEN, Call, Scenario, evaluate, trace_rows, with_defaults
-from .loading import local_policy_path
+from .loading import load_file, local_policy_path, without_expiry
 from .options import JsonOption, PolicyOption
 from .output import FAILED, OK, USAGE, CliError, Output, from_d2_error, run_command
 from .scan import ScanResult, scan
@@ -182,22 +181,11 @@ def parse_suite(path: Path) -> PolicyTests:
     return PolicyTests(path, policy, [c for c in cases if c is not None])
 
 
-def _without_expiry(document: Any) -> Any:
-    if isinstance(document, Mapping) and isinstance(document.get("metadata"), Mapping):
-        meta = {k: v for k, v in document["metadata"].items() if k != "expires"}
-        return {**document, "metadata": meta}
-    return document
-
-
-def _not_in_force(policy: CompiledPolicy, size: int | None) -> list[str]:
-    """Why local mode would refuse to load ``policy`` (tool count, size); its expiry
-    is left out on purpose (tests must not start failing when the file expires)."""
+def _not_in_force(policy: CompiledPolicy) -> list[str]:
+    """Why local mode would refuse to load the inline ``policy`` (tool count); its
+    expiry is left out on purpose (tests must not start failing when it expires)."""
     limits = Limits()
     problems = []
-    if size is not None and size > limits.max_bytes:
-        problems.append(
-            f"{policy.source} is {size} bytes; local mode allows at most {limits.max_bytes}"
-        )
     try:
         check_limits(policy, limits, time.time())
     except BundleExpiredError:
@@ -218,13 +206,12 @@ class _Policies:
         spec = self.override or test.policy or local_policy_path()
         if isinstance(spec, Mapping):
             source = f"{test.path}:policy"
-            compiled = compile_policy(_without_expiry(spec), source=source)
-            return source, compiled, _not_in_force(compiled, None)
+            compiled = compile_policy(without_expiry(spec), source=source)
+            return source, compiled, _not_in_force(compiled)
         source = str(spec)
-        if source not in self.cache:
-            document, raw = read_document(Path(spec))
-            compiled = compile_policy(_without_expiry(document), source=source)
-            self.cache[source] = (compiled, _not_in_force(compiled, len(raw)))
+        if source not in self.cache:  # read as every command reads it: the same digest
+            view = load_file(Path(spec), origin="file", check_expiry=False)
+            self.cache[source] = (view.policy, view.problems)
         return source, *self.cache[source]
 
 
@@ -333,12 +320,20 @@ def run_tests(
                 problems.append({"file": str(path), **error.as_dict()})
                 code = max(code, error.code)
                 continue
+            out.line(f"  policy {source}  digest {compiled.digest[:12]}", style="dim")
             for problem in not_in_force:
                 out.warn(f"{source} is not in force ({problem}): every call is denied")
             results = [_run_case(compiled, c, not_in_force, scanned) for c in suite.cases]
             for result in results:
                 _show_case(out, result, verbose)
-            reports.append({"file": str(path), "policy": source, "cases": results})
+            reports.append(
+                {
+                    "file": str(path),
+                    "policy": source,
+                    "digest": compiled.digest,
+                    "cases": results,
+                }
+            )
         passed = sum(r["passed"] for f in reports for r in f["cases"])
         failed_count = sum(not r["passed"] for f in reports for r in f["cases"])
         if failed_count:
