@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
-from ._functions import is_coroutine_function
+from ._functions import forwards_unchanged, is_coroutine_function
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -274,7 +274,7 @@ def clear_context(func: Callable[P, R]) -> Callable[P, R]:
         finally:
             clear_user_context()
 
-    return wrapper
+    return forwards_unchanged(wrapper)
 
 
 def clear_context_async(
@@ -290,7 +290,7 @@ def clear_context_async(
         finally:
             clear_user_context()
 
-    return wrapper
+    return forwards_unchanged(wrapper)
 
 
 def submit_with_context(
