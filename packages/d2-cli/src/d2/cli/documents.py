@@ -133,9 +133,14 @@ def tidy(document: Any) -> Any:
 
 
 def write_file(path: Path, text: str, *, overwrite: bool) -> None:
-    """Write ``text`` to ``path`` atomically (a reader sees the old file or the
-    new one, never half of one). Without ``overwrite`` an existing file is never
-    replaced: ``FileExistsError``, even when another process creates it meanwhile."""
+    """Write ``text`` to ``path`` atomically: a temporary file in the same directory,
+    flushed to disk, given the mode of the file it replaces (0644 for a new one),
+    then renamed over ``path``, so a reader (a watching app) sees the old file or the
+    new one, never half of one. A symbolic link is written through (the link stays).
+    Without ``overwrite`` an existing file is never replaced: ``FileExistsError``,
+    even when another process creates it meanwhile."""
+    if path.is_symlink():
+        path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = 0o644
     try:
@@ -156,8 +161,10 @@ def write_file(path: Path, text: str, *, overwrite: bool) -> None:
                 os.link(tmp, path)  # fails if the path exists: no check-then-write race
             except FileExistsError:
                 raise
-            except OSError:  # no hard links here: exclusive create instead
-                _create_exclusive(path, text, mode)
+            except OSError:  # no hard links here: claim the name, then rename over it
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+                os.replace(tmp, path)
+        _sync_directory(path.parent)
     finally:
         try:
             os.unlink(tmp)
@@ -165,7 +172,15 @@ def write_file(path: Path, text: str, *, overwrite: bool) -> None:
             pass
 
 
-def _create_exclusive(path: Path, text: str, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+def _sync_directory(directory: Path) -> None:
+    """Make a rename durable (best effort: not every platform opens directories)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

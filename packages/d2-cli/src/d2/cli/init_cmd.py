@@ -5,6 +5,7 @@ and write a starter policy where local mode finds it, never overwriting without
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Annotated
@@ -28,21 +29,27 @@ __all__ = ["init"]
 _NAMES = ("policy.yaml", "policy.yml", "policy.json")  # the runtime reads the first that exists
 
 
-def _backup(path: Path) -> Path:
-    """Move ``path`` to ``<name>.bak`` (or ``<name>.bak.1``, ``.bak.2``... when
-    taken): a previous backup is never overwritten."""
+def _backup(path: Path, *, keep: bool = False) -> Path:
+    """Copy ``path`` to ``<name>.bak`` (or ``<name>.bak.1``, ``.bak.2``... when
+    taken): a previous backup is never overwritten. Unless ``keep``, ``path`` is
+    then removed; kept, it stays in place until the new file is renamed over it, so
+    an app watching it never sees it missing."""
     for n in range(10_000):
         backup = path.with_name(path.name + (".bak" if n == 0 else f".bak.{n}"))
         try:
             os.link(path, backup)  # fails when the name is taken
         except FileExistsError:
             continue
-        except OSError:  # no hard links here: rename, checking the name first
+        except OSError:  # no hard links here: copy (or rename), checking the name first
             if os.path.lexists(backup):
                 continue
-            os.rename(path, backup)
+            if keep:
+                shutil.copy2(path, backup)
+            else:
+                os.rename(path, backup)
             return backup
-        os.unlink(path)
+        if not keep:
+            os.unlink(path)
         return backup
     raise CliError(f"too many backups of {path}; remove some and run the command again")
 
@@ -137,9 +144,14 @@ def init(
                 hint="run `d2 init --path` on a smaller part of the code, or use cloud mode",
             )
         check_limits(policy, limits, time.time())
-        backups = [str(_backup(p)) for p in existing]
+        # the target is replaced by a rename (its mode kept); other files are moved away
+        backups = [str(_backup(p, keep=p == target)) for p in existing]
         try:
-            write_file(target, render(document, file_format, header(len(tools))), overwrite=False)
+            write_file(
+                target,
+                render(document, file_format, header(len(tools))),
+                overwrite=target in existing,
+            )
         except FileExistsError:
             raise CliError(f"{target} was created meanwhile; run the command again") from None
         for problem in found.problems:
