@@ -4,6 +4,7 @@ callable actually called, never through a wrapper that may move them (docs/secur
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from typing import Any
@@ -169,6 +170,57 @@ def test_d2s_own_wrappers_bind_like_the_function_they_wrap(configure: Any) -> No
         set_user("u", roles=["r"])  # clear_context cleared it
         with pytest.raises(PermissionDeniedError, match="fails max 100"):
             tool("a", 5000)
+
+
+def test_the_honest_patterns_bind_exactly(configure: Any) -> None:
+    _pay_policy(configure, "pay")
+
+    class Till:
+        @d2_guard("pay")
+        def method(self, account: str, amount: int = 0) -> int:
+            return amount
+
+        @d2_guard("pay")
+        @classmethod
+        def klass(cls, account: str, amount: int = 0) -> int:
+            return amount
+
+        @d2_guard("pay")
+        @staticmethod
+        def static(account: str, amount: int = 0) -> int:
+            return amount
+
+    @d2_guard("pay")
+    async def coroutine(account: str, amount: int = 0) -> int:
+        return amount
+
+    @d2_guard("pay")
+    async def stream(account: str, amount: int = 0) -> Any:
+        yield amount
+
+    def plain(account: str, amount: int = 0) -> int:
+        return amount
+
+    partial = d2_guard("pay")(functools.partial(plain, "acct-1"))
+
+    async def first(gen: Any) -> Any:
+        return [item async for item in gen]
+
+    till = Till()
+    sync = [till.method, Till.klass, till.klass, Till.static]
+    for tool in sync:
+        assert tool("a", 50) == 50 and tool("a", amount=50) == 50
+        with pytest.raises(PermissionDeniedError, match="fails max 100"):
+            tool("a", 5000)
+    assert partial(50) == 50
+    with pytest.raises(PermissionDeniedError, match="fails max 100"):
+        partial(5000)
+    assert asyncio.run(coroutine("a", 50)) == 50
+    assert asyncio.run(first(stream("a", 50))) == [50]
+    with pytest.raises(PermissionDeniedError, match="fails max 100"):
+        asyncio.run(coroutine("a", 5000))
+    with pytest.raises(PermissionDeniedError, match="fails max 100"):
+        asyncio.run(first(stream("a", amount=5000)))
 
 
 def test_the_approval_digest_and_log_show_the_call_as_the_wrapper_got_it() -> None:
