@@ -335,9 +335,14 @@ def test_pull_replaces_the_local_policy_file_by_default(
 ) -> None:
     srv, _ = server
     path = policy_file("old")
+    path.chmod(0o600)
+    before = path.stat().st_ino
     published(srv, "new")
     assert d2("pull").exit_code == 0
     assert json.loads(path.read_text())["policies"][0]["permissions"] == ["new"]
+    # renamed over the old file (a watching app never reads half of it), mode kept
+    assert path.stat().st_ino != before and path.stat().st_mode & 0o777 == 0o600
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
 
 def tampered(jws: str) -> str:

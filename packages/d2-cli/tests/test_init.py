@@ -4,8 +4,10 @@ overwrite without --force, and the file loads."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_testkit import Invoke, as_json
@@ -60,6 +62,32 @@ def test_never_overwrites_without_force_and_keeps_a_backup_with_it(
     assert forced.exit_code == 0, forced.output
     assert (xdg / "policy.yaml.bak").read_text() == first
     assert "a.two" in (xdg / "policy.yaml").read_text()
+
+
+def test_force_renames_the_new_file_over_the_old_one_keeping_its_mode(
+    d2: Invoke, tmp_path: Path, xdg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = project(tmp_path / "app", "a.one")
+    assert d2("init", "--path", str(src)).exit_code == 0
+    target = xdg / "policy.yaml"
+    target.chmod(0o600)
+    old = target.stat().st_ino
+    removed: list[str] = []
+    for name in ("unlink", "rename"):  # the policy file never goes missing
+        real = getattr(os, name)
+
+        def spy(path: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            removed.append(os.fspath(path))
+            return _real(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, spy)
+    project(tmp_path / "app", "a.one", "a.two")
+    assert d2("init", "--path", str(src), "--force").exit_code == 0
+    assert str(target) not in removed
+    assert (xdg / "policy.yaml.bak").stat().st_ino == old  # the old file, untouched
+    assert target.stat().st_ino != old and target.stat().st_mode & 0o777 == 0o600
+    assert "a.two" in target.read_text()
+    assert sorted(p.name for p in xdg.iterdir()) == ["policy.yaml", "policy.yaml.bak"]
 
 
 def test_another_policy_file_in_the_config_dir_blocks_too(

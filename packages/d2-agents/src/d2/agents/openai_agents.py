@@ -78,7 +78,7 @@ from d2.core import (
     is_allowed,
     reject_async,
 )
-from d2.core._functions import first_parameter
+from d2.core._functions import first_parameter, forwards_unchanged
 
 from ._common import DenyMessage, ToolIds, approval_of, denial_message, tool_id_resolver
 
@@ -314,7 +314,8 @@ def _binding_like(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     call.__wrapped__ = fn  # type: ignore[attr-defined]
     call.__name__ = getattr(fn, "__name__", "tool")
     call.__qualname__ = getattr(fn, "__qualname__", call.__name__)
-    return call
+    # the SDK calls ``fn`` with the arguments the gate is given: bind them like ``fn``
+    return forwards_unchanged(call)
 
 
 async def _by_keyword(**arguments: Any) -> Any:

@@ -141,8 +141,11 @@ def write_file(
     one, never half of one. Without ``overwrite`` an existing file is never
     replaced: ``FileExistsError``, even when another process creates it meanwhile.
     With ``unchanged``, the file must still hold exactly those bytes just before it
-    is replaced (someone else's edit is never lost): else a :class:`CliError`."""
+    is replaced (someone else's edit is never lost): else a :class:`CliError`.
+    A symbolic link is written through (the link stays)."""
     data = content.encode("utf-8") if isinstance(content, str) else content
+    if path.is_symlink():
+        path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = 0o644
     try:
@@ -168,8 +171,10 @@ def write_file(
                 os.link(tmp, path)  # fails if the path exists: no check-then-write race
             except FileExistsError:
                 raise
-            except OSError:  # no hard links here: exclusive create instead
-                _create_exclusive(path, data, mode)
+            except OSError:  # no hard links here: claim the name, then rename over it
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+                os.replace(tmp, path)
+        _sync_directory(path.parent)
     finally:
         try:
             os.unlink(tmp)
@@ -184,7 +189,15 @@ def _current(path: Path) -> bytes | None:
         return None
 
 
-def _create_exclusive(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+def _sync_directory(directory: Path) -> None:
+    """Make a rename durable (best effort: not every platform opens directories)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

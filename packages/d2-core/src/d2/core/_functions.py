@@ -1,10 +1,13 @@
-"""What kind of function is this? (``inspect`` answers too, but importing it costs
-more than the whole guard; these read the code flags directly.)"""
+"""What kind of function is this, and which parameter does each argument of a call
+bind to? (``inspect`` answers too, but importing it costs more than the whole guard;
+these read code objects directly, and a declared ``__signature__`` when there is one.)"""
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 _CO_GENERATOR = 0x20
 _CO_COROUTINE = 0x80
@@ -61,61 +64,204 @@ class _Unbound:
 
 UNBOUND: Any = _Unbound()  # a positional argument of a callable whose signature is unknown
 
+# Code of wrappers known to pass every argument on to ``__wrapped__`` unchanged (the
+# guard's own wrappers, D2's context decorators, adapters' stand-ins): binding
+# follows them. Any other ``(*args, **kwargs)`` wrapper may reorder, inject or drop
+# arguments, so binding stops at it.
+_FORWARDERS: set[Any] = set()
 
-def _is_pass_through(code: Any) -> bool:
-    """``def wrapper(*args, **kwargs)``: a decorator that forwards everything."""
-    flags = code.co_flags
-    return (
-        code.co_argcount == 0
-        and code.co_kwonlyargcount == 0
-        and bool(flags & _CO_VARARGS)
-        and bool(flags & _CO_VARKEYWORDS)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def forwards_unchanged(fn: F) -> F:
+    """Declare that ``fn`` (a function with ``__wrapped__``) calls ``__wrapped__``
+    with exactly the arguments it was given, so a guard binds a call of ``fn``
+    like a call of ``__wrapped__``. Only for D2's own wrappers: the declaration
+    covers every function made by the same ``def``."""
+    _FORWARDERS.add(fn.__code__)
+    return fn
+
+
+class _Spec:
+    """A signature reduced to what binding needs."""
+
+    __slots__ = ("defaults", "kwonly", "positional", "posonly", "varargs", "varkw")
+
+    def __init__(
+        self,
+        positional: tuple[str, ...],
+        posonly: int,
+        kwonly: tuple[str, ...],
+        varargs: str | None,
+        varkw: str | None,
+        defaults: dict[str, Any],
+    ) -> None:
+        self.positional = positional
+        self.posonly = posonly
+        self.kwonly = kwonly
+        self.varargs = varargs
+        self.varkw = varkw
+        self.defaults = defaults
+
+
+def _spec_of_code(fn: Any) -> _Spec:
+    code = fn.__code__
+    names = code.co_varnames
+    npos, nkw = code.co_argcount, code.co_kwonlyargcount
+    defaults: dict[str, Any] = {}
+    positional_defaults = getattr(fn, "__defaults__", None) or ()
+    if positional_defaults:
+        defaults.update(
+            zip(names[npos - len(positional_defaults) : npos], positional_defaults, strict=True)
+        )
+    defaults.update(getattr(fn, "__kwdefaults__", None) or {})
+    extra = npos + nkw
+    varargs = varkw = None
+    if code.co_flags & _CO_VARARGS:
+        varargs = names[extra]
+        extra += 1
+    if code.co_flags & _CO_VARKEYWORDS:
+        varkw = names[extra]
+    return _Spec(
+        names[:npos], code.co_posonlyargcount, names[npos : npos + nkw], varargs, varkw, defaults
     )
 
 
-def _resolve(fn: Any) -> tuple[Any, list[tuple[Any, ...]], dict[str, Any]]:
-    """The function whose code binds a call of ``fn``; the leading arguments bound
-    before the call, outermost first (a partial's values; ``self`` as one item);
-    and the keywords a partial fixes."""
-    bound: list[tuple[Any, ...]] = []
-    fixed_kw: dict[str, Any] = {}
-    for _ in range(100):
-        if isinstance(fn, functools.partial):
-            bound.append(tuple(fn.args))
-            fixed_kw = {**fn.keywords, **fixed_kw}
-            fn = fn.func
-        elif hasattr(fn, "__func__") and hasattr(fn, "__self__"):  # bound method
-            bound.append((fn.__self__,))
-            fn = fn.__func__
-        elif hasattr(fn, "__func__"):  # staticmethod / classmethod objects
-            fn = fn.__func__
-        elif getattr(fn, "__code__", None) is not None:
-            wrapped = getattr(fn, "__wrapped__", None)
-            if wrapped is not None and _is_pass_through(fn.__code__):
-                fn = wrapped  # a forwarding decorator: bind like the function it wraps
-                continue
-            return fn, bound, fixed_kw
-        elif not isinstance(fn, type) and callable(fn):
-            call = getattr(type(fn), "__call__", None)  # noqa: B004
-            if getattr(call, "__code__", None) is None:
-                return None, bound, fixed_kw
-            bound.append((fn,))  # a callable object: its __call__ after self
-            fn = call
+def _spec_of_signature(sig: Any) -> _Spec:
+    positional: list[str] = []
+    kwonly: list[str] = []
+    posonly = 0
+    varargs = varkw = None
+    defaults: dict[str, Any] = {}
+    for param in sig.parameters.values():
+        kind = int(param.kind)  # inspect.Parameter kinds, in signature order
+        if kind == 0:
+            posonly += 1
+            positional.append(param.name)
+        elif kind == 1:
+            positional.append(param.name)
+        elif kind == 2:
+            varargs = param.name
+        elif kind == 3:
+            kwonly.append(param.name)
         else:
-            return None, bound, fixed_kw
-    return None, bound, fixed_kw
+            varkw = param.name
+        if kind in (0, 1, 3) and param.default is not param.empty:
+            defaults[param.name] = param.default
+    return _Spec(tuple(positional), posonly, tuple(kwonly), varargs, varkw, defaults)
+
+
+class _Opaque:
+    pass
+
+
+_OPAQUE: Any = _Opaque()  # a ``__signature__`` that is not a Signature
+
+
+def _declared_signature(fn: Any) -> Any:
+    """``fn``'s own ``__signature__`` (what ``inspect.signature`` reports before
+    anything else), ``None`` when it declares none, ``_OPAQUE`` when it is not a
+    ``Signature``. One that ``functools.wraps`` copied from the wrapped function
+    (the same object) is not a declaration of the wrapper's own and is ignored."""
+    try:
+        sig = fn.__signature__
+    except AttributeError:
+        return None
+    except Exception:  # a property that fails: nothing can be trusted
+        return _OPAQUE
+    if sig is None:
+        return None
+    inspect = sys.modules.get("inspect")  # whoever made a Signature imported it
+    if inspect is None or not isinstance(sig, inspect.Signature):
+        return _OPAQUE
+    try:
+        inherited = getattr(getattr(fn, "__wrapped__", None), "__signature__", None)
+    except Exception:
+        return _OPAQUE
+    return None if inherited is sig else sig
+
+
+class _Target:
+    """What binds a call: the signature (``None``: unknown), the leading values bound
+    before the call (innermost first), a partial's keywords, and whether the
+    signature is a forwarding wrapper's (``*args``/``**kwargs`` with ``__wrapped__``
+    not known to forward unchanged)."""
+
+    __slots__ = ("fixed_kw", "forwarding", "leading", "spec")
+
+    def __init__(self) -> None:
+        self.spec: _Spec | None = None
+        self.leading: list[Any] = []
+        self.fixed_kw: dict[str, Any] = {}
+        self.forwarding = False
+
+
+def _resolve(fn: Any) -> _Target:
+    """Follow ``fn`` to the signature Python binds a call of it with, exactly as
+    ``inspect.signature(fn, follow_wrapped=False)`` does, except that D2's own
+    forwarders are followed and an inherited ``__signature__`` is ignored."""
+    target = _Target()
+    bound: list[tuple[Any, ...]] = []  # outermost first
+    try:
+        for _ in range(100):
+            if hasattr(fn, "__func__") and hasattr(fn, "__self__"):  # a bound method
+                bound.append((fn.__self__,))
+                fn = fn.__func__
+                continue
+            code = getattr(fn, "__code__", None)
+            wrapped = getattr(fn, "__wrapped__", None) if code is not None else None
+            if wrapped is not None and code in _FORWARDERS:
+                fn = wrapped
+                continue
+            sig = _declared_signature(fn)
+            if sig is _OPAQUE:
+                break
+            if sig is not None:
+                target.spec = _spec_of_signature(sig)
+                break
+            if isinstance(fn, functools.partial):
+                bound.append(tuple(fn.args))
+                target.fixed_kw = {**fn.keywords, **target.fixed_kw}
+                fn = fn.func
+            elif hasattr(fn, "__func__"):  # staticmethod / classmethod objects
+                fn = fn.__func__
+            elif code is not None:
+                target.spec = _spec_of_code(fn)
+                target.forwarding = wrapped is not None and bool(
+                    code.co_flags & (_CO_VARARGS | _CO_VARKEYWORDS)
+                )
+                break
+            elif not isinstance(fn, type) and callable(fn):
+                call = getattr(type(fn), "__call__", None)  # noqa: B004
+                if call is None or (
+                    getattr(call, "__code__", None) is None and _declared_signature(call) is None
+                ):
+                    break
+                bound.append((fn,))  # a callable object: its __call__ after self
+                fn = call
+            else:
+                break
+    except Exception:  # an attribute that raises: the signature is unknown
+        target.spec = None
+    target.leading = [value for values in reversed(bound) for value in values]
+    return target
 
 
 class Arguments:
     """Reads one named argument of a call, defaults applied, exactly as the
-    callable's signature binds it: built once per guarded callable from its code
-    object (through partials, bound methods, callable objects and forwarding
-    ``functools.wraps`` decorators). A callable without code (a builtin) binds
-    keywords only; its positional arguments read as ``UNBOUND`` (and fail closed)."""
+    signature of the callable actually called binds it: built once per guarded
+    callable (through partials, bound methods, callable objects, a declared
+    ``__signature__`` and D2's own wrappers). A callable without one (a builtin)
+    binds keywords only; its positional arguments read as ``UNBOUND`` (and fail
+    closed). A *forwarding* wrapper (``*args``/``**kwargs`` plus ``__wrapped__``)
+    binds to its own parameters: any other name reads as ``UNBOUND``, since the
+    wrapper may reorder or inject arguments before the wrapped function sees them."""
 
     __slots__ = (
         "defaults",
+        "extra",
         "fixed",
+        "forwarding",
         "hidden",
         "keywords",
         "method",
@@ -131,52 +277,58 @@ class Arguments:
         self.positions: dict[str, int] = {}
         self.defaults: dict[str, Any] = {}
         self.fixed: dict[str, Any] = {}  # values a partial binds for good
+        self.extra: dict[str, Any] = {}  # a partial's keywords that **kwargs collects
         self.keywords: frozenset[str] = frozenset()
         self.positional_only: frozenset[str] = frozenset()
-        self.varargs: tuple[str, int] | None = None
+        # (name, first index of the call's args it collects, values bound before)
+        self.varargs: tuple[str, int, tuple[Any, ...]] | None = None
         self.varkw: str | None = None
         self.plans: dict[Any, Any] = {}  # evaluator's per-grant reading plans (memo)
         self.method = False  # set by the guard for methods: explain() gets no self
         # parameters that are not part of the call an approval covers or a log shows
         # (a framework's run context); set by adapters
         self.hidden: frozenset[str] = frozenset()
-        target, bound, fixed_kw = _resolve(fn)
-        self.opaque = target is None
-        if target is None:
+        target = _resolve(fn)
+        spec = target.spec
+        self.opaque = spec is None
+        self.forwarding = target.forwarding
+        if spec is None:
             return
-        code = target.__code__
-        names = code.co_varnames
-        npos, nposonly, nkw = code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount
-        leading = [value for values in reversed(bound) for value in values]  # innermost first
+        names = spec.positional
+        npos = len(names)
+        leading = target.leading
         skip = len(leading)
         for i, value in enumerate(leading[:npos]):
             self.fixed[names[i]] = value
         self.positions = {names[i]: i - skip for i in range(skip, npos)}
-        self.positional_only = frozenset(names[:nposonly])
-        self.keywords = frozenset(names[max(nposonly, skip) : npos + nkw])
-        defaults = getattr(target, "__defaults__", None) or ()
-        if defaults:
-            self.defaults.update(zip(names[npos - len(defaults) : npos], defaults, strict=True))
-        self.defaults.update(getattr(target, "__kwdefaults__", None) or {})
-        self.defaults.update(fixed_kw)  # a partial's keywords act as overridable defaults
-        extra = npos + nkw
-        if code.co_flags & _CO_VARARGS:
-            self.varargs = (names[extra], max(npos - skip, 0))
-            extra += 1
-        if code.co_flags & _CO_VARKEYWORDS:
-            self.varkw = names[extra]
+        self.positional_only = frozenset(names[: spec.posonly])
+        self.keywords = frozenset(names[max(spec.posonly, skip) :] + spec.kwonly)
+        self.defaults.update(spec.defaults)
+        for key, value in target.fixed_kw.items():  # a partial's keywords: overridable
+            if key in self.keywords:
+                self.defaults[key] = value
+            else:
+                self.extra[key] = value
+        if spec.varargs is not None:
+            self.varargs = (spec.varargs, max(npos - skip, 0), tuple(leading[npos:]))
+        self.varkw = spec.varkw
+
+    def declares(self, name: str) -> bool:
+        """Whether ``name`` is a parameter of the signature a call binds to."""
+        return (
+            name in self.positions
+            or name in self.keywords
+            or name in self.fixed
+            or (self.varargs is not None and name == self.varargs[0])
+            or name == self.varkw
+        )
 
     def takes(self, name: str) -> bool:
         """Whether a call can pass ``name`` at all (always, when the signature is
         unknown or collects ``**kwargs``)."""
         if self.opaque or self.varkw is not None:
             return True
-        return (
-            name in self.positions
-            or name in self.keywords
-            or name in self.fixed
-            or (self.varargs is not None and name == self.varargs[0])
-        )
+        return self.declares(name)
 
     def position(self, name: str) -> int | None:
         """Where ``name`` is read from when a plain lookup is enough: its position
@@ -200,16 +352,22 @@ class Arguments:
             return args[i]
         if name in kwargs and name in self.keywords:
             return kwargs[name]
-        if self.varargs is not None and name == self.varargs[0]:
-            return args[self.varargs[1] :]
+        varargs = self.varargs
+        if varargs is not None and name == varargs[0]:
+            return varargs[2] + args[varargs[1] :]
         if self.varkw is not None and name == self.varkw:
-            return {k: v for k, v in kwargs.items() if k not in self.keywords}
+            passed = {k: v for k, v in kwargs.items() if k not in self.keywords}
+            return {**self.extra, **passed} if self.extra else passed
         if name in self.defaults or i is not None or name in self.keywords:
             return self.defaults.get(name, missing)
         # not a parameter of the signature: it can only travel in **kwargs or *args
+        if self.forwarding:
+            return UNBOUND  # where the wrapper passes it on is unknown: fail closed
         if self.varkw is not None and name in kwargs:
             return kwargs[name]
-        if self.varargs is not None and len(args) > self.varargs[1]:
+        if self.varkw is not None and name in self.extra:
+            return self.extra[name]
+        if varargs is not None and len(varargs[2]) + len(args) > varargs[1]:
             return UNBOUND  # maybe inside *args: cannot tell, fail closed
         return missing
 
@@ -244,9 +402,10 @@ def bound_arguments(
         if value is not UNBOUND:
             bound[name] = value
     if arguments.varargs is not None:
-        bound[arguments.varargs[0]] = list(args[arguments.varargs[1] :])
+        name, start, lead = arguments.varargs
+        bound[name] = [*lead, *args[start:]]
     if arguments.varkw is not None:  # extra keywords by their own names
-        for key, value in kwargs.items():
+        for key, value in {**arguments.extra, **kwargs}.items():
             if key not in arguments.keywords and key not in bound:
                 bound[key] = value
     return bound

@@ -14,7 +14,7 @@ import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
-from ._functions import is_coroutine_function
+from ._functions import forwards_unchanged, is_coroutine_function
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -355,7 +355,7 @@ def clear_context(func: Callable[P, R]) -> Callable[P, R]:
         finally:
             clear_user_context()
 
-    return wrapper
+    return forwards_unchanged(wrapper)
 
 
 def clear_context_async(
@@ -371,4 +371,4 @@ def clear_context_async(
         finally:
             clear_user_context()
 
-    return wrapper
+    return forwards_unchanged(wrapper)

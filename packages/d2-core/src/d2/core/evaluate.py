@@ -886,15 +886,35 @@ _Denial = tuple[str, str, "str | None"]
 
 def _plan(grant: Grant | Approval, arguments: Arguments | None) -> tuple[Any, ...]:
     """How to read and check each argument of ``grant.input`` for one function:
-    ``(position, name, default, ok)``; position -2 means "ask ``arguments``"."""
+    ``(position, name, default, ok)``; position -2 means "ask ``arguments``", -3
+    and -4 that the rule can never be read (a typo; a forwarding wrapper)."""
     plan = []
     for name, constraint in grant.input:
         pos = arguments.position(name) if arguments is not None else -1
         default = arguments.defaults.get(name, MISSING) if arguments is not None else MISSING
-        if arguments is not None and not arguments.takes(name):
+        if arguments is not None and arguments.forwarding and not arguments.declares(name):
+            pos = -4  # passed on by a forwarding wrapper: where it lands is unknown
+        elif arguments is not None and not arguments.takes(name):
             pos = -3  # a rule on an argument the tool does not take: a typo, fail closed
         plan.append((-2 if pos is None else pos, name, default, constraint.ok))
     return tuple(plan)
+
+
+def _unreadable(grant: Grant | Approval, name: str, pos: int) -> _Denial:
+    """The denial for a rule the plan found it can never read (see :func:`_plan`)."""
+    if pos == -3:
+        detail = (
+            f"the policy constrains argument {name!r}, which this tool does not take: "
+            "fix the argument name in the policy"
+        )
+    else:
+        detail = (
+            f"argument {name!r} cannot be bound: the guarded callable is a forwarding "
+            "wrapper (*args/**kwargs with __wrapped__), which may reorder or inject "
+            "arguments before the wrapped function sees them. Put @d2_guard directly on "
+            "the function (innermost decorator), or give the wrapper an honest __signature__"
+        )
+    return ("input_validation", detail, f"{grant.input_path}.{name}")
 
 
 def _check_input(
@@ -911,13 +931,8 @@ def _check_input(
             plans[grant] = plan
     n = len(args)
     for pos, name, default, ok in plan:
-        if pos == -3:
-            return (
-                "input_validation",
-                f"the policy constrains argument {name!r}, which this tool does not take: "
-                "fix the argument name in the policy",
-                f"{grant.input_path}.{name}",
-            )
+        if pos < -2:
+            return _unreadable(grant, name, pos)
         if -1 < pos < n:
             value = args[pos]
         elif pos == -2 and arguments is not None:

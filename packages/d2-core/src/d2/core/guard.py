@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from ._functions import (
     Arguments,
     first_parameter,
+    forwards_unchanged,
     is_async_generator_function,
     is_coroutine_function,
     is_generator_function,
@@ -313,6 +314,7 @@ def _build(
                     return handle(err)
 
     functools.update_wrapper(wrapper, fn)
+    forwards_unchanged(wrapper)  # a guard over this one binds like ``fn``
     wrapper.__dict__["tool_id"] = tool_id
     wrapper.__dict__["_d2_arguments"] = arguments
     if not (is_async or is_agen or is_gen):
@@ -339,6 +341,12 @@ class _BoundTool:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._guarded(self.__self__, *args, **kwargs)
+
+    @property
+    def __func__(self) -> Callable[..., Any]:
+        """The guarded function (``__self__`` comes first), as on a bound method:
+        what binding a call of this object reads."""
+        return self._guarded
 
     async def aio(self, *args: Any, **kwargs: Any) -> Any:
         """Await the method in a worker thread with the caller's context."""

@@ -1,15 +1,19 @@
 """Policy sources for local mode: a watched file, or a document held in memory.
 
 A source loads a policy once (``load``) and may then report changes (``watch``).
-The file source polls the file's metadata from one daemon thread; a valid change is
-handed over, an invalid one is logged and the policy in force stays.
+The file source reads the file from one daemon thread at each poll; a change is
+handed over once the same content was read at several consecutive checks and it
+loads (a half-written file never is), an invalid one is logged and the policy in
+force stays.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -62,32 +66,52 @@ class LocalFileSource:
 
     ``path``: the file (default: discovery, see
     :func:`~d2.core.policy.load.discover_policy_file`). ``poll_interval``: seconds
-    between checks of the file's size and modification time; ``None`` disables
-    watching.
+    between checks of the file; ``None`` disables watching. ``stable_checks``: how
+    many consecutive checks must read the same content (SHA-256) before a change is
+    put in force (at least 2; the default 3 means unchanged for two poll intervals),
+    so a slow write in place is not loaded half-written. The content must then also
+    parse and compile. A deleted file is logged once; the policy in force stays
+    until its ``expires``.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str] | None = None, *, poll_interval: float | None = 1.0
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        poll_interval: float | None = 1.0,
+        stable_checks: int = 3,
     ) -> None:
+        if poll_interval is not None and not poll_interval > 0:
+            raise ConfigurationError(
+                f"poll_interval must be a positive number of seconds or None, got {poll_interval!r}"
+            )
+        if (
+            isinstance(stable_checks, bool)
+            or not isinstance(stable_checks, int)
+            or stable_checks < 2
+        ):
+            raise ConfigurationError(
+                f"stable_checks must be an integer of at least 2, got {stable_checks!r}: one "
+                "check cannot tell a finished write from one still going on"
+            )
         self._explicit = os.path.expanduser(os.fspath(path)) if path is not None else None
         self.path: str | None = self._explicit
         self.poll_interval = poll_interval
+        self.stable_checks = stable_checks
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._stamp: tuple[int, int, int] | None = None
-        self._raw: bytes | None = None
         self._watching: tuple[Limits, OnChange] | None = None
+        # the watcher's state (only its thread writes it, but for load())
+        self._digest: bytes | None = None  # SHA-256 of the content in force
+        self._expires: float | None = None  # its expiry, for the deletion warning
+        self._candidate: bytes | None = None  # content read at the last checks...
+        self._seen = 0  # ...at this many consecutive checks
+        self._refused: bytes | None = None  # content already refused (logged once)
+        self._gone = False  # the file is missing (warned once)
 
     def describe(self) -> str:
         """The file's path (once known)."""
         return self.path if self.path is not None else "<policy file discovery>"
-
-    def _stat(self, path: str) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def load(self, limits: Limits) -> CompiledPolicy:
         """Find (unless given) and load the file."""
@@ -101,9 +125,9 @@ class LocalFileSource:
                 reason="missing_policy",
             )
         assert self.path is not None
-        self._stamp = self._stat(self.path)
         policy = load_policy_file(self.path, limits)
-        self._raw = policy.raw
+        self._digest, self._expires = _sha256(policy.raw), policy.expires_at
+        self._candidate, self._seen, self._gone = None, 0, False
         return policy
 
     def watch(self, limits: Limits, on_change: OnChange) -> None:
@@ -127,43 +151,76 @@ class LocalFileSource:
         self._thread.start()
 
     def _run(self, stop: threading.Event, limits: Limits, on_change: OnChange) -> None:
-        path, interval = self.path, self.poll_interval
-        assert path is not None
+        interval = self.poll_interval
         assert interval is not None
-        pending: tuple[int, int, int] | None = None
         while not stop.wait(interval):
-            stamp = self._stat(path)
-            if stamp is None or stamp == self._stamp:
-                pending = None
-                continue
-            if stamp != pending:  # changed since the last look: let the writer finish
-                pending = stamp
-                continue
             try:
-                data = read_policy_bytes(path, limits)
-                if self._stat(path) != stamp:  # written to while we read: next round
-                    continue
-                self._stamp, pending = stamp, None
-                if data == self._raw:
-                    continue
-                policy = load_policy_bytes(data, path, limits)
-            except D2Error as exc:
-                self._stamp, pending = stamp, None
-                _log().error(
-                    "d2: policy file %s changed but was refused; the previous policy "
-                    "stays in force. %s",
-                    path,
-                    exc,
-                )
-                continue
+                self._check(limits, on_change, stop)
             except Exception:  # never let the watcher die on a surprise
-                self._stamp, pending = stamp, None
-                _log().exception("d2: unexpected error reloading %s; previous policy kept", path)
-                continue
-            self._raw = data
-            if not stop.is_set():
-                _log().info("d2: reloaded policy %s", path)
-                on_change(policy)
+                self._candidate, self._seen = None, 0
+                _log().exception(
+                    "d2: unexpected error checking %s; the policy in force stays", self.path
+                )
+
+    def _check(
+        self, limits: Limits, on_change: OnChange, stop: threading.Event | None = None
+    ) -> None:
+        """One check: read the file; put its content in force once the same content
+        was read at ``stable_checks`` consecutive checks and it loads."""
+        path = self.path
+        assert path is not None
+        data: bytes | None = None
+        try:
+            data = read_policy_bytes(path, limits)
+        except D2Error as exc:
+            if not os.path.lexists(path):
+                self._candidate, self._seen = None, 0
+                if not self._gone:
+                    self._gone = True
+                    _log().warning(
+                        "d2: policy file %s was deleted; the policy loaded from it stays in "
+                        "force until it expires (%s), then every guarded call is refused "
+                        "(policy_expired). Restore the file to change the policy",
+                        path,
+                        _when(self._expires),
+                    )
+                return
+            problem: D2Error | None = exc  # unreadable, too large, not a regular file
+        else:
+            problem = None
+        if self._gone:
+            self._gone = False
+            _log().info("d2: policy file %s is back; it loads once it is stable", path)
+        # a file that cannot be read is judged like content: its error, once stable
+        digest = _sha256(data if data is not None else b"\0" + str(problem).encode())
+        if digest == self._digest:  # back to (or still) the content in force
+            self._candidate, self._seen = None, 0
+            return
+        if digest == self._candidate:
+            self._seen += 1
+        else:
+            self._candidate, self._seen = digest, 1
+        if self._seen < self.stable_checks or digest == self._refused:
+            return
+        try:
+            if problem is not None:
+                raise problem
+            assert data is not None
+            policy = load_policy_bytes(data, path, limits)
+        except D2Error as exc:
+            self._refused = digest
+            _log().error(
+                "d2: policy file %s changed but was refused; the previous policy stays in "
+                "force. %s",
+                path,
+                exc,
+            )
+            return
+        self._digest, self._expires = digest, policy.expires_at
+        self._candidate, self._seen, self._refused = None, 0, None
+        if stop is None or not stop.is_set():
+            _log().info("d2: reloaded policy %s", path)
+            on_change(policy)
 
     def restart_after_fork(self) -> None:
         """In a forked child: the watcher thread did not survive the fork; start a
@@ -179,6 +236,16 @@ class LocalFileSource:
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _when(expires: float | None) -> str:
+    if expires is None:
+        return "unknown"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
 
 
 def _dates(value: object) -> str:
