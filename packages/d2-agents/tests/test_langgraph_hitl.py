@@ -60,9 +60,9 @@ def test_a_held_call_pauses_the_graph_and_runs_once_after_approval(graph: Any) -
     assert last_tool_message(done).content == "refunded 500" and RAN == [500]
     # the identical call later: paused again, the approval was used up
     again = graph.invoke(ask(500, "c2"), {"configurable": {"thread_id": "t2"}})
-    assert (
+    assert (  # a new request: the used one is dead
         again["__interrupt__"][0].value["d2_approval_request"]
-        == (pause.value["d2_approval_request"])
+        != (pause.value["d2_approval_request"])
     )
     assert RAN == [500]
 

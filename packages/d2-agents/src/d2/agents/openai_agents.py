@@ -458,7 +458,14 @@ def guard_tool(
         if request is not None:  # hold the call: the SDK interrupts the run
             key = _request_key(guarded.name, call_id, params)
             known = _REQUESTS.get(key)
-            _REQUESTS[key] = {**(known if isinstance(known, dict) else {}), request.id: request}
+            # a user's newer request for this call supersedes her older one (each
+            # request has its own id); other users' stay, to be told apart
+            others = {
+                rid: r
+                for rid, r in (known.items() if isinstance(known, dict) else ())
+                if r.user_id != request.user_id
+            }
+            _REQUESTS[key] = {**others, request.id: request}
             return True
         if isinstance(decided, (PermissionDeniedError, _Parked)):
             _DECIDED[_call_key(tool_id, call_id)] = decided

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._functions import bound_arguments
+from .approval_data import json_arguments
 
 if TYPE_CHECKING:
     from .context import UserContext
@@ -159,8 +160,6 @@ class DecisionLog:
         arguments = None
         if self.arguments and call is not None:
             try:
-                from .approvals import json_arguments
-
                 shown = json_arguments(bound_arguments(call[2], call[0], call[1]))
                 arguments = _ENCODER.encode(shown)
             except Exception:

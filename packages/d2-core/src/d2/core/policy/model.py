@@ -297,6 +297,7 @@ class CompiledPolicy:
         "groups",
         "mode",
         "name",
+        "namespace",
         "patterns",
         "raw",
         "roles",
@@ -328,6 +329,8 @@ class CompiledPolicy:
         self.entries = entries
         self.groups = groups
         self.name = name
+        # what scopes the app's keys in a shared store: the name (cloud: the app)
+        self.namespace: str | None = name or None
         self.description = description
         self.expires_at = expires_at
         self.raw = raw
