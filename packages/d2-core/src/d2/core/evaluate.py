@@ -483,15 +483,18 @@ class Evaluator:
         ``inputs=False`` skips the input rules (the first granting entry is
         chosen) and ``approval_holds`` answers for ``approval.when``."""
         fed = self.holding and tethered(current_context().scope) is not None
-        if not rules.budgeted and not fed:  # no store, no budget: the lean path
-            return self._admit_plain(rules, args, kwargs, arguments, inputs)
-        if (
-            rules.request_only
-            and self.log is None
-            and not fed
-            and self._within_request_budget(rules)
-        ):
-            return None
+        if not rules.stored and not fed:  # nothing to ask a store
+            if not rules.budgeted:  # no budget either: the lean path
+                return self._admit_plain(rules, args, kwargs, arguments, inputs)
+            if rules.request_only and self.log is None and self._within_request_budget(rules):
+                return None
+            adm = _Admission(rules, current_context(), (args, kwargs, arguments))
+            if self.log is not None:
+                adm.started = perf_counter()
+            self._judge(adm, inputs, None)
+            return self._admitted(adm)
+        if not rules.approvals and not fed:  # per-user budgets only: one take
+            return self._admit_counted(rules, args, kwargs, arguments, inputs)
         steps = self._admission(rules, args, kwargs, arguments, inputs, approval_holds)
         try:
             op = next(steps)
@@ -507,6 +510,35 @@ class Evaluator:
         except StopIteration as done:
             result: OutputRules | None = done.value
             return result
+
+    def _admit_counted(
+        self,
+        rules: ToolRules,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        arguments: Arguments | None,
+        inputs: bool,
+    ) -> OutputRules | None:
+        """:meth:`admit` for a tool whose store work is one ``take`` of its
+        ``per: user`` counters (no approval, no held request to feed): the
+        generator of :meth:`_admission` without its cost."""
+        adm = _Admission(rules, current_context(), (args, kwargs, arguments))
+        if self.log is not None:
+            adm.started = perf_counter()
+        if self._judge(adm, inputs, None) and adm.store_needed:
+            namespace = adm.namespace
+            assert namespace is not None
+            now = _now()
+            try:
+                answer = self.store_for_use().take(namespace, adm.counters, None, now)
+                result = _answer(answer, adm)
+            except Exception as exc:
+                result, adm.problem = _UNAVAILABLE, exc
+            except BaseException:  # cancelled or interrupted: the call does not run
+                self._release(adm)
+                raise
+            self._taken(adm, result, now)
+        return self._admitted(adm)
 
     async def admit_async(
         self,
@@ -567,59 +599,57 @@ class Evaluator:
         inputs: bool,
         approval_holds: bool | None,
     ) -> _Steps:
-        """Steps 4-7; returns the output rules (or ``None``), raises the denial."""
+        """Steps 4-7; returns the output rules (or ``None``), raises the denial. A
+        call abandoned while the store answers (cancelled, interrupted: the driver
+        closes the generator) gives its per-request reservations back."""
         ctx = current_context()
         adm = _Admission(rules, ctx, (args, kwargs, arguments))
         if self.log is not None:
             adm.started = perf_counter()
-        policy = rules.policy
-        # 6c, first part: a call that needs an approval continues the request that
-        # asked for it, so steps 5-6 judge it on that request's history and facts
-        first = (
-            _chosen_grant(rules, ctx.roles, args, kwargs, arguments, inputs)
-            if rules.budgeted
-            else None
-        )
-        if first is not None and first.approval is not None:
-            adm.judged = first.approval
-            if _needs(first.approval, adm.call, approval_holds):
-                adm.needs = first.approval
-                if not policy.audit:
-                    yield from self._resume(adm)
+        try:
+            # 6c, first part: a call that needs an approval continues the request
+            # that asked for it, so steps 5-6 judge it on that request's history
+            if rules.approvals:
+                first = _chosen_grant(rules, ctx.roles, args, kwargs, arguments, inputs)
+                if first is not None and first.approval is not None:
+                    hold = adm.hold = _Hold(first.approval)
+                    if _needs(first.approval, adm.call, approval_holds):
+                        hold.needs = first.approval
+                        if not rules.policy.audit:
+                            yield from self._resume(adm, hold)
+            if not self._judge(adm, inputs, approval_holds):
+                return self._admitted(adm)
+            if adm.store_needed:
+                yield from self._take(adm)
+                if adm.would is not None:
+                    return self._admitted(adm)
+            # step 7 in a request that feeds held requests: they learn of it first
+            line = tethered(ctx.scope) if self.holding else None
+            if line is not None and not (yield from self._feed(adm, line, True)):
+                self._stop(adm, _unavailable_error(adm, adm.problem))
+            return self._admitted(adm)
+        except GeneratorExit:
+            self._release(adm)
+            raise
+
+    def _judge(self, adm: _Admission, inputs: bool, holds: bool | None) -> bool:
+        """Steps 4-6, and 6b-6c in memory: raise the denial (enforce), or return
+        False when audit mode lets a call it would deny run (``adm.would``)."""
+        rules, ctx = adm.rules, adm.ctx
+        args, kwargs, arguments = adm.call
         output, denial, grant, audited = _layers(rules, ctx, args, kwargs, arguments, None, inputs)
         if denial is not None:
             err = _guardrail_error(rules, ctx, denial, args, kwargs, arguments)
-            if not policy.audit:
+            if not rules.policy.audit:
                 raise self._refuse(err, ctx, adm.started, adm.call, adm.consulted())
             adm.would = err
-            return self._admitted(adm)
+            return False
         adm.output, adm.audited = output, audited
         if rules.budgeted:
-            self._budgets(adm, grant if grant is not None else first, approval_holds)
-            if adm.would is not None:
-                return self._admitted(adm)
-        if adm.store_needed:
-            yield from self._take(adm)
-            if adm.would is not None:
-                return self._admitted(adm)
-        # step 7 in a request that feeds held requests: they learn of this call first
-        line = tethered(ctx.scope) if self.holding else None
-        if line is not None and not (yield from self._feed(adm, line, True)):
-            self._stop(adm, _unavailable_error(adm, adm.problem))
-            return self._admitted(adm)
-        return self._admitted(adm)
+            self._budgets(adm, grant, holds)
+        return adm.would is None
 
-    @staticmethod
-    def _ask(adm: _Admission, op: tuple[Any, ...]) -> Generator[tuple[Any, ...], Any, Any]:
-        """One store operation; a call abandoned while the store answers (cancelled,
-        interrupted) gives its per-request reservations back."""
-        try:
-            return (yield op)
-        except GeneratorExit:
-            Evaluator._release(adm)
-            raise
-
-    def _resume(self, adm: _Admission) -> _Steps:
+    def _resume(self, adm: _Admission, hold: _Hold) -> _Steps:
         """The call needs an approval: digest it and, when its request lives,
         restore that request's snapshots into this request scope (a pause for an
         approval never forgets what the request did before it)."""
@@ -628,15 +658,15 @@ class Evaluator:
         args, kwargs, arguments = adm.call
         try:
             exact = bound_arguments(arguments, args, kwargs, keep_self=True)
-            adm.digest = call_digest(rules.tool_id, exact, ctx.user_id or "", policy.version_text)
+            hold.digest = call_digest(rules.tool_id, exact, ctx.user_id or "", policy.version_text)
         except NoCanonicalForm as exc:
-            adm.unapprovable = str(exc)  # refused after steps 5-6 (approval_unsupported)
+            hold.unapprovable = str(exc)  # refused after steps 5-6 (approval_unsupported)
             return None
         namespace = self.namespace(policy)
         if namespace is None:
             return None  # refused after steps 5-6 (an unnamed app on a shared store)
         adm.namespace = namespace
-        found = yield from self._ask(adm, ("find_approval", namespace, adm.digest, _now()))
+        found = yield ("find_approval", namespace, hold.digest, _now())
         if isinstance(found, _Failed):
             self._stop(adm, _unavailable_error(adm, found.exc))
             return None
@@ -645,7 +675,7 @@ class Evaluator:
         if not isinstance(found, ApprovalState) or found.request.user_id != ctx.user_id:
             self._stop(adm, _unavailable_error(adm, TypeError(f"find_approval() -> {found!r}")))
             return None
-        adm.found = found
+        hold.found = found
         own = lineage(ctx.scope).token
         texts = [text for holder, text in found.snapshots if holder != own]
         try:
@@ -677,29 +707,34 @@ class Evaluator:
             adm.counters = _counters(policy, grant.user_limits, ctx.user_id or "", _now())
             adm.store_needed = True
         approval = grant.approval
-        if approval is not None and approval is not adm.judged:  # not judged yet
-            adm.needs = approval if _needs(approval, adm.call, holds) else None
-        if approval is not None and approval is adm.needs:
-            if policy.audit:  # never ask a person on behalf of an audited policy
-                self._stop(adm, _approval_error(rules, ctx, None, approval.path, None))
-                return
-            if adm.unapprovable is not None:
-                self._stop(adm, _unapprovable(rules, ctx, approval.path, adm.unapprovable))
-                return
-            if adm.digest is not None:
-                found = adm.found
-                adm.key = ApprovalKey(adm.digest, found.request.id if found is not None else "")
-                args, kwargs, arguments = adm.call
-                adm.request = ApprovalRequest(
-                    id=new_request_id(),
-                    tool_id=rules.tool_id,
-                    user_id=ctx.user_id or "",
-                    arguments=json_arguments(bound_arguments(arguments, args, kwargs)),
-                    policy_version=policy.version_text,
-                    expires_at=_now() + approval.ttl,
-                    approver_roles=approval.approvers,
-                )
-            adm.store_needed = True
+        if approval is not None:
+            hold = adm.hold
+            if hold is None or hold.judged is not approval:  # not judged yet
+                hold = adm.hold = _Hold(approval)
+                hold.needs = approval if _needs(approval, adm.call, holds) else None
+            if hold.needs is approval:
+                if policy.audit:  # never ask a person on behalf of an audited policy
+                    self._stop(adm, _approval_error(rules, ctx, None, approval.path, None))
+                    return
+                if hold.unapprovable is not None:
+                    self._stop(adm, _unapprovable(rules, ctx, approval.path, hold.unapprovable))
+                    return
+                if hold.digest is not None:
+                    found = hold.found
+                    hold.key = ApprovalKey(
+                        hold.digest, found.request.id if found is not None else ""
+                    )
+                    args, kwargs, arguments = adm.call
+                    hold.request = ApprovalRequest(
+                        id=new_request_id(),
+                        tool_id=rules.tool_id,
+                        user_id=ctx.user_id or "",
+                        arguments=json_arguments(bound_arguments(arguments, args, kwargs)),
+                        policy_version=policy.version_text,
+                        expires_at=_now() + approval.ttl,
+                        approver_roles=approval.approvers,
+                    )
+                adm.store_needed = True
         if adm.store_needed and adm.namespace is None:
             adm.namespace = self.namespace(policy)
             if adm.namespace is None:
@@ -725,41 +760,43 @@ class Evaluator:
         a missing approval is asked for (or its rejection reported)."""
         namespace = adm.namespace
         assert namespace is not None
+        hold = adm.hold
+        key = hold.key if hold is not None else None
         now = _now()
-        answer = yield from self._ask(adm, ("take", namespace, adm.counters, adm.key, now))
+        answer = yield ("take", namespace, adm.counters, key, now)
         try:
             result = _answer(answer, adm)
         except Exception as exc:
             result, adm.problem = _UNAVAILABLE, exc
-        if result == TAKEN and adm.key is not None:
-            adm.used = adm.key.request_id
-        elif result == APPROVAL_MISSING and adm.request is not None:
+        if result == TAKEN and hold is not None and key is not None:
+            hold.used = key.request_id
+        elif result == APPROVAL_MISSING and hold is not None and hold.request is not None:
             self._release(adm)  # refused whatever the answer: saved without this call
-            state = yield from self._hold(adm, namespace, now)
+            state = yield from self._hold(adm, hold, namespace, now)
             if state is None:
                 result = _UNAVAILABLE
         self._taken(adm, result, now)
         return None
 
-    def _hold(self, adm: _Admission, namespace: str, now: float) -> _Steps:
+    def _hold(self, adm: _Admission, hold: _Hold, namespace: str, now: float) -> _Steps:
         """Ask for the approval, saving this request scope with it: from now on this
         scope feeds the request (each later call of the scope is saved with it,
         see :meth:`_feed`). Returns the state in force, or ``None`` when the store
         failed (``adm.problem``)."""
-        ctx, key, request = adm.ctx, adm.key, adm.request
+        ctx, key, request = adm.ctx, hold.key, hold.request
         assert key is not None and request is not None
         scope = ctx.scope
         line = lineage(scope)
         before = version(scope)
         text = snapshot(scope, ctx.user_id or "")
-        found = adm.found
+        found = hold.found
         replaces = [
             (holder, _sha1(old))
             for holder, old in (found.snapshots if found is not None else ())
             if holder != line.token
         ]
-        op = ("request_approval", namespace, request, key.call, line.token, text, replaces, now)
-        state = yield from self._ask(adm, op)
+        state = yield ("request_approval", namespace, request, key.call, line.token, text,
+                       replaces, now)  # fmt: skip
         if isinstance(state, _Failed) or not isinstance(state, ApprovalState):
             adm.problem = (
                 state.exc
@@ -767,7 +804,7 @@ class Evaluator:
                 else TypeError(f"the store answered request_approval() with {state!r}")
             )
             return None
-        adm.state = state
+        hold.state = state
         if state.state != "rejected":
             line.held[(namespace, key.call, state.request.id)] = state.request.expires_at
             self.holding = True
@@ -794,8 +831,7 @@ class Evaluator:
         labels = rules.labels if with_call else ()
         text = snapshot(ctx.scope, ctx.user_id or "", tool, labels)
         for namespace, keys in groups.items():
-            op = ("save_snapshot", namespace, keys, line.token, text, now)
-            saved = yield from self._ask(adm, op)
+            saved = yield ("save_snapshot", namespace, keys, line.token, text, now)
             if isinstance(saved, _Failed):
                 adm.problem = saved.exc
                 return False
@@ -841,11 +877,12 @@ class Evaluator:
             err = _budget_error(rules, ctx, limit, max(counter.expires_at - now, 0.0))
         else:  # approval missing
             assert adm.grant is not None and adm.grant.approval is not None
-            state = adm.state
+            hold = adm.hold
+            state = hold.state if hold is not None else None
             err = _approval_error(
                 rules,
                 ctx,
-                state.request if state is not None else adm.request,
+                state.request if state is not None else hold.request if hold else None,
                 adm.grant.approval.path,
                 state.state if state is not None else None,
             )
@@ -900,12 +937,12 @@ class Evaluator:
                 err = _audit_error(rules, ctx, adm.audited)
                 self.observer(
                     rules.tool_id, ctx, err.reason, "would_deny", rules, adm.started, err,
-                    adm.grant, adm.call, adm.used,
+                    adm.grant, adm.call, adm.hold.used if adm.hold else None,
                 )  # fmt: skip
             else:
                 self.observer(
                     rules.tool_id, ctx, None, "allowed", rules, adm.started, None,
-                    adm.grant, adm.call, adm.used,
+                    adm.grant, adm.call, adm.hold.used if adm.hold else None,
                 )  # fmt: skip
         _record(rules, ctx.scope)
         return adm.output
@@ -1311,6 +1348,24 @@ class _Failed(NamedTuple):
 _Steps = Generator[tuple[Any, ...], Any, Any]
 
 
+class _Hold:
+    """What a call that may need an approval carries between steps (internal)."""
+
+    __slots__ = ("digest", "found", "judged", "key", "needs", "request", "state",
+                 "unapprovable", "used")  # fmt: skip
+
+    def __init__(self, judged: Approval) -> None:
+        self.judged = judged  # the approval whose `when` was read
+        self.needs: Approval | None = None  # the approval this call needs
+        self.digest: str | None = None  # the call's digest
+        self.unapprovable: str | None = None  # why the call has no digest
+        self.found: ApprovalState | None = None  # the live request of the call
+        self.key: ApprovalKey | None = None  # the approval to use
+        self.used: str | None = None  # the id of the approval request used
+        self.request: ApprovalRequest | None = None  # the request to open if none lives
+        self.state: ApprovalState | None = None  # the request in force after asking
+
+
 class _Admission:
     """One call between steps 4 and 7 (internal)."""
 
@@ -1319,23 +1374,15 @@ class _Admission:
         "call",
         "counters",
         "ctx",
-        "digest",
-        "found",
         "grant",
-        "judged",
-        "key",
+        "hold",
         "namespace",
-        "needs",
         "output",
         "problem",
-        "request",
         "reserved",
         "rules",
         "started",
-        "state",
         "store_needed",
-        "unapprovable",
-        "used",
         "would",
     )
 
@@ -1352,23 +1399,18 @@ class _Admission:
         self.counters: list[Counter] = []
         self.store_needed = False
         self.namespace: str | None = None  # the app's namespace in the store
-        self.judged: Approval | None = None  # the approval whose `when` was read
-        self.needs: Approval | None = None  # the approval this call needs
-        self.digest: str | None = None  # the call's digest (approvals)
-        self.unapprovable: str | None = None  # why the call has no digest
-        self.found: ApprovalState | None = None  # the live request of the call
-        self.key: ApprovalKey | None = None  # the approval to use
-        self.used: str | None = None  # the id of the approval request used
-        self.request: ApprovalRequest | None = None  # the request to open if none lives
-        self.state: ApprovalState | None = None  # the request in force after asking
+        self.hold: _Hold | None = None  # the approval part, when the grant has one
         self.problem: BaseException | None = None
 
     def consulted(self) -> str | None:
         """The id of the approval request this call consulted: the one it was
         refused by or asked for, else the live one it continued."""
-        if self.state is not None:
-            return self.state.request.id
-        return self.found.request.id if self.found is not None else None
+        hold = self.hold
+        if hold is None:
+            return None
+        if hold.state is not None:
+            return hold.state.request.id
+        return hold.found.request.id if hold.found is not None else None
 
 
 def _answer(result: object, adm: _Admission) -> int:
