@@ -250,6 +250,57 @@ def test_async_tools_resume_and_a_call_made_while_the_store_answers_is_kept() ->
     assert asyncio.run(resumed()) == "data_flow_violation"
 
 
+def test_async_tools_resume_through_redis(redis_url: str) -> None:
+    configure_rbac_sync(source=InMemorySource(policy("sequence", "resume-async")), store=redis_url)
+
+    @d2_guard("payments.refund")
+    async def refund(order: str, amount: int) -> str:
+        return f"refunded {amount}"
+
+    @d2_guard("db.read_users")
+    async def read_users() -> str:
+        return "users"
+
+    @d2_guard("http.request")
+    async def http(url: str) -> str:
+        return "sent"
+
+    async def scenario() -> str:
+        set_user("agent-7", roles=["agent"])
+        await read_users()
+        try:
+            await refund("o1", 500)
+        except ApprovalRequiredError as err:
+            request = err.request
+        set_user("dana", roles=["finance_lead"])
+        await approve_async(request.id)
+        set_user("agent-7", roles=["agent"])
+        assert await refund("o1", 500) == "refunded 500"
+        try:
+            await http("u")
+        except PermissionDeniedError as err:
+            return err.reason
+        return "sent"
+
+    assert asyncio.run(scenario()) == "sequence_violation"
+
+
+def test_a_call_the_held_request_cannot_save_does_not_run() -> None:
+    class Failing(MemoryStore):
+        def save_snapshot(self, *args: Any) -> list[bool]:
+            raise ConnectionError("store down")
+
+    configure_rbac_sync(source=InMemorySource(policy("flow")), store=Failing())
+    t = Tools()
+    set_user("agent-7", roles=["agent"])
+    held(lambda: t.refund("o1", 500))
+    # the request waits for a person: its next call must be saved with it first
+    assert denied(t.read_users) == "budget_unavailable"
+    assert t.ran == []
+    set_user("agent-7", roles=["agent"])  # another request: nothing to save
+    assert t.read_users() == "users"
+
+
 def test_a_snapshot_never_carries_into_another_users_request() -> None:
     configure_rbac_sync(source=InMemorySource(policy("flow")))
     t = Tools()

@@ -770,6 +770,9 @@ class Evaluator:
             result, adm.problem = _UNAVAILABLE, exc
         if result == TAKEN and hold is not None and key is not None:
             hold.used = key.request_id
+            line = tethered(adm.ctx.scope)
+            if line is not None:  # this scope asked for it earlier: nothing left to feed
+                line.held.pop((namespace, key.call, key.request_id), None)
         elif result == APPROVAL_MISSING and hold is not None and hold.request is not None:
             self._release(adm)  # refused whatever the answer: saved without this call
             state = yield from self._hold(adm, hold, namespace, now)
