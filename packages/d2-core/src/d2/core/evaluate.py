@@ -549,6 +549,8 @@ class Evaluator:
     ) -> OutputRules | None:
         """:meth:`admit` for async tools: the store is asked without blocking the
         event loop."""
+        if not rules.stored and not (self.holding and tethered(current_context().scope)):
+            return self.admit(rules, args, kwargs, arguments)  # nothing to ask a store
         steps = self._admission(rules, args, kwargs, arguments, True, None)
         try:
             op = next(steps)
