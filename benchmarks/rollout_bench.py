@@ -329,7 +329,7 @@ def measure_redis(settings: Settings) -> RedisRun:
             counters = [Counter("bench-take", HUGE, window_end)]
 
             def take(_: Any) -> Any:
-                return store.take(counters, None, time.time())
+                return store.take("bench-rollout", counters, None, time.time())
 
             assert incr(1) == 1 and loop.run_until_complete(aincr(1)) == 1
             assert take(1) == TAKEN

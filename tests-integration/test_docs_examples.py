@@ -95,8 +95,11 @@ def test_refund_agent_waits_for_a_finance_lead(tmp_path: Path) -> None:
     assert '{"order_id": "ord-1002", "amount": 250} by agent-7' in pending
     assert "APPROVED" in row(f"dana     approve({request_id[:12]})")
     assert "ALLOWED  refunded 250.00 on ord-1002" in row("agent-7  retry refund ord-1002")
-    assert "WAITING  approval_required" in row("agent-7  the same refund, once more")
-    assert "REFUSED  approval_not_permitted" in row(f"agent-7  approve({request_id[:12]})")
+    again = row("agent-7  the same refund, once more")
+    assert "WAITING  approval_required" in again
+    again_id = again.split("request ")[1].split(",")[0]
+    assert again_id != request_id[:12]  # a new request: the used one is closed
+    assert "REFUSED  approval_not_permitted" in row(f"agent-7  approve({again_id})")
     assert "cannot approve or reject it" in out
     for n in (1, 2, 3):
         assert "ALLOWED" in row(f"agent-7  lookup ord-100{n} (call {n})")

@@ -92,7 +92,7 @@ def main() -> int:
         d2.approve(request_id)
         line("dana", f"approve({request_id[:12]})", "APPROVED")
 
-        # The identical call runs once; the next identical one waits again.
+        # The identical call runs once; the next identical one waits again (a new request).
         print()
         d2.set_user("agent-7", roles=["agent"])
         attempt("agent-7", "retry refund ord-1002 250.00", lambda: refund("ord-1002", 250))

@@ -67,7 +67,7 @@ def test_approval_pending_carries_the_request_and_the_approved_call_runs_once(
     assert tools["refund"].invoke(REFUND) == "refunded 500"
     with pytest.raises(ApprovalPending) as again:  # a second identical call asks again
         tools["refund"].invoke(REFUND)
-    assert again.value.request.id == request.id
+    assert again.value.request.id != request.id  # a new request: the used one is dead
     assert RAN == ["refund(500)"]
 
 

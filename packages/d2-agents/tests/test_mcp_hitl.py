@@ -102,7 +102,8 @@ async def test_approval_required_is_a_tool_error_and_the_approved_call_runs_once
         done = await client.call_tool("refund", REFUND)
         assert not done.is_error and "refunded" in text(done)
         again = await client.call_tool("refund", REFUND)
-        assert again.is_error and request_id in text(again)
+        assert again.is_error and "approval required" in text(again)
+        assert request_id not in text(again)  # a new request: the used one is dead
         assert ran == ["refund(500)" if kind == "mcpserver" else "refund"]
 
 

@@ -84,7 +84,7 @@ async def test_an_approval_interrupts_the_run_and_the_approved_call_runs_once(
     [again] = result.interruptions  # the identical call needs a new approval
     assert again.raw_item.call_id == "c3"  # type: ignore[union-attr]
     renewed = approval_request(again)
-    assert renewed is not None and renewed.id == request.id  # the same call, asked anew
+    assert renewed is not None and renewed.id != request.id  # the same call, a new request
     assert outputs(model) == {"c1": "refunded 500", "c2": "refunded 50"}
 
 

@@ -32,6 +32,7 @@ from d2.core.evaluate import evaluator_for
 from d2.core.policy.compile import compile_policy
 from d2.core.policy.model import CompiledPolicy
 from d2.core.replay import Change, ReplayReport, read_log, replay
+from d2.core.stores import MemoryStore
 from d2.core.testing import expires_in, policy_document
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -55,6 +56,7 @@ def run(
         source=InMemorySource(doc),
         decision_log=str(path) if path is not None else log.append,
         decision_log_arguments=arguments,
+        store=MemoryStore(),  # each run its own: no request lives on into the next
     )
     evaluator = evaluator_for("default")
     policy = evaluator.policy

@@ -27,10 +27,10 @@ from d2.core import (
     set_user,
     shutdown_rbac,
 )
-from d2.core.errors import InvalidPolicyError
+from d2.core.errors import ConfigurationError, InvalidPolicyError
 from d2.core.evaluate import evaluator_for
 from d2.core.policy.compile import compile_policy
-from d2.core.stores import ApprovalState, Counter, MemoryStore, Store
+from d2.core.stores import ApprovalKey, ApprovalState, Counter, MemoryStore, Store
 from d2.core.testing import Clock, controlled_clock, policy_document
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -249,12 +249,12 @@ class BrokenStore(Store):
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def take(self, counters: Sequence[Counter], approval: str | None, now: float) -> int:
+    def take(self, namespace: str, counters: Sequence[Counter], approval: Any, now: float) -> int:
         self.calls.append("take")
         raise ConnectionError("connection refused")
 
     async def take_async(
-        self, counters: Sequence[Counter], approval: str | None, now: float
+        self, namespace: str, counters: Sequence[Counter], approval: Any, now: float
     ) -> int:
         self.calls.append("take_async")
         raise ConnectionError("connection refused")
@@ -401,8 +401,8 @@ def test_small_refunds_run_and_large_ones_wait_for_a_lead(refund: Any) -> None:
     as_user("agent-7", "agent")
     assert refund("o1", 250) == "refunded 250"  # positional or keyword: the same call
     assert refund.ran == [("o1", 40), ("o1", 250)]
-    # second use: approval required again
-    assert ask(refund, "o1", 250).id == request.id
+    # second use: approval required again, by a new request
+    assert ask(refund, "o1", 250).id != request.id
     assert refund.ran == [("o1", 40), ("o1", 250)]
 
 
@@ -433,8 +433,8 @@ def test_an_approval_expires_with_its_ttl(refund: Any, monkeypatch: pytest.Monke
     approve(request.id)
     clock.advance(15 * 60 + 1)
     as_user("agent-7", "agent")
-    fresh = ask(refund, "o1", 250)  # expired: a new request (new expiry)
-    assert fresh.id == request.id and fresh.expires_at > request.expires_at
+    fresh = ask(refund, "o1", 250)  # expired: a new request (new id, new expiry)
+    assert fresh.id != request.id and fresh.expires_at > request.expires_at
     clock.advance(15 * 60 + 1)
     as_user("dana", "finance_lead")
     with pytest.raises(PermissionDeniedError) as info:
@@ -459,7 +459,7 @@ def test_self_approval_and_non_approvers_are_not_permitted(refund: Any) -> None:
     assert [r.id for r in pending_approvals()] == [request.id]
 
 
-def test_a_rejected_call_stays_denied_until_the_request_expires(refund: Any) -> None:
+def test_a_rejection_refuses_the_next_identical_call_once(refund: Any) -> None:
     start(REFUND, LEAD)
     as_user("agent-7", "agent")
     request = ask(refund, "o1", 250)
@@ -474,6 +474,14 @@ def test_a_rejected_call_stays_denied_until_the_request_expires(refund: Any) -> 
     assert denied.value.reason == "approval_rejected"
     assert not isinstance(denied.value, ApprovalRequiredError)
     assert refund.ran == []
+    # the rejection was told once: the request is closed, the next call asks anew
+    again = ask(refund, "o1", 250)
+    assert again.id != request.id
+    as_user("dana", "finance_lead")
+    assert [r.id for r in pending_approvals()] == [again.id]
+    with pytest.raises(PermissionDeniedError) as info:
+        reject(request.id)  # the rejected request is dead
+    assert info.value.reason == "approval_not_found"
 
 
 def test_approving_without_a_user_or_an_unknown_id_says_what_to_do() -> None:
@@ -835,10 +843,11 @@ def test_metrics_and_observers_see_would_deny_and_budget_reasons() -> None:
 def test_memory_store_protocol_round_trip() -> None:
     store = MemoryStore()
     request = ApprovalRequest("id1", "t", "u", {}, "v", 100.0, ("lead",))
-    assert store.request_approval(request, 1.0) == ApprovalState(request, "pending")
-    assert store.decide_approval("id1", True, "dana", 2.0)
-    assert store.take([], "id1", 3.0) == -1
-    assert store.take([], "id1", 3.0) == -2
+    state = store.request_approval("app", request, "call", "h", "{}", (), 1.0)
+    assert state == ApprovalState(request, "pending")
+    assert store.decide_approval("app", "id1", True, "dana", 2.0)
+    assert store.take("app", [], ApprovalKey("call", "id1"), 3.0) == -1
+    assert store.take("app", [], ApprovalKey("call", "id1"), 3.0) == -2
 
 
 def test_clock_helper_moves_time() -> None:
@@ -926,7 +935,7 @@ def test_canonical_form_tells_types_and_hidden_state_apart() -> None:
 
 
 def test_secret_and_excluded_model_fields_still_tell_calls_apart() -> None:
-    from d2.core.approvals import approval_id, json_arguments
+    from d2.core.approvals import call_digest, json_arguments
     from pydantic import BaseModel, Field, SecretStr
 
     class Wire(BaseModel):
@@ -934,7 +943,7 @@ def test_secret_and_excluded_model_fields_still_tell_calls_apart() -> None:
         memo: str = Field(default="", exclude=True)
 
     ids = {
-        approval_id("wire", {"w": Wire(account=SecretStr(a), memo=m)}, "u", "v")
+        call_digest("wire", {"w": Wire(account=SecretStr(a), memo=m)}, "u", "v")
         for a, m in (("ACC-BOB", ""), ("ACC-MALLORY", ""), ("ACC-BOB", "DROP TABLE"))
     }
     assert len(ids) == 3
@@ -960,14 +969,17 @@ def test_budgets_follow_the_limit_not_its_place_in_the_file(
     assert mail() == "sent"  # and the new limit starts fresh
 
 
-def test_unnamed_policy_on_a_shared_store_warns(caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unnamed_policy_on_a_shared_store_is_refused(caplog: pytest.LogCaptureFixture) -> None:
     class Shared(MemoryStore):
         pass
 
     doc = policy_document({"role": "agent", "permissions": ["t"]})
     del doc["metadata"]["name"]
-    configure_rbac_sync(source=InMemorySource(doc), store=Shared())
-    assert any("no metadata.name" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ConfigurationError, match=r"no metadata\.name"):
+        configure_rbac_sync(source=InMemorySource(doc), store=Shared())
+    assert evaluator_for("default").policy is None  # nothing was put in force
+    configure_rbac_sync(source=InMemorySource(doc))  # the in-process store is this app's
+    configure_rbac_sync(source=InMemorySource(doc), store=MemoryStore())
 
 
 def test_one_bad_record_or_sink_call_loses_only_itself(tmp_path: Any) -> None:
@@ -1029,7 +1041,7 @@ def test_odd_arguments_never_crash_the_guard_or_leak_a_reservation() -> None:
 def test_a_cancelled_store_call_gives_the_reservation_back() -> None:
     class SlowStore(MemoryStore):
         async def take_async(
-            self, counters: Sequence[Counter], approval: str | None, now: float
+            self, namespace: str, counters: Sequence[Counter], approval: Any, now: float
         ) -> int:
             await asyncio.sleep(10)
             return -1
@@ -1063,15 +1075,17 @@ def test_async_generator_tools_ask_the_store_without_blocking() -> None:
     calls: list[str] = []
 
     class AsyncOnly(MemoryStore):
-        def take(self, counters: Sequence[Counter], approval: str | None, now: float) -> int:
+        def take(
+            self, namespace: str, counters: Sequence[Counter], approval: Any, now: float
+        ) -> int:
             calls.append("take")
-            return super().take(counters, approval, now)
+            return super().take(namespace, counters, approval, now)
 
         async def take_async(
-            self, counters: Sequence[Counter], approval: str | None, now: float
+            self, namespace: str, counters: Sequence[Counter], approval: Any, now: float
         ) -> int:
             calls.append("take_async")
-            return super().take(counters, approval, now)
+            return super().take(namespace, counters, approval, now)
 
     configure_rbac_sync(
         source=InMemorySource(
@@ -1203,7 +1217,9 @@ def test_approval_when_is_read_fail_safe() -> None:
 @pytest.mark.parametrize("answer", [1, 5, True, None, "-1", b"-1", 0.5])
 def test_a_store_answering_nonsense_denies_and_leaks_nothing(answer: Any) -> None:
     class Broken(MemoryStore):
-        def take(self, counters: Sequence[Counter], approval: str | None, now: float) -> int:
+        def take(
+            self, namespace: str, counters: Sequence[Counter], approval: Any, now: float
+        ) -> int:
             return answer  # type: ignore[no-any-return]
 
     configure_rbac_sync(

@@ -310,6 +310,8 @@ class CloudRuntime:
             raw=jws.encode(),
             version=bundle.version,
             expires_at=bundle.expires_at,
+            # budgets and approvals in a shared store belong to this app alone
+            namespace="cloud:" + self.audience.removeprefix("d2-policy:"),
         )
         return bundle, policy
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._functions import bound_arguments
+from .approval_data import json_arguments
 from .context import process_tag  # request ids as UserContext.request_id shows them
 
 if TYPE_CHECKING:
@@ -156,8 +157,6 @@ class DecisionLog:
         arguments = None
         if self.arguments and call is not None:
             try:
-                from .approvals import json_arguments
-
                 shown = json_arguments(bound_arguments(call[2], call[0], call[1]))
                 arguments = _ENCODER.encode(shown)
             except Exception:

@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .approvals import ApprovalRequest
+    from .approval_data import ApprovalRequest
 
 __all__ = [
     "ApprovalRequiredError",

@@ -20,8 +20,13 @@ Decision steps (``POLICY.md``), in order; the first that fails denies:
    (``data_flow_violation``);
 6b. budgets: every ``limits`` item of the chosen grant has room
    (``budget_exceeded``; ``budget_unavailable`` when the store cannot answer);
-6c. approval: when the grant's ``approval.when`` holds, an approval of this exact
-   call was given (``approval_required``), and it is used up;
+6c. approval: when the grant's ``approval.when`` holds (read fail-safe, see
+   :mod:`d2.core.policy.when`), an approval of this exact call was given
+   (``approval_required``), and it is used up. A call that needs an approval first
+   continues the request that asked for it: while that request lives, its saved
+   history and facts are restored into this request scope before steps 5-6 judge
+   the call (see :mod:`d2.core.resume`); a scope that asked for an approval saves
+   each of its later calls with the request;
 7. the call is recorded (history, labels) and the tool runs;
 8. output: the chosen entry's ``conditions.output`` validate and sanitize the
    result (``output_validation`` / ``output_sanitization``).
@@ -29,7 +34,8 @@ Decision steps (``POLICY.md``), in order; the first that fails denies:
 Steps 1-3 are :meth:`Evaluator.check`, the hot path; a tool for which the policy
 has nothing beyond RBAC stops there. Steps 4-7 are :meth:`Evaluator.admit` (or
 :meth:`Evaluator.admit_async` when a store is asked), step 8
-:meth:`Evaluator.finish`.
+:meth:`Evaluator.finish`. Every store key is scoped by the app's namespace
+(:meth:`Evaluator.namespace`).
 
 Audit: in a policy with ``metadata.mode: audit`` a call that steps 3-8 would deny
 runs anyway, its result unchanged, and is reported as ``would_deny`` (it is not
@@ -44,11 +50,18 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._functions import UNBOUND, Arguments, bound_arguments
+from .approval_data import (
+    ApprovalRequest,
+    NoCanonicalForm,
+    call_digest,
+    json_arguments,
+    new_request_id,
+)
 from .context import RequestScope, UserContext, current_context
 from .errors import (
     ApprovalRequiredError,
@@ -61,12 +74,13 @@ from .policy._text import short
 from .policy.constraints import MISSING
 from .policy.model import Approval, CompiledPolicy, Grant, Limit, ToolRules
 from .policy.output import OutputRules, OutputViolation
-from .stores.base import APPROVAL_MISSING, TAKEN, Counter
+from .policy.when import certainly_fails
+from .resume import Lineage, lineage, restore, snapshot, tethered, version
+from .stores.base import APPROVAL_MISSING, TAKEN, ApprovalKey, ApprovalState, Counter, Store
+from .stores.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from .approvals import ApprovalRequest
     from .decisionlog import DecisionSink
-    from .stores import ApprovalState, Store
     from .telemetry import Metrics
 
 __all__ = ["Decision", "Evaluator", "TraceStep", "evaluator_for"]
@@ -173,6 +187,7 @@ class Evaluator:
         "absent_detail",
         "absent_reason",
         "guarded_tools",
+        "holding",
         "log",
         "name",
         "observer",
@@ -209,6 +224,9 @@ class Evaluator:
         self.wants_args = False  # the log records arguments: the guard reports calls
         self.slow = False  # timer set or wants_args: the guard takes its slow path
         self.store: Store | None = None  # created on first use (MemoryStore)
+        # a call of this instance was held for approval: from then on, calls of a
+        # request scope that feeds a held request take the full path (see _feed)
+        self.holding = False
 
     def add_observer(self, observer: Observer) -> None:
         """Tell ``observer(tool_id, context, reason, decision)`` of every decision of
@@ -284,10 +302,18 @@ class Evaluator:
         """The store (an in-process one unless configured otherwise)."""
         store = self.store
         if store is None:
-            from .stores import MemoryStore
-
             store = self.store = MemoryStore()
         return store
+
+    def namespace(self, policy: CompiledPolicy) -> str | None:
+        """What scopes this app's keys in the store: the policy's namespace
+        (``metadata.name``, or the cloud app); ``""`` for an unnamed policy on the
+        in-process store; ``None`` for an unnamed policy on a shared store, whose
+        calls that need the store are denied (another app's requests and counters
+        could be this app's)."""
+        if policy.namespace:
+            return policy.namespace
+        return "" if type(self.store_for_use()) is MemoryStore else None
 
     # -- the hot path ---------------------------------------------------------------
     def check(self, tool_id: str, _started: float = 0.0) -> ToolRules:
@@ -335,12 +361,15 @@ class Evaluator:
         ctx: UserContext,
         started: float = 0.0,
         call: tuple[Any, ...] | None = None,
+        approval: str | None = None,
     ) -> PermissionDeniedError:
-        """Report a denial (``call``: the arguments, when known) and return it."""
+        """Report a denial (``call``: the arguments, when known; ``approval``: the
+        approval request the call continued or was refused by) and return it."""
         if self.observer is not None:
             self.observer(
-                err.tool_id or "", ctx, err.reason, "denied", None, started, err, None, call
-            )
+                err.tool_id or "", ctx, err.reason, "denied", None, started, err, None, call,
+                approval,
+            )  # fmt: skip
         return err
 
     # -- everything below runs only for denials or queries ---------------------------
@@ -454,24 +483,58 @@ class Evaluator:
         For ``d2 replay`` of calls whose arguments were not recorded:
         ``inputs=False`` skips the input rules (the first granting entry is
         chosen) and ``approval_holds`` answers for ``approval.when``."""
-        if not rules.budgeted:  # conditions, sequences, data flow: no store, no budget
-            return self._admit_plain(rules, args, kwargs, arguments, inputs)
-        if rules.request_only and self.log is None and self._within_request_budget(rules):
-            return None
-        adm = self._begin(rules, args, kwargs, arguments, inputs, approval_holds)
-        if adm.store_needed:
-            store = self.store_for_use()
+        fed = self.holding and tethered(current_context().scope) is not None
+        if not rules.stored and not fed:  # nothing to ask a store
+            if not rules.budgeted:  # no budget either: the lean path
+                return self._admit_plain(rules, args, kwargs, arguments, inputs)
+            if rules.request_only and self.log is None and self._within_request_budget(rules):
+                return None
+            adm = _Admission(rules, current_context(), (args, kwargs, arguments))
+            if self.log is not None:
+                adm.started = perf_counter()
+            self._judge(adm, inputs, None)
+            return self._admitted(adm)
+        if not rules.approvals and not fed:  # per-user budgets only: one take
+            return self._admit_counted(rules, args, kwargs, arguments, inputs)
+        steps = self._admission(rules, args, kwargs, arguments, inputs, approval_holds)
+        try:
+            op = next(steps)
+            while True:
+                try:
+                    answer = getattr(self.store_for_use(), op[0])(*op[1:])
+                except Exception as exc:
+                    answer = _Failed(exc)
+                except BaseException:  # cancelled or interrupted: the call does not run
+                    steps.close()
+                    raise
+                op = steps.send(answer)
+        except StopIteration as done:
+            result: OutputRules | None = done.value
+            return result
+
+    def _admit_counted(
+        self,
+        rules: ToolRules,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        arguments: Arguments | None,
+        inputs: bool,
+    ) -> OutputRules | None:
+        """:meth:`admit` for a tool whose store work is one ``take`` of its
+        ``per: user`` counters (no approval, no held request to feed): the
+        generator of :meth:`_admission` without its cost."""
+        adm = _Admission(rules, current_context(), (args, kwargs, arguments))
+        if self.log is not None:
+            adm.started = perf_counter()
+        if self._judge(adm, inputs, None) and adm.store_needed:
+            namespace = adm.namespace
+            assert namespace is not None
             now = _now()
             try:
-                result = _answer(store.take(adm.counters, adm.approval_id, now), adm)
-                if result == APPROVAL_MISSING and adm.request is not None:
-                    state = store.request_approval(adm.request, now)
-                    if state.state == "approved":  # approved meanwhile: try once more
-                        result = _answer(store.take(adm.counters, adm.approval_id, now), adm)
-                    adm.state = state
+                answer = self.store_for_use().take(namespace, adm.counters, None, now)
+                result = _answer(answer, adm)
             except Exception as exc:
-                result = _UNAVAILABLE
-                adm.problem = exc
+                result, adm.problem = _UNAVAILABLE, exc
             except BaseException:  # cancelled or interrupted: the call does not run
                 self._release(adm)
                 raise
@@ -487,27 +550,24 @@ class Evaluator:
     ) -> OutputRules | None:
         """:meth:`admit` for async tools: the store is asked without blocking the
         event loop."""
-        adm = self._begin(rules, args, kwargs, arguments, True, None)
-        if adm.store_needed:
-            store = self.store_for_use()
-            now = _now()
-            try:
-                result = _answer(await store.take_async(adm.counters, adm.approval_id, now), adm)
-                if result == APPROVAL_MISSING and adm.request is not None:
-                    state = await store.request_approval_async(adm.request, now)
-                    if state.state == "approved":
-                        result = _answer(
-                            await store.take_async(adm.counters, adm.approval_id, now), adm
-                        )
-                    adm.state = state
-            except Exception as exc:
-                result = _UNAVAILABLE
-                adm.problem = exc
-            except BaseException:  # cancelled or interrupted: the call does not run
-                self._release(adm)
-                raise
-            self._taken(adm, result, now)
-        return self._admitted(adm)
+        if not rules.stored and not (self.holding and tethered(current_context().scope)):
+            return self.admit(rules, args, kwargs, arguments)  # nothing to ask a store
+        steps = self._admission(rules, args, kwargs, arguments, True, None)
+        try:
+            op = next(steps)
+            while True:
+                try:
+                    method = getattr(self.store_for_use(), op[0] + "_async")
+                    answer = await method(*op[1:])
+                except Exception as exc:
+                    answer = _Failed(exc)
+                except BaseException:  # cancelled or interrupted: the call does not run
+                    steps.close()
+                    raise
+                op = steps.send(answer)
+        except StopIteration as done:
+            result: OutputRules | None = done.value
+            return result
 
     def _within_request_budget(self, rules: ToolRules) -> bool:
         """The short cut for a tool whose only layer is ``per: request`` budgets:
@@ -528,7 +588,12 @@ class Evaluator:
             self.observer(rules.tool_id, ctx, None, "allowed", rules, 0.0, None, grant)
         return True
 
-    def _begin(
+    # -- steps 4-7 with a store: a generator of store operations ----------------------
+    # _admission yields (method name, *arguments) for each store operation and is sent
+    # the answer (or a _Failed); admit() runs them with the sync methods,
+    # admit_async() with the async twins. One decision procedure, two drivers.
+
+    def _admission(
         self,
         rules: ToolRules,
         args: tuple[Any, ...],
@@ -536,24 +601,103 @@ class Evaluator:
         arguments: Arguments | None,
         inputs: bool,
         approval_holds: bool | None,
-    ) -> _Admission:
-        """Steps 4-6 and the memory part of 6b-6c (``per: request`` budgets are
-        reserved here; a later denial gives them back)."""
+    ) -> _Steps:
+        """Steps 4-7; returns the output rules (or ``None``), raises the denial. A
+        call abandoned while the store answers (cancelled, interrupted: the driver
+        closes the generator) gives its per-request reservations back."""
         ctx = current_context()
         adm = _Admission(rules, ctx, (args, kwargs, arguments))
         if self.log is not None:
             adm.started = perf_counter()
+        try:
+            # 6c, first part: a call that needs an approval continues the request
+            # that asked for it, so steps 5-6 judge it on that request's history
+            if rules.approvals:
+                first = _chosen_grant(rules, ctx.roles, args, kwargs, arguments, inputs)
+                if first is not None and first.approval is not None:
+                    hold = adm.hold = _Hold(first.approval)
+                    if _needs(first.approval, adm.call, approval_holds):
+                        hold.needs = first.approval
+                        if not rules.policy.audit:
+                            yield from self._resume(adm, hold)
+            if not self._judge(adm, inputs, approval_holds):
+                return self._admitted(adm)
+            if adm.store_needed:
+                yield from self._take(adm)
+                if adm.would is not None:
+                    return self._admitted(adm)
+            # step 7 in a request that feeds held requests: they learn of it first
+            line = tethered(ctx.scope) if self.holding else None
+            if line is not None and not (yield from self._feed(adm, line, True)):
+                self._stop(adm, _unavailable_error(adm, adm.problem))
+            return self._admitted(adm)
+        except GeneratorExit:
+            self._release(adm)
+            raise
+
+    def _judge(self, adm: _Admission, inputs: bool, holds: bool | None) -> bool:
+        """Steps 4-6, and 6b-6c in memory: raise the denial (enforce), or return
+        False when audit mode lets a call it would deny run (``adm.would``)."""
+        rules, ctx = adm.rules, adm.ctx
+        args, kwargs, arguments = adm.call
         output, denial, grant, audited = _layers(rules, ctx, args, kwargs, arguments, None, inputs)
-        policy = rules.policy
         if denial is not None:
             err = _guardrail_error(rules, ctx, denial, args, kwargs, arguments)
-            if not policy.audit:
-                raise self._refuse(err, ctx, adm.started, adm.call)
+            if not rules.policy.audit:
+                raise self._refuse(err, ctx, adm.started, adm.call, adm.consulted())
             adm.would = err
-            return adm
+            return False
         adm.output, adm.audited = output, audited
-        if not rules.budgeted:
-            return adm
+        if rules.budgeted:
+            self._budgets(adm, grant, holds)
+        return adm.would is None
+
+    def _resume(self, adm: _Admission, hold: _Hold) -> _Steps:
+        """The call needs an approval: digest it and, when its request lives,
+        restore that request's snapshots into this request scope (a pause for an
+        approval never forgets what the request did before it)."""
+        rules, ctx = adm.rules, adm.ctx
+        policy = rules.policy
+        args, kwargs, arguments = adm.call
+        try:
+            exact = bound_arguments(arguments, args, kwargs, keep_self=True)
+            hold.digest = call_digest(rules.tool_id, exact, ctx.user_id or "", policy.version_text)
+        except NoCanonicalForm as exc:
+            hold.unapprovable = str(exc)  # refused after steps 5-6 (approval_unsupported)
+            return None
+        namespace = self.namespace(policy)
+        if namespace is None:
+            return None  # refused after steps 5-6 (an unnamed app on a shared store)
+        adm.namespace = namespace
+        found = yield ("find_approval", namespace, hold.digest, _now())
+        if isinstance(found, _Failed):
+            self._stop(adm, _unavailable_error(adm, found.exc))
+            return None
+        if found is None:
+            return None
+        if not isinstance(found, ApprovalState) or found.request.user_id != ctx.user_id:
+            self._stop(adm, _unavailable_error(adm, TypeError(f"find_approval() -> {found!r}")))
+            return None
+        hold.found = found
+        own = lineage(ctx.scope).token
+        texts = [text for holder, text in found.snapshots if holder != own]
+        try:
+            with _spend_lock:
+                restore(ctx.scope, texts, ctx.user_id or "")
+        except Exception as exc:  # a snapshot this user's request did not write
+            broken = ValueError(
+                f"the saved state of approval request {found.request.id[:12]} cannot be "
+                f"restored ({type(exc).__name__}: {exc})"
+            )
+            self._stop(adm, _unavailable_error(adm, broken))
+        return None
+
+    def _budgets(self, adm: _Admission, grant: Grant | None, holds: bool | None) -> None:
+        """Steps 6b-6c in memory: ``per: request`` budgets (reserved here; a later
+        denial gives them back), the counters and the approval to ask the store
+        for."""
+        rules, ctx = adm.rules, adm.ctx
+        policy = rules.policy
         if grant is None:
             grant = rules.allow_grants(ctx.roles)[0]
         adm.grant = grant
@@ -561,43 +705,44 @@ class Evaluator:
         for limit in grant.request_limits:  # 6b first: a used-up budget wins
             if spent.get(limit.key, 0) >= limit.max:
                 self._stop(adm, _budget_error(rules, ctx, limit, None))
-                return adm
+                return
         if grant.user_limits:
             adm.counters = _counters(policy, grant.user_limits, ctx.user_id or "", _now())
             adm.store_needed = True
         approval = grant.approval
-        if approval is not None and (
-            not approval.input
-            or (
-                approval_holds
-                if approval_holds is not None
-                else _when_holds(approval, args, kwargs, arguments)
-            )
-        ):
-            if policy.audit:  # never ask a person on behalf of an audited policy
-                err = _approval_error(rules, ctx, None, approval.path, None)
-                self._stop(adm, err)
-                return adm
-            from .approvals import ApprovalRequest, NoCanonicalForm, approval_id, json_arguments
-
-            version = policy.version_text
-            try:
-                exact = bound_arguments(arguments, args, kwargs, keep_self=True)
-                ident = approval_id(rules.tool_id, exact, ctx.user_id or "", version)
-            except NoCanonicalForm as exc:
-                self._stop(adm, _unapprovable(rules, ctx, approval.path, str(exc)))
-                return adm
-            adm.approval_id = ident
-            adm.request = ApprovalRequest(
-                id=ident,
-                tool_id=rules.tool_id,
-                user_id=ctx.user_id or "",
-                arguments=json_arguments(bound_arguments(arguments, args, kwargs)),
-                policy_version=version,
-                expires_at=_now() + approval.ttl,
-                approver_roles=approval.approvers,
-            )
-            adm.store_needed = True
+        if approval is not None:
+            hold = adm.hold
+            if hold is None or hold.judged is not approval:  # not judged yet
+                hold = adm.hold = _Hold(approval)
+                hold.needs = approval if _needs(approval, adm.call, holds) else None
+            if hold.needs is approval:
+                if policy.audit:  # never ask a person on behalf of an audited policy
+                    self._stop(adm, _approval_error(rules, ctx, None, approval.path, None))
+                    return
+                if hold.unapprovable is not None:
+                    self._stop(adm, _unapprovable(rules, ctx, approval.path, hold.unapprovable))
+                    return
+                if hold.digest is not None:
+                    found = hold.found
+                    hold.key = ApprovalKey(
+                        hold.digest, found.request.id if found is not None else ""
+                    )
+                    args, kwargs, arguments = adm.call
+                    hold.request = ApprovalRequest(
+                        id=new_request_id(),
+                        tool_id=rules.tool_id,
+                        user_id=ctx.user_id or "",
+                        arguments=json_arguments(bound_arguments(arguments, args, kwargs)),
+                        policy_version=policy.version_text,
+                        expires_at=_now() + approval.ttl,
+                        approver_roles=approval.approvers,
+                    )
+                adm.store_needed = True
+        if adm.store_needed and adm.namespace is None:
+            adm.namespace = self.namespace(policy)
+            if adm.namespace is None:
+                self._stop(adm, _unscoped_error(adm, self.store_for_use()))
+                return
         if grant.request_limits:  # reserved last: nothing above can leak a reservation
             full = None
             with _spend_lock:
@@ -610,9 +755,99 @@ class Evaluator:
                         spent[limit.key] = spent.get(limit.key, 0) + 1
             if full is not None:  # another thread of this request took the last one
                 self._stop(adm, _budget_error(rules, ctx, full, None))
-                return adm
+                return
             adm.reserved = grant.request_limits
-        return adm
+
+    def _take(self, adm: _Admission) -> _Steps:
+        """Steps 6b-6c in the store: take the counters and use the approval at once;
+        a missing approval is asked for (or its rejection reported)."""
+        namespace = adm.namespace
+        assert namespace is not None
+        hold = adm.hold
+        key = hold.key if hold is not None else None
+        now = _now()
+        answer = yield ("take", namespace, adm.counters, key, now)
+        try:
+            result = _answer(answer, adm)
+        except Exception as exc:
+            result, adm.problem = _UNAVAILABLE, exc
+        if result == TAKEN and hold is not None and key is not None:
+            hold.used = key.request_id
+            line = tethered(adm.ctx.scope)
+            if line is not None:  # this scope asked for it earlier: nothing left to feed
+                line.held.pop((namespace, key.call, key.request_id), None)
+        elif result == APPROVAL_MISSING and hold is not None and hold.request is not None:
+            self._release(adm)  # refused whatever the answer: saved without this call
+            state = yield from self._hold(adm, hold, namespace, now)
+            if state is None:
+                result = _UNAVAILABLE
+        self._taken(adm, result, now)
+        return None
+
+    def _hold(self, adm: _Admission, hold: _Hold, namespace: str, now: float) -> _Steps:
+        """Ask for the approval, saving this request scope with it: from now on this
+        scope feeds the request (each later call of the scope is saved with it,
+        see :meth:`_feed`). Returns the state in force, or ``None`` when the store
+        failed (``adm.problem``)."""
+        ctx, key, request = adm.ctx, hold.key, hold.request
+        assert key is not None and request is not None
+        scope = ctx.scope
+        line = lineage(scope)
+        before = version(scope)
+        text = snapshot(scope, ctx.user_id or "")
+        found = hold.found
+        replaces = [
+            (holder, _sha1(old))
+            for holder, old in (found.snapshots if found is not None else ())
+            if holder != line.token
+        ]
+        state = yield ("request_approval", namespace, request, key.call, line.token, text,
+                       replaces, now)  # fmt: skip
+        if isinstance(state, _Failed) or not isinstance(state, ApprovalState):
+            adm.problem = (
+                state.exc
+                if isinstance(state, _Failed)
+                else TypeError(f"the store answered request_approval() with {state!r}")
+            )
+            return None
+        hold.state = state
+        if state.state != "rejected":
+            line.held[(namespace, key.call, state.request.id)] = state.request.expires_at
+            self.holding = True
+            if version(scope) != before:  # the request went on while the store answered
+                yield from self._feed(adm, line, False)
+        return state
+
+    def _feed(self, adm: _Admission, line: Lineage, with_call: bool) -> _Steps:
+        """Save this request scope (``with_call``: with the call being admitted)
+        with every held request it feeds that still lives. Returns False when the
+        store failed (``adm.problem``)."""
+        rules, ctx = adm.rules, adm.ctx
+        now = _now()
+        groups: dict[str, list[ApprovalKey]] = {}
+        for (namespace, call, request_id), until in list(line.held.items()):
+            if until <= now:
+                line.held.pop((namespace, call, request_id), None)
+            else:
+                groups.setdefault(namespace, []).append(ApprovalKey(call, request_id))
+        if not groups:
+            return True
+        policy = rules.policy
+        tool = rules.tool_id if with_call and (policy.sequences or policy.flow_labels) else None
+        labels = rules.labels if with_call else ()
+        text = snapshot(ctx.scope, ctx.user_id or "", tool, labels)
+        for namespace, keys in groups.items():
+            saved = yield ("save_snapshot", namespace, keys, line.token, text, now)
+            if isinstance(saved, _Failed):
+                adm.problem = saved.exc
+                return False
+            if not (isinstance(saved, list) and len(saved) == len(keys)):
+                adm.problem = TypeError(f"the store answered save_snapshot() with {saved!r}")
+                return False
+            for key, live in zip(keys, saved, strict=True):
+                if not live:
+                    line.held.pop((namespace, key.call, key.request_id), None)
+        return True
 
     def _stop(self, adm: _Admission, err: PermissionDeniedError) -> None:
         """A budget or approval denial: give the reservations back, then deny (or,
@@ -622,7 +857,7 @@ class Evaluator:
         if adm.rules.policy.audit:
             adm.would = err
             return
-        raise self._refuse(err, adm.ctx, adm.started, adm.call)
+        raise self._refuse(err, adm.ctx, adm.started, adm.call, adm.consulted())
 
     @staticmethod
     def _release(adm: _Admission) -> None:
@@ -640,22 +875,7 @@ class Evaluator:
             return
         if result == _UNAVAILABLE:
             _log_store_problem(adm.problem)
-            detail = (
-                f"the budget/approval store could not answer ({type(adm.problem).__name__}: "
-                f"{adm.problem}); the call is denied until it is reachable again"
-            )
-            err = PermissionDeniedError(
-                f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail}",
-                tool_id=rules.tool_id,
-                user_id=ctx.user_id,
-                roles=ctx.roles,
-                reason="budget_unavailable",
-                trace=(
-                    *_base_trace(rules.policy, ctx),
-                    _rbac_step(rules, ctx),
-                    TraceStep("budget", "deny", detail, adm.grant.path if adm.grant else None),
-                ),
-            )
+            err = _unavailable_error(adm, adm.problem)
         elif result >= 0:
             assert adm.grant is not None
             counter = adm.counters[result]
@@ -663,11 +883,12 @@ class Evaluator:
             err = _budget_error(rules, ctx, limit, max(counter.expires_at - now, 0.0))
         else:  # approval missing
             assert adm.grant is not None and adm.grant.approval is not None
-            state = adm.state
+            hold = adm.hold
+            state = hold.state if hold is not None else None
             err = _approval_error(
                 rules,
                 ctx,
-                state.request if state is not None else adm.request,
+                state.request if state is not None else hold.request if hold else None,
                 adm.grant.approval.path,
                 state.state if state is not None else None,
             )
@@ -722,12 +943,12 @@ class Evaluator:
                 err = _audit_error(rules, ctx, adm.audited)
                 self.observer(
                     rules.tool_id, ctx, err.reason, "would_deny", rules, adm.started, err,
-                    adm.grant, adm.call, adm.approval_id,
+                    adm.grant, adm.call, adm.hold.used if adm.hold else None,
                 )  # fmt: skip
             else:
                 self.observer(
                     rules.tool_id, ctx, None, "allowed", rules, adm.started, None,
-                    adm.grant, adm.call, adm.approval_id,
+                    adm.grant, adm.call, adm.hold.used if adm.hold else None,
                 )  # fmt: skip
         _record(rules, ctx.scope)
         return adm.output
@@ -834,37 +1055,40 @@ def _record(rules: ToolRules, scope: RequestScope) -> None:
             scope.facts.setdefault(label, rules.tool_id)
 
 
-_NUMERIC_OPS = frozenset(("gt", "lt", "min", "max"))
-_TEXT_OPS = frozenset(("matches", "not_matches", "startsWith", "endsWith"))
-_SIZED_OPS = frozenset(("minLength", "maxLength", "contains", "not_contains"))
+def _needs(approval: Approval, call: tuple[Any, ...], holds: bool | None) -> bool:
+    """Whether a call ``(args, kwargs, arguments)`` needs ``approval``: always
+    without ``when``; else as ``when`` reads (``holds`` answers for it in a replay
+    of calls whose arguments were not recorded)."""
+    if not approval.input:
+        return True
+    if holds is not None:
+        return holds
+    args, kwargs, arguments = call
+    return _when_holds(approval, args, kwargs, arguments)
 
 
 def _when_holds(
     approval: Approval, args: tuple[Any, ...], kwargs: dict[str, Any], arguments: Arguments | None
 ) -> bool:
-    """``approval.when``, read fail-safe: it does not hold only when every failing
-    argument is of a type its failing operator can judge. A value the operator
-    cannot compare (``"500"`` for ``gt: 100``, an unbindable argument) asks a
-    person: skipping the approval must never be the way around it."""
+    """``approval.when``, read fail-safe: it does not hold only when some argument
+    certainly fails its rule (see :mod:`d2.core.policy.when`). A value the operator
+    cannot judge exactly (NaN, a list where a scalar is compared, ``"500"`` for
+    ``gt: 100``, an unbindable argument) asks a person: skipping the approval must
+    never be the way around it."""
     if _check_input(approval, args, kwargs, arguments) is None:
         return True
     for name, constraint in approval.input:
         if arguments is not None:
+            if not arguments.takes(name):
+                return True  # a rule on an argument the tool does not take: a typo
             value = arguments.value(name, args, kwargs, MISSING)
         else:
             value = kwargs.get(name, MISSING)
         if value is UNBOUND:
             return True
-        op = constraint.failure(value)
-        if op is None:
-            continue
-        if op in _NUMERIC_OPS and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            return True
-        if op in _TEXT_OPS and not isinstance(value, str):
-            return True
-        if op in _SIZED_OPS and not isinstance(value, (str, list, tuple, dict, set, frozenset)):
-            return True
-    return False
+        if certainly_fails(constraint, value):
+            return False
+    return True
 
 
 def _rbac_step(rules: ToolRules, ctx: UserContext) -> TraceStep:
@@ -1135,23 +1359,50 @@ def _guardrail_error(
 _UNAVAILABLE = -3  # the store raised (beside the store's own answers)
 
 
+class _Failed(NamedTuple):
+    """What a store operation raised, sent into :meth:`Evaluator._admission`."""
+
+    exc: Exception
+
+
+# steps 4-7: yields (store method, *arguments), is sent each answer
+_Steps = Generator[tuple[Any, ...], Any, Any]
+
+
+class _Hold:
+    """What a call that may need an approval carries between steps (internal)."""
+
+    __slots__ = ("digest", "found", "judged", "key", "needs", "request", "state",
+                 "unapprovable", "used")  # fmt: skip
+
+    def __init__(self, judged: Approval) -> None:
+        self.judged = judged  # the approval whose `when` was read
+        self.needs: Approval | None = None  # the approval this call needs
+        self.digest: str | None = None  # the call's digest
+        self.unapprovable: str | None = None  # why the call has no digest
+        self.found: ApprovalState | None = None  # the live request of the call
+        self.key: ApprovalKey | None = None  # the approval to use
+        self.used: str | None = None  # the id of the approval request used
+        self.request: ApprovalRequest | None = None  # the request to open if none lives
+        self.state: ApprovalState | None = None  # the request in force after asking
+
+
 class _Admission:
     """One call between steps 4 and 7 (internal)."""
 
     __slots__ = (
-        "approval_id",
         "audited",
         "call",
         "counters",
         "ctx",
         "grant",
+        "hold",
+        "namespace",
         "output",
         "problem",
-        "request",
         "reserved",
         "rules",
         "started",
-        "state",
         "store_needed",
         "would",
     )
@@ -1168,18 +1419,54 @@ class _Admission:
         self.reserved: tuple[Limit, ...] = ()
         self.counters: list[Counter] = []
         self.store_needed = False
-        self.approval_id: str | None = None
-        self.request: ApprovalRequest | None = None
-        self.state: ApprovalState | None = None
+        self.namespace: str | None = None  # the app's namespace in the store
+        self.hold: _Hold | None = None  # the approval part, when the grant has one
         self.problem: BaseException | None = None
+
+    def consulted(self) -> str | None:
+        """The id of the approval request this call consulted: the one it was
+        refused by or asked for, else the live one it continued."""
+        hold = self.hold
+        if hold is None:
+            return None
+        if hold.state is not None:
+            return hold.state.request.id
+        return hold.found.request.id if hold.found is not None else None
 
 
 def _answer(result: object, adm: _Admission) -> int:
     """The store's answer to ``take``, checked: anything but TAKEN, APPROVAL_MISSING
     or the index of one of the counters is a broken store (it denies)."""
+    if isinstance(result, _Failed):
+        raise result.exc
     if type(result) is not int or not APPROVAL_MISSING <= result < len(adm.counters):
         raise TypeError(f"the store answered take() with {result!r}")
     return result
+
+
+def _sha1(text: str) -> str:
+    import hashlib  # off the cold path: only held calls need it
+
+    return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def _chosen_grant(
+    rules: ToolRules,
+    roles: frozenset[str],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    arguments: Arguments | None,
+    inputs: bool,
+) -> Grant | None:
+    """The grant step 4 chooses (see :func:`_layers`): the first granting entry
+    whose input rules hold, else the first audited one; ``None`` when none can."""
+    audit_pick = None
+    for grant in rules.allow_grants(roles):
+        if not (grant.input and inputs) or _check_input(grant, args, kwargs, arguments) is None:
+            return grant
+        if grant.audit and audit_pick is None:
+            audit_pick = grant
+    return audit_pick
 
 
 def _counters(
@@ -1230,6 +1517,50 @@ def _budget_error(
     )
 
 
+def _unavailable_error(adm: _Admission, problem: BaseException | None) -> PermissionDeniedError:
+    """The store could not answer (or answered nonsense): the call is denied."""
+    _log_store_problem(problem)
+    rules, ctx = adm.rules, adm.ctx
+    detail = (
+        f"the budget/approval store could not answer ({type(problem).__name__}: "
+        f"{problem}); the call is denied until it is reachable again"
+    )
+    return PermissionDeniedError(
+        f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail}",
+        tool_id=rules.tool_id,
+        user_id=ctx.user_id,
+        roles=ctx.roles,
+        reason="budget_unavailable",
+        trace=(
+            *_base_trace(rules.policy, ctx),
+            _rbac_step(rules, ctx),
+            TraceStep("budget", "deny", detail, adm.grant.path if adm.grant else None),
+        ),
+    )
+
+
+def _unscoped_error(adm: _Admission, store: Store) -> PermissionDeniedError:
+    """An unnamed policy on a shared store: its keys could be another app's."""
+    rules, ctx = adm.rules, adm.ctx
+    detail = (
+        f"the policy has no metadata.name, and its budgets and approvals live in a shared "
+        f"store ({type(store).__name__}), where the name keeps each app's counters and "
+        "requests apart; give the policy a metadata.name"
+    )
+    return PermissionDeniedError(
+        f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail}",
+        tool_id=rules.tool_id,
+        user_id=ctx.user_id,
+        roles=ctx.roles,
+        reason="budget_unavailable",
+        trace=(
+            *_base_trace(rules.policy, ctx),
+            _rbac_step(rules, ctx),
+            TraceStep("budget", "deny", detail, adm.grant.path if adm.grant else None),
+        ),
+    )
+
+
 def _approval_error(
     rules: ToolRules,
     ctx: UserContext,
@@ -1241,8 +1572,8 @@ def _approval_error(
     fields: dict[str, Any] = {"tool_id": rules.tool_id, "user_id": ctx.user_id, "roles": ctx.roles}
     if state == "rejected" and request is not None:
         detail = (
-            f"approval request {request.id[:12]} for this exact call was rejected; it "
-            "cannot run before the request expires"
+            f"approval request {request.id[:12]} for this exact call was rejected; the "
+            "request is closed, and the next identical call asks for a new approval"
         )
         return PermissionDeniedError(
             f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail} ({path})",
@@ -1259,11 +1590,14 @@ def _approval_error(
             **fields,
         )
     roles = ", ".join(request.approver_roles)
-    detail = (
-        f"this exact call needs an approval by a user with role [{roles}]; approval "
-        f"request {request.id} waits until "
-        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(request.expires_at))}"
-    )
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(request.expires_at))
+    if state == "approved":  # approved between two questions to the store: rare
+        detail = f"approval request {request.id} was approved meanwhile; retry the call"
+    else:
+        detail = (
+            f"this exact call needs an approval by a user with role [{roles}]; approval "
+            f"request {request.id} waits until {when}"
+        )
     return ApprovalRequiredError(
         f"{rules.tool_id!r} for user {ctx.user_id!r}: {detail}. An approver calls "
         f"d2.approve({request.id!r}); then retry the identical call",

@@ -193,7 +193,9 @@ def _build(
     if is_async:
 
         async def slow_async(rules: ToolRules, args: Any, kwargs: Any) -> Any:
-            if rules.budgeted:  # a store may be asked: without blocking the loop
+            # a store may be asked (budgets, approvals, a request that feeds a held
+            # one): without blocking the loop
+            if rules.budgeted or (rules.guarded and evaluator.holding):
                 out = await admit_async(rules, args, kwargs, arguments)
             elif rules.guarded:
                 out = admit(rules, args, kwargs, arguments)
@@ -224,7 +226,7 @@ def _build(
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
                 try:
                     rules = check(tool_id)
-                    if rules.budgeted:
+                    if rules.budgeted or (rules.guarded and evaluator.holding):
                         out = await admit_async(rules, args, kwargs, arguments)
                     elif rules.guarded:
                         out = admit(rules, args, kwargs, arguments)
@@ -271,7 +273,7 @@ def _build(
                 yield item
 
         def slow_sync(rules: ToolRules, args: Any, kwargs: Any) -> Any:
-            if is_agen and rules.budgeted:
+            if is_agen and (rules.budgeted or (rules.guarded and evaluator.holding)):
                 return budgeted_stream(rules, args, kwargs)
             out = admit(rules, args, kwargs, arguments) if rules.guarded else None
             if out is None and not rules.guarded and evaluator.wants_args:
@@ -297,7 +299,7 @@ def _build(
                     in_loop()
                 try:
                     rules = check(tool_id)
-                    if is_agen and rules.budgeted:
+                    if is_agen and (rules.budgeted or (rules.guarded and evaluator.holding)):
                         return budgeted_stream(rules, args, kwargs)
                     out = admit(rules, args, kwargs, arguments) if rules.guarded else None
                     if not rules.guarded and evaluator.wants_args:

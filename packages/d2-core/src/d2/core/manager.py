@@ -35,6 +35,7 @@ __all__ = [
     "explain",
     "get_policy_manager",
     "is_allowed",
+    "require_namespace",
     "shutdown_all_rbac",
     "shutdown_rbac",
 ]
@@ -83,14 +84,19 @@ class PolicyManager:
             if not self._closed:
                 self.evaluator.policy = policy  # one atomic assignment: the swap
                 count_policy_load(self.evaluator, self.mode, policy)
+                if not policy.namespace and _shared(self.evaluator.store):
+                    _warn_unscoped(policy)
 
-    def start(self) -> CompiledPolicy:
+    def start(self, *, store: Store | None = None) -> CompiledPolicy:
         """Load the first policy, put it in force and start watching.
 
-        A bad policy raises and changes nothing: the instance's previous
-        configuration (if any) stays in force.
+        ``store`` is the store the instance is about to use (``None``: the
+        in-process one). A bad policy raises and changes nothing: the instance's
+        previous configuration (if any) stays in force; so does a policy without
+        ``metadata.name`` when ``store`` is shared (see :func:`require_namespace`).
         """
         policy = self.source.load(self.limits)
+        require_namespace(policy, store)
         _register(self)  # retires the previous manager of this instance first
         self.evaluator.strict = self.strict
         install_telemetry(self.evaluator)
@@ -162,6 +168,36 @@ class PolicyManager:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} mode={self.mode} policy={self.policy!r}>"
+
+
+def _shared(store: Store | None) -> bool:
+    """Whether ``store`` may be shared with other apps: anything but the built-in
+    in-process store."""
+    return store is not None and type(store) is not MemoryStore
+
+
+def require_namespace(policy: CompiledPolicy, store: Store | None) -> None:
+    """Refuse a policy without ``metadata.name`` on a shared store: the name
+    scopes the app's counters and approval requests there, and without it two apps
+    would count and decide each other's (:class:`ConfigurationError`)."""
+    if not policy.namespace and _shared(store):
+        raise ConfigurationError(
+            f"the policy {policy.source} has no metadata.name, but its budgets and "
+            f"approvals would live in a shared store ({type(store).__name__}), where the "
+            "name keeps each app's counters and approval requests apart: give the policy "
+            "a metadata.name (unique per app sharing the store)"
+        )
+
+
+def _warn_unscoped(policy: CompiledPolicy) -> None:
+    import logging
+
+    logging.getLogger("d2").warning(
+        "d2: the policy in force (%s) has no metadata.name, but its budgets and approvals "
+        "live in a shared store: calls that need the store are denied "
+        "(budget_unavailable) until a policy with a metadata.name loads",
+        policy.source,
+    )
 
 
 def install_telemetry(evaluator: Evaluator) -> None:
@@ -342,13 +378,15 @@ def configure_rbac_sync(
         else:
             manager = _prepare(instance_name, source, limits, strict_sync)
             try:
-                manager.start()
+                manager.start(store=chosen_store)
             except BaseException:
                 manager.source.close()
                 raise
     except BaseException:
         if log is not None:
             log.close()
+        if chosen_store is not None and (store is None or isinstance(store, str)):
+            chosen_store.close()  # made here from a URL: nobody else will close it
         raise
     _attach(manager, chosen_store, log, owned=store is None or isinstance(store, str))
     return manager
@@ -444,18 +482,11 @@ def _attach(
     if store is not None:
         ev.store = store
         policy = ev.policy
-        if policy is not None and policy.name is None and type(store) is not MemoryStore:
-            import logging
-
-            logging.getLogger("d2").warning(
-                "d2: the policy in force has no metadata.name, but its budgets and approvals "
-                "live in a shared store (%s): every unnamed app sharing it shares their "
-                "counters; give each app's policy its own metadata.name",
-                type(store).__name__,
-            )
+        if policy is not None and not policy.namespace and _shared(store):
+            _warn_unscoped(policy)  # cloud bundles always have one: a custom manager
         if owned:
             manager.owned_store = store
-    elif ev.store is not None and type(ev.store) is not MemoryStore:
+    elif _shared(ev.store):
         ev.store = None  # back to in-process (created on first use)
     manager.decision_log = log
     ev.set_log(log)

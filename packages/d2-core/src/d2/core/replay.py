@@ -11,7 +11,9 @@ How each recorded call is judged:
 
 - calls are grouped by ``request_id`` (file order kept); each request gets its own
   fresh request scope, so sequences, data flow and ``per: request`` budgets are
-  recomputed from the request's recorded order, as the candidate sees it;
+  recomputed from the request's recorded order, as the candidate sees it; a call
+  that consulted an approval request another request asked for (the same
+  ``approval_id``) continues that request's history and facts, as it did live;
 - the call runs as the recorded ``user_id`` with the recorded ``roles``; RBAC is
   always decided; input rules only when the log recorded the ``arguments``
   (``decision_log_arguments=True``), and are skipped otherwise;
@@ -42,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._functions import UNBOUND
+from .approval_data import ApprovalRequest
 from .context import (
     RequestScope,
     UserContext,
@@ -54,10 +57,10 @@ from .decisionlog import deciding_rule
 from .errors import ConfigurationError, PermissionDeniedError
 from .evaluate import Evaluator
 from .policy.compile import compile_policy
-from .stores.base import APPROVAL_MISSING, TAKEN, ApprovalState, Counter, Store
+from .resume import lineage, snapshot
+from .stores.base import APPROVAL_MISSING, TAKEN, ApprovalKey, ApprovalState, Counter, Store
 
 if TYPE_CHECKING:
-    from .approvals import ApprovalRequest
     from .policy.model import CompiledPolicy, Grant, ToolRules
 
 __all__ = ["DECISIONS", "Change", "ReplayReport", "read_log", "replay"]
@@ -194,12 +197,53 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 # -- the replay store and evaluator --------------------------------------------------
 class _ReplayStore(Store):
     """Answers for the record being replayed, from what the log says: nothing is
-    counted and nothing is stored."""
+    counted and nothing is stored.
+
+    Approval requests are known by the ``approval_id`` of the records: the requests
+    (replayed scopes) that asked for one are its *holders*, and a call of another
+    request that consulted it continued them, as the live store's snapshots made it
+    do (see :mod:`d2.core.resume`)."""
 
     def __init__(self) -> None:
         self.record: Mapping[str, Any] = {}
+        self.holders: dict[str, dict[object, RequestScope]] = {}  # approval id -> scopes
+        self.current: object = None  # the request (key) of the record being replayed
 
-    def take(self, counters: Sequence[Counter], approval: str | None, now: float) -> int:
+    def settle(self, key: object, scope: RequestScope) -> None:
+        """After a record: the request it asked for now has this scope as a
+        holder; a used or rejected request is gone."""
+        approval = self.record.get("approval_id")
+        if not isinstance(approval, str) or not approval:
+            return
+        if self.record.get("reason") == "approval_required":
+            self.holders.setdefault(approval, {})[key] = scope
+        elif self.record.get("decision") == "allowed" or (
+            self.record.get("reason") == "approval_rejected"
+        ):
+            self.holders.pop(approval, None)
+
+    def find_approval(self, namespace: str, call: str, now: float) -> ApprovalState | None:
+        approval = self.record.get("approval_id")
+        user = self.record.get("user_id")
+        holders = self.holders.get(approval) if isinstance(approval, str) else None
+        if not holders or not isinstance(user, str):
+            return None
+        assert isinstance(approval, str)
+        request = ApprovalRequest(approval, self.record["tool_id"], user, {}, "", 0.0, ())
+        snapshots = tuple(
+            (lineage(scope).token, snapshot(scope, user))
+            for key, scope in holders.items()
+            if key != self.current
+        )
+        return ApprovalState(request, "pending", None, snapshots)
+
+    def take(
+        self,
+        namespace: str,
+        counters: Sequence[Counter],
+        approval: ApprovalKey | None,
+        now: float,
+    ) -> int:
         record = self.record
         # per-user budgets as recorded: full only when the call was refused for one
         if (
@@ -213,17 +257,38 @@ class _ReplayStore(Store):
             return TAKEN if given else APPROVAL_MISSING
         return TAKEN
 
-    def request_approval(self, request: ApprovalRequest, now: float) -> ApprovalState:
+    def request_approval(
+        self,
+        namespace: str,
+        request: ApprovalRequest,
+        call: str,
+        holder: str,
+        snapshot: str,
+        replaces: Sequence[tuple[str, str]],
+        now: float,
+    ) -> ApprovalState:
         rejected = self.record.get("reason") == "approval_rejected"
         return ApprovalState(request, "rejected" if rejected else "pending")
 
-    def get_approval(self, request_id: str, now: float) -> ApprovalState | None:
+    def save_snapshot(
+        self,
+        namespace: str,
+        held: Sequence[ApprovalKey],
+        holder: str,
+        snapshot: str,
+        now: float,
+    ) -> list[bool]:
+        return [False] * len(held)  # nothing is kept: no held request lives on
+
+    def get_approval(self, namespace: str, request_id: str, now: float) -> ApprovalState | None:
         return None
 
-    def decide_approval(self, request_id: str, approve: bool, by: str, now: float) -> bool:
+    def decide_approval(
+        self, namespace: str, request_id: str, approve: bool, by: str, now: float
+    ) -> bool:
         return False
 
-    def pending_approvals(self, now: float) -> list[ApprovalRequest]:
+    def pending_approvals(self, namespace: str, now: float) -> list[ApprovalRequest]:
         return []
 
 
@@ -256,7 +321,7 @@ class _Capture:
 def _timeless(policy: CompiledPolicy) -> CompiledPolicy:
     """``policy`` without its expiry: the same rules, compiled again from the same
     document (and bytes: same digest) minus ``metadata.expires``."""
-    if policy.expires_at == float("inf"):
+    if policy.expires_at == float("inf") and policy.namespace:
         return policy
     document: Any = policy.document
     meta = document.get("metadata") if isinstance(document, Mapping) else None
@@ -265,7 +330,14 @@ def _timeless(policy: CompiledPolicy) -> CompiledPolicy:
             **document,
             "metadata": {k: v for k, v in meta.items() if k != "expires"},
         }
-    return compile_policy(document, source=policy.source, raw=policy.raw, version=policy.version)
+    # the replay store is nobody's: any namespace will do, even for an unnamed policy
+    return compile_policy(
+        document,
+        source=policy.source,
+        raw=policy.raw,
+        version=policy.version,
+        namespace=policy.namespace or "<replay>",
+    )
 
 
 class _Unbound(dict[str, Any]):
@@ -356,14 +428,10 @@ def replay(records: Iterable[Mapping[str, Any]], policy: CompiledPolicy) -> Repl
     context is left as it was.
     """
     items = list(records)
-    requests: dict[object, list[tuple[int, Mapping[str, Any]]]] = {}
     for index, record in enumerate(items):
         problem = _problem(record)
         if problem is not None:
             raise ConfigurationError(f"decision record {index + 1}: {problem}")
-        request_id = record.get("request_id")
-        key: object = ("record", index) if request_id is None else ("request", str(request_id))
-        requests.setdefault(key, []).append((index, record))
 
     evaluator = Evaluator("<replay>")  # the real one, registered nowhere
     capture = _Capture()
@@ -374,48 +442,53 @@ def replay(records: Iterable[Mapping[str, Any]], policy: CompiledPolicy) -> Repl
 
     report = ReplayReport(records=len(items))
     found: list[tuple[int, Change]] = []
-    for group in requests.values():
-        scope = RequestScope()  # fresh per request: history, facts, per-request budgets
-        for index, record in group:
-            before: str = record["decision"]
-            before_reason: str | None = record.get("reason")
-            if before_reason in _OUTPUT_REASONS:
-                report.skip(_SKIP_OUTPUT)
-                continue
-            if before_reason == "budget_unavailable":
-                report.skip(_SKIP_STORE)
-                continue
-            user_id: str | None = record["user_id"]
-            if user_id is None or (before == "denied" and before_reason in _FIXED_REASONS):
-                report.unchanged += 1  # refused before any rule: no policy changes it
-                continue
-            roles = normalise_roles(record["roles"])
-            token = attach(UserContext(user_id, roles, scope))
-            try:
-                after, reason, rule = _evaluate(evaluator, capture, store, record, report)
-            finally:
-                detach(token)
-            if (after, reason) == (before, before_reason):
-                report.unchanged += 1
-                continue
-            request_id = record.get("request_id")
-            found.append(
-                (
-                    index,
-                    Change(
-                        tool_id=record["tool_id"],
-                        user_id=user_id,
-                        roles=tuple(sorted(roles)),
-                        request_id=None if request_id is None else str(request_id),
-                        before=before,
-                        after=after,
-                        reason=reason,
-                        before_reason=before_reason,
-                        rule=rule,
-                    ),
-                )
+    scopes: dict[object, RequestScope] = {}
+    for index, record in enumerate(items):  # in file order: a resume reads its holders
+        request_id = record.get("request_id")
+        key: object = ("record", index) if request_id is None else ("request", str(request_id))
+        scope = scopes.get(key)
+        if scope is None:  # fresh per request: history, facts, per-request budgets
+            scope = scopes[key] = RequestScope()
+        before: str = record["decision"]
+        before_reason: str | None = record.get("reason")
+        if before_reason in _OUTPUT_REASONS:
+            report.skip(_SKIP_OUTPUT)
+            continue
+        if before_reason == "budget_unavailable":
+            report.skip(_SKIP_STORE)
+            continue
+        user_id: str | None = record["user_id"]
+        if user_id is None or (before == "denied" and before_reason in _FIXED_REASONS):
+            report.unchanged += 1  # refused before any rule: no policy changes it
+            continue
+        roles = normalise_roles(record["roles"])
+        token = attach(UserContext(user_id, roles, scope))
+        store.current = key
+        try:
+            after, reason, rule = _evaluate(evaluator, capture, store, record, report)
+        finally:
+            detach(token)
+            store.settle(key, scope)
+        if (after, reason) == (before, before_reason):
+            report.unchanged += 1
+            continue
+        request_id = record.get("request_id")
+        found.append(
+            (
+                index,
+                Change(
+                    tool_id=record["tool_id"],
+                    user_id=user_id,
+                    roles=tuple(sorted(roles)),
+                    request_id=None if request_id is None else str(request_id),
+                    before=before,
+                    after=after,
+                    reason=reason,
+                    before_reason=before_reason,
+                    rule=rule,
+                ),
             )
-    found.sort(key=lambda pair: pair[0])
+        )
     report.changes = [change for _, change in found]
     report.changed = len(report.changes)
     return report

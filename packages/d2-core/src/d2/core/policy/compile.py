@@ -343,20 +343,25 @@ def compile_policy(
     raw: bytes | None = None,
     version: int | None = None,
     expires_at: float | None = None,
+    namespace: str | None = None,
 ) -> CompiledPolicy:
     """Validate ``document`` (the parsed policy) and compile it.
 
     ``raw`` is the document's bytes (for the digest; the canonical JSON of the
     document is used otherwise). ``expires_at`` is a bundle's ``exp``: the policy
-    expires at the earlier of it and ``metadata.expires``. Raises
-    :class:`InvalidPolicyError` listing every problem with its path.
+    expires at the earlier of it and ``metadata.expires``. ``namespace`` scopes the
+    app's keys in a shared store (the cloud app); default: ``metadata.name``.
+    Raises :class:`InvalidPolicyError` listing every problem with its path.
     """
     try:
-        return _compile(document, source=source, raw=raw, version=version, expires_at=expires_at)
+        policy = _compile(document, source=source, raw=raw, version=version, expires_at=expires_at)
     except (RecursionError, MemoryError) as exc:
         raise InvalidPolicyError(
             source, [f"<root>: nested too deeply: {type(exc).__name__}"]
         ) from None
+    if namespace:
+        policy.namespace = namespace
+    return policy
 
 
 def _compile(

@@ -173,6 +173,7 @@ class ToolRules:
     __slots__ = (
         "advance",
         "allow_roles",
+        "approvals",
         "blocked_by",
         "budgeted",
         "by_roles",
@@ -187,6 +188,7 @@ class ToolRules:
         "labels",
         "policy",
         "request_only",
+        "stored",
         "tool_id",
     )
 
@@ -200,6 +202,9 @@ class ToolRules:
         self.by_roles: dict[frozenset[str], tuple[Grant, ...]] = {}
         self.conditional = any(g.allow and (g.input or g.output) for g in grants)
         self.budgeted = any(g.allow and (g.limits or g.approval) for g in grants)
+        self.approvals = any(g.allow and g.approval for g in grants)
+        # a store may be asked: per-user budgets or approvals
+        self.stored = any(g.allow and (g.user_limits or g.approval) for g in grants)
         # data flow: labels this tool adds, and label -> path of the block on it
         self.labels: frozenset[str] = _NO_LABELS
         self.blocked_by: dict[str, tuple[str, bool]] = _NO_BLOCKS  # type: ignore[assignment]
@@ -297,6 +302,7 @@ class CompiledPolicy:
         "groups",
         "mode",
         "name",
+        "namespace",
         "patterns",
         "raw",
         "roles",
@@ -328,6 +334,8 @@ class CompiledPolicy:
         self.entries = entries
         self.groups = groups
         self.name = name
+        # what scopes the app's keys in a shared store: the name (cloud: the app)
+        self.namespace: str | None = name or None
         self.description = description
         self.expires_at = expires_at
         self.raw = raw

@@ -1,8 +1,10 @@
 """Where budgets and approvals live: the store protocol and the in-process store.
 
 A :class:`Store` keeps the ``per: user`` budget counters and the approval requests
-of an instance. The in-process :class:`MemoryStore` is the default (a ``per: user``
-limit is then per process); :class:`d2.core.stores.redis.RedisStore` (extra
+of an instance, every key under the app's namespace (the policy's ``metadata.name``,
+or the cloud app): apps sharing one store never read each other's. The in-process
+:class:`MemoryStore` is the default (a ``per: user`` limit is then per process);
+:class:`d2.core.stores.redis.RedisStore` (extra
 ``d2-core[redis]``) is shared by every process of an app. ``per: request`` budgets
 never reach a store: they live in the request scope.
 
@@ -15,12 +17,21 @@ raises :class:`StoreUnavailableError`; the guard then denies with reason
 
 from __future__ import annotations
 
-from .base import APPROVAL_MISSING, TAKEN, ApprovalState, Counter, Store, StoreUnavailableError
+from .base import (
+    APPROVAL_MISSING,
+    TAKEN,
+    ApprovalKey,
+    ApprovalState,
+    Counter,
+    Store,
+    StoreUnavailableError,
+)
 from .memory import MemoryStore
 
 __all__ = [
     "APPROVAL_MISSING",
     "TAKEN",
+    "ApprovalKey",
     "ApprovalState",
     "Counter",
     "MemoryStore",

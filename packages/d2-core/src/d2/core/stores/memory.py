@@ -7,12 +7,35 @@ import threading
 import weakref
 from collections.abc import Sequence
 
-from ..approvals import ApprovalRequest
-from .base import APPROVAL_MISSING, TAKEN, ApprovalState, Counter, Store
+from ..approval_data import ApprovalRequest
+from .base import APPROVAL_MISSING, TAKEN, ApprovalKey, ApprovalState, Counter, Store
 
 __all__ = ["MemoryStore"]
 
-_SWEEP_EVERY = 4096  # takes between sweeps of expired counters
+_SWEEP_EVERY = 4096  # takes between sweeps of expired counters and requests
+
+
+class _Request:
+    """One stored request (mutable, under the store's lock)."""
+
+    __slots__ = ("by", "call", "request", "snapshots", "state")
+
+    def __init__(self, request: ApprovalRequest, call: str, holder: str, snapshot: str) -> None:
+        self.request = request
+        self.call = call
+        self.state = "pending"
+        self.by: str | None = None
+        self.snapshots: dict[str, str] = {holder: snapshot}
+
+    def view(self, with_snapshots: bool = False) -> ApprovalState:
+        snapshots = tuple(self.snapshots.items()) if with_snapshots else ()
+        return ApprovalState(self.request, self.state, self.by, snapshots)
+
+
+def _sha1(text: str) -> str:
+    import hashlib  # off the cold path: only replacing snapshots needs it
+
+    return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
 class MemoryStore(Store):
@@ -23,12 +46,14 @@ class MemoryStore(Store):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[str, tuple[int, float]] = {}  # key -> (count, expires_at)
-        self._approvals: dict[str, ApprovalState] = {}
+        # (namespace, key) -> (count, expires_at)
+        self._counts: dict[tuple[str, str], tuple[int, float]] = {}
+        self._requests: dict[tuple[str, str], _Request] = {}  # (namespace, id) -> request
+        self._calls: dict[tuple[str, str], str] = {}  # (namespace, call digest) -> live id
         self._takes = 0
         _stores.add(self)
 
-    def _count(self, key: str, now: float) -> int:
+    def _count(self, key: tuple[str, str], now: float) -> int:
         found = self._counts.get(key)
         if found is None or found[1] <= now:
             return 0
@@ -36,60 +61,136 @@ class MemoryStore(Store):
 
     def _sweep(self, now: float) -> None:
         self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
-        self._approvals = {k: v for k, v in self._approvals.items() if v.request.expires_at > now}
+        self._requests = {k: v for k, v in self._requests.items() if v.request.expires_at > now}
+        self._calls = {k: v for k, v in self._calls.items() if (k[0], v) in self._requests}
 
-    def take(self, counters: Sequence[Counter], approval: str | None, now: float) -> int:
+    def _live(self, namespace: str, call: str, now: float) -> _Request | None:
+        """The live request of ``call`` (lock held)."""
+        request_id = self._calls.get((namespace, call))
+        if request_id is None:
+            return None
+        found = self._requests.get((namespace, request_id))
+        if found is None or not now < found.request.expires_at or found.call != call:
+            return None
+        return found
+
+    def _kill(self, namespace: str, found: _Request) -> None:
+        """The request dies: its id is gone for good (lock held)."""
+        self._requests.pop((namespace, found.request.id), None)
+        if self._calls.get((namespace, found.call)) == found.request.id:
+            del self._calls[(namespace, found.call)]
+
+    def take(
+        self,
+        namespace: str,
+        counters: Sequence[Counter],
+        approval: ApprovalKey | None,
+        now: float,
+    ) -> int:
         with self._lock:
             self._takes += 1
             if self._takes % _SWEEP_EVERY == 0:
                 self._sweep(now)
             for i, counter in enumerate(counters):
-                if self._count(counter.key, now) >= counter.max:
+                if self._count((namespace, counter.key), now) >= counter.max:
                     return i
             if approval is not None:
-                found = self._approvals.get(approval)
-                if found is None or found.state != "approved" or not now < found.request.expires_at:
+                found = self._live(namespace, approval.call, now)
+                if (
+                    found is None
+                    or found.request.id != approval.request_id
+                    or found.state != "approved"
+                ):
                     return APPROVAL_MISSING
-                del self._approvals[approval]
+                self._kill(namespace, found)
             for counter in counters:
-                count = self._count(counter.key, now)
-                self._counts[counter.key] = (count + 1, counter.expires_at)
+                key = (namespace, counter.key)
+                self._counts[key] = (self._count(key, now) + 1, counter.expires_at)
             return TAKEN
 
-    def request_approval(self, request: ApprovalRequest, now: float) -> ApprovalState:
+    def find_approval(self, namespace: str, call: str, now: float) -> ApprovalState | None:
         with self._lock:
-            found = self._approvals.get(request.id)
-            if found is not None and now < found.request.expires_at:
-                return found
-            state = ApprovalState(request, "pending")
-            self._approvals[request.id] = state
-            return state
+            found = self._live(namespace, call, now)
+            return found.view(with_snapshots=True) if found is not None else None
 
-    def get_approval(self, request_id: str, now: float) -> ApprovalState | None:
+    def request_approval(
+        self,
+        namespace: str,
+        request: ApprovalRequest,
+        call: str,
+        holder: str,
+        snapshot: str,
+        replaces: Sequence[tuple[str, str]],
+        now: float,
+    ) -> ApprovalState:
         with self._lock:
-            found = self._approvals.get(request_id)
-            return found if found is not None and now < found.request.expires_at else None
+            found = self._live(namespace, call, now)
+            if found is not None:
+                if found.state == "rejected":
+                    self._kill(namespace, found)
+                    return found.view()
+                for other, digest in replaces:
+                    text = found.snapshots.get(other)
+                    if text is not None and _sha1(text) == digest:
+                        del found.snapshots[other]
+                found.snapshots[holder] = snapshot
+                return found.view()
+            made = _Request(request, call, holder, snapshot)
+            self._requests[(namespace, request.id)] = made
+            self._calls[(namespace, call)] = request.id
+            return made.view()
 
-    def decide_approval(self, request_id: str, approve: bool, by: str, now: float) -> bool:
+    def save_snapshot(
+        self,
+        namespace: str,
+        held: Sequence[ApprovalKey],
+        holder: str,
+        snapshot: str,
+        now: float,
+    ) -> list[bool]:
+        saved = []
         with self._lock:
-            found = self._approvals.get(request_id)
+            for key in held:
+                found = self._live(namespace, key.call, now)
+                live = (
+                    found is not None
+                    and found.request.id == key.request_id
+                    and found.state != "rejected"
+                )
+                if found is not None and live:
+                    found.snapshots[holder] = snapshot
+                saved.append(live)
+        return saved
+
+    def get_approval(self, namespace: str, request_id: str, now: float) -> ApprovalState | None:
+        with self._lock:
+            found = self._requests.get((namespace, request_id))
+            if found is None or not now < found.request.expires_at:
+                return None
+            return found.view()
+
+    def decide_approval(
+        self, namespace: str, request_id: str, approve: bool, by: str, now: float
+    ) -> bool:
+        with self._lock:
+            found = self._requests.get((namespace, request_id))
             if found is None or found.state != "pending" or not now < found.request.expires_at:
                 return False
-            state = "approved" if approve else "rejected"
-            self._approvals[request_id] = ApprovalState(found.request, state, by)
+            found.state = "approved" if approve else "rejected"
+            found.by = by
             return True
 
-    def pending_approvals(self, now: float) -> list[ApprovalRequest]:
+    def pending_approvals(self, namespace: str, now: float) -> list[ApprovalRequest]:
         with self._lock:
             found = [
                 s.request
-                for s in self._approvals.values()
-                if s.state == "pending" and now < s.request.expires_at
+                for (ns, _), s in self._requests.items()
+                if ns == namespace and s.state == "pending" and now < s.request.expires_at
             ]
         return sorted(found, key=lambda r: (r.expires_at, r.id))
 
     def __repr__(self) -> str:
-        return f"<MemoryStore counters={len(self._counts)} approvals={len(self._approvals)}>"
+        return f"<MemoryStore counters={len(self._counts)} approvals={len(self._requests)}>"
 
 
 _stores: weakref.WeakSet[MemoryStore] = weakref.WeakSet()

@@ -7,11 +7,14 @@ values they bound, so expiry is decided by those stored times, never by the Redi
 server's clock. Keys also get a relative ``PEXPIRE`` matching their window so Redis
 drops them once they can no longer matter.
 
-Keys (all under ``prefix``, default ``d2:``):
+Keys (all under ``prefix``, default ``d2:``, then the app's namespace,
+percent-encoded, and a colon):
 
-* ``{prefix}count:{key}``: hash ``n`` (calls taken), ``exp`` (window end);
-* ``{prefix}approval:{id}``: hash ``request`` (JSON), ``state``, ``by``, ``exp``;
-* ``{prefix}approvals:pending``: sorted set of pending request ids by expiry.
+* ``{prefix}{app}:count:{key}``: hash ``n`` (calls taken), ``exp`` (window end);
+* ``{prefix}{app}:approval:{id}``: hash ``request`` (JSON), ``state``, ``by``,
+  ``exp``, ``call`` (the call digest) and ``s:{holder}`` (snapshots);
+* ``{prefix}{app}:call:{digest}``: the id of the live request of that call;
+* ``{prefix}{app}:pending``: sorted set of pending request ids by expiry.
 """
 
 from __future__ import annotations
@@ -23,19 +26,20 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from ..approvals import ApprovalRequest
+from ..approval_data import ApprovalRequest
 from ..errors import ConfigurationError
-from .base import TAKEN, ApprovalState, Counter, Store, StoreUnavailableError
+from .base import TAKEN, ApprovalKey, ApprovalState, Counter, Store, StoreUnavailableError
 
 __all__ = ["RedisStore"]
 
 _MAX_TTL_MS = 10 * 365 * 86400 * 1000  # keys never live longer than ten years
 
-# KEYS: the counters, then (with an approval) the approval and the pending index.
-# ARGV: now, number of counters, approval id ("" for none), then per counter:
-# max, expires_at, ttl in ms. Returns a full counter's 0-based index, -2 or -1.
+# KEYS: the counters, then (with an approval) the request, the call and the pending
+# index. ARGV: now, number of counters, "1" with an approval ("" without), then per
+# counter: max, expires_at, ttl in ms; then the call digest and the request id.
+# Returns a full counter's 0-based index, -2 (approval missing) or -1 (taken).
 _TAKE = """
 local now = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
@@ -52,12 +56,17 @@ for i = 1, n do
   end
 end
 if ARGV[3] ~= '' then
-  local found = redis.call('HMGET', KEYS[n + 1], 'state', 'exp')
-  if found[1] ~= 'approved' or not found[2] or tonumber(found[2]) <= now then
+  local found = redis.call('HMGET', KEYS[n + 1], 'state', 'exp', 'call')
+  if found[1] ~= 'approved' or not found[2] or tonumber(found[2]) <= now
+      or found[3] ~= ARGV[4 + n * 3] then
+    return -2
+  end
+  if redis.call('GET', KEYS[n + 2]) ~= ARGV[5 + n * 3] then
     return -2
   end
   redis.call('DEL', KEYS[n + 1])
-  redis.call('ZREM', KEYS[n + 2], ARGV[3])
+  redis.call('DEL', KEYS[n + 2])
+  redis.call('ZREM', KEYS[n + 3], ARGV[5 + n * 3])
 end
 for i = 1, n do
   local base = 3 + (i - 1) * 3
@@ -67,21 +76,92 @@ end
 return -1
 """
 
-# KEYS: the approval, the pending index. ARGV: now, request JSON, expires_at, ttl
-# in ms, id. Returns {request JSON, state, decided_by or nil}.
-_REQUEST = """
-local found = redis.call('HMGET', KEYS[1], 'request', 'state', 'by', 'exp')
-if found[1] and found[4] and tonumber(found[4]) > tonumber(ARGV[1]) then
-  return {found[1], found[2], found[3]}
+# KEYS: the call. ARGV: now, the prefix of request keys, the call digest.
+# Returns false, or {request JSON, state, decided by or '', holder, snapshot, ...}.
+_FIND = """
+local id = redis.call('GET', KEYS[1])
+if not id then
+  return false
 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'request', ARGV[2], 'state', 'pending', 'exp', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
-return {ARGV[2], 'pending', false}
+local flat = redis.call('HGETALL', ARGV[2] .. id)
+local fields = {}
+local snapshots = {}
+for i = 1, #flat, 2 do
+  local name = flat[i]
+  if string.sub(name, 1, 2) == 's:' then
+    table.insert(snapshots, string.sub(name, 3))
+    table.insert(snapshots, flat[i + 1])
+  else
+    fields[name] = flat[i + 1]
+  end
+end
+if not fields['request'] or not fields['exp'] or tonumber(fields['exp']) <= tonumber(ARGV[1])
+    or fields['call'] ~= ARGV[3] then
+  return false
+end
+local out = {fields['request'], fields['state'], fields['by'] or ''}
+for i = 1, #snapshots do
+  table.insert(out, snapshots[i])
+end
+return out
 """
 
-# KEYS: the approval, the pending index. ARGV: now, new state, decided by, id.
+# KEYS: the call, the pending index. ARGV: now, the prefix of request keys, the new
+# id, the request JSON, expires_at, ttl in ms, holder, snapshot, call digest, then
+# (holder, sha1) pairs of snapshots to replace. Returns {request JSON, state, by or ''}.
+_REQUEST = """
+local now = tonumber(ARGV[1])
+local id = redis.call('GET', KEYS[1])
+if id then
+  local key = ARGV[2] .. id
+  local found = redis.call('HMGET', key, 'request', 'state', 'by', 'exp', 'call')
+  if found[1] and found[4] and tonumber(found[4]) > now and found[5] == ARGV[9] then
+    if found[2] == 'rejected' then
+      redis.call('DEL', key)
+      redis.call('DEL', KEYS[1])
+      return {found[1], found[2], found[3] or ''}
+    end
+    for i = 10, #ARGV - 1, 2 do
+      local old = redis.call('HGET', key, 's:' .. ARGV[i])
+      if old and redis.sha1hex(old) == ARGV[i + 1] then
+        redis.call('HDEL', key, 's:' .. ARGV[i])
+      end
+    end
+    redis.call('HSET', key, 's:' .. ARGV[7], ARGV[8])
+    return {found[1], found[2], found[3] or ''}
+  end
+end
+local key = ARGV[2] .. ARGV[3]
+redis.call('DEL', key)
+redis.call('HSET', key, 'request', ARGV[4], 'state', 'pending', 'exp', ARGV[5],
+  'call', ARGV[9], 's:' .. ARGV[7], ARGV[8])
+redis.call('PEXPIRE', key, ARGV[6])
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
+return {ARGV[4], 'pending', ''}
+"""
+
+# KEYS: per held request, its key and its call's key. ARGV: now, holder, snapshot,
+# then per held request its id and its call digest. Returns 1 (saved) or 0 (not the
+# live request of its call any more) per request.
+_SAVE = """
+local now = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS / 2 do
+  local key = KEYS[i * 2 - 1]
+  local found = redis.call('HMGET', key, 'state', 'exp', 'call')
+  if found[1] and found[1] ~= 'rejected' and found[2] and tonumber(found[2]) > now
+      and found[3] == ARGV[3 + i * 2] and redis.call('GET', KEYS[i * 2]) == ARGV[2 + i * 2] then
+    redis.call('HSET', key, 's:' .. ARGV[2], ARGV[3])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+# KEYS: the request, the pending index. ARGV: now, new state, decided by, id.
 _DECIDE = """
 local found = redis.call('HMGET', KEYS[1], 'state', 'exp')
 if found[1] ~= 'pending' or not found[2] or tonumber(found[2]) <= tonumber(ARGV[1]) then
@@ -145,11 +225,17 @@ def _client_url(client: Any) -> str:
     return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
 
 
-def _state(request_json: Any, state: Any, by: Any) -> ApprovalState:
+def _state(found: Sequence[Any]) -> ApprovalState:
+    """An ApprovalState from a script's answer: request JSON, state, decided by
+    (``''`` for nobody), then holder and snapshot pairs."""
+    request_json, state, by = found[0], found[1], found[2]
+    by_text = None if by is None else _text(by)
+    rest = [_text(v) for v in found[3:]]
     return ApprovalState(
         ApprovalRequest.from_json(_text(request_json)),
         _text(state),
-        None if by is None else _text(by),
+        by_text or None,
+        tuple(zip(rest[0::2], rest[1::2], strict=True)),
     )
 
 
@@ -253,7 +339,9 @@ class RedisStore(Store):
     def _register(client: Any) -> dict[str, Any]:
         return {
             "take": client.register_script(_TAKE),
+            "find": client.register_script(_FIND),
             "request": client.register_script(_REQUEST),
+            "save": client.register_script(_SAVE),
             "decide": client.register_script(_DECIDE),
         }
 
@@ -314,39 +402,88 @@ class RedisStore(Store):
             self._closers[loop] = closer
         return found
 
-    def _key(self, kind: str, name: str) -> str:
-        return f"{self._prefix}{kind}:{name}"
-
-    @property
-    def _pending_key(self) -> str:
-        return f"{self._prefix}approvals:pending"
+    def _base(self, namespace: str) -> str:
+        """The key prefix of one app: ``{prefix}{namespace, percent-encoded}:``."""
+        if not namespace:
+            raise StoreUnavailableError(
+                "the Redis store needs the app's namespace (the policy's metadata.name): "
+                "give the policy a metadata.name"
+            )
+        return f"{self._prefix}{quote(namespace, safe='')}:"
 
     def _take_call(
-        self, counters: Sequence[Counter], approval: str | None, now: float
+        self,
+        namespace: str,
+        counters: Sequence[Counter],
+        approval: ApprovalKey | None,
+        now: float,
     ) -> tuple[list[str], list[str]]:
-        keys = [self._key("count", c.key) for c in counters]
-        args = [_num(now), str(len(counters)), approval if approval is not None else ""]
+        base = self._base(namespace)
+        keys = [f"{base}count:{c.key}" for c in counters]
+        args = [_num(now), str(len(counters)), "1" if approval is not None else ""]
         for c in counters:
             args += [str(int(c.max)), _num(c.expires_at), str(_ttl_ms(c.expires_at, now))]
         if approval is not None:
-            keys += [self._key("approval", approval), self._pending_key]
+            keys += [
+                f"{base}approval:{approval.request_id}",
+                f"{base}call:{approval.call}",
+                f"{base}pending",
+            ]
+            args += [approval.call, approval.request_id]
         return keys, args
 
-    def _request_call(self, request: ApprovalRequest, now: float) -> tuple[list[str], list[str]]:
-        keys = [self._key("approval", request.id), self._pending_key]
+    def _find_call(self, namespace: str, call: str, now: float) -> tuple[list[str], list[str]]:
+        base = self._base(namespace)
+        return [f"{base}call:{call}"], [_num(now), f"{base}approval:", call]
+
+    def _request_call(
+        self,
+        namespace: str,
+        request: ApprovalRequest,
+        call: str,
+        holder: str,
+        snapshot: str,
+        replaces: Sequence[tuple[str, str]],
+        now: float,
+    ) -> tuple[list[str], list[str]]:
+        base = self._base(namespace)
+        keys = [f"{base}call:{call}", f"{base}pending"]
         args = [
             _num(now),
+            f"{base}approval:",
+            request.id,
             request.to_json(),
             _num(request.expires_at),
             str(_ttl_ms(request.expires_at, now)),
-            request.id,
+            holder,
+            snapshot,
+            call,
         ]
+        for other, digest in replaces:
+            args += [other, digest]
+        return keys, args
+
+    def _save_call(
+        self,
+        namespace: str,
+        held: Sequence[ApprovalKey],
+        holder: str,
+        snapshot: str,
+        now: float,
+    ) -> tuple[list[str], list[str]]:
+        base = self._base(namespace)
+        keys: list[str] = []
+        args = [_num(now), holder, snapshot]
+        for key in held:
+            keys += [f"{base}approval:{key.request_id}", f"{base}call:{key.call}"]
+            args += [key.request_id, key.call]
         return keys, args
 
     def _decide_call(
-        self, request_id: str, approve: bool, by: str, now: float
+        self, namespace: str, request_id: str, approve: bool, by: str, now: float
     ) -> tuple[list[str], list[str]]:
-        keys = [self._key("approval", request_id), self._pending_key]
+        base = self._base(namespace)
+        keys = [f"{base}approval:{request_id}", f"{base}pending"]
         args = [_num(now), "approved" if approve else "rejected", by, request_id]
         return keys, args
 
@@ -359,7 +496,11 @@ class RedisStore(Store):
         request, state, by, exp = found
         if request is None or exp is None or not now < float(_text(exp)):
             return None
-        return _state(request, state, by)
+        return _state((request, state, by))
+
+    @staticmethod
+    def _read_found(found: Any) -> ApprovalState | None:
+        return _state(found) if found else None
 
     @staticmethod
     def _read_pending(found: Sequence[Sequence[Any]], now: float) -> list[ApprovalRequest]:
@@ -373,49 +514,83 @@ class RedisStore(Store):
 
     # -- sync ----------------------------------------------------------------
 
-    def take(self, counters: Sequence[Counter], approval: str | None, now: float) -> int:
+    def _script(self, name: str, keys: list[str], args: list[str]) -> Any:
+        _, scripts = self._sync()
+        with self._guard():
+            return scripts[name](keys=keys, args=args)
+
+    def take(
+        self,
+        namespace: str,
+        counters: Sequence[Counter],
+        approval: ApprovalKey | None,
+        now: float,
+    ) -> int:
         """See :meth:`Store.take`; one Lua script, atomic on the server."""
         if not counters and approval is None:
             return TAKEN
-        _, scripts = self._sync()
-        keys, args = self._take_call(counters, approval, now)
-        with self._guard():
-            return int(scripts["take"](keys=keys, args=args))
+        return int(self._script("take", *self._take_call(namespace, counters, approval, now)))
 
-    def request_approval(self, request: ApprovalRequest, now: float) -> ApprovalState:
+    def find_approval(self, namespace: str, call: str, now: float) -> ApprovalState | None:
+        """See :meth:`Store.find_approval`."""
+        return self._read_found(self._script("find", *self._find_call(namespace, call, now)))
+
+    def request_approval(
+        self,
+        namespace: str,
+        request: ApprovalRequest,
+        call: str,
+        holder: str,
+        snapshot: str,
+        replaces: Sequence[tuple[str, str]],
+        now: float,
+    ) -> ApprovalState:
         """See :meth:`Store.request_approval`."""
-        _, scripts = self._sync()
-        keys, args = self._request_call(request, now)
-        with self._guard():
-            found = scripts["request"](keys=keys, args=args)
-        return _state(*found)
+        plan = self._request_call(namespace, request, call, holder, snapshot, replaces, now)
+        return _state(self._script("request", *plan))
 
-    def get_approval(self, request_id: str, now: float) -> ApprovalState | None:
+    def save_snapshot(
+        self,
+        namespace: str,
+        held: Sequence[ApprovalKey],
+        holder: str,
+        snapshot: str,
+        now: float,
+    ) -> list[bool]:
+        """See :meth:`Store.save_snapshot`."""
+        if not held:
+            return []
+        found = self._script("save", *self._save_call(namespace, held, holder, snapshot, now))
+        return [int(x) == 1 for x in found]
+
+    def get_approval(self, namespace: str, request_id: str, now: float) -> ApprovalState | None:
         """See :meth:`Store.get_approval`."""
         client, _ = self._sync()
+        key = f"{self._base(namespace)}approval:{request_id}"
         with self._guard():
-            found = client.hmget(self._key("approval", request_id), self._approval_fields())
+            found = client.hmget(key, self._approval_fields())
         return self._read_approval(found, now)
 
-    def decide_approval(self, request_id: str, approve: bool, by: str, now: float) -> bool:
+    def decide_approval(
+        self, namespace: str, request_id: str, approve: bool, by: str, now: float
+    ) -> bool:
         """See :meth:`Store.decide_approval`."""
-        _, scripts = self._sync()
-        keys, args = self._decide_call(request_id, approve, by, now)
-        with self._guard():
-            return int(scripts["decide"](keys=keys, args=args)) == 1
+        plan = self._decide_call(namespace, request_id, approve, by, now)
+        return int(self._script("decide", *plan)) == 1
 
-    def pending_approvals(self, now: float) -> list[ApprovalRequest]:
+    def pending_approvals(self, namespace: str, now: float) -> list[ApprovalRequest]:
         """See :meth:`Store.pending_approvals`; also drops expired ids from the
         pending index."""
         client, _ = self._sync()
+        base = self._base(namespace)
         with self._guard():
             pipe = client.pipeline(transaction=True)
-            pipe.zremrangebyscore(self._pending_key, "-inf", _num(now))
-            pipe.zrangebyscore(self._pending_key, "(" + _num(now), "+inf")
+            pipe.zremrangebyscore(f"{base}pending", "-inf", _num(now))
+            pipe.zrangebyscore(f"{base}pending", "(" + _num(now), "+inf")
             _, ids = pipe.execute()
             pipe = client.pipeline(transaction=False)
             for request_id in ids:
-                pipe.hmget(self._key("approval", _text(request_id)), ("request", "state", "exp"))
+                pipe.hmget(f"{base}approval:{_text(request_id)}", ("request", "state", "exp"))
             found = pipe.execute() if ids else []
         return self._read_pending(found, now)
 
@@ -429,67 +604,116 @@ class RedisStore(Store):
 
     # -- async ---------------------------------------------------------------
 
+    async def _script_async(self, made: tuple[Any, dict[str, Any]], name: str, plan: Any) -> Any:
+        keys, args = plan
+        with self._guard():
+            return await made[1][name](keys=keys, args=args)
+
     async def take_async(
-        self, counters: Sequence[Counter], approval: str | None, now: float
+        self,
+        namespace: str,
+        counters: Sequence[Counter],
+        approval: ApprovalKey | None,
+        now: float,
     ) -> int:
         """Async twin of :meth:`take` (never blocks the event loop)."""
         if not counters and approval is None:
             return TAKEN
         made = await self._async_client()
         if made is None:
-            return await asyncio.to_thread(self.take, counters, approval, now)
-        keys, args = self._take_call(counters, approval, now)
-        with self._guard():
-            return int(await made[1]["take"](keys=keys, args=args))
+            return await asyncio.to_thread(self.take, namespace, counters, approval, now)
+        plan = self._take_call(namespace, counters, approval, now)
+        return int(await self._script_async(made, "take", plan))
 
-    async def request_approval_async(self, request: ApprovalRequest, now: float) -> ApprovalState:
+    async def find_approval_async(
+        self, namespace: str, call: str, now: float
+    ) -> ApprovalState | None:
+        """Async twin of :meth:`find_approval`."""
+        made = await self._async_client()
+        if made is None:
+            return await asyncio.to_thread(self.find_approval, namespace, call, now)
+        plan = self._find_call(namespace, call, now)
+        return self._read_found(await self._script_async(made, "find", plan))
+
+    async def request_approval_async(
+        self,
+        namespace: str,
+        request: ApprovalRequest,
+        call: str,
+        holder: str,
+        snapshot: str,
+        replaces: Sequence[tuple[str, str]],
+        now: float,
+    ) -> ApprovalState:
         """Async twin of :meth:`request_approval`."""
         made = await self._async_client()
         if made is None:
-            return await asyncio.to_thread(self.request_approval, request, now)
-        keys, args = self._request_call(request, now)
-        with self._guard():
-            found = await made[1]["request"](keys=keys, args=args)
-        return _state(*found)
+            return await asyncio.to_thread(
+                self.request_approval, namespace, request, call, holder, snapshot, replaces, now
+            )
+        plan = self._request_call(namespace, request, call, holder, snapshot, replaces, now)
+        return _state(await self._script_async(made, "request", plan))
 
-    async def get_approval_async(self, request_id: str, now: float) -> ApprovalState | None:
+    async def save_snapshot_async(
+        self,
+        namespace: str,
+        held: Sequence[ApprovalKey],
+        holder: str,
+        snapshot: str,
+        now: float,
+    ) -> list[bool]:
+        """Async twin of :meth:`save_snapshot`."""
+        if not held:
+            return []
+        made = await self._async_client()
+        if made is None:
+            return await asyncio.to_thread(
+                self.save_snapshot, namespace, held, holder, snapshot, now
+            )
+        plan = self._save_call(namespace, held, holder, snapshot, now)
+        return [int(x) == 1 for x in await self._script_async(made, "save", plan)]
+
+    async def get_approval_async(
+        self, namespace: str, request_id: str, now: float
+    ) -> ApprovalState | None:
         """Async twin of :meth:`get_approval`."""
         made = await self._async_client()
         if made is None:
-            return await asyncio.to_thread(self.get_approval, request_id, now)
+            return await asyncio.to_thread(self.get_approval, namespace, request_id, now)
+        key = f"{self._base(namespace)}approval:{request_id}"
         with self._guard():
-            found = await made[0].hmget(self._key("approval", request_id), self._approval_fields())
+            found = await made[0].hmget(key, self._approval_fields())
         return self._read_approval(found, now)
 
     async def decide_approval_async(
-        self, request_id: str, approve: bool, by: str, now: float
+        self, namespace: str, request_id: str, approve: bool, by: str, now: float
     ) -> bool:
         """Async twin of :meth:`decide_approval`."""
         made = await self._async_client()
         if made is None:
-            return await asyncio.to_thread(self.decide_approval, request_id, approve, by, now)
-        keys, args = self._decide_call(request_id, approve, by, now)
-        with self._guard():
-            return int(await made[1]["decide"](keys=keys, args=args)) == 1
+            return await asyncio.to_thread(
+                self.decide_approval, namespace, request_id, approve, by, now
+            )
+        plan = self._decide_call(namespace, request_id, approve, by, now)
+        return int(await self._script_async(made, "decide", plan)) == 1
 
-    async def pending_approvals_async(self, now: float) -> list[ApprovalRequest]:
+    async def pending_approvals_async(self, namespace: str, now: float) -> list[ApprovalRequest]:
         """Async twin of :meth:`pending_approvals`."""
         made = await self._async_client()
         if made is None:
-            return await asyncio.to_thread(self.pending_approvals, now)
+            return await asyncio.to_thread(self.pending_approvals, namespace, now)
         client = made[0]
+        base = self._base(namespace)
         with self._guard():
             pipe = client.pipeline(transaction=True)
-            pipe.zremrangebyscore(self._pending_key, "-inf", _num(now))
-            pipe.zrangebyscore(self._pending_key, "(" + _num(now), "+inf")
+            pipe.zremrangebyscore(f"{base}pending", "-inf", _num(now))
+            pipe.zrangebyscore(f"{base}pending", "(" + _num(now), "+inf")
             _, ids = await pipe.execute()
             found: list[Any] = []
             if ids:
                 pipe = client.pipeline(transaction=False)
                 for request_id in ids:
-                    pipe.hmget(
-                        self._key("approval", _text(request_id)), ("request", "state", "exp")
-                    )
+                    pipe.hmget(f"{base}approval:{_text(request_id)}", ("request", "state", "exp"))
                 found = await pipe.execute()
         return self._read_pending(found, now)
 

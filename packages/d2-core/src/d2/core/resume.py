@@ -1,0 +1,204 @@
+"""A held request continues where it stopped.
+
+When a call waits for an approval, the request scope that made it (its history,
+its data-flow facts, its ``per: request`` budgets) is saved with the approval
+request as a *snapshot*, and saved again after every later call of that scope while
+the request lives. When the same user's identical call comes back (typically in a
+fresh request scope after ``set_user``, possibly in another process), the
+snapshots of its request are merged into the current scope before the call is
+decided: facts are united, the history continues after the held request's, budgets
+count on. Every sequence and data-flow rule holds across the pause.
+
+A scope's history is a list of *blocks*: first the blocks it restored, in the order
+it restored them, then its own calls. A snapshot names each block by the random
+*token* of the scope that made those calls, so restoring one origin twice (two held
+calls of one request, or a request that was itself resumed) adds only what is new,
+never a second copy. A snapshot names its user; it is restored only into a request
+of that user (:func:`restore` raises :class:`ValueError` otherwise).
+
+This module only reads and writes scopes; the evaluator decides when (see
+``evaluate.py``, step 6c).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .context import RequestScope
+
+__all__ = ["Lineage", "lineage", "restore", "snapshot", "tethered"]
+
+_VERSION = 1
+
+
+class _Key:
+    """The key of a scope's :class:`Lineage` in ``RequestScope.progress`` (which
+    otherwise holds what each policy has read of the history)."""
+
+    def __repr__(self) -> str:
+        return "<lineage>"
+
+
+_LINEAGE = _Key()
+
+
+class Lineage:
+    """Where a request scope's history came from, and which held requests it
+    feeds.
+
+    ``token``: this scope's random id. ``blocks``: for each origin token restored,
+    ``[calls restored, {budget key: count}]``, in restore order (their calls sit at
+    the start of the history, in that order). ``held``: the approval requests this
+    scope asked for and that still live, ``(namespace, call digest, request id) ->
+    expires_at``: each later call of the scope is saved with them.
+    """
+
+    __slots__ = ("blocks", "held", "token")
+
+    def __init__(self) -> None:
+        import secrets  # off the cold path: only a held call needs one
+
+        self.token = secrets.token_hex(16)
+        self.blocks: dict[str, list[Any]] = {}
+        self.held: dict[tuple[str, str, str], float] = {}
+
+    def restored(self) -> int:
+        """How many history entries came from restored blocks."""
+        return sum(count for count, _ in self.blocks.values())
+
+
+def lineage(scope: RequestScope) -> Lineage:
+    """The scope's lineage (made on first use)."""
+    found = scope.progress.get(_LINEAGE)
+    if found is None:
+        found = scope.progress.setdefault(_LINEAGE, Lineage())
+    assert isinstance(found, Lineage)
+    return found
+
+
+def tethered(scope: RequestScope) -> Lineage | None:
+    """The scope's lineage when it feeds a held request, else ``None``."""
+    found = scope.progress.get(_LINEAGE)
+    return found if found is not None and found.held else None
+
+
+def version(scope: RequestScope) -> tuple[int, int, int]:
+    """Grows whenever the scope records something a snapshot carries."""
+    return len(scope.history), len(scope.facts), sum(scope.spent.values())
+
+
+def snapshot(
+    scope: RequestScope,
+    user_id: str,
+    tool_id: str | None = None,
+    labels: Iterable[str] = (),
+) -> str:
+    """The scope as JSON (ASCII): its user, its blocks and its facts. ``tool_id``
+    and ``labels``: a call about to be recorded, included as if it were."""
+    own = lineage(scope)
+    history = list(scope.history)
+    spent = dict(scope.spent)
+    blocks: list[list[Any]] = []
+    start = 0
+    for token, (count, budget) in own.blocks.items():
+        blocks.append([token, history[start : start + count], dict(budget)])
+        start += count
+        for key, n in budget.items():
+            spent[key] = spent.get(key, 0) - n
+    mine = history[start:]
+    if tool_id is not None:
+        mine.append(tool_id)
+    blocks.append([own.token, mine, {k: n for k, n in spent.items() if n > 0}])
+    facts = dict(scope.facts)
+    for label in labels:
+        facts.setdefault(label, tool_id or "")
+    return json.dumps(
+        {"v": _VERSION, "user": user_id, "blocks": blocks, "facts": facts},
+        separators=(",", ":"),
+        ensure_ascii=True,
+        sort_keys=True,
+    )
+
+
+_Block = tuple[str, list[str], dict[str, int]]
+
+
+def _parsed(text: str, user_id: str) -> tuple[list[_Block], dict[str, str]]:
+    """A snapshot's blocks and facts, checked; :class:`ValueError` when it is not
+    one this module wrote for ``user_id``."""
+    data = json.loads(text)
+    if not isinstance(data, dict) or data.get("v") != _VERSION:
+        raise ValueError("not a request snapshot of a known version")
+    if data.get("user") != user_id:
+        raise ValueError("the snapshot belongs to another user")
+    raw_blocks, raw_facts = data.get("blocks"), data.get("facts")
+    if not isinstance(raw_blocks, list) or not isinstance(raw_facts, dict):
+        raise ValueError("a snapshot holds blocks and facts")
+    blocks: list[_Block] = []
+    for block in raw_blocks:
+        if not (isinstance(block, list) and len(block) == 3):
+            raise ValueError("a block is [token, calls, budgets]")
+        token, calls, budget = block
+        if not (
+            isinstance(token, str)
+            and token
+            and isinstance(calls, list)
+            and all(isinstance(c, str) for c in calls)
+            and isinstance(budget, dict)
+            and all(isinstance(k, str) and type(n) is int and n >= 0 for k, n in budget.items())
+        ):
+            raise ValueError("a block is [token, calls, budgets]")
+        blocks.append((token, calls, budget))
+    facts: dict[str, str] = {}
+    for label, origin in raw_facts.items():
+        if not (isinstance(label, str) and isinstance(origin, str)):
+            raise ValueError("facts map labels to what recorded them")
+        facts[label] = origin
+    return blocks, facts
+
+
+def restore(scope: RequestScope, snapshots: Sequence[str], user_id: str) -> bool:
+    """Merge ``snapshots`` (of one request of ``user_id``) into ``scope``: for each
+    block, only the calls and budget counts the scope does not have yet; facts
+    united. Returns whether anything changed. Raises :class:`ValueError` (and
+    changes nothing) when a snapshot is malformed or names another user.
+
+    The caller holds the lock that guards ``scope.spent``."""
+    parsed = [_parsed(text, user_id) for text in snapshots]  # all checked first
+    own = lineage(scope)
+    changed = False
+    for blocks, facts in parsed:
+        for token, calls, budget in blocks:
+            if token == own.token:
+                continue  # this scope's own calls: it has them
+            found = own.blocks.get(token)
+            if found is None:
+                at = own.restored()
+                own.blocks[token] = found = [0, {}]
+            else:
+                at = 0
+                for other, (count, _) in own.blocks.items():
+                    at += count
+                    if other == token:
+                        break
+            have, counted = found
+            if len(calls) > have:
+                scope.history[at:at] = calls[have:]
+                found[0] = len(calls)
+                changed = True
+            for key, n in budget.items():
+                extra = n - counted.get(key, 0)
+                if extra > 0:
+                    counted[key] = n
+                    scope.spent[key] = scope.spent.get(key, 0) + extra
+                    changed = True
+        for label, origin in facts.items():
+            if label not in scope.facts:
+                scope.facts[label] = origin
+                changed = True
+    if changed:  # the history moved: every policy reads it again from the start
+        for cached in [k for k in scope.progress if k is not _LINEAGE]:
+            del scope.progress[cached]
+    return changed
