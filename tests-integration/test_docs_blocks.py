@@ -280,3 +280,18 @@ def test_output_and_file_markers_sit_on_the_right_blocks() -> None:
                 assert block.lang == "bash", f"{page.path.name}:{block.line}"
             if block.marker == "not-output":
                 assert block.lang == "text" and block.arg.strip(), f"{page.path.name}:{block.line}"
+
+
+def test_the_readme_and_the_docs_list_every_extra_of_d2_sdk() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "packages" / "d2-sdk" / "pyproject.toml").read_text())
+    extras = set(project["project"]["optional-dependencies"])
+    for page in (
+        ROOT / "README.md",
+        ROOT / "docs" / "index.md",
+        ROOT / "packages" / "d2-sdk" / "README.md",
+    ):
+        text = page.read_text()
+        missing = sorted(e for e in extras if f"`{e}`" not in text)
+        assert missing == [], f"{page.relative_to(ROOT)} does not list {missing}"
