@@ -275,11 +275,13 @@ def test_configure_with_the_instance_name_positional_and_1x_cloud_keywords_in_lo
         manager = d2.configure_rbac_sync(
             "default",
             api_url="https://control-plane.invalid",
-            pin_jwks_thumbprints=["abc"],
             jwks_url="https://control-plane.invalid/jwks",
         )
     assert manager.mode == "local" and d2.get_policy_manager("default") is manager
     assert "ignores the cloud option" in caplog.text
+    # pinned keys never fall back to an unsigned local file (fail closed)
+    with pytest.raises(d2.ConfigurationError, match="D2_TOKEN is not set"):
+        d2.configure_rbac_sync("default", "https://control-plane.invalid", ["abc"])
     with pytest.raises(d2.ConfigurationError, match="unknown option"):
         d2.configure_rbac_sync("default", no_such_option=1)
 

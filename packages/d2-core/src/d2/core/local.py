@@ -22,12 +22,13 @@ from .limits import Limits
 from .policy.load import (
     discover_policy_file,
     load_policy_bytes,
-    load_policy_file,
     read_policy_bytes,
 )
 from .policy.model import CompiledPolicy
 
 __all__ = ["InMemorySource", "LocalFileSource", "PolicySource"]
+
+_SETTLE_LIMIT = 10  # stability windows a starting process waits for a file still written
 
 
 def _log() -> Any:
@@ -70,8 +71,10 @@ class LocalFileSource:
     many consecutive checks must read the same content (SHA-256) before a change is
     put in force (at least 2; the default 3 means unchanged for two poll intervals),
     so a slow write in place is not loaded half-written. The content must then also
-    parse and compile. A deleted file is logged once; the policy in force stays
-    until its ``expires``.
+    parse and compile. The first load follows the same rule when the file was
+    modified within that window (a process started during a write waits for it to
+    end). A deleted file is logged once; the policy in force stays until its
+    ``expires``.
     """
 
     def __init__(
@@ -125,10 +128,40 @@ class LocalFileSource:
                 reason="missing_policy",
             )
         assert self.path is not None
-        policy = load_policy_file(self.path, limits)
+        policy = load_policy_bytes(self._settled_bytes(limits), self.path, limits)
         self._digest, self._expires = _sha256(policy.raw), policy.expires_at
         self._candidate, self._seen, self._gone = None, 0, False
         return policy
+
+    def _settled_bytes(self, limits: Limits) -> bytes:
+        """The file's content once no write is going on: at once when it was last
+        modified longer ago than the watcher's stability window; else read again at
+        each poll interval until the same content was read ``stable_checks`` times
+        in a row (a process started during a slow write never loads the prefix).
+        A file that keeps changing for ``_SETTLE_LIMIT`` windows is refused."""
+        assert self.path is not None
+        interval = self.poll_interval or 1.0
+        window = interval * (self.stable_checks - 1)
+        data = read_policy_bytes(self.path, limits)
+        try:
+            age = time.time() - os.stat(self.path).st_mtime
+        except OSError:
+            age = 0.0
+        if age > window:  # also true of a file written a moment ago, then left alone
+            return data
+        digest, seen = _sha256(data), 1
+        deadline = time.monotonic() + window * _SETTLE_LIMIT
+        while seen < self.stable_checks:
+            if time.monotonic() > deadline:
+                raise ConfigurationError(
+                    f"policy file {self.path!r} kept changing for {window * _SETTLE_LIMIT:g} s; "
+                    "write it atomically (a temporary file renamed over it), then configure again"
+                )
+            time.sleep(interval)
+            data = read_policy_bytes(self.path, limits)
+            now = _sha256(data)
+            digest, seen = now, (seen + 1 if now == digest else 1)
+        return data
 
     def watch(self, limits: Limits, on_change: OnChange) -> None:
         """Poll the file from a daemon thread until :meth:`close`. One source

@@ -360,7 +360,8 @@ def configure_rbac_sync(
 
     ``api_url``, ``pin_jwks_thumbprints`` and ``jwks_url`` (positional after the
     instance name, as in 1.x) mean in cloud mode what ``D2_API_URL``,
-    ``D2_JWKS_THUMBPRINTS`` and ``D2_JWKS_URL`` mean; local mode ignores them.
+    ``D2_JWKS_THUMBPRINTS`` and ``D2_JWKS_URL`` mean; local mode ignores the URLs
+    and refuses pins (pinned keys never fall back to an unsigned file).
     """
     token = token if token is not None else os.environ.get("D2_TOKEN") or None
     cloud_options = _with_1x_options(cloud_options, api_url, pin_jwks_thumbprints, jwks_url)
@@ -417,11 +418,19 @@ def _with_1x_options(
 
 def _local_options(options: dict[str, Any]) -> dict[str, Any]:
     """Local mode: cloud settings mean nothing (1.x code passes ``api_url``) and
-    are dropped with a debug log; an option no mode knows is a mistake."""
+    are dropped with a debug log; an option no mode knows is a mistake. Pinned keys
+    are not dropped: they say the app accepts only bundles signed by those keys, so
+    without ``D2_TOKEN`` configuring fails rather than trust an unsigned file."""
     unknown = sorted(set(options) - _CLOUD_OPTIONS)
     if unknown:
         raise ConfigurationError(
             f"unknown option(s) for configure_rbac_*: {unknown}; see help(d2.configure_rbac_sync)"
+        )
+    if options.get("jwks_thumbprints") or os.environ.get("D2_JWKS_THUMBPRINTS", "").strip():
+        raise ConfigurationError(
+            "pin_jwks_thumbprints (or D2_JWKS_THUMBPRINTS) pins the keys of signed cloud bundles, "
+            "but D2_TOKEN is not set, which would select local mode and an unsigned policy "
+            "file: set D2_TOKEN (cloud mode), or drop the pins to use local mode"
         )
     given = sorted(k for k, v in options.items() if v is not None)
     if given:

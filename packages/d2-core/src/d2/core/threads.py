@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import contextvars
 import functools
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ._functions import is_coroutine_function
@@ -66,6 +67,74 @@ def _context_as(actor: UserContext) -> contextvars.Context:
     return ctx
 
 
+def _carried(result: Any, actor: UserContext, ctx: contextvars.Context) -> Any:
+    """``result``, with the work it still holds bound to ``actor``: the body of a
+    generator, an async generator or a coroutine runs when it is consumed, in the
+    consumer's context, so each of its steps runs as ``actor`` instead (a
+    generator's in ``ctx``, the context it was made in)."""
+    if inspect.isgenerator(result):
+        return _steps_in(result, ctx)
+    if inspect.isasyncgen(result):
+        return _async_steps_as(result, actor)
+    if inspect.iscoroutine(result):
+        return _awaited_as(result, actor)
+    return result
+
+
+def _steps_in(gen: Generator[Any, Any, Any], ctx: contextvars.Context) -> Generator[Any, Any, Any]:
+    try:
+        value = None
+        while True:
+            try:
+                item = ctx.run(gen.send, value)
+            except StopIteration as stop:
+                return stop.value
+            value = yield item
+    finally:
+        ctx.run(gen.close)
+
+
+async def _async_steps_as(
+    agen: AsyncGenerator[Any, Any], actor: UserContext
+) -> AsyncGenerator[Any, Any]:
+    try:
+        value = None
+        while True:
+            token = attach(actor)
+            try:
+                item = await agen.asend(value)
+            except StopAsyncIteration:
+                return
+            finally:
+                detach(token)
+            value = yield item
+    finally:
+        token = attach(actor)
+        try:
+            await agen.aclose()
+        finally:
+            detach(token)
+
+
+async def _awaited_as(coro: Coroutine[Any, Any, Any], actor: UserContext) -> Any:
+    token = attach(actor)
+    try:
+        return await coro
+    finally:
+        detach(token)
+
+
+def _caller_as(actor: UserContext) -> Callable[[Callable[..., Any], Any, Any], Any]:
+    """A runner of ``fn(*args, **kwargs)`` in a copy of the caller's context (made
+    now, in the caller's thread) with ``actor`` as the user."""
+    ctx = _context_as(actor)
+
+    def call(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        return _carried(ctx.run(fn, *args, **kwargs), actor, ctx)
+
+    return call
+
+
 def submit_with_context(
     executor: Executor,
     fn: Callable[..., R],
@@ -75,13 +144,14 @@ def submit_with_context(
     **kwargs: Any,
 ) -> Future[R]:
     """``executor.submit(fn, *args, **kwargs)``, run as the current user (the same
-    request: history and facts are shared) or as ``actor``.
+    request: history and facts are shared) or as ``actor``. When ``fn`` returns a
+    generator or a coroutine, its body runs as that user too, wherever it is consumed.
 
     Raises ``TypeError`` when ``actor`` is not a :class:`UserContext`, and
     :class:`D2NoContextError` when there is no user to run as (nothing is submitted).
     """
-    ctx = _context_as(_actor(actor, f"submit_with_context({_name(fn)})"))
-    return executor.submit(ctx.run, fn, *args, **kwargs)
+    run = _caller_as(_actor(actor, f"submit_with_context({_name(fn)})"))
+    return executor.submit(run, fn, args, kwargs)
 
 
 @overload
@@ -98,7 +168,8 @@ def thread_entrypoint(require_actor: Any = False) -> Any:
     user. Without ``actor`` it runs as the user current where it is called, unless
     ``require_actor=True``. No user to run as raises :class:`D2NoContextError`; an
     ``actor`` that is not a ``UserContext`` raises ``TypeError``. The caller's own
-    context is left as it was. Works on ``def`` and ``async def`` functions.
+    context is left as it was. Works on ``def`` and ``async def`` functions, and on
+    generators (each step runs as the actor, wherever the generator is consumed).
     """
     if callable(require_actor):  # used bare: @thread_entrypoint
         return thread_entrypoint(False)(require_actor)
@@ -133,8 +204,7 @@ def thread_entrypoint(require_actor: Any = False) -> Any:
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            actor = pick(fn, kwargs)
-            return _context_as(actor).run(fn, *args, **kwargs)
+            return _caller_as(pick(fn, kwargs))(fn, args, kwargs)
 
         return run
 
