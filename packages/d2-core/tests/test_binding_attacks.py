@@ -1,8 +1,8 @@
-"""Red-team tests of argument binding (input rules, approvals) through decorators and
-unusual callables.
-
-Tests that FAIL on the current code demonstrate a defect; tests that pass pin a
-defence worth keeping."""
+"""Attacks on argument binding (input rules, approvals) through decorators and unusual
+callables, from a hostile review: each test is a call that once checked, or got
+approved for, other values than the function received (docs/security.md, "Input
+rules through forwarding decorators" and "An approval of one call that runs
+another"), or a defence the review found holding."""
 
 from __future__ import annotations
 
