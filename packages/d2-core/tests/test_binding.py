@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from d2.core import PermissionDeniedError, clear_context, d2_guard, set_user
 from d2.core._functions import UNBOUND, Arguments, bound_arguments
+from d2.core.approval_data import NoCanonicalForm, call_digest
 from d2.core.evaluate import Evaluator
 from d2.core.policy import compile_policy
 from hypothesis import HealthCheck, given, settings
@@ -163,9 +164,15 @@ def test_d2s_own_wrappers_bind_like_the_function_they_wrap(configure: Any) -> No
         def pay(self, account: str, amount: int = 0) -> int:
             return amount
 
+    class Teller:
+        @d2_guard("free")
+        def __call__(self, account: str, amount: int = 0) -> int:
+            return amount
+
     payer = Payer()
     method = d2_guard("method")(payer.pay)  # a guarded bound method, guarded again
-    for tool in (twice, cleared, method):
+    teller = d2_guard("method")(Teller())  # an object whose __call__ is guarded
+    for tool in (twice, cleared, method, teller):
         assert tool("a", 50) == 50
         set_user("u", roles=["r"])  # clear_context cleared it
         with pytest.raises(PermissionDeniedError, match="fails max 100"):
@@ -289,6 +296,14 @@ def _called(kind: str, f: Any, lead: tuple[int, ...], fixed: dict[str, int]) -> 
     if kind == "object":
         obj = type("Callable", (), {"__call__": f})()
         return obj, obj
+    if kind in ("static call", "class call", "partial call"):  # no self, cls, the partial's
+        call = {
+            "static call": lambda: staticmethod(f),
+            "class call": lambda: classmethod(f),
+            "partial call": lambda: functools.partial(f, *lead, **fixed),
+        }[kind]()
+        obj = type("Callable", (), {"__call__": call})()
+        return obj, obj
     if kind == "declared":
         w = _honest(f)
         return w, w
@@ -349,7 +364,19 @@ def _received(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     data=st.data(),
     params=signatures(),
     kind=st.sampled_from(
-        ["plain", "async", "partial", "method", "classmethod", "object", "declared", "guarded"]
+        [
+            "plain",
+            "async",
+            "partial",
+            "method",
+            "classmethod",
+            "object",
+            "static call",
+            "class call",
+            "partial call",
+            "declared",
+            "guarded",
+        ]
     ),
     lead=st.lists(st.integers(500, 510), unique=True, max_size=2).map(tuple),
     fixed=st.dictionaries(st.sampled_from(NAMES), st.integers(600, 610), max_size=1),
@@ -412,21 +439,138 @@ def test_binding_agrees_with_pythons_own_binding(
             assert ok == admitted, (params, kind, name, rule, args, kwargs)
 
 
+class Proxy:
+    """A transparent proxy, as ``wrapt`` builds decorators: every attribute it does not
+    define (``__code__``, ``__defaults__``, ``__signature__``...) is the wrapped
+    function's, and it injects the first argument."""
+
+    def __init__(self, wrapped: Any) -> None:
+        object.__setattr__(self, "__wrapped__", wrapped)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__wrapped__, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__wrapped__("acct-1", *args, **kwargs)
+
+
+class ClassDecorator:
+    """A class-based decorator: ``functools.update_wrapper(self, f)``."""
+
+    def __init__(self, f: Any) -> None:
+        functools.update_wrapper(self, f)
+        self.f = f
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.f("acct-1", *args, **kwargs)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), params=signatures())
+@given(
+    data=st.data(),
+    params=signatures(),
+    wrap=st.sampled_from([with_account, Proxy, ClassDecorator]),
+    declared=st.booleans(),
+)
 def test_through_a_forwarding_wrapper_a_value_is_exact_or_unbound(
-    data: st.DataObject, params: str
+    data: st.DataObject, params: str, wrap: Any, declared: bool
 ) -> None:
-    """The wrapper's own signature is ``(*args, **kwargs)``: every parameter of the
-    wrapped function reads as UNBOUND (so its rules deny), never as another value."""
+    """The wrapper's own signature is ``(*args, **kwargs)``, whether it is a function,
+    a transparent proxy or an object: every parameter of the wrapped function reads
+    as UNBOUND (so its rules deny), never as another value, even when the wrapped
+    function declares a ``__signature__`` (a proxy forwards it; ``wraps`` copies it)."""
     f = _make(params, is_async=False)
-    wrapper = with_account(f)
+    if declared:
+        f.__signature__ = inspect.signature(f)
+    wrapper = wrap(f)
     args, kwargs = data.draw(calls(inspect.signature(f)))
     arguments = Arguments(wrapper)
     assert arguments.forwarding
     for name in inspect.signature(f).parameters:
         assert arguments.value(name, args, kwargs, None) is UNBOUND
-    own = inspect.signature(wrapper, follow_wrapped=False).bind(*args, **kwargs)
-    own.apply_defaults()
-    assert arguments.value("args", args, kwargs, None) == own.arguments["args"]
-    assert arguments.value("kwargs", args, kwargs, None) == own.arguments["kwargs"]
+    # what the wrapper's own (*args, **kwargs) receive
+    assert arguments.value("args", args, kwargs, None) == args
+    assert arguments.value("kwargs", args, kwargs, None) == kwargs
+
+
+# --- approvals: one digest, one call ------------------------------------------------
+
+SMALL = st.sampled_from([0, 1])  # few values: different calls often look alike
+
+
+@st.composite
+def alike_calls(draw: st.DrawFn, sig: inspect.Signature) -> tuple[tuple[int, ...], dict[str, int]]:
+    """A call of ``sig`` with values from a tiny set, whose ``**kwargs`` (if any)
+    may get keywords named like the parameters (positional-only ones, the ``*args``
+    name, the ``**kwargs`` name itself): two such calls often differ only there."""
+    names = ["x", *NAMES, *sig.parameters]
+    args: list[int] = []
+    kwargs: dict[str, int] = {}
+    positional = True
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            if positional:
+                args += draw(st.lists(SMALL, max_size=2))
+            continue
+        if p.kind is p.VAR_KEYWORD:
+            for extra in draw(st.lists(st.sampled_from(names), unique=True, max_size=3)):
+                kwargs.setdefault(extra, draw(SMALL))
+            continue
+        if p.default is not p.empty and draw(st.booleans()):
+            positional = False
+            continue
+        by_position = p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and positional
+        if by_position and (p.kind is p.POSITIONAL_ONLY or draw(st.booleans())):
+            args.append(draw(SMALL))
+        else:
+            positional = False
+            kwargs[p.name] = draw(SMALL)
+    return tuple(args), kwargs
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    params=signatures(),
+    kind=st.sampled_from(["plain", "partial", "method", "classmethod", "declared", "guarded"]),
+    lead=st.lists(st.integers(500, 510), unique=True, max_size=2).map(tuple),
+    fixed=st.dictionaries(st.sampled_from(NAMES), st.integers(600, 610), max_size=1),
+)
+def test_calls_with_one_approval_digest_give_the_function_the_same_arguments(
+    data: st.DataObject,
+    params: str,
+    kind: str,
+    lead: tuple[int, ...],
+    fixed: dict[str, int],
+) -> None:
+    """An approval runs the call whose digest it was given for: two calls with equal
+    digests must give the function identical arguments (its ``locals()``), whatever
+    the signature (positional-only, ``*args``, keyword-only, ``**kwargs``). And what
+    an approver is shown under a parameter's name is what an input rule on it reads."""
+    f = _make(params, is_async=False)
+    called, reference = _called(kind, f, lead, fixed)
+    try:
+        sig = inspect.signature(reference, follow_wrapped=False)
+    except ValueError:
+        return
+    arguments = Arguments(called)
+    seen: dict[str, Any] = {}
+    for _ in range(2):
+        args, kwargs = data.draw(alike_calls(sig))
+        received = _received(reference, args, kwargs)
+        if received is None:
+            continue  # Python refuses the call: it never runs
+        bound = bound_arguments(arguments, args, kwargs, keep_self=True)
+        try:
+            digest = call_digest("t", bound, "u", "v1")
+        except NoCanonicalForm:  # a class as cls: refused (approval_unsupported)
+            continue
+        if digest in seen:
+            assert seen[digest] == received, (params, kind, args, kwargs)
+        seen[digest] = received
+        for name, shown in bound.items():
+            if name == "**kwargs":
+                assert all(arguments.declares(k) or not k.isidentifier() for k in shown)
+                continue
+            value = arguments.value(name, args, kwargs, UNBOUND)
+            assert (list(value) if isinstance(value, tuple) else value) == shown, (name, bound)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import types
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -71,6 +72,7 @@ UNBOUND: Any = _Unbound()  # a positional argument of a callable whose signature
 _FORWARDERS: set[Any] = set()
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def forwards_unchanged(fn: F) -> F:
@@ -156,20 +158,73 @@ class _Opaque:
 
 
 _OPAQUE: Any = _Opaque()  # a ``__signature__`` that is not a Signature
+_NOTHING: Any = _Opaque()  # no such attribute
+
+_FUNCTION = types.FunctionType
+_METHOD = types.MethodType
+_mro_of = type.__dict__["__mro__"].__get__
+_namespace_of = type.__dict__["__dict__"].__get__
+_PARTIAL_CALL: Any = functools.partial.__dict__["__call__"]
+_partial_func = functools.partial.__dict__["func"].__get__
+_partial_args = functools.partial.__dict__["args"].__get__
+_partial_keywords = functools.partial.__dict__["keywords"].__get__
+_static_func = staticmethod.__dict__["__func__"].__get__
+_class_func = classmethod.__dict__["__func__"].__get__
+
+# D2's own classes that bind like Python's: bound methods (``__self__`` first, then
+# ``__func__``), and descriptors whose ``__get__`` may be called to bind a ``__call__``.
+_BOUND_METHODS: set[type] = set()
+_METHOD_DESCRIPTORS: set[type] = set()
 
 
-def _declared_signature(fn: Any) -> Any:
+def _static(kind: type, name: str) -> Any:
+    """``name`` as Python finds the special methods of ``kind``'s instances: in the
+    ``__dict__`` of each class of its MRO, past any ``__getattr__``,
+    ``__getattribute__`` or metaclass (``inspect.getattr_static`` on the type);
+    ``_NOTHING`` when no class defines it."""
+    for klass in _mro_of(kind):
+        namespace = _namespace_of(klass)
+        if name in namespace:
+            return namespace[name]
+    return _NOTHING
+
+
+def _own_attribute(obj: Any, kind: type, name: str) -> Any:
+    """``obj.name`` as the object itself defines it (its class, or its instance
+    dictionary), never what a ``__getattr__`` or ``__getattribute__`` hands on from
+    another object (a transparent proxy forwards every attribute of the function it
+    wraps); ``_NOTHING`` when it defines none."""
+    found = _static(kind, name)
+    getter = _static(type(found), "__get__") if found is not _NOTHING else _NOTHING
+    if getter is not _NOTHING and (
+        _static(type(found), "__set__") is not _NOTHING
+        or _static(type(found), "__delete__") is not _NOTHING
+    ):
+        return getter(found, obj, kind)  # a data descriptor (a property) wins
+    slot = _static(kind, "__dict__")
+    if type(slot) is types.GetSetDescriptorType:  # the real instance dictionary
+        namespace = slot.__get__(obj, kind)
+        if type(namespace) is dict and name in namespace:
+            return namespace[name]
+    if getter is not _NOTHING:
+        return getter(found, obj, kind)
+    return found
+
+
+def _declared_signature(fn: Any, kind: type) -> Any:
     """``fn``'s own ``__signature__`` (what ``inspect.signature`` reports before
     anything else), ``None`` when it declares none, ``_OPAQUE`` when it is not a
     ``Signature``. One that ``functools.wraps`` copied from the wrapped function
-    (the same object) is not a declaration of the wrapper's own and is ignored."""
+    (the same object) is not a declaration of the wrapper's own and is ignored; so
+    is one that only a ``__getattr__`` provides (a proxy's, of the function it wraps)."""
     try:
-        sig = fn.__signature__
-    except AttributeError:
-        return None
+        if kind is _FUNCTION:
+            sig = fn.__dict__.get("__signature__")
+        else:
+            sig = _own_attribute(fn, kind, "__signature__")
     except Exception:  # a property that fails: nothing can be trusted
         return _OPAQUE
-    if sig is None:
+    if sig is None or sig is _NOTHING:
         return None
     inspect = sys.modules.get("inspect")  # whoever made a Signature imported it
     if inspect is None or not isinstance(sig, inspect.Signature):
@@ -196,66 +251,128 @@ class _Target:
         self.forwarding = False
 
 
+def _call_of(obj: Any, kind: type, bound: list[tuple[Any, ...]]) -> Any:
+    """What Python runs for ``obj(...)``: ``type(obj).__call__`` looked up statically
+    and bound as Python binds it (the object first for a function, nothing for a
+    staticmethod, the class for a classmethod), the values it puts first appended
+    to ``bound``; ``_NOTHING`` when that is not known exactly (a builtin's slot, a
+    descriptor of unknown behaviour)."""
+    call = _static(kind, "__call__")
+    if call is _NOTHING:
+        return _NOTHING
+    call_kind = type(call)
+    if call_kind is _FUNCTION:
+        bound.append((obj,))
+        return call
+    getter = _static(call_kind, "__get__")
+    if getter is _NOTHING:  # no __get__: called as it is, without the object
+        return call
+    if issubclass(call_kind, staticmethod) and getter is _static(staticmethod, "__get__"):
+        return _static_func(call)
+    if issubclass(call_kind, classmethod) and getter is _static(classmethod, "__get__"):
+        inner = _class_func(call)
+        if type(inner) is _FUNCTION or _static(type(inner), "__get__") is _NOTHING:
+            bound.append((kind,))
+            return inner
+        return _NOTHING  # a classmethod over another descriptor: chained, unknown
+    if call_kind in _METHOD_DESCRIPTORS:  # D2's own: its __get__ binds like a method
+        return getter(call, obj, kind)
+    return _NOTHING
+
+
 def _resolve(fn: Any) -> _Target:
-    """Follow ``fn`` to the signature Python binds a call of it with, exactly as
+    """Follow ``fn`` to the signature Python binds a call of it with, as
     ``inspect.signature(fn, follow_wrapped=False)`` does, except that D2's own
-    forwarders are followed and an inherited ``__signature__`` is ignored."""
+    forwarders are followed, an inherited ``__signature__`` is ignored, and only
+    what a callable really is counts: ``__code__`` and ``__defaults__`` are read
+    from real functions only, any other callable is bound through
+    ``type(obj).__call__`` looked up statically (a transparent proxy forwards the
+    wrapped function's ``__code__``, but Python calls the proxy's ``__call__``),
+    and a non-function with ``__wrapped__`` is a wrapper like any other."""
     target = _Target()
     bound: list[tuple[Any, ...]] = []  # outermost first
+    wrapper = False  # passed through a non-function with __wrapped__
     try:
         for _ in range(100):
-            if hasattr(fn, "__func__") and hasattr(fn, "__self__"):  # a bound method
+            kind = type(fn)
+            if kind is _METHOD or kind in _BOUND_METHODS:
                 bound.append((fn.__self__,))
                 fn = fn.__func__
                 continue
-            code = getattr(fn, "__code__", None)
-            wrapped = getattr(fn, "__wrapped__", None) if code is not None else None
-            if wrapped is not None and code in _FORWARDERS:
-                fn = wrapped
-                continue
-            sig = _declared_signature(fn)
+            if kind is _FUNCTION:
+                code = fn.__code__
+                wrapped = getattr(fn, "__wrapped__", None)
+                if wrapped is not None and code in _FORWARDERS:
+                    fn = wrapped
+                    continue
+                sig = _declared_signature(fn, kind)
+                if sig is _OPAQUE:
+                    break
+                if sig is not None:
+                    target.spec = _spec_of_signature(sig)
+                    break
+                target.spec = _spec_of_code(fn)
+                target.forwarding = (wrapper or wrapped is not None) and bool(
+                    code.co_flags & (_CO_VARARGS | _CO_VARKEYWORDS)
+                )
+                break
+            if issubclass(kind, type) or not callable(fn):
+                break  # a class (its constructor) or not callable: unknown
+            sig = _declared_signature(fn, kind)
             if sig is _OPAQUE:
                 break
             if sig is not None:
                 target.spec = _spec_of_signature(sig)
                 break
-            if isinstance(fn, functools.partial):
-                bound.append(tuple(fn.args))
-                target.fixed_kw = {**fn.keywords, **target.fixed_kw}
-                fn = fn.func
-            elif hasattr(fn, "__func__"):  # staticmethod / classmethod objects
-                fn = fn.__func__
-            elif code is not None:
-                target.spec = _spec_of_code(fn)
-                target.forwarding = wrapped is not None and bool(
-                    code.co_flags & (_CO_VARARGS | _CO_VARKEYWORDS)
-                )
-                break
-            elif not isinstance(fn, type) and callable(fn):
-                call = getattr(type(fn), "__call__", None)  # noqa: B004
-                if call is None or (
-                    getattr(call, "__code__", None) is None and _declared_signature(call) is None
-                ):
-                    break
-                bound.append((fn,))  # a callable object: its __call__ after self
-                fn = call
-            else:
+            if issubclass(kind, functools.partial) and _static(kind, "__call__") is _PARTIAL_CALL:
+                bound.append(tuple(_partial_args(fn)))
+                target.fixed_kw = {**_partial_keywords(fn), **target.fixed_kw}
+                fn = _partial_func(fn)
+                continue
+            if issubclass(kind, staticmethod) and _static(kind, "__call__") is _static(
+                staticmethod, "__call__"
+            ):
+                fn = _static_func(fn)  # a staticmethod object called directly
+                continue
+            if getattr(fn, "__wrapped__", None) is not None:
+                wrapper = True  # a proxy or a class-based decorator: it may move arguments
+            fn = _call_of(fn, kind, bound)
+            if fn is _NOTHING:
                 break
     except Exception:  # an attribute that raises: the signature is unknown
         target.spec = None
+        wrapper = True
+    if target.spec is None:
+        target.forwarding = wrapper
     target.leading = [value for values in reversed(bound) for value in values]
     return target
+
+
+def bound_method_type(cls: type[T]) -> type[T]:
+    """Declare that instances of D2's own class ``cls`` are called like bound
+    methods: ``__func__`` with ``__self__`` first."""
+    _BOUND_METHODS.add(cls)
+    return cls
+
+
+def method_descriptor_type(cls: type[T]) -> type[T]:
+    """Declare that D2's own descriptor class ``cls`` binds like a function: its
+    ``__get__`` may be called while binding a ``__call__`` it is found as."""
+    _METHOD_DESCRIPTORS.add(cls)
+    return cls
 
 
 class Arguments:
     """Reads one named argument of a call, defaults applied, exactly as the
     signature of the callable actually called binds it: built once per guarded
-    callable (through partials, bound methods, callable objects, a declared
-    ``__signature__`` and D2's own wrappers). A callable without one (a builtin)
-    binds keywords only; its positional arguments read as ``UNBOUND`` (and fail
-    closed). A *forwarding* wrapper (``*args``/``**kwargs`` plus ``__wrapped__``)
-    binds to its own parameters: any other name reads as ``UNBOUND``, since the
-    wrapper may reorder or inject arguments before the wrapped function sees them."""
+    callable (through partials, bound methods, callable objects and their static or
+    class ``__call__``, a declared ``__signature__`` and D2's own wrappers). A
+    callable without one (a builtin) binds keywords only; its positional arguments
+    read as ``UNBOUND`` (and fail closed). A *forwarding* wrapper (``__wrapped__``
+    on a function or any other callable, a transparent proxy included, whose own
+    signature takes ``*args``/``**kwargs`` or is unknown) binds to its own
+    parameters: any other name reads as ``UNBOUND``, since the wrapper may reorder
+    or inject arguments before the wrapped function sees them."""
 
     __slots__ = (
         "defaults",
@@ -342,6 +459,8 @@ class Arguments:
         ``missing``. The ``*args`` / ``**kwargs`` parameters read as the tuple and
         dict they collect."""
         if self.opaque:
+            if self.forwarding:
+                return UNBOUND  # a wrapper of unknown signature: where it passes on is unknown
             if name in kwargs:
                 return kwargs[name]
             return UNBOUND if args else missing
@@ -372,21 +491,34 @@ class Arguments:
         return missing
 
 
+POSITIONAL = "*args"  # positional arguments of a callable whose signature is unknown
+KEYWORDS = "**kwargs"  # keywords that cannot be shown by their own name (see below)
+
+
 def bound_arguments(
     arguments: Arguments | None,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     keep_self: bool = False,
 ) -> dict[str, Any]:
-    """Every argument of a call by parameter name, defaults applied: what
-    approvals digest (``keep_self=True``: a method's object is part of the call)
-    and what approvers and decision logs are shown (``self`` / ``cls`` left out).
-    Extra keywords a ``**kwargs`` parameter collects appear under their own names. A
-    callable whose signature is unknown records its keywords plus ``*args``."""
+    """Every argument of a call, defaults applied: what approvals digest
+    (``keep_self=True``: a method's object is part of the call) and what approvers
+    and decision logs are shown (``self`` / ``cls`` left out).
+
+    Each parameter appears under its name (a ``*args`` parameter as the list it
+    collects). A keyword that a ``**kwargs`` parameter collects appears under its own
+    name too, unless that name is one of the function's parameters or is not an
+    identifier: then it appears in a dict under ``"**kwargs"``, never merged with the
+    parameter (with ``def send(to, /, **headers)``, ``send("a", to="b")`` is
+    ``{"to": "a", "**kwargs": {"to": "b"}}``). So two calls that give the function
+    different arguments never look the same, and each name shows what an input rule
+    on it reads. A callable whose signature is unknown shows its keywords the same
+    way and its positional arguments as a list under ``"*args"``."""
+    bound: dict[str, Any] = {}
     if arguments is None or arguments.opaque:
-        bound = dict(kwargs)
+        _add_keywords(bound, kwargs, None)
         if args:
-            bound["*args"] = list(args)
+            bound[POSITIONAL] = list(args)
         return bound
     names = sorted(
         {*arguments.positions, *arguments.keywords, *arguments.fixed},
@@ -394,7 +526,6 @@ def bound_arguments(
     )
     if not keep_self and arguments.method and names and arguments.positions.get(names[0]) == 0:
         names = names[1:]
-    bound = {}
     for name in names:
         if name in arguments.hidden:
             continue
@@ -404,8 +535,25 @@ def bound_arguments(
     if arguments.varargs is not None:
         name, start, lead = arguments.varargs
         bound[name] = [*lead, *args[start:]]
-    if arguments.varkw is not None:  # extra keywords by their own names
-        for key, value in {**arguments.extra, **kwargs}.items():
-            if key not in arguments.keywords and key not in bound:
-                bound[key] = value
+    if arguments.varkw is not None:
+        _add_keywords(bound, arguments.value(arguments.varkw, args, kwargs, {}), arguments)
     return bound
+
+
+def _add_keywords(
+    bound: dict[str, Any], extra: dict[str, Any], arguments: Arguments | None
+) -> None:
+    """Add keywords no parameter takes by name to ``bound``: by their own name, or
+    under ``"**kwargs"`` when that name is a parameter's or not an identifier."""
+    nested: dict[str, Any] = {}
+    for key, value in extra.items():
+        if (
+            type(key) is str
+            and key.isidentifier()
+            and (arguments is None or not arguments.declares(key))
+        ):
+            bound[key] = value
+        else:
+            nested[key] = value
+    if nested:
+        bound[KEYWORDS] = nested

@@ -1134,9 +1134,11 @@ def _unreadable(grant: Grant | Approval, name: str, pos: int) -> _Denial:
     else:
         detail = (
             f"argument {name!r} cannot be bound: the guarded callable is a forwarding "
-            "wrapper (*args/**kwargs with __wrapped__), which may reorder or inject "
-            "arguments before the wrapped function sees them. Put @d2_guard directly on "
-            "the function (innermost decorator), or give the wrapper an honest __signature__"
+            "wrapper (it has __wrapped__ and takes *args/**kwargs: a functools.wraps "
+            "function, a class-based decorator or a proxy such as wrapt's), which may "
+            "reorder or inject arguments before the wrapped function sees them. Put "
+            "@d2_guard directly on the function (innermost decorator), or give the "
+            "wrapper an honest __signature__"
         )
     return ("input_validation", detail, f"{grant.input_path}.{name}")
 

@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._functions import (
     Arguments,
+    bound_method_type,
     first_parameter,
     forwards_unchanged,
     is_async_generator_function,
     is_coroutine_function,
     is_generator_function,
+    method_descriptor_type,
 )
 from .errors import ConfigurationError, D2Error, PermissionDeniedError
 from .evaluate import evaluator_for
@@ -332,6 +334,7 @@ def _build(
     return wrapper
 
 
+@bound_method_type  # a guard over it binds ``__func__`` with ``__self__`` first
 class _BoundTool:
     """A guarded sync method bound to its instance (or class), with a bound ``.aio``."""
 
@@ -368,6 +371,7 @@ class _BoundTool:
         return f"<guarded method {self._guarded.__qualname__} of {self.__self__!r}>"
 
 
+@method_descriptor_type  # as a ``__call__``, its ``__get__`` binds like a function's
 class _GuardedMethod:
     """Descriptor for sync guarded methods and classmethods: binds like a method and
     keeps ``.aio`` bound too (a plain function attribute would lose ``self``)."""
