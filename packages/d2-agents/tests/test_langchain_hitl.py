@@ -6,13 +6,13 @@ installed here.)"""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from d2.agents.langchain import ApprovalPending, ToolDenied, guard_tools
 from d2.core import approve, set_user
 from langchain_core.messages import AIMessage, ToolMessage
-from langchain_core.tools import BaseTool, tool
+from langchain_core.tools import BaseTool, InjectedToolArg, InjectedToolCallId, tool
 
 RAN: list[str] = []
 REFUND = {"order": "o1", "amount": 500}
@@ -150,3 +150,53 @@ def test_tool_subclasses_with_their_own_run_are_guarded_whole(hitl: dict[str, st
     set_user("alice", roles=["agent"])
     # another run config, the same call: the approval covers it
     assert guarded.invoke({"order": "o1", "amount": 500}, {"run_name": "retry"}) == "refunded 500"
+
+
+def test_an_approval_covers_the_model_arguments_not_the_tool_call_id(
+    hitl: dict[str, str],
+) -> None:
+    """The call id LangChain injects differs on every model call: the approved call
+    runs when the model asks again, under a new id, and the approver never sees it."""
+    ran: list[str] = []
+
+    @tool
+    def refund(order: str, amount: int, tool_call_id: Annotated[str, InjectedToolCallId]) -> str:
+        """Refund an order."""
+        ran.append(tool_call_id)
+        return f"refunded {amount}"
+
+    [guarded] = guard_tools([refund], tool_ids=hitl)
+    set_user("alice", roles=["agent"])
+    with pytest.raises(ApprovalPending) as held:
+        guarded.invoke(call("refund", REFUND, "call-1"))
+    assert held.value.request.arguments == REFUND
+    set_user("bob", roles=["finance_lead"])
+    approve(held.value.request.id)
+    set_user("alice", roles=["agent"])
+    message = guarded.invoke(call("refund", REFUND, "call-2"))
+    assert message.content == "refunded 500" and ran == ["call-2"]
+
+
+def test_a_value_the_app_injects_stays_part_of_the_approved_call(hitl: dict[str, str]) -> None:
+    """A plain ``InjectedToolArg`` is a value the app chose for the call (an account,
+    a tenant): the approver sees it, and an approval for one value runs nothing else."""
+    ran: list[str] = []
+
+    @tool
+    def refund(order: str, amount: int, account: Annotated[str, InjectedToolArg]) -> str:
+        """Refund an order."""
+        ran.append(account)
+        return f"refunded {amount} from {account}"
+
+    [guarded] = guard_tools([refund], tool_ids=hitl)
+    set_user("alice", roles=["agent"])
+    with pytest.raises(ApprovalPending) as held:
+        guarded.invoke({**REFUND, "account": "a-1"})
+    assert held.value.request.arguments == {**REFUND, "account": "a-1"}
+    set_user("bob", roles=["finance_lead"])
+    approve(held.value.request.id)
+    set_user("alice", roles=["agent"])
+    with pytest.raises(ApprovalPending):
+        guarded.invoke({**REFUND, "account": "a-2"})
+    assert guarded.invoke({**REFUND, "account": "a-1"}) == "refunded 500 from a-1"
+    assert ran == ["a-1"]

@@ -12,7 +12,7 @@ reads the approval message as the held call's result and the run goes on."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from d2.agents.langchain import ApprovalPending, guard_tools
@@ -20,11 +20,15 @@ from d2.core import approve, set_user
 from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMessage
-from langchain_core.tools import BaseTool, tool
+from langchain_core.runnables import RunnableConfig
+from langchain_core.tools import BaseTool, InjectedToolCallId, tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
-from langgraph.prebuilt import ToolNode, tools_condition
+from langgraph.prebuilt import InjectedState, InjectedStore, ToolNode, ToolRuntime, tools_condition
+from langgraph.store.base import BaseStore
+from langgraph.store.memory import InMemoryStore
 from langgraph.types import Command, Send
+from pydantic import BaseModel
 
 RAN: list[str] = []
 SEARCH = {"name": "web_search", "args": {"query": "refund policy"}, "id": "call-search"}
@@ -263,3 +267,115 @@ async def test_create_agent_human_in_the_loop_middleware_does_not_approve_in_d2(
     approve_as_lead(pause.value["d2_approval_request"])
     done = await graph.ainvoke(Command(resume="approved"), config)
     assert tool_messages(done)["call-refund"].content == "refunded 500" and ran == [500]
+
+
+def _runtime_tools(ran: list[str]) -> dict[str, BaseTool]:
+    """Refund tools that also take what LangChain or LangGraph fill in for the run,
+    never the model: the run's config, its callbacks, the tool call id, the graph
+    state and store, a ``ToolRuntime``."""
+
+    @tool
+    def with_config(order: str, amount: int, config: RunnableConfig) -> str:
+        """Refund an order."""
+        ran.append(f"config:{bool(config)}")
+        return f"refunded {amount}"
+
+    @tool
+    def with_callbacks(order: str, amount: int, callbacks: Any = None) -> str:
+        """Refund an order."""
+        ran.append("callbacks")
+        return f"refunded {amount}"
+
+    @tool
+    def with_call_id(
+        order: str, amount: int, tool_call_id: Annotated[str, InjectedToolCallId]
+    ) -> str:
+        """Refund an order."""
+        ran.append(f"call_id:{tool_call_id}")
+        return f"refunded {amount}"
+
+    @tool
+    def with_state(order: str, amount: int, state: Annotated[dict[str, Any], InjectedState]) -> str:
+        """Refund an order."""
+        ran.append(f"state:{len(state['messages'])}")
+        return f"refunded {amount}"
+
+    @tool
+    def with_store(
+        order: str, amount: int, store: Annotated[BaseStore | None, InjectedStore()] = None
+    ) -> str:
+        """Refund an order."""
+        ran.append("store")
+        return f"refunded {amount}"
+
+    @tool
+    async def with_runtime(order: str, amount: int, runtime: ToolRuntime) -> str:
+        """Refund an order."""
+        ran.append(f"runtime:{runtime.tool_call_id}")
+        return f"refunded {amount}"
+
+    class StateArgs(BaseModel):
+        order: str
+        amount: int
+        state: Annotated[dict[str, Any], InjectedState]
+
+    class StateRefund(BaseTool):  # guarded as a whole: LangGraph injects into its schema
+        name: str = "subclass_with_state"
+        description: str = "Refund an order."
+        args_schema: type[BaseModel] = StateArgs
+
+        def _run(self, order: str, amount: int, state: dict[str, Any], **kw: Any) -> str:
+            ran.append(f"subclass:{len(state['messages'])}")
+            return f"refunded {amount}"
+
+    return {
+        t.name: t
+        for t in (
+            with_config,
+            with_callbacks,
+            with_call_id,
+            with_state,
+            with_store,
+            with_runtime,
+            StateRefund(),
+        )
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "with_config",
+        "with_callbacks",
+        "with_call_id",
+        "with_state",
+        "with_store",
+        "with_runtime",
+        "subclass_with_state",
+    ],
+)
+async def test_what_the_run_injects_is_not_part_of_the_approved_call(
+    name: str, hitl: dict[str, str]
+) -> None:
+    """A tool that takes the run's config, callbacks, call id, state, store or
+    ``ToolRuntime`` pauses, is approved on the model's arguments alone (what the
+    approver sees), and runs once when resumed: the injected values, new or changed
+    on the resume, are how the call runs, not what it does."""
+    from d2.core import pending_approvals
+
+    ran: list[str] = []
+    tools = guard_tools([_runtime_tools(ran)[name]], tool_ids={name: "payments.refund"})
+    big = {"name": name, "args": {"order": "o1", "amount": 500}, "id": "call-refund"}
+    graph = create_agent(script(big), tools, checkpointer=InMemorySaver(), store=InMemoryStore())
+    config = {"configurable": {"thread_id": f"inject-{name}"}}
+    set_user("alice", roles=["agent"])
+    paused = await graph.ainvoke({"messages": [HumanMessage("refund o1")]}, config)
+    (pause,) = paused["__interrupt__"]
+    set_user("bob", roles=["finance_lead"])
+    [request] = pending_approvals()
+    assert request.arguments == {"order": "o1", "amount": 500}  # nothing the run injects
+    approve(pause.value["d2_approval_request"])
+    set_user("alice", roles=["agent"])
+    done = await graph.ainvoke(Command(resume="approved"), config)
+    assert tool_messages(done)["call-refund"].content == "refunded 500"
+    assert len(ran) == 1

@@ -15,7 +15,7 @@ from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.lowlevel import Server
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 REFUND = {"order": "o1", "amount": 500}
 
@@ -130,3 +130,36 @@ async def test_an_exhausted_budget_is_a_short_tool_error(hitl: dict[str, str]) -
         assert fetched[1].structured_content is not None
         assert 0 < fetched[1].structured_content["d2_retry_after"] <= 3600
     assert ran == ["web_search", "web_search", "web_fetch"]
+
+
+async def test_a_tool_taking_the_request_context_is_approved_on_its_arguments(
+    hitl: dict[str, str],
+) -> None:
+    """The ``Context`` the server passes a tool is new on every request: it is not
+    part of the approved call (the approver sees the model's arguments), and the
+    call retried in a new session runs once."""
+    from d2.core import pending_approvals
+
+    ran: list[int] = []
+    server = MCPServer("payments")
+
+    @server.tool()
+    async def refund(order: str, amount: int, ctx: Context) -> str:
+        """Refund an order."""
+        ran.append(amount)
+        return f"refunded {amount}"
+
+    guard_server(server, identify=identify, tool_ids=hitl)
+    async with Client(server, mode="legacy") as client:
+        act_as("alice", "agent")
+        held = await client.call_tool("refund", REFUND)
+        assert held.is_error and held.structured_content is not None
+    set_user("bob", roles=["finance_lead"])
+    [request] = pending_approvals()
+    assert request.arguments == REFUND
+    approve(held.structured_content["d2_approval_request"])
+    async with Client(server, mode="legacy") as client:  # a new session
+        act_as("alice", "agent")
+        done = await client.call_tool("refund", REFUND)
+        assert not done.is_error and text(done) == "refunded 500"
+    assert ran == [500]

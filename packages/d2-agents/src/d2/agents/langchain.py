@@ -27,25 +27,41 @@ of its own, a ``Send`` per tool call as ``langchain.agents.create_agent`` routes
 them) it pauses the graph through LangGraph's own ``interrupt``, whose value names
 the request (``d2_approval_request``, ``d2_approvers``, ...); once it is approved,
 resume with ``Command(resume=...)`` and the call runs once, while the other calls of
-the same model message, finished in their own tasks, are not run again. Resumed
-without an approval, it is refused with ``ApprovalPending``. In any other graph (no
+the same model message, finished in their own tasks, are not run again; the resumed
+request continues the paused one (its history and data-flow facts are restored when
+the approved call runs). Resumed without an approval, it is refused with
+``ApprovalPending``. In any other graph (no
 checkpointer, or a ``ToolNode`` reached by an edge, which LangGraph re-runs whole on
 resume) the model reads the approval message as the call's result and the run goes
 on.
 A call over a budget is a ``ToolDenied`` reading ``budget exceeded for web.search;
 retry after 42s``.
+
+An approval covers the arguments the model fills in: what LangChain or LangGraph pass
+a tool for the run (its ``config`` and ``callbacks``, the tool call id, the graph
+state and store, a ``ToolRuntime``) is not part of the approved call, so the call
+resumed or asked again matches the one that was held, and approvers never see it.
+A plain ``InjectedToolArg`` (a value the app chose) stays part of the call.
 """
 
 from __future__ import annotations
 
 import contextvars
+import inspect
 import sys
-from collections.abc import Callable, Iterable
-from typing import Any, cast
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from typing import Annotated, Any, cast
 
 try:
     from langchain_core.runnables import RunnableConfig
-    from langchain_core.tools import BaseTool, StructuredTool, Tool, ToolException
+    from langchain_core.tools import (
+        BaseTool,
+        InjectedToolCallId,
+        StructuredTool,
+        Tool,
+        ToolException,
+    )
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         'd2.agents.langchain needs langchain-core: pip install "d2-sdk[langchain]"'
@@ -153,6 +169,107 @@ def _refuse(
 
 
 _CONFIG: contextvars.ContextVar[Any] = contextvars.ContextVar("d2_langchain_config")
+# what travels beside the guarded arguments of a facade: the run's config and the
+# arguments the run injects (see _run_context)
+_BESIDE: contextvars.ContextVar[tuple[Any, dict[str, Any]]] = contextvars.ContextVar(
+    "d2_langchain_beside"
+)
+
+
+def _model_fields(tool: BaseTool) -> frozenset[str] | None:
+    """The names of the arguments the model fills in (``tool.tool_call_schema``),
+    or ``None`` when they cannot be read."""
+    try:
+        schema = tool.tool_call_schema
+    except Exception:
+        return None
+    if isinstance(schema, Mapping):
+        properties = schema.get("properties")
+        return frozenset(properties) if isinstance(properties, Mapping) else None
+    fields = getattr(schema, "model_fields", None)
+    return frozenset(fields) if isinstance(fields, Mapping) else None
+
+
+_FILLED_BY_NAME = frozenset({"callbacks", "run_manager"})  # LangChain's FILTERED_ARGS
+
+
+def _filled_markers() -> tuple[type, ...]:
+    """The annotations by which LangChain and LangGraph fill in an argument for the
+    run: the tool call id, and (when LangGraph's tool node is loaded, as it is for
+    any tool that names them) the graph state, the store and ``ToolRuntime``."""
+    markers: list[type] = [InjectedToolCallId]
+    node = sys.modules.get("langgraph.prebuilt.tool_node")
+    for name in ("InjectedState", "InjectedStore", "ToolRuntime"):
+        found = getattr(node, name, None)
+        if isinstance(found, type):
+            markers.append(found)
+    return tuple(markers)
+
+
+def _filled_for_the_run(name: str, hint: Any, markers: tuple[type, ...]) -> bool:
+    """Whether the argument ``name`` (type hint ``hint``) is one LangChain or
+    LangGraph fill in for the run: the run's config or callbacks, or an argument
+    marked with one of ``markers`` (directly, ``ToolRuntime``, or in ``Annotated``)."""
+    if name in _FILLED_BY_NAME or hint is RunnableConfig:
+        return True
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return any(
+            isinstance(m, markers) or (isinstance(m, type) and issubclass(m, markers))
+            for m in hint.__metadata__
+        )
+    direct = origin if origin is not None else hint
+    return isinstance(direct, type) and issubclass(direct, markers)
+
+
+def _run_context(tool: BaseTool, names: Iterable[str], annotated: Any) -> frozenset[str]:
+    """Of ``names`` (the parameters of the tool's function, or the fields of its
+    ``args_schema``, whose type hints ``annotated`` holds), those LangChain or
+    LangGraph fill in for the run, never the model: the run's config and callbacks,
+    the tool call id, the graph state or store, a ``ToolRuntime``. They say how the
+    call runs, not what it does, and change from one run (or resume) to the next,
+    so they are not part of the call an approval covers, and approvers never see
+    them. Anything else stays part of the call: what the model fills in, and any
+    other injected value (a plain ``InjectedToolArg``: an account, a tenant the app
+    chose). Nothing is set apart when the tool's schema cannot be read, and only
+    ``callbacks`` and ``run_manager`` when its type hints cannot: the call then
+    stays whole (an approval may then fail to match a retried call, but never
+    covers a call the approver did not see)."""
+    fields = _model_fields(tool)
+    if fields is None:
+        return frozenset()
+    try:
+        hints = typing.get_type_hints(annotated, include_extras=True)
+    except Exception:
+        hints = {}
+    markers = _filled_markers()
+    return frozenset(
+        name
+        for name in names
+        if name not in fields and _filled_for_the_run(name, hints.get(name), markers)
+    )
+
+
+def _function_context(tool: BaseTool, fn: Callable[..., Any]) -> frozenset[str]:
+    """:func:`_run_context` for the parameters of a function tool's ``fn``."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return frozenset()
+    named = [
+        name
+        for name, parameter in parameters.items()
+        if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+    ]
+    return _run_context(tool, named, fn) if named else frozenset()
+
+
+def _hide(guarded: Callable[..., Any], names: frozenset[str]) -> Callable[..., Any]:
+    """Leave ``names`` out of the call an approval covers (see :func:`_run_context`);
+    input rules still read them."""
+    if names:
+        guarded.__dict__["_d2_arguments"].hidden = names
+    return guarded
 
 
 def _facade(
@@ -160,30 +277,48 @@ def _facade(
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """Sync and async functions that run ``tool`` with the validated arguments,
     passing the run's config on so callbacks nest under the outer run. Only the
-    arguments pass through ``guard``: the config travels beside them (it is not
-    part of the call an approval covers, and approvers never see it)."""
+    arguments the call is made of pass through ``guard``: the config, and the
+    arguments the run injects (:func:`_run_context`), travel beside them (they are
+    not part of the call an approval covers, and approvers never see them)."""
+    schema = tool.args_schema
+    fields = getattr(schema, "model_fields", None)
+    beside = (
+        _run_context(tool, list(fields), schema)
+        if isinstance(schema, type) and isinstance(fields, Mapping)
+        else frozenset()
+    )
 
     @guard
     def guarded_run(**arguments: Any) -> Any:
-        return tool.invoke(arguments, _CONFIG.get(None))
+        config, injected = _BESIDE.get((None, {}))
+        return tool.invoke({**arguments, **injected}, config)
 
     @guard
     async def guarded_arun(**arguments: Any) -> Any:
-        return await tool.ainvoke(arguments, _CONFIG.get(None))
+        config, injected = _BESIDE.get((None, {}))
+        return await tool.ainvoke({**arguments, **injected}, config)
+
+    def split(arguments: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        if not beside:
+            return arguments, {}
+        own = {k: v for k, v in arguments.items() if k not in beside}
+        return own, {k: v for k, v in arguments.items() if k in beside}
 
     def run(config: RunnableConfig, **arguments: Any) -> Any:
-        token = _CONFIG.set(config)
+        own, injected = split(arguments)
+        token = _BESIDE.set((config, injected))
         try:
-            return guarded_run(**arguments)
+            return guarded_run(**own)
         finally:
-            _CONFIG.reset(token)
+            _BESIDE.reset(token)
 
     async def arun(config: RunnableConfig, **arguments: Any) -> Any:
-        token = _CONFIG.set(config)
+        own, injected = split(arguments)
+        token = _BESIDE.set((config, injected))
         try:
-            return await guarded_arun(**arguments)
+            return await guarded_arun(**own)
         finally:
-            _CONFIG.reset(token)
+            _BESIDE.reset(token)
 
     return run, arun
 
@@ -250,8 +385,12 @@ def guard_tool(
         func, coroutine = getattr(tool, "func", None), getattr(tool, "coroutine", None)
         copied = tool.model_copy(
             update={
-                "func": guard(func) if func is not None else None,
-                "coroutine": guard(coroutine) if coroutine is not None else None,
+                "func": None if func is None else _hide(guard(func), _function_context(tool, func)),
+                "coroutine": (
+                    None
+                    if coroutine is None
+                    else _hide(guard(coroutine), _function_context(tool, coroutine))
+                ),
                 "metadata": metadata,
             }
         )

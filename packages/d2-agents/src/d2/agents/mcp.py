@@ -433,6 +433,9 @@ class MCPGuard:
             return
         tool_id = self._tool_id(tool.name)
         guarded = d2_guard(tool_id, on_deny=self._tool_error, instance_name=self._instance)(tool.fn)
+        context = getattr(tool, "context_kwarg", None)
+        if isinstance(context, str):  # the request's Context: how the call runs, not what
+            guarded.__dict__["_d2_arguments"].hidden = frozenset((context,))
         setattr(guarded, _MARK, tool_id)
         tool.fn = guarded
 

@@ -30,6 +30,9 @@
 pydantic-ai runs tools in tasks and threads that inherit the caller's context, so
 the user set before ``agent.run`` is the user every tool sees, and one run is one
 D2 request scope: sequence and data-flow rules span its tool calls.
+A run resumed after an approval (a fresh ``set_user``, same user) continues the
+request that paused: its history and facts are restored when the approved call
+runs, in another process too when both use the same store.
 """
 
 from __future__ import annotations
