@@ -356,3 +356,41 @@ def test_a_forged_state_file_cannot_shadow_the_live_keys(
     StateFile(str(tmp_path / "state.json"), StateSeal("d2_test", BASE)).save(forged)
     manager = configure_rbac_sync(**cloud_options())
     assert manager.policy is not None and manager.policy.version == 1
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_configure_returns_denying_when_the_start_overruns_its_bound(
+    cloud_options: Any, monkeypatch: pytest.MonkeyPatch, search: Any, mode: str
+) -> None:
+    """The backstop: should a start ever run past first_fetch_timeout + START_GRACE
+    (it is bounded step by step), configure returns anyway, every guarded call is
+    denied, and shutdown cancels the start instead of waiting for it."""
+    from d2 import cloud
+    from d2.cloud.poller import CloudRuntime
+
+    cancelled = asyncio.Event() if mode == "async" else None
+
+    async def stuck_start(self: CloudRuntime, timeout: float) -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if cancelled is not None:
+                cancelled.set()
+            raise
+
+    monkeypatch.setattr(cloud, "START_GRACE", 0.2)
+    monkeypatch.setattr(CloudRuntime, "start", stuck_start)
+    options = cloud_options(first_fetch_timeout=0.3)
+    started = time.monotonic()
+    if mode == "sync":
+        manager: Any = await asyncio.to_thread(configure_rbac_sync, **options)
+    else:
+        manager = await configure_rbac_async(**options)
+    assert time.monotonic() - started < 3
+    assert manager.policy is None
+    set_user("u", roles=["agent"])
+    with pytest.raises(MissingPolicyError, match="waiting for the first bundle"):
+        search()
+    await manager.ashutdown()
+    if cancelled is not None:
+        await asyncio.wait_for(cancelled.wait(), 2)

@@ -8,13 +8,17 @@ Settings (arguments win over the environment): ``api_url`` / ``D2_API_URL`` (the
 control plane's base URL; required), ``jwks_url`` / ``D2_JWKS_URL``, ``app`` /
 ``D2_APP``, ``state_path`` / ``D2_STATE_PATH``, ``jwks_thumbprints`` /
 ``D2_JWKS_THUMBPRINTS`` (comma-separated RFC 7638 thumbprints to pin),
-``first_fetch_timeout`` (seconds configure waits for the first bundle, default 10),
+``first_fetch_timeout`` (seconds configure waits for the first bundle, default 10;
+configure returns within it plus :data:`START_GRACE` whatever the network or the
+state file do, denying every guarded call until a bundle is verified),
 ``transport`` (an ``httpx.AsyncBaseTransport``, for tests), ``clock``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import os
 import threading
 import time
@@ -38,6 +42,11 @@ from .verify import thumbprint
 __all__ = ["CloudPolicyManager", "configure_async", "configure_sync", "thumbprint"]
 
 T = TypeVar("T")
+log = logging.getLogger("d2.cloud")
+START_GRACE = 5.0
+"""Seconds past ``first_fetch_timeout`` configure waits for the start to finish
+(it is bounded on its own; this is the backstop): then it returns with every guarded
+call denied, and the start goes on in the background."""
 
 
 class _LoopThread:
@@ -49,7 +58,10 @@ class _LoopThread:
         self._thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        return self.submit(coro).result(timeout)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def stop(self) -> None:
         if self.loop.is_closed():
@@ -225,8 +237,15 @@ def configure_sync(
     except BaseException:
         thread.stop()
         raise
+    starting = thread.submit(manager.runtime.start(first_fetch_timeout))
+    manager.runtime.starting = starting  # shutdown cancels it
     try:
-        thread.run(manager.runtime.start(first_fetch_timeout), first_fetch_timeout + 5)
+        starting.result(first_fetch_timeout + START_GRACE)
+    except concurrent.futures.TimeoutError:
+        if starting.done():  # the start itself raised it
+            manager.shutdown()
+            raise
+        _late(first_fetch_timeout)
     except BaseException:
         manager.shutdown()
         raise
@@ -239,9 +258,24 @@ async def configure_async(
     """Cloud mode for async apps: a polling task on the running loop (all I/O async;
     verification in a worker thread)."""
     manager = _build(evaluator, token, asyncio.get_running_loop(), None, **options)
+    starting = asyncio.ensure_future(manager.runtime.start(first_fetch_timeout))
+    manager.runtime.starting = starting  # shutdown cancels it
     try:
-        await manager.runtime.start(first_fetch_timeout)
+        done, _ = await asyncio.wait({starting}, timeout=first_fetch_timeout + START_GRACE)
+        if starting in done:
+            starting.result()
+        else:
+            _late(first_fetch_timeout)
     except BaseException:
+        starting.cancel()
         await manager.ashutdown()
         raise
     return manager
+
+
+def _late(timeout: float) -> None:
+    log.warning(
+        "d2: cloud mode did not finish starting within %.1fs; every guarded call is "
+        "denied until a bundle is verified (the start goes on in the background)",
+        timeout + START_GRACE,
+    )

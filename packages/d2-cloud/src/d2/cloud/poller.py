@@ -17,6 +17,7 @@ rollbacks are refused. Keys saved in the file only ever verify the saved bundle.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
 import random
@@ -32,6 +33,7 @@ from d2.core.policy.model import CompiledPolicy
 from .client import ApiError, ControlPlane
 from .jwks import JWKSCache, usable_keys
 from .state import StateFile
+from .stateio import SAVE_TIMEOUT, StateIO
 from .usage import UsageEvents
 from .verify import Bundle, header_of, verify_bundle
 
@@ -67,6 +69,7 @@ class CloudRuntime:
         self.api = api
         self.install = install  # (policy or None, why) -> puts it in force
         self.state = state
+        self.state_io = StateIO(state)  # off the loop, bounded: a hung disk never wedges
         self.app = app
         self.clock = clock
         self.jwks = JWKSCache(
@@ -90,6 +93,8 @@ class CloudRuntime:
         self.last_error: D2Error | ApiError | None = None
         self.plan_error: D2PlanLimitError | None = None
         self._task: asyncio.Task[None] | None = None
+        # start() while configure runs it: shutdown cancels a start still running
+        self.starting: asyncio.Future[None] | concurrent.futures.Future[None] | None = None
         self._stopped = False
         self._closed = False
 
@@ -115,18 +120,35 @@ class CloudRuntime:
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self, timeout: float) -> None:
         """Identity, the state file, the first fetch (bounded by ``timeout``), then
-        the polling task. Returns whether or not a bundle is in force (fail closed)."""
+        the polling task. Returns whether or not a bundle is in force (fail closed).
+
+        The state file is read while the control plane is asked who we are, within
+        half of ``timeout`` (the other half is left to the first fetch): a file that
+        does not answer in time is started without (a warning), fail closed when
+        offline; it never holds the start up."""
         deadline = time.monotonic() + timeout
+        loading = asyncio.ensure_future(self.state_io.load(max(0.1, timeout / 2)))
         try:
             await asyncio.wait_for(self._identify(), timeout=max(0.1, timeout))
         except (ApiError, asyncio.TimeoutError) as exc:
             if isinstance(exc, ApiError) and exc.status == 401:
+                loading.cancel()
                 self._fail_closed("the control plane refused D2_TOKEN")
                 raise D2Error("the control plane refused D2_TOKEN (401): check the token") from None
-            await self._restore(online=False)  # offline start: the last good bundle
+            await self._restore(await loading, online=False)  # offline: the last good bundle
             self._fail_closed(f"cannot reach the control plane: {exc or 'timed out'}")
+        except BaseException:
+            loading.cancel()
+            raise
         else:
-            await self._restore(online=True)
+            entry = await loading
+            try:
+                await asyncio.wait_for(
+                    self._restore(entry, online=True),
+                    timeout=max(0.1, deadline - time.monotonic()),
+                )
+            except asyncio.TimeoutError:
+                log.warning("d2: the saved bundle was not checked within %.1fs; not used", timeout)
             left = deadline - time.monotonic()
             try:
                 await asyncio.wait_for(self.poll_once(), timeout=max(0.1, left))
@@ -134,6 +156,8 @@ class CloudRuntime:
                 log.warning("d2: first bundle fetch timed out after %.1fs; polling on", timeout)
             except Exception as exc:  # never let a surprise stop configure: fail closed
                 log.exception("d2: first bundle fetch failed: %s", exc)
+        if self._stopped:  # shut down while starting
+            return
         if self.usage is not None:
             self.usage.start()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="d2-poll")
@@ -290,8 +314,10 @@ class CloudRuntime:
             self.usage.record("policy_loaded", version=bundle.version)
 
     async def _save(self, entry: dict[str, Any] | None) -> None:
-        """Write our state-file entry off the event loop (it fsyncs)."""
-        await asyncio.to_thread(self.state.save, entry)
+        """Write our state-file entry off the event loop (it fsyncs), waiting at most
+        :data:`~d2.cloud.stateio.SAVE_TIMEOUT`: a disk that does not answer never
+        stops the poll loop (the entry is written when it does)."""
+        await self.state_io.save(entry, SAVE_TIMEOUT)
 
     def _verify_and_compile(
         self, jws: str, key: Any, floor: bool = True
@@ -315,12 +341,11 @@ class CloudRuntime:
         )
         return bundle, policy
 
-    async def _restore(self, *, online: bool) -> None:
-        """Start from our state-file entry, if its seal checks: the saved bundle,
-        verified again (with the live keys when the control plane answers, with the
-        saved ones only offline), or a tombstone (calls denied as revoked). Either
-        holds until the control plane's first verified bundle."""
-        entry = await asyncio.to_thread(self.state.load)
+    async def _restore(self, entry: dict[str, Any] | None, *, online: bool) -> None:
+        """Start from our state-file entry (read by :meth:`start`; its seal checked):
+        the saved bundle, verified again (with the live keys when the control plane
+        answers, with the saved ones only offline), or a tombstone (calls denied as
+        revoked). Either holds until the control plane's first verified bundle."""
         if entry is None:
             return
         audience, app = entry["audience"], entry["app"]
@@ -424,6 +449,9 @@ class CloudRuntime:
             return
         self._closed = True
         self._stopped = True
+        starting, self.starting = self.starting, None
+        if starting is not None and not starting.done():
+            starting.cancel()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

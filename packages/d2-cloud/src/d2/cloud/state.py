@@ -16,9 +16,20 @@ One entry per token and control plane, sealed by :class:`~d2.cloud.seal.StateSea
 
 Trust: an entry whose seal does not check (altered, another token's, another control
 plane's, or written by the format-1 code, which had no seal) is ignored with a
-warning, as if there were none; so is a file that is not format 2 JSON, or larger
-than :data:`MAX_BYTES`. What is read back is a starting point only: the bundle in it
-is verified again, and it never outranks the control plane (``poller.py``).
+warning, as if there were none; so is a file that is not format 2 JSON, larger than
+:data:`MAX_BYTES`, or not a regular file (a named pipe, a device, a directory: it
+is opened without blocking and never read). What is read back is a starting point
+only: the bundle in it is verified again, and it never outranks the control plane
+(``poller.py``).
+
+Writers: a save is a read-modify-write of the whole file (other tokens' entries are
+kept), so it holds an exclusive ``flock`` on ``<path>.lock`` beside the file (created
+0600, never removed) for that read, change and rename: two processes sharing the
+file cannot lose each other's entries. The lock is waited for at most
+:data:`LOCK_TIMEOUT` seconds; past that, or where it cannot be taken (no ``fcntl``,
+as on Windows; a lock path that is not a regular file), the save goes on unlocked
+with a warning. Nothing is ever written through the path: a temporary file in the
+same folder replaces it. Readers need no lock (the rename is atomic).
 """
 
 from __future__ import annotations
@@ -26,16 +37,34 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .seal import SealError, StateSeal
 
-__all__ = ["FORMAT", "MAX_BYTES", "StateFile", "default_state_path"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: saves are not locked
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["FORMAT", "LOCK_TIMEOUT", "MAX_BYTES", "StateFile", "default_state_path"]
 
 log = logging.getLogger("d2.cloud")
 FORMAT = 2
 MAX_BYTES = 16 * 1024 * 1024  # far above any real file: entries are a few bundles
+LOCK_TIMEOUT = 5.0
+"""Seconds a save waits for another writer's lock (held for milliseconds)."""
+# never block opening a pipe, never become a terminal's controlling process
+_OPEN_FLAGS = os.O_NONBLOCK | os.O_NOCTTY if os.name == "posix" else 0
+_OPEN_FLAGS |= getattr(os, "O_CLOEXEC", 0)
+
+
+class _Unusable(Exception):
+    """The state file is there but cannot be used (the message says why)."""
 
 
 def default_state_path() -> str:
@@ -83,15 +112,14 @@ class StateFile:
             return self._memory
         warn = (lambda *args: None) if quiet else log.warning
         try:
-            with open(self.path, "rb") as fh:
-                raw = fh.read(MAX_BYTES + 1)
+            raw = self._read_bytes()
         except FileNotFoundError:
+            return {}
+        except _Unusable as exc:
+            warn("d2: ignoring state file %s: %s", self.path, exc)
             return {}
         except OSError as exc:
             warn("d2: ignoring unreadable state file %s: %s", self.path, type(exc).__name__)
-            return {}
-        if len(raw) > MAX_BYTES:
-            warn("d2: ignoring state file %s: larger than %d bytes", self.path, MAX_BYTES)
             return {}
         try:
             data = json.loads(raw)
@@ -115,6 +143,28 @@ class StateFile:
         entries: dict[str, Any] = data["entries"]
         return entries
 
+    def _read_bytes(self) -> bytes:
+        """The file's bytes; :class:`_Unusable` when it is not a regular file or is
+        larger than :data:`MAX_BYTES` (then it is not read). Opening never blocks
+        (``O_NONBLOCK``: a named pipe with no writer would hold ``open`` forever)."""
+        too_large = _Unusable(f"larger than {MAX_BYTES} bytes")
+        fd = os.open(self.path, os.O_RDONLY | _OPEN_FLAGS)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise _Unusable("not a regular file (a pipe, a device or a directory)")
+            if info.st_size > MAX_BYTES:
+                raise too_large
+            fh = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with fh:
+            raw = fh.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:  # it grew while being read
+            raise too_large
+        return raw
+
     def load(self) -> dict[str, Any] | None:
         """Our entry, once its seal and shape are checked; ``None`` when there is
         none or it is not trusted (logged as a warning). Never raises."""
@@ -134,22 +184,82 @@ class StateFile:
 
     def save(self, entry: dict[str, Any] | None) -> None:
         """Seal and save our entry (``None`` forgets it); other entries of the file
-        are kept as they are. A file in another format is replaced. Failures are
-        logged, never raised (the policy in memory is what counts)."""
-        entries = dict(self._read_all(quiet=True))
-        if entry is None:
-            entries.pop(self.seal.entry_id, None)
-        else:
-            entries[self.seal.entry_id] = self.seal.seal(entry)
+        are kept as they are, under an exclusive lock (see the module's docstring). A
+        file in another format, or that is not a regular file, is replaced. Failures
+        are logged, never raised (the policy in memory is what counts)."""
+        record = None if entry is None else self.seal.seal(entry)
         if not self.persistent:
-            self._memory = entries
+            self._memory = self._changed(self._memory, record)
             return
         try:
-            self._write({"format": FORMAT, "entries": entries})
+            with self._locked():
+                entries = self._changed(self._read_all(quiet=True), record)
+                self._write({"format": FORMAT, "entries": entries})
         except (OSError, ValueError) as exc:
             log.warning("d2: could not write state file %s: %s", self.path, exc)
 
+    def _changed(self, entries: dict[str, Any], record: Any) -> dict[str, Any]:
+        out = dict(entries)
+        if record is None:
+            out.pop(self.seal.entry_id, None)
+        else:
+            out[self.seal.entry_id] = record
+        return out
+
+    @property
+    def lock_path(self) -> str:
+        """The lock file of writers: ``<path>.lock``."""
+        return self.path + ".lock"
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the writers' lock (or go on without it, with a warning, when it cannot
+        be had within :data:`LOCK_TIMEOUT`)."""
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
+        fd = self._lock() if fcntl is not None else None
+        try:
+            yield
+        finally:
+            if fd is not None:
+                os.close(fd)  # releases the lock
+
+    def _lock(self) -> int | None:
+        flags = os.O_RDWR | os.O_CREAT | _OPEN_FLAGS | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(self.lock_path, flags, 0o600)
+        except OSError as exc:
+            log.warning(
+                "d2: saving state file %s without its lock: cannot open %s: %s",
+                self.path,
+                self.lock_path,
+                type(exc).__name__,
+            )
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"{self.lock_path} is not a regular file")
+            deadline = time.monotonic() + LOCK_TIMEOUT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return fd
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise OSError(f"another writer held it for {LOCK_TIMEOUT:g}s") from None
+                    time.sleep(0.01)
+        except OSError as exc:
+            os.close(fd)
+            log.warning(
+                "d2: saving state file %s without its lock (%s): %s",
+                self.path,
+                self.lock_path,
+                exc,
+            )
+            return None
+
     def _write(self, data: dict[str, Any]) -> None:
+        """Replace the file whole: a new file in the same folder, then a rename over
+        the path (which never writes through a pipe, a device or a link there)."""
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".bundles.", dir=folder)  # created 0600

@@ -57,13 +57,6 @@ APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 """App names: they appear in ``aud`` (``d2-policy:<account>:<app>``), so no ``:``."""
 
 
-_UPLOAD_TRIM = 2048
-"""Enough deletions for an app within its cap to stay within it after any one upload:
-an upload adds at most ``event_batch`` events and 32 KiB, and no stored event is
-smaller than 23 bytes (a 1-char type, ``{}``, a 20-char time), so 32 KiB frees in
-at most 1,425 events. Beyond that (a cap lowered on a full app) the pruner trims."""
-
-
 def check_app_name(name: str) -> None:
     """``ValueError`` unless ``name`` is a valid app name (:data:`APP_NAME`)."""
     if not APP_NAME.fullmatch(name):
@@ -386,5 +379,8 @@ class ControlPlane:
             events,
             self.now(),
             cap=self.event_cap,
-            trim_limit=max(self.config.events_prune_batch, len(events), _UPLOAD_TRIM),
+            # the storage deletes what this upload stored (its bytes as stored, not
+            # the body's: canonical JSON can be larger); up to a prune batch more
+            # catches up on an app whose cap was lowered
+            trim_limit=self.config.events_prune_batch,
         )

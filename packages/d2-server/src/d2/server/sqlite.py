@@ -33,6 +33,7 @@ from .storage import (
     SigningKeyRecord,
     Storage,
     StoredEvent,
+    rows_to_free,
 )
 
 __all__ = ["SQLiteStorage"]
@@ -509,24 +510,30 @@ class SQLiteStorage(Storage):
         cap: EventCap | None = None,
         trim_limit: int = 5000,
     ) -> int:
-        """Store usage events, then trim the app to ``cap`` in the same transaction."""
+        """Store usage events, then trim the app to ``cap`` in the same transaction,
+        by what the triggers counted for this upload (see :meth:`Storage.add_events`)."""
         with self._write() as conn:
+            before = self._usage(conn, app_id)
             conn.executemany(
                 "INSERT INTO events (app_id, token_hash, event_type, payload, occurred_at, "
                 "received_at) VALUES (?, ?, ?, ?, ?, ?)",
                 [(app_id, token_hash, t, p, o, now) for t, p, o in events],
             )
             if cap is not None:
-                self._trim(conn, app_id, cap, trim_limit)
+                after = self._usage(conn, app_id)
+                added = EventUsage(after.events - before.events, after.bytes - before.bytes)
+                self._trim(conn, app_id, cap, max(trim_limit, rows_to_free(added)))
         return len(events)
 
     def event_usage(self, app_id: int) -> EventUsage:
         """The app's stored events and their bytes (kept by triggers)."""
-        row = (
-            self._conn()
-            .execute("SELECT events, bytes FROM event_counts WHERE app_id = ?", (app_id,))
-            .fetchone()
-        )
+        return self._usage(self._conn(), app_id)
+
+    @staticmethod
+    def _usage(conn: sqlite3.Connection, app_id: int) -> EventUsage:
+        row = conn.execute(
+            "SELECT events, bytes FROM event_counts WHERE app_id = ?", (app_id,)
+        ).fetchone()
         return EventUsage(int(row[0]), int(row[1])) if row else EventUsage(0, 0)
 
     def delete_events_before(self, cutoff: float, limit: int) -> int:
@@ -566,7 +573,7 @@ class SQLiteStorage(Storage):
         if extra_events <= 0 and extra_bytes <= 0:
             return 0
         # over the count only: exactly that many rows; over the bytes: walk the oldest
-        # rows until enough is freed (a 32 KiB upload frees at most ~1,500 small ones)
+        # rows until enough is freed, at most ``limit`` of them
         scan = min(limit, extra_events) if extra_bytes <= 0 else limit
         cursor = conn.execute(
             f"SELECT id, {_EVENT_BYTES} FROM events WHERE app_id = ? ORDER BY id LIMIT ?",

@@ -28,10 +28,12 @@ __all__ = [
     "KeyRegistration",
     "NewVersion",
     "Principal",
+    "SMALLEST_EVENT_BYTES",
     "PublishState",
     "SigningKeyRecord",
     "Storage",
     "StoredEvent",
+    "rows_to_free",
 ]
 
 
@@ -175,6 +177,19 @@ class EventUsage:
     bytes: int
 
 
+SMALLEST_EVENT_BYTES = 23
+"""The fewest bytes one event the API accepts is stored in: a 1-character
+``event_type``, the payload ``{}`` and a 20-character RFC 3339 time
+(``parse_events``). So freeing ``n`` bytes never takes more than
+``ceil(n / 23)`` of the oldest events."""
+
+
+def rows_to_free(added: EventUsage) -> int:
+    """The most of an app's oldest events that can be needed to free what one
+    upload ``added`` (its events and the bytes they are stored in)."""
+    return max(added.events, -(-added.bytes // SMALLEST_EVENT_BYTES))
+
+
 class KeyRegistration(enum.Enum):
     """Outcome of registering a device key."""
 
@@ -313,8 +328,12 @@ class Storage(abc.ABC):
     ) -> int:
         """Store ``(event_type, payload JSON, occurred_at)`` items received at
         ``now``; returns how many. With ``cap``, the same transaction then deletes
-        the app's oldest events beyond it (at most ``trim_limit``), so an app at
-        its cap stays there: each upload replaces its own size of old events."""
+        the app's oldest events until the app is within both limits of ``cap``,
+        deleting at most ``max(trim_limit, rows_to_free(what was stored))`` events.
+        That bound is measured on the bytes actually stored (not on the request
+        body, which canonical JSON can expand), so an app within its cap before an
+        upload is within it after, and the request's work stays bounded; an app
+        already far over (its cap was lowered) is caught up by the pruner."""
 
     @abc.abstractmethod
     def events(self, app_id: int, limit: int = 1000) -> list[StoredEvent]:
