@@ -32,6 +32,8 @@ from d2.core import (
 from d2.core.policy.model import CompiledPolicy
 from d2.core.stores import MemoryStore
 from d2.core.testing import controlled_clock, policy_document
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 LEAD = {"role": "finance_lead", "permissions": []}
@@ -797,3 +799,149 @@ def test_the_pending_index_expires_with_its_longest_request_and_is_pruned_on_dec
     clock.advance(120)  # the 1m requests expired
     approve_as_lead(long)
     assert [m.decode() for m in client.zrange(key, 0, -1)] == []
+
+
+# -- 9. what a held request saves after each call ---------------------------------------
+
+
+def _sequence_policy(name: str) -> dict[str, Any]:
+    return policy_document(
+        {
+            "role": "agent",
+            "permissions": [
+                "db.read",
+                "http.post",
+                "search",
+                "fetch",
+                approval_grant("payments.refund"),
+            ],
+            "sequence": [{"deny": ["db.read", "http.post"]}],
+        },
+        LEAD,
+        name=name,
+    )
+
+
+def _saved_sizes(store: MemoryStore) -> list[int]:
+    return [len(text) for entry in store._requests.values() for text in entry.snapshots.values()]
+
+
+def test_a_held_request_saves_what_the_policy_reads_not_every_call() -> None:
+    store = MemoryStore()
+    configure_rbac_sync(source=InMemorySource(_sequence_policy("saved")), store=store)
+    read = d2_guard("db.read")(lambda: "rows")
+    post = d2_guard("http.post")(lambda body: "posted")
+    search = d2_guard("search")(lambda q: "found")
+    fetch = d2_guard("fetch")(lambda q: "fetched")
+    refund = d2_guard("payments.refund")(lambda amount: "refunded")
+    set_user("agent-7", roles=["agent"])
+    read()
+    request = held(lambda: refund(500))
+    for i in range(50):
+        search(i)
+    small = max(_saved_sizes(store))
+    for i in range(3000):
+        (search, fetch)[i % 2](i)
+    assert max(_saved_sizes(store)) == small  # calls no rule reads take no room
+    approve_as_lead(request)
+    assert refund(500) == "refunded"
+    assert denied(lambda: post("rows")) == "sequence_violation"  # still judged on it
+
+
+def test_a_held_request_that_outgrows_what_can_be_saved_denies_its_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import d2.core.resume
+
+    monkeypatch.setattr(d2.core.resume, "MAX_CALLS", 40)
+    configure_rbac_sync(source=InMemorySource(_sequence_policy("outgrown")))
+    ran: list[str] = []
+    read = d2_guard("db.read")(lambda: ran.append("read") or "rows")
+    search = d2_guard("search")(lambda q: ran.append("search") or "found")
+    refund = d2_guard("payments.refund")(lambda amount: "refunded")
+    set_user("agent-7", roles=["agent"])
+    held(lambda: refund(500))
+    reasons = []
+    for _ in range(30):  # each read the rule tracks, then a gap: two entries a pair
+        for call in (read, lambda: search("q")):
+            try:
+                call()
+            except PermissionDeniedError as err:
+                reasons.append(err.reason)
+                assert "cannot be saved" in str(err)
+    assert reasons and set(reasons) == {"budget_unavailable"}
+    assert len(ran) < 60  # what could not be saved did not run
+
+
+def _compressed(policy: Any, history: list[str]) -> list[str]:
+    from d2.core.context import RequestScope
+    from d2.core.resume import restore, snapshot
+
+    full = RequestScope()
+    full.history = list(history)
+    fresh = RequestScope()
+    restore(fresh, [snapshot(full, "u", policy=policy)], "u")
+    return fresh.history
+
+
+TOOLS = ["a", "b", "c", "d", "x", "y"]
+steps = st.lists(st.sampled_from(["a", "b", "c", "d", "@g"]), min_size=2, max_size=3)
+
+
+@st.composite
+def sequence_policies(draw: st.DrawFn) -> dict[str, Any]:
+    if draw(st.booleans()):  # default allow, deny patterns (tracked)
+        rules = draw(
+            st.lists(st.builds(lambda k, s: {k: s}, st.sampled_from(["deny", "allow"]), steps),
+                     min_size=1, max_size=3)
+        )  # fmt: skip
+        sequence: Any = rules
+    else:  # an allowlist of chains
+        chains = draw(st.lists(steps.map(lambda s: {"allow": s}), min_size=1, max_size=3))
+        sequence = {"mode": "deny", "rules": chains}
+    extra: dict[str, Any] = {"tool_groups": {"g": ["b", "c"]}}
+    if draw(st.booleans()):
+        extra["data_flow"] = {"labels": {"a": ["L"]}, "blocks": {"L": ["d"]}}
+    return policy_document(
+        {"role": "agent", "permissions": ["*"], "sequence": sequence}, name="p", **extra
+    )
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=sequence_policies(), history=st.lists(st.sampled_from(TOOLS), max_size=25))
+@example(  # a run of one tool counts as far as the rule is long
+    doc=policy_document(
+        {"role": "agent", "permissions": ["*"], "sequence": [{"deny": ["a", "a", "a", "b"]}]}
+    ),
+    history=["a", "x", "a", "a", "a", "a"],
+)
+@example(  # an allowlist chain never follows a call no rule names
+    doc=policy_document(
+        {
+            "role": "agent",
+            "permissions": ["*"],
+            "sequence": {"mode": "deny", "rules": [{"allow": ["a", "b"]}]},
+        }
+    ),
+    history=["a", "x"],
+)
+def test_the_saved_history_decides_every_next_call_as_the_whole_history_does(
+    doc: dict[str, Any], history: list[str]
+) -> None:
+    from d2.core.context import RequestScope, UserContext
+    from d2.core.evaluate import _layers
+    from d2.core.policy import compile_policy
+
+    policy = compile_policy(doc)
+    saved = _compressed(policy, history)
+    assert len(saved) <= len(history)
+    for tool in TOOLS:
+        outcomes = []
+        for calls in (history, saved):
+            scope = RequestScope()
+            scope.history = list(calls)
+            ctx = UserContext("u", ["agent"], scope)
+            outcomes.append(_layers(policy.rules_for(tool), ctx, (), {}, None, None)[1])
+        assert (outcomes[0] is None) == (outcomes[1] is None), (tool, history, saved)
+        if outcomes[0] is not None and outcomes[1] is not None:
+            assert outcomes[0][0] == outcomes[1][0]

@@ -75,7 +75,16 @@ from .policy.constraints import MISSING
 from .policy.model import Approval, CompiledPolicy, Grant, Limit, ToolRules
 from .policy.output import OutputRules, OutputViolation
 from .policy.when import certainly_fails
-from .resume import Lineage, lineage, restore, snapshot, tethered, version
+from .resume import (
+    MAX_CALLS,
+    Lineage,
+    SnapshotTooLarge,
+    lineage,
+    restore,
+    snapshot,
+    tethered,
+    version,
+)
 from .stores.base import APPROVAL_MISSING, TAKEN, ApprovalKey, ApprovalState, Counter, Store
 from .stores.memory import MemoryStore
 
@@ -861,7 +870,11 @@ class Evaluator:
         scope = ctx.scope
         line = lineage(scope)
         before = version(scope)
-        text = snapshot(scope, ctx.user_id or "")
+        try:
+            text = snapshot(scope, ctx.user_id or "", policy=adm.rules.policy)
+        except SnapshotTooLarge as exc:
+            self._stop(adm, _too_large_error(adm, exc))
+            return None
         found = hold.found
         replaces = [
             (holder, _sha1(old))
@@ -902,7 +915,11 @@ class Evaluator:
         policy = rules.policy
         tool = rules.tool_id if with_call and (policy.sequences or policy.flow_labels) else None
         labels = rules.labels if with_call else ()
-        text = snapshot(ctx.scope, ctx.user_id or "", tool, labels)
+        try:
+            text = snapshot(ctx.scope, ctx.user_id or "", tool, labels, policy)
+        except SnapshotTooLarge as exc:
+            self._stop(adm, _too_large_error(adm, exc))
+            return False
         for namespace, keys in groups.items():
             saved = yield ("save_snapshot", namespace, keys, line.token, text, now)
             if isinstance(saved, _Failed):
@@ -1609,6 +1626,31 @@ def _unavailable_error(adm: _Admission, problem: BaseException | None) -> Permis
             *_base_trace(rules.policy, ctx),
             _rbac_step(rules, ctx),
             TraceStep("budget", "deny", detail, adm.grant.path if adm.grant else None),
+        ),
+    )
+
+
+def _too_large_error(adm: _Admission, exc: SnapshotTooLarge) -> PermissionDeniedError:
+    """A request scope that feeds a held request grew past what is saved with it:
+    the call is denied rather than left out of the saved history."""
+    rules, ctx = adm.rules, adm.ctx
+    detail = (
+        f"this request asked for an approval, and each of its calls is saved with the "
+        f"approval request so the request can resume where it paused; {exc}, so it "
+        f"cannot be saved (the limit is {MAX_CALLS} calls that sequence or data-flow "
+        "rules read). Start a new request (set_user) for new work, or let the pending "
+        "approval be decided or expire"
+    )
+    return PermissionDeniedError(
+        f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail}",
+        tool_id=rules.tool_id,
+        user_id=ctx.user_id,
+        roles=ctx.roles,
+        reason="budget_unavailable",
+        trace=(
+            *_base_trace(rules.policy, ctx),
+            _rbac_step(rules, ctx),
+            TraceStep("approval", "deny", detail, adm.grant.path if adm.grant else None),
         ),
     )
 
