@@ -19,6 +19,7 @@ import io
 import socket
 import sys
 import threading
+import zoneinfo
 from typing import Any
 
 import pytest
@@ -93,6 +94,7 @@ class Level(enum.IntEnum):
 
 UTC = datetime.timezone.utc
 CET = datetime.timezone(datetime.timedelta(hours=1), "CET")
+PARIS = zoneinfo.ZoneInfo("Europe/Paris")
 
 scalars = st.one_of(
     st.none(),
@@ -114,6 +116,9 @@ scalars = st.one_of(
             datetime.datetime(2030, 1, 1, 1, 30, tzinfo=CET),
             datetime.date(2030, 1, 1),
             datetime.timedelta(seconds=1),
+            datetime.time(1, 30),
+            datetime.time(1, 30, fold=1),
+            datetime.datetime(2030, 1, 1, 1, 30, tzinfo=PARIS),
         ]
     ),
 )
@@ -211,7 +216,7 @@ def typed(v: Any) -> Any:
         return ("enum", cls.__qualname__, v.name)
     if cls is decimal.Decimal:
         return ("decimal", str(v))
-    if cls in (datetime.datetime, datetime.date, datetime.timedelta):
+    if cls in (datetime.datetime, datetime.date, datetime.time, datetime.timedelta):
         return (cls.__name__, repr(v), getattr(v, "fold", None))
     if cls is Patch:
         return (
@@ -274,6 +279,7 @@ def test_state_beyond_fields_and_items_tells_calls_apart() -> None:
         (Slotted(1, 2), Slotted(1, 3)),
         (Slotted(1, None), Slotted(1, set_b=False)),
         (datetime.datetime(2030, 1, 1), datetime.datetime(2030, 1, 1, fold=1)),
+        (datetime.datetime(2030, 1, 1, tzinfo=PARIS), datetime.datetime(2030, 1, 1, tzinfo=CET)),
         (collections.OrderedDict(a=1, b=2), collections.OrderedDict(b=2, a=1)),
         (collections.OrderedDict(a=1), {"a": 1}),
         (collections.defaultdict(list, a=[1]), {"a": [1]}),

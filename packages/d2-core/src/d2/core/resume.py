@@ -34,6 +34,8 @@ This module only reads and writes scopes; the evaluator decides when (see
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +60,9 @@ _VERSION = 1
 GAP = ""  # calls no rule of the policy reads, in a row (never a tool id)
 MAX_CALLS = 4096  # history entries one snapshot carries, all blocks together
 MAX_BYTES = 256 * 1024  # a snapshot's JSON text
+
+
+_lock = threading.Lock()  # a scope's blocks and saved calls; held calls only
 
 
 class SnapshotTooLarge(ValueError):
@@ -201,14 +206,14 @@ def snapshot(
     spent = dict(scope.spent)
     blocks: list[list[Any]] = []
     start = 0
-    for token, (count, budget) in own.blocks.items():
-        blocks.append([token, history[start : start + count], dict(budget)])
-        start += count
-        for key, n in budget.items():
-            spent[key] = spent.get(key, 0) - n
-    mine = _own_calls(own, scope, policy)
+    with _lock:  # threads of one request save it at once: one of them extends it
+        for token, (count, budget) in own.blocks.items():
+            blocks.append([token, history[start : start + count], dict(budget)])
+            start += count
+            for key, n in budget.items():
+                spent[key] = spent.get(key, 0) - n
+        mine = list(_own_calls(own, scope, policy))
     if tool_id is not None:
-        mine = list(mine)
         if policy is None:
             mine.append(tool_id)
         else:
@@ -280,6 +285,11 @@ def restore(scope: RequestScope, snapshots: Sequence[str], user_id: str) -> bool
 
     The caller holds the lock that guards ``scope.spent``."""
     parsed = [_parsed(text, user_id) for text in snapshots]  # all checked first
+    with _lock:
+        return _merge(scope, parsed)
+
+
+def _merge(scope: RequestScope, parsed: list[tuple[list[_Block], dict[str, str]]]) -> bool:
     own = lineage(scope)
     changed = False
     for blocks, facts in parsed:
@@ -321,3 +331,13 @@ def restore(scope: RequestScope, snapshots: Sequence[str], user_id: str) -> bool
         for cached in [k for k in scope.progress if k is not _LINEAGE]:
             del scope.progress[cached]
     return changed
+
+
+def _fresh_lock_after_fork() -> None:
+    # a fork while another thread held the lock would leave it held for good
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock_after_fork)
