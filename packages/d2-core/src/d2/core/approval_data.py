@@ -21,7 +21,6 @@ import collections
 import enum
 import json
 import math
-import struct
 import sys
 import types
 from collections.abc import Callable, Iterable, Mapping
@@ -38,7 +37,7 @@ __all__ = [
 
 
 _MAX_DEPTH = 64
-_POINTER = struct.calcsize("P")
+_POINTER = 8 if sys.maxsize > 2**32 else 4  # sizeof(PyObject *): Py_ssize_t's size
 _HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement (or type())
 _MANAGED_WEAKREF = 1 << 3  # CPython 3.12+: __weakref__ kept outside the instance's memory
 _MANAGED_DICT = 1 << 4  # CPython 3.11+: __dict__ kept outside the instance's memory
