@@ -333,7 +333,7 @@ def test_a_tampered_snapshot_denies_the_call_and_restores_nothing() -> None:
     request = held(lambda: t.refund("o1", 500))
     store = evaluator_for("default").store
     assert isinstance(store, MemoryStore)
-    entry = store._requests[("resume-app", request.id)]
+    entry = store._requests[("local:resume-app", request.id)]
     for holder in list(entry.snapshots):  # as if another user's history were planted
         entry.snapshots[holder] = json.dumps(
             {"v": 1, "user": "mallory", "blocks": [["x", ["db.read_users"], {}]], "facts": {}}

@@ -883,12 +883,9 @@ def test_arguments_without_an_exact_form_cannot_be_approved() -> None:
     start({"role": "agent", "permissions": [{"tool": "send", "approval": {"approvers": ["lead"]}}]},
           {"role": "lead", "permissions": ["send"]})  # fmt: skip
 
-    class Opaque:
-        __slots__ = ("to",)
+    import io
 
-        def __init__(self, to: str) -> None:
-            self.to = to
-
+    class Opaque(io.StringIO):  # its text lives in C, where no attribute shows it
         def __repr__(self) -> str:
             return "Opaque()"
 
@@ -979,7 +976,10 @@ def test_an_unnamed_policy_on_a_shared_store_is_refused(caplog: pytest.LogCaptur
         configure_rbac_sync(source=InMemorySource(doc), store=Shared())
     assert evaluator_for("default").policy is None  # nothing was put in force
     configure_rbac_sync(source=InMemorySource(doc))  # the in-process store is this app's
-    configure_rbac_sync(source=InMemorySource(doc), store=MemoryStore())
+    configure_rbac_sync(source=InMemorySource(doc), store="memory://")  # made for it alone
+    with pytest.raises(ConfigurationError, match=r"no metadata\.name"):
+        # a store= object may be handed to two instances: it counts as shared
+        configure_rbac_sync(source=InMemorySource(doc), store=MemoryStore())
 
 
 def test_one_bad_record_or_sink_call_loses_only_itself(tmp_path: Any) -> None:

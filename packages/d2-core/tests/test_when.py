@@ -154,10 +154,18 @@ STRING_OPS = {"matches", "not_matches", "startsWith", "endsWith"}
 SIZED = (str, list, tuple, dict)
 
 
+def loose_only(a: Any, b: Any) -> bool:
+    """Equal to Python (``False == 0``), unequal to the type-aware rule: a tool
+    reading one as the other acts as if they were equal."""
+    return bool(a == b) and not same(a, b)
+
+
 def judgeable(op: str, arg: Any, v: Any) -> bool:
     """Whether the operator takes ``v`` and can judge it for certain; else ``when``
     must ask a person. (Lists and dicts are judged by ``eq``/``ne`` only in the
-    "asks a person" direction: Python's ``==`` inside them is looser.)"""
+    "asks a person" direction: Python's ``==`` inside them is looser.) A value
+    equal to what the rule names only under Python's ``==`` cannot be judged by the
+    operators that skip the approval for a mismatch (``eq``, ``in``, ``contains``)."""
     if op in ("minLength", "maxLength"):
         return type(v) in SIZED  # a length is exact whatever the items are
     if not plain(v):
@@ -166,11 +174,19 @@ def judgeable(op: str, arg: Any, v: Any) -> bool:
         return type(v) is str
     if op in ("min", "max", "gt", "lt"):
         return is_number(v)
+    if op == "type":
+        return not (type(v) is bool and arg in ("int", "number"))  # True is an int to Python
     if op in ("in", "not_in"):
-        return scalar(v)
+        return scalar(v) and not (op == "in" and any(loose_only(v, o) for o in arg))
     if op in ("eq", "ne"):
-        return scalar(v) and scalar(arg)
+        return scalar(v) and scalar(arg) and not (op == "eq" and loose_only(v, arg))
     if op in ("contains", "not_contains"):
+        if (
+            op == "contains"
+            and type(v) in (list, tuple)
+            and any(loose_only(item, arg) for item in v)
+        ):
+            return False
         return type(v) in SIZED and (type(v) is not str or type(arg) is str)
     return True
 
@@ -348,6 +364,14 @@ def test_required_asks_unless_the_argument_is_missing(value: Any, present: bool)
         ({"not_contains": "me"}, {"me", "all"}),
         ({"type": "string"}, Color.RED),
         ({"maxLength": 1}, object()),
+        # equal to what the rule names under Python's == (the tool's reading)
+        ({"eq": 0}, False),
+        ({"eq": False}, 0),
+        ({"eq": 1.0}, True),
+        ({"in": [1, 2]}, True),
+        ({"contains": 0}, [False]),
+        ({"type": "int"}, True),
+        ({"type": "number"}, False),
     ],
 )
 def test_values_a_rule_cannot_judge_ask_a_person(rule: dict[str, Any], value: Any) -> None:

@@ -17,10 +17,13 @@ imports nothing of D2):
 
 from __future__ import annotations
 
+import collections
 import enum
 import json
 import math
-from collections.abc import Mapping
+import sys
+import types
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -34,7 +37,33 @@ __all__ = [
 
 
 _MAX_DEPTH = 64
-_ATOMS_BY_TEXT = ("datetime", "decimal", "uuid", "pathlib", "ipaddress", "fractions")
+_POINTER = 8 if sys.maxsize > 2**32 else 4  # sizeof(PyObject *): Py_ssize_t's size
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement (or type())
+_MANAGED_WEAKREF = 1 << 3  # CPython 3.12+: __weakref__ kept outside the instance's memory
+_MANAGED_DICT = 1 << 4  # CPython 3.11+: __dict__ kept outside the instance's memory
+_UNSET = {"__t": "unset"}  # a slot that holds nothing (no value has this form)
+_MISSING = object()
+
+# Exact stdlib value types digested by an exact text: (module, qualname) -> how.
+# Looked up by name so that digesting never imports a module the app did not.
+_ATOMS: dict[tuple[str, str], Callable[[Any], Any]] = {
+    ("datetime", "date"): lambda v: v.isoformat(),
+    ("datetime", "timedelta"): lambda v: [v.days, v.seconds, v.microseconds],
+    ("datetime", "timezone"): repr,  # offset and name
+    ("decimal", "Decimal"): str,  # exact: sign, digits, exponent, NaN payloads
+    ("fractions", "Fraction"): str,
+    ("uuid", "UUID"): str,
+    ("pathlib", "PurePosixPath"): str,
+    ("pathlib", "PureWindowsPath"): str,
+    ("pathlib", "PosixPath"): str,
+    ("pathlib", "WindowsPath"): str,
+    ("ipaddress", "IPv4Address"): str,
+    ("ipaddress", "IPv6Address"): str,  # with its scope id
+    ("ipaddress", "IPv4Network"): str,
+    ("ipaddress", "IPv6Network"): str,
+    ("ipaddress", "IPv4Interface"): str,
+    ("ipaddress", "IPv6Interface"): str,
+}
 
 
 class NoCanonicalForm(ValueError):
@@ -42,8 +71,7 @@ class NoCanonicalForm(ValueError):
     could be reused for another call, so none is given)."""
 
 
-def _qualname(value: Any) -> str:
-    cls = type(value)
+def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
@@ -51,80 +79,271 @@ def _text(value: Any, depth: int) -> str:
     return json.dumps(_canon(value, depth), sort_keys=True, separators=(",", ":"))
 
 
+def _pairs(items: Iterable[tuple[Any, Any]], depth: int) -> list[list[Any]]:
+    """Key/value pairs of a mapping, each key as its canonical text (in order)."""
+    return [[_text(k, depth), _canon(v, depth)] for k, v in items]
+
+
+def _int(value: int) -> Any:
+    return value if -(2**63) <= value < 2**63 else {"__t": "int", "v": format(value, "x")}
+
+
+def _float(value: float) -> Any:
+    return value if math.isfinite(value) else {"__t": "float", "v": repr(value)}
+
+
+def _dict(value: dict[Any, Any], depth: int) -> Any:
+    if all(type(k) is str for k in value):
+        return {"__t": "dict", "v": {k: _canon(v, depth) for k, v in value.items()}}
+    return {"__t": "map", "v": sorted(_pairs(value.items(), depth))}
+
+
+def _defaultdict(value: Any, depth: int) -> Any:
+    factory = value.default_factory
+    if factory is not None and factory not in _EXACT:  # a function: its behaviour is code
+        raise NoCanonicalForm("a defaultdict whose default_factory is not a built-in type")
+    name = None if factory is None else factory.__name__
+    return {"__t": "defaultdict", "f": name, "v": _dict(dict.copy(value), depth)}
+
+
+def _zone(value: Any) -> Any:
+    if not isinstance(value.key, str):  # ZoneInfo.from_file(): no name to tell it by
+        raise NoCanonicalForm("a ZoneInfo made from a file has no canonical form")
+    return {"__t": "zoneinfo.ZoneInfo", "v": value.key}
+
+
+def _clock(value: Any, depth: int) -> Any:
+    """A datetime or time: its fields, ``fold`` and its time zone (``None``, a
+    ``datetime.timezone`` or a ``ZoneInfo``; any other is refused)."""
+    zone = value.tzinfo
+    return {
+        "__t": _qualname(type(value)),
+        "v": value.replace(tzinfo=None).isoformat(),
+        "f": value.fold,
+        "z": None if zone is None else _canon(zone, depth),
+    }
+
+
+def _stdlib(cls: type, module: str, *names: str) -> bool:
+    """Whether ``cls`` is exactly the class ``module.name`` (one of ``names``)."""
+    return (
+        cls.__module__ == module
+        and cls.__qualname__ in names
+        and (getattr(sys.modules.get(module), cls.__qualname__, None) is cls)
+    )
+
+
+def _enum(value: enum.Enum, depth: int) -> Any:
+    try:
+        inner = _canon(value._value_, depth)
+    except NoCanonicalForm:  # members are singletons: the name tells them apart
+        inner = None
+    return {"__t": f"enum:{_qualname(type(value))}", "n": value._name_, "v": inner}
+
+
+_EXACT: dict[type, Callable[[Any, int], Any]] = {
+    type(None): lambda v, d: None,
+    str: lambda v, d: v,
+    bool: lambda v, d: v,
+    int: lambda v, d: _int(v),
+    float: lambda v, d: _float(v),
+    complex: lambda v, d: {"__t": "complex", "v": [_float(v.real), _float(v.imag)]},
+    list: lambda v, d: [_canon(x, d) for x in v],
+    tuple: lambda v, d: {"__t": "tuple", "v": [_canon(x, d) for x in v]},
+    dict: _dict,
+    set: lambda v, d: {"__t": "set", "v": sorted(_text(x, d) for x in v)},
+    frozenset: lambda v, d: {"__t": "frozenset", "v": sorted(_text(x, d) for x in v)},
+    bytes: lambda v, d: {"__t": "bytes", "v": v.hex()},
+    bytearray: lambda v, d: {"__t": "bytearray", "v": bytes(v).hex()},
+    collections.OrderedDict: lambda v, d: {"__t": "odict", "v": _pairs(v.items(), d)},
+    collections.defaultdict: _defaultdict,
+}
+
+# Built-in types an app's class may extend: digested as their built-in value (read
+# through the built-in's own methods, never an override) plus the instance's state.
+_BUILTIN_VALUE: dict[type, Callable[[Any], Any]] = {
+    str: str.__str__,
+    int: int.__int__,
+    float: float.__float__,
+    complex: lambda v: complex(complex.real.__get__(v), complex.imag.__get__(v)),
+    list: list.copy,
+    tuple: lambda v: tuple(tuple.__iter__(v)),
+    dict: dict.copy,
+    set: set.copy,
+    frozenset: frozenset.copy,
+    bytes: lambda v: bytes(memoryview(v)),
+    bytearray: lambda v: bytearray(memoryview(v)),
+}
+
+
+def _declared_slots(cls: type) -> list[str]:
+    """The slot names ``cls`` itself declares, as stored (private names mangled),
+    without ``__dict__`` and ``__weakref__``."""
+    slots = vars(cls).get("__slots__", ())
+    names = [slots] if isinstance(slots, str) else list(slots)
+    owner = cls.__name__.lstrip("_")
+    return [
+        f"_{owner}{name}" if name.startswith("__") and not name.endswith("__") and owner else name
+        for name in names
+        if name not in ("__dict__", "__weakref__")
+    ]
+
+
+def _layout_is_python(cls: type) -> bool:
+    """Whether ``cls`` adds nothing to its base's instance memory but what Python
+    declares and D2 can read: slots, a ``__dict__``, a ``__weakref__``. A class
+    written in C (a file, a lock, a socket, ``io.StringIO``) keeps state no
+    attribute shows, and fails."""
+    base = cls.__base__
+    if base is None or not cls.__flags__ & _HEAP_TYPE or cls.__itemsize__ != base.__itemsize__:
+        return False
+    own = vars(cls)
+    slots = _declared_slots(cls)
+    members = [k for k, v in own.items() if type(v) is types.MemberDescriptorType]
+    if sorted(members) != sorted(slots):
+        return False
+    size = base.__basicsize__ + _POINTER * len(slots)
+    if "__dict__" in own and not cls.__flags__ & _MANAGED_DICT:
+        size += _POINTER
+    if "__weakref__" in own and not cls.__flags__ & _MANAGED_WEAKREF:
+        size += _POINTER
+    return bool(cls.__basicsize__ == size)
+
+
+def _state(value: Any, chain: list[type], depth: int, hide: str | None = None) -> Any:
+    """Everything an instance holds: its ``__dict__`` and every slot of the classes
+    of ``chain`` (an unset slot as such). ``hide``: a ``__dict__`` key left out."""
+    state: dict[str, Any] = {}
+    if type(value).__dictoffset__:
+        found = object.__getattribute__(value, "__dict__")
+        if type(found) is not dict:
+            raise NoCanonicalForm(f"a {_qualname(type(value))} has an unreadable __dict__")
+        if hide is not None:
+            found = {k: v for k, v in found.items() if k != hide}
+        state["__dict__"] = _dict(found, depth)
+    for i, cls in enumerate(chain):
+        for name in _declared_slots(cls):
+            try:
+                held = vars(cls)[name].__get__(value, type(value))
+            except AttributeError:
+                state[f"{i}:{name}"] = _UNSET
+                continue
+            state[f"{i}:{name}"] = _canon(held, depth)
+    return state
+
+
+def _secret_base() -> type | None:
+    """pydantic's secret base class, when pydantic is loaded (else no value is one)."""
+    found = getattr(sys.modules.get("pydantic.types"), "_SecretBase", None)
+    return found if isinstance(found, type) else None
+
+
+def _instance(value: Any, cls: type, depth: int) -> Any:
+    """An instance of an app's class: its type and its whole state. Accepted only
+    when every class between it and ``object`` (or the built-in type it extends)
+    keeps its state where Python shows it."""
+    chain: list[type] = []
+    base: type = cls
+    while base is not object and base not in _BUILTIN_VALUE:
+        if not _layout_is_python(base):
+            raise NoCanonicalForm(
+                f"a {_qualname(cls)} value has no canonical form (its class "
+                f"{_qualname(base)} keeps state Python does not show)"
+            )
+        chain.append(base)
+        base = base.__base__ or object  # (never None past the layout check)
+    if base is object and callable(value):
+        raise NoCanonicalForm(f"a {_qualname(cls)} value is callable: its behaviour is code")
+    secret = _secret_base()
+    if secret is not None and isinstance(value, secret):  # digested, never in the text
+        import hashlib  # off the cold path: loaded on first use
+
+        hidden = vars(value).get("_secret_value", _MISSING)
+        if hidden is _MISSING:
+            raise NoCanonicalForm(f"a {_qualname(cls)} value holds no secret value")
+        digest = hashlib.sha256(_text(hidden, depth).encode()).hexdigest()
+        return {
+            "__t": f"secret:{_qualname(cls)}",
+            "h": digest,
+            "v": _state(value, chain, depth, hide="_secret_value"),
+        }
+    state = _state(value, chain, depth)
+    if base is object:
+        return {"__t": f"object:{_qualname(cls)}", "v": state}
+    inner = _canon(_BUILTIN_VALUE[base](value), depth)
+    return {"__t": f"{base.__name__}:{_qualname(cls)}", "v": inner, "s": state}
+
+
 def _canon(value: Any, depth: int = 0) -> Any:
     """An exact, typed stand-in for ``value`` (JSON values; other types tagged
     with ``__t``) or :class:`NoCanonicalForm`. Two values get the same stand-in
-    only when they are the same type with the same content."""
+    only when they are the same type with the same content, all the way down."""
     if depth > _MAX_DEPTH:
         raise NoCanonicalForm("nested too deeply")
     depth += 1
-    if value is None or type(value) is str:
-        return value
     cls = type(value)
-    if cls is bool:
-        return value
-    if cls is int:
-        return value if -(2**63) <= value < 2**63 else {"__t": "int", "v": format(value, "x")}
-    if cls is float:
-        return value if math.isfinite(value) else {"__t": "float", "v": repr(value)}
-    if cls is list:
-        return [_canon(v, depth) for v in value]
-    if cls is tuple:
-        return {"__t": "tuple", "v": [_canon(v, depth) for v in value]}
-    if cls is dict and all(type(k) is str for k in value):
-        return {"__t": "dict", "v": {k: _canon(v, depth) for k, v in value.items()}}
-    if isinstance(value, Mapping):
-        pairs = sorted([_text(k, depth), _canon(v, depth)] for k, v in value.items())
-        return {"__t": f"map:{_qualname(value)}", "v": pairs}
-    if cls in (bytes, bytearray):
-        return {"__t": cls.__name__, "v": bytes(value).hex()}
-    if cls in (set, frozenset):
-        return {"__t": cls.__name__, "v": sorted(_text(v, depth) for v in value)}
+    exact = _EXACT.get(cls)
+    if exact is not None:
+        return exact(value, depth)
+    atom = _ATOMS.get((cls.__module__, cls.__qualname__))
+    if atom is not None and _stdlib(cls, cls.__module__, cls.__qualname__):
+        return {"__t": _qualname(cls), "v": atom(value)}
+    if _stdlib(cls, "datetime", "datetime", "time"):
+        return _clock(value, depth)
+    if _stdlib(cls, "zoneinfo", "ZoneInfo"):
+        return _zone(value)
     if isinstance(value, enum.Enum):
-        return {"__t": f"enum:{_qualname(value)}", "v": _canon(value.value, depth)}
-    secret = getattr(value, "get_secret_value", None)
-    if callable(secret):  # pydantic secrets: digested by their value, never shown
-        import hashlib  # off the cold path: loaded on first use
-
-        digest = hashlib.sha256(_text(secret(), depth).encode()).hexdigest()
-        return {"__t": f"secret:{_qualname(value)}", "v": digest}
-    if hasattr(cls, "__pydantic_fields__") or hasattr(cls, "model_fields"):
-        fields = {k: _canon(v, depth) for k, v in vars(value).items()}
-        extra = getattr(value, "__pydantic_extra__", None)
-        return {"__t": f"model:{_qualname(value)}", "v": fields, "x": _canon(extra, depth)}
-    dc_fields = getattr(cls, "__dataclass_fields__", None)
-    if isinstance(dc_fields, dict):
-        return {
-            "__t": f"dataclass:{_qualname(value)}",
-            "v": {name: _canon(getattr(value, name), depth) for name in dc_fields},
-        }
-    if cls.__module__ in _ATOMS_BY_TEXT:
-        return {"__t": _qualname(value), "v": str(value)}
-    if isinstance(value, (str, int, float)):  # subclasses: their value and their type
-        return {"__t": f"{type(value).__mro__[-2].__name__}:{_qualname(value)}", "v": _canon(
-            type(value).__mro__[-2](value), depth
-        )}  # fmt: skip
-    if (  # plain instances: their state
-        hasattr(value, "__dict__")
-        and not isinstance(value, type)
-        and not callable(value)
-        and not hasattr(cls, "__slots__")
-    ):
-        return {"__t": f"object:{_qualname(value)}", "v": _canon(dict(vars(value)), depth)}
-    raise NoCanonicalForm(f"a {_qualname(value)} value has no canonical form")
+        return _enum(value, depth)
+    return _instance(value, cls, depth)
 
 
 def canonical_arguments(arguments: Any) -> str:
     """Exact canonical JSON of bound arguments (sorted keys, ASCII, types tagged),
     as digested by :func:`call_digest`. Raises :class:`NoCanonicalForm` for a value
-    whose state cannot be read exactly (an object with slots, a function, a
-    socket...)."""
+    whose state cannot be read exactly (a file, a lock, a socket, a function, an
+    instance of a class written in C...)."""
     try:
         return _text(arguments, 0)
     except NoCanonicalForm:
         raise
-    except (ValueError, TypeError, RecursionError) as exc:
+    except Exception as exc:  # anything unexpected: no approval can be tied to it
         raise NoCanonicalForm(f"{type(exc).__name__}: {exc}") from None
+
+
+_SAFE_INT = 2**53  # beyond this, JSON readers (JavaScript) round: shown as text
+
+
+def _shown_key(key: Any) -> str:
+    text = repr(key)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _shown_mapping(value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
+    """A mapping for display. String keys as they are; when any key is not a
+    string, every key as its ``repr`` (``1`` and ``'1'``), so keys of different
+    types never merge into one entry; reprs that repeat get a ``#n`` suffix."""
+    items = list(value.items())
+    if all(type(k) is str for k, _ in items):
+        return {k: _shown(v, depth) for k, v in items}
+    shown: dict[str, Any] = {}
+    for k, v in items:
+        name = base = _shown_key(k)
+        n = 1
+        while name in shown:
+            n += 1
+            name = f"{base} #{n}"
+        shown[name] = _shown(v, depth)
+    return shown
+
+
+def _shown_int(value: int) -> Any:
+    value = int.__int__(value)
+    if -_SAFE_INT <= value <= _SAFE_INT:
+        return value
+    try:
+        return str(value)  # the exact decimal digits
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+        return hex(value)
 
 
 def _shown(value: Any, depth: int = 0) -> Any:
@@ -133,27 +352,35 @@ def _shown(value: Any, depth: int = 0) -> Any:
     if depth > _MAX_DEPTH:
         return "<nested too deeply>"
     depth += 1
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, float):
-        return value
-    if isinstance(value, int):
-        return value if abs(value) < 2**63 else f"<int of {value.bit_length()} bits>"
-    if isinstance(value, (list, tuple)):
-        return [_shown(v, depth) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _shown(v, depth) for k, v in value.items()}
-    if isinstance(value, (set, frozenset)):
-        return sorted((_shown(v, depth) for v in value), key=repr)
-    if isinstance(value, (bytes, bytearray)):
-        return {"bytes": bytes(value).hex()}
     try:
+        if value is None or type(value) in (bool, str):
+            return value
+        if isinstance(value, str):
+            return str.__str__(value)
+        if isinstance(value, float):
+            return float.__float__(value)
+        if isinstance(value, int):
+            return _shown_int(value)
+        if isinstance(value, (list, tuple)):
+            return [_shown(v, depth) for v in value]
+        if isinstance(value, Mapping):
+            return _shown_mapping(value, depth)
+        if isinstance(value, (set, frozenset)):
+            return sorted((_shown(v, depth) for v in value), key=repr)
+        if isinstance(value, (bytes, bytearray)):
+            return {"bytes": bytes(value).hex()}
         dump = getattr(value, "model_dump", None)
         if callable(dump):
             return _shown(dump(mode="json"), depth)
         fields = getattr(type(value), "__dataclass_fields__", None)
         if isinstance(fields, dict):
-            return {name: _shown(getattr(value, name), depth) for name in fields}
+            shown = {name: _shown(getattr(value, name), depth) for name in fields}
+            extra = getattr(value, "__dict__", None)  # attributes set outside the fields
+            if isinstance(extra, dict):
+                for name, v in extra.items():
+                    if isinstance(name, str) and name not in shown:
+                        shown[name] = _shown(v, depth)
+            return shown
         text = repr(value)
     except Exception:  # a display must never fail the call
         text = f"<{type(value).__qualname__}>"
@@ -162,8 +389,9 @@ def _shown(value: Any, depth: int = 0) -> Any:
 
 def json_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
     """``arguments`` as plain JSON values (what an approver and the decision log
-    are shown); never raises."""
-    return {str(k): _shown(v) for k, v in arguments.items()}
+    are shown); never raises. Keys of different types never merge; integers
+    beyond 2**53 are shown as their decimal digits (a string)."""
+    return _shown_mapping(arguments, 0)
 
 
 def call_digest(tool_id: str, arguments: Mapping[str, Any], user_id: str, version: str) -> str:

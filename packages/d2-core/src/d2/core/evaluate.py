@@ -75,7 +75,16 @@ from .policy.constraints import MISSING
 from .policy.model import Approval, CompiledPolicy, Grant, Limit, ToolRules
 from .policy.output import OutputRules, OutputViolation
 from .policy.when import certainly_fails
-from .resume import Lineage, lineage, restore, snapshot, tethered, version
+from .resume import (
+    MAX_CALLS,
+    Lineage,
+    SnapshotTooLarge,
+    lineage,
+    restore,
+    snapshot,
+    tethered,
+    version,
+)
 from .stores.base import APPROVAL_MISSING, TAKEN, ApprovalKey, ApprovalState, Counter, Store
 from .stores.memory import MemoryStore
 
@@ -116,6 +125,7 @@ class Decision(NamedTuple):
 # "allowed", "denied" or "would_deny".
 Observer = Callable[[str, UserContext, "str | None", str], None]
 _spend_lock = threading.Lock()  # per-request budgets of tools that have them, only
+_store_lock = threading.Lock()  # making an instance's in-process store (once)
 
 
 class _Track:
@@ -193,6 +203,7 @@ class Evaluator:
         "observer",
         "observers",
         "policy",
+        "private_store",
         "slow",
         "store",
         "strict",
@@ -224,6 +235,9 @@ class Evaluator:
         self.wants_args = False  # the log records arguments: the guard reports calls
         self.slow = False  # timer set or wants_args: the guard takes its slow path
         self.store: Store | None = None  # created on first use (MemoryStore)
+        # the in-process store this instance made for itself (store_for_use, or a
+        # memory:// URL): the only store an unnamed policy may use
+        self.private_store: Store | None = None
         # a call of this instance was held for approval: from then on, calls of a
         # request scope that feeds a held request take the full path (see _feed)
         self.holding = False
@@ -299,21 +313,28 @@ class Evaluator:
             )
 
     def store_for_use(self) -> Store:
-        """The store (an in-process one unless configured otherwise)."""
+        """The store (an in-process one, made for this instance, unless configured
+        otherwise)."""
         store = self.store
         if store is None:
-            store = self.store = MemoryStore()
+            with _store_lock:  # once per instance: two threads make one store
+                store = self.store
+                if store is None:
+                    store = self.private_store = MemoryStore()
+                    self.store = store
         return store
 
     def namespace(self, policy: CompiledPolicy) -> str | None:
         """What scopes this app's keys in the store: the policy's namespace
-        (``metadata.name``, or the cloud app); ``""`` for an unnamed policy on the
-        in-process store; ``None`` for an unnamed policy on a shared store, whose
-        calls that need the store are denied (another app's requests and counters
-        could be this app's)."""
+        (``local:<metadata.name>``, or ``cloud:<account>:<app>``); ``""`` for an
+        unnamed policy on the in-process store this instance made for itself;
+        ``None`` for an unnamed policy on any other store (a ``store=`` object may
+        be shared with another instance), whose calls that need the store are
+        denied (another app's requests and counters could be this app's)."""
         if policy.namespace:
             return policy.namespace
-        return "" if type(self.store_for_use()) is MemoryStore else None
+        store = self.store_for_use()
+        return "" if store is self.private_store else None
 
     # -- the hot path ---------------------------------------------------------------
     def check(self, tool_id: str, _started: float = 0.0) -> ToolRules:
@@ -539,6 +560,7 @@ class Evaluator:
                 self._release(adm)
                 raise
             self._taken(adm, result, now)
+            self._verify(adm, inputs, None)
         return self._admitted(adm)
 
     async def admit_async(
@@ -610,15 +632,23 @@ class Evaluator:
         if self.log is not None:
             adm.started = perf_counter()
         try:
-            # 6c, first part: a call that needs an approval continues the request
-            # that asked for it, so steps 5-6 judge it on that request's history
-            if rules.approvals:
-                first = _chosen_grant(rules, ctx.roles, args, kwargs, arguments, inputs)
-                if first is not None and first.approval is not None:
-                    hold = adm.hold = _Hold(first.approval)
-                    if _needs(first.approval, adm.call, approval_holds):
-                        hold.needs = first.approval
+            # One reading of the arguments, before the store is asked: step 4 (the
+            # grant), approval.when and the call's digest. What the store answers is
+            # judged against that reading, and the live arguments are checked
+            # against it once more at the end (_verify).
+            adm.picked = _input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
+            chosen, denial, _ = adm.picked
+            if denial is None and rules.approvals:
+                grant = chosen or rules.allow_grants(ctx.roles)[0]
+                if grant.approval is not None:
+                    hold = adm.hold = _Hold(grant.approval)
+                    if _needs(grant.approval, adm.call, approval_holds):
+                        hold.needs = grant.approval
                         if not rules.policy.audit:
+                            self._digest(adm, hold)
+                            # 6c, first part: a call that needs an approval continues
+                            # the request that asked for it, so steps 5-6 judge it on
+                            # that request's history
                             yield from self._resume(adm, hold)
             if not self._judge(adm, inputs, approval_holds):
                 return self._admitted(adm)
@@ -630,6 +660,7 @@ class Evaluator:
             line = tethered(ctx.scope) if self.holding else None
             if line is not None and not (yield from self._feed(adm, line, True)):
                 self._stop(adm, _unavailable_error(adm, adm.problem))
+            self._verify(adm, inputs, approval_holds)
             return self._admitted(adm)
         except GeneratorExit:
             self._release(adm)
@@ -640,9 +671,13 @@ class Evaluator:
         False when audit mode lets a call it would deny run (``adm.would``)."""
         rules, ctx = adm.rules, adm.ctx
         args, kwargs, arguments = adm.call
-        output, denial, grant, audited = _layers(rules, ctx, args, kwargs, arguments, None, inputs)
+        if adm.picked is None:
+            adm.picked = _input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
+        output, denial, grant, audited = _layers(
+            rules, ctx, args, kwargs, arguments, None, inputs, adm.picked
+        )
         if denial is not None:
-            err = _guardrail_error(rules, ctx, denial, args, kwargs, arguments)
+            err = _guardrail_error(rules, ctx, denial, args, kwargs, arguments, adm.picked)
             if not rules.policy.audit:
                 raise self._refuse(err, ctx, adm.started, adm.call, adm.consulted())
             adm.would = err
@@ -652,19 +687,68 @@ class Evaluator:
             self._budgets(adm, grant, holds)
         return adm.would is None
 
-    def _resume(self, adm: _Admission, hold: _Hold) -> _Steps:
-        """The call needs an approval: digest it and, when its request lives,
-        restore that request's snapshots into this request scope (a pause for an
-        approval never forgets what the request did before it)."""
+    def _verify(self, adm: _Admission, inputs: bool, holds: bool | None) -> None:
+        """After the store's last answer, before the tool runs: the live arguments
+        must still be the ones the call was judged on. The tool receives the
+        caller's own objects; another task or thread that changed one while the
+        store answered would otherwise run a call nobody judged (or approved)."""
+        rules, ctx = adm.rules, adm.ctx
+        if rules.policy.audit or adm.would is not None:
+            return  # audit mode: it runs as it is, reported only
+        args, kwargs, arguments = adm.call
+        hold = adm.hold
+        if hold is not None and hold.digest is not None:
+            try:
+                exact = bound_arguments(arguments, args, kwargs, keep_self=True)
+                version_text = rules.policy.version_text
+                again = call_digest(rules.tool_id, exact, ctx.user_id or "", version_text)
+            except NoCanonicalForm:
+                again = None
+            if again != hold.digest:
+                self._stop(adm, _changed_error(adm, hold.judged.path))
+            return
+        if not rules.conditional and not rules.approvals:
+            return  # nothing the arguments decide
+        picked = _input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
+        assert adm.picked is not None
+        changed = picked[0] is not adm.picked[0] or picked[1] is not None
+        grant = picked[0] or rules.allow_grants(ctx.roles)[0]
+        if not changed and grant.approval is not None:
+            changed = _needs(grant.approval, adm.call, holds)  # needed now, not before
+        if changed:
+            self._stop(adm, _changed_error(adm, grant.path))
+
+    def _digest(self, adm: _Admission, hold: _Hold) -> None:
+        """The call needs an approval: its digest, and the request an approver
+        would be shown, from one reading of the arguments (no I/O)."""
         rules, ctx = adm.rules, adm.ctx
         policy = rules.policy
+        approval = hold.judged
         args, kwargs, arguments = adm.call
         try:
             exact = bound_arguments(arguments, args, kwargs, keep_self=True)
             hold.digest = call_digest(rules.tool_id, exact, ctx.user_id or "", policy.version_text)
         except NoCanonicalForm as exc:
             hold.unapprovable = str(exc)  # refused after steps 5-6 (approval_unsupported)
-            return None
+            return
+        hold.request = ApprovalRequest(
+            id=new_request_id(),
+            tool_id=rules.tool_id,
+            user_id=ctx.user_id or "",
+            arguments=json_arguments(bound_arguments(arguments, args, kwargs)),
+            policy_version=policy.version_text,
+            expires_at=_now() + approval.ttl,
+            approver_roles=approval.approvers,
+        )
+
+    def _resume(self, adm: _Admission, hold: _Hold) -> _Steps:
+        """The call needs an approval (digested by :meth:`_digest`): when its
+        request lives, restore that request's snapshots into this request scope (a
+        pause for an approval never forgets what the request did before it)."""
+        rules, ctx = adm.rules, adm.ctx
+        policy = rules.policy
+        if hold.digest is None:
+            return None  # refused after steps 5-6 (approval_unsupported)
         namespace = self.namespace(policy)
         if namespace is None:
             return None  # refused after steps 5-6 (an unnamed app on a shared store)
@@ -712,9 +796,11 @@ class Evaluator:
         approval = grant.approval
         if approval is not None:
             hold = adm.hold
-            if hold is None or hold.judged is not approval:  # not judged yet
-                hold = adm.hold = _Hold(approval)
-                hold.needs = approval if _needs(approval, adm.call, holds) else None
+            if hold is None or hold.judged is not approval:
+                # _admission reads every grant with an approval before the store is
+                # asked; another grant chosen now means the arguments changed
+                self._stop(adm, _changed_error(adm, approval.path))
+                return
             if hold.needs is approval:
                 if policy.audit:  # never ask a person on behalf of an audited policy
                     self._stop(adm, _approval_error(rules, ctx, None, approval.path, None))
@@ -722,21 +808,11 @@ class Evaluator:
                 if hold.unapprovable is not None:
                     self._stop(adm, _unapprovable(rules, ctx, approval.path, hold.unapprovable))
                     return
-                if hold.digest is not None:
-                    found = hold.found
-                    hold.key = ApprovalKey(
-                        hold.digest, found.request.id if found is not None else ""
-                    )
-                    args, kwargs, arguments = adm.call
-                    hold.request = ApprovalRequest(
-                        id=new_request_id(),
-                        tool_id=rules.tool_id,
-                        user_id=ctx.user_id or "",
-                        arguments=json_arguments(bound_arguments(arguments, args, kwargs)),
-                        policy_version=policy.version_text,
-                        expires_at=_now() + approval.ttl,
-                        approver_roles=approval.approvers,
-                    )
+                if hold.digest is None or hold.request is None:  # never take without it
+                    self._stop(adm, _changed_error(adm, approval.path))
+                    return
+                found = hold.found
+                hold.key = ApprovalKey(hold.digest, found.request.id if found is not None else "")
                 adm.store_needed = True
         if adm.store_needed and adm.namespace is None:
             adm.namespace = self.namespace(policy)
@@ -794,7 +870,11 @@ class Evaluator:
         scope = ctx.scope
         line = lineage(scope)
         before = version(scope)
-        text = snapshot(scope, ctx.user_id or "")
+        try:
+            text = snapshot(scope, ctx.user_id or "", policy=adm.rules.policy)
+        except SnapshotTooLarge as exc:
+            self._stop(adm, _too_large_error(adm, exc))
+            return None
         found = hold.found
         replaces = [
             (holder, _sha1(old))
@@ -835,7 +915,11 @@ class Evaluator:
         policy = rules.policy
         tool = rules.tool_id if with_call and (policy.sequences or policy.flow_labels) else None
         labels = rules.labels if with_call else ()
-        text = snapshot(ctx.scope, ctx.user_id or "", tool, labels)
+        try:
+            text = snapshot(ctx.scope, ctx.user_id or "", tool, labels, policy)
+        except SnapshotTooLarge as exc:
+            self._stop(adm, _too_large_error(adm, exc))
+            return False
         for namespace, keys in groups.items():
             saved = yield ("save_snapshot", namespace, keys, line.token, text, now)
             if isinstance(saved, _Failed):
@@ -1184,6 +1268,39 @@ def _check_input(
     return None
 
 
+# Step 4's choice: (the chosen grant or None, the denial or None, the audited input
+# rule that would have denied or None).
+_Picked = tuple["Grant | None", "_Denial | None", "_Denial | None"]
+_NOTHING_PICKED: _Picked = (None, None, None)
+
+
+def _input_step(
+    rules: ToolRules,
+    roles: frozenset[str],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    arguments: Arguments | None,
+    inputs: bool = True,
+) -> _Picked:
+    """Step 4: the first granting entry whose input conditions hold; when none
+    does, the first audited one that failed (a would-deny), else the denial."""
+    if not rules.conditional:
+        return _NOTHING_PICKED
+    first_failure: _Denial | None = None
+    audit_pick: tuple[Grant, _Denial] | None = None
+    for grant in rules.allow_grants(roles):
+        failure = _check_input(grant, args, kwargs, arguments) if grant.input and inputs else None
+        if failure is None:
+            return grant, None, None
+        if grant.audit and audit_pick is None:
+            audit_pick = (grant, failure)
+        first_failure = first_failure or failure
+    if audit_pick is None:
+        assert first_failure is not None
+        return None, first_failure, None
+    return audit_pick[0], None, audit_pick[1]
+
+
 def _layers(
     rules: ToolRules,
     ctx: UserContext,
@@ -1192,36 +1309,26 @@ def _layers(
     arguments: Arguments | None,
     trace: list[TraceStep] | None,
     inputs: bool = True,
+    picked: _Picked | None = None,
 ) -> tuple[OutputRules | None, _Denial | None, Grant | None, _Denial | None]:
     """Steps 4-6. Returns (output rules of the chosen entry, the denial or None,
     the chosen grant when conditions chose one, the first audited rule that would
     have denied or None). ``trace`` (explain, denials) collects the steps; the hot
-    path passes None."""
+    path passes None. ``picked``: step 4 as :func:`_input_step` read it already
+    (the arguments are then not read again)."""
     roles = ctx.roles
-    output = None
-    chosen = None
-    audited: _Denial | None = None
+    if picked is None:
+        picked = (
+            _input_step(rules, roles, args, kwargs, arguments, inputs)
+            if rules.conditional
+            else _NOTHING_PICKED
+        )
+    chosen, denial, audited = picked
     failure: _Denial | None
-    # 4. input: the first granting entry whose input conditions hold; when none
-    # does, the first audited one that failed (a would-deny) before denying
-    if rules.conditional:
-        first_failure: _Denial | None = None
-        audit_pick: tuple[Grant, _Denial] | None = None
-        for grant in rules.allow_grants(roles):
-            failure = (
-                _check_input(grant, args, kwargs, arguments) if grant.input and inputs else None
-            )
-            if failure is None:
-                chosen = grant
-                break
-            if grant.audit and audit_pick is None:
-                audit_pick = (grant, failure)
-            first_failure = first_failure or failure
-        if chosen is None:
-            if audit_pick is None:
-                assert first_failure is not None
-                return None, first_failure, None, None
-            chosen, audited = audit_pick
+    if denial is not None:
+        return None, denial, None, None
+    output = None
+    if chosen is not None:
         output = chosen.output
         if trace is not None:
             n = len(chosen.input)
@@ -1336,6 +1443,7 @@ def _guardrail_error(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     arguments: Arguments | None,
+    picked: _Picked | None = None,
 ) -> PermissionDeniedError:
     reason, detail, path = denial
     step = {
@@ -1346,7 +1454,7 @@ def _guardrail_error(
     # Re-run the layers with a trace (deterministic, records nothing) to list the
     # steps that passed before the one that denied.
     trace = [*_base_trace(rules.policy, ctx), _rbac_step(rules, ctx)]
-    _layers(rules, ctx, args, kwargs, arguments, trace)
+    _layers(rules, ctx, args, kwargs, arguments, trace, True, picked)
     trace.append(TraceStep(step, "would_deny" if rules.policy.audit else "deny", detail, path))
     return PermissionDeniedError(
         f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail} ({path})",
@@ -1401,6 +1509,7 @@ class _Admission:
         "hold",
         "namespace",
         "output",
+        "picked",
         "problem",
         "reserved",
         "rules",
@@ -1423,6 +1532,7 @@ class _Admission:
         self.store_needed = False
         self.namespace: str | None = None  # the app's namespace in the store
         self.hold: _Hold | None = None  # the approval part, when the grant has one
+        self.picked: _Picked | None = None  # step 4, read once (see _input_step)
         self.problem: BaseException | None = None
 
     def consulted(self) -> str | None:
@@ -1450,25 +1560,6 @@ def _sha1(text: str) -> str:
     import hashlib  # off the cold path: only held calls need it
 
     return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
-
-
-def _chosen_grant(
-    rules: ToolRules,
-    roles: frozenset[str],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    arguments: Arguments | None,
-    inputs: bool,
-) -> Grant | None:
-    """The grant step 4 chooses (see :func:`_layers`): the first granting entry
-    whose input rules hold, else the first audited one; ``None`` when none can."""
-    audit_pick = None
-    for grant in rules.allow_grants(roles):
-        if not (grant.input and inputs) or _check_input(grant, args, kwargs, arguments) is None:
-            return grant
-        if grant.audit and audit_pick is None:
-            audit_pick = grant
-    return audit_pick
 
 
 def _counters(
@@ -1537,6 +1628,31 @@ def _unavailable_error(adm: _Admission, problem: BaseException | None) -> Permis
             *_base_trace(rules.policy, ctx),
             _rbac_step(rules, ctx),
             TraceStep("budget", "deny", detail, adm.grant.path if adm.grant else None),
+        ),
+    )
+
+
+def _too_large_error(adm: _Admission, exc: SnapshotTooLarge) -> PermissionDeniedError:
+    """A request scope that feeds a held request grew past what is saved with it:
+    the call is denied rather than left out of the saved history."""
+    rules, ctx = adm.rules, adm.ctx
+    detail = (
+        f"this request asked for an approval, and each of its calls is saved with the "
+        f"approval request so the request can resume where it paused; {exc}, so it "
+        f"cannot be saved (the limit is {MAX_CALLS} calls that sequence or data-flow "
+        "rules read). Start a new request (set_user) for new work, or let the pending "
+        "approval be decided or expire"
+    )
+    return PermissionDeniedError(
+        f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail}",
+        tool_id=rules.tool_id,
+        user_id=ctx.user_id,
+        roles=ctx.roles,
+        reason="budget_unavailable",
+        trace=(
+            *_base_trace(rules.policy, ctx),
+            _rbac_step(rules, ctx),
+            TraceStep("approval", "deny", detail, adm.grant.path if adm.grant else None),
         ),
     )
 
@@ -1615,7 +1731,9 @@ def _unapprovable(
     detail = (
         f"the call needs an approval, but its arguments cannot be digested exactly "
         f"({problem}), so no approval could be tied to this call alone; pass plain "
-        "values (JSON types, dataclasses, pydantic models, enums, dates)"
+        "values (JSON types, dataclasses, pydantic models, enums, dates, instances of "
+        "your own classes): a file, a stream, a lock, a socket or a function is never "
+        "approved"
     )
     return PermissionDeniedError(
         f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail} ({path})",
@@ -1627,6 +1745,32 @@ def _unapprovable(
             *_base_trace(rules.policy, ctx),
             _rbac_step(rules, ctx),
             TraceStep("approval", "deny", detail, path),
+        ),
+    )
+
+
+def _changed_error(adm: _Admission, path: str) -> PermissionDeniedError:
+    """The arguments changed between the decision and the run (another task or
+    thread mutated an argument while the store answered): the call is refused."""
+    rules, ctx = adm.rules, adm.ctx
+    detail = (
+        "an argument changed while the store answered (another task or thread mutated "
+        "it after the call was judged), so the tool would receive arguments other than "
+        "the ones judged and approved; do not share a mutable argument between "
+        "concurrent calls, and retry the call"
+    )
+    reason = "approval_unsupported" if rules.approvals else "input_validation"
+    step = "approval" if rules.approvals else "input"
+    return PermissionDeniedError(
+        f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail} ({path})",
+        tool_id=rules.tool_id,
+        user_id=ctx.user_id,
+        roles=ctx.roles,
+        reason=reason,
+        trace=(
+            *_base_trace(rules.policy, ctx),
+            _rbac_step(rules, ctx),
+            TraceStep(step, "deny", detail, path),
         ),
     )
 

@@ -84,19 +84,21 @@ class PolicyManager:
             if not self._closed:
                 self.evaluator.policy = policy  # one atomic assignment: the swap
                 count_policy_load(self.evaluator, self.mode, policy)
-                if not policy.namespace and _shared(self.evaluator.store):
+                if not policy.namespace and _shared(self.evaluator.store, self.evaluator):
                     _warn_unscoped(policy)
 
-    def start(self, *, store: Store | None = None) -> CompiledPolicy:
+    def start(self, *, store: Store | None = None, private: bool = False) -> CompiledPolicy:
         """Load the first policy, put it in force and start watching.
 
         ``store`` is the store the instance is about to use (``None``: the
-        in-process one). A bad policy raises and changes nothing: the instance's
-        previous configuration (if any) stays in force; so does a policy without
-        ``metadata.name`` when ``store`` is shared (see :func:`require_namespace`).
+        in-process one); ``private``: D2 made it for this instance alone (a
+        ``memory://`` URL). A bad policy raises and changes nothing: the
+        instance's previous configuration (if any) stays in force; so does a
+        policy without ``metadata.name`` when ``store`` may be shared (see
+        :func:`require_namespace`).
         """
         policy = self.source.load(self.limits)
-        require_namespace(policy, store)
+        require_namespace(policy, store, private=private)
         _register(self)  # retires the previous manager of this instance first
         self.evaluator.strict = self.strict
         install_telemetry(self.evaluator)
@@ -138,6 +140,8 @@ class PolicyManager:
         if store is not None:
             if self.evaluator.store is store:
                 self.evaluator.store = None
+            if self.evaluator.private_store is store:
+                self.evaluator.private_store = None
             try:
                 store.close()
             except Exception:
@@ -170,22 +174,32 @@ class PolicyManager:
         return f"<{type(self).__name__} {self.name!r} mode={self.mode} policy={self.policy!r}>"
 
 
-def _shared(store: Store | None) -> bool:
-    """Whether ``store`` may be shared with other apps: anything but the built-in
-    in-process store."""
-    return store is not None and type(store) is not MemoryStore
+def _shared(store: Store | None, evaluator: Evaluator | None = None) -> bool:
+    """Whether ``store`` may be shared with other apps: anything but the
+    in-process store D2 made for this instance (``None``: the one it will make).
+    A ``store=`` object may be passed to two instances, so it counts as shared
+    whatever its type."""
+    if store is None:
+        return False
+    return evaluator is None or store is not evaluator.private_store
 
 
-def require_namespace(policy: CompiledPolicy, store: Store | None) -> None:
-    """Refuse a policy without ``metadata.name`` on a shared store: the name
-    scopes the app's counters and approval requests there, and without it two apps
-    would count and decide each other's (:class:`ConfigurationError`)."""
-    if not policy.namespace and _shared(store):
+def require_namespace(
+    policy: CompiledPolicy, store: Store | None, *, private: bool = False
+) -> None:
+    """Refuse a policy without ``metadata.name`` on a store that may be shared
+    (any ``store=`` object; ``private=True``: D2 made ``store`` for this instance
+    alone): the name scopes the app's counters and approval requests there, and
+    without it two apps would count and decide each other's
+    (:class:`ConfigurationError`)."""
+    if not policy.namespace and store is not None and not private:
         raise ConfigurationError(
             f"the policy {policy.source} has no metadata.name, but its budgets and "
-            f"approvals would live in a shared store ({type(store).__name__}), where the "
-            "name keeps each app's counters and approval requests apart: give the policy "
-            "a metadata.name (unique per app sharing the store)"
+            f"approvals would live in a store that may be shared ({type(store).__name__} "
+            "passed as store=, or a network store), where the name keeps each app's "
+            "counters and approval requests apart: give the policy a metadata.name "
+            "(unique per app sharing the store), or let D2 make the in-process store "
+            "(no store=, or store='memory://')"
         )
 
 
@@ -379,7 +393,9 @@ def configure_rbac_sync(
         else:
             manager = _prepare(instance_name, source, limits, strict_sync)
             try:
-                manager.start(store=chosen_store)
+                made_here = store is None or isinstance(store, str)
+                private = made_here and type(chosen_store) is MemoryStore
+                manager.start(store=chosen_store, private=private)
             except BaseException:
                 manager.source.close()
                 raise
@@ -490,13 +506,15 @@ def _attach(
     ev = manager.evaluator
     if store is not None:
         ev.store = store
+        if owned and type(store) is MemoryStore:  # made from memory://: this instance's
+            ev.private_store = store
         policy = ev.policy
-        if policy is not None and not policy.namespace and _shared(store):
+        if policy is not None and not policy.namespace and _shared(store, ev):
             _warn_unscoped(policy)  # cloud bundles always have one: a custom manager
         if owned:
             manager.owned_store = store
-    elif _shared(ev.store):
-        ev.store = None  # back to in-process (created on first use)
+    elif ev.store is not None and ev.store is not ev.private_store:
+        ev.store = ev.private_store  # back to in-process (its own, or made on first use)
     manager.decision_log = log
     ev.set_log(log)
 

@@ -231,7 +231,7 @@ class _ReplayStore(Store):
         assert isinstance(approval, str)
         request = ApprovalRequest(approval, self.record["tool_id"], user, {}, "", 0.0, ())
         snapshots = tuple(
-            (lineage(scope).token, snapshot(scope, user))
+            (lineage(scope).token, snapshot(scope, user, bounded=False))
             for key, scope in holders.items()
             if key != self.current
         )

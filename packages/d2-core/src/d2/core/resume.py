@@ -16,6 +16,17 @@ calls of one request, or a request that was itself resumed) adds only what is ne
 never a second copy. A snapshot names its user; it is restored only into a request
 of that user (:func:`restore` raises :class:`ValueError` otherwise).
 
+A snapshot carries the history as the policy in force reads it, so its size follows
+what the policy tracks, not how long the request ran: a call no sequence step
+matches and that records no data-flow label is kept as one gap (``""``, never a
+tool id) however many such calls come in a row, and a run of one tool is kept only
+as long as the longest sequence rule (more of it cannot move a rule further). Each
+scope keeps its own calls in that form as they come (:class:`Lineage`), so saving
+after every call costs what the calls since the last save cost. A snapshot holds
+at most :data:`MAX_CALLS` history entries and :data:`MAX_BYTES` of JSON;
+:func:`snapshot` raises :class:`SnapshotTooLarge` beyond that (the evaluator then
+denies the call: what cannot be saved is never forgotten silently).
+
 This module only reads and writes scopes; the evaluator decides when (see
 ``evaluate.py``, step 6c).
 """
@@ -23,14 +34,40 @@ This module only reads and writes scopes; the evaluator decides when (see
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .context import RequestScope
 
-__all__ = ["Lineage", "lineage", "restore", "snapshot", "tethered"]
+if TYPE_CHECKING:
+    from .policy.model import CompiledPolicy
+
+__all__ = [
+    "GAP",
+    "MAX_BYTES",
+    "MAX_CALLS",
+    "Lineage",
+    "SnapshotTooLarge",
+    "lineage",
+    "restore",
+    "snapshot",
+    "tethered",
+]
 
 _VERSION = 1
+GAP = ""  # calls no rule of the policy reads, in a row (never a tool id)
+MAX_CALLS = 4096  # history entries one snapshot carries, all blocks together
+MAX_BYTES = 256 * 1024  # a snapshot's JSON text
+
+
+_lock = threading.Lock()  # a scope's blocks and saved calls; held calls only
+
+
+class SnapshotTooLarge(ValueError):
+    """A request scope's snapshot would exceed :data:`MAX_CALLS` history entries
+    or :data:`MAX_BYTES` of text: it cannot be saved."""
 
 
 class _Key:
@@ -52,10 +89,12 @@ class Lineage:
     ``[calls restored, {budget key: count}]``, in restore order (their calls sit at
     the start of the history, in that order). ``held``: the approval requests this
     scope asked for and that still live, ``(namespace, call digest, request id) ->
-    expires_at``: each later call of the scope is saved with them.
+    expires_at``: each later call of the scope is saved with them. ``saved``: the
+    scope's own calls as a snapshot carries them under ``saved_for`` (a policy),
+    covering the first ``saved_of`` of them (extended as calls come).
     """
 
-    __slots__ = ("blocks", "held", "token")
+    __slots__ = ("blocks", "held", "relevant", "saved", "saved_for", "saved_of", "token")
 
     def __init__(self) -> None:
         import secrets  # off the cold path: only a held call needs one
@@ -63,6 +102,10 @@ class Lineage:
         self.token = secrets.token_hex(16)
         self.blocks: dict[str, list[Any]] = {}
         self.held: dict[tuple[str, str, str], float] = {}
+        self.saved: list[str] = []
+        self.saved_of = 0
+        self.saved_for: CompiledPolicy | None = None
+        self.relevant: dict[str, bool] = {}  # tool id -> whether saved_for reads it
 
     def restored(self) -> int:
         """How many history entries came from restored blocks."""
@@ -89,37 +132,112 @@ def version(scope: RequestScope) -> tuple[int, int, int]:
     return len(scope.history), len(scope.facts), sum(scope.spent.values())
 
 
+def _reads(policy: CompiledPolicy, tool_id: str) -> bool:
+    """Whether ``policy`` reads ``tool_id`` in a history: a sequence step matches
+    it (a tracked step, or any step of an allowlist chain, where it may be the call
+    the next one follows) or it records a data-flow label."""
+    rules = policy.rules_for(tool_id, remember=False)
+    if rules.advance or rules.labels:
+        return True
+    for seq in policy.sequences.values():
+        if seq.mode != "allow":  # an allowlist: the last call is what the next follows
+            for rule in seq.rules:
+                if any(m(tool_id) for m in rule.matchers):
+                    return True
+    return False
+
+
+def _longest(policy: CompiledPolicy) -> int:
+    """How many calls of one tool in a row can still matter: the longest rule."""
+    return max(
+        (len(rule.steps) for seq in policy.sequences.values() for rule in seq.rules), default=1
+    )
+
+
+def _append(out: list[str], tool_id: str, reads: bool, run: int) -> None:
+    """Add one call to a history kept as a policy reads it (see the module doc)."""
+    if not reads:
+        if not out or out[-1] != GAP:
+            out.append(GAP)
+        return
+    if len(out) >= run and all(t == tool_id for t in out[-run:]):
+        return  # one more of a run no rule can count further
+    out.append(tool_id)
+
+
+def _own_calls(own: Lineage, scope: RequestScope, policy: CompiledPolicy | None) -> list[str]:
+    """The scope's own calls as ``policy`` reads them (verbatim without one),
+    extended incrementally from what the last snapshot kept."""
+    history = scope.history
+    first = own.restored()
+    if policy is None:
+        return history[first:]
+    count = len(history) - first
+    if own.saved_for is not policy or own.saved_of > count:
+        own.saved, own.saved_of, own.saved_for, own.relevant = [], 0, policy, {}
+    if own.saved_of < count:
+        run = _longest(policy)
+        relevant = own.relevant
+        for tool_id in history[first + own.saved_of :]:
+            reads = relevant.get(tool_id)
+            if reads is None:
+                reads = relevant[tool_id] = _reads(policy, tool_id)
+            _append(own.saved, tool_id, reads, run)
+        own.saved_of = count
+    return own.saved
+
+
 def snapshot(
     scope: RequestScope,
     user_id: str,
     tool_id: str | None = None,
     labels: Iterable[str] = (),
+    policy: CompiledPolicy | None = None,
+    bounded: bool = True,
 ) -> str:
     """The scope as JSON (ASCII): its user, its blocks and its facts. ``tool_id``
-    and ``labels``: a call about to be recorded, included as if it were."""
+    and ``labels``: a call about to be recorded, included as if it were.
+    ``policy``: the policy in force; the scope's own calls are kept as it reads
+    them (without one: verbatim). Raises :class:`SnapshotTooLarge` beyond
+    :data:`MAX_CALLS` entries or :data:`MAX_BYTES` (``bounded=False``: no limit,
+    for ``d2 replay``)."""
     own = lineage(scope)
-    history = list(scope.history)
+    history = scope.history
     spent = dict(scope.spent)
     blocks: list[list[Any]] = []
     start = 0
-    for token, (count, budget) in own.blocks.items():
-        blocks.append([token, history[start : start + count], dict(budget)])
-        start += count
-        for key, n in budget.items():
-            spent[key] = spent.get(key, 0) - n
-    mine = history[start:]
+    with _lock:  # threads of one request save it at once: one of them extends it
+        for token, (count, budget) in own.blocks.items():
+            blocks.append([token, history[start : start + count], dict(budget)])
+            start += count
+            for key, n in budget.items():
+                spent[key] = spent.get(key, 0) - n
+        mine = list(_own_calls(own, scope, policy))
     if tool_id is not None:
-        mine.append(tool_id)
+        if policy is None:
+            mine.append(tool_id)
+        else:
+            _append(mine, tool_id, _reads(policy, tool_id), _longest(policy))
+    entries = start + len(mine)
+    if bounded and entries > MAX_CALLS:
+        raise SnapshotTooLarge(
+            f"its saved history would hold {entries} entries (at most {MAX_CALLS})"
+        )
     blocks.append([own.token, mine, {k: n for k, n in spent.items() if n > 0}])
     facts = dict(scope.facts)
     for label in labels:
         facts.setdefault(label, tool_id or "")
-    return json.dumps(
+    text = json.dumps(
         {"v": _VERSION, "user": user_id, "blocks": blocks, "facts": facts},
         separators=(",", ":"),
         ensure_ascii=True,
         sort_keys=True,
     )
+    if bounded and len(text) > MAX_BYTES:
+        raise SnapshotTooLarge(
+            f"its saved state would take {len(text) // 1024} KiB (at most {MAX_BYTES // 1024} KiB)"
+        )
+    return text
 
 
 _Block = tuple[str, list[str], dict[str, int]]
@@ -167,6 +285,11 @@ def restore(scope: RequestScope, snapshots: Sequence[str], user_id: str) -> bool
 
     The caller holds the lock that guards ``scope.spent``."""
     parsed = [_parsed(text, user_id) for text in snapshots]  # all checked first
+    with _lock:
+        return _merge(scope, parsed)
+
+
+def _merge(scope: RequestScope, parsed: list[tuple[list[_Block], dict[str, str]]]) -> bool:
     own = lineage(scope)
     changed = False
     for blocks, facts in parsed:
@@ -180,12 +303,18 @@ def restore(scope: RequestScope, snapshots: Sequence[str], user_id: str) -> bool
             else:
                 at = 0
                 for other, (count, _) in own.blocks.items():
-                    at += count
                     if other == token:
                         break
+                    at += count
             have, counted = found
-            if len(calls) > have:
-                scope.history[at:at] = calls[have:]
+            known = scope.history[at : at + have]
+            if known == calls[:have]:  # the block went on: add what is new
+                if len(calls) > have:
+                    scope.history[at + have : at + have] = calls[have:]
+                    found[0] = len(calls)
+                    changed = True
+            elif len(calls) >= have:  # saved under another policy: the later one wins
+                scope.history[at : at + have] = calls
                 found[0] = len(calls)
                 changed = True
             for key, n in budget.items():
@@ -202,3 +331,13 @@ def restore(scope: RequestScope, snapshots: Sequence[str], user_id: str) -> bool
         for cached in [k for k in scope.progress if k is not _LINEAGE]:
             del scope.progress[cached]
     return changed
+
+
+def _fresh_lock_after_fork() -> None:
+    # a fork while another thread held the lock would leave it held for good
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock_after_fork)

@@ -65,6 +65,7 @@ def reset() -> None:
         evaluator._set_observers(())
         evaluator.set_timer(None)
         evaluator.store = None
+        evaluator.private_store = None
 
 
 def isolate(monkeypatch: Any, directory: str | os.PathLike[str]) -> None:

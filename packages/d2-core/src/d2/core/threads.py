@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import inspect
+import types
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
@@ -72,11 +72,11 @@ def _carried(result: Any, actor: UserContext, ctx: contextvars.Context) -> Any:
     generator, an async generator or a coroutine runs when it is consumed, in the
     consumer's context, so each of its steps runs as ``actor`` instead (a
     generator's in ``ctx``, the context it was made in)."""
-    if inspect.isgenerator(result):
+    if isinstance(result, types.GeneratorType):
         return _steps_in(result, ctx)
-    if inspect.isasyncgen(result):
+    if isinstance(result, types.AsyncGeneratorType):
         return _async_steps_as(result, actor)
-    if inspect.iscoroutine(result):
+    if isinstance(result, types.CoroutineType):
         return _awaited_as(result, actor)
     return result
 

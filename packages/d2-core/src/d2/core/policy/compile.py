@@ -350,7 +350,8 @@ def compile_policy(
     ``raw`` is the document's bytes (for the digest; the canonical JSON of the
     document is used otherwise). ``expires_at`` is a bundle's ``exp``: the policy
     expires at the earlier of it and ``metadata.expires``. ``namespace`` scopes the
-    app's keys in a shared store (the cloud app); default: ``metadata.name``.
+    app's keys in a store (``cloud:<account>:<app>`` for a cloud app); default:
+    ``local:`` and ``metadata.name`` (``None`` for an unnamed policy).
     Raises :class:`InvalidPolicyError` listing every problem with its path.
     """
     try:

@@ -334,8 +334,9 @@ class CompiledPolicy:
         self.entries = entries
         self.groups = groups
         self.name = name
-        # what scopes the app's keys in a shared store: the name (cloud: the app)
-        self.namespace: str | None = name or None
+        # what scopes the app's keys in a store: "local:<name>" (cloud mode sets
+        # "cloud:<account>:<app>"), so a local name never reaches a cloud app's keys
+        self.namespace: str | None = f"local:{name}" if name else None
         self.description = description
         self.expires_at = expires_at
         self.raw = raw

@@ -5,8 +5,9 @@ rule. A value certainly fails an operator only when the operator can judge it
 exactly, as ``POLICY.md`` defines it, and the judgement is "fails". Anything else
 (NaN, an infinity, a list, tuple, set or dict where a scalar is compared, a string
 under a numeric operator, an object of any other type, a subclass of a plain type,
-a value equal only under Python's loose ``==``) cannot be judged, and asks a person:
-skipping an approval must never be the way around it.
+a value equal only under Python's loose ``==``, such as ``False`` against ``0`` under
+``eq``, ``in`` or ``contains``, or a bool under ``type: int``) cannot be judged, and
+asks a person: skipping an approval must never be the way around it.
 
 Judgeable values are *plain*: ``str``, ``int``, finite ``float``, ``bool``,
 ``None``, and ``list`` / ``tuple`` / ``dict`` (string keys) of plain values, each of
@@ -82,11 +83,12 @@ def _identical(a: Any, b: Any) -> bool:
 
 
 def _alike(a: Any, b: Any) -> bool:
-    """Equal under the loosest reading the operators use: type-aware for scalars
-    (as POLICY.md says), Python's ``==`` inside lists and dicts (tuples read as
-    lists). Both plain. Not alike means unequal under every reading."""
+    """Equal under the loosest reading anyone uses: type-aware (as POLICY.md says)
+    or Python's ``==`` (which a tool uses: ``False == 0``, ``True == 1.0``), at
+    every depth (tuples read as lists). Both plain. Not alike means unequal under
+    every reading."""
     if _kind(a) == "scalar" or _kind(b) == "scalar":
-        return same(a, b)
+        return same(a, b) or bool(a == b)
     return bool(_json(a) == _json(b))
 
 
@@ -96,6 +98,8 @@ def _number(v: Any) -> bool:
 
 
 def _fails_type(arg: Any, v: Any) -> bool:
+    if v.__class__ is bool and arg in ("int", "number"):
+        return False  # not an int to the policy, an int to Python (and to the tool)
     return plain(v) and not _TYPES[arg](v)
 
 

@@ -42,7 +42,11 @@ class MemoryStore(Store):
     """The default store: dicts behind one lock, held for a few dict operations
     (only calls of tools with ``per: user`` limits or approvals take it). A
     ``per: user`` limit is then counted per process; use
-    :class:`~d2.core.stores.redis.RedisStore` to share it between processes."""
+    :class:`~d2.core.stores.redis.RedisStore` to share it between processes.
+
+    After ``os.fork`` the child keeps a copy of the counters (each process counts
+    on alone) but none of the approval requests: an approval is used once, in the
+    process that holds it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -196,11 +200,18 @@ class MemoryStore(Store):
 _stores: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
 
 
-def _fresh_locks_after_fork() -> None:
-    # a fork while another thread held a lock would leave it held for good
+def _after_fork_in_child() -> None:
+    """A forked child starts with a copy of every in-process store. Its locks are
+    renewed (a fork while another thread held one would leave it held for good),
+    and its approval requests are dropped: a copied approved request would run its
+    call once in the parent and once more in every child. The child's requests are
+    its own from then on. Counters stay as copied and count on in the child alone:
+    a per-process store counts per process (share budgets with a RedisStore)."""
     for store in list(_stores):
         store._lock = threading.Lock()
+        store._requests = {}
+        store._calls = {}
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_fresh_locks_after_fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -14,7 +14,9 @@ percent-encoded, and a colon):
 * ``{prefix}{app}:approval:{id}``: hash ``request`` (JSON), ``state``, ``by``,
   ``exp``, ``call`` (the call digest) and ``s:{holder}`` (snapshots);
 * ``{prefix}{app}:call:{digest}``: the id of the live request of that call;
-* ``{prefix}{app}:pending``: sorted set of pending request ids by expiry.
+* ``{prefix}{app}:pending``: sorted set of pending request ids by expiry; the
+  scripts that add or remove an id also drop the expired ones, and the key
+  expires with the last request it holds.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ if ARGV[3] ~= '' then
   redis.call('DEL', KEYS[n + 1])
   redis.call('DEL', KEYS[n + 2])
   redis.call('ZREM', KEYS[n + 3], ARGV[5 + n * 3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[n + 3], '-inf', ARGV[1])
 end
 for i = 1, n do
   local base = 3 + (i - 1) * 3
@@ -137,7 +140,12 @@ redis.call('HSET', key, 'request', ARGV[4], 'state', 'pending', 'exp', ARGV[5],
   'call', ARGV[9], 's:' .. ARGV[7], ARGV[8])
 redis.call('PEXPIRE', key, ARGV[6])
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
+local left = redis.call('PTTL', KEYS[2])
+if left < tonumber(ARGV[6]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
 return {ARGV[4], 'pending', ''}
 """
 
@@ -169,6 +177,7 @@ if found[1] ~= 'pending' or not found[2] or tonumber(found[2]) <= tonumber(ARGV[
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'by', ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
 return 1
 """
 

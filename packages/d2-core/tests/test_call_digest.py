@@ -1,0 +1,389 @@
+"""Which call an approval runs: the canonical form of a call's arguments.
+
+Two calls share a digest only when their arguments are the same values: the same
+types, all the way down, with the same state, including state outside a
+dataclass's fields, a pydantic model's set fields, extra and private attributes,
+and the items of a subclass of a built-in container. A value whose state Python
+does not show (a file, a stream, a lock, a socket, a function, an instance of a
+class written in C) has no canonical form: a call with it is never approved.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import decimal
+import enum
+import io
+import socket
+import sys
+import threading
+import zoneinfo
+from typing import Any
+
+import pytest
+from d2.core.approvals import NoCanonicalForm, call_digest, canonical_arguments, json_arguments
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+# -- the kinds of values an approval can be tied to -----------------------------------
+
+
+class Plain:
+    def __init__(self, a: Any) -> None:
+        self.a = a
+
+
+class Slotted:
+    __slots__ = ("__b", "a")  # a private slot, stored as _Slotted__b
+
+    def __init__(self, a: Any, b: Any = None, set_b: bool = True) -> None:
+        self.a = a
+        if set_b:
+            self.__b = b
+
+
+class SlottedChild(Slotted):
+    __slots__ = ("c",)
+
+
+@dataclasses.dataclass
+class Transfer:
+    account: Any
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Frozen:
+    x: Any
+
+
+class Recipients(list):  # type: ignore[type-arg]
+    pass
+
+
+class Tags(frozenset):  # type: ignore[type-arg]
+    pass
+
+
+class Amount(int):
+    pass
+
+
+Pair = collections.namedtuple("Pair", "left right")
+
+
+class Patch(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    email: Any = None
+    role: Any = None
+    _note: Any = PrivateAttr(default=None)
+
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Level(enum.IntEnum):
+    ONE = 1
+    TWO = 2
+
+
+UTC = datetime.timezone.utc
+CET = datetime.timezone(datetime.timedelta(hours=1), "CET")
+PARIS = zoneinfo.ZoneInfo("Europe/Paris")
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 2),
+    st.sampled_from([2**63, 2**63 + 1, -(2**63) - 1, 10**30]),
+    st.sampled_from([0.0, -0.0, 1.0, 2.0, float("nan"), float("inf"), float("-inf")]),
+    st.sampled_from(["", "a", "1", "é", "e\u0301"]),
+    st.sampled_from([b"", b"a", b"1"]),
+    st.sampled_from([b"", b"a"]).map(bytearray),
+    st.sampled_from([1j, -0j, complex(1, -0.0)]),
+    st.sampled_from(list(Color) + list(Level)),
+    st.sampled_from([decimal.Decimal("1"), decimal.Decimal("1.0"), decimal.Decimal("-0")]),
+    st.sampled_from(
+        [
+            datetime.datetime(2030, 1, 1, 1, 30),
+            datetime.datetime(2030, 1, 1, 1, 30, fold=1),
+            datetime.datetime(2030, 1, 1, 1, 30, tzinfo=UTC),
+            datetime.datetime(2030, 1, 1, 1, 30, tzinfo=CET),
+            datetime.date(2030, 1, 1),
+            datetime.timedelta(seconds=1),
+            datetime.time(1, 30),
+            datetime.time(1, 30, fold=1),
+            datetime.datetime(2030, 1, 1, 1, 30, tzinfo=PARIS),
+        ]
+    ),
+)
+hashables = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 2),
+    st.sampled_from([0.0, -0.0, 1.0]),
+    st.sampled_from(["", "a", "1"]),
+)
+
+
+def _objects(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    def transfer(account: Any, extra: Any, has_extra: bool) -> Transfer:
+        made = Transfer(account)
+        if has_extra:
+            made.destination = extra  # type: ignore[attr-defined]
+        return made
+
+    def recipients(items: list[Any], tag: Any, tagged: bool) -> Recipients:
+        made = Recipients(items)
+        if tagged:
+            made.tag = tag  # type: ignore[attr-defined]
+        return made
+
+    def patch(fields: dict[str, Any], note: Any, extra: dict[str, Any]) -> Patch:
+        made = Patch.model_validate({**fields, **extra})
+        made._note = note
+        return made
+
+    def slotted(a: Any, b: Any, set_b: bool, child: bool, c: Any) -> Slotted:
+        if not child:
+            return Slotted(a, b, set_b)
+        made = SlottedChild(a, b, set_b)
+        made.c = c
+        return made
+
+    return st.one_of(
+        st.builds(Plain, inner),
+        st.builds(slotted, inner, inner, st.booleans(), st.booleans(), inner),
+        st.builds(transfer, inner, inner, st.booleans()),
+        st.builds(Frozen, inner),
+        st.builds(recipients, st.lists(inner, max_size=2), inner, st.booleans()),
+        st.builds(Tags, st.frozensets(hashables, max_size=2)),
+        st.builds(Amount, st.integers(-2, 2)),
+        st.builds(Pair, inner, inner),
+        st.builds(
+            patch,
+            st.dictionaries(st.sampled_from(["email", "role"]), inner, max_size=2),
+            inner,
+            st.dictionaries(st.sampled_from(["x"]), inner, max_size=1),
+        ),
+    )
+
+
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(st.sampled_from(["a", "b", "__t", "v"]), inner, max_size=2),
+        st.dictionaries(hashables, inner, max_size=2),
+        st.dictionaries(st.sampled_from(["a", "b"]), inner, max_size=2).map(
+            collections.OrderedDict
+        ),
+        st.sets(hashables, max_size=3),
+        st.frozensets(hashables, max_size=3),
+        _objects(inner),
+    ),
+    max_leaves=6,
+)
+
+
+def typed(v: Any) -> Any:
+    """The reference: a value as Python holds it, type and state, all the way down
+    (written independently of the canonical form)."""
+    cls = type(v)
+    if v is None or cls in (bool, int, str, bytes):
+        return (cls.__name__, v)
+    if cls is float:
+        return ("float", repr(v))  # tells -0.0 from 0.0; every NaN alike
+    if cls is complex:
+        return ("complex", repr(v.real), repr(v.imag))
+    if cls is bytearray:
+        return ("bytearray", bytes(v))
+    if cls in (list, tuple):
+        return (cls.__name__, tuple(typed(x) for x in v))
+    if cls is dict:
+        return ("dict", frozenset((typed(k), typed(x)) for k, x in v.items()))
+    if cls is collections.OrderedDict:
+        return ("odict", tuple((typed(k), typed(x)) for k, x in v.items()))
+    if cls in (set, frozenset):
+        return (cls.__name__, frozenset(typed(x) for x in v))
+    if isinstance(v, enum.Enum):
+        return ("enum", cls.__qualname__, v.name)
+    if cls is decimal.Decimal:
+        return ("decimal", str(v))
+    if cls in (datetime.datetime, datetime.date, datetime.time, datetime.timedelta):
+        return (cls.__name__, repr(v), getattr(v, "fold", None))
+    if cls is Patch:
+        return (
+            "Patch",
+            typed(dict(vars(v))),
+            typed(set(v.model_fields_set)),
+            typed(v.model_extra),
+            typed(v.__pydantic_private__),
+        )
+    if cls in (Slotted, SlottedChild):
+        slots = [(n, typed(getattr(v, n, "<unset>"))) for n in ("a", "_Slotted__b", "c")]
+        return (cls.__name__, tuple(slots))
+    if cls is Frozen:
+        return ("Frozen", typed(v.x))
+    if cls in (Recipients, Tags, Amount, Pair):
+        base = {Recipients: list, Tags: frozenset, Amount: int, Pair: tuple}[cls]
+        return (cls.__name__, typed(base(v)), typed(dict(getattr(v, "__dict__", {}))))
+    if cls in (Plain, Transfer):
+        return (cls.__name__, typed(dict(vars(v))))
+    raise AssertionError(f"no reference for {cls}")
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(a=values, b=values)
+def test_two_values_share_a_canonical_form_exactly_when_they_are_the_same(a: Any, b: Any) -> None:
+    same = typed(a) == typed(b)
+    assert (canonical_arguments({"v": a}) == canonical_arguments({"v": b})) is same, (a, b)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(a=values)
+def test_the_digest_of_a_value_is_stable(a: Any) -> None:
+    assert call_digest("t", {"v": a}, "u", "1") == call_digest("t", {"v": a}, "u", "1")
+
+
+# -- state outside what a digest used to read -----------------------------------------
+
+
+def test_state_beyond_fields_and_items_tells_calls_apart() -> None:
+    def with_destination(where: str) -> Transfer:
+        made = Transfer("a")
+        made.destination = where  # type: ignore[attr-defined]
+        return made
+
+    patch_unset = Patch.model_validate({"email": "a@corp"})
+    patch_set = Patch.model_validate({"email": "a@corp", "role": None})
+    private = Patch.model_validate({"email": "a@corp"})
+    private._note = "drop table"
+    pairs = [
+        (Recipients(["boss@corp"]), Recipients(["all@corp"])),
+        (Recipients(["boss@corp"]), ["boss@corp"]),
+        (Pair(1, 2), (1, 2)),
+        (Amount(1), 1),
+        (Tags({"a"}), frozenset({"a"})),
+        (with_destination("ours"), with_destination("theirs")),
+        (Transfer("a"), with_destination("ours")),
+        (patch_unset, patch_set),
+        (patch_unset, private),
+        (Patch.model_validate({"email": "a", "x": 1}), Patch.model_validate({"email": "a"})),
+        (Slotted(1, 2), Slotted(1, 3)),
+        (Slotted(1, None), Slotted(1, set_b=False)),
+        (datetime.datetime(2030, 1, 1), datetime.datetime(2030, 1, 1, fold=1)),
+        (datetime.datetime(2030, 1, 1, tzinfo=PARIS), datetime.datetime(2030, 1, 1, tzinfo=CET)),
+        (collections.OrderedDict(a=1, b=2), collections.OrderedDict(b=2, a=1)),
+        (collections.OrderedDict(a=1), {"a": 1}),
+        (collections.defaultdict(list, a=[1]), {"a": [1]}),
+        (collections.defaultdict(list), collections.defaultdict(set)),
+    ]
+    for one, other in pairs:
+        assert canonical_arguments({"v": one}) != canonical_arguments({"v": other}), (one, other)
+
+
+def test_a_secret_counts_by_its_value_and_never_appears_in_the_canonical_text() -> None:
+    from pydantic import SecretStr
+
+    one = canonical_arguments({"v": SecretStr("hunter2")})
+    assert "hunter2" not in one
+    assert one != canonical_arguments({"v": SecretStr("hunter3")})
+    assert one == canonical_arguments({"v": SecretStr("hunter2")})
+
+
+# -- values that are never approved ---------------------------------------------------
+
+
+class Buffer(io.StringIO):
+    pass
+
+
+class MyDecimal(decimal.Decimal):
+    pass
+
+
+class Holder:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+
+class Ordered(collections.OrderedDict):  # type: ignore[type-arg]
+    pass
+
+
+class Action:
+    def __call__(self) -> None:
+        pass
+
+
+def _generator() -> Any:
+    yield 1
+
+
+def refused_values() -> list[Any]:
+    sock = socket.socket()
+    sock.close()
+    return [
+        io.StringIO("report"),
+        io.BytesIO(b"report"),
+        Buffer("report"),
+        open(__file__, encoding="utf-8"),  # closed by the test
+        threading.Lock(),
+        sock,
+        len,
+        lambda: 1,
+        _generator(),
+        Plain,
+        sys,
+        memoryview(b"x"),
+        MyDecimal("1"),
+        Ordered(a=1),
+        Holder(io.StringIO("report")),
+        Recipients([threading.Lock()]),
+        Action(),
+        collections.defaultdict(lambda: 0),
+        ValueError("x"),
+    ]
+
+
+@pytest.mark.parametrize("value", refused_values(), ids=lambda v: type(v).__qualname__)
+def test_values_whose_state_python_does_not_show_have_no_canonical_form(value: Any) -> None:
+    try:
+        with pytest.raises(NoCanonicalForm):
+            canonical_arguments({"v": value})
+    finally:
+        if isinstance(value, io.IOBase):
+            value.close()
+
+
+# -- what the approver is shown -------------------------------------------------------
+
+
+def test_keys_of_different_types_are_shown_apart_and_big_ints_in_full() -> None:
+    class Same:
+        def __repr__(self) -> str:
+            return "Same()"
+
+    shown = json_arguments(
+        {"prices": {1: 10, "1": 99999}, "cap": 2**70, "same": {Same(): 1, Same(): 2}}
+    )
+    assert shown["prices"] == {"1": 10, "'1'": 99999}
+    assert shown["cap"] == str(2**70)
+    assert shown["same"] == {"Same()": 1, "Same() #2": 2}
+    assert json_arguments({"n": 2**53})["n"] == 2**53  # exact in every JSON reader
+    assert json_arguments({"n": 2**53 + 1})["n"] == str(2**53 + 1)
+    huge = json_arguments({"n": 10**5000})["n"]  # beyond Python's int-to-text limit
+    assert isinstance(huge, str) and int(huge, 16) == 10**5000
+
+
+def test_attributes_outside_a_dataclass_fields_are_shown() -> None:
+    made = Transfer("a")
+    made.destination = "acct-9"  # type: ignore[attr-defined]
+    assert json_arguments({"t": made})["t"] == {"account": "a", "destination": "acct-9"}
