@@ -70,7 +70,7 @@ def approve_as_lead(request: ApprovalRequest, **kwargs: Any) -> None:
 
 
 def test_a_file_argument_approval_never_uploads_another_file(tmp_path: Path) -> None:
-    """DEFECT: an open file (or StringIO/BytesIO) digests as ``vars(f)`` only
+    """Attack: an open file (or StringIO/BytesIO) digests as ``vars(f)`` only
     (``{"mode": "r"}``); its name, position and content are C-level state. The
     approval of uploading ``report.txt`` uploads ``secrets.txt``."""
     configure_agent(approval_grant("files.upload"))
@@ -130,7 +130,7 @@ class UserPatch(BaseModel):
 def test_state_a_digest_ignores_is_never_approved_by_another_calls_approval(
     approved: Any, other: Any
 ) -> None:
-    """DEFECT: the ``object:`` fallback of ``_canon`` digests ``vars()`` only: a
+    """Attack: the ``object:`` fallback of ``_canon`` digests ``vars()`` only: a
     subclass of list/tuple/set/bytes digests as ``{}`` (its items are ignored), a
     dataclass digests its fields only (attributes set elsewhere are ignored), a
     pydantic model its field values only (not which fields were set, nor private
@@ -150,12 +150,8 @@ def test_state_a_digest_ignores_is_never_approved_by_another_calls_approval(
     assert sent == []
 
 
-@pytest.mark.skip(
-    reason="bound_arguments drops **kwargs keys named like a positional-only or *args "
-    "parameter: fixed on branch wt-fixbind"
-)
 def test_a_keyword_named_like_a_positional_only_or_varargs_parameter_counts() -> None:
-    """DEFECT: ``bound_arguments`` drops an extra keyword (collected by
+    """Attack: ``bound_arguments`` dropped an extra keyword (collected by
     ``**kwargs``) whose name equals a positional-only parameter or the ``*args``
     parameter, so ``f(1, a=2)`` digests like ``f(1)`` and ``g(x, cc=[..])`` like
     ``g(x)``: the approval of one runs the other."""
@@ -181,7 +177,7 @@ def test_a_keyword_named_like_a_positional_only_or_varargs_parameter_counts() ->
 
 
 def test_what_the_approver_is_shown_is_the_call_that_runs() -> None:
-    """DEFECT (display): ``json_arguments`` turns mapping keys into ``str(k)``, so
+    """Attack (display): ``json_arguments`` turns mapping keys into ``str(k)``, so
     ``{1: 10, "1": 99999}`` is shown as ``{"1": 99999}`` (one entry; which one
     depends on order) while the digest, and the tool, see both; an int of 64 bits
     or more is shown as ``"<int of N bits>"``, never its value."""
@@ -200,7 +196,7 @@ def test_what_the_approver_is_shown_is_the_call_that_runs() -> None:
 def test_an_argument_changed_while_the_store_answers_never_runs_unapproved(
     store: str, request: pytest.FixtureRequest
 ) -> None:
-    """DEFECT: the approval part reads the call twice: ``_chosen_grant`` (before
+    """Attack: the approval part reads the call twice: ``_chosen_grant`` (before
     the store is asked) and ``_layers`` (after). When a concurrent task changes a
     mutable argument in between so that another grant with its own ``approval``
     is chosen, ``_budgets`` builds a fresh ``_Hold`` with no digest, so no
@@ -257,7 +253,7 @@ def test_an_argument_changed_while_the_store_answers_never_runs_unapproved(
 
 
 def test_an_approved_call_runs_with_the_arguments_that_were_approved(redis_url: str) -> None:
-    """DEFECT (TOCTOU, same root as above): the digest is taken before the store
+    """Attack (TOCTOU, same root as above): the digest is taken before the store
     is asked; an approved call whose list argument a concurrent task extends
     while Redis answers runs with the extended list, under the approval of the
     shorter one."""
@@ -295,7 +291,7 @@ def test_an_approved_call_runs_with_the_arguments_that_were_approved(redis_url: 
 def test_when_a_bool_the_tool_reads_as_the_number_the_rule_names_asks_a_person(
     value: bool, rule: dict[str, Any]
 ) -> None:
-    """DEFECT (fail-safe asymmetry): ``when`` asks a person for a value equal only
+    """Attack (fail-safe asymmetry): ``when`` asks a person for a value equal only
     under Python's loose ``==`` under ``ne`` / ``not_in``, but under ``eq`` / ``in``
     it reads type-aware: ``False`` certainly fails ``eq: 0``, so the approval is
     skipped, while the tool indexes ``ACCOUNTS[False]`` = account 0."""
@@ -337,7 +333,7 @@ def test_when_reads_a_default_and_asks_for_an_argument_it_cannot_find() -> None:
 
 
 def test_two_instances_sharing_one_memory_store_object_never_decide_each_others() -> None:
-    """DEFECT: ``namespace()`` gives an unnamed policy ``""`` whenever the store is
+    """Attack: ``namespace()`` gives an unnamed policy ``""`` whenever the store is
     a ``MemoryStore``, assuming the store is the instance's own; ``store=`` accepts a
     ``MemoryStore`` object that two instances (two apps in one process) share, so
     app B's approver lists and approves app A's requests."""
@@ -376,7 +372,7 @@ class _CloudLike(InMemorySource):
 
 
 def test_a_local_app_named_like_a_cloud_app_never_decides_its_requests(redis_url: str) -> None:
-    """DEFECT: local namespaces are ``metadata.name`` verbatim and cloud ones
+    """Attack: local namespaces are ``metadata.name`` verbatim and cloud ones
     ``cloud:<account>:<app>``: a local policy named ``cloud:acme:billing`` on the
     same Redis lists the cloud app's pending requests (arguments included) and
     approves them."""
@@ -402,7 +398,7 @@ def test_a_local_app_named_like_a_cloud_app_never_decides_its_requests(redis_url
 def test_the_redis_pending_index_does_not_keep_expired_requests_forever(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """DEFECT: ``{app}:pending`` (a sorted set) has no expiry, and expired ids
+    """Attack: ``{app}:pending`` (a sorted set) has no expiry, and expired ids
     leave it only when someone lists ``pending_approvals()``. An app that hands
     ``err.request`` to a ticket system and never lists keeps every expired id, for
     good: a prompt-injected agent asking for distinct calls grows it without bound."""
@@ -518,7 +514,7 @@ def test_a_per_request_budget_holds_across_the_pause_whatever_the_order() -> Non
 
 
 def test_an_approval_copied_into_a_forked_process_runs_the_call_once() -> None:
-    """DEFECT: the in-process store is copied by ``fork`` (a ``multiprocessing``
+    """Attack: the in-process store is copied by ``fork`` (a ``multiprocessing``
     pool with the fork start method, ``os.fork``): an approved, unused request is
     then usable once in the parent and once in every child, so the approved call
     runs more than once. Only the store's locks are renewed after a fork."""
