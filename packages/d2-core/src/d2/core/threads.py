@@ -68,17 +68,47 @@ def _context_as(actor: UserContext) -> contextvars.Context:
 
 
 def _carried(result: Any, actor: UserContext, ctx: contextvars.Context) -> Any:
-    """``result``, with the work it still holds bound to ``actor``: the body of a
-    generator, an async generator or a coroutine runs when it is consumed, in the
-    consumer's context, so each of its steps runs as ``actor`` instead (a
-    generator's in ``ctx``, the context it was made in)."""
+    """``result``, with the work it still holds bound to ``actor``: lazy work (a
+    generator or any other iterator, an async generator or async iterator, a
+    coroutine or any other awaitable) runs when it is consumed, in the consumer's
+    context, so each of its steps runs as ``actor`` instead (a sync step in ``ctx``,
+    the context the work was made in). Lazy work comes back wrapped: a generator,
+    an async generator or a coroutine that yields, or returns, the same values."""
     if isinstance(result, types.GeneratorType):
         return _steps_in(result, ctx)
     if isinstance(result, types.AsyncGeneratorType):
         return _async_steps_as(result, actor)
     if isinstance(result, types.CoroutineType):
         return _awaited_as(result, actor)
+    kind = type(result)
+    if hasattr(kind, "__next__"):  # map(), a custom iterator: its __next__ does the work
+        return _items_in(result, ctx)
+    if hasattr(kind, "__anext__"):
+        return _async_items_as(result, actor)
+    if hasattr(kind, "__await__"):
+        return _awaited_as(result, actor)
     return result
+
+
+def _items_in(iterator: Any, ctx: contextvars.Context) -> Generator[Any, None, None]:
+    while True:
+        try:
+            item = ctx.run(next, iterator)
+        except StopIteration:
+            return
+        yield item
+
+
+async def _async_items_as(iterator: Any, actor: UserContext) -> AsyncGenerator[Any, None]:
+    while True:
+        token = attach(actor)
+        try:
+            item = await iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        finally:
+            detach(token)
+        yield item
 
 
 def _steps_in(gen: Generator[Any, Any, Any], ctx: contextvars.Context) -> Generator[Any, Any, Any]:
@@ -116,7 +146,7 @@ async def _async_steps_as(
             detach(token)
 
 
-async def _awaited_as(coro: Coroutine[Any, Any, Any], actor: UserContext) -> Any:
+async def _awaited_as(coro: Awaitable[Any], actor: UserContext) -> Any:
     token = attach(actor)
     try:
         return await coro
@@ -191,9 +221,11 @@ def thread_entrypoint(require_actor: Any = False) -> Any:
 
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                token = attach(pick(fn, kwargs))
+                actor = pick(fn, kwargs)
+                token = attach(actor)
                 try:
-                    return await coro_fn(*args, **kwargs)
+                    # what it returns may still hold work: bind that to the actor too
+                    return _carried(await coro_fn(*args, **kwargs), actor, _context_as(actor))
                 finally:
                     try:
                         detach(token)
