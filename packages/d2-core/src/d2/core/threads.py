@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import types
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ._functions import is_coroutine_function
