@@ -16,6 +16,11 @@ calls of one request, or a request that was itself resumed) adds only what is ne
 never a second copy. A snapshot names its user; it is restored only into a request
 of that user (:func:`restore` raises :class:`ValueError` otherwise).
 
+A resumed run can also ask for its paused request by the approval request's id,
+before any call (:func:`d2.core.approvals.restore_request`, which the agent
+adapters call at the start of the run they resume): the scope then remembers the
+request as *continued* (:func:`continues`), so asking again costs no store lookup.
+
 This module only reads and writes scopes; the evaluator decides when (see
 ``evaluate.py``, step 6c).
 """
@@ -28,7 +33,7 @@ from typing import Any
 
 from .context import RequestScope
 
-__all__ = ["Lineage", "lineage", "restore", "snapshot", "tethered"]
+__all__ = ["Lineage", "continued", "continues", "lineage", "restore", "snapshot", "tethered"]
 
 _VERSION = 1
 
@@ -52,10 +57,12 @@ class Lineage:
     ``[calls restored, {budget key: count}]``, in restore order (their calls sit at
     the start of the history, in that order). ``held``: the approval requests this
     scope asked for and that still live, ``(namespace, call digest, request id) ->
-    expires_at``: each later call of the scope is saved with them.
+    expires_at``: each later call of the scope is saved with them. ``continued``:
+    the ids of the approval requests whose paused request this scope restored by
+    id (see :func:`continues`).
     """
 
-    __slots__ = ("blocks", "held", "token")
+    __slots__ = ("blocks", "continued", "held", "token")
 
     def __init__(self) -> None:
         import secrets  # off the cold path: only a held call needs one
@@ -63,6 +70,7 @@ class Lineage:
         self.token = secrets.token_hex(16)
         self.blocks: dict[str, list[Any]] = {}
         self.held: dict[tuple[str, str, str], float] = {}
+        self.continued: set[str] = set()
 
     def restored(self) -> int:
         """How many history entries came from restored blocks."""
@@ -82,6 +90,22 @@ def tethered(scope: RequestScope) -> Lineage | None:
     """The scope's lineage when it feeds a held request, else ``None``."""
     found = scope.progress.get(_LINEAGE)
     return found if found is not None and found.held else None
+
+
+def continues(scope: RequestScope, request_id: str) -> bool:
+    """Whether ``scope`` already holds the state of the request that asked for
+    approval request ``request_id``: the scope asked for it (while it lives) or
+    restored it by id (:func:`continued`)."""
+    found = scope.progress.get(_LINEAGE)
+    if not isinstance(found, Lineage):
+        return False
+    return request_id in found.continued or any(key[2] == request_id for key in found.held)
+
+
+def continued(scope: RequestScope, request_id: str) -> None:
+    """Note that ``scope`` holds the state of approval request ``request_id``'s
+    request (restored, or asked for by the scope itself)."""
+    lineage(scope).continued.add(request_id)
 
 
 def version(scope: RequestScope) -> tuple[int, int, int]:
