@@ -57,6 +57,7 @@ def test_exported_names_are_the_public_api() -> None:
     ]
     assert pa.__all__ == [
         "APPROVAL_KEY",
+        "LINKS_KEY",
         "TOOL_ID_KEY",
         "approval_requests",
         "guard_tool",

@@ -66,11 +66,13 @@ async def test_an_approval_interrupts_the_run_and_the_approved_call_runs_once(
     result = await Runner.run(agent, "refund o1")
     [item] = result.interruptions
     assert item.name == "refund" and RAN == []
-    request = approval_request(item)
+    assert approval_request(item) is None  # the item alone proves nothing: pass its run
+    request = approval_request(item, result)
     assert request is not None
     assert request.tool_id == "payments.refund" and request.user_id == "alice"
     assert request.approver_roles == ("finance_lead",)
     state = result.to_state()
+    assert approval_request(item, state) == request
 
     set_user("alice", roles=["agent"])  # the requester cannot approve her own call
     with pytest.raises(PermissionDeniedError, match="cannot approve"):
@@ -83,7 +85,7 @@ async def test_an_approval_interrupts_the_run_and_the_approved_call_runs_once(
     assert RAN == ["refund(500)", "refund(50)"]  # once, then a refund under the threshold
     [again] = result.interruptions  # the identical call needs a new approval
     assert again.raw_item.call_id == "c3"  # type: ignore[union-attr]
-    renewed = approval_request(again)
+    renewed = approval_request(again, result)
     assert renewed is not None and renewed.id != request.id  # the same call, a new request
     assert outputs(model) == {"c1": "refunded 500", "c2": "refunded 50"}
 
@@ -115,9 +117,9 @@ async def test_a_rejection_is_given_in_d2_and_the_sdk(tools: list[Tool]) -> None
     state = result.to_state()
     set_user("bob", roles=["finance_lead"])
     item = result.interruptions[0]
-    assert approval_request(item) is not None
+    assert approval_request(item, state) is not None
     await reject_item(state, item, rejection_message="no refund")
-    assert approval_request(item) is None  # decided: nothing left to approve
+    assert approval_request(item, state) is None  # decided: nothing left to approve
     set_user("alice", roles=["agent"])
     await Runner.run(agent, state)
     assert RAN == [] and outputs(model)["c1"] == "no refund"
@@ -131,7 +133,7 @@ async def test_an_approval_given_before_the_run_asks_is_used_once_without_interr
     )
     set_user("alice", roles=["agent"])
     result = await Runner.run(Agent(name="support", model=first, tools=tools), "refund")
-    request = approval_request(result.interruptions[0])
+    request = approval_request(result.interruptions[0], result)
     assert request is not None
     set_user("bob", roles=["finance_lead"])
     approve(request.id)  # outside the SDK (a dashboard, the CLI)
@@ -179,19 +181,31 @@ async def test_interruptions_of_two_users_with_one_call_id_are_never_confused(
         set_user(user, roles=["agent"])
         return agent, await Runner.run(agent, "refund o1")
 
-    _, alice = await interrupted("alice")
+    alice_agent, alice = await interrupted("alice")
     mallory_agent, mallory = await interrupted("mallory")
     item = alice.interruptions[0]
-    assert approval_request(item) is None  # ambiguous: never the other user's request
-    set_user("bob", roles=["finance_lead"])
+    assert approval_request(item) is None  # the item alone: never a guess
     state = alice.to_state()
-    with pytest.raises(ConfigurationError, match="pending_approvals"):
-        await approve_item(state, item)
+    request = approval_request(item, state)  # the state proves it: alice's own request
+    assert request is not None and request.user_id == "alice"
+    set_user("bob", roles=["finance_lead"])
+    assert await approve_item(state, item) == request
     set_user("mallory", roles=["agent"])
     mallory_state = mallory.to_state()
     mallory_state.approve(mallory.interruptions[0])  # the SDK alone: D2 still asks
     await Runner.run(mallory_agent, mallory_state)
     assert RAN == []
+    set_user("alice", roles=["agent"])
+    await Runner.run(alice_agent, state)
+    assert RAN == ["refund(500)"]
+    # a state without D2's link for a guarded tool's interruption proves nothing
+    bare = mallory.to_state()
+    bare._context._approvals.pop("d2:approval-requests")
+    set_user("bob", roles=["finance_lead"])
+    with pytest.raises(ConfigurationError, match="pending_approvals"):
+        await approve_item(bare, mallory.interruptions[0])
+    with pytest.raises(ConfigurationError, match="cannot be proven"):
+        approval_request(mallory.interruptions[0], bare)
 
 
 async def test_a_sibling_of_a_held_call_runs_once_across_the_resume(tools: list[Tool]) -> None:
@@ -235,7 +249,7 @@ async def test_tools_taking_the_run_context_can_be_approved(hitl: dict[str, str]
     set_user("alice", roles=["agent"])
     result = await Runner.run(agent, "refund o1")
     item = result.interruptions[0]
-    request = approval_request(item)
+    request = approval_request(item, result)
     assert request is not None and request.arguments == REFUND
     set_user("bob", roles=["finance_lead"])
     state = result.to_state()
@@ -265,14 +279,14 @@ async def test_an_earlier_run_with_the_same_call_id_never_hides_the_request(
     request, and the old one must not make the lookup ambiguous."""
     set_user("alice", roles=["agent"])
     _, first = await held_run(tools)  # never resumed
-    old = approval_request(first.interruptions[0])
+    old = approval_request(first.interruptions[0], first)
     assert old is not None
     hitl_doc["metadata"]["name"] = "agents-hitl-reloaded"  # a new policy version
     configure(hitl_doc)
     set_user("alice", roles=["agent"])
     agent, second = await held_run(tools)
     item = second.interruptions[0]
-    request = approval_request(item)
+    request = approval_request(item, second)
     assert request is not None and request.id != old.id
     assert request.policy_version != old.policy_version
     state = second.to_state()
@@ -295,7 +309,46 @@ async def test_a_used_approval_is_forgotten_with_its_call(tools: list[Tool]) -> 
     set_user("alice", roles=["agent"])
     await Runner.run(agent, state)
     assert RAN == ["refund(500)"] and request is not None
-    assert approval_request(item) is None  # used: nothing left to approve
+    assert approval_request(item, state) is None  # used: nothing left to approve
     set_user("alice", roles=["agent"])
     _, again = await held_run(tools)
-    assert approval_request(again.interruptions[0]) is not None
+    assert approval_request(again.interruptions[0], again) is not None
+
+
+async def test_a_rejected_link_never_stops_a_later_resume(
+    tools: list[Tool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refund 1 is rejected; the resumed run continues its request, then pauses on
+    refund 2, approved after refund 1's request has expired (15m). The second resume
+    continues refund 2's request (whose saved state carries refund 1's history) and
+    is not stopped by refund 1's expired request."""
+    from agents import RunState
+    from d2.core.testing import controlled_clock
+
+    clock = controlled_clock(monkeypatch)
+    other = {"order": "o2", "amount": 700}
+    model = ScriptedModel(
+        [
+            [function_call("refund", REFUND, call_id="c1")],
+            [function_call("refund", other, call_id="c2")],
+            [assistant_message("done")],
+        ]
+    )
+    agent = Agent(name="support", model=model, tools=tools)
+    set_user("alice", roles=["agent"])
+    first = await Runner.run(agent, "refund o1")
+    state = first.to_state()
+    set_user("bob", roles=["finance_lead"])
+    await reject_item(state, first.interruptions[0])
+    clock.advance(60)
+    set_user("alice", roles=["agent"])
+    second = await Runner.run(agent, await RunState.from_string(agent, state.to_string()))
+    [item] = second.interruptions
+    state = second.to_state()
+    set_user("bob", roles=["finance_lead"])
+    await approve_item(state, item)
+    clock.advance(14 * 60 + 30)  # refund 1's request has expired, refund 2's lives
+    set_user("alice", roles=["agent"])
+    done = await Runner.run(agent, await RunState.from_string(agent, state.to_string()))
+    assert done.final_output == "done"
+    assert RAN == ["refund(700)"] and outputs(model)["c2"] == "refunded 700"

@@ -188,3 +188,89 @@ async def test_tools_taking_the_run_context_can_be_approved(hitl: dict[str, str]
         deferred_tool_results=DeferredToolResults(approvals={"c1": True}),
     )
     assert ran == [500]  # the context (new each step) is not part of the approved call
+
+
+async def test_a_history_resumed_twice_runs_no_guarded_tool_the_second_time(
+    tools: list[Any],
+) -> None:
+    """The paused run searched twice (``max: 2 per request``) and its refund was
+    approved; the resumed run ran the refund (a third search refused). Resuming
+    the same message history again starts a fresh request scope whose paused
+    request is gone (used): no guarded call of that run is decided on a fresh
+    history (the deferred refund and the search fail, and the model reads why)."""
+    searches = [ToolCallPart("web_search", {"query": q}, tool_call_id=f"s{q}") for q in "ab"]
+    refund = [ToolCallPart("refund", REFUND, tool_call_id="c1")]
+    later = [ToolCallPart("web_search", {"query": "c"}, tool_call_id="sc")]
+    agent = Agent(
+        FunctionModel(Script(searches, refund, later)),
+        tools=tools,
+        output_type=[str, DeferredToolRequests],
+    )
+    set_user("alice", roles=["agent"])
+    paused = await agent.run("refund o1")
+    assert isinstance(paused.output, DeferredToolRequests)
+    set_user("bob", roles=["finance_lead"])
+    approve(approval_requests(paused.output)["c1"])
+    history = paused.all_messages()
+    assert history[-1].metadata["d2_approval_requests"]["c1"]["request"]  # the link
+
+    set_user("alice", roles=["agent"])
+    results = DeferredToolResults(approvals={"c1": True})
+    await agent.run(message_history=history, deferred_tool_results=results)
+    assert RAN == ["web_search", "web_search", "refund(500)"]
+
+    replay = Script(later)
+    again = Agent(FunctionModel(replay), tools=tools, output_type=[str, DeferredToolRequests])
+    set_user("alice", roles=["agent"])
+    await again.run(message_history=history, deferred_tool_results=results)
+    assert RAN == ["web_search", "web_search", "refund(500)"]
+    assert "approval_not_found" in str(replay.returned["c1"].content)
+    assert "approval_not_found" in str(replay.returned["sc"].content)
+
+
+async def test_a_denied_call_s_link_never_stops_a_later_resume(
+    tools: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two searches (``max: 2 per request``), then refund 1 is denied; the resumed
+    run (with a new prompt beside the results: the same turn) continues its
+    request, so its search is refused, then pauses on refund 2, approved after
+    refund 1's request has expired (15m). The second resume continues refund 2's
+    request and is not stopped by refund 1's expired one."""
+    from d2.core import reject
+    from d2.core.testing import controlled_clock
+
+    clock = controlled_clock(monkeypatch)
+    other = {"order": "o2", "amount": 700}
+    script = Script(
+        [ToolCallPart("web_search", {"query": q}, tool_call_id=f"s{q}") for q in "ab"],
+        [ToolCallPart("refund", REFUND, tool_call_id="c1")],
+        [ToolCallPart("web_search", {"query": "c"}, tool_call_id="sc")],
+        [ToolCallPart("refund", other, tool_call_id="c2")],
+    )
+    agent = Agent(FunctionModel(script), tools=tools, output_type=[str, DeferredToolRequests])
+    set_user("alice", roles=["agent"])
+    first = await agent.run("refund o1")
+    assert isinstance(first.output, DeferredToolRequests)
+    set_user("bob", roles=["finance_lead"])
+    reject(approval_requests(first.output)["c1"])
+    clock.advance(60)
+    set_user("alice", roles=["agent"])
+    second = await agent.run(
+        "go on",
+        message_history=first.all_messages(),
+        deferred_tool_results=DeferredToolResults(approvals={"c1": False}),
+    )
+    assert isinstance(second.output, DeferredToolRequests)
+    assert str(script.returned["sc"].content) == (
+        "budget exceeded for web.search for this request"
+    )  # the paused request's two searches count on
+    set_user("bob", roles=["finance_lead"])
+    approve(approval_requests(second.output)["c2"])
+    clock.advance(14 * 60 + 30)  # refund 1's request has expired, refund 2's lives
+    set_user("alice", roles=["agent"])
+    done = await agent.run(
+        message_history=second.all_messages(),
+        deferred_tool_results=DeferredToolResults(approvals={"c2": True}),
+    )
+    assert done.output == "done"
+    assert RAN == ["web_search", "web_search", "refund(700)"]

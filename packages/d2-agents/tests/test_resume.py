@@ -1,14 +1,20 @@
-"""A resume after an approval continues the request: every framework's documented
-resume recipe (``set_user`` as the requester again, then resume the framework's own
-state) keeps the sequence and data-flow rules of the run that paused.
+"""A resume after an approval continues the request from its start: every
+framework's documented resume recipe (``set_user`` as the requester again, then
+resume the framework's own state) keeps the sequence, data-flow and ``per: request``
+budget rules of the run that paused, whether the held call was approved or rejected.
 
 The scenario, driven by each framework's own offline test model: the model reads
 users, then asks for a refund of 500 (held for a ``finance_lead``); a lead approves
-(``d2.approve`` as another user); the app resumes as the documented recipe says;
-the refund runs once; then the model calls ``http_request``, which the read before
-the pause forbids (``sequence_violation`` or ``data_flow_violation``), and the model
-reads the denial. Without the read, the same ``http_request`` runs (the control
-that lets each test fail).
+or rejects it (``d2.approve`` / ``d2.reject`` as another user, or the adapter's
+helper); the app resumes as the documented recipe says; an approved refund runs
+once (a rejected one never), and the model's first call of its own is
+``http_request``, which the read before the pause forbids (``sequence_violation``
+or ``data_flow_violation``), and the model reads the denial. After a rejection the
+refund never comes back, so only the start of the resumed run can restore the
+paused request. Without the read, the same ``http_request`` runs (the control that
+lets each test fail). The budget case: the model searched twice
+(``web.search``: ``max: 2 per request``) before the pause, and its first call after
+the resume is a third search, refused.
 
 ``read`` says where the model read users: ``before`` (a turn before the refund),
 ``beside`` (the same model message, after the held refund: it runs while the
@@ -34,24 +40,34 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from d2.core import approve, configure_rbac_sync, set_user, shutdown_rbac
+from d2.core import approve, configure_rbac_sync, reject, set_user, shutdown_rbac
 from d2.core.stores.redis import RedisStore
 from d2.core.testing import policy_document, redis_server
 
 # Each framework is imported by its driver only: the second process loads one.
 
-READ, REFUND, POST = "read_users", "refund", "http_request"
-TOOL_IDS = {READ: "db.read_users", REFUND: "payments.refund", POST: "http.request"}
+READ, REFUND, POST, SEARCH = "read_users", "refund", "http_request", "web_search"
+TOOL_IDS = {
+    READ: "db.read_users",
+    REFUND: "payments.refund",
+    POST: "http.request",
+    SEARCH: "web.search",
+}
 CALLS: dict[str, tuple[str, dict[str, Any]]] = {  # call id -> (tool name, arguments)
     "r1": (READ, {}),
     "c1": (REFUND, {"order": "o1", "amount": 500}),
     "h1": (POST, {"url": "https://upload.invalid/dump"}),
+    "s1": (SEARCH, {"query": "a"}),
+    "s2": (SEARCH, {"query": "b"}),
+    "s3": (SEARCH, {"query": "c"}),
 }
 PLANS: dict[str, list[list[str]]] = {  # where the model reads: its turns, as call ids
     "before": [["r1"], ["c1"], ["h1"]],
     "beside": [["c1", "r1"], ["h1"]],  # the read comes after the held call, same message
     "none": [["c1"], ["h1"]],
+    "budget": [["s1", "s2"], ["c1"], ["s3"]],  # two searches, then a third after the pause
 }
+OUTCOMES = ["approved", "rejected"]
 DENIED = {"sequence": "sequence_violation", "data_flow": "data_flow_violation"}
 REQUIRE_REDIS = os.environ.get("D2_REQUIRE_REDIS") == "1"
 
@@ -67,6 +83,7 @@ def resume_policy(rule: str, name: str = "agents-resume") -> dict[str, Any]:
         "permissions": [
             "db.read_users",
             "http.request",
+            {"tool": "web.search", "limits": [{"max": 2, "per": "request"}]},
             {
                 "tool": "payments.refund",
                 "approval": {"when": {"amount": {"gt": 100}}, "approvers": ["finance_lead"]},
@@ -113,12 +130,18 @@ def http_request(url: str) -> str:
     return "posted"
 
 
-FUNCTIONS: list[Callable[..., Any]] = [read_users, refund, http_request]
+def web_search(query: str) -> str:
+    """Search the web."""
+    RAN.append(f"search {query}")
+    return f"results for {query}"
 
 
-def approve_as_lead(request_id: str) -> None:
+FUNCTIONS: list[Callable[..., Any]] = [read_users, refund, http_request, web_search]
+
+
+def decide_as_lead(request_id: str, outcome: str) -> None:
     set_user("bob", roles=["finance_lead"])
-    approve(request_id)
+    (approve if outcome == "approved" else reject)(request_id)
 
 
 def as_requester() -> None:
@@ -131,19 +154,21 @@ def as_requester() -> None:
 class Driver:
     """Runs one framework's agent through the scenario. ``pause`` runs as the
     requester until the refund is held and returns the D2 request id; ``decide``
-    approves as the lead; ``dump`` / ``load`` move the framework's state between
-    processes; ``resume`` resumes as the documented recipe says and returns what the
-    model read for each call id."""
+    approves or rejects (``outcome``) as the lead; ``dump`` / ``load`` move the
+    framework's state between processes; ``resume`` resumes as the documented recipe
+    says and returns what the model read for each call id."""
 
-    def __init__(self, script: list[list[str]], state_file: Path) -> None:
+    def __init__(self, script: list[list[str]], state_file: Path, outcome: str) -> None:
         self.script = script
         self.state_file = state_file
+        self.outcome = outcome
+        self.approved = outcome == "approved"
 
     async def pause(self) -> str:
         raise NotImplementedError
 
     async def decide(self, request_id: str) -> None:
-        approve_as_lead(request_id)
+        decide_as_lead(request_id, self.outcome)
 
     def dump(self) -> str:
         raise NotImplementedError
@@ -159,8 +184,8 @@ class PydanticAIDriver(Driver):
     """``DeferredToolRequests`` -> ``d2.approve`` -> ``agent.run(message_history=...,
     deferred_tool_results=...)``, with pydantic-ai's ``FunctionModel``."""
 
-    def __init__(self, script: list[list[str]], state_file: Path) -> None:
-        super().__init__(script, state_file)
+    def __init__(self, script: list[list[str]], state_file: Path, outcome: str) -> None:
+        super().__init__(script, state_file, outcome)
         from d2.agents.pydantic_ai import guard_tools
         from pydantic_ai import Agent, DeferredToolRequests
         from pydantic_ai.messages import (
@@ -225,7 +250,9 @@ class PydanticAIDriver(Driver):
 
         result = await self.agent.run(
             message_history=self.messages,
-            deferred_tool_results=DeferredToolResults(approvals=dict.fromkeys(self.held, True)),
+            deferred_tool_results=DeferredToolResults(
+                approvals=dict.fromkeys(self.held, self.approved)
+            ),
         )
         assert result.output == "done"
         return self.read
@@ -235,8 +262,8 @@ class OpenAIAgentsDriver(Driver):
     """``result.interruptions`` -> ``approve_item`` -> ``Runner.run(agent, state)``,
     with the SDK's ``ScriptedModel``; the ``RunState`` crosses as ``to_json``."""
 
-    def __init__(self, script: list[list[str]], state_file: Path) -> None:
-        super().__init__(script, state_file)
+    def __init__(self, script: list[list[str]], state_file: Path, outcome: str) -> None:
+        super().__init__(script, state_file, outcome)
         from agents import Agent, function_tool, set_tracing_disabled
         from agents.testing import ScriptedModel, assistant_message, function_call
         from d2.agents.openai_agents import guard_tools
@@ -257,17 +284,18 @@ class OpenAIAgentsDriver(Driver):
 
         result = await Runner.run(self.agent, "refund o1")
         [item] = result.interruptions
-        request = approval_request(item)
-        assert request is not None
         self.state, self.items = result.to_state(), [item]
+        request = approval_request(item, self.state)
+        assert request is not None
         return request.id
 
     async def decide(self, request_id: str) -> None:
-        from d2.agents.openai_agents import approve_item
+        from d2.agents.openai_agents import approve_item, reject_item
 
         set_user("bob", roles=["finance_lead"])
         [item] = self.items
-        request = await approve_item(self.state, item)  # D2, then the SDK's state
+        decide = approve_item if self.approved else reject_item
+        request = await decide(self.state, item)  # D2, then the SDK's state
         assert request is not None and request.id == request_id
 
     def dump(self) -> str:
@@ -293,7 +321,7 @@ class OpenAIAgentsDriver(Driver):
 
 class OpenAIAgentsElsewhereDriver(OpenAIAgentsDriver):
     """The Agents SDK when the approver works elsewhere (a review app): the lead
-    finds the request with ``d2.pending_approvals()`` and approves it in D2 alone;
+    finds the request with ``d2.pending_approvals()`` and decides it in D2 alone;
     the app then applies the decision to its stored ``RunState`` and resumes."""
 
     async def decide(self, request_id: str) -> None:
@@ -301,11 +329,11 @@ class OpenAIAgentsElsewhereDriver(OpenAIAgentsDriver):
 
         set_user("bob", roles=["finance_lead"])
         assert [r.id for r in pending_approvals()] == [request_id]
-        approve(request_id)
+        decide_as_lead(request_id, self.outcome)
 
     async def resume(self) -> dict[str, str]:
-        for item in self.state.get_interruptions():
-            self.state.approve(item)  # what the app does with the decision D2 recorded
+        for item in self.state.get_interruptions():  # the decision D2 recorded
+            (self.state.approve if self.approved else self.state.reject)(item)
         return await super().resume()
 
 
@@ -353,8 +381,8 @@ class LangGraphDriver(Driver):
 
     shape = "send"
 
-    def __init__(self, script: list[list[str]], state_file: Path) -> None:
-        super().__init__(script, state_file)
+    def __init__(self, script: list[list[str]], state_file: Path, outcome: str) -> None:
+        super().__init__(script, state_file, outcome)
         from d2.agents.langchain import guard_tools
         from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
         from langchain_core.messages import AIMessage
@@ -425,7 +453,7 @@ class LangGraphDriver(Driver):
         from langchain_core.messages import ToolMessage
         from langgraph.types import Command
 
-        done = self.graph.invoke(Command(resume="approved"), self.config)
+        done = self.graph.invoke(Command(resume=self.outcome), self.config)
         assert "__interrupt__" not in done and done["messages"][-1].content == "done"
         return {
             m.tool_call_id: str(m.content) for m in done["messages"] if isinstance(m, ToolMessage)
@@ -437,11 +465,13 @@ class CreateAgentDriver(LangGraphDriver):
 
 
 class LangChainDriver(Driver):
-    """langchain-core tools alone: ``ApprovalPending`` -> ``d2.approve`` -> a new run
-    that makes the identical call again (the plain path's documented resume)."""
+    """langchain-core tools alone: ``ApprovalPending`` -> ``d2.approve`` (or
+    ``d2.reject``) -> a new run that first calls ``d2.restore_request`` (the plain
+    path's documented resume), then goes on with the model's turns; an approved
+    call is made again last (the model may call other tools first)."""
 
-    def __init__(self, script: list[list[str]], state_file: Path) -> None:
-        super().__init__(script, state_file)
+    def __init__(self, script: list[list[str]], state_file: Path, outcome: str) -> None:
+        super().__init__(script, state_file, outcome)
         from d2.agents.langchain import guard_tools
         from langchain_core.tools import tool
 
@@ -450,6 +480,7 @@ class LangChainDriver(Driver):
         self.pending = list(script)  # the turns not run yet
         self.read: dict[str, str] = {}
         self.held: list[str] = []
+        self.requests: list[str] = []
 
     def run(self, call_ids: list[str]) -> str | None:
         """Invoke each call (the loop an app writes); the request id of a held one."""
@@ -462,6 +493,7 @@ class LangChainDriver(Driver):
                 self.read[call_id] = str(self.tools[name].invoke(arguments))
             except ApprovalPending as pending:  # ask an approver, finish the turn
                 self.held.append(call_id)
+                self.requests.append(pending.request.id)
                 held = pending.request.id
             except ToolDenied as denied:
                 self.read[call_id] = str(denied)
@@ -475,17 +507,22 @@ class LangChainDriver(Driver):
         raise AssertionError("nothing was held")
 
     def dump(self) -> str:
-        return json.dumps({"held": self.held, "read": self.read})
+        return json.dumps({"held": self.held, "read": self.read, "requests": self.requests})
 
     async def load(self, text: str) -> None:
         data = json.loads(text)
-        self.held, self.read = data["held"], data["read"]
+        self.held, self.read, self.requests = data["held"], data["read"], data["requests"]
 
     async def resume(self) -> dict[str, str]:
+        from d2.core import restore_request
+
+        for request_id in self.requests:  # first: the request continues
+            restore_request(request_id)
         held, self.held = self.held, []
-        assert self.run(held) is None  # the approved call, made again, runs
         while self.pending:
             assert self.run(self.pending.pop(0)) is None
+        if self.approved:
+            assert self.run(held) is None  # the approved call, made again, runs
         return self.read
 
 
@@ -499,17 +536,30 @@ DRIVERS: dict[str, type[Driver]] = {
 }
 
 
-def check(read: str, rule: str, seen: dict[str, str], ran: list[str]) -> None:
-    """The refund ran once, after the approval; ``http_request`` was refused by
-    ``rule`` when the model had read users (and the model read why), else it ran."""
-    assert ran.count("refund(500)") == 1
-    assert seen["c1"] == "refunded 500"
+def check(read: str, rule: str, outcome: str, seen: dict[str, str], ran: list[str]) -> None:
+    """The refund ran once after an approval, never after a rejection;
+    ``http_request`` was refused by ``rule`` when the model had read users (and the
+    model read why), else it ran; a third search was refused by the budget."""
+    if outcome == "approved":
+        assert ran.count("refund(500)") == 1
+        assert seen["c1"] == "refunded 500"
+    else:
+        assert "refund(500)" not in ran
+    if read == "budget":
+        assert "search c" not in ran
+        assert "budget exceeded for web.search for this request" in seen["s3"], seen["s3"]
+        return
     if read == "none":
-        assert seen["h1"] == "posted" and ran == ["refund(500)", POST]
+        assert seen["h1"] == "posted" and ran.count(POST) == 1
         return
     assert POST not in ran
     assert f"'http.request' was refused ({DENIED[rule]})" in seen["h1"], seen["h1"]
     assert "Ada" in seen["r1"]  # the model read the users before it tried to post
+
+
+def before_the_pause(read: str) -> list[str]:
+    """What the tool bodies did before the pause (the refund waits)."""
+    return {"none": [], "budget": ["search a", "search b"]}.get(read, [READ])
 
 
 # -- in one process --------------------------------------------------------------------
@@ -525,20 +575,49 @@ def _no_model_requests() -> Iterator[None]:
     models.ALLOW_MODEL_REQUESTS = allowed
 
 
-@pytest.mark.parametrize("read", list(PLANS))
-@pytest.mark.parametrize("rule", list(DENIED))
+CASES = [(read, rule) for read in PLANS for rule in DENIED if read != "budget"]
+CASES.append(("budget", "data_flow"))  # the budget does not depend on the rule
+
+
+@pytest.mark.parametrize("outcome", OUTCOMES)
+@pytest.mark.parametrize(("read", "rule"), CASES)
 @pytest.mark.parametrize("framework", list(DRIVERS))
 async def test_the_resumed_run_keeps_the_rules_of_the_run_that_paused(
-    framework: str, rule: str, read: str, configure: Any, tmp_path: Path
+    framework: str, rule: str, read: str, outcome: str, configure: Any, tmp_path: Path
 ) -> None:
     configure(resume_policy(rule))
-    driver = DRIVERS[framework](turns(read, "all"), tmp_path / "state")
+    driver = DRIVERS[framework](turns(read, "all"), tmp_path / "state", outcome)
     as_requester()
     request_id = await driver.pause()
-    assert "refund(500)" not in RAN
+    assert sorted(RAN) == before_the_pause(read)  # the refund waits (calls in parallel)
     await driver.decide(request_id)
     as_requester()
-    check(read, rule, await driver.resume(), RAN)
+    check(read, rule, outcome, await driver.resume(), RAN)
+
+
+async def test_an_approval_with_edited_arguments_still_continues_the_request(
+    configure: Any, tmp_path: Path
+) -> None:
+    """pydantic-ai lets the approver edit the call (``ToolApproved(override_args=...)``):
+    the call that runs is then not the held one (a refund of 50 needs no approval),
+    so it restores nothing; only the start of the resumed run continues the paused
+    request, and the model's upload after it is still refused."""
+    from pydantic_ai import DeferredToolResults, ToolApproved
+
+    configure(resume_policy("data_flow"))
+    driver = PydanticAIDriver(turns("before", "all"), tmp_path / "state", "approved")
+    as_requester()
+    request_id = await driver.pause()
+    await driver.decide(request_id)
+    as_requester()
+    edited = ToolApproved(override_args={"order": "o1", "amount": 50})
+    result = await driver.agent.run(
+        message_history=driver.messages,
+        deferred_tool_results=DeferredToolResults(approvals={"c1": edited}),
+    )
+    assert result.output == "done"
+    assert RAN == [READ, "refund(50)"]
+    assert "'http.request' was refused (data_flow_violation)" in driver.read["h1"]
 
 
 # -- across processes, on one redis-server ---------------------------------------------
@@ -555,33 +634,39 @@ def redis() -> Iterator[Any]:
         yield server
 
 
-CROSS = [("before", "data_flow"), ("beside", "sequence"), ("none", "data_flow")]
+CROSS = [  # (read, rule, outcome)
+    ("before", "data_flow", "rejected"),
+    ("beside", "sequence", "approved"),
+    ("none", "data_flow", "rejected"),
+    ("budget", "data_flow", "rejected"),
+    ("before", "sequence", "approved"),
+]
 
 
 @pytest.mark.parametrize("framework", list(DRIVERS))
 async def test_a_run_resumed_in_another_process_keeps_the_rules(
     framework: str, redis: Any, tmp_path: Path
 ) -> None:
-    """Each case of ``CROSS`` pauses here and is approved here; one second process
+    """Each case of ``CROSS`` pauses here and is decided here; one second process
     resumes them all (one interpreter start per framework)."""
     jobs = []
-    for read, rule in CROSS:
-        case = tmp_path / read
+    for n, (read, rule, outcome) in enumerate(CROSS):
+        case = tmp_path / f"{n}-{read}"
         case.mkdir()
         policy = case / "policy.json"
-        policy.write_text(json.dumps(resume_policy(rule, f"agents-resume-{read}")))
+        policy.write_text(json.dumps(resume_policy(rule, f"agents-resume-{n}")))
         store = RedisStore.from_url(redis.url)  # closed here, async client included
         configure_rbac_sync(source=str(policy), store=store)  # an app per case
         RAN.clear()
-        driver = DRIVERS[framework](turns(read, "first"), case / "state")
+        driver = DRIVERS[framework](turns(read, "first"), case / "state", outcome)
         as_requester()
         request_id = await driver.pause()
         await driver.decide(request_id)
-        assert ([READ] if read != "none" else []) == RAN  # the refund waits
+        assert sorted(RAN) == before_the_pause(read)  # the refund waits (calls in parallel)
         (case / "saved.json").write_text(driver.dump())
         shutdown_rbac()
         await store.aclose()
-        jobs.append({"read": read, "rule": rule, "case": str(case)})
+        jobs.append({"read": read, "rule": rule, "outcome": outcome, "case": str(case)})
 
     spec = tmp_path / "jobs.json"
     spec.write_text(json.dumps({"framework": framework, "jobs": jobs}))
@@ -604,7 +689,7 @@ async def test_a_run_resumed_in_another_process_keeps_the_rules(
     for job in jobs:
         outcome = json.loads((Path(job["case"]) / "out.json").read_text())
         assert outcome["pid"] != os.getpid()
-        check(job["read"], job["rule"], outcome["read"], outcome["ran"])
+        check(job["read"], job["rule"], job["outcome"], outcome["read"], outcome["ran"])
 
 
 async def _second_process(spec: Path) -> None:
@@ -616,7 +701,9 @@ async def _second_process(spec: Path) -> None:
         case = Path(job["case"])
         configure_rbac_sync(source=str(case / "policy.json"))
         RAN.clear()
-        driver = DRIVERS[work["framework"]](turns(job["read"], "rest"), case / "state")
+        driver = DRIVERS[work["framework"]](
+            turns(job["read"], "rest"), case / "state", job["outcome"]
+        )
         await driver.load((case / "saved.json").read_text())
         as_requester()
         seen = await driver.resume()

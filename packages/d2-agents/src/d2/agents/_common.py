@@ -3,7 +3,9 @@ model reads when D2 refuses a call."""
 
 from __future__ import annotations
 
+import logging
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,6 +22,7 @@ __all__ = [
     "approval_details",
     "approval_of",
     "denial_message",
+    "resume_stopped",
     "tool_id_resolver",
 ]
 
@@ -117,4 +120,23 @@ def tool_id_resolver(tool_ids: ToolIds) -> Callable[[str], str]:
         return tool_ids
     raise ConfigurationError(
         f"tool_ids must be a mapping of tool name to tool id or a function, got {tool_ids!r}"
+    )
+
+
+_STOPPED: OrderedDict[str, None] = OrderedDict()  # the causes already logged
+
+
+def resume_stopped(err: PermissionDeniedError) -> None:
+    """Log (logger ``d2.agents``, WARNING, once per cause) that a resumed run
+    cannot continue the request that paused, so its guarded calls are refused."""
+    text = str(err)
+    if text in _STOPPED:
+        return
+    _STOPPED[text] = None
+    if len(_STOPPED) > 1024:
+        _STOPPED.popitem(last=False)
+    logging.getLogger("d2.agents").warning(
+        "d2: a resumed run cannot continue the request that paused, so its guarded calls "
+        "are refused: %s",
+        text,
     )

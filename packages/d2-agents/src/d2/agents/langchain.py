@@ -21,6 +21,10 @@ whose ``request`` is D2's :class:`~d2.core.ApprovalRequest`): catch it to ask an
 approver, or let the model read ``approval required for payments.refund: request
 <id>, approvers: finance_lead``. Once an approver (another user with one of the
 roles) calls ``d2.approve(request.id)``, the same user's identical call runs once.
+A loop of your own resumes as a fresh request (``set_user``) that first calls
+``d2.restore_request(request.id)``: the paused request's history, facts and
+``per: request`` counts then hold from the resumed run's first call, approved or
+rejected (after a rejection the identical call never comes back to restore them).
 Inside a LangGraph graph (extra ``d2-sdk[langgraph]``) the graph handles a held call:
 where the graph can resume that call alone (a checkpointer, and the call in a task
 of its own, a ``Send`` per tool call as ``langchain.agents.create_agent`` routes
@@ -28,8 +32,10 @@ them) it pauses the graph through LangGraph's own ``interrupt``, whose value nam
 the request (``d2_approval_request``, ``d2_approvers``, ...); once it is approved,
 resume with ``Command(resume=...)`` and the call runs once, while the other calls of
 the same model message, finished in their own tasks, are not run again; the resumed
-request continues the paused one (its history and data-flow facts are restored when
-the approved call runs). Resumed without an approval, it is refused with
+request continues the paused one from its start: the resumed task is the held call
+itself, which LangGraph runs first, and it restores the paused request's history,
+facts and ``per: request`` counts whether it was approved (it runs) or rejected (it
+is refused, ``approval_rejected``). Resumed without a decision, it is refused with
 ``ApprovalPending``. In any other graph (no
 checkpointer, or a ``ToolNode`` reached by an edge, which LangGraph re-runs whole on
 resume) the model reads the approval message as the call's result and the run goes

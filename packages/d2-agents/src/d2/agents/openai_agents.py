@@ -30,11 +30,15 @@ copy a ``FunctionTool``); the originals are untouched. Each copy
 - A call that D2 holds for a person becomes an SDK approval interruption: the
   copy's ``needs_approval`` asks D2 about the call before it runs, and when D2
   answers ``ApprovalRequiredError`` the run stops with a ``ToolApprovalItem`` in
-  ``result.interruptions``. :func:`approval_request` gives the D2 request behind an
-  item; :func:`approve_item`, run as an approver (another user holding one of the
-  request's roles), calls ``d2.approve`` under that user and ``state.approve(item)``;
+  ``result.interruptions``. D2 writes the link from the call to its D2 request into
+  the run's own state (see *The link* below), so it travels with the ``RunState``.
+  :func:`approval_request` gives the D2 request behind an item of a state;
+  :func:`approve_item`, run as an approver (another user holding one of the
+  request's roles), calls ``d2.approve`` on that request and ``state.approve(item)``;
   resuming the run (as the requester) runs the call once. :func:`reject_item`
-  rejects in both. The tool's own ``needs_approval`` still applies first.
+  rejects in both. An item whose D2 request its state cannot prove is refused
+  (``ConfigurationError``), never matched by its tool, call id and arguments. The
+  tool's own ``needs_approval`` still applies first.
 
   D2 is asked before the call only for a tool whose grant has an ``approval`` rule
   (``explain``); its answer is kept for the call, so each call is decided once.
@@ -42,9 +46,26 @@ copy a ``FunctionTool``); the originals are untouched. Each copy
 The SDK runs tools in tasks and threads that inherit the caller's context, so the
 user set before ``Runner.run`` is the user every tool sees, and one run is one D2
 request scope: sequence and data-flow rules span its tool calls.
-A run resumed after an approval (a fresh ``set_user``, same user) continues the
-request that paused: its history and facts are restored when the approved call
-runs, in another process too when both use the same store.
+
+A run resumed after an approval (a fresh ``set_user``, same user, then
+``Runner.run(agent, state)``) continues the request that paused from its start:
+every guarded call begins by restoring, for every D2 request the state links, the
+paused request's history, facts and ``per: request`` counts
+(``d2.restore_request``; its ``needs_approval`` or its invocation, whichever comes
+first, and only the first call of the run pays a store lookup), so no guarded tool
+of the resumed run is decided without them, whether the held call was approved or
+rejected. When that cannot be done (the request is gone: used by another resume,
+expired, or the store is not shared; the store does not answer) every guarded call
+of that run is refused (the model reads why), never run on a fresh history.
+
+*The link.* The SDK serialises a run's approval decisions with its ``RunState``
+(``RunContextWrapper._approvals``, tool key -> record of decisions, whose
+``rejection_messages`` map call ids to text). D2 keeps one record of its own there,
+under a key no tool name can take (``d2:approval-requests``), mapping each held
+call id to its D2 request (id, tool, instance). The SDK never shows it to the
+model, and ignores it in every decision (the record approves and rejects nothing).
+It is private SDK state: if a future SDK cannot carry it, D2 does not pause the
+run (the model reads ``approval required ...``) rather than pause without a link.
 """
 
 from __future__ import annotations
@@ -56,7 +77,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, NamedTuple
 
 try:
     from pydantic import ValidationError
@@ -68,7 +89,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError(
         'd2.agents.openai_agents needs the OpenAI Agents SDK: pip install "d2-sdk[openai-agents]"'
     ) from exc
-
 from d2.core import (
     ApprovalRequest,
     ConfigurationError,
@@ -79,11 +99,28 @@ from d2.core import (
     get_policy_manager,
     get_user_context,
     is_allowed,
+    pending_approvals,
+    pending_approvals_async,
     reject_async,
+    restore_request_async,
 )
 from d2.core._functions import first_parameter, forwards_unchanged
+from d2.core.resume import continues
 
-from ._common import DenyMessage, ToolIds, approval_of, denial_message, tool_id_resolver
+from ._common import (
+    DenyMessage,
+    ToolIds,
+    approval_of,
+    denial_message,
+    resume_stopped,
+    tool_id_resolver,
+)
+
+_ApprovalRecord: Any
+try:  # where a run's approval decisions travel (see "The link" above)
+    from agents.run_context import _ApprovalRecord
+except ImportError:  # pragma: no cover - another SDK layout: no run is paused by D2
+    _ApprovalRecord = None
 
 __all__ = ["approval_request", "approve_item", "guard_tool", "guard_tools", "reject_item"]
 
@@ -128,104 +165,273 @@ class _Parked:
 
 # (request number, tool id, call id) -> what D2 decided when the SDK asked
 _DECIDED: _Recent = _Recent()
-# (tool name, call id, canonical arguments) -> {requesting user id: the D2 approval
-# request of that user's held call}. One request per user: a newer hold of the same
-# call by the same user (a later run reusing the call id, a new policy version)
-# replaces the older; an entry goes when its call has run or been rejected, so a
-# finished run never makes a later run's lookup ambiguous.
-_REQUESTS: _Recent = _Recent()
-
-
-def _canonical(arguments: Any) -> str:
-    return json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def _request_key(name: str, call_id: str, arguments: Any) -> tuple[str, str, str]:
-    return (name, call_id, _canonical(arguments))
-
-
-def _remember(name: str, call_id: str, arguments: Any, request: ApprovalRequest) -> None:
-    key = _request_key(name, call_id, arguments)
-    known = _REQUESTS.get(key)
-    _REQUESTS[key] = {**(known if isinstance(known, dict) else {}), request.user_id: request}
-
-
-def _forget(name: str, call_id: str, arguments: Any, user_id: str | None) -> None:
-    """Drop ``user_id``'s held request for this call: the call ran, or was rejected."""
-    _forget_key(_request_key(name, call_id, arguments), user_id)
-
-
-def _forget_key(key: tuple[str, str, str], user_id: str | None) -> None:
-    known = _REQUESTS.get(key)
-    if not isinstance(known, dict) or user_id not in known:
-        return
-    rest = {user: request for user, request in known.items() if user != user_id}
-    if rest:
-        _REQUESTS[key] = rest
-    else:
-        del _REQUESTS[key]
+# D2 request id -> the request, for the requests held in this process (what
+# approval_request shows without asking the store)
+_HELD: _Recent = _Recent()
 
 
 def _call_key(tool_id: str, call_id: str) -> tuple[int, str, str]:
     return (get_user_context().scope.number, tool_id, call_id)
 
 
-def _item_key(item: ToolApprovalItem) -> tuple[str, str, str] | None:
-    """The ``_REQUESTS`` key of an interruption: its tool, call id and arguments."""
+# -- the link from a held call to its D2 request, in the run's own state --------------
+
+_BINDINGS = "d2:approval-requests"  # no tool name can contain ":"
+
+
+class _Bound(NamedTuple):
+    """What D2 wrote for one held call: its D2 request (``None``: the tool's own
+    ``needs_approval`` asked, not D2), the SDK tool name, the D2 tool id, the D2
+    instance, and whether the link is settled: its call ran or was refused for good,
+    or a later hold of a run that continued its request carries its history."""
+
+    request_id: str | None
+    tool: str
+    tool_id: str
+    instance: str
+    done: bool = False
+
+    def text(self) -> str:
+        data = {"r": self.request_id, "t": self.tool, "d": self.tool_id, "i": self.instance}
+        if self.done:
+            data["s"] = "done"
+        return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def read(cls, text: object) -> _Bound | None:
+        """The link written by :meth:`text`, or ``None`` when it is not one."""
+        try:
+            data = json.loads(text) if isinstance(text, str) else None
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        request_id, tool, tool_id, instance = (data.get(k) for k in ("r", "t", "d", "i"))
+        if not (request_id is None or (isinstance(request_id, str) and request_id)):
+            return None
+        if not (
+            isinstance(tool, str)
+            and isinstance(tool_id, str)
+            and isinstance(instance, str)
+            and tool
+            and tool_id
+            and instance
+            and data.get("s") in (None, "done")
+        ):
+            return None
+        return cls(request_id, tool, tool_id, instance, data.get("s") == "done")
+
+
+def _bindings(wrapper: Any, *, create: bool = False) -> dict[str, str] | None:
+    """The run's links (call id -> :class:`_Bound` text), kept in the run context's
+    approval records so they travel with its ``RunState``; ``None`` when there are
+    none (or, with ``create``, when this SDK gives no place for them)."""
+    approvals = getattr(wrapper, "_approvals", None)
+    if not isinstance(approvals, dict):
+        return None
+    record = approvals.get(_BINDINGS)
+    if record is None:
+        if not create or _ApprovalRecord is None:
+            return None
+        record = approvals[_BINDINGS] = _ApprovalRecord()
+    found = getattr(record, "rejection_messages", None)
+    return found if isinstance(found, dict) else None
+
+
+def _bind(wrapper: Any, call_id: str, bound: _Bound) -> bool:
+    """Link ``call_id`` to ``bound`` in the run's state; False when it cannot."""
+    found = _bindings(wrapper, create=True)
+    if found is None or not call_id:
+        return False
+    found[call_id] = bound.text()
+    return True
+
+
+def _settle(found: dict[str, str], call_id: str) -> None:
+    """Mark the link of ``call_id`` settled: nothing is left to decide or restore."""
+    bound = _Bound.read(found.get(call_id))
+    if bound is not None and not bound.done:
+        found[call_id] = bound._replace(done=True).text()
+        if bound.request_id is not None:
+            _HELD.pop(bound.request_id, None)
+
+
+def _wrapper_of(run: Any) -> Any:
+    """The run context of a ``RunState`` or of a run result."""
+    if isinstance(run, RunState):
+        return run._context
+    return getattr(run, "context_wrapper", None)
+
+
+def _item_call_id(item: ToolApprovalItem) -> str | None:
     raw = item.raw_item
-    get = raw.get if isinstance(raw, dict) else lambda key: getattr(raw, key, None)
-    call_id, arguments = get("call_id"), get("arguments")
-    if not isinstance(call_id, str) or not isinstance(arguments, str) or item.name is None:
-        return None
+    call_id = raw.get("call_id") if isinstance(raw, dict) else getattr(raw, "call_id", None)
+    return call_id if isinstance(call_id, str) and call_id else None
+
+
+def _guarded(item: ToolApprovalItem) -> bool:
+    """Whether the interruption is for a tool this module guards."""
+    tools = getattr(getattr(item, "agent", None), "tools", None) or ()
+    return any(
+        isinstance(tool, FunctionTool)
+        and tool.name == item.tool_name
+        and getattr(tool.on_invoke_tool, _MARK, None) is not None
+        for tool in tools
+    )
+
+
+def _sdk_asked_alone(item: ToolApprovalItem) -> bool:
+    """Whether the SDK asked for approval without asking the tool: it does for a
+    call whose arguments are not a JSON object (empty, invalid, ``NaN``...)."""
+    raw = item.raw_item
+    arguments = raw.get("arguments") if isinstance(raw, dict) else getattr(raw, "arguments", None)
+    if not isinstance(arguments, str) or not arguments.strip():
+        return True
+
+    def constant(name: str) -> Any:
+        raise ValueError(name)
+
     try:
-        parsed = json.loads(arguments) if arguments else {}
+        parsed = json.loads(arguments, parse_constant=constant)
     except ValueError:
+        return True
+    return not isinstance(parsed, dict)
+
+
+def _bound_to(run: Any, item: ToolApprovalItem) -> _Bound | None:
+    """The D2 request ``item`` waits for, as D2 linked it in the run's state when it
+    held the call; ``None`` when D2 did not ask (the tool's own ``needs_approval``
+    did, or the tool is not guarded here). Raises ``ConfigurationError`` when the
+    item is a guarded tool's and its state holds no valid link for it: the request
+    is never guessed from the tool, call id and arguments (another user's run can
+    produce the very same)."""
+    call_id = _item_call_id(item)
+    found = _bindings(_wrapper_of(run))
+    text = found.get(call_id) if found is not None and call_id is not None else None
+    if text is None:
+        if not _guarded(item) or _sdk_asked_alone(item):
+            return None
+        raise ConfigurationError(
+            f"the run state holds no D2 link for the interruption of {item.tool_name!r} "
+            f"(call {call_id!r}), so the D2 request it waits for cannot be proven (pass "
+            "the RunState or run result the interruption came from). Decide the D2 "
+            "request with d2.approve(request_id) / d2.reject(request_id), picked from "
+            "d2.pending_approvals(), then state.approve(item) / state.reject(item)"
+        )
+    bound = _Bound.read(text)
+    if bound is None or bound.tool != item.tool_name:
+        raise ConfigurationError(
+            f"the D2 link the run state holds for call {call_id!r} is not one D2 wrote for "
+            f"{item.tool_name!r}: the state was altered; decide the D2 request with "
+            "d2.approve(request_id) / d2.reject(request_id) from d2.pending_approvals()"
+        )
+    return None if bound.done else bound
+
+
+async def _continue(wrapper: Any) -> None:
+    """Continue, in the current D2 request scope, every request this run paused
+    for (``d2.restore_request``): every guarded call of a run starts here (its
+    ``needs_approval`` or its invocation), so a resumed run restores them before
+    any guarded tool is decided. Raises ``PermissionDeniedError`` when one cannot
+    be continued."""
+    found = _bindings(wrapper)
+    if not found:
+        return
+    for call_id, text in list(found.items()):
+        bound = _Bound.read(text)
+        if bound is None:
+            raise PermissionDeniedError(
+                f"the D2 link of call {call_id!r} in this run's state cannot be read; the "
+                "run cannot continue the request that paused",
+                reason="budget_unavailable",
+            )
+        if bound.request_id is not None and not bound.done:
+            await restore_request_async(bound.request_id, instance_name=bound.instance)
+
+
+def _carried(wrapper: Any, held: str) -> None:
+    """The run paused again (call ``held``): the links of calls the SDK has decided
+    (approved or rejected) and whose request this request scope holds are settled,
+    because the new hold's saved state carries their history; a later resume then
+    needs only the new link (a rejected request expires, and its link must not
+    stop that resume)."""
+    found = _bindings(wrapper)
+    if not found:
+        return
+    scope = get_user_context().scope
+    for call_id, text in list(found.items()):
+        bound = _Bound.read(text)
+        if call_id == held or bound is None or bound.request_id is None or bound.done:
+            continue
+        if _decided_by_the_sdk(wrapper, bound.tool, call_id) and continues(scope, bound.request_id):
+            _settle(found, call_id)
+
+
+def _decided_by_the_sdk(wrapper: Any, tool: str, call_id: str) -> bool:
+    try:
+        return wrapper.is_tool_approved(tool, call_id) is not None
+    except Exception:  # an SDK that cannot tell: keep the link
+        return False
+
+
+def approval_request(
+    item: ToolApprovalItem, state: RunState[Any, Any] | Any = None
+) -> ApprovalRequest | None:
+    """The D2 approval request behind an interruption of a guarded tool.
+
+    ``state``: the ``RunState`` (or run result) the interruption belongs to, which
+    carries D2's link from the call to its request, in this process or any other.
+    ``None`` when D2 did not ask for the call (the tool's own ``needs_approval``
+    did), when no ``state`` is given (the item alone cannot prove whose request it
+    is: two users' runs can produce the very same item), or when the request is
+    neither held in this process nor pending for the current user to decide
+    (``pending_approvals``). Raises ``ConfigurationError`` when the state holds no
+    valid link for an interruption of a guarded tool."""
+    if state is None:
         return None
-    return _request_key(item.name, call_id, parsed)
+    bound = _bound_to(state, item)
+    if bound is None or bound.request_id is None:
+        return None
+    held = _HELD.get(bound.request_id)
+    if isinstance(held, ApprovalRequest):
+        return held
+    for request in pending_approvals(instance_name=bound.instance):
+        if request.id == bound.request_id:
+            return request
+    return None
 
 
-def _held_for(item: ToolApprovalItem) -> dict[str | None, ApprovalRequest]:
-    """The D2 requests held for this interruption's call, by requesting user."""
-    key = _item_key(item)
-    found = _REQUESTS.get(key) if key is not None else None
-    return found if isinstance(found, dict) else {}
-
-
-def approval_request(item: ToolApprovalItem) -> ApprovalRequest | None:
-    """The D2 approval request behind an interruption of a guarded tool, or ``None``
-    when D2 did not ask for it (the tool's own ``needs_approval`` did, say), or its
-    call has run or been rejected since. Known in the process that ran the call (a
-    ``RunState`` read back elsewhere: find it with ``d2.pending_approvals()``)."""
-    found = _held_for(item)
-    if len(found) != 1:
-        return None  # unknown, or ambiguous (see approve_item)
-    (request,) = found.values()
+async def _decide_bound(bound: _Bound, approve: bool) -> ApprovalRequest:
+    """Approve or reject the linked request (as the current user), once it is
+    known to be a request of the linked tool."""
+    assert bound.request_id is not None
+    for request in await pending_approvals_async(instance_name=bound.instance):
+        if request.id == bound.request_id and request.tool_id != bound.tool_id:
+            raise ConfigurationError(
+                f"the D2 link of this interruption names request {request.id[:12]} of "
+                f"{request.tool_id!r}, not of {bound.tool_id!r}: the state was altered"
+            )
+    decide = approve_async if approve else reject_async
+    request = await decide(bound.request_id, instance_name=bound.instance)
+    _HELD.pop(bound.request_id, None)  # decided: nothing left to show an approver
     return request
-
-
-def _ambiguous(item: ToolApprovalItem) -> int:
-    """How many distinct D2 requests share this interruption's call id, tool and
-    arguments (more than one: several users' runs produced the same call id)."""
-    return len(_held_for(item))
 
 
 async def approve_item(
     state: RunState[Any, Any], item: ToolApprovalItem, *, instance_name: str = "default"
 ) -> ApprovalRequest | None:
-    """Approve an interruption as the current user: first the D2 request behind it
-    (``d2.approve_async``, which refuses, with ``PermissionDeniedError``, a user who
-    holds none of its approver roles or asked for the call), then the SDK's
-    ``state.approve(item)``. Resume the run as the requester: the call runs once.
-    Returns the D2 request (``None`` when D2 did not ask for this call)."""
-    if _ambiguous(item) > 1:
-        raise ConfigurationError(
-            "several D2 approval requests match this interruption (runs of different "
-            "users produced the same call id and arguments): approve the right one with "
-            "d2.approve(request_id), picked from d2.pending_approvals()"
-        )
-    request = approval_request(item)
-    if request is not None:
-        await approve_async(request.id, instance_name=instance_name)
+    """Approve an interruption as the current user: first the D2 request the state
+    links to it (``d2.approve_async``, which refuses, with ``PermissionDeniedError``,
+    a user who holds none of its approver roles or asked for the call), then the
+    SDK's ``state.approve(item)``. Resume the run as the requester: the call runs
+    once. Returns the D2 request (``None`` when D2 did not ask for this call).
+    Raises ``ConfigurationError``, approving nothing, when the state cannot prove
+    which D2 request the item waits for. ``instance_name`` is kept for
+    compatibility: the link names the D2 instance that held the call."""
+    bound = _bound_to(state, item)
+    request = None
+    if bound is not None and bound.request_id is not None:
+        request = await _decide_bound(bound, True)
     state.approve(item)
     return request
 
@@ -237,21 +443,14 @@ async def reject_item(
     rejection_message: str | None = None,
     instance_name: str = "default",
 ) -> ApprovalRequest | None:
-    """Reject an interruption as the current user: the D2 request behind it
-    (``d2.reject_async``, same rules as :func:`approve_item`), then
-    ``state.reject(item)``; the model reads ``rejection_message`` (or the SDK's)."""
-    if _ambiguous(item) > 1:
-        raise ConfigurationError(
-            "several D2 approval requests match this interruption (runs of different "
-            "users produced the same call id and arguments): reject the right one with "
-            "d2.reject(request_id), picked from d2.pending_approvals()"
-        )
-    request = approval_request(item)
-    if request is not None:
-        await reject_async(request.id, instance_name=instance_name)
-        key = _item_key(item)
-        if key is not None:
-            _forget_key(key, request.user_id)
+    """Reject an interruption as the current user: the D2 request the state links
+    to it (``d2.reject_async``, same rules as :func:`approve_item`), then
+    ``state.reject(item)``; the model reads ``rejection_message`` (or the SDK's).
+    The resumed run still continues the request that paused, from its start."""
+    bound = _bound_to(state, item)
+    request = None
+    if bound is not None and bound.request_id is not None:
+        request = await _decide_bound(bound, False)
     state.reject(item, rejection_message=rejection_message)
     return request
 
@@ -442,25 +641,24 @@ def guard_tool(
 
     async def on_invoke_tool(ctx: ToolContext[Any], input: str) -> Any:
         try:
+            await _continue(ctx)
+        except PermissionDeniedError as err:  # the run cannot continue its request
+            resume_stopped(err)
+            return deny_message(err)
+        try:
             output = await decide_and_run(ctx, input)
         except PermissionDeniedError as err:
             if approval_of(err) is None:
-                settled(ctx, input)
+                settled(ctx)
             return deny_message(err)
-        settled(ctx, input)
+        settled(ctx)
         return output
 
-    held_any = False  # whether this tool ever held a call (others pay nothing here)
-
-    def settled(ctx: ToolContext[Any], input: str) -> None:
-        """The call ran, or was refused for good: a request held for it is done."""
-        if not held_any or not _REQUESTS:
-            return
-        try:
-            arguments = json.loads(input) if input else {}
-        except ValueError:
-            return
-        _forget(guarded.name, ctx.tool_call_id, arguments, get_user_context().user_id)
+    def settled(ctx: ToolContext[Any]) -> None:
+        """The call ran, or was refused for good: its link to a D2 request goes."""
+        found = _bindings(ctx)
+        if found:
+            _settle(found, ctx.tool_call_id)
 
     async def decide_and_run(ctx: ToolContext[Any], input: str) -> Any:
         """Run the call if D2 admits it; a denial raises ``PermissionDeniedError``."""
@@ -493,15 +691,20 @@ def guard_tool(
     async def needs_approval(
         ctx: RunContextWrapper[Any], params: dict[str, Any], call_id: str
     ) -> bool:
+        try:
+            await _continue(ctx)
+        except PermissionDeniedError as err:
+            resume_stopped(err)
+            return False  # the invocation refuses it
         if isinstance(approval_inner, bool):
-            if approval_inner:
-                return True
+            own: Any = approval_inner
         else:
-            own: Any = approval_inner(ctx, params, call_id)
+            own = approval_inner(ctx, params, call_id)
             if inspect.isawaitable(own):
                 own = await own
-            if own:
-                return True
+        if own:  # the tool's own approval, not D2's: linked to no D2 request
+            _bind(ctx, call_id, _Bound(None, guarded.name, tool_id, instance_name))
+            return True
         try:
             args, kwargs = read(ctx, json.dumps(params))  # type: ignore[arg-type]
         except _Unreadable:
@@ -510,10 +713,11 @@ def guard_tool(
             return False
         decided = await _decide_early(gate, args, kwargs)
         request = approval_of(decided) if isinstance(decided, PermissionDeniedError) else None
-        if request is not None:  # hold the call: the SDK interrupts the run
-            nonlocal held_any
-            held_any = True
-            _remember(guarded.name, call_id, params, request)
+        if request is not None and _bind(
+            ctx, call_id, _Bound(request.id, guarded.name, tool_id, instance_name)
+        ):  # hold the call: the SDK interrupts the run, its state linked to the request
+            _HELD[request.id] = request
+            _carried(ctx, call_id)
             return True
         if isinstance(decided, (PermissionDeniedError, _Parked)):
             _DECIDED[_call_key(tool_id, call_id)] = decided

@@ -15,6 +15,8 @@ from .approvals import (
     pending_approvals_async,
     reject,
     reject_async,
+    restore_request,
+    restore_request_async,
 )
 from .context import (
     UserContext,
@@ -118,6 +120,8 @@ __all__ = [
     "record_facts",
     "reject",
     "reject_async",
+    "restore_request",
+    "restore_request_async",
     "run_in_thread",
     "set_user",
     "set_user_context",

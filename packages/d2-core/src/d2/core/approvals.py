@@ -9,6 +9,13 @@ arguments, user and policy version): the requester's identical call then runs on
 before ``expires_at``. A used, rejected or expired request is dead; the next
 identical call opens a new request with a new id.
 
+A run that resumes after the pause continues the request that asked:
+:func:`restore_request`, called by the requester at the start of the resumed run
+(the agent adapters call it for you), merges that request's saved history, facts
+and ``per: request`` counts into the current request scope before any call, so the
+rules of the paused request hold whatever the resumed run calls first (see
+:mod:`d2.core.resume`).
+
 Everything here is scoped to the app (the policy's ``metadata.name``, or the cloud
 app): an approver of one app never sees or decides another app's requests, even in
 a shared store. The data types live in :mod:`d2.core.approval_data`.
@@ -16,7 +23,7 @@ a shared store. The data types live in :mod:`d2.core.approval_data`.
 
 from __future__ import annotations
 
-from . import evaluate
+from . import evaluate, resume
 from .approval_data import (
     ApprovalRequest,
     NoCanonicalForm,
@@ -41,6 +48,8 @@ __all__ = [
     "pending_approvals_async",
     "reject",
     "reject_async",
+    "restore_request",
+    "restore_request_async",
 ]
 
 
@@ -211,3 +220,128 @@ async def pending_approvals_async(*, instance_name: str = "default") -> list[App
     store, namespace = _scoped(instance_name, ctx)
     found = await store.pending_approvals_async(namespace, evaluate._now())
     return _visible(found, ctx.user_id, ctx.roles)
+
+
+def _requester(request_id: object, ctx: UserContext) -> str:
+    """The current user, who restores a request of their own; raises without one."""
+    if ctx.user_id is None:
+        raise _denied(
+            "no user context is set: call d2.set_user(requester_id, roles=[...]) for the "
+            "resumed run before restoring the request it continues",
+            "no_user",
+            None,
+            ctx.roles,
+        )
+    if not isinstance(request_id, str) or not request_id:
+        raise _denied(
+            f"{request_id!r} is not an approval request id",
+            "approval_not_found",
+            ctx.user_id,
+            ctx.roles,
+        )
+    return ctx.user_id
+
+
+def _store_failed(request_id: str, ctx: UserContext, exc: BaseException) -> PermissionDeniedError:
+    return _denied(
+        f"the saved state of approval request {request_id[:12]} could not be read or restored "
+        f"({type(exc).__name__}: {exc}); the resumed run cannot continue its request until "
+        "the store answers",
+        "budget_unavailable",
+        ctx.user_id,
+        ctx.roles,
+    )
+
+
+def _merge(state: ApprovalState | None, request_id: str, user_id: str, ctx: UserContext) -> None:
+    """Merge the snapshots of ``state`` (the store's answer for ``request_id``) into
+    the current request scope, once per origin."""
+    if state is None:
+        raise _denied(
+            f"approval request {request_id[:12]} is not live (used, expired, its rejection "
+            "already reported, unknown, or another app's), so the state of the request that "
+            "paused for it is gone and this run cannot continue that request; start a new "
+            "run. A run resumed in another process needs the same shared store (Redis)",
+            "approval_not_found",
+            user_id,
+            ctx.roles,
+        )
+    request = state.request
+    if request.user_id != user_id:
+        raise _denied(
+            f"approval request {request_id[:12]} was asked for by another user; only its "
+            "requester's resumed run continues its request",
+            "approval_not_permitted",
+            user_id,
+            ctx.roles,
+        )
+    scope = ctx.scope
+    own = resume.lineage(scope).token
+    texts = [text for holder, text in state.snapshots if holder != own]
+    try:
+        with evaluate._spend_lock:
+            changed = resume.restore(scope, texts, user_id)
+    except Exception as exc:  # a snapshot this user's request did not write
+        raise _store_failed(request_id, ctx, exc) from None
+    resume.continued(scope, request_id)
+    if not changed:
+        return
+    import logging
+
+    logging.getLogger("d2").info(
+        "d2: request %d of %r continues approval request %s (%s, %s)",
+        scope.number,
+        user_id,
+        request.id,
+        request.tool_id,
+        state.state,
+    )
+
+
+def restore_request(request_id: str, *, instance_name: str = "default") -> None:
+    """Continue, in the current request scope, the request that paused for approval
+    request ``request_id``: merge the history, data-flow facts and ``per: request``
+    counts saved with it (what its identical call does when it comes back), so every
+    sequence, data-flow and budget rule of the paused request holds from the first
+    call of the resumed run, whatever that call is.
+
+    Call it as the requester (``set_user`` first), at the start of the resumed run,
+    for a request that is pending, approved or rejected (a rejected request lives
+    until its requester's call is told, or it expires). Idempotent: each origin is
+    merged once, and a scope that asked for the request itself, or restored it
+    already, answers without asking the store (also once the request is used).
+    The agent adapters call it at the start of every run they resume.
+
+    Raises :class:`~d2.core.errors.PermissionDeniedError` and restores nothing, with
+    reason ``no_user`` (no user set), ``approval_not_permitted`` (another user asked
+    for it), ``approval_not_found`` (it is not live: used, expired, its rejection
+    reported, unknown; its saved state went with it) or ``budget_unavailable`` (the
+    store did not answer, its saved state cannot be read, or an unnamed policy on a
+    shared store); ``MissingPolicyError`` without a policy in force."""
+    ctx = current_context()
+    user_id = _requester(request_id, ctx)
+    if resume.continues(ctx.scope, request_id):
+        resume.continued(ctx.scope, request_id)
+        return
+    store, namespace = _scoped(instance_name, ctx)
+    try:
+        state = store.read_approval(namespace, request_id, evaluate._now())
+    except Exception as exc:
+        raise _store_failed(request_id, ctx, exc) from None
+    _merge(state, request_id, user_id, ctx)
+
+
+async def restore_request_async(request_id: str, *, instance_name: str = "default") -> None:
+    """Async twin of :func:`restore_request` (a network store never blocks the
+    loop)."""
+    ctx = current_context()
+    user_id = _requester(request_id, ctx)
+    if resume.continues(ctx.scope, request_id):
+        resume.continued(ctx.scope, request_id)
+        return
+    store, namespace = _scoped(instance_name, ctx)
+    try:
+        state = await store.read_approval_async(namespace, request_id, evaluate._now())
+    except Exception as exc:
+        raise _store_failed(request_id, ctx, exc) from None
+    _merge(state, request_id, user_id, ctx)

@@ -27,6 +27,11 @@ at most :data:`MAX_CALLS` history entries and :data:`MAX_BYTES` of JSON;
 :func:`snapshot` raises :class:`SnapshotTooLarge` beyond that (the evaluator then
 denies the call: what cannot be saved is never forgotten silently).
 
+A resumed run can also ask for its paused request by the approval request's id,
+before any call (:func:`d2.core.approvals.restore_request`, which the agent
+adapters call at the start of the run they resume): the scope then remembers the
+request as *continued* (:func:`continues`), so asking again costs no store lookup.
+
 This module only reads and writes scopes; the evaluator decides when (see
 ``evaluate.py``, step 6c).
 """
@@ -50,6 +55,8 @@ __all__ = [
     "MAX_CALLS",
     "Lineage",
     "SnapshotTooLarge",
+    "continued",
+    "continues",
     "lineage",
     "restore",
     "snapshot",
@@ -91,10 +98,14 @@ class Lineage:
     scope asked for and that still live, ``(namespace, call digest, request id) ->
     expires_at``: each later call of the scope is saved with them. ``saved``: the
     scope's own calls as a snapshot carries them under ``saved_for`` (a policy),
-    covering the first ``saved_of`` of them (extended as calls come).
+    covering the first ``saved_of`` of them (extended as calls come). ``continued``:
+    the ids of the approval requests whose paused request this scope restored by
+    id (see :func:`continues`).
     """
 
-    __slots__ = ("blocks", "held", "relevant", "saved", "saved_for", "saved_of", "token")
+    __slots__ = (
+        "blocks", "continued", "held", "relevant", "saved", "saved_for", "saved_of", "token",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         import secrets  # off the cold path: only a held call needs one
@@ -106,6 +117,7 @@ class Lineage:
         self.saved_of = 0
         self.saved_for: CompiledPolicy | None = None
         self.relevant: dict[str, bool] = {}  # tool id -> whether saved_for reads it
+        self.continued: set[str] = set()
 
     def restored(self) -> int:
         """How many history entries came from restored blocks."""
@@ -125,6 +137,22 @@ def tethered(scope: RequestScope) -> Lineage | None:
     """The scope's lineage when it feeds a held request, else ``None``."""
     found = scope.progress.get(_LINEAGE)
     return found if found is not None and found.held else None
+
+
+def continues(scope: RequestScope, request_id: str) -> bool:
+    """Whether ``scope`` already holds the state of the request that asked for
+    approval request ``request_id``: the scope asked for it (while it lives) or
+    restored it by id (:func:`continued`)."""
+    found = scope.progress.get(_LINEAGE)
+    if not isinstance(found, Lineage):
+        return False
+    return request_id in found.continued or any(key[2] == request_id for key in found.held)
+
+
+def continued(scope: RequestScope, request_id: str) -> None:
+    """Note that ``scope`` holds the state of approval request ``request_id``'s
+    request (restored, or asked for by the scope itself)."""
+    lineage(scope).continued.add(request_id)
 
 
 def version(scope: RequestScope) -> tuple[int, int, int]:

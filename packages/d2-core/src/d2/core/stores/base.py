@@ -135,6 +135,16 @@ class Store:
         """The unexpired request ``request_id``, or ``None`` (dead or unknown)."""
         raise NotImplementedError
 
+    def read_approval(self, namespace: str, request_id: str, now: float) -> ApprovalState | None:
+        """The unexpired request ``request_id`` with its snapshots (pending, approved
+        or rejected: a request that lives), or ``None`` (dead or unknown). What
+        :func:`d2.core.approvals.restore_request` reads; a store without it cannot
+        restore a paused request by its id (the call is denied, never run blind)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement read_approval(): it cannot restore "
+            "a paused request by its id"
+        )
+
     def decide_approval(
         self, namespace: str, request_id: str, approve: bool, by: str, now: float
     ) -> bool:
@@ -194,6 +204,12 @@ class Store:
     ) -> ApprovalState | None:
         """Async twin of :meth:`get_approval`."""
         return self.get_approval(namespace, request_id, now)
+
+    async def read_approval_async(
+        self, namespace: str, request_id: str, now: float
+    ) -> ApprovalState | None:
+        """Async twin of :meth:`read_approval`."""
+        return self.read_approval(namespace, request_id, now)
 
     async def decide_approval_async(
         self, namespace: str, request_id: str, approve: bool, by: str, now: float

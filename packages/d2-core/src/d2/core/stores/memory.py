@@ -173,6 +173,13 @@ class MemoryStore(Store):
                 return None
             return found.view()
 
+    def read_approval(self, namespace: str, request_id: str, now: float) -> ApprovalState | None:
+        with self._lock:
+            found = self._requests.get((namespace, request_id))
+            if found is None or not now < found.request.expires_at:
+                return None
+            return found.view(with_snapshots=True)
+
     def decide_approval(
         self, namespace: str, request_id: str, approve: bool, by: str, now: float
     ) -> bool:

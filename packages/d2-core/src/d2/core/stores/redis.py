@@ -12,7 +12,8 @@ percent-encoded, and a colon):
 
 * ``{prefix}{app}:count:{key}``: hash ``n`` (calls taken), ``exp`` (window end);
 * ``{prefix}{app}:approval:{id}``: hash ``request`` (JSON), ``state``, ``by``,
-  ``exp``, ``call`` (the call digest) and ``s:{holder}`` (snapshots);
+  ``exp``, ``call`` (the call digest) and ``s:{holder}`` (snapshots; read by id
+  with ``read_approval``);
 * ``{prefix}{app}:call:{digest}``: the id of the live request of that call;
 * ``{prefix}{app}:pending``: sorted set of pending request ids by expiry; the
   scripts that add or remove an id also drop the expired ones, and the key
@@ -508,6 +509,28 @@ class RedisStore(Store):
         return _state((request, state, by))
 
     @staticmethod
+    def _read_whole(found: Any, request_id: str, now: float) -> ApprovalState | None:
+        """A request's hash (``HGETALL``) as an ApprovalState with its snapshots;
+        ``None`` when it is missing or expired."""
+        fields = {_text(name): value for name, value in (found or {}).items()}
+        request, state, exp = fields.get("request"), fields.get("state"), fields.get("exp")
+        if request is None or state is None or exp is None or not now < float(_text(exp)):
+            return None
+        by = fields.get("by")
+        snapshots = sorted(
+            (name[2:], _text(value)) for name, value in fields.items() if name.startswith("s:")
+        )
+        read = ApprovalState(
+            ApprovalRequest.from_json(_text(request)),
+            _text(state),
+            _text(by) or None if by is not None else None,
+            tuple(snapshots),
+        )
+        if read.request.id != request_id:
+            raise ValueError(f"the approval stored under {request_id[:12]} names another id")
+        return read
+
+    @staticmethod
     def _read_found(found: Any) -> ApprovalState | None:
         return _state(found) if found else None
 
@@ -579,6 +602,14 @@ class RedisStore(Store):
         with self._guard():
             found = client.hmget(key, self._approval_fields())
         return self._read_approval(found, now)
+
+    def read_approval(self, namespace: str, request_id: str, now: float) -> ApprovalState | None:
+        """See :meth:`Store.read_approval` (one ``HGETALL``)."""
+        client, _ = self._sync()
+        key = f"{self._base(namespace)}approval:{request_id}"
+        with self._guard():
+            found = client.hgetall(key)
+        return self._read_whole(found, request_id, now)
 
     def decide_approval(
         self, namespace: str, request_id: str, approve: bool, by: str, now: float
@@ -693,6 +724,18 @@ class RedisStore(Store):
         with self._guard():
             found = await made[0].hmget(key, self._approval_fields())
         return self._read_approval(found, now)
+
+    async def read_approval_async(
+        self, namespace: str, request_id: str, now: float
+    ) -> ApprovalState | None:
+        """Async twin of :meth:`read_approval`."""
+        made = await self._async_client()
+        if made is None:
+            return await asyncio.to_thread(self.read_approval, namespace, request_id, now)
+        key = f"{self._base(namespace)}approval:{request_id}"
+        with self._guard():
+            found = await made[0].hgetall(key)
+        return self._read_whole(found, request_id, now)
 
     async def decide_approval_async(
         self, namespace: str, request_id: str, approve: bool, by: str, now: float
