@@ -27,6 +27,7 @@ from d2.core import (
     d2_guard,
     pending_approvals,
     reject,
+    restore_request,
     set_user,
 )
 from d2.core.policy.model import CompiledPolicy
@@ -440,17 +441,13 @@ def test_a_corrupted_request_in_redis_denies_and_never_runs(redis_url: str) -> N
 # -- 6. resume ---------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="resume before the held call: adapters restore explicitly, see docs/security.md",
-)
 @pytest.mark.parametrize("outcome", ["approved", "rejected"])
 def test_the_resumed_run_is_blocked_before_it_repeats_the_held_call(outcome: str) -> None:
-    """GAP in the documented defence: the held request's facts are restored only
-    when the identical call comes back. A resumed run (fresh ``set_user``, same
-    user, the documented recipe) whose model uploads first, before repeating the
-    approved call (or after a rejection, never repeating it), is not blocked: the
-    data it read before the pause is still in the model's context."""
+    """Attack: the held request's facts were restored only when the identical call
+    came back. A resumed run (fresh ``set_user``, same user) whose model uploads
+    first, before repeating the approved call (or after a rejection, never
+    repeating it), was not blocked. The resume recipe now continues the request
+    first (``restore_request``, which every adapter calls for the app)."""
     flow = {"labels": {"db.read_users": ["PII"]}, "blocks": {"PII": ["http.request"]}}
     doc = policy_document(
         {
@@ -472,19 +469,16 @@ def test_the_resumed_run_is_blocked_before_it_repeats_the_held_call(outcome: str
     set_user("dana", roles=["finance_lead"])
     (approve if outcome == "approved" else reject)(request.id)
     set_user("agent-7", roles=["agent"])  # the run resumes as a fresh request of agent-7
+    restore_request(request.id)  # the recipe: continue the paused request first
     assert denied(lambda: post(users)) == "data_flow_violation"
     assert posted == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="resume before the held call: adapters restore explicitly, see docs/security.md",
-)
 def test_a_per_request_budget_holds_across_the_pause_whatever_the_order() -> None:
-    """GAP (same root): ``max: 2 per request`` of ``web.search``; the held request
-    searched twice; the resumed request searches twice more before repeating the
-    approved call, then the restore merges the counts (4 of 2): the request made
-    four searches across one pause."""
+    """Attack (same root): ``max: 2 per request`` of ``web.search``; the held
+    request searched twice; the resumed request searched twice more before
+    repeating the approved call: four searches across one pause. Continued first
+    (``restore_request``), the resumed request counts on from two."""
     doc = policy_document(
         {
             "role": "agent",
@@ -503,7 +497,9 @@ def test_a_per_request_budget_holds_across_the_pause_whatever_the_order() -> Non
     set_user("agent-7", roles=["agent"])
     search("a")
     search("b")
-    approve_as_lead(held(lambda: refund("o9", 900)))
+    request = held(lambda: refund("o9", 900))
+    approve_as_lead(request)
+    restore_request(request.id)  # the recipe: continue the paused request first
     for q in "cd":
         try:
             search(q)
