@@ -237,7 +237,7 @@ def test_a_tampered_snapshot_is_refused_and_restores_nothing(tools: Tools) -> No
     request = held(lambda: t.refund("o9", 900))
     store = evaluator_for("default").store
     assert isinstance(store, MemoryStore)
-    entry = store._requests[("restore-app", request.id)]
+    entry = store._requests[("local:restore-app", request.id)]
     for holder in list(entry.snapshots):
         entry.snapshots[holder] = json.dumps(
             {"v": 1, "user": "mallory", "blocks": [["x", ["web.search"], {}]], "facts": {}}
@@ -272,11 +272,11 @@ def test_a_request_paused_in_one_process_is_restored_by_id_from_redis(redis_url:
         t.search("a")
         request = held(lambda: t.refund("o9", 900))
         decide(request, "rejected")
-        found = store.read_approval("restore-app", request.id, 0.0)
+        found = store.read_approval("local:restore-app", request.id, 0.0)
         assert found is not None and found.state == "rejected" and len(found.snapshots) == 1
-        assert asyncio.run(store.read_approval_async("restore-app", request.id, 0.0)) == found
-        assert store.read_approval("restore-app", "0" * 64, 0.0) is None
-        assert store.read_approval("restore-app", request.id, request.expires_at) is None
+        assert asyncio.run(store.read_approval_async("local:restore-app", request.id, 0.0)) == found
+        assert store.read_approval("local:restore-app", "0" * 64, 0.0) is None
+        assert store.read_approval("local:restore-app", request.id, request.expires_at) is None
         as_requester()
         restore_request(request.id)
         assert get_user_context().call_history == ("db.read_users",)
