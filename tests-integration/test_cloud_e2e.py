@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -520,3 +522,156 @@ def test_a_state_file_of_the_previous_format_is_ignored_then_rewritten(
     assert server.runtime_token not in state.read_text()
     seal = StateSeal(server.runtime_token, server.base_url)
     assert StateFile(str(state), seal).load()["version"] == 1
+
+
+# -- pre-forking servers: a worker forked after configure follows the control plane ------
+def _until(predicate: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _revoked() -> bool:
+    try:
+        d2_guard("search")(lambda: None)()
+    except MissingPolicyError as exc:
+        return exc.reason == "policy_revoked"
+    return False
+
+
+def _follow(manager: Any, send: Callable[[bytes], None], receive: Callable[[], bytes]) -> bool:
+    """A forked worker's side: ready; the publish of version 2 reaches it on its own
+    poller (no reload); then, once told, the revocation does."""
+    set_user("u", roles=["agent"])
+    send(b"ready")
+    if not _until(lambda: manager.policy is not None and manager.policy.version == 2, 12):
+        return False
+    if d2_guard("summarize")(lambda: "ok")() != "ok":
+        return False
+    send(b"v2")
+    receive()  # revoked in the control plane now
+    if not _until(_revoked, 12):
+        return False
+    send(b"revoked")
+    return True
+
+
+def _connect_for_fork(server: D2Server, tmp_path: Path) -> dict[str, Any]:
+    # the real clock: a FakeClock's lock could be held by the server's thread at fork
+    return {
+        "token": server.runtime_token,
+        "api_url": server.base_url,
+        "state_path": str(tmp_path / "bundles.json"),
+        "first_fetch_timeout": 10.0,
+    }
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_worker_forked_by_a_sync_app_follows_publishes_and_revocations(
+    server: D2Server, tmp_path: Path
+) -> None:
+    """gunicorn --preload, in short: configure, then ``os.fork``. The worker's poller
+    is its own (the parent's thread does not survive fork), on connections of its own;
+    the parent keeps polling on its loop and pool."""
+    manager = configure_rbac_sync(**_connect_for_fork(server, tmp_path))
+    assert manager.policy.version == 1
+    to_child_r, to_child_w = os.pipe()
+    to_parent_r, to_parent_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the worker
+        code = 1
+        try:
+            os.close(to_child_w)
+            os.close(to_parent_r)
+            send = lambda data: os.write(to_parent_w, data)  # noqa: E731
+            code = 0 if _follow(manager, send, lambda: os.read(to_child_r, 1)) else 1
+        finally:
+            os._exit(code)
+    os.close(to_child_r)
+    os.close(to_parent_w)
+    try:
+        assert os.read(to_parent_r, 16) == b"ready"
+        server.publish(server.policy({"role": "agent", "permissions": ["search", "summarize"]}))
+        assert os.read(to_parent_r, 16) == b"v2"
+        assert server.revoke().status_code == 200
+        os.write(to_child_w, b"g")
+        assert os.read(to_parent_r, 16) == b"revoked"
+    finally:
+        os.close(to_child_w)
+        _, status = os.waitpid(pid, 0)
+        os.close(to_parent_r)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with pytest.raises(Exception, match="revoked"):
+        manager.reload()  # and the parent, on its own poller, sees it too
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+async def test_a_multiprocessing_worker_forked_by_an_async_app_follows_the_control_plane(
+    server: D2Server, tmp_path: Path
+) -> None:
+    """An async app starts a ``multiprocessing`` worker with the fork method from its
+    running loop: the worker does not run that loop, so it polls on a thread of its
+    own; the parent's poller, a task on the app's loop, keeps going."""
+    import asyncio
+    import multiprocessing
+
+    from d2.core import configure_rbac_async
+
+    manager = await configure_rbac_async(**_connect_for_fork(server, tmp_path))
+    assert manager.policy.version == 1
+    context = multiprocessing.get_context("fork")
+    ours, theirs = context.Pipe()
+
+    def worker() -> None:  # pragma: no cover - the worker
+        ok = _follow(manager, theirs.send_bytes, theirs.recv_bytes)
+        theirs.send_bytes(b"ok" if ok else b"failed")
+
+    process = context.Process(target=worker, daemon=True)
+    process.start()
+    try:
+        assert await asyncio.to_thread(ours.recv_bytes) == b"ready"
+        server.publish(server.policy({"role": "agent", "permissions": ["search", "summarize"]}))
+        assert await asyncio.to_thread(ours.recv_bytes) == b"v2"
+        assert server.revoke().status_code == 200
+        ours.send_bytes(b"g")
+        assert await asyncio.to_thread(ours.recv_bytes) == b"revoked"
+        assert await asyncio.to_thread(ours.recv_bytes) == b"ok"
+        await asyncio.to_thread(process.join, 15)
+        assert process.exitcode == 0
+        await manager.runtime.poll_once()  # the parent's loop and pool: the revocation
+        assert manager.policy is None
+    finally:
+        await asyncio.to_thread(process.join, 15)
+        await manager.ashutdown()  # on the loop its connections belong to
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_worker_never_speaks_on_its_parent_s_connections(
+    server: D2Server, tmp_path: Path
+) -> None:
+    """The parent's pool holds a kept-alive connection at the fork, its socket now
+    shared with the child: the child's polls go out on connections of its own (on
+    the parent's they would wait for an answer only the parent's loop can read, and
+    steal it from the parent)."""
+    manager = configure_rbac_sync(**_connect_for_fork(server, tmp_path))
+    manager.reload()  # a connection to the server, idle in the pool, now
+    server.publish(server.policy({"role": "agent", "permissions": ["search", "summarize"]}))
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the worker
+        code = 1
+        try:
+            outcome: list[int] = []
+            worker = threading.Thread(
+                target=lambda: outcome.append(manager.reload().version), daemon=True
+            )
+            worker.start()
+            worker.join(4)
+            code = 0 if outcome == [2] else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert manager.reload().version == 2  # and the parent's pool still works

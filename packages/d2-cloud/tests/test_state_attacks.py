@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -422,6 +423,35 @@ def test_a_state_write_that_never_returns_does_not_block_the_app_or_its_exit(
 # -- concurrent writers -------------------------------------------------------------
 
 
+def _hold_the_lock_in_another_process(lock_path: str) -> Callable[[], None]:
+    """A forked process takes the writers' record lock and keeps it until the
+    returned function is called (a record lock is the process's: the holder must be
+    another process)."""
+    ready_r, ready_w = os.pipe()
+    release_r, release_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the holder
+        try:
+            os.close(ready_r)
+            os.close(release_w)  # else its read below never sees the end of the pipe
+            fd = os.open(lock_path, os.O_RDWR)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            os.write(ready_w, b"1")
+            os.read(release_r, 1)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(release_r)
+    assert os.read(ready_r, 1) == b"1"
+    os.close(ready_r)
+
+    def release() -> None:
+        os.close(release_w)
+        os.waitpid(pid, 0)
+
+    return release
+
+
 @pytest.mark.skipif(fcntl is None, reason="no fcntl: saves are not locked (documented)")
 def test_a_writer_holding_the_lock_too_long_does_not_stop_a_save(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
@@ -433,14 +463,13 @@ def test_a_writer_holding_the_lock_too_long_does_not_stop_a_save(
     path = tmp_path / "bundles.json"
     file = StateFile(str(path), StateSeal("d2_test", BASE))
     file.save(BUNDLE)
-    fd = os.open(file.lock_path, os.O_RDWR)
+    holder = _hold_the_lock_in_another_process(file.lock_path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         started = time.monotonic()
         _promptly(lambda: file.save(TOMBSTONE))
         assert time.monotonic() - started < 2
     finally:
-        os.close(fd)
+        holder()
     assert file.load() == TOMBSTONE
     assert "without its lock" in caplog.text and "held it for 0.2s" in caplog.text
 
@@ -504,3 +533,35 @@ def test_processes_sharing_one_state_file_never_lose_each_other_s_entries(
     assert [w.returncode for w in writers] == [0, 0, 0], outputs
     entries = json.loads(Path(path).read_text())["entries"]
     assert len(entries) == 3
+
+
+@pytest.mark.skipif(fcntl is None, reason="no fcntl: saves are not locked (documented)")
+def test_threads_of_one_process_sharing_one_state_file_never_lose_each_other_s_entries(
+    tmp_path: Path,
+) -> None:
+    """Three instances of one process (three tokens, each saving from a thread of its
+    own, as their ``d2-state`` threads do) save into one file. The writers' record
+    lock is the process's, so it alone would let all three in at once: saves of one
+    process take turns on a lock of the process as well."""
+    path = str(tmp_path / "bundles.json")
+    lost: list[str] = []
+
+    def writer(token: str) -> None:
+        file = StateFile(path, StateSeal(token, BASE))
+        base = {"audience": "d2-policy:acc1:" + token, "app": token, "digest": "ab" * 32}
+        for version in range(1, 41):
+            kind = "revoked" if version % 2 else "bundle"
+            entry: dict[str, Any] = {**base, "kind": kind, "version": version}
+            if kind == "bundle":
+                entry |= {"jws": "a.b.c", "jwks": {"keys": []}}
+            file.save(entry)
+            if file.load() != entry:
+                lost.append(f"{token} v{version}")
+
+    threads = [threading.Thread(target=writer, args=(f"app{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not lost, lost
+    assert len(json.loads(Path(path).read_text())["entries"]) == 3

@@ -12,6 +12,10 @@ control plane's base URL; required), ``jwks_url`` / ``D2_JWKS_URL``, ``app`` /
 configure returns within it plus :data:`START_GRACE` whatever the network or the
 state file do, denying every guarded call until a bundle is verified),
 ``transport`` (an ``httpx.AsyncBaseTransport``, for tests), ``clock``.
+
+A process forked after configuring (a pre-forking server's worker, a ``multiprocessing``
+pool with fork) polls on a poller of its own: see
+:func:`_after_fork_in_child`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -43,6 +48,11 @@ __all__ = ["CloudPolicyManager", "configure_async", "configure_sync", "thumbprin
 
 T = TypeVar("T")
 log = logging.getLogger("d2.cloud")
+# Loops (and their threads' objects) of the parent, in a forked child: kept, never
+# closed nor finalised. Closing one would unregister its descriptors from the epoll
+# set the child shares with the parent, and the parent's loop would stop hearing them.
+_forked_away: list[object] = []
+_live: weakref.WeakSet[CloudPolicyManager] = weakref.WeakSet()  # restarted after fork
 START_GRACE = 5.0
 """Seconds past ``first_fetch_timeout`` configure waits for the start to finish
 (it is bounded on its own; this is the backstop): then it returns with every guarded
@@ -55,7 +65,11 @@ class _LoopThread:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="d2-cloud", daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:
+            self.loop.close()
+            raise
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         return self.submit(coro).result(timeout)
@@ -89,6 +103,38 @@ class CloudPolicyManager(PolicyManager):
         self.runtime = runtime
         self._thread = thread
         self._loop = loop
+        self._fork_error: str | None = None  # why a forked child has no poller
+
+    def _restart_after_fork(self) -> None:
+        """In a forked child (``os.fork``, a ``multiprocessing`` pool with fork, a
+        pre-forking server's worker; called by :func:`_after_fork_in_child`): the
+        poller's thread, or the app's loop, does not run here. Start a new
+        ``d2-cloud`` thread with its own loop and resume polling on it from the state
+        copied at the fork (see :meth:`CloudRuntime.renew_after_fork`). This also
+        holds for a manager of ``configure_rbac_async``: in the child it polls on
+        that thread, like a sync app's (``reload()`` works there). If the thread
+        cannot be started, every guarded call of the child is denied."""
+        _forked_away.append(self._thread if self._thread is not None else self._loop)
+        self._thread = None
+        try:
+            self.runtime.renew_after_fork()
+            thread = _LoopThread()
+        except Exception as exc:  # fail closed: a frozen copy must not stay in force
+            self.runtime.close()  # its task was already dropped: the parent's loop's
+            self._fork_error = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "d2: cloud mode could not restart its poller in forked process %d (%s); "
+                "every guarded call is denied: configure D2 again in this process",
+                os.getpid(),
+                self._fork_error,
+            )
+            self._set(
+                None, "its poller could not be restarted in this forked process: configure again"
+            )
+            return
+        self._thread = thread
+        self._loop = thread.loop
+        thread.submit(self.runtime.resume())
 
     def _set(self, policy: CompiledPolicy | None, why: str) -> None:
         with self._state:
@@ -109,7 +155,12 @@ class CloudPolicyManager(PolicyManager):
                     ev.timer.bundle_loaded_at = time.time()
 
     def reload(self) -> CompiledPolicy:
-        """Poll the control plane now (sync apps only)."""
+        """Poll the control plane now (sync apps, and any app in a forked child)."""
+        if self._fork_error is not None:
+            raise ConfigurationError(
+                f"cloud mode could not restart its poller after fork() ({self._fork_error}): "
+                "configure D2 again in this process"
+            )
         if self._thread is None:
             raise ConfigurationError("in async apps, await manager.runtime.poll_once()")
         self._thread.run(self.runtime.poll_once(), timeout=30)
@@ -128,6 +179,8 @@ class CloudPolicyManager(PolicyManager):
         super()._retire()
 
     def _stop_runtime(self) -> None:
+        if self._fork_error is not None:  # a forked child with no poller: nothing runs
+            return
         if self._thread is not None:
             try:
                 self._thread.run(self.runtime.aclose(), timeout=10)
@@ -156,7 +209,9 @@ class CloudPolicyManager(PolicyManager):
             usage = self.runtime.usage
             if usage is not None:
                 self.evaluator.remove_observer(usage.observe)
-            if self._thread is None:
+            if self._fork_error is not None:
+                pass  # a forked child with no poller: nothing to stop or flush
+            elif self._thread is None:
                 await self.runtime.aclose()
             else:
                 await asyncio.to_thread(self._thread.run, self.runtime.aclose(), 10)
@@ -214,6 +269,7 @@ def _build(
     )
     manager = CloudPolicyManager(evaluator, runtime, thread, loop)
     holder.append(manager)
+    _live.add(manager)
     from d2.core.manager import _register, install_telemetry
 
     _register(manager)  # retire a previous configuration before this one installs
@@ -279,3 +335,21 @@ def _late(timeout: float) -> None:
         "denied until a bundle is verified (the start goes on in the background)",
         timeout + START_GRACE,
     )
+
+
+def _after_fork_in_child() -> None:
+    """Restart the poller of every cloud instance still in service in a forked child
+    (see :meth:`CloudPolicyManager._restart_after_fork`). Registered here, after
+    ``logging``, ``httpx`` and :mod:`d2.cloud.state` registered theirs, so the locks
+    the new pollers take are renewed before they start; d2-core's hook (which renews
+    each manager's lock) ran before."""
+    for manager in list(_live):
+        if not manager._closed:
+            try:
+                manager._restart_after_fork()
+            except Exception:  # never leave the others frozen; it fails closed itself
+                log.exception("d2: cloud instance %r did not restart after fork()", manager.name)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -92,17 +92,36 @@ class ControlPlane:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.jwks_url = jwks_url or f"{self.base_url}/.well-known/jwks.json"
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers={"Authorization": f"Bearer {token}", "User-Agent": "d2-cloud"},
-            timeout=timeout,
-            transport=transport,
-            follow_redirects=False,
-        )
+        self._settings: dict[str, Any] = {
+            "base_url": self.base_url,
+            "headers": {"Authorization": f"Bearer {token}", "User-Agent": "d2-cloud"},
+            "timeout": timeout,
+            "transport": transport,
+            "follow_redirects": False,
+        }
+        self._http: httpx.AsyncClient | None = httpx.AsyncClient(**self._settings)
+        self._forked_away: list[httpx.AsyncClient] = []
+
+    def renew_after_fork(self) -> None:
+        """In a forked child: a new connection pool, made at the first request (on
+        the child's poller loop: building one loads TLS settings, tens of
+        milliseconds that ``fork`` itself should not wait for). The parent's pooled
+        connections are its sockets, shared with the child by ``fork``: a request on
+        one would interleave with the parent's. They are left alone, never closed
+        here (closing would speak on the parent's connections); the old client is
+        kept so it is never finalised either. A ``transport`` given to the
+        constructor is reused (it is for tests: a real one would carry its own pool
+        across the fork)."""
+        if self._http is not None:
+            self._forked_away.append(self._http)
+        self._http = None
 
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        client = self._http
+        if client is None:  # after a fork: this process's own pool
+            client = self._http = httpx.AsyncClient(**self._settings)
         try:
-            return await self._http.request(method, url, **kwargs)
+            return await client.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
             raise ApiError(0, f"{method} {url} failed: {type(exc).__name__}: {exc}") from None
 
@@ -178,4 +197,5 @@ class ControlPlane:
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        await self._http.aclose()
+        if self._http is not None:  # else none was made in this process
+            await self._http.aclose()

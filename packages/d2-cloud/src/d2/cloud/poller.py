@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -162,6 +163,34 @@ class CloudRuntime:
             self.usage.start()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="d2-poll")
 
+    # -- after fork() -------------------------------------------------------------------
+    def renew_after_fork(self) -> None:
+        """In a forked child, before :meth:`resume` runs on a new loop: nothing of the
+        parent's I/O is used again. A new connection pool (the parent's sockets are
+        shared with it), a new state-file thread and its lock (the parent's thread did
+        not survive the fork, and a save it ran or queued is the parent's), no task or
+        start of the parent's loop, the usage events buffered before the fork left to
+        the parent. The policy in force, its version floor, ETag, keys and identity
+        are kept: polling goes on from them."""
+        self._task = None
+        self.starting = None
+        self.api.renew_after_fork()
+        self.state_io = StateIO(self.state)
+        if self.usage is not None:
+            self.usage.renew_after_fork()
+
+    async def resume(self) -> None:
+        """Poll on, on the running loop, from the state copied at a fork: the first
+        poll comes at once when no bundle is in force (the start was cut short by the
+        fork, or none is published), else at a random point within one interval, so
+        workers forked together do not poll in step."""
+        if self._stopped:
+            return
+        if self.usage is not None:
+            self.usage.start()
+        first = 0.0 if self.evaluator.policy is None else random.uniform(0.0, self.interval)
+        self._task = asyncio.get_running_loop().create_task(self._loop(first), name="d2-poll")
+
     async def _identify(self) -> None:
         me = await self.api.me()
         account, app = me["account_id"], self.app or me["app_name"]
@@ -186,10 +215,13 @@ class CloudRuntime:
             if isinstance(batch, int) and batch > 0:
                 self.usage.max_events = batch
 
-    async def _loop(self) -> None:
-        delay = self._jitter(self.interval)
+    async def _loop(self, first: float | None = None) -> None:
+        delay = self._jitter(self.interval) if first is None else first
+        pid = os.getpid()
         while not self._stopped:
             await asyncio.sleep(delay)
+            if os.getpid() != pid:  # a copy on a loop a forked child ran on: not ours
+                return
             try:
                 delay = await self.poll_once()
             except asyncio.CancelledError:

@@ -23,22 +23,29 @@ only: the bundle in it is verified again, and it never outranks the control plan
 (``poller.py``).
 
 Writers: a save is a read-modify-write of the whole file (other tokens' entries are
-kept), so it holds an exclusive ``flock`` on ``<path>.lock`` beside the file (created
-0600, never removed) for that read, change and rename: two processes sharing the
-file cannot lose each other's entries. The lock is waited for at most
-:data:`LOCK_TIMEOUT` seconds; past that, or where it cannot be taken (no ``fcntl``,
-as on Windows; a lock path that is not a regular file), the save goes on unlocked
-with a warning. Nothing is ever written through the path: a temporary file in the
-same folder replaces it. Readers need no lock (the rename is atomic).
+kept), so it holds the writers' lock for that read, change and rename: two processes
+sharing the file cannot lose each other's entries. The lock is a POSIX record lock
+(``fcntl.lockf``) on ``<path>.lock`` beside the file (created 0600, never removed),
+taken under a lock of the process (one thread of a process saves at a time). A
+record lock belongs to the process that took it: a child forked while a save holds
+it does not hold it (an ``flock`` would be shared with the child, which would keep
+it for as long as it lives), and the process lock is renewed in the child. The lock
+is waited for at most :data:`LOCK_TIMEOUT` seconds; past that, or where it cannot be
+taken (no ``fcntl``, as on Windows; a lock path that is not a regular file), the
+save goes on unlocked with a warning. Nothing is ever written through the path: a
+temporary file in the same folder replaces it. Readers need no lock (the rename is
+atomic).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,6 +68,11 @@ LOCK_TIMEOUT = 5.0
 # never block opening a pipe, never become a terminal's controlling process
 _OPEN_FLAGS = os.O_NONBLOCK | os.O_NOCTTY if os.name == "posix" else 0
 _OPEN_FLAGS |= getattr(os, "O_CLOEXEC", 0)
+# One save at a time per process, across every StateFile: POSIX record locks are the
+# process's, so two threads would both "hold" one, and closing any descriptor of the
+# lock file drops the process's lock. Renewed in a forked child (see below).
+_writers = threading.Lock()
+_held: set[int] = set()  # descriptors of lock files held now (closed in a forked child)
 
 
 class _Unusable(Exception):
@@ -216,14 +228,33 @@ class StateFile:
         """Hold the writers' lock (or go on without it, with a warning, when it cannot
         be had within :data:`LOCK_TIMEOUT`)."""
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
-        fd = self._lock() if fcntl is not None else None
-        try:
+        writers = _writers  # the one released below, even if a fork renews the global
+        if not writers.acquire(timeout=LOCK_TIMEOUT):
+            log.warning(
+                "d2: saving state file %s without its lock: another save of this process "
+                "held it for %gs",
+                self.path,
+                LOCK_TIMEOUT,
+            )
             yield
-        finally:
+            return
+        try:
+            fd = self._lock() if fcntl is not None else None
             if fd is not None:
-                os.close(fd)  # releases the lock
+                _held.add(fd)
+            try:
+                yield
+            finally:
+                if fd is not None and fd in _held:  # else a fork closed it (the child)
+                    _held.discard(fd)
+                    os.close(fd)  # releases the lock
+        finally:
+            writers.release()
 
     def _lock(self) -> int | None:
+        """Open ``<path>.lock`` and take the record lock on it (waiting at most
+        :data:`LOCK_TIMEOUT`); its descriptor (closing it releases the lock), or
+        ``None`` with a warning. Callers hold the process's writers' lock."""
         flags = os.O_RDWR | os.O_CREAT | _OPEN_FLAGS | getattr(os, "O_NOFOLLOW", 0)
         try:
             fd = os.open(self.lock_path, flags, 0o600)
@@ -241,9 +272,11 @@ class StateFile:
             deadline = time.monotonic() + LOCK_TIMEOUT
             while True:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     return fd
-                except BlockingIOError:
+                except OSError as exc:
+                    if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                        raise
                     if time.monotonic() >= deadline:
                         raise OSError(f"another writer held it for {LOCK_TIMEOUT:g}s") from None
                     time.sleep(0.01)
@@ -276,3 +309,22 @@ class StateFile:
             except OSError:
                 pass
             raise
+
+
+def _after_fork_in_child() -> None:
+    """A forked child holds none of its parent's locks: a record lock is not copied
+    by ``fork``, and the process lock is renewed (a save running in another thread at
+    the fork would otherwise leave it held for good). Descriptors of lock files held
+    at the fork are closed (the child never took their lock)."""
+    global _writers
+    _writers = threading.Lock()
+    for fd in list(_held):
+        _held.discard(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -123,6 +123,19 @@ class UsageEvents:
         )
 
     # -- shipping (the runtime's event loop) --------------------------------------
+    def renew_after_fork(self) -> None:
+        """In a forked child, before :meth:`start` on the child's loop: forget the
+        parent's shipper (its task was on a loop that does not run here) and the
+        events buffered before the fork (the parent's to send; sent by both, they
+        would be counted twice)."""
+        self._task = None
+        self._wake = None
+        self.buffer.clear()
+        self._held = []
+        self.dropped = 0
+        self.sent = 0
+        self._warned = False
+
     def start(self) -> None:
         """Start the background shipper on the running loop."""
         self._wake = asyncio.Event()
@@ -130,11 +143,14 @@ class UsageEvents:
 
     async def _run(self) -> None:
         assert self._wake is not None
+        pid = os.getpid()
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
             except asyncio.TimeoutError:
                 pass
+            if os.getpid() != pid:  # a copy on a loop a forked child ran on: not ours
+                return
             self._wake.clear()
             try:
                 await self.flush()

@@ -625,13 +625,25 @@ def shutdown_all_rbac() -> Awaitable[None]:
 
 
 def _after_fork_in_child() -> None:
-    # Watcher threads do not survive fork(): restart them so a forked worker keeps
-    # following its policy file (revocations included) instead of a frozen copy.
+    # Threads do not survive fork(): renew the locks another thread may have held at
+    # the fork, and restart each instance's watcher (its source's restart_after_fork)
+    # so a forked worker keeps following its policy file (revocations included)
+    # instead of a frozen copy. Cloud mode restarts its pollers in a hook of its own,
+    # registered after the modules whose locks they use (d2.cloud).
+    global _lock
+    _lock = threading.Lock()
+    failed: BaseException | None = None
     for manager in list(_managers.values()):
         manager._state = threading.Lock()
         restart = getattr(manager.source, "restart_after_fork", None)
-        if restart is not None and not manager._closed:
+        if restart is None or manager._closed:
+            continue
+        try:
             restart()
+        except Exception as exc:  # the others still restart; then it is reported
+            failed = failed or exc
+    if failed is not None:
+        raise failed
 
 
 if hasattr(os, "register_at_fork"):
