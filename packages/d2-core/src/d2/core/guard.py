@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import types
 from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -33,7 +34,7 @@ from .threads import run_in_thread
 if TYPE_CHECKING:
     import inspect
 
-    from .evaluate import Evaluator
+    from .evaluate import Evaluator, Kept
     from .policy.model import ToolRules
     from .policy.output import OutputRules
     from .telemetry import Metrics
@@ -158,6 +159,78 @@ async def _resolve(value: Any) -> Any:
     return (await value) if hasattr(value, "__await__") else value
 
 
+# -- lazy bodies: a generator, an async generator or a coroutine reads the call's
+# arguments when it starts, not when the guard admits the call. For a tool whose
+# arguments decided the call (input rules, an approval), the evaluator checks them
+# once more at that first step (Evaluator.recheck); a refusal then is raised (or
+# its on_deny fallback given) by the first next(), anext() or await.
+Fallback = Callable[[PermissionDeniedError], Any] | None
+
+
+def _started_sync(recheck: Callable[[], None], body: Any, fallback: Fallback) -> Any:
+    try:
+        recheck()
+    except PermissionDeniedError as err:
+        if fallback is None:
+            raise
+        yield from _stream_sync(fallback(err))
+        return None
+    return (yield from body)
+
+
+async def _started_async(recheck: Callable[[], None], body: Any, fallback: Fallback) -> Any:
+    try:
+        recheck()
+    except PermissionDeniedError as err:
+        if fallback is None:
+            raise
+        async for item in _stream_async(fallback(err)):
+            yield item
+        return
+    try:
+        item = await body.__anext__()
+    except StopAsyncIteration:
+        return
+    while True:  # asend, athrow and aclose reach the tool's own generator
+        try:
+            value = yield item
+        except GeneratorExit:
+            await body.aclose()
+            raise
+        except BaseException as exc:
+            step = body.athrow(exc)
+        else:
+            step = body.asend(value)
+        try:
+            item = await step
+        except StopAsyncIteration:
+            return
+
+
+async def _started_await(recheck: Callable[[], None], body: Any, fallback: Fallback) -> Any:
+    try:
+        recheck()
+    except PermissionDeniedError as err:
+        body.close()  # never runs (and never warns that it was not awaited)
+        if fallback is None:
+            raise
+        return await _resolve(fallback(err))
+    return await body
+
+
+def _rechecked(recheck: Callable[[], None], result: Any, fallback: Fallback) -> Any:
+    """``result`` with ``recheck`` run when its body starts, when it is a
+    generator, an async generator or a coroutine (else unchanged: its body ran)."""
+    kind = type(result)
+    if kind is types.GeneratorType:
+        return _started_sync(recheck, result, fallback)
+    if kind is types.AsyncGeneratorType:
+        return _started_async(recheck, result, fallback)
+    if kind is types.CoroutineType:
+        return _started_await(recheck, result, fallback)
+    return result
+
+
 def _build(
     fn: Callable[..., Any], tool_id: str, on_deny: Any, strict: bool | None, instance_name: str
 ) -> Callable[..., Any]:
@@ -179,6 +252,14 @@ def _build(
     handle = _fallback(on_deny, is_async or is_agen, tool_id)
     raising = on_deny is RAISE
     wrapper: Callable[..., Any]
+    recheck = evaluator.recheck
+    fallback = None if raising else handle
+
+    def lazy(kept: Any, rules: ToolRules, args: Any, kwargs: Any, result: Any) -> Any:
+        # the tool's body starts later than the call (a generator, a returned
+        # coroutine): its arguments are checked again when it starts
+        again = functools.partial(recheck, kept, rules, args, kwargs, arguments)
+        return _rechecked(again, result, fallback)
 
     def sanitized(rules: ToolRules, out: OutputRules, result: Any) -> Any:
         # Output rules reach whatever the caller will actually see: items of a
@@ -197,10 +278,11 @@ def _build(
         async def slow_async(rules: ToolRules, args: Any, kwargs: Any) -> Any:
             # a store may be asked (budgets, approvals, a request that feeds a held
             # one): without blocking the loop
+            keep: list[Kept] | None = [] if rules.conditional or rules.approvals else None
             if rules.budgeted or (rules.guarded and evaluator.holding):
-                out = await admit_async(rules, args, kwargs, arguments)
+                out = await admit_async(rules, args, kwargs, arguments, keep)
             elif rules.guarded:
-                out = admit(rules, args, kwargs, arguments)
+                out = admit(rules, args, kwargs, arguments, keep=keep)
             else:
                 out = None
                 if evaluator.wants_args:
@@ -214,6 +296,8 @@ def _build(
                     result = await fn(*args, **kwargs)
                 finally:
                     timer.ran(tool_id, perf_counter() - start)
+            if keep:
+                result = lazy(keep[0], rules, args, kwargs, result)
             return result if out is None else sanitized(rules, out, result)
 
         if raising:
@@ -228,10 +312,11 @@ def _build(
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
                 try:
                     rules = check(tool_id)
+                    keep: list[Kept] | None = [] if rules.conditional or rules.approvals else None
                     if rules.budgeted or (rules.guarded and evaluator.holding):
-                        out = await admit_async(rules, args, kwargs, arguments)
+                        out = await admit_async(rules, args, kwargs, arguments, keep)
                     elif rules.guarded:
-                        out = admit(rules, args, kwargs, arguments)
+                        out = admit(rules, args, kwargs, arguments, keep=keep)
                     else:
                         out = None
                         if evaluator.wants_args:
@@ -239,6 +324,8 @@ def _build(
                 except PermissionDeniedError as err:
                     return await _resolve(handle(err))
                 result = await _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=True)
+                if keep:
+                    result = lazy(keep[0], rules, args, kwargs, result)
                 if out is None:
                     return result
                 try:
@@ -277,10 +364,13 @@ def _build(
         def slow_sync(rules: ToolRules, args: Any, kwargs: Any) -> Any:
             if is_agen and (rules.budgeted or (rules.guarded and evaluator.holding)):
                 return budgeted_stream(rules, args, kwargs)
-            out = admit(rules, args, kwargs, arguments) if rules.guarded else None
+            keep: list[Kept] | None = [] if rules.conditional or rules.approvals else None
+            out = admit(rules, args, kwargs, arguments, keep=keep) if rules.guarded else None
             if out is None and not rules.guarded and evaluator.wants_args:
                 passed(rules, args, kwargs, arguments)
             result = _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=False)
+            if keep:
+                result = lazy(keep[0], rules, args, kwargs, result)
             return result if out is None else sanitized(rules, out, result)
 
         check_loop = not (is_agen or strict is False)
@@ -303,13 +393,18 @@ def _build(
                     rules = check(tool_id)
                     if is_agen and (rules.budgeted or (rules.guarded and evaluator.holding)):
                         return budgeted_stream(rules, args, kwargs)
-                    out = admit(rules, args, kwargs, arguments) if rules.guarded else None
+                    keep: list[Kept] | None = [] if rules.conditional or rules.approvals else None
+                    out = None
+                    if rules.guarded:
+                        out = admit(rules, args, kwargs, arguments, keep=keep)
                     if not rules.guarded and evaluator.wants_args:
                         passed(rules, args, kwargs, arguments)
                 except PermissionDeniedError as err:
                     fallback = handle(err)
                     return fallback if stream is None else stream(fallback)
                 result = _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=False)
+                if keep:
+                    result = lazy(keep[0], rules, args, kwargs, result)
                 if out is None:
                     return result
                 try:
@@ -473,7 +568,10 @@ def d2_guard(
     Works on functions, ``async def``, methods, static and class methods and
     (async) generator functions, decided when called (an async generator tool with
     budgets or approvals is decided when iteration starts, so its store is asked
-    without blocking the event loop). Sync tools get
+    without blocking the event loop). A generator, async generator or coroutine
+    returned by a tool whose arguments decide the call (input rules, approvals)
+    is checked again when its body starts: arguments changed since the call are
+    refused by its first step. Sync tools get
     ``await tool.aio(...)``, which runs them in a worker thread.
     """
     if tool_id is not None and not isinstance(tool_id, str):
