@@ -5,6 +5,9 @@ the code it was written against; docs/security.md describes each defence."""
 from __future__ import annotations
 
 import asyncio
+import enum
+import ipaddress
+import sys
 import types
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -62,6 +65,144 @@ def _approved_then(approved: Any, other: Any) -> list[Any]:
     except PermissionDeniedError as err:
         assert err.reason in ("approval_required", "approval_unsupported")
     return acted
+
+
+# -- 1. digests: two different calls, one digest ----------------------------------------
+
+
+class _ShadowedDict:
+    """A class attribute named ``__dict__`` (here a property) shadows the instance
+    dictionary for ``object.__getattribute__(value, "__dict__")``; attribute access
+    still reads the real one."""
+
+    __dict__ = property(lambda self: {})  # type: ignore[assignment]
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="3.10 has no object.__getstate__: such a value is refused"
+)
+def test_a_class_level_dict_attribute_does_not_hide_the_instance_state() -> None:
+    """Attack: ``_state`` reads the instance dictionary with
+    ``object.__getattribute__(value, "__dict__")``, which a class attribute named
+    ``__dict__`` (a property returning ``{}``) answers instead. Every instance digests
+    as ``{}``: the approval of ``send(target="boss@corp")`` sends to anyone."""
+    acted = _approved_then(_ShadowedDict("boss@corp"), _ShadowedDict("all@corp"))
+    assert "all@corp" not in acted
+
+
+class Mode(enum.Enum):
+    SAFE = 1
+
+
+class _PosingAsEnum:
+    """Says it is a ``Mode`` through ``__class__``: ``isinstance(x, enum.Enum)`` is
+    True, so ``_canon`` digests it as an enum member (its ``_name_`` and ``_value_``
+    only)."""
+
+    __class__ = property(lambda self: Mode)  # type: ignore[assignment]
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._name_ = "SAFE"
+        self._value_ = 1
+
+
+def test_an_object_posing_as_an_enum_member_digests_its_whole_state() -> None:
+    """Attack: ``_canon`` tests ``isinstance(value, enum.Enum)``, which honours a
+    ``__class__`` property: any object that claims an enum class is digested by its
+    ``_name_``/``_value_`` attributes, the rest of its state ignored."""
+    acted = _approved_then(_PosingAsEnum("boss@corp"), _PosingAsEnum("all@corp"))
+    assert "all@corp" not in acted
+
+
+class _EqualToList(type):
+    """A metaclass whose classes compare and hash equal to ``list``."""
+
+    def __eq__(cls, other: object) -> bool:
+        return other is list or type.__eq__(cls, other)
+
+    def __hash__(cls) -> int:
+        return hash(list)
+
+
+class _ListLookalike(metaclass=_EqualToList):
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+
+def test_a_class_equal_to_a_builtin_type_is_not_digested_as_that_type() -> None:
+    """Attack: ``_EXACT.get(type(value))`` (and ``base not in _BUILTIN_VALUE``,
+    ``factory not in _EXACT``) look types up by ``==`` and ``hash``, which a metaclass
+    defines: a class equal to ``list`` is digested by iterating it, as ``[]``, its
+    state ignored (and the same as a real empty list)."""
+    acted = _approved_then(_ListLookalike("boss@corp"), _ListLookalike("all@corp"))
+    assert "all@corp" not in acted
+
+
+def _limit_class(limit: int) -> type:
+    return type("Limit", (), {"max_refund": limit, "target": f"refund up to {limit}"})
+
+
+# The class the name ``<this module>.Limit`` leads to (the approved call needs one;
+# a class its name does not lead to has no canonical form).
+Limit = _limit_class(10)
+
+
+def test_two_classes_of_one_name_are_different_types() -> None:
+    """Attack: an instance is tagged ``object:<module>.<qualname>`` only. Two classes
+    made with the same name (a factory, ``type()``, a reloaded module) but different
+    class attributes digest the same, so the approval of a call with one runs the
+    call with the other (the tool reads ``arg.max_refund``)."""
+    acted = _approved_then(Limit(), _limit_class(10**9)())
+    assert "refund up to 1000000000" not in acted
+
+
+def test_nans_of_opposite_sign_are_different_calls() -> None:
+    """Attack: a non-finite float is tagged by ``repr``, which is ``nan`` for both
+    signs; ``math.copysign(1, x)`` (and ``struct.pack``) tell them apart. (The digest
+    keeps Decimal NaN payloads apart, but not a float NaN's sign.)"""
+    acted = _approved_then(float("nan"), -float("nan"))
+    assert not acted  # -nan was never approved
+
+
+def test_attributes_of_a_standard_library_value_are_part_of_the_call() -> None:
+    """Attack: ``IPv4Network`` (also ``IPv6Network`` and the interfaces) has a
+    ``__dict__``, but is digested by ``str()`` only: attributes an app sets on it,
+    and the cached properties (``broadcast_address``), are ignored."""
+    approved = ipaddress.IPv4Network("10.0.0.0/8")
+    other = ipaddress.IPv4Network("10.0.0.0/8")
+    other.target = "all@corp"  # type: ignore[attr-defined]
+    acted = _approved_then(approved, other)
+    assert "all@corp" not in acted
+
+
+def test_shared_references_are_part_of_the_call() -> None:
+    """Attack: the digest reads values, not which arguments are one object: ``move(a,
+    a)`` digests like ``move(a, copy(a))``, but a tool that empties ``src`` and then
+    sends ``dst`` acts differently on the two."""
+    _configure("files.move")
+    sent: list[list[str]] = []
+
+    @d2_guard("files.move")
+    def move(src: list[str], dst: list[str]) -> str:
+        src.clear()
+        sent.append(list(dst))
+        return "moved"
+
+    set_user("agent-7", roles=["agent"])
+    one = ["a.txt"]
+    _approve(_held(lambda: move(["a.txt"], ["a.txt"])))
+    try:
+        move(one, one)
+    except PermissionDeniedError as err:
+        assert err.reason in ("approval_required", "approval_unsupported")
+    assert sent in ([], [["a.txt"]])  # never the call nobody approved
 
 
 # -- 2. arguments read after the check: a generator tool's body -------------------------
