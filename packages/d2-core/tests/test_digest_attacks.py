@@ -322,6 +322,48 @@ def test_a_sync_tool_returning_a_coroutine_runs_on_the_approved_arguments() -> N
     assert acted == []
 
 
+def test_a_plain_tool_returning_a_generator_runs_on_the_arguments_its_rules_passed() -> None:
+    """A plain function (input rules, no approval) that returns a generator and an
+    async one that returns a coroutine: judged again when they return it, checked
+    when the body starts."""
+    _guard_paths("files.export", instance_name="plain-export")
+    exported: list[str] = []
+
+    def each(paths: list[str]) -> Iterator[str]:
+        for path in paths:
+            exported.append(path)
+            yield path
+
+    async def deliver(paths: list[str]) -> list[str]:
+        exported.extend(paths)
+        return paths
+
+    @d2_guard("files.export", instance_name="plain-export")
+    def export(paths: list[str]) -> Iterator[str]:
+        return each(paths)
+
+    @d2_guard("files.export", instance_name="plain-export")
+    async def export_later(paths: list[str]) -> Any:
+        return deliver(paths)
+
+    paths = ["report.txt"]
+    stream = export(paths)
+    paths.append("secrets.txt")
+    with pytest.raises(PermissionDeniedError, match="start of its body"):
+        next(stream)
+
+    async def main() -> Any:
+        later = ["report.txt"]
+        pending = await export_later(later)
+        later.append("secrets.txt")
+        return await pending
+
+    with pytest.raises(PermissionDeniedError, match="start of its body"):
+        asyncio.run(main())
+    assert exported == []
+    assert list(export(["report.txt"])) == ["report.txt"]
+
+
 def test_a_refusal_when_the_body_starts_streams_the_on_deny_fallback() -> None:
     """With ``on_deny``, a call refused when its body starts streams the fallback, as
     a call refused when it is made does."""

@@ -729,6 +729,21 @@ class Evaluator:
         if changed:
             self._stop(adm, _changed_error(adm, grant.path, later))
 
+    def judged(
+        self,
+        rules: ToolRules,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        arguments: Arguments | None,
+    ) -> Kept | None:
+        """What step 4 reads of the arguments now, for :meth:`recheck` (``None`` in
+        audit mode, where nothing is refused): for a tool with input rules that
+        returned a generator or coroutine, the arguments as its call returned."""
+        if rules.policy.audit:
+            return None
+        ctx = current_context()
+        return (ctx, _input_step(rules, ctx.roles, args, kwargs, arguments))
+
     def recheck(
         self,
         kept: Kept,

@@ -218,17 +218,20 @@ async def _started_await(recheck: Callable[[], None], body: Any, fallback: Fallb
     return await body
 
 
+# the results whose body has not started yet (looked up by id: a metaclass can
+# make a class compare equal to these)
+_LAZY = frozenset(map(id, (types.GeneratorType, types.AsyncGeneratorType, types.CoroutineType)))
+
+
 def _rechecked(recheck: Callable[[], None], result: Any, fallback: Fallback) -> Any:
-    """``result`` with ``recheck`` run when its body starts, when it is a
-    generator, an async generator or a coroutine (else unchanged: its body ran)."""
+    """``result`` (a generator, an async generator or a coroutine) with
+    ``recheck`` run when its body starts."""
     kind = type(result)
     if kind is types.GeneratorType:
         return _started_sync(recheck, result, fallback)
     if kind is types.AsyncGeneratorType:
         return _started_async(recheck, result, fallback)
-    if kind is types.CoroutineType:
-        return _started_await(recheck, result, fallback)
-    return result
+    return _started_await(recheck, result, fallback)
 
 
 def _build(
@@ -252,12 +255,21 @@ def _build(
     handle = _fallback(on_deny, is_async or is_agen, tool_id)
     raising = on_deny is RAISE
     wrapper: Callable[..., Any]
-    recheck = evaluator.recheck
+    recheck, judged = evaluator.recheck, evaluator.judged
     fallback = None if raising else handle
 
-    def lazy(kept: Any, rules: ToolRules, args: Any, kwargs: Any, result: Any) -> Any:
-        # the tool's body starts later than the call (a generator, a returned
-        # coroutine): its arguments are checked again when it starts
+    # A generator or async generator function always returns a body that starts
+    # later: what its call was judged on is kept by admit(). A tool that returns one
+    # (or a coroutine) now and then is judged again (step 4) when it returns it,
+    # unless an approval was used: then what admit() kept (the digest) is needed.
+    later = is_gen or is_agen
+
+    def lazy(keep: list[Kept] | None, rules: ToolRules, args: Any, kwargs: Any, result: Any) -> Any:
+        # the tool's body starts later than the call: its arguments are checked
+        # again when it starts
+        kept = keep[0] if keep else judged(rules, args, kwargs, arguments)
+        if kept is None:  # audit mode: nothing is refused
+            return result
         again = functools.partial(recheck, kept, rules, args, kwargs, arguments)
         return _rechecked(again, result, fallback)
 
@@ -278,7 +290,9 @@ def _build(
         async def slow_async(rules: ToolRules, args: Any, kwargs: Any) -> Any:
             # a store may be asked (budgets, approvals, a request that feeds a held
             # one): without blocking the loop
-            keep: list[Kept] | None = [] if rules.conditional or rules.approvals else None
+            keep: list[Kept] | None = (
+                [] if rules.approvals or (later and rules.conditional) else None
+            )
             if rules.budgeted or (rules.guarded and evaluator.holding):
                 out = await admit_async(rules, args, kwargs, arguments, keep)
             elif rules.guarded:
@@ -296,8 +310,8 @@ def _build(
                     result = await fn(*args, **kwargs)
                 finally:
                     timer.ran(tool_id, perf_counter() - start)
-            if keep:
-                result = lazy(keep[0], rules, args, kwargs, result)
+            if (keep or rules.conditional) and id(type(result)) in _LAZY:
+                result = lazy(keep, rules, args, kwargs, result)
             return result if out is None else sanitized(rules, out, result)
 
         if raising:
@@ -312,7 +326,9 @@ def _build(
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
                 try:
                     rules = check(tool_id)
-                    keep: list[Kept] | None = [] if rules.conditional or rules.approvals else None
+                    keep: list[Kept] | None = (
+                        [] if rules.approvals or (later and rules.conditional) else None
+                    )
                     if rules.budgeted or (rules.guarded and evaluator.holding):
                         out = await admit_async(rules, args, kwargs, arguments, keep)
                     elif rules.guarded:
@@ -324,8 +340,8 @@ def _build(
                 except PermissionDeniedError as err:
                     return await _resolve(handle(err))
                 result = await _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=True)
-                if keep:
-                    result = lazy(keep[0], rules, args, kwargs, result)
+                if (keep or rules.conditional) and id(type(result)) in _LAZY:
+                    result = lazy(keep, rules, args, kwargs, result)
                 if out is None:
                     return result
                 try:
@@ -364,13 +380,15 @@ def _build(
         def slow_sync(rules: ToolRules, args: Any, kwargs: Any) -> Any:
             if is_agen and (rules.budgeted or (rules.guarded and evaluator.holding)):
                 return budgeted_stream(rules, args, kwargs)
-            keep: list[Kept] | None = [] if rules.conditional or rules.approvals else None
+            keep: list[Kept] | None = (
+                [] if rules.approvals or (later and rules.conditional) else None
+            )
             out = admit(rules, args, kwargs, arguments, keep=keep) if rules.guarded else None
             if out is None and not rules.guarded and evaluator.wants_args:
                 passed(rules, args, kwargs, arguments)
             result = _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=False)
-            if keep:
-                result = lazy(keep[0], rules, args, kwargs, result)
+            if (keep or rules.conditional) and id(type(result)) in _LAZY:
+                result = lazy(keep, rules, args, kwargs, result)
             return result if out is None else sanitized(rules, out, result)
 
         check_loop = not (is_agen or strict is False)
@@ -393,7 +411,9 @@ def _build(
                     rules = check(tool_id)
                     if is_agen and (rules.budgeted or (rules.guarded and evaluator.holding)):
                         return budgeted_stream(rules, args, kwargs)
-                    keep: list[Kept] | None = [] if rules.conditional or rules.approvals else None
+                    keep: list[Kept] | None = (
+                        [] if rules.approvals or (later and rules.conditional) else None
+                    )
                     out = None
                     if rules.guarded:
                         out = admit(rules, args, kwargs, arguments, keep=keep)
@@ -403,8 +423,8 @@ def _build(
                     fallback = handle(err)
                     return fallback if stream is None else stream(fallback)
                 result = _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=False)
-                if keep:
-                    result = lazy(keep[0], rules, args, kwargs, result)
+                if (keep or rules.conditional) and id(type(result)) in _LAZY:
+                    result = lazy(keep, rules, args, kwargs, result)
                 if out is None:
                     return result
                 try:
