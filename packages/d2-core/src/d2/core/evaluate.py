@@ -35,7 +35,9 @@ Steps 1-3 are :meth:`Evaluator.check`, the hot path; a tool for which the policy
 has nothing beyond RBAC stops there. Steps 4-7 are :meth:`Evaluator.admit` (or
 :meth:`Evaluator.admit_async` when a store is asked), step 8
 :meth:`Evaluator.finish`. Every store key is scoped by the app's namespace
-(:meth:`Evaluator.namespace`).
+(:meth:`Evaluator.namespace`). A tool whose body starts after the call (a
+generator, a returned coroutine) has its arguments checked again when the body
+starts (:meth:`Evaluator.recheck`).
 
 Audit: in a policy with ``metadata.mode: audit`` a call that steps 3-8 would deny
 runs anyway, its result unchanged, and is reported as ``would_deny`` (it is not

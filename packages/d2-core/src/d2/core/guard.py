@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import types
 from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -27,6 +26,7 @@ from ._functions import (
     is_generator_function,
     method_descriptor_type,
 )
+from ._lazy import LAZY, rechecked, resolve, stream_async, stream_sync
 from .errors import ConfigurationError, D2Error, PermissionDeniedError
 from .evaluate import evaluator_for
 from .threads import run_in_thread
@@ -94,30 +94,6 @@ def _fallback(on_deny: Any, is_async: bool, tool_id: str) -> Callable[[Permissio
     return lambda err: on_deny()
 
 
-def _stream_sync(value: Any) -> Any:
-    if value is None:
-        return
-    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
-        yield value
-    else:
-        yield from value
-
-
-async def _stream_async(value: Any) -> Any:
-    if hasattr(value, "__await__"):
-        value = await value
-    if value is None:
-        return
-    if hasattr(value, "__aiter__"):
-        async for item in value:
-            yield item
-    elif isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
-        yield value
-    else:
-        for item in value:
-            yield item
-
-
 def _timed_call(
     evaluator: Evaluator,
     tool_id: str,
@@ -153,85 +129,6 @@ async def _finish_later(
     finish: Callable[..., Any], rules: ToolRules, out: OutputRules, awaitable: Any
 ) -> Any:
     return finish(rules, out, await awaitable)
-
-
-async def _resolve(value: Any) -> Any:
-    return (await value) if hasattr(value, "__await__") else value
-
-
-# -- lazy bodies: a generator, an async generator or a coroutine reads the call's
-# arguments when it starts, not when the guard admits the call. For a tool whose
-# arguments decided the call (input rules, an approval), the evaluator checks them
-# once more at that first step (Evaluator.recheck); a refusal then is raised (or
-# its on_deny fallback given) by the first next(), anext() or await.
-Fallback = Callable[[PermissionDeniedError], Any] | None
-
-
-def _started_sync(recheck: Callable[[], None], body: Any, fallback: Fallback) -> Any:
-    try:
-        recheck()
-    except PermissionDeniedError as err:
-        if fallback is None:
-            raise
-        yield from _stream_sync(fallback(err))
-        return None
-    return (yield from body)
-
-
-async def _started_async(recheck: Callable[[], None], body: Any, fallback: Fallback) -> Any:
-    try:
-        recheck()
-    except PermissionDeniedError as err:
-        if fallback is None:
-            raise
-        async for item in _stream_async(fallback(err)):
-            yield item
-        return
-    try:
-        item = await body.__anext__()
-    except StopAsyncIteration:
-        return
-    while True:  # asend, athrow and aclose reach the tool's own generator
-        try:
-            value = yield item
-        except GeneratorExit:
-            await body.aclose()
-            raise
-        except BaseException as exc:
-            step = body.athrow(exc)
-        else:
-            step = body.asend(value)
-        try:
-            item = await step
-        except StopAsyncIteration:
-            return
-
-
-async def _started_await(recheck: Callable[[], None], body: Any, fallback: Fallback) -> Any:
-    try:
-        recheck()
-    except PermissionDeniedError as err:
-        body.close()  # never runs (and never warns that it was not awaited)
-        if fallback is None:
-            raise
-        return await _resolve(fallback(err))
-    return await body
-
-
-# the results whose body has not started yet (looked up by id: a metaclass can
-# make a class compare equal to these)
-_LAZY = frozenset(map(id, (types.GeneratorType, types.AsyncGeneratorType, types.CoroutineType)))
-
-
-def _rechecked(recheck: Callable[[], None], result: Any, fallback: Fallback) -> Any:
-    """``result`` (a generator, an async generator or a coroutine) with
-    ``recheck`` run when its body starts."""
-    kind = type(result)
-    if kind is types.GeneratorType:
-        return _started_sync(recheck, result, fallback)
-    if kind is types.AsyncGeneratorType:
-        return _started_async(recheck, result, fallback)
-    return _started_await(recheck, result, fallback)
 
 
 def _build(
@@ -271,7 +168,7 @@ def _build(
         if kept is None:  # audit mode: nothing is refused
             return result
         again = functools.partial(recheck, kept, rules, args, kwargs, arguments)
-        return _rechecked(again, result, fallback)
+        return rechecked(again, result, fallback)
 
     def sanitized(rules: ToolRules, out: OutputRules, result: Any) -> Any:
         # Output rules reach whatever the caller will actually see: items of a
@@ -310,7 +207,7 @@ def _build(
                     result = await fn(*args, **kwargs)
                 finally:
                     timer.ran(tool_id, perf_counter() - start)
-            if (keep or rules.conditional) and id(type(result)) in _LAZY:
+            if (keep or rules.conditional) and id(type(result)) in LAZY:
                 result = lazy(keep, rules, args, kwargs, result)
             return result if out is None else sanitized(rules, out, result)
 
@@ -338,16 +235,16 @@ def _build(
                         if evaluator.wants_args:
                             passed(rules, args, kwargs, arguments)
                 except PermissionDeniedError as err:
-                    return await _resolve(handle(err))
+                    return await resolve(handle(err))
                 result = await _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=True)
-                if (keep or rules.conditional) and id(type(result)) in _LAZY:
+                if (keep or rules.conditional) and id(type(result)) in LAZY:
                     result = lazy(keep, rules, args, kwargs, result)
                 if out is None:
                     return result
                 try:
                     return sanitized(rules, out, result)
                 except PermissionDeniedError as err:
-                    return await _resolve(handle(err))
+                    return await resolve(handle(err))
 
     else:
 
@@ -368,7 +265,7 @@ def _build(
             except PermissionDeniedError as err:
                 if raising:
                     raise
-                async for item in _stream_async(handle(err)):
+                async for item in stream_async(handle(err)):
                     yield item
                 return
             result = _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=False)
@@ -387,7 +284,7 @@ def _build(
             if out is None and not rules.guarded and evaluator.wants_args:
                 passed(rules, args, kwargs, arguments)
             result = _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=False)
-            if (keep or rules.conditional) and id(type(result)) in _LAZY:
+            if (keep or rules.conditional) and id(type(result)) in LAZY:
                 result = lazy(keep, rules, args, kwargs, result)
             return result if out is None else sanitized(rules, out, result)
 
@@ -402,7 +299,7 @@ def _build(
                     return slow_sync(rules, args, kwargs)
                 return fn(*args, **kwargs)
         else:
-            stream = _stream_async if is_agen else _stream_sync if is_gen else None
+            stream = stream_async if is_agen else stream_sync if is_gen else None
 
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 if check_loop and (strict or evaluator.strict):
@@ -423,7 +320,7 @@ def _build(
                     fallback = handle(err)
                     return fallback if stream is None else stream(fallback)
                 result = _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=False)
-                if (keep or rules.conditional) and id(type(result)) in _LAZY:
+                if (keep or rules.conditional) and id(type(result)) in LAZY:
                     result = lazy(keep, rules, args, kwargs, result)
                 if out is None:
                     return result
