@@ -11,12 +11,15 @@ class written in C) has no canonical form: a call with it is never approved.
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import datetime
 import decimal
 import enum
 import io
+import math
 import socket
+import struct
 import sys
 import threading
 import zoneinfo
@@ -82,6 +85,22 @@ class Patch(BaseModel):
     _note: Any = PrivateAttr(default=None)
 
 
+class Twin:
+    """A class its name leads to; ``_twin()`` makes others of the same name."""
+
+    kind = "reachable"
+
+    def __init__(self, a: Any) -> None:
+        self.a = a
+
+
+def _twin() -> type:
+    return type("Twin", (), {"kind": "elsewhere", "__init__": Twin.__init__})
+
+
+ElsewhereTwin = _twin()  # module.Twin does not lead to it: never digested
+
+
 class Color(enum.Enum):
     RED = "red"
     BLUE = "blue"
@@ -101,11 +120,11 @@ scalars = st.one_of(
     st.booleans(),
     st.integers(-2, 2),
     st.sampled_from([2**63, 2**63 + 1, -(2**63) - 1, 10**30]),
-    st.sampled_from([0.0, -0.0, 1.0, 2.0, float("nan"), float("inf"), float("-inf")]),
+    st.sampled_from([0.0, -0.0, 1.0, 2.0, float("nan"), -float("nan"), float("inf"), -math.inf]),
     st.sampled_from(["", "a", "1", "é", "e\u0301"]),
     st.sampled_from([b"", b"a", b"1"]),
     st.sampled_from([b"", b"a"]).map(bytearray),
-    st.sampled_from([1j, -0j, complex(1, -0.0)]),
+    st.sampled_from([1j, -0j, complex(1, -0.0), complex(-float("nan"), 0)]),
     st.sampled_from(list(Color) + list(Level)),
     st.sampled_from([decimal.Decimal("1"), decimal.Decimal("1.0"), decimal.Decimal("-0")]),
     st.sampled_from(
@@ -165,6 +184,8 @@ def _objects(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
         st.builds(Tags, st.frozensets(hashables, max_size=2)),
         st.builds(Amount, st.integers(-2, 2)),
         st.builds(Pair, inner, inner),
+        st.builds(Twin, inner),
+        st.builds(ElsewhereTwin, inner),
         st.builds(
             patch,
             st.dictionaries(st.sampled_from(["email", "role"]), inner, max_size=2),
@@ -187,31 +208,63 @@ values = st.recursive(
         st.sets(hashables, max_size=3),
         st.frozensets(hashables, max_size=3),
         _objects(inner),
+        # one object met twice, or an equal copy: ``move(a, a)`` is not ``move(a, b)``
+        inner.map(lambda x: [x, x]),
+        inner.map(lambda x: [x, copy.copy(x)]),
+        inner.map(lambda x: {"b": x, "a": x}),
+        inner.map(lambda x: (x, Plain(x))),
     ),
     max_leaves=6,
 )
 
 
+class Elsewhere(Exception):
+    """The reference met an instance of a class its name does not lead to."""
+
+
+# what can change, so that two references to one object differ from two equal objects
+_CHANGING = (list, dict, set, bytearray, collections.OrderedDict, collections.defaultdict)
+_STATEFUL = (Plain, Slotted, SlottedChild, Transfer, Frozen, Recipients, Tags, Amount, Patch, Twin)
+
+
 def typed(v: Any) -> Any:
-    """The reference: a value as Python holds it, type and state, all the way down
-    (written independently of the canonical form)."""
+    """The reference: a value as Python holds it, type and state, all the way down,
+    and which of its positions hold one object that can change (written
+    independently of the canonical form: positions by path, not by a walk)."""
+    where: dict[int, list[tuple[Any, ...]]] = {}
+    kept: list[Any] = []  # every object met stays alive: ids are never reused
+    structure = _typed(v, (), where, kept)
+    shared = frozenset(frozenset(paths) for paths in where.values() if len(paths) > 1)
+    return structure, shared
+
+
+def _typed(v: Any, path: tuple[Any, ...], where: dict[int, list[Any]], kept: list[Any]) -> Any:
+    def at(x: Any, *step: Any) -> Any:
+        return _typed(x, (*path, step), where, kept)
+
     cls = type(v)
+    if cls in _CHANGING or cls in _STATEFUL:
+        where.setdefault(id(v), []).append(path)
+        kept.append(v)
     if v is None or cls in (bool, int, str, bytes):
         return (cls.__name__, v)
     if cls is float:
-        return ("float", repr(v))  # tells -0.0 from 0.0; every NaN alike
+        return ("float", struct.pack(">d", v))  # tells -0.0 from 0.0, and each NaN sign
     if cls is complex:
-        return ("complex", repr(v.real), repr(v.imag))
+        return ("complex", struct.pack(">dd", v.real, v.imag))
     if cls is bytearray:
         return ("bytearray", bytes(v))
     if cls in (list, tuple):
-        return (cls.__name__, tuple(typed(x) for x in v))
+        return (cls.__name__, tuple(at(x, i) for i, x in enumerate(v)))
     if cls is dict:
-        return ("dict", frozenset((typed(k), typed(x)) for k, x in v.items()))
+        return ("dict", frozenset((_typed(k, (), {}, kept), at(x, "k", k)) for k, x in v.items()))
     if cls is collections.OrderedDict:
-        return ("odict", tuple((typed(k), typed(x)) for k, x in v.items()))
+        return (
+            "odict",
+            tuple((at(k, "key", i), at(x, "value", i)) for i, (k, x) in enumerate(v.items())),
+        )
     if cls in (set, frozenset):
-        return (cls.__name__, frozenset(typed(x) for x in v))
+        return (cls.__name__, frozenset(at(x, "e", x) for x in v))
     if isinstance(v, enum.Enum):
         return ("enum", cls.__qualname__, v.name)
     if cls is decimal.Decimal:
@@ -221,35 +274,74 @@ def typed(v: Any) -> Any:
     if cls is Patch:
         return (
             "Patch",
-            typed(dict(vars(v))),
-            typed(set(v.model_fields_set)),
-            typed(v.model_extra),
-            typed(v.__pydantic_private__),
+            at(dict(vars(v)), "vars"),
+            at(set(v.model_fields_set), "set"),
+            at(v.model_extra, "extra"),
+            at(v.__pydantic_private__, "private"),
         )
     if cls in (Slotted, SlottedChild):
-        slots = [(n, typed(getattr(v, n, "<unset>"))) for n in ("a", "_Slotted__b", "c")]
+        slots = [(n, at(getattr(v, n, "<unset>"), n)) for n in ("a", "_Slotted__b", "c")]
         return (cls.__name__, tuple(slots))
     if cls is Frozen:
-        return ("Frozen", typed(v.x))
+        return ("Frozen", at(v.x, "x"))
     if cls in (Recipients, Tags, Amount, Pair):
         base = {Recipients: list, Tags: frozenset, Amount: int, Pair: tuple}[cls]
-        return (cls.__name__, typed(base(v)), typed(dict(getattr(v, "__dict__", {}))))
-    if cls in (Plain, Transfer):
-        return (cls.__name__, typed(dict(vars(v))))
+        items = at(base(v), "items")
+        return (cls.__name__, items, at(dict(getattr(v, "__dict__", {})), "vars"))
+    if cls in (Plain, Transfer, Twin):
+        return (cls.__name__, at(dict(vars(v)), "vars"))
+    if cls is ElsewhereTwin:
+        raise Elsewhere
     raise AssertionError(f"no reference for {cls}")
 
 
+def _reference(v: Any) -> Any:
+    try:
+        return typed(v)
+    except Elsewhere:
+        return None
+
+
+def _canonical(v: Any) -> str | None:
+    try:
+        return canonical_arguments({"v": v})
+    except NoCanonicalForm:
+        return None
+
+
+# pairs of values: independent ones, deep copies (the same, sharing kept), and one
+# object met twice against equal copies of it
+pairs = st.one_of(
+    st.tuples(values, values),
+    values.map(lambda a: (a, copy.deepcopy(a))),
+    values.map(lambda x: ([x, x], [x, copy.copy(x)])),
+    values.map(lambda x: ((x, [x]), (x, [copy.deepcopy(x)]))),
+    values.map(lambda x: ({"a": x, "b": [x]}, copy.deepcopy({"a": x, "b": [x]}))),
+)
+
+
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(a=values, b=values)
-def test_two_values_share_a_canonical_form_exactly_when_they_are_the_same(a: Any, b: Any) -> None:
-    same = typed(a) == typed(b)
-    assert (canonical_arguments({"v": a}) == canonical_arguments({"v": b})) is same, (a, b)
+@given(pair=pairs)
+def test_two_values_share_a_canonical_form_exactly_when_they_are_the_same(
+    pair: tuple[Any, Any],
+) -> None:
+    """Refused exactly when an instance of a class its name does not lead to is in
+    it; otherwise the same canonical form exactly when the same types, state and
+    shared objects."""
+    a, b = pair
+    ref_a, ref_b = _reference(a), _reference(b)
+    one, other = _canonical(a), _canonical(b)
+    assert (one is None) is (ref_a is None), a
+    assert (other is None) is (ref_b is None), b
+    if one is not None and other is not None:
+        assert (one == other) is (ref_a == ref_b), (a, b)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(a=values)
 def test_the_digest_of_a_value_is_stable(a: Any) -> None:
-    assert call_digest("t", {"v": a}, "u", "1") == call_digest("t", {"v": a}, "u", "1")
+    if _reference(a) is not None:
+        assert call_digest("t", {"v": a}, "u", "1") == call_digest("t", {"v": a}, "u", "1")
 
 
 # -- state outside what a digest used to read -----------------------------------------
@@ -296,6 +388,147 @@ def test_a_secret_counts_by_its_value_and_never_appears_in_the_canonical_text() 
     assert "hunter2" not in one
     assert one != canonical_arguments({"v": SecretStr("hunter3")})
     assert one == canonical_arguments({"v": SecretStr("hunter2")})
+
+
+# -- classes and objects that misreport what they are ---------------------------------
+
+
+class _LyingMeta(type):
+    """Says its classes keep no instance dictionary."""
+
+    __dictoffset__ = property(lambda cls: 0)  # type: ignore[assignment]
+
+
+class Lying(metaclass=_LyingMeta):
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+
+class MovedSlot:
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: Any, b: Any) -> None:
+        self.a, self.b = a, b
+
+
+class _EnumMro(type):
+    """Puts ``Color`` and ``Enum`` into the MRO of a plain class."""
+
+    def mro(cls) -> list[type]:
+        return [cls, Color, enum.Enum, object]
+
+
+class PosingMember(metaclass=_EnumMro):
+    pass
+
+
+class Perm(enum.Flag):
+    READ = 1
+    WRITE = 2
+
+
+def test_what_a_metaclass_says_about_its_classes_is_not_read() -> None:
+    """``__dictoffset__`` (and the rest of a class's layout) is read through
+    ``type``'s own descriptors, never the class's attributes."""
+    assert Lying.__dictoffset__ == 0  # what the metaclass says
+    assert canonical_arguments({"v": Lying("a")}) != canonical_arguments({"v": Lying("b")})
+
+
+def test_a_slot_descriptor_moved_to_another_name_is_refused() -> None:
+    """``MovedSlot.a`` replaced by the descriptor of ``b``: reading "every slot"
+    would read ``b`` twice and never ``a``."""
+    one, other = MovedSlot(1, 2), MovedSlot(3, 2)
+    assert canonical_arguments({"v": one}) != canonical_arguments({"v": other})
+    original = vars(MovedSlot)["a"]
+    MovedSlot.a = vars(MovedSlot)["b"]  # type: ignore[misc]
+    try:
+        with pytest.raises(NoCanonicalForm):
+            canonical_arguments({"v": one})
+    finally:
+        MovedSlot.a = original  # type: ignore[misc]
+
+
+def test_only_members_an_enum_lists_are_digested_as_members() -> None:
+    """A class whose MRO claims an enum (``issubclass`` agrees) is refused; real
+    members, composite flags included, are digested by class and name."""
+    fake = object.__new__(PosingMember)
+    fake.target = "all@corp"  # type: ignore[attr-defined]
+    fake._name_, fake._value_ = "RED", "red"  # type: ignore[attr-defined]
+    assert issubclass(PosingMember, enum.Enum) and isinstance(fake, Color)
+    with pytest.raises(NoCanonicalForm, match="not a member"):
+        canonical_arguments({"v": fake})
+    both = canonical_arguments({"v": Perm.READ | Perm.WRITE})
+    assert both == canonical_arguments({"v": Perm.WRITE | Perm.READ})
+    assert both != canonical_arguments({"v": Perm.READ})
+    assert canonical_arguments({"v": Perm(0)}) != canonical_arguments({"v": Perm.READ})
+
+
+def test_which_arguments_are_one_object_is_part_of_the_call() -> None:
+    """``f(a, a)`` is not ``f(a, copy(a))``; an instance's dictionary passed beside
+    it is the instance's; a structure that contains itself is digested."""
+    a = Plain([1])
+    assert canonical_arguments({"x": a, "y": a}) != canonical_arguments({"x": a, "y": copy.copy(a)})
+    assert canonical_arguments({"x": a, "y": vars(a)}) != canonical_arguments(
+        {"x": a, "y": dict(vars(a))}
+    )
+    loop: list[Any] = []
+    loop.append(loop)
+    assert canonical_arguments({"v": loop}) != canonical_arguments({"v": [[]]})
+    looped = Plain(None)
+    looped.a = looped
+    assert canonical_arguments({"v": looped}) != canonical_arguments({"v": Plain(Plain(None))})
+    shared = [1]
+    assert canonical_arguments({"v": {"b": shared, "a": shared}}) == canonical_arguments(
+        {"v": copy.deepcopy({"a": shared, "b": shared})}
+    )  # the order of a dict's keys never matters
+
+
+def test_a_network_or_interface_digests_its_attributes() -> None:
+    import ipaddress
+
+    one, other = ipaddress.IPv4Network("10.0.0.0/8"), ipaddress.IPv4Network("10.0.0.0/8")
+    assert canonical_arguments({"v": one}) == canonical_arguments({"v": other})
+    other.note = "x"  # type: ignore[attr-defined]
+    assert canonical_arguments({"v": one}) != canonical_arguments({"v": other})
+    iface = ipaddress.IPv6Interface("fe80::1%eth0/64")
+    assert canonical_arguments({"v": iface}) == canonical_arguments(
+        {"v": ipaddress.IPv6Interface("fe80::1%eth0/64")}
+    )
+    assert canonical_arguments({"v": iface}) != canonical_arguments(
+        {"v": ipaddress.IPv6Interface("fe80::1%eth1/64")}
+    )
+
+
+def test_a_class_its_name_does_not_lead_to_is_refused() -> None:
+    """Classes made inside a function, by ``type()``, or replaced since (a reloaded
+    module) share their ``module.qualname`` with other classes."""
+
+    class Local:
+        pass
+
+    with pytest.raises(NoCanonicalForm, match="define the class at module level"):
+        canonical_arguments({"v": Local()})
+    with pytest.raises(NoCanonicalForm):
+        canonical_arguments({"v": ElsewhereTwin(1)})
+    before = canonical_arguments({"v": Twin(1)})
+    old = Twin(1)
+    module = sys.modules[__name__]
+    module.Twin = _twin()  # type: ignore[attr-defined]  # the module reloaded
+    try:
+        with pytest.raises(NoCanonicalForm):
+            canonical_arguments({"v": old})
+    finally:
+        module.Twin = type(old)  # type: ignore[attr-defined]
+    assert canonical_arguments({"v": old}) == before
+
+
+def test_the_sign_of_a_nan_is_part_of_the_call() -> None:
+    nan = float("nan")
+    assert canonical_arguments({"v": nan}) == canonical_arguments({"v": float("nan")})
+    assert canonical_arguments({"v": nan}) != canonical_arguments({"v": -nan})
+    assert canonical_arguments({"v": complex(nan, 0)}) != canonical_arguments(
+        {"v": complex(-nan, 0)}
+    )
 
 
 # -- values that are never approved ---------------------------------------------------

@@ -4,6 +4,8 @@ the decision log, through guarded calls as an app makes them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import enum
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +36,7 @@ from d2.core.stores import ApprovalKey, ApprovalState, Counter, MemoryStore, Sto
 from d2.core.testing import Clock, controlled_clock, policy_document
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel, Field, SecretStr
 
 Record = dict[str, Any]
 
@@ -858,17 +861,19 @@ def test_clock_helper_moves_time() -> None:
 # -- regressions from a hostile review ------------------------------------------------
 
 
+# Classes whose values are approved live at module level: an approval digests a
+# value by the name of its class, and only a class that name leads to.
+class Account:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @d2_guard("refund")
+    def pay(self, amount: int) -> str:
+        return f"{self.name} paid {amount}"
+
+
 def test_a_methods_object_is_part_of_the_approved_call() -> None:
     start(REFUND, LEAD)
-
-    class Account:
-        def __init__(self, name: str) -> None:
-            self.name = name
-
-        @d2_guard("refund")
-        def pay(self, amount: int) -> str:
-            return f"{self.name} paid {amount}"
-
     as_user("agent-7", "agent")
     request = ask(Account("acct-1").pay, 500)
     assert request.arguments == {"amount": 500}  # shown without self
@@ -898,29 +903,35 @@ def test_arguments_without_an_exact_form_cannot_be_approved() -> None:
     assert "cannot be digested" in str(info.value)
 
 
+class Level(enum.IntEnum):
+    ONE = 1
+
+
+@dataclasses.dataclass
+class A:
+    x: int
+
+
+@dataclasses.dataclass
+class B:
+    x: int
+
+
+class Summary:
+    def __init__(self, rows: list[int]) -> None:
+        self.rows = rows
+
+    def __repr__(self) -> str:
+        return f"Summary({len(self.rows)} rows)"
+
+
+class Wire(BaseModel):
+    account: SecretStr
+    memo: str = Field(default="", exclude=True)
+
+
 def test_canonical_form_tells_types_and_hidden_state_apart() -> None:
-    import dataclasses
-    import enum
-
     from d2.core.approvals import canonical_arguments
-
-    class Level(enum.IntEnum):
-        ONE = 1
-
-    @dataclasses.dataclass
-    class A:
-        x: int
-
-    @dataclasses.dataclass
-    class B:
-        x: int
-
-    class Summary:
-        def __init__(self, rows: list[int]) -> None:
-            self.rows = rows
-
-        def __repr__(self) -> str:
-            return f"Summary({len(self.rows)} rows)"
 
     values = [
         (1, 2), [1, 2], b"\x01", {"bytes": "01"}, Level.ONE, 1, 1.0, True, "1", A(1), B(1),
@@ -933,11 +944,6 @@ def test_canonical_form_tells_types_and_hidden_state_apart() -> None:
 
 def test_secret_and_excluded_model_fields_still_tell_calls_apart() -> None:
     from d2.core.approvals import call_digest, json_arguments
-    from pydantic import BaseModel, Field, SecretStr
-
-    class Wire(BaseModel):
-        account: SecretStr
-        memo: str = Field(default="", exclude=True)
 
     ids = {
         call_digest("wire", {"w": Wire(account=SecretStr(a), memo=m)}, "u", "v")

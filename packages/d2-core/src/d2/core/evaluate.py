@@ -35,7 +35,9 @@ Steps 1-3 are :meth:`Evaluator.check`, the hot path; a tool for which the policy
 has nothing beyond RBAC stops there. Steps 4-7 are :meth:`Evaluator.admit` (or
 :meth:`Evaluator.admit_async` when a store is asked), step 8
 :meth:`Evaluator.finish`. Every store key is scoped by the app's namespace
-(:meth:`Evaluator.namespace`).
+(:meth:`Evaluator.namespace`). A tool whose body starts after the call (a
+generator, a returned coroutine) has its arguments checked again when the body
+starts (:meth:`Evaluator.recheck`).
 
 Audit: in a policy with ``metadata.mode: audit`` a call that steps 3-8 would deny
 runs anyway, its result unchanged, and is reported as ``would_deny`` (it is not
@@ -52,7 +54,7 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from ._functions import UNBOUND, Arguments, bound_arguments
 from .approval_data import (
@@ -497,9 +499,14 @@ class Evaluator:
         *,
         inputs: bool = True,
         approval_holds: bool | None = None,
+        keep: list[Kept] | None = None,
     ) -> OutputRules | None:
         """Steps 4-7 for a call that passed RBAC: raise the denial, or record the
         call and return the output rules to apply to its result.
+
+        ``keep``: for a tool whose body starts later (a generator, a returned
+        coroutine), a list to which the call is added when its arguments decided
+        it (input rules, an approval), for :meth:`recheck` when the body starts.
 
         For ``d2 replay`` of calls whose arguments were not recorded:
         ``inputs=False`` skips the input rules (the first granting entry is
@@ -507,17 +514,17 @@ class Evaluator:
         fed = self.holding and tethered(current_context().scope) is not None
         if not rules.stored and not fed:  # nothing to ask a store
             if not rules.budgeted:  # no budget either: the lean path
-                return self._admit_plain(rules, args, kwargs, arguments, inputs)
+                return self._admit_plain(rules, args, kwargs, arguments, inputs, keep)
             if rules.request_only and self.log is None and self._within_request_budget(rules):
                 return None
             adm = _Admission(rules, current_context(), (args, kwargs, arguments))
             if self.log is not None:
                 adm.started = perf_counter()
             self._judge(adm, inputs, None)
-            return self._admitted(adm)
+            return self._admitted(adm, keep)
         if not rules.approvals and not fed:  # per-user budgets only: one take
-            return self._admit_counted(rules, args, kwargs, arguments, inputs)
-        steps = self._admission(rules, args, kwargs, arguments, inputs, approval_holds)
+            return self._admit_counted(rules, args, kwargs, arguments, inputs, keep)
+        steps = self._admission(rules, args, kwargs, arguments, inputs, approval_holds, keep)
         try:
             op = next(steps)
             while True:
@@ -540,6 +547,7 @@ class Evaluator:
         kwargs: dict[str, Any],
         arguments: Arguments | None,
         inputs: bool,
+        keep: list[Kept] | None,
     ) -> OutputRules | None:
         """:meth:`admit` for a tool whose store work is one ``take`` of its
         ``per: user`` counters (no approval, no held request to feed): the
@@ -561,7 +569,7 @@ class Evaluator:
                 raise
             self._taken(adm, result, now)
             self._verify(adm, inputs, None)
-        return self._admitted(adm)
+        return self._admitted(adm, keep)
 
     async def admit_async(
         self,
@@ -569,12 +577,13 @@ class Evaluator:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         arguments: Arguments | None,
+        keep: list[Kept] | None = None,
     ) -> OutputRules | None:
         """:meth:`admit` for async tools: the store is asked without blocking the
         event loop."""
         if not rules.stored and not (self.holding and tethered(current_context().scope)):
-            return self.admit(rules, args, kwargs, arguments)  # nothing to ask a store
-        steps = self._admission(rules, args, kwargs, arguments, True, None)
+            return self.admit(rules, args, kwargs, arguments, keep=keep)  # no store to ask
+        steps = self._admission(rules, args, kwargs, arguments, True, None, keep)
         try:
             op = next(steps)
             while True:
@@ -623,6 +632,7 @@ class Evaluator:
         arguments: Arguments | None,
         inputs: bool,
         approval_holds: bool | None,
+        keep: list[Kept] | None = None,
     ) -> _Steps:
         """Steps 4-7; returns the output rules (or ``None``), raises the denial. A
         call abandoned while the store answers (cancelled, interrupted: the driver
@@ -661,7 +671,7 @@ class Evaluator:
             if line is not None and not (yield from self._feed(adm, line, True)):
                 self._stop(adm, _unavailable_error(adm, adm.problem))
             self._verify(adm, inputs, approval_holds)
-            return self._admitted(adm)
+            return self._admitted(adm, keep)
         except GeneratorExit:
             self._release(adm)
             raise
@@ -687,11 +697,14 @@ class Evaluator:
             self._budgets(adm, grant, holds)
         return adm.would is None
 
-    def _verify(self, adm: _Admission, inputs: bool, holds: bool | None) -> None:
+    def _verify(
+        self, adm: _Admission, inputs: bool, holds: bool | None, later: bool = False
+    ) -> None:
         """After the store's last answer, before the tool runs: the live arguments
         must still be the ones the call was judged on. The tool receives the
         caller's own objects; another task or thread that changed one while the
-        store answered would otherwise run a call nobody judged (or approved)."""
+        store answered would otherwise run a call nobody judged (or approved).
+        ``later``: checked when a lazy body starts (see :meth:`recheck`)."""
         rules, ctx = adm.rules, adm.ctx
         if rules.policy.audit or adm.would is not None:
             return  # audit mode: it runs as it is, reported only
@@ -705,7 +718,7 @@ class Evaluator:
             except NoCanonicalForm:
                 again = None
             if again != hold.digest:
-                self._stop(adm, _changed_error(adm, hold.judged.path))
+                self._stop(adm, _changed_error(adm, hold.judged.path, later))
             return
         if not rules.conditional and not rules.approvals:
             return  # nothing the arguments decide
@@ -716,7 +729,46 @@ class Evaluator:
         if not changed and grant.approval is not None:
             changed = _needs(grant.approval, adm.call, holds)  # needed now, not before
         if changed:
-            self._stop(adm, _changed_error(adm, grant.path))
+            self._stop(adm, _changed_error(adm, grant.path, later))
+
+    def judged(
+        self,
+        rules: ToolRules,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        arguments: Arguments | None,
+    ) -> Kept | None:
+        """What step 4 reads of the arguments now, for :meth:`recheck` (``None`` in
+        audit mode, where nothing is refused): for a tool with input rules that
+        returned a generator or coroutine, the arguments as its call returned."""
+        if rules.policy.audit:
+            return None
+        ctx = current_context()
+        return (ctx, _input_step(rules, ctx.roles, args, kwargs, arguments))
+
+    def recheck(
+        self,
+        kept: Kept,
+        rules: ToolRules,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        arguments: Arguments | None,
+    ) -> None:
+        """When the body of an admitted call starts later than the call (a generator
+        tool's first step, a returned coroutine awaited): raise the denial when its
+        arguments are no longer the ones judged (the digest of an approved call, the
+        input rules), as :meth:`_verify` does after the store answers. The call was
+        admitted: its budgets and approval stay used, and it stays in the request's
+        history. ``kept``: what :meth:`admit` kept (``keep``) for this call."""
+        if isinstance(kept, _Admission):
+            adm = kept
+        else:
+            adm = _Admission(rules, kept[0], (args, kwargs, arguments))
+            adm.picked = kept[1]
+        adm.reserved = ()  # spent by the admitted call: never given back here
+        if self.log is not None:
+            adm.started = perf_counter()
+        self._verify(adm, True, None, later=True)
 
     def _digest(self, adm: _Admission, hold: _Hold) -> None:
         """The call needs an approval: its digest, and the request an approver
@@ -985,12 +1037,19 @@ class Evaluator:
         kwargs: dict[str, Any],
         arguments: Arguments | None,
         inputs: bool,
+        keep: list[Kept] | None = None,
     ) -> OutputRules | None:
         """:meth:`admit` for a tool without budgets or approvals (the lean path:
-        steps 4-7 with nothing allocated when the call passes)."""
+        steps 4-7 with nothing allocated when the call passes, unless ``keep``
+        asks for what the input rules chose)."""
         ctx = current_context()
         started = perf_counter() if self.log is not None else 0.0
-        output, denial, grant, audited = _layers(rules, ctx, args, kwargs, arguments, None, inputs)
+        picked = None
+        if keep is not None and rules.conditional and not rules.policy.audit:
+            picked = _input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
+        output, denial, grant, audited = _layers(
+            rules, ctx, args, kwargs, arguments, None, inputs, picked
+        )
         if denial is not None:
             err = _guardrail_error(rules, ctx, denial, args, kwargs, arguments)
             if not rules.policy.audit:
@@ -1009,10 +1068,13 @@ class Evaluator:
                 (args, kwargs, arguments),
             )  # fmt: skip
         _record(rules, ctx.scope)
+        if picked is not None and keep is not None:
+            keep.append((ctx, picked))  # the lean form: an _Admission when rechecked
         return output
 
-    def _admitted(self, adm: _Admission) -> OutputRules | None:
-        """Report the decision and record the call (step 7)."""
+    def _admitted(self, adm: _Admission, keep: list[Kept] | None = None) -> OutputRules | None:
+        """Report the decision and record the call (step 7); ``keep``: see
+        :meth:`admit`."""
         rules, ctx = adm.rules, adm.ctx
         if adm.would is not None:  # audit mode: enforce would deny; it runs unrecorded
             if self.observer is not None:
@@ -1035,6 +1097,8 @@ class Evaluator:
                     adm.grant, adm.call, adm.hold.used if adm.hold else None,
                 )  # fmt: skip
         _record(rules, ctx.scope)
+        if keep is not None and (rules.conditional or rules.approvals) and not rules.policy.audit:
+            keep.append(adm)
         return adm.output
 
     def finish(self, rules: ToolRules, output: OutputRules, result: Any) -> Any:
@@ -1477,6 +1541,9 @@ class _Failed(NamedTuple):
 
 # steps 4-7: yields (store method, *arguments), is sent each answer
 _Steps = Generator[tuple[Any, ...], Any, Any]
+# What admit() keeps of a call for Evaluator.recheck: the admission, or (for a call
+# that asked no store) the user context and step 4's choice.
+Kept: TypeAlias = "_Admission | tuple[UserContext, _Picked]"
 
 
 class _Hold:
@@ -1749,16 +1816,27 @@ def _unapprovable(
     )
 
 
-def _changed_error(adm: _Admission, path: str) -> PermissionDeniedError:
+def _changed_error(adm: _Admission, path: str, later: bool = False) -> PermissionDeniedError:
     """The arguments changed between the decision and the run (another task or
-    thread mutated an argument while the store answered): the call is refused."""
+    thread mutated an argument while the store answered; ``later``: before the
+    body of a generator, or of a returned coroutine, started): the call is
+    refused."""
     rules, ctx = adm.rules, adm.ctx
-    detail = (
-        "an argument changed while the store answered (another task or thread mutated "
-        "it after the call was judged), so the tool would receive arguments other than "
-        "the ones judged and approved; do not share a mutable argument between "
-        "concurrent calls, and retry the call"
-    )
+    if later:
+        detail = (
+            "an argument changed between the call and the start of its body (a "
+            "generator's first step, a returned coroutine awaited), so the tool would "
+            "read arguments other than the ones judged and approved; do not change an "
+            "argument before the generator or coroutine of a guarded call is consumed, "
+            "and call the tool again"
+        )
+    else:
+        detail = (
+            "an argument changed while the store answered (another task or thread "
+            "mutated it after the call was judged), so the tool would receive arguments "
+            "other than the ones judged and approved; do not share a mutable argument "
+            "between concurrent calls, and retry the call"
+        )
     reason = "approval_unsupported" if rules.approvals else "input_validation"
     step = "approval" if rules.approvals else "input"
     return PermissionDeniedError(

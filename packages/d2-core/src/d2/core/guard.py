@@ -26,6 +26,7 @@ from ._functions import (
     is_generator_function,
     method_descriptor_type,
 )
+from ._lazy import LAZY, rechecked, resolve, stream_async, stream_sync
 from .errors import ConfigurationError, D2Error, PermissionDeniedError
 from .evaluate import evaluator_for
 from .threads import run_in_thread
@@ -33,7 +34,7 @@ from .threads import run_in_thread
 if TYPE_CHECKING:
     import inspect
 
-    from .evaluate import Evaluator
+    from .evaluate import Evaluator, Kept
     from .policy.model import ToolRules
     from .policy.output import OutputRules
     from .telemetry import Metrics
@@ -93,30 +94,6 @@ def _fallback(on_deny: Any, is_async: bool, tool_id: str) -> Callable[[Permissio
     return lambda err: on_deny()
 
 
-def _stream_sync(value: Any) -> Any:
-    if value is None:
-        return
-    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
-        yield value
-    else:
-        yield from value
-
-
-async def _stream_async(value: Any) -> Any:
-    if hasattr(value, "__await__"):
-        value = await value
-    if value is None:
-        return
-    if hasattr(value, "__aiter__"):
-        async for item in value:
-            yield item
-    elif isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
-        yield value
-    else:
-        for item in value:
-            yield item
-
-
 def _timed_call(
     evaluator: Evaluator,
     tool_id: str,
@@ -154,10 +131,6 @@ async def _finish_later(
     return finish(rules, out, await awaitable)
 
 
-async def _resolve(value: Any) -> Any:
-    return (await value) if hasattr(value, "__await__") else value
-
-
 def _build(
     fn: Callable[..., Any], tool_id: str, on_deny: Any, strict: bool | None, instance_name: str
 ) -> Callable[..., Any]:
@@ -179,6 +152,23 @@ def _build(
     handle = _fallback(on_deny, is_async or is_agen, tool_id)
     raising = on_deny is RAISE
     wrapper: Callable[..., Any]
+    recheck, judged = evaluator.recheck, evaluator.judged
+    fallback = None if raising else handle
+
+    # A generator or async generator function always returns a body that starts
+    # later: what its call was judged on is kept by admit(). A tool that returns one
+    # (or a coroutine) now and then is judged again (step 4) when it returns it,
+    # unless an approval was used: then what admit() kept (the digest) is needed.
+    later = is_gen or is_agen
+
+    def lazy(keep: list[Kept] | None, rules: ToolRules, args: Any, kwargs: Any, result: Any) -> Any:
+        # the tool's body starts later than the call: its arguments are checked
+        # again when it starts
+        kept = keep[0] if keep else judged(rules, args, kwargs, arguments)
+        if kept is None:  # audit mode: nothing is refused
+            return result
+        again = functools.partial(recheck, kept, rules, args, kwargs, arguments)
+        return rechecked(again, result, fallback)
 
     def sanitized(rules: ToolRules, out: OutputRules, result: Any) -> Any:
         # Output rules reach whatever the caller will actually see: items of a
@@ -197,10 +187,13 @@ def _build(
         async def slow_async(rules: ToolRules, args: Any, kwargs: Any) -> Any:
             # a store may be asked (budgets, approvals, a request that feeds a held
             # one): without blocking the loop
+            keep: list[Kept] | None = (
+                [] if rules.approvals or (later and rules.conditional) else None
+            )
             if rules.budgeted or (rules.guarded and evaluator.holding):
-                out = await admit_async(rules, args, kwargs, arguments)
+                out = await admit_async(rules, args, kwargs, arguments, keep)
             elif rules.guarded:
-                out = admit(rules, args, kwargs, arguments)
+                out = admit(rules, args, kwargs, arguments, keep=keep)
             else:
                 out = None
                 if evaluator.wants_args:
@@ -214,6 +207,8 @@ def _build(
                     result = await fn(*args, **kwargs)
                 finally:
                     timer.ran(tool_id, perf_counter() - start)
+            if (keep or rules.conditional) and id(type(result)) in LAZY:
+                result = lazy(keep, rules, args, kwargs, result)
             return result if out is None else sanitized(rules, out, result)
 
         if raising:
@@ -228,23 +223,28 @@ def _build(
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
                 try:
                     rules = check(tool_id)
+                    keep: list[Kept] | None = (
+                        [] if rules.approvals or (later and rules.conditional) else None
+                    )
                     if rules.budgeted or (rules.guarded and evaluator.holding):
-                        out = await admit_async(rules, args, kwargs, arguments)
+                        out = await admit_async(rules, args, kwargs, arguments, keep)
                     elif rules.guarded:
-                        out = admit(rules, args, kwargs, arguments)
+                        out = admit(rules, args, kwargs, arguments, keep=keep)
                     else:
                         out = None
                         if evaluator.wants_args:
                             passed(rules, args, kwargs, arguments)
                 except PermissionDeniedError as err:
-                    return await _resolve(handle(err))
+                    return await resolve(handle(err))
                 result = await _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=True)
+                if (keep or rules.conditional) and id(type(result)) in LAZY:
+                    result = lazy(keep, rules, args, kwargs, result)
                 if out is None:
                     return result
                 try:
                     return sanitized(rules, out, result)
                 except PermissionDeniedError as err:
-                    return await _resolve(handle(err))
+                    return await resolve(handle(err))
 
     else:
 
@@ -265,7 +265,7 @@ def _build(
             except PermissionDeniedError as err:
                 if raising:
                     raise
-                async for item in _stream_async(handle(err)):
+                async for item in stream_async(handle(err)):
                     yield item
                 return
             result = _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=False)
@@ -277,10 +277,15 @@ def _build(
         def slow_sync(rules: ToolRules, args: Any, kwargs: Any) -> Any:
             if is_agen and (rules.budgeted or (rules.guarded and evaluator.holding)):
                 return budgeted_stream(rules, args, kwargs)
-            out = admit(rules, args, kwargs, arguments) if rules.guarded else None
+            keep: list[Kept] | None = (
+                [] if rules.approvals or (later and rules.conditional) else None
+            )
+            out = admit(rules, args, kwargs, arguments, keep=keep) if rules.guarded else None
             if out is None and not rules.guarded and evaluator.wants_args:
                 passed(rules, args, kwargs, arguments)
             result = _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=False)
+            if (keep or rules.conditional) and id(type(result)) in LAZY:
+                result = lazy(keep, rules, args, kwargs, result)
             return result if out is None else sanitized(rules, out, result)
 
         check_loop = not (is_agen or strict is False)
@@ -294,7 +299,7 @@ def _build(
                     return slow_sync(rules, args, kwargs)
                 return fn(*args, **kwargs)
         else:
-            stream = _stream_async if is_agen else _stream_sync if is_gen else None
+            stream = stream_async if is_agen else stream_sync if is_gen else None
 
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 if check_loop and (strict or evaluator.strict):
@@ -303,13 +308,20 @@ def _build(
                     rules = check(tool_id)
                     if is_agen and (rules.budgeted or (rules.guarded and evaluator.holding)):
                         return budgeted_stream(rules, args, kwargs)
-                    out = admit(rules, args, kwargs, arguments) if rules.guarded else None
+                    keep: list[Kept] | None = (
+                        [] if rules.approvals or (later and rules.conditional) else None
+                    )
+                    out = None
+                    if rules.guarded:
+                        out = admit(rules, args, kwargs, arguments, keep=keep)
                     if not rules.guarded and evaluator.wants_args:
                         passed(rules, args, kwargs, arguments)
                 except PermissionDeniedError as err:
                     fallback = handle(err)
                     return fallback if stream is None else stream(fallback)
                 result = _timed_call(evaluator, tool_id, fn, args, kwargs, is_async=False)
+                if (keep or rules.conditional) and id(type(result)) in LAZY:
+                    result = lazy(keep, rules, args, kwargs, result)
                 if out is None:
                     return result
                 try:
@@ -473,7 +485,10 @@ def d2_guard(
     Works on functions, ``async def``, methods, static and class methods and
     (async) generator functions, decided when called (an async generator tool with
     budgets or approvals is decided when iteration starts, so its store is asked
-    without blocking the event loop). Sync tools get
+    without blocking the event loop). A generator, async generator or coroutine
+    returned by a tool whose arguments decide the call (input rules, approvals)
+    is checked again when its body starts: arguments changed since the call are
+    refused by its first step. Sync tools get
     ``await tool.aio(...)``, which runs them in a worker thread.
     """
     if tool_id is not None and not isinstance(tool_id, str):

@@ -1,0 +1,493 @@
+"""The canonical form of a call's arguments: which call an approval is for.
+
+:func:`canonical_arguments` writes bound arguments as exact JSON, every value
+tagged with its type. The promise, and how each part keeps it:
+
+* Two values get one form only when they are the same type with the same state,
+  all the way down, sharing the same objects the same way (``move(a, a)`` is not
+  ``move(a, copy(a))``: an object that can change, met again, is written as a
+  reference to its first meeting; see :class:`_Walk`).
+* A type is what the interpreter says, never what a value or its class claims:
+  ``type(v)``, never ``v.__class__``; a class's layout, namespace, MRO and name
+  read through ``type``'s own descriptors, never attributes a metaclass defines;
+  tables of types keyed by ``id``, never by ``==`` or ``hash``.
+* State is read where attribute access finds it: the instance dictionary through
+  the interpreter's own descriptor, each slot through its own member descriptor,
+  a built-in base's value through the built-in's methods.
+* A class is named ``module.qualname`` only when that name leads to it; a value
+  whose state Python does not show (a class written in C, a callable) or whose
+  class has no such name has no canonical form (:class:`NoCanonicalForm`): a call
+  with it is never approved.
+
+It imports nothing of D2.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import json
+import math
+import sys
+import types
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+__all__ = ["NoCanonicalForm", "canonical_arguments"]
+
+_MAX_DEPTH = 64
+_POINTER = 8 if sys.maxsize > 2**32 else 4  # sizeof(PyObject *): Py_ssize_t's size
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement (or type())
+_MANAGED_WEAKREF = 1 << 3  # CPython 3.12+: __weakref__ kept outside the instance's memory
+_MANAGED_DICT = 1 << 4  # CPython 3.11+: __dict__ kept outside the instance's memory
+_UNSET = {"__t": "unset"}  # a slot that holds nothing (no value has this form)
+_MISSING = object()
+
+# What a class is, read through ``type``'s own descriptors: a metaclass may define
+# ``__dict__``, ``__mro__``, ``__basicsize__``... for its classes, and ``==`` and
+# ``hash`` too, so classes are never compared by ``==`` nor looked up by hash here
+# (tables below are keyed by ``id``).
+_TYPE = vars(type)
+_namespace: Callable[[type], Mapping[str, Any]] = _TYPE["__dict__"].__get__
+_base: Callable[[type], type | None] = _TYPE["__base__"].__get__
+_mro: Callable[[type], tuple[type, ...]] = _TYPE["__mro__"].__get__
+_flags: Callable[[type], int] = _TYPE["__flags__"].__get__
+_basicsize: Callable[[type], int] = _TYPE["__basicsize__"].__get__
+_itemsize: Callable[[type], int] = _TYPE["__itemsize__"].__get__
+_dictoffset: Callable[[type], int] = _TYPE["__dictoffset__"].__get__
+_module: Callable[[type], Any] = _TYPE["__module__"].__get__
+_qualname_of: Callable[[type], str] = _TYPE["__qualname__"].__get__
+_name_of: Callable[[type], str] = _TYPE["__name__"].__get__
+_module_dict: Callable[[types.ModuleType], dict[str, Any]] = vars(types.ModuleType)[
+    "__dict__"
+].__get__
+# object's own __getstate__ (3.11+): the instance dictionary, whatever the class says
+_GETSTATE: Callable[[Any], Any] | None = vars(object).get("__getstate__")
+
+# Exact stdlib value types digested by an exact text: (module, qualname) -> how.
+# Looked up by name so that digesting never imports a module the app did not.
+_ATOMS: dict[tuple[str, str], Callable[[Any], Any]] = {
+    ("datetime", "date"): lambda v: v.isoformat(),
+    ("datetime", "timedelta"): lambda v: [v.days, v.seconds, v.microseconds],
+    ("datetime", "timezone"): repr,  # offset and name
+    ("decimal", "Decimal"): str,  # exact: sign, digits, exponent, NaN payloads
+    ("fractions", "Fraction"): str,
+    ("uuid", "UUID"): str,
+    ("pathlib", "PurePosixPath"): str,
+    ("pathlib", "PureWindowsPath"): str,
+    ("pathlib", "PosixPath"): str,
+    ("pathlib", "WindowsPath"): str,
+    ("ipaddress", "IPv4Address"): str,
+    ("ipaddress", "IPv6Address"): str,  # with its scope id
+    ("ipaddress", "IPv4Network"): str,  # (networks and interfaces: with their __dict__)
+    ("ipaddress", "IPv6Network"): str,
+    ("ipaddress", "IPv4Interface"): str,
+    ("ipaddress", "IPv6Interface"): str,
+}
+
+
+class NoCanonicalForm(ValueError):
+    """An argument has no exact, stable form to digest (an approval of such a call
+    could be reused for another call, so none is given)."""
+
+
+class _Walk:
+    """One digest's memory of the objects that can change (containers, instances
+    with state) met so far, in the order met: meeting one again writes a
+    reference to the first meeting, so ``move(a, a)`` and ``move(a, copy(a))``
+    differ. The objects are kept (an id is never reused while the walk lives)."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[int, Any]] = {}
+
+    def meet(self, value: Any) -> Any:
+        """``None`` the first time ``value`` is met, else its reference."""
+        seen = self.seen.get(id(value))
+        if seen is not None:
+            return {"__t": "ref", "v": seen[0]}
+        self.seen[id(value)] = (len(self.seen), value)
+        return None
+
+
+def _qualname(cls: type) -> str:
+    return f"{_module(cls)}.{_qualname_of(cls)}"
+
+
+def _named(cls: type) -> str:
+    """``module.qualname`` of ``cls``, when that name leads to ``cls`` itself (read
+    from the module's and classes' own dictionaries, no code run). A class made by
+    a factory, inside a function, or replaced since (a reloaded module) shares its
+    name with other classes: its instances have no canonical form."""
+    module, qualname = _module(cls), _qualname_of(cls)
+    found: Any = None
+    if type(module) is str and type(qualname) is str:
+        found = sys.modules.get(module)
+        for part in qualname.split("."):
+            if isinstance(found, type):
+                found = _namespace(found).get(part)
+            elif isinstance(found, types.ModuleType):
+                found = _module_dict(found).get(part)
+            else:
+                found = None
+                break
+    if found is not cls:
+        raise NoCanonicalForm(
+            f"a value of class {_qualname(cls)} has no canonical form: that name does not "
+            "lead to its class (a class made inside a function, by a factory or type(), "
+            "or replaced since), so other classes may share it; define the class at "
+            "module level"
+        )
+    return f"{module}.{qualname}"
+
+
+def _text(value: Any, depth: int, walk: _Walk) -> str:
+    return json.dumps(_canon(value, depth, walk), sort_keys=True, separators=(",", ":"))
+
+
+def _in_order(items: Iterable[Any], depth: int) -> list[tuple[str, Any]]:
+    """``items`` with the canonical text of each (met afresh: what it holds, never
+    where else it is referenced), sorted by that text: the order in which the
+    items of a set, or the keys of a mapping, are digested."""
+    keyed = [(_text(item, depth, _Walk()), item) for item in items]
+    keyed.sort(key=lambda entry: entry[0])
+    return keyed
+
+
+def _int(value: int) -> Any:
+    return value if -(2**63) <= value < 2**63 else {"__t": "int", "v": format(value, "x")}
+
+
+def _float(value: float) -> Any:
+    if math.isfinite(value):
+        return value
+    import struct  # off the cold path: NaN and infinities only
+
+    return {"__t": "float", "v": struct.pack(">d", value).hex()}  # the sign of a NaN too
+
+
+def _dict(value: dict[Any, Any], depth: int, walk: _Walk) -> Any:
+    if all(type(k) is str for k in value):  # in key order (the order of the text)
+        return {"__t": "dict", "v": {k: _canon(value[k], depth, walk) for k in sorted(value)}}
+    pairs = _in_order(value, depth)
+    return {
+        "__t": "map",
+        "v": [[_canon(k, depth, walk), _canon(value[k], depth, walk)] for _, k in pairs],
+    }
+
+
+def _set(tag: str, value: Any, depth: int, walk: _Walk) -> Any:
+    return {"__t": tag, "v": [_canon(x, depth, walk) for _, x in _in_order(value, depth)]}
+
+
+def _defaultdict(value: Any, depth: int, walk: _Walk) -> Any:
+    factory = value.default_factory
+    if factory is not None and id(factory) not in _EXACT:  # a function: its behaviour is code
+        raise NoCanonicalForm("a defaultdict whose default_factory is not a built-in type")
+    name = None if factory is None else _name_of(factory)
+    return {"__t": "defaultdict", "f": name, "v": _dict(dict.copy(value), depth, walk)}
+
+
+def _zone(value: Any) -> Any:
+    if not isinstance(value.key, str):  # ZoneInfo.from_file(): no name to tell it by
+        raise NoCanonicalForm("a ZoneInfo made from a file has no canonical form")
+    return {"__t": "zoneinfo.ZoneInfo", "v": value.key}
+
+
+def _clock(value: Any, depth: int, walk: _Walk) -> Any:
+    """A datetime or time: its fields, ``fold`` and its time zone (``None``, a
+    ``datetime.timezone`` or a ``ZoneInfo``; any other is refused)."""
+    zone = value.tzinfo
+    return {
+        "__t": _qualname(type(value)),
+        "v": value.replace(tzinfo=None).isoformat(),
+        "f": value.fold,
+        "z": None if zone is None else _canon(zone, depth, walk),
+    }
+
+
+def _stdlib(cls: type, module: str, *names: str) -> bool:
+    """Whether ``cls`` is exactly the class ``module.name`` (one of ``names``)."""
+    qualname = _qualname_of(cls)
+    return (
+        _module(cls) == module
+        and qualname in names
+        and (getattr(sys.modules.get(module), qualname, None) is cls)
+    )
+
+
+def _atom(value: Any, cls: type, how: Callable[[Any], Any], depth: int, walk: _Walk) -> Any:
+    """A standard-library value: its exact text, and its ``__dict__`` when its class
+    has one (an ``ipaddress`` network or interface: attributes an app set, and the
+    cached properties, are part of the call)."""
+    if not _dictoffset(cls):
+        return {"__t": _qualname(cls), "v": how(value)}
+    seen = walk.meet(value)
+    if seen is not None:
+        return seen
+    state = _dict(_instance_dict(value, cls), depth, walk)
+    return {"__t": _qualname(cls), "v": how(value), "s": state}
+
+
+def _enum(value: enum.Enum, cls: type, depth: int, walk: _Walk) -> Any:
+    """An enum member: its class and name (members are singletons). Only a member
+    its class lists is one: an object whose class merely says it is an enum (a
+    crafted ``__mro__``) has no canonical form."""
+    state = _instance_dict(value, cls) if _dictoffset(cls) else {}
+    name, raw = state.get("_name_"), state.get("_value_", _MISSING)
+    space = _namespace(cls)
+    by_name, by_value = space.get("_member_map_"), space.get("_value2member_map_")
+    member = type(by_name) is dict and type(name) is str and by_name.get(name) is value
+    if not member and type(by_value) is dict:
+        try:
+            member = by_value.get(raw) is value
+        except TypeError:  # an unhashable value: not in that map
+            member = False
+    if not member:
+        raise NoCanonicalForm(f"a {_qualname(cls)} value is not a member of its enum")
+    try:
+        inner = _canon(raw, depth, walk)
+    except NoCanonicalForm:  # members are singletons: the name tells them apart
+        inner = None
+    return {"__t": f"enum:{_named(cls)}", "n": name, "v": inner}
+
+
+_EXACT: dict[int, Callable[[Any, int, _Walk], Any]] = {
+    id(type(None)): lambda v, d, w: None,
+    id(str): lambda v, d, w: v,
+    id(bool): lambda v, d, w: v,
+    id(int): lambda v, d, w: _int(v),
+    id(float): lambda v, d, w: _float(v),
+    id(complex): lambda v, d, w: {"__t": "complex", "v": [_float(v.real), _float(v.imag)]},
+    id(list): lambda v, d, w: [_canon(x, d, w) for x in v],
+    id(tuple): lambda v, d, w: {"__t": "tuple", "v": [_canon(x, d, w) for x in v]},
+    id(dict): _dict,
+    id(set): lambda v, d, w: _set("set", v, d, w),
+    id(frozenset): lambda v, d, w: _set("frozenset", v, d, w),
+    id(bytes): lambda v, d, w: {"__t": "bytes", "v": v.hex()},
+    id(bytearray): lambda v, d, w: {"__t": "bytearray", "v": bytes(v).hex()},
+    id(collections.OrderedDict): lambda v, d, w: {
+        "__t": "odict",
+        "v": [[_canon(k, d, w), _canon(x, d, w)] for k, x in v.items()],
+    },
+    id(collections.defaultdict): _defaultdict,
+}
+# exact types whose values can change: a second meeting is a reference (see _Walk)
+_CHANGING = frozenset(
+    id(t) for t in (list, dict, set, bytearray, collections.OrderedDict, collections.defaultdict)
+)
+
+# Built-in types an app's class may extend: digested as their built-in value (read
+# through the built-in's own methods, never an override) plus the instance's state.
+_BUILTIN_VALUE: dict[int, Callable[[Any], Any]] = {
+    id(str): str.__str__,
+    id(int): int.__int__,
+    id(float): float.__float__,
+    id(complex): lambda v: complex(complex.real.__get__(v), complex.imag.__get__(v)),
+    id(list): list.copy,
+    id(tuple): lambda v: tuple(tuple.__iter__(v)),
+    id(dict): dict.copy,
+    id(set): set.copy,
+    id(frozenset): frozenset.copy,
+    id(bytes): lambda v: bytes(memoryview(v)),
+    id(bytearray): lambda v: bytearray(memoryview(v)),
+}
+
+
+def _declared_slots(cls: type) -> list[str]:
+    """The slot names ``cls`` itself declares, as stored (private names mangled),
+    without ``__dict__`` and ``__weakref__``."""
+    slots = _namespace(cls).get("__slots__", ())
+    names = [slots] if isinstance(slots, str) else list(slots)
+    owner = _name_of(cls).lstrip("_")
+    return [
+        f"_{owner}{name}" if name.startswith("__") and not name.endswith("__") and owner else name
+        for name in names
+        if name not in ("__dict__", "__weakref__")
+    ]
+
+
+def _layout_is_python(cls: type) -> bool:
+    """Whether ``cls`` adds nothing to its base's instance memory but what Python
+    declares and D2 can read: slots, a ``__dict__``, a ``__weakref__``. A class
+    written in C (a file, a lock, a socket, ``io.StringIO``) keeps state no
+    attribute shows, and fails."""
+    base = _base(cls)
+    flags = _flags(cls)
+    if base is None or not flags & _HEAP_TYPE or _itemsize(cls) != _itemsize(base):
+        return False
+    own = _namespace(cls)
+    slots = _declared_slots(cls)
+    members = []
+    for key, held in own.items():
+        if type(held) is types.MemberDescriptorType:
+            if held.__name__ != key or held.__objclass__ is not cls:  # moved or copied
+                return False
+            members.append(key)
+    if sorted(members) != sorted(slots):
+        return False
+    size = _basicsize(base) + _POINTER * len(slots)
+    if "__dict__" in own and not flags & _MANAGED_DICT:
+        size += _POINTER
+    if "__weakref__" in own and not flags & _MANAGED_WEAKREF:
+        size += _POINTER
+    return bool(_basicsize(cls) == size)
+
+
+def _instance_dict(value: Any, cls: type) -> dict[Any, Any]:
+    """The instance dictionary of ``value`` (its class has one), where attribute
+    access reads it: through the interpreter's own ``__dict__`` descriptor, never
+    ``value.__dict__``, which a class attribute named ``__dict__`` (a property)
+    answers instead. When that attribute hides the descriptor, ``object``'s own
+    ``__getstate__`` (Python 3.11+) reads the dictionary; without it, the value has
+    no canonical form."""
+    for klass in _mro(cls):
+        held = _namespace(klass).get("__dict__")
+        if type(held) is types.GetSetDescriptorType:
+            try:
+                found = held.__get__(value, cls)
+            except TypeError:  # another type's descriptor, copied in: not this one
+                continue
+            if type(found) is dict:
+                return found
+            break
+    if _GETSTATE is not None:
+        try:
+            state = _GETSTATE(value)
+        except Exception:
+            state = _MISSING
+        if type(state) is tuple and len(state) == 2:  # (dict or None, slots)
+            state = state[0]
+        if state is None:  # an empty dictionary
+            return {}
+        if type(state) is dict:
+            return state
+    raise NoCanonicalForm(
+        f"a {_qualname(cls)} value has no canonical form: a class attribute named "
+        "__dict__ hides where its attributes are kept"
+    )
+
+
+def _state(value: Any, chain: list[type], depth: int, walk: _Walk, hide: str = "") -> Any:
+    """Everything an instance holds: its ``__dict__`` and every slot of the classes
+    of ``chain`` (an unset slot as such). ``hide``: a ``__dict__`` key left out."""
+    state: dict[str, Any] = {}
+    cls = type(value)
+    if _dictoffset(cls):
+        found = _instance_dict(value, cls)
+        seen = walk.meet(found)  # the dict itself may be passed too: vars(a)
+        if seen is not None:
+            state["__dict__"] = seen
+        else:
+            if hide:
+                found = {k: v for k, v in found.items() if k != hide}
+            state["__dict__"] = _dict(found, depth, walk)
+    for i, klass in enumerate(chain):
+        space = _namespace(klass)
+        for name in _declared_slots(klass):
+            try:
+                held = space[name].__get__(value, cls)
+            except AttributeError:
+                state[f"{i}:{name}"] = _UNSET
+                continue
+            state[f"{i}:{name}"] = _canon(held, depth, walk)
+    return state
+
+
+def _secret_base() -> type | None:
+    """pydantic's secret base class, when pydantic is loaded (else no value is one)."""
+    found = getattr(sys.modules.get("pydantic.types"), "_SecretBase", None)
+    return found if isinstance(found, type) else None
+
+
+def _instance(value: Any, cls: type, depth: int, walk: _Walk) -> Any:
+    """An instance of an app's class: its type and its whole state. Accepted only
+    when every class between it and ``object`` (or the built-in type it extends)
+    keeps its state where Python shows it, and the class is the one its name
+    leads to."""
+    chain: list[type] = []
+    base: type = cls
+    while base is not object and id(base) not in _BUILTIN_VALUE:
+        if not _layout_is_python(base):
+            raise NoCanonicalForm(
+                f"a {_qualname(cls)} value has no canonical form (its class "
+                f"{_qualname(base)} keeps state Python does not show)"
+            )
+        chain.append(base)
+        base = _base(base) or object  # (never None past the layout check)
+    if base is object and callable(value):
+        raise NoCanonicalForm(f"a {_qualname(cls)} value is callable: its behaviour is code")
+    name = _named(cls)
+    changing = (
+        bool(_dictoffset(cls))
+        or id(base) in _CHANGING
+        or any(_declared_slots(klass) for klass in chain)
+    )
+    if changing:
+        seen = walk.meet(value)
+        if seen is not None:
+            return seen
+    secret = _secret_base()
+    if secret is not None and issubclass(cls, secret):  # digested, never in the text
+        import hashlib  # off the cold path: loaded on first use
+
+        hidden = _instance_dict(value, cls).get("_secret_value", _MISSING)
+        if hidden is _MISSING:
+            raise NoCanonicalForm(f"a {name} value holds no secret value")
+        digest = hashlib.sha256(_text(hidden, depth, walk).encode()).hexdigest()
+        return {
+            "__t": f"secret:{name}",
+            "h": digest,
+            "v": _state(value, chain, depth, walk, hide="_secret_value"),
+        }
+    state = _state(value, chain, depth, walk)
+    if base is object:
+        return {"__t": f"object:{name}", "v": state}
+    inner = _canon(_BUILTIN_VALUE[id(base)](value), depth, walk)
+    return {"__t": f"{_name_of(base)}:{name}", "v": inner, "s": state}
+
+
+def _canon(value: Any, depth: int, walk: _Walk) -> Any:
+    """An exact, typed stand-in for ``value`` (JSON values; other types tagged
+    with ``__t``) or :class:`NoCanonicalForm`. Two values get the same stand-in
+    only when they are the same type with the same content, all the way down,
+    sharing the same objects the same way."""
+    if depth > _MAX_DEPTH:
+        raise NoCanonicalForm("nested too deeply")
+    depth += 1
+    cls = type(value)
+    key = id(cls)
+    exact = _EXACT.get(key)
+    if exact is not None:
+        if key in _CHANGING:
+            seen = walk.meet(value)
+            if seen is not None:
+                return seen
+        return exact(value, depth, walk)
+    module, qualname = _module(cls), _qualname_of(cls)
+    if type(module) is str and type(qualname) is str:
+        how = _ATOMS.get((module, qualname))
+        if how is not None and _stdlib(cls, module, qualname):
+            return _atom(value, cls, how, depth, walk)
+    if _stdlib(cls, "datetime", "datetime", "time"):
+        return _clock(value, depth, walk)
+    if _stdlib(cls, "zoneinfo", "ZoneInfo"):
+        return _zone(value)
+    if issubclass(cls, enum.Enum):  # the real class: a __class__ property cannot pose
+        return _enum(value, cls, depth, walk)
+    return _instance(value, cls, depth, walk)
+
+
+def canonical_arguments(arguments: Any) -> str:
+    """Exact canonical JSON of bound arguments (sorted keys, ASCII, types tagged,
+    an object met again as a reference to its first meeting), as digested by
+    :func:`call_digest`. Raises :class:`NoCanonicalForm` for a value whose state
+    cannot be read exactly (a file, a lock, a socket, a function, an instance of a
+    class written in C, of a class its name does not lead to...)."""
+    try:
+        return _text(arguments, 0, _Walk())
+    except NoCanonicalForm:
+        raise
+    except Exception as exc:  # anything unexpected: no approval can be tied to it
+        raise NoCanonicalForm(f"{type(exc).__name__}: {exc}") from None
