@@ -924,8 +924,8 @@ def sequence_policies(draw: st.DrawFn) -> dict[str, Any]:
 def test_the_saved_history_decides_every_next_call_as_the_whole_history_does(
     doc: dict[str, Any], history: list[str]
 ) -> None:
+    from d2.core._guardrails import layers as _layers
     from d2.core.context import RequestScope, UserContext
-    from d2.core.evaluate import _layers
     from d2.core.policy import compile_policy
 
     policy = compile_policy(doc)

@@ -104,6 +104,11 @@ def test_the_layers_point_down() -> None:
             "d2.core.stores.base",
         }, store
     assert "d2.core.approvals" not in graph["d2.core.evaluate"]
+    # the decision's steps and refusals sit below the evaluator that runs them
+    assert graph["d2.core._trace"] <= {"d2.core.errors", "d2.core.context", "d2.core.policy.model"}
+    for below in ("d2.core._guardrails", "d2.core._refusals"):
+        assert "d2.core.evaluate" not in graph[below], below
+        assert "d2.core._trace" in graph[below], below
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

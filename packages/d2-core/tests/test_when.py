@@ -21,7 +21,7 @@ from d2.core import (
     d2_guard,
     set_user,
 )
-from d2.core.evaluate import _when_holds
+from d2.core._guardrails import when_holds as _when_holds
 from d2.core.policy import compile_policy
 from d2.core.policy.constraints import OPERATORS
 from d2.core.policy.model import Approval

@@ -56,7 +56,29 @@ from collections.abc import Callable, Generator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
-from ._functions import UNBOUND, Arguments, bound_arguments
+from ._functions import Arguments, bound_arguments
+from ._guardrails import (
+    Denial,
+    Picked,
+    audit_error,
+    guardrail_error,
+    input_step,
+    layers,
+    needs_approval,
+    record_call,
+    when_holds,
+)
+from ._refusals import (
+    approval_error,
+    budget_error,
+    changed_error,
+    log_store_problem,
+    too_large_error,
+    unapprovable_error,
+    unavailable_error,
+    unscoped_error,
+)
+from ._trace import TraceStep, base_trace, rbac_step, roles_text
 from .approval_data import (
     ApprovalRequest,
     NoCanonicalForm,
@@ -64,21 +86,17 @@ from .approval_data import (
     json_arguments,
     new_request_id,
 )
-from .context import RequestScope, UserContext, current_context
+from .context import UserContext, current_context
 from .errors import (
-    ApprovalRequiredError,
     BundleExpiredError,
     D2NoContextError,
     MissingPolicyError,
     PermissionDeniedError,
 )
 from .policy._text import short
-from .policy.constraints import MISSING
 from .policy.model import Approval, CompiledPolicy, Grant, Limit, ToolRules
 from .policy.output import OutputRules, OutputViolation
-from .policy.when import certainly_fails
 from .resume import (
-    MAX_CALLS,
     Lineage,
     SnapshotTooLarge,
     lineage,
@@ -99,17 +117,6 @@ __all__ = ["Decision", "Evaluator", "TraceStep", "evaluator_for"]
 _now = time.time
 
 
-class TraceStep(NamedTuple):
-    """One step of a decision: ``step`` (``policy``, ``user``, ``rbac``, ...),
-    ``outcome`` (``pass`` or ``deny``), a human ``detail`` and, when a rule of the
-    policy decided, its ``path`` in the document."""
-
-    step: str
-    outcome: str
-    detail: str
-    path: str | None = None
-
-
 class Decision(NamedTuple):
     """What :func:`~d2.core.explain` found: ``allowed``, the denial ``reason``
     (``None`` when allowed), the ``trace`` of steps, the ``grant_path`` of the entry
@@ -128,63 +135,6 @@ class Decision(NamedTuple):
 Observer = Callable[[str, UserContext, "str | None", str], None]
 _spend_lock = threading.Lock()  # per-request budgets of tools that have them, only
 _store_lock = threading.Lock()  # making an instance's in-process store (once)
-
-
-class _Track:
-    """What one policy has read of a request's history: sequence progress per
-    tracked rule, the data-flow labels the calls carry under this policy (so a
-    policy swapped in mid-request still sees the calls made before), and how many
-    history entries it has read. Replaced, never mutated: threads racing to catch
-    up each compute the same value from the same input, so no lock is needed."""
-
-    __slots__ = ("labels", "progress", "read")
-
-    def __init__(self, progress: tuple[int, ...], labels: dict[str, str], read: int) -> None:
-        self.progress = progress
-        self.labels = labels
-        self.read = read
-
-
-def _track(scope: RequestScope, policy: CompiledPolicy) -> _Track:
-    """``policy``'s view of this request's history, caught up incrementally: each
-    recorded call is read once per policy, O(rules mentioning it)."""
-    track: _Track | None = scope.progress.get(policy)
-    history = scope.history
-    end = len(history)
-    if track is not None and track.read >= end:
-        return track
-    if track is None:
-        progress: tuple[int, ...] = (0,) * len(policy.tracked)
-        labels: dict[str, str] = {}
-        read = 0
-    else:
-        progress, labels, read = track.progress, track.labels, track.read
-    new_progress: list[int] | None = None  # copied only when something moves
-    new_labels: dict[str, str] | None = None
-    for tool_id in history[read:end]:
-        rules = policy.rules_for(tool_id)
-        for slot, hits, last in rules.advance:
-            done = (new_progress or progress)[slot]
-            if done < last and done in hits:
-                if new_progress is None:
-                    new_progress = list(progress)
-                new_progress[slot] = done + 1
-        if rules.labels:
-            if new_labels is None:
-                new_labels = dict(labels)
-            for label in rules.labels:
-                new_labels.setdefault(label, tool_id)
-    track = _Track(
-        tuple(new_progress) if new_progress is not None else progress,
-        new_labels if new_labels is not None else labels,
-        end,
-    )
-    scope.progress[policy] = track
-    return track
-
-
-def _roles_text(roles: frozenset[str]) -> str:
-    return ", ".join(sorted(roles)) or "none"
 
 
 class Evaluator:
@@ -465,7 +415,7 @@ class Evaluator:
                 "this request before calling guarded tools",
                 (loaded, TraceStep("user", "deny", detail)),
             )
-        who = TraceStep("user", "pass", f"{user!r} with roles [{_roles_text(roles)}]")
+        who = TraceStep("user", "pass", f"{user!r} with roles [{roles_text(roles)}]")
         rules = policy.rules_for(tool_id, remember=False)
         if reason == "unknown_tool":
             detail = f"no entry of the policy names {tool_id!r} (or a wildcard matching it)"
@@ -482,7 +432,7 @@ class Evaluator:
                 "(an explicit deny overrides every grant)",
                 (loaded, who, TraceStep("rbac", "deny", detail, deny.path)),
             )
-        detail = f"no role of the user ([{_roles_text(roles)}]) is granted {tool_id!r}"
+        detail = f"no role of the user ([{roles_text(roles)}]) is granted {tool_id!r}"
         granted = sorted(rules.allow_roles)
         hint = f" (roles that may: {', '.join(granted[:10])})" if granted else ""
         return (
@@ -646,13 +596,13 @@ class Evaluator:
             # grant), approval.when and the call's digest. What the store answers is
             # judged against that reading, and the live arguments are checked
             # against it once more at the end (_verify).
-            adm.picked = _input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
+            adm.picked = input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
             chosen, denial, _ = adm.picked
             if denial is None and rules.approvals:
                 grant = chosen or rules.allow_grants(ctx.roles)[0]
                 if grant.approval is not None:
                     hold = adm.hold = _Hold(grant.approval)
-                    if _needs(grant.approval, adm.call, approval_holds):
+                    if needs_approval(grant.approval, adm.call, approval_holds):
                         hold.needs = grant.approval
                         if not rules.policy.audit:
                             self._digest(adm, hold)
@@ -669,7 +619,7 @@ class Evaluator:
             # step 7 in a request that feeds held requests: they learn of it first
             line = tethered(ctx.scope) if self.holding else None
             if line is not None and not (yield from self._feed(adm, line, True)):
-                self._stop(adm, _unavailable_error(adm, adm.problem))
+                self._stop(adm, unavailable_error(adm, adm.problem))
             self._verify(adm, inputs, approval_holds)
             return self._admitted(adm, keep)
         except GeneratorExit:
@@ -682,12 +632,12 @@ class Evaluator:
         rules, ctx = adm.rules, adm.ctx
         args, kwargs, arguments = adm.call
         if adm.picked is None:
-            adm.picked = _input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
-        output, denial, grant, audited = _layers(
+            adm.picked = input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
+        output, denial, grant, audited = layers(
             rules, ctx, args, kwargs, arguments, None, inputs, adm.picked
         )
         if denial is not None:
-            err = _guardrail_error(rules, ctx, denial, args, kwargs, arguments, adm.picked)
+            err = guardrail_error(rules, ctx, denial, args, kwargs, arguments, adm.picked)
             if not rules.policy.audit:
                 raise self._refuse(err, ctx, adm.started, adm.call, adm.consulted())
             adm.would = err
@@ -718,18 +668,18 @@ class Evaluator:
             except NoCanonicalForm:
                 again = None
             if again != hold.digest:
-                self._stop(adm, _changed_error(adm, hold.judged.path, later))
+                self._stop(adm, changed_error(adm, hold.judged.path, later))
             return
         if not rules.conditional and not rules.approvals:
             return  # nothing the arguments decide
-        picked = _input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
+        picked = input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
         assert adm.picked is not None
         changed = picked[0] is not adm.picked[0] or picked[1] is not None
         grant = picked[0] or rules.allow_grants(ctx.roles)[0]
         if not changed and grant.approval is not None:
-            changed = _needs(grant.approval, adm.call, holds)  # needed now, not before
+            changed = needs_approval(grant.approval, adm.call, holds)  # needed now, not before
         if changed:
-            self._stop(adm, _changed_error(adm, grant.path, later))
+            self._stop(adm, changed_error(adm, grant.path, later))
 
     def judged(
         self,
@@ -744,7 +694,7 @@ class Evaluator:
         if rules.policy.audit:
             return None
         ctx = current_context()
-        return (ctx, _input_step(rules, ctx.roles, args, kwargs, arguments))
+        return (ctx, input_step(rules, ctx.roles, args, kwargs, arguments))
 
     def recheck(
         self,
@@ -807,12 +757,12 @@ class Evaluator:
         adm.namespace = namespace
         found = yield ("find_approval", namespace, hold.digest, _now())
         if isinstance(found, _Failed):
-            self._stop(adm, _unavailable_error(adm, found.exc))
+            self._stop(adm, unavailable_error(adm, found.exc))
             return None
         if found is None:
             return None
         if not isinstance(found, ApprovalState) or found.request.user_id != ctx.user_id:
-            self._stop(adm, _unavailable_error(adm, TypeError(f"find_approval() -> {found!r}")))
+            self._stop(adm, unavailable_error(adm, TypeError(f"find_approval() -> {found!r}")))
             return None
         hold.found = found
         own = lineage(ctx.scope).token
@@ -825,7 +775,7 @@ class Evaluator:
                 f"the saved state of approval request {found.request.id[:12]} cannot be "
                 f"restored ({type(exc).__name__}: {exc})"
             )
-            self._stop(adm, _unavailable_error(adm, broken))
+            self._stop(adm, unavailable_error(adm, broken))
         return None
 
     def _budgets(self, adm: _Admission, grant: Grant | None, holds: bool | None) -> None:
@@ -840,7 +790,7 @@ class Evaluator:
         spent = ctx.scope.spent
         for limit in grant.request_limits:  # 6b first: a used-up budget wins
             if spent.get(limit.key, 0) >= limit.max:
-                self._stop(adm, _budget_error(rules, ctx, limit, None))
+                self._stop(adm, budget_error(rules, ctx, limit, None))
                 return
         if grant.user_limits:
             adm.counters = _counters(policy, grant.user_limits, ctx.user_id or "", _now())
@@ -851,17 +801,18 @@ class Evaluator:
             if hold is None or hold.judged is not approval:
                 # _admission reads every grant with an approval before the store is
                 # asked; another grant chosen now means the arguments changed
-                self._stop(adm, _changed_error(adm, approval.path))
+                self._stop(adm, changed_error(adm, approval.path))
                 return
             if hold.needs is approval:
                 if policy.audit:  # never ask a person on behalf of an audited policy
-                    self._stop(adm, _approval_error(rules, ctx, None, approval.path, None))
+                    self._stop(adm, approval_error(rules, ctx, None, approval.path, None))
                     return
                 if hold.unapprovable is not None:
-                    self._stop(adm, _unapprovable(rules, ctx, approval.path, hold.unapprovable))
+                    err = unapprovable_error(rules, ctx, approval.path, hold.unapprovable)
+                    self._stop(adm, err)
                     return
                 if hold.digest is None or hold.request is None:  # never take without it
-                    self._stop(adm, _changed_error(adm, approval.path))
+                    self._stop(adm, changed_error(adm, approval.path))
                     return
                 found = hold.found
                 hold.key = ApprovalKey(hold.digest, found.request.id if found is not None else "")
@@ -869,7 +820,7 @@ class Evaluator:
         if adm.store_needed and adm.namespace is None:
             adm.namespace = self.namespace(policy)
             if adm.namespace is None:
-                self._stop(adm, _unscoped_error(adm, self.store_for_use()))
+                self._stop(adm, unscoped_error(adm, self.store_for_use()))
                 return
         if grant.request_limits:  # reserved last: nothing above can leak a reservation
             full = None
@@ -882,7 +833,7 @@ class Evaluator:
                     for limit in grant.request_limits:
                         spent[limit.key] = spent.get(limit.key, 0) + 1
             if full is not None:  # another thread of this request took the last one
-                self._stop(adm, _budget_error(rules, ctx, full, None))
+                self._stop(adm, budget_error(rules, ctx, full, None))
                 return
             adm.reserved = grant.request_limits
 
@@ -925,7 +876,7 @@ class Evaluator:
         try:
             text = snapshot(scope, ctx.user_id or "", policy=adm.rules.policy)
         except SnapshotTooLarge as exc:
-            self._stop(adm, _too_large_error(adm, exc))
+            self._stop(adm, too_large_error(adm, exc))
             return None
         found = hold.found
         replaces = [
@@ -970,7 +921,7 @@ class Evaluator:
         try:
             text = snapshot(ctx.scope, ctx.user_id or "", tool, labels, policy)
         except SnapshotTooLarge as exc:
-            self._stop(adm, _too_large_error(adm, exc))
+            self._stop(adm, too_large_error(adm, exc))
             return False
         for namespace, keys in groups.items():
             saved = yield ("save_snapshot", namespace, keys, line.token, text, now)
@@ -1010,18 +961,18 @@ class Evaluator:
         if result == TAKEN:
             return
         if result == _UNAVAILABLE:
-            _log_store_problem(adm.problem)
-            err = _unavailable_error(adm, adm.problem)
+            log_store_problem(adm.problem)
+            err = unavailable_error(adm, adm.problem)
         elif result >= 0:
             assert adm.grant is not None
             counter = adm.counters[result]
             limit = adm.grant.user_limits[result]
-            err = _budget_error(rules, ctx, limit, max(counter.expires_at - now, 0.0))
+            err = budget_error(rules, ctx, limit, max(counter.expires_at - now, 0.0))
         else:  # approval missing
             assert adm.grant is not None and adm.grant.approval is not None
             hold = adm.hold
             state = hold.state if hold is not None else None
-            err = _approval_error(
+            err = approval_error(
                 rules,
                 ctx,
                 state.request if state is not None else hold.request if hold else None,
@@ -1046,12 +997,12 @@ class Evaluator:
         started = perf_counter() if self.log is not None else 0.0
         picked = None
         if keep is not None and rules.conditional and not rules.policy.audit:
-            picked = _input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
-        output, denial, grant, audited = _layers(
+            picked = input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
+        output, denial, grant, audited = layers(
             rules, ctx, args, kwargs, arguments, None, inputs, picked
         )
         if denial is not None:
-            err = _guardrail_error(rules, ctx, denial, args, kwargs, arguments)
+            err = guardrail_error(rules, ctx, denial, args, kwargs, arguments)
             if not rules.policy.audit:
                 raise self._refuse(err, ctx, started, (args, kwargs, arguments))
             if self.observer is not None:  # audit mode: it runs, unrecorded
@@ -1061,13 +1012,13 @@ class Evaluator:
                 )  # fmt: skip
             return None
         if self.observer is not None:
-            would = _audit_error(rules, ctx, audited) if audited is not None else None
+            would = audit_error(rules, ctx, audited) if audited is not None else None
             self.observer(
                 rules.tool_id, ctx, would.reason if would else None,
                 "would_deny" if would else "allowed", rules, started, would, grant,
                 (args, kwargs, arguments),
             )  # fmt: skip
-        _record(rules, ctx.scope)
+        record_call(rules, ctx.scope)
         if picked is not None and keep is not None:
             keep.append((ctx, picked))  # the lean form: an _Admission when rechecked
         return output
@@ -1086,7 +1037,7 @@ class Evaluator:
             return None
         if self.observer is not None:
             if adm.audited is not None:
-                err = _audit_error(rules, ctx, adm.audited)
+                err = audit_error(rules, ctx, adm.audited)
                 self.observer(
                     rules.tool_id, ctx, err.reason, "would_deny", rules, adm.started, err,
                     adm.grant, adm.call, adm.hold.used if adm.hold else None,
@@ -1096,7 +1047,7 @@ class Evaluator:
                     rules.tool_id, ctx, None, "allowed", rules, adm.started, None,
                     adm.grant, adm.call, adm.hold.used if adm.hold else None,
                 )  # fmt: skip
-        _record(rules, ctx.scope)
+        record_call(rules, ctx.scope)
         if keep is not None and (rules.conditional or rules.approvals) and not rules.policy.audit:
             keep.append(adm)
         return adm.output
@@ -1118,7 +1069,7 @@ class Evaluator:
                 user_id=ctx.user_id,
                 roles=ctx.roles,
                 reason=exc.reason,
-                trace=(*_base_trace(rules.policy, ctx), _rbac_step(rules, ctx), step),
+                trace=(*base_trace(rules.policy, ctx), rbac_step(rules, ctx), step),
             )
             if audit:
                 if self.observer is not None:
@@ -1143,11 +1094,11 @@ class Evaluator:
         arguments = self.guarded_tools.get(tool_id)
         if arguments is not None and arguments.method:
             args = (None, *args)  # the guard sees self/cls first; explain() is given none
-        trace = [*_base_trace(policy, ctx), _rbac_step(rules, ctx)]
+        trace = [*base_trace(policy, ctx), rbac_step(rules, ctx)]
         allowed = rules.allow_grants(ctx.roles)
-        output, denial, chosen, _ = _layers(rules, ctx, args, kwargs, arguments, trace)
+        output, denial, chosen, _ = layers(rules, ctx, args, kwargs, arguments, trace)
         if denial is not None:
-            err = _guardrail_error(rules, ctx, denial, args, kwargs, arguments)
+            err = guardrail_error(rules, ctx, denial, args, kwargs, arguments)
             return Decision(False, err.reason, err.trace, None, err)
         chosen = chosen or allowed[0]
         for limit in chosen.limits:
@@ -1156,14 +1107,14 @@ class Evaluator:
                 detail = f"limited to {limit.describe()}: {used} used in this request"
                 if used >= limit.max and not policy.audit:
                     trace.append(TraceStep("budget", "deny", detail, limit.path))
-                    err = _budget_error(rules, ctx, limit, None)
+                    err = budget_error(rules, ctx, limit, None)
                     return Decision(False, err.reason, tuple(trace), None, err)
             else:
                 detail = f"limited to {limit.describe()} (explain does not ask the store)"
             trace.append(TraceStep("budget", "pass", detail, limit.path))
         if chosen.approval is not None:
             approval = chosen.approval
-            needed = not approval.input or _when_holds(approval, args, kwargs, arguments)
+            needed = not approval.input or when_holds(approval, args, kwargs, arguments)
             detail = (
                 f"needs an approval by [{', '.join(approval.approvers)}] unless one was given"
                 if needed
@@ -1192,344 +1143,6 @@ class Evaluator:
         return tuple(sorted(t for t in candidates if self.decide(t, ctx) is None))
 
 
-def _record(rules: ToolRules, scope: RequestScope) -> None:
-    """Step 7: the call joins the request's history and its labels the facts.
-    History is kept while the policy has sequence or data-flow rules (a request
-    that never meets one keeps no history, however long it runs)."""
-    if rules.policy.sequences or rules.policy.flow_labels:
-        scope.history.append(rules.tool_id)
-    if rules.labels:
-        for label in rules.labels:
-            scope.facts.setdefault(label, rules.tool_id)
-
-
-def _needs(approval: Approval, call: tuple[Any, ...], holds: bool | None) -> bool:
-    """Whether a call ``(args, kwargs, arguments)`` needs ``approval``: always
-    without ``when``; else as ``when`` reads (``holds`` answers for it in a replay
-    of calls whose arguments were not recorded)."""
-    if not approval.input:
-        return True
-    if holds is not None:
-        return holds
-    args, kwargs, arguments = call
-    return _when_holds(approval, args, kwargs, arguments)
-
-
-def _when_holds(
-    approval: Approval, args: tuple[Any, ...], kwargs: dict[str, Any], arguments: Arguments | None
-) -> bool:
-    """``approval.when``, read fail-safe: it does not hold only when some argument
-    certainly fails its rule (see :mod:`d2.core.policy.when`). A value the operator
-    cannot judge exactly (NaN, a list where a scalar is compared, ``"500"`` for
-    ``gt: 100``, an unbindable argument) asks a person: skipping the approval must
-    never be the way around it."""
-    if _check_input(approval, args, kwargs, arguments) is None:
-        return True
-    for name, constraint in approval.input:
-        if arguments is not None:
-            if not arguments.takes(name):
-                return True  # a rule on an argument the tool does not take: a typo
-            value = arguments.value(name, args, kwargs, MISSING)
-        else:
-            value = kwargs.get(name, MISSING)
-        if value is UNBOUND:
-            return True
-        if certainly_fails(constraint, value):
-            return False
-    return True
-
-
-def _rbac_step(rules: ToolRules, ctx: UserContext) -> TraceStep:
-    grant = rules.allow_grants(ctx.roles)[0]
-    roles = ", ".join(sorted(ctx.roles & rules.allow_roles))
-    return TraceStep("rbac", "pass", f"granted by {grant.pattern!r} to role(s) {roles}", grant.path)
-
-
-def _base_trace(policy: CompiledPolicy, ctx: UserContext) -> tuple[TraceStep, ...]:
-    return (
-        TraceStep("policy", "pass", f"{policy.source} ({policy.digest[:12]})"),
-        TraceStep("user", "pass", f"{ctx.user_id!r} with roles [{_roles_text(ctx.roles)}]"),
-    )
-
-
-# A guardrail denial before it becomes an error: (reason, detail, path).
-_Denial = tuple[str, str, "str | None"]
-
-
-def _plan(grant: Grant | Approval, arguments: Arguments | None) -> tuple[Any, ...]:
-    """How to read and check each argument of ``grant.input`` for one function:
-    ``(position, name, default, ok)``; position -2 means "ask ``arguments``", -3
-    and -4 that the rule can never be read (a typo; a forwarding wrapper)."""
-    plan = []
-    for name, constraint in grant.input:
-        pos = arguments.position(name) if arguments is not None else -1
-        default = arguments.defaults.get(name, MISSING) if arguments is not None else MISSING
-        if arguments is not None and arguments.forwarding and not arguments.declares(name):
-            pos = -4  # passed on by a forwarding wrapper: where it lands is unknown
-        elif arguments is not None and not arguments.takes(name):
-            pos = -3  # a rule on an argument the tool does not take: a typo, fail closed
-        plan.append((-2 if pos is None else pos, name, default, constraint.ok))
-    return tuple(plan)
-
-
-def _unreadable(grant: Grant | Approval, name: str, pos: int) -> _Denial:
-    """The denial for a rule the plan found it can never read (see :func:`_plan`)."""
-    if pos == -3:
-        detail = (
-            f"the policy constrains argument {name!r}, which this tool does not take: "
-            "fix the argument name in the policy"
-        )
-    else:
-        detail = (
-            f"argument {name!r} cannot be bound: the guarded callable is a forwarding "
-            "wrapper (it has __wrapped__ and takes *args/**kwargs: a functools.wraps "
-            "function, a class-based decorator or a proxy such as wrapt's), which may "
-            "reorder or inject arguments before the wrapped function sees them. Put "
-            "@d2_guard directly on the function (innermost decorator), or give the "
-            "wrapper an honest __signature__"
-        )
-    return ("input_validation", detail, f"{grant.input_path}.{name}")
-
-
-def _check_input(
-    grant: Grant | Approval,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    arguments: Arguments | None,
-) -> _Denial | None:
-    plans = arguments.plans if arguments is not None else None
-    plan = plans.get(grant) if plans is not None else None
-    if plan is None:
-        plan = _plan(grant, arguments)
-        if plans is not None:
-            plans[grant] = plan
-    n = len(args)
-    for pos, name, default, ok in plan:
-        if pos < -2:
-            return _unreadable(grant, name, pos)
-        if -1 < pos < n:
-            value = args[pos]
-        elif pos == -2 and arguments is not None:
-            value = arguments.value(name, args, kwargs, MISSING)
-        else:
-            value = kwargs.get(name, default)
-        if value is UNBOUND:
-            return (
-                "input_validation",
-                f"argument {name!r} cannot be bound to the tool's signature (it is "
-                "positional in a call to a callable whose parameters are unknown); pass "
-                "it by keyword",
-                f"{grant.input_path}.{name}",
-            )
-        if not ok(value):
-            constraint = next(c for a, c in grant.input if a == name)
-            op = constraint.failure(value) or "required"
-            return (
-                "input_validation",
-                f"argument {name!r} fails {constraint.describe(op)}",
-                f"{grant.input_path}.{name}",
-            )
-    return None
-
-
-# Step 4's choice: (the chosen grant or None, the denial or None, the audited input
-# rule that would have denied or None).
-_Picked = tuple["Grant | None", "_Denial | None", "_Denial | None"]
-_NOTHING_PICKED: _Picked = (None, None, None)
-
-
-def _input_step(
-    rules: ToolRules,
-    roles: frozenset[str],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    arguments: Arguments | None,
-    inputs: bool = True,
-) -> _Picked:
-    """Step 4: the first granting entry whose input conditions hold; when none
-    does, the first audited one that failed (a would-deny), else the denial."""
-    if not rules.conditional:
-        return _NOTHING_PICKED
-    first_failure: _Denial | None = None
-    audit_pick: tuple[Grant, _Denial] | None = None
-    for grant in rules.allow_grants(roles):
-        failure = _check_input(grant, args, kwargs, arguments) if grant.input and inputs else None
-        if failure is None:
-            return grant, None, None
-        if grant.audit and audit_pick is None:
-            audit_pick = (grant, failure)
-        first_failure = first_failure or failure
-    if audit_pick is None:
-        assert first_failure is not None
-        return None, first_failure, None
-    return audit_pick[0], None, audit_pick[1]
-
-
-def _layers(
-    rules: ToolRules,
-    ctx: UserContext,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    arguments: Arguments | None,
-    trace: list[TraceStep] | None,
-    inputs: bool = True,
-    picked: _Picked | None = None,
-) -> tuple[OutputRules | None, _Denial | None, Grant | None, _Denial | None]:
-    """Steps 4-6. Returns (output rules of the chosen entry, the denial or None,
-    the chosen grant when conditions chose one, the first audited rule that would
-    have denied or None). ``trace`` (explain, denials) collects the steps; the hot
-    path passes None. ``picked``: step 4 as :func:`_input_step` read it already
-    (the arguments are then not read again)."""
-    roles = ctx.roles
-    if picked is None:
-        picked = (
-            _input_step(rules, roles, args, kwargs, arguments, inputs)
-            if rules.conditional
-            else _NOTHING_PICKED
-        )
-    chosen, denial, audited = picked
-    failure: _Denial | None
-    if denial is not None:
-        return None, denial, None, None
-    output = None
-    if chosen is not None:
-        output = chosen.output
-        if trace is not None:
-            n = len(chosen.input)
-            outcome = "pass" if audited is None else "would_deny"
-            detail = f"{n} argument rule{'s' * (n != 1)} hold" if audited is None else audited[1]
-            trace.append(
-                TraceStep("input", outcome, detail, audited[2] if audited else chosen.path)
-            )
-    policy = rules.policy
-    scope = ctx.scope
-    # 5. sequence: some granting role's rules pass (audited rules only report)
-    if policy.sequences:
-        state = _track(scope, policy).progress
-        history = scope.history
-        blocked: _Denial | None = None
-        would: _Denial | None = None
-        passed = lenient = False
-        for role in sorted(roles & rules.allow_roles):
-            seq = policy.sequences.get(role)
-            if seq is None:
-                passed = True
-                break
-            if seq.mode == "allow":
-                hit = audit_hit = None
-                excepted = False
-                for rule in rules.completes.get(role, ()):
-                    if state[rule.slot] >= len(rule.steps) - 1:
-                        if rule.kind == "allow":
-                            excepted = True
-                        elif rule.audit:
-                            audit_hit = audit_hit or rule
-                        elif hit is None:
-                            hit = rule
-                if excepted or (hit is None and audit_hit is None):
-                    passed = True
-                    break
-                first = hit or audit_hit
-                assert first is not None
-                failure = (
-                    "sequence_violation",
-                    f"the call would complete the forbidden sequence {first.describe()} "
-                    f"of role {role!r}",
-                    first.path,
-                )
-                if hit is None:
-                    lenient = True
-                    would = would or failure
-                else:
-                    blocked = blocked or failure
-            else:
-                if history:
-                    ok = any(m(history[-1]) for m in rules.follows.get(role, ()))
-                    why = f"{rules.tool_id!r} may not follow {history[-1]!r}"
-                else:
-                    ok = role in rules.firsts
-                    why = f"{rules.tool_id!r} may not start the request"
-                if ok:
-                    passed = True
-                    break
-                failure = (
-                    "sequence_violation",
-                    f"role {role!r} allows only the call chains of its allow rules: {why}",
-                    seq.path,
-                )
-                if seq.audit:
-                    lenient = True
-                    would = would or failure
-                else:
-                    blocked = blocked or failure
-        if not passed:
-            if not lenient:
-                assert blocked is not None
-                return None, blocked, None, None
-            audited = audited or would
-        if trace is not None:
-            if passed:
-                trace.append(
-                    TraceStep("sequence", "pass", f"history of {len(history)} call(s) allows it")
-                )
-            elif would is not None:
-                trace.append(TraceStep("sequence", "would_deny", would[1], would[2]))
-    # 6. data flow: no recorded label blocks the tool (audited blocks only report)
-    if rules.blocked_by:
-        facts = scope.facts
-        carried = _track(scope, policy).labels  # labels of earlier calls, this policy
-        flow_would: _Denial | None = None
-        for label, (path, audit) in rules.blocked_by.items():
-            origin = facts.get(label) or carried.get(label)
-            if origin is not None:
-                failure = (
-                    "data_flow_violation",
-                    f"label {label!r} (recorded by {origin!r} earlier in "
-                    f"this request) blocks {rules.tool_id!r}",
-                    path,
-                )
-                if not audit:
-                    return None, failure, None, None
-                flow_would = flow_would or failure
-        audited = audited or flow_would
-        if trace is not None:
-            if flow_would is None:
-                trace.append(TraceStep("data_flow", "pass", "no recorded label blocks it"))
-            else:
-                trace.append(TraceStep("data_flow", "would_deny", flow_would[1], flow_would[2]))
-    return output, None, chosen, audited
-
-
-def _guardrail_error(
-    rules: ToolRules,
-    ctx: UserContext,
-    denial: _Denial,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    arguments: Arguments | None,
-    picked: _Picked | None = None,
-) -> PermissionDeniedError:
-    reason, detail, path = denial
-    step = {
-        "input_validation": "input",
-        "sequence_violation": "sequence",
-        "data_flow_violation": "data_flow",
-    }[reason]
-    # Re-run the layers with a trace (deterministic, records nothing) to list the
-    # steps that passed before the one that denied.
-    trace = [*_base_trace(rules.policy, ctx), _rbac_step(rules, ctx)]
-    _layers(rules, ctx, args, kwargs, arguments, trace, True, picked)
-    trace.append(TraceStep(step, "would_deny" if rules.policy.audit else "deny", detail, path))
-    return PermissionDeniedError(
-        f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail} ({path})",
-        tool_id=rules.tool_id,
-        user_id=ctx.user_id,
-        roles=ctx.roles,
-        reason=reason,
-        trace=trace,
-    )
-
-
 _UNAVAILABLE = -3  # the store raised (beside the store's own answers)
 
 
@@ -1543,7 +1156,7 @@ class _Failed(NamedTuple):
 _Steps = Generator[tuple[Any, ...], Any, Any]
 # What admit() keeps of a call for Evaluator.recheck: the admission, or (for a call
 # that asked no store) the user context and step 4's choice.
-Kept: TypeAlias = "_Admission | tuple[UserContext, _Picked]"
+Kept: TypeAlias = "_Admission | tuple[UserContext, Picked]"
 
 
 class _Hold:
@@ -1591,7 +1204,7 @@ class _Admission:
         self.call = call
         self.started = 0.0
         self.output: OutputRules | None = None
-        self.audited: _Denial | None = None
+        self.audited: Denial | None = None
         self.would: PermissionDeniedError | None = None
         self.grant: Grant | None = None
         self.reserved: tuple[Limit, ...] = ()
@@ -1599,7 +1212,7 @@ class _Admission:
         self.store_needed = False
         self.namespace: str | None = None  # the app's namespace in the store
         self.hold: _Hold | None = None  # the approval part, when the grant has one
-        self.picked: _Picked | None = None  # step 4, read once (see _input_step)
+        self.picked: Picked | None = None  # step 4, read once (see input_step)
         self.problem: BaseException | None = None
 
     def consulted(self) -> str | None:
@@ -1651,240 +1264,6 @@ def _counters(
             memo[(user_id, policy.name, index)] = key
         found.append(Counter(key, limit.max, (index + 1) * window))
     return found
-
-
-def _budget_error(
-    rules: ToolRules, ctx: UserContext, limit: Limit, retry_after: float | None
-) -> PermissionDeniedError:
-    if retry_after is None:
-        detail = f"the budget of {limit.describe()} is used up (it resets with the request)"
-    else:
-        detail = (
-            f"the budget of {limit.describe()} is used up; the window resets in {retry_after:.0f}s"
-        )
-    return PermissionDeniedError(
-        f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail} ({limit.path})",
-        tool_id=rules.tool_id,
-        user_id=ctx.user_id,
-        roles=ctx.roles,
-        reason="budget_exceeded",
-        retry_after=retry_after,
-        trace=(
-            *_base_trace(rules.policy, ctx),
-            _rbac_step(rules, ctx),
-            TraceStep("budget", "deny", detail, limit.path),
-        ),
-    )
-
-
-def _unavailable_error(adm: _Admission, problem: BaseException | None) -> PermissionDeniedError:
-    """The store could not answer (or answered nonsense): the call is denied."""
-    _log_store_problem(problem)
-    rules, ctx = adm.rules, adm.ctx
-    detail = (
-        f"the budget/approval store could not answer ({type(problem).__name__}: "
-        f"{problem}); the call is denied until it is reachable again"
-    )
-    return PermissionDeniedError(
-        f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail}",
-        tool_id=rules.tool_id,
-        user_id=ctx.user_id,
-        roles=ctx.roles,
-        reason="budget_unavailable",
-        trace=(
-            *_base_trace(rules.policy, ctx),
-            _rbac_step(rules, ctx),
-            TraceStep("budget", "deny", detail, adm.grant.path if adm.grant else None),
-        ),
-    )
-
-
-def _too_large_error(adm: _Admission, exc: SnapshotTooLarge) -> PermissionDeniedError:
-    """A request scope that feeds a held request grew past what is saved with it:
-    the call is denied rather than left out of the saved history."""
-    rules, ctx = adm.rules, adm.ctx
-    detail = (
-        f"this request asked for an approval, and each of its calls is saved with the "
-        f"approval request so the request can resume where it paused; {exc}, so it "
-        f"cannot be saved (the limit is {MAX_CALLS} calls that sequence or data-flow "
-        "rules read). Start a new request (set_user) for new work, or let the pending "
-        "approval be decided or expire"
-    )
-    return PermissionDeniedError(
-        f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail}",
-        tool_id=rules.tool_id,
-        user_id=ctx.user_id,
-        roles=ctx.roles,
-        reason="budget_unavailable",
-        trace=(
-            *_base_trace(rules.policy, ctx),
-            _rbac_step(rules, ctx),
-            TraceStep("approval", "deny", detail, adm.grant.path if adm.grant else None),
-        ),
-    )
-
-
-def _unscoped_error(adm: _Admission, store: Store) -> PermissionDeniedError:
-    """An unnamed policy on a shared store: its keys could be another app's."""
-    rules, ctx = adm.rules, adm.ctx
-    detail = (
-        f"the policy has no metadata.name, and its budgets and approvals live in a shared "
-        f"store ({type(store).__name__}), where the name keeps each app's counters and "
-        "requests apart; give the policy a metadata.name"
-    )
-    return PermissionDeniedError(
-        f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail}",
-        tool_id=rules.tool_id,
-        user_id=ctx.user_id,
-        roles=ctx.roles,
-        reason="budget_unavailable",
-        trace=(
-            *_base_trace(rules.policy, ctx),
-            _rbac_step(rules, ctx),
-            TraceStep("budget", "deny", detail, adm.grant.path if adm.grant else None),
-        ),
-    )
-
-
-def _approval_error(
-    rules: ToolRules,
-    ctx: UserContext,
-    request: ApprovalRequest | None,
-    path: str,
-    state: str | None,
-) -> PermissionDeniedError:
-    base = (*_base_trace(rules.policy, ctx), _rbac_step(rules, ctx))
-    fields: dict[str, Any] = {"tool_id": rules.tool_id, "user_id": ctx.user_id, "roles": ctx.roles}
-    if state == "rejected" and request is not None:
-        detail = (
-            f"approval request {request.id[:12]} for this exact call was rejected; the "
-            "request is closed, and the next identical call asks for a new approval"
-        )
-        return PermissionDeniedError(
-            f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail} ({path})",
-            reason="approval_rejected",
-            trace=(*base, TraceStep("approval", "deny", detail, path)),
-            **fields,
-        )
-    if request is None:  # audit mode: nobody is asked
-        detail = "the call needs an approval (audit mode: none was requested)"
-        return PermissionDeniedError(
-            f"{rules.tool_id!r} for user {ctx.user_id!r}: {detail} ({path})",
-            reason="approval_required",
-            trace=(*base, TraceStep("approval", "would_deny", detail, path)),
-            **fields,
-        )
-    roles = ", ".join(request.approver_roles)
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(request.expires_at))
-    if state == "approved":  # approved between two questions to the store: rare
-        detail = f"approval request {request.id} was approved meanwhile; retry the call"
-    else:
-        detail = (
-            f"this exact call needs an approval by a user with role [{roles}]; approval "
-            f"request {request.id} waits until {when}"
-        )
-    return ApprovalRequiredError(
-        f"{rules.tool_id!r} for user {ctx.user_id!r}: {detail}. An approver calls "
-        f"d2.approve({request.id!r}); then retry the identical call",
-        request=request,
-        trace=(*base, TraceStep("approval", "deny", detail, path)),
-        **fields,
-    )
-
-
-def _unapprovable(
-    rules: ToolRules, ctx: UserContext, path: str, problem: str
-) -> PermissionDeniedError:
-    detail = (
-        f"the call needs an approval, but its arguments cannot be digested exactly "
-        f"({problem}), so no approval could be tied to this call alone; pass plain "
-        "values (JSON types, dataclasses, pydantic models, enums, dates, instances of "
-        "your own classes): a file, a stream, a lock, a socket or a function is never "
-        "approved"
-    )
-    return PermissionDeniedError(
-        f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail} ({path})",
-        tool_id=rules.tool_id,
-        user_id=ctx.user_id,
-        roles=ctx.roles,
-        reason="approval_unsupported",
-        trace=(
-            *_base_trace(rules.policy, ctx),
-            _rbac_step(rules, ctx),
-            TraceStep("approval", "deny", detail, path),
-        ),
-    )
-
-
-def _changed_error(adm: _Admission, path: str, later: bool = False) -> PermissionDeniedError:
-    """The arguments changed between the decision and the run (another task or
-    thread mutated an argument while the store answered; ``later``: before the
-    body of a generator, or of a returned coroutine, started): the call is
-    refused."""
-    rules, ctx = adm.rules, adm.ctx
-    if later:
-        detail = (
-            "an argument changed between the call and the start of its body (a "
-            "generator's first step, a returned coroutine awaited), so the tool would "
-            "read arguments other than the ones judged and approved; do not change an "
-            "argument before the generator or coroutine of a guarded call is consumed, "
-            "and call the tool again"
-        )
-    else:
-        detail = (
-            "an argument changed while the store answered (another task or thread "
-            "mutated it after the call was judged), so the tool would receive arguments "
-            "other than the ones judged and approved; do not share a mutable argument "
-            "between concurrent calls, and retry the call"
-        )
-    reason = "approval_unsupported" if rules.approvals else "input_validation"
-    step = "approval" if rules.approvals else "input"
-    return PermissionDeniedError(
-        f"{rules.tool_id!r} denied for user {ctx.user_id!r}: {detail} ({path})",
-        tool_id=rules.tool_id,
-        user_id=ctx.user_id,
-        roles=ctx.roles,
-        reason=reason,
-        trace=(
-            *_base_trace(rules.policy, ctx),
-            _rbac_step(rules, ctx),
-            TraceStep(step, "deny", detail, path),
-        ),
-    )
-
-
-def _audit_error(rules: ToolRules, ctx: UserContext, denial: _Denial) -> PermissionDeniedError:
-    """What an audited rule would have refused (reported, never raised)."""
-    reason, detail, path = denial
-    step = {"input_validation": "input", "sequence_violation": "sequence"}.get(reason, "data_flow")
-    return PermissionDeniedError(
-        f"{rules.tool_id!r} would be denied for user {ctx.user_id!r}: {detail} ({path})",
-        tool_id=rules.tool_id,
-        user_id=ctx.user_id,
-        roles=ctx.roles,
-        reason=reason,
-        trace=(TraceStep(step, "would_deny", detail, path),),
-    )
-
-
-_store_problem_logged = False
-
-
-def _log_store_problem(exc: BaseException | None) -> None:
-    """Log the first store failure (a warning), then stay quiet: an outage must
-    not flood the app's log."""
-    global _store_problem_logged
-    if _store_problem_logged:
-        return
-    _store_problem_logged = True
-    import logging
-
-    logging.getLogger("d2").warning(
-        "d2: the budget/approval store failed (%s: %s); calls of tools with per-user "
-        "limits or approvals are denied (budget_unavailable) until it answers again",
-        type(exc).__name__,
-        exc,
-    )
 
 
 def _fresh_lock_after_fork() -> None:
