@@ -222,9 +222,31 @@ class Elsewhere(Exception):
     """The reference met an instance of a class its name does not lead to."""
 
 
-# what can change, so that two references to one object differ from two equal objects
-_CHANGING = (list, dict, set, bytearray, collections.OrderedDict, collections.defaultdict)
-_STATEFUL = (Plain, Slotted, SlottedChild, Transfer, Frozen, Recipients, Tags, Amount, Patch, Twin)
+# containers: two references to one differ from two equal ones (tuples and frozensets
+# too: a value sharing its parts is digested in linear time)
+_CHANGING = (
+    list,
+    tuple,
+    dict,
+    set,
+    frozenset,
+    bytearray,
+    collections.OrderedDict,
+    collections.defaultdict,
+)
+_STATEFUL = (
+    Plain,
+    Slotted,
+    SlottedChild,
+    Transfer,
+    Frozen,
+    Recipients,
+    Tags,
+    Amount,
+    Patch,
+    Twin,
+    Pair,
+)
 
 
 def typed(v: Any) -> Any:
@@ -256,11 +278,9 @@ def _typed(v: Any, path: tuple[Any, ...], where: dict[int, list[Any]], kept: lis
         return ("bytearray", bytes(v))
     if cls in (list, tuple):
         return (cls.__name__, tuple(at(x, i) for i, x in enumerate(v)))
-    if cls is dict:
-        return ("dict", frozenset((_typed(k, (), {}, kept), at(x, "k", k)) for k, x in v.items()))
-    if cls is collections.OrderedDict:
+    if cls in (dict, collections.OrderedDict):  # in their own order
         return (
-            "odict",
+            "dict" if cls is dict else "odict",
             tuple((at(k, "key", i), at(x, "value", i)) for i, (k, x) in enumerate(v.items())),
         )
     if cls in (set, frozenset):
@@ -478,9 +498,32 @@ def test_which_arguments_are_one_object_is_part_of_the_call() -> None:
     looped.a = looped
     assert canonical_arguments({"v": looped}) != canonical_arguments({"v": Plain(Plain(None))})
     shared = [1]
-    assert canonical_arguments({"v": {"b": shared, "a": shared}}) == canonical_arguments(
+    assert canonical_arguments({"v": {"a": shared, "b": shared}}) == canonical_arguments(
         {"v": copy.deepcopy({"a": shared, "b": shared})}
-    )  # the order of a dict's keys never matters
+    )
+    assert canonical_arguments({"v": {"b": 1, "a": 2}}) != canonical_arguments(
+        {"v": {"a": 2, "b": 1}}
+    )  # a dict's order is part of the call (a tool may follow it)
+
+
+def test_a_class_is_digested_by_the_name_that_leads_to_it() -> None:
+    """A class passed as a value (a class method's ``cls``) is told by its module
+    and qualname; two classes never share a form."""
+    assert canonical_arguments({"v": Plain}) == canonical_arguments({"v": Plain})
+    assert canonical_arguments({"v": Plain}) != canonical_arguments({"v": Slotted})
+    assert canonical_arguments({"v": int}) != canonical_arguments({"v": bool})
+    assert canonical_arguments({"v": collections.OrderedDict}) != canonical_arguments({"v": dict})
+
+
+def test_a_value_too_large_to_digest_is_refused_promptly() -> None:
+    """The digest's work is bounded: past two million values the call has no
+    canonical form (and so is never approved), rather than holding the caller."""
+    with pytest.raises(NoCanonicalForm, match="too large"):
+        canonical_arguments({"v": [0] * 2_100_000})
+    shared: tuple[Any, ...] = ()
+    for _ in range(60):
+        shared = (shared, shared)  # 60 tuples, 2**60 leaves if expanded
+    assert len(canonical_arguments({"v": shared})) < 20_000
 
 
 def test_a_network_or_interface_digests_its_attributes() -> None:
@@ -573,7 +616,7 @@ def refused_values() -> list[Any]:
         len,
         lambda: 1,
         _generator(),
-        Plain,
+        type("Made", (), {}),  # a class its name does not lead to
         sys,
         memoryview(b"x"),
         MyDecimal("1"),
@@ -586,7 +629,11 @@ def refused_values() -> list[Any]:
     ]
 
 
-@pytest.mark.parametrize("value", refused_values(), ids=lambda v: type(v).__qualname__)
+@pytest.mark.parametrize(
+    "value",
+    refused_values(),
+    ids=lambda v: v.__qualname__ if isinstance(v, type) else type(v).__qualname__,
+)
 def test_values_whose_state_python_does_not_show_have_no_canonical_form(value: Any) -> None:
     try:
         with pytest.raises(NoCanonicalForm):

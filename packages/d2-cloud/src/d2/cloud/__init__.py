@@ -116,6 +116,16 @@ class CloudPolicyManager(PolicyManager):
         cannot be started, every guarded call of the child is denied."""
         _forked_away.append(self._thread if self._thread is not None else self._loop)
         self._thread = None
+        if self.runtime.stopping:  # forked while the parent shut this instance down
+            self._fork_error = "it was being shut down when this process was forked"
+            log.error(
+                "d2: cloud instance %r was being shut down when process %d was forked; "
+                "every guarded call here is denied: configure D2 again in this process",
+                self.name,
+                os.getpid(),
+            )
+            self._set(None, "it was shut down as this process was forked: configure again")
+            return
         try:
             self.runtime.renew_after_fork()
             thread = _LoopThread()

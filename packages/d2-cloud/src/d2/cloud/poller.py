@@ -118,6 +118,12 @@ class CloudRuntime:
         if task is not None and not task.done():
             task.get_loop().call_soon_threadsafe(task.cancel)
 
+    @property
+    def stopping(self) -> bool:
+        """Whether polling was stopped (shut down, or being shut down): a poller
+        stopped once never polls again."""
+        return self._stopped
+
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self, timeout: float) -> None:
         """Identity, the state file, the first fetch (bounded by ``timeout``), then

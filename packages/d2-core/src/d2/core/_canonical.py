@@ -4,9 +4,11 @@
 tagged with its type. The promise, and how each part keeps it:
 
 * Two values get one form only when they are the same type with the same state,
-  all the way down, sharing the same objects the same way (``move(a, a)`` is not
-  ``move(a, copy(a))``: an object that can change, met again, is written as a
-  reference to its first meeting; see :class:`_Walk`).
+  all the way down, in the same order, sharing the same objects the same way
+  (``move(a, a)`` is not ``move(a, copy(a))``: a container or an instance with
+  state, met again, is written as a reference to its first meeting; see
+  :class:`_Walk`). A mapping is written in its own order (a tool may follow it); a
+  set, which has none, by the sorted forms of its items.
 * A type is what the interpreter says, never what a value or its class claims:
   ``type(v)``, never ``v.__class__``; a class's layout, namespace, MRO and name
   read through ``type``'s own descriptors, never attributes a metaclass defines;
@@ -14,10 +16,13 @@ tagged with its type. The promise, and how each part keeps it:
 * State is read where attribute access finds it: the instance dictionary through
   the interpreter's own descriptor, each slot through its own member descriptor,
   a built-in base's value through the built-in's methods.
-* A class is named ``module.qualname`` only when that name leads to it; a value
+* A class is named by its module and qualname only when that name leads to it
+  (a class passed as a value too: a class method's ``cls``); a value
   whose state Python does not show (a class written in C, a callable) or whose
   class has no such name has no canonical form (:class:`NoCanonicalForm`): a call
   with it is never approved.
+* The work is bounded: each object is read once per meeting, and a value larger
+  than :data:`_BUDGET` (values, plus a unit per KiB of text) has no canonical form.
 
 It imports nothing of D2.
 """
@@ -36,6 +41,7 @@ from typing import Any
 __all__ = ["NoCanonicalForm", "canonical_arguments"]
 
 _MAX_DEPTH = 64
+_BUDGET = 2_000_000  # values read per digest (a KiB of text counts one more)
 _POINTER = 8 if sys.maxsize > 2**32 else 4  # sizeof(PyObject *): Py_ssize_t's size
 _HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement (or type())
 _MANAGED_WEAKREF = 1 << 3  # CPython 3.12+: __weakref__ kept outside the instance's memory
@@ -92,15 +98,33 @@ class NoCanonicalForm(ValueError):
 
 
 class _Walk:
-    """One digest's memory of the objects that can change (containers, instances
-    with state) met so far, in the order met: meeting one again writes a
-    reference to the first meeting, so ``move(a, a)`` and ``move(a, copy(a))``
-    differ. The objects are kept (an id is never reused while the walk lives)."""
+    """One digest's memory of the containers and instances with state met so far,
+    in the order met: meeting one again writes a reference to the first meeting,
+    so ``move(a, a)`` and ``move(a, copy(a))`` differ. The objects are kept (an id
+    is never reused while the walk lives). A fresh walk (:meth:`fresh`, to sort a
+    set's items by what they hold) shares the digest's budget and its memo of
+    those sort keys."""
 
-    __slots__ = ("seen",)
+    __slots__ = ("budget", "seen", "texts")
 
-    def __init__(self) -> None:
+    def __init__(self, parent: _Walk | None = None) -> None:
         self.seen: dict[int, tuple[int, Any]] = {}
+        self.texts: dict[int, tuple[str, Any]] = {} if parent is None else parent.texts
+        self.budget: list[int] = [_BUDGET] if parent is None else parent.budget
+
+    def fresh(self) -> _Walk:
+        """A walk that has met nothing, sharing this digest's budget and memo."""
+        return _Walk(self)
+
+    def spend(self, units: int) -> None:
+        """Count ``units`` of work against the digest's budget."""
+        left = self.budget[0] - units
+        self.budget[0] = left
+        if left < 0:
+            raise NoCanonicalForm(
+                f"the arguments are too large to digest (over {_BUDGET:,} values): pass "
+                "a smaller value, or a reference to the data instead of the data"
+            )
 
     def meet(self, value: Any) -> Any:
         """``None`` the first time ``value`` is met, else its reference."""
@@ -112,7 +136,7 @@ class _Walk:
 
 
 def _qualname(cls: type) -> str:
-    return f"{_module(cls)}.{_qualname_of(cls)}"
+    return f"{_module(cls)}.{_qualname_of(cls)}"  # for messages: _named tells classes apart
 
 
 def _named(cls: type) -> str:
@@ -139,18 +163,25 @@ def _named(cls: type) -> str:
             "or replaced since), so other classes may share it; define the class at "
             "module level"
         )
-    return f"{module}.{qualname}"
+    # the module's length first: "a.b" + "C" and "a" + "b.C" are different classes
+    return f"{len(module)}:{module}.{qualname}"
 
 
 def _text(value: Any, depth: int, walk: _Walk) -> str:
     return json.dumps(_canon(value, depth, walk), sort_keys=True, separators=(",", ":"))
 
 
-def _in_order(items: Iterable[Any], depth: int) -> list[tuple[str, Any]]:
+def _in_order(items: Iterable[Any], depth: int, walk: _Walk) -> list[tuple[str, Any]]:
     """``items`` with the canonical text of each (met afresh: what it holds, never
-    where else it is referenced), sorted by that text: the order in which the
-    items of a set, or the keys of a mapping, are digested."""
-    keyed = [(_text(item, depth, _Walk()), item) for item in items]
+    where else it is referenced; each item's text computed once per digest),
+    sorted by that text: the order in which the items of a set are digested."""
+    memo = walk.texts
+    keyed = []
+    for item in items:
+        known = memo.get(id(item))
+        if known is None:
+            known = memo[id(item)] = (_text(item, depth, walk.fresh()), item)  # (item kept)
+        keyed.append((known[0], item))
     keyed.sort(key=lambda entry: entry[0])
     return keyed
 
@@ -167,18 +198,24 @@ def _float(value: float) -> Any:
     return {"__t": "float", "v": struct.pack(">d", value).hex()}  # the sign of a NaN too
 
 
+def _entries(value: dict[Any, Any]) -> dict[Any, Any]:
+    """What a dict (of any subclass) holds, read from its own storage in its own
+    order: never through ``keys()``, ``__iter__`` or ``__getitem__``, which a
+    subclass may override (werkzeug's ``MultiDict`` answers ``md[key]`` with the
+    first of the values it keeps per key)."""
+    return dict(dict.items(value))
+
+
 def _dict(value: dict[Any, Any], depth: int, walk: _Walk) -> Any:
-    if all(type(k) is str for k in value):  # in key order (the order of the text)
-        return {"__t": "dict", "v": {k: _canon(value[k], depth, walk) for k in sorted(value)}}
-    pairs = _in_order(value, depth)
+    """A dict in its own order: a tool may act in that order."""
     return {
-        "__t": "map",
-        "v": [[_canon(k, depth, walk), _canon(value[k], depth, walk)] for _, k in pairs],
+        "__t": "dict",
+        "v": [[_canon(k, depth, walk), _canon(x, depth, walk)] for k, x in dict.items(value)],
     }
 
 
 def _set(tag: str, value: Any, depth: int, walk: _Walk) -> Any:
-    return {"__t": tag, "v": [_canon(x, depth, walk) for _, x in _in_order(value, depth)]}
+    return {"__t": tag, "v": [_canon(x, depth, walk) for _, x in _in_order(value, depth, walk)]}
 
 
 def _defaultdict(value: Any, depth: int, walk: _Walk) -> Any:
@@ -186,13 +223,23 @@ def _defaultdict(value: Any, depth: int, walk: _Walk) -> Any:
     if factory is not None and id(factory) not in _EXACT:  # a function: its behaviour is code
         raise NoCanonicalForm("a defaultdict whose default_factory is not a built-in type")
     name = None if factory is None else _name_of(factory)
-    return {"__t": "defaultdict", "f": name, "v": _dict(dict.copy(value), depth, walk)}
+    return {"__t": "defaultdict", "f": name, "v": _dict(value, depth, walk)}
 
 
 def _zone(value: Any) -> Any:
-    if not isinstance(value.key, str):  # ZoneInfo.from_file(): no name to tell it by
-        raise NoCanonicalForm("a ZoneInfo made from a file has no canonical form")
-    return {"__t": "zoneinfo.ZoneInfo", "v": value.key}
+    """A ``ZoneInfo``, by its key, only when it is the zone that key names:
+    ``ZoneInfo.from_file(f, key=...)`` (and ``no_cache``) accept any key."""
+    key = value.key
+    try:
+        named = type(key) is str and type(value)(key) is value
+    except Exception:  # no such zone
+        named = False
+    if not named:
+        raise NoCanonicalForm(
+            "a ZoneInfo not made by ZoneInfo(key) (ZoneInfo.from_file, ZoneInfo.no_cache) "
+            "has no canonical form: its key may not name the zone it holds"
+        )
+    return {"__t": "zoneinfo.ZoneInfo", "v": key}
 
 
 def _clock(value: Any, depth: int, walk: _Walk) -> Any:
@@ -269,14 +316,28 @@ _EXACT: dict[int, Callable[[Any, int, _Walk], Any]] = {
     id(bytearray): lambda v, d, w: {"__t": "bytearray", "v": bytes(v).hex()},
     id(collections.OrderedDict): lambda v, d, w: {
         "__t": "odict",
-        "v": [[_canon(k, d, w), _canon(x, d, w)] for k, x in v.items()],
+        "v": [[_canon(k, d, w), _canon(x, d, w)] for k, x in dict.items(v)],
     },
     id(collections.defaultdict): _defaultdict,
 }
-# exact types whose values can change: a second meeting is a reference (see _Walk)
-_CHANGING = frozenset(
-    id(t) for t in (list, dict, set, bytearray, collections.OrderedDict, collections.defaultdict)
+# exact container types: a second meeting is a reference (see _Walk); a tuple or
+# frozenset too (immutable, but expanded at each meeting a small value of shared
+# tuples would have exponentially many leaves)
+_REFERENCED = frozenset(
+    id(t)
+    for t in (
+        list,
+        tuple,
+        dict,
+        set,
+        frozenset,
+        bytearray,
+        collections.OrderedDict,
+        collections.defaultdict,
+    )
 )
+
+_SIZED = frozenset(id(t) for t in (str, bytes, bytearray))  # their length counts too
 
 # Built-in types an app's class may extend: digested as their built-in value (read
 # through the built-in's own methods, never an override) plus the instance's state.
@@ -287,7 +348,7 @@ _BUILTIN_VALUE: dict[int, Callable[[Any], Any]] = {
     id(complex): lambda v: complex(complex.real.__get__(v), complex.imag.__get__(v)),
     id(list): list.copy,
     id(tuple): lambda v: tuple(tuple.__iter__(v)),
-    id(dict): dict.copy,
+    id(dict): _entries,
     id(set): set.copy,
     id(frozenset): frozenset.copy,
     id(bytes): lambda v: bytes(memoryview(v)),
@@ -421,7 +482,7 @@ def _instance(value: Any, cls: type, depth: int, walk: _Walk) -> Any:
     name = _named(cls)
     changing = (
         bool(_dictoffset(cls))
-        or id(base) in _CHANGING
+        or id(base) in _REFERENCED
         or any(_declared_slots(klass) for klass in chain)
     )
     if changing:
@@ -460,11 +521,15 @@ def _canon(value: Any, depth: int, walk: _Walk) -> Any:
     key = id(cls)
     exact = _EXACT.get(key)
     if exact is not None:
-        if key in _CHANGING:
+        if key in _REFERENCED:
             seen = walk.meet(value)
             if seen is not None:
                 return seen
+        walk.spend(1 + len(value) // 1024 if key in _SIZED else 1)
         return exact(value, depth, walk)
+    walk.spend(1)
+    if issubclass(cls, type):  # a class as a value (a class method's cls): by its name
+        return {"__t": "class", "v": _named(value)}
     module, qualname = _module(cls), _qualname_of(cls)
     if type(module) is str and type(qualname) is str:
         how = _ATOMS.get((module, qualname))

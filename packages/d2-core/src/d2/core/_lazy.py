@@ -23,6 +23,7 @@ __all__ = ["LAZY", "Fallback", "rechecked", "resolve", "stream_async", "stream_s
 Fallback = Callable[[PermissionDeniedError], Any] | None
 # the results whose body has not started yet (looked up by id: a metaclass can
 # make a class compare equal to these)
+_ITERABLE_COROUTINE = 0x100  # inspect.CO_ITERABLE_COROUTINE: a types.coroutine generator
 LAZY = frozenset(map(id, (types.GeneratorType, types.AsyncGeneratorType, types.CoroutineType)))
 
 
@@ -66,6 +67,13 @@ def _started_sync(recheck: Callable[[], None], body: Any, fallback: Fallback) ->
         yield from stream_sync(fallback(err))
         return None
     return (yield from body)
+
+
+@types.coroutine
+def _started_legacy(recheck: Callable[[], None], body: Any, fallback: Fallback) -> Any:
+    """:func:`_started_sync` for a generator-based coroutine (``types.coroutine``):
+    awaitable, as the tool's own result was."""
+    return (yield from _started_sync(recheck, body, fallback))
 
 
 async def _started_async(recheck: Callable[[], None], body: Any, fallback: Fallback) -> Any:
@@ -113,6 +121,8 @@ def rechecked(recheck: Callable[[], None], result: Any, fallback: Fallback) -> A
     ``recheck`` run when its body starts."""
     kind = type(result)
     if kind is types.GeneratorType:
+        if result.gi_code.co_flags & _ITERABLE_COROUTINE:  # awaitable: keep it so
+            return _started_legacy(recheck, result, fallback)
         return _started_sync(recheck, result, fallback)
     if kind is types.AsyncGeneratorType:
         return _started_async(recheck, result, fallback)
