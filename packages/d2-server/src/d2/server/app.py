@@ -127,13 +127,17 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     return json_response({"detail": "internal_error"}, 500)
 
 
-def create_app(plane: ControlPlane) -> Starlette:
+def create_app(plane: ControlPlane, *, prune: bool = True) -> Starlette:
     """The ASGI application serving ``plane``. Serve it with the lifespan protocol on
     (uvicorn's default): startup starts the usage-event pruner (``app.state.pruner``),
-    shutdown stops it."""
+    shutdown stops it. ``prune=False``: no pruner (another process of the same
+    server runs it, as with ``d2-server serve --workers N``)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not prune:
+            yield
+            return
         pruner = EventPruner(plane)
         app.state.pruner = pruner
         pruner.start()
