@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from d2.server.bodies import (
     valid_timestamp,
 )
 from d2.server.errors import ApiError
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -285,3 +286,82 @@ def test_a_key_field_is_accepted_exactly_when_the_protocol_allows_it(
         assert exc.status == 422 and not ok
     else:
         assert ok and key.raw_public_key == raw
+
+
+# the same over HTTP: the real application, in process
+
+
+@pytest.fixture(scope="module")
+def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict[str, str]]]:
+    from d2.server import ControlPlane, ServerConfig, SQLiteStorage, create_app
+    from starlette.testclient import TestClient
+
+    storage = SQLiteStorage(tmp_path_factory.mktemp("bodies") / "d2.db")
+    plane = ControlPlane(storage, ServerConfig(ingest_burst=10**6))
+    _, app = plane.create_account("shop")
+    developer = {"Authorization": "Bearer " + plane.create_token(app, "developer")}
+    client = TestClient(create_app(plane), raise_server_exceptions=False)  # no lifespan
+    try:
+        yield client, developer
+    finally:
+        client.close()
+        storage.close()
+
+
+def _field(good: object) -> st.SearchStrategy[object]:
+    """A valid value half the time, else any JSON value or a near miss."""
+    return st.one_of(st.just(good), _FIELD_VALUES)
+
+
+_POLICY = {"metadata": {"name": "shop"}, "policies": [{"role": "r", "permissions": ["t"]}]}
+_EVENT = st.fixed_dictionaries(
+    {
+        "event_type": _field("decision"),
+        "payload": _field({"tool": "t"}),
+        "occurred_at": _field("2025-01-01T00:00:00Z"),
+    }
+)
+_SHAPED: dict[tuple[str, str], st.SearchStrategy[object]] = {
+    ("POST", "/v1/keys"): st.fixed_dictionaries(
+        {
+            "key_id": _field("laptop"),
+            "algorithm": _field("Ed25519"),
+            "public_key": _field(_GOOD_KEY),
+        }
+    ),
+    ("PUT", "/v1/policy/draft"): st.fixed_dictionaries(
+        {"version": st.one_of(st.integers(0, 10), _FIELD_VALUES), "bundle": _field(_POLICY)}
+    ),
+    ("POST", "/v1/events/ingest"): st.fixed_dictionaries(
+        {"events": st.lists(_EVENT | _JSON, max_size=3) | _JSON}
+    ),
+}
+_ROUTES = {
+    ("POST", "/v1/keys"): {201, 400, 409, 422},
+    ("PUT", "/v1/policy/draft"): {200, 400, 402, 422},
+    ("POST", "/v1/events/ingest"): {202, 400, 413, 422},
+}
+
+
+def _request(route: tuple[str, str]) -> st.SearchStrategy[tuple[tuple[str, str], bytes]]:
+    body = st.one_of(
+        _SHAPED[route].map(lambda v: json.dumps(v).encode()),
+        _JSON.map(lambda v: json.dumps(v).encode()),
+        st.binary(max_size=64),
+    )
+    return st.tuples(st.just(route), body)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(sorted(_ROUTES)).flatmap(_request))
+def test_any_body_over_http_is_answered_as_documented_never_a_500(
+    http: tuple[Any, dict[str, str]], request: tuple[tuple[str, str], bytes]
+) -> None:
+    client, developer = http
+    route, body = request
+    method, path = route
+    r = client.request(method, path, content=body, headers=developer)
+    assert r.status_code in _ROUTES[route], (r.status_code, r.text)
+    assert r.headers["content-type"] == "application/json"
+    if r.status_code >= 400:
+        assert isinstance(r.json()["detail"], str)
