@@ -95,7 +95,7 @@ def test_an_error_says_what_the_field_should_be() -> None:
     ]
     with pytest.raises(ApiError) as excinfo:
         parse_body(DraftIn, b"[]", "invalid_draft")
-    assert _error(excinfo)[2][0].startswith("<root>: input should be a valid dictionary")
+    assert _error(excinfo)[2] == ["<root>: expected a JSON object"]
 
 
 def test_fields_the_protocol_does_not_name_are_ignored() -> None:
@@ -133,6 +133,7 @@ def test_invalid_events_name_each_bad_field() -> None:
         "events[3]",
     ]
     assert "expected an RFC 3339 time with an offset" in errors[2]
+    assert errors[3] == "events[3]: expected a JSON object"
 
 
 def test_a_body_full_of_mistakes_lists_at_most_twenty() -> None:

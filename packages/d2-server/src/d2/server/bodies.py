@@ -339,6 +339,8 @@ def _path(loc: tuple[int | str, ...]) -> str:
 
 def _describe(model: type[BaseModel], error: Any) -> str:
     loc = tuple(error["loc"])
+    if error["type"] == "model_type":  # pydantic's text names the Python class
+        return f"{_path(loc)}: expected a JSON object"
     message = str(error["msg"])
     message = message[:1].lower() + message[1:]
     hint = _hint(model, loc)
