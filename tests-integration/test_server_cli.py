@@ -20,7 +20,7 @@ import httpx
 import jwt
 import pytest
 from d2.server import SQLiteStorage
-from d2.server.cli import build_parser
+from d2.server.cli import parse_args
 from d2.server.testing import DeviceKey
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,12 +43,12 @@ def test_every_documented_command_parses() -> None:
     commands = _doc_commands()
     assert {c[1] for c in commands} == {"init", "serve", "token", "rotate-key"}
     for command in commands:
-        build_parser().parse_args(command[1:])  # exits on a usage error
+        parse_args(command[1:])  # raises on a usage error
 
 
 def test_init_with_an_invalid_app_name_creates_no_database(env: dict[str, str]) -> None:
     proc = subprocess.run(
-        [str(EXE), "init", "--app", "bad:name"],
+        [str(EXE), "init", "--app-name", "bad:name"],
         capture_output=True,
         text=True,
         env=env,
@@ -57,7 +57,7 @@ def test_init_with_an_invalid_app_name_creates_no_database(env: dict[str, str]) 
     )
     assert proc.returncode == 1 and "invalid app name" in proc.stderr
     assert not Path(env["D2_SERVER_DB"]).exists()
-    assert json.loads(_run("init", "--app", "fixed", "--json", env=env))["app_name"] == "fixed"
+    assert json.loads(_run("init", "--app-name", "fixed", "--json", env=env))["app_name"] == "fixed"
 
 
 def _run(*args: str, env: dict[str, str]) -> str:
@@ -84,6 +84,15 @@ def env(tmp_path: Path) -> dict[str, str]:
 @contextlib.contextmanager
 def _serving(env: dict[str, str], *options: str) -> Iterator[str]:
     """``d2-server serve`` with ``options`` in a subprocess; yields its base URL."""
+    with _serving_process(env, *options) as (base, _proc):
+        yield base
+
+
+@contextlib.contextmanager
+def _serving_process(
+    env: dict[str, str], *options: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """:func:`_serving`, also yielding the process."""
     port = _free_port()
     proc = subprocess.Popen(
         [str(EXE), "serve", "--port", str(port), "--log-level", "warning", *options],
@@ -103,7 +112,7 @@ def _serving(env: dict[str, str], *options: str) -> Iterator[str]:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             assert time.monotonic() < deadline, "d2-server serve did not start"
             time.sleep(0.05)
-        yield base
+        yield base, proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -119,7 +128,7 @@ def _serving(env: dict[str, str], *options: str) -> Iterator[str]:
 
 @pytest.fixture
 def served(env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
-    tokens = json.loads(_run("init", "--app", "support-bot", "--json", env=env))
+    tokens = json.loads(_run("init", "--app-name", "support-bot", "--json", env=env))
     with _serving(env, "--poll-seconds", "7") as base:
         yield base, tokens
 
@@ -165,10 +174,11 @@ def test_init_serve_publish_token_and_rotate_as_documented(
         assert header["alg"] == "RS256" and header["jwks_refresh"] is True
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_serve_prunes_expired_events_at_startup_and_keeps_recent_ones(
-    env: dict[str, str],
+    env: dict[str, str], workers: str
 ) -> None:
-    tokens = json.loads(_run("init", "--app", "support-bot", "--json", env=env))
+    tokens = json.loads(_run("init", "--app-name", "support-bot", "--json", env=env))
     storage = SQLiteStorage(env["D2_SERVER_DB"])
     try:
         (account,) = storage.accounts()
@@ -178,7 +188,7 @@ def test_serve_prunes_expired_events_at_startup_and_keeps_recent_ones(
         storage.add_events(app.id, "h", [event] * 4, time.time() - 3600)
     finally:
         storage.close()
-    options = ("--events-retention", "2", "--events-max-per-app", "10")
+    options = ("--events-retention", "2", "--events-max-per-app", "10", "--workers", workers)
     with _serving(env, *options) as base:
         deadline = time.monotonic() + 30
         while True:
@@ -202,3 +212,48 @@ def test_serve_prunes_expired_events_at_startup_and_keeps_recent_ones(
         assert storage.event_usage(app.id).events == 10
     finally:
         storage.close()
+
+
+def _workers(pid: int) -> int:
+    """How many multiprocessing workers the process ``pid`` has started."""
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children |= {int(p) for p in (task / "children").read_text().split()}
+    count = 0
+    for child in children:
+        with contextlib.suppress(OSError):
+            count += b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_serve_with_two_workers_answers_from_one_database(env: dict[str, str]) -> None:
+    tokens = json.loads(_run("init", "--app-name", "support-bot", "--json", env=env))
+    developer = {"Authorization": f"Bearer {tokens['developer_token']}"}
+    options = ("--workers", "2", "--poll-seconds", "5")
+    with _serving_process(env, *options) as (base, proc), httpx.Client(base_url=base) as http:
+        deadline = time.monotonic() + 30
+        while _workers(proc.pid) < 2:  # uvicorn starts both workers
+            assert time.monotonic() < deadline, "two workers did not start"
+            time.sleep(0.05)
+        assert _workers(proc.pid) == 2
+        assert http.get("/healthz").json() == {"status": "ok"}
+        key = DeviceKey("laptop")
+        registration = {
+            "key_id": "laptop",
+            "algorithm": "Ed25519",
+            "public_key": key.public_key_b64,
+        }
+        assert http.post("/v1/keys", json=registration, headers=developer).status_code == 201
+        body = json.dumps(
+            {"metadata": {"name": "support-bot"}, "policies": [{"role": "r", "permissions": ["t"]}]}
+        ).encode()
+        signed = {"X-D2-Key-Id": "laptop", "X-D2-Signature": key.sign(body), "If-None-Match": "*"}
+        r = http.post("/v1/policy/publish", content=body, headers={**developer, **signed})
+        assert r.status_code == 201
+        runtime = {"Authorization": f"Bearer {tokens['runtime_token']}"}
+        for _ in range(8):  # new connections: both workers serve the published version
+            with httpx.Client(base_url=base) as fresh:
+                bundle = fresh.get("/v1/policy/bundle", headers=runtime)
+            assert bundle.status_code == 200 and bundle.json()["version"] == 1
+            assert bundle.headers["x-d2-poll-seconds"] == "5"  # the settings reached it

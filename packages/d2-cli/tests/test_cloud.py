@@ -238,10 +238,10 @@ def test_publish_without_a_token_says_where_one_comes_from_self_hosted_too(
     assert "needs D2_TOKEN" in error["message"] and error["exit_code"] == 2
     assert "`d2-server token create --scope developer`" in error["hint"]
     # the command named is one d2-server accepts
-    from d2.server.cli import build_parser
+    from d2.server.cli import parse_args
 
-    args = build_parser().parse_args(["token", "create", "--scope", "developer"])
-    assert args.scope == "developer"
+    path, params = parse_args(["token", "create", "--scope", "developer"])
+    assert path == ["token", "create"] and params["scope"] == "developer"
 
 
 def test_an_unreachable_control_plane_is_exit_2(

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
+import re
 from pathlib import Path
 
 import pytest
+import typer
 from d2.server import ServerConfig, SQLiteStorage
-from d2.server.cli import build_parser, main
+from d2.server.cli import Algorithm, main, parse_args
+from d2.server.signing import ALGORITHMS
 from d2.server.tokens import hash_token
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+
+def _plain(text: str) -> str:
+    """CLI output without rich's box drawing and line wrapping."""
+    return " ".join(re.sub(r"[\u2500-\u257f]", " ", text).split())
 
 
 def _init(db: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, str]:
@@ -25,7 +31,7 @@ def test_init_creates_an_account_an_app_and_two_tokens_stored_as_hashes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = tmp_path / "d2.db"
-    out = _init(db, capsys, "--app", "shop", "--alg", "ES256", "--max-tools", "7")
+    out = _init(db, capsys, "--app-name", "shop", "--alg", "ES256", "--max-tools", "7")
     assert out["app_name"] == "shop" and out["signing_key"].startswith("ES256 ")
     storage = SQLiteStorage(db)
     try:
@@ -62,7 +68,7 @@ def test_token_create_scopes_a_token_to_an_app(
     db = tmp_path / "d2.db"
     _init(db, capsys)
     monkeypatch.setenv("D2_SERVER_DB", str(db))  # the default --db
-    assert main(["token", "create", "--scope", "policy:read", "--app", "other", "--json"]) == 0
+    assert main(["token", "create", "--scope", "policy:read", "--app-name", "other", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["scopes"] == "policy:read" and out["app_name"] == "other"
     assert main(["token", "create", "--scope", "admin"]) == 1
@@ -123,11 +129,11 @@ def test_init_with_an_invalid_app_name_leaves_nothing_behind(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = tmp_path / "d2.db"
-    assert main(["init", "--db", str(db), "--app", "bad:name", "--alg", "RS256"]) == 1
+    assert main(["init", "--db", str(db), "--app-name", "bad:name", "--alg", "RS256"]) == 1
     assert "invalid app name" in capsys.readouterr().err
     assert not db.exists()  # refused before the database was created
     # so a corrected init starts from scratch, with the algorithm it asks for
-    out = _init(db, capsys, "--app", "good", "--alg", "ES256")
+    out = _init(db, capsys, "--app-name", "good", "--alg", "ES256")
     assert out["app_name"] == "good" and out["signing_key"].startswith("ES256 ")
     storage = SQLiteStorage(db)
     try:
@@ -155,11 +161,10 @@ def test_init_with_an_invalid_app_name_leaves_nothing_behind(
 def test_serve_refuses_a_bad_retention_setting_naming_the_option(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
 ) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(["serve", "--db", str(tmp_path / "d2.db"), option, value])
-    assert exited.value.code == 2  # a usage error, before anything is opened
-    err = capsys.readouterr().err
-    assert f"argument {option}: must be" in err and message in err
+    code = main(["serve", "--db", str(tmp_path / "d2.db"), option, value])
+    assert code == 2  # a usage error, before anything is opened
+    err = _plain(capsys.readouterr().err)
+    assert f"Invalid value for '{option}': must be" in err and message in err
     assert not (tmp_path / "d2.db").exists()
 
 
@@ -184,10 +189,11 @@ def test_serve_hands_the_retention_settings_to_the_server(
     assert (config.events_retention_days, config.events_max_per_app) == (7, 500)
     assert (config.events_max_bytes_per_app, config.events_prune_interval) == (65536, 90.5)
     assert seen["lifespan"] == "on"  # the lifespan runs the pruner
-    defaults = build_parser().parse_args(["serve"])
-    assert (defaults.events_retention, defaults.events_max_per_app) == (30, 1_000_000)
-    assert defaults.events_max_bytes_per_app == 256 * 1024 * 1024
-    assert defaults.events_prune_interval == 3600.0
+    path, defaults = parse_args(["serve"])
+    assert path == ["serve"] and defaults["workers"] == 1
+    assert (defaults["events_retention"], defaults["events_max_per_app"]) == (30, 1_000_000)
+    assert defaults["events_max_bytes_per_app"] == 256 * 1024 * 1024
+    assert defaults["events_prune_interval"] == 3600.0
 
 
 @settings(max_examples=200, deadline=None)
@@ -197,16 +203,112 @@ def test_the_retention_option_takes_exactly_whole_days_from_1_to_36500(text: str
         expected: int | None = int(text.strip())
     except ValueError:
         expected = None
-    err = io.StringIO()
     try:
-        with contextlib.redirect_stderr(err):
-            args = build_parser().parse_args(["serve", f"--events-retention={text}"])
-    except SystemExit as exc:
-        assert exc.code == 2
-        assert "argument --events-retention: must be a whole number from 1 to 36500" in (
-            err.getvalue()
+        _, args = parse_args(["serve", f"--events-retention={text}"])
+    except typer.BadParameter as exc:
+        assert exc.exit_code == 2
+        assert exc.format_message().startswith(
+            "Invalid value for '--events-retention': must be a whole number from 1 to 36500"
         )
         assert expected is None or not 1 <= expected <= 36500
     else:
-        assert expected is not None and args.events_retention == expected
+        assert expected is not None and args["events_retention"] == expected
         assert 1 <= expected <= 36500
+
+
+def test_version_prints_the_distribution_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from d2.server import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"d2-server {__version__}"
+
+
+def test_the_algorithm_choices_are_the_signing_algorithms() -> None:
+    assert [a.value for a in Algorithm] == list(ALGORITHMS)
+    with pytest.raises(typer.BadParameter):
+        parse_args(["rotate-key", "--alg", "HS256"])  # never an HMAC
+
+
+def test_app_is_the_hidden_old_spelling_of_app_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "d2.db"
+    assert _init(db, capsys, "--app", "old-spelling")["app_name"] == "old-spelling"
+    assert main(["token", "create", "--db", str(db), "--app", "second", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["app_name"] == "second"
+    both = ["token", "create", "--db", str(db), "--app-name", "a", "--app", "b"]
+    assert main(both) == 2  # a usage error: two different apps
+    assert "--app is the old spelling of --app-name" in _plain(capsys.readouterr().err)
+    for command in (["init"], ["token", "create"]):
+        assert main([*command, "--help"]) == 0
+        shown = capsys.readouterr().out
+        assert "--app-name" in shown and not re.search(r"--app\b(?!-)", shown)
+
+
+def test_a_refusal_with_json_is_also_a_json_document_on_stdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["token", "create", "--db", str(tmp_path / "none.db"), "--json"]) == 1
+    captured = capsys.readouterr()
+    error = json.loads(captured.out)
+    assert error["ok"] is False and error["error"]["exit_code"] == 1
+    assert "no database" in error["error"]["message"] and "no database" in captured.err
+
+
+def test_an_out_of_range_setting_is_refused_before_serving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "d2.db"
+    _init(db, capsys)
+    assert main(["serve", "--db", str(db), "--poll-seconds", "0"]) == 1
+    assert "poll_seconds must be a positive number" in capsys.readouterr().err
+    assert main(["serve", "--db", str(db), "--workers", "0"]) == 2
+    assert "--workers" in _plain(capsys.readouterr().err)
+
+
+def test_serve_with_workers_hands_uvicorn_a_factory_and_the_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+    from d2.server import serving
+
+    db = tmp_path / "d2.db"
+    _init(db, capsys)
+    monkeypatch.setenv(serving.SETTINGS_ENV, "")  # restored after the test
+    seen: dict[str, object] = {}
+
+    def run(app: object, **kwargs: object) -> None:
+        from starlette.testclient import TestClient
+
+        seen.update(kwargs, app=app)
+        worker = serving.worker_app()  # what each worker process builds
+        seen["config"] = worker.state.plane.config
+        with TestClient(worker) as client:  # runs the worker's lifespan
+            assert client.get("/healthz").json() == {"status": "ok"}
+            seen["worker_prunes"] = hasattr(worker.state, "pruner")
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    args = ["serve", "--db", str(db), "--workers", "3", "--poll-seconds", "9"]
+    assert main([*args, "--events-retention", "5", "--bundle-refresh", "60"]) == 0
+    assert seen["app"] == "d2.server.serving:worker_app" and seen["factory"] is True
+    assert seen["workers"] == 3 and seen["lifespan"] == "on"
+    config = seen["config"]
+    assert isinstance(config, ServerConfig)
+    assert (config.poll_seconds, config.events_retention_days) == (9, 5)
+    assert config.bundle_refresh == 60
+    assert seen["worker_prunes"] is False  # the supervising process prunes, once
+    settings_env = serving.ServeSettings.from_env()
+    assert settings_env.db == str(db)
+
+
+def test_a_worker_without_settings_says_how_it_is_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from d2.server import serving
+
+    monkeypatch.delenv(serving.SETTINGS_ENV, raising=False)
+    with pytest.raises(RuntimeError, match="d2-server serve --workers N"):
+        serving.worker_app()
+    for bad in ("{", "[]", '{"db": 3, "config": {}}', '{"db": "x"}'):
+        with pytest.raises(RuntimeError, match="is not valid"):
+            serving.ServeSettings.from_env({serving.SETTINGS_ENV: bad})

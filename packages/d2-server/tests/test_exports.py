@@ -18,6 +18,7 @@ def _public(module: types.ModuleType) -> set[str]:
         name
         for name, value in vars(module).items()
         if not name.startswith("_")
+        and name.isidentifier()  # pydantic files its generic classes as "RootModel[...]"
         and not isinstance(value, types.ModuleType)
         and getattr(value, "__module__", module.__name__) == module.__name__
         and name not in {"annotations"}

@@ -8,7 +8,7 @@ import json
 
 import pytest
 from d2.server import ControlPlane, Quotas, ServerConfig, SQLiteStorage
-from d2.server.bodies import parse_events
+from d2.server.bodies import Events, parse_body
 from d2.server.config import EVENTS_MAX_BYTES
 from d2.server.errors import ApiError
 from d2.server.storage import SMALLEST_EVENT_BYTES, EventUsage, rows_to_free
@@ -18,6 +18,12 @@ from hypothesis import strategies as st
 
 TIME = "2025-01-01T00:00:00Z"
 TINY = ("a", "{}", TIME)  # 23 stored bytes: the smallest event there is
+
+
+def parse_events(body: bytes, max_events: int) -> list[tuple[str, str, str]]:
+    """The rows the server stores for an ingest ``body``."""
+    parsed = parse_body(Events, body, "invalid_events", context={"max_events": max_events})
+    return [event.row() for event in parsed.events]
 
 
 def _expanding_body() -> bytes:

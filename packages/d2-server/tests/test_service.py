@@ -91,11 +91,11 @@ def test_after_rotation_the_current_version_is_re_signed_with_the_same_claims(
     assert resigned.kid == new_key.kid != old.kid
     assert jwt.get_unverified_header(resigned.jws)["jwks_refresh"] is True
     assert resigned.jws.split(".")[1] == old.jws.split(".")[1]  # the same payload
-    assert {k["kid"] for k in plane.jwks()["keys"]} == {old.kid, new_key.kid}
+    assert {k.kid for k in plane.jwks().keys} == {old.kid, new_key.kid}
     clock.advance(599)
     assert plane.bundle(pub.runtime) == resigned  # flagged while the old key is published
     clock.advance(1)
-    assert [k["kid"] for k in plane.jwks()["keys"]] == [new_key.kid]
+    assert [k.kid for k in plane.jwks().keys] == [new_key.kid]
     # the old key left the JWKS: the cached bundle is re-signed without the flag,
     # claims unchanged, once
     unflagged = plane.bundle(pub.runtime)

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from . import bodies
 from .config import EVENTS_MAX_BYTES
 from .errors import ApiError
 from .openapi import openapi_document
@@ -54,7 +55,7 @@ class _Api:
         return principal
 
     async def health(self, request: Request) -> Response:
-        return json_response({"status": "ok"})
+        return json_response(bodies.Health())
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())
@@ -74,7 +75,7 @@ class _Api:
         headers = {"ETag": bundle.etag, "X-D2-Poll-Seconds": self.poll, "Cache-Control": "no-cache"}
         if self.plane.bundle_matches(bundle, if_none_match):
             return Response(status_code=304, headers=headers)
-        return json_response({"jws": bundle.jws, "version": bundle.version}, headers=headers)
+        return json_response(bodies.Bundle(jws=bundle.jws, version=bundle.version), headers=headers)
 
     async def publish(self, request: Request) -> Response:
         principal = await self._principal(request, POLICY_WRITE)
@@ -89,13 +90,13 @@ class _Api:
             if_none_match=parse_etags(request.headers.get("if-none-match")),
         )
         etag = new.bundle.etag
-        return json_response({"version": new.version, "etag": etag}, 201, {"ETag": etag})
+        return json_response(bodies.Published(version=new.version, etag=etag), 201, {"ETag": etag})
 
     async def revoke(self, request: Request) -> Response:
         principal = await self._principal(request, POLICY_WRITE)
         await read_body(request, _SMALL_BODY)  # ignored, but bounded
         version = await self._run(self.plane.revoke, principal)
-        return json_response({"revoked_version": version})
+        return json_response(bodies.Revoked(revoked_version=version))
 
     async def draft(self, request: Request) -> Response:
         principal = await self._principal(request, POLICY_WRITE)
@@ -103,7 +104,7 @@ class _Api:
             return json_response(await self._run(self.plane.get_draft, principal))
         body = await read_body(request, self.plane.config.max_body_bytes)
         version = await self._run(self.plane.put_draft, principal, body)
-        return json_response({"draft_version": version})
+        return json_response(bodies.DraftSaved(draft_version=version))
 
     async def keys(self, request: Request) -> Response:
         principal = await self._principal(request, POLICY_WRITE)
@@ -115,7 +116,7 @@ class _Api:
         self.plane.admit_events(principal)
         body = await read_body(request, EVENTS_MAX_BYTES)
         count = await self._run(self.plane.ingest, principal, body)
-        return json_response({"accepted": count}, 202)
+        return json_response(bodies.Accepted(accepted=count), 202)
 
 
 async def _on_error(request: Request, exc: Exception) -> Response:
@@ -126,13 +127,17 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     return json_response({"detail": "internal_error"}, 500)
 
 
-def create_app(plane: ControlPlane) -> Starlette:
+def create_app(plane: ControlPlane, *, prune: bool = True) -> Starlette:
     """The ASGI application serving ``plane``. Serve it with the lifespan protocol on
     (uvicorn's default): startup starts the usage-event pruner (``app.state.pruner``),
-    shutdown stops it."""
+    shutdown stops it. ``prune=False``: no pruner (another process of the same
+    server runs it, as with ``d2-server serve --workers N``)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not prune:
+            yield
+            return
         pruner = EventPruner(plane)
         app.state.pruner = pruner
         pruner.start()

@@ -1,169 +1,73 @@
-"""Strict JSON decoding and the shapes of the request bodies.
+"""The request and response bodies of the API as pydantic models.
 
-Decoding refuses what a lenient parser would let through silently: invalid UTF-8,
-duplicate keys, ``NaN``/``Infinity`` and nesting deep enough to exhaust the stack.
-Each ``parse_*`` function returns plain values or raises :class:`ApiError` (400 for
-bytes that are not JSON, 422 with ``errors`` for JSON of the wrong shape).
+Request bodies are decoded by :func:`~d2.server.strictjson.decode_json` (400 for
+bytes that are not strict JSON) and then validated in pydantic's strict mode by
+:func:`parse_body`: no coercion (``"1"`` is not an integer, ``true`` is not ``1``),
+fields the protocol does not name are ignored, and a body of the wrong shape is a
+422 whose ``errors`` name each bad field and what it should be. The OpenAPI
+document (:mod:`.openapi`) is generated from these same models.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import math
 import re
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
-from .devicekeys import DEVICE_KEY_ALGORITHM, decode_base64, valid_key_id
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .devicekeys import DEVICE_KEY_ALGORITHM, decode_base64
 from .errors import ApiError
+from .strictjson import canonical_json, decode_json
 
 __all__ = [
+    "MAX_ERRORS",
     "MAX_EVENT_TYPE",
-    "JSONError",
-    "canonical_json",
-    "decode_json",
-    "loads_strict",
-    "parse_draft",
-    "parse_events",
-    "parse_key_registration",
+    "Accepted",
+    "Bundle",
+    "Draft",
+    "DraftIn",
+    "DraftSaved",
+    "Error",
+    "Event",
+    "Events",
+    "Health",
+    "Identity",
+    "Jwk",
+    "Jwks",
+    "Key",
+    "KeyIn",
+    "PlanQuotas",
+    "PolicyDocument",
+    "Published",
+    "Revoked",
+    "parse_body",
     "valid_timestamp",
 ]
 
 MAX_EVENT_TYPE = 200
-_MAX_DEPTH = 64
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""Longest ``event_type``, in characters."""
+MAX_ERRORS = 20
+"""Most ``errors`` lines of one 422 (a 32 KiB body can hold thousands of mistakes)."""
+
 _RFC3339 = re.compile(
     r"(\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:)(\d{2})(?:\.(\d{1,32}))?([Zz]|[+-]\d{2}:\d{2})"
 )
-
-
-class JSONError(ValueError):
-    """Bytes that are not acceptable JSON."""
-
-
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise JSONError(f"duplicate key {key[:80]!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise JSONError(f"{name} is not valid JSON")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise JSONError(f"number {text[:40]} is out of range")
-    return value
-
-
-def _depth_ok(data: bytes) -> bool:
-    depth = 0
-    in_string = escaped = False
-    for byte in data:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
-            depth += 1
-            if depth > _MAX_DEPTH:
-                return False
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    return True
-
-
-def loads_strict(data: bytes) -> Any:
-    """Decode JSON bytes strictly; raises :class:`JSONError` with the reason."""
-    if not _depth_ok(data):
-        raise JSONError(f"nested deeper than {_MAX_DEPTH} levels")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise JSONError(f"not UTF-8: {exc.reason}") from None
-    try:
-        value = json.loads(
-            text, object_pairs_hook=_unique, parse_constant=_no_constant, parse_float=_finite
-        )
-    except JSONError:
-        raise
-    except (ValueError, RecursionError) as exc:
-        raise JSONError(str(exc)[:200]) from None
-    if _SURROGATE_ESCAPE.search(text):  # an escaped lone surrogate cannot be stored
-        try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise JSONError("a string holds a lone UTF-16 surrogate") from None
-    return value
-
-
-def decode_json(data: bytes) -> Any:
-    """Decode a request body; 400 ``invalid_json`` when it is not JSON."""
-    try:
-        return loads_strict(data)
-    except JSONError as exc:
-        raise ApiError(400, "invalid_json", errors=[f"<root>: {exc}"]) from None
-
-
-def canonical_json(value: Any) -> str:
-    """Sorted keys, no spaces, UTF-8 kept."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _invalid(detail: str, errors: list[str]) -> ApiError:
-    return ApiError(422, detail, errors=errors)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def parse_key_registration(data: bytes) -> tuple[str, bytes]:
-    """``POST /v1/keys`` body -> (key id, raw 32-byte Ed25519 public key)."""
-    body = decode_json(data)
-    if not isinstance(body, dict):
-        raise _invalid("invalid_key", ["<root>: expected an object"])
-    errors: list[str] = []
-    key_id = body.get("key_id")
-    if not valid_key_id(key_id):
-        errors.append("key_id: expected 1-128 printable characters without spaces")
-    if body.get("algorithm") != DEVICE_KEY_ALGORITHM:
-        errors.append(f"algorithm: expected {DEVICE_KEY_ALGORITHM!r}")
-    raw = body.get("public_key")
-    public = decode_base64(raw) if isinstance(raw, str) else None
-    if public is None or len(public) != 32:
-        errors.append("public_key: expected the base64 of a raw 32-byte Ed25519 key")
-    if errors:
-        raise _invalid("invalid_key", errors)
-    assert isinstance(key_id, str) and public is not None
-    return key_id, public
-
-
-def parse_draft(data: bytes) -> tuple[int, Any]:
-    """``PUT /v1/policy/draft`` body -> (version, policy document)."""
-    body = decode_json(data)
-    if not isinstance(body, dict):
-        raise _invalid("invalid_draft", ["<root>: expected an object"])
-    errors: list[str] = []
-    version = body.get("version")
-    if not (isinstance(version, int) and _is_int(version) and 0 <= version < 2**53):
-        errors.append("version: expected an integer >= 0")
-    if not isinstance(body.get("bundle"), dict):
-        errors.append("bundle: expected the policy document (an object)")
-    if errors:
-        raise _invalid("invalid_draft", errors)
-    assert isinstance(version, int)
-    return version, body["bundle"]
+_STRICT_IN = ConfigDict(strict=True, extra="ignore", frozen=True)
+_OUT = ConfigDict(
+    strict=True, extra="forbid", frozen=True, json_schema_serialization_defaults_required=True
+)
+_M = TypeVar("_M", bound=BaseModel)
 
 
 def valid_timestamp(value: object) -> bool:
@@ -185,37 +89,281 @@ def valid_timestamp(value: object) -> bool:
     return True
 
 
-def parse_events(data: bytes, max_events: int) -> list[tuple[str, str, str]]:
-    """``POST /v1/events/ingest`` body -> ``(event_type, payload JSON, occurred_at)``.
+def _timestamp(value: str) -> str:
+    if not valid_timestamp(value):
+        raise PydanticCustomError("rfc3339", "not an RFC 3339 date-time with an offset")
+    return value
 
-    More than ``max_events`` events: 413 ``too_many_events`` (the client splits)."""
-    body = decode_json(data)
-    if not isinstance(body, dict) or not isinstance(body.get("events"), list):
-        raise _invalid("invalid_events", ["events: expected a list of events"])
-    items: list[Any] = body["events"]
-    if len(items) > max_events:
-        raise ApiError(413, "too_many_events", limit=max_events)
-    errors: list[str] = []
-    out: list[tuple[str, str, str]] = []
-    for i, event in enumerate(items):
-        if not isinstance(event, dict):
-            errors.append(f"events[{i}]: expected an object")
+
+def _public_key(value: str) -> str:
+    raw = decode_base64(value)
+    if raw is None or len(raw) != 32:
+        raise PydanticCustomError("ed25519_key", "not the base64 of 32 bytes")
+    return value
+
+
+# requests
+
+
+class PolicyDocument(RootModel[dict[str, Any]]):
+    """A policy document (POLICY.md); ``metadata.name`` must be the app's name. Its
+    content is checked by the policy language's validator, not by this model."""
+
+    model_config = ConfigDict(
+        strict=True,
+        frozen=True,
+        json_schema_extra={
+            "properties": {"metadata": {"type": "object"}, "policies": {"type": "array"}}
+        },
+    )
+
+
+class DraftIn(BaseModel):
+    """``PUT /v1/policy/draft``."""
+
+    model_config = _STRICT_IN
+    version: int = Field(ge=0, lt=2**53, description="an integer >= 0")
+    bundle: PolicyDocument = Field(description="the policy document (an object)")
+
+
+class KeyIn(BaseModel):
+    """``POST /v1/keys``: a device key to register for the token's app."""
+
+    model_config = _STRICT_IN
+    key_id: str = Field(
+        pattern=r"^[A-Za-z0-9._:@+/=-]{1,128}$",
+        description="1-128 printable characters without spaces",
+    )
+    algorithm: Literal["Ed25519"] = Field(description=f"the string {DEVICE_KEY_ALGORITHM!r}")
+    public_key: Annotated[str, AfterValidator(_public_key)] = Field(
+        max_length=1024,
+        description="the base64 of a raw 32-byte Ed25519 key",
+        json_schema_extra={"pattern": "^[A-Za-z0-9+/]{43}=$"},
+    )
+
+    @property
+    def raw_public_key(self) -> bytes:
+        """The 32 key bytes."""
+        raw = decode_base64(self.public_key)
+        assert raw is not None  # checked by the validator
+        return raw
+
+
+class Event(BaseModel):
+    """One usage event."""
+
+    model_config = _STRICT_IN
+    event_type: str = Field(
+        min_length=1,
+        max_length=MAX_EVENT_TYPE,
+        description=f"a string of 1-{MAX_EVENT_TYPE} characters",
+    )
+    payload: dict[str, Any] = Field(description="an object")
+    occurred_at: Annotated[str, AfterValidator(_timestamp)] = Field(
+        description="an RFC 3339 time with an offset, such as 2025-01-01T00:00:00Z",
+        json_schema_extra={"format": "date-time"},
+    )
+
+    def row(self) -> tuple[str, str, str]:
+        """``(event_type, payload as canonical JSON, occurred_at)``, as stored."""
+        return self.event_type, canonical_json(self.payload), self.occurred_at
+
+
+class Events(BaseModel):
+    """``POST /v1/events/ingest``. More events than the plan's ``event_batch`` (given
+    as the validation context ``max_events``) is a 413: the client splits."""
+
+    model_config = _STRICT_IN
+    events: list[Event] = Field(description="a list of events")
+
+    @field_validator("events", mode="before")
+    @classmethod
+    def _batch(cls, value: Any, info: ValidationInfo) -> Any:
+        limit = (info.context or {}).get("max_events")
+        if isinstance(value, list) and limit is not None and len(value) > limit:
+            raise PydanticCustomError(
+                "too_many_events", "more than {limit} events", {"limit": limit}
+            )
+        return value
+
+
+# responses
+
+
+class Error(BaseModel):
+    """Every refusal: ``detail`` is a code; the other fields depend on it."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    detail: str
+    errors: list[str] | None = Field(None, description="422: one '<path>: <problem>' each")
+    message: str | None = Field(None, description="what to do next")
+    limit: int | None = Field(None, description="the limit that was reached")
+    value: int | None = Field(None, description="the value over the limit")
+    scope: str | None = Field(None, description="403 missing_scope: the scope needed")
+    current_version: int | None = None
+    retry_after: int | None = Field(None, description="429: seconds to wait")
+
+
+class Health(BaseModel):
+    """``GET /healthz``."""
+
+    model_config = _OUT
+    status: Literal["ok"] = "ok"
+
+
+class PlanQuotas(BaseModel):
+    """The plan limits an SDK honours."""
+
+    model_config = _OUT
+    max_tools: int
+    bundle_size_bytes: int
+    event_batch: int
+    ingest_interval: int
+
+
+class Identity(BaseModel):
+    """``GET /v1/accounts/me``."""
+
+    model_config = _OUT
+    account_id: str
+    app_name: str
+    plan: str
+    poll_seconds: int
+    quotas: PlanQuotas
+    scopes: list[str]
+
+
+class Jwk(BaseModel):
+    """A public signing key (RFC 7517); the key's own members (``crv``, ``x``, ``n``,
+    ...) follow its type."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    kid: str
+    kty: Literal["OKP", "EC", "RSA"]
+    alg: Literal["EdDSA", "ES256", "RS256"]
+    use: Literal["sig"]
+
+
+class Jwks(BaseModel):
+    """``GET /.well-known/jwks.json``."""
+
+    model_config = _OUT
+    keys: list[Jwk]
+
+
+class Bundle(BaseModel):
+    """``GET /v1/policy/bundle``: the compact JWS and its version."""
+
+    model_config = _OUT
+    jws: str
+    version: int = Field(ge=1)
+
+
+class Published(BaseModel):
+    """``POST /v1/policy/publish``."""
+
+    model_config = _OUT
+    version: int = Field(ge=1)
+    etag: str
+
+
+class Revoked(BaseModel):
+    """``POST /v1/policy/revoke``."""
+
+    model_config = _OUT
+    revoked_version: int = Field(ge=1)
+
+
+class Draft(BaseModel):
+    """``GET /v1/policy/draft``."""
+
+    model_config = _OUT
+    version: int
+    bundle: dict[str, Any]
+
+
+class DraftSaved(BaseModel):
+    """``PUT /v1/policy/draft``."""
+
+    model_config = _OUT
+    draft_version: int
+
+
+class Key(BaseModel):
+    """``POST /v1/keys``: the registered key."""
+
+    model_config = _OUT
+    key_id: str
+    algorithm: str
+
+
+class Accepted(BaseModel):
+    """``POST /v1/events/ingest``: how many events were stored."""
+
+    model_config = _OUT
+    accepted: int = Field(ge=0)
+
+
+# parsing
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    while get_origin(annotation) is list:
+        (annotation,) = get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _hint(model: type[BaseModel], loc: tuple[int | str, ...]) -> str | None:
+    """The description of the field at ``loc``: what it should be."""
+    current: type[BaseModel] | None = model
+    hint = None
+    for part in loc:
+        if isinstance(part, int):
             continue
-        kind, payload, when = (
-            event.get("event_type"),
-            event.get("payload"),
-            event.get("occurred_at"),
-        )
-        if not isinstance(kind, str) or not 0 < len(kind) <= MAX_EVENT_TYPE:
-            errors.append(f"events[{i}].event_type: expected a string of 1-{MAX_EVENT_TYPE} chars")
-        if not isinstance(payload, dict):
-            errors.append(f"events[{i}].payload: expected an object")
-        if not valid_timestamp(when):
-            errors.append(f"events[{i}].occurred_at: expected an RFC 3339 time with offset")
-        if len(errors) >= 20:
-            break
-        if not errors:
-            out.append((str(kind), canonical_json(payload), str(when)))
-    if errors:
-        raise _invalid("invalid_events", errors)
-    return out
+        if current is None or part not in current.model_fields:
+            return None
+        field = current.model_fields[part]
+        hint = field.description
+        current = _model_of(field.annotation)
+    return hint
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out or "<root>"
+
+
+def _describe(model: type[BaseModel], error: Any) -> str:
+    loc = tuple(error["loc"])
+    if error["type"] == "model_type":  # pydantic's text names the Python class
+        return f"{_path(loc)}: expected a JSON object"
+    message = str(error["msg"])
+    message = message[:1].lower() + message[1:]
+    hint = _hint(model, loc)
+    if hint is None:
+        return f"{_path(loc)}: {message}"
+    return f"{_path(loc)}: expected {hint} ({message})"
+
+
+def parse_body(
+    model: type[_M], data: bytes, detail: str, *, context: dict[str, Any] | None = None
+) -> _M:
+    """Decode ``data`` strictly and validate it as ``model``.
+
+    400 ``invalid_json`` when it is not JSON; 422 ``detail`` with ``errors`` (at most
+    :data:`MAX_ERRORS`) when its shape is wrong; 413 ``too_many_events`` when an
+    ingest holds more events than ``context["max_events"]``."""
+    value = decode_json(data)
+    try:
+        return model.model_validate(value, strict=True, context=context)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=True)
+        for error in errors:
+            if error["type"] == "too_many_events":
+                raise ApiError(413, "too_many_events", limit=error["ctx"]["limit"]) from None
+        lines = [_describe(model, error) for error in errors[:MAX_ERRORS]]
+        raise ApiError(422, detail, errors=lines) from None

@@ -1,148 +1,150 @@
-"""The ``d2-server`` command: ``init``, ``serve``, ``rotate-key``, ``token create``.
+"""The ``d2-server`` command, a typer application like ``d2``: ``init``, ``serve``,
+``rotate-key``, ``token create``.
 
 Every command takes ``--db PATH`` (default ``$D2_SERVER_DB``, else
-``./d2-server.db``). Exit status: 0 done, 1 refused (for example ``init`` on a
-database that already has an account), 2 usage error.
+``./d2-server.db``). Option names follow the ``d2`` command where both name the
+same thing (``--app-name``, ``--json``); the old spellings still work but are not
+shown in ``--help``. Exit status: 0 done, 1 refused (for example ``init`` on a
+database that already has an account), 2 usage error (a bad option or value).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from enum import Enum
+from typing import Annotated, Any, NoReturn
+
+import typer
 
 from ._version import __version__
 from .config import Quotas, ServerConfig, check_event_setting
 from .service import ControlPlane, check_app_name
-from .signing import ALGORITHMS, DEFAULT_ALGORITHM
+from .serving import ServeSettings, serve
+from .signing import DEFAULT_ALGORITHM
 from .sqlite import SQLiteStorage
 
-__all__ = ["DEFAULT_DB", "build_parser", "main"]
+__all__ = ["DEFAULT_DB", "Algorithm", "app", "main", "parse_args"]
 
 DEFAULT_DB = "d2-server.db"
+_QUOTAS = Quotas()
+_CONFIG = ServerConfig()
+
+
+class Algorithm(str, Enum):
+    """A bundle signing algorithm."""
+
+    EdDSA = "EdDSA"
+    ES256 = "ES256"
+    RS256 = "RS256"
+
+
+_DEFAULT_ALG = Algorithm(DEFAULT_ALGORITHM)
 
 
 class _Refused(Exception):
-    """A command that cannot proceed; the message says why."""
+    """A command that cannot proceed; the message says why (exit status 1)."""
 
 
-def _db_default() -> str:
-    return os.environ.get("D2_SERVER_DB") or DEFAULT_DB
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"d2-server {__version__}")
+        raise typer.Exit(0)
 
 
-def _event_option(setting: str, convert: Callable[[str], int | float]) -> Callable[[str], Any]:
-    """An argparse type for the ``ServerConfig`` field ``setting``: a refused value
-    is a usage error that argparse prints with the option's name."""
+app = typer.Typer(
+    name="d2-server",
+    help="D2 reference control plane (self-hosted): signed policy bundles, JWKS, "
+    "publishing, usage events, on one SQLite file.\n\n"
+    "Exit codes: 0 ok, 1 refused (the message says why), 2 usage error.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,  # never print locals (tokens) in a traceback
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+_token_app = typer.Typer(
+    name="token",
+    help="Manage API tokens.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(_token_app, name="token")
 
-    def parse(text: str) -> int | float:
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """D2 reference control plane (self-hosted)."""
+
+
+# shared options
+
+_DbOption = Annotated[
+    str,
+    typer.Option(
+        "--db",
+        envvar="D2_SERVER_DB",
+        metavar="PATH",
+        show_default=False,
+        help=f"SQLite database file (default: $D2_SERVER_DB or ./{DEFAULT_DB}).",
+    ),
+]
+_JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document on stdout (for scripts).")
+]
+_AlgorithmOption = Annotated[
+    Algorithm,
+    typer.Option(
+        "--alg",
+        help="Bundle signing algorithm: EdDSA (Ed25519), ES256 (P-256) or RS256 (RSA 3072).",
+    ),
+]
+_OldAppOption = Annotated[
+    str | None, typer.Option("--app", hidden=True, help="Old spelling of --app-name.")
+]
+
+
+def _app_name(app_name: str | None, old: str | None) -> str | None:
+    """``--app-name``, or its old spelling ``--app``; both at once must agree."""
+    if app_name is not None and old is not None and app_name != old:
+        raise typer.BadParameter(
+            "give the app once: --app is the old spelling of --app-name", param_hint="--app"
+        )
+    return app_name if app_name is not None else old
+
+
+def _event_parser(setting: str, convert: Callable[[str], int | float]) -> Callable[[Any], Any]:
+    """The parser of the option for the ``ServerConfig`` field ``setting``: a refused
+    value is a usage error naming the option (exit status 2)."""
+
+    def parse(text: Any) -> int | float:
+        if isinstance(text, (int, float)) and not isinstance(text, bool):
+            return text  # the default
         value: object
         try:
-            value = convert(text.strip())
+            value = convert(str(text).strip())
         except ValueError:
             value = text  # not a number: refused below, quoted as typed
         try:
             check_event_setting(setting, value)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+            raise typer.BadParameter(str(exc)) from None
         assert isinstance(value, (int, float))
         return value
 
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``d2-server``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--db",
-        default=None,
-        help=f"SQLite database file (default: $D2_SERVER_DB or ./{DEFAULT_DB})",
-    )
-    parser = argparse.ArgumentParser(
-        prog="d2-server", description="D2 reference control plane (self-hosted)."
-    )
-    parser.add_argument("--version", action="version", version=f"d2-server {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    init = sub.add_parser(
-        "init", parents=[common], help="create the database, an account, an app and tokens"
-    )
-    init.add_argument("--app", default="default", help="app name (default: default)")
-    init.add_argument("--alg", choices=ALGORITHMS, default=DEFAULT_ALGORITHM)
-    defaults = Quotas()
-    init.add_argument("--plan", default=defaults.plan)
-    for name in ("max_tools", "bundle_size_bytes", "event_batch", "ingest_interval", "max_apps"):
-        init.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    init.add_argument("--json", action="store_true", help="print JSON")
-
-    serve = sub.add_parser("serve", parents=[common], help="run the HTTP server")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8787)
-    config = ServerConfig()
-    serve.add_argument("--poll-seconds", type=int, default=config.poll_seconds)
-    serve.add_argument(
-        "--bundle-lifetime", type=int, default=config.bundle_lifetime, help="exp - iat, seconds"
-    )
-    serve.add_argument(
-        "--bundle-refresh", type=int, default=None, help="re-sign bundles this old (seconds)"
-    )
-    serve.add_argument("--ingest-burst", type=int, default=config.ingest_burst)
-    serve.add_argument("--ingest-window", type=float, default=config.ingest_window)
-    serve.add_argument(
-        "--events-retention",
-        metavar="DAYS",
-        type=_event_option("events_retention_days", int),
-        default=config.events_retention_days,
-        help="delete usage events received more than DAYS ago (1-36500; default %(default)s)",
-    )
-    serve.add_argument(
-        "--events-max-per-app",
-        metavar="N",
-        type=_event_option("events_max_per_app", int),
-        default=config.events_max_per_app,
-        help="keep at most N usage events per app, dropping the oldest (default %(default)s)",
-    )
-    serve.add_argument(
-        "--events-max-bytes-per-app",
-        metavar="N",
-        type=_event_option("events_max_bytes_per_app", int),
-        default=config.events_max_bytes_per_app,
-        help="keep at most N bytes of usage-event data per app, dropping the oldest "
-        "(default %(default)s)",
-    )
-    serve.add_argument(
-        "--events-prune-interval",
-        metavar="SECONDS",
-        type=_event_option("events_prune_interval", float),
-        default=config.events_prune_interval,
-        help="seconds between pruning passes; one also runs at startup (default %(default)g)",
-    )
-    serve.add_argument("--log-level", default="info")
-
-    rotate = sub.add_parser("rotate-key", parents=[common], help="add a new bundle signing key")
-    rotate.add_argument("--alg", choices=ALGORITHMS, default=DEFAULT_ALGORITHM)
-    rotate.add_argument(
-        "--overlap",
-        type=float,
-        default=86400.0,
-        help="seconds the previous key stays in the JWKS (default 86400)",
-    )
-
-    token = sub.add_parser("token", help="manage API tokens")
-    token_sub = token.add_subparsers(dest="token_command", required=True)
-    create = token_sub.add_parser("create", parents=[common], help="create a token")
-    create.add_argument(
-        "--scope",
-        default="runtime",
-        help="runtime, developer, or scopes like 'policy:read events:write' (default runtime)",
-    )
-    create.add_argument("--account", default=None, help="account id (default: the only one)")
-    create.add_argument("--app", default=None, help="app name (created if new; default: first)")
-    create.add_argument("--json", action="store_true", help="print JSON")
-    return parser
+# output and errors
 
 
 def _print(data: dict[str, Any], as_json: bool) -> None:
@@ -154,143 +156,328 @@ def _print(data: dict[str, Any], as_json: bool) -> None:
         print(f"{key + ':':<{width + 1}} {value}")
 
 
-def _init(plane: ControlPlane, args: argparse.Namespace) -> None:
-    if plane.storage.accounts():
-        raise _Refused(
-            "the database already has an account; use `d2-server token create` for more tokens"
-        )
-    quotas = Quotas(
-        plan=args.plan,
-        max_tools=args.max_tools,
-        bundle_size_bytes=args.bundle_size_bytes,
-        event_batch=args.event_batch,
-        ingest_interval=args.ingest_interval,
-        max_apps=args.max_apps,
-    )
-    plane.ensure_signing_key(args.alg)
-    account, app = plane.create_account(args.app, quotas)
-    key = plane.ensure_signing_key()
-    _print(
-        {
-            "database": args.db,
-            "account_id": account.id,
-            "app_name": app.name,
-            "runtime_token": plane.create_token(app, "runtime"),
-            "developer_token": plane.create_token(app, "developer"),
-            "signing_key": f"{key.alg} {key.kid}",
-        },
-        args.json,
-    )
-    if not args.json:
-        print("Tokens are shown once; only their hashes are stored.")
+def _fail(message: str, as_json: bool) -> NoReturn:
+    """Report a refusal (stderr; with ``--json`` also the JSON error document on
+    stdout, as ``d2`` does) and exit with status 1."""
+    print(f"d2-server: {message}", file=sys.stderr)
+    if as_json:
+        error = {"message": message, "exit_code": 1, "details": [], "hint": None}
+        print(json.dumps({"ok": False, "error": error}, indent=2))
+    raise typer.Exit(1)
 
 
-def _token(plane: ControlPlane, args: argparse.Namespace) -> None:
-    accounts = plane.storage.accounts()
-    if args.account is None:
-        if len(accounts) != 1:
+def _open(db: str, *, create: bool, as_json: bool = False) -> SQLiteStorage:
+    if not create and not os.path.exists(db):
+        _fail(f"no database at {db}; run `d2-server init` first", as_json)
+    try:
+        return SQLiteStorage(db)
+    except Exception as exc:
+        _fail(f"cannot open {db}: {exc}", as_json)
+
+
+def _run(db: str, as_json: bool, body: Callable[[ControlPlane], None], *, create: bool) -> None:
+    storage = _open(db, create=create, as_json=as_json)
+    try:
+        body(ControlPlane(storage))
+    except (_Refused, ValueError) as exc:
+        _fail(str(exc), as_json)
+    finally:
+        storage.close()
+
+
+# commands
+
+
+@app.command("init")
+def _init(
+    db: _DbOption = DEFAULT_DB,
+    app_name: Annotated[
+        str | None,
+        typer.Option(
+            "--app-name",
+            metavar="NAME",
+            help="The first app's name: letters, digits, '.', '_', '-' (default: default).",
+        ),
+    ] = None,
+    old_app: _OldAppOption = None,
+    alg: _AlgorithmOption = _DEFAULT_ALG,
+    plan: Annotated[
+        str, typer.Option("--plan", help="Plan name reported by /v1/accounts/me.")
+    ] = _QUOTAS.plan,
+    max_tools: Annotated[
+        int, typer.Option("--max-tools", help="Tools a policy may name (402 above).")
+    ] = _QUOTAS.max_tools,
+    bundle_size_bytes: Annotated[
+        int, typer.Option("--bundle-size-bytes", help="Size of a published policy (402 above).")
+    ] = _QUOTAS.bundle_size_bytes,
+    event_batch: Annotated[
+        int, typer.Option("--event-batch", help="Events per ingest request (413 above).")
+    ] = _QUOTAS.event_batch,
+    ingest_interval: Annotated[
+        int,
+        typer.Option("--ingest-interval", help="Seconds between event uploads, told to SDKs."),
+    ] = _QUOTAS.ingest_interval,
+    max_apps: Annotated[
+        int, typer.Option("--max-apps", help="Apps with a policy in force (403 above).")
+    ] = _QUOTAS.max_apps,
+    as_json: _JsonOption = False,
+) -> None:
+    """Create the database, an account, an app and two tokens."""
+    name = _app_name(app_name, old_app) or "default"
+    try:  # before the database is created: a refused init leaves nothing behind
+        check_app_name(name)
+    except ValueError as exc:
+        _fail(str(exc), as_json)
+
+    def body(plane: ControlPlane) -> None:
+        if plane.storage.accounts():
             raise _Refused(
-                "no account; run `d2-server init`"
-                if not accounts
-                else "several accounts; choose one with --account"
+                "the database already has an account; use `d2-server token create` for more tokens"
             )
-        account = accounts[0]
-    else:
-        found = plane.storage.get_account(args.account)
-        if found is None:
-            raise _Refused(f"no account {args.account!r}")
-        account = found
-    if args.app is None:
-        apps = plane.storage.apps(account.id)
-        if not apps:
-            raise _Refused("the account has no app; pass --app NAME")
-        app = apps[0]
-    else:
-        app = plane.app(account.id, args.app)
-    token = plane.create_token(app, args.scope)
-    principal = plane.authenticate(f"Bearer {token}")
-    data = {
-        "account_id": account.id,
-        "app_name": app.name,
-        "scopes": " ".join(principal.scopes),
-        "token": token,
-    }
-    _print(data, args.json)
+        quotas = Quotas(
+            plan=plan,
+            max_tools=max_tools,
+            bundle_size_bytes=bundle_size_bytes,
+            event_batch=event_batch,
+            ingest_interval=ingest_interval,
+            max_apps=max_apps,
+        )
+        plane.ensure_signing_key(alg.value)
+        account, created = plane.create_account(name, quotas)
+        key = plane.ensure_signing_key()
+        data = {
+            "database": db,
+            "account_id": account.id,
+            "app_name": created.name,
+            "runtime_token": plane.create_token(created, "runtime"),
+            "developer_token": plane.create_token(created, "developer"),
+            "signing_key": f"{key.alg} {key.kid}",
+        }
+        _print(data, as_json)
+        if not as_json:
+            print("Tokens are shown once; only their hashes are stored.")
+
+    _run(db, as_json, body, create=True)
 
 
-def _rotate(plane: ControlPlane, args: argparse.Namespace) -> None:
-    if plane.storage.active_signing_key() is None:
-        raise _Refused("no signing key yet; run `d2-server init`")
-    key = plane.rotate_key(args.alg, overlap=args.overlap)
-    print(f"new signing key: {key.alg} {key.kid}")
-    print(
-        f"the previous key stays in the JWKS for {args.overlap:g} s; bundles signed "
-        "meanwhile carry jwks_refresh"
+@app.command("serve")
+def _serve(
+    db: _DbOption = DEFAULT_DB,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8787,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=256,
+            help="Worker processes sharing the port (SQLite in WAL mode; rate limits "
+            "count per worker).",
+        ),
+    ] = 1,
+    poll_seconds: Annotated[
+        int,
+        typer.Option("--poll-seconds", help="Sent as X-D2-Poll-Seconds; SDKs poll this often."),
+    ] = _CONFIG.poll_seconds,
+    bundle_lifetime: Annotated[
+        int, typer.Option("--bundle-lifetime", help="exp - iat of every bundle, seconds.")
+    ] = _CONFIG.bundle_lifetime,
+    bundle_refresh: Annotated[
+        int | None,
+        typer.Option(
+            "--bundle-refresh",
+            help="Re-sign bundles this old, seconds (default: half the lifetime).",
+        ),
+    ] = None,
+    ingest_burst: Annotated[
+        int, typer.Option("--ingest-burst", help="Event uploads per token per window...")
+    ] = _CONFIG.ingest_burst,
+    ingest_window: Annotated[
+        float, typer.Option("--ingest-window", help="...of this many seconds (then 429).")
+    ] = _CONFIG.ingest_window,
+    events_retention: Annotated[
+        int,
+        typer.Option(
+            "--events-retention",
+            metavar="DAYS",
+            parser=_event_parser("events_retention_days", int),
+            help="Delete usage events received more than DAYS ago (1-36500).",
+        ),
+    ] = _CONFIG.events_retention_days,
+    events_max_per_app: Annotated[
+        int,
+        typer.Option(
+            "--events-max-per-app",
+            metavar="N",
+            parser=_event_parser("events_max_per_app", int),
+            help="Keep at most N usage events per app, dropping the oldest.",
+        ),
+    ] = _CONFIG.events_max_per_app,
+    events_max_bytes_per_app: Annotated[
+        int,
+        typer.Option(
+            "--events-max-bytes-per-app",
+            metavar="N",
+            parser=_event_parser("events_max_bytes_per_app", int),
+            help="Keep at most N bytes of usage-event data per app, dropping the oldest.",
+        ),
+    ] = _CONFIG.events_max_bytes_per_app,
+    events_prune_interval: Annotated[
+        float,
+        typer.Option(
+            "--events-prune-interval",
+            metavar="SECONDS",
+            parser=_event_parser("events_prune_interval", float),
+            help="Seconds between pruning passes; one also runs at startup.",
+        ),
+    ] = _CONFIG.events_prune_interval,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
+) -> None:
+    """Run the HTTP server."""
+    settings = ServeSettings(
+        db,
+        {
+            "poll_seconds": poll_seconds,
+            "bundle_lifetime": bundle_lifetime,
+            "bundle_refresh": bundle_refresh,
+            "ingest_burst": ingest_burst,
+            "ingest_window": ingest_window,
+            "events_retention_days": events_retention,
+            "events_max_per_app": events_max_per_app,
+            "events_max_bytes_per_app": events_max_bytes_per_app,
+            "events_prune_interval": events_prune_interval,
+        },
     )
+    try:
+        settings.server_config()
+    except ValueError as exc:
+        _fail(str(exc), False)
+    storage = _open(db, create=False)
+    try:
+        ready = storage.active_signing_key() is not None and bool(storage.accounts())
+    finally:
+        storage.close()
+    if not ready:
+        _fail(f"{db} is not initialized; run `d2-server init --db {db}`", False)
+    serve(settings, host=host, port=port, workers=workers, log_level=log_level)
 
 
-def _serve(storage: SQLiteStorage, args: argparse.Namespace) -> None:
-    import uvicorn
+@app.command("rotate-key")
+def _rotate_key(
+    db: _DbOption = DEFAULT_DB,
+    alg: _AlgorithmOption = _DEFAULT_ALG,
+    overlap: Annotated[
+        float,
+        typer.Option("--overlap", help="Seconds the previous key stays in the JWKS."),
+    ] = 86400.0,
+) -> None:
+    """Add a new bundle signing key."""
 
-    from .app import create_app
+    def body(plane: ControlPlane) -> None:
+        if plane.storage.active_signing_key() is None:
+            raise _Refused("no signing key yet; run `d2-server init`")
+        key = plane.rotate_key(alg.value, overlap=overlap)
+        print(f"new signing key: {key.alg} {key.kid}")
+        print(
+            f"the previous key stays in the JWKS for {overlap:g} s; bundles signed "
+            "meanwhile carry jwks_refresh"
+        )
 
-    config = ServerConfig(
-        poll_seconds=args.poll_seconds,
-        bundle_lifetime=args.bundle_lifetime,
-        bundle_refresh=args.bundle_refresh,
-        ingest_burst=args.ingest_burst,
-        ingest_window=args.ingest_window,
-        events_retention_days=args.events_retention,
-        events_max_per_app=args.events_max_per_app,
-        events_max_bytes_per_app=args.events_max_bytes_per_app,
-        events_prune_interval=args.events_prune_interval,
-    )
-    plane = ControlPlane(storage, config)
-    if storage.active_signing_key() is None or not storage.accounts():
-        raise _Refused(f"{args.db} is not initialized; run `d2-server init --db {args.db}`")
-    uvicorn.run(
-        create_app(plane),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=True,
-        lifespan="on",  # the lifespan runs the usage-event pruner
-    )
+    _run(db, False, body, create=False)
+
+
+@_token_app.command("create")
+def _token_create(
+    db: _DbOption = DEFAULT_DB,
+    scope: Annotated[
+        str,
+        typer.Option(
+            "--scope",
+            help="runtime, developer, or scopes like 'policy:read events:write'.",
+        ),
+    ] = "runtime",
+    account: Annotated[
+        str | None, typer.Option("--account", help="Account id (default: the only one).")
+    ] = None,
+    app_name: Annotated[
+        str | None,
+        typer.Option(
+            "--app-name",
+            metavar="NAME",
+            help="App of the token, created if new (default: the account's first).",
+        ),
+    ] = None,
+    old_app: _OldAppOption = None,
+    as_json: _JsonOption = False,
+) -> None:
+    """Create a token (shown once)."""
+    name = _app_name(app_name, old_app)
+
+    def body(plane: ControlPlane) -> None:
+        accounts = plane.storage.accounts()
+        if account is None:
+            if len(accounts) != 1:
+                raise _Refused(
+                    "no account; run `d2-server init`"
+                    if not accounts
+                    else "several accounts; choose one with --account"
+                )
+            chosen = accounts[0]
+        else:
+            found = plane.storage.get_account(account)
+            if found is None:
+                raise _Refused(f"no account {account!r}")
+            chosen = found
+        if name is None:
+            apps = plane.storage.apps(chosen.id)
+            if not apps:
+                raise _Refused("the account has no app; pass --app-name NAME")
+            target = apps[0]
+        else:
+            target = plane.app(chosen.id, name)
+        token = plane.create_token(target, scope)
+        principal = plane.authenticate(f"Bearer {token}")
+        data = {
+            "account_id": chosen.id,
+            "app_name": target.name,
+            "scopes": " ".join(principal.scopes),
+            "token": token,
+        }
+        _print(data, as_json)
+
+    _run(db, as_json, body, create=False)
+
+
+# entry points
+
+
+def parse_args(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    """Parse a command line without running it: the command path (for example
+    ``["token", "create"]``) and its parameters. A usage error raises typer's
+    ``BadParameter``/``UsageError`` (click exceptions)."""
+    command = typer.main.get_command(app)
+    ctx = command.make_context("d2-server", list(argv))
+    path: list[str] = []
+    while hasattr(ctx.command, "resolve_command"):
+        rest = [*ctx._protected_args, *ctx.args]
+        name, sub, args = ctx.command.resolve_command(ctx, rest)
+        assert name is not None and sub is not None
+        path.append(name)
+        ctx = sub.make_context(name, args, parent=ctx)
+    return path, dict(ctx.params)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``d2-server``; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.db = args.db or _db_default()
-    if args.command == "init":
-        try:  # before the database is created: a refused init leaves nothing behind
-            check_app_name(args.app)
-        except ValueError as exc:
-            print(f"d2-server: {exc}", file=sys.stderr)
-            return 1
-    if args.command != "init" and not os.path.exists(args.db):
-        print(f"d2-server: no database at {args.db}; run `d2-server init` first", file=sys.stderr)
-        return 1
+    """Run ``d2-server`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit
+    status."""
     try:
-        storage = SQLiteStorage(args.db)
-    except Exception as exc:
-        print(f"d2-server: cannot open {args.db}: {exc}", file=sys.stderr)
-        return 1
-    try:
-        if args.command == "serve":
-            _serve(storage, args)
+        app(args=list(argv) if argv is not None else None, prog_name="d2-server")
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
             return 0
-        plane = ControlPlane(storage)
-        if args.command == "init":
-            _init(plane, args)
-        elif args.command == "rotate-key":
-            _rotate(plane, args)
-        else:
-            _token(plane, args)
-    except (_Refused, ValueError) as exc:
-        print(f"d2-server: {exc}", file=sys.stderr)
+        if isinstance(code, int):
+            return code
+        sys.stderr.write(f"{code}\n")
         return 1
-    finally:
-        storage.close()
     return 0

@@ -1,17 +1,34 @@
-"""The OpenAPI 3.0 document of the API, served at ``/openapi.json``.
+"""The OpenAPI 3.1 document of the API, served at ``/openapi.json``.
 
-Every operation lists every status it can answer, with the JSON error schema for
-each refusal, so a schema-driven fuzzer (schemathesis) can check conformance.
+The schemas are generated from the pydantic models of :mod:`.bodies` (the same
+models that validate the requests and build the responses); the operations are
+one table below. Every operation lists every status it can answer, with the JSON
+error schema for each refusal, so a schema-driven fuzzer (schemathesis) can check
+conformance.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import (
+    GenerateJsonSchema,
+    JsonSchemaMode,
+    JsonSchemaValue,
+    models_json_schema,
+)
+from pydantic_core import core_schema
+
+from . import bodies
 from ._version import __version__
 
 __all__ = ["openapi_document"]
+
+_REF = "#/components/schemas/{model}"
 
 _ERROR_TEXT = {
     400: "Malformed request (body not JSON, bad Content-Length)",
@@ -30,10 +47,113 @@ _ERROR_TEXT = {
     428: "Publish needs If-Match or If-None-Match",
     429: "Rate limited; retry after Retry-After seconds",
 }
+_DIGITS = {"type": "string", "pattern": "^[0-9]+$"}
+_BUNDLE_HEADERS = {
+    "ETag": {"description": "The bundle's entity tag", "schema": {"type": "string"}},
+    "X-D2-Poll-Seconds": {"description": "Suggested poll interval", "schema": _DIGITS},
+}
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+@dataclass(frozen=True)
+class _Op:
+    """One operation: its answer on success, its refusals, its headers."""
+
+    path: str
+    method: str
+    summary: str
+    status: int
+    answer: type[BaseModel] | None
+    errors: tuple[int, ...] = ()
+    body: type[BaseModel] | None = None
+    params: tuple[tuple[str, str, bool], ...] = ()  # header name, description, required
+    headers: dict[str, Any] = field(default_factory=dict)
+    public: bool = False
+
+
+_OPS = (
+    _Op("/healthz", "get", "Liveness", 200, bodies.Health, public=True),
+    _Op("/openapi.json", "get", "This document", 200, None, public=True),
+    _Op("/.well-known/jwks.json", "get", "Bundle signing keys", 200, bodies.Jwks, public=True),
+    _Op("/v1/accounts/me", "get", "Identity and limits of the token", 200, bodies.Identity, (401,)),
+    _Op(
+        "/v1/policy/bundle",
+        "get",
+        "The app's signed policy bundle",
+        200,
+        bodies.Bundle,
+        (401, 403, 404, 410),
+        params=(("If-None-Match", "ETag of the bundle held", False),),
+        headers=_BUNDLE_HEADERS,
+    ),
+    _Op(
+        "/v1/policy/publish",
+        "post",
+        "Publish the next policy version (signed by a device key)",
+        201,
+        bodies.Published,
+        (400, 401, 402, 403, 412, 413, 422, 428),
+        bodies.PolicyDocument,
+        params=(
+            ("X-D2-Key-Id", "Registered device key id", True),
+            ("X-D2-Signature", "base64 Ed25519 signature of the body", True),
+            ("If-Match", "ETag of the current bundle (strong comparison)", False),
+            ("If-None-Match", "* when no policy is in force (only *)", False),
+        ),
+        headers={"ETag": _BUNDLE_HEADERS["ETag"]},
+    ),
+    _Op(
+        "/v1/policy/revoke",
+        "post",
+        "Revoke the app's policy",
+        200,
+        bodies.Revoked,
+        (400, 401, 403, 404, 413),
+    ),
+    _Op("/v1/policy/draft", "get", "The app's draft", 200, bodies.Draft, (401, 403, 404)),
+    _Op(
+        "/v1/policy/draft",
+        "put",
+        "Save the app's draft",
+        200,
+        bodies.DraftSaved,
+        (400, 401, 402, 403, 413, 422),
+        bodies.DraftIn,
+    ),
+    _Op(
+        "/v1/keys",
+        "post",
+        "Register a device key for the token's app",
+        201,
+        bodies.Key,
+        (400, 401, 403, 409, 413, 422),
+        bodies.KeyIn,
+    ),
+    _Op(
+        "/v1/events/ingest",
+        "post",
+        "Usage events",
+        202,
+        bodies.Accepted,
+        (400, 401, 403, 413, 422, 429),
+        bodies.Events,
+    ),
+)
+
+
+class _Schemas(GenerateJsonSchema):
+    """pydantic's JSON Schema, minus what the wire never carries: an optional field
+    is absent when unset, never ``null``; and no per-field titles."""
+
+    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
+        return self.generate_inner(schema["schema"])
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        if schema.get("default", ...) is None:
+            return self.generate_inner(schema["schema"])
+        return super().default_schema(schema)
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
 
 
 def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
@@ -44,276 +164,66 @@ def _json(schema: dict[str, Any], description: str, **extra: Any) -> dict[str, A
     }
 
 
-def _header(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"description": description, "schema": schema or {"type": "string"}}
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": _REF.format(model=model.__name__)}
 
 
-def _errors(*codes: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for code in codes:
-        extra: dict[str, Any] = {}
-        if code == 429:
-            extra["headers"] = {
-                "Retry-After": _header("Seconds to wait", {"type": "string", "pattern": "^[0-9]+$"})
+def _operation(op: _Op) -> dict[str, Any]:
+    answer = _ref(op.answer) if op.answer is not None else {"type": "object"}
+    extra = {"headers": op.headers} if op.headers else {}
+    responses: dict[str, Any] = {str(op.status): _json(answer, op.summary, **extra)}
+    if op.path == "/v1/policy/bundle":
+        responses["304"] = {"description": "Unchanged", "headers": op.headers}
+    for code in op.errors:
+        retry = {"Retry-After": {"description": "Seconds to wait", "schema": _DIGITS}}
+        headers = {"headers": retry} if code == 429 else {}
+        responses[str(code)] = _json(_ref(bodies.Error), _ERROR_TEXT[code], **headers)
+    out: dict[str, Any] = {"summary": op.summary, "responses": responses}
+    if op.params:
+        out["parameters"] = [
+            {
+                "name": name,
+                "in": "header",
+                "required": required,
+                "description": description,
+                "schema": {"type": "string"},
             }
-        out[str(code)] = _json(_ref("Error"), _ERROR_TEXT[code], **extra)
+            for name, description, required in op.params
+        ]
+    if op.body is not None:
+        out["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(op.body)}},
+        }
+    if op.public:
+        out["security"] = []
     return out
 
 
-def _param(name: str, description: str, *, required: bool = False) -> dict[str, Any]:
+@functools.cache
+def _document() -> dict[str, Any]:
+    requests = {op.body for op in _OPS if op.body is not None}
+    answers = {op.answer for op in _OPS if op.answer is not None} | {bodies.Error}
+    validation: JsonSchemaMode = "validation"
+    serialization: JsonSchemaMode = "serialization"
+    models = [(m, validation) for m in requests] + [(m, serialization) for m in answers]
+    models.sort(key=lambda item: (item[0].__name__, item[1]))
+    _, defs = models_json_schema(models, ref_template=_REF, schema_generator=_Schemas)
+    paths: dict[str, Any] = {}
+    for op in _OPS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op)
     return {
-        "name": name,
-        "in": "header",
-        "required": required,
-        "description": description,
-        "schema": {"type": "string"},
-    }
-
-
-_BUNDLE_HEADERS = {
-    "ETag": _header("The bundle's entity tag"),
-    "X-D2-Poll-Seconds": _header(
-        "Suggested poll interval", {"type": "string", "pattern": "^[0-9]+$"}
-    ),
-}
-
-_SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["detail"],
-        "properties": {
-            "detail": {"type": "string"},
-            "errors": {"type": "array", "items": {"type": "string"}},
-            "message": {"type": "string"},
-            "limit": {"type": "integer"},
-            "value": {"type": "integer"},
-            "scope": {"type": "string"},
-            "current_version": {"type": "integer"},
-            "retry_after": {"type": "integer"},
-        },
-    },
-    "Identity": {
-        "type": "object",
-        "required": ["account_id", "app_name", "plan", "poll_seconds", "quotas", "scopes"],
-        "properties": {
-            "account_id": {"type": "string"},
-            "app_name": {"type": "string"},
-            "plan": {"type": "string"},
-            "poll_seconds": {"type": "integer"},
-            "quotas": {
-                "type": "object",
-                "required": ["max_tools", "bundle_size_bytes", "event_batch", "ingest_interval"],
-                "properties": {
-                    k: {"type": "integer"}
-                    for k in ("max_tools", "bundle_size_bytes", "event_batch", "ingest_interval")
-                },
-            },
-            "scopes": {"type": "array", "items": {"type": "string"}},
-        },
-    },
-    "JWKS": {
-        "type": "object",
-        "required": ["keys"],
-        "properties": {
-            "keys": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["kid", "kty", "alg", "use"],
-                    "properties": {
-                        "kid": {"type": "string"},
-                        "kty": {"type": "string", "enum": ["OKP", "EC", "RSA"]},
-                        "alg": {"type": "string", "enum": ["EdDSA", "ES256", "RS256"]},
-                        "use": {"type": "string", "enum": ["sig"]},
-                    },
-                },
-            }
-        },
-    },
-    "Bundle": {
-        "type": "object",
-        "required": ["jws", "version"],
-        "properties": {"jws": {"type": "string"}, "version": {"type": "integer", "minimum": 1}},
-    },
-    "PolicyDocument": {
-        "type": "object",
-        "description": "A policy document (POLICY.md); metadata.name must be the app's name",
-        "properties": {"metadata": {"type": "object"}, "policies": {"type": "array"}},
-    },
-    "Published": {
-        "type": "object",
-        "required": ["version", "etag"],
-        "properties": {"version": {"type": "integer", "minimum": 1}, "etag": {"type": "string"}},
-    },
-    "Revoked": {
-        "type": "object",
-        "required": ["revoked_version"],
-        "properties": {"revoked_version": {"type": "integer", "minimum": 1}},
-    },
-    "DraftIn": {
-        "type": "object",
-        "required": ["version", "bundle"],
-        "properties": {
-            "version": {"type": "integer", "minimum": 0},
-            "bundle": _ref("PolicyDocument"),
-        },
-    },
-    "Draft": {
-        "type": "object",
-        "required": ["version", "bundle"],
-        "properties": {"version": {"type": "integer"}, "bundle": {"type": "object"}},
-    },
-    "DraftSaved": {
-        "type": "object",
-        "required": ["draft_version"],
-        "properties": {"draft_version": {"type": "integer"}},
-    },
-    "KeyIn": {
-        "type": "object",
-        "required": ["key_id", "algorithm", "public_key"],
-        "properties": {
-            "key_id": {"type": "string", "pattern": "^[A-Za-z0-9._:@+/=-]{1,128}$"},
-            "algorithm": {"type": "string", "enum": ["Ed25519"]},
-            "public_key": {
-                "type": "string",
-                "pattern": "^[A-Za-z0-9+/]{43}=$",
-                "description": "base64 of the raw 32-byte key",
-            },
-        },
-    },
-    "Key": {
-        "type": "object",
-        "required": ["key_id", "algorithm"],
-        "properties": {"key_id": {"type": "string"}, "algorithm": {"type": "string"}},
-    },
-    "Events": {
-        "type": "object",
-        "required": ["events"],
-        "properties": {
-            "events": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["event_type", "payload", "occurred_at"],
-                    "properties": {
-                        "event_type": {"type": "string", "minLength": 1, "maxLength": 200},
-                        "payload": {"type": "object"},
-                        "occurred_at": {"type": "string", "format": "date-time"},
-                    },
-                },
-            }
-        },
-    },
-    "Accepted": {
-        "type": "object",
-        "required": ["accepted"],
-        "properties": {"accepted": {"type": "integer", "minimum": 0}},
-    },
-}
-
-
-def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"summary": summary, "responses": responses, **extra}
-
-
-def _body(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": schema}}}
-
-
-def openapi_document() -> dict[str, Any]:
-    """A fresh copy of the OpenAPI document."""
-    public: dict[str, Any] = {"security": []}
-    paths: dict[str, Any] = {
-        "/healthz": {
-            "get": _op(
-                "Liveness",
-                {"200": _json({"type": "object", "required": ["status"]}, "Alive")},
-                **public,
-            )
-        },
-        "/openapi.json": {
-            "get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI")}, **public)
-        },
-        "/.well-known/jwks.json": {
-            "get": _op("Bundle signing keys", {"200": _json(_ref("JWKS"), "JWKS")}, **public)
-        },
-        "/v1/accounts/me": {
-            "get": _op(
-                "Identity and limits of the token",
-                {"200": _json(_ref("Identity"), "Identity"), **_errors(401)},
-            )
-        },
-        "/v1/policy/bundle": {
-            "get": _op(
-                "The app's signed policy bundle",
-                {
-                    "200": _json(_ref("Bundle"), "The bundle", headers=_BUNDLE_HEADERS),
-                    "304": {"description": "Unchanged", "headers": _BUNDLE_HEADERS},
-                    **_errors(401, 403, 404, 410),
-                },
-                parameters=[_param("If-None-Match", "ETag of the bundle held")],
-            )
-        },
-        "/v1/policy/publish": {
-            "post": _op(
-                "Publish the next policy version (signed by a device key)",
-                {
-                    "201": _json(
-                        _ref("Published"), "Published", headers={"ETag": _BUNDLE_HEADERS["ETag"]}
-                    ),
-                    **_errors(400, 401, 402, 403, 412, 413, 422, 428),
-                },
-                parameters=[
-                    _param("X-D2-Key-Id", "Registered device key id", required=True),
-                    _param("X-D2-Signature", "base64 Ed25519 signature of the body", required=True),
-                    _param("If-Match", "ETag of the current bundle (strong comparison)"),
-                    _param("If-None-Match", "* when no policy is in force (only *)"),
-                ],
-                requestBody=_body(_ref("PolicyDocument")),
-            )
-        },
-        "/v1/policy/revoke": {
-            "post": _op(
-                "Revoke the app's policy",
-                {"200": _json(_ref("Revoked"), "Revoked"), **_errors(400, 401, 403, 404, 413)},
-            )
-        },
-        "/v1/policy/draft": {
-            "get": _op(
-                "The app's draft",
-                {"200": _json(_ref("Draft"), "The draft"), **_errors(401, 403, 404)},
-            ),
-            "put": _op(
-                "Save the app's draft",
-                {
-                    "200": _json(_ref("DraftSaved"), "Saved"),
-                    **_errors(400, 401, 402, 403, 413, 422),
-                },
-                requestBody=_body(_ref("DraftIn")),
-            ),
-        },
-        "/v1/keys": {
-            "post": _op(
-                "Register a device key for the token's app",
-                {"201": _json(_ref("Key"), "Registered"), **_errors(400, 401, 403, 409, 413, 422)},
-                requestBody=_body(_ref("KeyIn")),
-            )
-        },
-        "/v1/events/ingest": {
-            "post": _op(
-                "Usage events",
-                {"202": _json(_ref("Accepted"), "Stored"), **_errors(400, 401, 403, 413, 422, 429)},
-                requestBody=_body(_ref("Events")),
-            )
-        },
-    }
-    return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "D2 control plane", "version": __version__},
         "paths": paths,
         "components": {
-            "schemas": copy.deepcopy(_SCHEMAS),
+            "schemas": dict(sorted(defs["$defs"].items())),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
     }
+
+
+def openapi_document() -> dict[str, Any]:
+    """A fresh copy of the OpenAPI document."""
+    return copy.deepcopy(_document())

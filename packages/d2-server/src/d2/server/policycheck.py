@@ -9,9 +9,9 @@ from typing import Any
 from d2.core import InvalidPolicyError
 from d2.core.policy import compile_policy
 
-from .bodies import JSONError, canonical_json, loads_strict
 from .config import Quotas
 from .errors import ApiError
+from .strictjson import JSONError, canonical_json, loads_strict
 
 __all__ = ["check_policy", "check_size", "parse_policy"]
 

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from .bodies import canonical_json, parse_draft, parse_events, parse_key_registration
+from .bodies import Draft, DraftIn, Events, Identity, Jwks, Key, KeyIn, PlanQuotas, parse_body
 from .config import Quotas, ServerConfig
 from .devicekeys import DEVICE_KEY_ALGORITHM, decode_base64, valid_key_id, verify_signature
 from .errors import ApiError
@@ -41,6 +41,7 @@ from .storage import (
     SigningKeyRecord,
     Storage,
 )
+from .strictjson import canonical_json
 from .tokens import (
     EVENTS_WRITE,
     POLICY_READ,
@@ -161,21 +162,22 @@ class ControlPlane:
             raise ApiError(403, "missing_scope", scope=scope)
 
     # identity and keys
-    def identity(self, principal: Principal) -> dict[str, Any]:
+    def identity(self, principal: Principal) -> Identity:
         """The ``GET /v1/accounts/me`` body."""
         quotas = principal.account.quotas
-        return {
-            "account_id": principal.account.id,
-            "app_name": principal.app.name,
-            "plan": quotas.plan,
-            "poll_seconds": self.config.poll_seconds,
-            "quotas": quotas.reported(),
-            "scopes": list(principal.scopes),
-        }
+        return Identity(
+            account_id=principal.account.id,
+            app_name=principal.app.name,
+            plan=quotas.plan,
+            poll_seconds=self.config.poll_seconds,
+            quotas=PlanQuotas(**quotas.reported()),
+            scopes=list(principal.scopes),
+        )
 
-    def jwks(self) -> dict[str, Any]:
+    def jwks(self) -> Jwks:
         """The ``GET /.well-known/jwks.json`` body."""
-        return {"keys": [k.jwk for k in self.storage.published_signing_keys(self.now())]}
+        keys = [k.jwk for k in self.storage.published_signing_keys(self.now())]
+        return Jwks.model_validate({"keys": keys})
 
     # bundles
     def _sign(
@@ -330,7 +332,8 @@ class ControlPlane:
     def put_draft(self, principal: Principal, body: bytes) -> int:
         """Store the app's draft; returns its version."""
         self.require(principal, POLICY_WRITE)
-        version, document = parse_draft(body)
+        draft = parse_body(DraftIn, body, "invalid_draft")
+        version, document = draft.version, draft.bundle.root
         quotas = principal.account.quotas
         check_size(len(canonical_json(document).encode()), quotas)
         now = self.now()
@@ -338,23 +341,25 @@ class ControlPlane:
         self.storage.put_draft(principal.app.id, version, canonical, now)
         return version
 
-    def get_draft(self, principal: Principal) -> dict[str, Any]:
+    def get_draft(self, principal: Principal) -> Draft:
         """The ``GET /v1/policy/draft`` body; 404 ``no_draft``."""
         self.require(principal, POLICY_WRITE)
         draft = self.storage.get_draft(principal.app.id)
         if draft is None:
             raise ApiError(404, "no_draft")
-        return {"version": draft.version, "bundle": json.loads(draft.document)}
+        return Draft(version=draft.version, bundle=json.loads(draft.document))
 
-    def register_key(self, principal: Principal, body: bytes) -> dict[str, Any]:
+    def register_key(self, principal: Principal, body: bytes) -> Key:
         """Register a device key for the token's app (publishes to that app only);
         409 ``key_id_conflict`` when the app has another key under that id."""
         self.require(principal, POLICY_WRITE)
-        key_id, public = parse_key_registration(body)
-        outcome = self.storage.add_device_key(principal.app.id, key_id, public, self.now())
+        key = parse_body(KeyIn, body, "invalid_key")
+        outcome = self.storage.add_device_key(
+            principal.app.id, key.key_id, key.raw_public_key, self.now()
+        )
         if outcome is KeyRegistration.CONFLICT:
             raise ApiError(409, "key_id_conflict")
-        return {"key_id": key_id, "algorithm": DEVICE_KEY_ALGORITHM}
+        return Key(key_id=key.key_id, algorithm=DEVICE_KEY_ALGORITHM)
 
     # events
     def admit_events(self, principal: Principal) -> None:
@@ -370,9 +375,11 @@ class ControlPlane:
         """Store a batch of usage events; returns how many. An app at its event
         cap keeps the newest: the same transaction deletes its oldest events."""
         self.require(principal, EVENTS_WRITE)
-        events = parse_events(body, principal.account.quotas.event_batch)
-        if not events:
+        batch = principal.account.quotas.event_batch
+        parsed = parse_body(Events, body, "invalid_events", context={"max_events": batch})
+        if not parsed.events:
             return 0
+        events = [event.row() for event in parsed.events]
         return self.storage.add_events(
             principal.app.id,
             principal.token_hash,

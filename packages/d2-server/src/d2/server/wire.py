@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -45,7 +46,10 @@ async def read_body(request: Request, limit: int, *, detail: str = "payload_too_
 def json_response(
     body: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    """A JSON response that is never cached by intermediaries."""
+    """A JSON response that is never cached by intermediaries; ``body`` is a model
+    of :mod:`.bodies` or plain JSON values."""
+    if isinstance(body, BaseModel):
+        body = body.model_dump(mode="json")
     out = {"Cache-Control": "no-store"}
     out.update(headers or {})
     return JSONResponse(body, status_code=status, headers=out)
