@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -35,6 +36,7 @@ __all__ = ["create_app"]
 
 _T = TypeVar("_T")
 _SMALL_BODY = 64 * 1024  # keys and other small JSON bodies
+_log = logging.getLogger("d2.server")
 
 
 class _Api:
@@ -54,6 +56,11 @@ class _Api:
         return principal
 
     async def health(self, request: Request) -> Response:
+        try:
+            await self._run(self.plane.health)
+        except Exception:
+            _log.warning("health check: the database does not answer", exc_info=True)
+            return json_response({"detail": "database_unavailable"}, 503)
         return json_response({"status": "ok"})
 
     async def openapi(self, request: Request) -> Response:
@@ -68,13 +75,21 @@ class _Api:
         return json_response(self.plane.identity(principal))
 
     async def bundle(self, request: Request) -> Response:
-        principal = await self._principal(request)
         if_none_match = parse_etags(request.headers.get("if-none-match"))
+        authorization = request.headers.get("authorization")
+        if if_none_match is not None:  # the fast path: one read, no signing, no body
+            etag = await self._run(self.plane.not_modified, authorization, if_none_match)
+            if etag is not None:
+                return Response(status_code=304, headers=self._bundle_headers(etag))
+        principal = await self._run(self.plane.authenticate, authorization)
         bundle = await self._run(self.plane.bundle, principal)
-        headers = {"ETag": bundle.etag, "X-D2-Poll-Seconds": self.poll, "Cache-Control": "no-cache"}
+        headers = self._bundle_headers(bundle.etag)
         if self.plane.bundle_matches(bundle, if_none_match):
             return Response(status_code=304, headers=headers)
         return json_response({"jws": bundle.jws, "version": bundle.version}, headers=headers)
+
+    def _bundle_headers(self, etag: str) -> dict[str, str]:
+        return {"ETag": etag, "X-D2-Poll-Seconds": self.poll, "Cache-Control": "no-cache"}
 
     async def publish(self, request: Request) -> Response:
         principal = await self._principal(request, POLICY_WRITE)
@@ -133,6 +148,7 @@ def create_app(plane: ControlPlane) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await run_in_threadpool(plane.check_signing_keys)  # refuse to start with bad keys
         pruner = EventPruner(plane)
         app.state.pruner = pruner
         pruner.start()

@@ -8,15 +8,18 @@ pool) and raise :class:`~d2.server.errors.ApiError` to refuse a request.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .bodies import canonical_json, parse_draft, parse_events, parse_key_registration
 from .config import Quotas, ServerConfig
 from .devicekeys import DEVICE_KEY_ALGORITHM, decode_base64, valid_key_id, verify_signature
 from .errors import ApiError
+from .keyseal import SECRET_ENV, KeySealer, KeySecretError, is_sealed
 from .policycheck import check_policy, check_size, parse_policy
 from .preconditions import ETagSet, check_publish_precondition, matches
 from .ratelimit import RateLimiter
@@ -36,6 +39,7 @@ from .storage import (
     EventCap,
     KeyRegistration,
     NewVersion,
+    PollState,
     Principal,
     PublishState,
     SigningKeyRecord,
@@ -66,14 +70,28 @@ def check_app_name(name: str) -> None:
         )
 
 
+_FLAG_MEMO_MAX = 4096
+_log = logging.getLogger("d2.server")
+
+
 def _unauthorized(detail: str) -> ApiError:
     return ApiError(401, detail, headers={"WWW-Authenticate": 'Bearer realm="d2"'})
 
 
 class ControlPlane:
-    """The reference control plane over a :class:`~d2.server.storage.Storage`."""
+    """The reference control plane over a :class:`~d2.server.storage.Storage`.
 
-    def __init__(self, storage: Storage, config: ServerConfig | None = None) -> None:
+    ``secret`` encrypts the private signing keys at rest (:mod:`d2.server.keyseal`);
+    ``None`` reads it from ``D2_SERVER_SECRET``. Without one, new keys are stored in
+    clear and :meth:`check_signing_keys` warns; a set but weak (or empty) secret
+    raises :class:`~d2.server.keyseal.KeySecretError` here."""
+
+    def __init__(
+        self, storage: Storage, config: ServerConfig | None = None, *, secret: str | None = None
+    ) -> None:
+        if secret is None:
+            secret = os.environ.get(SECRET_ENV)
+        self._sealer = KeySealer(secret) if secret is not None else None
         self.storage = storage
         self.config = config or ServerConfig()
         self.clock = self.config.clock
@@ -82,6 +100,9 @@ class ControlPlane:
             self.config.events_max_per_app, self.config.events_max_bytes_per_app
         )
         self._keys = KeyCache()
+        # ETag -> whether that bundle carries ``jwks_refresh``. An ETag is a digest
+        # of the JWS (``bundle_etag``), so an entry can never go stale.
+        self._flagged: dict[str, bool] = {}
 
     def now(self) -> float:
         """The current time of the injected clock."""
@@ -132,24 +153,96 @@ class ControlPlane:
         after the overlap (without the flag)."""
         if overlap < 0:
             raise ValueError("overlap must be >= 0")
-        key = SigningKey.generate(alg)
         now = self.now()
-        record = SigningKeyRecord(key.kid, alg, key.pem(), key.jwk, now)
+        if self._sealer is None and any(
+            is_sealed(k.pem) for k in self.storage.published_signing_keys(now)
+        ):
+            raise KeySecretError(
+                f"the signing keys of this database are encrypted: set {SECRET_ENV} to "
+                "their secret (a new key must not be stored in clear next to them)"
+            )
+        key = SigningKey.generate(alg)
+        pem = key.pem() if self._sealer is None else self._sealer.seal(key.pem(), key.kid, alg)
+        record = SigningKeyRecord(key.kid, alg, pem, key.jwk, now)
         self.storage.add_signing_key(record, overlap=overlap, now=now)
         stored = self.storage.active_signing_key()
         assert stored is not None
         return stored
 
+    def _private_pem(self, record: SigningKeyRecord) -> bytes:
+        if not is_sealed(record.pem):
+            return record.pem
+        if self._sealer is None:
+            raise KeySecretError(
+                f"signing key {record.kid} is encrypted and {SECRET_ENV} is not set: set it "
+                "to the secret the keys were stored with"
+            )
+        return self._sealer.open(record.pem, record.kid, record.alg)
+
+    def _signing_key(self, record: SigningKeyRecord) -> SigningKey:
+        key = self._keys.cached(record.kid)
+        if key is None:
+            key = self._keys.load(record.kid, self._private_pem(record), record.alg)
+        return key
+
+    def check_signing_keys(self) -> None:
+        """Refuse to serve with signing keys this process cannot use, before the
+        first request (the app's lifespan calls it): raises
+        :class:`~d2.server.keyseal.KeySecretError` when a key is encrypted and no
+        secret is set, when the secret does not decrypt a key, or when a secret is
+        set but the active key is stored in clear (rotate it with the secret set).
+        Warns on the ``d2.server`` logger when no secret is set."""
+        keys = self.storage.published_signing_keys(self.now())
+        active = self.storage.active_signing_key()
+        if self._sealer is None:
+            if any(is_sealed(k.pem) for k in keys):
+                raise KeySecretError(
+                    f"the signing keys of this database are encrypted and {SECRET_ENV} is "
+                    "not set: set it to the secret they were stored with"
+                )
+            _log.warning(
+                "%s is not set: the private signing keys are stored UNENCRYPTED in the "
+                "database; anyone who reads it (a dump, a backup, a replica's disk) can "
+                "sign policy bundles your agents trust. Set %s (see docs/security.md).",
+                SECRET_ENV,
+                SECRET_ENV,
+            )
+            return
+        for key in keys:
+            if is_sealed(key.pem):
+                self._signing_key(key)  # raises when the secret does not open it
+            elif active is not None and key.kid == active.kid:
+                raise KeySecretError(
+                    f"{SECRET_ENV} is set but the active signing key {key.kid} is stored "
+                    "unencrypted (it was created without a secret). Run `d2-server "
+                    f"rotate-key` once with {SECRET_ENV} set: the new key is stored "
+                    "encrypted and the old one is never used to sign again"
+                )
+            else:
+                _log.warning(
+                    "retired signing key %s is stored unencrypted; it leaves the JWKS at "
+                    "the end of its overlap and is never used to sign",
+                    key.kid,
+                )
+
+    def health(self) -> None:
+        """Raise when the database cannot answer a cheap query."""
+        self.storage.schema_version()
+
     # authentication
-    def authenticate(self, authorization: str | None) -> Principal:
-        """The principal of an ``Authorization: Bearer <token>`` header; 401 otherwise."""
+    @staticmethod
+    def _token_hash(authorization: str | None) -> str:
         if not authorization:
             raise _unauthorized("missing_token")
         scheme, _, token = authorization.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not looks_like_token(token):
             raise _unauthorized("invalid_token")
-        principal = self.storage.find_token(hash_token(token))
+        return hash_token(token)
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of an ``Authorization: Bearer <token>`` header; 401 otherwise."""
+        principal = self.storage.find_token(self._token_hash(authorization))
         if principal is None:
             raise _unauthorized("invalid_token")
         return principal
@@ -187,7 +280,11 @@ class ControlPlane:
         iat: int,
         exp: int,
     ) -> Bundle:
-        key = self._keys.load(record.kid, record.pem, record.alg)
+        try:
+            key = self._signing_key(record)
+        except KeySecretError as exc:
+            _log.error("cannot sign: %s", exc)
+            raise ApiError(503, "signing_key_unavailable") from None
         payload = bundle_payload(
             account_id=app.account_id,
             app_name=app.name,
@@ -215,7 +312,59 @@ class ControlPlane:
                 )
             )
         assert state.bundle is not None
-        return state.bundle
+        served = state.bundle
+        if served.etag not in self._flagged:
+            if len(self._flagged) >= _FLAG_MEMO_MAX:
+                self._flagged.clear()
+            self._flagged[served.etag] = carries_jwks_refresh(served.jws)
+        return served
+
+    def not_modified(self, authorization: str | None, if_none_match: ETagSet) -> str | None:
+        """The fast path of a conditional poll: the ETag to answer 304 with, or
+        ``None`` when this request needs :meth:`authenticate` and :meth:`bundle`
+        (any refusal, a bundle due for re-signing, an ETag that does not match, a
+        bundle this process has not served yet).
+
+        One storage read (:meth:`~d2.server.storage.Storage.poll_state`, a single
+        statement) and no signing, no JSON. It answers 304 only where the full path
+        would: a valid token with ``policy:read``, a current version that is not
+        revoked, a bundle that :meth:`bundle` would serve as it is, and an
+        ``If-None-Match`` naming it. Nothing about the database is cached: the only
+        memo is keyed by ETag (a digest of the signed bytes), so another process's
+        publish, revocation, key rotation or token change is seen on the next poll."""
+        try:
+            token_hash = self._token_hash(authorization)
+        except ApiError:
+            return None
+        state = self.storage.poll_state(token_hash)
+        if state is None or not self._servable_as_is(state):
+            return None
+        assert state.etag is not None
+        if not matches(if_none_match, frozenset({state.etag})):
+            return None
+        return state.etag
+
+    def _servable_as_is(self, state: PollState) -> bool:
+        if (
+            POLICY_READ not in state.scopes
+            or state.current_version == 0
+            or state.revoked
+            or state.etag is None
+            or state.bundle_kid is None
+            or state.bundle_iat is None
+            or state.active_kid is None
+        ):
+            return False
+        flagged = self._flagged.get(state.etag)
+        if flagged is None:
+            return False
+        return not self._resign_due(
+            state.bundle_kid,
+            state.bundle_iat,
+            state.active_kid,
+            state.active_refresh_until,
+            lambda: flagged,
+        )
 
     @staticmethod
     def _check_served(state: BundleState) -> BundleState:
@@ -228,15 +377,34 @@ class ControlPlane:
     def _in_rotation(self, record: SigningKeyRecord) -> bool:
         """Whether bundles signed by ``record`` now carry ``jwks_refresh``: until
         the key it replaced leaves the JWKS."""
-        return record.refresh_until is not None and self.now() < record.refresh_until
+        return self._rotating(record.refresh_until)
+
+    def _rotating(self, refresh_until: float | None) -> bool:
+        return refresh_until is not None and self.now() < refresh_until
 
     def _needs_resign(self, bundle: Bundle, active: SigningKeyRecord) -> bool:
         """Re-sign a bundle signed by another key, or old, or still flagged
         ``jwks_refresh`` after the rotation's overlap ended."""
+        return self._resign_due(
+            bundle.kid,
+            bundle.iat,
+            active.kid,
+            active.refresh_until,
+            lambda: carries_jwks_refresh(bundle.jws),
+        )
+
+    def _resign_due(
+        self,
+        kid: str,
+        iat: int,
+        active_kid: str,
+        active_refresh_until: float | None,
+        flagged: Callable[[], bool],
+    ) -> bool:
         return (
-            bundle.kid != active.kid
-            or self.now() - bundle.iat >= self.config.refresh_after
-            or (not self._in_rotation(active) and carries_jwks_refresh(bundle.jws))
+            kid != active_kid
+            or self.now() - iat >= self.config.refresh_after
+            or (not self._rotating(active_refresh_until) and flagged())
         )
 
     def _resign(
