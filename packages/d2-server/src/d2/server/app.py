@@ -3,8 +3,18 @@
 Each route authenticates, reads a bounded body, and hands the work to
 :class:`~d2.server.service.ControlPlane` in the thread pool (storage is blocking
 SQLite). Every refusal is JSON ``{"detail": ...}``; unknown routes and methods too.
-The application's lifespan runs the usage-event pruner
+
+A conditional poll (``If-None-Match``) first tries
+:meth:`~d2.server.service.ControlPlane.not_modified`: one storage read, no signing,
+no body; on the event loop itself when the storage's reads are local
+(:attr:`~d2.server.storage.Storage.local_reads`, SQLite), else in the thread pool.
+Anything but a plain 304 falls through to the full path.
+
+The application's lifespan checks the signing keys against ``D2_SERVER_SECRET``
+(:meth:`~d2.server.service.ControlPlane.check_signing_keys`: a refusal stops the
+server before it serves) and runs the usage-event pruner
 (:class:`~d2.server.retention.EventPruner`) in a thread of its own while it serves.
+``/healthz`` answers 503 ``database_unavailable`` when the database does not answer.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from .openapi import openapi_document
 from .preconditions import parse_etags
 from .retention import EventPruner
 from .service import ControlPlane
-from .storage import Principal
+from .storage import Bundle, Principal
 from .tokens import EVENTS_WRITE, POLICY_WRITE
 from .wire import error_response, http_exception_response, json_response, read_body
 
@@ -45,6 +55,7 @@ class _Api:
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
         self.poll = str(plane.config.poll_seconds)
+        self.inline = plane.storage.local_reads
 
     async def _run(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         return await run_in_threadpool(functools.partial(func, *args, **kwargs))
@@ -78,15 +89,20 @@ class _Api:
         if_none_match = parse_etags(request.headers.get("if-none-match"))
         authorization = request.headers.get("authorization")
         if if_none_match is not None:  # the fast path: one read, no signing, no body
-            etag = await self._run(self.plane.not_modified, authorization, if_none_match)
+            if self.inline:
+                etag = self.plane.not_modified(authorization, if_none_match)
+            else:
+                etag = await self._run(self.plane.not_modified, authorization, if_none_match)
             if etag is not None:
                 return Response(status_code=304, headers=self._bundle_headers(etag))
-        principal = await self._run(self.plane.authenticate, authorization)
-        bundle = await self._run(self.plane.bundle, principal)
+        bundle = await self._run(self._authenticated_bundle, authorization)
         headers = self._bundle_headers(bundle.etag)
         if self.plane.bundle_matches(bundle, if_none_match):
             return Response(status_code=304, headers=headers)
         return json_response({"jws": bundle.jws, "version": bundle.version}, headers=headers)
+
+    def _authenticated_bundle(self, authorization: str | None) -> Bundle:
+        return self.plane.bundle(self.plane.authenticate(authorization))  # one thread hop
 
     def _bundle_headers(self, etag: str) -> dict[str, str]:
         return {"ETag": etag, "X-D2-Poll-Seconds": self.poll, "Cache-Control": "no-cache"}

@@ -312,12 +312,17 @@ class ControlPlane:
                 )
             )
         assert state.bundle is not None
-        served = state.bundle
-        if served.etag not in self._flagged:
+        self._flag(state.bundle)  # remembered for the fast path
+        return state.bundle
+
+    def _flag(self, bundle: Bundle) -> bool:
+        """Whether ``bundle`` carries ``jwks_refresh``, parsed once per ETag."""
+        flagged = self._flagged.get(bundle.etag)
+        if flagged is None:
             if len(self._flagged) >= _FLAG_MEMO_MAX:
                 self._flagged.clear()
-            self._flagged[served.etag] = carries_jwks_refresh(served.jws)
-        return served
+            flagged = self._flagged[bundle.etag] = carries_jwks_refresh(bundle.jws)
+        return flagged
 
     def not_modified(self, authorization: str | None, if_none_match: ETagSet) -> str | None:
         """The fast path of a conditional poll: the ETag to answer 304 with, or
@@ -390,7 +395,7 @@ class ControlPlane:
             bundle.iat,
             active.kid,
             active.refresh_until,
-            lambda: carries_jwks_refresh(bundle.jws),
+            lambda: self._flag(bundle),
         )
 
     def _resign_due(

@@ -111,6 +111,8 @@ def _create_private(path: str) -> None:
 class SQLiteStorage(Storage):
     """Storage in the SQLite file at ``path`` (created, and migrated, on open)."""
 
+    local_reads = True  # WAL: a read takes no lock a writer holds
+
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
         self.path = os.fspath(path)
         if self.path == ":memory:" or self.path.startswith("file:"):

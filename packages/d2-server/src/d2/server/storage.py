@@ -224,6 +224,13 @@ class Storage(abc.ABC):
     """Everything the control plane keeps. Every method is synchronous and safe to
     call from several threads at once."""
 
+    local_reads: bool = False
+    """Whether a read of the poll path (:meth:`poll_state`) is a local lookup of a
+    few tens of microseconds that never waits on the network or on a lock (SQLite
+    in WAL mode): the HTTP layer then runs it on the event loop instead of paying
+    a thread-pool hop that costs ten times more. A storage behind a network
+    connection keeps ``False``: its reads run in the thread pool."""
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release every connection."""
