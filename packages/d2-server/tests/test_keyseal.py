@@ -248,3 +248,18 @@ def test_healthz_is_503_when_the_database_cannot_answer(live: tuple[ControlPlane
     plane.storage.close()
     r = httpx.get(f"{base}/healthz")
     assert (r.status_code, r.json()) == (503, {"detail": "database_unavailable"})
+
+
+def test_a_lost_secret_is_recovered_by_a_rotation_without_overlap(db: Path) -> None:
+    lost = _plane(db, SECRET)
+    old = lost.ensure_signing_key()
+    developer, key = _publisher(lost)
+    _close(lost)
+    plane = _plane(db, OTHER)  # the documented recovery: a new secret, overlap 0
+    with pytest.raises(KeySecretError):
+        plane.check_signing_keys()
+    new = plane.rotate_key(overlap=0)
+    plane.check_signing_keys()
+    assert [k["kid"] for k in plane.jwks()["keys"]] == [new.kid] != [old.kid]
+    assert jwt.get_unverified_header(_publish(plane, developer, key))["kid"] == new.kid
+    _close(plane)
