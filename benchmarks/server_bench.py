@@ -197,14 +197,14 @@ def render(medians: dict[str, float], rounds: int, requests: int, concurrency: i
             f"ingest (`POST /v1/events/ingest`, {EVENTS_PER_BATCH} events)",
             medians["ingest"],
             f"{medians['ingest'] / bare:.2f}x",
-            f"{medians['ingest'] * EVENTS_PER_BATCH:,.0f} events/s",
+            f"{medians['ingest'] * EVENTS_PER_BATCH:,.0f}",
         ),
     ]
     lines = [
         f"`ab -k -c {concurrency} -n {requests}`, one uvicorn worker, median of {rounds} "
         "interleaved rounds against the same server process:",
         "",
-        "| load | requests/s | vs bare route | |",
+        "| load | requests/s | vs bare route | events/s |",
         "|:--|--:|--:|--:|",
     ]
     lines += [f"| {name} | {rps:,.0f} | {ratio} | {extra} |" for name, rps, ratio, extra in rows]

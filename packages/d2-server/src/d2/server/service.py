@@ -19,7 +19,14 @@ from .bodies import canonical_json, parse_draft, parse_events, parse_key_registr
 from .config import Quotas, ServerConfig
 from .devicekeys import DEVICE_KEY_ALGORITHM, decode_base64, valid_key_id, verify_signature
 from .errors import ApiError
-from .keyseal import SECRET_ENV, KeySealer, KeySecretError, is_sealed
+from .keyseal import (
+    SECRET_ENV,
+    KeySealer,
+    KeySecretError,
+    check_stored_keys,
+    is_sealed,
+    private_pem,
+)
 from .policycheck import check_policy, check_size, parse_policy
 from .preconditions import ETagSet, check_publish_precondition, matches
 from .ratelimit import RateLimiter
@@ -169,61 +176,23 @@ class ControlPlane:
         assert stored is not None
         return stored
 
-    def _private_pem(self, record: SigningKeyRecord) -> bytes:
-        if not is_sealed(record.pem):
-            return record.pem
-        if self._sealer is None:
-            raise KeySecretError(
-                f"signing key {record.kid} is encrypted and {SECRET_ENV} is not set: set it "
-                "to the secret the keys were stored with"
-            )
-        return self._sealer.open(record.pem, record.kid, record.alg)
-
     def _signing_key(self, record: SigningKeyRecord) -> SigningKey:
         key = self._keys.cached(record.kid)
         if key is None:
-            key = self._keys.load(record.kid, self._private_pem(record), record.alg)
+            key = self._keys.load(record.kid, private_pem(record, self._sealer), record.alg)
         return key
 
     def check_signing_keys(self) -> None:
         """Refuse to serve with signing keys this process cannot use, before the
-        first request (the app's lifespan calls it): raises
-        :class:`~d2.server.keyseal.KeySecretError` when a key is encrypted and no
-        secret is set, when the secret does not decrypt a key, or when a secret is
-        set but the active key is stored in clear (rotate it with the secret set).
-        Warns on the ``d2.server`` logger when no secret is set."""
-        keys = self.storage.published_signing_keys(self.now())
+        first request (the app's lifespan calls it): see
+        :func:`~d2.server.keyseal.check_stored_keys`. Each key it decrypts is loaded."""
         active = self.storage.active_signing_key()
-        if self._sealer is None:
-            if any(is_sealed(k.pem) for k in keys):
-                raise KeySecretError(
-                    f"the signing keys of this database are encrypted and {SECRET_ENV} is "
-                    "not set: set it to the secret they were stored with"
-                )
-            _log.warning(
-                "%s is not set: the private signing keys are stored UNENCRYPTED in the "
-                "database; anyone who reads it (a dump, a backup, a replica's disk) can "
-                "sign policy bundles your agents trust. Set %s (see docs/security.md).",
-                SECRET_ENV,
-                SECRET_ENV,
-            )
-            return
-        for key in keys:
-            if is_sealed(key.pem):
-                self._signing_key(key)  # raises when the secret does not open it
-            elif active is not None and key.kid == active.kid:
-                raise KeySecretError(
-                    f"{SECRET_ENV} is set but the active signing key {key.kid} is stored "
-                    "unencrypted (it was created without a secret). Run `d2-server "
-                    f"rotate-key` once with {SECRET_ENV} set: the new key is stored "
-                    "encrypted and the old one is never used to sign again"
-                )
-            else:
-                _log.warning(
-                    "retired signing key %s is stored unencrypted; it leaves the JWKS at "
-                    "the end of its overlap and is never used to sign",
-                    key.kid,
-                )
+        check_stored_keys(
+            self.storage.published_signing_keys(self.now()),
+            active.kid if active is not None else None,
+            self._sealer,
+            self._signing_key,
+        )
 
     def health(self) -> None:
         """Raise when the database cannot answer a cheap query."""
