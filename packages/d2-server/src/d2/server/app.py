@@ -159,8 +159,10 @@ async def _on_error(request: Request, exc: Exception) -> Response:
 
 def create_app(plane: ControlPlane) -> Starlette:
     """The ASGI application serving ``plane``. Serve it with the lifespan protocol on
-    (uvicorn's default): startup starts the usage-event pruner (``app.state.pruner``),
-    shutdown stops it."""
+    (uvicorn's default): startup checks the signing keys against ``D2_SERVER_SECRET``
+    (:meth:`~d2.server.service.ControlPlane.check_signing_keys`; a refusal fails the
+    startup, so the server never listens) and starts the usage-event pruner
+    (``app.state.pruner``), shutdown stops it."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
