@@ -6,7 +6,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 UV ?= uv
 RUN = $(UV) run --frozen --all-packages
 
-.PHONY: help uv sync demo demo-cloud test lint format bench bench-peers docs dist
+.PHONY: help uv sync demo demo-cloud test lint format bench bench-peers bench-server docs dist
 
 help:
 	@echo "make demo   - a scripted agent as three users: each call allowed or denied, and why"
@@ -14,6 +14,7 @@ help:
 	@echo "make test   - install everything (uv included) and run the whole suite"
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict on packages/"
 	@echo "make bench  - guard overhead, scaling, compile time and cold start"
+	@echo "make bench-server - d2-server requests/s: poll 304/200 and ingest vs a bare route (needs ab)"
 	@echo "make bench-peers - D2 vs casbin and cedarpy on the same RBAC decisions (throwaway venv)"
 	@echo "make docs   - build the documentation site into ./site (mkdocs --strict)"
 	@echo "make dist   - build every wheel and sdist into ./dist"
@@ -55,6 +56,14 @@ bench: sync
 # the project's; the run writes its tables into docs/performance.md.
 bench-peers: sync
 	$(RUN) python benchmarks/peers.py
+
+# ApacheBench (`ab`, Debian package apache2-utils) is the load generator: installed
+# with apt-get when missing and run as root, else the target stops and says so.
+# The run writes its table into docs/performance.md.
+bench-server: sync
+	@command -v ab >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y apache2-utils; } \
+		|| { echo "bench-server needs ApacheBench: apt-get install -y apache2-utils" >&2; exit 2; }
+	$(RUN) python benchmarks/server_bench.py --write-docs
 
 # NO_MKDOCS_2_WARNING: mute mkdocs-material's banner about MkDocs 2.0 (not a warning
 # of this build; --strict still fails on every real one).

@@ -4,9 +4,12 @@ measured by the benchmarks, never by the test suite)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,3 +69,22 @@ def test_peers_benchmark_d2_side_runs_and_answers() -> None:
     answers = result["decisions"]["D2 `is_allowed()`"]
     assert answers["10"][-1] is False  # the id no rule names
     assert any(answers["1000"]) and not all(answers["1000"])
+
+
+def test_server_benchmark_quick_run_reports_every_load() -> None:
+    """`make bench-server` keeps working: a quick run against a real uvicorn process
+    (needs ApacheBench; the numbers are not asserted). It refuses a load answered
+    with another status than expected, so a broken 304 path fails here."""
+    if shutil.which("ab") is None:
+        pytest.skip("ApacheBench (apt-get install -y apache2-utils) is not installed")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "server_bench.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for name in ("bare Starlette route", "poll, 304", "poll, 200", "ingest", "events/s", "Target"):
+        assert name in proc.stdout, name

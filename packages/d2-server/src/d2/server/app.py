@@ -3,14 +3,25 @@
 Each route authenticates, reads a bounded body, and hands the work to
 :class:`~d2.server.service.ControlPlane` in the thread pool (storage is blocking
 SQLite). Every refusal is JSON ``{"detail": ...}``; unknown routes and methods too.
-The application's lifespan runs the usage-event pruner
+
+A conditional poll (``If-None-Match``) first tries
+:meth:`~d2.server.service.ControlPlane.not_modified`: one storage read, no signing,
+no body; on the event loop itself when the storage's reads are local
+(:attr:`~d2.server.storage.Storage.local_reads`, SQLite), else in the thread pool.
+Anything but a plain 304 falls through to the full path.
+
+The application's lifespan checks the signing keys against ``D2_SERVER_SECRET``
+(:meth:`~d2.server.service.ControlPlane.check_signing_keys`: a refusal stops the
+server before it serves) and runs the usage-event pruner
 (:class:`~d2.server.retention.EventPruner`) in a thread of its own while it serves.
+``/healthz`` answers 503 ``database_unavailable`` when the database does not answer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -28,7 +39,7 @@ from .openapi import openapi_document
 from .preconditions import parse_etags
 from .retention import EventPruner
 from .service import ControlPlane
-from .storage import Principal
+from .storage import Bundle, Principal
 from .tokens import EVENTS_WRITE, POLICY_WRITE
 from .wire import error_response, http_exception_response, json_response, read_body
 
@@ -36,6 +47,7 @@ __all__ = ["create_app"]
 
 _T = TypeVar("_T")
 _SMALL_BODY = 64 * 1024  # keys and other small JSON bodies
+_log = logging.getLogger("d2.server")
 
 
 class _Api:
@@ -44,6 +56,7 @@ class _Api:
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
         self.poll = str(plane.config.poll_seconds)
+        self.inline = plane.storage.local_reads
 
     async def _run(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         return await run_in_threadpool(functools.partial(func, *args, **kwargs))
@@ -55,6 +68,11 @@ class _Api:
         return principal
 
     async def health(self, request: Request) -> Response:
+        try:
+            await self._run(self.plane.health)
+        except Exception:
+            _log.warning("health check: the database does not answer", exc_info=True)
+            return json_response({"detail": "database_unavailable"}, 503)
         return json_response(bodies.Health())
 
     async def openapi(self, request: Request) -> Response:
@@ -69,13 +87,26 @@ class _Api:
         return json_response(self.plane.identity(principal))
 
     async def bundle(self, request: Request) -> Response:
-        principal = await self._principal(request)
         if_none_match = parse_etags(request.headers.get("if-none-match"))
-        bundle = await self._run(self.plane.bundle, principal)
-        headers = {"ETag": bundle.etag, "X-D2-Poll-Seconds": self.poll, "Cache-Control": "no-cache"}
+        authorization = request.headers.get("authorization")
+        if if_none_match is not None:  # the fast path: one read, no signing, no body
+            if self.inline:
+                etag = self.plane.not_modified(authorization, if_none_match)
+            else:
+                etag = await self._run(self.plane.not_modified, authorization, if_none_match)
+            if etag is not None:
+                return Response(status_code=304, headers=self._bundle_headers(etag))
+        bundle = await self._run(self._authenticated_bundle, authorization)
+        headers = self._bundle_headers(bundle.etag)
         if self.plane.bundle_matches(bundle, if_none_match):
             return Response(status_code=304, headers=headers)
         return json_response(bodies.Bundle(jws=bundle.jws, version=bundle.version), headers=headers)
+
+    def _authenticated_bundle(self, authorization: str | None) -> Bundle:
+        return self.plane.bundle(self.plane.authenticate(authorization))  # one thread hop
+
+    def _bundle_headers(self, etag: str) -> dict[str, str]:
+        return {"ETag": etag, "X-D2-Poll-Seconds": self.poll, "Cache-Control": "no-cache"}
 
     async def publish(self, request: Request) -> Response:
         principal = await self._principal(request, POLICY_WRITE)
@@ -129,12 +160,15 @@ async def _on_error(request: Request, exc: Exception) -> Response:
 
 def create_app(plane: ControlPlane, *, prune: bool = True) -> Starlette:
     """The ASGI application serving ``plane``. Serve it with the lifespan protocol on
-    (uvicorn's default): startup starts the usage-event pruner (``app.state.pruner``),
-    shutdown stops it. ``prune=False``: no pruner (another process of the same
-    server runs it, as with ``d2-server serve --workers N``)."""
+    (uvicorn's default): startup checks the signing keys against ``D2_SERVER_SECRET``
+    (:meth:`~d2.server.service.ControlPlane.check_signing_keys`; a refusal fails the
+    startup, so the server never listens) and starts the usage-event pruner
+    (``app.state.pruner``), shutdown stops it. ``prune=False``: no pruner (another
+    process of the same server runs it, as with ``d2-server serve --workers N``)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await run_in_threadpool(plane.check_signing_keys)  # refuse to start with bad keys
         if not prune:
             yield
             return

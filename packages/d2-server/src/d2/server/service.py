@@ -8,15 +8,25 @@ pool) and raise :class:`~d2.server.errors.ApiError` to refuse a request.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .bodies import Draft, DraftIn, Events, Identity, Jwks, Key, KeyIn, PlanQuotas, parse_body
 from .config import Quotas, ServerConfig
 from .devicekeys import DEVICE_KEY_ALGORITHM, decode_base64, valid_key_id, verify_signature
 from .errors import ApiError
+from .keyseal import (
+    SECRET_ENV,
+    KeySealer,
+    KeySecretError,
+    check_stored_keys,
+    is_sealed,
+    private_pem,
+)
 from .policycheck import check_policy, check_size, parse_policy
 from .preconditions import ETagSet, check_publish_precondition, matches
 from .ratelimit import RateLimiter
@@ -36,6 +46,7 @@ from .storage import (
     EventCap,
     KeyRegistration,
     NewVersion,
+    PollState,
     Principal,
     PublishState,
     SigningKeyRecord,
@@ -67,14 +78,28 @@ def check_app_name(name: str) -> None:
         )
 
 
+_FLAG_MEMO_MAX = 4096
+_log = logging.getLogger("d2.server")
+
+
 def _unauthorized(detail: str) -> ApiError:
     return ApiError(401, detail, headers={"WWW-Authenticate": 'Bearer realm="d2"'})
 
 
 class ControlPlane:
-    """The reference control plane over a :class:`~d2.server.storage.Storage`."""
+    """The reference control plane over a :class:`~d2.server.storage.Storage`.
 
-    def __init__(self, storage: Storage, config: ServerConfig | None = None) -> None:
+    ``secret`` encrypts the private signing keys at rest (:mod:`d2.server.keyseal`);
+    ``None`` reads it from ``D2_SERVER_SECRET``. Without one, new keys are stored in
+    clear and :meth:`check_signing_keys` warns; a set but weak (or empty) secret
+    raises :class:`~d2.server.keyseal.KeySecretError` here."""
+
+    def __init__(
+        self, storage: Storage, config: ServerConfig | None = None, *, secret: str | None = None
+    ) -> None:
+        if secret is None:
+            secret = os.environ.get(SECRET_ENV)
+        self._sealer = KeySealer(secret) if secret is not None else None
         self.storage = storage
         self.config = config or ServerConfig()
         self.clock = self.config.clock
@@ -83,6 +108,9 @@ class ControlPlane:
             self.config.events_max_per_app, self.config.events_max_bytes_per_app
         )
         self._keys = KeyCache()
+        # ETag -> whether that bundle carries ``jwks_refresh``. An ETag is a digest
+        # of the JWS (``bundle_etag``), so an entry can never go stale.
+        self._flagged: dict[str, bool] = {}
 
     def now(self) -> float:
         """The current time of the injected clock."""
@@ -133,24 +161,58 @@ class ControlPlane:
         after the overlap (without the flag)."""
         if overlap < 0:
             raise ValueError("overlap must be >= 0")
-        key = SigningKey.generate(alg)
         now = self.now()
-        record = SigningKeyRecord(key.kid, alg, key.pem(), key.jwk, now)
+        if self._sealer is None and any(
+            is_sealed(k.pem) for k in self.storage.published_signing_keys(now)
+        ):
+            raise KeySecretError(
+                f"the signing keys of this database are encrypted: set {SECRET_ENV} to "
+                "their secret (a new key must not be stored in clear next to them)"
+            )
+        key = SigningKey.generate(alg)
+        pem = key.pem() if self._sealer is None else self._sealer.seal(key.pem(), key.kid, alg)
+        record = SigningKeyRecord(key.kid, alg, pem, key.jwk, now)
         self.storage.add_signing_key(record, overlap=overlap, now=now)
         stored = self.storage.active_signing_key()
         assert stored is not None
         return stored
 
+    def _signing_key(self, record: SigningKeyRecord) -> SigningKey:
+        key = self._keys.cached(record.kid)
+        if key is None:
+            key = self._keys.load(record.kid, private_pem(record, self._sealer), record.alg)
+        return key
+
+    def check_signing_keys(self) -> None:
+        """Refuse to serve with signing keys this process cannot use, before the
+        first request (the app's lifespan calls it): see
+        :func:`~d2.server.keyseal.check_stored_keys`. Each key it decrypts is loaded."""
+        active = self.storage.active_signing_key()
+        check_stored_keys(
+            self.storage.published_signing_keys(self.now()),
+            active.kid if active is not None else None,
+            self._sealer,
+            self._signing_key,
+        )
+
+    def health(self) -> None:
+        """Raise when the database cannot answer a cheap query."""
+        self.storage.schema_version()
+
     # authentication
-    def authenticate(self, authorization: str | None) -> Principal:
-        """The principal of an ``Authorization: Bearer <token>`` header; 401 otherwise."""
+    @staticmethod
+    def _token_hash(authorization: str | None) -> str:
         if not authorization:
             raise _unauthorized("missing_token")
         scheme, _, token = authorization.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not looks_like_token(token):
             raise _unauthorized("invalid_token")
-        principal = self.storage.find_token(hash_token(token))
+        return hash_token(token)
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of an ``Authorization: Bearer <token>`` header; 401 otherwise."""
+        principal = self.storage.find_token(self._token_hash(authorization))
         if principal is None:
             raise _unauthorized("invalid_token")
         return principal
@@ -189,7 +251,11 @@ class ControlPlane:
         iat: int,
         exp: int,
     ) -> Bundle:
-        key = self._keys.load(record.kid, record.pem, record.alg)
+        try:
+            key = self._signing_key(record)
+        except KeySecretError as exc:
+            _log.error("cannot sign: %s", exc)
+            raise ApiError(503, "signing_key_unavailable") from None
         payload = bundle_payload(
             account_id=app.account_id,
             app_name=app.name,
@@ -217,7 +283,64 @@ class ControlPlane:
                 )
             )
         assert state.bundle is not None
+        self._flag(state.bundle)  # remembered for the fast path
         return state.bundle
+
+    def _flag(self, bundle: Bundle) -> bool:
+        """Whether ``bundle`` carries ``jwks_refresh``, parsed once per ETag."""
+        flagged = self._flagged.get(bundle.etag)
+        if flagged is None:
+            if len(self._flagged) >= _FLAG_MEMO_MAX:
+                self._flagged.clear()
+            flagged = self._flagged[bundle.etag] = carries_jwks_refresh(bundle.jws)
+        return flagged
+
+    def not_modified(self, authorization: str | None, if_none_match: ETagSet) -> str | None:
+        """The fast path of a conditional poll: the ETag to answer 304 with, or
+        ``None`` when this request needs :meth:`authenticate` and :meth:`bundle`
+        (any refusal, a bundle due for re-signing, an ETag that does not match, a
+        bundle this process has not served yet).
+
+        One storage read (:meth:`~d2.server.storage.Storage.poll_state`, a single
+        statement) and no signing, no JSON. It answers 304 only where the full path
+        would: a valid token with ``policy:read``, a current version that is not
+        revoked, a bundle that :meth:`bundle` would serve as it is, and an
+        ``If-None-Match`` naming it. Nothing about the database is cached: the only
+        memo is keyed by ETag (a digest of the signed bytes), so another process's
+        publish, revocation, key rotation or token change is seen on the next poll."""
+        try:
+            token_hash = self._token_hash(authorization)
+        except ApiError:
+            return None
+        state = self.storage.poll_state(token_hash)
+        if state is None or not self._servable_as_is(state):
+            return None
+        assert state.etag is not None
+        if not matches(if_none_match, frozenset({state.etag})):
+            return None
+        return state.etag
+
+    def _servable_as_is(self, state: PollState) -> bool:
+        if (
+            POLICY_READ not in state.scopes
+            or state.current_version == 0
+            or state.revoked
+            or state.etag is None
+            or state.bundle_kid is None
+            or state.bundle_iat is None
+            or state.active_kid is None
+        ):
+            return False
+        flagged = self._flagged.get(state.etag)
+        if flagged is None:
+            return False
+        return not self._resign_due(
+            state.bundle_kid,
+            state.bundle_iat,
+            state.active_kid,
+            state.active_refresh_until,
+            lambda: flagged,
+        )
 
     @staticmethod
     def _check_served(state: BundleState) -> BundleState:
@@ -230,15 +353,34 @@ class ControlPlane:
     def _in_rotation(self, record: SigningKeyRecord) -> bool:
         """Whether bundles signed by ``record`` now carry ``jwks_refresh``: until
         the key it replaced leaves the JWKS."""
-        return record.refresh_until is not None and self.now() < record.refresh_until
+        return self._rotating(record.refresh_until)
+
+    def _rotating(self, refresh_until: float | None) -> bool:
+        return refresh_until is not None and self.now() < refresh_until
 
     def _needs_resign(self, bundle: Bundle, active: SigningKeyRecord) -> bool:
         """Re-sign a bundle signed by another key, or old, or still flagged
         ``jwks_refresh`` after the rotation's overlap ended."""
+        return self._resign_due(
+            bundle.kid,
+            bundle.iat,
+            active.kid,
+            active.refresh_until,
+            lambda: self._flag(bundle),
+        )
+
+    def _resign_due(
+        self,
+        kid: str,
+        iat: int,
+        active_kid: str,
+        active_refresh_until: float | None,
+        flagged: Callable[[], bool],
+    ) -> bool:
         return (
-            bundle.kid != active.kid
-            or self.now() - bundle.iat >= self.config.refresh_after
-            or (not self._in_rotation(active) and carries_jwks_refresh(bundle.jws))
+            kid != active_kid
+            or self.now() - iat >= self.config.refresh_after
+            or (not self._rotating(active_refresh_until) and flagged())
         )
 
     def _resign(

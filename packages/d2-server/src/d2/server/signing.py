@@ -162,6 +162,11 @@ class KeyCache:
         self._keys: dict[str, SigningKey] = {}
         self._lock = threading.Lock()
 
+    def cached(self, kid: str) -> SigningKey | None:
+        """The key ``kid`` when it was loaded before, else ``None``."""
+        with self._lock:
+            return self._keys.get(kid)
+
     def load(self, kid: str, pem: bytes, alg: str) -> SigningKey:
         """The key ``kid``, parsed from ``pem`` on first use."""
         with self._lock:

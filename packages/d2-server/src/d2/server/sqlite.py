@@ -28,6 +28,7 @@ from .storage import (
     EventUsage,
     KeyRegistration,
     NewVersion,
+    PollState,
     Principal,
     PublishState,
     SigningKeyRecord,
@@ -109,6 +110,8 @@ def _create_private(path: str) -> None:
 
 class SQLiteStorage(Storage):
     """Storage in the SQLite file at ``path`` (created, and migrated, on open)."""
+
+    local_reads = True  # WAL: a read takes no lock a writer holds
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
         self.path = os.fspath(path)
@@ -285,6 +288,35 @@ class SQLiteStorage(Storage):
         account = _account(row[3:])
         app = App(id=row[1], account_id=account.id, name=row[2])
         return Principal(token_hash, account, app, tuple(str(row[0]).split()))
+
+    def poll_state(self, token_hash: str) -> PollState | None:
+        """The state a conditional poll decides on, in one SELECT (one snapshot)."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT t.scopes, p.current_version, p.revoked, b.etag, b.kid, b.iat, "
+                "k.kid, k.refresh_until FROM tokens t "
+                "JOIN apps p ON p.id = t.app_id JOIN accounts a ON a.id = p.account_id "
+                "LEFT JOIN bundles b ON b.id = (SELECT MAX(id) FROM bundles "
+                "WHERE app_id = p.id AND version = p.current_version) "
+                "LEFT JOIN signing_keys k ON k.retired_at IS NULL "
+                "WHERE t.hash = ?",
+                (token_hash,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return PollState(
+            scopes=tuple(str(row[0]).split()),
+            current_version=int(row[1]),
+            revoked=bool(row[2]),
+            etag=row[3],
+            bundle_kid=row[4],
+            bundle_iat=None if row[5] is None else int(row[5]),
+            active_kid=row[6],
+            active_refresh_until=row[7],
+        )
 
     # signing keys
     def add_signing_key(self, record: SigningKeyRecord, *, overlap: float, now: float) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "EventUsage",
     "KeyRegistration",
     "NewVersion",
+    "PollState",
     "Principal",
     "SMALLEST_EVENT_BYTES",
     "PublishState",
@@ -109,6 +110,27 @@ class BundleState:
     revoked: bool
     bundle: Bundle | None
     document: str | None
+
+
+@dataclass(frozen=True)
+class PollState:
+    """What a conditional poll (``GET /v1/policy/bundle`` with ``If-None-Match``)
+    decides on, read for one token hash in a single statement, so from one snapshot.
+
+    ``scopes``: the token's. ``current_version`` / ``revoked``: the app's. ``etag``,
+    ``bundle_kid``, ``bundle_iat``: the newest signing of the current version (all
+    ``None`` when there is none). ``active_kid`` / ``active_refresh_until``: the
+    active signing key (``None`` when there is none).
+    """
+
+    scopes: tuple[str, ...]
+    current_version: int
+    revoked: bool
+    etag: str | None
+    bundle_kid: str | None
+    bundle_iat: int | None
+    active_kid: str | None
+    active_refresh_until: float | None
 
 
 @dataclass(frozen=True)
@@ -202,6 +224,13 @@ class Storage(abc.ABC):
     """Everything the control plane keeps. Every method is synchronous and safe to
     call from several threads at once."""
 
+    local_reads: bool = False
+    """Whether a read of the poll path (:meth:`poll_state`) is a local lookup of a
+    few tens of microseconds that never waits on the network or on a lock (SQLite
+    in WAL mode): the HTTP layer then runs it on the event loop instead of paying
+    a thread-pool hop that costs ten times more. A storage behind a network
+    connection keeps ``False``: its reads run in the thread pool."""
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release every connection."""
@@ -245,6 +274,14 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def find_token(self, token_hash: str) -> Principal | None:
         """The principal of a token hash, or ``None``."""
+
+    @abc.abstractmethod
+    def poll_state(self, token_hash: str) -> PollState | None:
+        """In one statement (one snapshot): the token's scopes, its app's current
+        version and revocation, the newest bundle of that version (ETag, ``kid``,
+        ``iat``) and the active signing key (``kid``, ``refresh_until``); ``None``
+        when no token has this hash. Nothing is cached: every call reads the
+        database, so what another process wrote is seen at once."""
 
     # server signing keys
     @abc.abstractmethod

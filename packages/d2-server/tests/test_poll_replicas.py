@@ -1,0 +1,271 @@
+"""The poll fast path (304 from one storage read) next to a second control plane on
+the same database file, as two ``d2-server serve`` replicas are: whatever one
+writes (publish, revoke, key rotation, token changes), the other serves on its
+very next request."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from d2.server import ControlPlane, ServerConfig, SQLiteStorage, create_app
+from d2.server.preconditions import parse_etags
+from d2.server.storage import App, Principal
+from d2.server.testing import DeviceKey, FakeClock, LiveServer
+from d2.server.tokens import hash_token
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+SECRET = "test-secret-for-the-poll-replica-tests-0123456789"
+
+
+@dataclass
+class Replicas:
+    writer: ControlPlane  # replica A: every change goes through it
+    reader: ControlPlane  # replica B: every poll is answered by it
+    clock: FakeClock
+    app: App
+    developer: Principal
+    runtime: str
+    key: DeviceKey
+    db: Path
+
+    def publish(self, n: int = 1) -> str:
+        document = {
+            "metadata": {"name": self.app.name},
+            "policies": [{"role": "user", "permissions": [f"tool{n}"]}],
+        }
+        body = json.dumps(document).encode()
+        state = self.writer.storage.bundle_state(self.app.id)
+        in_force = state.bundle is not None and not state.revoked
+        new = self.writer.publish(
+            self.developer,
+            body,
+            key_id=self.key.key_id,
+            signature=self.key.sign(body),
+            if_match=frozenset({state.bundle.etag}) if in_force and state.bundle else None,
+            if_none_match=None if in_force else "*",
+        )
+        return new.bundle.etag
+
+
+def _replicas(tmp_path: Path) -> Iterator[Replicas]:
+    clock = FakeClock(1_700_000_000.0)
+    db = tmp_path / "d2.db"
+    config = ServerConfig(clock=clock, bundle_lifetime=3600)
+    store_a, store_b = SQLiteStorage(db), SQLiteStorage(db)
+    writer = ControlPlane(store_a, config, secret=SECRET)
+    reader = ControlPlane(store_b, config, secret=SECRET)
+    writer.ensure_signing_key()
+    _, app = writer.create_account("app")
+    runtime = writer.create_token(app, "runtime")
+    developer = writer.authenticate("Bearer " + writer.create_token(app, "developer"))
+    key = DeviceKey()
+    writer.register_key(
+        developer,
+        json.dumps(
+            {"key_id": key.key_id, "algorithm": "Ed25519", "public_key": key.public_key_b64}
+        ).encode(),
+    )
+    try:
+        yield Replicas(writer, reader, clock, app, developer, runtime, key, db)
+    finally:
+        store_a.close()
+        store_b.close()
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[Replicas]:
+    yield from _replicas(tmp_path)
+
+
+@pytest.fixture
+def served(replicas: Replicas) -> Iterator[tuple[Replicas, httpx.Client]]:
+    """Replica B served by a real uvicorn; the test writes through replica A."""
+    live = LiveServer(create_app(replicas.reader))
+    live.start()
+    try:
+        with httpx.Client(
+            base_url=live.base_url, headers={"Authorization": f"Bearer {replicas.runtime}"}
+        ) as client:
+            yield replicas, client
+    finally:
+        live.stop()
+
+
+def _poll(
+    client: httpx.Client, etag: str | None = None, token: str | None = None
+) -> httpx.Response:
+    headers = {"If-None-Match": etag} if etag else {}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return client.get("/v1/policy/bundle", headers=headers)
+
+
+def _fast_only(plane: ControlPlane) -> None:
+    """Make the full path fail, so a 304 can only come from the fast path."""
+
+    def refuse(principal: Principal) -> None:
+        raise AssertionError("the full bundle path ran")
+
+    plane.bundle = refuse  # type: ignore[method-assign,assignment]
+
+
+def test_a_304_is_served_from_the_fast_path(served: tuple[Replicas, httpx.Client]) -> None:
+    replicas, client = served
+    replicas.publish()
+    first = _poll(client)
+    assert first.status_code == 200
+    _fast_only(replicas.reader)
+    r = _poll(client, first.headers["etag"])
+    assert r.status_code == 304
+    assert r.headers["etag"] == first.headers["etag"]
+    assert r.headers["x-d2-poll-seconds"] == str(replicas.reader.config.poll_seconds)
+    assert r.headers["cache-control"] == "no-cache"
+    assert r.content == b""
+
+
+def test_a_publish_on_another_replica_is_served_on_the_next_poll(
+    served: tuple[Replicas, httpx.Client],
+) -> None:
+    replicas, client = served
+    replicas.publish(1)
+    etag1 = _poll(client).headers["etag"]
+    assert _poll(client, etag1).status_code == 304
+    etag2 = replicas.publish(2)
+    r = _poll(client, etag1)
+    assert r.status_code == 200
+    assert r.headers["etag"] == etag2 != etag1
+    assert jwt.decode(r.json()["jws"], options={"verify_signature": False})["version"] == 2
+
+
+def test_a_revocation_on_another_replica_is_served_on_the_next_poll(
+    served: tuple[Replicas, httpx.Client],
+) -> None:
+    replicas, client = served
+    replicas.publish()
+    etag = _poll(client).headers["etag"]
+    assert _poll(client, etag).status_code == 304
+    replicas.writer.revoke(replicas.developer)
+    r = _poll(client, etag)
+    assert (r.status_code, r.json()) == (410, {"detail": "revoked"})
+    etag2 = replicas.publish(2)  # a publish clears the revocation, on B too
+    assert _poll(client, etag).headers["etag"] == etag2
+
+
+def test_a_key_rotation_on_another_replica_is_served_on_the_next_poll(
+    served: tuple[Replicas, httpx.Client],
+) -> None:
+    replicas, client = served
+    replicas.publish()
+    etag = _poll(client).headers["etag"]
+    assert _poll(client, etag).status_code == 304
+    new = replicas.writer.rotate_key("ES256", overlap=600)
+    r = _poll(client, etag)  # re-signed by B with the key A created
+    assert r.status_code == 200 and r.headers["etag"] != etag
+    header = jwt.get_unverified_header(r.json()["jws"])
+    assert (header["kid"], header["alg"], header["jwks_refresh"]) == (new.kid, "ES256", True)
+    jwks = client.get("/.well-known/jwks.json").json()
+    assert jwks["keys"][0]["kid"] == new.kid
+    assert _poll(client, r.headers["etag"]).status_code == 304
+    # after the overlap, the flagged bundle is re-signed without the flag, at once
+    replicas.clock.advance(600)
+    r2 = _poll(client, r.headers["etag"])
+    assert r2.status_code == 200
+    assert "jwks_refresh" not in jwt.get_unverified_header(r2.json()["jws"])
+
+
+def test_token_changes_on_another_replica_apply_to_the_next_poll(
+    served: tuple[Replicas, httpx.Client],
+) -> None:
+    replicas, client = served
+    replicas.publish()
+    etag = _poll(client).headers["etag"]
+    fresh = replicas.writer.create_token(replicas.app, "runtime")
+    assert _poll(client, etag, token=fresh).status_code == 304  # a new token: at once
+    # scopes changed and the token deleted by another process (e.g. an operator
+    # tool writing the database): no poll is answered from what B saw before
+    with sqlite3.connect(replicas.db) as conn:
+        conn.execute(
+            "UPDATE tokens SET scopes = 'events:write' WHERE hash = ?", (hash_token(fresh),)
+        )
+    r = _poll(client, etag, token=fresh)
+    assert (r.status_code, r.json()["detail"]) == (403, "missing_scope")
+    with sqlite3.connect(replicas.db) as conn:
+        conn.execute("DELETE FROM tokens WHERE hash = ?", (hash_token(fresh),))
+    r = _poll(client, etag, token=fresh)
+    assert (r.status_code, r.json()["detail"]) == (401, "invalid_token")
+    assert _poll(client, etag).status_code == 304  # the other token is untouched
+
+
+def test_an_expiring_bundle_is_re_signed_not_304(
+    served: tuple[Replicas, httpx.Client],
+) -> None:
+    replicas, client = served
+    replicas.publish()
+    etag = _poll(client).headers["etag"]
+    replicas.clock.advance(replicas.reader.config.refresh_after)
+    r = _poll(client, etag)
+    assert r.status_code == 200 and r.headers["etag"] != etag
+    claims = jwt.decode(r.json()["jws"], options={"verify_signature": False})
+    assert claims["exp"] > replicas.clock()
+
+
+def _slow(plane: ControlPlane, auth: str, header: str | None) -> tuple[int, str | None]:
+    from d2.server.errors import ApiError
+
+    try:
+        bundle = plane.bundle(plane.authenticate(auth))
+    except ApiError as exc:
+        return exc.status, None
+    status = 304 if plane.bundle_matches(bundle, parse_etags(header)) else 200
+    return status, bundle.etag
+
+
+_OPS = st.lists(
+    st.sampled_from(["publish", "revoke", "rotate", "advance", "poll", "poll_stale"]),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=_OPS)
+def test_the_fast_path_answers_304_exactly_when_the_full_path_would(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[str]
+) -> None:
+    """Whatever replica A did, replica B's fast path says 304 only for the ETag the
+    full path serves at that moment, and says it again once the full path served."""
+    for r in _replicas(tmp_path_factory.mktemp("prop")):
+        auth = f"Bearer {r.runtime}"
+        seen: list[str] = ['"none"']
+        n = 0
+        for op in ops:
+            if op == "publish":
+                n += 1
+                r.publish(n)
+            elif op == "revoke" and n:
+                r.writer.revoke(r.developer)
+            elif op == "rotate":
+                r.writer.rotate_key(overlap=300)
+            elif op == "advance":
+                r.clock.advance(400)
+            for header in {seen[-1], seen[0], ", ".join(seen[-2:])}:
+                tags = parse_etags(header)
+                assert tags is not None
+                fast = r.reader.not_modified(auth, tags)
+                status, etag = _slow(r.reader, auth, header)
+                if fast is not None:
+                    assert (status, etag) == (304, fast)
+                if etag is not None:
+                    seen.append(etag)
+                    again = r.reader.not_modified(auth, frozenset({etag}))
+                    assert again == etag
