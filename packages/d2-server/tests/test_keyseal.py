@@ -76,7 +76,7 @@ def test_with_a_secret_the_private_key_is_never_stored_in_clear(db: Path) -> Non
     assert is_sealed(record.pem) and b"PRIVATE KEY" not in record.pem
     developer, key = _publisher(plane)
     jws = _publish(plane, developer, key)
-    (jwk,) = plane.jwks()["keys"]
+    (jwk,) = plane.jwks().model_dump()["keys"]
     public = jwt.PyJWK(jwk).key
     claims = jwt.decode(
         jws,
@@ -193,7 +193,7 @@ def test_a_clear_active_key_with_a_secret_is_refused_until_rotated(
     principal = plane.authenticate("Bearer " + plane.create_token(developer.app, "runtime"))
     bundle = plane.bundle(principal)
     assert bundle.kid == new.kid
-    assert {k["kid"] for k in plane.jwks()["keys"]} == {new.kid, clear.kid}
+    assert {k["kid"] for k in plane.jwks().model_dump()["keys"]} == {new.kid, clear.kid}
     assert jwt.get_unverified_header(v1)["kid"] == clear.kid
     _close(plane)
 
@@ -260,6 +260,6 @@ def test_a_lost_secret_is_recovered_by_a_rotation_without_overlap(db: Path) -> N
         plane.check_signing_keys()
     new = plane.rotate_key(overlap=0)
     plane.check_signing_keys()
-    assert [k["kid"] for k in plane.jwks()["keys"]] == [new.kid] != [old.kid]
+    assert [k["kid"] for k in plane.jwks().model_dump()["keys"]] == [new.kid] != [old.kid]
     assert jwt.get_unverified_header(_publish(plane, developer, key))["kid"] == new.kid
     _close(plane)

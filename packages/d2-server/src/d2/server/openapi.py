@@ -46,6 +46,10 @@ _ERROR_TEXT = {
     422: "Invalid body or policy; errors lists the paths",
     428: "Publish needs If-Match or If-None-Match",
     429: "Rate limited; retry after Retry-After seconds",
+    503: (
+        "Unavailable: the database does not answer (database_unavailable), or a "
+        "signing key does not decrypt with D2_SERVER_SECRET (signing_key_unavailable)"
+    ),
 }
 _DIGITS = {"type": "string", "pattern": "^[0-9]+$"}
 _BUNDLE_HEADERS = {
@@ -71,7 +75,15 @@ class _Op:
 
 
 _OPS = (
-    _Op("/healthz", "get", "Liveness", 200, bodies.Health, public=True),
+    _Op(
+        "/healthz",
+        "get",
+        "Liveness: the database answers",
+        200,
+        bodies.Health,
+        (503,),
+        public=True,
+    ),
     _Op("/openapi.json", "get", "This document", 200, None, public=True),
     _Op("/.well-known/jwks.json", "get", "Bundle signing keys", 200, bodies.Jwks, public=True),
     _Op("/v1/accounts/me", "get", "Identity and limits of the token", 200, bodies.Identity, (401,)),
@@ -81,7 +93,7 @@ _OPS = (
         "The app's signed policy bundle",
         200,
         bodies.Bundle,
-        (401, 403, 404, 410),
+        (401, 403, 404, 410, 503),
         params=(("If-None-Match", "ETag of the bundle held", False),),
         headers=_BUNDLE_HEADERS,
     ),
@@ -91,7 +103,7 @@ _OPS = (
         "Publish the next policy version (signed by a device key)",
         201,
         bodies.Published,
-        (400, 401, 402, 403, 412, 413, 422, 428),
+        (400, 401, 402, 403, 412, 413, 422, 428, 503),
         bodies.PolicyDocument,
         params=(
             ("X-D2-Key-Id", "Registered device key id", True),
