@@ -39,6 +39,7 @@ def test_the_package_exports_its_entry_points() -> None:
             "ApiError",
             "ControlPlane",
             "Quotas",
+            "SQLStorage",
             "SQLiteStorage",
             "ServerConfig",
             "SigningKey",

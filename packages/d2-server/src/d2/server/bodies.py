@@ -206,8 +206,11 @@ def parse_events(data: bytes, max_events: int) -> list[tuple[str, str, str]]:
             event.get("payload"),
             event.get("occurred_at"),
         )
-        if not isinstance(kind, str) or not 0 < len(kind) <= MAX_EVENT_TYPE:
-            errors.append(f"events[{i}].event_type: expected a string of 1-{MAX_EVENT_TYPE} chars")
+        if not isinstance(kind, str) or not 0 < len(kind) <= MAX_EVENT_TYPE or "\x00" in kind:
+            # NUL: PostgreSQL text cannot hold it (the payload is stored escaped)
+            errors.append(
+                f"events[{i}].event_type: expected a string of 1-{MAX_EVENT_TYPE} chars, no NUL"
+            )
         if not isinstance(payload, dict):
             errors.append(f"events[{i}].payload: expected an object")
         if not valid_timestamp(when):

@@ -177,6 +177,10 @@ class SQLiteStorage(Storage):
             conn.close()
         self._local = threading.local()
 
+    def schema_revision(self) -> str | None:
+        """The migration the database is at, as text."""
+        return str(self.schema_version())
+
     def schema_version(self) -> int:
         """The migration the database is at."""
         return int(self._conn().execute("PRAGMA user_version").fetchone()[0])
