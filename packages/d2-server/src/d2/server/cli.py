@@ -1,8 +1,12 @@
-"""The ``d2-server`` command: ``init``, ``serve``, ``rotate-key``, ``token create``.
+"""The ``d2-server`` command: ``init``, ``serve``, ``migrate``, ``rotate-key``,
+``token create``.
 
-Every command takes ``--db PATH`` (default ``$D2_SERVER_DB``, else
-``./d2-server.db``). Exit status: 0 done, 1 refused (for example ``init`` on a
-database that already has an account), 2 usage error.
+Every command takes ``--db`` (default ``$D2_SERVER_DB``, else ``./d2-server.db``):
+a SQLite file path or a ``postgresql://user:password@host:port/dbname`` URL.
+``init`` and ``migrate`` bring the schema to this version's; the other commands
+refuse a database whose schema is behind (naming ``d2-server migrate``) or ahead.
+Exit status: 0 done, 1 refused (for example ``init`` on a database that already
+has an account), 2 usage error.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from typing import Any
 
 from ._version import __version__
 from .config import Quotas, ServerConfig, check_event_setting
+from .database import database_url, describe
+from .schema import SchemaError
 from .service import ControlPlane, check_app_name
 from .signing import ALGORITHMS, DEFAULT_ALGORITHM
-from .sqlite import SQLiteStorage
+from .store import SQLStorage
 
 __all__ = ["DEFAULT_DB", "build_parser", "main"]
 
@@ -59,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--db",
         default=None,
-        help=f"SQLite database file (default: $D2_SERVER_DB or ./{DEFAULT_DB})",
+        help="SQLite file path or postgresql://user:password@host:port/dbname URL "
+        f"(default: $D2_SERVER_DB or ./{DEFAULT_DB})",
     )
     parser = argparse.ArgumentParser(
         prog="d2-server", description="D2 reference control plane (self-hosted)."
@@ -122,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="info")
 
+    sub.add_parser(
+        "migrate", parents=[common], help="upgrade the database's schema to this version's"
+    )
+
     rotate = sub.add_parser("rotate-key", parents=[common], help="add a new bundle signing key")
     rotate.add_argument("--alg", choices=ALGORITHMS, default=DEFAULT_ALGORITHM)
     rotate.add_argument(
@@ -172,7 +183,7 @@ def _init(plane: ControlPlane, args: argparse.Namespace) -> None:
     key = plane.ensure_signing_key()
     _print(
         {
-            "database": args.db,
+            "database": describe(args.db),
             "account_id": account.id,
             "app_name": app.name,
             "runtime_token": plane.create_token(app, "runtime"),
@@ -229,7 +240,7 @@ def _rotate(plane: ControlPlane, args: argparse.Namespace) -> None:
     )
 
 
-def _serve(storage: SQLiteStorage, args: argparse.Namespace) -> None:
+def _serve(storage: SQLStorage, args: argparse.Namespace) -> None:
     import uvicorn
 
     from .app import create_app
@@ -247,7 +258,8 @@ def _serve(storage: SQLiteStorage, args: argparse.Namespace) -> None:
     )
     plane = ControlPlane(storage, config)
     if storage.active_signing_key() is None or not storage.accounts():
-        raise _Refused(f"{args.db} is not initialized; run `d2-server init --db {args.db}`")
+        db = describe(args.db)
+        raise _Refused(f"{db} is not initialized; run `d2-server init --db {db}`")
     uvicorn.run(
         create_app(plane),
         host=args.host,
@@ -269,15 +281,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"d2-server: {exc}", file=sys.stderr)
             return 1
-    if args.command != "init" and not os.path.exists(args.db):
-        print(f"d2-server: no database at {args.db}; run `d2-server init` first", file=sys.stderr)
+    db = describe(args.db)
+    try:
+        sqlite = database_url(args.db).get_backend_name() == "sqlite"
+    except ValueError as exc:
+        print(f"d2-server: {exc}", file=sys.stderr)
+        return 2
+    if args.command != "init" and sqlite and not os.path.exists(args.db):
+        print(f"d2-server: no database at {db}; run `d2-server init` first", file=sys.stderr)
         return 1
     try:
-        storage = SQLiteStorage(args.db)
+        storage = SQLStorage(args.db, migrate=args.command in ("init", "migrate"))
+    except SchemaError as exc:
+        print(f"d2-server: {db}: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
-        print(f"d2-server: cannot open {args.db}: {exc}", file=sys.stderr)
+        reason = getattr(exc, "orig", None) or exc  # the driver's words, not SQLAlchemy's
+        print(f"d2-server: cannot open {db}: {reason}", file=sys.stderr)
         return 1
     try:
+        if args.command == "migrate":
+            print(f"{db}: schema at revision {storage.schema_revision()} (the newest)")
+            return 0
         if args.command == "serve":
             _serve(storage, args)
             return 0
