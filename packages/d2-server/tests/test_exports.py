@@ -40,7 +40,6 @@ def test_the_package_exports_its_entry_points() -> None:
             "ControlPlane",
             "Quotas",
             "SQLStorage",
-            "SQLiteStorage",
             "ServerConfig",
             "SigningKey",
             "Storage",

@@ -19,7 +19,6 @@ from .config import Quotas, ServerConfig
 from .errors import ApiError
 from .service import ControlPlane
 from .signing import SigningKey
-from .sqlite import SQLiteStorage
 from .storage import Storage
 from .store import SQLStorage
 
@@ -28,7 +27,6 @@ __all__ = [
     "ControlPlane",
     "Quotas",
     "SQLStorage",
-    "SQLiteStorage",
     "ServerConfig",
     "SigningKey",
     "Storage",
