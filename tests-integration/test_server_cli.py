@@ -41,7 +41,7 @@ def _doc_commands() -> list[list[str]]:
 
 def test_every_documented_command_parses() -> None:
     commands = _doc_commands()
-    assert {c[1] for c in commands} == {"init", "serve", "token", "rotate-key"}
+    assert {c[1] for c in commands} == {"init", "serve", "token", "rotate-key", "migrate"}
     for command in commands:
         build_parser().parse_args(command[1:])  # exits on a usage error
 
