@@ -143,3 +143,13 @@ def test_two_replicas_on_one_postgresql_database(replicas: dict[str, Any]) -> No
     assert httpx.post(f"{two}/v1/policy/revoke", headers=developer).json() == {"revoked_version": 3}
     gone = httpx.get(f"{one}/v1/policy/bundle", headers=runtime)
     assert gone.status_code == 410, gone.text
+
+
+def test_the_test_server_runs_on_either_database(db: str, tmp_path: Path) -> None:
+    from d2.server.testing import start_server
+
+    with start_server(tmp_path, db=db) as server:
+        assert server.db == db
+        assert server.publish(server.policy()).status_code == 201
+        assert server.fetch_bundle().json()["version"] == 1
+        assert server.storage.engine.dialect.name == ("postgresql" if "://" in db else "sqlite")

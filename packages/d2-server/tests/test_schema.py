@@ -251,6 +251,13 @@ def test_a_first_cut_file_is_refused_until_migrated_then_keeps_all_its_data(
     finally:
         store.close()
     assert _upgrade(db) == schema.head_revision()  # idempotent
+    # the first cut's own runner would refuse the file now ("upgrade d2-server")
+    conn = sqlite3.connect(db)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        conn.close()
+    assert version == schema.ALEMBIC_USER_VERSION > schema.LEGACY_USER_VERSION
 
 
 @pytest.mark.parametrize(("user_version", "error"), [(1, "pre-release"), (2, "pre-release")])

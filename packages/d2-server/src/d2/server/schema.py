@@ -27,6 +27,7 @@ from alembic.util import CommandError
 from .database import WRITE
 
 __all__ = [
+    "ALEMBIC_USER_VERSION",
     "LEGACY_REVISION",
     "LEGACY_USER_VERSION",
     "SchemaAheadError",
@@ -43,6 +44,11 @@ LEGACY_USER_VERSION = 3
 
 LEGACY_REVISION = "0001"
 """The revision whose schema equals that file's."""
+
+ALEMBIC_USER_VERSION = 1000
+"""``PRAGMA user_version`` of a SQLite file this d2-server migrated: higher than the
+first cut knows, so that d2-server refuses the file ("upgrade d2-server") instead of
+using a schema it does not know."""
 
 _SCRIPTS = Path(__file__).parent / "migrations"
 
@@ -154,4 +160,6 @@ def upgrade(engine: sa.Engine) -> str:
                 command.stamp(config, LEGACY_REVISION)
             if current != head:
                 command.upgrade(config, "head")
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql(f"PRAGMA user_version = {ALEMBIC_USER_VERSION}")
     return head

@@ -210,11 +210,11 @@ class SQLStorage(Storage):
         """Store a new account and its first app in one transaction."""
         with self._write() as conn:
             self._insert_account(conn, account_id, quotas, now)
-            app_id = conn.execute(
-                apps.insert()
-                .values(account_id=account_id, name=app_name, created_at=now)
-                .returning(apps.c.id)
-            ).scalar_one()
+            key = conn.execute(
+                apps.insert().values(account_id=account_id, name=app_name, created_at=now)
+            ).inserted_primary_key
+            assert key is not None
+            app_id = key[0]
         account = Account(id=account_id, quotas=quotas, created_at=now)
         return account, App(id=int(app_id), account_id=account_id, name=app_name)
 
@@ -353,9 +353,9 @@ class SQLStorage(Storage):
                     algorithm="Ed25519",
                     public_key=public_key,
                     created_at=now,
-                ).returning(device_keys.c.key_id)
-            ).first()
-            if created is not None:
+                ).execution_options(preserve_rowcount=True)  # INSERT: not kept by default
+            ).rowcount
+            if created == 1:
                 return KeyRegistration.CREATED
             existing = self._device_key(conn, app_id, key_id)
         return KeyRegistration.EXISTS if existing == public_key else KeyRegistration.CONFLICT

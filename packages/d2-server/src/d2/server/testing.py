@@ -202,7 +202,9 @@ class D2Server:
     ``base_url``, ``jwks_url``; ``account_id`` / ``app_name`` and their
     ``runtime_token`` (``policy:read events:write``) and ``developer_token``
     (adds ``policy:write``); ``clock`` (a :class:`FakeClock` unless another clock
-    was given); ``plane`` / ``storage`` for direct access; ``db_path``; ``pruner``,
+    was given); ``plane`` / ``storage`` for direct access; ``db_path`` (the
+    SQLite file; unused on PostgreSQL); ``db``, the ``--db`` of its database (that
+    path or the ``postgresql://`` URL); ``pruner``,
     the server's background usage-event pruner.
     """
 
@@ -216,6 +218,7 @@ class D2Server:
     db_path: Path
     pruner: EventPruner | None = None
     device_key: DeviceKey | None = None
+    db: str = ""
     _clients: list[httpx.Client] = field(default_factory=list, repr=False)
     _http: httpx.Client | None = field(default=None, repr=False)
 
@@ -462,6 +465,7 @@ def start_server(
             clock=clock,
             plane=plane,
             db_path=db_path,
+            db=db if db and "://" in db else str(db_path),
         )
         live.start()
         server.pruner = asgi.state.pruner
