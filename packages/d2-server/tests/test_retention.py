@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -444,3 +445,47 @@ def test_stop_ends_a_long_pass_between_batches(storage: SQLStorage, clock: FakeC
     assert storage.event_usage(app.id).events > 0
     with pytest.raises(RuntimeError, match="already started"):
         pruner.start()
+
+
+def test_ingest_and_pruning_running_at_once_never_deadlock_and_keep_the_counts(
+    storage: SQLStorage, clock: FakeClock
+) -> None:
+    # Uploads trim their app (its counts locked, then its oldest events) while the
+    # pruner deletes expired events of the same apps: on PostgreSQL both lock the
+    # counts first, so they queue instead of deadlocking (a deadlock aborts one).
+    plane = _plane(storage, clock, events_max_per_app=300, events_prune_batch=50)
+    shop, blog = _apps(plane, "shop", "blog")
+    for app in (shop, blog):
+        _add(storage, app, 600, clock() - 60 * DAY)  # expired, and over the cap
+    tokens = [_principal(plane, app) for app in (shop, blog)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(5)
+
+    def upload(principal: Principal) -> None:
+        start.wait()
+        try:
+            for _ in range(15):
+                plane.ingest(principal, _body(20))
+        except BaseException as exc:
+            errors.append(exc)
+
+    def prune() -> None:
+        start.wait()
+        try:
+            for _ in range(3):
+                EventPruner(plane, pause=0).prune()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(t,)) for t in tokens * 2]
+    threads.append(threading.Thread(target=prune))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert _counted(storage) == _true_usage(storage)
+    for app in (shop, blog):
+        assert storage.event_usage(app.id).events <= 600 + 2 * 15 * 20
+    EventPruner(plane, pause=0).prune()
+    assert storage.apps_over_event_cap(plane.event_cap) == []
