@@ -47,7 +47,7 @@ TABLE_END = "<!-- bench-server:end -->"
 def serve(db: str, port: int) -> None:
     """The server process: the D2 app and ``/bare`` in one uvicorn worker."""
     import uvicorn
-    from d2.server import ControlPlane, ServerConfig, SQLiteStorage, create_app
+    from d2.server import ControlPlane, ServerConfig, SQLStorage, create_app
     from starlette.applications import Starlette
     from starlette.responses import Response
     from starlette.routing import Route
@@ -57,7 +57,9 @@ def serve(db: str, port: int) -> None:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     bare = Starlette(routes=[Route("/bare", bare_route, methods=["GET"])])
-    plane = ControlPlane(SQLiteStorage(db), ServerConfig(ingest_burst=10**9, ingest_window=1.0))
+    plane = ControlPlane(
+        SQLStorage(db, migrate=True), ServerConfig(ingest_burst=10**9, ingest_window=1.0)
+    )
     d2 = create_app(plane)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -78,11 +80,11 @@ class Setup:
 
 def prepare(directory: str) -> Setup:
     """A database with one account, one app and one published policy."""
-    from d2.server import ControlPlane, SQLiteStorage
+    from d2.server import ControlPlane, SQLStorage
     from d2.server.testing import DeviceKey
 
     db = os.path.join(directory, "bench.db")
-    storage = SQLiteStorage(db)
+    storage = SQLStorage(db, migrate=True)
     try:
         plane = ControlPlane(storage)
         plane.ensure_signing_key()

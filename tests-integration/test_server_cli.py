@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from d2.server import SQLiteStorage
+from d2.server import SQLStorage
 from d2.server.cli import parse_args
 from d2.server.testing import DeviceKey
 
@@ -41,7 +41,7 @@ def _doc_commands() -> list[list[str]]:
 
 def test_every_documented_command_parses() -> None:
     commands = _doc_commands()
-    assert {c[1] for c in commands} == {"init", "serve", "token", "rotate-key"}
+    assert {c[1] for c in commands} == {"init", "serve", "token", "rotate-key", "migrate"}
     for command in commands:
         parse_args(command[1:])  # raises on a usage error
 
@@ -179,7 +179,7 @@ def test_serve_prunes_expired_events_at_startup_and_keeps_recent_ones(
     env: dict[str, str], workers: str
 ) -> None:
     tokens = json.loads(_run("init", "--app-name", "support-bot", "--json", env=env))
-    storage = SQLiteStorage(env["D2_SERVER_DB"])
+    storage = SQLStorage(env["D2_SERVER_DB"])
     try:
         (account,) = storage.accounts()
         (app,) = storage.apps(account.id)
@@ -192,7 +192,7 @@ def test_serve_prunes_expired_events_at_startup_and_keeps_recent_ones(
     with _serving(env, *options) as base:
         deadline = time.monotonic() + 30
         while True:
-            storage = SQLiteStorage(env["D2_SERVER_DB"])
+            storage = SQLStorage(env["D2_SERVER_DB"])
             try:
                 if storage.event_usage(app.id).events == 4:
                     break
@@ -207,7 +207,7 @@ def test_serve_prunes_expired_events_at_startup_and_keeps_recent_ones(
         for _ in range(5):
             r = httpx.post(f"{base}/v1/events/ingest", json=body, headers=runtime)
             assert r.status_code == 202
-    storage = SQLiteStorage(env["D2_SERVER_DB"])
+    storage = SQLStorage(env["D2_SERVER_DB"])
     try:
         assert storage.event_usage(app.id).events == 10
     finally:

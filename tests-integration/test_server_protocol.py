@@ -176,7 +176,8 @@ def test_publish_needs_the_signature_of_a_registered_key_over_the_exact_bytes(
     r = d2_server.publish(reformatted, if_none_match="*", signature=key.sign(body))
     assert r.status_code == 401 and _detail(r) == "bad_signature"
     assert d2_server.publish(body, if_none_match="*").status_code == 201
-    stored = d2_server.storage._conn().execute("SELECT body FROM versions").fetchone()[0]
+    with d2_server.storage.engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT body FROM versions").scalar()
     assert bytes(stored) == body
 
 

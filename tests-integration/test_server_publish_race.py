@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 from d2.server.testing import D2Server, DeviceKey
@@ -44,6 +45,12 @@ def _race(
         return sorted(pool.map(publish, range(len(keys))))
 
 
+def _sql(server: D2Server, query: str) -> list[Any]:
+    """The first column of ``query``'s rows, read from the server's database."""
+    with server.storage.engine.connect() as conn:
+        return list(conn.exec_driver_sql(query).scalars())
+
+
 def test_concurrent_first_publishes_let_exactly_one_win(d2_server: D2Server) -> None:
     keys = [d2_server.register_key(DeviceKey(f"dev-{i}")) for i in range(PUBLISHERS)]
     statuses = _race(d2_server, keys, {"If-None-Match": "*"})
@@ -64,8 +71,7 @@ def test_concurrent_publishes_on_one_etag_let_exactly_one_win_each_round(
         bundle = d2_server.fetch_bundle().json()
         assert bundle["version"] == round_
         assert d2_server.verify(bundle["jws"])["version"] == round_
-    versions = d2_server.storage._conn().execute("SELECT version FROM versions").fetchall()
-    assert [v for (v,) in versions] == [1, 2, 3, 4]
+    assert _sql(d2_server, "SELECT version FROM versions ORDER BY version") == [1, 2, 3, 4]
 
 
 def test_concurrent_publishes_with_a_bogus_if_none_match_never_win(d2_server: D2Server) -> None:
@@ -93,9 +99,5 @@ def test_a_bogus_if_none_match_cannot_win_alongside_an_if_match_publisher(
     statuses = _race(d2_server, keys, preconditions)
     assert statuses == [201] + [412] * (PUBLISHERS - 1)
     assert d2_server.fetch_bundle().json()["version"] == 2
-    winner = (
-        d2_server.storage._conn()
-        .execute("SELECT device_key_id FROM versions WHERE version = 2")
-        .fetchone()[0]
-    )
+    (winner,) = _sql(d2_server, "SELECT device_key_id FROM versions WHERE version = 2")
     assert int(winner.removeprefix("dev-")) % 2 == 1  # an If-Match publisher

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from d2.server import ControlPlane, SQLiteStorage
+from d2.server import ControlPlane, SQLStorage
 from d2.server.testing import D2Server, FakeClock, start_server
 
 DAY = 86400.0
@@ -105,7 +105,7 @@ def test_a_large_backlog_is_pruned_in_batches_at_startup_while_the_server_answer
     backlog, batch = 30_000, 300
     clock = FakeClock()
     # a database that grew before retention existed: a year-old backlog in one app
-    storage = SQLiteStorage(tmp_path / "d2-server.db")
+    storage = SQLStorage(tmp_path / "d2-server.db", migrate=True)
     try:
         plane = ControlPlane(storage)
         _, old = plane.create_account("old-app")

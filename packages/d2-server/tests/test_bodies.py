@@ -222,6 +222,7 @@ def _event_ok(event: object) -> bool:
     return (
         isinstance(kind, str)
         and 0 < len(kind) <= 200
+        and "\x00" not in kind  # PostgreSQL text cannot hold a NUL
         and isinstance(event.get("payload"), dict)
         and valid_timestamp(event.get("occurred_at"))
     )
@@ -229,7 +230,7 @@ def _event_ok(event: object) -> bool:
 
 _FIELD_VALUES = st.one_of(
     _JSON,
-    st.sampled_from(["", "x" * 200, "x" * 201, "2025-01-01T00:00:00Z", "1", "true"]),
+    st.sampled_from(["", "x" * 200, "x" * 201, "2025-01-01T00:00:00Z", "1", "true", "a\x00b"]),
     st.sampled_from([0, 1, -1, 2**53, 2**53 - 1, 1.0, True, False]),
 )
 
@@ -294,10 +295,10 @@ def test_a_key_field_is_accepted_exactly_when_the_protocol_allows_it(
 
 @pytest.fixture(scope="module")
 def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict[str, str]]]:
-    from d2.server import ControlPlane, ServerConfig, SQLiteStorage, create_app
+    from d2.server import ControlPlane, ServerConfig, SQLStorage, create_app
     from starlette.testclient import TestClient
 
-    storage = SQLiteStorage(tmp_path_factory.mktemp("bodies") / "d2.db")
+    storage = SQLStorage(tmp_path_factory.mktemp("bodies") / "d2.db", migrate=True)
     plane = ControlPlane(storage, ServerConfig(ingest_burst=10**6))
     _, app = plane.create_account("shop")
     developer = {"Authorization": "Bearer " + plane.create_token(app, "developer")}

@@ -1,15 +1,19 @@
-"""The d2-server command (serve is tested end to end in tests-integration)."""
+"""The d2-server command on both databases (serve is tested end to end in
+tests-integration and by the replica test)."""
 
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import typer
-from d2.server import ServerConfig, SQLiteStorage
+from d2.server import ServerConfig, SQLStorage, schema
 from d2.server.cli import Algorithm, main, parse_args
+from d2.server.database import open_engine
 from d2.server.signing import ALGORITHMS
 from d2.server.tokens import hash_token
 from hypothesis import given, settings
@@ -21,19 +25,40 @@ def _plain(text: str) -> str:
     return " ".join(re.sub(r"[\u2500-\u257f]", " ", text).split())
 
 
-def _init(db: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, str]:
+def _init(db: str | Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, str]:
     assert main(["init", "--db", str(db), "--json", *extra]) == 0
     data: dict[str, str] = json.loads(capsys.readouterr().out)
     return data
 
 
+def _everything(db: str) -> str:
+    """Every value of every table, as text."""
+    engine = open_engine(db)
+    try:
+        meta = sa.MetaData()
+        meta.reflect(engine)
+        with engine.connect() as conn:
+            return repr([conn.execute(t.select()).all() for t in meta.sorted_tables])
+    finally:
+        engine.dispose()
+
+
+def _has_schema(db: str) -> bool:
+    if "://" not in db and not Path(db).exists():
+        return False
+    engine = open_engine(db)
+    try:
+        return bool(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
 def test_init_creates_an_account_an_app_and_two_tokens_stored_as_hashes(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = tmp_path / "d2.db"
     out = _init(db, capsys, "--app-name", "shop", "--alg", "ES256", "--max-tools", "7")
     assert out["app_name"] == "shop" and out["signing_key"].startswith("ES256 ")
-    storage = SQLiteStorage(db)
+    storage = SQLStorage(db)
     try:
         runtime = storage.find_token(hash_token(out["runtime_token"]))
         developer = storage.find_token(hash_token(out["developer_token"]))
@@ -43,31 +68,32 @@ def test_init_creates_an_account_an_app_and_two_tokens_stored_as_hashes(
         assert runtime.account.quotas.max_tools == 7
     finally:
         storage.close()
-    assert out["runtime_token"].encode() not in db.read_bytes()
+    stored = _everything(db)
+    assert hash_token(out["runtime_token"]) in stored
+    assert out["runtime_token"] not in stored and out["developer_token"] not in stored
+    if "://" not in db:
+        assert out["runtime_token"].encode() not in Path(db).read_bytes()
 
 
 def test_init_prints_readable_lines_without_json(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["init", "--db", str(tmp_path / "d2.db")]) == 0
+    assert main(["init", "--db", db]) == 0
     out = capsys.readouterr().out
     assert "runtime_token:" in out and "shown once" in out
 
 
-def test_init_refuses_an_initialized_database(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    _init(tmp_path / "d2.db", capsys)
-    assert main(["init", "--db", str(tmp_path / "d2.db")]) == 1
+def test_init_refuses_an_initialized_database(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _init(db, capsys)
+    assert main(["init", "--db", db]) == 1
     assert "already has an account" in capsys.readouterr().err
 
 
 def test_token_create_scopes_a_token_to_an_app(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = tmp_path / "d2.db"
     _init(db, capsys)
-    monkeypatch.setenv("D2_SERVER_DB", str(db))  # the default --db
+    monkeypatch.setenv("D2_SERVER_DB", db)  # the default --db
     assert main(["token", "create", "--scope", "policy:read", "--app-name", "other", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["scopes"] == "policy:read" and out["app_name"] == "other"
@@ -75,19 +101,19 @@ def test_token_create_scopes_a_token_to_an_app(
     assert "unknown scope" in capsys.readouterr().err
 
 
-def test_token_create_needs_an_account(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["token", "create", "--db", str(tmp_path / "d2.db")]) == 1
+def test_token_create_needs_an_account(databases: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    db = databases.location(migrated=True)
+    assert main(["token", "create", "--db", db]) == 1
     assert "d2-server init" in capsys.readouterr().err
 
 
 def test_rotate_key_adds_a_key_and_keeps_the_old_one_for_the_overlap(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = tmp_path / "d2.db"
     _init(db, capsys)
-    assert main(["rotate-key", "--db", str(db), "--alg", "RS256", "--overlap", "120"]) == 0
+    assert main(["rotate-key", "--db", db, "--alg", "RS256", "--overlap", "120"]) == 0
     assert "RS256" in capsys.readouterr().out
-    storage = SQLiteStorage(db)
+    storage = SQLStorage(db)
     try:
         keys = storage.published_signing_keys(0.0)
         assert [k.alg for k in keys] == ["RS256", "EdDSA"]
@@ -98,44 +124,106 @@ def test_rotate_key_adds_a_key_and_keeps_the_old_one_for_the_overlap(
 
 
 def test_commands_other_than_init_refuse_a_missing_database(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = str(tmp_path / "d2.db")
+    if "://" in db:
+        db = db.rsplit("/", 1)[0] + "/d2_no_such_database"
+    for command in (["serve"], ["rotate-key"], ["token", "create"], ["migrate"]):
+        assert main([*command, "--db", db]) == 1
+        err = capsys.readouterr().err
+        assert "no database" in err if "://" not in db else "does not exist" in err
+    assert "://" in db or not Path(db).exists()
+
+
+def test_commands_refuse_a_schema_behind_naming_migrate_which_upgrades_it(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine = open_engine(db)  # an empty database (a SQLite file with no tables)
+    engine.dispose()
     for command in (["serve"], ["rotate-key"], ["token", "create"]):
         assert main([*command, "--db", db]) == 1
-        assert "no database" in capsys.readouterr().err
-    assert not (tmp_path / "d2.db").exists()
+        assert "run `d2-server migrate`" in capsys.readouterr().err
+    assert not _has_schema(db)  # refused, nothing created
+    assert main(["migrate", "--db", db]) == 0
+    assert f"revision {schema.head_revision()}" in capsys.readouterr().out
+    assert main(["migrate", "--db", db]) == 0  # idempotent
+    assert main(["token", "create", "--db", db]) == 1
+    assert "run `d2-server init`" in capsys.readouterr().err  # now: no account yet
+
+
+def test_commands_refuse_a_schema_ahead_naming_the_upgrade(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _init(db, capsys)
+    engine = open_engine(db)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = 'f00d'"))
+    finally:
+        engine.dispose()
+    for command in (["serve"], ["migrate"], ["token", "create"], ["init"]):
+        assert main([*command, "--db", db]) == 1
+        assert "upgrade d2-server" in capsys.readouterr().err
+
+
+def test_a_database_url_of_another_kind_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["migrate", "--db", "mysql://d2:secret@127.0.0.1/d2"]) == 2
+    err = capsys.readouterr().err
+    assert "postgresql://" in err and "secret" not in err
 
 
 def test_serve_and_rotate_refuse_an_uninitialized_database(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    databases: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = str(tmp_path / "d2.db")
-    SQLiteStorage(db).close()  # schema, but no account and no key
+    db = databases.location(migrated=True)  # schema, but no account and no key
     assert main(["serve", "--db", db]) == 1
     assert "not initialized" in capsys.readouterr().err
     assert main(["rotate-key", "--db", db]) == 1
     assert "run `d2-server init`" in capsys.readouterr().err
 
 
-def test_an_unreadable_database_is_reported(
+def test_an_unreachable_database_is_reported_without_its_password(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["init", "--db", str(tmp_path / "missing" / "d2.db")]) == 1
     assert "cannot open" in capsys.readouterr().err
+    port = _closed_port()
+    assert main(["init", "--db", f"postgresql://d2:s3cret@127.0.0.1:{port}/d2"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot open postgresql://d2:***@127.0.0.1" in err and "s3cret" not in err
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_init_never_prints_the_database_password(
+    postgres: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = postgres.new(migrated=False)
+    try:
+        out = _init(db.replace("://d2@", "://d2:s3cret@"), capsys)  # trust: any password
+    finally:
+        postgres.release(db, migrated=False)
+    assert out["database"] == db.replace("://d2@", "://d2:***@")
 
 
 def test_init_with_an_invalid_app_name_leaves_nothing_behind(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = tmp_path / "d2.db"
-    assert main(["init", "--db", str(db), "--app-name", "bad:name", "--alg", "RS256"]) == 1
+    assert main(["init", "--db", db, "--app-name", "bad:name", "--alg", "RS256"]) == 1
     assert "invalid app name" in capsys.readouterr().err
-    assert not db.exists()  # refused before the database was created
+    assert not _has_schema(db)  # refused before the database was created
     # so a corrected init starts from scratch, with the algorithm it asks for
     out = _init(db, capsys, "--app-name", "good", "--alg", "ES256")
     assert out["app_name"] == "good" and out["signing_key"].startswith("ES256 ")
-    storage = SQLiteStorage(db)
+    storage = SQLStorage(db)
     try:
         (account,) = storage.accounts()
         assert [a.name for a in storage.apps(account.id)] == ["good"]
@@ -169,11 +257,10 @@ def test_serve_refuses_a_bad_retention_setting_naming_the_option(
 
 
 def test_serve_hands_the_retention_settings_to_the_server(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import uvicorn
 
-    db = tmp_path / "d2.db"
     _init(db, capsys)
     seen: dict[str, object] = {}
 
@@ -181,7 +268,7 @@ def test_serve_hands_the_retention_settings_to_the_server(
         seen.update(kwargs, config=app.state.plane.config)  # type: ignore[attr-defined]
 
     monkeypatch.setattr(uvicorn, "run", run)
-    args = ["serve", "--db", str(db), "--events-retention", "7", "--events-max-per-app", "500"]
+    args = ["serve", "--db", db, "--events-retention", "7", "--events-max-per-app", "500"]
     args += ["--events-max-bytes-per-app", "65536", "--events-prune-interval", "90.5"]
     assert main(args) == 0
     config = seen["config"]

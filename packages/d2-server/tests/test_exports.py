@@ -40,7 +40,7 @@ def test_the_package_exports_its_entry_points() -> None:
             "ApiError",
             "ControlPlane",
             "Quotas",
-            "SQLiteStorage",
+            "SQLStorage",
             "ServerConfig",
             "SigningKey",
             "Storage",

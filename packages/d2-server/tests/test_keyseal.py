@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from d2.server import ControlPlane, ServerConfig, SQLiteStorage, create_app
+from d2.server import ControlPlane, ServerConfig, SQLStorage, create_app
 from d2.server.errors import ApiError
 from d2.server.keyseal import MIN_SECRET_LENGTH, SECRET_ENV, KeySealer, KeySecretError, is_sealed
 from d2.server.signing import SigningKey
@@ -37,7 +37,7 @@ def db(tmp_path: Path) -> Path:
 
 def _plane(db: Path, secret: str | None, clock: FakeClock | None = None) -> ControlPlane:
     config = ServerConfig(clock=clock or FakeClock(1_700_000_000.0))
-    return ControlPlane(SQLiteStorage(db), config, secret=secret)
+    return ControlPlane(SQLStorage(db, migrate=True), config, secret=secret)
 
 
 def _publisher(plane: ControlPlane) -> tuple[Principal, DeviceKey]:
@@ -152,7 +152,7 @@ def test_without_a_secret_keys_are_clear_and_the_start_warns(
 
 def test_the_secret_is_read_from_the_environment(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SECRET_ENV, SECRET)
-    plane = ControlPlane(SQLiteStorage(db))
+    plane = ControlPlane(SQLStorage(db, migrate=True))
     assert is_sealed(plane.ensure_signing_key().pem)
     _close(plane)
     again = _plane(db, SECRET)
@@ -167,7 +167,7 @@ def test_a_weak_or_empty_secret_is_refused(
     db: Path, monkeypatch: pytest.MonkeyPatch, secret: str
 ) -> None:
     monkeypatch.setenv(SECRET_ENV, secret)
-    storage = SQLiteStorage(db)
+    storage = SQLStorage(db, migrate=True)
     with pytest.raises(KeySecretError, match=SECRET_ENV):
         ControlPlane(storage)
     storage.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from d2.server import ControlPlane, ServerConfig, SQLiteStorage, create_app
+from d2.server import ControlPlane, ServerConfig, SQLStorage, create_app
 from d2.server.preconditions import parse_etags
 from d2.server.storage import App, Principal
 from d2.server.testing import DeviceKey, FakeClock, LiveServer
@@ -59,7 +59,7 @@ def _replicas(tmp_path: Path) -> Iterator[Replicas]:
     clock = FakeClock(1_700_000_000.0)
     db = tmp_path / "d2.db"
     config = ServerConfig(clock=clock, bundle_lifetime=3600)
-    store_a, store_b = SQLiteStorage(db), SQLiteStorage(db)
+    store_a, store_b = SQLStorage(db, migrate=True), SQLStorage(db)
     writer = ControlPlane(store_a, config, secret=SECRET)
     reader = ControlPlane(store_b, config, secret=SECRET)
     writer.ensure_signing_key()

@@ -1,18 +1,24 @@
-"""Usage-event retention on a real database file: expired events and events beyond an
-app's cap are deleted, in batches, through indexes, by a background pruner."""
+"""Usage-event retention on a real database (a SQLite file, PostgreSQL): expired
+events and events beyond an app's cap are deleted, in batches, through indexes, by a
+background pruner."""
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
-from d2.server import ControlPlane, Quotas, ServerConfig, SQLiteStorage
+import sqlalchemy as sa
+from d2.server import ControlPlane, Quotas, ServerConfig, SQLStorage
+from d2.server.database import WRITE
 from d2.server.retention import EventPruner, PruneReport
 from d2.server.storage import App, EventCap, Principal
+from d2.server.store import event_bytes
+from d2.server.tables import events
 from d2.server.testing import FakeClock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,7 +28,7 @@ EVENT = ("decision", '{"tool":"t"}', "2025-01-01T00:00:00Z")
 EVENT_BYTES = len("decision") + len('{"tool":"t"}') + len("2025-01-01T00:00:00Z")
 
 
-def _plane(storage: SQLiteStorage, clock: FakeClock, **settings: object) -> ControlPlane:
+def _plane(storage: SQLStorage, clock: FakeClock, **settings: object) -> ControlPlane:
     return ControlPlane(storage, ServerConfig(clock=clock, **settings))  # type: ignore[arg-type]
 
 
@@ -32,7 +38,7 @@ def _apps(plane: ControlPlane, *names: str) -> list[App]:
 
 
 def _add(
-    storage: SQLiteStorage, app: App, n: int, at: float, event: tuple[str, str, str] = EVENT
+    storage: SQLStorage, app: App, n: int, at: float, event: tuple[str, str, str] = EVENT
 ) -> None:
     storage.add_events(app.id, "h", [event] * n, at)
 
@@ -41,11 +47,36 @@ def _principal(plane: ControlPlane, app: App) -> Principal:
     return plane.authenticate(f"Bearer {plane.create_token(app, 'runtime')}")
 
 
-def _stored(storage: SQLiteStorage, app: App) -> list[float]:
-    rows = storage._conn().execute(
-        "SELECT received_at FROM events WHERE app_id = ? ORDER BY id", (app.id,)
-    )
-    return [r[0] for r in rows]
+def _stored(storage: SQLStorage, app: App) -> list[float]:
+    with storage.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(events.c.received_at).where(events.c.app_id == app.id).order_by(events.c.id)
+        )
+        return [r[0] for r in rows]
+
+
+class _Statements:
+    """The SQL statements the storage sends, and its write transactions."""
+
+    def __init__(self, storage: SQLStorage) -> None:
+        self.engine = storage.engine
+        self.sent: list[tuple[str, Any]] = []
+        self.writes = 0
+
+    def _sent(self, conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        self.sent.append((statement, parameters))
+
+    def _begin(self, conn: sa.Connection) -> None:
+        self.writes += bool(conn.get_execution_options().get(WRITE))
+
+    def __enter__(self) -> _Statements:
+        sa.event.listen(self.engine, "before_cursor_execute", self._sent)
+        sa.event.listen(self.engine, "begin", self._begin)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sa.event.remove(self.engine, "before_cursor_execute", self._sent)
+        sa.event.remove(self.engine, "begin", self._begin)
 
 
 def _body(n: int, tag: str = "t") -> bytes:
@@ -57,7 +88,7 @@ def _body(n: int, tag: str = "t") -> bytes:
 
 
 def test_events_older_than_the_retention_are_deleted_and_recent_ones_kept(
-    storage: SQLiteStorage, clock: FakeClock
+    storage: SQLStorage, clock: FakeClock
 ) -> None:
     plane = _plane(storage, clock, events_retention_days=30)
     shop, blog = _apps(plane, "shop", "blog")
@@ -80,26 +111,23 @@ def test_events_older_than_the_retention_are_deleted_and_recent_ones_kept(
 
 
 def test_a_large_backlog_is_pruned_in_batches_of_the_configured_size(
-    storage: SQLiteStorage, clock: FakeClock
+    storage: SQLStorage, clock: FakeClock
 ) -> None:
     plane = _plane(storage, clock, events_prune_batch=100)
     (app,) = _apps(plane, "shop")
     _add(storage, app, 1050, clock() - 365 * DAY)
     _add(storage, app, 7, clock())
-    statements: list[str] = []
-    conn = storage._conn()  # the pruner runs in this thread here: its connection
-    conn.set_trace_callback(statements.append)
-    try:
+    with _Statements(storage) as statements:
         report = EventPruner(plane, pause=0).prune()
-    finally:
-        conn.set_trace_callback(None)
     assert report == PruneReport(expired=1050, over_cap=0, batches=11)
-    assert statements.count("BEGIN IMMEDIATE") == 11  # one write transaction per batch
+    assert statements.writes == 11  # one write transaction per batch
+    deletes = [s for s, _ in statements.sent if s.startswith("DELETE FROM events")]
+    assert len(deletes) == 11
     assert storage.event_usage(app.id).events == len(_stored(storage, app)) == 7
 
 
 def test_one_batch_deletes_at_most_its_limit_oldest_first(
-    storage: SQLiteStorage, clock: FakeClock
+    storage: SQLStorage, clock: FakeClock
 ) -> None:
     plane = _plane(storage, clock)
     (app,) = _apps(plane, "shop")
@@ -113,7 +141,7 @@ def test_one_batch_deletes_at_most_its_limit_oldest_first(
 
 
 def test_ingest_beyond_the_cap_keeps_the_newest_events_of_that_app_only(
-    storage: SQLiteStorage, clock: FakeClock
+    storage: SQLStorage, clock: FakeClock
 ) -> None:
     plane = _plane(storage, clock, events_max_per_app=10)
     shop, blog = _apps(plane, "shop", "blog")
@@ -131,7 +159,7 @@ def test_ingest_beyond_the_cap_keeps_the_newest_events_of_that_app_only(
 
 
 def test_one_upload_larger_than_the_cap_keeps_its_newest_events(
-    storage: SQLiteStorage, clock: FakeClock
+    storage: SQLStorage, clock: FakeClock
 ) -> None:
     plane = _plane(storage, clock, events_max_per_app=3)
     (shop,) = _apps(plane, "shop")
@@ -142,7 +170,7 @@ def test_one_upload_larger_than_the_cap_keeps_its_newest_events(
 
 
 def test_the_byte_cap_drops_the_oldest_events_until_the_app_fits(
-    storage: SQLiteStorage, clock: FakeClock
+    storage: SQLStorage, clock: FakeClock
 ) -> None:
     cap = 64 * 1024
     plane = _plane(storage, clock, events_max_bytes_per_app=cap)
@@ -159,7 +187,7 @@ def test_the_byte_cap_drops_the_oldest_events_until_the_app_fits(
 
 
 def test_small_events_are_dropped_to_make_room_for_a_large_one(
-    storage: SQLiteStorage, clock: FakeClock
+    storage: SQLStorage, clock: FakeClock
 ) -> None:
     cap = 40 * 1024
     plane = _plane(storage, clock, events_max_bytes_per_app=cap)
@@ -174,7 +202,7 @@ def test_small_events_are_dropped_to_make_room_for_a_large_one(
 
 
 def test_lowering_the_cap_is_caught_up_by_the_pruner_in_batches(
-    storage: SQLiteStorage, clock: FakeClock
+    storage: SQLStorage, clock: FakeClock
 ) -> None:
     (shop, blog) = _apps(_plane(storage, clock), "shop", "blog")
     _add(storage, shop, 950, clock())
@@ -189,7 +217,7 @@ def test_lowering_the_cap_is_caught_up_by_the_pruner_in_batches(
 
 
 def test_an_ingest_on_an_app_far_over_a_lowered_cap_trims_a_bounded_batch(
-    storage: SQLiteStorage, clock: FakeClock
+    storage: SQLStorage, clock: FakeClock
 ) -> None:
     (shop,) = _apps(_plane(storage, clock), "shop")
     _add(storage, shop, 5000, clock())
@@ -205,60 +233,67 @@ def test_an_ingest_on_an_app_far_over_a_lowered_cap_trims_a_bounded_batch(
 # indexes and counters
 
 
-def _plans(storage: SQLiteStorage, statements: list[str]) -> list[str]:
-    conn = sqlite3.connect(storage.path)
-    try:
-        return [
-            " | ".join(str(r[3]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
-            for sql in statements
-        ]
-    finally:
-        conn.close()
+def _plans(storage: SQLStorage, statements: list[tuple[str, Any]]) -> list[str]:
+    """The query plan of each statement (PostgreSQL: with sequential scans priced
+    out, so a plan still scanning the table means no index can serve it)."""
+    plans = []
+    with storage.engine.connect() as conn:
+        if storage.engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            explain, column = "EXPLAIN", 0
+        else:
+            explain, column = "EXPLAIN QUERY PLAN", 3
+        for sql, parameters in statements:
+            rows = conn.exec_driver_sql(f"{explain} {sql}", parameters)
+            plans.append(" | ".join(str(r[column]) for r in rows))
+        conn.rollback()
+    return plans
 
 
-def test_every_pruning_statement_uses_an_index(storage: SQLiteStorage, clock: FakeClock) -> None:
+def test_every_pruning_statement_uses_an_index(storage: SQLStorage, clock: FakeClock) -> None:
     plane = _plane(storage, clock, events_max_per_app=5, events_max_bytes_per_app=64 * 1024)
     shop, blog = _apps(plane, "shop", "blog")
     _add(storage, shop, 20, clock() - 60 * DAY)
     _add(storage, shop, 20, clock())
     _add(storage, blog, 20, clock())
-    statements: list[str] = []
-    conn = storage._conn()
-    conn.set_trace_callback(statements.append)
-    try:
+    with _Statements(storage) as statements:
         report = EventPruner(plane, pause=0).prune()
         plane.ingest(_principal(plane, blog), _body(1, "x" * 30_000))  # a trim by bytes
-    finally:
-        conn.set_trace_callback(None)
     assert report.expired == 20 and report.over_cap == 30
-    on_events = list(  # in order, once each (SQLite traces a statement per trigger call)
-        dict.fromkeys(
-            s for s in statements if "FROM events" in s and s.startswith(("SELECT", "DELETE"))
-        )
-    )
-    assert {s.split()[0] for s in on_events} == {"SELECT", "DELETE"}
-    for sql, plan in zip(on_events, _plans(storage, on_events), strict=True):
-        assert "SCAN" not in plan, (sql, plan)  # no table (or whole-index) scan
+    on_events = [
+        (sql, parameters)
+        for sql, parameters in statements.sent
+        if "FROM events" in sql and sql.startswith(("SELECT", "DELETE"))
+    ]
+    assert {sql.split()[0] for sql, _ in on_events} == {"SELECT", "DELETE"}
+    for (sql, _), plan in zip(on_events, _plans(storage, on_events), strict=True):
+        assert "SCAN events" not in plan and "Seq Scan on events" not in plan, (sql, plan)
         assert "events_by_received" in plan or "events_by_app" in plan, (sql, plan)
 
 
-def _true_usage(storage: SQLiteStorage) -> dict[int, tuple[int, int]]:
-    rows = storage._conn().execute(
-        "SELECT app_id, COUNT(*), SUM(length(CAST(event_type AS BLOB)) + "
-        "length(CAST(payload AS BLOB)) + length(CAST(occurred_at AS BLOB))) "
-        "FROM events GROUP BY app_id"
-    )
-    return {r[0]: (r[1], r[2]) for r in rows}
+def _true_usage(storage: SQLStorage) -> dict[int, tuple[int, int]]:
+    """Each app's events and bytes, counted here from the rows themselves."""
+    usage: dict[int, tuple[int, int]] = {}
+    with storage.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(events.c.app_id, events.c.event_type, events.c.payload, events.c.occurred_at)
+        )
+        for app_id, *event in rows:
+            n, b = usage.get(app_id, (0, 0))
+            usage[app_id] = (n + 1, b + event_bytes(*event))
+    return usage
 
 
-def _counted(storage: SQLiteStorage) -> dict[int, tuple[int, int]]:
-    rows = storage._conn().execute("SELECT app_id, events, bytes FROM event_counts")
-    return {r[0]: (r[1], r[2]) for r in rows if r[1]}
+def _counted(storage: SQLStorage) -> dict[int, tuple[int, int]]:
+    with storage.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT app_id, events, bytes FROM event_counts")
+        return {r[0]: (r[1], r[2]) for r in rows if r[1]}
 
 
 _events = st.lists(
     st.tuples(
-        st.text(min_size=1, max_size=5),
+        # an event_type never holds NUL: the API refuses it (PostgreSQL cannot store it)
+        st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=5),
         st.dictionaries(st.text(max_size=3), st.text(max_size=6), max_size=2),
     ),
     min_size=1,
@@ -280,9 +315,9 @@ _events = st.lists(
     )
 )
 def test_the_stored_counts_always_equal_the_events_table(
-    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[object, ...]]
+    new_storage: Callable[[], SQLStorage], steps: list[tuple[object, ...]]
 ) -> None:
-    store = SQLiteStorage(tmp_path_factory.mktemp("counts") / "d2.db")
+    store = new_storage()
     try:
         store.create_account("acc", Quotas(), 0.0)
         apps = [store.ensure_app("acc", f"a{i}", 0.0) for i in range(3)]
@@ -308,17 +343,20 @@ def test_the_stored_counts_always_equal_the_events_table(
 
 
 def test_counts_follow_an_operator_deleting_or_moving_events_by_hand(
-    storage: SQLiteStorage, clock: FakeClock
+    storage: SQLStorage, clock: FakeClock
 ) -> None:
     plane = _plane(storage, clock)
     shop, blog = _apps(plane, "shop", "blog")
     _add(storage, shop, 5, clock())
-    conn = storage._conn()
-    conn.execute("DELETE FROM events WHERE id = (SELECT MIN(id) FROM events)")
-    conn.execute(
-        "UPDATE events SET app_id = ?, payload = '{}' WHERE id = (SELECT MAX(id) FROM events)",
-        (blog.id,),
-    )
+    with storage.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM events WHERE id = (SELECT MIN(id) FROM events)"))
+        conn.execute(
+            sa.text(
+                "UPDATE events SET app_id = :blog, payload = '{}' "
+                "WHERE id = (SELECT MAX(id) FROM events)"
+            ),
+            {"blog": blog.id},
+        )
     assert _counted(storage) == _true_usage(storage)
     assert storage.event_usage(shop.id).events == 3 and storage.event_usage(blog.id).events == 1
 
@@ -343,7 +381,7 @@ def _wait(condition: object, timeout: float = 10.0) -> None:
 
 
 def test_the_background_pruner_runs_at_start_then_every_interval(
-    storage: SQLiteStorage, clock: FakeClock, running: list[EventPruner]
+    storage: SQLStorage, clock: FakeClock, running: list[EventPruner]
 ) -> None:
     plane = _plane(storage, clock, events_prune_interval=0.2)
     (app,) = _apps(plane, "shop")
@@ -355,7 +393,8 @@ def test_the_background_pruner_runs_at_start_then_every_interval(
     _add(storage, app, 2, clock())
     clock.advance(31 * DAY)
     _wait(lambda: storage.event_usage(app.id).events == 0)  # a later pass, unprompted
-    assert pruner.last is not None and pruner.last.expired == 2
+    # its report is recorded once the pass returns, just after its last delete
+    _wait(lambda: pruner.last is not None and pruner.last.expired == 2)
     pruner.stop()
     _add(storage, app, 1, clock() - 31 * DAY)
     time.sleep(0.5)
@@ -363,7 +402,7 @@ def test_the_background_pruner_runs_at_start_then_every_interval(
 
 
 def test_a_failed_pass_is_logged_and_the_next_one_runs(
-    storage: SQLiteStorage,
+    storage: SQLStorage,
     clock: FakeClock,
     running: list[EventPruner],
     caplog: pytest.LogCaptureFixture,
@@ -373,7 +412,7 @@ def test_a_failed_pass_is_logged_and_the_next_one_runs(
     (app,) = _apps(plane, "shop")
     _add(storage, app, 3, clock() - 31 * DAY)
     real = storage.delete_events_before
-    failures = [sqlite3.OperationalError("database or disk is full")]
+    failures = [sa.exc.OperationalError("DELETE", None, OSError("database or disk is full"))]
 
     def flaky(cutoff: float, limit: int) -> int:
         if failures:
@@ -393,7 +432,7 @@ def test_a_failed_pass_is_logged_and_the_next_one_runs(
     )
 
 
-def test_stop_ends_a_long_pass_between_batches(storage: SQLiteStorage, clock: FakeClock) -> None:
+def test_stop_ends_a_long_pass_between_batches(storage: SQLStorage, clock: FakeClock) -> None:
     plane = _plane(storage, clock, events_prune_batch=10)
     (app,) = _apps(plane, "shop")
     _add(storage, app, 5000, clock() - 31 * DAY)
@@ -406,3 +445,47 @@ def test_stop_ends_a_long_pass_between_batches(storage: SQLiteStorage, clock: Fa
     assert storage.event_usage(app.id).events > 0
     with pytest.raises(RuntimeError, match="already started"):
         pruner.start()
+
+
+def test_ingest_and_pruning_running_at_once_never_deadlock_and_keep_the_counts(
+    storage: SQLStorage, clock: FakeClock
+) -> None:
+    # Uploads trim their app (its counts locked, then its oldest events) while the
+    # pruner deletes expired events of the same apps: on PostgreSQL both lock the
+    # counts first, so they queue instead of deadlocking (a deadlock aborts one).
+    plane = _plane(storage, clock, events_max_per_app=300, events_prune_batch=50)
+    shop, blog = _apps(plane, "shop", "blog")
+    for app in (shop, blog):
+        _add(storage, app, 600, clock() - 60 * DAY)  # expired, and over the cap
+    tokens = [_principal(plane, app) for app in (shop, blog)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(5)
+
+    def upload(principal: Principal) -> None:
+        start.wait()
+        try:
+            for _ in range(15):
+                plane.ingest(principal, _body(20))
+        except BaseException as exc:
+            errors.append(exc)
+
+    def prune() -> None:
+        start.wait()
+        try:
+            for _ in range(3):
+                EventPruner(plane, pause=0).prune()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(t,)) for t in tokens * 2]
+    threads.append(threading.Thread(target=prune))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert _counted(storage) == _true_usage(storage)
+    for app in (shop, blog):
+        assert storage.event_usage(app.id).events <= 600 + 2 * 15 * 20
+    EventPruner(plane, pause=0).prune()
+    assert storage.apps_over_event_cap(plane.event_cap) == []

@@ -5,9 +5,9 @@ than their body took an app past its byte cap; the trim now counts the bytes sto
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
-import pytest
-from d2.server import ControlPlane, Quotas, ServerConfig, SQLiteStorage
+from d2.server import ControlPlane, Quotas, ServerConfig, SQLStorage
 from d2.server.bodies import Events, parse_body
 from d2.server.config import EVENTS_MAX_BYTES
 from d2.server.errors import ApiError
@@ -38,7 +38,7 @@ def _expanding_body() -> bytes:
 
 
 def test_an_upload_cannot_take_an_app_past_its_byte_cap(
-    storage: SQLiteStorage, clock: FakeClock
+    storage: SQLStorage, clock: FakeClock
 ) -> None:
     """Attack (runtime-token holder): fill the app's oldest events with the smallest
     events there are, then upload 32 KiB bodies whose numbers the server's canonical
@@ -100,7 +100,7 @@ def _body_of(events: list[tuple[str, list[str]]]) -> bytes:
     ),
 )
 def test_every_accepted_upload_leaves_the_app_within_both_caps_with_bounded_work(
-    tmp_path_factory: pytest.TempPathFactory,
+    new_storage: Callable[[], SQLStorage],
     cap_bytes: int,
     cap_events: int,
     fill: float,
@@ -111,7 +111,7 @@ def test_every_accepted_upload_leaves_the_app_within_both_caps_with_bounded_work
     stays within both after each accepted upload of at most 32 KiB, however much
     canonical JSON expands its numbers; and the upload deletes no more than
     ``max(events_prune_batch, rows_to_free(what it stored))`` events."""
-    storage = SQLiteStorage(tmp_path_factory.mktemp("cap") / "d2.db")
+    storage = new_storage()
     try:
         clock = FakeClock(1_700_000_000.0)
         plane = ControlPlane(

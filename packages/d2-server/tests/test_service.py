@@ -207,3 +207,19 @@ def test_device_keys_belong_to_the_app_that_registered_them(plane: ControlPlane)
     assert _status(
         lambda: pub.publish(_doc(), signature=sig, if_match=pub.plane.bundle(pub.runtime).etag)
     ) == (401, "bad_signature")
+
+
+def test_a_nul_in_an_event_type_is_refused_and_one_in_a_payload_is_stored_escaped(
+    plane: ControlPlane,
+) -> None:
+    # PostgreSQL text cannot hold U+0000: an event_type with one was a 500 there
+    # (and stored on SQLite); it is a 422 on both. A payload is canonical JSON, which
+    # escapes it.
+    pub = Publisher(plane)
+    event = {"event_type": "a\u0000b", "payload": {}, "occurred_at": "2025-01-01T00:00:00Z"}
+    body = json.dumps({"events": [event]}).encode()
+    assert _status(lambda: plane.ingest(pub.runtime, body)) == (422, "invalid_events")
+    event = {"event_type": "a", "payload": {"k": "x\u0000y"}, "occurred_at": event["occurred_at"]}
+    assert plane.ingest(pub.runtime, json.dumps({"events": [event]}).encode()) == 1
+    (stored,) = plane.storage.events(pub.runtime.app.id)
+    assert stored.payload == '{"k":"x\\u0000y"}'

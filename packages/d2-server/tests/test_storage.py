@@ -1,14 +1,14 @@
-"""SQLiteStorage: records round-trip, device keys, atomic publish, drafts, events."""
+"""SQLStorage on SQLite and PostgreSQL: records round-trip, device keys, atomic
+publish (and its race), drafts, events."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
-from d2.server import Quotas, SQLiteStorage
+import sqlalchemy as sa
+from d2.server import Quotas, SQLStorage
 from d2.server.errors import ApiError
 from d2.server.storage import (
     App,
@@ -20,7 +20,7 @@ from d2.server.storage import (
 )
 
 
-def _app(storage: SQLiteStorage, name: str = "app") -> App:
+def _app(storage: SQLStorage, name: str = "app") -> App:
     if storage.get_account("acc") is None:
         storage.create_account("acc", Quotas(max_apps=2), 1.0)
     return storage.ensure_app("acc", name, 1.0)
@@ -31,7 +31,7 @@ def _new_version(app: App, version: int, etag: str = "") -> NewVersion:
     return NewVersion(version, "{}", b"{}", "dev", b"s" * 64, bundle)
 
 
-def test_accounts_apps_and_tokens_round_trip(storage: SQLiteStorage) -> None:
+def test_accounts_apps_and_tokens_round_trip(storage: SQLStorage) -> None:
     quotas = Quotas(plan="team", max_tools=7, bundle_size_bytes=100, event_batch=3)
     storage.create_account("acc", quotas, 5.0)
     app = storage.ensure_app("acc", "shop", 6.0)
@@ -45,7 +45,7 @@ def test_accounts_apps_and_tokens_round_trip(storage: SQLiteStorage) -> None:
     assert [a.name for a in storage.apps("acc")] == ["shop"]
 
 
-def test_a_device_key_id_is_registered_once_per_app(storage: SQLiteStorage) -> None:
+def test_a_device_key_id_is_registered_once_per_app(storage: SQLStorage) -> None:
     storage.create_account("acc", Quotas(), 1.0)
     storage.create_account("other", Quotas(), 1.0)
     shop = storage.ensure_app("acc", "shop", 1.0)
@@ -65,24 +65,17 @@ def test_a_device_key_id_is_registered_once_per_app(storage: SQLiteStorage) -> N
 
 
 def test_an_account_and_its_first_app_are_created_together_or_not_at_all(
-    storage: SQLiteStorage,
+    storage: SQLStorage,
 ) -> None:
     account, app = storage.create_account_with_app("acc", Quotas(), "shop", 1.0)
     assert storage.apps("acc") == [app] and storage.get_account("acc") == account
-    conn = storage._conn()
-    conn.execute(
-        "CREATE TEMP TRIGGER no_apps BEFORE INSERT ON apps BEGIN SELECT RAISE(ABORT, 'no'); END"
-    )
-    try:
-        with pytest.raises(sqlite3.IntegrityError):
-            storage.create_account_with_app("acc2", Quotas(), "shop", 2.0)
-    finally:
-        conn.execute("DROP TRIGGER no_apps")
+    with pytest.raises(sa.exc.IntegrityError):  # the app's insert fails: NOT NULL name
+        storage.create_account_with_app("acc2", Quotas(), None, 2.0)  # type: ignore[arg-type]
     assert [a.id for a in storage.accounts()] == ["acc"]
 
 
 def test_signing_key_rotation_keeps_the_old_key_published_for_the_overlap(
-    storage: SQLiteStorage,
+    storage: SQLStorage,
 ) -> None:
     first = SigningKeyRecord("k1", "EdDSA", b"pem1", {"kid": "k1"}, 0.0)
     second = SigningKeyRecord("k2", "ES256", b"pem2", {"kid": "k2"}, 0.0)
@@ -96,7 +89,7 @@ def test_signing_key_rotation_keeps_the_old_key_published_for_the_overlap(
     assert [k.kid for k in storage.published_signing_keys(250.0)] == ["k2"]
 
 
-def test_publish_stores_the_version_and_clears_a_revocation(storage: SQLiteStorage) -> None:
+def test_publish_stores_the_version_and_clears_a_revocation(storage: SQLStorage) -> None:
     app = _app(storage)
     seen: list[PublishState] = []
 
@@ -115,7 +108,7 @@ def test_publish_stores_the_version_and_clears_a_revocation(storage: SQLiteStora
     assert state.bundle is not None and state.bundle.jws == "jws-2"
 
 
-def test_a_refused_publish_changes_nothing(storage: SQLiteStorage) -> None:
+def test_a_refused_publish_changes_nothing(storage: SQLStorage) -> None:
     app = _app(storage)
 
     def refuse(state: PublishState) -> NewVersion:
@@ -126,13 +119,13 @@ def test_a_refused_publish_changes_nothing(storage: SQLiteStorage) -> None:
     assert storage.bundle_state(app.id).current_version == 0
 
 
-def test_revoking_with_nothing_published_returns_none(storage: SQLiteStorage) -> None:
+def test_revoking_with_nothing_published_returns_none(storage: SQLStorage) -> None:
     app = _app(storage)
     assert storage.revoke(app.id, 1.0) is None
 
 
 def test_live_apps_count_published_unrevoked_apps_of_the_account(
-    storage: SQLiteStorage,
+    storage: SQLStorage,
 ) -> None:
     a, b = _app(storage, "a"), _app(storage, "b")
     states: list[PublishState] = []
@@ -151,42 +144,48 @@ def test_live_apps_count_published_unrevoked_apps_of_the_account(
     assert [s.live_apps for s in states] == [0, 1, 1]
 
 
-def test_concurrent_publishes_on_one_precondition_let_exactly_one_win(tmp_path: Path) -> None:
-    # Each thread has its own connection; BEGIN IMMEDIATE serializes the
-    # read-check-write, so only the first sees version 0.
-    storage = SQLiteStorage(tmp_path / "race.db")
-    try:
-        app = _app(storage)
-        start = threading.Barrier(8)
-        wins: list[int] = []
-        losses: list[int] = []
+RACERS = 12
 
-        def decide(state: PublishState) -> NewVersion:
-            if state.current_version != 0:
-                raise ApiError(412, "precondition_failed")
-            return _new_version(app, 1)
 
-        def publisher(i: int) -> None:
-            start.wait()
-            try:
-                storage.publish(app, "dev", decide, float(i))
-                wins.append(i)
-            except ApiError:
-                losses.append(i)
+def test_concurrent_publishes_with_one_if_match_let_exactly_one_win(storage: SQLStorage) -> None:
+    # 12 threads, each on its own pooled connection, publish on the same state at
+    # once; the decision (the precondition) runs inside each one's transaction.
+    # SQLite's BEGIN IMMEDIATE / PostgreSQL's row locks serialize the
+    # read-check-write, so only the first sees version 1 and every other one fails.
+    app = _app(storage)
+    storage.publish(app, "dev", lambda s: _new_version(app, 1, '"v1"'), 0.0)
+    start = threading.Barrier(RACERS)
+    wins: list[int] = []
+    losses: list[int] = []
+    errors: list[BaseException] = []
 
-        threads = [threading.Thread(target=publisher, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert len(wins) == 1 and len(losses) == 7
-        assert storage.bundle_state(app.id).current_version == 1
-    finally:
-        storage.close()
+    def decide(state: PublishState) -> NewVersion:
+        if '"v1"' not in state.etags:  # If-Match: "v1"
+            raise ApiError(412, "precondition_failed")
+        return _new_version(app, state.current_version + 1)
+
+    def publisher(i: int) -> None:
+        start.wait()
+        try:
+            storage.publish(app, "dev", decide, float(i))
+            wins.append(i)
+        except ApiError:
+            losses.append(i)
+        except BaseException as exc:  # a deadlock or a duplicate key: the test fails
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publisher, args=(i,)) for i in range(RACERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(wins) == 1 and len(losses) == RACERS - 1
+    assert storage.bundle_state(app.id).current_version == 2  # advanced by exactly one
 
 
 def test_refresh_bundle_stores_a_new_signing_of_the_current_version(
-    storage: SQLiteStorage,
+    storage: SQLStorage,
 ) -> None:
     app = _app(storage)
     storage.add_signing_key(SigningKeyRecord("k", "EdDSA", b"p", {}, 0.0), overlap=0.0, now=0.0)
@@ -198,7 +197,7 @@ def test_refresh_bundle_stores_a_new_signing_of_the_current_version(
     assert after.bundle == fresh == storage.bundle_state(app.id).bundle
 
 
-def test_drafts_are_replaced(storage: SQLiteStorage) -> None:
+def test_drafts_are_replaced(storage: SQLStorage) -> None:
     app = _app(storage)
     assert storage.get_draft(app.id) is None
     storage.put_draft(app.id, 1, '{"a":1}', 1.0)
@@ -207,15 +206,15 @@ def test_drafts_are_replaced(storage: SQLiteStorage) -> None:
     assert draft is not None and (draft.version, draft.document) == (2, '{"a":2}')
 
 
-def test_events_are_listed_oldest_first_up_to_a_limit(storage: SQLiteStorage) -> None:
+def test_events_are_listed_oldest_first_up_to_a_limit(storage: SQLStorage) -> None:
     app = _app(storage)
     items = [("t", f'{{"i":{i}}}', "2025-01-01T00:00:00Z") for i in range(5)]
     assert storage.add_events(app.id, "h", items, 9.0) == 5
     assert [e.payload for e in storage.events(app.id, limit=2)] == ['{"i":3}', '{"i":4}']
 
 
-def test_a_closed_storage_refuses_new_work(tmp_path: Path) -> None:
-    storage = SQLiteStorage(tmp_path / "d2.db")
+def test_a_closed_storage_refuses_new_work(new_storage: Callable[[], SQLStorage]) -> None:
+    storage = new_storage()
     storage.close()
     with pytest.raises(RuntimeError, match="closed"):
         storage.accounts()

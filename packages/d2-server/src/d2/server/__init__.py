@@ -1,12 +1,13 @@
 """d2-server: the reference D2 control plane (PROTOCOL.md v1), self-hostable.
 
 Signed policy bundles and their JWKS, publishing with device-key signatures and
-preconditions, drafts, revocation and usage events, on one SQLite file. Run it with
-the ``d2-server`` command, or embed it::
+preconditions, drafts, revocation and usage events, in a SQLite file or a
+PostgreSQL database. Run it with the ``d2-server`` command, or embed it::
 
-    from d2.server import ControlPlane, SQLiteStorage, ServerConfig, create_app
+    from d2.server import ControlPlane, SQLStorage, ServerConfig, create_app
 
-    plane = ControlPlane(SQLiteStorage("d2-server.db"), ServerConfig(poll_seconds=30))
+    storage = SQLStorage("d2-server.db")  # or "postgresql://user:pass@host:5432/d2"
+    plane = ControlPlane(storage, ServerConfig(poll_seconds=30))
     app = create_app(plane)  # any ASGI server
 
 Tests use :mod:`d2.server.testing` (a live server on a free port with a fake clock).
@@ -18,14 +19,14 @@ from .config import Quotas, ServerConfig
 from .errors import ApiError
 from .service import ControlPlane
 from .signing import SigningKey
-from .sqlite import SQLiteStorage
 from .storage import Storage
+from .store import SQLStorage
 
 __all__ = [
     "ApiError",
     "ControlPlane",
     "Quotas",
-    "SQLiteStorage",
+    "SQLStorage",
     "ServerConfig",
     "SigningKey",
     "Storage",

@@ -156,7 +156,8 @@ class Event(BaseModel):
     event_type: str = Field(
         min_length=1,
         max_length=MAX_EVENT_TYPE,
-        description=f"a string of 1-{MAX_EVENT_TYPE} characters",
+        pattern="^[^\\x00]*$",  # no NUL: PostgreSQL text cannot hold it
+        description=f"a string of 1-{MAX_EVENT_TYPE} characters, no NUL",
     )
     payload: dict[str, Any] = Field(description="an object")
     occurred_at: Annotated[str, AfterValidator(_timestamp)] = Field(

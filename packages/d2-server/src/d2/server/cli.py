@@ -1,8 +1,11 @@
 """The ``d2-server`` command, a typer application like ``d2``: ``init``, ``serve``,
-``rotate-key``, ``token create``.
+``migrate``, ``rotate-key``, ``token create``.
 
-Every command takes ``--db PATH`` (default ``$D2_SERVER_DB``, else
-``./d2-server.db``). Option names follow the ``d2`` command where both name the
+Every command takes ``--db`` (default ``$D2_SERVER_DB``, else ``./d2-server.db``):
+a SQLite file path or a ``postgresql://user:password@host:port/dbname`` URL.
+``init`` and ``migrate`` bring the schema to this version's; the other commands
+refuse a database whose schema is behind (naming ``d2-server migrate``) or ahead.
+Option names follow the ``d2`` command where both name the
 same thing (``--app-name``, ``--json``); the old spellings still work but are not
 shown in ``--help``. Exit status: 0 done, 1 refused (for example ``init`` on a
 database that already has an account), 2 usage error (a bad option or value).
@@ -21,10 +24,12 @@ import typer
 
 from ._version import __version__
 from .config import Quotas, ServerConfig, check_event_setting
+from .database import database_url, describe
+from .schema import SchemaError
 from .service import ControlPlane, check_app_name
 from .serving import ServeSettings, serve
 from .signing import DEFAULT_ALGORITHM
-from .sqlite import SQLiteStorage
+from .store import SQLStorage
 
 __all__ = ["DEFAULT_DB", "Algorithm", "app", "main", "parse_args"]
 
@@ -93,9 +98,10 @@ _DbOption = Annotated[
     typer.Option(
         "--db",
         envvar="D2_SERVER_DB",
-        metavar="PATH",
+        metavar="DB",
         show_default=False,
-        help=f"SQLite database file (default: $D2_SERVER_DB or ./{DEFAULT_DB}).",
+        help="SQLite file path or postgresql://user:password@host:port/dbname URL "
+        f"(default: $D2_SERVER_DB or ./{DEFAULT_DB}).",
     ),
 ]
 _JsonOption = Annotated[
@@ -166,13 +172,27 @@ def _fail(message: str, as_json: bool) -> NoReturn:
     raise typer.Exit(1)
 
 
-def _open(db: str, *, create: bool, as_json: bool = False) -> SQLiteStorage:
-    if not create and not os.path.exists(db):
-        _fail(f"no database at {db}; run `d2-server init` first", as_json)
+def _open(
+    db: str, *, create: bool, migrate: bool | None = None, as_json: bool = False
+) -> SQLStorage:
+    """The storage of ``db``. ``create`` (init): a missing SQLite file is made.
+    ``migrate`` (init and migrate; default: ``create``): the schema is brought to
+    this version's, else a schema behind or ahead is refused. The URL's password is
+    never printed."""
+    shown = describe(db)
     try:
-        return SQLiteStorage(db)
+        sqlite = database_url(db).get_backend_name() == "sqlite"
+    except ValueError as exc:  # not a database d2-server can use: a usage error (2)
+        raise typer.BadParameter(str(exc), param_hint="'--db'") from None
+    if not create and sqlite and not os.path.exists(db):
+        _fail(f"no database at {shown}; run `d2-server init` first", as_json)
+    try:
+        return SQLStorage(db, migrate=create if migrate is None else migrate)
+    except SchemaError as exc:
+        _fail(f"{shown}: {exc}", as_json)
     except Exception as exc:
-        _fail(f"cannot open {db}: {exc}", as_json)
+        reason = getattr(exc, "orig", None) or exc  # the driver's words, not SQLAlchemy's
+        _fail(f"cannot open {shown}: {reason}", as_json)
 
 
 def _run(db: str, as_json: bool, body: Callable[[ControlPlane], None], *, create: bool) -> None:
@@ -246,7 +266,7 @@ def _init(
         account, created = plane.create_account(name, quotas)
         key = plane.ensure_signing_key()
         data = {
-            "database": db,
+            "database": describe(db),
             "account_id": account.id,
             "app_name": created.name,
             "runtime_token": plane.create_token(created, "runtime"),
@@ -358,8 +378,20 @@ def _serve(
     finally:
         storage.close()
     if not ready:
-        _fail(f"{db} is not initialized; run `d2-server init --db {db}`", False)
+        shown = describe(db)
+        _fail(f"{shown} is not initialized; run `d2-server init --db {shown}`", False)
     serve(settings, host=host, port=port, workers=workers, log_level=log_level)
+
+
+@app.command("migrate")
+def _migrate(db: _DbOption = DEFAULT_DB) -> None:
+    """Upgrade the database's schema to this version's (after installing a newer
+    d2-server; each upgrade is one transaction)."""
+    storage = _open(db, create=False, migrate=True)
+    try:
+        print(f"{describe(db)}: schema at revision {storage.schema_revision()} (the newest)")
+    finally:
+        storage.close()
 
 
 @app.command("rotate-key")

@@ -4,9 +4,11 @@ each app's cap, in small batches.
 What it promises:
 
 - **Off the request path.** The pruner is a thread of its own, never the event loop
-  nor a request's thread. Each batch is one short ``BEGIN IMMEDIATE`` transaction of
-  at most ``ServerConfig.events_prune_batch`` deletions (5,000 by default), and the
-  thread pauses between batches so waiting request writes get the lock.
+  nor a request's thread. Each batch is one short write transaction (``BEGIN
+  IMMEDIATE`` on SQLite; on PostgreSQL it locks only the counts of the apps it
+  deletes from) of at most ``ServerConfig.events_prune_batch`` deletions (5,000 by
+  default), and the thread pauses between batches so waiting request writes get
+  the lock.
 - **Through indexes.** Expired events are found by ``events_by_received``, an app's
   oldest by ``events_by_app``; a pass never scans the events table.
 - **When.** A pass runs at startup, then every ``events_prune_interval`` seconds
@@ -15,8 +17,9 @@ What it promises:
   until it is within. (Ingest keeps an app at its cap on its own, see
   :meth:`~d2.server.service.ControlPlane.ingest`; the pass catches up after the cap
   was lowered.)
-- **Never fatal.** A failed pass (a locked or full disk) is logged on the
-  ``d2.server`` logger and retried at the next interval; the server keeps serving.
+- **Never fatal.** A failed pass (a locked or full disk, a lost database
+  connection) is logged on the ``d2.server`` logger and retried at the next
+  interval; the server keeps serving.
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ class ControlPlane:
 
     def health(self) -> None:
         """Raise when the database cannot answer a cheap query."""
-        self.storage.schema_version()
+        self.storage.schema_revision()
 
     # authentication
     @staticmethod

@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 
 from .config import ServerConfig
 from .service import ControlPlane
-from .sqlite import SQLiteStorage
+from .store import SQLStorage
 
 __all__ = ["SETTINGS_ENV", "ServeSettings", "serve", "worker_app"]
 
@@ -71,7 +71,7 @@ def worker_app() -> Starlette:
     from .app import create_app
 
     settings = ServeSettings.from_env()
-    plane = ControlPlane(SQLiteStorage(settings.db), settings.server_config())
+    plane = ControlPlane(SQLStorage(settings.db), settings.server_config())
     return create_app(plane, prune=False)
 
 
@@ -101,16 +101,18 @@ def serve(
         **uvicorn_options,
     }
     config = settings.server_config()
-    storage = SQLiteStorage(settings.db)
+    storage = SQLStorage(settings.db)
     plane = ControlPlane(storage, config)
-    if workers <= 1:
-        uvicorn.run(create_app(plane), **options)
-        return
-    os.environ[SETTINGS_ENV] = settings.to_env()  # inherited by the spawned workers
-    pruner = EventPruner(plane)
-    pruner.start()
     try:
-        uvicorn.run(_FACTORY, factory=True, workers=workers, **options)
+        if workers <= 1:
+            uvicorn.run(create_app(plane), **options)
+            return
+        os.environ[SETTINGS_ENV] = settings.to_env()  # inherited by the spawned workers
+        pruner = EventPruner(plane)
+        pruner.start()
+        try:
+            uvicorn.run(_FACTORY, factory=True, workers=workers, **options)
+        finally:
+            pruner.stop()
     finally:
-        pruner.stop()
         storage.close()

@@ -1,10 +1,10 @@
 """The storage interface of the control plane and the records it exchanges.
 
-:class:`Storage` is what the service needs from a database; :mod:`d2.server.sqlite`
-implements it on one SQLite file. Another SQL database can be added by implementing
-the same methods: the write paths that must be atomic (:meth:`Storage.publish`,
-:meth:`Storage.refresh_bundle`) hand their decision to a callback that runs inside
-the transaction, after the state it decides on was read under the write lock.
+:class:`Storage` is what the service needs from a database; :mod:`d2.server.store`
+implements it on SQLite and PostgreSQL. The write paths that must be atomic
+(:meth:`Storage.publish`, :meth:`Storage.refresh_bundle`) hand their decision to a
+callback that runs inside the transaction, after the state it decides on was read
+under a lock that concurrent writers of the same state wait for.
 """
 
 from __future__ import annotations
@@ -236,8 +236,8 @@ class Storage(abc.ABC):
         """Release every connection."""
 
     @abc.abstractmethod
-    def schema_version(self) -> int:
-        """The migration the database is at."""
+    def schema_revision(self) -> str | None:
+        """The schema revision the database is at."""
 
     # accounts, apps, tokens
     @abc.abstractmethod
