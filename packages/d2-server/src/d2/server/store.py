@@ -136,6 +136,41 @@ def _bundle(row: Sequence[Any]) -> Bundle:
 _ACTIVE_KEY = sa.select(*_KEY).where(signing_keys.c.retired_at.is_(None))
 
 
+def _poll_statement() -> sa.Select[Any]:
+    """What :meth:`SQLStorage.poll_state` reads, built once: the token's scopes,
+    the app's current version and revocation, the newest signing of that version
+    and the active signing key (``token_hash`` bound per call)."""
+    signed = bundles.alias("signed")  # the app's signings of its current version
+    newest = (
+        sa.select(sa.func.max(signed.c.id))
+        .where(signed.c.app_id == apps.c.id, signed.c.version == apps.c.current_version)
+        .correlate(apps)
+        .scalar_subquery()
+    )
+    return (
+        sa.select(
+            tokens.c.scopes,
+            apps.c.current_version,
+            apps.c.revoked,
+            bundles.c.etag,
+            bundles.c.kid,
+            bundles.c.iat,
+            signing_keys.c.kid,
+            signing_keys.c.refresh_until,
+        )
+        .select_from(
+            tokens.join(apps, apps.c.id == tokens.c.app_id)
+            .join(accounts, accounts.c.id == apps.c.account_id)
+            .outerjoin(bundles, bundles.c.id == newest)
+            .outerjoin(signing_keys, signing_keys.c.retired_at.is_(None))
+        )
+        .where(tokens.c.hash == sa.bindparam("token_hash"))
+    )
+
+
+_POLL = _poll_statement()
+
+
 class SQLStorage(Storage):
     """Storage in the database ``db``: a SQLite file path (created when missing)
     or a ``postgresql://user:password@host:port/dbname`` URL.
@@ -157,6 +192,11 @@ class SQLStorage(Storage):
         # SQLite in WAL mode: a read never waits for a writer, so the poll path may
         # read on the event loop; PostgreSQL reads cross the network (thread pool)
         self.local_reads = not self._postgres
+        self._poll_sql: str | None = None
+        if not self._postgres:  # positional "?" parameters: the token hash alone
+            compiled = _POLL.compile(dialect=self.engine.dialect)
+            assert compiled.positiontup == ["token_hash"]
+            self._poll_sql = str(compiled)
         self._closed = False
         try:
             if migrate:
@@ -304,35 +344,21 @@ class SQLStorage(Storage):
         return Principal(token_hash, account, app, tuple(str(row[0]).split()))
 
     def poll_state(self, token_hash: str) -> PollState | None:
-        """The state a conditional poll decides on, in one SELECT (one snapshot)."""
-        signed = bundles.alias("signed")  # the app's signings of its current version
-        newest = (
-            sa.select(sa.func.max(signed.c.id))
-            .where(signed.c.app_id == apps.c.id, signed.c.version == apps.c.current_version)
-            .correlate(apps)
-            .scalar_subquery()
-        )
-        query = (
-            sa.select(
-                tokens.c.scopes,
-                apps.c.current_version,
-                apps.c.revoked,
-                bundles.c.etag,
-                bundles.c.kid,
-                bundles.c.iat,
-                signing_keys.c.kid,
-                signing_keys.c.refresh_until,
-            )
-            .select_from(
-                tokens.join(apps, apps.c.id == tokens.c.app_id)
-                .join(accounts, accounts.c.id == apps.c.account_id)
-                .outerjoin(bundles, bundles.c.id == newest)
-                .outerjoin(signing_keys, signing_keys.c.retired_at.is_(None))
-            )
-            .where(tokens.c.hash == token_hash)
-        )
-        with self._read() as conn:
-            row = conn.execute(query).first()
+        """The state a conditional poll decides on, in one SELECT (one snapshot).
+        On SQLite (in autocommit: one statement is one snapshot) it runs on a pooled
+        driver connection with SQL compiled once: the poll path's whole read costs
+        about what SQLite does, not SQLAlchemy's per-execution bookkeeping."""
+        if self._closed:
+            raise RuntimeError("storage is closed")
+        if self._poll_sql is None:
+            with self._read() as conn:
+                row = conn.execute(_POLL, {"token_hash": token_hash}).first()
+        else:
+            raw = self.engine.raw_connection()
+            try:
+                row = raw.cursor().execute(self._poll_sql, (token_hash,)).fetchone()
+            finally:
+                raw.close()  # back to the pool
         if row is None:
             return None
         return PollState(
