@@ -1,0 +1,286 @@
+"""Attacks on the approval digest and the approver's view from the fifth hostile
+review (wt-review5), against commit 55f7e29.
+
+Each test asserts the SAFE behaviour and fails on the code it was written against
+(the attack succeeds there). Nothing here fixes anything.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from d2.core import (
+    ApprovalRequest,
+    ApprovalRequiredError,
+    InMemorySource,
+    PermissionDeniedError,
+    approve,
+    configure_rbac_sync,
+    d2_guard,
+    set_user,
+)
+from d2.core.testing import policy_document
+
+LEAD = {"role": "finance_lead", "permissions": []}
+REFUSED = ("approval_required", "approval_unsupported")
+
+
+def _configure(tool: str) -> None:
+    grant = {"tool": tool, "approval": {"approvers": ["finance_lead"]}}
+    doc = policy_document({"role": "agent", "permissions": [grant]}, LEAD, name="review5")
+    configure_rbac_sync(source=InMemorySource(doc))
+
+
+def _held(call: Callable[[], Any]) -> ApprovalRequest:
+    with pytest.raises(ApprovalRequiredError) as info:
+        call()
+    return info.value.request
+
+
+def _approve(request: ApprovalRequest) -> None:
+    set_user("dana", roles=["finance_lead"])
+    approve(request.id)
+    set_user("agent-7", roles=["agent"])
+
+
+def _shown_or_refused(*args: Any) -> ApprovalRequest | None:
+    """The request an approver would be shown for ``tool(*args)`` (a tool that needs
+    an approval), or None when the call is refused outright as one that cannot be
+    approved (``approval_unsupported``: nothing misleading is shown)."""
+    _configure("ops.send")
+
+    @d2_guard("ops.send")
+    def tool(*values: Any) -> str:
+        return "sent"
+
+    set_user("agent-7", roles=["agent"])
+    try:
+        return _held(lambda: tool(*args))
+    except PermissionDeniedError as err:
+        assert err.reason == "approval_unsupported", err.reason
+        return None
+
+
+# -- 1. an OrderedDict is digested (and shown) in its storage order, not its own -----
+
+
+def _steps(*order: str) -> OrderedDict[str, str]:
+    """Steps a runbook tool performs in the OrderedDict's order; built as
+    backup-then-wipe, then reordered with ``move_to_end`` to ``order``."""
+    steps: OrderedDict[str, str] = OrderedDict(
+        [("backup", "snapshot db to s3"), ("wipe", "drop db")]
+    )
+    for name in order:
+        steps.move_to_end(name)
+    return steps
+
+
+def test_an_ordered_dict_reordered_by_move_to_end_is_a_different_call() -> None:
+    """Attack: the fourth review made a mapping's order part of the call ("a tool
+    may act in that order; OrderedDict always was"), and reads every dict "from its
+    own storage" (``dict.items(v)``). But an ``OrderedDict`` keeps its order in a
+    linked list of its own: ``move_to_end`` (and ``popitem(last=False)`` + re-add
+    patterns such as an LRU) reorders that list and leaves the underlying dict's
+    storage order untouched. ``dict.items(od)`` yields insertion order, so
+    ``OrderedDict(backup, wipe)`` and the same dict after ``move_to_end("backup")``
+    (which the tool iterates as wipe, backup) have one digest: the approval of
+    "back up, then wipe" runs "wipe, then back up". Safe: the reordered call is
+    refused, and the tool never runs the steps in the order wipe, backup."""
+    _configure("ops.runbook")
+    ran: list[list[str]] = []
+
+    @d2_guard("ops.runbook")
+    def runbook(steps: OrderedDict[str, str]) -> str:
+        ran.append(list(steps))  # the order the tool performs the steps in
+        return "done"
+
+    set_user("agent-7", roles=["agent"])
+    approved = _steps()  # backup, then wipe
+    assert list(approved) == ["backup", "wipe"]
+    _approve(_held(lambda: runbook(approved)))
+
+    reordered = _steps("backup")  # wipe, then backup
+    assert list(reordered) == ["wipe", "backup"]
+    try:
+        runbook(reordered)
+    except PermissionDeniedError as err:
+        assert err.reason in REFUSED
+    assert ["wipe", "backup"] not in ran, "the approval of backup-then-wipe ran wipe first"
+
+
+def test_the_approver_is_shown_an_ordered_dict_in_the_order_the_tool_reads_it() -> None:
+    """Attack (what the approver is shown): ``_shown_mapping`` reads a dict "from its
+    own storage" too, so an ``OrderedDict`` reordered by ``move_to_end`` is shown in
+    insertion order. The approver of ``runbook(steps)`` reads backup, then wipe; the
+    tool performs wipe, then backup. Safe: the display lists the steps in the order
+    the tool iterates them (or the call is refused outright)."""
+    steps = _steps("backup")  # the tool reads: wipe, then backup
+    request = _shown_or_refused(steps)
+    if request is not None:
+        shown = request.arguments["values"][0]
+        assert list(shown) == list(steps), f"shown {list(shown)}, runs {list(steps)}"
+
+
+# -- 2. the digest budget does not bound the work ------------------------------------
+
+_BOUNDED = """
+import resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, 1_500_000_000))
+from d2.core._canonical import NoCanonicalForm, canonical_arguments
+{build}
+start = time.perf_counter()
+try:
+    canonical_arguments({{"value": value}})
+    print("digested")
+except NoCanonicalForm as exc:  # (a MemoryError inside the digest becomes one too)
+    print("out-of-memory" if str(exc).startswith("MemoryError") else "refused")
+print(round(time.perf_counter() - start, 2))
+"""
+
+
+def _digest_outcome(build: str, seconds: float) -> tuple[str, float] | None:
+    """Digest the value ``build`` makes in a child process limited to 1.5 GB of
+    address space: ("digested", "refused" or "out-of-memory", seconds taken), or
+    None when the child crashed or took longer than ``seconds`` (killed)."""
+    code = _BOUNDED.format(build=textwrap.dedent(build))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=seconds,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    lines = done.stdout.split()
+    if done.returncode != 0 or len(lines) != 2:
+        return None  # it died (or worse): the digest was not bounded
+    return lines[0], float(lines[1])
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        # a 1 MB integer listed 20,000 times: 160 KB of list, one budget unit each
+        pytest.param("n = 1 << 8_000_000\nvalue = [n] * 20_000", id="one-big-int-repeated"),
+        # a Decimal of a million digits listed 20,000 times (an atom: one unit)
+        pytest.param(
+            "import decimal\nd = decimal.Decimal('9' * 1_000_000)\nvalue = [d] * 20_000",
+            id="one-long-decimal-repeated",
+        ),
+        # 1,023 emoji (one unit: under a KiB of characters, 12 KB of ASCII JSON)
+        # listed a million times: 8 MB of list, a million units of two million
+        pytest.param(
+            "s = chr(0x1F600) * 1023\nvalue = [s] * 1_000_000",
+            id="one-short-astral-string-repeated",
+        ),
+    ],
+)
+def test_a_value_cannot_make_the_digest_outgrow_its_budget(build: str) -> None:
+    """Attack: the fourth review bounded the digest with a budget of two million
+    "values, plus a unit per KiB of text", and writes every container met again as a
+    reference. But immutable scalars are never references and are charged by count,
+    not size: an ``int`` (``format(v, "x")``) or a ``Decimal``/``Fraction`` atom
+    (``str(v)``) costs one unit however many megabytes its text is, and a string
+    costs ``1 + len // 1024`` units by *characters*, while ``json.dumps`` writes an
+    astral character as 12 ASCII bytes. A list repeating one such object (a few
+    hundred kilobytes of memory) is written out in full at every meeting: 20,000
+    meetings of a 1 MB int are 40 GB of canonical text, far under the budget, and the
+    caller holds the GIL while the digest grows without bound (then dies of
+    ``MemoryError``, or is killed by the OOM killer). Measured on the commit:
+    ``[n] * 100`` with a 1 MB ``n`` gives 200 MB of canonical text in 0.8 s; the
+    cases below exhaust a 1.5 GB address-space limit (``canonical_arguments`` then
+    turns the ``MemoryError`` into a refusal: without a limit, the host swaps or is
+    OOM-killed). Safe: the budget refuses the value (or it is digested) within
+    1.5 GB of memory and 20 s."""
+    outcome = _digest_outcome(build, 20)
+    assert outcome is not None, "the digest died or ran out of time: the budget did not bound it"
+    assert outcome[0] in ("refused", "digested"), "the digest ran out of memory under its budget"
+
+
+# -- 3. what the approver is shown: the display cap hides a whole argument -----------
+
+
+def test_an_argument_past_the_display_cap_is_never_approved_unseen() -> None:
+    """Attack: what the approver is shown stops after 100,000 values; every further
+    value, a whole argument included, is shown as ``<not shown: ...>``. The digest's
+    budget is two million values, so the call is still approvable. An agent puts
+    100,000 short items in an earlier argument (``notes``) and the harmful one after
+    it: the approver of ``send(notes, to)`` reads ``"to": "<not shown: ...>"`` and
+    approves a call whose recipient nobody saw. Safe: the recipient appears in what
+    the approver is shown, or the call is refused outright (a call that cannot be
+    shown whole is not approved)."""
+    _configure("mail.send")
+
+    @d2_guard("mail.send")
+    def send(notes: list[str], to: str) -> str:
+        return f"sent {len(notes)} notes to {to}"
+
+    set_user("agent-7", roles=["agent"])
+    notes = [f"n{i}" for i in range(100_000)]
+    try:
+        request = _held(lambda: send(notes, "attacker@evil.example"))
+    except PermissionDeniedError as err:
+        assert err.reason == "approval_unsupported"
+        return
+    assert request.arguments["to"] == "attacker@evil.example", request.arguments["to"]
+
+
+# -- 4. what the approver is shown: state the digest reads and the display drops ----
+
+
+class Transfer:
+    """A transfer order of an app (a plain class with slots: no dataclass, no
+    pydantic, no ``__repr__``): the digest accepts it (it reads both slots)."""
+
+    __slots__ = ("amount", "to")
+
+    def __init__(self, to: str, amount: int) -> None:
+        self.to = to
+        self.amount = amount
+
+
+class Recipient(str):
+    """An address that carries its blind-copy list as an attribute (a ``str``
+    subclass with a ``__dict__``): the digest reads the text and the attribute."""
+
+    bcc: list[str]
+
+
+def _shown_text(request: ApprovalRequest) -> str:
+    import json
+
+    return json.dumps(request.arguments)
+
+
+def test_the_approver_is_shown_the_state_of_a_plain_object_it_approves() -> None:
+    """Attack: the digest reads every slot and ``__dict__`` entry of an app's plain
+    object, but the approver is shown only its ``repr``: for a class without a
+    ``__repr__`` that is ``<app.Transfer object at 0x7f...>``. The approver of
+    ``pay(Transfer("attacker@evil.example", 1_000_000))`` sees neither payee nor
+    amount, and two different transfers look the same. Safe: the state the digest
+    ties the approval to (the payee) is in what the approver is shown, or the call
+    is refused outright."""
+    request = _shown_or_refused(Transfer("attacker@evil.example", 1_000_000))
+    if request is not None:
+        assert "attacker@evil.example" in _shown_text(request), request.arguments
+
+
+def test_the_approver_is_shown_the_attributes_of_a_builtin_subclass() -> None:
+    """Attack: a subclass of a built-in type is digested as its built-in value plus
+    its attributes (so ``bcc`` is part of the call), but shown as the built-in value
+    alone (``str.__str__``): the approver of ``send(Recipient("alice@corp"))`` reads
+    ``"alice@corp"`` while the tool also mails ``recipient.bcc``. Safe: the blind
+    copy appears in what the approver is shown, or the call is refused outright."""
+    to = Recipient("alice@corp")
+    to.bcc = ["all-staff@corp"]
+    request = _shown_or_refused(to)
+    if request is not None:
+        assert "all-staff@corp" in _shown_text(request), request.arguments
