@@ -284,3 +284,62 @@ def test_the_approver_is_shown_the_attributes_of_a_builtin_subclass() -> None:
     request = _shown_or_refused(to)
     if request is not None:
         assert "all-staff@corp" in _shown_text(request), request.arguments
+
+
+# -- 5. a hidden secret argument is recoverable from the call digest in the store ----
+
+_GUESS = """
+import json, sys
+from pydantic import SecretStr
+from d2.core.approval_data import call_digest
+request, digest = json.loads(sys.stdin.read())
+for i in range(10_000):
+    pin = f"{i:04d}"
+    arguments = {"door": request["arguments"]["door"], "pin": SecretStr(pin)}
+    if call_digest(request["tool_id"], arguments, request["user_id"],
+                   request["policy_version"]) == digest:
+        print(pin)
+        break
+"""
+
+
+def test_a_hidden_secret_cannot_be_recovered_from_the_stored_call_digest() -> None:
+    """Attack: a pydantic secret (``SecretStr``) is never shown to the approver nor
+    written in the request (``**********``), and the docs say it is "digested,
+    never in the text". But the call digest is an unkeyed SHA-256 over public parts
+    (tool id, the other arguments, user id, policy version: all in the request
+    JSON) and a plain SHA-256 of the secret, and the store keeps that digest beside
+    the request (Redis: the request hash's ``call`` field and the
+    ``{app}:call:{digest}`` key; a store other apps may share). Anyone who can read
+    the store recovers a low-entropy secret (a PIN, a one-time code, a password from
+    a word list) offline with D2 itself: 10,000 guesses take well under a second.
+    Safe: a process without the app's secrets, given the request and its stored
+    digest, cannot find the PIN among all 10,000."""
+    pydantic = pytest.importorskip("pydantic")
+    import json
+
+    from d2.core.evaluate import evaluator_for  # type: ignore[attr-defined]
+
+    _configure("doors.unlock")
+
+    @d2_guard("doors.unlock")
+    def unlock(door: str, pin: Any) -> str:
+        return "open"
+
+    set_user("agent-7", roles=["agent"])
+    request = _held(lambda: unlock("vault", pydantic.SecretStr("4821")))
+    assert "4821" not in request.to_json()  # hidden from the approver, as documented
+    ev = evaluator_for("default")
+    store = ev.store if ev.store is not None else ev.private_store
+    stored = [digest for (_, digest), rid in store._calls.items() if rid == request.id]
+    assert len(stored) == 1, "the store keeps the call's digest beside its request"
+
+    done = subprocess.run(
+        [sys.executable, "-c", _GUESS],
+        input=json.dumps([json.loads(request.to_json()), stored[0]]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.strip() != "4821", "the PIN was recovered from the stored call digest"
