@@ -127,6 +127,32 @@ def test_the_approver_is_shown_an_ordered_dict_in_the_order_the_tool_reads_it() 
         assert list(shown) == list(steps), f"shown {list(shown)}, runs {list(steps)}"
 
 
+def test_attributes_set_on_an_ordered_dict_are_part_of_the_call() -> None:
+    """Attack: an exact ``OrderedDict``, unlike a ``dict``, has a ``__dict__``
+    (``od.mode = "dry-run"`` works), and ``_EXACT`` digests it by its entries alone.
+    A tool that reads an attribute its caller set on the mapping
+    (``getattr(steps, "mode", "live")``) runs ``live`` under the approval of the
+    ``dry-run`` call. Safe: the call without the attribute is refused, and the
+    tool never runs ``live``."""
+    _configure("ops.apply")
+    modes: list[str] = []
+
+    @d2_guard("ops.apply")
+    def apply(steps: OrderedDict[str, str]) -> str:
+        modes.append(getattr(steps, "mode", "live"))
+        return "done"
+
+    set_user("agent-7", roles=["agent"])
+    dry: OrderedDict[str, str] = OrderedDict(wipe="drop db")
+    dry.mode = "dry-run"  # type: ignore[attr-defined]
+    _approve(_held(lambda: apply(dry)))
+    try:
+        apply(OrderedDict(wipe="drop db"))
+    except PermissionDeniedError as err:
+        assert err.reason in REFUSED
+    assert "live" not in modes, "the approval of a dry run ran live"
+
+
 # -- 2. the digest budget does not bound the work ------------------------------------
 
 _BOUNDED = """
@@ -318,7 +344,7 @@ def test_a_hidden_secret_cannot_be_recovered_from_the_stored_call_digest() -> No
     pydantic = pytest.importorskip("pydantic")
     import json
 
-    from d2.core.evaluate import evaluator_for  # type: ignore[attr-defined]
+    from d2.core.evaluate import evaluator_for
 
     _configure("doors.unlock")
 
