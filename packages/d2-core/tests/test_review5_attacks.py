@@ -356,7 +356,7 @@ def test_a_hidden_secret_cannot_be_recovered_from_the_stored_call_digest() -> No
     request = _held(lambda: unlock("vault", pydantic.SecretStr("4821")))
     assert "4821" not in request.to_json()  # hidden from the approver, as documented
     ev = evaluator_for("default")
-    store = ev.store if ev.store is not None else ev.private_store
+    store: Any = ev.store if ev.store is not None else ev.private_store  # in-process
     stored = [digest for (_, digest), rid in store._calls.items() if rid == request.id]
     assert len(stored) == 1, "the store keeps the call's digest beside its request"
 
