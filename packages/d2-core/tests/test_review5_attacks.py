@@ -369,3 +369,99 @@ def test_a_hidden_secret_cannot_be_recovered_from_the_stored_call_digest() -> No
         check=True,
     )
     assert done.stdout.strip() != "4821", "the PIN was recovered from the stored call digest"
+
+
+# -- 6. the approver's view: repr() of a value whose digest is small -----------------
+
+_SHOWN = """
+import resource
+resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, 1_500_000_000))
+from d2.core import (ApprovalRequiredError, InMemorySource, PermissionDeniedError,
+    configure_rbac_sync, d2_guard, set_user)
+from d2.core.testing import policy_document
+grant = {{"tool": "ops.run", "approval": {{"approvers": ["finance_lead"]}}}}
+doc = policy_document({{"role": "agent", "permissions": [grant]}},
+    {{"role": "finance_lead", "permissions": []}}, name="review5")
+configure_rbac_sync(source=InMemorySource(doc))
+
+@d2_guard("ops.run")
+def tool(arg):
+    return "ran"
+
+class Batch:  # an app's class with the usual hand-written __repr__
+    def __init__(self, items):
+        self.items = items
+    def __repr__(self):
+        return f"Batch({{self.items!r}})"
+
+set_user("agent-7", roles=["agent"])
+{build}
+try:
+    tool(value)
+    print("ran")
+except ApprovalRequiredError:
+    print("held")
+except PermissionDeniedError as err:
+    print(err.reason)
+"""
+
+
+def _held_within(build: str, seconds: float) -> str | None:
+    """Call a guarded tool that needs an approval with the value ``build`` makes, in a
+    child process (1.5 GB of address space): its outcome ("held", a refusal reason,
+    or "ran"), or None when it crashed or none came within ``seconds`` (killed)."""
+    code = _SHOWN.format(build=textwrap.dedent(build))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=seconds,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        # a mapping key (any non-str key is shown by its repr): 30 levels of a
+        # frozenset of two tuples sharing the level below (hashes are cached: cheap;
+        # 62 deep, under the digest's limit of 64)
+        pytest.param(
+            """
+            key = frozenset({0})
+            for _ in range(30):
+                key = frozenset({(key, 0), (key, 1)})
+            value = {key: "x"}
+            """,
+            id="a-mapping-key",
+        ),
+        # an object of an app's class shown by its repr: 40 lists sharing the one below
+        pytest.param(
+            """
+            items = ["x"]
+            for _ in range(40):
+                items = [items, items]
+            value = Batch(items)
+            """,
+            id="an-object-s-repr",
+        ),
+    ],
+)
+def test_a_value_with_a_small_digest_is_shown_to_the_approver_promptly(build: str) -> None:
+    """Attack: the fourth review bounded the digest (a container met again is a
+    reference) and the approver's view (100,000 values). But the view falls back
+    to ``repr()``, which has no such bound, for every mapping key when one key is
+    not a string (``_shown_key``: ``repr(key)``, cut to 200 characters only after
+    it is built) and for every object that is not a list, tuple, mapping, set,
+    bytes, pydantic model or dataclass (an app's class with the usual
+    ``__repr__`` that shows its attributes). A value of 30 or 40 levels that share
+    the level below is a few kilobytes and digests in milliseconds, and its ``repr``
+    has 2**30 or 2**40 parts: the guarded call never returns (holding the GIL) or dies of memory.
+    Measured on the commit at 22 levels: digest 4.5 ms, the approver's view 8 s
+    (mapping key) and 1.3 s (object); each level doubles it. Safe: the call is held
+    for approval (or refused) within 20 s and 1.5 GB."""
+    assert _held_within(build, 20) in ("held", "approval_unsupported")
