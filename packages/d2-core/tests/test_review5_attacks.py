@@ -7,6 +7,7 @@ Each test asserts the SAFE behaviour and fails on the code it was written agains
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import pydantic
 import pytest
 from d2.core import (
     ApprovalRequest,
@@ -299,6 +301,52 @@ def test_the_approver_is_shown_the_state_of_a_plain_object_it_approves() -> None
         assert "attacker@evil.example" in _shown_text(request), request.arguments
 
 
+@dataclasses.dataclass
+class SignedTransfer:
+    """A dataclass with an ``InitVar`` (used by ``__post_init__``, as dataclasses
+    that derive state do): the digest reads the instance's whole ``__dict__``."""
+
+    to: str
+    amount: int
+    signing_key: dataclasses.InitVar[str]
+
+    def __post_init__(self, signing_key: str) -> None:
+        self.signature = f"signed-by-{signing_key}"
+
+
+def test_the_approver_is_shown_a_dataclass_that_has_an_init_var() -> None:
+    """Attack: a dataclass is shown field by field with ``getattr(value, name)`` for
+    every name in ``__dataclass_fields__``, which also lists ``InitVar`` (and
+    ``ClassVar``) pseudo-fields. An ``InitVar`` without a default is not an
+    attribute: ``getattr`` raises, and the whole value is shown as
+    ``"<SignedTransfer>"``: the approver of ``pay(SignedTransfer("attacker@evil",
+    1_000_000, ...))`` sees neither payee nor amount (the digest reads them all).
+    Safe: the payee is in what the approver is shown, or the call is refused."""
+    request = _shown_or_refused(SignedTransfer("attacker@evil.example", 1_000_000, "k1"))
+    if request is not None:
+        assert "attacker@evil.example" in _shown_text(request), request.arguments
+
+
+class Mail(pydantic.BaseModel):
+    """An outgoing mail; ``bcc`` is kept out of API responses and logs."""
+
+    to: str
+    bcc: list[str] = pydantic.Field(default_factory=list, exclude=True)
+
+
+def test_the_approver_is_shown_a_pydantic_field_excluded_from_serialisation() -> None:
+    """Attack: a pydantic model is shown as ``model_dump(mode="json")``, which
+    leaves out fields declared ``Field(exclude=True)`` (kept out of API responses
+    and logs), and private attributes; the digest reads them all, and the agent can
+    still set such a field (``exclude`` governs output, not input). The approver of
+    ``send(Mail(to="alice@corp", bcc=["all-staff@corp"]))`` reads
+    ``{"to": "alice@corp"}``. Safe: the blind copy is in what the approver is
+    shown, or the call is refused outright."""
+    request = _shown_or_refused(Mail(to="alice@corp", bcc=["all-staff@corp"]))
+    if request is not None:
+        assert "all-staff@corp" in _shown_text(request), request.arguments
+
+
 def test_the_approver_is_shown_the_attributes_of_a_builtin_subclass() -> None:
     """Attack: a subclass of a built-in type is digested as its built-in value plus
     its attributes (so ``bcc`` is part of the call), but shown as the built-in value
@@ -341,7 +389,6 @@ def test_a_hidden_secret_cannot_be_recovered_from_the_stored_call_digest() -> No
     a word list) offline with D2 itself: 10,000 guesses take well under a second.
     Safe: a process without the app's secrets, given the request and its stored
     digest, cannot find the PIN among all 10,000."""
-    pydantic = pytest.importorskip("pydantic")
     import json
 
     from d2.core.evaluate import evaluator_for
