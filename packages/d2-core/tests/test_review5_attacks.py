@@ -25,6 +25,7 @@ from d2.core import (
     approve,
     configure_rbac_sync,
     d2_guard,
+    pending_approvals,
     set_user,
 )
 from d2.core.testing import policy_document
@@ -512,3 +513,37 @@ def test_a_value_with_a_small_digest_is_shown_to_the_approver_promptly(build: st
     (mapping key) and 1.3 s (object); each level doubles it. Safe: the call is held
     for approval (or refused) within 20 s and 1.5 GB."""
     assert _held_within(build, 20) in ("held", "approval_unsupported")
+
+
+# -- 7. a shared store sorts the keys of what the approver is shown ------------------
+
+
+def test_an_approver_reading_a_shared_store_sees_a_dict_in_the_order_the_tool_reads_it(
+    redis_url: str,
+) -> None:
+    """Attack: since the fourth review a dict is digested in its own order ("a tool
+    may act in that order"): ``runbook({"wipe": ..., "backup": ...})`` and
+    ``runbook({"backup": ..., "wipe": ...})`` are different calls. But a shared
+    store keeps the request as ``ApprovalRequest.to_json()``, which writes the
+    shown arguments with ``sort_keys=True``: the approver who lists the pending
+    requests (``pending_approvals()``, from Redis), and the one the app is handed
+    (``ApprovalRequiredError.request``, read back from Redis), read backup, then
+    wipe, for the call that wipes first, and approve exactly that call. Safe: the approver reads
+    the steps in the order the tool performs them."""
+    grant = {"tool": "ops.runbook", "approval": {"approvers": ["finance_lead"]}}
+    doc = policy_document({"role": "agent", "permissions": [grant]}, LEAD, name="review5-order")
+    configure_rbac_sync(source=InMemorySource(doc), store=redis_url)
+
+    @d2_guard("ops.runbook")
+    def runbook(steps: dict[str, str]) -> str:
+        return "done"
+
+    set_user("agent-7", roles=["agent"])
+    steps = {"wipe": "drop db", "backup": "snapshot db to s3"}  # wipe first
+    held = _held(lambda: runbook(steps))  # the request handed to the approver
+    set_user("dana", roles=["finance_lead"])
+    pending = [r for r in pending_approvals() if r.id == held.id]  # or listed
+    assert len(pending) == 1
+    for request in (held, pending[0]):
+        shown = list(request.arguments["steps"])
+        assert shown == ["wipe", "backup"], f"the approver reads {shown}; the tool wipes first"
