@@ -547,3 +547,50 @@ def test_an_approver_reading_a_shared_store_sees_a_dict_in_the_order_the_tool_re
     for request in (held, pending[0]):
         shown = list(request.arguments["steps"])
         assert shown == ["wipe", "backup"], f"the approver reads {shown}; the tool wipes first"
+
+
+_LOGGED = """
+import resource
+resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, 1_500_000_000))
+from d2.core import InMemorySource, configure_rbac_sync, d2_guard, set_user
+from d2.core.testing import policy_document
+doc = policy_document({"role": "agent", "permissions": ["ops.run"]}, name="review5")
+configure_rbac_sync(source=InMemorySource(doc), decision_log=lambda record: None,
+                    decision_log_arguments=True)
+
+@d2_guard("ops.run")
+def tool(arg):
+    return "ran"
+
+class Batch:  # an app's class with the usual hand-written __repr__
+    def __init__(self, items):
+        self.items = items
+    def __repr__(self):
+        return f"Batch({self.items!r})"
+
+items = ["x"]
+for _ in range(40):
+    items = [items, items]
+set_user("agent-7", roles=["agent"])
+print(tool(Batch(items)))
+"""
+
+
+def test_a_logged_call_of_a_tool_without_approvals_returns_promptly() -> None:
+    """Attack (the same unbounded ``repr``, with no approval and no digest budget in
+    front of it): with ``decision_log_arguments=True`` every guarded call is shown
+    with ``json_arguments`` on the caller's thread when its decision is queued. An
+    allowed call of a plain tool (no approval, no input rule) whose argument is an
+    app object with a hand-written ``__repr__`` over 40 levels of shared lists
+    never returns. Safe: the call returns within 20 s (and 1.5 GB)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _LOGGED],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the guarded call did not return within 20 s")
+    assert done.stdout.strip() == "ran", done.stderr[-2000:]
