@@ -214,6 +214,21 @@ def _dict(value: dict[Any, Any], depth: int, walk: _Walk) -> Any:
     }
 
 
+_odict_items = collections.OrderedDict.items  # its own linked order (C: no override)
+
+
+def _odict(value: Any, depth: int, walk: _Walk) -> Any:
+    """An exact ``OrderedDict``: its entries in its own linked order (which
+    ``move_to_end`` changes and the dict storage does not show) and its instance
+    ``__dict__`` (an ``OrderedDict``, unlike a dict, takes attributes). A subclass
+    is refused (:func:`_instance`: ``OrderedDict`` is written in C)."""
+    entries = [[_canon(k, depth, walk), _canon(x, depth, walk)] for k, x in _odict_items(value)]
+    attributes = _instance_dict(value, collections.OrderedDict)
+    seen = walk.meet(attributes)  # the dict itself may be passed too: vars(od)
+    state = seen if seen is not None else _dict(attributes, depth, walk)
+    return {"__t": "odict", "v": entries, "s": state}
+
+
 def _set(tag: str, value: Any, depth: int, walk: _Walk) -> Any:
     return {"__t": tag, "v": [_canon(x, depth, walk) for _, x in _in_order(value, depth, walk)]}
 
@@ -314,10 +329,7 @@ _EXACT: dict[int, Callable[[Any, int, _Walk], Any]] = {
     id(frozenset): lambda v, d, w: _set("frozenset", v, d, w),
     id(bytes): lambda v, d, w: {"__t": "bytes", "v": v.hex()},
     id(bytearray): lambda v, d, w: {"__t": "bytearray", "v": bytes(v).hex()},
-    id(collections.OrderedDict): lambda v, d, w: {
-        "__t": "odict",
-        "v": [[_canon(k, d, w), _canon(x, d, w)] for k, x in dict.items(v)],
-    },
+    id(collections.OrderedDict): lambda v, d, w: _odict(v, d, w),
     id(collections.defaultdict): _defaultdict,
 }
 # exact container types: a second meeting is a reference (see _Walk); a tuple or
