@@ -35,6 +35,7 @@ import collections
 import enum
 import json
 import math
+import os
 import sys
 import types
 from collections.abc import Callable, Iterable, Mapping
@@ -502,6 +503,24 @@ def _secret_base() -> type | None:
     return found if isinstance(found, type) else None
 
 
+_PROCESS_KEY = os.urandom(32)  # this process's key when D2_APPROVAL_SECRET_KEY is unset
+_KEY: list[bytes] = []  # the key in use, read once
+
+
+def _secret_key() -> bytes:
+    """The key a pydantic secret is digested with (HMAC-SHA256): the call digest is
+    kept in the store beside the request (which shows every other part of the
+    call), so an unkeyed hash of a PIN or a password would be found by guessing.
+    ``D2_APPROVAL_SECRET_KEY`` (the same in every process of the app, never in the
+    store) when set, else a random key of this process: a call with a secret is
+    then approvable only when retried in the process that asked (or a child it
+    forked)."""
+    if not _KEY:
+        configured = os.environ.get("D2_APPROVAL_SECRET_KEY", "")
+        _KEY.append(configured.encode() if configured else _PROCESS_KEY)
+    return _KEY[0]
+
+
 def _instance(value: Any, cls: type, depth: int, walk: _Walk) -> Any:
     """An instance of an app's class: its type and its whole state. Accepted only
     when every class between it and ``object`` (or the built-in type it extends)
@@ -536,7 +555,10 @@ def _instance(value: Any, cls: type, depth: int, walk: _Walk) -> Any:
         hidden = _instance_dict(value, cls).get("_secret_value", _MISSING)
         if hidden is _MISSING:
             raise NoCanonicalForm(f"a {name} value holds no secret value")
-        digest = hashlib.sha256(_text(hidden, depth, walk).encode()).hexdigest()
+        import hmac
+
+        text = _text(hidden, depth, walk).encode()
+        digest = hmac.new(_secret_key(), text, hashlib.sha256).hexdigest()
         return {
             "__t": f"secret:{name}",
             "h": digest,
