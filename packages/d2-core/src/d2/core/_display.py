@@ -267,15 +267,23 @@ def _shown(value: Any, depth: int, view: _View) -> Any:
         return value
     if cls is str:
         return view.chars(value)
-    if id(value) in view.path:
+    if cls is int:
+        text = _int_text(value)
+        return text if type(text) is int else view.chars(text)
+    key = id(value)
+    if key in view.path:
         return _CYCLE  # the digest writes it as a reference: nothing is hidden
-    view.path.add(id(value))
+    view.path.add(key)
     try:
+        if cls is dict:  # the common containers first (a logged call shows every one)
+            return _shown_mapping(list(dict.items(value)), depth, view)
+        if cls is list or cls is tuple:
+            return [_shown(v, depth, view) for v in value]
         return _shown_object(value, cls, depth, view)
     except Exception:  # a display must never fail the call
         return view.part(f"<{cls.__qualname__}>")
     finally:
-        view.path.discard(id(value))
+        view.path.discard(key)
 
 
 def _shown_object(value: Any, cls: type, depth: int, view: _View) -> Any:
@@ -307,6 +315,9 @@ def _shown_object(value: Any, cls: type, depth: int, view: _View) -> Any:
     if not _flags(cls) & _HEAP_TYPE or callable(value):  # a class written in C, code
         return view.part(f"<{_name(cls)}>")
     shown: dict[str, Any] = {"__class__": _name(cls)}
+    solid = next(k for k in _mro(cls) if not _flags(k) & _HEAP_TYPE)
+    if solid is not object:  # a base written in C keeps state no attribute shows
+        shown["__value__"] = view.part(f"<not shown: the state of its {_name(solid)} base>")
     _state(value, cls, shown, depth, view)
     return shown
 
