@@ -75,3 +75,19 @@ class Stamp(datetime.date):
 def test_a_value_with_state_kept_in_c_is_not_shown_whole() -> None:
     assert not shown_arguments({"v": Stamp(2024, 1, 2)})[1]
     assert shown_arguments({"v": datetime.date(2024, 1, 2)}) == ({"v": "2024-01-02"}, True)
+
+
+def test_a_pydantic_model_shows_every_field_and_which_were_left_unset() -> None:
+    import pydantic
+
+    class Patch(pydantic.BaseModel):
+        role: str | None = None
+        note: str = pydantic.Field(default="", exclude=True)
+        secret: pydantic.SecretStr = pydantic.SecretStr("")
+
+    shown, whole = shown_arguments({"p": Patch(note="n", secret=pydantic.SecretStr("s3"))})
+    assert whole
+    assert shown["p"]["role"] is None and shown["p"]["note"] == "n"
+    assert shown["p"]["secret"] == "**********" and "s3" not in json.dumps(shown)
+    assert shown["p"]["__unset__"] == ["role"]  # left out, not set to null
+    assert "__unset__" not in shown_arguments({"p": Patch(role=None, note="", secret="")})[0]["p"]

@@ -167,7 +167,7 @@ def _state(value: Any, cls: type, shown: dict[str, Any], depth: int, view: _View
             except AttributeError:  # an unset slot: nothing to show
                 continue
     for key, held in entries:
-        name = base = key if type(key) is str else _key_text(key, depth, view)
+        name = base = view.chars(key) if type(key) is str else _key_text(key, depth, view)
         n = 1
         while name in shown:
             n += 1
@@ -179,23 +179,32 @@ def _model(value: Any, cls: type, depth: int, view: _View) -> dict[str, Any]:
     """A pydantic model: every field it holds (those excluded from serialisation
     too), its extra and private attributes; secrets as ``**********``."""
     shown: dict[str, Any] = {"__class__": _name(cls)}
-    parts: list[tuple[Any, Any]] = list(dict.items(_instance_dict(value, cls)))
+    fields = _instance_dict(value, cls)
+    parts: list[tuple[Any, Any]] = list(dict.items(fields))
+    found: dict[str, Any] = {}
+    for klass in _mro(cls):
+        space = _namespace(klass)
+        for slot in _declared_slots(klass):
+            try:
+                found.setdefault(slot, space[slot].__get__(value, cls))
+            except AttributeError:
+                continue
     for slot in ("__pydantic_extra__", "__pydantic_private__"):
-        found = getattr(value, slot, None) if slot in _slots_of(cls) else None
-        if type(found) is dict:
-            parts.extend(dict.items(found))
+        if type(found.get(slot)) is dict:
+            parts.extend(dict.items(found[slot]))
+    given = found.get("__pydantic_fields_set__")
+    if type(given) is set:  # a PATCH body: a field left out is not one set to its default
+        unset = [view.chars(k) for k in fields if type(k) is str and k not in given]
+        if unset:
+            shown["__unset__"] = unset
     for key, held in parts:
-        name = base = key if type(key) is str else _key_text(key, depth, view)
+        name = base = view.chars(key) if type(key) is str else _key_text(key, depth, view)
         n = 1
         while name in shown:
             n += 1
             name = f"{base} #{n}"
         shown[name] = _shown(held, depth, view)
     return shown
-
-
-def _slots_of(cls: type) -> set[str]:
-    return {name for klass in _mro(cls) for name in _declared_slots(klass)}
 
 
 def _is_model(cls: type) -> bool:
