@@ -91,3 +91,16 @@ def test_a_pydantic_model_shows_every_field_and_which_were_left_unset() -> None:
     assert shown["p"]["secret"] == "**********" and "s3" not in json.dumps(shown)
     assert shown["p"]["__unset__"] == ["role"]  # left out, not set to null
     assert "__unset__" not in shown_arguments({"p": Patch(role=None, note="", secret="")})[0]["p"]
+
+
+class Zone(datetime.tzinfo):
+    """An app's time zone: its methods are the app's code."""
+
+    def utcoffset(self, dt: datetime.datetime | None) -> datetime.timedelta:
+        raise AssertionError("the app's time zone ran")
+
+
+def test_a_datetime_in_an_app_s_time_zone_is_not_shown_by_running_it() -> None:
+    utc = datetime.datetime(2024, 1, 2, tzinfo=datetime.timezone.utc)
+    assert shown_arguments({"v": utc}) == ({"v": "2024-01-02 00:00:00+00:00"}, True)
+    assert not shown_arguments({"v": datetime.datetime(2024, 1, 2, tzinfo=Zone())})[1]

@@ -337,7 +337,13 @@ def _textual(value: Any, cls: type, view: _View) -> Any:
     module = sys.modules.get(_module(cls))
     if getattr(module, _qualname_of(cls), None) is not cls:
         return view.part(f"<{_name(cls)}>")  # a class that only takes the name
+    zone = getattr(value, "tzinfo", None) if _module(cls) == "datetime" else None
+    if zone is not None and _name(type(zone)) not in _ZONES:
+        return view.part(f"<{_name(cls)} in an app's time zone>")  # its text runs app code
     return view.chars(str(value))
+
+
+_ZONES = ("datetime.timezone", "zoneinfo.ZoneInfo")
 
 
 def shown_arguments(arguments: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
