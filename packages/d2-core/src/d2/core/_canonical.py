@@ -22,7 +22,9 @@ tagged with its type. The promise, and how each part keeps it:
   class has no such name has no canonical form (:class:`NoCanonicalForm`): a call
   with it is never approved.
 * The work is bounded: each object is read once per meeting, and a value larger
-  than :data:`_BUDGET` (values, plus a unit per KiB of text) has no canonical form.
+  than :data:`_BUDGET` values or :data:`_MAX_TEXT` bytes of canonical text (counted
+  by size: a big int, a long ``Decimal``, a string by its escaped length, bytes)
+  has no canonical form.
 
 It imports nothing of D2.
 """
@@ -33,6 +35,7 @@ import collections
 import enum
 import json
 import math
+import os
 import sys
 import types
 from collections.abc import Callable, Iterable, Mapping
@@ -41,7 +44,8 @@ from typing import Any
 __all__ = ["NoCanonicalForm", "canonical_arguments"]
 
 _MAX_DEPTH = 64
-_BUDGET = 2_000_000  # values read per digest (a KiB of text counts one more)
+_BUDGET = 2_000_000  # values read per digest
+_MAX_TEXT = 128 * 1024 * 1024  # bytes of canonical text written per digest, at most
 _POINTER = 8 if sys.maxsize > 2**32 else 4  # sizeof(PyObject *): Py_ssize_t's size
 _HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement (or type())
 _MANAGED_WEAKREF = 1 << 3  # CPython 3.12+: __weakref__ kept outside the instance's memory
@@ -110,20 +114,25 @@ class _Walk:
     def __init__(self, parent: _Walk | None = None) -> None:
         self.seen: dict[int, tuple[int, Any]] = {}
         self.texts: dict[int, tuple[str, Any]] = {} if parent is None else parent.texts
-        self.budget: list[int] = [_BUDGET] if parent is None else parent.budget
+        # values left, bytes of text left: shared by every walk of one digest
+        self.budget: list[int] = [_BUDGET, _MAX_TEXT] if parent is None else parent.budget
 
     def fresh(self) -> _Walk:
         """A walk that has met nothing, sharing this digest's budget and memo."""
         return _Walk(self)
 
-    def spend(self, units: int) -> None:
-        """Count ``units`` of work against the digest's budget."""
-        left = self.budget[0] - units
-        self.budget[0] = left
-        if left < 0:
+    def spend(self, size: int = 0) -> None:
+        """Count one value, and ``size`` bytes of the text it writes, against the
+        digest's budget. Immutable values are written in full at every meeting (a
+        list repeating one big int writes it each time), so text counts by size."""
+        budget = self.budget
+        budget[0] -= 1
+        budget[1] -= size
+        if budget[0] < 0 or budget[1] < 0:
             raise NoCanonicalForm(
-                f"the arguments are too large to digest (over {_BUDGET:,} values): pass "
-                "a smaller value, or a reference to the data instead of the data"
+                f"the arguments are too large to digest (over {_BUDGET:,} values or "
+                f"{_MAX_TEXT // 2**20} MiB of text): pass a smaller value, or a "
+                "reference to the data instead of the data"
             )
 
     def meet(self, value: Any) -> Any:
@@ -214,6 +223,21 @@ def _dict(value: dict[Any, Any], depth: int, walk: _Walk) -> Any:
     }
 
 
+_odict_items = collections.OrderedDict.items  # its own linked order (C: no override)
+
+
+def _odict(value: Any, depth: int, walk: _Walk) -> Any:
+    """An exact ``OrderedDict``: its entries in its own linked order (which
+    ``move_to_end`` changes and the dict storage does not show) and its instance
+    ``__dict__`` (an ``OrderedDict``, unlike a dict, takes attributes). A subclass
+    is refused (:func:`_instance`: ``OrderedDict`` is written in C)."""
+    entries = [[_canon(k, depth, walk), _canon(x, depth, walk)] for k, x in _odict_items(value)]
+    attributes = _instance_dict(value, collections.OrderedDict)
+    seen = walk.meet(attributes)  # the dict itself may be passed too: vars(od)
+    state = seen if seen is not None else _dict(attributes, depth, walk)
+    return {"__t": "odict", "v": entries, "s": state}
+
+
 def _set(tag: str, value: Any, depth: int, walk: _Walk) -> Any:
     return {"__t": tag, "v": [_canon(x, depth, walk) for _, x in _in_order(value, depth, walk)]}
 
@@ -268,13 +292,15 @@ def _atom(value: Any, cls: type, how: Callable[[Any], Any], depth: int, walk: _W
     """A standard-library value: its exact text, and its ``__dict__`` when its class
     has one (an ``ipaddress`` network or interface: attributes an app set, and the
     cached properties, are part of the call)."""
+    text = how(value)
+    walk.spend(len(text) if type(text) is str else 0)  # a Decimal may have a million digits
     if not _dictoffset(cls):
-        return {"__t": _qualname(cls), "v": how(value)}
+        return {"__t": _qualname(cls), "v": text}
     seen = walk.meet(value)
     if seen is not None:
         return seen
     state = _dict(_instance_dict(value, cls), depth, walk)
-    return {"__t": _qualname(cls), "v": how(value), "s": state}
+    return {"__t": _qualname(cls), "v": text, "s": state}
 
 
 def _enum(value: enum.Enum, cls: type, depth: int, walk: _Walk) -> Any:
@@ -314,10 +340,7 @@ _EXACT: dict[int, Callable[[Any, int, _Walk], Any]] = {
     id(frozenset): lambda v, d, w: _set("frozenset", v, d, w),
     id(bytes): lambda v, d, w: {"__t": "bytes", "v": v.hex()},
     id(bytearray): lambda v, d, w: {"__t": "bytearray", "v": bytes(v).hex()},
-    id(collections.OrderedDict): lambda v, d, w: {
-        "__t": "odict",
-        "v": [[_canon(k, d, w), _canon(x, d, w)] for k, x in dict.items(v)],
-    },
+    id(collections.OrderedDict): lambda v, d, w: _odict(v, d, w),
     id(collections.defaultdict): _defaultdict,
 }
 # exact container types: a second meeting is a reference (see _Walk); a tuple or
@@ -337,7 +360,25 @@ _REFERENCED = frozenset(
     )
 )
 
-_SIZED = frozenset(id(t) for t in (str, bytes, bytearray))  # their length counts too
+
+def _str_size(value: str) -> int:
+    """Bytes of ASCII JSON ``value`` is written as, at most: printable ASCII
+    as itself (a quote or backslash doubles), any other character escaped
+    (``\\u00e9``: 6 bytes; an astral one as two: 12)."""
+    if value.isascii():
+        if not value.isprintable():  # a control character: 6 bytes (\\u0001)
+            return 6 * len(value)
+        return 2 * len(value) if '"' in value or "\\" in value else len(value)
+    return 12 * len(value) if ord(max(value)) > 0xFFFF else 6 * len(value)
+
+
+# exact types whose text grows with the value: the bytes of text each writes
+_SIZED: dict[int, Callable[[Any], int]] = {
+    id(str): _str_size,
+    id(int): lambda v: v.bit_length() // 4,  # hex digits (beyond 2**63)
+    id(bytes): lambda v: 2 * len(v),
+    id(bytearray): lambda v: 2 * len(v),
+}
 
 # Built-in types an app's class may extend: digested as their built-in value (read
 # through the built-in's own methods, never an override) plus the instance's state.
@@ -462,6 +503,24 @@ def _secret_base() -> type | None:
     return found if isinstance(found, type) else None
 
 
+_PROCESS_KEY = os.urandom(32)  # this process's key when D2_APPROVAL_SECRET_KEY is unset
+_KEY: list[bytes] = []  # the key in use, read once
+
+
+def _secret_key() -> bytes:
+    """The key a pydantic secret is digested with (HMAC-SHA256): the call digest is
+    kept in the store beside the request (which shows every other part of the
+    call), so an unkeyed hash of a PIN or a password would be found by guessing.
+    ``D2_APPROVAL_SECRET_KEY`` (the same in every process of the app, never in the
+    store) when set, else a random key of this process: a call with a secret is
+    then approvable only when retried in the process that asked (or a child it
+    forked)."""
+    if not _KEY:
+        configured = os.environ.get("D2_APPROVAL_SECRET_KEY", "")
+        _KEY.append(configured.encode() if configured else _PROCESS_KEY)
+    return _KEY[0]
+
+
 def _instance(value: Any, cls: type, depth: int, walk: _Walk) -> Any:
     """An instance of an app's class: its type and its whole state. Accepted only
     when every class between it and ``object`` (or the built-in type it extends)
@@ -496,7 +555,10 @@ def _instance(value: Any, cls: type, depth: int, walk: _Walk) -> Any:
         hidden = _instance_dict(value, cls).get("_secret_value", _MISSING)
         if hidden is _MISSING:
             raise NoCanonicalForm(f"a {name} value holds no secret value")
-        digest = hashlib.sha256(_text(hidden, depth, walk).encode()).hexdigest()
+        import hmac
+
+        text = _text(hidden, depth, walk).encode()
+        digest = hmac.new(_secret_key(), text, hashlib.sha256).hexdigest()
         return {
             "__t": f"secret:{name}",
             "h": digest,
@@ -525,9 +587,10 @@ def _canon(value: Any, depth: int, walk: _Walk) -> Any:
             seen = walk.meet(value)
             if seen is not None:
                 return seen
-        walk.spend(1 + len(value) // 1024 if key in _SIZED else 1)
+        sized = _SIZED.get(key)
+        walk.spend(0 if sized is None else sized(value))
         return exact(value, depth, walk)
-    walk.spend(1)
+    walk.spend()
     if issubclass(cls, type):  # a class as a value (a class method's cls): by its name
         return {"__t": "class", "v": _named(value)}
     module, qualname = _module(cls), _qualname_of(cls)

@@ -12,7 +12,8 @@ imports nothing of D2):
   rejected or expired, its id is dead, and the next identical call opens a new
   request with a new id.
 * :func:`json_arguments` shows arguments to approvers and the decision log
-  (secrets hidden).
+  (secrets hidden); :func:`shown_arguments` also says whether that display is
+  whole (a call is approvable only when it is).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from ._canonical import NoCanonicalForm, canonical_arguments
+from ._display import shown_arguments
 
 __all__ = [
     "ApprovalRequest",
@@ -30,106 +32,16 @@ __all__ = [
     "canonical_arguments",
     "json_arguments",
     "new_request_id",
+    "shown_arguments",
 ]
-
-
-_MAX_DEPTH = 64  # how deep a display goes
-
-
-_MAX_SHOWN = 100_000  # values shown at most; past it, each is _NOT_SHOWN
-_NOT_SHOWN = "<not shown: the arguments hold more values than a display shows>"
-_SAFE_INT = 2**53  # beyond this, JSON readers (JavaScript) round: shown as text
-
-
-def _shown_key(key: Any) -> str:
-    text = repr(key)
-    return text if len(text) <= 200 else text[:200] + "..."
-
-
-def _shown_mapping(value: Mapping[Any, Any], depth: int, left: list[int]) -> dict[str, Any]:
-    """A mapping for display. String keys as they are; when any key is not a
-    string, every key as its ``repr`` (``1`` and ``'1'``), so keys of different
-    types never merge into one entry; reprs that repeat get a ``#n`` suffix. A dict
-    (of any subclass) is read from its own storage, as the digest reads it: a
-    subclass's ``items()`` may show less than it holds (werkzeug's ``MultiDict``
-    answers with the first value of each key)."""
-    items = list(dict.items(value) if isinstance(value, dict) else value.items())
-    if all(type(k) is str for k, _ in items):
-        return {k: _shown(v, depth, left) for k, v in items}
-    shown: dict[str, Any] = {}
-    for k, v in items:
-        name = base = _shown_key(k)
-        n = 1
-        while name in shown:
-            n += 1
-            name = f"{base} #{n}"
-        shown[name] = _shown(v, depth, left)
-    return shown
-
-
-def _shown_int(value: int) -> Any:
-    value = int.__int__(value)
-    if -_SAFE_INT <= value <= _SAFE_INT:
-        return value
-    try:
-        return str(value)  # the exact decimal digits
-    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
-        return hex(value)
-
-
-def _shown(value: Any, depth: int, left: list[int]) -> Any:
-    """A JSON value for display (approvers, decision logs): never raises; secrets
-    and excluded model fields stay hidden (``model_dump(mode="json")``). ``left``:
-    how many more values the display may show (a value sharing its parts, such
-    as ``x = (x, x)`` repeated, would otherwise be shown without end)."""
-    if depth > _MAX_DEPTH:
-        return "<nested too deeply>"
-    left[0] -= 1
-    if left[0] < 0:
-        return _NOT_SHOWN
-    depth += 1
-    try:
-        if value is None or type(value) in (bool, str):
-            return value
-        if isinstance(value, str):
-            return str.__str__(value)
-        if isinstance(value, float):
-            return float.__float__(value)
-        if isinstance(value, int):
-            return _shown_int(value)
-        if isinstance(value, list):  # the items it holds, whatever __iter__ says
-            return [_shown(v, depth, left) for v in list.__iter__(value)]
-        if isinstance(value, tuple):
-            return [_shown(v, depth, left) for v in tuple.__iter__(value)]
-        if isinstance(value, Mapping):
-            return _shown_mapping(value, depth, left)
-        if isinstance(value, (set, frozenset)):
-            return sorted((_shown(v, depth, left) for v in value), key=repr)
-        if isinstance(value, (bytes, bytearray)):
-            return {"bytes": bytes(value).hex()}
-        dump = getattr(value, "model_dump", None)
-        if callable(dump):
-            return _shown(dump(mode="json"), depth, left)
-        fields = getattr(type(value), "__dataclass_fields__", None)
-        if isinstance(fields, dict):
-            shown = {name: _shown(getattr(value, name), depth, left) for name in fields}
-            extra = getattr(value, "__dict__", None)  # attributes set outside the fields
-            if isinstance(extra, dict):
-                for name, v in extra.items():
-                    if isinstance(name, str) and name not in shown:
-                        shown[name] = _shown(v, depth, left)
-            return shown
-        text = repr(value)
-    except Exception:  # a display must never fail the call
-        text = f"<{type(value).__qualname__}>"
-    return text if len(text) <= 1000 else text[:1000] + "..."
 
 
 def json_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
     """``arguments`` as plain JSON values (what an approver and the decision log
-    are shown); never raises. Keys of different types never merge; integers
-    beyond 2**53 are shown as their decimal digits (a string)."""
-    return _shown_mapping(arguments, 0, [_MAX_SHOWN])
+    are shown; see :mod:`d2.core._display`); never raises, never runs the app's
+    code, bounded in work. Keys of different types never merge; integers beyond
+    2**53 are shown as their decimal digits (a string)."""
+    return shown_arguments(arguments)[0]
 
 
 def call_digest(tool_id: str, arguments: Mapping[str, Any], user_id: str, version: str) -> str:
@@ -172,10 +84,11 @@ class ApprovalRequest(NamedTuple):
     approver_roles: tuple[str, ...]
 
     def to_json(self) -> str:
-        """The request as one JSON object (how shared stores keep it)."""
+        """The request as one JSON object (how shared stores keep it). The
+        arguments keep their order (a mapping's order is part of the call: the
+        approver reading a shared store reads it as the tool does)."""
         return json.dumps(
             {**self._asdict(), "approver_roles": list(self.approver_roles)},
-            sort_keys=True,
             separators=(",", ":"),
             ensure_ascii=False,
         )

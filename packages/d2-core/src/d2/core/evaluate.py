@@ -83,8 +83,8 @@ from .approval_data import (
     ApprovalRequest,
     NoCanonicalForm,
     call_digest,
-    json_arguments,
     new_request_id,
+    shown_arguments,
 )
 from .context import UserContext, current_context
 from .errors import (
@@ -733,11 +733,20 @@ class Evaluator:
         except NoCanonicalForm as exc:
             hold.unapprovable = str(exc)  # refused after steps 5-6 (approval_unsupported)
             return
+        shown, whole = shown_arguments(bound_arguments(arguments, args, kwargs))
+        if not whole:  # an approver never approves a part of a call they were not shown
+            hold.digest = None
+            hold.unapprovable = (
+                "the arguments cannot be shown to an approver whole (too large, nested "
+                "too deeply, or holding a value whose state Python does not show): pass "
+                "a smaller value, or a reference to the data instead of the data"
+            )
+            return
         hold.request = ApprovalRequest(
             id=new_request_id(),
             tool_id=rules.tool_id,
             user_id=ctx.user_id or "",
-            arguments=json_arguments(bound_arguments(arguments, args, kwargs)),
+            arguments=shown,
             policy_version=policy.version_text,
             expires_at=_now() + approval.ttl,
             approver_roles=approval.approvers,

@@ -624,19 +624,47 @@ def shutdown_all_rbac() -> Awaitable[None]:
     return _ShutDown(list(_managers.values()))
 
 
+def _drop_after_fork(manager: PolicyManager) -> None:
+    """Complete, in a forked child, the shutdown its parent was running."""
+    if _managers.get(manager.name) is manager:
+        del _managers[manager.name]
+    ev = manager.evaluator
+    ev.policy = None
+    ev.absent_reason = "missing_policy"
+    ev.absent_detail = (
+        f"D2 instance {ev.name!r} was being shut down when this process was forked: "
+        "call configure_rbac_sync() again in this process to guard calls"
+    )
+    import logging
+
+    logging.getLogger("d2").error(
+        "d2: instance %r was being shut down when process %d was forked; every guarded "
+        "call here is denied: configure D2 again in this process",
+        manager.name,
+        os.getpid(),
+    )
+
+
 def _after_fork_in_child() -> None:
     # Threads do not survive fork(): renew the locks another thread may have held at
     # the fork, and restart each instance's watcher (its source's restart_after_fork)
     # so a forked worker keeps following its policy file (revocations included)
     # instead of a frozen copy. Cloud mode restarts its pollers in a hook of its own,
     # registered after the modules whose locks they use (d2.cloud).
+    # An instance whose manager is closed but still registered was being shut down
+    # (or replaced) by a thread of the parent that does not run here: nothing would
+    # ever finish that, nor follow the policy, so the shutdown is completed here
+    # (every guarded call of the child denies) instead of keeping a frozen copy.
     global _lock
     _lock = threading.Lock()
     failed: BaseException | None = None
     for manager in list(_managers.values()):
         manager._state = threading.Lock()
+        if manager._closed:
+            _drop_after_fork(manager)
+            continue
         restart = getattr(manager.source, "restart_after_fork", None)
-        if restart is None or manager._closed:
+        if restart is None:
             continue
         try:
             restart()
