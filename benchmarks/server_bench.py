@@ -22,6 +22,7 @@ enough never to refuse; events/s = requests/s x the batch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -78,12 +79,13 @@ class Setup:
     etag: str
 
 
-def prepare(directory: str) -> Setup:
-    """A database with one account, one app and one published policy."""
+def prepare(directory: str, url: str | None = None) -> Setup:
+    """A database with one account, one app and one published policy: a SQLite file
+    in ``directory``, or the PostgreSQL database ``url``."""
     from d2.server import ControlPlane, SQLStorage
     from d2.server.testing import DeviceKey
 
-    db = os.path.join(directory, "bench.db")
+    db = url or os.path.join(directory, "bench.db")
     storage = SQLStorage(db, migrate=True)
     try:
         plane = ControlPlane(storage)
@@ -234,6 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--write-docs", action="store_true", help="put the table into docs/performance.md"
     )
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the server's database: a SQLite file, or a throwaway PostgreSQL cluster "
+        "(initdb + pg_ctl of the Debian package postgresql) on loopback",
+    )
     args = parser.parse_args(argv)
     if args.serve:
         serve(args.serve[0], int(args.serve[1]))
@@ -243,8 +252,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rounds, requests = (2, 1000) if args.quick else (args.rounds, args.requests)
     os.environ.setdefault("D2_SERVER_SECRET", BENCH_SECRET)
-    with tempfile.TemporaryDirectory(prefix="d2-bench-server-") as tmp:
-        setup = prepare(tmp)
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="d2-bench-server-"))
+        url = None
+        if args.database == "postgresql":
+            from d2.server.testing import postgres_server
+
+            url = stack.enter_context(postgres_server())
+        setup = prepare(tmp, url)
         body = os.path.join(tmp, "events.json")
         events_body(body)
         port = free_port()
@@ -287,8 +302,10 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(timeout=30)
     medians = {name: statistics.median(values) for name, values in results.items()}
     table = render(medians, rounds, requests, args.concurrency)
+    if args.database == "postgresql":
+        table = table.replace("one uvicorn worker,", "one uvicorn worker on PostgreSQL,", 1)
     print(table)
-    if args.write_docs:
+    if args.write_docs and args.database == "sqlite":
         write_docs(table)
     return 0
 
