@@ -104,3 +104,25 @@ def test_a_datetime_in_an_app_s_time_zone_is_not_shown_by_running_it() -> None:
     utc = datetime.datetime(2024, 1, 2, tzinfo=datetime.timezone.utc)
     assert shown_arguments({"v": utc}) == ({"v": "2024-01-02 00:00:00+00:00"}, True)
     assert not shown_arguments({"v": datetime.datetime(2024, 1, 2, tzinfo=Zone())})[1]
+
+
+class PosingZone(datetime.tzinfo):
+    """A time zone that takes zoneinfo.ZoneInfo's names (sixth review): showing a
+    datetime in it must not run its code."""
+
+    calls = 0
+
+    def utcoffset(self, dt: datetime.datetime | None) -> datetime.timedelta:
+        PosingZone.calls += 1
+        return datetime.timedelta(hours=1)
+
+
+PosingZone.__module__ = "zoneinfo"
+PosingZone.__qualname__ = "ZoneInfo"
+
+
+def test_a_time_zone_posing_as_zoneinfo_is_not_run_by_the_display() -> None:
+    at = datetime.datetime(2024, 1, 2, tzinfo=PosingZone())
+    PosingZone.calls = 0
+    assert not shown_arguments({"v": at})[1]
+    assert PosingZone.calls == 0

@@ -338,12 +338,20 @@ def _textual(value: Any, cls: type, view: _View) -> Any:
     if getattr(module, _qualname_of(cls), None) is not cls:
         return view.part(f"<{_name(cls)}>")  # a class that only takes the name
     zone = getattr(value, "tzinfo", None) if _module(cls) == "datetime" else None
-    if zone is not None and _name(type(zone)) not in _ZONES:
+    if zone is not None and not _standard_zone(type(zone)):
         return view.part(f"<{_name(cls)} in an app's time zone>")  # its text runs app code
     return view.chars(str(value))
 
 
-_ZONES = ("datetime.timezone", "zoneinfo.ZoneInfo")
+def _standard_zone(cls: type) -> bool:
+    """Whether ``cls`` is ``datetime.timezone`` or ``zoneinfo.ZoneInfo`` itself
+    (by identity: a class that only takes their names runs the app's code)."""
+    import datetime  # loaded already: the value is a datetime
+
+    zoneinfo = sys.modules.get("zoneinfo")
+    return cls is datetime.timezone or (
+        zoneinfo is not None and cls is getattr(zoneinfo, "ZoneInfo", None)
+    )
 
 
 def shown_arguments(arguments: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
