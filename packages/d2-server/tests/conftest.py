@@ -69,6 +69,9 @@ class PostgresDatabases:
                     if schema.current_revision(conn) == schema.head_revision():
                         names = ", ".join(t.name for t in tables.metadata.sorted_tables)
                         conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY")
+                        conn.exec_driver_sql(  # the one row migration 0002 made
+                            "INSERT INTO poll_epoch (id, token) VALUES (1, gen_random_uuid()::text)"
+                        )
                         self._free.append(url)
                         return
             finally:

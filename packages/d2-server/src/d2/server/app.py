@@ -4,11 +4,14 @@ Each route authenticates, reads a bounded body, and hands the work to
 :class:`~d2.server.service.ControlPlane` in the thread pool (storage is blocking
 SQLite). Every refusal is JSON ``{"detail": ...}``; unknown routes and methods too.
 
-A conditional poll (``If-None-Match``) first tries
-:meth:`~d2.server.service.ControlPlane.not_modified`: one storage read, no signing,
-no body; on the event loop itself when the storage's reads are local
-(:attr:`~d2.server.storage.Storage.local_reads`, SQLite), else in the thread pool.
-Anything but a plain 304 falls through to the full path.
+A poll first tries the fast path,
+:meth:`~d2.server.service.ControlPlane.servable`: the token's poll state and a
+bundle this process served before, no signing, a 304 without a body or the
+stored JWS. The state is read on the event loop itself when the storage's reads
+are local (:attr:`~d2.server.storage.Storage.local_reads`, SQLite); otherwise
+(PostgreSQL) from the :class:`~d2.server.pollcache.PollCache`, which re-reads a
+token's state only when the database's poll epoch changed. Anything else (a
+refusal, a bundle due for re-signing) takes the full path.
 
 The application's lifespan checks the signing keys against ``D2_SERVER_SECRET``
 (:meth:`~d2.server.service.ControlPlane.check_signing_keys`: a refusal stops the
@@ -36,10 +39,11 @@ from . import bodies
 from .config import EVENTS_MAX_BYTES
 from .errors import ApiError
 from .openapi import openapi_document
-from .preconditions import parse_etags
+from .pollcache import PollCache
+from .preconditions import ETagSet, parse_etags
 from .retention import EventPruner
 from .service import ControlPlane
-from .storage import Bundle, Principal
+from .storage import Bundle, PollState, Principal
 from .tokens import EVENTS_WRITE, POLICY_WRITE
 from .wire import error_response, http_exception_response, json_response, read_body
 
@@ -56,7 +60,7 @@ class _Api:
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
         self.poll = str(plane.config.poll_seconds)
-        self.inline = plane.storage.local_reads
+        self.cache = None if plane.storage.local_reads else PollCache(plane.storage)
 
     async def _run(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         return await run_in_threadpool(functools.partial(func, *args, **kwargs))
@@ -89,14 +93,20 @@ class _Api:
     async def bundle(self, request: Request) -> Response:
         if_none_match = parse_etags(request.headers.get("if-none-match"))
         authorization = request.headers.get("authorization")
-        if if_none_match is not None:  # the fast path: one read, no signing, no body
-            if self.inline:
-                etag = self.plane.not_modified(authorization, if_none_match)
-            else:
-                etag = await self._run(self.plane.not_modified, authorization, if_none_match)
-            if etag is not None:
-                return Response(status_code=304, headers=self._bundle_headers(etag))
+        token_hash = self.plane.poll_token_hash(authorization)
+        if token_hash is not None:  # the fast path: no signing, a stored body
+            bundle = self.plane.servable(await self._poll_state(token_hash))
+            if bundle is not None:
+                return self._bundle_response(bundle, if_none_match)
         bundle = await self._run(self._authenticated_bundle, authorization)
+        return self._bundle_response(bundle, if_none_match)
+
+    async def _poll_state(self, token_hash: str) -> PollState | None:
+        if self.cache is None:  # a local read (SQLite): on the event loop
+            return self.plane.storage.poll_state(token_hash)
+        return await self.cache.state(token_hash)
+
+    def _bundle_response(self, bundle: Bundle, if_none_match: ETagSet | None) -> Response:
         headers = self._bundle_headers(bundle.etag)
         if self.plane.bundle_matches(bundle, if_none_match):
             return Response(status_code=304, headers=headers)

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import secrets
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -78,7 +79,8 @@ def check_app_name(name: str) -> None:
         )
 
 
-_FLAG_MEMO_MAX = 4096
+_SERVED_MAX = 4096
+_SERVED_MAX_BYTES = 64 * 1024 * 1024
 _log = logging.getLogger("d2.server")
 
 
@@ -108,9 +110,13 @@ class ControlPlane:
             self.config.events_max_per_app, self.config.events_max_bytes_per_app
         )
         self._keys = KeyCache()
-        # ETag -> whether that bundle carries ``jwks_refresh``. An ETag is a digest
-        # of the JWS (``bundle_etag``), so an entry can never go stale.
-        self._flagged: dict[str, bool] = {}
+        # ETag -> (a bundle this process served, whether it carries
+        # ``jwks_refresh``). An ETag is a digest of the JWS (``bundle_etag``), so
+        # an entry can never go stale; at most _SERVED_MAX entries and about
+        # _SERVED_MAX_BYTES of JWS (emptied when either is reached).
+        self._served: dict[str, tuple[Bundle, bool]] = {}
+        self._served_bytes = 0
+        self._served_lock = threading.Lock()
 
     def now(self) -> float:
         """The current time of the injected clock."""
@@ -287,42 +293,47 @@ class ControlPlane:
         return state.bundle
 
     def _flag(self, bundle: Bundle) -> bool:
-        """Whether ``bundle`` carries ``jwks_refresh``, parsed once per ETag."""
-        flagged = self._flagged.get(bundle.etag)
-        if flagged is None:
-            if len(self._flagged) >= _FLAG_MEMO_MAX:
-                self._flagged.clear()
-            flagged = self._flagged[bundle.etag] = carries_jwks_refresh(bundle.jws)
+        """Whether ``bundle`` carries ``jwks_refresh``, parsed once per ETag; the
+        bundle is remembered for :meth:`servable`."""
+        served = self._served.get(bundle.etag)
+        if served is not None:
+            return served[1]
+        flagged = carries_jwks_refresh(bundle.jws)
+        with self._served_lock:
+            if (
+                len(self._served) >= _SERVED_MAX
+                or self._served_bytes + len(bundle.jws) > _SERVED_MAX_BYTES
+            ):
+                self._served.clear()
+                self._served_bytes = 0
+            if bundle.etag not in self._served:
+                self._served[bundle.etag] = (bundle, flagged)
+                self._served_bytes += len(bundle.jws)
         return flagged
 
-    def not_modified(self, authorization: str | None, if_none_match: ETagSet) -> str | None:
-        """The fast path of a conditional poll: the ETag to answer 304 with, or
-        ``None`` when this request needs :meth:`authenticate` and :meth:`bundle`
-        (any refusal, a bundle due for re-signing, an ETag that does not match, a
-        bundle this process has not served yet).
-
-        One storage read (:meth:`~d2.server.storage.Storage.poll_state`, a single
-        statement) and no signing, no JSON. It answers 304 only where the full path
-        would: a valid token with ``policy:read``, a current version that is not
-        revoked, a bundle that :meth:`bundle` would serve as it is, and an
-        ``If-None-Match`` naming it. Nothing about the database is cached: the only
-        memo is keyed by ETag (a digest of the signed bytes), so another process's
-        publish, revocation, key rotation or token change is seen on the next poll."""
+    def poll_token_hash(self, authorization: str | None) -> str | None:
+        """The token hash a poll's :class:`~d2.server.storage.PollState` is read
+        for, or ``None`` when the header is no bearer token (the full path then
+        answers 401)."""
         try:
-            token_hash = self._token_hash(authorization)
+            return self._token_hash(authorization)
         except ApiError:
             return None
-        state = self.storage.poll_state(token_hash)
-        if state is None or not self._servable_as_is(state):
-            return None
-        assert state.etag is not None
-        if not matches(if_none_match, frozenset({state.etag})):
-            return None
-        return state.etag
 
-    def _servable_as_is(self, state: PollState) -> bool:
+    def servable(self, state: PollState | None) -> Bundle | None:
+        """The fast path of a poll: the bundle :meth:`bundle` would serve as it is
+        in ``state``, when this process has served it before; ``None`` when the
+        request needs :meth:`authenticate` and :meth:`bundle` (any refusal, a
+        bundle due for re-signing, a bundle this process has not served).
+
+        No storage access, no signing: ``state`` is one read
+        (:meth:`~d2.server.storage.Storage.poll_state`, or the
+        :class:`~d2.server.pollcache.PollCache`). The only memo is keyed by ETag
+        (a digest of the signed bytes), so another process's publish, revocation,
+        key rotation or token change in ``state`` is what decides."""
         if (
-            POLICY_READ not in state.scopes
+            state is None
+            or POLICY_READ not in state.scopes
             or state.current_version == 0
             or state.revoked
             or state.etag is None
@@ -330,17 +341,27 @@ class ControlPlane:
             or state.bundle_iat is None
             or state.active_kid is None
         ):
-            return False
-        flagged = self._flagged.get(state.etag)
-        if flagged is None:
-            return False
-        return not self._resign_due(
+            return None
+        served = self._served.get(state.etag)
+        if served is None:
+            return None
+        bundle, flagged = served
+        if (
+            bundle.app_id != state.app_id
+            or bundle.version != state.current_version
+            or bundle.kid != state.bundle_kid
+            or bundle.iat != state.bundle_iat
+        ):
+            return None
+        if self._resign_due(
             state.bundle_kid,
             state.bundle_iat,
             state.active_kid,
             state.active_refresh_until,
             lambda: flagged,
-        )
+        ):
+            return None
+        return bundle
 
     @staticmethod
     def _check_served(state: BundleState) -> BundleState:

@@ -117,13 +117,14 @@ class PollState:
     """What a conditional poll (``GET /v1/policy/bundle`` with ``If-None-Match``)
     decides on, read for one token hash in a single statement, so from one snapshot.
 
-    ``scopes``: the token's. ``current_version`` / ``revoked``: the app's. ``etag``,
+    ``scopes``: the token's. ``app_id``, ``current_version``, ``revoked``: its app's. ``etag``,
     ``bundle_kid``, ``bundle_iat``: the newest signing of the current version (all
     ``None`` when there is none). ``active_kid`` / ``active_refresh_until``: the
     active signing key (``None`` when there is none).
     """
 
     scopes: tuple[str, ...]
+    app_id: int
     current_version: int
     revoked: bool
     etag: str | None
@@ -282,6 +283,14 @@ class Storage(abc.ABC):
         ``iat``) and the active signing key (``kid``, ``refresh_until``); ``None``
         when no token has this hash. Nothing is cached: every call reads the
         database, so what another process wrote is seen at once."""
+
+    @abc.abstractmethod
+    def poll_epoch(self) -> str:
+        """A token that changes, in the same transaction, with every change of
+        what :meth:`poll_state` reads, for any token hash (random, so a database
+        restored from a backup never repeats one with other contents). Read by
+        one cheap statement: a state read under an epoch stays the answer for as
+        long as a later read of the epoch returns the same token."""
 
     # server signing keys
     @abc.abstractmethod

@@ -8,12 +8,20 @@ they lock the rows they decide on first (``SELECT ... FOR NO KEY UPDATE``: the
 account and the app for a publish, the app for a revocation or a re-signing, the
 app's event counts for a trim), so of many concurrent publishes with one
 ``If-Match`` exactly one can pass, whichever server process runs them.
+
+Every write but the usage events' begins by replacing the poll epoch
+(:meth:`SQLStorage.poll_epoch`, table ``poll_epoch``), which triggers replace
+again on each write to the tables a poll reads: a replica's poll cache
+(:mod:`d2.server.pollcache`) is then invalid from the commit on. Taking the
+epoch's row first also orders the writes' locks: no two of them can deadlock on it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -52,6 +60,7 @@ from .tables import (
     drafts,
     event_counts,
     events,
+    poll_epoch,
     signing_keys,
     tokens,
     versions,
@@ -150,6 +159,7 @@ def _poll_statement() -> sa.Select[Any]:
     return (
         sa.select(
             tokens.c.scopes,
+            apps.c.id,
             apps.c.current_version,
             apps.c.revoked,
             bundles.c.etag,
@@ -169,6 +179,11 @@ def _poll_statement() -> sa.Select[Any]:
 
 
 _POLL = _poll_statement()
+_EPOCH = sa.select(poll_epoch.c.token).where(poll_epoch.c.id == 1)
+_NEW_EPOCH = {
+    "postgresql": sa.text("UPDATE poll_epoch SET token = gen_random_uuid()::text WHERE id = 1"),
+    "sqlite": sa.text("UPDATE poll_epoch SET token = lower(hex(randomblob(16))) WHERE id = 1"),
+}
 
 
 class SQLStorage(Storage):
@@ -197,6 +212,12 @@ class SQLStorage(Storage):
             compiled = _POLL.compile(dialect=self.engine.dialect)
             assert compiled.positiontup == ["token_hash"]
             self._poll_sql = str(compiled)
+        self._new_epoch = _NEW_EPOCH[self.engine.dialect.name]
+        self._epoch_sql = str(
+            _EPOCH.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True})
+        )
+        self._epoch_conn: Any = None  # a DB-API connection of its own, in autocommit
+        self._epoch_lock = threading.Lock()
         self._closed = False
         try:
             if migrate:
@@ -209,12 +230,16 @@ class SQLStorage(Storage):
 
     # connections and transactions
     @contextmanager
-    def _write(self) -> Iterator[sa.Connection]:
+    def _write(self, *, new_epoch: bool = True) -> Iterator[sa.Connection]:
+        """A write transaction; unless ``new_epoch`` is false (usage events only:
+        a poll never reads them), its first statement replaces the poll epoch."""
         if self._closed:
             raise RuntimeError("storage is closed")
         with self.engine.connect() as conn:
             conn.execution_options(**{WRITE: True})
             with conn.begin():
+                if new_epoch:
+                    conn.execute(self._new_epoch)
                 yield conn
 
     @contextmanager
@@ -234,6 +259,8 @@ class SQLStorage(Storage):
     def close(self) -> None:
         """Close every pooled connection; later calls raise ``RuntimeError``."""
         self._closed = True
+        with self._epoch_lock:
+            self._drop_epoch_connection()
         self.engine.dispose()
 
     def schema_revision(self) -> str | None:
@@ -363,14 +390,58 @@ class SQLStorage(Storage):
             return None
         return PollState(
             scopes=tuple(str(row[0]).split()),
-            current_version=int(row[1]),
-            revoked=bool(row[2]),
-            etag=row[3],
-            bundle_kid=row[4],
-            bundle_iat=None if row[5] is None else int(row[5]),
-            active_kid=row[6],
-            active_refresh_until=None if row[7] is None else float(row[7]),
+            app_id=int(row[1]),
+            current_version=int(row[2]),
+            revoked=bool(row[3]),
+            etag=row[4],
+            bundle_kid=row[5],
+            bundle_iat=None if row[6] is None else int(row[6]),
+            active_kid=row[7],
+            active_refresh_until=None if row[8] is None else float(row[8]),
         )
+
+    def poll_epoch(self) -> str:
+        """The database's poll epoch: one primary-key read on a DB-API connection
+        kept for it alone, in autocommit (so the read sees every transaction
+        committed before it began, and costs one round trip). A failed read drops
+        that connection (the next read opens another) and raises."""
+        with self._epoch_lock:
+            if self._closed:
+                raise RuntimeError("storage is closed")
+            try:
+                if self._epoch_conn is None:
+                    self._epoch_conn = self._autocommit_connection()
+                cursor = self._epoch_conn.cursor()
+                try:
+                    cursor.execute(self._epoch_sql)
+                    row = cursor.fetchone()
+                finally:
+                    cursor.close()
+            except BaseException:
+                self._drop_epoch_connection()
+                raise
+        if row is None:  # emptied by hand: no two reads agree, so no cache ever hits
+            return "missing:" + secrets.token_hex(16)
+        return str(row[0])
+
+    def _autocommit_connection(self) -> Any:
+        raw = self.engine.raw_connection()
+        dbapi: Any = raw.driver_connection
+        raw.detach()  # ours alone: never returned to the pool, closed by us
+        dbapi.rollback()
+        if self._postgres:
+            dbapi.autocommit = True
+        else:
+            dbapi.isolation_level = None
+        return dbapi
+
+    def _drop_epoch_connection(self) -> None:
+        conn, self._epoch_conn = self._epoch_conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # pragma: no cover - a connection already broken
+                pass
 
     # signing keys
     def add_signing_key(self, record: SigningKeyRecord, *, overlap: float, now: float) -> None:
@@ -633,7 +704,7 @@ class SQLStorage(Storage):
             for t, p, o in events
         ]
         added = EventUsage(len(events), sum(event_bytes(*e) for e in events))
-        with self._write() as conn:
+        with self._write(new_epoch=False) as conn:
             conn.execute(tables.events.insert(), rows)
             if cap is not None:
                 self._trim(conn, app_id, cap, max(trim_limit, rows_to_free(added)))
@@ -662,7 +733,7 @@ class SQLStorage(Storage):
             .limit(limit)
             .subquery()
         )
-        with self._write() as conn:
+        with self._write(new_epoch=False) as conn:
             if self._postgres:
                 conn.execute(
                     sa.select(event_counts.c.app_id)
@@ -691,7 +762,7 @@ class SQLStorage(Storage):
 
     def trim_events(self, app_id: int, cap: EventCap, limit: int) -> int:
         """Delete up to ``limit`` of the app's oldest events beyond ``cap``."""
-        with self._write() as conn:
+        with self._write(new_epoch=False) as conn:
             return self._trim(conn, app_id, cap, limit)
 
     def _trim(self, conn: sa.Connection, app_id: int, cap: EventCap, limit: int) -> int:

@@ -19,6 +19,7 @@ __all__ = [
     "event_counts",
     "events",
     "metadata",
+    "poll_epoch",
     "signing_keys",
     "tokens",
     "versions",
@@ -150,3 +151,13 @@ event_counts = sa.Table(
     sa.Column("bytes", _BIG, nullable=False),
 )
 """Each app's stored events and their bytes, kept exact by triggers on ``events``."""
+
+poll_epoch = sa.Table(
+    "poll_epoch",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("token", sa.Text, nullable=False),
+    sa.CheckConstraint("id = 1", name="poll_epoch_one_row"),
+)
+"""One row: a random token that triggers replace on every write to the tables a
+poll reads (migration 0002), so equal tokens mean an unchanged poll state."""

@@ -1,0 +1,256 @@
+"""The poll cache's two halves: the coalesced epoch reads (no request is answered
+from an epoch read that began before it arrived) and the poll epoch itself (every
+change of what a poll reads replaces it, on both databases, whoever writes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import sqlalchemy as sa
+from d2.server import ControlPlane, SQLStorage
+from d2.server.database import open_engine
+from d2.server.pollcache import EpochReader, PollCache
+from d2.server.storage import App
+from d2.server.testing import DeviceKey
+from hypothesis import given
+from hypothesis import strategies as st
+
+from .conftest import Databases
+
+
+class _Fetches:
+    """A fetch the test finishes by hand: fetch ``n`` returns ``"v<n>"``."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.gates: list[asyncio.Future[None]] = []
+        self.fail: set[int] = set()
+
+    async def __call__(self) -> str:
+        self.started += 1
+        n = self.started
+        gate = asyncio.get_running_loop().create_future()
+        self.gates.append(gate)
+        await gate
+        if n in self.fail:
+            raise ConnectionError(f"fetch {n} failed")
+        return f"v{n}"
+
+    def finish(self) -> None:
+        self.gates.pop(0).set_result(None)
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_a_read_that_begins_during_a_fetch_waits_for_the_next_one() -> None:
+    async def scenario() -> None:
+        fetches = _Fetches()
+        reader = EpochReader(fetches)
+        first = asyncio.create_task(reader.read())
+        await _settle()
+        assert fetches.started == 1
+        late = [asyncio.create_task(reader.read()) for _ in range(3)]
+        await _settle()
+        assert fetches.started == 1  # no second fetch while the first is in flight
+        fetches.finish()
+        assert await first == "v1"
+        await _settle()
+        assert fetches.started == 2  # one fetch answers all three late readers
+        assert not any(t.done() for t in late)
+        fetches.finish()
+        assert [await t for t in late] == ["v2", "v2", "v2"]
+        await _settle()
+        assert fetches.started == 2  # nobody waiting: no fetch
+
+    asyncio.run(scenario())
+
+
+@given(st.lists(st.sampled_from(["read", "finish"]), max_size=30))
+def test_every_read_is_answered_by_a_fetch_that_began_after_it(ops: list[str]) -> None:
+    async def scenario() -> None:
+        fetches = _Fetches()
+        reader = EpochReader(fetches)
+        calls: list[tuple[int, asyncio.Task[str]]] = []
+        for op in ops:
+            if op == "read":
+                calls.append((fetches.started, asyncio.create_task(reader.read())))
+            elif fetches.gates:
+                fetches.finish()
+            await _settle()
+        while fetches.gates:
+            fetches.finish()
+            await _settle()
+        for started_before, task in calls:
+            assert int((await task)[1:]) > started_before
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_fetch_fails_its_readers_and_the_next_read_fetches_again() -> None:
+    async def scenario() -> None:
+        fetches = _Fetches()
+        fetches.fail.add(1)
+        reader = EpochReader(fetches)
+        waiting = [asyncio.create_task(reader.read()) for _ in range(2)]
+        await _settle()
+        fetches.finish()
+        for task in waiting:
+            with pytest.raises(ConnectionError, match="fetch 1 failed"):
+                await task
+        again = asyncio.create_task(reader.read())
+        await _settle()
+        fetches.finish()
+        assert await again == "v2"
+
+    asyncio.run(scenario())
+
+
+def test_a_reader_that_goes_away_does_not_cancel_the_others() -> None:
+    async def scenario() -> None:
+        fetches = _Fetches()
+        reader = EpochReader(fetches)
+        gone, stays = asyncio.create_task(reader.read()), asyncio.create_task(reader.read())
+        await _settle()
+        gone.cancel()
+        await _settle()
+        fetches.finish()
+        assert await stays == "v1"
+
+    asyncio.run(scenario())
+
+
+def test_a_new_event_loop_gets_a_working_reader() -> None:
+    fetches = _Fetches()
+    reader = EpochReader(fetches)
+
+    async def one_read() -> str:
+        task = asyncio.create_task(reader.read())
+        await _settle()
+        fetches.finish()
+        return await task
+
+    assert asyncio.run(one_read()) == "v1"
+    assert asyncio.run(one_read()) == "v2"  # e.g. a second test client
+
+
+# the poll epoch, on both databases
+
+
+def _publishing(plane: ControlPlane, app: App) -> tuple[DeviceKey, object]:
+    developer = plane.authenticate("Bearer " + plane.create_token(app, "developer"))
+    key = DeviceKey()
+    plane.register_key(
+        developer,
+        json.dumps(
+            {"key_id": key.key_id, "algorithm": "Ed25519", "public_key": key.public_key_b64}
+        ).encode(),
+    )
+    return key, developer
+
+
+def test_every_write_a_poll_reads_replaces_the_epoch_and_usage_events_do_not(
+    plane: ControlPlane, storage: SQLStorage
+) -> None:
+    seen = {storage.poll_epoch()}
+
+    def changed() -> bool:
+        epoch = storage.poll_epoch()
+        new = epoch not in seen
+        seen.add(epoch)
+        return new
+
+    assert storage.poll_epoch() in seen  # reading does not change it
+    plane.ensure_signing_key()
+    assert changed()
+    _, app = plane.create_account("acme")
+    assert changed()
+    runtime = plane.create_token(app, "runtime")
+    assert changed()
+    key, developer = _publishing(plane, app)
+    assert changed()
+    body = json.dumps({"metadata": {"name": "acme"}, "policies": []}).encode()
+    plane.publish(
+        developer,  # type: ignore[arg-type]
+        body,
+        key_id=key.key_id,
+        signature=key.sign(body),
+        if_match=None,
+        if_none_match="*",
+    )
+    assert changed()
+    plane.rotate_key(overlap=60)
+    assert changed()
+    plane.revoke(developer)  # type: ignore[arg-type]
+    assert changed()
+    sender = plane.authenticate(f"Bearer {plane.create_token(app, 'runtime')}")
+    assert changed()
+    assert runtime
+    events = json.dumps(
+        {"events": [{"event_type": "x", "payload": {}, "occurred_at": "2026-01-01T00:00:00Z"}]}
+    ).encode()
+    plane.ingest(sender, events)
+    assert not changed()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE tokens SET scopes = 'events:write'",
+        "DELETE FROM tokens",
+        "UPDATE apps SET revoked = 1",
+        "UPDATE accounts SET plan = 'free'",
+        "UPDATE signing_keys SET retired_at = 1",
+        "INSERT INTO apps (account_id, name, created_at) SELECT id, 'other', 0 FROM accounts",
+    ],
+)
+def test_a_write_by_hand_replaces_the_epoch(
+    plane: ControlPlane, storage: SQLStorage, databases: Databases, statement: str
+) -> None:
+    plane.ensure_signing_key()
+    _, app = plane.create_account("acme")
+    plane.create_token(app, "runtime")
+    before = storage.poll_epoch()
+    engine = open_engine(storage.engine.url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(statement))
+    finally:
+        engine.dispose()
+    assert storage.poll_epoch() != before
+
+
+def test_without_its_row_the_epoch_never_repeats(storage: SQLStorage) -> None:
+    with storage.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM poll_epoch"))
+    assert storage.poll_epoch() != storage.poll_epoch()
+
+
+def test_the_cache_serves_a_token_until_the_epoch_changes(
+    plane: ControlPlane, storage: SQLStorage
+) -> None:
+    plane.ensure_signing_key()
+    _, app = plane.create_account("acme")
+    token_hash = plane.poll_token_hash("Bearer " + plane.create_token(app, "runtime"))
+    assert token_hash is not None
+    reads: list[str] = []
+    real = storage.poll_state
+
+    def counted(h: str):  # type: ignore[no-untyped-def]
+        reads.append(h)
+        return real(h)
+
+    storage.poll_state = counted  # type: ignore[method-assign]
+    cache = PollCache(storage)
+    first = asyncio.run(cache.state(token_hash))
+    assert first is not None and first.scopes == ("policy:read", "events:write")
+    assert asyncio.run(cache.state(token_hash)) == first
+    assert len(reads) == 1  # the second answer came from the cache
+    assert asyncio.run(cache.state("0" * 64)) is None  # unknown tokens: always read
+    plane.create_token(app, "developer")  # any write a poll reads: read again
+    assert asyncio.run(cache.state(token_hash)) == first
+    assert len(reads) == 3
