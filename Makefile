@@ -14,7 +14,7 @@ help:
 	@echo "make test   - install everything (uv included) and run the whole suite"
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict on packages/"
 	@echo "make bench  - guard overhead, scaling, compile time and cold start"
-	@echo "make bench-server - d2-server requests/s: poll 304/200 and ingest vs a bare route (needs ab)"
+	@echo "make bench-server - d2-server requests/s on SQLite and PostgreSQL: poll 304/200 and ingest vs a bare route (needs ab)"
 	@echo "make bench-peers - D2 vs casbin and cedarpy on the same RBAC decisions (throwaway venv)"
 	@echo "make docs   - build the documentation site into ./site (mkdocs --strict)"
 	@echo "make dist   - build every wheel and sdist into ./dist"
@@ -64,6 +64,7 @@ bench-server: sync
 	@command -v ab >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y apache2-utils; } \
 		|| { echo "bench-server needs ApacheBench: apt-get install -y apache2-utils" >&2; exit 2; }
 	$(RUN) python benchmarks/server_bench.py --write-docs
+	$(RUN) python benchmarks/server_bench.py --database postgresql --write-docs
 
 # NO_MKDOCS_2_WARNING: mute mkdocs-material's banner about MkDocs 2.0 (not a warning
 # of this build; --strict still fails on every real one).

@@ -41,8 +41,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PERFORMANCE_MD = ROOT / "docs" / "performance.md"
 BENCH_SECRET = "bench-only-secret-not-for-production-0123456789"
 EVENTS_PER_BATCH = 50
-TABLE_BEGIN = "<!-- bench-server:begin -->"
-TABLE_END = "<!-- bench-server:end -->"
+MARKERS = {  # where --write-docs puts each database's table in performance.md
+    "sqlite": ("<!-- bench-server:begin -->", "<!-- bench-server:end -->"),
+    "postgresql": (
+        "<!-- bench-server-postgresql:begin -->",
+        "<!-- bench-server-postgresql:end -->",
+    ),
+}
 
 
 def serve(db: str, port: int) -> None:
@@ -217,12 +222,13 @@ def render(medians: dict[str, float], rounds: int, requests: int, concurrency: i
     return "\n".join(lines)
 
 
-def write_docs(table: str) -> None:
+def write_docs(table: str, database: str) -> None:
+    begin_marker, end_marker = MARKERS[database]
     text = PERFORMANCE_MD.read_text()
-    begin, end = text.find(TABLE_BEGIN), text.find(TABLE_END)
+    begin, end = text.find(begin_marker), text.find(end_marker)
     if begin < 0 or end < 0:
-        raise RuntimeError(f"{PERFORMANCE_MD} has no {TABLE_BEGIN} ... {TABLE_END} markers")
-    new = text[: begin + len(TABLE_BEGIN)] + "\n" + table + "\n" + text[end:]
+        raise RuntimeError(f"{PERFORMANCE_MD} has no {begin_marker} ... {end_marker} markers")
+    new = text[: begin + len(begin_marker)] + "\n" + table + "\n" + text[end:]
     PERFORMANCE_MD.write_text(new)
 
 
@@ -234,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument(
-        "--write-docs", action="store_true", help="put the table into docs/performance.md"
+        "--write-docs",
+        action="store_true",
+        help="put the table into docs/performance.md (the section of --database)",
     )
     parser.add_argument(
         "--database",
@@ -305,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.database == "postgresql":
         table = table.replace("one uvicorn worker,", "one uvicorn worker on PostgreSQL,", 1)
     print(table)
-    if args.write_docs and args.database == "sqlite":
-        write_docs(table)
+    if args.write_docs:
+        write_docs(table, args.database)
     return 0
 
 

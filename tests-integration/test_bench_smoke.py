@@ -71,14 +71,25 @@ def test_peers_benchmark_d2_side_runs_and_answers() -> None:
     assert any(answers["1000"]) and not all(answers["1000"])
 
 
-def test_server_benchmark_quick_run_reports_every_load() -> None:
-    """`make bench-server` keeps working: a quick run against a real uvicorn process
-    (needs ApacheBench; the numbers are not asserted). It refuses a load answered
-    with another status than expected, so a broken 304 path fails here."""
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_server_benchmark_quick_run_reports_every_load(database: str) -> None:
+    """`make bench-server` keeps working on both databases: a quick run against a
+    real uvicorn process (needs ApacheBench; the numbers are not asserted). It
+    refuses a load answered with another status than expected, so a broken 304
+    path fails here."""
     if shutil.which("ab") is None:
         pytest.skip("ApacheBench (apt-get install -y apache2-utils) is not installed")
+    if database == "postgresql" and shutil.which("initdb") is None:
+        if not any(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+            pytest.skip("PostgreSQL (apt-get install -y postgresql) is not installed")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "server_bench.py"), "--quick"],
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "server_bench.py"),
+            "--quick",
+            "--database",
+            database,
+        ],
         capture_output=True,
         text=True,
         timeout=300,
