@@ -79,8 +79,10 @@ def test_server_benchmark_quick_run_reports_every_load(database: str) -> None:
     path fails here."""
     if shutil.which("ab") is None:
         pytest.skip("ApacheBench (apt-get install -y apache2-utils) is not installed")
-    if database == "postgresql" and shutil.which("initdb") is None:
-        if not any(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+    if database == "postgresql":
+        from d2.server.testing import postgres_binaries
+
+        if postgres_binaries() is None:
             pytest.skip("PostgreSQL (apt-get install -y postgresql) is not installed")
     proc = subprocess.run(
         [

@@ -412,7 +412,8 @@ def test_any_altered_byte_of_a_genuine_entry_is_ignored_with_a_warning(
 def test_a_saved_floor_never_outranks_a_verified_bundle_from_the_control_plane(
     server: D2Server, tmp_path: Path, search: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import sqlite3
+    import sqlalchemy as sa
+    from d2.server.database import open_engine
 
     state = tmp_path / "bundles.json"
     start(server, state).shutdown()  # floor: version 1
@@ -421,10 +422,14 @@ def test_a_saved_floor_never_outranks_a_verified_bundle_from_the_control_plane(
     assert running.policy.version == 2
     # the control plane's database is restored from a backup taken at version 1: its
     # genuine, verified answer is now version 1, below the floor saved in the file
-    with sqlite3.connect(server.db_path) as db:
-        db.execute("DELETE FROM bundles WHERE version > 1")
-        db.execute("DELETE FROM versions WHERE version > 1")
-        db.execute("UPDATE apps SET current_version = 1")
+    engine = open_engine(server.db)
+    try:
+        with engine.begin() as db:
+            db.execute(sa.text("DELETE FROM bundles WHERE version > 1"))
+            db.execute(sa.text("DELETE FROM versions WHERE version > 1"))
+            db.execute(sa.text("UPDATE apps SET current_version = 1"))
+    finally:
+        engine.dispose()
     running.reload()  # a process keeps its own floor, learnt from the control plane
     assert running.policy.version == 2 and "rollback refused" in caplog.text
     running.shutdown()

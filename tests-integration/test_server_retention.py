@@ -23,8 +23,13 @@ def _events(n: int, payload: dict[str, object] | None = None) -> dict[str, objec
     return {"events": [{**event, "occurred_at": WHEN} for _ in range(n)]}
 
 
-def _on_disk(db: Path) -> int:
-    """The database's bytes once the WAL is folded in (what a backup would copy)."""
+def _on_disk(server: D2Server) -> int:
+    """A SQLite database's bytes once the WAL is folded in (what a backup would
+    copy); 0 on PostgreSQL, where deleted rows' space is reclaimed by autovacuum
+    later, so only the row counts are checked there."""
+    if server.db.startswith("postgresql"):
+        return 0
+    db = server.db_path
     conn = sqlite3.connect(db)
     try:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -48,24 +53,24 @@ def test_many_accepted_uploads_from_one_token_do_not_grow_the_database_past_the_
 
     upload(8)  # 2,000 events accepted: the app is at its cap
     assert server.storage.event_usage(app_id).events == 1500
-    at_cap = _on_disk(server.db_path)
+    at_cap = _on_disk(server)
     upload(60)  # the report: 60 uploads grew the database by 3.75 MB
     assert server.storage.event_usage(app_id).events == 1500
     assert len(server.storage.events(app_id, limit=10_000)) == 1500
-    assert _on_disk(server.db_path) <= at_cap * 1.1  # freed pages are reused
+    assert _on_disk(server) <= at_cap * 1.1  # freed pages are reused
 
 
 def test_fat_events_are_bounded_by_the_byte_cap(d2_server_factory: Callable[..., D2Server]) -> None:
     cap = 256 * 1024
     server = d2_server_factory(events_max_bytes_per_app=cap, ingest_burst=10_000)
     client = server.client(server.runtime_token)
-    before = _on_disk(server.db_path)
+    before = _on_disk(server)
     for _ in range(100):  # ~3 MB of 30 KB events, one per upload
         r = client.post("/v1/events/ingest", json=_events(1, {"blob": "x" * 30_000}))
         assert r.status_code == 202
     usage = server.storage.event_usage(server.app.id)
     assert usage.bytes <= cap and usage.events == cap // 30_000
-    assert _on_disk(server.db_path) - before < 2 * cap
+    assert _on_disk(server) - before < 2 * cap
 
 
 def test_one_app_at_its_cap_leaves_another_app_s_events_alone(

@@ -14,72 +14,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
-from d2.server import ControlPlane, ServerConfig, SQLStorage, schema, tables
-from d2.server.testing import FakeClock, postgres_server
+from d2.server import ControlPlane, ServerConfig, SQLStorage
+from d2.server.testing import FakeClock, PostgresDatabases, postgres_server
 
 REQUIRE_POSTGRES = os.environ.get("D2_REQUIRE_POSTGRES") == "1"
 DATABASES = ("sqlite", "postgresql")
-
-
-class PostgresDatabases:
-    """Databases of one test cluster: :meth:`new` gives an empty one or one at the
-    newest schema with no rows (a clone of a migrated template, or a released one
-    emptied with ``TRUNCATE``, much cheaper than a ``CREATE DATABASE``);
-    :meth:`release` takes it back."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._admin = sa.create_engine(
-            url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
-        )
-        self._names = itertools.count(1)
-        self._template: str | None = None
-        self._free: list[str] = []
-
-    def url_of(self, name: str) -> str:
-        return self.url.rsplit("/", 1)[0] + "/" + name
-
-    def _sql(self, statement: str) -> None:
-        with self._admin.connect() as conn:
-            conn.exec_driver_sql(statement)
-
-    def new(self, *, migrated: bool) -> str:
-        """A new database (its URL): empty, or at the newest schema."""
-        if migrated and self._free:
-            return self._free.pop()
-        template = "template0"
-        if migrated:
-            if self._template is None:
-                self._sql("CREATE DATABASE d2_template TEMPLATE template0")
-                SQLStorage(self.url_of("d2_template"), migrate=True).close()
-                self._template = "d2_template"
-            template = self._template
-        name = f"d2_test_{next(self._names)}"
-        self._sql(f"CREATE DATABASE {name} TEMPLATE {template}")
-        return self.url_of(name)
-
-    def release(self, url: str, *, migrated: bool) -> None:
-        """Empty a migrated database for the next test (if its schema is still the
-        newest), else drop it."""
-        if migrated:
-            engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
-            try:
-                with engine.begin() as conn:
-                    if schema.current_revision(conn) == schema.head_revision():
-                        names = ", ".join(t.name for t in tables.metadata.sorted_tables)
-                        conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY")
-                        conn.exec_driver_sql(  # the one row migration 0002 made
-                            "INSERT INTO poll_epoch (id, token) VALUES (1, gen_random_uuid()::text)"
-                        )
-                        self._free.append(url)
-                        return
-            finally:
-                engine.dispose()
-        self._sql(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
-
-    def close(self) -> None:
-        self._admin.dispose()
 
 
 @pytest.fixture(scope="session")

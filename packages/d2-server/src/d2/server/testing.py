@@ -1,6 +1,7 @@
 """A real d2-server for tests: uvicorn on a free 127.0.0.1 port, a temporary SQLite
 file (or a PostgreSQL database), a clock the test controls, tokens, and helpers
-that speak the protocol; and :func:`postgres_server`, a throwaway PostgreSQL.
+that speak the protocol. :func:`postgres_server` (a throwaway PostgreSQL) and
+:class:`PostgresDatabases` come from :mod:`d2.server.testing_postgres`.
 
 Needs ``httpx`` (a development dependency of the workspace), imported here only::
 
@@ -21,13 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import glob
 import json
-import os
-import shutil
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -54,6 +50,7 @@ from .service import ControlPlane
 from .signing import DEFAULT_ALGORITHM
 from .storage import App, SigningKeyRecord, StoredEvent
 from .store import SQLStorage
+from .testing_postgres import PostgresDatabases, postgres_binaries, postgres_server
 
 __all__ = [
     "AppTokens",
@@ -61,6 +58,7 @@ __all__ = [
     "DeviceKey",
     "FakeClock",
     "LiveServer",
+    "PostgresDatabases",
     "postgres_binaries",
     "postgres_server",
     "start_server",
@@ -476,107 +474,3 @@ def start_server(
             live.stop()
     finally:
         storage.close()
-
-
-def postgres_binaries() -> Path | None:
-    """The directory of PostgreSQL's ``initdb`` and ``pg_ctl``: beside an ``initdb``
-    on ``PATH``, else the newest ``/usr/lib/postgresql/<version>/bin`` (where the
-    Debian package puts them, off ``PATH``); ``None`` when there is none."""
-    on_path = shutil.which("initdb")
-    if on_path:
-        directory = Path(on_path).resolve().parent
-        if (directory / "pg_ctl").exists():
-            return directory
-    found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-        key=lambda p: [int(x) if x.isdigit() else 0 for x in Path(p).parts[-3].split(".")],
-    )
-    return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def postgres_server(binaries: str | os.PathLike[str] | None = None) -> Iterator[str]:
-    """Run a throwaway PostgreSQL cluster (``initdb`` + ``pg_ctl``) in a temporary
-    directory, listening on a free ``127.0.0.1`` port, trusting local connections,
-    with durability off (``fsync=off``: test data only); yield its URL
-    ``postgresql://d2@127.0.0.1:<port>/postgres`` (the superuser ``d2``); stop it
-    and delete the directory on exit.
-
-    PostgreSQL refuses to run as root: under root the cluster is created and run
-    as the ``postgres`` user (``runuser``), in a directory that user owns.
-    Raises :class:`RuntimeError` when the binaries (see :func:`postgres_binaries`)
-    are missing or the server does not start; the message says what to install."""
-    bindir = Path(binaries) if binaries is not None else postgres_binaries()
-    if bindir is None or not (bindir / "initdb").exists():
-        raise RuntimeError(
-            "PostgreSQL's initdb is not installed: install the Debian/Ubuntu package "
-            "postgresql (apt-get install postgresql) or put initdb and pg_ctl on PATH"
-        )
-    prefix: list[str] = []
-    owner: tuple[int, int] | None = None
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        import pwd
-
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            raise RuntimeError(
-                "PostgreSQL refuses to run as root and there is no postgres user to run "
-                "it as: install the postgresql package, or run the tests as another user"
-            ) from None
-        runuser = shutil.which("runuser")
-        if runuser is None:  # pragma: no cover - util-linux is always there on Debian
-            raise RuntimeError("running PostgreSQL as root needs runuser (util-linux)")
-        prefix, owner = [runuser, "-u", "postgres", "--"], (user.pw_uid, user.pw_gid)
-    port = _free_port()
-    directory = tempfile.mkdtemp(prefix="d2-postgres-")
-    data, log = os.path.join(directory, "data"), os.path.join(directory, "server.log")
-    if owner is not None:
-        os.chown(directory, *owner)
-
-    def run(*command: str) -> None:
-        done = subprocess.run(
-            [*prefix, *command], capture_output=True, text=True, timeout=120, check=False
-        )
-        if done.returncode != 0:
-            detail = done.stderr.strip() or done.stdout.strip()
-            try:
-                with open(log) as fh:
-                    detail += "\n" + fh.read()[-2000:]
-            except OSError:
-                pass
-            raise RuntimeError(f"{Path(command[0]).name} failed: {detail}")
-
-    started = False
-    try:
-        run(
-            str(bindir / "initdb"),
-            "-D",
-            data,
-            "-U",
-            "d2",
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--no-locale",
-            "--no-sync",
-            "--no-instructions",
-        )
-        options = (
-            f"-p {port} -c listen_addresses=127.0.0.1 -k {directory} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
-        )
-        run(str(bindir / "pg_ctl"), "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start")
-        started = True
-        yield f"postgresql://d2@127.0.0.1:{port}/postgres"
-    finally:
-        try:
-            if started:
-                run(str(bindir / "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop")
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
