@@ -145,6 +145,25 @@ def test_a_304_is_served_from_the_fast_path(served: tuple[Replicas, httpx.Client
     assert r.content == b""
 
 
+def test_a_failing_fast_path_read_leaves_the_poll_to_the_full_path(
+    served: tuple[Replicas, httpx.Client],
+) -> None:
+    """A lost database connection on the fast path's read (seventh review: a 500
+    to every poll after an idle reaper closed the epoch's connection) is not the
+    poll's answer: the full path serves it."""
+    replicas, client = served
+    replicas.publish()
+    etag = _poll(client).headers["etag"]
+
+    def lost(*args: object) -> None:
+        raise ConnectionError("server closed the connection unexpectedly")
+
+    replicas.reader.storage.poll_state = lost  # type: ignore[method-assign,assignment]
+    replicas.reader.storage.poll_epoch = lost  # type: ignore[method-assign,assignment]
+    assert _poll(client).status_code == 200
+    assert _poll(client, etag).status_code == 304
+
+
 def test_a_publish_on_another_replica_is_served_on_the_next_poll(
     served: tuple[Replicas, httpx.Client],
 ) -> None:

@@ -5,7 +5,11 @@ change of what a poll reads replaces it, on both databases, whoever writes)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 import json
+import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -171,8 +175,14 @@ def test_every_write_a_poll_reads_replaces_the_epoch_and_usage_events_do_not(
     assert changed()
     runtime = plane.create_token(app, "runtime")
     assert changed()
-    key, developer = _publishing(plane, app)
+    key, developer = _publishing(plane, app)  # a token (changes), then a device key
     assert changed()
+    # what no poll reads leaves the epoch (and every replica's cache) alone: the
+    # same device key again, a draft (seventh review: another tenant's no-op
+    # requests emptied every cache)
+    storage.add_device_key(app.id, key.key_id, base64.b64decode(key.public_key_b64), 0.0)
+    storage.put_draft(app.id, 0, "{}", 0.0)
+    assert not changed()
     body = json.dumps({"metadata": {"name": "acme"}, "policies": []}).encode()
     plane.publish(
         developer,  # type: ignore[arg-type]
@@ -252,5 +262,140 @@ def test_the_cache_serves_a_token_until_the_epoch_changes(
     assert len(reads) == 1  # the second answer came from the cache
     assert asyncio.run(cache.state("0" * 64)) is None  # unknown tokens: always read
     plane.create_token(app, "developer")  # any write a poll reads: read again
-    assert asyncio.run(cache.state(token_hash)) == first
+    again = asyncio.run(cache.state(token_hash))
+    assert again is not None and again.epoch != first.epoch
+    assert dataclasses.replace(again, epoch=None) == dataclasses.replace(first, epoch=None)
     assert len(reads) == 3
+
+
+# the seventh review's attacks on the cache
+
+
+def test_an_entry_is_kept_under_its_own_snapshot_s_epoch_so_a_restore_cannot_revive_it(
+    plane: ControlPlane, storage: SQLStorage
+) -> None:
+    """A publish that commits between a request's epoch read and its state read
+    used to be cached under the older epoch; restoring a backup taken at that
+    epoch (to roll the publish back) brought the epoch back, and the replica
+    served the rolled-back bundle."""
+    plane.ensure_signing_key()
+    _, app = plane.create_account("acme")
+    token_hash = plane.poll_token_hash("Bearer " + plane.create_token(app, "runtime"))
+    assert token_hash is not None
+    key, developer = _publishing(plane, app)
+    before = storage.poll_epoch()  # "the backup" is taken here: no policy yet
+    real = storage.poll_state
+    body = json.dumps({"metadata": {"name": "acme"}, "policies": []}).encode()
+
+    def publish_then_read(h: str):  # type: ignore[no-untyped-def]
+        plane.publish(
+            developer,  # type: ignore[arg-type]
+            body,
+            key_id=key.key_id,
+            signature=key.sign(body),
+            if_match=None,
+            if_none_match="*",
+        )
+        return real(h)
+
+    storage.poll_state = publish_then_read  # type: ignore[method-assign]
+    cache = PollCache(storage)
+    assert asyncio.run(cache.state(token_hash)).current_version == 1  # type: ignore[union-attr]
+    storage.poll_state = real  # type: ignore[method-assign]
+    # the restore: the data as it was, then the backup's epoch row
+    with storage.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM bundles"))
+        conn.execute(sa.text("DELETE FROM versions"))
+        conn.execute(sa.text("UPDATE apps SET current_version = 0"))
+        conn.execute(sa.text("UPDATE poll_epoch SET token = :t"), {"t": before})
+    assert storage.poll_epoch() == before
+    restored = asyncio.run(cache.state(token_hash))
+    assert restored is not None and restored.current_version == 0
+
+
+def test_triggers_fire_for_replication_sessions_too(
+    plane: ControlPlane, storage: SQLStorage, databases: Databases
+) -> None:
+    """``session_replication_role = replica`` (logical replication, restore tools)
+    skips ordinary triggers: a revocation written that way went unseen."""
+    if databases.kind != "postgresql":
+        pytest.skip("a PostgreSQL setting")
+    plane.ensure_signing_key()
+    plane.create_account("acme")
+    before = storage.poll_epoch()
+    with storage.engine.begin() as conn:
+        conn.execute(sa.text("SET LOCAL session_replication_role = replica"))
+        conn.execute(sa.text("UPDATE apps SET revoked = 1"))
+    assert storage.poll_epoch() != before
+
+
+def test_a_lost_epoch_connection_is_replaced_on_the_next_read(
+    storage: SQLStorage, databases: Databases
+) -> None:
+    """The epoch's connection is not pooled (no pre-ping): after the database
+    closed it (a restart, an idle reaper), reads failed until it was replaced."""
+    if databases.kind != "postgresql":
+        pytest.skip("a connection to a PostgreSQL server")
+    epoch = storage.poll_epoch()
+    pid = storage._epoch_conn.info.backend_pid
+    with storage.engine.begin() as conn:
+        assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+    time.sleep(0.2)
+    assert storage.poll_epoch() == epoch
+
+
+def test_a_write_waits_for_a_lock_at_most_its_timeout(databases: Databases) -> None:
+    """An operator's transaction left open on a table a poll reads holds the epoch's
+    row: writes fail after the storage's lock timeout instead of hanging."""
+    if databases.kind != "postgresql":
+        pytest.skip("SQLite's busy timeout is the same bound")
+    db = databases.location(migrated=True)
+    storage = SQLStorage(db, busy_timeout=0.5)
+    plane = ControlPlane(storage)
+    try:
+        plane.ensure_signing_key()
+        _, app = plane.create_account("acme")
+        engine = open_engine(db)
+        try:
+            with engine.connect() as operator:
+                operator.execute(sa.text("BEGIN"))
+                operator.execute(sa.text("UPDATE apps SET revoked = 0 WHERE id = -1"))
+                started = time.monotonic()
+                with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+                    plane.create_token(app, "runtime")
+                assert time.monotonic() - started < 10
+                operator.execute(sa.text("ROLLBACK"))
+        finally:
+            engine.dispose()
+        assert plane.create_token(app, "runtime")  # the lock is gone: writes work
+    finally:
+        storage.close()
+
+
+def test_one_reader_serves_several_event_loops_at_once() -> None:
+    """One application served by two event loops (two threads): each loop's
+    readers used to orphan the other's, and polls hung."""
+    calls = 0
+
+    async def fetch() -> str:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.001)
+        return "e"
+
+    reader = EpochReader(fetch)
+    results: list[list[str]] = []
+
+    def serve() -> None:
+        async def many() -> list[str]:
+            return list(await asyncio.gather(*(reader.read() for _ in range(200))))
+
+        results.append(asyncio.run(asyncio.wait_for(many(), timeout=10)))
+
+    threads = [threading.Thread(target=serve) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert [len(r) for r in results] == [200, 200]
+    assert all(v == "e" for r in results for v in r)

@@ -7,19 +7,24 @@ read under (:meth:`~d2.server.storage.Storage.poll_epoch`: a random token that
 every write to the tables a poll reads replaces, in the same transaction, by
 triggers), and serves it only to a request that read the same epoch.
 
-The epoch is read once per request *that started before the read did*: reads are
+Each entry is kept under the epoch read in the same snapshot as the state (one
+statement), so an entry always matches its epoch exactly, even after a database
+is restored from a backup. The epoch is read once per request *that started
+before the read did*: reads are
 coalesced (:class:`EpochReader`), so under load one small query answers every
 request that arrived while the previous one was in flight, and still no request
 is answered from an epoch read before it arrived. A publish, revocation, key
 rotation or token change committed on any replica before a request arrives is
 therefore seen by that request, on every replica; there is no window and no
 notification to miss. Any failure to read the epoch is raised to the request
-(which then takes the full path); nothing is served from the cache on doubt.
+(whose route then takes the full path); nothing is served from the cache on doubt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import weakref
 from collections.abc import Awaitable, Callable
 
 from starlette.concurrency import run_in_threadpool
@@ -31,33 +36,52 @@ __all__ = ["EpochReader", "PollCache"]
 _MAX_ENTRIES = 100_000
 
 
+class _Pending:
+    """One event loop's share of an :class:`EpochReader`."""
+
+    __slots__ = ("next", "runner")
+
+    def __init__(self) -> None:
+        self.next: asyncio.Future[str] | None = None  # the fetch not started yet
+        self.runner: asyncio.Task[None] | None = None
+
+
 class EpochReader:
     """Coalesced reads of one value: :meth:`read` returns the result of a call of
     ``fetch`` that began after :meth:`read` was called. While a fetch is in
     flight, every new caller waits for the next one, which starts as soon as
-    the current one ends and answers them all."""
+    the current one ends and answers them all. Each event loop coalesces its
+    own callers (one application may be served by several loops)."""
 
     def __init__(self, fetch: Callable[[], Awaitable[str]]) -> None:
         self._fetch = fetch
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._next: asyncio.Future[str] | None = None  # not started yet
-        self._runner: asyncio.Task[None] | None = None
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pending] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()  # only to add a loop's entry
+
+    def _pending(self, loop: asyncio.AbstractEventLoop) -> _Pending:
+        pending = self._loops.get(loop)
+        if pending is None:
+            with self._lock:
+                pending = self._loops.setdefault(loop, _Pending())
+        return pending
 
     async def read(self) -> str:
         """The value, as read by a fetch that began after this call."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a new event loop (a test client, a new worker)
-            self._loop, self._next, self._runner = loop, None, None
-        if self._next is None:
-            self._next = loop.create_future()
-        if self._runner is None or self._runner.done():
-            self._runner = loop.create_task(self._run())
+        pending = self._pending(loop)
+        waiting = pending.next
+        if waiting is None:
+            waiting = pending.next = loop.create_future()
+        if pending.runner is None or pending.runner.done():
+            pending.runner = loop.create_task(self._run(pending))
         # a caller that goes away must not cancel the others' read
-        return await asyncio.shield(self._next)
+        return await asyncio.shield(waiting)
 
-    async def _run(self) -> None:
-        while self._next is not None:
-            waiting, self._next = self._next, None  # later callers: the next fetch
+    async def _run(self, pending: _Pending) -> None:
+        while pending.next is not None:
+            waiting, pending.next = pending.next, None  # later callers: the next fetch
             try:
                 value = await self._fetch()
             except BaseException as exc:  # every waiter sees the failure
@@ -93,13 +117,13 @@ class PollCache:
         entry = self._entries.get(token_hash)
         if entry is not None and entry[0] == epoch:
             return entry[1]
-        # read after the epoch: a write between the two only makes the entry
-        # newer than its epoch, never older (the next request re-reads it)
+        # read after the request's epoch (so not older than what it must see), and
+        # kept under the epoch of its own snapshot: an entry always matches its epoch
         state = await run_in_threadpool(self._storage.poll_state, token_hash)
-        if state is None:
+        if state is None or state.epoch is None:
             self._entries.pop(token_hash, None)
-            return None
+            return state
         if len(self._entries) >= self._max:
             self._entries.clear()
-        self._entries[token_hash] = (epoch, state)
+        self._entries[token_hash] = (state.epoch, state)
         return state

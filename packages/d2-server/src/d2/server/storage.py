@@ -120,7 +120,7 @@ class PollState:
     ``scopes``: the token's. ``app_id``, ``current_version``, ``revoked``: its app's. ``etag``,
     ``bundle_kid``, ``bundle_iat``: the newest signing of the current version (all
     ``None`` when there is none). ``active_kid`` / ``active_refresh_until``: the
-    active signing key (``None`` when there is none).
+    active signing key (``None`` when there is none). ``epoch``: see below.
     """
 
     scopes: tuple[str, ...]
@@ -132,6 +132,9 @@ class PollState:
     bundle_iat: int | None
     active_kid: str | None
     active_refresh_until: float | None
+    epoch: str | None = None
+    """The poll epoch (:meth:`Storage.poll_epoch`) of the same snapshot; ``None``
+    when the database has none (nothing read under it may be cached)."""
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,14 @@ account and the app for a publish, the app for a revocation or a re-signing, the
 app's event counts for a trim), so of many concurrent publishes with one
 ``If-Match`` exactly one can pass, whichever server process runs them.
 
-Every write but the usage events' begins by replacing the poll epoch
-(:meth:`SQLStorage.poll_epoch`, table ``poll_epoch``), which triggers replace
-again on each write to the tables a poll reads: a replica's poll cache
-(:mod:`d2.server.pollcache`) is then invalid from the commit on. Taking the
-epoch's row first also orders the writes' locks: no two of them can deadlock on it.
+Triggers replace the poll epoch (:meth:`SQLStorage.poll_epoch`, table
+``poll_epoch``) on every write to the tables a poll reads: a replica's poll cache
+(:mod:`d2.server.pollcache`) is then invalid from the commit on. On PostgreSQL a
+write transaction that may write those tables locks the epoch's row first (the
+triggers would lock it at its first such write), so the writes' locks are taken
+in one order and no two of them deadlock on it; ``lock_timeout`` bounds how long
+any write waits for a lock (an operator's forgotten open transaction makes
+writes fail after that, instead of hanging the server's threads).
 """
 
 from __future__ import annotations
@@ -145,10 +148,14 @@ def _bundle(row: Sequence[Any]) -> Bundle:
 _ACTIVE_KEY = sa.select(*_KEY).where(signing_keys.c.retired_at.is_(None))
 
 
+_EPOCH = sa.select(poll_epoch.c.token).where(poll_epoch.c.id == sa.literal_column("1"))
+
+
 def _poll_statement() -> sa.Select[Any]:
     """What :meth:`SQLStorage.poll_state` reads, built once: the token's scopes,
-    the app's current version and revocation, the newest signing of that version
-    and the active signing key (``token_hash`` bound per call)."""
+    the app's current version and revocation, the newest signing of that version,
+    the active signing key and the poll epoch, all from one snapshot
+    (``token_hash`` bound per call)."""
     signed = bundles.alias("signed")  # the app's signings of its current version
     newest = (
         sa.select(sa.func.max(signed.c.id))
@@ -167,6 +174,7 @@ def _poll_statement() -> sa.Select[Any]:
             bundles.c.iat,
             signing_keys.c.kid,
             signing_keys.c.refresh_until,
+            _EPOCH.scalar_subquery(),
         )
         .select_from(
             tokens.join(apps, apps.c.id == tokens.c.app_id)
@@ -179,11 +187,9 @@ def _poll_statement() -> sa.Select[Any]:
 
 
 _POLL = _poll_statement()
-_EPOCH = sa.select(poll_epoch.c.token).where(poll_epoch.c.id == 1)
-_NEW_EPOCH = {
-    "postgresql": sa.text("UPDATE poll_epoch SET token = gen_random_uuid()::text WHERE id = 1"),
-    "sqlite": sa.text("UPDATE poll_epoch SET token = lower(hex(randomblob(16))) WHERE id = 1"),
-}
+_LOCK_EPOCH = (
+    sa.select(poll_epoch.c.id).where(poll_epoch.c.id == sa.literal_column("1")).with_for_update()
+)
 
 
 class SQLStorage(Storage):
@@ -212,7 +218,7 @@ class SQLStorage(Storage):
             compiled = _POLL.compile(dialect=self.engine.dialect)
             assert compiled.positiontup == ["token_hash"]
             self._poll_sql = str(compiled)
-        self._new_epoch = _NEW_EPOCH[self.engine.dialect.name]
+        self._lock_timeout_ms = int(busy_timeout * 1000)
         self._epoch_sql = str(
             _EPOCH.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True})
         )
@@ -230,16 +236,19 @@ class SQLStorage(Storage):
 
     # connections and transactions
     @contextmanager
-    def _write(self, *, new_epoch: bool = True) -> Iterator[sa.Connection]:
-        """A write transaction; unless ``new_epoch`` is false (usage events only:
-        a poll never reads them), its first statement replaces the poll epoch."""
+    def _write(self, *, polled: bool = True) -> Iterator[sa.Connection]:
+        """A write transaction. ``polled``: it may write a table a poll reads; on
+        PostgreSQL it then locks the poll epoch's row first (see the module's
+        docstring). Usage events, device keys and drafts pass ``False``."""
         if self._closed:
             raise RuntimeError("storage is closed")
         with self.engine.connect() as conn:
             conn.execution_options(**{WRITE: True})
             with conn.begin():
-                if new_epoch:
-                    conn.execute(self._new_epoch)
+                if self._postgres:
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {self._lock_timeout_ms}")
+                    if polled:
+                        conn.execute(_LOCK_EPOCH).all()
                 yield conn
 
     @contextmanager
@@ -398,31 +407,43 @@ class SQLStorage(Storage):
             bundle_iat=None if row[6] is None else int(row[6]),
             active_kid=row[7],
             active_refresh_until=None if row[8] is None else float(row[8]),
+            epoch=None if row[9] is None else str(row[9]),
         )
 
     def poll_epoch(self) -> str:
         """The database's poll epoch: one primary-key read on a DB-API connection
         kept for it alone, in autocommit (so the read sees every transaction
-        committed before it began, and costs one round trip). A failed read drops
-        that connection (the next read opens another) and raises."""
+        committed before it began, and costs one round trip). When that
+        connection fails (the database restarted, an idle connection was closed)
+        the read is made once more on a new connection; a failure then raises."""
         with self._epoch_lock:
             if self._closed:
                 raise RuntimeError("storage is closed")
+            reused = self._epoch_conn is not None
             try:
-                if self._epoch_conn is None:
-                    self._epoch_conn = self._autocommit_connection()
-                cursor = self._epoch_conn.cursor()
-                try:
-                    cursor.execute(self._epoch_sql)
-                    row = cursor.fetchone()
-                finally:
-                    cursor.close()
-            except BaseException:
+                row = self._read_epoch()
+            except Exception:
                 self._drop_epoch_connection()
-                raise
+                if not reused:
+                    raise
+                row = self._read_epoch()  # a fresh connection, once
         if row is None:  # emptied by hand: no two reads agree, so no cache ever hits
             return "missing:" + secrets.token_hex(16)
         return str(row[0])
+
+    def _read_epoch(self) -> Any:
+        try:
+            if self._epoch_conn is None:
+                self._epoch_conn = self._autocommit_connection()
+            cursor = self._epoch_conn.cursor()
+            try:
+                cursor.execute(self._epoch_sql)
+                return cursor.fetchone()
+            finally:
+                cursor.close()
+        except BaseException:
+            self._drop_epoch_connection()
+            raise
 
     def _autocommit_connection(self) -> Any:
         raw = self.engine.raw_connection()
@@ -488,7 +509,7 @@ class SQLStorage(Storage):
         self, app_id: int, key_id: str, public_key: bytes, now: float
     ) -> KeyRegistration:
         """Register a device key for the app."""
-        with self._write() as conn:
+        with self._write(polled=False) as conn:
             created = conn.execute(
                 self._insert_ignoring_conflicts(
                     device_keys,
@@ -663,7 +684,7 @@ class SQLStorage(Storage):
                 "updated_at": insert.excluded.updated_at,
             },
         )
-        with self._write() as conn:
+        with self._write(polled=False) as conn:
             conn.execute(upsert)
 
     def get_draft(self, app_id: int) -> Draft | None:
@@ -704,7 +725,7 @@ class SQLStorage(Storage):
             for t, p, o in events
         ]
         added = EventUsage(len(events), sum(event_bytes(*e) for e in events))
-        with self._write(new_epoch=False) as conn:
+        with self._write(polled=False) as conn:
             conn.execute(tables.events.insert(), rows)
             if cap is not None:
                 self._trim(conn, app_id, cap, max(trim_limit, rows_to_free(added)))
@@ -733,7 +754,7 @@ class SQLStorage(Storage):
             .limit(limit)
             .subquery()
         )
-        with self._write(new_epoch=False) as conn:
+        with self._write(polled=False) as conn:
             if self._postgres:
                 conn.execute(
                     sa.select(event_counts.c.app_id)
@@ -762,7 +783,7 @@ class SQLStorage(Storage):
 
     def trim_events(self, app_id: int, cap: EventCap, limit: int) -> int:
         """Delete up to ``limit`` of the app's oldest events beyond ``cap``."""
-        with self._write(new_epoch=False) as conn:
+        with self._write(polled=False) as conn:
             return self._trim(conn, app_id, cap, limit)
 
     def _trim(self, conn: sa.Connection, app_id: int, cap: EventCap, limit: int) -> int:

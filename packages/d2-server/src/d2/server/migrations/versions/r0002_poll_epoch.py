@@ -7,7 +7,9 @@ reads at the start of each request equals the one the state was cached under
 restored from a backup can never present an epoch a replica cached under with
 other contents. Triggers change it on every insert, update, delete (and, on
 PostgreSQL, truncate) of those tables, so a write made outside d2-server (psql,
-a restore) invalidates every replica's cache too.
+a restore) invalidates every replica's cache too. On PostgreSQL the triggers are
+``ENABLE ALWAYS``: they fire in sessions with ``session_replication_role =
+replica`` too (logical replication, some restore tools).
 
 Revision ID: 0002
 Revises: 0001
@@ -51,6 +53,7 @@ def upgrade() -> None:
                 f"CREATE TRIGGER {table}_poll_epoch AFTER INSERT OR UPDATE OR DELETE "
                 f"OR TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION poll_epoch_bump()"
             )
+            op.execute(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_poll_epoch")
         return
     for table in WATCHED:
         for event in ("INSERT", "UPDATE", "DELETE"):
