@@ -399,3 +399,16 @@ def test_one_reader_serves_several_event_loops_at_once() -> None:
         t.join(timeout=20)
     assert [len(r) for r in results] == [200, 200]
     assert all(v == "e" for r in results for v in r)
+
+
+def test_libpq_options_in_the_url_are_kept_beside_the_lock_timeout(databases: Databases) -> None:
+    if databases.kind != "postgresql":
+        pytest.skip("libpq options")
+    url = databases.location() + "?options=-c%20statement_timeout%3D12345"
+    engine = open_engine(url, busy_timeout=2)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SHOW lock_timeout")).scalar() == "2s"
+            assert conn.execute(sa.text("SHOW statement_timeout")).scalar() == "12345ms"
+    finally:
+        engine.dispose()

@@ -138,7 +138,9 @@ def _sqlite_engine(url: URL, busy_timeout: float) -> Engine:
 
 def open_engine(db: str | os.PathLike[str] | URL, *, busy_timeout: float = 30.0) -> Engine:
     """The engine of ``db`` (see :func:`database_url`). A SQLite file is created
-    (0600, WAL) when missing; a PostgreSQL database must exist. Raises
+    (0600, WAL) when missing; a PostgreSQL database must exist. ``busy_timeout``
+    bounds, in seconds, how long a statement waits for a lock (SQLite's busy
+    timeout, PostgreSQL's ``lock_timeout``) or a connection. Raises
     ``ValueError`` for an unusable ``db`` and ``ImportError`` (naming the extra)
     when the PostgreSQL driver is missing."""
     url = db if isinstance(db, URL) else database_url(db)
@@ -150,11 +152,19 @@ def open_engine(db: str | os.PathLike[str] | URL, *, busy_timeout: float = 30.0)
         raise ImportError(
             'PostgreSQL needs the psycopg driver: pip install "d2-server[postgres]"'
         ) from exc
+    given = url.query.get("options")  # libpq options in the URL: kept, ours appended
+    options = [given] if isinstance(given, str) else list(given or ())
+    options.append(f"-c lock_timeout={int(busy_timeout * 1000)}")
     return sa.create_engine(
         url,
         pool_size=8,
         max_overflow=32,
         pool_pre_ping=True,
         isolation_level="READ COMMITTED",
-        connect_args={"connect_timeout": max(1, int(busy_timeout))},
+        connect_args={
+            "connect_timeout": max(1, int(busy_timeout)),
+            # no statement waits longer than this for a lock (an operator's open
+            # transaction): it fails instead of holding a server thread forever
+            "options": " ".join(options),
+        },
     )

@@ -14,9 +14,10 @@ Triggers replace the poll epoch (:meth:`SQLStorage.poll_epoch`, table
 (:mod:`d2.server.pollcache`) is then invalid from the commit on. On PostgreSQL a
 write transaction that may write those tables locks the epoch's row first (the
 triggers would lock it at its first such write), so the writes' locks are taken
-in one order and no two of them deadlock on it; ``lock_timeout`` bounds how long
-any write waits for a lock (an operator's forgotten open transaction makes
-writes fail after that, instead of hanging the server's threads).
+in one order and no two of them deadlock on it; ``lock_timeout`` (the
+``busy_timeout``, set on every connection) bounds how long any statement waits for
+a lock (an operator's forgotten open transaction makes writes fail after that,
+instead of hanging the server's threads).
 """
 
 from __future__ import annotations
@@ -218,7 +219,6 @@ class SQLStorage(Storage):
             compiled = _POLL.compile(dialect=self.engine.dialect)
             assert compiled.positiontup == ["token_hash"]
             self._poll_sql = str(compiled)
-        self._lock_timeout_ms = int(busy_timeout * 1000)
         self._epoch_sql = str(
             _EPOCH.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True})
         )
@@ -245,10 +245,8 @@ class SQLStorage(Storage):
         with self.engine.connect() as conn:
             conn.execution_options(**{WRITE: True})
             with conn.begin():
-                if self._postgres:
-                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {self._lock_timeout_ms}")
-                    if polled:
-                        conn.execute(_LOCK_EPOCH).all()
+                if self._postgres and polled:
+                    conn.execute(_LOCK_EPOCH).all()
                 yield conn
 
     @contextmanager
