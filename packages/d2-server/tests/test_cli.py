@@ -3,6 +3,7 @@ tests-integration and by the replica test)."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -99,6 +100,34 @@ def test_token_create_scopes_a_token_to_an_app(
     assert out["scopes"] == "policy:read" and out["app_name"] == "other"
     assert main(["token", "create", "--scope", "admin"]) == 1
     assert "unknown scope" in capsys.readouterr().err
+
+
+def test_token_revoke_deletes_a_token_read_from_stdin_or_given(
+    db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = _init(db, capsys, "--app-name", "shop")
+    runtime, developer = out["runtime_token"], out["developer_token"]
+    monkeypatch.setattr("sys.stdin", io.StringIO(runtime + "\n"))
+    assert main(["token", "revoke", "--db", db, "--json"]) == 0
+    revoked = json.loads(capsys.readouterr().out)
+    assert revoked == {
+        "revoked": True,
+        "account_id": out["account_id"],
+        "app_name": "shop",
+        "scopes": "policy:read events:write",
+    }
+    assert main(["token", "revoke", "--db", db, developer]) == 0
+    assert re.search(r"revoked:\s+True\n", capsys.readouterr().out)
+    storage = SQLStorage(db)
+    try:
+        assert storage.find_token(hash_token(runtime)) is None
+        assert storage.find_token(hash_token(developer)) is None
+    finally:
+        storage.close()
+    assert main(["token", "revoke", "--db", db, runtime]) == 1  # once only
+    assert "no such token" in capsys.readouterr().err
+    assert main(["token", "revoke", "--db", db, "not-a-token"]) == 1
+    assert "not a d2-server token" in capsys.readouterr().err
 
 
 def test_token_create_needs_an_account(databases: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -233,6 +233,18 @@ def test_token_changes_on_another_replica_apply_to_the_next_poll(
     assert _poll(client, etag).status_code == 304  # the other token is untouched
 
 
+def test_a_token_revoked_through_another_replica_is_refused_on_the_next_poll(
+    served: tuple[Replicas, httpx.Client],
+) -> None:
+    replicas, client = served
+    replicas.publish()
+    etag = _poll(client).headers["etag"]
+    assert _poll(client, etag).status_code == 304  # cached on B (PostgreSQL)
+    replicas.writer.revoke_token(replicas.runtime)  # `d2-server token revoke` on A
+    r = _poll(client, etag)
+    assert (r.status_code, r.json()["detail"]) == (401, "invalid_token")
+
+
 def test_an_expiring_bundle_is_re_signed_not_304(
     served: tuple[Replicas, httpx.Client],
 ) -> None:

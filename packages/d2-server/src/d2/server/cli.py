@@ -1,5 +1,5 @@
 """The ``d2-server`` command, a typer application like ``d2``: ``init``, ``serve``,
-``migrate``, ``rotate-key``, ``token create``.
+``migrate``, ``rotate-key``, ``token create``, ``token revoke``.
 
 Every command takes ``--db`` (default ``$D2_SERVER_DB``, else ``./d2-server.db``):
 a SQLite file path or a ``postgresql://user:password@host:port/dbname`` URL.
@@ -476,6 +476,37 @@ def _token_create(
             "token": token,
         }
         _print(data, as_json)
+
+    _run(db, as_json, body, create=False)
+
+
+@_token_app.command("revoke")
+def _token_revoke(
+    db: _DbOption = DEFAULT_DB,
+    token: Annotated[
+        str | None,
+        typer.Argument(
+            help="The token to revoke; read from standard input when omitted (keeps it "
+            "out of the shell history and the process list).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: _JsonOption = False,
+) -> None:
+    """Revoke a token: every replica refuses it (401) from its next request."""
+    given = token if token is not None else sys.stdin.readline()
+
+    def body(plane: ControlPlane) -> None:
+        principal = plane.revoke_token(given)
+        _print(
+            {
+                "revoked": True,
+                "account_id": principal.account.id,
+                "app_name": principal.app.name,
+                "scopes": " ".join(principal.scopes),
+            },
+            as_json,
+        )
 
     _run(db, as_json, body, create=False)
 

@@ -58,6 +58,7 @@ from .tokens import (
     EVENTS_WRITE,
     POLICY_READ,
     POLICY_WRITE,
+    TOKEN_PREFIX,
     hash_token,
     looks_like_token,
     new_token,
@@ -152,6 +153,17 @@ class ControlPlane:
         token = new_token()
         self.storage.add_token(hash_token(token), app, parse_scopes(scopes), self.now())
         return token
+
+    def revoke_token(self, token: str) -> Principal:
+        """Delete ``token`` (given in full: only its hash is stored); the principal
+        it was. ``ValueError`` when it is not a token of this server."""
+        token = token.strip()
+        if not looks_like_token(token):
+            raise ValueError(f"that is not a d2-server token (they start with {TOKEN_PREFIX})")
+        principal = self.storage.delete_token(hash_token(token))
+        if principal is None:
+            raise ValueError("no such token in this database (already revoked?)")
+        return principal
 
     def ensure_signing_key(self, alg: str = DEFAULT_ALGORITHM) -> SigningKeyRecord:
         """The active signing key, generated with ``alg`` when there is none."""

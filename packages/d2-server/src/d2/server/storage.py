@@ -276,6 +276,11 @@ class Storage(abc.ABC):
         """Store a token (its hash only) for ``app`` with ``scopes``."""
 
     @abc.abstractmethod
+    def delete_token(self, token_hash: str) -> Principal | None:
+        """Delete the token with this hash; its principal as it was, or ``None``
+        when there is none."""
+
+    @abc.abstractmethod
     def find_token(self, token_hash: str) -> Principal | None:
         """The principal of a token hash, or ``None``."""
 

@@ -362,15 +362,28 @@ class SQLStorage(Storage):
                 )
             )
 
+    def delete_token(self, token_hash: str) -> Principal | None:
+        """Delete the token in one transaction (the poll epoch's triggers make every
+        replica's next poll with it a 401)."""
+        with self._write() as conn:
+            principal = self._principal(conn, token_hash)
+            if principal is not None:
+                conn.execute(tokens.delete().where(tokens.c.hash == token_hash))
+        return principal
+
     def find_token(self, token_hash: str) -> Principal | None:
         """The principal of a token hash, or ``None``."""
+        with self._read() as conn:
+            return self._principal(conn, token_hash)
+
+    @staticmethod
+    def _principal(conn: sa.Connection, token_hash: str) -> Principal | None:
         query = (
             sa.select(tokens.c.scopes, apps.c.id, apps.c.name, *_ACCOUNT)
             .select_from(tokens.join(apps, apps.c.id == tokens.c.app_id).join(accounts))
             .where(tokens.c.hash == token_hash)
         )
-        with self._read() as conn:
-            row = conn.execute(query).first()
+        row = conn.execute(query).first()
         if row is None:
             return None
         account = _account(row[3:])
