@@ -101,9 +101,7 @@ def prepare(directory: str, url: str | None = None) -> Setup:
         key = DeviceKey()
         plane.register_key(
             developer,
-            json.dumps(
-                {"key_id": key.key_id, "algorithm": "Ed25519", "public_key": key.public_key_b64}
-            ).encode(),
+            key.registration,
         )
         roles = [
             {"role": f"role{i}", "permissions": [f"tool_{i}_{j}" for j in range(5)]}

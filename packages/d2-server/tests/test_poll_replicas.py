@@ -83,9 +83,7 @@ def _replicas(databases: Databases) -> Iterator[Replicas]:
     key = DeviceKey()
     writer.register_key(
         developer,
-        json.dumps(
-            {"key_id": key.key_id, "algorithm": "Ed25519", "public_key": key.public_key_b64}
-        ).encode(),
+        key.registration,
     )
     try:
         yield Replicas(writer, reader, clock, app, developer, runtime, key, db)

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from d2.server import ControlPlane, SQLStorage
 from d2.server.database import open_engine
 from d2.server.pollcache import EpochReader, PollCache
-from d2.server.storage import App
+from d2.server.storage import App, Principal
 from d2.server.testing import DeviceKey
 from hypothesis import given
 from hypothesis import strategies as st
@@ -145,16 +145,23 @@ def test_a_new_event_loop_gets_a_working_reader() -> None:
 # the poll epoch, on both databases
 
 
-def _publishing(plane: ControlPlane, app: App) -> tuple[DeviceKey, object]:
+def _publishing(plane: ControlPlane, app: App) -> tuple[DeviceKey, Principal]:
     developer = plane.authenticate("Bearer " + plane.create_token(app, "developer"))
     key = DeviceKey()
-    plane.register_key(
-        developer,
-        json.dumps(
-            {"key_id": key.key_id, "algorithm": "Ed25519", "public_key": key.public_key_b64}
-        ).encode(),
-    )
+    plane.register_key(developer, key.registration)
     return key, developer
+
+
+def _publish_first(plane: ControlPlane, key: DeviceKey, developer: Principal) -> None:
+    body = json.dumps({"metadata": {"name": "acme"}, "policies": []}).encode()
+    plane.publish(
+        developer,
+        body,
+        key_id=key.key_id,
+        signature=key.sign(body),
+        if_match=None,
+        if_none_match="*",
+    )
 
 
 def test_every_write_a_poll_reads_replaces_the_epoch_and_usage_events_do_not(
@@ -183,19 +190,11 @@ def test_every_write_a_poll_reads_replaces_the_epoch_and_usage_events_do_not(
     storage.add_device_key(app.id, key.key_id, base64.b64decode(key.public_key_b64), 0.0)
     storage.put_draft(app.id, 0, "{}", 0.0)
     assert not changed()
-    body = json.dumps({"metadata": {"name": "acme"}, "policies": []}).encode()
-    plane.publish(
-        developer,  # type: ignore[arg-type]
-        body,
-        key_id=key.key_id,
-        signature=key.sign(body),
-        if_match=None,
-        if_none_match="*",
-    )
+    _publish_first(plane, key, developer)
     assert changed()
     plane.rotate_key(overlap=60)
     assert changed()
-    plane.revoke(developer)  # type: ignore[arg-type]
+    plane.revoke(developer)
     assert changed()
     sender = plane.authenticate(f"Bearer {plane.create_token(app, 'runtime')}")
     assert changed()
@@ -285,17 +284,9 @@ def test_an_entry_is_kept_under_its_own_snapshot_s_epoch_so_a_restore_cannot_rev
     key, developer = _publishing(plane, app)
     before = storage.poll_epoch()  # "the backup" is taken here: no policy yet
     real = storage.poll_state
-    body = json.dumps({"metadata": {"name": "acme"}, "policies": []}).encode()
 
     def publish_then_read(h: str):  # type: ignore[no-untyped-def]
-        plane.publish(
-            developer,  # type: ignore[arg-type]
-            body,
-            key_id=key.key_id,
-            signature=key.sign(body),
-            if_match=None,
-            if_none_match="*",
-        )
+        _publish_first(plane, key, developer)
         return real(h)
 
     storage.poll_state = publish_then_read  # type: ignore[method-assign]

@@ -176,6 +176,13 @@ class DeviceKey:
         """Base64 Ed25519 signature of ``body`` (the ``X-D2-Signature`` value)."""
         return base64.b64encode(self.private_key.sign(body)).decode("ascii")
 
+    @property
+    def registration(self) -> bytes:
+        """The ``POST /v1/keys`` body that registers this key."""
+        return json.dumps(
+            {"key_id": self.key_id, "algorithm": "Ed25519", "public_key": self.public_key_b64}
+        ).encode()
+
 
 @dataclass(frozen=True)
 class AppTokens:
