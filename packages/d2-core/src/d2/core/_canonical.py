@@ -37,42 +37,32 @@ import json
 import math
 import os
 import sys
-import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
+
+from ._classes import (
+    _MISSING,
+    NoCanonicalForm,
+    _base,
+    _declared_slots,
+    _dictoffset,
+    _instance_dict,
+    _layout_is_python,
+    _module,
+    _name_of,
+    _named,
+    _namespace,
+    _qualname,
+    _qualname_of,
+    _stdlib,
+)
 
 __all__ = ["NoCanonicalForm", "canonical_arguments"]
 
 _MAX_DEPTH = 64
 _BUDGET = 2_000_000  # values read per digest
 _MAX_TEXT = 128 * 1024 * 1024  # bytes of canonical text written per digest, at most
-_POINTER = 8 if sys.maxsize > 2**32 else 4  # sizeof(PyObject *): Py_ssize_t's size
-_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement (or type())
-_MANAGED_WEAKREF = 1 << 3  # CPython 3.12+: __weakref__ kept outside the instance's memory
-_MANAGED_DICT = 1 << 4  # CPython 3.11+: __dict__ kept outside the instance's memory
 _UNSET = {"__t": "unset"}  # a slot that holds nothing (no value has this form)
-_MISSING = object()
-
-# What a class is, read through ``type``'s own descriptors: a metaclass may define
-# ``__dict__``, ``__mro__``, ``__basicsize__``... for its classes, and ``==`` and
-# ``hash`` too, so classes are never compared by ``==`` nor looked up by hash here
-# (tables below are keyed by ``id``).
-_TYPE = vars(type)
-_namespace: Callable[[type], Mapping[str, Any]] = _TYPE["__dict__"].__get__
-_base: Callable[[type], type | None] = _TYPE["__base__"].__get__
-_mro: Callable[[type], tuple[type, ...]] = _TYPE["__mro__"].__get__
-_flags: Callable[[type], int] = _TYPE["__flags__"].__get__
-_basicsize: Callable[[type], int] = _TYPE["__basicsize__"].__get__
-_itemsize: Callable[[type], int] = _TYPE["__itemsize__"].__get__
-_dictoffset: Callable[[type], int] = _TYPE["__dictoffset__"].__get__
-_module: Callable[[type], Any] = _TYPE["__module__"].__get__
-_qualname_of: Callable[[type], str] = _TYPE["__qualname__"].__get__
-_name_of: Callable[[type], str] = _TYPE["__name__"].__get__
-_module_dict: Callable[[types.ModuleType], dict[str, Any]] = vars(types.ModuleType)[
-    "__dict__"
-].__get__
-# object's own __getstate__ (3.11+): the instance dictionary, whatever the class says
-_GETSTATE: Callable[[Any], Any] | None = vars(object).get("__getstate__")
 
 # Exact stdlib value types digested by an exact text: (module, qualname) -> how.
 # Looked up by name so that digesting never imports a module the app did not.
@@ -94,11 +84,6 @@ _ATOMS: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("ipaddress", "IPv4Interface"): str,
     ("ipaddress", "IPv6Interface"): str,
 }
-
-
-class NoCanonicalForm(ValueError):
-    """An argument has no exact, stable form to digest (an approval of such a call
-    could be reused for another call, so none is given)."""
 
 
 class _Walk:
@@ -142,38 +127,6 @@ class _Walk:
             return {"__t": "ref", "v": seen[0]}
         self.seen[id(value)] = (len(self.seen), value)
         return None
-
-
-def _qualname(cls: type) -> str:
-    return f"{_module(cls)}.{_qualname_of(cls)}"  # for messages: _named tells classes apart
-
-
-def _named(cls: type) -> str:
-    """``module.qualname`` of ``cls``, when that name leads to ``cls`` itself (read
-    from the module's and classes' own dictionaries, no code run). A class made by
-    a factory, inside a function, or replaced since (a reloaded module) shares its
-    name with other classes: its instances have no canonical form."""
-    module, qualname = _module(cls), _qualname_of(cls)
-    found: Any = None
-    if type(module) is str and type(qualname) is str:
-        found = sys.modules.get(module)
-        for part in qualname.split("."):
-            if isinstance(found, type):
-                found = _namespace(found).get(part)
-            elif isinstance(found, types.ModuleType):
-                found = _module_dict(found).get(part)
-            else:
-                found = None
-                break
-    if found is not cls:
-        raise NoCanonicalForm(
-            f"a value of class {_qualname(cls)} has no canonical form: that name does not "
-            "lead to its class (a class made inside a function, by a factory or type(), "
-            "or replaced since), so other classes may share it; define the class at "
-            "module level"
-        )
-    # the module's length first: "a.b" + "C" and "a" + "b.C" are different classes
-    return f"{len(module)}:{module}.{qualname}"
 
 
 def _text(value: Any, depth: int, walk: _Walk) -> str:
@@ -276,16 +229,6 @@ def _clock(value: Any, depth: int, walk: _Walk) -> Any:
         "f": value.fold,
         "z": None if zone is None else _canon(zone, depth, walk),
     }
-
-
-def _stdlib(cls: type, module: str, *names: str) -> bool:
-    """Whether ``cls`` is exactly the class ``module.name`` (one of ``names``)."""
-    qualname = _qualname_of(cls)
-    return (
-        _module(cls) == module
-        and qualname in names
-        and (getattr(sys.modules.get(module), qualname, None) is cls)
-    )
 
 
 def _atom(value: Any, cls: type, how: Callable[[Any], Any], depth: int, walk: _Walk) -> Any:
@@ -395,80 +338,6 @@ _BUILTIN_VALUE: dict[int, Callable[[Any], Any]] = {
     id(bytes): lambda v: bytes(memoryview(v)),
     id(bytearray): lambda v: bytearray(memoryview(v)),
 }
-
-
-def _declared_slots(cls: type) -> list[str]:
-    """The slot names ``cls`` itself declares, as stored (private names mangled),
-    without ``__dict__`` and ``__weakref__``."""
-    slots = _namespace(cls).get("__slots__", ())
-    names = [slots] if isinstance(slots, str) else list(slots)
-    owner = _name_of(cls).lstrip("_")
-    return [
-        f"_{owner}{name}" if name.startswith("__") and not name.endswith("__") and owner else name
-        for name in names
-        if name not in ("__dict__", "__weakref__")
-    ]
-
-
-def _layout_is_python(cls: type) -> bool:
-    """Whether ``cls`` adds nothing to its base's instance memory but what Python
-    declares and D2 can read: slots, a ``__dict__``, a ``__weakref__``. A class
-    written in C (a file, a lock, a socket, ``io.StringIO``) keeps state no
-    attribute shows, and fails."""
-    base = _base(cls)
-    flags = _flags(cls)
-    if base is None or not flags & _HEAP_TYPE or _itemsize(cls) != _itemsize(base):
-        return False
-    own = _namespace(cls)
-    slots = _declared_slots(cls)
-    members = []
-    for key, held in own.items():
-        if type(held) is types.MemberDescriptorType:
-            if held.__name__ != key or held.__objclass__ is not cls:  # moved or copied
-                return False
-            members.append(key)
-    if sorted(members) != sorted(slots):
-        return False
-    size = _basicsize(base) + _POINTER * len(slots)
-    if "__dict__" in own and not flags & _MANAGED_DICT:
-        size += _POINTER
-    if "__weakref__" in own and not flags & _MANAGED_WEAKREF:
-        size += _POINTER
-    return bool(_basicsize(cls) == size)
-
-
-def _instance_dict(value: Any, cls: type) -> dict[Any, Any]:
-    """The instance dictionary of ``value`` (its class has one), where attribute
-    access reads it: through the interpreter's own ``__dict__`` descriptor, never
-    ``value.__dict__``, which a class attribute named ``__dict__`` (a property)
-    answers instead. When that attribute hides the descriptor, ``object``'s own
-    ``__getstate__`` (Python 3.11+) reads the dictionary; without it, the value has
-    no canonical form."""
-    for klass in _mro(cls):
-        held = _namespace(klass).get("__dict__")
-        if type(held) is types.GetSetDescriptorType:
-            try:
-                found = held.__get__(value, cls)
-            except TypeError:  # another type's descriptor, copied in: not this one
-                continue
-            if type(found) is dict:
-                return found
-            break
-    if _GETSTATE is not None:
-        try:
-            state = _GETSTATE(value)
-        except Exception:
-            state = _MISSING
-        if type(state) is tuple and len(state) == 2:  # (dict or None, slots)
-            state = state[0]
-        if state is None:  # an empty dictionary
-            return {}
-        if type(state) is dict:
-            return state
-    raise NoCanonicalForm(
-        f"a {_qualname(cls)} value has no canonical form: a class attribute named "
-        "__dict__ hides where its attributes are kept"
-    )
 
 
 def _state(value: Any, chain: list[type], depth: int, walk: _Walk, hide: str = "") -> Any:

@@ -18,7 +18,8 @@ were not shown). The promise, and how each part keeps it:
   properties) is never run. Past a bound, or for a value whose state Python does
   not show (a class written in C), a marker is shown and the display is not whole.
 
-It imports nothing of D2 but :mod:`d2.core._canonical` (how the digest reads state).
+It imports nothing of D2 but :mod:`d2.core._classes` (how the digest reads state)
+and :mod:`d2.core._canonical`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from ._canonical import (
+from ._canonical import _secret_base
+from ._classes import (
     _HEAP_TYPE,
     _declared_slots,
     _dictoffset,
@@ -40,7 +42,6 @@ from ._canonical import (
     _mro,
     _namespace,
     _qualname_of,
-    _secret_base,
 )
 
 __all__ = ["shown_arguments"]
