@@ -1,8 +1,8 @@
 """d2-core has no import circle: every module imports alone in a fresh interpreter,
 and the graph of its imports (module level, inside functions and under
 ``TYPE_CHECKING`` alike) has no cycle. Data types sit at the bottom
-(``_classes``, ``_canonical``, ``approval_data``, ``errors``), the stores and the evaluator above them, the
-public approvals API above the evaluator."""
+(``_classes``, ``_canonical``, ``approval_data``, ``errors``), the stores and the
+evaluator above them, the public approvals API above the evaluator."""
 
 from __future__ import annotations
 

@@ -46,6 +46,7 @@ from ._classes import (
     _base,
     _declared_slots,
     _dictoffset,
+    _enum_member,
     _instance_dict,
     _layout_is_python,
     _module,
@@ -248,18 +249,10 @@ def _atom(value: Any, cls: type, how: Callable[[Any], Any], depth: int, walk: _W
 
 def _enum(value: enum.Enum, cls: type, depth: int, walk: _Walk) -> Any:
     """An enum member: its class and name (members are singletons). Only a member
-    its class lists is one: an object whose class merely says it is an enum (a
-    crafted ``__mro__``) has no canonical form."""
-    state = _instance_dict(value, cls) if _dictoffset(cls) else {}
-    name, raw = state.get("_name_"), state.get("_value_", _MISSING)
-    space = _namespace(cls)
-    by_name, by_value = space.get("_member_map_"), space.get("_value2member_map_")
-    member = type(by_name) is dict and type(name) is str and by_name.get(name) is value
-    if not member and type(by_value) is dict:
-        try:
-            member = by_value.get(raw) is value
-        except TypeError:  # an unhashable value: not in that map
-            member = False
+    its class lists is one, found by name and identity (:func:`_enum_member`): an
+    object whose class merely says it is an enum (a crafted ``__mro__``) or made by
+    ``object.__new__`` has no canonical form, and its value is never hashed."""
+    member, name, raw = _enum_member(value, cls)
     if not member:
         raise NoCanonicalForm(f"a {_qualname(cls)} value is not a member of its enum")
     try:

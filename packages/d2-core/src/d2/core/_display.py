@@ -36,6 +36,7 @@ from ._classes import (
     _HEAP_TYPE,
     _declared_slots,
     _dictoffset,
+    _enum_member,
     _flags,
     _instance_dict,
     _module,
@@ -303,8 +304,12 @@ def _shown_object(value: Any, cls: type, depth: int, view: _View) -> Any:
     if issubclass(cls, type):  # a class as a value (a class method's cls): its name
         return view.chars(f"<class {_name(value)}>")
     if issubclass(cls, enum.Enum):
-        state = _instance_dict(value, cls) if _dictoffset(cls) else {}
-        return view.chars(f"{_name(cls)}.{state.get('_name_', '?')}")
+        member, name, raw = _enum_member(value, cls)  # by name and identity: no app code
+        if member and type(name) is str:
+            return view.chars(f"{_name(cls)}.{name}")
+        if member and type(raw) is int:  # a composite flag without a name (3.10)
+            return view.chars(f"{_name(cls)}({raw})")
+        return view.part(f"<not shown: a {_name(cls)} value that is not a member>")
     if (_module(cls), _qualname_of(cls)) in _TEXTUAL:
         return _textual(value, cls, view)
     if _is_model(cls):
