@@ -516,10 +516,15 @@ def test_a_class_is_digested_by_the_name_that_leads_to_it() -> None:
 
 
 def test_a_value_too_large_to_digest_is_refused_promptly() -> None:
-    """The digest's work is bounded: past two million values the call has no
-    canonical form (and so is never approved), rather than holding the caller."""
+    """The digest's work is bounded: past 500,000 values, or 100,000 items of sets
+    to order, the call has no canonical form (and so is never approved), rather than
+    holding the caller."""
     with pytest.raises(NoCanonicalForm, match="too large"):
-        canonical_arguments({"v": [0] * 2_100_000})
+        canonical_arguments({"v": [0] * 500_001})
+    canonical_arguments({"v": [0] * 400_000})
+    with pytest.raises(NoCanonicalForm, match="items of sets"):
+        canonical_arguments({"v": set(range(100_001))})
+    canonical_arguments({"v": set(range(90_000))})
     shared: tuple[Any, ...] = ()
     for _ in range(60):
         shared = (shared, shared)  # 60 tuples, 2**60 leaves if expanded

@@ -10,6 +10,7 @@ faithfully is refused. Each failed on the commit the review was written against.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -26,6 +27,7 @@ from d2.core import (
 )
 from d2.core.approval_data import (
     NoCanonicalForm,
+    call_digest,
     canonical_arguments,
     shown_arguments,
 )
@@ -128,3 +130,21 @@ def test_a_forged_enum_member_is_refused_without_running_its_value_s_code() -> N
         canonical_arguments({"v": forged})
     assert not shown_arguments({"v": forged})[1]
     assert Slow.hashed == 0
+
+
+# -- (c3) many small sets --------------------------------------------------------------
+
+
+def test_a_set_of_many_small_sets_is_refused_promptly() -> None:
+    """Attack: a frozenset of 400,000 small frozensets took about 6 s of the caller's
+    thread before the digest refused it (each item's sort key is a canonical text of
+    its own). Safe: the digest refuses it, and the view gives up, within a second
+    each (both well under on an idle machine)."""
+    value = frozenset(frozenset({i, -i - 1, "x" * 40}) for i in range(400_000))
+    start = time.perf_counter()
+    with pytest.raises(NoCanonicalForm, match="too large"):
+        call_digest("t", {"v": value}, "u", "v")
+    assert time.perf_counter() - start < 1.0
+    start = time.perf_counter()
+    assert not shown_arguments({"v": value})[1]
+    assert time.perf_counter() - start < 1.0

@@ -37,7 +37,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from ._classes import (
@@ -61,8 +61,13 @@ from ._classes import (
 __all__ = ["NoCanonicalForm", "canonical_arguments"]
 
 _MAX_DEPTH = 64
-_BUDGET = 2_000_000  # values read per digest
+# values read per digest: five per value the view can show whole (a call it cannot show
+# whole is never approved), for keys and the sort keys of sets
+_BUDGET = 500_000
 _MAX_TEXT = 128 * 1024 * 1024  # bytes of canonical text written per digest, at most
+# items of sets sorted per digest (each by a canonical text of its own, the costliest
+# work per value): the view shows 100,000 values at most, so no approvable call sorts more
+_MAX_SORTED = 100_000
 _UNSET = {"__t": "unset"}  # a slot that holds nothing (no value has this form)
 
 # Exact stdlib value types digested by an exact text: (module, qualname) -> how.
@@ -100,8 +105,11 @@ class _Walk:
     def __init__(self, parent: _Walk | None = None) -> None:
         self.seen: dict[int, tuple[int, Any]] = {}
         self.texts: dict[int, tuple[str, Any]] = {} if parent is None else parent.texts
-        # values left, bytes of text left: shared by every walk of one digest
-        self.budget: list[int] = [_BUDGET, _MAX_TEXT] if parent is None else parent.budget
+        # values left, bytes of text left, set items left to sort: shared by every
+        # walk of one digest
+        self.budget: list[int] = (
+            [_BUDGET, _MAX_TEXT, _MAX_SORTED] if parent is None else parent.budget
+        )
 
     def fresh(self) -> _Walk:
         """A walk that has met nothing, sharing this digest's budget and memo."""
@@ -121,6 +129,17 @@ class _Walk:
                 "reference to the data instead of the data"
             )
 
+    def sort(self, count: int) -> None:
+        """Count ``count`` items of a set against the digest's budget of items to
+        sort, before any is read: a set too large is refused at once."""
+        self.budget[2] -= count
+        if self.budget[2] < 0:
+            raise NoCanonicalForm(
+                f"the arguments are too large to digest (over {_MAX_SORTED:,} items of "
+                "sets to order): pass a smaller value, or a reference to the data "
+                "instead of the data"
+            )
+
     def meet(self, value: Any) -> Any:
         """``None`` the first time ``value`` is met, else its reference."""
         seen = self.seen.get(id(value))
@@ -134,10 +153,12 @@ def _text(value: Any, depth: int, walk: _Walk) -> str:
     return json.dumps(_canon(value, depth, walk), sort_keys=True, separators=(",", ":"))
 
 
-def _in_order(items: Iterable[Any], depth: int, walk: _Walk) -> list[tuple[str, Any]]:
+def _in_order(items: Collection[Any], depth: int, walk: _Walk) -> list[tuple[str, Any]]:
     """``items`` with the canonical text of each (met afresh: what it holds, never
     where else it is referenced; each item's text computed once per digest),
-    sorted by that text: the order in which the items of a set are digested."""
+    sorted by that text: the order in which the items of a set are digested. The
+    items count against the digest's budget of items to sort first."""
+    walk.sort(len(items))
     memo = walk.texts
     keyed = []
     for item in items:

@@ -28,7 +28,7 @@ import collections
 import enum
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._canonical import _secret_base
@@ -48,7 +48,7 @@ from ._classes import (
 __all__ = ["shown_arguments"]
 
 _MAX_DEPTH = 64  # how deep a display goes
-_MAX_SHOWN = 100_000  # values shown at most; past it, each is _NOT_SHOWN
+_MAX_SHOWN = 100_000  # values shown at most; past it, the rest of a container is _NOT_SHOWN
 _MAX_TEXT = 16 * 1024 * 1024  # characters of text shown at most (strings, digits, hex)
 _NOT_SHOWN = "<not shown: the arguments hold more than a display shows>"
 _SAFE_INT = 2**53  # beyond this, JSON readers (JavaScript) round: shown as text
@@ -136,14 +136,34 @@ def _items(value: Any) -> list[tuple[Any, Any]] | None:
     return None
 
 
+def _listed(items: Iterable[Any], depth: int, view: _View) -> list[Any]:
+    """The display of each item, in order; once the budget is spent, one marker for
+    the rest (a display past its bound gives up at once: it is not whole)."""
+    shown = []
+    for item in items:
+        if view.left <= 0:
+            shown.append(view.part(_NOT_SHOWN))
+            break
+        shown.append(_shown(item, depth, view))
+    return shown
+
+
 def _shown_mapping(items: list[tuple[Any, Any]], depth: int, view: _View) -> dict[str, Any]:
     """Entries for display. String keys as they are; when any key is not a string,
     every key as the JSON text of its display, so keys of different types never
     merge into one entry; texts that repeat get a ``#n`` suffix."""
-    if all(type(k) is str for k, _ in items):
-        return {view.chars(k): _shown(v, depth, view) for k, v in items}
     shown: dict[str, Any] = {}
+    if all(type(k) is str for k, _ in items):
+        for k, v in items:
+            if view.left <= 0:
+                shown[_NOT_SHOWN] = view.part(_NOT_SHOWN)
+                break
+            shown[view.chars(k)] = _shown(v, depth, view)
+        return shown
     for k, v in items:
+        if view.left <= 0:
+            shown[_NOT_SHOWN] = view.part(_NOT_SHOWN)
+            break
         name = base = _key_text(k, depth, view)
         n = 1
         while name in shown:
@@ -253,13 +273,13 @@ def _plain(base: type, value: Any, raw: Any, depth: int, view: _View) -> Any:
     if base is complex:
         return view.chars(str(raw))
     if base in (list, tuple):
-        return [_shown(v, depth, view) for v in raw]
+        return _listed(raw, depth, view)
     if base is dict:
         items = _items(value)
         assert items is not None
         return _shown_mapping(items, depth, view)
     if base in (set, frozenset):
-        shown_items = [_shown(v, depth, view) for v in raw]
+        shown_items = _listed(raw, depth, view)
         keys = [json.dumps(v, sort_keys=True, default=str) for v in shown_items]
         return [item for _, item in sorted(zip(keys, shown_items, strict=True), key=lambda e: e[0])]
     return {"bytes": view.chars(raw.hex())}
@@ -289,7 +309,7 @@ def _shown(value: Any, depth: int, view: _View) -> Any:
         if cls is dict:  # the common containers first (a logged call shows every one)
             return _shown_mapping(list(dict.items(value)), depth, view)
         if cls is list or cls is tuple:
-            return [_shown(v, depth, view) for v in value]
+            return _listed(value, depth, view)
         return _shown_object(value, cls, depth, view)
     except Exception:  # a display must never fail the call
         return view.part(f"<{cls.__qualname__}>")
@@ -326,7 +346,7 @@ def _shown_object(value: Any, cls: type, depth: int, view: _View) -> Any:
             return plain  # a subclass holding nothing more: its value
         return {"__class__": _name(cls), "__value__": plain, **extra}
     if cls is collections.deque:
-        return [_shown(v, depth, view) for v in collections.deque.__iter__(value)]
+        return _listed(collections.deque.__iter__(value), depth, view)
     if not _flags(cls) & _HEAP_TYPE or callable(value):  # a class written in C, code
         return view.part(f"<{_name(cls)}>")
     shown: dict[str, Any] = {"__class__": _name(cls)}
