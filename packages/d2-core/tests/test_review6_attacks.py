@@ -10,6 +10,9 @@ faithfully is refused. Each failed on the commit the review was written against.
 from __future__ import annotations
 
 import enum
+import ipaddress
+import json
+import pathlib
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -96,6 +99,165 @@ def _refused_by_digest_and_view(value: Any) -> None:
     with pytest.raises(NoCanonicalForm):
         canonical_arguments({"v": value})
     assert not shown_arguments({"v": value})[1], "shown whole"
+
+
+# -- (a) a path whose cached text is not its parts ------------------------------------
+
+_CACHES = (  # the caches pathlib keeps beside a path's parts (3.10 to 3.14)
+    "_str",
+    "_hash",
+    "_pparts",
+    "_cached_cparts",
+    "_str_normcase_cached",
+    "_parts_normcase_cached",
+    "_lines_cached",
+)
+
+
+def _use(path: Any) -> None:
+    """What using a path does: print, hash, compare, order, split and match it."""
+    other = type(path)(str(path))
+    assert path == other and not path < other and {path: 1}[other] == 1
+    assert path.parts and path.match("*") in (True, False)
+    path.parent, path.name, path / "x"
+
+
+def _lying_path(cls: type[pathlib.PurePath], real: str, shown: str) -> Any:
+    """A path to ``real`` whose every cache (text, hash, the cached ``parts``
+    tuple...) is that of ``shown``: ``str()``, ``==`` and ``hash`` say ``shown``,
+    ``parent``, ``name`` and ``/`` act on ``real``."""
+    path, decoy = cls(real), cls(shown)
+    _use(decoy)
+    for name in _CACHES:
+        try:
+            object.__setattr__(path, name, object.__getattribute__(decoy, name))
+        except AttributeError:
+            continue
+    return path
+
+
+@pytest.mark.parametrize("cls", [pathlib.PurePosixPath, pathlib.PosixPath])
+def test_a_path_whose_cached_text_is_not_its_parts_is_never_approved(cls: type) -> None:
+    """Attack: a path was digested and shown by ``str(p)``, which is a cache
+    (``_str``) anyone holding the object can set, while ``p.parent``, ``p.name``
+    and ``p / x`` read the parts. The approval of removing the parent of
+    ``/tmp/work/report.txt`` removed ``/home/alice/.ssh``. Safe: the second call is
+    refused; the tool never acts on ``.ssh``."""
+    approved = cls("/tmp/work/report.txt")
+    other = _lying_path(cls, "/home/alice/.ssh/id_rsa", "/tmp/work/report.txt")
+    assert str(other) == str(approved) and str(other.parent) == "/home/alice/.ssh"
+    acted = _approved_then(approved, other, lambda p: str(p.parent))
+    assert "/home/alice/.ssh" not in acted
+
+
+@pytest.mark.parametrize("cls", [pathlib.PurePosixPath, pathlib.PosixPath, pathlib.PureWindowsPath])
+def test_a_path_whose_cached_text_is_not_its_parts_is_refused_and_not_shown_whole(
+    cls: type,
+) -> None:
+    real, shown = (
+        ("/etc/passwd", "/tmp/x")
+        if cls is not pathlib.PureWindowsPath
+        else (
+            "c:/windows/system32",
+            "c:/temp/x",
+        )
+    )
+    _refused_by_digest_and_view(_lying_path(cls, real, shown))
+    only_text = cls(real)
+    object.__setattr__(only_text, "_str", str(cls(shown)))
+    _refused_by_digest_and_view(only_text)
+
+
+@pytest.mark.parametrize("cls", [pathlib.PurePosixPath, pathlib.PosixPath, pathlib.PureWindowsPath])
+def test_a_path_is_one_call_whatever_it_has_cached(cls: type) -> None:
+    """A path used before the call (printed, hashed, compared, matched, split)
+    fills its caches: it is still the call made with a fresh path."""
+    used = cls("/tmp/work/report.txt")
+    _use(used)
+    fresh = cls("/tmp/work/report.txt")
+    assert canonical_arguments({"v": used}) == canonical_arguments({"v": fresh})
+    assert shown_arguments({"v": used}) == shown_arguments({"v": fresh})
+    assert shown_arguments({"v": used})[1]
+    joined = cls("/tmp", "work", "report.txt")
+    assert canonical_arguments({"v": joined}) == canonical_arguments({"v": fresh})
+    assert canonical_arguments({"v": cls("/tmp/work")}) != canonical_arguments({"v": fresh})
+
+
+# -- (b3) state set on an ipaddress network --------------------------------------------
+
+
+def test_state_set_on_a_network_is_never_approved_unseen() -> None:
+    """Attack: a network's ``__dict__`` was digested beside its text but not shown;
+    a cached ``broadcast_address`` set by hand makes ``hosts()`` of a /30 yield 16
+    million hosts. The approver read ``10.0.0.0/30``. Safe: the state is shown or
+    the call is refused; the tool never scans past the /30."""
+    net = ipaddress.ip_network("10.0.0.0/30")
+    net.__dict__["broadcast_address"] = ipaddress.ip_address("10.255.255.255")
+    request = _shown_or_refused(net)
+    if request is not None:
+        assert "10.255.255.255" in json.dumps(request.arguments), request.arguments
+    plain = ipaddress.ip_network("10.0.0.0/30")
+    acted = _approved_then(plain, net, lambda n: sum(1 for _ in n.hosts()))
+    assert all(count <= 2 for count in acted), acted
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ipaddress.ip_network("10.0.0.0/30"),
+        lambda: ipaddress.ip_network("10.0.0.0/31"),
+        lambda: ipaddress.ip_network("10.0.0.1/32"),
+        lambda: ipaddress.IPv4Network(167772161),  # 10.0.0.1/32, from an int
+        lambda: ipaddress.ip_network("10.0.0.7/29", strict=False),
+        lambda: ipaddress.ip_network("2001:db8::/126"),
+        lambda: ipaddress.ip_network("2001:db8::1/128"),
+        lambda: ipaddress.ip_interface("10.0.0.7/29"),
+        lambda: ipaddress.ip_interface("fe80::1%eth0/64"),
+        lambda: ipaddress.ip_address("fe80::1%eth0"),
+    ],
+)
+def test_a_network_is_one_call_whatever_it_has_cached(make: Callable[[], Any]) -> None:
+    used, fresh = make(), make()
+    for name in ("broadcast_address", "hostmask", "network", "netmask"):
+        getattr(used, name, None)
+    assert str(used) and hash(used) and used == make()
+    list(getattr(used, "hosts", list)())
+    assert canonical_arguments({"v": used}) == canonical_arguments({"v": fresh})
+    assert shown_arguments({"v": used}) == shown_arguments({"v": fresh})
+    assert shown_arguments({"v": used})[1]
+
+
+class LoudInt(int):
+    """An int whose methods are the app's code (they count their calls)."""
+
+    calls: ClassVar[int] = 0
+
+    def to_bytes(self, *args: Any, **kwargs: Any) -> bytes:  # type: ignore[override]
+        LoudInt.calls += 1
+        return int(self).to_bytes(*args, **kwargs)
+
+    def __format__(self, spec: str) -> str:
+        LoudInt.calls += 1
+        return "0"
+
+
+def test_a_standard_library_value_holding_an_app_object_is_refused_unread() -> None:
+    """The text of an address, a UUID or a Fraction is written from its slots: one
+    set to an object of the app's would run its code while digesting and showing
+    the value (and write what it says). Safe: refused, nothing of it run."""
+    import fractions
+    import uuid
+
+    address = ipaddress.ip_address("10.0.0.1")
+    object.__setattr__(address, "_ip", LoudInt(167772161))
+    token = uuid.UUID(int=5)
+    object.__setattr__(token, "int", LoudInt(5))
+    third = fractions.Fraction(1, 3)
+    object.__setattr__(third, "_numerator", LoudInt(1))
+    LoudInt.calls = 0
+    for value in (address, token, third):
+        _refused_by_digest_and_view(value)
+    assert LoudInt.calls == 0
 
 
 # -- (c2) a forged enum member: its value is hashed ------------------------------------

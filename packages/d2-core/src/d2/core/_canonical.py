@@ -40,6 +40,7 @@ import sys
 from collections.abc import Callable, Collection
 from typing import Any
 
+from ._atoms import atom_text, is_python_atom
 from ._classes import (
     _MISSING,
     NoCanonicalForm,
@@ -70,25 +71,15 @@ _MAX_TEXT = 128 * 1024 * 1024  # bytes of canonical text written per digest, at 
 _MAX_SORTED = 100_000
 _UNSET = {"__t": "unset"}  # a slot that holds nothing (no value has this form)
 
-# Exact stdlib value types digested by an exact text: (module, qualname) -> how.
-# Looked up by name so that digesting never imports a module the app did not.
+# Exact stdlib value types written in C, digested by an exact text: (module, qualname)
+# -> how. Looked up by name so that digesting never imports a module the app did not.
+# (Paths, ipaddress values, Fraction and UUID are written in Python: their text is
+# given only when it describes the whole value, by _atoms.atom_text.)
 _ATOMS: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("datetime", "date"): lambda v: v.isoformat(),
     ("datetime", "timedelta"): lambda v: [v.days, v.seconds, v.microseconds],
     ("datetime", "timezone"): repr,  # offset and name
     ("decimal", "Decimal"): str,  # exact: sign, digits, exponent, NaN payloads
-    ("fractions", "Fraction"): str,
-    ("uuid", "UUID"): str,
-    ("pathlib", "PurePosixPath"): str,
-    ("pathlib", "PureWindowsPath"): str,
-    ("pathlib", "PosixPath"): str,
-    ("pathlib", "WindowsPath"): str,
-    ("ipaddress", "IPv4Address"): str,
-    ("ipaddress", "IPv6Address"): str,  # with its scope id
-    ("ipaddress", "IPv4Network"): str,  # (networks and interfaces: with their __dict__)
-    ("ipaddress", "IPv6Network"): str,
-    ("ipaddress", "IPv4Interface"): str,
-    ("ipaddress", "IPv6Interface"): str,
 }
 
 
@@ -253,19 +244,10 @@ def _clock(value: Any, depth: int, walk: _Walk) -> Any:
     }
 
 
-def _atom(value: Any, cls: type, how: Callable[[Any], Any], depth: int, walk: _Walk) -> Any:
-    """A standard-library value: its exact text, and its ``__dict__`` when its class
-    has one (an ``ipaddress`` network or interface: attributes an app set, and the
-    cached properties, are part of the call)."""
-    text = how(value)
-    walk.spend(len(text) if type(text) is str else 0)  # a Decimal may have a million digits
-    if not _dictoffset(cls):
-        return {"__t": _qualname(cls), "v": text}
-    seen = walk.meet(value)
-    if seen is not None:
-        return seen
-    state = _dict(_instance_dict(value, cls), depth, walk)
-    return {"__t": _qualname(cls), "v": text, "s": state}
+def _atom(value: Any, cls: type, how: Callable[[Any], Any]) -> Any:
+    """A standard-library value written in C (a date, a ``Decimal``...): its exact
+    text, which its class's own code writes from state no app can set."""
+    return {"__t": _qualname(cls), "v": how(value)}
 
 
 def _enum(value: enum.Enum, cls: type, depth: int, walk: _Walk) -> Any:
@@ -480,7 +462,15 @@ def _canon(value: Any, depth: int, walk: _Walk) -> Any:
     if type(module) is str and type(qualname) is str:
         how = _ATOMS.get((module, qualname))
         if how is not None and _stdlib(cls, module, qualname):
-            return _atom(value, cls, how, depth, walk)
+            found = _atom(value, cls, how)
+        elif is_python_atom(cls):  # a path, an address, a Fraction, a UUID: checked whole
+            found = {"__t": _qualname(cls), "v": atom_text(value, cls)}
+        else:
+            found = None
+        if found is not None:
+            text = found["v"]
+            walk.spend(len(text) if type(text) is str else 0)  # a Decimal of a million digits
+            return found
     if _stdlib(cls, "datetime", "datetime", "time"):
         return _clock(value, depth, walk)
     if _stdlib(cls, "zoneinfo", "ZoneInfo"):

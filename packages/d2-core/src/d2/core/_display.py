@@ -31,9 +31,11 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ._atoms import atom_text, is_python_atom
 from ._canonical import _secret_base
 from ._classes import (
     _HEAP_TYPE,
+    NoCanonicalForm,
     _declared_slots,
     _dictoffset,
     _enum_member,
@@ -70,6 +72,10 @@ _TEXTUAL = {
     ("pathlib", "PureWindowsPath"),
     ("pathlib", "PosixPath"),
     ("pathlib", "WindowsPath"),
+    ("pathlib._local", "PurePosixPath"),
+    ("pathlib._local", "PureWindowsPath"),
+    ("pathlib._local", "PosixPath"),
+    ("pathlib._local", "WindowsPath"),
     ("ipaddress", "IPv4Address"),
     ("ipaddress", "IPv6Address"),
     ("ipaddress", "IPv4Network"),
@@ -363,6 +369,11 @@ def _textual(value: Any, cls: type, view: _View) -> Any:
     module = sys.modules.get(_module(cls))
     if getattr(module, _qualname_of(cls), None) is not cls:
         return view.part(f"<{_name(cls)}>")  # a class that only takes the name
+    if is_python_atom(cls):  # a path, an address...: its text only when it is the value
+        try:
+            return view.chars(atom_text(value, cls))
+        except NoCanonicalForm:
+            return view.part(f"<not shown: a {_name(cls)} whose text is not what it holds>")
     zone = getattr(value, "tzinfo", None) if _module(cls) == "datetime" else None
     if zone is not None and not _standard_zone(type(zone)):
         return view.part(f"<{_name(cls)} in an app's time zone>")  # its text runs app code
