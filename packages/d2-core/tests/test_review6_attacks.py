@@ -9,6 +9,9 @@ faithfully is refused. Each failed on the commit the review was written against.
 
 from __future__ import annotations
 
+import collections
+import datetime
+import decimal
 import enum
 import ipaddress
 import json
@@ -17,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import pydantic
 import pytest
 from d2.core import (
     ApprovalRequest,
@@ -183,6 +187,158 @@ def test_a_path_is_one_call_whatever_it_has_cached(cls: type) -> None:
     assert canonical_arguments({"v": cls("/tmp/work")}) != canonical_arguments({"v": fresh})
 
 
+# -- (a') (b1) a subclass of a built-in type that overrides how it reads ---------------
+
+
+class Cmd(str):
+    """A command whose text is ``ls /tmp`` and which formats as ``rm -rf /``."""
+
+    def __str__(self) -> str:
+        return "rm -rf /"
+
+    def __format__(self, spec: str) -> str:
+        return "rm -rf /"
+
+
+def test_a_str_subclass_that_formats_as_another_command_is_never_approved() -> None:
+    """Attack: a subclass of a built-in type was digested and shown as its built-in
+    value (``str.__str__``), without its class: the approver of ``run(cmd)`` read
+    ``"ls /tmp"``; the tool's ``f"{cmd}"`` ran ``rm -rf /``. Safe: the call is refused
+    outright (an override of the built-in's methods has no faithful view), and the
+    tool never runs."""
+    _configure("ops.shell")
+    ran: list[str] = []
+
+    @d2_guard("ops.shell")
+    def shell(cmd: str) -> str:
+        ran.append(f"{cmd}")
+        return ran[-1]
+
+    set_user("agent-7", roles=["agent"])
+    with pytest.raises(PermissionDeniedError) as info:
+        shell(Cmd("ls /tmp"))
+    assert info.value.reason == "approval_unsupported"
+    assert ran == []
+
+
+def _override(base: type, name: str) -> type:
+    """A subclass of ``base`` (at module level: its name leads to it) that defines
+    ``name`` itself."""
+
+    def method(self: Any, *args: Any) -> Any:  # pragma: no cover - never run
+        raise AssertionError(f"{name} ran")
+
+    cls = type(f"Over_{base.__name__}_{name.strip('_')}", (base,), {name: method})
+    cls.__module__ = __name__
+    globals()[cls.__name__] = cls
+    return cls
+
+
+_OVERRIDES = [
+    (str, "__str__"),
+    (str, "__repr__"),
+    (str, "__format__"),
+    (str, "__eq__"),
+    (str, "__hash__"),
+    (str, "__iter__"),
+    (str, "__getitem__"),
+    (str, "__len__"),
+    (str, "__fspath__"),
+    (str, "__index__"),
+    (str, "__getattribute__"),
+    (str, "__getattr__"),
+    (str, "strip"),  # not a dunder: the built-in's own method, shadowed
+    (str, "encode"),
+    (int, "__int__"),
+    (int, "__index__"),
+    (int, "__str__"),
+    (int, "__format__"),
+    (float, "__float__"),
+    (bytes, "__bytes__"),
+    (bytes, "__buffer__"),  # PEP 688 (3.12+): bytes(memoryview(v)) would call it
+    (bytes, "decode"),
+    (bytearray, "__buffer__"),
+    (list, "__iter__"),
+    (list, "__getitem__"),
+    (list, "__len__"),
+    (tuple, "__iter__"),
+    (dict, "__getitem__"),
+    (dict, "items"),
+    (dict, "__missing__"),  # d[key] for a key it lacks: the app's code answers
+    (frozenset, "__contains__"),
+    (set, "__iter__"),
+]
+
+
+@pytest.mark.parametrize(
+    ("base", "name"), _OVERRIDES, ids=[f"{b.__name__}.{n}" for b, n in _OVERRIDES]
+)
+def test_a_builtin_subclass_that_overrides_the_builtin_is_refused(base: type, name: str) -> None:
+    value = _override(base, name)()
+    _refused_by_digest_and_view(value)
+
+
+class Blob(bytes):
+    """Bytes whose buffer (Python 3.12+) is another command's."""
+
+    def __buffer__(self, flags: int) -> memoryview:
+        return memoryview(b"echo hello")
+
+
+def test_bytes_that_define_their_own_buffer_are_never_approved() -> None:
+    """Attack (Python 3.12+, PEP 688): bytes were read as ``bytes(memoryview(v))``,
+    which calls a subclass's ``__buffer__``: ``Blob(b"rm -rf ~")`` digested and showed
+    as ``echo hello``. Safe: such a subclass is refused, and bytes are read from
+    their own storage (never through the buffer protocol a class defines)."""
+    _refused_by_digest_and_view(Blob(b"rm -rf ~"))
+    request = _shown_or_refused(Blob(b"rm -rf ~"))
+    assert request is None
+
+
+class Amount(int):
+    """A subclass of a built-in type that overrides nothing."""
+
+
+Point = collections.namedtuple("Point", "x y")
+
+
+def test_a_builtin_subclass_is_shown_with_its_class() -> None:
+    """Attack: a subclass holding nothing beyond its value was shown as that value:
+    ``Amount(5)`` and ``5`` looked alike, though the tool may tell them apart. Safe:
+    its class is shown; a named tuple (its methods are the standard library's) is
+    still approvable."""
+    assert shown_arguments({"v": Amount(5)}) != shown_arguments({"v": 5})
+    assert "Amount" in json.dumps(shown_arguments({"v": Amount(5)})[0])
+    shown, whole = shown_arguments({"v": Point(1, 2)})
+    assert whole and "Point" in json.dumps(shown)
+    assert canonical_arguments({"v": Point(1, 2)}) != canonical_arguments({"v": (1, 2)})
+
+
+# -- (b2) the slots of a pydantic model ------------------------------------------------
+
+
+class Transfer(pydantic.BaseModel):
+    """A payment whose route is kept in a slot of its own (outside the fields)."""
+
+    __slots__ = ("route",)
+    amount: int
+
+    def target(self) -> str:
+        return str(getattr(self, "route", "default-account"))
+
+
+def test_the_approver_is_shown_the_slots_of_a_pydantic_model() -> None:
+    """Attack: a pydantic model's own slots were digested but not shown: two
+    transfers of 5 looked alike, and the approved one paid ``attacker-iban``. Safe:
+    the route is in what the approver is shown (or the call is refused)."""
+    transfer = Transfer(amount=5)
+    object.__setattr__(transfer, "route", "attacker-iban")
+    request = _shown_or_refused(transfer)
+    if request is not None:
+        assert "attacker-iban" in json.dumps(request.arguments), request.arguments
+    assert shown_arguments({"v": transfer}) != shown_arguments({"v": Transfer(amount=5)})
+
+
 # -- (b3) state set on an ipaddress network --------------------------------------------
 
 
@@ -258,6 +414,61 @@ def test_a_standard_library_value_holding_an_app_object_is_refused_unread() -> N
     for value in (address, token, third):
         _refused_by_digest_and_view(value)
     assert LoudInt.calls == 0
+
+
+# -- (b4) values of different types shown alike ----------------------------------------
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Plain:
+    def __init__(self, v: Any) -> None:
+        self.v = v
+
+
+_ALIKE = [
+    pytest.param(b"hi", {"bytes": "6869"}, id="bytes-vs-dict"),
+    pytest.param(2**60, str(2**60), id="big-int-vs-text"),
+    pytest.param((1, 2), [1, 2], id="tuple-vs-list"),
+    pytest.param(
+        collections.defaultdict(list), collections.defaultdict(int), id="defaultdict-factory"
+    ),
+    pytest.param(collections.defaultdict(list), {}, id="defaultdict-vs-dict"),
+    pytest.param(b"hi", bytearray(b"hi"), id="bytes-vs-bytearray"),
+    pytest.param({1, 2}, [1, 2], id="set-vs-list"),
+    pytest.param({1, 2}, frozenset({1, 2}), id="set-vs-frozenset"),
+    pytest.param(collections.OrderedDict(a=1), {"a": 1}, id="ordereddict-vs-dict"),
+    pytest.param(decimal.Decimal("1.5"), "1.5", id="decimal-vs-text"),
+    pytest.param(pathlib.PurePosixPath("/etc"), "/etc", id="path-vs-text"),
+    pytest.param(datetime.date(2024, 1, 2), "2024-01-02", id="date-vs-text"),
+    pytest.param(Color.RED, f"{__name__}.Color.RED", id="enum-vs-text"),
+    pytest.param(pydantic.SecretStr("x"), "**********", id="secret-vs-text"),
+    pytest.param(float("nan"), -float("nan"), id="nan-signs"),
+    pytest.param(complex(1, 2), "(1+2j)", id="complex-vs-text"),
+    pytest.param(collections.deque([1]), [1], id="deque-vs-list"),
+    pytest.param(Plain(1), {"__class__": f"{__name__}.Plain", "v": 1}, id="object-vs-dict"),
+    pytest.param(int, "<class builtins.int>", id="class-vs-text"),
+    pytest.param(
+        datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=1))),
+        datetime.datetime(
+            2030, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=1), "UTC+01:00")
+        ),
+        id="zone-names",
+    ),
+    pytest.param(datetime.datetime(2030, 1, 1), datetime.datetime(2030, 1, 1, fold=1), id="fold"),
+]
+
+
+@pytest.mark.parametrize(("one", "other"), _ALIKE)
+def test_values_of_different_types_are_shown_apart(one: Any, other: Any) -> None:
+    """Attack: the view wrote bytes as ``{"bytes": hex}`` (a dict looks the same), an
+    int beyond 2**53 as its digits (a string looks the same), a tuple as a list, a
+    defaultdict without its factory: two different calls, one view. Safe: different
+    values are shown differently (as the text an approver reads)."""
+    shown = [json.dumps(shown_arguments({"v": v})[0]) for v in (one, other)]
+    assert shown[0] != shown[1], shown
 
 
 # -- (c2) a forged enum member: its value is hashed ------------------------------------

@@ -54,6 +54,7 @@ from ._classes import (
     _name_of,
     _named,
     _namespace,
+    _overridden,
     _qualname,
     _qualname_of,
     _stdlib,
@@ -140,8 +141,12 @@ class _Walk:
         return None
 
 
+# one encoder (json.dumps with options makes a new one per call: a set's every item)
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
 def _text(value: Any, depth: int, walk: _Walk) -> str:
-    return json.dumps(_canon(value, depth, walk), sort_keys=True, separators=(",", ":"))
+    return _encode(_canon(value, depth, walk))
 
 
 def _in_order(items: Collection[Any], depth: int, walk: _Walk) -> list[tuple[str, Any]]:
@@ -320,7 +325,8 @@ _SIZED: dict[int, Callable[[Any], int]] = {
 }
 
 # Built-in types an app's class may extend: digested as their built-in value (read
-# through the built-in's own methods, never an override) plus the instance's state.
+# through the built-in's own methods, never an override) plus the instance's state;
+# a class that overrides how the built-in value reads (_overridden) is refused.
 _BUILTIN_VALUE: dict[int, Callable[[Any], Any]] = {
     id(str): str.__str__,
     id(int): int.__int__,
@@ -331,8 +337,10 @@ _BUILTIN_VALUE: dict[int, Callable[[Any], Any]] = {
     id(dict): _entries,
     id(set): set.copy,
     id(frozenset): frozenset.copy,
-    id(bytes): lambda v: bytes(memoryview(v)),
-    id(bytearray): lambda v: bytearray(memoryview(v)),
+    # from their own storage: never through the buffer protocol, which a subclass
+    # may define in Python (__buffer__, 3.12+)
+    id(bytes): lambda v: bytes.__getitem__(v, slice(None)),
+    id(bytearray): bytearray.copy,
 }
 
 
@@ -403,6 +411,14 @@ def _instance(value: Any, cls: type, depth: int, walk: _Walk) -> Any:
         base = _base(base) or object  # (never None past the layout check)
     if base is object and callable(value):
         raise NoCanonicalForm(f"a {_qualname(cls)} value is callable: its behaviour is code")
+    if base is not object:
+        overridden = _overridden(cls, base)
+        if overridden is not None:
+            raise NoCanonicalForm(
+                f"a {_qualname(cls)} value has no canonical form: its class defines "
+                f"{overridden}, so it may not read as the {_name_of(base)} it holds (which "
+                f"is what an approver is shown); pass a plain {_name_of(base)}"
+            )
     name = _named(cls)
     changing = (
         bool(_dictoffset(cls))

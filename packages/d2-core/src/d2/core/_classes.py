@@ -278,6 +278,23 @@ def _made_by_namedtuple(held: Any) -> bool:
     )
 
 
+def _slot_names(cls: type) -> list[str]:
+    """The slot names of ``cls`` and its bases, as ``copyreg`` lists them (in the
+    ``__slotnames__`` it caches on a class the first time one of its values is
+    copied or pickled)."""
+    return [name for klass in _mro(cls) for name in _declared_slots(klass)]
+
+
+def _is_slot_names(held: Any, klass: type) -> bool:
+    """Whether ``held`` is the list of ``klass``'s slot names (strings only: no
+    ``__eq__`` of the app's is run to compare them)."""
+    return (
+        type(held) is list
+        and all(type(name) is str for name in held)
+        and held == _slot_names(klass)
+    )
+
+
 def _trusted(klass: type, base: type) -> bool:
     """Whether what ``klass`` defines is the built-in's or the standard library's
     (``collections.Counter``): the class of ``base``'s own MRO, or a class of a
@@ -318,6 +335,8 @@ def _overridden(cls: type, base: type) -> str | None:
             if name in _DESCRIBED and type(held) is types.GetSetDescriptorType:
                 continue
             if name in ("__repr__", "__getnewargs__") and _made_by_namedtuple(held):
+                continue
+            if name == "__slotnames__" and _is_slot_names(held, klass):  # copyreg's cache
                 continue
             if trusted is None:
                 trusted = _trusted(klass, base)
