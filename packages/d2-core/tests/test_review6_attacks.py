@@ -16,6 +16,7 @@ import enum
 import ipaddress
 import json
 import pathlib
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -293,6 +294,23 @@ def test_bytes_that_define_their_own_buffer_are_never_approved() -> None:
     _refused_by_digest_and_view(Blob(b"rm -rf ~"))
     request = _shown_or_refused(Blob(b"rm -rf ~"))
     assert request is None
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="PEP 688: __buffer__ is used on 3.12+")
+def test_bytes_are_read_from_their_own_storage_not_a_buffer_their_class_defines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Behind the refusal: were such a class let through, the digest and the view
+    would still read the bytes the object holds, never its ``__buffer__``."""
+    import d2.core._canonical as canonical
+    import d2.core._display as display
+
+    monkeypatch.setattr(canonical, "_overridden", lambda cls, base: None)
+    monkeypatch.setattr(display, "_overridden", lambda cls, base: None)
+    blob = Blob(b"rm -rf ~")
+    assert memoryview(blob).tobytes() == b"echo hello"  # the protocol says otherwise
+    assert b"rm -rf ~".hex() in canonical_arguments({"v": blob})
+    assert b"rm -rf ~".hex() in json.dumps(shown_arguments({"v": blob})[0])
 
 
 class Amount(int):
