@@ -17,6 +17,7 @@ import datetime
 import decimal
 import enum
 import io
+import json
 import math
 import socket
 import struct
@@ -26,6 +27,7 @@ import zoneinfo
 from typing import Any
 
 import pytest
+from d2.core.approval_data import shown_arguments
 from d2.core.approvals import NoCanonicalForm, call_digest, canonical_arguments, json_arguments
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -357,6 +359,25 @@ def test_two_values_share_a_canonical_form_exactly_when_they_are_the_same(
         assert (one == other) is (ref_a == ref_b), (a, b)
 
 
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(many=st.lists(values, min_size=2, max_size=40), pair=pairs)
+def test_two_values_shown_alike_are_the_same_call(many: list[Any], pair: tuple[Any, Any]) -> None:
+    """What an approver is shown tells apart every two calls the digest tells apart:
+    values shown whole with the same JSON text have one canonical form (checked
+    across many small values at once, where different ones shown alike would
+    meet), and a value shown whole can be digested."""
+    by_text: dict[str, Any] = {}
+    for value in [*many, *pair]:
+        shown, whole = shown_arguments({"v": value})
+        if not whole:
+            continue
+        digest = _canonical(value)
+        assert digest is not None, (value, shown)
+        text = json.dumps(shown)
+        first = by_text.setdefault(text, (value, digest))
+        assert first[1] == digest, (first[0], value, shown)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(a=values)
 def test_the_digest_of_a_value_is_stable(a: Any) -> None:
@@ -516,23 +537,32 @@ def test_a_class_is_digested_by_the_name_that_leads_to_it() -> None:
 
 
 def test_a_value_too_large_to_digest_is_refused_promptly() -> None:
-    """The digest's work is bounded: past two million values the call has no
-    canonical form (and so is never approved), rather than holding the caller."""
+    """The digest's work is bounded: past 500,000 values, or 100,000 items of sets
+    to order, the call has no canonical form (and so is never approved), rather than
+    holding the caller."""
     with pytest.raises(NoCanonicalForm, match="too large"):
-        canonical_arguments({"v": [0] * 2_100_000})
+        canonical_arguments({"v": [0] * 500_001})
+    canonical_arguments({"v": [0] * 400_000})
+    with pytest.raises(NoCanonicalForm, match="items of sets"):
+        canonical_arguments({"v": set(range(100_001))})
+    canonical_arguments({"v": set(range(90_000))})
     shared: tuple[Any, ...] = ()
     for _ in range(60):
         shared = (shared, shared)  # 60 tuples, 2**60 leaves if expanded
     assert len(canonical_arguments({"v": shared})) < 20_000
 
 
-def test_a_network_or_interface_digests_its_attributes() -> None:
+def test_a_network_or_interface_with_state_of_its_own_is_refused() -> None:
+    """A network's or interface's ``__dict__`` holds what its text makes (and the
+    caches reading it fills): anything else set on it is refused, not digested
+    beside a text that does not show it."""
     import ipaddress
 
     one, other = ipaddress.IPv4Network("10.0.0.0/8"), ipaddress.IPv4Network("10.0.0.0/8")
     assert canonical_arguments({"v": one}) == canonical_arguments({"v": other})
     other.note = "x"  # type: ignore[attr-defined]
-    assert canonical_arguments({"v": one}) != canonical_arguments({"v": other})
+    with pytest.raises(NoCanonicalForm):
+        canonical_arguments({"v": other})
     iface = ipaddress.IPv6Interface("fe80::1%eth0/64")
     assert canonical_arguments({"v": iface}) == canonical_arguments(
         {"v": ipaddress.IPv6Interface("fe80::1%eth0/64")}
@@ -654,13 +684,13 @@ def test_keys_of_different_types_are_shown_apart_and_big_ints_in_full() -> None:
     shown = json_arguments(
         {"prices": {1: 10, "1": 99999}, "cap": 2**70, "same": {Same(): 1, Same(): 2}}
     )
-    assert shown["prices"] == {"1": 10, "'1'": 99999}
-    assert shown["cap"] == str(2**70)
-    same = f'{{"__class__":"{__name__}.{Same.__qualname__}"}}'  # its state: never its repr
-    assert shown["same"] == {same: 1, f"{same} #2": 2}
+    assert shown["prices"] == {"__dict__": {"1": 10, "'1'": 99999}}
+    assert shown["cap"] == {"__int__": str(2**70)}
+    same = f'{{"__class__":"{__name__}.{Same.__qualname__} <not the class its name leads to>"}}'
+    assert shown["same"] == {"__dict__": {same: 1, f"{same} #2": 2}}  # its state, not repr
     assert json_arguments({"n": 2**53})["n"] == 2**53  # exact in every JSON reader
-    assert json_arguments({"n": 2**53 + 1})["n"] == str(2**53 + 1)
-    huge = json_arguments({"n": 10**5000})["n"]  # beyond Python's int-to-text limit
+    assert json_arguments({"n": 2**53 + 1})["n"] == {"__int__": str(2**53 + 1)}
+    huge = json_arguments({"n": 10**5000})["n"]["__int__"]  # beyond the int-to-text limit
     assert isinstance(huge, str) and int(huge, 16) == 10**5000
 
 

@@ -52,9 +52,14 @@ def _approve(request: ApprovalRequest) -> None:
     set_user("agent-7", roles=["agent"])
 
 
-def _approved_then(approved: Any, other: Any, act: Callable[[Any], Any]) -> list[Any]:
+def _approved_then(
+    approved: Any, other: Any, act: Callable[[Any], Any], refusable: bool = False
+) -> list[Any]:
     """Approve ``tool(approved)``, then call ``tool(other)``: what the tool acted on
-    (``act(argument)``), in order. Safe: ``other`` is refused and nothing ran."""
+    (``act(argument)``), in order. Safe: ``other`` is refused and nothing ran.
+    ``refusable``: since the sixth review such a value may be refused outright
+    (``approval_unsupported``: a class that overrides its built-in's methods), which
+    is safe too."""
     _configure("ops.run")
     acted: list[Any] = []
 
@@ -64,7 +69,16 @@ def _approved_then(approved: Any, other: Any, act: Callable[[Any], Any]) -> list
         return "done"
 
     set_user("agent-7", roles=["agent"])
-    _approve(_held(lambda: tool(approved)))
+    if refusable:
+        try:
+            tool(approved)
+        except ApprovalRequiredError as err:
+            _approve(err.request)
+        except PermissionDeniedError as err:
+            assert err.reason == "approval_unsupported", err.reason
+            return acted
+    else:
+        _approve(_held(lambda: tool(approved)))
     try:
         tool(other)
     except PermissionDeniedError as err:
@@ -98,7 +112,7 @@ def test_a_dict_subclass_is_digested_with_the_entries_it_really_holds() -> None:
     refused."""
     approved = Headers({"accept": "json"})
     other = Headers({"accept": "json", "x-internal-forward-to": "https://evil"})
-    acted = _approved_then(approved, other, lambda h: dict(dict.items(h)))
+    acted = _approved_then(approved, other, lambda h: dict(dict.items(h)), refusable=True)
     assert {"accept": "json", "x-internal-forward-to": "https://evil"} not in acted
 
 
@@ -114,7 +128,7 @@ def test_a_werkzeug_multidict_is_digested_with_every_value_it_holds() -> None:
     datastructures = pytest.importorskip("werkzeug.datastructures")
     approved = datastructures.MultiDict([("to", "alice@corp")])
     other = datastructures.MultiDict([("to", "alice@corp"), ("to", "all@corp")])
-    acted = _approved_then(approved, other, lambda form: form.getlist("to"))
+    acted = _approved_then(approved, other, lambda form: form.getlist("to"), refusable=True)
     assert ["alice@corp", "all@corp"] not in acted
 
 

@@ -37,68 +37,51 @@ import json
 import math
 import os
 import sys
-import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection
 from typing import Any
+
+from ._atoms import atom_text, is_python_atom
+from ._classes import (
+    _MISSING,
+    NoCanonicalForm,
+    _base,
+    _declared_slots,
+    _dictoffset,
+    _enum_member,
+    _instance_dict,
+    _layout_is_python,
+    _module,
+    _name_of,
+    _named,
+    _namespace,
+    _overridden,
+    _qualname,
+    _qualname_of,
+    _stdlib,
+)
 
 __all__ = ["NoCanonicalForm", "canonical_arguments"]
 
 _MAX_DEPTH = 64
-_BUDGET = 2_000_000  # values read per digest
+# values read per digest: five per value the view can show whole (a call it cannot show
+# whole is never approved), for keys and the sort keys of sets
+_BUDGET = 500_000
 _MAX_TEXT = 128 * 1024 * 1024  # bytes of canonical text written per digest, at most
-_POINTER = 8 if sys.maxsize > 2**32 else 4  # sizeof(PyObject *): Py_ssize_t's size
-_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement (or type())
-_MANAGED_WEAKREF = 1 << 3  # CPython 3.12+: __weakref__ kept outside the instance's memory
-_MANAGED_DICT = 1 << 4  # CPython 3.11+: __dict__ kept outside the instance's memory
+# items of sets sorted per digest (each by a canonical text of its own, the costliest
+# work per value): the view shows 100,000 values at most, so no approvable call sorts more
+_MAX_SORTED = 100_000
 _UNSET = {"__t": "unset"}  # a slot that holds nothing (no value has this form)
-_MISSING = object()
 
-# What a class is, read through ``type``'s own descriptors: a metaclass may define
-# ``__dict__``, ``__mro__``, ``__basicsize__``... for its classes, and ``==`` and
-# ``hash`` too, so classes are never compared by ``==`` nor looked up by hash here
-# (tables below are keyed by ``id``).
-_TYPE = vars(type)
-_namespace: Callable[[type], Mapping[str, Any]] = _TYPE["__dict__"].__get__
-_base: Callable[[type], type | None] = _TYPE["__base__"].__get__
-_mro: Callable[[type], tuple[type, ...]] = _TYPE["__mro__"].__get__
-_flags: Callable[[type], int] = _TYPE["__flags__"].__get__
-_basicsize: Callable[[type], int] = _TYPE["__basicsize__"].__get__
-_itemsize: Callable[[type], int] = _TYPE["__itemsize__"].__get__
-_dictoffset: Callable[[type], int] = _TYPE["__dictoffset__"].__get__
-_module: Callable[[type], Any] = _TYPE["__module__"].__get__
-_qualname_of: Callable[[type], str] = _TYPE["__qualname__"].__get__
-_name_of: Callable[[type], str] = _TYPE["__name__"].__get__
-_module_dict: Callable[[types.ModuleType], dict[str, Any]] = vars(types.ModuleType)[
-    "__dict__"
-].__get__
-# object's own __getstate__ (3.11+): the instance dictionary, whatever the class says
-_GETSTATE: Callable[[Any], Any] | None = vars(object).get("__getstate__")
-
-# Exact stdlib value types digested by an exact text: (module, qualname) -> how.
-# Looked up by name so that digesting never imports a module the app did not.
+# Exact stdlib value types written in C, digested by an exact text: (module, qualname)
+# -> how. Looked up by name so that digesting never imports a module the app did not.
+# (Paths, ipaddress values, Fraction and UUID are written in Python: their text is
+# given only when it describes the whole value, by _atoms.atom_text.)
 _ATOMS: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("datetime", "date"): lambda v: v.isoformat(),
     ("datetime", "timedelta"): lambda v: [v.days, v.seconds, v.microseconds],
     ("datetime", "timezone"): repr,  # offset and name
     ("decimal", "Decimal"): str,  # exact: sign, digits, exponent, NaN payloads
-    ("fractions", "Fraction"): str,
-    ("uuid", "UUID"): str,
-    ("pathlib", "PurePosixPath"): str,
-    ("pathlib", "PureWindowsPath"): str,
-    ("pathlib", "PosixPath"): str,
-    ("pathlib", "WindowsPath"): str,
-    ("ipaddress", "IPv4Address"): str,
-    ("ipaddress", "IPv6Address"): str,  # with its scope id
-    ("ipaddress", "IPv4Network"): str,  # (networks and interfaces: with their __dict__)
-    ("ipaddress", "IPv6Network"): str,
-    ("ipaddress", "IPv4Interface"): str,
-    ("ipaddress", "IPv6Interface"): str,
 }
-
-
-class NoCanonicalForm(ValueError):
-    """An argument has no exact, stable form to digest (an approval of such a call
-    could be reused for another call, so none is given)."""
 
 
 class _Walk:
@@ -114,8 +97,11 @@ class _Walk:
     def __init__(self, parent: _Walk | None = None) -> None:
         self.seen: dict[int, tuple[int, Any]] = {}
         self.texts: dict[int, tuple[str, Any]] = {} if parent is None else parent.texts
-        # values left, bytes of text left: shared by every walk of one digest
-        self.budget: list[int] = [_BUDGET, _MAX_TEXT] if parent is None else parent.budget
+        # values left, bytes of text left, set items left to sort: shared by every
+        # walk of one digest
+        self.budget: list[int] = (
+            [_BUDGET, _MAX_TEXT, _MAX_SORTED] if parent is None else parent.budget
+        )
 
     def fresh(self) -> _Walk:
         """A walk that has met nothing, sharing this digest's budget and memo."""
@@ -135,6 +121,17 @@ class _Walk:
                 "reference to the data instead of the data"
             )
 
+    def sort(self, count: int) -> None:
+        """Count ``count`` items of a set against the digest's budget of items to
+        sort, before any is read: a set too large is refused at once."""
+        self.budget[2] -= count
+        if self.budget[2] < 0:
+            raise NoCanonicalForm(
+                f"the arguments are too large to digest (over {_MAX_SORTED:,} items of "
+                "sets to order): pass a smaller value, or a reference to the data "
+                "instead of the data"
+            )
+
     def meet(self, value: Any) -> Any:
         """``None`` the first time ``value`` is met, else its reference."""
         seen = self.seen.get(id(value))
@@ -144,46 +141,20 @@ class _Walk:
         return None
 
 
-def _qualname(cls: type) -> str:
-    return f"{_module(cls)}.{_qualname_of(cls)}"  # for messages: _named tells classes apart
-
-
-def _named(cls: type) -> str:
-    """``module.qualname`` of ``cls``, when that name leads to ``cls`` itself (read
-    from the module's and classes' own dictionaries, no code run). A class made by
-    a factory, inside a function, or replaced since (a reloaded module) shares its
-    name with other classes: its instances have no canonical form."""
-    module, qualname = _module(cls), _qualname_of(cls)
-    found: Any = None
-    if type(module) is str and type(qualname) is str:
-        found = sys.modules.get(module)
-        for part in qualname.split("."):
-            if isinstance(found, type):
-                found = _namespace(found).get(part)
-            elif isinstance(found, types.ModuleType):
-                found = _module_dict(found).get(part)
-            else:
-                found = None
-                break
-    if found is not cls:
-        raise NoCanonicalForm(
-            f"a value of class {_qualname(cls)} has no canonical form: that name does not "
-            "lead to its class (a class made inside a function, by a factory or type(), "
-            "or replaced since), so other classes may share it; define the class at "
-            "module level"
-        )
-    # the module's length first: "a.b" + "C" and "a" + "b.C" are different classes
-    return f"{len(module)}:{module}.{qualname}"
+# one encoder (json.dumps with options makes a new one per call: a set's every item)
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
 def _text(value: Any, depth: int, walk: _Walk) -> str:
-    return json.dumps(_canon(value, depth, walk), sort_keys=True, separators=(",", ":"))
+    return _encode(_canon(value, depth, walk))
 
 
-def _in_order(items: Iterable[Any], depth: int, walk: _Walk) -> list[tuple[str, Any]]:
+def _in_order(items: Collection[Any], depth: int, walk: _Walk) -> list[tuple[str, Any]]:
     """``items`` with the canonical text of each (met afresh: what it holds, never
     where else it is referenced; each item's text computed once per digest),
-    sorted by that text: the order in which the items of a set are digested."""
+    sorted by that text: the order in which the items of a set are digested. The
+    items count against the digest's budget of items to sort first."""
+    walk.sort(len(items))
     memo = walk.texts
     keyed = []
     for item in items:
@@ -278,45 +249,18 @@ def _clock(value: Any, depth: int, walk: _Walk) -> Any:
     }
 
 
-def _stdlib(cls: type, module: str, *names: str) -> bool:
-    """Whether ``cls`` is exactly the class ``module.name`` (one of ``names``)."""
-    qualname = _qualname_of(cls)
-    return (
-        _module(cls) == module
-        and qualname in names
-        and (getattr(sys.modules.get(module), qualname, None) is cls)
-    )
-
-
-def _atom(value: Any, cls: type, how: Callable[[Any], Any], depth: int, walk: _Walk) -> Any:
-    """A standard-library value: its exact text, and its ``__dict__`` when its class
-    has one (an ``ipaddress`` network or interface: attributes an app set, and the
-    cached properties, are part of the call)."""
-    text = how(value)
-    walk.spend(len(text) if type(text) is str else 0)  # a Decimal may have a million digits
-    if not _dictoffset(cls):
-        return {"__t": _qualname(cls), "v": text}
-    seen = walk.meet(value)
-    if seen is not None:
-        return seen
-    state = _dict(_instance_dict(value, cls), depth, walk)
-    return {"__t": _qualname(cls), "v": text, "s": state}
+def _atom(value: Any, cls: type, how: Callable[[Any], Any]) -> Any:
+    """A standard-library value written in C (a date, a ``Decimal``...): its exact
+    text, which its class's own code writes from state no app can set."""
+    return {"__t": _qualname(cls), "v": how(value)}
 
 
 def _enum(value: enum.Enum, cls: type, depth: int, walk: _Walk) -> Any:
     """An enum member: its class and name (members are singletons). Only a member
-    its class lists is one: an object whose class merely says it is an enum (a
-    crafted ``__mro__``) has no canonical form."""
-    state = _instance_dict(value, cls) if _dictoffset(cls) else {}
-    name, raw = state.get("_name_"), state.get("_value_", _MISSING)
-    space = _namespace(cls)
-    by_name, by_value = space.get("_member_map_"), space.get("_value2member_map_")
-    member = type(by_name) is dict and type(name) is str and by_name.get(name) is value
-    if not member and type(by_value) is dict:
-        try:
-            member = by_value.get(raw) is value
-        except TypeError:  # an unhashable value: not in that map
-            member = False
+    its class lists is one, found by name and identity (:func:`_enum_member`): an
+    object whose class merely says it is an enum (a crafted ``__mro__``) or made by
+    ``object.__new__`` has no canonical form, and its value is never hashed."""
+    member, name, raw = _enum_member(value, cls)
     if not member:
         raise NoCanonicalForm(f"a {_qualname(cls)} value is not a member of its enum")
     try:
@@ -381,7 +325,8 @@ _SIZED: dict[int, Callable[[Any], int]] = {
 }
 
 # Built-in types an app's class may extend: digested as their built-in value (read
-# through the built-in's own methods, never an override) plus the instance's state.
+# through the built-in's own methods, never an override) plus the instance's state;
+# a class that overrides how the built-in value reads (_overridden) is refused.
 _BUILTIN_VALUE: dict[int, Callable[[Any], Any]] = {
     id(str): str.__str__,
     id(int): int.__int__,
@@ -392,83 +337,11 @@ _BUILTIN_VALUE: dict[int, Callable[[Any], Any]] = {
     id(dict): _entries,
     id(set): set.copy,
     id(frozenset): frozenset.copy,
-    id(bytes): lambda v: bytes(memoryview(v)),
-    id(bytearray): lambda v: bytearray(memoryview(v)),
+    # from their own storage: never through the buffer protocol, which a subclass
+    # may define in Python (__buffer__, 3.12+)
+    id(bytes): lambda v: bytes.__getitem__(v, slice(None)),
+    id(bytearray): bytearray.copy,
 }
-
-
-def _declared_slots(cls: type) -> list[str]:
-    """The slot names ``cls`` itself declares, as stored (private names mangled),
-    without ``__dict__`` and ``__weakref__``."""
-    slots = _namespace(cls).get("__slots__", ())
-    names = [slots] if isinstance(slots, str) else list(slots)
-    owner = _name_of(cls).lstrip("_")
-    return [
-        f"_{owner}{name}" if name.startswith("__") and not name.endswith("__") and owner else name
-        for name in names
-        if name not in ("__dict__", "__weakref__")
-    ]
-
-
-def _layout_is_python(cls: type) -> bool:
-    """Whether ``cls`` adds nothing to its base's instance memory but what Python
-    declares and D2 can read: slots, a ``__dict__``, a ``__weakref__``. A class
-    written in C (a file, a lock, a socket, ``io.StringIO``) keeps state no
-    attribute shows, and fails."""
-    base = _base(cls)
-    flags = _flags(cls)
-    if base is None or not flags & _HEAP_TYPE or _itemsize(cls) != _itemsize(base):
-        return False
-    own = _namespace(cls)
-    slots = _declared_slots(cls)
-    members = []
-    for key, held in own.items():
-        if type(held) is types.MemberDescriptorType:
-            if held.__name__ != key or held.__objclass__ is not cls:  # moved or copied
-                return False
-            members.append(key)
-    if sorted(members) != sorted(slots):
-        return False
-    size = _basicsize(base) + _POINTER * len(slots)
-    if "__dict__" in own and not flags & _MANAGED_DICT:
-        size += _POINTER
-    if "__weakref__" in own and not flags & _MANAGED_WEAKREF:
-        size += _POINTER
-    return bool(_basicsize(cls) == size)
-
-
-def _instance_dict(value: Any, cls: type) -> dict[Any, Any]:
-    """The instance dictionary of ``value`` (its class has one), where attribute
-    access reads it: through the interpreter's own ``__dict__`` descriptor, never
-    ``value.__dict__``, which a class attribute named ``__dict__`` (a property)
-    answers instead. When that attribute hides the descriptor, ``object``'s own
-    ``__getstate__`` (Python 3.11+) reads the dictionary; without it, the value has
-    no canonical form."""
-    for klass in _mro(cls):
-        held = _namespace(klass).get("__dict__")
-        if type(held) is types.GetSetDescriptorType:
-            try:
-                found = held.__get__(value, cls)
-            except TypeError:  # another type's descriptor, copied in: not this one
-                continue
-            if type(found) is dict:
-                return found
-            break
-    if _GETSTATE is not None:
-        try:
-            state = _GETSTATE(value)
-        except Exception:
-            state = _MISSING
-        if type(state) is tuple and len(state) == 2:  # (dict or None, slots)
-            state = state[0]
-        if state is None:  # an empty dictionary
-            return {}
-        if type(state) is dict:
-            return state
-    raise NoCanonicalForm(
-        f"a {_qualname(cls)} value has no canonical form: a class attribute named "
-        "__dict__ hides where its attributes are kept"
-    )
 
 
 def _state(value: Any, chain: list[type], depth: int, walk: _Walk, hide: str = "") -> Any:
@@ -538,6 +411,14 @@ def _instance(value: Any, cls: type, depth: int, walk: _Walk) -> Any:
         base = _base(base) or object  # (never None past the layout check)
     if base is object and callable(value):
         raise NoCanonicalForm(f"a {_qualname(cls)} value is callable: its behaviour is code")
+    if base is not object:
+        overridden = _overridden(cls, base)
+        if overridden is not None:
+            raise NoCanonicalForm(
+                f"a {_qualname(cls)} value has no canonical form: its class defines "
+                f"{overridden}, so it may not read as the {_name_of(base)} it holds (which "
+                f"is what an approver is shown); pass a plain {_name_of(base)}"
+            )
     name = _named(cls)
     changing = (
         bool(_dictoffset(cls))
@@ -597,7 +478,15 @@ def _canon(value: Any, depth: int, walk: _Walk) -> Any:
     if type(module) is str and type(qualname) is str:
         how = _ATOMS.get((module, qualname))
         if how is not None and _stdlib(cls, module, qualname):
-            return _atom(value, cls, how, depth, walk)
+            found = _atom(value, cls, how)
+        elif is_python_atom(cls):  # a path, an address, a Fraction, a UUID: checked whole
+            found = {"__t": _qualname(cls), "v": atom_text(value, cls)}
+        else:
+            found = None
+        if found is not None:
+            text = found["v"]
+            walk.spend(len(text) if type(text) is str else 0)  # a Decimal of a million digits
+            return found
     if _stdlib(cls, "datetime", "datetime", "time"):
         return _clock(value, depth, walk)
     if _stdlib(cls, "zoneinfo", "ZoneInfo"):

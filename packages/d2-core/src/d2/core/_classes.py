@@ -1,0 +1,345 @@
+"""What a class is, and what its instances hold, read without running the app's code.
+
+The digest (:mod:`d2.core._canonical`) and the approver's view
+(:mod:`d2.core._display`) both read values through these helpers:
+
+* A class's layout, namespace, MRO and name are read through ``type``'s own
+  descriptors (``vars(type)``), never attributes a metaclass defines, and classes
+  are compared by identity, never ``==`` or ``hash``.
+* An instance's dictionary is read through the interpreter's own ``__dict__``
+  descriptor, each slot through its own member descriptor.
+* :func:`_overridden` says whether a subclass of a built-in type changes how its
+  built-in value reads (an override of the built-in's methods, a protocol hook):
+  such a value is shown and digested as nothing, never as its built-in value.
+* :func:`_enum_member` says whether a value is a member its enum lists, by name
+  and identity only (no value of the app is hashed or compared).
+
+It imports nothing of D2.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["NoCanonicalForm"]
+
+_POINTER = 8 if sys.maxsize > 2**32 else 4  # sizeof(PyObject *): Py_ssize_t's size
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement (or type())
+_MANAGED_WEAKREF = 1 << 3  # CPython 3.12+: __weakref__ kept outside the instance's memory
+_MANAGED_DICT = 1 << 4  # CPython 3.11+: __dict__ kept outside the instance's memory
+_MISSING = object()
+
+# What a class is, read through ``type``'s own descriptors: a metaclass may define
+# ``__dict__``, ``__mro__``, ``__basicsize__``... for its classes, and ``==`` and
+# ``hash`` too, so classes are never compared by ``==`` nor looked up by hash here
+# (tables of types are keyed by ``id``).
+_TYPE = vars(type)
+_namespace: Callable[[type], Mapping[str, Any]] = _TYPE["__dict__"].__get__
+_base: Callable[[type], type | None] = _TYPE["__base__"].__get__
+_mro: Callable[[type], tuple[type, ...]] = _TYPE["__mro__"].__get__
+_flags: Callable[[type], int] = _TYPE["__flags__"].__get__
+_basicsize: Callable[[type], int] = _TYPE["__basicsize__"].__get__
+_itemsize: Callable[[type], int] = _TYPE["__itemsize__"].__get__
+_dictoffset: Callable[[type], int] = _TYPE["__dictoffset__"].__get__
+_module: Callable[[type], Any] = _TYPE["__module__"].__get__
+_qualname_of: Callable[[type], str] = _TYPE["__qualname__"].__get__
+_name_of: Callable[[type], str] = _TYPE["__name__"].__get__
+_module_dict: Callable[[types.ModuleType], dict[str, Any]] = vars(types.ModuleType)[
+    "__dict__"
+].__get__
+# object's own __getstate__ (3.11+): the instance dictionary, whatever the class says
+_GETSTATE: Callable[[Any], Any] | None = vars(object).get("__getstate__")
+
+
+class NoCanonicalForm(ValueError):
+    """An argument has no exact, stable form to digest (an approval of such a call
+    could be reused for another call, so none is given)."""
+
+
+def _qualname(cls: type) -> str:
+    return f"{_module(cls)}.{_qualname_of(cls)}"  # for messages: _named tells classes apart
+
+
+def _leads_to(cls: type) -> bool:
+    """Whether ``module.qualname`` of ``cls``, read from the module's and classes'
+    own dictionaries (no code run), leads to ``cls`` itself."""
+    module, qualname = _module(cls), _qualname_of(cls)
+    found: Any = None
+    if type(module) is str and type(qualname) is str:
+        found = sys.modules.get(module)
+        for part in qualname.split("."):
+            if isinstance(found, type):
+                found = _namespace(found).get(part)
+            elif isinstance(found, types.ModuleType):
+                found = _module_dict(found).get(part)
+            else:
+                found = None
+                break
+    return found is cls
+
+
+def _named(cls: type) -> str:
+    """``module.qualname`` of ``cls``, when that name leads to ``cls`` itself. A
+    class made by a factory, inside a function, or replaced since (a reloaded
+    module) shares its name with other classes: its instances have no canonical
+    form."""
+    if not _leads_to(cls):
+        raise NoCanonicalForm(
+            f"a value of class {_qualname(cls)} has no canonical form: that name does not "
+            "lead to its class (a class made inside a function, by a factory or type(), "
+            "or replaced since), so other classes may share it; define the class at "
+            "module level"
+        )
+    module = _module(cls)
+    # the module's length first: "a.b" + "C" and "a" + "b.C" are different classes
+    return f"{len(module)}:{module}.{_qualname_of(cls)}"
+
+
+def _stdlib(cls: type, module: str, *names: str) -> bool:
+    """Whether ``cls`` is exactly the class ``module.name`` (one of ``names``)."""
+    qualname = _qualname_of(cls)
+    return (
+        _module(cls) == module
+        and qualname in names
+        and (getattr(sys.modules.get(module), qualname, None) is cls)
+    )
+
+
+def _declared_slots(cls: type) -> list[str]:
+    """The slot names ``cls`` itself declares, as stored (private names mangled),
+    without ``__dict__`` and ``__weakref__``."""
+    slots = _namespace(cls).get("__slots__", ())
+    names = [slots] if isinstance(slots, str) else list(slots)
+    owner = _name_of(cls).lstrip("_")
+    return [
+        f"_{owner}{name}" if name.startswith("__") and not name.endswith("__") and owner else name
+        for name in names
+        if name not in ("__dict__", "__weakref__")
+    ]
+
+
+def _slot_values(value: Any, cls: type) -> list[tuple[str, Any]]:
+    """Every set slot of ``value`` (of every class of its MRO), each read through
+    its own member descriptor: (name, value), in MRO order."""
+    found: list[tuple[str, Any]] = []
+    for klass in _mro(cls):
+        space = _namespace(klass)
+        for name in _declared_slots(klass):
+            held = space.get(name)
+            if type(held) is not types.MemberDescriptorType:
+                continue
+            try:
+                found.append((name, held.__get__(value, cls)))
+            except AttributeError:  # unset
+                continue
+    return found
+
+
+def _layout_is_python(cls: type) -> bool:
+    """Whether ``cls`` adds nothing to its base's instance memory but what Python
+    declares and D2 can read: slots, a ``__dict__``, a ``__weakref__``. A class
+    written in C (a file, a lock, a socket, ``io.StringIO``) keeps state no
+    attribute shows, and fails."""
+    base = _base(cls)
+    flags = _flags(cls)
+    if base is None or not flags & _HEAP_TYPE or _itemsize(cls) != _itemsize(base):
+        return False
+    own = _namespace(cls)
+    slots = _declared_slots(cls)
+    members = []
+    for key, held in own.items():
+        if type(held) is types.MemberDescriptorType:
+            if held.__name__ != key or held.__objclass__ is not cls:  # moved or copied
+                return False
+            members.append(key)
+    if sorted(members) != sorted(slots):
+        return False
+    size = _basicsize(base) + _POINTER * len(slots)
+    if "__dict__" in own and not flags & _MANAGED_DICT:
+        size += _POINTER
+    if "__weakref__" in own and not flags & _MANAGED_WEAKREF:
+        size += _POINTER
+    return bool(_basicsize(cls) == size)
+
+
+def _instance_dict(value: Any, cls: type) -> dict[Any, Any]:
+    """The instance dictionary of ``value`` (its class has one), where attribute
+    access reads it: through the interpreter's own ``__dict__`` descriptor, never
+    ``value.__dict__``, which a class attribute named ``__dict__`` (a property)
+    answers instead. When that attribute hides the descriptor, ``object``'s own
+    ``__getstate__`` (Python 3.11+) reads the dictionary; without it, the value has
+    no canonical form."""
+    for klass in _mro(cls):
+        held = _namespace(klass).get("__dict__")
+        if type(held) is types.GetSetDescriptorType:
+            try:
+                found = held.__get__(value, cls)
+            except TypeError:  # another type's descriptor, copied in: not this one
+                continue
+            if type(found) is dict:
+                return found
+            break
+    if _GETSTATE is not None:
+        try:
+            state = _GETSTATE(value)
+        except Exception:
+            state = _MISSING
+        if type(state) is tuple and len(state) == 2:  # (dict or None, slots)
+            state = state[0]
+        if state is None:  # an empty dictionary
+            return {}
+        if type(state) is dict:
+            return state
+    raise NoCanonicalForm(
+        f"a {_qualname(cls)} value has no canonical form: a class attribute named "
+        "__dict__ hides where its attributes are kept"
+    )
+
+
+def _entry(mapping: dict[Any, Any], key: str) -> Any:
+    """``mapping[key]`` for a string ``key`` (else :data:`_MISSING`), found by
+    scanning: a lookup would compare ``key`` with a colliding key of the app's
+    type, running its ``__eq__``."""
+    for found, held in dict.items(mapping):
+        if type(found) is str and found == key:
+            return held
+    return _MISSING
+
+
+def _enum_member(value: Any, cls: type) -> tuple[bool, Any, Any]:
+    """Whether ``value`` is a member its enum ``cls`` lists, and its ``_name_`` and
+    ``_value_`` (:data:`_MISSING` when absent). By name and identity only: the
+    member under its name in ``_member_map_``, or (a composite flag) one of the
+    members ``_value2member_map_`` holds; never a lookup by value, which would hash
+    an object of the app (a forged member's value)."""
+    state = _instance_dict(value, cls) if _dictoffset(cls) else {}
+    name, raw = _entry(state, "_name_"), _entry(state, "_value_")
+    space = _namespace(cls)
+    by_name, by_value = space.get("_member_map_"), space.get("_value2member_map_")
+    member = type(by_name) is dict and type(name) is str and _entry(by_name, name) is value
+    if not member and type(by_value) is dict:
+        member = any(held is value for held in dict.values(by_value))
+    return member, name, raw
+
+
+# -- subclasses of built-in types that change how their value reads -------------------
+
+# Names a subclass of a built-in type may define without changing how the value it
+# holds reads: where the class comes from, how a value is made (an approval binds
+# the value made: ``__new__`` and ``__init__`` run before the call), and pydantic's
+# hooks that say how a value is validated into the class.
+_HARMLESS = frozenset(
+    {
+        "__module__",
+        "__qualname__",
+        "__doc__",
+        "__slots__",
+        "__annotations__",
+        "__annotate__",
+        "__annotate_func__",
+        "__annotations_cache__",
+        "__orig_bases__",
+        "__parameters__",
+        "__type_params__",
+        "__static_attributes__",
+        "__firstlineno__",
+        "__classcell__",
+        "__match_args__",
+        "__abstractmethods__",
+        "__init__",
+        "__new__",
+        "__init_subclass__",
+        "__class_getitem__",
+        "__subclasshook__",
+        "__get_validators__",
+        "__get_pydantic_core_schema__",
+        "__get_pydantic_json_schema__",
+        "__modify_schema__",
+    }
+)
+_DESCRIBED = ("__dict__", "__weakref__")  # harmless when the interpreter's own descriptors
+_NAMES: dict[int, frozenset[str]] = {}  # id(built-in type) -> its attribute names
+
+
+def _made_by_namedtuple(held: Any) -> bool:
+    """Whether ``held`` is a method ``collections.namedtuple`` writes for every named
+    tuple (``__repr__``, ``__getnewargs__``): its code is the standard library's."""
+    collections = sys.modules.get("collections")
+    maker = getattr(collections, "namedtuple", None)
+    code = getattr(held, "__code__", None)
+    return (
+        type(held) is types.FunctionType
+        and type(maker) is types.FunctionType
+        and held.__globals__ is getattr(collections, "__dict__", None)
+        and any(code is const for const in maker.__code__.co_consts)
+    )
+
+
+def _slot_names(cls: type) -> list[str]:
+    """The slot names of ``cls`` and its bases, as ``copyreg`` lists them (in the
+    ``__slotnames__`` it caches on a class the first time one of its values is
+    copied or pickled)."""
+    return [name for klass in _mro(cls) for name in _declared_slots(klass)]
+
+
+def _is_slot_names(held: Any, klass: type) -> bool:
+    """Whether ``held`` is the list of ``klass``'s slot names (strings only: no
+    ``__eq__`` of the app's is run to compare them)."""
+    return (
+        type(held) is list
+        and all(type(name) is str for name in held)
+        and held == _slot_names(klass)
+    )
+
+
+def _trusted(klass: type, base: type) -> bool:
+    """Whether what ``klass`` defines is the built-in's or the standard library's
+    (``collections.Counter``): the class of ``base``'s own MRO, or a class of a
+    standard-library module its name leads to."""
+    if any(klass is known for known in _mro(base)):
+        return True
+    module = _module(klass)
+    return (
+        type(module) is str
+        and module.partition(".")[0] in sys.stdlib_module_names
+        and _leads_to(klass)
+    )
+
+
+def _overridden(cls: type, base: type) -> str | None:
+    """The first name by which ``cls``, a subclass of the built-in type ``base``,
+    changes how its value reads (else ``None``): a name of ``base``'s (a method such
+    as ``__str__``, ``__format__``, ``__eq__``, ``__iter__``, ``__getitem__`` or
+    ``strip``, shadowed), or any other special name (``__fspath__``, ``__index__``,
+    ``__buffer__``, ``__getattr__``, ``__html__``, ``__reduce__``...), defined by a
+    class of its MRO that is neither the built-in's nor the standard library's.
+    Names that say where the class comes from and how a value is made
+    (:data:`_HARMLESS`) and the methods ``namedtuple`` writes are allowed; other
+    methods of the app's own (``def shell(self)``) are too: the view shows the class."""
+    names = _NAMES.get(id(base))
+    if names is None:
+        names = _NAMES[id(base)] = frozenset(dir(base))
+    seen: set[str] = set()
+    for klass in _mro(cls):
+        trusted = None
+        for name, held in _namespace(klass).items():
+            if name in seen:
+                continue
+            seen.add(name)
+            special = name.startswith("__") and name.endswith("__")
+            if name in _HARMLESS or not (special or name in names):
+                continue
+            if name in _DESCRIBED and type(held) is types.GetSetDescriptorType:
+                continue
+            if name in ("__repr__", "__getnewargs__") and _made_by_namedtuple(held):
+                continue
+            if name == "__slotnames__" and _is_slot_names(held, klass):  # copyreg's cache
+                continue
+            if trusted is None:
+                trusted = _trusted(klass, base)
+            if not trusted:
+                return name
+    return None
