@@ -402,14 +402,36 @@ def _rotate_key(
         float,
         typer.Option("--overlap", help="Seconds the previous key stays in the JWKS."),
     ] = 86400.0,
+    replace_secret: Annotated[
+        bool,
+        typer.Option(
+            "--replace-secret",
+            help="Store the new key under D2_SERVER_SECRET even though it does not "
+            "decrypt the published keys (a lost or leaked secret); needs --overlap 0. "
+            "Restart every replica with the new secret afterwards.",
+        ),
+    ] = False,
 ) -> None:
-    """Add a new bundle signing key."""
+    """Add a new bundle signing key. D2_SERVER_SECRET must be the secret the
+    published keys are stored with (else nothing changes), unless --replace-secret."""
+    if replace_secret and overlap != 0:
+        raise typer.BadParameter(
+            "--replace-secret needs --overlap 0: keys under the old secret must leave "
+            "the JWKS with the rotation",
+            param_hint="'--overlap'",
+        )
 
     def body(plane: ControlPlane) -> None:
         if plane.storage.active_signing_key() is None:
             raise _Refused("no signing key yet; run `d2-server init`")
-        key = plane.rotate_key(alg.value, overlap=overlap)
+        key = plane.rotate_key(alg.value, overlap=overlap, replace_secret=replace_secret)
         print(f"new signing key: {key.alg} {key.kid}")
+        if replace_secret:
+            print(
+                "the previous keys left the JWKS; restart every replica with the new "
+                "D2_SERVER_SECRET"
+            )
+            return
         print(
             f"the previous key stays in the JWKS for {overlap:g} s; bundles signed "
             "meanwhile carry jwks_refresh"

@@ -26,6 +26,7 @@ __all__ = [
     "SECRET_ENV",
     "KeySealer",
     "KeySecretError",
+    "check_rotation",
     "check_stored_keys",
     "is_sealed",
     "private_pem",
@@ -151,3 +152,50 @@ def check_stored_keys(
                 "the end of its overlap and is never used to sign",
                 key.kid,
             )
+
+
+def check_rotation(
+    keys: Sequence[SigningKeyRecord],
+    sealer: KeySealer | None,
+    load: Callable[[SigningKeyRecord], object],
+    *,
+    replace_secret: bool = False,
+) -> None:
+    """Whether ``rotate-key`` may store a new key next to the published ``keys``;
+    raises :class:`KeySecretError` (the rotation then changes nothing) when a key is
+    encrypted and no secret is set, or when ``load`` (which decrypts and parses a
+    key) fails for an encrypted key: a new key sealed under another secret than the
+    published ones would leave no replica able to sign (the running ones cannot open
+    it) or to start (no secret opens every published key) until they leave the JWKS.
+
+    ``replace_secret`` (``rotate-key --replace-secret``, with no overlap) skips the
+    second check: the published keys leave the JWKS with the rotation, and the
+    replicas must be restarted with the new secret. It still needs a secret."""
+    if sealer is None:
+        if any(is_sealed(k.pem) for k in keys):
+            raise KeySecretError(
+                f"the signing keys of this database are encrypted: set {SECRET_ENV} to "
+                "their secret (a new key must not be stored in clear next to them)"
+                if not replace_secret
+                else f"--replace-secret needs the new secret: set {SECRET_ENV} (a new key "
+                "must not be stored in clear in place of encrypted ones)"
+            )
+        return
+    if replace_secret:
+        return
+    for key in keys:
+        if not is_sealed(key.pem):
+            continue
+        try:
+            load(key)
+        except KeySecretError:
+            raise KeySecretError(
+                f"rotate-key refused, nothing was changed: {SECRET_ENV} does not decrypt "
+                f"the published signing key {key.kid}, so it is not the secret the "
+                "serving replicas use. A new key stored under it would leave no replica "
+                "able to sign or to start until the old keys leave the JWKS. Run "
+                f"rotate-key with {SECRET_ENV} set to the secret the keys were stored "
+                "with. To replace a lost or leaked secret on purpose, run `d2-server "
+                f"rotate-key --replace-secret --overlap 0` with the new secret in "
+                f"{SECRET_ENV}, then restart every replica with it."
+            ) from None
