@@ -62,7 +62,7 @@ def test_init_with_a_secret_stores_no_private_key_in_clear(env: dict[str, str]) 
     _init(env)
     with sqlite3.connect(env["D2_SERVER_DB"]) as conn:
         (stored,) = conn.execute("SELECT private_pem FROM signing_keys").fetchone()
-    assert bytes(stored).startswith(b"D2K1") and b"PRIVATE KEY" not in bytes(stored)
+    assert bytes(stored).startswith(b"D2K2") and b"PRIVATE KEY" not in bytes(stored)
 
 
 def test_serve_with_the_secret_answers(env: dict[str, str]) -> None:
@@ -92,6 +92,7 @@ def test_serve_with_the_secret_answers(env: dict[str, str]) -> None:
     [
         ("another-secret-of-enough-length-but-the-wrong-one", "d2-server: D2_SERVER_SECRET does"),
         (None, "d2-server: the signing keys of this database are encrypted and D2_SERVER_SECRET"),
+        ("a" * 48, "d2-server: D2_SERVER_SECRET is too weak"),
     ],
 )
 def test_serve_with_a_wrong_or_missing_secret_exits_3_before_listening(
