@@ -44,10 +44,12 @@ def _init(env: dict[str, str]) -> str:
     return str(json.loads(out)["runtime_token"])
 
 
-def _serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+def _serve(
+    env: dict[str, str], *options: str, log_level: str = "warning"
+) -> tuple[subprocess.Popen[str], str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [str(EXE), "serve", "--port", str(port), "--log-level", "warning"],
+        [str(EXE), "serve", "--port", str(port), "--log-level", log_level, *options],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -60,7 +62,7 @@ def test_init_with_a_secret_stores_no_private_key_in_clear(env: dict[str, str]) 
     _init(env)
     with sqlite3.connect(env["D2_SERVER_DB"]) as conn:
         (stored,) = conn.execute("SELECT private_pem FROM signing_keys").fetchone()
-    assert bytes(stored).startswith(b"D2K1") and b"PRIVATE KEY" not in bytes(stored)
+    assert bytes(stored).startswith(b"D2K2") and b"PRIVATE KEY" not in bytes(stored)
 
 
 def test_serve_with_the_secret_answers(env: dict[str, str]) -> None:
@@ -84,26 +86,32 @@ def test_serve_with_the_secret_answers(env: dict[str, str]) -> None:
         proc.communicate(timeout=30)  # also closes the stderr pipe
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize(
     ("secret", "message"),
     [
-        ("another-secret-of-enough-length-but-the-wrong-one", "D2_SERVER_SECRET does not decrypt"),
-        (None, "D2_SERVER_SECRET is not set"),
+        ("another-secret-of-enough-length-but-the-wrong-one", "d2-server: D2_SERVER_SECRET does"),
+        (None, "d2-server: the signing keys of this database are encrypted and D2_SERVER_SECRET"),
+        ("a" * 48, "d2-server: D2_SERVER_SECRET is too weak"),
     ],
 )
-def test_serve_with_a_wrong_or_missing_secret_exits_before_serving(
-    env: dict[str, str], secret: str | None, message: str
+def test_serve_with_a_wrong_or_missing_secret_exits_3_before_listening(
+    env: dict[str, str], secret: str | None, message: str, workers: str
 ) -> None:
+    """The same refusal and exit status (3, uvicorn's startup failure) whatever the
+    number of workers: with several, the supervising process checks the keys before
+    it binds the port (it used to listen, let the workers fail, and exit 0)."""
     _init(env)
     run_env = dict(env) if secret is None else {**env, "D2_SERVER_SECRET": secret}
-    proc, base = _serve(run_env)
+    proc, base = _serve(run_env, "--workers", workers, log_level="info")
     try:
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode != 0
+    assert proc.returncode == 3, stderr
     assert message in stderr
+    assert "Uvicorn running on" not in stderr and "Started" not in stderr  # never listened
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{base}/healthz")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -385,7 +386,7 @@ def test_an_out_of_range_setting_is_refused_before_serving(
 def test_serve_with_workers_hands_uvicorn_a_factory_and_the_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import uvicorn
+    import uvicorn.supervisors
     from d2.server import serving
 
     db = tmp_path / "d2.db"
@@ -393,38 +394,56 @@ def test_serve_with_workers_hands_uvicorn_a_factory_and_the_settings(
     monkeypatch.setenv(serving.SETTINGS_ENV, "")  # restored after the test
     seen: dict[str, object] = {}
 
-    def run(app: object, **kwargs: object) -> None:
-        from starlette.testclient import TestClient
+    class Supervisor:  # uvicorn's multiprocess supervisor, run in this process
+        def __init__(self, config: uvicorn.Config, sockets: list[object]) -> None:
+            seen.update(config=config, sockets=sockets)
+            self.processes: list[object] = []
 
-        seen.update(kwargs, app=app)
-        worker = serving.worker_app()  # what each worker process builds
-        seen["config"] = worker.state.plane.config
-        with TestClient(worker) as client:  # runs the worker's lifespan
-            assert client.get("/healthz").json() == {"status": "ok"}
-            seen["worker_prunes"] = hasattr(worker.state, "pruner")
+        def run(self) -> None:
+            from starlette.testclient import TestClient
 
-    monkeypatch.setattr(uvicorn, "run", run)
-    args = ["serve", "--db", str(db), "--workers", "3", "--poll-seconds", "9"]
+            worker = serving.worker_app()  # what each worker process builds
+            seen["server_config"] = worker.state.plane.config
+            with TestClient(worker) as client:  # runs the worker's lifespan
+                assert client.get("/healthz").json() == {"status": "ok"}
+                seen["worker_prunes"] = hasattr(worker.state, "pruner")
+
+    monkeypatch.setattr(uvicorn.supervisors, "Multiprocess", Supervisor)
+    args = ["serve", "--db", str(db), "--workers", "3", "--poll-seconds", "9", "--port", "0"]
     assert main([*args, "--events-retention", "5", "--bundle-refresh", "60"]) == 0
-    assert seen["app"] == "d2.server.serving:worker_app" and seen["factory"] is True
-    assert seen["workers"] == 3 and seen["lifespan"] == "on"
     config = seen["config"]
-    assert isinstance(config, ServerConfig)
-    assert (config.poll_seconds, config.events_retention_days) == (9, 5)
-    assert config.bundle_refresh == 60
+    assert isinstance(config, uvicorn.Config)
+    assert config.app == "d2.server.serving:worker_app" and config.factory is True
+    assert config.workers == 3 and config.lifespan == "on"
+    assert len(seen["sockets"]) == 1  # type: ignore[arg-type]
+    server_config = seen["server_config"]
+    assert isinstance(server_config, ServerConfig)
+    assert (server_config.poll_seconds, server_config.events_retention_days) == (9, 5)
+    assert server_config.bundle_refresh == 60
     assert seen["worker_prunes"] is False  # the supervising process prunes, once
     settings_env = serving.ServeSettings.from_env()
     assert settings_env.db == str(db)
 
 
+def test_the_startup_failure_status_is_uvicorns() -> None:
+    import uvicorn.config
+    from d2.server import serving
+
+    assert serving.STARTUP_FAILURE == uvicorn.config.STARTUP_FAILURE == 3
+
+
 def test_a_worker_without_settings_says_how_it_is_started(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from d2.server import serving
 
     monkeypatch.delenv(serving.SETTINGS_ENV, raising=False)
     with pytest.raises(RuntimeError, match="d2-server serve --workers N"):
-        serving.worker_app()
+        serving.ServeSettings.from_env()
+    with caplog.at_level(logging.ERROR, logger="d2.server"), pytest.raises(SystemExit) as exited:
+        serving.worker_app()  # a status that stops uvicorn's supervisor, not a restart
+    assert exited.value.code == serving.STARTUP_FAILURE
+    assert "d2-server serve --workers N" in caplog.text
     for bad in ("{", "[]", '{"db": 3, "config": {}}', '{"db": "x"}'):
         with pytest.raises(RuntimeError, match="is not valid"):
             serving.ServeSettings.from_env({serving.SETTINGS_ENV: bad})

@@ -258,7 +258,9 @@ def test_a_lost_secret_is_recovered_by_a_rotation_without_overlap(db: Path) -> N
     plane = _plane(db, OTHER)  # the documented recovery: a new secret, overlap 0
     with pytest.raises(KeySecretError):
         plane.check_signing_keys()
-    new = plane.rotate_key(overlap=0)
+    with pytest.raises(KeySecretError, match="--replace-secret --overlap 0"):
+        plane.rotate_key(overlap=0)  # not by accident: the flag says it is on purpose
+    new = plane.rotate_key(overlap=0, replace_secret=True)
     plane.check_signing_keys()
     assert [k["kid"] for k in plane.jwks().model_dump()["keys"]] == [new.kid] != [old.kid]
     assert jwt.get_unverified_header(_publish(plane, developer, key))["kid"] == new.kid

@@ -8,7 +8,9 @@ refuse a database whose schema is behind (naming ``d2-server migrate``) or ahead
 Option names follow the ``d2`` command where both name the
 same thing (``--app-name``, ``--json``); the old spellings still work but are not
 shown in ``--help``. Exit status: 0 done, 1 refused (for example ``init`` on a
-database that already has an account), 2 usage error (a bad option or value).
+database that already has an account), 2 usage error (a bad option or value), 3
+``serve`` could not start (signing keys the secret cannot use, checked before it
+listens, or a worker process that failed to start).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import typer
 from ._version import __version__
 from .config import Quotas, ServerConfig, check_event_setting
 from .database import database_url, describe
+from .keyseal import KeySecretError
 from .schema import SchemaError
 from .service import ControlPlane, check_app_name
-from .serving import ServeSettings, serve
+from .serving import STARTUP_FAILURE, ServeSettings, serve
 from .signing import DEFAULT_ALGORITHM
 from .store import SQLStorage
 
@@ -63,7 +66,8 @@ app = typer.Typer(
     name="d2-server",
     help="D2 reference control plane (self-hosted): signed policy bundles, JWKS, "
     "publishing, usage events, on one SQLite file.\n\n"
-    "Exit codes: 0 ok, 1 refused (the message says why), 2 usage error.",
+    "Exit codes: 0 ok, 1 refused (the message says why), 2 usage error, "
+    "3 serve could not start (the message says why).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,  # never print locals (tokens) in a traceback
@@ -353,7 +357,8 @@ def _serve(
     ] = _CONFIG.events_prune_interval,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
 ) -> None:
-    """Run the HTTP server."""
+    """Run the HTTP server. Exit status 3 when it cannot start: the signing keys
+    and D2_SERVER_SECRET (checked before it listens), or a worker that failed."""
     settings = ServeSettings(
         db,
         {
@@ -380,7 +385,19 @@ def _serve(
     if not ready:
         shown = describe(db)
         _fail(f"{shown} is not initialized; run `d2-server init --db {shown}`", False)
-    serve(settings, host=host, port=port, workers=workers, log_level=log_level)
+    try:
+        serve(settings, host=host, port=port, workers=workers, log_level=log_level)
+    except KeySecretError as exc:  # checked before anything listens, any --workers
+        print(f"d2-server: {exc}", file=sys.stderr)
+        raise typer.Exit(STARTUP_FAILURE) from None
+    except SystemExit as exc:
+        if exc.code == STARTUP_FAILURE and workers > 1:
+            print(
+                "d2-server: a worker process could not start (its error is logged "
+                "above); every worker was stopped",
+                file=sys.stderr,
+            )
+        raise
 
 
 @app.command("migrate")
@@ -402,14 +419,36 @@ def _rotate_key(
         float,
         typer.Option("--overlap", help="Seconds the previous key stays in the JWKS."),
     ] = 86400.0,
+    replace_secret: Annotated[
+        bool,
+        typer.Option(
+            "--replace-secret",
+            help="Store the new key under D2_SERVER_SECRET even though it does not "
+            "decrypt the published keys (a lost or leaked secret); needs --overlap 0. "
+            "Restart every replica with the new secret afterwards.",
+        ),
+    ] = False,
 ) -> None:
-    """Add a new bundle signing key."""
+    """Add a new bundle signing key. D2_SERVER_SECRET must be the secret the
+    published keys are stored with (else nothing changes), unless --replace-secret."""
+    if replace_secret and overlap != 0:
+        raise typer.BadParameter(
+            "--replace-secret needs --overlap 0: keys under the old secret must leave "
+            "the JWKS with the rotation",
+            param_hint="'--overlap'",
+        )
 
     def body(plane: ControlPlane) -> None:
         if plane.storage.active_signing_key() is None:
             raise _Refused("no signing key yet; run `d2-server init`")
-        key = plane.rotate_key(alg.value, overlap=overlap)
+        key = plane.rotate_key(alg.value, overlap=overlap, replace_secret=replace_secret)
         print(f"new signing key: {key.alg} {key.kid}")
+        if replace_secret:
+            print(
+                "the previous keys left the JWKS; restart every replica with the new "
+                "D2_SERVER_SECRET"
+            )
+            return
         print(
             f"the previous key stays in the JWKS for {overlap:g} s; bundles signed "
             "meanwhile carry jwks_refresh"

@@ -24,8 +24,8 @@ from .keyseal import (
     SECRET_ENV,
     KeySealer,
     KeySecretError,
+    check_rotation,
     check_stored_keys,
-    is_sealed,
     private_pem,
 )
 from .policycheck import check_policy, check_size, parse_policy
@@ -171,22 +171,38 @@ class ControlPlane:
         return active if active is not None else self.rotate_key(alg, overlap=0.0)
 
     def rotate_key(
-        self, alg: str = DEFAULT_ALGORITHM, *, overlap: float = 86400.0
+        self,
+        alg: str = DEFAULT_ALGORITHM,
+        *,
+        overlap: float = 86400.0,
+        replace_secret: bool = False,
     ) -> SigningKeyRecord:
         """Make a new key active; the previous one stays in the JWKS for ``overlap``
         seconds and bundles signed meanwhile carry ``jwks_refresh: true``. The
         current version of every app is re-signed on its next fetch, and once more
-        after the overlap (without the flag)."""
+        after the overlap (without the flag).
+
+        Before anything is stored, this process's secret must open every published
+        encrypted key (:func:`~d2.server.keyseal.check_rotation`;
+        :class:`~d2.server.keyseal.KeySecretError` otherwise).
+        ``replace_secret=True`` stores the new key under this secret without that
+        check, to replace a lost or leaked secret: it needs ``overlap=0``
+        (``ValueError`` otherwise), so no key under the old secret stays published."""
         if overlap < 0:
             raise ValueError("overlap must be >= 0")
-        now = self.now()
-        if self._sealer is None and any(
-            is_sealed(k.pem) for k in self.storage.published_signing_keys(now)
-        ):
-            raise KeySecretError(
-                f"the signing keys of this database are encrypted: set {SECRET_ENV} to "
-                "their secret (a new key must not be stored in clear next to them)"
+        if replace_secret and overlap != 0:
+            raise ValueError(
+                "replacing the secret needs --overlap 0: keys under the old secret must "
+                "leave the JWKS with the rotation, or no replica could start with either "
+                "secret during the overlap"
             )
+        now = self.now()
+        check_rotation(
+            self.storage.published_signing_keys(now),
+            self._sealer,
+            self._signing_key,
+            replace_secret=replace_secret,
+        )
         key = SigningKey.generate(alg)
         pem = key.pem() if self._sealer is None else self._sealer.seal(key.pem(), key.kid, alg)
         record = SigningKeyRecord(key.kid, alg, pem, key.jwk, now)

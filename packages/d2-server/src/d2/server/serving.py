@@ -6,11 +6,19 @@ the settings travel to the workers in the environment variable
 fields given on the command line; no secret) and :func:`worker_app` builds each
 worker's application from it. The usage-event pruner then runs once, in the
 supervising process, instead of once per worker.
+
+Whatever the number of workers, :func:`serve` checks the signing keys against
+``D2_SERVER_SECRET`` in this process before anything listens, and a worker that
+cannot start ends the whole server with exit status 3 (:data:`STARTUP_FAILURE`,
+uvicorn's own status for a failed start): uvicorn's supervisor stops the other
+workers instead of restarting the failed one forever, and :func:`serve` turns that
+stop into ``SystemExit(3)`` rather than a normal return.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,12 +30,18 @@ from .config import ServerConfig
 from .service import ControlPlane
 from .store import SQLStorage
 
-__all__ = ["SETTINGS_ENV", "ServeSettings", "serve", "worker_app"]
+__all__ = ["SETTINGS_ENV", "STARTUP_FAILURE", "ServeSettings", "serve", "worker_app"]
 
 SETTINGS_ENV = "D2_SERVER_WORKER_SETTINGS"
 """The environment variable carrying :class:`ServeSettings` to worker processes."""
 
+STARTUP_FAILURE = 3
+"""The exit status of a server that could not start (uvicorn's, and
+``d2-server serve``'s): a worker process exits with it when it cannot build its
+application, and :func:`serve` raises ``SystemExit`` with it when a worker did."""
+
 _FACTORY = "d2.server.serving:worker_app"
+_log = logging.getLogger("d2.server")
 
 
 @dataclass(frozen=True)
@@ -67,12 +81,21 @@ class ServeSettings:
 
 def worker_app() -> Starlette:
     """The application of one worker process (an app factory for uvicorn), built
-    from :data:`SETTINGS_ENV`; the supervising process prunes events, not it."""
+    from :data:`SETTINGS_ENV`; the supervising process prunes events, not it.
+
+    When it cannot be built (no or bad settings, a database that does not open, a
+    refused secret), the error is logged on the ``d2.server`` logger and the worker
+    exits with :data:`STARTUP_FAILURE`: uvicorn's supervisor then stops the server
+    (any other exception would make it restart the worker forever)."""
     from .app import create_app
 
-    settings = ServeSettings.from_env()
-    plane = ControlPlane(SQLStorage(settings.db), settings.server_config())
-    return create_app(plane, prune=False)
+    try:
+        settings = ServeSettings.from_env()
+        plane = ControlPlane(SQLStorage(settings.db), settings.server_config())
+        return create_app(plane, prune=False)
+    except Exception as exc:
+        _log.error("this worker cannot start: %s", exc, exc_info=True)
+        raise SystemExit(STARTUP_FAILURE) from None
 
 
 def serve(
@@ -86,7 +109,15 @@ def serve(
 ) -> None:
     """Serve until stopped (SIGINT/SIGTERM). One worker: the application runs in
     this process. Several: uvicorn supervises ``workers`` processes sharing the
-    listening socket, and this process runs the usage-event pruner."""
+    listening socket, and this process runs the usage-event pruner.
+
+    Before anything listens, this process checks the signing keys against
+    ``D2_SERVER_SECRET`` (:meth:`ControlPlane.check_signing_keys`): a
+    :class:`~d2.server.keyseal.KeySecretError` (wrong, missing or weak secret) is
+    raised from here, whatever the number of workers. A server that then fails to
+    start raises ``SystemExit(STARTUP_FAILURE)``: uvicorn does so for one worker, and
+    this function does so when a worker exited with that status (uvicorn's
+    supervisor has then stopped the others)."""
     import uvicorn
 
     from .app import create_app
@@ -102,8 +133,10 @@ def serve(
     }
     config = settings.server_config()
     storage = SQLStorage(settings.db)
-    plane = ControlPlane(storage, config)
+    failed = False
     try:
+        plane = ControlPlane(storage, config)
+        plane.check_signing_keys()  # here, before any port is bound or worker started
         if workers <= 1:
             uvicorn.run(create_app(plane), **options)
             return
@@ -111,8 +144,30 @@ def serve(
         pruner = EventPruner(plane)
         pruner.start()
         try:
-            uvicorn.run(_FACTORY, factory=True, workers=workers, **options)
+            failed = _supervise(workers, options)
         finally:
             pruner.stop()
     finally:
         storage.close()
+    if failed:
+        raise SystemExit(STARTUP_FAILURE)
+
+
+def _supervise(workers: int, options: dict[str, Any]) -> bool:
+    """Run uvicorn's multiprocess supervisor over :func:`worker_app` (what
+    ``uvicorn.run(..., workers=N)`` does) until it stops; whether it stopped because
+    a worker exited with :data:`STARTUP_FAILURE` (``uvicorn.run`` returns normally
+    then, so the status is read from the supervisor's processes)."""
+    from uvicorn import Config
+    from uvicorn.supervisors import Multiprocess
+
+    config = Config(_FACTORY, factory=True, workers=workers, **options)
+    sock = config.bind_socket()
+    supervisor = Multiprocess(config, sockets=[sock])
+    try:
+        supervisor.run()
+    except KeyboardInterrupt:  # before the supervisor's own signal handlers (as uvicorn.run)
+        pass
+    finally:
+        sock.close()
+    return any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
