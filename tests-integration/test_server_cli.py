@@ -29,10 +29,19 @@ EXE = Path(sys.executable).parent / "d2-server"
 pytestmark = pytest.mark.skipif(not EXE.exists(), reason="the d2-server script is not installed")
 
 
+def _words(line: str) -> list[str]:
+    """The command's words, up to a shell redirection or pipe (``< token.txt``)."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    words = list(lexer)
+    ends = [i for i, word in enumerate(words) if word in {"<", ">", ">>", "|", "&&", ";"}]
+    return words[: ends[0]] if ends else words
+
+
 def _doc_commands() -> list[list[str]]:
     blocks = re.findall(r"^```bash\n(.*?)^```", DOC.read_text(), re.M | re.S)
     return [
-        shlex.split(line.split("#", 1)[0])
+        _words(line.split("#", 1)[0])
         for block in blocks
         for line in block.splitlines()
         if line.startswith("d2-server ")
