@@ -295,7 +295,11 @@ def _counted(storage: SQLStorage) -> dict[int, tuple[int, int]]:
 _chars = st.characters(exclude_categories=("Cs",))
 _events = st.lists(
     st.tuples(
-        st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), 1, 5),
+        st.text(
+            st.characters(exclude_characters="\x00", exclude_categories=("Cs",)),
+            min_size=1,
+            max_size=5,
+        ),
         st.dictionaries(st.text(_chars, max_size=3), st.text(_chars, max_size=6), max_size=2),
     ),
     min_size=1,
