@@ -66,6 +66,7 @@ def reset() -> None:
         evaluator.set_timer(None)
         evaluator.store = None
         evaluator.private_store = None
+        evaluator.webhook = None
 
 
 def isolate(monkeypatch: Any, directory: str | os.PathLike[str]) -> None:
