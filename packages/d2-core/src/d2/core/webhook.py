@@ -142,6 +142,7 @@ class ApprovalWebhook:
     ) -> None:
         self._url = validate_url(url, "approval_webhook")
         self.shown_url = masked_url(self._url)
+        self._target, self._auth = _without_credentials(self._url)
         self.arguments = bool(arguments)
         self.inbox_url = (
             validate_url(inbox_url, "approval_inbox_url") if inbox_url is not None else None
@@ -301,12 +302,10 @@ class ApprovalWebhook:
                 return None, None, "the shutdown's flush time ran out"
         if self._opener is None:
             self._opener = urllib.request.build_opener(_NoRedirect)
-        request = urllib.request.Request(
-            self._url,
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", "User-Agent": _user_agent()},
-        )
+        headers = {"Content-Type": "application/json", "User-Agent": _user_agent()}
+        if self._auth is not None:
+            headers["Authorization"] = self._auth
+        request = urllib.request.Request(self._target, data=body, method="POST", headers=headers)
         self.attempts += 1
         try:
             with self._opener.open(request, timeout=timeout) as response:
@@ -332,7 +331,8 @@ class ApprovalWebhook:
     def _scrub(self, text: str) -> str:
         """``text`` without the URL or any part of it that may be secret."""
         parts = urlsplit(self._url)
-        for secret in (self._url, parts.path, parts.query, parts.username, parts.password):
+        secrets = (self._url, self._target, parts.path, parts.query, parts.username, parts.password)
+        for secret in secrets:
             if secret and len(secret) > 1:
                 text = text.replace(secret, "***")
         return text[:300]
@@ -380,6 +380,13 @@ class ApprovalWebhook:
                 self.shown_url,
                 pending,
             )
+        elif self.dropped:
+            _log().warning(
+                "d2: approval webhook %s closed: %d notification(s) sent, %d not delivered",
+                self.shown_url,
+                self.sent,
+                self.dropped,
+            )
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued event was delivered or dropped (at most
@@ -400,6 +407,21 @@ class ApprovalWebhook:
         if self in _live:
             _live.remove(self)
         self._start()
+
+
+def _without_credentials(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``user:password@`` part, and that part as an HTTP Basic
+    ``Authorization`` value (``urllib`` would take it for a part of the host)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    import base64
+    from urllib.parse import unquote
+
+    host = parts.netloc.rpartition("@")[2]
+    pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    token = base64.b64encode(pair.encode("utf-8")).decode("ascii")
+    return parts._replace(netloc=host).geturl(), f"Basic {token}"
 
 
 def _user_agent() -> str:
