@@ -316,9 +316,13 @@ def test_a_hanging_receiver_never_delays_the_guarded_call(
     started = time.perf_counter()
     search("q")
     assert time.perf_counter() - started < 0.05
+    hook = get_policy_manager().approval_webhook
+    assert hook is not None
     started = time.perf_counter()
     shutdown_rbac()  # bounded by flush_timeout, not by the hang
     assert time.perf_counter() - started < 0.5 + 1.0
+    assert not hook._thread.is_alive()  # the attempt in flight was cut at the deadline
+    assert hook.sent == 0 and hook.dropped == 23  # 22 requests and 1 approval
 
 
 async def test_async_calls_and_await_shutdown_do_not_block_the_loop(
@@ -487,6 +491,8 @@ def test_interpreter_exit_flushes_within_a_bound(receiver: WebhookReceiver, hang
                 pay(n)
             except Exception as err:
                 assert err.reason == "approval_required"
+        import time
+        time.sleep(0.3)  # the first POST is in flight (hanging) when the exit begins
         """
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("D2_")}
@@ -504,9 +510,56 @@ def test_interpreter_exit_flushes_within_a_bound(receiver: WebhookReceiver, hang
     if hang:
         assert "0 notification(s) sent, 3 not delivered" in done.stderr, done.stderr
         assert SECRET not in done.stderr
-        assert took < 10, took
+        assert took < 1.0 + 0.5 + 3, took  # the flush time, the cut, the start
     else:
         assert len(receiver.events) == 3, done.stderr
+
+
+def test_a_shutdown_left_unawaited_on_a_loop_is_still_flushed_at_exit(
+    receiver: WebhookReceiver,
+) -> None:
+    """``shutdown_rbac()`` on an event loop does not wait; the process exiting
+    right after still delivers what was queued."""
+    receiver.replies = [Reply(delay=0.3)] * 2
+    code = textwrap.dedent(
+        f"""
+        import asyncio
+        from d2.core import (
+            InMemorySource, configure_rbac_async, d2_guard, set_user, shutdown_rbac)
+        from d2.core.testing import policy_document
+        doc = policy_document({{"role": "agent", "permissions": [
+            {{"tool": "pay", "approval": {{"approvers": ["boss"]}}}}]}},
+            {{"role": "boss", "permissions": []}})
+
+        async def pay(n):
+            return n
+
+        async def main():
+            await configure_rbac_async(
+                source=InMemorySource(doc), approval_webhook={receiver.url!r})
+            set_user("bob", roles=["agent"])
+            guarded = d2_guard("pay")(pay)
+            for n in range(2):
+                try:
+                    await guarded(n)
+                except Exception as err:
+                    assert err.reason == "approval_required"
+            shutdown_rbac()  # not awaited
+
+        asyncio.run(main())
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("D2_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**env, "D2_SILENT": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(receiver.events) == 2, done.stderr
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

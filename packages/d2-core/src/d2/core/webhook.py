@@ -27,8 +27,11 @@ Promises:
 * **Flushed at shutdown, bounded in time.** ``shutdown_rbac()`` (and a new
   configure replacing the instance) sends what is queued within
   :attr:`~ApprovalWebhook.flush_timeout` seconds; so does interpreter exit for
-  every webhook still open, within one shared window. In an event loop the
-  shutdown does not block the loop: ``await shutdown_rbac()`` waits for the flush.
+  every webhook still sending, within one shared window. An attempt still waiting
+  on the receiver then (one that hangs or trickles its answer) is cut: its socket
+  is shut down. In an event loop the shutdown does not block the loop: ``await
+  shutdown_rbac()`` waits for the flush, and a shutdown left unawaited is still
+  flushed at exit.
 * **The URL is a secret.** It is never logged, shown in an error or in a repr:
   only :func:`~d2.core._webhook_event.masked_url` (scheme, host, port) is.
 * **Fork-safe.** A forked child starts its own sender with an empty queue (the
@@ -47,7 +50,9 @@ without one never loads ``urllib.request``.
 
 from __future__ import annotations
 
+import http.client
 import os
+import socket
 import threading
 import time
 import urllib.error
@@ -65,7 +70,9 @@ if TYPE_CHECKING:
 __all__ = ["ApprovalWebhook", "approval_event", "masked_url", "validate_url"]
 
 _RETRIED = frozenset({408, 425, 429, 500, 502, 503, 504})
-_live: list[ApprovalWebhook] = []  # open webhooks: flushed at exit, restarted after fork
+# webhooks whose sender runs (open, or flushing after close): waited for at exit;
+# the open ones restarted after fork
+_live: list[ApprovalWebhook] = []
 
 
 def _log() -> Any:
@@ -211,12 +218,22 @@ class ApprovalWebhook:
         self._stop = threading.Event()
         self._deadline: float | None = None
         self._opener: Any = None
+        self._connection: http.client.HTTPConnection | None = None  # the attempt in flight
         thread = threading.Thread(target=self._run, name="d2-approval-webhook", daemon=True)
         self._thread = thread
-        thread.start()
         _live.append(self)
+        thread.start()
 
     def _run(self) -> None:
+        try:
+            self._send_until_closed()
+        finally:
+            try:
+                _live.remove(self)
+            except ValueError:
+                pass
+
+    def _send_until_closed(self) -> None:
         queue, wake, stop = self._queue, self._wake, self._stop
         while True:
             wake.clear()
@@ -301,12 +318,22 @@ class ApprovalWebhook:
             if timeout <= 0:
                 return None, None, "the shutdown's flush time ran out"
         if self._opener is None:
-            self._opener = urllib.request.build_opener(_NoRedirect)
+            self._opener = urllib.request.build_opener(
+                _NoRedirect, _Tracked(self), _TrackedTLS(self)
+            )
         headers = {"Content-Type": "application/json", "User-Agent": _user_agent()}
         if self._auth is not None:
             headers["Authorization"] = self._auth
         request = urllib.request.Request(self._target, data=body, method="POST", headers=headers)
         self.attempts += 1
+        try:
+            return self._attempt(request, timeout)
+        finally:
+            self._connection = None
+
+    def _attempt(
+        self, request: urllib.request.Request, timeout: float
+    ) -> tuple[int | None, float | None, str]:
         try:
             with self._opener.open(request, timeout=timeout) as response:
                 response.read(65536)
@@ -359,8 +386,6 @@ class ApprovalWebhook:
             self._deadline = time.monotonic() + max(limit, 0.0)
         self._stop.set()
         self._wake.set()
-        if self in _live:
-            _live.remove(self)
         if wait:
             self.wait_closed()
 
@@ -371,7 +396,10 @@ class ApprovalWebhook:
             return
         deadline = self._deadline
         left = 0.0 if deadline is None else deadline - time.monotonic()
-        thread.join(max(left, 0.0) + 0.5)
+        thread.join(max(left, 0.0))
+        if thread.is_alive():  # an attempt still waiting on the receiver: cut it
+            self._cut()
+            thread.join(0.5)
         if thread.is_alive():
             pending = len(self._queue) + (1 if self._busy else 0)
             _log().warning(
@@ -388,6 +416,17 @@ class ApprovalWebhook:
                 self.dropped,
             )
 
+    def _cut(self) -> None:
+        """End the attempt in flight (a receiver that hangs or trickles past the
+        shutdown's flush time): its socket is shut down, which wakes the sender."""
+        connection = self._connection
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued event was delivered or dropped (at most
         ``timeout`` seconds); True when nothing is left. For tests and for apps
@@ -400,12 +439,15 @@ class ApprovalWebhook:
         return True
 
     def _after_fork(self) -> None:
-        # the parent's queued events are the parent's to send
+        # the parent's queued events are the parent's to send (also those of a
+        # webhook it was closing: nothing is left for the child to do with it)
+        if self in _live:
+            _live.remove(self)
+        if self._stop.is_set():
+            return
         self._queue = deque()
         self._busy = False
         self.sent = self.dropped = self.attempts = 0
-        if self in _live:
-            _live.remove(self)
         self._start()
 
 
@@ -437,6 +479,42 @@ def _said(data: bytes) -> str:
     return f": {text[:120]!r}" if text else ""
 
 
+def _tracking(owner: ApprovalWebhook, cls: type[http.client.HTTPConnection]) -> Any:
+    """A factory of ``cls`` connections that keeps the one in flight on
+    ``owner``, so a shutdown can cut an attempt its flush time cannot wait for."""
+
+    def make(host: str, **options: Any) -> http.client.HTTPConnection:
+        connection = cls(host, **options)
+        owner._connection = connection
+        return connection
+
+    return make
+
+
+class _Tracked(urllib.request.HTTPHandler):
+    """Opens ``http`` connections as urllib does, through :func:`_tracking`."""
+
+    def __init__(self, owner: ApprovalWebhook) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def http_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(_tracking(self.owner, http.client.HTTPConnection), req)
+
+
+class _TrackedTLS(urllib.request.HTTPSHandler):
+    """Opens ``https`` connections as urllib does (certificates verified by the
+    default context), through :func:`_tracking`."""
+
+    def __init__(self, owner: ApprovalWebhook) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        make = _tracking(self.owner, http.client.HTTPSConnection)
+        return self.do_open(make, req, context=self._context)  # type: ignore[attr-defined]
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """Never follow a redirect: the event would go somewhere the app did not
     configure (the 3xx is reported and the event dropped)."""
@@ -446,7 +524,8 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def _close_all() -> None:
-    """At interpreter exit: flush every open webhook within one shared window."""
+    """At interpreter exit: flush every webhook still sending (open, or closed
+    without waiting on an event loop), within one shared window."""
     live = list(_live)
     for hook in live:
         hook.close(wait=False)
