@@ -12,10 +12,11 @@ Promises:
   I/O, no encoding, no lock held beyond that event's own. One daemon thread per
   webhook builds, encodes and posts the events, in order.
 * **Bounded memory.** The queue holds :attr:`ApprovalWebhook.capacity` events;
-  when it is full the oldest is dropped. Every event not delivered (dropped,
-  refused by the receiver, given up after the retries, left at shutdown) is
-  counted in :attr:`ApprovalWebhook.dropped` and logged (the first, then every
-  100th), never retried forever.
+  when it is full the oldest is dropped (a warning the first time). Every event
+  not delivered (dropped, refused by the receiver, given up after the retries,
+  left at shutdown) is counted in :attr:`ApprovalWebhook.dropped`; the sender logs
+  its failures (the first, then every 100th) and the total at shutdown. Nothing
+  is retried forever.
 * **Retries with exponential backoff** on a network error, a timeout, 408, 429
   and 5xx: :attr:`~ApprovalWebhook.retries` more attempts, waiting
   :attr:`~ApprovalWebhook.backoff` seconds, doubled each time up to
@@ -103,6 +104,11 @@ def validate_url(url: object, what: str) -> str:
             problem = "it has no host"
         elif any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
             problem = "it holds whitespace or a control character (percent-encode it)"
+        elif not url.isascii():
+            problem = (
+                "it holds characters beyond ASCII (percent-encode them; a host in its "
+                "IDNA form, xn--...)"
+            )
     if problem is not None:
         raise ConfigurationError(f"{what} {masked_url(url)} is not usable: {problem}")
     return url
@@ -176,6 +182,7 @@ class ApprovalWebhook:
         self.attempts = 0  # POSTs made, retries included
         self._queue: deque[tuple[Any, ...]] = deque()
         self._busy = False  # the sender holds an event taken off the queue
+        self._warned_full = False
         self._start()
 
     def __repr__(self) -> str:
@@ -196,9 +203,11 @@ class ApprovalWebhook:
         self._push(("approved" if approved else "rejected", request, app, by, time.time()))
 
     def _push(self, item: tuple[Any, ...]) -> None:
+        # Counted here, logged by the sender (or once, below): a log handler may do
+        # I/O, which the call's thread must not wait for at every drop.
         queue = self._queue
-        if self._stop.is_set():
-            self._lost(1, "the webhook is closed")
+        if self._stop.is_set():  # closed between the evaluator's read and now
+            self.dropped += 1
             return
         if len(queue) >= self.capacity:
             try:
@@ -206,7 +215,16 @@ class ApprovalWebhook:
             except IndexError:  # the sender took it meanwhile
                 pass
             else:
-                self._lost(1, f"the queue is full ({self.capacity} events)")
+                self.dropped += 1
+                if not self._warned_full:
+                    self._warned_full = True
+                    _log().warning(
+                        "d2: approval webhook %s: its queue is full (%d events), the "
+                        "receiver is slower than requests are opened or down; dropping "
+                        "the oldest (counted, reported at shutdown)",
+                        self.shown_url,
+                        self.capacity,
+                    )
         queue.append(item)
         wake = self._wake
         if not wake.is_set():
@@ -448,6 +466,7 @@ class ApprovalWebhook:
         self._queue = deque()
         self._busy = False
         self.sent = self.dropped = self.attempts = 0
+        self._warned_full = False
         self._start()
 
 
