@@ -19,7 +19,7 @@ from d2.core import (
     set_user,
     shutdown_rbac,
 )
-from d2.core.testing import WebhookReceiver, webhook_receiver
+from d2.core.testing import Reply, WebhookReceiver, webhook_receiver
 
 APPROVAL = [{"tool": "refund", "approval": {"approvers": ["agent"]}}]
 
@@ -58,7 +58,8 @@ async def test_cloud_mode_async_configure_takes_the_webhook_too(
     plane: FakePlane, cloud_options: Any, receiver: WebhookReceiver
 ) -> None:
     plane.publish(2, permissions=APPROVAL)
-    await configure_rbac_async(
+    receiver.replies = [Reply(delay=0.2), Reply(delay=0.2)]
+    manager = await configure_rbac_async(
         **cloud_options(), approval_webhook=receiver.url, approval_webhook_arguments=True
     )
     refund = d2_guard("refund")(_refund)
@@ -67,7 +68,7 @@ async def test_cloud_mode_async_configure_takes_the_webhook_too(
         await refund("o_9")
     set_user("dana", roles=["agent"])
     await reject_async(held.value.request.id)
-    await shutdown_rbac()
+    await manager.ashutdown()  # waits for the webhook's flush too
     assert [e["event"] for e in receiver.events] == ["approval.requested", "approval.rejected"]
     assert receiver.events[0]["arguments"] == {"order": "o_9"}
 

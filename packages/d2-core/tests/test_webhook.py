@@ -368,6 +368,18 @@ async def _async_pay(order: str) -> str:
     return f"paid {order}"
 
 
+async def test_await_ashutdown_waits_for_the_flush(receiver: WebhookReceiver, fast: None) -> None:
+    receiver.replies = [Reply(delay=0.2)] * 3
+    manager = await configure_rbac_async(source=InMemorySource(DOC), approval_webhook=receiver.url)
+    pay = d2_guard("pay")(_async_pay)
+    set_user("bob", roles=["agent"])
+    for order in ("o_1", "o_2", "o_3"):
+        with pytest.raises(ApprovalRequiredError):
+            await pay(order)
+    await manager.ashutdown()
+    assert len(receiver.events) == 3
+
+
 def test_shutdown_flushes_what_is_queued(receiver: WebhookReceiver, fast: None) -> None:
     receiver.replies = [Reply(delay=0.1)] * 5
     configure_rbac_sync(source=InMemorySource(DOC), approval_webhook=receiver.url)

@@ -185,8 +185,21 @@ class PolicyManager:
         )
 
     async def ashutdown(self) -> None:
-        """Async twin of :meth:`shutdown` (cloud managers flush events here)."""
+        """Async twin of :meth:`shutdown` (cloud managers flush events here); it
+        also waits for the approval webhook's flush."""
         self.shutdown()
+        await self.closed()
+
+    async def closed(self) -> None:
+        """Wait for the flushes a shutdown on this event loop left running (the
+        approval webhook's; a cloud instance's usage events). Never raises for a
+        failed flush."""
+        closing = self.closing
+        if closing is not None:
+            try:
+                await closing
+            except Exception:
+                pass
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} mode={self.mode} policy={self.policy!r}>"
