@@ -228,6 +228,7 @@ class CloudPolicyManager(PolicyManager):
                 self._thread.stop()
             self._thread = None
         self.shutdown()
+        await self.closed()  # the approval webhook's flush
 
 
 def _setting(value: Any, env: str) -> Any:

@@ -138,6 +138,15 @@ def _logged(request: ApprovalRequest, verb: str, by: str | None) -> ApprovalRequ
     return request
 
 
+def _notify(
+    instance_name: str, request: ApprovalRequest, approve: bool, by: str, namespace: str
+) -> None:
+    """Queue the decision for the instance's approval webhook, when it has one."""
+    webhook = evaluator_for(instance_name).webhook
+    if webhook is not None:
+        webhook.decided(request, approve, by, namespace)
+
+
 def _decide(request_id: str, approve: bool, instance_name: str) -> ApprovalRequest:
     ctx = current_context()
     if ctx.user_id is None:
@@ -149,6 +158,7 @@ def _decide(request_id: str, approve: bool, instance_name: str) -> ApprovalReque
     assert ctx.user_id is not None and state is not None
     if not store.decide_approval(namespace, request_id, approve, ctx.user_id, now):
         _check_approver(None, request_id, ctx.user_id, ctx.roles)
+    _notify(instance_name, state.request, approve, ctx.user_id, namespace)
     return _logged(state.request, "approved" if approve else "rejected", ctx.user_id)
 
 
@@ -163,6 +173,7 @@ async def _decide_async(request_id: str, approve: bool, instance_name: str) -> A
     assert ctx.user_id is not None and state is not None
     if not await store.decide_approval_async(namespace, request_id, approve, ctx.user_id, now):
         _check_approver(None, request_id, ctx.user_id, ctx.roles)
+    _notify(instance_name, state.request, approve, ctx.user_id, namespace)
     return _logged(state.request, "approved" if approve else "rejected", ctx.user_id)
 
 

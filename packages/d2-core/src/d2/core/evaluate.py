@@ -111,6 +111,7 @@ from .stores.memory import MemoryStore
 if TYPE_CHECKING:
     from .decisionlog import DecisionSink
     from .telemetry import Metrics
+    from .webhook import ApprovalWebhook
 
 __all__ = ["Decision", "Evaluator", "TraceStep", "evaluator_for"]
 
@@ -162,6 +163,7 @@ class Evaluator:
         "timed",
         "timer",
         "wants_args",
+        "webhook",
     )
 
     guarded_tools: dict[str, Arguments | None]
@@ -193,6 +195,8 @@ class Evaluator:
         # a call of this instance was held for approval: from then on, calls of a
         # request scope that feeds a held request take the full path (see _feed)
         self.holding = False
+        # told of each approval request this instance opens (None: no webhook)
+        self.webhook: ApprovalWebhook | None = None
 
     def add_observer(self, observer: Observer) -> None:
         """Tell ``observer(tool_id, context, reason, decision)`` of every decision of
@@ -903,6 +907,9 @@ class Evaluator:
             )
             return None
         hold.state = state
+        webhook = self.webhook
+        if webhook is not None and state.state == "pending" and state.request.id == request.id:
+            webhook.opened(request, namespace)  # opened now, by this call: queued, not sent
         if state.state != "rejected":
             line.held[(namespace, key.call, state.request.id)] = state.request.expires_at
             self.holding = True

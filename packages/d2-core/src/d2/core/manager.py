@@ -25,6 +25,7 @@ from .stores import MemoryStore
 if TYPE_CHECKING:
     from .decisionlog import DecisionLog
     from .stores import Store
+    from .webhook import ApprovalWebhook
 
 
 __all__ = [
@@ -68,6 +69,7 @@ class PolicyManager:
         # a final flush still running on the caller's event loop after shutdown()
         self.closing: Awaitable[None] | None = None
         self.owned_store: Store | None = None  # a store built from a URL: closed with us
+        self.approval_webhook: ApprovalWebhook | None = None  # set by configure_rbac_*
 
     @property
     def name(self) -> str:
@@ -136,6 +138,11 @@ class PolicyManager:
                 self.evaluator.set_log(None)
             self.decision_log = None
             log.close()
+        webhook, self.approval_webhook = self.approval_webhook, None
+        if webhook is not None:
+            if self.evaluator.webhook is webhook:
+                self.evaluator.webhook = None
+            self._close_webhook(webhook)
         store, self.owned_store = self.owned_store, None
         if store is not None:
             if self.evaluator.store is store:
@@ -146,6 +153,17 @@ class PolicyManager:
                 store.close()
             except Exception:
                 pass
+
+    def _close_webhook(self, webhook: ApprovalWebhook) -> None:
+        """Deliver what the approval webhook has queued, bounded by its flush time.
+        On an event loop's thread the loop is not blocked: the flush goes on in the
+        sender's thread and ``await shutdown_rbac()`` waits for it (``closing``)."""
+        loop = _running_loop()
+        if loop is None:
+            webhook.close()
+            return
+        webhook.close(wait=False)
+        self.closing = loop.create_task(_flushed(self.closing, webhook))
 
     def shutdown(self) -> None:
         """Stop watching and drop the policy: guarded calls deny from now on.
@@ -167,11 +185,43 @@ class PolicyManager:
         )
 
     async def ashutdown(self) -> None:
-        """Async twin of :meth:`shutdown` (cloud managers flush events here)."""
+        """Async twin of :meth:`shutdown` (cloud managers flush events here); it
+        also waits for the approval webhook's flush."""
         self.shutdown()
+        await self.closed()
+
+    async def closed(self) -> None:
+        """Wait for the flushes a shutdown on this event loop left running (the
+        approval webhook's; a cloud instance's usage events). Never raises for a
+        failed flush."""
+        closing = self.closing
+        if closing is not None:
+            try:
+                await closing
+            except Exception:
+                pass
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} mode={self.mode} policy={self.policy!r}>"
+
+
+def _running_loop() -> Any:
+    """The event loop running in this thread, or ``None`` (asyncio not loaded
+    counts as none: nothing can be running)."""
+    asyncio: Any = sys.modules.get("asyncio")
+    return None if asyncio is None else asyncio._get_running_loop()
+
+
+async def _flushed(before: Awaitable[None] | None, webhook: ApprovalWebhook) -> None:
+    """Wait for ``before`` (an earlier flush), then for ``webhook``'s sender."""
+    import asyncio
+
+    if before is not None:
+        try:
+            await before
+        except BaseException:  # a flush failure never fails the host's shutdown
+            pass
+    await asyncio.to_thread(webhook.wait_closed)
 
 
 def _shared(store: Store | None, evaluator: Evaluator | None = None) -> bool:
@@ -356,6 +406,9 @@ def configure_rbac_sync(
     store: Store | str | None = None,
     decision_log: str | os.PathLike[str] | Callable[[dict[str, Any]], None] | None = None,
     decision_log_arguments: bool = False,
+    approval_webhook: str | None = None,
+    approval_webhook_arguments: bool | None = None,
+    approval_inbox_url: str | None = None,
     **cloud_options: Any,
 ) -> PolicyManager:
     """Configure D2 once at startup (sync apps). Returns the instance's manager.
@@ -372,6 +425,15 @@ def configure_rbac_sync(
     a callable given each record (default ``D2_DECISION_LOG``, else off);
     ``decision_log_arguments=True`` also records each call's bound arguments.
 
+    ``approval_webhook``: a URL that receives a JSON event (Slack-compatible: it
+    has a ``text`` line) when an approval request is opened, approved or rejected
+    (default ``D2_APPROVAL_WEBHOOK``, else off); sent in the background, never
+    delaying a guarded call (see :mod:`d2.core.webhook`). Events carry the call's
+    arguments (the approver's view) only with ``approval_webhook_arguments=True``
+    (default ``D2_APPROVAL_WEBHOOK_ARGUMENTS``), and link
+    ``<approval_inbox_url>/<request id>`` when ``approval_inbox_url`` (default
+    ``D2_APPROVAL_INBOX_URL``) is set.
+
     ``api_url``, ``pin_jwks_thumbprints`` and ``jwks_url`` (positional after the
     instance name, as in 1.x) mean in cloud mode what ``D2_API_URL``,
     ``D2_JWKS_THUMBPRINTS`` and ``D2_JWKS_URL`` mean; local mode ignores the URLs
@@ -383,6 +445,14 @@ def configure_rbac_sync(
         cloud_options = _local_options(cloud_options)
     chosen_store = _store_option(store)
     log = _log_option(decision_log, decision_log_arguments)
+    try:
+        webhook = _webhook_option(approval_webhook, approval_webhook_arguments, approval_inbox_url)
+    except BaseException:
+        if log is not None:
+            log.close()
+        if chosen_store is not None and (store is None or isinstance(store, str)):
+            chosen_store.close()
+        raise
     try:
         if token:
             cloud = _cloud_module(token)
@@ -402,10 +472,13 @@ def configure_rbac_sync(
     except BaseException:
         if log is not None:
             log.close()
+        if webhook is not None:
+            webhook.close(0)
         if chosen_store is not None and (store is None or isinstance(store, str)):
             chosen_store.close()  # made here from a URL: nobody else will close it
         raise
     _attach(manager, chosen_store, log, owned=store is None or isinstance(store, str))
+    _attach_webhook(manager, webhook)
     return manager
 
 
@@ -498,6 +571,32 @@ def _log_option(
         ) from None
 
 
+def _webhook_option(
+    url: str | None, arguments: bool | None, inbox_url: str | None
+) -> ApprovalWebhook | None:
+    """The approval webhook to configure (arguments win over the environment), or
+    ``None``; a URL that cannot be used raises :class:`ConfigurationError`
+    showing it masked."""
+    if url is None:
+        url = os.environ.get("D2_APPROVAL_WEBHOOK", "").strip() or None
+        if url is None:
+            return None  # the cost of no webhook: this test, at configure time
+    if arguments is None:
+        arguments = _flag("D2_APPROVAL_WEBHOOK_ARGUMENTS")
+    if inbox_url is None:
+        inbox_url = os.environ.get("D2_APPROVAL_INBOX_URL", "").strip() or None
+    from .webhook import ApprovalWebhook
+
+    return ApprovalWebhook(url, arguments=bool(arguments), inbox_url=inbox_url)
+
+
+def _attach_webhook(manager: PolicyManager, webhook: ApprovalWebhook | None) -> None:
+    """Give the (started) instance its approval webhook; its previous one, if any,
+    was flushed when the previous configuration retired."""
+    manager.approval_webhook = webhook
+    manager.evaluator.webhook = webhook
+
+
 def _attach(
     manager: PolicyManager, store: Store | None, log: DecisionLog | None, owned: bool
 ) -> None:
@@ -532,6 +631,9 @@ async def configure_rbac_async(
     store: Store | str | None = None,
     decision_log: str | os.PathLike[str] | Callable[[dict[str, Any]], None] | None = None,
     decision_log_arguments: bool = False,
+    approval_webhook: str | None = None,
+    approval_webhook_arguments: bool | None = None,
+    approval_inbox_url: str | None = None,
     **cloud_options: Any,
 ) -> PolicyManager:
     """Async twin of :func:`configure_rbac_sync` (same arguments): file reads and
@@ -542,7 +644,11 @@ async def configure_rbac_async(
     if token:
         chosen_store = _store_option(store)
         log = _log_option(decision_log, decision_log_arguments)
+        webhook = None
         try:
+            webhook = _webhook_option(
+                approval_webhook, approval_webhook_arguments, approval_inbox_url
+            )
             cloud = _cloud_module(token)
             ev = evaluator_for(instance_name)
             ev.strict = _flag("D2_STRICT_SYNC") if strict_sync is None else strict_sync
@@ -551,8 +657,11 @@ async def configure_rbac_async(
         except BaseException:
             if log is not None:
                 log.close()
+            if webhook is not None:
+                webhook.close(0, wait=False)
             raise
         _attach(manager, chosen_store, log, owned=store is None or isinstance(store, str))
+        _attach_webhook(manager, webhook)
         return manager
     import asyncio
 
@@ -566,6 +675,9 @@ async def configure_rbac_async(
         store=store,
         decision_log=decision_log,
         decision_log_arguments=decision_log_arguments,
+        approval_webhook=approval_webhook,
+        approval_webhook_arguments=approval_webhook_arguments,
+        approval_inbox_url=approval_inbox_url,
         **cloud_options,
     )
 

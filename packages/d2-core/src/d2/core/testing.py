@@ -12,6 +12,8 @@ user, no telemetry hooks. Typical pytest use::
 
 ``redis_server()`` runs a throwaway ``redis-server`` (Debian package
 ``redis-server``) on a free loopback port, for tests of the Redis store.
+``webhook_receiver()`` runs a loopback HTTP server that records what an approval
+webhook posts, answering as a test scripts it (errors, slowness, a hang).
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ from .manager import shutdown_all_rbac
 __all__ = [
     "Clock",
     "RedisServer",
+    "Reply",
+    "WebhookReceiver",
     "controlled_clock",
     "expires_in",
     "isolate",
     "policy_document",
     "redis_server",
     "reset",
+    "webhook_receiver",
 ]
 
 
@@ -66,6 +71,7 @@ def reset() -> None:
         evaluator.set_timer(None)
         evaluator.store = None
         evaluator.private_store = None
+        evaluator.webhook = None
 
 
 def isolate(monkeypatch: Any, directory: str | os.PathLike[str]) -> None:
@@ -227,3 +233,112 @@ def controlled_clock(monkeypatch: Any, start: float | None = None) -> Clock:
     clock = Clock(time.time() if start is None else start)
     monkeypatch.setattr(evaluate, "_now", clock)
     return clock
+
+
+class Reply:
+    """How a :class:`WebhookReceiver` answers one POST: ``status`` and
+    ``headers`` after ``delay`` seconds; ``hang``: never answer (until the
+    receiver closes)."""
+
+    __slots__ = ("delay", "hang", "headers", "status")
+
+    def __init__(
+        self,
+        status: int = 200,
+        *,
+        headers: dict[str, str] | None = None,
+        delay: float = 0.0,
+        hang: bool = False,
+    ) -> None:
+        self.status = status
+        self.headers = dict(headers or {})
+        self.delay = delay
+        self.hang = hang
+
+
+class WebhookReceiver:
+    """A loopback HTTP server recording the JSON bodies POSTed to it (see
+    :func:`webhook_receiver`). ``url``: where to point ``approval_webhook``;
+    ``events``: the bodies received, parsed, in order; ``hits``: ``(monotonic
+    time, path, body)`` of every POST, answered or not, and ``headers`` its
+    headers. ``replies``: how the next
+    POSTs are answered, consumed in order (then ``200``)."""
+
+    def __init__(self, path: str = "/hook") -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.events: list[dict[str, Any]] = []
+        self.hits: list[tuple[float, str, dict[str, Any]]] = []
+        self.headers: list[dict[str, str]] = []
+        self.replies: list[Reply] = []
+        self._released = threading.Event()
+        self._arrived = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                size = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(size) or b"null")
+                with receiver._arrived:
+                    receiver.hits.append((time.monotonic(), self.path, body))
+                    receiver.headers.append(dict(self.headers.items()))
+                    reply = receiver.replies.pop(0) if receiver.replies else Reply()
+                    receiver._arrived.notify_all()
+                if reply.hang:
+                    receiver._released.wait()
+                    return
+                if reply.delay:
+                    time.sleep(reply.delay)
+                if 200 <= reply.status < 300:
+                    with receiver._arrived:
+                        receiver.events.append(body)
+                        receiver._arrived.notify_all()
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_port}{path}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="d2-webhook-receiver", daemon=True
+        )
+        self._thread.start()
+
+    def wait_for(self, count: int, timeout: float = 10.0, *, hits: bool = False) -> bool:
+        """Wait until ``count`` events were taken (``hits``: POSTs arrived)."""
+        end = time.monotonic() + timeout
+        with self._arrived:
+            while len(self.hits if hits else self.events) < count:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._arrived.wait(left)
+        return True
+
+    def close(self) -> None:
+        """Release hanging answers and stop the server."""
+        self._released.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __repr__(self) -> str:
+        return f"<WebhookReceiver {self.url} events={len(self.events)}>"
+
+
+@contextmanager
+def webhook_receiver(path: str = "/hook") -> Iterator[WebhookReceiver]:
+    """Run a :class:`WebhookReceiver` on a free ``127.0.0.1`` port; stop it on exit."""
+    receiver = WebhookReceiver(path)
+    try:
+        yield receiver
+    finally:
+        receiver.close()
