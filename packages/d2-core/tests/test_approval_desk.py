@@ -4,7 +4,9 @@ pending unexpired request, and another app's request is invisible."""
 
 from __future__ import annotations
 
+import json
 import time
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -16,12 +18,14 @@ from d2.core import (
     d2_guard,
     set_user,
 )
-from d2.core.approval_desk import ApprovalDesk, namespace_of
+from d2.core.approval_desk import ApprovalDesk, namespace_of, shown_json, visible_text
 from d2.core.errors import ConfigurationError
 from d2.core.evaluate import evaluator_for
 from d2.core.manager import PolicyManager
 from d2.core.stores import MemoryStore
 from d2.core.testing import controlled_clock
+from hypothesis import given
+from hypothesis import strategies as st
 
 REFUND = {
     "role": "agent",
@@ -155,3 +159,33 @@ async def test_an_instance_without_a_policy_is_refused_with_what_to_do() -> None
     with pytest.raises(ConfigurationError):
         ApprovalDesk("redis://x", "local:a")  # type: ignore[arg-type]
     assert namespace_of(" refund-desk ") == "local:refund-desk"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(value=st.dictionaries(st.text(), json_values, max_size=5))
+def test_shown_json_is_the_same_json_with_nothing_hidden(value: dict[str, Any]) -> None:
+    text = shown_json(value)
+    assert json.loads(text) == value  # the approver reads the exact values
+    hidden = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp", "Zs"}
+    assert all(c in " \n" or unicodedata.category(c) not in hidden for c in text)
+
+
+@given(text=st.text())
+def test_visible_text_escapes_every_invisible_character(text: str) -> None:
+    shown = visible_text(text)
+    hidden = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp", "Zs"}
+    assert all(c == " " or unicodedata.category(c) not in hidden for c in shown)
+    if all(c == " " or unicodedata.category(c) not in hidden for c in text):
+        assert shown == text
+
+
+def test_a_direction_override_cannot_disguise_an_argument() -> None:
+    # "\u202e" shows what follows right to left: "moc.live@" would read "@evil.com"
+    assert shown_json({"to": "x\u202emoc.live@"}) == '{\n  "to": "x\\u202emoc.live@"\n}'
+    assert visible_text("pay\u200bments") == "pay\\u200bments"
