@@ -103,7 +103,8 @@ button{font:inherit;font-weight:600;padding:.5rem 1.4rem;border-radius:6px;curso
 border:1px solid var(--line)}
 button.approve{background:var(--ok);color:#fff;border-color:var(--ok)}
 button.reject{background:transparent;color:var(--no);border-color:var(--no)}
-blockquote{white-space:pre-wrap;border-left:3px solid var(--line);margin:.5rem 0;padding:.25rem .75rem}
+blockquote{white-space:pre-wrap;border-left:3px solid var(--line);margin:.5rem 0;
+padding:.25rem .75rem}
 .status{font-size:1.05rem;font-weight:600;margin:1rem 0}
 .empty{padding:1.5rem 0;color:var(--muted)}
 """.strip()
