@@ -65,7 +65,7 @@ for _name, _function, _summary in _COMMANDS:
 approvals = typer.Typer(
     name="approvals",
     help="Decide approval requests as --as USER --roles R1,R2 on the app's shared store "
-    "(--store / D2_STORE_URL): list, show, approve, reject.",
+    "(--store / D2_STORE_URL): list, show, approve, reject; or serve the inbox page.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -76,6 +76,7 @@ _APPROVALS: tuple[tuple[str, Callable[..., None], str], ...] = (
     ("show", approvals_cmd.show_command, "One request: the call, its arguments, its state."),
     ("approve", approvals_cmd.approve_command, "Approve a request: the call runs once."),
     ("reject", approvals_cmd.reject_command, "Reject a request: the call is refused."),
+    ("serve", approvals_cmd.serve_command, "Serve the inbox page (JWT sign-in)."),
 )
 for _verb, _handler, _about in _APPROVALS:
     approvals.command(_verb, short_help=_about)(_handler)

@@ -1,5 +1,7 @@
 """``d2 approvals list|show|approve|reject``: decide approval requests from the
-command line, acting as ``--as USER --roles R1,R2`` on the app's store.
+command line, acting as ``--as USER --roles R1,R2`` on the app's store;
+``d2 approvals serve``: the approvals inbox page on its own, for approvers who
+sign in with a bearer JWT of your identity provider.
 
 The store is ``--store`` or ``D2_STORE_URL`` (a shared store: Redis; the
 in-process store lives in the app's own process, out of reach). The app is
@@ -40,6 +42,7 @@ __all__ = [
     "reject_command",
     "request_json",
     "resolve_namespace",
+    "serve_command",
     "show_command",
     "store_url",
     "utc",
@@ -335,3 +338,70 @@ def reject_command(
 ) -> None:
     """Reject a pending request: the requester's identical call is refused."""
     _decide(False, request_id, as_user, roles, store, app, policy, as_json)
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CliError(f"--listen {text!r} is not HOST:PORT", hint="--listen 127.0.0.1:8080")
+    return host, int(port)
+
+
+def serve_command(
+    jwks_url: Annotated[
+        str,
+        typer.Option("--jwks-url", help="Your identity provider's JWKS.", show_default=False),
+    ],
+    audience: Annotated[
+        str,
+        typer.Option("--audience", help="The aud the tokens must name.", show_default=False),
+    ],
+    issuer: Annotated[
+        str | None,
+        typer.Option("--issuer", help="The iss the tokens must have.", show_default=False),
+    ] = None,
+    roles_claim: Annotated[
+        str, typer.Option("--roles-claim", help="The claim (or dotted path) of the roles.")
+    ] = "roles",
+    user_claim: Annotated[
+        str, typer.Option("--user-claim", help="The claim (or dotted path) of the user id.")
+    ] = "sub",
+    listen: Annotated[
+        str, typer.Option("--listen", help="HOST:PORT to serve on.")
+    ] = "127.0.0.1:8080",
+    store: StoreOption = None,
+    app: AppOption = None,
+    policy: PolicyOption = None,
+) -> None:
+    """Serve the approvals inbox page on its own: approvers are who their
+    Authorization: Bearer JWT says (verified against --jwks-url); 401 without one."""
+
+    def body(out: Output) -> int:
+        host, port = _listen(listen)
+        try:
+            import uvicorn
+            from d2.asgi import jwt_extractor
+            from d2.asgi.approvals import inbox_app
+        except ImportError as exc:  # pragma: no cover - the extras ship with d2-cli
+            raise CliError(
+                f"serving the inbox needs {exc.name}",
+                hint='pip install "d2-sdk[cli,asgi,jwt]" uvicorn',
+            ) from None
+        users = jwt_extractor(  # a bad URL or claim name: a usage error (exit 2)
+            jwks_url=jwks_url,
+            audience=audience,
+            issuer=issuer,
+            roles_claim=roles_claim,
+            user_claim=user_claim,
+        )
+        desk, label = open_desk(store, app, policy)
+        inbox = inbox_app(user_extractor=users, desk=desk)
+        out.note(f"d2: the approvals inbox of {label} on http://{listen}/ (Ctrl-C stops it)")
+        server = uvicorn.Server(
+            uvicorn.Config(inbox, host=host, port=port, log_level="warning", lifespan="off")
+        )
+        server.run()
+        return OK
+
+    run_command(False, body)
