@@ -128,6 +128,7 @@ def site(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
         if key.startswith("D2_") and key not in ("D2_REQUIRE_BROWSER", "D2_UPDATE_SCREENSHOTS"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("D2_SILENT", "1")
+    reset()  # a fresh in-process store: no request of another test is live
     POLICY["metadata"]["expires"] = expires_in()  # type: ignore[index]
     configure_rbac_sync(source=InMemorySource(POLICY))
     RUNS.clear()

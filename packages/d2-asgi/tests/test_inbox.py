@@ -26,7 +26,7 @@ from d2.core import (
     d2_guard,
     set_user,
 )
-from d2.core.testing import controlled_clock, expires_in
+from d2.core.testing import controlled_clock, expires_in, reset
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -82,6 +82,7 @@ def make_app(**options: Any) -> Starlette:
 
 @pytest.fixture(autouse=True)
 def _refund_desk() -> None:
+    reset()  # a fresh in-process store: no request of another test is live
     POLICY["metadata"]["expires"] = expires_in()  # type: ignore[index]
     configure_rbac_sync(source=InMemorySource(POLICY))
     RUNS.clear()
