@@ -106,3 +106,11 @@ def test_refund_agent_waits_for_a_finance_lead(tmp_path: Path) -> None:
     budget = row("agent-7  lookup ord-1004 (call 4)")
     assert "DENIED   budget_exceeded: the budget of 3 per request is used up" in budget
     assert "ALLOWED" in row("agent-7  lookup ord-1004 (new request)")
+
+
+def test_inbox_example_approves_in_the_page_and_the_call_runs_once(tmp_path: Path) -> None:
+    out = run_example("approvals/inbox_app.py", tmp_path)
+    assert "dana's inbox: Waiting for you (1)" in out
+    assert "agent-7's own inbox lists it: False" in out
+    assert "a POST without the CSRF token: 403" in out
+    assert "agent retries: refunded 250 on o_1042" in out and "waits again" in out

@@ -34,6 +34,7 @@ OPTIONAL = (
     "d2.agents.openai_agents",
     "d2.agents.pydantic_ai",
     "d2.asgi.starlette",
+    "d2.asgi.approvals",
     "d2.server.testing",
     "d2.core.stores.redis",
 )

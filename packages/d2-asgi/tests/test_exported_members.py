@@ -90,3 +90,41 @@ def test_without_starlette_the_middleware_works_and_the_handler_names_the_extra(
     )
     assert proc.returncode == 0, proc.stderr
     assert 'pip install "d2-sdk[asgi]"' in proc.stdout
+
+
+def test_importing_d2_asgi_imports_neither_pyjwt_nor_httpx() -> None:
+    proc = run(
+        "import sys, d2.asgi, d2.asgi.bearer, d2.asgi.testing\n"
+        "assert callable(d2.asgi.jwt_extractor)\n"
+        "heavy = ('jwt', 'httpx', 'cryptography')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_without_pyjwt_the_jwt_extractor_names_the_extra() -> None:
+    proc = run(
+        "import sys\n"
+        "sys.modules['jwt'] = None  # as if it were not installed\n"
+        "from d2.asgi import jwt_extractor\n"
+        "try:\n"
+        "    jwt_extractor(jwks_url='https://idp.invalid/jwks', audience='a')\n"
+        "except ImportError as err:\n"
+        "    print(err)\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert 'pip install "d2-asgi[jwt]"' in proc.stdout
+
+
+def test_without_starlette_the_inbox_names_the_extra() -> None:
+    proc = run(
+        "import sys\n"
+        "sys.modules['starlette'] = None\n"
+        "try:\n"
+        "    import d2.asgi.approvals\n"
+        "except ImportError as err:\n"
+        "    print(err)\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert 'pip install "d2-sdk[asgi]"' in proc.stdout

@@ -33,6 +33,7 @@ COMMANDS = {
     "draft",
     "publish",
     "revoke",
+    "approvals",
 }
 
 

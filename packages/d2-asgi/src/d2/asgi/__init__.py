@@ -7,6 +7,8 @@
 - :func:`headers_extractor` / :func:`wsgi_headers_extractor`: the default user
   source, ``X-D2-User`` and ``X-D2-Roles``; only safe behind a gateway that sets or
   strips those headers.
+- :func:`jwt_extractor`: the user from a verified ``Authorization: Bearer`` JWT
+  (checked against a JWKS, audience and issuer; needs ``d2-asgi[jwt]``).
 - :func:`add_permission_denied_handler` / :func:`permission_denied_handler`
   (Starlette/FastAPI, imported on first use): a denial becomes a 403 JSON response.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .bearer import JWTExtractor, jwt_extractor
 from .headers import ROLES_HEADER, USER_HEADER, headers_extractor, wsgi_headers_extractor
 from .middleware import ASGIMiddleware
 from .wsgi import WSGIMiddleware
@@ -41,11 +44,13 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ASGIMiddleware",
+    "JWTExtractor",
     "ROLES_HEADER",
     "USER_HEADER",
     "WSGIMiddleware",
     "add_permission_denied_handler",
     "headers_extractor",
+    "jwt_extractor",
     "permission_denied_handler",
     "wsgi_headers_extractor",
 ]

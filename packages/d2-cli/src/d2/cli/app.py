@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated
 
 import typer
 
-from . import cloud, init_cmd, local, publish, renew, replay_cmd, tests_cmd
+from . import approvals_cmd, cloud, init_cmd, local, publish, renew, replay_cmd, tests_cmd
 from .usage import JsonUsageGroup
 
-__all__ = ["app", "main"]
+__all__ = ["app", "approvals", "main"]
 
 
 def _version(value: bool) -> None:
@@ -61,6 +61,26 @@ _COMMANDS = (
 )
 for _name, _function, _summary in _COMMANDS:
     app.command(_name, short_help=_summary)(_function)
+
+approvals = typer.Typer(
+    name="approvals",
+    help="Decide approval requests as --as USER --roles R1,R2 on the app's shared store "
+    "(--store / D2_STORE_URL): list, show, approve, reject; or serve the inbox page.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+_APPROVALS: tuple[tuple[str, Callable[..., None], str], ...] = (
+    ("list", approvals_cmd.list_command, "The pending requests you may decide."),
+    ("show", approvals_cmd.show_command, "One request: the call, its arguments, its state."),
+    ("approve", approvals_cmd.approve_command, "Approve a request: the call runs once."),
+    ("reject", approvals_cmd.reject_command, "Reject a request: the call is refused."),
+    ("serve", approvals_cmd.serve_command, "Serve the inbox page (JWT sign-in)."),
+)
+for _verb, _handler, _about in _APPROVALS:
+    approvals.command(_verb, short_help=_about)(_handler)
+app.add_typer(approvals, name="approvals", short_help="Decide approval requests (list, show, ...).")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -72,7 +72,9 @@ class ApprovalRequest(NamedTuple):
     ``user_id``: who asked for what; ``arguments``: the bound arguments, as JSON
     values; ``policy_version``: the version (cloud) or file digest (local) it was
     asked under; ``expires_at``: Unix seconds after which approving or using it
-    fails; ``approver_roles``: the roles that may approve it.
+    fails; ``approver_roles``: the roles that may approve it; ``asked_at``: Unix
+    seconds when the call asked (``0.0``: unknown, a request stored before D2
+    recorded it).
     """
 
     id: str
@@ -82,6 +84,7 @@ class ApprovalRequest(NamedTuple):
     policy_version: str
     expires_at: float
     approver_roles: tuple[str, ...]
+    asked_at: float = 0.0
 
     def to_json(self) -> str:
         """The request as one JSON object (how shared stores keep it). The
@@ -105,4 +108,5 @@ class ApprovalRequest(NamedTuple):
             policy_version=str(data["policy_version"]),
             expires_at=float(data["expires_at"]),
             approver_roles=tuple(str(r) for r in data["approver_roles"]),
+            asked_at=float(data.get("asked_at", 0.0)),
         )

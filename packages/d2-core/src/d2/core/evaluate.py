@@ -746,14 +746,16 @@ class Evaluator:
                 "a smaller value, or a reference to the data instead of the data"
             )
             return
+        now = _now()
         hold.request = ApprovalRequest(
             id=new_request_id(),
             tool_id=rules.tool_id,
             user_id=ctx.user_id or "",
             arguments=shown,
             policy_version=policy.version_text,
-            expires_at=_now() + approval.ttl,
+            expires_at=now + approval.ttl,
             approver_roles=approval.approvers,
+            asked_at=now,
         )
 
     def _resume(self, adm: _Admission, hold: _Hold) -> _Steps:

@@ -1,0 +1,404 @@
+"""The approvals inbox mounted in an app, under a real uvicorn server: the app holds
+a refund, an approver lists, opens and approves it with the CSRF token of their
+session, and the requester's identical call then runs once. The requester, other
+roles and other users' tokens get nothing: a request they could not decide is a
+404 like a missing one; a forged, cross-site or replayed POST is refused; an
+expired request cannot be decided; every response carries the security headers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from d2.asgi import ASGIMiddleware, headers_extractor
+from d2.asgi.approvals import SECURITY_HEADERS, current_user, inbox_app
+from d2.core import (
+    ApprovalRequiredError,
+    ConfigurationError,
+    InMemorySource,
+    PermissionDeniedError,
+    configure_rbac_sync,
+    d2_guard,
+    set_user,
+)
+from d2.core.testing import controlled_clock, expires_in, reset
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+Serve = Callable[..., contextlib.AbstractContextManager[str]]
+ROOT = "/d2/approvals"
+POLICY = {
+    "metadata": {"name": "refund-desk", "expires": ""},
+    "policies": [
+        {
+            "role": "agent",
+            "permissions": [
+                {
+                    "tool": "payments.refund",
+                    "approval": {"when": {"amount": {"gt": 100}}, "approvers": ["finance_lead"]},
+                }
+            ],
+        },
+        {"role": "finance_lead", "permissions": []},
+    ],
+}
+RUNS: list[tuple[str, int]] = []
+
+
+@d2_guard("payments.refund")
+def refund(order_id: str, amount: int) -> str:
+    RUNS.append((order_id, amount))
+    return f"refunded {amount} on {order_id}"
+
+
+async def refund_endpoint(request: Request) -> JSONResponse:
+    body = await request.json()
+    try:
+        return JSONResponse({"result": refund(body["order_id"], body["amount"])})
+    except ApprovalRequiredError as err:
+        return JSONResponse({"reason": err.reason, "request": err.request.id}, status_code=403)
+    except PermissionDeniedError as err:
+        return JSONResponse({"reason": err.reason}, status_code=403)
+
+
+def make_app(**options: Any) -> Starlette:
+    options.setdefault("user_extractor", headers_extractor)
+    app = Starlette(
+        routes=[
+            Route("/refund", refund_endpoint, methods=["POST"]),
+            Mount(ROOT, inbox_app(**options)),
+        ]
+    )
+    app.add_middleware(ASGIMiddleware, user_extractor=headers_extractor)
+    return app
+
+
+@pytest.fixture(autouse=True)
+def _refund_desk() -> None:
+    reset()  # a fresh in-process store: no request of another test is live
+    POLICY["metadata"]["expires"] = expires_in()  # type: ignore[index]
+    configure_rbac_sync(source=InMemorySource(POLICY))
+    RUNS.clear()
+
+
+class Person:
+    """One browser: a user's identity headers (as a trusted proxy sets them) and
+    a cookie jar."""
+
+    def __init__(self, host: str, user: str | None, roles: str = "") -> None:
+        headers = {"x-d2-user": user, "x-d2-roles": roles} if user else {}
+        self.client = httpx.AsyncClient(base_url=f"http://{host}", headers=headers)
+
+    async def get(self, path: str) -> httpx.Response:
+        return await self.client.get(ROOT + path)
+
+    async def token(self, request_id: str) -> str:
+        page = await self.get(f"/requests/{request_id}")
+        assert page.status_code == 200, page.text
+        found = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)
+        assert found is not None
+        return found.group(1)
+
+    async def decide(
+        self, request_id: str, decision: str, token: str | None = None, **extra: Any
+    ) -> httpx.Response:
+        form = {"decision": decision, "comment": extra.pop("comment", "")}
+        if token is not None:
+            form["csrf"] = token
+        return await self.client.post(f"{ROOT}/requests/{request_id}", data=form, **extra)
+
+    async def refund(self, order: str, amount: int) -> httpx.Response:
+        return await self.client.post("/refund", json={"order_id": order, "amount": amount})
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+@pytest.fixture
+def host(serve_asgi: Serve) -> Iterator[str]:
+    with serve_asgi(make_app()) as where:
+        yield where
+
+
+@contextlib.asynccontextmanager
+async def people(host: str) -> Any:
+    crowd = {
+        "agent": Person(host, "agent-7", "agent"),
+        "dana": Person(host, "dana", "finance_lead"),
+        "erin": Person(host, "erin", "finance_lead"),
+        "eve": Person(host, "eve", "agent,auditor"),
+        "self": Person(host, "agent-7", "agent,finance_lead"),  # the requester, also a lead
+        "nobody": Person(host, None),
+    }
+    try:
+        yield crowd
+    finally:
+        for person in crowd.values():
+            await person.aclose()
+
+
+async def hold(agent: Person, order: str = "o_2", amount: int = 250) -> str:
+    asked = await agent.refund(order, amount)
+    assert asked.status_code == 403 and asked.json()["reason"] == "approval_required"
+    return str(asked.json()["request"])
+
+
+def assert_secured(response: httpx.Response) -> None:
+    for name, value in SECURITY_HEADERS:
+        assert response.headers.get(name) == value, (name, response.status_code)
+
+
+async def test_an_approver_approves_in_the_inbox_and_the_call_runs_once(host: str) -> None:
+    async with people(host) as p:
+        small = await p["agent"].refund("o_1", 40)
+        assert small.json() == {"result": "refunded 40 on o_1"}
+        request_id = await hold(p["agent"])
+        listing = await p["dana"].get("/")
+        assert listing.status_code == 200 and request_id in listing.text
+        assert "payments.refund" in listing.text and "agent-7" in listing.text
+        assert '<meta http-equiv="refresh" content="15">' in listing.text
+        page = await p["dana"].get(f"/requests/{request_id}")
+        for shown in ("&quot;order_id&quot;: &quot;o_2&quot;", "&quot;amount&quot;: 250", "UTC"):
+            assert shown in page.text
+        assert ">Approve</button>" in page.text and ">Reject</button>" in page.text
+        cookie = page.headers["set-cookie"]
+        assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+        assert f"path={ROOT}/" in cookie.lower()
+
+        token = await p["dana"].token(request_id)
+        done = await p["dana"].decide(
+            request_id, "approve", token, comment="ok, <b>known</b> customer"
+        )
+        assert done.status_code == 303
+        assert done.headers["location"] == f"{ROOT}/requests/{request_id}"
+        after = await p["dana"].get(f"/requests/{request_id}")
+        assert (
+            "Approved</span> by <strong>dana</strong>" in after.text and "<form" not in after.text
+        )
+        assert "ok, &lt;b&gt;known&lt;/b&gt; customer" in after.text
+        assert (await p["erin"].get(f"/requests/{request_id}")).status_code == 200  # may see it
+
+        ran = await p["agent"].refund("o_2", 250)
+        assert ran.json() == {"result": "refunded 250 on o_2"}
+        assert RUNS == [("o_1", 40), ("o_2", 250)]
+        again = await p["agent"].refund("o_2", 250)  # the approval is used up
+        assert again.json()["reason"] == "approval_required"
+        assert again.json()["request"] != request_id
+        listing = await p["erin"].get("/")
+        assert "Recent decisions" in listing.text and "known" in listing.text
+        replay = await p["dana"].decide(request_id, "approve", token)  # used: cannot be decided
+        assert replay.status_code in (404, 409)
+        assert RUNS == [("o_1", 40), ("o_2", 250)]
+
+
+async def test_the_requester_and_other_roles_see_nothing_and_get_a_404_like_a_missing_id(
+    host: str,
+) -> None:
+    async with people(host) as p:
+        request_id = await hold(p["agent"])
+        unknown = "0" * 64
+        reference = await p["dana"].get(f"/requests/{unknown}")
+        assert reference.status_code == 404
+        for who in ("self", "eve"):
+            listing = await p[who].get("/")
+            assert listing.status_code == 200 and request_id not in listing.text
+            assert "Nothing waits for your decision" in listing.text
+            page = await p[who].get(f"/requests/{request_id}")
+            missing = await p[who].get(f"/requests/{unknown}")
+            assert page.status_code == missing.status_code == 404
+            assert page.text == missing.text  # indistinguishable, byte for byte
+            # even with a valid token of their own session, they cannot decide it
+            await p[who].get("/")
+            for decision in ("approve", "reject"):
+                forged = await p[who].decide(request_id, decision, "0" * 64)
+                assert forged.status_code == 403
+        assert (await p["nobody"].get("/")).status_code == 401
+        assert (await p["nobody"].get(f"/requests/{request_id}")).status_code == 401
+        assert (await p["dana"].get("/requests/not-an-id")).text == reference.text
+        assert "agent-7" not in reference.text
+        assert request_id in (await p["dana"].get("/")).text  # still pending for dana
+
+
+async def test_a_valid_token_does_not_let_a_user_decide_what_they_may_not(host: str) -> None:
+    async with people(host) as p:
+        own = await hold(p["agent"])  # asked by agent-7
+        colleague = Person(host, "agent-8", "agent")
+        try:
+            theirs = await hold(colleague, order="o_8")
+        finally:
+            await colleague.aclose()
+        # agent-7, also a finance lead, may decide agent-8's request: a valid token
+        token = await p["self"].token(theirs)
+        own_try = await p["self"].decide(own, "approve", token)
+        unknown_try = await p["self"].decide("0" * 64, "approve", token)
+        assert own_try.status_code == unknown_try.status_code == 404
+        assert own_try.text == unknown_try.text  # their own request: as if missing
+        assert (await p["agent"].refund("o_2", 250)).json()["reason"] == "approval_required"
+        # dana's token is bound to dana's session and identity: useless to anyone else
+        stolen = await p["dana"].token(own)
+        assert (await p["self"].decide(own, "approve", stolen)).status_code == 403
+        p["self"].client.cookies.update(p["dana"].client.cookies)  # her cookie too
+        assert (await p["self"].decide(own, "approve", stolen)).status_code == 403
+        assert (await p["agent"].refund("o_2", 250)).json()["reason"] == "approval_required"
+
+
+async def test_reject_refuses_the_call(host: str) -> None:
+    async with people(host) as p:
+        request_id = await hold(p["agent"])
+        token = await p["dana"].token(request_id)
+        done = await p["dana"].decide(request_id, "reject", token, comment="not this one")
+        assert done.status_code == 303
+        page = await p["erin"].get(f"/requests/{request_id}")
+        assert "Rejected</span> by <strong>dana</strong>" in page.text
+        refused = await p["agent"].refund("o_2", 250)
+        assert refused.json() == {"reason": "approval_rejected"}
+        assert RUNS == []
+
+
+async def test_forged_and_cross_site_posts_are_refused(host: str) -> None:
+    async with people(host) as p:
+        request_id = await hold(p["agent"])
+        token = await p["dana"].token(request_id)
+        no_token = await p["dana"].decide(request_id, "approve")
+        assert no_token.status_code == 403
+        assert_secured(no_token)
+        wrong = await p["dana"].decide(request_id, "approve", "f" * 64)
+        assert wrong.status_code == 403
+        cross = await p["dana"].decide(
+            request_id, "approve", token, headers={"sec-fetch-site": "cross-site"}
+        )
+        assert cross.status_code == 403
+        fresh = httpx.AsyncClient(
+            base_url=f"http://{host}", headers={"x-d2-user": "dana", "x-d2-roles": "finance_lead"}
+        )
+        async with fresh:  # the token without the session cookie it is bound to
+            orphan = await fresh.post(
+                f"{ROOT}/requests/{request_id}", data={"csrf": token, "decision": "approve"}
+            )
+        assert orphan.status_code == 403
+        for bad in (
+            {"decision": "maybe"},
+            {"decision": "approve", "comment": "x" * 501},
+        ):
+            form = {"csrf": token, **bad}
+            bad_form = await p["dana"].client.post(f"{ROOT}/requests/{request_id}", data=form)
+            assert bad_form.status_code == 400
+        as_json = await p["dana"].client.post(
+            f"{ROOT}/requests/{request_id}", json={"csrf": token, "decision": "approve"}
+        )
+        assert as_json.status_code == 400
+        huge = await p["dana"].client.post(
+            f"{ROOT}/requests/{request_id}",
+            content=b"csrf=" + b"a" * 20_000,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert huge.status_code == 413
+        listing = await p["dana"].get("/")
+        assert request_id in listing.text  # nothing was decided
+        assert (await p["agent"].refund("o_2", 250)).json()["reason"] == "approval_required"
+
+
+async def test_an_expired_request_cannot_be_decided(
+    host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = controlled_clock(monkeypatch)
+    async with people(host) as p:
+        request_id = await hold(p["agent"])
+        token = await p["dana"].token(request_id)
+        clock.advance(15 * 60 + 1)  # the default ttl is 15 minutes
+        late = await p["dana"].decide(request_id, "approve", token)
+        assert late.status_code == 404
+        assert request_id not in (await p["dana"].get("/")).text
+        asked = await p["agent"].refund("o_2", 250)
+        assert asked.json()["reason"] == "approval_required"
+        assert asked.json()["request"] != request_id and RUNS == []
+
+
+async def test_two_approvers_at_once_decide_it_once(host: str) -> None:
+    async with people(host) as p:
+        request_id = await hold(p["agent"])
+        tokens = [await p[who].token(request_id) for who in ("dana", "erin")]
+        results = await asyncio.gather(
+            p["dana"].decide(request_id, "approve", tokens[0]),
+            p["erin"].decide(request_id, "reject", tokens[1]),
+        )
+        codes = sorted(r.status_code for r in results)
+        assert codes == [303, 409]
+        conflict = next(r for r in results if r.status_code == 409)
+        assert "decided already" in conflict.text and "<form" not in conflict.text
+
+
+async def test_every_response_carries_the_security_headers(host: str) -> None:
+    async with people(host) as p:
+        request_id = await hold(p["agent"])
+        responses = [
+            await p["dana"].get("/"),
+            await p["dana"].get(f"/requests/{request_id}"),
+            await p["dana"].get(f"/requests/{'1' * 64}"),
+            await p["dana"].get("/no/such/page"),
+            await p["nobody"].get("/"),
+            await p["dana"].client.delete(f"{ROOT}/requests/{request_id}"),
+            await p["dana"].decide(request_id, "approve"),
+        ]
+        assert [r.status_code for r in responses] == [200, 200, 404, 404, 401, 405, 403]
+        for response in responses:
+            assert_secured(response)
+            assert response.headers["content-type"].startswith("text/html")
+            assert "<script" not in response.text
+
+
+async def test_mounted_behind_the_apps_own_middleware_it_reads_the_apps_user(
+    serve_asgi: Serve,
+) -> None:
+    with serve_asgi(make_app(user_extractor=current_user)) as where:
+        async with people(where) as p:
+            request_id = await hold(p["agent"])
+            assert request_id in (await p["dana"].get("/")).text
+            assert request_id not in (await p["self"].get("/")).text
+            assert (await p["nobody"].get("/")).status_code == 401
+
+
+async def test_a_failing_extractor_is_nobody_and_configuration_is_checked(
+    serve_asgi: Serve,
+) -> None:
+    def broken(scope: Any) -> Any:
+        raise RuntimeError("the session store is down")
+
+    with serve_asgi(make_app(user_extractor=broken)) as where, httpx.Client() as client:
+        assert client.get(f"http://{where}{ROOT}/").status_code == 401
+    with pytest.raises(ConfigurationError, match="user_extractor"):
+        inbox_app(user_extractor=None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="32 bytes"):
+        inbox_app(user_extractor=headers_extractor, csrf_secret="short")
+
+
+async def test_a_shared_csrf_secret_lets_replicas_accept_each_others_forms(
+    serve_asgi: Serve,
+) -> None:
+    secret = "s" * 32
+    with (
+        serve_asgi(make_app(csrf_secret=secret)) as first,
+        serve_asgi(make_app(csrf_secret=secret)) as second,
+    ):
+        async with people(first) as p:
+            request_id = await hold(p["agent"])
+            token = await p["dana"].token(request_id)
+            other = Person(second, "dana", "finance_lead")
+            other.client.cookies.update(p["dana"].client.cookies)
+            try:
+                done = await other.decide(request_id, "approve", token)
+            finally:
+                await other.aclose()
+            assert done.status_code == 303
+
+
+def test_set_user_is_untouched_by_the_inbox() -> None:
+    set_user("agent-7", roles=["agent"])  # the inbox never reads or writes the context
+    assert inbox_app(user_extractor=headers_extractor) is not None

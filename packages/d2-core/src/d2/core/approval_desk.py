@@ -1,0 +1,180 @@
+"""An approval desk: where an approver, named explicitly, reads and decides the
+requests of one app.
+
+:func:`~d2.core.approvals.approve` and friends act as the *current* user on an
+instance of the app itself. A review app (the approvals inbox page of
+``d2.asgi.approvals``, the ``d2 approvals`` commands) serves many approvers, each
+named by its own identity source, and may run in another process than the app:
+it reads and decides through an :class:`ApprovalDesk`, with the same rules,
+checked by the same code:
+
+* an approver sees and decides only the requests whose ``approver_roles`` include
+  a role of theirs and that they did not ask for; any other request is answered
+  exactly as one that does not exist;
+* a decision is for one pending, unexpired request; a used, decided or expired
+  request cannot be decided (``approval_not_found``).
+
+A desk is either bound to a store and an app's namespace (``ApprovalDesk(store,
+namespace)``; :func:`namespace_of` gives the namespace of a local app by name), or
+to a D2 instance of this process (:meth:`ApprovalDesk.of_instance`: its store and
+the namespace of the policy in force, read at each use).
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Iterable
+from typing import Any
+
+from . import evaluate
+from .approval_data import ApprovalRequest
+from .approvals import _check_approver, _logged, _scoped, _visible
+from .context import UserContext
+from .errors import ConfigurationError
+from .stores.base import ApprovalState, Store
+
+__all__ = ["ApprovalDesk", "namespace_of", "shown_json", "visible_text"]
+
+# Characters an approver cannot see or that reorder what they see: controls,
+# formats (bidirectional overrides, zero-width joiners), private-use and
+# surrogates, line and paragraph separators, and spaces other than " ".
+_HIDDEN = frozenset({"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp", "Zs"})
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # a surrogate pair, as JSON writes it
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def visible_text(text: str) -> str:
+    """``text`` with every character an approver could not see, or that changes
+    the order of what they see, written as its ``\\uXXXX`` escape (letters of
+    every script are kept)."""
+    return _unhidden(text, " ")
+
+
+def _unhidden(text: str, keep: str) -> str:
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(
+        _escaped(c) if c not in keep and unicodedata.category(c) in _HIDDEN else c for c in text
+    )
+
+
+def shown_json(value: Any) -> str:
+    """``value`` (a request's ``arguments``: JSON values, as :mod:`d2.core._display`
+    made them for the approver) as indented JSON an approver reads: letters of
+    every script kept, and every invisible or direction-changing character escaped
+    (:func:`visible_text`), so two different calls never look the same."""
+    text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+    return _unhidden(text, " \n")  # JSON escapes a newline inside a string: these are its own
+
+
+def namespace_of(app_name: str) -> str:
+    """The store namespace of the local-mode app whose policy has
+    ``metadata.name: app_name`` (what its requests are kept under)."""
+    if not isinstance(app_name, str) or not app_name.strip():
+        raise ConfigurationError("an app name is the policy's metadata.name: a non-empty string")
+    return f"local:{app_name.strip()}"
+
+
+class ApprovalDesk:
+    """Reads and decides the approval requests of one app, for approvers named
+    explicitly (see the module docstring). ``store`` is where the app keeps its
+    requests (its Redis, or the in-process store when the desk runs in the app's
+    own process); ``namespace`` the app's namespace there."""
+
+    def __init__(self, store: Store, namespace: str) -> None:
+        if not isinstance(store, Store):
+            raise ConfigurationError(f"store must be a d2.core.stores.Store, got {store!r}")
+        if not isinstance(namespace, str) or not namespace:
+            raise ConfigurationError(
+                "namespace must be the app's store namespace (namespace_of(app_name))"
+            )
+        self._store: Store | None = store
+        self._namespace = namespace
+        self._instance: str | None = None
+
+    @classmethod
+    def of_instance(cls, instance_name: str = "default") -> ApprovalDesk:
+        """A desk on D2 instance ``instance_name`` of this process: its store and
+        the namespace of its policy in force, read at each use (no policy in force:
+        ``MissingPolicyError``)."""
+        desk = cls.__new__(cls)
+        desk._store, desk._namespace, desk._instance = None, "", instance_name
+        return desk
+
+    def __repr__(self) -> str:
+        if self._instance is not None:
+            return f"<ApprovalDesk of instance {self._instance!r}>"
+        return f"<ApprovalDesk {self._namespace!r} on {type(self._store).__name__}>"
+
+    def where(self, ctx: UserContext | None = None) -> tuple[Store, str]:
+        """The store and the namespace the desk reads now."""
+        if self._store is not None:
+            return self._store, self._namespace
+        assert self._instance is not None
+        return _scoped(self._instance, ctx or UserContext(None, None))
+
+    async def pending(
+        self, user_id: str | None, roles: Iterable[str] | str | None
+    ) -> list[ApprovalRequest]:
+        """The pending requests ``user_id`` (holding ``roles``) may decide: an
+        approver role of theirs, not asked by them; soonest expiry first. Empty
+        without a user."""
+        ctx = UserContext(user_id, roles)
+        if ctx.user_id is None:
+            return []
+        store, namespace = self.where(ctx)
+        found = await store.pending_approvals_async(namespace, evaluate._now())
+        return _visible(found, ctx.user_id, ctx.roles)
+
+    async def lookup(
+        self, request_id: str, user_id: str | None, roles: Iterable[str] | str | None
+    ) -> ApprovalState | None:
+        """Request ``request_id`` while it lives (pending, or approved or rejected
+        and not yet used), when ``user_id`` may decide it or could have (an
+        approver role of theirs, not asked by them); else ``None``, the same
+        answer as for an unknown id."""
+        ctx = UserContext(user_id, roles)
+        if ctx.user_id is None or not isinstance(request_id, str) or not request_id:
+            return None
+        store, namespace = self.where(ctx)
+        state = await store.get_approval_async(namespace, request_id, evaluate._now())
+        if state is None or not _visible([state.request], ctx.user_id, ctx.roles):
+            return None
+        return state
+
+    async def decide(
+        self,
+        request_id: str,
+        approve: bool,
+        user_id: str | None,
+        roles: Iterable[str] | str | None,
+    ) -> ApprovalRequest:
+        """Approve (or reject) pending request ``request_id`` as ``user_id``, with
+        the rules of :func:`~d2.core.approvals.approve`: raises
+        ``PermissionDeniedError`` with reason ``no_user``, ``approval_not_found``
+        (not pending: unknown, decided, used, expired) or
+        ``approval_not_permitted`` (the requester, or no approver role). Returns
+        the request; the decision is logged (logger ``d2``)."""
+        ctx = UserContext(user_id, roles)
+        if ctx.user_id is None:
+            _check_approver(None, request_id, None, ctx.roles)
+        store, namespace = self.where(ctx)
+        now = evaluate._now()
+        state = await store.get_approval_async(namespace, request_id, now)
+        _check_approver(state, request_id, ctx.user_id, ctx.roles)
+        assert ctx.user_id is not None and state is not None
+        if not await store.decide_approval_async(namespace, request_id, approve, ctx.user_id, now):
+            _check_approver(None, request_id, ctx.user_id, ctx.roles)
+        return _logged(state.request, "approved" if approve else "rejected", ctx.user_id)
+
+    async def aclose(self) -> None:
+        """Close a store the desk was given (an instance's store is the instance's)."""
+        if self._store is not None:
+            await self._store.aclose()
