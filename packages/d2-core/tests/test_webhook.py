@@ -686,3 +686,27 @@ class ApprovalWebhookFor:
 
     def __exit__(self, *exc: object) -> None:
         self.hook.close()
+
+
+def test_decisions_made_at_a_desk_are_posted_too(receiver: WebhookReceiver, fast: None) -> None:
+    """The inbox page and ``d2 approvals`` decide through an ApprovalDesk: their
+    decisions reach the webhook as approve()/reject() do (the instance's webhook,
+    or the one given to a desk bound to a store)."""
+    import asyncio
+
+    from d2.core.approval_desk import ApprovalDesk
+    from d2.core.webhook import ApprovalWebhook
+
+    configure_rbac_sync(source=InMemorySource(DOC), approval_webhook=receiver.url)
+    pay, _ = _guards()
+    first, second = _ask(pay, "o_1"), _ask(pay, "o_2")
+    asyncio.run(ApprovalDesk.of_instance().decide(first.id, True, "dana", ["boss"]))
+    store, namespace = ApprovalDesk.of_instance().where()
+    webhook = ApprovalWebhook(receiver.url)
+    own = ApprovalDesk(store, namespace, webhook=webhook)
+    asyncio.run(own.decide(second.id, False, "dana", ["boss"]))
+    webhook.close()  # delivers what it queued
+    assert receiver.wait_for(4)
+    seen = sorted((e["event"], e["request_id"], e["decided_by"]) for e in receiver.events)
+    assert ("approval.approved", first.id, "dana") in seen
+    assert ("approval.rejected", second.id, "dana") in seen

@@ -151,12 +151,14 @@ def _cloud_namespace() -> tuple[str, str]:
 
 
 def open_desk(store: str | None, app: str | None, policy: Path | None) -> tuple[ApprovalDesk, str]:
-    """The desk of the app (see :func:`resolve_namespace`) on its shared store."""
+    """The desk of the app (see :func:`resolve_namespace`) on its shared store;
+    its decisions are posted to the webhook ``D2_APPROVAL_WEBHOOK`` names, if any."""
     from d2.core.stores import store_from_url
+    from d2.core.webhook import configured_webhook
 
     url = store_url(store)
     namespace, label = resolve_namespace(app, policy)
-    return ApprovalDesk(store_from_url(url), namespace), label
+    return ApprovalDesk(store_from_url(url), namespace, webhook=configured_webhook()), label
 
 
 def _roles(text: str) -> tuple[str, ...]:

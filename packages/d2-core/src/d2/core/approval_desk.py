@@ -18,21 +18,30 @@ A desk is either bound to a store and an app's namespace (``ApprovalDesk(store,
 namespace)``; :func:`namespace_of` gives the namespace of a local app by name), or
 to a D2 instance of this process (:meth:`ApprovalDesk.of_instance`: its store and
 the namespace of the policy in force, read at each use).
+
+A decision is posted to the approval webhook as :func:`~d2.core.approvals.approve`
+posts it: the instance's webhook for a desk of an instance, the ``webhook`` given
+to a desk bound to a store (``d2 approvals`` gives the one ``D2_APPROVAL_WEBHOOK``
+names).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import unicodedata
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import evaluate
 from .approval_data import ApprovalRequest
-from .approvals import _check_approver, _logged, _scoped, _visible
+from .approvals import _check_approver, _logged, _notify, _scoped, _visible
 from .context import UserContext
 from .errors import ConfigurationError
 from .stores.base import ApprovalState, Store
+
+if TYPE_CHECKING:
+    from .webhook import ApprovalWebhook
 
 __all__ = ["ApprovalDesk", "namespace_of", "shown_json", "visible_text"]
 
@@ -88,7 +97,9 @@ class ApprovalDesk:
     requests (its Redis, or the in-process store when the desk runs in the app's
     own process); ``namespace`` the app's namespace there."""
 
-    def __init__(self, store: Store, namespace: str) -> None:
+    def __init__(
+        self, store: Store, namespace: str, *, webhook: ApprovalWebhook | None = None
+    ) -> None:
         if not isinstance(store, Store):
             raise ConfigurationError(f"store must be a d2.core.stores.Store, got {store!r}")
         if not isinstance(namespace, str) or not namespace:
@@ -98,6 +109,7 @@ class ApprovalDesk:
         self._store: Store | None = store
         self._namespace = namespace
         self._instance: str | None = None
+        self._webhook = webhook
 
     @classmethod
     def of_instance(cls, instance_name: str = "default") -> ApprovalDesk:
@@ -106,6 +118,7 @@ class ApprovalDesk:
         ``MissingPolicyError``)."""
         desk = cls.__new__(cls)
         desk._store, desk._namespace, desk._instance = None, "", instance_name
+        desk._webhook = None
         return desk
 
     def __repr__(self) -> str:
@@ -172,9 +185,19 @@ class ApprovalDesk:
         assert ctx.user_id is not None and state is not None
         if not await store.decide_approval_async(namespace, request_id, approve, ctx.user_id, now):
             _check_approver(None, request_id, ctx.user_id, ctx.roles)
+        if self._instance is not None:
+            _notify(self._instance, state.request, approve, ctx.user_id, namespace)
+        elif self._webhook is not None:
+            self._webhook.decided(state.request, approve, ctx.user_id, namespace)
         return _logged(state.request, "approved" if approve else "rejected", ctx.user_id)
 
     async def aclose(self) -> None:
-        """Close a store the desk was given (an instance's store is the instance's)."""
+        """Close a store the desk was given (an instance's store is the instance's),
+        and deliver what its webhook has queued (bounded by the webhook's flush
+        time)."""
+        if self._webhook is not None:
+            webhook, self._webhook = self._webhook, None
+            webhook.close(wait=False)
+            await asyncio.to_thread(webhook.wait_closed)
         if self._store is not None:
             await self._store.aclose()

@@ -577,17 +577,11 @@ def _webhook_option(
     """The approval webhook to configure (arguments win over the environment), or
     ``None``; a URL that cannot be used raises :class:`ConfigurationError`
     showing it masked."""
-    if url is None:
-        url = os.environ.get("D2_APPROVAL_WEBHOOK", "").strip() or None
-        if url is None:
-            return None  # the cost of no webhook: this test, at configure time
-    if arguments is None:
-        arguments = _flag("D2_APPROVAL_WEBHOOK_ARGUMENTS")
-    if inbox_url is None:
-        inbox_url = os.environ.get("D2_APPROVAL_INBOX_URL", "").strip() or None
-    from .webhook import ApprovalWebhook
+    if url is None and not os.environ.get("D2_APPROVAL_WEBHOOK", "").strip():
+        return None  # the cost of no webhook: this test, at configure time
+    from .webhook import configured_webhook
 
-    return ApprovalWebhook(url, arguments=bool(arguments), inbox_url=inbox_url)
+    return configured_webhook(url, arguments, inbox_url)
 
 
 def _attach_webhook(manager: PolicyManager, webhook: ApprovalWebhook | None) -> None:

@@ -68,7 +68,13 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from .approval_data import ApprovalRequest
 
-__all__ = ["ApprovalWebhook", "approval_event", "masked_url", "validate_url"]
+__all__ = [
+    "ApprovalWebhook",
+    "approval_event",
+    "configured_webhook",
+    "masked_url",
+    "validate_url",
+]
 
 _RETRIED = frozenset({408, 425, 429, 500, 502, 503, 504})
 # webhooks whose sender runs (open, or flushing after close): waited for at exit;
@@ -112,6 +118,30 @@ def validate_url(url: object, what: str) -> str:
     if problem is not None:
         raise ConfigurationError(f"{what} {masked_url(url)} is not usable: {problem}")
     return url
+
+
+def configured_webhook(
+    url: str | None = None, arguments: bool | None = None, inbox_url: str | None = None
+) -> ApprovalWebhook | None:
+    """The webhook these settings name, each ``None`` read from the environment
+    (``D2_APPROVAL_WEBHOOK``, ``D2_APPROVAL_WEBHOOK_ARGUMENTS``,
+    ``D2_APPROVAL_INBOX_URL``); ``None`` when no URL is set. What
+    ``configure_rbac_*`` uses, and what a process deciding requests without a
+    configured instance (``d2 approvals``) uses to post its decisions."""
+    if url is None:
+        url = os.environ.get("D2_APPROVAL_WEBHOOK", "").strip() or None
+        if url is None:
+            return None
+    if arguments is None:
+        arguments = os.environ.get("D2_APPROVAL_WEBHOOK_ARGUMENTS", "").strip().lower() in {
+            "1",
+            "true",
+            "yes",
+            "on",
+        }
+    if inbox_url is None:
+        inbox_url = os.environ.get("D2_APPROVAL_INBOX_URL", "").strip() or None
+    return ApprovalWebhook(url, arguments=bool(arguments), inbox_url=inbox_url)
 
 
 def _loopback(host: str) -> bool:
