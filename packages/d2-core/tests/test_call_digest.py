@@ -27,7 +27,7 @@ import zoneinfo
 from typing import Any
 
 import pytest
-from d2.core.approval_data import shown_arguments
+from d2.core.approval_data import read_once, shown_arguments
 from d2.core.approvals import NoCanonicalForm, call_digest, canonical_arguments, json_arguments
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -383,6 +383,33 @@ def test_two_values_shown_alike_are_the_same_call(many: list[Any], pair: tuple[A
 def test_the_digest_of_a_value_is_stable(a: Any) -> None:
     if _reference(a) is not None:
         assert call_digest("t", {"v": a}, "u", "1") == call_digest("t", {"v": a}, "u", "1")
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pair=pairs)
+def test_one_reading_of_a_value_has_its_digest_and_its_view(pair: tuple[Any, Any]) -> None:
+    """A request's digest and view are made from one private reading of the
+    arguments (``read_once``): that reading digests and shows exactly as the
+    value itself, so the approved retry (digested from the live value) matches,
+    and a value the digest refuses is refused by the reading or its digest."""
+    for value in pair:
+        arguments = {"v": value, "again": [value]}
+        try:
+            expected: str | None = canonical_arguments(arguments)
+        except NoCanonicalForm:
+            expected = None
+        try:
+            reading: dict[str, Any] | None = read_once(arguments)
+        except NoCanonicalForm:
+            reading = None
+        if expected is None:
+            if reading is not None:
+                with pytest.raises(NoCanonicalForm):
+                    canonical_arguments(reading)
+            continue
+        assert reading is not None, value
+        assert canonical_arguments(reading) == expected, value
+        assert shown_arguments(reading) == shown_arguments(arguments), value
 
 
 # -- state outside what a digest used to read -----------------------------------------

@@ -47,7 +47,7 @@ from ._classes import (
     _stdlib,
 )
 
-__all__ = ["atom_text", "is_python_atom"]
+__all__ = ["atom_copy", "atom_text", "is_python_atom"]
 
 _PATHS = ("PurePosixPath", "PureWindowsPath", "PosixPath", "WindowsPath")
 # (module, qualname) of the classes this module vouches for (pathlib's classes live in
@@ -219,6 +219,12 @@ def _rebuilt(value: Any, cls: type, text: str) -> Any:
 
 
 def _checked(value: Any, cls: type, depth: int) -> str:
+    return _checked_copy(value, cls, depth)[0]
+
+
+def _checked_copy(value: Any, cls: type, depth: int) -> tuple[str, Any]:
+    """The text of ``value`` when it describes the whole value, and the fresh value
+    made from that text (else :class:`NoCanonicalForm`)."""
     state = _state(value, cls)
     if not all(_plain(held, value, depth) for held in state.values()):
         raise NoCanonicalForm(
@@ -255,8 +261,8 @@ def _checked(value: Any, cls: type, depth: int) -> str:
     if safe is not None and _module(cls) == "uuid":
         name = _enum_member(safe, type(safe))[1]
         if name != "unknown":
-            return f"{text} ({name})"
-    return text
+            return f"{text} ({name})", fresh
+    return text, fresh
 
 
 def atom_text(value: Any, cls: type) -> str:
@@ -264,3 +270,11 @@ def atom_text(value: Any, cls: type) -> str:
     describes the whole value; else :class:`NoCanonicalForm`. A ``UUID`` whose
     ``is_safe`` is known carries it after its text (``... (safe)``)."""
     return _checked(value, cls, 0)
+
+
+def atom_copy(value: Any, cls: type) -> Any:
+    """A fresh value of ``cls`` made from the text of ``value`` (its caches filled),
+    when that text describes the whole value; else :class:`NoCanonicalForm`. Its
+    text, and so its digest and its view, are those of ``value``; no other code
+    holds it."""
+    return _checked_copy(value, cls, 0)[1]

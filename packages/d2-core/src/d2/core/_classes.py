@@ -51,6 +51,7 @@ _module_dict: Callable[[types.ModuleType], dict[str, Any]] = vars(types.ModuleTy
     "__dict__"
 ].__get__
 # object's own __getstate__ (3.11+): the instance dictionary, whatever the class says
+_proxy_items: Callable[[Any], Any] = types.MappingProxyType.items
 _GETSTATE: Callable[[Any], Any] | None = vars(object).get("__getstate__")
 
 
@@ -165,6 +166,18 @@ def _layout_is_python(cls: type) -> bool:
     return bool(_basicsize(cls) == size)
 
 
+def _dict_descriptor(cls: type) -> Any:
+    """The interpreter's own ``__dict__`` descriptor through which attribute access
+    finds the instance dictionary of a ``cls`` value (the first of its MRO), or
+    ``None`` when a class attribute named ``__dict__`` hides it."""
+    for klass in _mro(cls):
+        held = _entry(_namespace(klass), "__dict__")
+        if held is _MISSING:
+            continue
+        return held if type(held) is types.GetSetDescriptorType else None
+    return None
+
+
 def _instance_dict(value: Any, cls: type) -> dict[Any, Any]:
     """The instance dictionary of ``value`` (its class has one), where attribute
     access reads it: through the interpreter's own ``__dict__`` descriptor, never
@@ -199,11 +212,13 @@ def _instance_dict(value: Any, cls: type) -> dict[Any, Any]:
     )
 
 
-def _entry(mapping: dict[Any, Any], key: str) -> Any:
+def _entry(mapping: Mapping[Any, Any], key: str) -> Any:
     """``mapping[key]`` for a string ``key`` (else :data:`_MISSING`), found by
     scanning: a lookup would compare ``key`` with a colliding key of the app's
-    type, running its ``__eq__``."""
-    for found, held in dict.items(mapping):
+    type, running its ``__eq__``. ``mapping``: a dict, or a class's namespace (a
+    read-only view of the class's own dict)."""
+    items = dict.items(mapping) if type(mapping) is dict else _proxy_items(mapping)
+    for found, held in items:
         if type(found) is str and found == key:
             return held
     return _MISSING

@@ -14,6 +14,8 @@ imports nothing of D2):
 * :func:`json_arguments` shows arguments to approvers and the decision log
   (secrets hidden); :func:`shown_arguments` also says whether that display is
   whole (a call is approvable only when it is).
+* :func:`read_once` reads the arguments once, into a private copy that the digest
+  and the view of one request both read.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, NamedTuple
 
 from ._canonical import NoCanonicalForm, canonical_arguments
 from ._display import shown_arguments
+from ._reading import read_once
 
 __all__ = [
     "ApprovalRequest",
@@ -33,6 +36,7 @@ __all__ = [
     "json_arguments",
     "new_request_id",
     "shown_arguments",
+    "read_once",
 ]
 
 

@@ -84,6 +84,7 @@ from .approval_data import (
     NoCanonicalForm,
     call_digest,
     new_request_id,
+    read_once,
     shown_arguments,
 )
 from .context import UserContext, current_context
@@ -722,18 +723,23 @@ class Evaluator:
 
     def _digest(self, adm: _Admission, hold: _Hold) -> None:
         """The call needs an approval: its digest, and the request an approver
-        would be shown, from one reading of the arguments (no I/O)."""
+        would be shown, from one reading of the arguments (no I/O): a private copy
+        (:func:`read_once`) that both read, so a thread changing an argument
+        meanwhile cannot get one call shown and another digested."""
         rules, ctx = adm.rules, adm.ctx
         policy = rules.policy
         approval = hold.judged
         args, kwargs, arguments = adm.call
         try:
-            exact = bound_arguments(arguments, args, kwargs, keep_self=True)
-            hold.digest = call_digest(rules.tool_id, exact, ctx.user_id or "", policy.version_text)
+            reading = read_once(bound_arguments(arguments, args, kwargs, keep_self=True))
+            hold.digest = call_digest(
+                rules.tool_id, reading, ctx.user_id or "", policy.version_text
+            )
         except NoCanonicalForm as exc:
             hold.unapprovable = str(exc)  # refused after steps 5-6 (approval_unsupported)
             return
-        shown, whole = shown_arguments(bound_arguments(arguments, args, kwargs))
+        names = bound_arguments(arguments, args, kwargs)  # without a method's self
+        shown, whole = shown_arguments({name: reading[name] for name in names})
         if not whole:  # an approver never approves a part of a call they were not shown
             hold.digest = None
             hold.unapprovable = (

@@ -1,0 +1,258 @@
+"""Attacks on the approval digest and the approver's view from the eighth hostile
+review, against commit a6aaa79.
+
+Each test asserts the SAFE behaviour: an approver approves what they are shown,
+the digest binds exactly what the tool receives, neither the digest nor the view
+runs the app's code, what cannot be represented faithfully is refused, and a
+refusal is fast. Each failed on the commit the review was written against.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import decimal
+import enum
+import fractions
+import ipaddress
+import pathlib
+import threading
+import time
+import uuid
+import zoneinfo
+from collections.abc import Callable
+from typing import Any
+
+import pydantic
+import pytest
+from d2.core import (
+    ApprovalRequest,
+    ApprovalRequiredError,
+    InMemorySource,
+    PermissionDeniedError,
+    approve,
+    configure_rbac_sync,
+    d2_guard,
+    set_user,
+)
+from d2.core.approval_data import (
+    NoCanonicalForm,
+    canonical_arguments,
+    read_once,
+    shown_arguments,
+)
+from d2.core.testing import policy_document
+
+LEAD = {"role": "finance_lead", "permissions": []}
+REFUSED = ("approval_required", "approval_unsupported")
+
+
+def _configure(tool: str) -> None:
+    grant = {"tool": tool, "approval": {"approvers": ["finance_lead"]}}
+    doc = policy_document({"role": "agent", "permissions": [grant]}, LEAD, name="review8")
+    configure_rbac_sync(source=InMemorySource(doc))
+
+
+def _held(call: Callable[[], Any]) -> ApprovalRequest:
+    with pytest.raises(ApprovalRequiredError) as info:
+        call()
+    return info.value.request
+
+
+def _approve(request: ApprovalRequest) -> None:
+    set_user("dana", roles=["finance_lead"])
+    approve(request.id)
+    set_user("agent-7", roles=["agent"])
+
+
+def _refused_by_digest_and_view(value: Any) -> None:
+    with pytest.raises(NoCanonicalForm):
+        canonical_arguments({"v": value})
+    assert not shown_arguments({"v": value})[1], "shown whole"
+
+
+# -- 1. a thread changes an argument between the digest and the view ------------------
+
+
+def _runner(ran: list[str]) -> Callable[[dict[str, Any]], str]:
+    _configure("ops.run")
+
+    @d2_guard("ops.run")
+    def run(job: dict[str, Any]) -> str:
+        ran.append(job["cmd"])
+        return f"executed {job['cmd']!r}"
+
+    set_user("agent-7", roles=["agent"])
+    return run
+
+
+def test_an_argument_changed_between_the_digest_and_the_view_is_not_approved_unseen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack: the digest and the view were two readings of the live arguments; a
+    thread that flipped ``job["cmd"]`` between them got ``ls /tmp`` shown and
+    ``rm -rf ~`` digested, and the approved retry ran ``rm -rf ~``. Here the flip
+    happens exactly between the readings (inside the view's call). Safe: the view
+    and the digest come from one reading: what is shown is what is digested, so
+    the call that runs under the approval is the one the approver read."""
+    from d2.core import evaluate
+
+    ran: list[str] = []
+    run = _runner(ran)
+    job = {"rows": [1, 2, 3], "cmd": "rm -rf ~"}
+    real = evaluate.shown_arguments
+
+    def flipped_meanwhile(arguments: Any) -> Any:
+        job["cmd"] = "ls /tmp"  # another thread, after the digest's reading
+        try:
+            return real(arguments)
+        finally:
+            job["cmd"] = "rm -rf ~"
+
+    monkeypatch.setattr(evaluate, "shown_arguments", flipped_meanwhile)
+    request = _held(lambda: run(job))
+    monkeypatch.undo()
+    _approve(request)
+    try:
+        run(job)
+    except PermissionDeniedError as err:
+        assert err.reason in REFUSED
+    assert all(cmd == request.arguments["job"]["cmd"] for cmd in ran), (request.arguments, ran)
+
+
+def test_a_thread_flipping_an_argument_never_runs_a_call_nobody_was_shown() -> None:
+    """The review's own attack, with a real thread flipping the command every 2 ms
+    while the agent asks (bounded to a few seconds): once a request shows
+    ``ls /tmp``, it is approved, the thread stops, and the agent retries with
+    ``rm -rf ~``. Safe: every request shows the call its digest binds, so the
+    approval of ``ls /tmp`` never runs ``rm -rf ~``."""
+    ran: list[str] = []
+    run = _runner(ran)
+    job = {"rows": list(range(60_000)), "cmd": "rm -rf ~"}
+    stop = threading.Event()
+
+    def flip() -> None:
+        while not stop.is_set():
+            job["cmd"] = "ls /tmp"
+            time.sleep(0.002)
+            job["cmd"] = "rm -rf ~"
+            time.sleep(0.002)
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    deadline = time.monotonic() + 4
+    request = None
+    try:
+        while request is None and time.monotonic() < deadline:
+            held = _held(lambda: run(job))
+            if held.arguments["job"]["cmd"] == "ls /tmp":  # looks harmless
+                request = held
+    finally:
+        stop.set()
+        flipper.join()
+    assert request is not None, "the harmless command was never shown"
+    job["cmd"] = "rm -rf ~"
+    _approve(request)
+    with pytest.raises(PermissionDeniedError):
+        run(job)
+    assert ran == []
+
+
+class Slotted:
+    __slots__ = ("__dict__", "a", "b")
+
+    def __init__(self, a: Any) -> None:
+        self.a = a
+
+
+class Tags(frozenset):  # type: ignore[type-arg]
+    pass
+
+
+class Rows(dict):  # type: ignore[type-arg]
+    pass
+
+
+class Patch(pydantic.BaseModel):
+    email: str | None = None
+    role: str | None = None
+
+
+@dataclasses.dataclass
+class Job:
+    cmd: str
+    rows: list[int]
+
+
+class Level(enum.IntEnum):
+    ONE = 1
+
+
+def _readings() -> list[Any]:
+    job = Job("ls", [1, 2])
+    looped: list[Any] = [1]
+    looped.append(looped)
+    held: list[Any] = []
+    in_tuple = (held, 1)
+    held.append(in_tuple)
+    slotted = Slotted([1])
+    slotted.extra = {"k": slotted}  # type: ignore[attr-defined]
+    ordered = collections.OrderedDict(b=1, a=2)
+    ordered.note = "kept"  # type: ignore[attr-defined]
+    ordered.move_to_end("b")
+    tags = Tags({"a", 1})
+    tags.owner = job  # type: ignore[attr-defined]
+    rows = Rows(a=[job])
+    used = pathlib.PurePosixPath("/tmp/x")
+    str(used), hash(used), used.parts  # noqa: B018 - caches filled
+    return [
+        job,
+        [job, job, vars(job)],
+        looped,
+        in_tuple,
+        slotted,
+        ordered,
+        collections.defaultdict(list, a=[1]),
+        tags,
+        rows,
+        {Level.ONE: (1, "a"), ("x", 2): frozenset({3})},
+        Patch.model_validate({"email": "a@corp"}),
+        pydantic.SecretStr("1234"),
+        used,
+        ipaddress.ip_network("10.0.0.0/30"),
+        ipaddress.ip_interface("fe80::1%eth0/64"),
+        uuid.UUID(int=5, is_safe=uuid.SafeUUID.safe),
+        fractions.Fraction(1, 3),
+        decimal.Decimal("1.50"),
+        datetime.datetime(2030, 1, 1, tzinfo=zoneinfo.ZoneInfo("Europe/Paris")),
+        bytearray(b"ab"),
+        {pathlib.PurePosixPath("/a"), ipaddress.ip_address("10.0.0.1")},
+        int,
+    ]
+
+
+@pytest.mark.parametrize("value", _readings())
+def test_one_reading_digests_and_shows_as_the_value_itself(value: Any) -> None:
+    """The reading a request is made from is a private copy: it digests and shows
+    exactly as the live value (sharing, cycles, attributes of containers, caches of
+    paths, secrets), so the approved retry, digested from the live value, matches."""
+    arguments = {"v": value, "w": [value]}
+    reading = read_once(arguments)
+    assert canonical_arguments(reading) == canonical_arguments(arguments)
+    assert shown_arguments(reading) == shown_arguments(arguments)
+    assert shown_arguments(reading)[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    name: str
+
+
+def test_a_key_whose_hash_is_the_app_s_code_is_refused_by_the_reading() -> None:
+    """A dict key or set item is copied into the reading, which hashes it: one whose
+    ``__hash__`` or ``__eq__`` is the app's code (a frozen dataclass) is refused
+    rather than run (use a built-in key or an enum member)."""
+    for value in ({Key("a"): 1}, {Key("a")}, frozenset({(1, Key("a"))})):
+        with pytest.raises(NoCanonicalForm, match="__hash__"):
+            read_once({"v": value})
