@@ -205,7 +205,7 @@ def _readings() -> list[Any]:
     tags.owner = job  # type: ignore[attr-defined]
     rows = Rows(a=[job])
     used = pathlib.PurePosixPath("/tmp/x")
-    str(used), hash(used), used.parts  # noqa: B018 - caches filled
+    str(used), hash(used), used.parts
     return [
         job,
         [job, job, vars(job)],
@@ -256,3 +256,136 @@ def test_a_key_whose_hash_is_the_app_s_code_is_refused_by_the_reading() -> None:
     for value in ({Key("a"): 1}, {Key("a")}, frozenset({(1, Key("a"))})):
         with pytest.raises(NoCanonicalForm, match="__hash__"):
             read_once({"v": value})
+
+
+# -- 2. the sixth review's defence against built-in subclasses, bypassed ---------------
+
+
+def _shell_refused(command: Any) -> None:
+    """``shell(command)`` is refused outright (no request an approver could be
+    misled by) and the tool never runs."""
+    _configure("ops.shell")
+    ran: list[str] = []
+
+    @d2_guard("ops.shell")
+    def shell(command: str) -> str:
+        ran.append(f"{command}")
+        return ran[-1]
+
+    set_user("agent-7", roles=["agent"])
+    with pytest.raises(PermissionDeniedError) as info:
+        shell(command)
+    assert info.value.reason == "approval_unsupported"
+    assert ran == []
+
+
+class _LyingName(str):
+    """A method name that says it is ``__init__`` once its class is built."""
+
+    built = False
+    calls = 0
+
+    def __hash__(self) -> int:
+        if _LyingName.built:
+            _LyingName.calls += 1
+            return hash("__init__")
+        return str.__hash__(self)
+
+    def __eq__(self, other: object) -> bool:
+        if _LyingName.built:
+            _LyingName.calls += 1
+            if other == "__init__":
+                return True
+        return str.__eq__(self, other)
+
+
+def _rm(self: Any, spec: str = "") -> str:
+    return "rm -rf ~"
+
+
+def test_a_method_named_by_a_str_subclass_is_not_taken_for_a_harmless_one() -> None:
+    """Attack: ``type(name, bases, ns)`` keeps the keys of ``ns``; a key of a ``str``
+    subclass whose ``__hash__``/``__eq__`` answer ``__init__`` once the class is
+    built made ``_overridden`` take ``__str__`` and ``__format__`` for ``__init__``:
+    ``Cmd("ls /tmp")`` was shown as ``ls /tmp`` and ran ``rm -rf ~``. Safe: a class
+    with a namespace key that is not exactly a ``str`` is refused, without running
+    the key's code."""
+    cmd_class = type(
+        "LyingCmd",
+        (str,),
+        {"__module__": __name__, _LyingName("__str__"): _rm, _LyingName("__format__"): _rm},
+    )
+    globals()["LyingCmd"] = cmd_class
+    _LyingName.built = True
+    try:
+        cmd = cmd_class("ls /tmp")
+        assert f"{cmd}" == "rm -rf ~"
+        _LyingName.calls = 0
+        _refused_by_digest_and_view(cmd)
+        _shell_refused(cmd)
+        assert _LyingName.calls == 0
+    finally:
+        _LyingName.built = False
+
+
+def test_a_class_written_into_a_standard_library_module_is_not_trusted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack: ``_trusted`` believed a class whose ``__module__`` is a standard-library
+    module once ``module.qualname`` led to it, both written by the class's author
+    (``__module__ = "string"``, ``string.Cmd = Cmd``): its ``__str__`` and
+    ``__format__`` answering ``rm -rf ~`` were taken for the standard library's.
+    Safe: the standard library's classes are trusted by identity only."""
+    import string
+
+    class Cmd(str):
+        __module__ = "string"
+        __qualname__ = "Cmd"
+
+        def __str__(self) -> str:
+            return "rm -rf ~"
+
+        def __format__(self, spec: str) -> str:
+            return "rm -rf ~"
+
+    monkeypatch.setattr(string, "Cmd", Cmd, raising=False)
+    cmd = Cmd("ls /tmp")
+    _refused_by_digest_and_view(cmd)
+    _shell_refused(cmd)
+
+
+class _CollidingKey:
+    """A class-namespace key whose hash is that of ``"__slots__"`` (and
+    ``"__dict__"``): a lookup of either name runs its ``__eq__``."""
+
+    calls = 0
+
+    def __init__(self, like: str) -> None:
+        self.like = like
+
+    def __eq__(self, other: object) -> bool:
+        _CollidingKey.calls += 1
+        return False
+
+    def __hash__(self) -> int:
+        return hash(self.like)
+
+
+OddlyNamed = type(
+    "OddlyNamed",
+    (),
+    {_CollidingKey("__slots__"): 1, _CollidingKey("__dict__"): 2, "__module__": __name__},
+)
+
+
+def test_a_class_namespace_key_of_the_app_s_type_is_never_compared() -> None:
+    """Attack: a non-str key in a class namespace, whose hash equals that of
+    ``"__slots__"``, had its ``__eq__`` run by ``.get("__slots__")`` in every digest
+    and view (the call stayed approvable). Safe: such a class is refused, and the
+    key's code never runs."""
+    value = OddlyNamed()
+    _CollidingKey.calls = 0
+    _refused_by_digest_and_view(value)
+    with pytest.raises(NoCanonicalForm):
+        read_once({"v": value})
+    assert _CollidingKey.calls == 0

@@ -38,12 +38,15 @@ from ._classes import (
     _dictoffset,
     _enum_member,
     _instance_dict,
+    _known,
     _module,
+    _module_dict,
+    _module_named,
     _mro,
-    _namespace,
     _qualname,
     _qualname_of,
     _slot_values,
+    _space,
     _stdlib,
 )
 
@@ -105,16 +108,17 @@ def _own_method(method: types.MethodType, owner: Any) -> bool:
     if method.__self__ is not owner:
         return False
     func = method.__func__
-    return any(held is func for klass in _mro(type(owner)) for held in _namespace(klass).values())
+    return any(held is func for klass in _mro(type(owner)) for held in _space(klass).values())
 
 
 def _stdlib_function(func: types.FunctionType) -> bool:
     """Whether ``func`` is a function of a standard-library module (its globals are
     that module's) over plain values (its closure and defaults)."""
-    module = sys.modules.get(func.__module__) if type(func.__module__) is str else None
-    if module is None or func.__globals__ is not getattr(module, "__dict__", None):
+    name = func.__module__
+    module = _module_named(name) if type(name) is str else None
+    if type(module) is not types.ModuleType or func.__globals__ is not _module_dict(module):
         return False
-    if func.__module__.partition(".")[0] not in sys.stdlib_module_names:
+    if name.partition(".")[0] not in sys.stdlib_module_names:
         return False
     cells = func.__closure__ or ()
     try:
@@ -150,9 +154,8 @@ def _plain(held: Any, owner: Any, depth: int) -> bool:
 
 
 def _is_enum(cls: type) -> bool:
-    enum = sys.modules.get("enum")
-    base = getattr(enum, "Enum", None)
-    return isinstance(base, type) and issubclass(cls, base)
+    base = _known("enum", "Enum")
+    return base is not None and issubclass(cls, base)
 
 
 def _fill(fresh: Any, cls: type) -> None:
@@ -167,7 +170,7 @@ def _fill(fresh: Any, cls: type) -> None:
     path = _module(cls).startswith("pathlib")
     names = list(_PATH_PARTS) if path else []
     for klass in _mro(cls):
-        for name, held in _namespace(klass).items():
+        for name, held in _space(klass).items():
             if type(held) is functools.cached_property:
                 names.append(name)
     for name in names:

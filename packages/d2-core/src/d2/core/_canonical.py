@@ -36,7 +36,6 @@ import enum
 import json
 import math
 import os
-import sys
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -49,14 +48,15 @@ from ._classes import (
     _dictoffset,
     _enum_member,
     _instance_dict,
+    _known,
     _layout_is_python,
     _module,
     _name_of,
     _named,
-    _namespace,
     _overridden,
     _qualname,
     _qualname_of,
+    _space,
     _stdlib,
 )
 
@@ -92,11 +92,13 @@ class _Walk:
     set's items by what they hold) shares the digest's budget and its memo of
     those sort keys."""
 
-    __slots__ = ("budget", "seen", "texts")
+    __slots__ = ("budget", "names", "seen", "texts")
 
     def __init__(self, parent: _Walk | None = None) -> None:
         self.seen: dict[int, tuple[int, Any]] = {}
         self.texts: dict[int, tuple[str, Any]] = {} if parent is None else parent.texts
+        # whether each class met leads to itself by its name (_named), once per digest
+        self.names: dict[int, tuple[bool, type]] = {} if parent is None else parent.names
         # values left, bytes of text left, set items left to sort: shared by every
         # walk of one digest
         self.budget: list[int] = (
@@ -267,7 +269,7 @@ def _enum(value: enum.Enum, cls: type, depth: int, walk: _Walk) -> Any:
         inner = _canon(raw, depth, walk)
     except NoCanonicalForm:  # members are singletons: the name tells them apart
         inner = None
-    return {"__t": f"enum:{_named(cls)}", "n": name, "v": inner}
+    return {"__t": f"enum:{_named(cls, walk.names)}", "n": name, "v": inner}
 
 
 _EXACT: dict[int, Callable[[Any, int, _Walk], Any]] = {
@@ -359,7 +361,7 @@ def _state(value: Any, chain: list[type], depth: int, walk: _Walk, hide: str = "
                 found = {k: v for k, v in found.items() if k != hide}
             state["__dict__"] = _dict(found, depth, walk)
     for i, klass in enumerate(chain):
-        space = _namespace(klass)
+        space = _space(klass)
         for name in _declared_slots(klass):
             try:
                 held = space[name].__get__(value, cls)
@@ -372,8 +374,7 @@ def _state(value: Any, chain: list[type], depth: int, walk: _Walk, hide: str = "
 
 def _secret_base() -> type | None:
     """pydantic's secret base class, when pydantic is loaded (else no value is one)."""
-    found = getattr(sys.modules.get("pydantic.types"), "_SecretBase", None)
-    return found if isinstance(found, type) else None
+    return _known("pydantic.types", "_SecretBase")
 
 
 _PROCESS_KEY = os.urandom(32)  # this process's key when D2_APPROVAL_SECRET_KEY is unset
@@ -419,7 +420,7 @@ def _instance(value: Any, cls: type, depth: int, walk: _Walk) -> Any:
                 f"{overridden}, so it may not read as the {_name_of(base)} it holds (which "
                 f"is what an approver is shown); pass a plain {_name_of(base)}"
             )
-    name = _named(cls)
+    name = _named(cls, walk.names)
     changing = (
         bool(_dictoffset(cls))
         or id(base) in _REFERENCED
@@ -473,7 +474,7 @@ def _canon(value: Any, depth: int, walk: _Walk) -> Any:
         return exact(value, depth, walk)
     walk.spend()
     if issubclass(cls, type):  # a class as a value (a class method's cls): by its name
-        return {"__t": "class", "v": _named(value)}
+        return {"__t": "class", "v": _named(value, walk.names)}
     module, qualname = _module(cls), _qualname_of(cls)
     if type(module) is str and type(qualname) is str:
         how = _ATOMS.get((module, qualname))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 import types
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -52,6 +53,7 @@ _module_dict: Callable[[types.ModuleType], dict[str, Any]] = vars(types.ModuleTy
 ].__get__
 # object's own __getstate__ (3.11+): the instance dictionary, whatever the class says
 _proxy_items: Callable[[Any], Any] = types.MappingProxyType.items
+_proxy_keys: Callable[[Any], Any] = types.MappingProxyType.keys
 _GETSTATE: Callable[[Any], Any] | None = vars(object).get("__getstate__")
 
 
@@ -61,33 +63,83 @@ class NoCanonicalForm(ValueError):
 
 
 def _qualname(cls: type) -> str:
-    return f"{_module(cls)}.{_qualname_of(cls)}"  # for messages: _named tells classes apart
+    """``module.qualname`` of ``cls`` for a message (``_named`` tells classes apart);
+    a name that is not exactly a ``str`` is never formatted (its code would run)."""
+    module, qualname = _module(cls), _qualname_of(cls)
+    if type(module) is str and type(qualname) is str:
+        return f"{module}.{qualname}"
+    return "<a class without a name>"
 
 
-def _leads_to(cls: type) -> bool:
+_SPACES: dict[int, weakref.ref[type]] = {}  # id -> a class whose namespace keys are all str
+
+
+def _space(cls: type) -> Mapping[str, Any]:
+    """The namespace of ``cls`` (read through ``type``'s own descriptor), once every
+    key in it is exactly a ``str``; else :class:`NoCanonicalForm`. ``type(name,
+    bases, ns)`` keeps the keys of ``ns``: a key of the app's type (a ``str``
+    subclass) would run its own ``__hash__`` and ``__eq__`` in any lookup or
+    comparison, and could answer as another name than the one the interpreter
+    stored. Names set later are always exact strings (``type.__setattr__`` copies
+    them), so a class is checked once."""
+    space = _namespace(cls)
+    known = _SPACES.get(id(cls))
+    if known is not None and known() is cls:
+        return space
+    for key in _proxy_keys(space):
+        if type(key) is not str:
+            raise NoCanonicalForm(
+                f"a {_qualname(cls)} value has no canonical form: its class has an "
+                "attribute named by an object that is not a str (a class made by type() "
+                "with such a name); define the class with a class statement"
+            )
+    key = id(cls)
+    _SPACES[key] = weakref.ref(cls, lambda _, key=key: _SPACES.pop(key, None))  # type: ignore[misc]
+    return space
+
+
+def _module_named(name: str) -> Any:
+    """``sys.modules[name]`` (else :data:`_MISSING`), found by scanning: a lookup
+    would compare ``name`` with a colliding key of the app's type."""
+    return _entry(sys.modules, name)
+
+
+def _leads_to(cls: type, memo: dict[int, tuple[bool, type]] | None = None) -> bool:
     """Whether ``module.qualname`` of ``cls``, read from the module's and classes'
-    own dictionaries (no code run), leads to ``cls`` itself."""
+    own dictionaries (no code run), leads to ``cls`` itself. ``memo``: answers
+    already found in this digest or view (by class)."""
+    if memo is not None:
+        known = memo.get(id(cls))
+        if known is not None and known[1] is cls:
+            return known[0]
     module, qualname = _module(cls), _qualname_of(cls)
     found: Any = None
     if type(module) is str and type(qualname) is str:
-        found = sys.modules.get(module)
+        found = _module_named(module)
         for part in qualname.split("."):
-            if isinstance(found, type):
-                found = _namespace(found).get(part)
-            elif isinstance(found, types.ModuleType):
-                found = _module_dict(found).get(part)
+            kind = type(found)
+            if issubclass(kind, type):
+                try:
+                    found = _space(found).get(part)
+                except NoCanonicalForm:
+                    found = None
+            elif issubclass(kind, types.ModuleType):
+                found = _entry(_module_dict(found), part)
             else:
                 found = None
                 break
-    return found is cls
+    answer = found is cls
+    if memo is not None:
+        memo[id(cls)] = (answer, cls)
+    return answer
 
 
-def _named(cls: type) -> str:
+def _named(cls: type, memo: dict[int, tuple[bool, type]] | None = None) -> str:
     """``module.qualname`` of ``cls``, when that name leads to ``cls`` itself. A
     class made by a factory, inside a function, or replaced since (a reloaded
     module) shares its name with other classes: its instances have no canonical
     form."""
-    if not _leads_to(cls):
+    if not _leads_to(cls, memo):
         raise NoCanonicalForm(
             f"a value of class {_qualname(cls)} has no canonical form: that name does not "
             "lead to its class (a class made inside a function, by a factory or type(), "
@@ -99,20 +151,41 @@ def _named(cls: type) -> str:
     return f"{len(module)}:{module}.{_qualname_of(cls)}"
 
 
+_KNOWN: dict[tuple[str, str], type] = {}  # the standard library's classes, by identity
+
+
+def _known(module: str, name: str) -> type | None:
+    """The class ``module.name`` of the standard library, itself: found the first
+    time its module is loaded, then kept (by identity). A class that only takes a
+    standard-library name, or is written into such a module later (``string.Cmd =
+    Cmd``), is never it."""
+    found = _KNOWN.get((module, name))
+    if found is None:
+        loaded = _module_named(module)
+        if type(loaded) is not types.ModuleType:
+            return None  # not loaded: no value can be of it
+        held = _entry(_module_dict(loaded), name)
+        if not issubclass(type(held), type):
+            return None
+        found = _KNOWN[(module, name)] = held
+    return found
+
+
 def _stdlib(cls: type, module: str, *names: str) -> bool:
-    """Whether ``cls`` is exactly the class ``module.name`` (one of ``names``)."""
-    qualname = _qualname_of(cls)
-    return (
-        _module(cls) == module
-        and qualname in names
-        and (getattr(sys.modules.get(module), qualname, None) is cls)
-    )
+    """Whether ``cls`` is exactly the class ``module.name`` (one of ``names``) of the
+    standard library (by identity: :func:`_known`)."""
+    claimed, qualname = _module(cls), _qualname_of(cls)
+    if type(claimed) is not str or type(qualname) is not str:
+        return False
+    if claimed != module or qualname not in names:  # (exact strings: no code run)
+        return False
+    return _known(module, qualname) is cls
 
 
 def _declared_slots(cls: type) -> list[str]:
     """The slot names ``cls`` itself declares, as stored (private names mangled),
     without ``__dict__`` and ``__weakref__``."""
-    slots = _namespace(cls).get("__slots__", ())
+    slots = _space(cls).get("__slots__", ())
     names = [slots] if isinstance(slots, str) else list(slots)
     owner = _name_of(cls).lstrip("_")
     return [
@@ -127,7 +200,7 @@ def _slot_values(value: Any, cls: type) -> list[tuple[str, Any]]:
     its own member descriptor: (name, value), in MRO order."""
     found: list[tuple[str, Any]] = []
     for klass in _mro(cls):
-        space = _namespace(klass)
+        space = _space(klass)
         for name in _declared_slots(klass):
             held = space.get(name)
             if type(held) is not types.MemberDescriptorType:
@@ -148,7 +221,7 @@ def _layout_is_python(cls: type) -> bool:
     flags = _flags(cls)
     if base is None or not flags & _HEAP_TYPE or _itemsize(cls) != _itemsize(base):
         return False
-    own = _namespace(cls)
+    own = _space(cls)
     slots = _declared_slots(cls)
     members = []
     for key, held in own.items():
@@ -171,7 +244,7 @@ def _dict_descriptor(cls: type) -> Any:
     finds the instance dictionary of a ``cls`` value (the first of its MRO), or
     ``None`` when a class attribute named ``__dict__`` hides it."""
     for klass in _mro(cls):
-        held = _entry(_namespace(klass), "__dict__")
+        held = _space(klass).get("__dict__", _MISSING)
         if held is _MISSING:
             continue
         return held if type(held) is types.GetSetDescriptorType else None
@@ -186,7 +259,7 @@ def _instance_dict(value: Any, cls: type) -> dict[Any, Any]:
     ``__getstate__`` (Python 3.11+) reads the dictionary; without it, the value has
     no canonical form."""
     for klass in _mro(cls):
-        held = _namespace(klass).get("__dict__")
+        held = _space(klass).get("__dict__")
         if type(held) is types.GetSetDescriptorType:
             try:
                 found = held.__get__(value, cls)
@@ -232,7 +305,7 @@ def _enum_member(value: Any, cls: type) -> tuple[bool, Any, Any]:
     an object of the app (a forged member's value)."""
     state = _instance_dict(value, cls) if _dictoffset(cls) else {}
     name, raw = _entry(state, "_name_"), _entry(state, "_value_")
-    space = _namespace(cls)
+    space = _space(cls)
     by_name, by_value = space.get("_member_map_"), space.get("_value2member_map_")
     member = type(by_name) is dict and type(name) is str and _entry(by_name, name) is value
     if not member and type(by_value) is dict:
@@ -282,13 +355,17 @@ _NAMES: dict[int, frozenset[str]] = {}  # id(built-in type) -> its attribute nam
 def _made_by_namedtuple(held: Any) -> bool:
     """Whether ``held`` is a method ``collections.namedtuple`` writes for every named
     tuple (``__repr__``, ``__getnewargs__``): its code is the standard library's."""
-    collections = sys.modules.get("collections")
-    maker = getattr(collections, "namedtuple", None)
-    code = getattr(held, "__code__", None)
+    collections = _module_named("collections")
+    maker = (
+        _entry(_module_dict(collections), "namedtuple")
+        if type(collections) is types.ModuleType
+        else None
+    )
+    code = held.__code__ if type(held) is types.FunctionType else None
     return (
-        type(held) is types.FunctionType
+        code is not None
         and type(maker) is types.FunctionType
-        and held.__globals__ is getattr(collections, "__dict__", None)
+        and held.__globals__ is _module_dict(collections)
         and any(code is const for const in maker.__code__.co_consts)
     )
 
@@ -310,18 +387,17 @@ def _is_slot_names(held: Any, klass: type) -> bool:
     )
 
 
+# the standard library's subclasses of built-in types whose methods are trusted (by
+# identity, never by the name a class gives itself)
+_TRUSTED = (("collections", "Counter"),)
+
+
 def _trusted(klass: type, base: type) -> bool:
-    """Whether what ``klass`` defines is the built-in's or the standard library's
-    (``collections.Counter``): the class of ``base``'s own MRO, or a class of a
-    standard-library module its name leads to."""
+    """Whether what ``klass`` defines is the built-in's or the standard library's:
+    a class of ``base``'s own MRO, or one of :data:`_TRUSTED` itself."""
     if any(klass is known for known in _mro(base)):
         return True
-    module = _module(klass)
-    return (
-        type(module) is str
-        and module.partition(".")[0] in sys.stdlib_module_names
-        and _leads_to(klass)
-    )
+    return any(klass is _known(module, name) for module, name in _TRUSTED)
 
 
 def _overridden(cls: type, base: type) -> str | None:
@@ -340,7 +416,7 @@ def _overridden(cls: type, base: type) -> str | None:
     seen: set[str] = set()
     for klass in _mro(cls):
         trusted = None
-        for name, held in _namespace(klass).items():
+        for name, held in _space(klass).items():
             if name in seen:
                 continue
             seen.add(name)

@@ -53,7 +53,6 @@ import enum
 import json
 import math
 import struct
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -66,6 +65,7 @@ from ._classes import (
     _enum_member,
     _flags,
     _instance_dict,
+    _known,
     _leads_to,
     _module,
     _mro,
@@ -110,13 +110,14 @@ class _View:
     far, and where each container and object was first shown (by id; the objects
     are kept, so an id is never reused while the display lives)."""
 
-    __slots__ = ("left", "seen", "text", "whole")
+    __slots__ = ("left", "names", "seen", "text", "whole")
 
     def __init__(self) -> None:
         self.left = _MAX_SHOWN
         self.text = _MAX_TEXT
         self.whole = True
         self.seen: dict[int, tuple[str, Any]] = {}
+        self.names: dict[int, tuple[bool, type]] = {}  # _leads_to, once per class
 
     def part(self, marker: str) -> str:
         """``marker`` in place of a part not shown: the display is not whole."""
@@ -163,7 +164,7 @@ def _class_name(cls: type, view: _View) -> str:
     if type(module) is not str or type(qualname) is not str:
         return view.part("<not shown: a class without a name>")
     name = view.chars(f"{module}.{qualname}")
-    if not _leads_to(cls):
+    if not _leads_to(cls, view.names):
         view.whole = False
         return f"{name} <not the class its name leads to>"
     return name
@@ -481,12 +482,7 @@ def _textual(value: Any, cls: type, view: _View) -> Any:
 def _standard_zone(cls: type) -> bool:
     """Whether ``cls`` is ``datetime.timezone`` or ``zoneinfo.ZoneInfo`` itself
     (by identity: a class that only takes their names runs the app's code)."""
-    import datetime  # loaded already: the value is a datetime
-
-    zoneinfo = sys.modules.get("zoneinfo")
-    return cls is datetime.timezone or (
-        zoneinfo is not None and cls is getattr(zoneinfo, "ZoneInfo", None)
-    )
+    return cls is _known("datetime", "timezone") or cls is _known("zoneinfo", "ZoneInfo")
 
 
 def _object(value: Any, cls: type, path: str, depth: int, view: _View) -> Any:
@@ -520,7 +516,7 @@ def _object(value: Any, cls: type, path: str, depth: int, view: _View) -> Any:
     module, qualname = _module(cls), _qualname_of(cls)
     if (module, qualname) in _C_TEXTUAL and _stdlib(cls, module, qualname):
         return _textual(value, cls, view)
-    if _in(getattr(sys.modules.get("pydantic"), "BaseModel", None), cls):
+    if _in(_known("pydantic", "BaseModel"), cls):
         return _model(value, cls, path, depth, view)
     base = next((k for k in _mro(cls) if id(k) in _BUILTINS), None)
     if base is not None:

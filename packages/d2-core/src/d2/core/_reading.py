@@ -54,14 +54,13 @@ from ._classes import (
     _declared_slots,
     _dict_descriptor,
     _dictoffset,
-    _entry,
     _enum_member,
     _flags,
     _instance_dict,
     _layout_is_python,
     _mro,
-    _namespace,
     _qualname,
+    _space,
     _stdlib,
 )
 
@@ -115,7 +114,7 @@ def _hash_is_safe(cls: type) -> bool:
         trusted.extend(_mro(cls))
     for name in ("__hash__", "__eq__"):
         for klass in _mro(cls):
-            if _entry(_namespace(klass), name) is _MISSING:
+            if _space(klass).get(name, _MISSING) is _MISSING:
                 continue
             if _flags(klass) & _HEAP_TYPE and not any(klass is known for known in trusted):
                 return False
@@ -291,9 +290,9 @@ def _instance(value: Any, cls: type, depth: int, reading: _Reading) -> Any:
     if _dictoffset(cls):
         _attributes(value, copy, cls, depth, reading)
     for klass in chain:
-        space = _namespace(klass)
+        space = _space(klass)
         for name in _declared_slots(klass):
-            held = _entry(space, name)
+            held = space.get(name)
             if type(held) is not types.MemberDescriptorType:
                 raise NoCanonicalForm(f"a {_qualname(cls)} value hides its slot {name}")
             try:
