@@ -22,7 +22,7 @@ import time
 import uuid
 import zoneinfo
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import pydantic
 import pytest
@@ -389,3 +389,163 @@ def test_a_class_namespace_key_of_the_app_s_type_is_never_compared() -> None:
     with pytest.raises(NoCanonicalForm):
         read_once({"v": value})
     assert _CollidingKey.calls == 0
+
+
+# -- 3. the digest and the view ran the app's code -------------------------------------
+
+
+class _Slots(tuple):  # type: ignore[type-arg]
+    """A ``__slots__`` object whose ``__iter__`` is the app's code: it can tell the
+    view from the digest by its caller, and change what either reads."""
+
+    calls = 0
+
+    def __iter__(self) -> Any:
+        _Slots.calls += 1
+        return tuple.__iter__(self)
+
+
+class SwappingJob:
+    __slots__ = _Slots(("cmd",))
+
+    def __init__(self, cmd: str) -> None:
+        self.cmd = cmd
+
+
+def test_a_slots_object_of_the_app_s_type_is_never_iterated() -> None:
+    """Attack: ``_declared_slots`` iterated a class's ``__slots__`` object as the class
+    statement stored it: its ``__iter__`` ran three times per digest and once per
+    view, and (telling them apart by its caller) showed ``ls /tmp`` while the digest
+    and the tool read ``rm -rf ~``. Safe: ``__slots__`` must be exactly a ``str``, or
+    a tuple, list or dict of exact strings; any other is refused, never iterated."""
+    job = SwappingJob("rm -rf ~")
+    _Slots.calls = 0
+    _refused_by_digest_and_view(job)
+    with pytest.raises(NoCanonicalForm):
+        read_once({"v": job})
+    assert _Slots.calls == 0
+    _shell_refused(job)
+    assert _Slots.calls == 0
+
+
+class ReadLogged:
+    """A class attribute named ``__dict__`` hides the instance dictionary; reading
+    its state through ``object.__getstate__`` ran ``__getattribute__`` per slot."""
+
+    __slots__ = ("__dict__", "amount")
+    __dict__ = property(lambda self: {})  # type: ignore[assignment]
+    reads: ClassVar[list[str]] = []
+
+    def __getattribute__(self, name: str) -> Any:
+        ReadLogged.reads.append(name)
+        time.sleep(0.05)
+        return object.__getattribute__(self, name)
+
+
+def test_state_hidden_by_a_dict_attribute_is_refused_without_running_the_app_s_code() -> None:
+    """Attack: when a class attribute named ``__dict__`` hid the descriptor, the
+    digest and the view fell back to ``object.__getstate__``, which reads every slot
+    with the app's ``__getattribute__`` (a slow one held the caller; the call stayed
+    approvable). Safe: such a value is refused at once, nothing of it run."""
+    order = ReadLogged()
+    object.__setattr__(order, "amount", 5)
+    ReadLogged.reads.clear()
+    start = time.perf_counter()
+    _refused_by_digest_and_view(order)
+    with pytest.raises(NoCanonicalForm):
+        read_once({"v": order})
+    _shell_refused(order)
+    assert ReadLogged.reads == []
+    assert time.perf_counter() - start < 0.5
+
+
+class _SecretKey:
+    """A dict key whose hash is that of ``"_secret_value"``, and whose comparisons
+    are the app's code."""
+
+    calls = 0
+
+    def __eq__(self, other: object) -> bool:
+        _SecretKey.calls += 1
+        return False
+
+    def __ne__(self, other: object) -> bool:
+        _SecretKey.calls += 1
+        return True
+
+    def __hash__(self) -> int:
+        _SecretKey.calls += 1
+        return hash("_secret_value")
+
+
+def test_a_key_of_the_app_s_type_in_a_secret_is_never_compared() -> None:
+    """Attack: the digest of a pydantic secret looked up ``"_secret_value"`` with
+    ``.get`` and left it out with ``k != hide``: a dict key of the app's type had its
+    ``__hash__``, ``__eq__`` and ``__ne__`` run. Safe: the entries are scanned by
+    exact-string keys; nothing of the key runs (and such a secret is not shown
+    whole)."""
+    secret = pydantic.SecretStr("1234")
+    secret.__dict__[_SecretKey()] = 1
+    _SecretKey.calls = 0
+    try:
+        canonical_arguments({"v": secret})
+    except NoCanonicalForm:
+        pass
+    assert not shown_arguments({"v": secret})[1]
+    with pytest.raises(NoCanonicalForm):
+        read_once({"v": secret})
+    assert _SecretKey.calls == 0
+
+
+class _ModuleName:
+    """An object set as a class's ``__module__``: comparing, hashing or formatting it
+    runs the app's code (slowly)."""
+
+    calls: ClassVar[list[str]] = []
+
+    def __eq__(self, other: object) -> bool:
+        _ModuleName.calls.append("__eq__")
+        time.sleep(0.05)
+        return False
+
+    def __hash__(self) -> int:
+        _ModuleName.calls.append("__hash__")
+        time.sleep(0.05)
+        return 1
+
+    def __format__(self, spec: str) -> str:
+        _ModuleName.calls.append("__format__")
+        return "formatted"
+
+    def __str__(self) -> str:
+        _ModuleName.calls.append("__str__")
+        return "text"
+
+    def __repr__(self) -> str:
+        _ModuleName.calls.append("__repr__")
+        return "text"
+
+
+class OddModule:
+    __module__ = _ModuleName()  # type: ignore[assignment]
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+
+
+def test_a_class_module_of_the_app_s_type_is_never_compared_hashed_or_formatted() -> None:
+    """Attack: ``__module__`` may be any object: the digest compared it with ``==``,
+    the view hashed it, and error messages formatted it, each running its code (the
+    guarded call took 1 s of its sleeps before it was refused). Safe: a class's
+    ``__module__`` and ``__qualname__`` are read only when exactly ``str``; the value
+    is refused at once, nothing of it run."""
+    value = OddModule("db1")
+    _ModuleName.calls.clear()
+    start = time.perf_counter()
+    with pytest.raises(NoCanonicalForm) as info:
+        canonical_arguments({"v": value})
+    assert "formatted" not in str(info.value) and "text" not in str(info.value)
+    assert not shown_arguments({"v": value})[1]
+    _shell_refused(value)
+    assert _ModuleName.calls == []
+    assert time.perf_counter() - start < 0.5

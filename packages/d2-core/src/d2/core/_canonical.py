@@ -36,17 +36,20 @@ import enum
 import json
 import math
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from ._atoms import atom_text, is_python_atom
 from ._classes import (
+    _HEAP_TYPE,
     _MISSING,
     NoCanonicalForm,
     _base,
     _declared_slots,
     _dictoffset,
+    _entry,
     _enum_member,
+    _flags,
     _instance_dict,
     _known,
     _layout_is_python,
@@ -190,9 +193,14 @@ def _entries(value: dict[Any, Any]) -> dict[Any, Any]:
 
 def _dict(value: dict[Any, Any], depth: int, walk: _Walk) -> Any:
     """A dict in its own order: a tool may act in that order."""
+    return _pairs(dict.items(value), depth, walk)
+
+
+def _pairs(items: Iterable[tuple[Any, Any]], depth: int, walk: _Walk) -> Any:
+    """A dict's entries (``items``, in order), as a dict is written."""
     return {
         "__t": "dict",
-        "v": [[_canon(k, depth, walk), _canon(x, depth, walk)] for k, x in dict.items(value)],
+        "v": [[_canon(k, depth, walk), _canon(x, depth, walk)] for k, x in items],
     }
 
 
@@ -357,9 +365,12 @@ def _state(value: Any, chain: list[type], depth: int, walk: _Walk, hide: str = "
         if seen is not None:
             state["__dict__"] = seen
         else:
+            # hide: a key left out (by exact strings: a key of the app's type is never
+            # compared, nor hashed into a new dict)
+            items: Iterable[tuple[Any, Any]] = dict.items(found)
             if hide:
-                found = {k: v for k, v in found.items() if k != hide}
-            state["__dict__"] = _dict(found, depth, walk)
+                items = [(k, v) for k, v in items if not (type(k) is str and k == hide)]
+            state["__dict__"] = _pairs(items, depth, walk)
     for i, klass in enumerate(chain):
         space = _space(klass)
         for name in _declared_slots(klass):
@@ -434,7 +445,7 @@ def _instance(value: Any, cls: type, depth: int, walk: _Walk) -> Any:
     if secret is not None and issubclass(cls, secret):  # digested, never in the text
         import hashlib  # off the cold path: loaded on first use
 
-        hidden = _instance_dict(value, cls).get("_secret_value", _MISSING)
+        hidden = _entry(_instance_dict(value, cls), "_secret_value")
         if hidden is _MISSING:
             raise NoCanonicalForm(f"a {name} value holds no secret value")
         import hmac
@@ -508,4 +519,15 @@ def canonical_arguments(arguments: Any) -> str:
     except NoCanonicalForm:
         raise
     except Exception as exc:  # anything unexpected: no approval can be tied to it
-        raise NoCanonicalForm(f"{type(exc).__name__}: {exc}") from None
+        raise NoCanonicalForm(_failure(exc)) from None
+
+
+def _failure(exc: Exception) -> str:
+    """What went wrong, for a message: an exception of the interpreter's with text
+    arguments is written out; any other only by its class (formatting an object of
+    the app's would run its code)."""
+    cls = type(exc)
+    name = _qualname(cls)
+    if not _flags(cls) & _HEAP_TYPE and all(type(arg) is str for arg in exc.args):
+        return f"{name}: {exc}"
+    return name

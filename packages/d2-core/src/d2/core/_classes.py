@@ -51,10 +51,8 @@ _name_of: Callable[[type], str] = _TYPE["__name__"].__get__
 _module_dict: Callable[[types.ModuleType], dict[str, Any]] = vars(types.ModuleType)[
     "__dict__"
 ].__get__
-# object's own __getstate__ (3.11+): the instance dictionary, whatever the class says
 _proxy_items: Callable[[Any], Any] = types.MappingProxyType.items
 _proxy_keys: Callable[[Any], Any] = types.MappingProxyType.keys
-_GETSTATE: Callable[[Any], Any] | None = vars(object).get("__getstate__")
 
 
 class NoCanonicalForm(ValueError):
@@ -184,10 +182,26 @@ def _stdlib(cls: type, module: str, *names: str) -> bool:
 
 def _declared_slots(cls: type) -> list[str]:
     """The slot names ``cls`` itself declares, as stored (private names mangled),
-    without ``__dict__`` and ``__weakref__``."""
+    without ``__dict__`` and ``__weakref__``. ``__slots__`` is whatever object the
+    class statement gave: it is read only when it is exactly a ``str``, or a
+    ``tuple``, ``list`` or ``dict`` of exact strings (iterating any other would run
+    its code, and an iterator is spent once the class is made); else
+    :class:`NoCanonicalForm`."""
     slots = _space(cls).get("__slots__", ())
-    names = [slots] if isinstance(slots, str) else list(slots)
-    owner = _name_of(cls).lstrip("_")
+    kind = type(slots)
+    if kind is str:
+        names = [slots]
+    elif kind is tuple or kind is list or kind is dict:
+        names = list(slots)  # (an exact container: its own iteration, no code of the app)
+    else:
+        names = [_MISSING]
+    owner = _name_of(cls)
+    if any(type(name) is not str for name in names) or type(owner) is not str:
+        raise NoCanonicalForm(
+            f"a {_qualname(cls)} value has no canonical form: its class's __slots__ is not "
+            "a str or a tuple, list or dict of str; declare __slots__ as a tuple of names"
+        )
+    owner = owner.lstrip("_")
     return [
         f"_{owner}{name}" if name.startswith("__") and not name.endswith("__") and owner else name
         for name in names
@@ -255,30 +269,17 @@ def _instance_dict(value: Any, cls: type) -> dict[Any, Any]:
     """The instance dictionary of ``value`` (its class has one), where attribute
     access reads it: through the interpreter's own ``__dict__`` descriptor, never
     ``value.__dict__``, which a class attribute named ``__dict__`` (a property)
-    answers instead. When that attribute hides the descriptor, ``object``'s own
-    ``__getstate__`` (Python 3.11+) reads the dictionary; without it, the value has
-    no canonical form."""
-    for klass in _mro(cls):
-        held = _space(klass).get("__dict__")
-        if type(held) is types.GetSetDescriptorType:
-            try:
-                found = held.__get__(value, cls)
-            except TypeError:  # another type's descriptor, copied in: not this one
-                continue
-            if type(found) is dict:
-                return found
-            break
-    if _GETSTATE is not None:
+    answers instead. When such an attribute hides the descriptor, the value has no
+    canonical form (``object.__getstate__`` would read it, but runs the app's
+    ``__getattribute__`` for each slot)."""
+    held = _dict_descriptor(cls)
+    if held is not None:
         try:
-            state = _GETSTATE(value)
-        except Exception:
-            state = _MISSING
-        if type(state) is tuple and len(state) == 2:  # (dict or None, slots)
-            state = state[0]
-        if state is None:  # an empty dictionary
-            return {}
-        if type(state) is dict:
-            return state
+            found = held.__get__(value, cls)
+        except TypeError:  # another type's descriptor, copied in: not this one
+            found = None
+        if type(found) is dict:
+            return found
     raise NoCanonicalForm(
         f"a {_qualname(cls)} value has no canonical form: a class attribute named "
         "__dict__ hides where its attributes are kept"

@@ -514,7 +514,8 @@ def _object(value: Any, cls: type, path: str, depth: int, view: _View) -> Any:
                 f"<not shown: a {_class_name(cls, view)} whose text is not what it holds>"
             )
     module, qualname = _module(cls), _qualname_of(cls)
-    if (module, qualname) in _C_TEXTUAL and _stdlib(cls, module, qualname):
+    named = type(module) is str and type(qualname) is str  # (else never hashed: app code)
+    if named and (module, qualname) in _C_TEXTUAL and _stdlib(cls, module, qualname):
         return _textual(value, cls, view)
     if _in(_known("pydantic", "BaseModel"), cls):
         return _model(value, cls, path, depth, view)
