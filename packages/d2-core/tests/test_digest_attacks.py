@@ -156,8 +156,16 @@ def test_a_class_equal_to_a_builtin_type_is_not_digested_as_that_type() -> None:
     assert "all@corp" not in acted
 
 
+def _in_euros(self: Any) -> None:
+    self.currency = "EUR"  # some state of its own (an object holding none is refused)
+
+
 def _limit_class(limit: int) -> type:
-    return type("Limit", (), {"max_refund": limit, "target": f"refund up to {limit}"})
+    return type(
+        "Limit",
+        (),
+        {"max_refund": limit, "target": f"refund up to {limit}", "__init__": _in_euros},
+    )
 
 
 # The class the name ``<this module>.Limit`` leads to (the approved call needs one;

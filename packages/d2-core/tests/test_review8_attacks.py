@@ -549,3 +549,66 @@ def test_a_class_module_of_the_app_s_type_is_never_compared_hashed_or_formatted(
     _shell_refused(value)
     assert _ModuleName.calls == []
     assert time.perf_counter() - start < 0.5
+
+
+# -- 4. two different objects, one digest ----------------------------------------------
+
+
+class Payee:
+    __slots__ = ()  # a sentinel: identity is everything
+
+
+class Marker:
+    """Another stateless class (an empty ``__dict__``)."""
+
+
+ALICE, MALLORY = Payee(), Payee()
+ACCOUNTS = {ALICE: "DE00 alice", MALLORY: "XX99 mallory"}
+
+
+def test_two_objects_that_hold_nothing_but_their_identity_are_never_one_call() -> None:
+    """Attack: an instance of a class with ``__slots__ = ()`` (the sentinel pattern)
+    was digested and shown as its class alone: ``pay(ALICE, 5000)`` was approved and
+    ``pay(MALLORY, 5000)`` paid mallory under that approval. Safe: an object that
+    holds nothing but its identity (no attribute, no slot set, equality by
+    identity) has no canonical form; the call is refused outright (use an enum
+    member for such a token)."""
+    _configure("ops.pay")
+    paid: list[str] = []
+
+    @d2_guard("ops.pay")
+    def pay(who: Payee, amount: int) -> str:
+        paid.append(ACCOUNTS[who])
+        return "paid"
+
+    set_user("agent-7", roles=["agent"])
+    for who in (ALICE, MALLORY):
+        with pytest.raises(PermissionDeniedError) as info:
+            pay(who, 5000)
+        assert info.value.reason == "approval_unsupported"
+    assert paid == []
+    for value in (ALICE, Marker(), {"m": {ALICE: "ok"}, "who": ALICE}):
+        _refused_by_digest_and_view(value)
+
+
+@dataclasses.dataclass
+class NoFields:
+    """Stateless, but compared by value: every instance is the same call."""
+
+
+class Tag(str):
+    __slots__ = ()
+
+
+def test_the_digest_and_the_view_agree_on_which_objects_are_one() -> None:
+    """Attack: the digest wrote an instance without state of its own in full at each
+    meeting, while the view wrote ``{"__same__": ...}`` the second time: two calls
+    the view told apart (one object twice, or two equal ones) had one digest. Safe:
+    the digest refers to every object met again, as the view does; a stateless
+    class compared by value (a dataclass without fields) is still approvable."""
+    one, other = Tag("x"), Tag("x")
+    twice, pair = {"v": [one, one]}, {"v": [one, other]}
+    assert shown_arguments(twice) != shown_arguments(pair)
+    assert canonical_arguments(twice) != canonical_arguments(pair)
+    assert shown_arguments({"v": NoFields()})[1]
+    assert canonical_arguments({"v": NoFields()}) == canonical_arguments({"v": NoFields()})

@@ -5,10 +5,12 @@ tagged with its type. The promise, and how each part keeps it:
 
 * Two values get one form only when they are the same type with the same state,
   all the way down, in the same order, sharing the same objects the same way
-  (``move(a, a)`` is not ``move(a, copy(a))``: a container or an instance with
-  state, met again, is written as a reference to its first meeting; see
-  :class:`_Walk`). A mapping is written in its own order (a tool may follow it); a
-  set, which has none, by the sorted forms of its items.
+  (``move(a, a)`` is not ``move(a, copy(a))``: a container or an instance of an
+  app's class, met again, is written as a reference to its first meeting, as the
+  view shows it; see :class:`_Walk`). An instance that holds nothing but its
+  identity (a sentinel) has no canonical form: two would be one call. A mapping
+  is written in its own order (a tool may follow it); a set, which has none, by
+  the sorted forms of its items.
 * A type is what the interpreter says, never what a value or its class claims:
   ``type(v)``, never ``v.__class__``; a class's layout, namespace, MRO and name
   read through ``type``'s own descriptors, never attributes a metaclass defines;
@@ -45,6 +47,7 @@ from ._classes import (
     _MISSING,
     NoCanonicalForm,
     _base,
+    _compared_by_identity,
     _declared_slots,
     _dictoffset,
     _entry,
@@ -74,6 +77,7 @@ _MAX_TEXT = 128 * 1024 * 1024  # bytes of canonical text written per digest, at 
 # work per value): the view shows 100,000 values at most, so no approvable call sorts more
 _MAX_SORTED = 100_000
 _UNSET = {"__t": "unset"}  # a slot that holds nothing (no value has this form)
+_NOTHING = {"__t": "dict", "v": []}  # an empty instance dictionary
 
 # Exact stdlib value types written in C, digested by an exact text: (module, qualname)
 # -> how. Looked up by name so that digesting never imports a module the app did not.
@@ -432,15 +436,9 @@ def _instance(value: Any, cls: type, depth: int, walk: _Walk) -> Any:
                 f"is what an approver is shown); pass a plain {_name_of(base)}"
             )
     name = _named(cls, walk.names)
-    changing = (
-        bool(_dictoffset(cls))
-        or id(base) in _REFERENCED
-        or any(_declared_slots(klass) for klass in chain)
-    )
-    if changing:
-        seen = walk.meet(value)
-        if seen is not None:
-            return seen
+    seen = walk.meet(value)  # every object met again, as the view shows it
+    if seen is not None:
+        return seen
     secret = _secret_base()
     if secret is not None and issubclass(cls, secret):  # digested, never in the text
         import hashlib  # off the cold path: loaded on first use
@@ -459,6 +457,17 @@ def _instance(value: Any, cls: type, depth: int, walk: _Walk) -> Any:
         }
     state = _state(value, chain, depth, walk)
     if base is object:
+        slots = [held for key, held in state.items() if key != "__dict__"]
+        if (
+            state.get("__dict__", _NOTHING) == _NOTHING
+            and all(held is _UNSET for held in slots)
+            and _compared_by_identity(cls)
+        ):
+            raise NoCanonicalForm(
+                f"a {_qualname(cls)} value holds nothing but its identity (no attribute, no "
+                "slot set, equal only to itself): two such objects would be one call; pass "
+                "an enum member instead"
+            )
         return {"__t": f"object:{name}", "v": state}
     inner = _canon(_BUILTIN_VALUE[id(base)](value), depth, walk)
     return {"__t": f"{_name_of(base)}:{name}", "v": inner, "s": state}

@@ -286,6 +286,15 @@ def _instance_dict(value: Any, cls: type) -> dict[Any, Any]:
     )
 
 
+def _compared_by_identity(cls: type) -> bool:
+    """Whether a ``cls`` value is equal only to itself: the first ``__eq__`` of its
+    MRO is ``object``'s."""
+    for klass in _mro(cls):
+        if _space(klass).get("__eq__", _MISSING) is not _MISSING:
+            return klass is object
+    return True
+
+
 def _entry(mapping: Mapping[Any, Any], key: str) -> Any:
     """``mapping[key]`` for a string ``key`` (else :data:`_MISSING`), found by
     scanning: a lookup would compare ``key`` with a colliding key of the app's

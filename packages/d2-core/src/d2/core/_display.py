@@ -61,6 +61,7 @@ from ._canonical import _secret_base
 from ._classes import (
     _HEAP_TYPE,
     NoCanonicalForm,
+    _compared_by_identity,
     _dictoffset,
     _enum_member,
     _flags,
@@ -534,7 +535,9 @@ def _object(value: Any, cls: type, path: str, depth: int, view: _View) -> Any:
             f"<not shown: the state of its {_class_name(solid, view)} base>"
         )
     _attributes(value, cls, shown, path, depth, view)
-    return shown
+    if len(shown) == 1 and _compared_by_identity(cls):
+        view.whole = False  # nothing but its identity: shown, never approved (the digest
+    return shown  # refuses it too: two such objects would be one call)
 
 
 def _shown(value: Any, path: str, depth: int, view: _View) -> Any:
