@@ -85,7 +85,8 @@ _NOT_SHOWN = "<not shown: the arguments hold more than a display shows>"
 _SAFE_INT = 2**53  # beyond this, JSON readers (JavaScript) round: shown as text
 _SECRET = "**********"
 _NAN = struct.pack(">d", math.nan)
-_SCALARS = (str, int, float, bool, bytes, complex, type(None))  # never referenced
+# never referenced (by identity: ``in`` a tuple of types would run a metaclass's __eq__)
+_SCALARS = frozenset(id(t) for t in (str, int, float, bool, bytes, complex, type(None)))
 _PYDANTIC = ("__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__")
 
 # Standard-library values written in C, shown by their text, by exact class.
@@ -214,7 +215,7 @@ def _sorted(items: Iterable[Any], path: str, depth: int, view: _View) -> list[An
     for item in items:
         if view.left <= 0:
             return [view.part(_NOT_SHOWN)]
-        if type(item) in _SCALARS:  # never met again as one object: shown once
+        if id(type(item)) in _SCALARS:  # never met again as one object: shown once
             shown = _shown(item, "", depth, view)
             keyed.append((_SORT_TEXT(shown), shown))
             continue
