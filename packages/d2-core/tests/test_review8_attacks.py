@@ -38,6 +38,7 @@ from d2.core import (
 )
 from d2.core.approval_data import (
     NoCanonicalForm,
+    call_digest,
     canonical_arguments,
     read_once,
     shown_arguments,
@@ -93,26 +94,34 @@ def test_an_argument_changed_between_the_digest_and_the_view_is_not_approved_uns
     """Attack: the digest and the view were two readings of the live arguments; a
     thread that flipped ``job["cmd"]`` between them got ``ls /tmp`` shown and
     ``rm -rf ~`` digested, and the approved retry ran ``rm -rf ~``. Here the flip
-    happens exactly between the readings (inside the view's call). Safe: the view
-    and the digest come from one reading: what is shown is what is digested, so
-    the call that runs under the approval is the one the approver read."""
+    happens exactly between the readings: the first of the digest and the view
+    runs with ``rm -rf ~``, the second with ``ls /tmp``. Safe: the view and the
+    digest come from one reading: what is shown is what is digested, so the call
+    that runs under the approval is the one the approver read."""
     from d2.core import evaluate
 
     ran: list[str] = []
     run = _runner(ran)
     job = {"rows": [1, 2, 3], "cmd": "rm -rf ~"}
-    real = evaluate.shown_arguments
+    readings: list[str] = []
 
-    def flipped_meanwhile(arguments: Any) -> Any:
-        job["cmd"] = "ls /tmp"  # another thread, after the digest's reading
-        try:
-            return real(arguments)
-        finally:
-            job["cmd"] = "rm -rf ~"
+    def flipping(real: Callable[..., Any]) -> Callable[..., Any]:
+        def reading(*args: Any) -> Any:
+            job["cmd"] = ("rm -rf ~", "ls /tmp")[min(len(readings), 1)]
+            readings.append(job["cmd"])  # another thread, between the two readings
+            try:
+                return real(*args)
+            finally:
+                job["cmd"] = "rm -rf ~"
 
-    monkeypatch.setattr(evaluate, "shown_arguments", flipped_meanwhile)
+        return reading
+
+    for name in ("call_digest", "shown_arguments", "shown_with_reason"):
+        if hasattr(evaluate, name):
+            monkeypatch.setattr(evaluate, name, flipping(getattr(evaluate, name)))
     request = _held(lambda: run(job))
     monkeypatch.undo()
+    assert len(readings) == 2
     _approve(request)
     try:
         run(job)
@@ -667,3 +676,65 @@ def test_a_path_whose_state_shares_a_list_is_still_one_call() -> None:
     fresh = pathlib.PurePosixPath("/tmp/a/b")
     assert canonical_arguments({"v": used}) == canonical_arguments({"v": fresh})
     assert shown_arguments({"v": used})[1]
+
+
+# -- 6. a small argument that costs a lot to digest -------------------------------------
+
+
+def test_a_string_too_long_to_show_is_refused_before_it_is_digested(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack: a single 44 MB string cost about 1.3 s of digest before the view
+    refused it (the digest ran first). Safe: the view, which refuses it at once (over
+    16 Mi characters), runs before the digest; the digest never runs."""
+    from d2.core import evaluate
+
+    digested: list[Any] = []
+    real = evaluate.call_digest
+
+    def counted(*args: Any) -> str:
+        digested.append(args[0])
+        return real(*args)
+
+    monkeypatch.setattr(evaluate, "call_digest", counted)
+    huge = "\U0001f600" * (17 * 2**20)
+    start = time.perf_counter()
+    _shell_refused(huge)
+    assert time.perf_counter() - start < 0.5
+    assert digested == []
+
+
+def test_a_big_string_shared_many_times_is_hashed_once() -> None:
+    """Attack: ``[s] * 10`` with ``s`` a string of a million astral characters (a
+    4 MB argument) wrote about 120 MB of canonical JSON, then copied it again to
+    hash it: 1.5 s and 400 MB per reading, and the call was approvable (each retry
+    paid it again). Safe: a string or bytes longer than 4,096 is digested as its
+    SHA-256, once per object per digest; the digest takes a fraction of the time
+    and memory, and still tells every two different values apart."""
+    import tracemalloc
+
+    text = "\U0001f600" * 1_000_000
+    rows = [text] * 10
+    start = time.perf_counter()
+    digest = call_digest("t", {"rows": rows}, "u", "v")
+    assert time.perf_counter() - start < 0.3
+    tracemalloc.start()
+    try:
+        assert call_digest("t", {"rows": rows}, "u", "v") == digest
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 2**20, peak
+    copies = [("\U0001f600" * 999_999) + "\U0001f600" for _ in range(10)]  # equal, not one
+    assert call_digest("t", {"rows": copies}, "u", "v") == digest
+    changed = [*rows[:9], text[:-1] + "\U0001f601"]
+    assert call_digest("t", {"rows": changed}, "u", "v") != digest
+    long = "a" * 5000
+    for one, other in [
+        (long, long[:-1] + "b"),
+        (long, long.encode()),
+        (long.encode(), bytearray(long.encode())),
+        (long + "\ud800", long + "\udc00"),  # lone surrogates digest too
+        (long, [long]),
+    ]:
+        assert canonical_arguments({"v": one}) != canonical_arguments({"v": other})

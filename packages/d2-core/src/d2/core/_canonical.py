@@ -26,7 +26,9 @@ tagged with its type. The promise, and how each part keeps it:
 * The work is bounded: each object is read once per meeting, and a value larger
   than :data:`_BUDGET` values or :data:`_MAX_TEXT` bytes of canonical text (counted
   by size: a big int, a long ``Decimal``, a string by its escaped length, bytes)
-  has no canonical form.
+  has no canonical form. A string or bytes longer than :data:`_LONG` is written as
+  its SHA-256, hashed once per object per digest (``[s] * 10`` is not written ten
+  times).
 
 It imports nothing of D2.
 """
@@ -76,6 +78,9 @@ _MAX_TEXT = 128 * 1024 * 1024  # bytes of canonical text written per digest, at 
 # items of sets sorted per digest (each by a canonical text of its own, the costliest
 # work per value): the view shows 100,000 values at most, so no approvable call sorts more
 _MAX_SORTED = 100_000
+# a string, bytes or bytearray longer than this is written as the SHA-256 of its content
+# (hashed once per object per digest): a big string met many times is not rewritten
+_LONG = 4096
 _UNSET = {"__t": "unset"}  # a slot that holds nothing (no value has this form)
 _NOTHING = {"__t": "dict", "v": []}  # an empty instance dictionary
 
@@ -99,11 +104,13 @@ class _Walk:
     set's items by what they hold) shares the digest's budget and its memo of
     those sort keys."""
 
-    __slots__ = ("budget", "names", "seen", "texts")
+    __slots__ = ("budget", "longs", "names", "seen", "texts")
 
     def __init__(self, parent: _Walk | None = None) -> None:
         self.seen: dict[int, tuple[int, Any]] = {}
         self.texts: dict[int, tuple[str, Any]] = {} if parent is None else parent.texts
+        # the form of each long string or bytes met (_long), hashed once per digest
+        self.longs: dict[int, tuple[Any, Any]] = {} if parent is None else parent.longs
         # whether each class met leads to itself by its name (_named), once per digest
         self.names: dict[int, tuple[bool, type]] = {} if parent is None else parent.names
         # values left, bytes of text left, set items left to sort: shared by every
@@ -330,6 +337,27 @@ def _str_size(value: str) -> int:
     return 12 * len(value) if ord(max(value)) > 0xFFFF else 6 * len(value)
 
 
+_LONGS = {id(str): "str#", id(bytes): "bytes#", id(bytearray): "bytearray#"}
+
+
+def _long(value: Any, key: int, walk: _Walk) -> Any:
+    """A long string, bytes or bytearray: its type and the SHA-256 of its content (a
+    string's as UTF-8, a lone surrogate as itself: two different strings never give
+    one text), hashed once per object per digest; its length counts once against
+    the digest's budget of text."""
+    known = walk.longs.get(id(value))
+    if known is not None:
+        walk.spend()
+        return known[0]
+    walk.spend(len(value))
+    import hashlib  # off the cold path: loaded on first use
+
+    data = value.encode("utf-8", "surrogatepass") if key == id(str) else value
+    form = {"__t": _LONGS[key], "v": hashlib.sha256(data).hexdigest()}
+    walk.longs[id(value)] = (form, value)  # (the value kept: its id is never reused)
+    return form
+
+
 # exact types whose text grows with the value: the bytes of text each writes
 _SIZED: dict[int, Callable[[Any], int]] = {
     id(str): _str_size,
@@ -489,6 +517,8 @@ def _canon(value: Any, depth: int, walk: _Walk) -> Any:
             seen = walk.meet(value)
             if seen is not None:
                 return seen
+        if key in _LONGS and len(value) > _LONG:
+            return _long(value, key, walk)
         sized = _SIZED.get(key)
         walk.spend(0 if sized is None else sized(value))
         return exact(value, depth, walk)

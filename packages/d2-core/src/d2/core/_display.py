@@ -76,12 +76,14 @@ from ._classes import (
     _stdlib,
 )
 
-__all__ = ["shown_arguments"]
+__all__ = ["TOO_LARGE", "shown_arguments", "shown_with_reason"]
 
 _MAX_DEPTH = 64  # how deep a display goes
 _MAX_SHOWN = 100_000  # values shown at most; past it, the rest of a container is _NOT_SHOWN
 _MAX_TEXT = 16 * 1024 * 1024  # characters of text shown at most (strings, digits, hex)
 _NOT_SHOWN = "<not shown: the arguments hold more than a display shows>"
+_TOO_DEEP = "<not shown: nested too deeply>"
+TOO_LARGE = frozenset({_NOT_SHOWN, _TOO_DEEP})  # the markers of a display past its bounds
 _SAFE_INT = 2**53  # beyond this, JSON readers (JavaScript) round: shown as text
 _SECRET = "**********"
 _NAN = struct.pack(">d", math.nan)
@@ -112,18 +114,20 @@ class _View:
     far, and where each container and object was first shown (by id; the objects
     are kept, so an id is never reused while the display lives)."""
 
-    __slots__ = ("left", "names", "seen", "text", "whole")
+    __slots__ = ("left", "names", "seen", "text", "whole", "why")
 
     def __init__(self) -> None:
         self.left = _MAX_SHOWN
         self.text = _MAX_TEXT
         self.whole = True
+        self.why = ""  # the first part not shown
         self.seen: dict[int, tuple[str, Any]] = {}
         self.names: dict[int, tuple[bool, type]] = {}  # _leads_to, once per class
 
     def part(self, marker: str) -> str:
         """``marker`` in place of a part not shown: the display is not whole."""
         self.whole = False
+        self.why = self.why or marker
         return marker
 
     def chars(self, text: str) -> str:
@@ -167,7 +171,7 @@ def _class_name(cls: type, view: _View) -> str:
         return view.part("<not shown: a class without a name>")
     name = view.chars(f"{module}.{qualname}")
     if not _leads_to(cls, view.names):
-        view.whole = False
+        view.part(f"<not shown: {name} is not the class its name leads to>")
         return f"{name} <not the class its name leads to>"
     return name
 
@@ -536,8 +540,8 @@ def _object(value: Any, cls: type, path: str, depth: int, view: _View) -> Any:
             f"<not shown: the state of its {_class_name(solid, view)} base>"
         )
     _attributes(value, cls, shown, path, depth, view)
-    if len(shown) == 1 and _compared_by_identity(cls):
-        view.whole = False  # nothing but its identity: shown, never approved (the digest
+    if len(shown) == 1 and _compared_by_identity(cls):  # shown, never approved (the
+        view.part("<not shown: an object that holds nothing but its identity>")  # digest
     return shown  # refuses it too: two such objects would be one call)
 
 
@@ -545,7 +549,7 @@ def _shown(value: Any, path: str, depth: int, view: _View) -> Any:
     """A JSON value for display (``path``: the JSON pointer it is shown at): never
     raises, never runs the app's code."""
     if depth > _MAX_DEPTH:
-        return view.part("<not shown: nested too deeply>")
+        return view.part(_TOO_DEEP)
     view.left -= 1
     if view.left < 0:
         return view.part(_NOT_SHOWN)
@@ -566,6 +570,13 @@ def shown_arguments(arguments: Mapping[str, Any]) -> tuple[dict[str, Any], bool]
     """``arguments`` as plain JSON (what an approver and the decision log are shown;
     see the module's description), and whether that display is whole (every part
     the digest reads is in it); never raises, never runs the app's code."""
+    shown, why = shown_with_reason(arguments)
+    return shown, not why
+
+
+def shown_with_reason(arguments: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """:func:`shown_arguments`, with the first part not shown (its marker) in place
+    of whether the display is whole: ``""`` when it is."""
     view = _View()
     try:
         if type(arguments) is collections.OrderedDict:
@@ -581,5 +592,5 @@ def shown_arguments(arguments: Mapping[str, Any]) -> tuple[dict[str, Any], bool]
         else:
             shown = _mapping(items, "", 0, view)
     except Exception:
-        return {}, False
-    return shown, view.whole
+        return {}, "<not shown: arguments that cannot be read>"
+    return shown, "" if view.whole else view.why or _NOT_SHOWN

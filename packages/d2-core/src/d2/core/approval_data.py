@@ -25,18 +25,20 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from ._canonical import NoCanonicalForm, canonical_arguments
-from ._display import shown_arguments
+from ._display import TOO_LARGE, shown_arguments, shown_with_reason
 from ._reading import read_once
 
 __all__ = [
+    "TOO_LARGE",
     "ApprovalRequest",
     "NoCanonicalForm",
     "call_digest",
     "canonical_arguments",
     "json_arguments",
     "new_request_id",
-    "shown_arguments",
     "read_once",
+    "shown_arguments",
+    "shown_with_reason",
 ]
 
 
@@ -54,12 +56,15 @@ def call_digest(tool_id: str, arguments: Mapping[str, Any], user_id: str, versio
     :class:`NoCanonicalForm` when an argument cannot be digested exactly."""
     import hashlib  # off the cold path: loaded on first use
 
-    text = json.dumps(
-        [tool_id, canonical_arguments(dict(arguments)), user_id, version],
-        separators=(",", ":"),
-        ensure_ascii=True,
+    # who and what (a JSON array: it ends where it ends, and holds no line break),
+    # then the canonical arguments (ASCII), hashed as they are: never copied into
+    # another JSON text (which would escape it again)
+    digest = hashlib.sha256(
+        json.dumps([tool_id, user_id, version], separators=(",", ":"), ensure_ascii=True).encode()
     )
-    return hashlib.sha256(text.encode()).hexdigest()
+    digest.update(b"\n")
+    digest.update(canonical_arguments(dict(arguments)).encode("ascii"))
+    return digest.hexdigest()
 
 
 def new_request_id() -> str:

@@ -80,12 +80,13 @@ from ._refusals import (
 )
 from ._trace import TraceStep, base_trace, rbac_step, roles_text
 from .approval_data import (
+    TOO_LARGE,
     ApprovalRequest,
     NoCanonicalForm,
     call_digest,
     new_request_id,
     read_once,
-    shown_arguments,
+    shown_with_reason,
 )
 from .context import UserContext, current_context
 from .errors import (
@@ -732,21 +733,30 @@ class Evaluator:
         args, kwargs, arguments = adm.call
         try:
             reading = read_once(bound_arguments(arguments, args, kwargs, keep_self=True))
+        except NoCanonicalForm as exc:
+            hold.unapprovable = str(exc)  # refused after steps 5-6 (approval_unsupported)
+            return
+        # the view first: a call too large to show is refused at once, before the
+        # digest (which would write and hash it) runs; an approver never approves a
+        # part of a call they were not shown
+        names = bound_arguments(arguments, args, kwargs)  # without a method's self
+        shown, missing = shown_with_reason({name: reading[name] for name in names})
+        if missing in TOO_LARGE:
+            hold.unapprovable = (
+                "the arguments are too large or nested too deeply to show an approver "
+                "whole: pass a smaller value, or a reference to the data instead of the data"
+            )
+            return
+        try:
             hold.digest = call_digest(
                 rules.tool_id, reading, ctx.user_id or "", policy.version_text
             )
         except NoCanonicalForm as exc:
-            hold.unapprovable = str(exc)  # refused after steps 5-6 (approval_unsupported)
+            hold.unapprovable = str(exc)  # (within the view's bounds: the precise reason)
             return
-        names = bound_arguments(arguments, args, kwargs)  # without a method's self
-        shown, whole = shown_arguments({name: reading[name] for name in names})
-        if not whole:  # an approver never approves a part of a call they were not shown
+        if missing:
             hold.digest = None
-            hold.unapprovable = (
-                "the arguments cannot be shown to an approver whole (too large, nested "
-                "too deeply, or holding a value whose state Python does not show): pass "
-                "a smaller value, or a reference to the data instead of the data"
-            )
+            hold.unapprovable = f"the arguments cannot be shown to an approver whole: {missing}"
             return
         hold.request = ApprovalRequest(
             id=new_request_id(),
