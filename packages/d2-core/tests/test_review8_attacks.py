@@ -738,3 +738,88 @@ def test_a_big_string_shared_many_times_is_hashed_once() -> None:
         (long, [long]),
     ]:
         assert canonical_arguments({"v": one}) != canonical_arguments({"v": other})
+
+
+# -- 7. a lone surrogate on a Redis store ---------------------------------------------------
+
+
+def test_a_lone_surrogate_in_an_argument_is_held_for_approval_on_redis(
+    redis_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: ``"hello \\ud800"`` was digested and shown whole, but the request
+    written with ``ensure_ascii=False`` kept the surrogate, which redis-py cannot
+    encode: the call was refused ``budget_unavailable`` while Redis was healthy, and
+    the process's one store-failure warning was spent on it. Safe: the request is
+    stored (a lone surrogate written as its JSON escape); the approved call runs;
+    nothing is logged."""
+    from d2.core import _refusals
+
+    monkeypatch.setattr(_refusals, "_store_log", [-_refusals._LOG_EVERY, 0])
+    grant = {"tool": "ops.send", "approval": {"approvers": ["finance_lead"]}}
+    doc = policy_document({"role": "agent", "permissions": [grant]}, LEAD, name="surrogate")
+    configure_rbac_sync(source=InMemorySource(doc), store=redis_url)
+    sent: list[str] = []
+
+    @d2_guard("ops.send")
+    def send(note: str) -> str:
+        sent.append(note)
+        return "sent"
+
+    set_user("agent-7", roles=["agent"])
+    note = "hello \ud800"
+    with caplog.at_level("WARNING", logger="d2"):
+        request = _held(lambda: send(note))
+        assert ApprovalRequest.from_json(request.to_json()) == request
+        request.to_json().encode()  # what redis-py does: no UnicodeEncodeError
+        _approve(request)
+        assert send(note) == "sent"
+    assert sent == [note]
+    assert "store failed" not in caplog.text
+
+
+def test_every_store_outage_is_logged_not_only_the_first(
+    redis_instance: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: the store-failure warning was logged once per process: one failure
+    (here a first outage; in the review, the surrogate) used it up, and every later
+    outage went unlogged. Safe: the warning is rate-limited (at most one a minute,
+    with the count of failures since), not spent for good."""
+    from d2.core import _refusals
+
+    grant = {"tool": "ops.send", "approval": {"approvers": ["finance_lead"]}}
+    doc = policy_document({"role": "agent", "permissions": [grant]}, LEAD, name="outages")
+    configure_rbac_sync(source=InMemorySource(doc), store=redis_instance.url)
+    send = d2_guard("ops.send")(lambda note: "sent")
+    set_user("agent-7", roles=["agent"])
+    clock = [1000.0]
+    monkeypatch.setattr(_refusals, "_clock", lambda: clock[0])
+    monkeypatch.setattr(_refusals, "_store_log", [-_refusals._LOG_EVERY, 0])
+    redis_instance.stop()
+    with caplog.at_level("WARNING", logger="d2"):
+        for later in (0.0, 1.0, 120.0):  # two outages a minute apart, one just after
+            clock[0] += later
+            with pytest.raises(PermissionDeniedError) as info:
+                send("hello")
+            assert info.value.reason == "budget_unavailable"
+    warnings = [r for r in caplog.records if "store failed" in r.getMessage()]
+    assert len(warnings) == 2, [r.getMessage() for r in warnings]
+    assert "1 more" in warnings[1].getMessage()
+
+
+def test_a_user_id_with_a_lone_surrogate_is_counted_on_redis(redis_url: str) -> None:
+    """The same encoding error, through the user id: the key of a ``per: user``
+    budget hashed the id encoded strictly, and the guarded call raised
+    ``UnicodeEncodeError``. Safe: the id is hashed as it is; its budget counts like
+    any other user's."""
+    limit = {"max": 2, "per": "user", "window": "1m"}
+    doc = policy_document(
+        {"role": "agent", "permissions": [{"tool": "ops.count", "limits": [limit]}]},
+        name="surrogate-user",
+    )
+    configure_rbac_sync(source=InMemorySource(doc), store=redis_url)
+    count = d2_guard("ops.count")(lambda: "counted")
+    set_user("agent-\ud800", roles=["agent"])
+    assert [count(), count()] == ["counted", "counted"]
+    with pytest.raises(PermissionDeniedError) as info:
+        count()
+    assert info.value.reason == "budget_exceeded"

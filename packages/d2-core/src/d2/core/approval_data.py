@@ -21,6 +21,7 @@ imports nothing of D2):
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -67,6 +68,13 @@ def call_digest(tool_id: str, arguments: Mapping[str, Any], user_id: str, versio
     return digest.hexdigest()
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escaped(found: re.Match[str]) -> str:
+    return f"\\u{ord(found.group()):04x}"
+
+
 def new_request_id() -> str:
     """A fresh, unguessable request id: 64 hex characters (256 random bits)."""
     import secrets  # off the cold path: loaded on first use
@@ -96,11 +104,14 @@ class ApprovalRequest(NamedTuple):
         """The request as one JSON object (how shared stores keep it). The
         arguments keep their order (a mapping's order is part of the call: the
         approver reading a shared store reads it as the tool does)."""
-        return json.dumps(
+        text = json.dumps(
             {**self._asdict(), "approver_roles": list(self.approver_roles)},
             separators=(",", ":"),
             ensure_ascii=False,
         )
+        # UTF-8 has no lone surrogate (``"\ud800"``, which JSON and tool-call parsers
+        # produce): written as its JSON escape, so any store can encode the text
+        return _LONE_SURROGATE.sub(_escaped, text) if not text.isascii() else text
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ApprovalRequest:

@@ -1283,7 +1283,9 @@ def _counters(
             import hashlib
 
             text = f"{policy.name or ''}\x1f{limit.key}\x1f{user_id}\x1f{window:g}\x1f{index}"
-            key = "budget:" + hashlib.sha256(text.encode()).hexdigest()[:40]
+            # (a lone surrogate in a user id is hashed as itself: never an encoding error)
+            data = text.encode("utf-8", "surrogatepass")
+            key = "budget:" + hashlib.sha256(data).hexdigest()[:40]
             if len(memo) >= 4096:
                 memo.clear()
             memo[(user_id, policy.name, index)] = key
