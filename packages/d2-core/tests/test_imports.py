@@ -97,7 +97,13 @@ def test_the_layers_point_down() -> None:
     assert graph["d2.core._classes"] == set()  # the bottom: no D2 import at all
     assert graph["d2.core._canonical"] <= {"d2.core._classes", "d2.core._atoms"}
     # the view reads state as the digest does
-    assert graph["d2.core._display"] <= {"d2.core._classes", "d2.core._atoms", "d2.core._canonical"}
+    assert graph["d2.core._shown_text"] == set()
+    assert graph["d2.core._display"] <= {
+        "d2.core._classes",
+        "d2.core._atoms",
+        "d2.core._canonical",
+        "d2.core._shown_text",
+    }
     # one reading of the arguments, for the digest and the view alike
     assert graph["d2.core._reading"] <= {"d2.core._classes", "d2.core._atoms", "d2.core._canonical"}
     assert graph["d2.core.approval_data"] == {

@@ -16,6 +16,7 @@ import decimal
 import enum
 import fractions
 import ipaddress
+import json
 import pathlib
 import threading
 import time
@@ -106,11 +107,11 @@ def test_an_argument_changed_between_the_digest_and_the_view_is_not_approved_uns
     readings: list[str] = []
 
     def flipping(real: Callable[..., Any]) -> Callable[..., Any]:
-        def reading(*args: Any) -> Any:
+        def reading(*args: Any, **kwargs: Any) -> Any:
             job["cmd"] = ("rm -rf ~", "ls /tmp")[min(len(readings), 1)]
             readings.append(job["cmd"])  # another thread, between the two readings
             try:
-                return real(*args)
+                return real(*args, **kwargs)
             finally:
                 job["cmd"] = "rm -rf ~"
 
@@ -823,3 +824,51 @@ def test_a_user_id_with_a_lone_surrogate_is_counted_on_redis(redis_url: str) -> 
     with pytest.raises(PermissionDeniedError) as info:
         count()
     assert info.value.reason == "budget_exceeded"
+
+
+# -- characters an approver cannot see (the review's note) ------------------------------
+
+
+@pytest.mark.parametrize(
+    "hidden",
+    [
+        "\u202e",  # right-to-left override: "exe.txt" reads "txt.exe"
+        "\u200b",  # zero-width space
+        "\u2066",  # left-to-right isolate
+        "\x1b[2J",  # a terminal escape
+        "\x00",
+        "\ud800",  # a lone surrogate
+        "\u2028",  # line separator
+        "\U000e0041",  # a tag character
+    ],
+)
+def test_characters_an_approver_cannot_see_are_shown_escaped(hidden: str) -> None:
+    """A string holding a control, format (bidi override, zero-width), separator or
+    surrogate character is shown in a request as ``{"__str__": repr}``: every such
+    character as an escape the approver can read, never raw; a dict key or attribute
+    name holding one as its ``repr``. A string with only visible characters, line
+    breaks and tabs is shown as itself, and a string that spells an escape is not
+    shown like the character it spells. (A decision log keeps the string: ``d2
+    replay`` judges it.)"""
+    text = f"invoice{hidden}fdp.exe"
+    values = {"v": text, "k": {text: 1}, "p": pathlib.PurePosixPath(text)}
+    shown, whole = shown_arguments(values, escape=True)
+    assert whole
+    assert shown["v"] == {"__str__": repr(text)}
+    assert hidden not in json.dumps(shown, ensure_ascii=False)
+    assert shown["k"] == {"__dict__": {repr(text): 1}}
+    assert shown["p"]["__value__"] == {"__str__": repr(text)}
+    spelled = repr(text)  # printable: the text of an escape, not the character
+    assert shown_arguments({"v": spelled}, escape=True)[0]["v"] == spelled
+    visible = "two\nlines\tand tabs é 😀"
+    assert shown_arguments({"v": visible}, escape=True)[0]["v"] == visible
+    assert shown_arguments(values)[0]["v"] == text  # a decision log keeps the string
+
+
+def test_a_request_shows_the_escape_of_a_hidden_character() -> None:
+    """Through the guard: the request an approver reads holds the escape."""
+    _configure("ops.send")
+    send = d2_guard("ops.send")(lambda name: "sent")
+    set_user("agent-7", roles=["agent"])
+    request = _held(lambda: send("report\u202etxt.exe"))
+    assert request.arguments == {"name": {"__str__": "'report\\u202etxt.exe'"}}

@@ -740,7 +740,7 @@ class Evaluator:
         # digest (which would write and hash it) runs; an approver never approves a
         # part of a call they were not shown
         names = bound_arguments(arguments, args, kwargs)  # without a method's self
-        shown, missing = shown_with_reason({name: reading[name] for name in names})
+        shown, missing = shown_with_reason({name: reading[name] for name in names}, escape=True)
         if missing in TOO_LARGE:
             hold.unapprovable = (
                 "the arguments are too large or nested too deeply to show an approver "
