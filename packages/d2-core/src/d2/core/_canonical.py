@@ -104,7 +104,7 @@ class _Walk:
     set's items by what they hold) shares the digest's budget and its memo of
     those sort keys."""
 
-    __slots__ = ("budget", "longs", "names", "seen", "texts")
+    __slots__ = ("budget", "longs", "misses", "names", "seen", "texts")
 
     def __init__(self, parent: _Walk | None = None) -> None:
         self.seen: dict[int, tuple[int, Any]] = {}
@@ -113,6 +113,8 @@ class _Walk:
         self.longs: dict[int, tuple[Any, Any]] = {} if parent is None else parent.longs
         # whether each class met leads to itself by its name (_named), once per digest
         self.names: dict[int, tuple[bool, type]] = {} if parent is None else parent.names
+        # the classes of modules not loaded (_known), not looked for again
+        self.misses: set[tuple[str, str]] = set() if parent is None else parent.misses
         # values left, bytes of text left, set items left to sort: shared by every
         # walk of one digest
         self.budget: list[int] = (
@@ -415,9 +417,10 @@ def _state(value: Any, chain: list[type], depth: int, walk: _Walk, hide: str = "
     return state
 
 
-def _secret_base() -> type | None:
-    """pydantic's secret base class, when pydantic is loaded (else no value is one)."""
-    return _known("pydantic.types", "_SecretBase")
+def _secret_base(misses: set[tuple[str, str]] | None = None) -> type | None:
+    """pydantic's secret base class, when pydantic is loaded (else no value is one).
+    ``misses``: see :func:`_known`."""
+    return _known("pydantic.types", "_SecretBase", misses)
 
 
 _PROCESS_KEY = os.urandom(32)  # this process's key when D2_APPROVAL_SECRET_KEY is unset
@@ -467,7 +470,7 @@ def _instance(value: Any, cls: type, depth: int, walk: _Walk) -> Any:
     seen = walk.meet(value)  # every object met again, as the view shows it
     if seen is not None:
         return seen
-    secret = _secret_base()
+    secret = _secret_base(walk.misses)
     if secret is not None and issubclass(cls, secret):  # digested, never in the text
         import hashlib  # off the cold path: loaded on first use
 

@@ -51,7 +51,6 @@ _name_of: Callable[[type], str] = _TYPE["__name__"].__get__
 _module_dict: Callable[[types.ModuleType], dict[str, Any]] = vars(types.ModuleType)[
     "__dict__"
 ].__get__
-_proxy_items: Callable[[Any], Any] = types.MappingProxyType.items
 _proxy_keys: Callable[[Any], Any] = types.MappingProxyType.keys
 
 
@@ -97,9 +96,9 @@ def _space(cls: type) -> Mapping[str, Any]:
 
 
 def _module_named(name: str) -> Any:
-    """``sys.modules[name]`` (else :data:`_MISSING`), found by scanning: a lookup
-    would compare ``name`` with a colliding key of the app's type."""
-    return _entry(sys.modules, name)
+    """``sys.modules[name]`` (else :data:`_MISSING`), never comparing ``name`` with
+    a key of the app's type (:func:`_lookup`)."""
+    return _lookup(sys.modules, name)
 
 
 def _leads_to(cls: type, memo: dict[int, tuple[bool, type]] | None = None) -> bool:
@@ -122,7 +121,7 @@ def _leads_to(cls: type, memo: dict[int, tuple[bool, type]] | None = None) -> bo
                 except NoCanonicalForm:
                     found = None
             elif issubclass(kind, types.ModuleType):
-                found = _entry(_module_dict(found), part)
+                found = _lookup(_module_dict(found), part)
             else:
                 found = None
                 break
@@ -150,22 +149,36 @@ def _named(cls: type, memo: dict[int, tuple[bool, type]] | None = None) -> str:
 
 
 _KNOWN: dict[tuple[str, str], type] = {}  # the standard library's classes, by identity
+_MISSED: dict[tuple[str, str], int] = {}  # not found: how many modules were loaded then
 
 
-def _known(module: str, name: str) -> type | None:
-    """The class ``module.name`` of the standard library, itself: found the first
-    time its module is loaded, then kept (by identity). A class that only takes a
-    standard-library name, or is written into such a module later (``string.Cmd =
-    Cmd``), is never it."""
+def _known(module: str, name: str, misses: set[tuple[str, str]] | None = None) -> type | None:
+    """The class ``module.name`` of the standard library (or pydantic), itself: found
+    the first time its module is loaded, then kept (by identity). A class that only
+    takes a standard-library name, or is written into such a module later
+    (``string.Cmd = Cmd``), is never it. Not found, it is looked for again only once
+    more modules are loaded, or (``misses``: the classes not found so far in this
+    digest or view) in another digest or view: each look scans ``sys.modules``."""
     found = _KNOWN.get((module, name))
     if found is None:
+        if misses is not None and (module, name) in misses:
+            return None
+        loaded_now = len(sys.modules)  # (a module loaded since: looked for again)
+        if _MISSED.get((module, name)) == loaded_now:
+            return None
+        if misses is not None:
+            misses.add((module, name))  # (removed below when found)
+        _MISSED[(module, name)] = loaded_now
         loaded = _module_named(module)
         if type(loaded) is not types.ModuleType:
             return None  # not loaded: no value can be of it
-        held = _entry(_module_dict(loaded), name)
+        held = _lookup(_module_dict(loaded), name)
         if not issubclass(type(held), type):
             return None
         found = _KNOWN[(module, name)] = held
+        _MISSED.pop((module, name), None)
+        if misses is not None:
+            misses.discard((module, name))
     return found
 
 
@@ -295,16 +308,33 @@ def _compared_by_identity(cls: type) -> bool:
     return True
 
 
-def _entry(mapping: Mapping[Any, Any], key: str) -> Any:
+def _entry(mapping: dict[Any, Any], key: str) -> Any:
     """``mapping[key]`` for a string ``key`` (else :data:`_MISSING`), found by
-    scanning: a lookup would compare ``key`` with a colliding key of the app's
-    type, running its ``__eq__``. ``mapping``: a dict, or a class's namespace (a
-    read-only view of the class's own dict)."""
-    items = dict.items(mapping) if type(mapping) is dict else _proxy_items(mapping)
-    for found, held in items:
+    scanning (a copy of its entries: another thread may change it): a lookup would
+    compare ``key`` with a colliding key of the app's type, running its ``__eq__``."""
+    for found, held in list(dict.items(mapping)):
         if type(found) is str and found == key:
             return held
     return _MISSING
+
+
+_STR_KEYED: dict[int, tuple[int, dict[Any, Any]]] = {}  # id -> (size, dict) checked
+
+
+def _lookup(mapping: dict[Any, Any], key: str) -> Any:
+    """``mapping[key]`` (else :data:`_MISSING`) in a dict that lives long and is
+    looked up often (``sys.modules``, a module's globals, an enum's members): looked
+    up directly once every key in it was found to be exactly a ``str`` (then no code
+    of the app runs), checked again whenever its size changes; scanned otherwise."""
+    size = len(mapping)
+    known = _STR_KEYED.get(id(mapping))
+    if known is None or known[1] is not mapping or known[0] != size:
+        if any(type(found) is not str for found in list(mapping)):
+            return _entry(mapping, key)
+        if len(_STR_KEYED) >= 4096:
+            _STR_KEYED.clear()
+        _STR_KEYED[id(mapping)] = (size, mapping)  # (kept: its id is never reused)
+    return dict.get(mapping, key, _MISSING)
 
 
 def _enum_member(value: Any, cls: type) -> tuple[bool, Any, Any]:
@@ -317,7 +347,7 @@ def _enum_member(value: Any, cls: type) -> tuple[bool, Any, Any]:
     name, raw = _entry(state, "_name_"), _entry(state, "_value_")
     space = _space(cls)
     by_name, by_value = space.get("_member_map_"), space.get("_value2member_map_")
-    member = type(by_name) is dict and type(name) is str and _entry(by_name, name) is value
+    member = type(by_name) is dict and type(name) is str and _lookup(by_name, name) is value
     if not member and type(by_value) is dict:
         member = any(held is value for held in dict.values(by_value))
     return member, name, raw
@@ -367,7 +397,7 @@ def _made_by_namedtuple(held: Any) -> bool:
     tuple (``__repr__``, ``__getnewargs__``): its code is the standard library's."""
     collections = _module_named("collections")
     maker = (
-        _entry(_module_dict(collections), "namedtuple")
+        _lookup(_module_dict(collections), "namedtuple")
         if type(collections) is types.ModuleType
         else None
     )

@@ -115,7 +115,7 @@ class _View:
     far, and where each container and object was first shown (by id; the objects
     are kept, so an id is never reused while the display lives)."""
 
-    __slots__ = ("escape", "left", "names", "seen", "text", "whole", "why")
+    __slots__ = ("escape", "left", "misses", "names", "seen", "text", "whole", "why")
 
     def __init__(self, escape: bool = False) -> None:
         self.escape = escape  # strings with characters an approver cannot see: escaped
@@ -125,6 +125,7 @@ class _View:
         self.why = ""  # the first part not shown
         self.seen: dict[int, tuple[str, Any]] = {}
         self.names: dict[int, tuple[bool, type]] = {}  # _leads_to, once per class
+        self.misses: set[tuple[str, str]] = set()  # _known: modules not loaded
 
     def part(self, marker: str) -> str:
         """``marker`` in place of a part not shown: the display is not whole."""
@@ -490,7 +491,7 @@ def _object(value: Any, cls: type, path: str, depth: int, view: _View) -> Any:
     """Any value that is not an exact built-in one."""
     if _in(type, cls):  # a class as a value (a class method's cls): its name
         return {"__type__": _class_name(value, view)}
-    if _in(_secret_base(), cls):  # its class and state, never its secret
+    if _in(_secret_base(view.misses), cls):  # its class and state, never its secret
         seen = view.met(value, path)
         if seen is not None:
             return seen
@@ -518,7 +519,7 @@ def _object(value: Any, cls: type, path: str, depth: int, view: _View) -> Any:
     named = type(module) is str and type(qualname) is str  # (else never hashed: app code)
     if named and (module, qualname) in _C_TEXTUAL and _stdlib(cls, module, qualname):
         return _textual(value, cls, view)
-    if _in(_known("pydantic", "BaseModel"), cls):
+    if _in(_known("pydantic", "BaseModel", view.misses), cls):
         return _model(value, cls, path, depth, view)
     base = next((k for k in _mro(cls) if id(k) in _BUILTINS), None)
     if base is not None:
@@ -550,7 +551,7 @@ def _shown(value: Any, path: str, depth: int, view: _View) -> Any:
         return view.part(_NOT_SHOWN)
     cls = type(value)
     if cls is str:  # the common values first (a logged call shows every one)
-        return _text(value, view)
+        return _text(value, view) if view.escape else view.chars(value)
     if value is None or cls is bool or (cls is int and -_SAFE_INT <= value <= _SAFE_INT):
         return value
     try:

@@ -83,15 +83,19 @@ _factory = vars(collections.defaultdict)["default_factory"].__get__
 _set_item = dict.__setitem__
 
 
+_Layout = tuple[type, list[Any], Any]  # built-in base, slot descriptors, __dict__ descriptor
+
+
 class _Reading:
     """One snapshot's copies so far (by the id of the live object, which is kept:
     an id is never reused while the reading lives) and its budget of values."""
 
-    __slots__ = ("left", "memo")
+    __slots__ = ("classes", "left", "memo")
 
     def __init__(self) -> None:
         self.left = _BUDGET
         self.memo: dict[int, tuple[Any, Any]] = {}
+        self.classes: dict[int, tuple[type, _Layout]] = {}  # _layout, once per class
 
     def keep(self, value: Any, copy: Any) -> Any:
         self.memo[id(value)] = (copy, value)
@@ -271,7 +275,36 @@ _BASES = frozenset(
 def _instance(value: Any, cls: type, depth: int, reading: _Reading) -> Any:
     """A copy of an instance of an app's class: the same class, a copy of its
     built-in value, its ``__dict__`` and every slot it has set."""
-    chain: list[type] = []
+    base, slots, descriptor = _layout(cls, reading)
+    try:
+        copy = _made(value, cls, base, depth, reading)
+    except NoCanonicalForm:
+        raise
+    except Exception:  # an abstract class, a base that refuses the copy
+        raise NoCanonicalForm(f"a {_qualname(cls)} value cannot be read once") from None
+    if descriptor is not None:  # its __dict__: a copy, set where attribute access finds it
+        mine = _copy(_instance_dict(value, cls), depth, reading)  # (vars(a) may be passed too)
+        if type(mine) is not dict:
+            raise NoCanonicalForm(f"a {_qualname(cls)} value keeps its attributes out of reach")
+        descriptor.__set__(copy, mine)
+    for held in slots:
+        try:
+            found = held.__get__(value, cls)
+        except AttributeError:  # unset: left unset
+            continue
+        held.__set__(copy, _copy(found, depth, reading))
+    return copy
+
+
+def _layout(cls: type, reading: _Reading) -> _Layout:
+    """The built-in base of ``cls`` (``object`` or a type of :data:`_BASES`), the
+    member descriptors of every slot of its classes, and the descriptor of its
+    ``__dict__`` (``None`` without one): once per class per reading. A class whose
+    layout Python does not show, or whose ``__dict__`` is hidden, is refused."""
+    known = reading.classes.get(id(cls))
+    if known is not None and known[0] is cls:
+        return known[1]
+    slots: list[Any] = []
     base: type = cls
     while base is not object and id(base) not in _BASES:
         if not _layout_is_python(base):
@@ -279,28 +312,21 @@ def _instance(value: Any, cls: type, depth: int, reading: _Reading) -> Any:
                 f"a {_qualname(cls)} value has no canonical form (its class "
                 f"{_qualname(base)} keeps state Python does not show)"
             )
-        chain.append(base)
-        base = _base(base) or object
-    try:
-        copy = _made(value, cls, base, depth, reading)
-    except NoCanonicalForm:
-        raise
-    except Exception:  # an abstract class, a base that refuses the copy
-        raise NoCanonicalForm(f"a {_qualname(cls)} value cannot be read once") from None
-    if _dictoffset(cls):
-        _attributes(value, copy, cls, depth, reading)
-    for klass in chain:
-        space = _space(klass)
-        for name in _declared_slots(klass):
+        space = _space(base)
+        for name in _declared_slots(base):
             held = space.get(name)
             if type(held) is not types.MemberDescriptorType:
                 raise NoCanonicalForm(f"a {_qualname(cls)} value hides its slot {name}")
-            try:
-                found = held.__get__(value, cls)
-            except AttributeError:  # unset: left unset
-                continue
-            held.__set__(copy, _copy(found, depth, reading))
-    return copy
+            slots.append(held)
+        base = _base(base) or object
+    descriptor = None
+    if _dictoffset(cls):
+        descriptor = _dict_descriptor(cls)
+        if descriptor is None:
+            raise NoCanonicalForm(f"a {_qualname(cls)} value keeps its attributes out of reach")
+    found: _Layout = (base, slots, descriptor)
+    reading.classes[id(cls)] = (cls, found)
+    return found
 
 
 def _c_value(cls: type) -> bool:
