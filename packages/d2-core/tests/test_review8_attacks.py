@@ -259,13 +259,32 @@ class Key:
     name: str
 
 
+class Hashed(enum.Enum):
+    """An enum whose members hash with the app's code."""
+
+    A = 1
+
+    def __hash__(self) -> int:
+        Hashed.calls += 1  # type: ignore[attr-defined]
+        return 1
+
+
+Hashed.calls = 0  # type: ignore[attr-defined]
+
+
 def test_a_key_whose_hash_is_the_app_s_code_is_refused_by_the_reading() -> None:
     """A dict key or set item is copied into the reading, which hashes it: one whose
-    ``__hash__`` or ``__eq__`` is the app's code (a frozen dataclass) is refused
-    rather than run (use a built-in key or an enum member)."""
-    for value in ({Key("a"): 1}, {Key("a")}, frozenset({(1, Key("a"))})):
+    ``__hash__`` or ``__eq__`` is the app's code (a frozen dataclass, an enum that
+    defines its own) is refused rather than run (use a built-in key or an enum
+    member); the built-ins' and the standard library's are used."""
+    values = ({Key("a"): 1}, {Key("a")}, frozenset({(1, Key("a"))}), {Hashed.A: 1})
+    Hashed.calls = 0  # type: ignore[attr-defined]
+    for value in values:
         with pytest.raises(NoCanonicalForm, match="__hash__"):
             read_once({"v": value})
+    assert Hashed.calls == 0  # type: ignore[attr-defined]
+    fine = {Level.ONE: 1, Tag("t"): 2, (1, "a"): 3, frozenset({Level.ONE}): 4}
+    assert canonical_arguments(read_once({"v": fine})) == canonical_arguments({"v": fine})
 
 
 # -- 2. the sixth review's defence against built-in subclasses, bypassed ---------------

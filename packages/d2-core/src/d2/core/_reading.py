@@ -109,18 +109,29 @@ def _too_large() -> NoCanonicalForm:
     )
 
 
+# the built-in types whose __hash__ and __eq__ a class may hold a copy of (an enum with
+# a data type does): they read the value's own built-in state only
+_PLAIN_HASHES = (object, int, str, bytes, float, complex, tuple, frozenset)
+
+
 def _hash_is_safe(cls: type) -> bool:
     """Whether hashing and comparing a value of ``cls`` runs no code of the app: the
-    ``__hash__`` and ``__eq__`` it finds first in its MRO are the interpreter's (a
-    class written in C) or the standard library's (an enum, a path, an address...)."""
-    trusted: list[type] = [enum.Enum]
+    ``__hash__`` and ``__eq__`` it finds first in its MRO are written in C, or are
+    the standard library's (an enum's, a path's, an address's...), even when a class
+    of the app holds a copy of them (an enum class may)."""
+    trusted: list[type] = [*_PLAIN_HASHES, enum.Enum]
     if is_python_atom(cls):
         trusted.extend(_mro(cls))
     for name in ("__hash__", "__eq__"):
         for klass in _mro(cls):
-            if _space(klass).get(name, _MISSING) is _MISSING:
+            held = _space(klass).get(name, _MISSING)
+            if held is _MISSING:
                 continue
-            if _flags(klass) & _HEAP_TYPE and not any(klass is known for known in trusted):
+            if not (
+                not _flags(klass) & _HEAP_TYPE
+                or held is None  # unhashable: hashing it fails (refused), runs nothing
+                or any(klass is known or held is _space(known).get(name) for known in trusted)
+            ):
                 return False
             break
     return True
