@@ -27,7 +27,7 @@ import zoneinfo
 from typing import Any
 
 import pytest
-from d2.core.approval_data import shown_arguments
+from d2.core.approval_data import read_once, shown_arguments
 from d2.core.approvals import NoCanonicalForm, call_digest, canonical_arguments, json_arguments
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -123,7 +123,7 @@ scalars = st.one_of(
     st.integers(-2, 2),
     st.sampled_from([2**63, 2**63 + 1, -(2**63) - 1, 10**30]),
     st.sampled_from([0.0, -0.0, 1.0, 2.0, float("nan"), -float("nan"), float("inf"), -math.inf]),
-    st.sampled_from(["", "a", "1", "é", "e\u0301"]),
+    st.sampled_from(["", "a", "1", "é", "e\u0301", "a\u202eb", "a\\u202eb", "\x00", "\ud800"]),
     st.sampled_from([b"", b"a", b"1"]),
     st.sampled_from([b"", b"a"]).map(bytearray),
     st.sampled_from([1j, -0j, complex(1, -0.0), complex(-float("nan"), 0)]),
@@ -148,7 +148,7 @@ hashables = st.one_of(
     st.booleans(),
     st.integers(-2, 2),
     st.sampled_from([0.0, -0.0, 1.0]),
-    st.sampled_from(["", "a", "1"]),
+    st.sampled_from(["", "a", "1", "a\u202eb", "'a\\u202eb'"]),
 )
 
 
@@ -366,16 +366,17 @@ def test_two_values_shown_alike_are_the_same_call(many: list[Any], pair: tuple[A
     values shown whole with the same JSON text have one canonical form (checked
     across many small values at once, where different ones shown alike would
     meet), and a value shown whole can be digested."""
-    by_text: dict[str, Any] = {}
-    for value in [*many, *pair]:
-        shown, whole = shown_arguments({"v": value})
-        if not whole:
-            continue
-        digest = _canonical(value)
-        assert digest is not None, (value, shown)
-        text = json.dumps(shown)
-        first = by_text.setdefault(text, (value, digest))
-        assert first[1] == digest, (first[0], value, shown)
+    for escape in (False, True):  # as a decision log and as a request show them
+        by_text: dict[str, Any] = {}
+        for value in [*many, *pair]:
+            shown, whole = shown_arguments({"v": value}, escape=escape)
+            if not whole:
+                continue
+            digest = _canonical(value)
+            assert digest is not None, (value, shown)
+            text = json.dumps(shown)
+            first = by_text.setdefault(text, (value, digest))
+            assert first[1] == digest, (first[0], value, shown)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -383,6 +384,33 @@ def test_two_values_shown_alike_are_the_same_call(many: list[Any], pair: tuple[A
 def test_the_digest_of_a_value_is_stable(a: Any) -> None:
     if _reference(a) is not None:
         assert call_digest("t", {"v": a}, "u", "1") == call_digest("t", {"v": a}, "u", "1")
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pair=pairs)
+def test_one_reading_of_a_value_has_its_digest_and_its_view(pair: tuple[Any, Any]) -> None:
+    """A request's digest and view are made from one private reading of the
+    arguments (``read_once``): that reading digests and shows exactly as the
+    value itself, so the approved retry (digested from the live value) matches,
+    and a value the digest refuses is refused by the reading or its digest."""
+    for value in pair:
+        arguments = {"v": value, "again": [value]}
+        try:
+            expected: str | None = canonical_arguments(arguments)
+        except NoCanonicalForm:
+            expected = None
+        try:
+            reading: dict[str, Any] | None = read_once(arguments)
+        except NoCanonicalForm:
+            reading = None
+        if expected is None:
+            if reading is not None:
+                with pytest.raises(NoCanonicalForm):
+                    canonical_arguments(reading)
+            continue
+        assert reading is not None, value
+        assert canonical_arguments(reading) == expected, value
+        assert shown_arguments(reading) == shown_arguments(arguments), value
 
 
 # -- state outside what a digest used to read -----------------------------------------

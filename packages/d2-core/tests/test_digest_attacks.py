@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import ipaddress
-import sys
 import types
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -81,16 +80,28 @@ class _ShadowedDict:
         self.target = target
 
 
-@pytest.mark.skipif(
-    sys.version_info < (3, 11), reason="3.10 has no object.__getstate__: such a value is refused"
-)
 def test_a_class_level_dict_attribute_does_not_hide_the_instance_state() -> None:
     """Attack: ``_state`` reads the instance dictionary with
     ``object.__getattribute__(value, "__dict__")``, which a class attribute named
     ``__dict__`` (a property returning ``{}``) answers instead. Every instance digests
-    as ``{}``: the approval of ``send(target="boss@corp")`` sends to anyone."""
-    acted = _approved_then(_ShadowedDict("boss@corp"), _ShadowedDict("all@corp"))
-    assert "all@corp" not in acted
+    as ``{}``: the approval of ``send(target="boss@corp")`` sends to anyone. Safe
+    (since the eighth review): such a value is refused outright, as one whose
+    attributes the interpreter's own descriptor cannot reach; the tool never runs
+    (reading them another way, ``object.__getstate__``, ran the app's code)."""
+    _configure("mail.send")
+    acted: list[Any] = []
+
+    @d2_guard("mail.send")
+    def send(to: Any) -> str:
+        acted.append(to.target)
+        return "sent"
+
+    set_user("agent-7", roles=["agent"])
+    for target in ("boss@corp", "all@corp"):
+        with pytest.raises(PermissionDeniedError) as info:
+            send(_ShadowedDict(target))
+        assert info.value.reason == "approval_unsupported"
+    assert acted == []
 
 
 class Mode(enum.Enum):
@@ -145,8 +156,16 @@ def test_a_class_equal_to_a_builtin_type_is_not_digested_as_that_type() -> None:
     assert "all@corp" not in acted
 
 
+def _in_euros(self: Any) -> None:
+    self.currency = "EUR"  # some state of its own (an object holding none is refused)
+
+
 def _limit_class(limit: int) -> type:
-    return type("Limit", (), {"max_refund": limit, "target": f"refund up to {limit}"})
+    return type(
+        "Limit",
+        (),
+        {"max_refund": limit, "target": f"refund up to {limit}", "__init__": _in_euros},
+    )
 
 
 # The class the name ``<this module>.Limit`` leads to (the approved call needs one;

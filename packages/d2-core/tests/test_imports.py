@@ -97,8 +97,20 @@ def test_the_layers_point_down() -> None:
     assert graph["d2.core._classes"] == set()  # the bottom: no D2 import at all
     assert graph["d2.core._canonical"] <= {"d2.core._classes", "d2.core._atoms"}
     # the view reads state as the digest does
-    assert graph["d2.core._display"] <= {"d2.core._classes", "d2.core._atoms", "d2.core._canonical"}
-    assert graph["d2.core.approval_data"] == {"d2.core._canonical", "d2.core._display"}
+    assert graph["d2.core._shown_text"] == set()
+    assert graph["d2.core._display"] <= {
+        "d2.core._classes",
+        "d2.core._atoms",
+        "d2.core._canonical",
+        "d2.core._shown_text",
+    }
+    # one reading of the arguments, for the digest and the view alike
+    assert graph["d2.core._reading"] <= {"d2.core._classes", "d2.core._atoms", "d2.core._canonical"}
+    assert graph["d2.core.approval_data"] == {
+        "d2.core._canonical",
+        "d2.core._display",
+        "d2.core._reading",
+    }
     assert graph["d2.core.errors"] <= {"d2.core.approval_data"}
     for store in ("d2.core.stores.base", "d2.core.stores.memory", "d2.core.stores.redis"):
         assert graph[store] <= {

@@ -38,16 +38,19 @@ from ._classes import (
     _dictoffset,
     _enum_member,
     _instance_dict,
+    _known,
     _module,
+    _module_dict,
+    _module_named,
     _mro,
-    _namespace,
     _qualname,
     _qualname_of,
     _slot_values,
+    _space,
     _stdlib,
 )
 
-__all__ = ["atom_text", "is_python_atom"]
+__all__ = ["atom_copy", "atom_text", "is_python_atom"]
 
 _PATHS = ("PurePosixPath", "PureWindowsPath", "PosixPath", "WindowsPath")
 # (module, qualname) of the classes this module vouches for (pathlib's classes live in
@@ -68,8 +71,11 @@ _PYTHON = frozenset(
     ]
     + [("fractions", "Fraction"), ("uuid", "UUID")]
 )
-_SCALARS = (str, int, bool, float, bytes, type(None))
+_SCALARS = frozenset(id(t) for t in (str, int, bool, float, bytes, type(None)))  # by identity
 _NESTED = 4  # values of these classes inside one another (interface -> network -> address)
+_LEVELS = 8  # lists and tuples inside one another in a value's state, at most
+_MAX_ITEMS = 10_000  # items of lists and tuples read to check one value, at most
+_ENUMS = (("uuid", "SafeUUID"),)  # the standard library's enums a value's state may hold
 # what reading a path fills: its parts, drive, root, name (3.12+: parsed lazily)
 _PATH_PARTS = ("parts", "drive", "root", "anchor", "name")
 
@@ -105,54 +111,80 @@ def _own_method(method: types.MethodType, owner: Any) -> bool:
     if method.__self__ is not owner:
         return False
     func = method.__func__
-    return any(held is func for klass in _mro(type(owner)) for held in _namespace(klass).values())
+    return any(held is func for klass in _mro(type(owner)) for held in _space(klass).values())
 
 
-def _stdlib_function(func: types.FunctionType) -> bool:
+def _stdlib_function(func: types.FunctionType, budget: _Budget) -> bool:
     """Whether ``func`` is a function of a standard-library module (its globals are
     that module's) over plain values (its closure and defaults)."""
-    module = sys.modules.get(func.__module__) if type(func.__module__) is str else None
-    if module is None or func.__globals__ is not getattr(module, "__dict__", None):
+    name = func.__module__
+    module = _module_named(name) if type(name) is str else None
+    if type(module) is not types.ModuleType or func.__globals__ is not _module_dict(module):
         return False
-    if func.__module__.partition(".")[0] not in sys.stdlib_module_names:
+    if name.partition(".")[0] not in sys.stdlib_module_names:
         return False
     cells = func.__closure__ or ()
     try:
         held = [cell.cell_contents for cell in cells]
     except ValueError:  # an empty cell
         return False
-    return _plain(held, None, 0) and _plain(func.__defaults__, None, 0) and not func.__kwdefaults__
-
-
-def _plain(held: Any, owner: Any, depth: int) -> bool:
-    """Whether ``held`` (found in the state of ``owner``) can be read, compared and
-    written by the standard library without running any code of the app."""
-    cls = type(held)
-    if cls in _SCALARS:
-        return True
-    if cls is tuple or cls is list:
-        return all(_plain(item, owner, depth) for item in held)
-    if cls is types.MethodType:
-        return owner is not None and _own_method(held, owner)
-    if cls is types.FunctionType:
-        return _stdlib_function(held)
-    if is_python_atom(cls):
-        return depth < _NESTED and all(
-            _plain(item, held, depth + 1) for item in _state(held, cls).values()
-        )
-    module = _module(cls)  # a member of a standard-library enum (a UUID's is_safe)
     return (
-        type(module) is str
-        and module.partition(".")[0] in sys.stdlib_module_names
-        and _is_enum(cls)
-        and _enum_member(held, cls)[0]
+        _plain(held, None, 0, budget)
+        and _plain(func.__defaults__, None, 0, budget)
+        and not func.__kwdefaults__
     )
 
 
-def _is_enum(cls: type) -> bool:
-    enum = sys.modules.get("enum")
-    base = getattr(enum, "Enum", None)
-    return isinstance(base, type) and issubclass(cls, base)
+class _Budget:
+    """One check's memory of the lists and tuples read (each is read once: a value
+    sharing one list many times, ``x = [x, x]`` nested, is read in linear time) and
+    its budget of items: past it, the value has no canonical form."""
+
+    __slots__ = ("left", "plain", "same")
+
+    def __init__(self) -> None:
+        self.left = _MAX_ITEMS
+        self.plain: dict[int, tuple[bool, Any]] = {}
+        self.same: dict[tuple[int, int], tuple[bool, Any, Any]] = {}
+
+    def spend(self, count: int) -> None:
+        self.left -= count
+        if self.left < 0:
+            raise NoCanonicalForm(
+                f"a standard-library value holds more than {_MAX_ITEMS:,} items in its state "
+                "(set by hand): pass a value made afresh"
+            )
+
+
+def _plain(held: Any, owner: Any, depth: int, budget: _Budget, level: int = 0) -> bool:
+    """Whether ``held`` (found in the state of ``owner``) can be read, compared and
+    written by the standard library without running any code of the app."""
+    cls = type(held)
+    if id(cls) in _SCALARS:
+        return True
+    if cls is tuple or cls is list:
+        known = budget.plain.get(id(held))
+        if known is not None:
+            return known[0]
+        if level >= _LEVELS:
+            return False
+        budget.spend(len(held))
+        budget.plain[id(held)] = (True, held)  # (met again inside itself: as it is)
+        found = all(_plain(item, owner, depth, budget, level + 1) for item in held)
+        budget.plain[id(held)] = (found, held)
+        return found
+    if cls is types.MethodType:
+        return owner is not None and _own_method(held, owner)
+    if cls is types.FunctionType:
+        return _stdlib_function(held, budget)
+    if is_python_atom(cls):
+        return depth < _NESTED and all(
+            _plain(item, held, depth + 1, budget) for item in _state(held, cls).values()
+        )
+    # a member of one of the standard library's enums (a UUID's is_safe), by identity
+    return any(cls is _known(module, name) for module, name in _ENUMS) and bool(
+        _enum_member(held, cls)[0]
+    )
 
 
 def _fill(fresh: Any, cls: type) -> None:
@@ -167,7 +199,7 @@ def _fill(fresh: Any, cls: type) -> None:
     path = _module(cls).startswith("pathlib")
     names = list(_PATH_PARTS) if path else []
     for klass in _mro(cls):
-        for name, held in _namespace(klass).items():
+        for name, held in _space(klass).items():
             if type(held) is functools.cached_property:
                 names.append(name)
     for name in names:
@@ -182,7 +214,9 @@ def _fill(fresh: Any, cls: type) -> None:
             pass
 
 
-def _same(one: Any, other: Any, owner: Any, fresh: Any, depth: int) -> bool:
+def _same(
+    one: Any, other: Any, owner: Any, fresh: Any, depth: int, budget: _Budget, level: int = 0
+) -> bool:
     """Whether ``one`` (held by ``owner``) is what ``other`` (held by ``fresh``) is,
     both plain (:func:`_plain`)."""
     if one is other:
@@ -190,20 +224,32 @@ def _same(one: Any, other: Any, owner: Any, fresh: Any, depth: int) -> bool:
     cls = type(one)
     if cls is not type(other):
         return False
-    if cls in _SCALARS:
+    if id(cls) in _SCALARS:
         return bool(one == other)  # exact built-ins: their own equality
     if cls is tuple or cls is list:
-        return len(one) == len(other) and all(
-            _same(a, b, owner, fresh, depth) for a, b in zip(one, other, strict=True)
+        pair = (id(one), id(other))
+        known = budget.same.get(pair)
+        if known is not None:
+            return known[0]
+        if level >= _LEVELS or len(one) != len(other):
+            return False
+        budget.spend(len(one))
+        budget.same[pair] = (True, one, other)  # (met again inside itself: as it is)
+        found = all(
+            _same(a, b, owner, fresh, depth, budget, level + 1)
+            for a, b in zip(one, other, strict=True)
         )
+        budget.same[pair] = (found, one, other)
+        return found
     if cls is types.MethodType:  # the class's own method, bound to each
         return one.__self__ is owner and other.__self__ is fresh and one.__func__ is other.__func__
     if cls is types.FunctionType:  # the class's own code (a network's hosts()): what it
         if one.__code__ is not other.__code__ or one.__code__.co_argcount:  # gives
             return False
-        return _same(one(), other(), owner, fresh, depth)
+        return _same(one(), other(), owner, fresh, depth, budget, level)
     if is_python_atom(cls) and depth < _NESTED:
-        return _checked(one, cls, depth + 1) == _checked(other, cls, depth + 1)
+        mine = _checked_copy(one, cls, depth + 1, budget)[0]
+        return mine == _checked_copy(other, cls, depth + 1, budget)[0]
     return False
 
 
@@ -218,9 +264,11 @@ def _rebuilt(value: Any, cls: type, text: str) -> Any:
     return fresh
 
 
-def _checked(value: Any, cls: type, depth: int) -> str:
+def _checked_copy(value: Any, cls: type, depth: int, budget: _Budget) -> tuple[str, Any]:
+    """The text of ``value`` when it describes the whole value, and the fresh value
+    made from that text (else :class:`NoCanonicalForm`)."""
     state = _state(value, cls)
-    if not all(_plain(held, value, depth) for held in state.values()):
+    if not all(_plain(held, value, depth, budget) for held in state.values()):
         raise NoCanonicalForm(
             f"a {_qualname(cls)} value holds an object of the app's in its state: its "
             "text would run that object's code"
@@ -242,7 +290,9 @@ def _checked(value: Any, cls: type, depth: int) -> str:
                     and str(cls(*held)) == text
                 )
             else:
-                same = name in rebuilt and _same(held, rebuilt[name], value, fresh, depth)
+                same = name in rebuilt and _same(held, rebuilt[name], value, fresh, depth, budget)
+        except NoCanonicalForm:
+            raise
         except Exception:
             same = False
         if not same:
@@ -255,12 +305,20 @@ def _checked(value: Any, cls: type, depth: int) -> str:
     if safe is not None and _module(cls) == "uuid":
         name = _enum_member(safe, type(safe))[1]
         if name != "unknown":
-            return f"{text} ({name})"
-    return text
+            return f"{text} ({name})", fresh
+    return text, fresh
 
 
 def atom_text(value: Any, cls: type) -> str:
     """The text of ``value``, of the class ``cls`` (:func:`is_python_atom`), when it
     describes the whole value; else :class:`NoCanonicalForm`. A ``UUID`` whose
     ``is_safe`` is known carries it after its text (``... (safe)``)."""
-    return _checked(value, cls, 0)
+    return _checked_copy(value, cls, 0, _Budget())[0]
+
+
+def atom_copy(value: Any, cls: type) -> Any:
+    """A fresh value of ``cls`` made from the text of ``value`` (its caches filled),
+    when that text describes the whole value; else :class:`NoCanonicalForm`. Its
+    text, and so its digest and its view, are those of ``value``; no other code
+    holds it."""
+    return _checked_copy(value, cls, 0, _Budget())[1]

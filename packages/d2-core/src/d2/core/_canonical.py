@@ -5,10 +5,12 @@ tagged with its type. The promise, and how each part keeps it:
 
 * Two values get one form only when they are the same type with the same state,
   all the way down, in the same order, sharing the same objects the same way
-  (``move(a, a)`` is not ``move(a, copy(a))``: a container or an instance with
-  state, met again, is written as a reference to its first meeting; see
-  :class:`_Walk`). A mapping is written in its own order (a tool may follow it); a
-  set, which has none, by the sorted forms of its items.
+  (``move(a, a)`` is not ``move(a, copy(a))``: a container or an instance of an
+  app's class, met again, is written as a reference to its first meeting, as the
+  view shows it; see :class:`_Walk`). An instance that holds nothing but its
+  identity (a sentinel) has no canonical form: two would be one call. A mapping
+  is written in its own order (a tool may follow it); a set, which has none, by
+  the sorted forms of its items.
 * A type is what the interpreter says, never what a value or its class claims:
   ``type(v)``, never ``v.__class__``; a class's layout, namespace, MRO and name
   read through ``type``'s own descriptors, never attributes a metaclass defines;
@@ -24,7 +26,9 @@ tagged with its type. The promise, and how each part keeps it:
 * The work is bounded: each object is read once per meeting, and a value larger
   than :data:`_BUDGET` values or :data:`_MAX_TEXT` bytes of canonical text (counted
   by size: a big int, a long ``Decimal``, a string by its escaped length, bytes)
-  has no canonical form.
+  has no canonical form. A string or bytes longer than :data:`_LONG` is written as
+  its SHA-256, hashed once per object per digest (``[s] * 10`` is not written ten
+  times).
 
 It imports nothing of D2.
 """
@@ -36,27 +40,31 @@ import enum
 import json
 import math
 import os
-import sys
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from ._atoms import atom_text, is_python_atom
 from ._classes import (
+    _HEAP_TYPE,
     _MISSING,
     NoCanonicalForm,
     _base,
+    _compared_by_identity,
     _declared_slots,
     _dictoffset,
+    _entry,
     _enum_member,
+    _flags,
     _instance_dict,
+    _known,
     _layout_is_python,
     _module,
     _name_of,
     _named,
-    _namespace,
     _overridden,
     _qualname,
     _qualname_of,
+    _space,
     _stdlib,
 )
 
@@ -70,7 +78,11 @@ _MAX_TEXT = 128 * 1024 * 1024  # bytes of canonical text written per digest, at 
 # items of sets sorted per digest (each by a canonical text of its own, the costliest
 # work per value): the view shows 100,000 values at most, so no approvable call sorts more
 _MAX_SORTED = 100_000
+# a string, bytes or bytearray longer than this is written as the SHA-256 of its content
+# (hashed once per object per digest): a big string met many times is not rewritten
+_LONG = 4096
 _UNSET = {"__t": "unset"}  # a slot that holds nothing (no value has this form)
+_NOTHING = {"__t": "dict", "v": []}  # an empty instance dictionary
 
 # Exact stdlib value types written in C, digested by an exact text: (module, qualname)
 # -> how. Looked up by name so that digesting never imports a module the app did not.
@@ -92,11 +104,17 @@ class _Walk:
     set's items by what they hold) shares the digest's budget and its memo of
     those sort keys."""
 
-    __slots__ = ("budget", "seen", "texts")
+    __slots__ = ("budget", "longs", "misses", "names", "seen", "texts")
 
     def __init__(self, parent: _Walk | None = None) -> None:
         self.seen: dict[int, tuple[int, Any]] = {}
         self.texts: dict[int, tuple[str, Any]] = {} if parent is None else parent.texts
+        # the form of each long string or bytes met (_long), hashed once per digest
+        self.longs: dict[int, tuple[Any, Any]] = {} if parent is None else parent.longs
+        # whether each class met leads to itself by its name (_named), once per digest
+        self.names: dict[int, tuple[bool, type]] = {} if parent is None else parent.names
+        # the classes of modules not loaded (_known), not looked for again
+        self.misses: set[tuple[str, str]] = set() if parent is None else parent.misses
         # values left, bytes of text left, set items left to sort: shared by every
         # walk of one digest
         self.budget: list[int] = (
@@ -188,9 +206,14 @@ def _entries(value: dict[Any, Any]) -> dict[Any, Any]:
 
 def _dict(value: dict[Any, Any], depth: int, walk: _Walk) -> Any:
     """A dict in its own order: a tool may act in that order."""
+    return _pairs(dict.items(value), depth, walk)
+
+
+def _pairs(items: Iterable[tuple[Any, Any]], depth: int, walk: _Walk) -> Any:
+    """A dict's entries (``items``, in order), as a dict is written."""
     return {
         "__t": "dict",
-        "v": [[_canon(k, depth, walk), _canon(x, depth, walk)] for k, x in dict.items(value)],
+        "v": [[_canon(k, depth, walk), _canon(x, depth, walk)] for k, x in items],
     }
 
 
@@ -267,7 +290,7 @@ def _enum(value: enum.Enum, cls: type, depth: int, walk: _Walk) -> Any:
         inner = _canon(raw, depth, walk)
     except NoCanonicalForm:  # members are singletons: the name tells them apart
         inner = None
-    return {"__t": f"enum:{_named(cls)}", "n": name, "v": inner}
+    return {"__t": f"enum:{_named(cls, walk.names)}", "n": name, "v": inner}
 
 
 _EXACT: dict[int, Callable[[Any, int, _Walk], Any]] = {
@@ -316,6 +339,27 @@ def _str_size(value: str) -> int:
     return 12 * len(value) if ord(max(value)) > 0xFFFF else 6 * len(value)
 
 
+_LONGS = {id(str): "str#", id(bytes): "bytes#", id(bytearray): "bytearray#"}
+
+
+def _long(value: Any, key: int, walk: _Walk) -> Any:
+    """A long string, bytes or bytearray: its type and the SHA-256 of its content (a
+    string's as UTF-8, a lone surrogate as itself: two different strings never give
+    one text), hashed once per object per digest; its length counts once against
+    the digest's budget of text."""
+    known = walk.longs.get(id(value))
+    if known is not None:
+        walk.spend()
+        return known[0]
+    walk.spend(len(value))
+    import hashlib  # off the cold path: loaded on first use
+
+    data = value.encode("utf-8", "surrogatepass") if key == id(str) else value
+    form = {"__t": _LONGS[key], "v": hashlib.sha256(data).hexdigest()}
+    walk.longs[id(value)] = (form, value)  # (the value kept: its id is never reused)
+    return form
+
+
 # exact types whose text grows with the value: the bytes of text each writes
 _SIZED: dict[int, Callable[[Any], int]] = {
     id(str): _str_size,
@@ -355,11 +399,14 @@ def _state(value: Any, chain: list[type], depth: int, walk: _Walk, hide: str = "
         if seen is not None:
             state["__dict__"] = seen
         else:
+            # hide: a key left out (by exact strings: a key of the app's type is never
+            # compared, nor hashed into a new dict)
+            items: Iterable[tuple[Any, Any]] = dict.items(found)
             if hide:
-                found = {k: v for k, v in found.items() if k != hide}
-            state["__dict__"] = _dict(found, depth, walk)
+                items = [(k, v) for k, v in items if not (type(k) is str and k == hide)]
+            state["__dict__"] = _pairs(items, depth, walk)
     for i, klass in enumerate(chain):
-        space = _namespace(klass)
+        space = _space(klass)
         for name in _declared_slots(klass):
             try:
                 held = space[name].__get__(value, cls)
@@ -370,10 +417,10 @@ def _state(value: Any, chain: list[type], depth: int, walk: _Walk, hide: str = "
     return state
 
 
-def _secret_base() -> type | None:
-    """pydantic's secret base class, when pydantic is loaded (else no value is one)."""
-    found = getattr(sys.modules.get("pydantic.types"), "_SecretBase", None)
-    return found if isinstance(found, type) else None
+def _secret_base(misses: set[tuple[str, str]] | None = None) -> type | None:
+    """pydantic's secret base class, when pydantic is loaded (else no value is one).
+    ``misses``: see :func:`_known`."""
+    return _known("pydantic.types", "_SecretBase", misses)
 
 
 _PROCESS_KEY = os.urandom(32)  # this process's key when D2_APPROVAL_SECRET_KEY is unset
@@ -419,21 +466,15 @@ def _instance(value: Any, cls: type, depth: int, walk: _Walk) -> Any:
                 f"{overridden}, so it may not read as the {_name_of(base)} it holds (which "
                 f"is what an approver is shown); pass a plain {_name_of(base)}"
             )
-    name = _named(cls)
-    changing = (
-        bool(_dictoffset(cls))
-        or id(base) in _REFERENCED
-        or any(_declared_slots(klass) for klass in chain)
-    )
-    if changing:
-        seen = walk.meet(value)
-        if seen is not None:
-            return seen
-    secret = _secret_base()
+    name = _named(cls, walk.names)
+    seen = walk.meet(value)  # every object met again, as the view shows it
+    if seen is not None:
+        return seen
+    secret = _secret_base(walk.misses)
     if secret is not None and issubclass(cls, secret):  # digested, never in the text
         import hashlib  # off the cold path: loaded on first use
 
-        hidden = _instance_dict(value, cls).get("_secret_value", _MISSING)
+        hidden = _entry(_instance_dict(value, cls), "_secret_value")
         if hidden is _MISSING:
             raise NoCanonicalForm(f"a {name} value holds no secret value")
         import hmac
@@ -447,6 +488,17 @@ def _instance(value: Any, cls: type, depth: int, walk: _Walk) -> Any:
         }
     state = _state(value, chain, depth, walk)
     if base is object:
+        slots = [held for key, held in state.items() if key != "__dict__"]
+        if (
+            state.get("__dict__", _NOTHING) == _NOTHING
+            and all(held is _UNSET for held in slots)
+            and _compared_by_identity(cls)
+        ):
+            raise NoCanonicalForm(
+                f"a {_qualname(cls)} value holds nothing but its identity (no attribute, no "
+                "slot set, equal only to itself): two such objects would be one call; pass "
+                "an enum member instead"
+            )
         return {"__t": f"object:{name}", "v": state}
     inner = _canon(_BUILTIN_VALUE[id(base)](value), depth, walk)
     return {"__t": f"{_name_of(base)}:{name}", "v": inner, "s": state}
@@ -468,12 +520,14 @@ def _canon(value: Any, depth: int, walk: _Walk) -> Any:
             seen = walk.meet(value)
             if seen is not None:
                 return seen
+        if key in _LONGS and len(value) > _LONG:
+            return _long(value, key, walk)
         sized = _SIZED.get(key)
         walk.spend(0 if sized is None else sized(value))
         return exact(value, depth, walk)
     walk.spend()
     if issubclass(cls, type):  # a class as a value (a class method's cls): by its name
-        return {"__t": "class", "v": _named(value)}
+        return {"__t": "class", "v": _named(value, walk.names)}
     module, qualname = _module(cls), _qualname_of(cls)
     if type(module) is str and type(qualname) is str:
         how = _ATOMS.get((module, qualname))
@@ -507,4 +561,15 @@ def canonical_arguments(arguments: Any) -> str:
     except NoCanonicalForm:
         raise
     except Exception as exc:  # anything unexpected: no approval can be tied to it
-        raise NoCanonicalForm(f"{type(exc).__name__}: {exc}") from None
+        raise NoCanonicalForm(_failure(exc)) from None
+
+
+def _failure(exc: Exception) -> str:
+    """What went wrong, for a message: an exception of the interpreter's with text
+    arguments is written out; any other only by its class (formatting an object of
+    the app's would run its code)."""
+    cls = type(exc)
+    name = _qualname(cls)
+    if not _flags(cls) & _HEAP_TYPE and all(type(arg) is str for arg in exc.args):
+        return f"{name}: {exc}"
+    return name

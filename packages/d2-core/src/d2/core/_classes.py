@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 import types
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -50,8 +51,7 @@ _name_of: Callable[[type], str] = _TYPE["__name__"].__get__
 _module_dict: Callable[[types.ModuleType], dict[str, Any]] = vars(types.ModuleType)[
     "__dict__"
 ].__get__
-# object's own __getstate__ (3.11+): the instance dictionary, whatever the class says
-_GETSTATE: Callable[[Any], Any] | None = vars(object).get("__getstate__")
+_proxy_keys: Callable[[Any], Any] = types.MappingProxyType.keys
 
 
 class NoCanonicalForm(ValueError):
@@ -60,33 +60,83 @@ class NoCanonicalForm(ValueError):
 
 
 def _qualname(cls: type) -> str:
-    return f"{_module(cls)}.{_qualname_of(cls)}"  # for messages: _named tells classes apart
+    """``module.qualname`` of ``cls`` for a message (``_named`` tells classes apart);
+    a name that is not exactly a ``str`` is never formatted (its code would run)."""
+    module, qualname = _module(cls), _qualname_of(cls)
+    if type(module) is str and type(qualname) is str:
+        return f"{module}.{qualname}"
+    return "<a class without a name>"
 
 
-def _leads_to(cls: type) -> bool:
+_SPACES: dict[int, weakref.ref[type]] = {}  # id -> a class whose namespace keys are all str
+
+
+def _space(cls: type) -> Mapping[str, Any]:
+    """The namespace of ``cls`` (read through ``type``'s own descriptor), once every
+    key in it is exactly a ``str``; else :class:`NoCanonicalForm`. ``type(name,
+    bases, ns)`` keeps the keys of ``ns``: a key of the app's type (a ``str``
+    subclass) would run its own ``__hash__`` and ``__eq__`` in any lookup or
+    comparison, and could answer as another name than the one the interpreter
+    stored. Names set later are always exact strings (``type.__setattr__`` copies
+    them), so a class is checked once."""
+    space = _namespace(cls)
+    known = _SPACES.get(id(cls))
+    if known is not None and known() is cls:
+        return space
+    for key in _proxy_keys(space):
+        if type(key) is not str:
+            raise NoCanonicalForm(
+                f"a {_qualname(cls)} value has no canonical form: its class has an "
+                "attribute named by an object that is not a str (a class made by type() "
+                "with such a name); define the class with a class statement"
+            )
+    key = id(cls)
+    _SPACES[key] = weakref.ref(cls, lambda _, key=key: _SPACES.pop(key, None))  # type: ignore[misc]
+    return space
+
+
+def _module_named(name: str) -> Any:
+    """``sys.modules[name]`` (else :data:`_MISSING`), never comparing ``name`` with
+    a key of the app's type (:func:`_lookup`)."""
+    return _lookup(sys.modules, name)
+
+
+def _leads_to(cls: type, memo: dict[int, tuple[bool, type]] | None = None) -> bool:
     """Whether ``module.qualname`` of ``cls``, read from the module's and classes'
-    own dictionaries (no code run), leads to ``cls`` itself."""
+    own dictionaries (no code run), leads to ``cls`` itself. ``memo``: answers
+    already found in this digest or view (by class)."""
+    if memo is not None:
+        known = memo.get(id(cls))
+        if known is not None and known[1] is cls:
+            return known[0]
     module, qualname = _module(cls), _qualname_of(cls)
     found: Any = None
     if type(module) is str and type(qualname) is str:
-        found = sys.modules.get(module)
+        found = _module_named(module)
         for part in qualname.split("."):
-            if isinstance(found, type):
-                found = _namespace(found).get(part)
-            elif isinstance(found, types.ModuleType):
-                found = _module_dict(found).get(part)
+            kind = type(found)
+            if issubclass(kind, type):
+                try:
+                    found = _space(found).get(part)
+                except NoCanonicalForm:
+                    found = None
+            elif issubclass(kind, types.ModuleType):
+                found = _lookup(_module_dict(found), part)
             else:
                 found = None
                 break
-    return found is cls
+    answer = found is cls
+    if memo is not None:
+        memo[id(cls)] = (answer, cls)
+    return answer
 
 
-def _named(cls: type) -> str:
+def _named(cls: type, memo: dict[int, tuple[bool, type]] | None = None) -> str:
     """``module.qualname`` of ``cls``, when that name leads to ``cls`` itself. A
     class made by a factory, inside a function, or replaced since (a reloaded
     module) shares its name with other classes: its instances have no canonical
     form."""
-    if not _leads_to(cls):
+    if not _leads_to(cls, memo):
         raise NoCanonicalForm(
             f"a value of class {_qualname(cls)} has no canonical form: that name does not "
             "lead to its class (a class made inside a function, by a factory or type(), "
@@ -98,22 +148,73 @@ def _named(cls: type) -> str:
     return f"{len(module)}:{module}.{_qualname_of(cls)}"
 
 
+_KNOWN: dict[tuple[str, str], type] = {}  # the standard library's classes, by identity
+_MISSED: dict[tuple[str, str], int] = {}  # not found: how many modules were loaded then
+
+
+def _known(module: str, name: str, misses: set[tuple[str, str]] | None = None) -> type | None:
+    """The class ``module.name`` of the standard library (or pydantic), itself: found
+    the first time its module is loaded, then kept (by identity). A class that only
+    takes a standard-library name, or is written into such a module later
+    (``string.Cmd = Cmd``), is never it. Not found, it is looked for again only once
+    more modules are loaded, or (``misses``: the classes not found so far in this
+    digest or view) in another digest or view: each look scans ``sys.modules``."""
+    found = _KNOWN.get((module, name))
+    if found is None:
+        if misses is not None and (module, name) in misses:
+            return None
+        loaded_now = len(sys.modules)  # (a module loaded since: looked for again)
+        if _MISSED.get((module, name)) == loaded_now:
+            return None
+        if misses is not None:
+            misses.add((module, name))  # (removed below when found)
+        _MISSED[(module, name)] = loaded_now
+        loaded = _module_named(module)
+        if type(loaded) is not types.ModuleType:
+            return None  # not loaded: no value can be of it
+        held = _lookup(_module_dict(loaded), name)
+        if not issubclass(type(held), type):
+            return None
+        found = _KNOWN[(module, name)] = held
+        _MISSED.pop((module, name), None)
+        if misses is not None:
+            misses.discard((module, name))
+    return found
+
+
 def _stdlib(cls: type, module: str, *names: str) -> bool:
-    """Whether ``cls`` is exactly the class ``module.name`` (one of ``names``)."""
-    qualname = _qualname_of(cls)
-    return (
-        _module(cls) == module
-        and qualname in names
-        and (getattr(sys.modules.get(module), qualname, None) is cls)
-    )
+    """Whether ``cls`` is exactly the class ``module.name`` (one of ``names``) of the
+    standard library (by identity: :func:`_known`)."""
+    claimed, qualname = _module(cls), _qualname_of(cls)
+    if type(claimed) is not str or type(qualname) is not str:
+        return False
+    if claimed != module or qualname not in names:  # (exact strings: no code run)
+        return False
+    return _known(module, qualname) is cls
 
 
 def _declared_slots(cls: type) -> list[str]:
     """The slot names ``cls`` itself declares, as stored (private names mangled),
-    without ``__dict__`` and ``__weakref__``."""
-    slots = _namespace(cls).get("__slots__", ())
-    names = [slots] if isinstance(slots, str) else list(slots)
-    owner = _name_of(cls).lstrip("_")
+    without ``__dict__`` and ``__weakref__``. ``__slots__`` is whatever object the
+    class statement gave: it is read only when it is exactly a ``str``, or a
+    ``tuple``, ``list`` or ``dict`` of exact strings (iterating any other would run
+    its code, and an iterator is spent once the class is made); else
+    :class:`NoCanonicalForm`."""
+    slots = _space(cls).get("__slots__", ())
+    kind = type(slots)
+    if kind is str:
+        names = [slots]
+    elif kind is tuple or kind is list or kind is dict:
+        names = list(slots)  # (an exact container: its own iteration, no code of the app)
+    else:
+        names = [_MISSING]
+    owner = _name_of(cls)
+    if any(type(name) is not str for name in names) or type(owner) is not str:
+        raise NoCanonicalForm(
+            f"a {_qualname(cls)} value has no canonical form: its class's __slots__ is not "
+            "a str or a tuple, list or dict of str; declare __slots__ as a tuple of names"
+        )
+    owner = owner.lstrip("_")
     return [
         f"_{owner}{name}" if name.startswith("__") and not name.endswith("__") and owner else name
         for name in names
@@ -126,7 +227,7 @@ def _slot_values(value: Any, cls: type) -> list[tuple[str, Any]]:
     its own member descriptor: (name, value), in MRO order."""
     found: list[tuple[str, Any]] = []
     for klass in _mro(cls):
-        space = _namespace(klass)
+        space = _space(klass)
         for name in _declared_slots(klass):
             held = space.get(name)
             if type(held) is not types.MemberDescriptorType:
@@ -147,7 +248,7 @@ def _layout_is_python(cls: type) -> bool:
     flags = _flags(cls)
     if base is None or not flags & _HEAP_TYPE or _itemsize(cls) != _itemsize(base):
         return False
-    own = _namespace(cls)
+    own = _space(cls)
     slots = _declared_slots(cls)
     members = []
     for key, held in own.items():
@@ -165,48 +266,75 @@ def _layout_is_python(cls: type) -> bool:
     return bool(_basicsize(cls) == size)
 
 
+def _dict_descriptor(cls: type) -> Any:
+    """The interpreter's own ``__dict__`` descriptor through which attribute access
+    finds the instance dictionary of a ``cls`` value (the first of its MRO), or
+    ``None`` when a class attribute named ``__dict__`` hides it."""
+    for klass in _mro(cls):
+        held = _space(klass).get("__dict__", _MISSING)
+        if held is _MISSING:
+            continue
+        return held if type(held) is types.GetSetDescriptorType else None
+    return None
+
+
 def _instance_dict(value: Any, cls: type) -> dict[Any, Any]:
     """The instance dictionary of ``value`` (its class has one), where attribute
     access reads it: through the interpreter's own ``__dict__`` descriptor, never
     ``value.__dict__``, which a class attribute named ``__dict__`` (a property)
-    answers instead. When that attribute hides the descriptor, ``object``'s own
-    ``__getstate__`` (Python 3.11+) reads the dictionary; without it, the value has
-    no canonical form."""
-    for klass in _mro(cls):
-        held = _namespace(klass).get("__dict__")
-        if type(held) is types.GetSetDescriptorType:
-            try:
-                found = held.__get__(value, cls)
-            except TypeError:  # another type's descriptor, copied in: not this one
-                continue
-            if type(found) is dict:
-                return found
-            break
-    if _GETSTATE is not None:
+    answers instead. When such an attribute hides the descriptor, the value has no
+    canonical form (``object.__getstate__`` would read it, but runs the app's
+    ``__getattribute__`` for each slot)."""
+    held = _dict_descriptor(cls)
+    if held is not None:
         try:
-            state = _GETSTATE(value)
-        except Exception:
-            state = _MISSING
-        if type(state) is tuple and len(state) == 2:  # (dict or None, slots)
-            state = state[0]
-        if state is None:  # an empty dictionary
-            return {}
-        if type(state) is dict:
-            return state
+            found = held.__get__(value, cls)
+        except TypeError:  # another type's descriptor, copied in: not this one
+            found = None
+        if type(found) is dict:
+            return found
     raise NoCanonicalForm(
         f"a {_qualname(cls)} value has no canonical form: a class attribute named "
         "__dict__ hides where its attributes are kept"
     )
 
 
+def _compared_by_identity(cls: type) -> bool:
+    """Whether a ``cls`` value is equal only to itself: the first ``__eq__`` of its
+    MRO is ``object``'s."""
+    for klass in _mro(cls):
+        if _space(klass).get("__eq__", _MISSING) is not _MISSING:
+            return klass is object
+    return True
+
+
 def _entry(mapping: dict[Any, Any], key: str) -> Any:
     """``mapping[key]`` for a string ``key`` (else :data:`_MISSING`), found by
-    scanning: a lookup would compare ``key`` with a colliding key of the app's
-    type, running its ``__eq__``."""
-    for found, held in dict.items(mapping):
+    scanning (a copy of its entries: another thread may change it): a lookup would
+    compare ``key`` with a colliding key of the app's type, running its ``__eq__``."""
+    for found, held in list(dict.items(mapping)):
         if type(found) is str and found == key:
             return held
     return _MISSING
+
+
+_STR_KEYED: dict[int, tuple[int, dict[Any, Any]]] = {}  # id -> (size, dict) checked
+
+
+def _lookup(mapping: dict[Any, Any], key: str) -> Any:
+    """``mapping[key]`` (else :data:`_MISSING`) in a dict that lives long and is
+    looked up often (``sys.modules``, a module's globals, an enum's members): looked
+    up directly once every key in it was found to be exactly a ``str`` (then no code
+    of the app runs), checked again whenever its size changes; scanned otherwise."""
+    size = len(mapping)
+    known = _STR_KEYED.get(id(mapping))
+    if known is None or known[1] is not mapping or known[0] != size:
+        if any(type(found) is not str for found in list(mapping)):
+            return _entry(mapping, key)
+        if len(_STR_KEYED) >= 4096:
+            _STR_KEYED.clear()
+        _STR_KEYED[id(mapping)] = (size, mapping)  # (kept: its id is never reused)
+    return dict.get(mapping, key, _MISSING)
 
 
 def _enum_member(value: Any, cls: type) -> tuple[bool, Any, Any]:
@@ -217,9 +345,9 @@ def _enum_member(value: Any, cls: type) -> tuple[bool, Any, Any]:
     an object of the app (a forged member's value)."""
     state = _instance_dict(value, cls) if _dictoffset(cls) else {}
     name, raw = _entry(state, "_name_"), _entry(state, "_value_")
-    space = _namespace(cls)
+    space = _space(cls)
     by_name, by_value = space.get("_member_map_"), space.get("_value2member_map_")
-    member = type(by_name) is dict and type(name) is str and _entry(by_name, name) is value
+    member = type(by_name) is dict and type(name) is str and _lookup(by_name, name) is value
     if not member and type(by_value) is dict:
         member = any(held is value for held in dict.values(by_value))
     return member, name, raw
@@ -267,13 +395,17 @@ _NAMES: dict[int, frozenset[str]] = {}  # id(built-in type) -> its attribute nam
 def _made_by_namedtuple(held: Any) -> bool:
     """Whether ``held`` is a method ``collections.namedtuple`` writes for every named
     tuple (``__repr__``, ``__getnewargs__``): its code is the standard library's."""
-    collections = sys.modules.get("collections")
-    maker = getattr(collections, "namedtuple", None)
-    code = getattr(held, "__code__", None)
+    collections = _module_named("collections")
+    maker = (
+        _lookup(_module_dict(collections), "namedtuple")
+        if type(collections) is types.ModuleType
+        else None
+    )
+    code = held.__code__ if type(held) is types.FunctionType else None
     return (
-        type(held) is types.FunctionType
+        code is not None
         and type(maker) is types.FunctionType
-        and held.__globals__ is getattr(collections, "__dict__", None)
+        and held.__globals__ is _module_dict(collections)
         and any(code is const for const in maker.__code__.co_consts)
     )
 
@@ -295,18 +427,17 @@ def _is_slot_names(held: Any, klass: type) -> bool:
     )
 
 
+# the standard library's subclasses of built-in types whose methods are trusted (by
+# identity, never by the name a class gives itself)
+_TRUSTED = (("collections", "Counter"),)
+
+
 def _trusted(klass: type, base: type) -> bool:
-    """Whether what ``klass`` defines is the built-in's or the standard library's
-    (``collections.Counter``): the class of ``base``'s own MRO, or a class of a
-    standard-library module its name leads to."""
+    """Whether what ``klass`` defines is the built-in's or the standard library's:
+    a class of ``base``'s own MRO, or one of :data:`_TRUSTED` itself."""
     if any(klass is known for known in _mro(base)):
         return True
-    module = _module(klass)
-    return (
-        type(module) is str
-        and module.partition(".")[0] in sys.stdlib_module_names
-        and _leads_to(klass)
-    )
+    return any(klass is _known(module, name) for module, name in _TRUSTED)
 
 
 def _overridden(cls: type, base: type) -> str | None:
@@ -325,7 +456,7 @@ def _overridden(cls: type, base: type) -> str | None:
     seen: set[str] = set()
     for klass in _mro(cls):
         trusted = None
-        for name, held in _namespace(klass).items():
+        for name, held in _space(klass).items():
             if name in seen:
                 continue
             seen.add(name)

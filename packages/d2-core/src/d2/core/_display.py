@@ -7,10 +7,14 @@ The promise, and how each part keeps it:
 
 * Two calls the digest tells apart are shown apart (a pydantic secret excepted:
   it is hidden). JSON's own values are shown as themselves: ``null``, booleans,
-  finite floats, strings, integers within 2**53, lists, and objects whose keys are
-  strings none of which looks like a tag (``__...__``). Every other value is an
-  object whose keys are tags:
+  finite floats, strings (whose characters can all be seen), integers within
+  2**53, lists, and objects whose keys are such strings none of which looks like a
+  tag (``__...__``). Every other value is an object whose keys are tags:
 
+  - ``{"__str__": repr}``: a string holding a character an approver cannot see (a
+    control, format (bidi override, zero-width), separator or surrogate
+    character; line breaks and tabs excepted), each as an escape; a key or
+    attribute name holding one is shown as its ``repr``, as a tag-like one is;
   - ``{"__tuple__": [...]}``, ``{"__set__": [...]}``, ``{"__frozenset__": [...]}``
     (a set's items in the order of their displays' text), ``{"__bytes__": hex}``,
     ``{"__bytearray__": hex}``, ``{"__int__": digits}`` (beyond 2**53; ``0x...``
@@ -43,7 +47,7 @@ The promise, and how each part keeps it:
   display is not whole.
 
 It imports nothing of D2 but :mod:`d2.core._classes`, :mod:`d2.core._atoms` (how
-the digest reads state) and :mod:`d2.core._canonical`.
+the digest reads state), :mod:`d2.core._canonical` and :mod:`d2.core._shown_text`.
 """
 
 from __future__ import annotations
@@ -51,9 +55,6 @@ from __future__ import annotations
 import collections
 import enum
 import json
-import math
-import struct
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -62,10 +63,12 @@ from ._canonical import _secret_base
 from ._classes import (
     _HEAP_TYPE,
     NoCanonicalForm,
+    _compared_by_identity,
     _dictoffset,
     _enum_member,
     _flags,
     _instance_dict,
+    _known,
     _leads_to,
     _module,
     _mro,
@@ -74,17 +77,19 @@ from ._classes import (
     _slot_values,
     _stdlib,
 )
+from ._shown_text import _SAFE_INT, _float_text, _int_text, _seen
 
-__all__ = ["shown_arguments"]
+__all__ = ["TOO_LARGE", "shown_arguments", "shown_with_reason"]
 
 _MAX_DEPTH = 64  # how deep a display goes
 _MAX_SHOWN = 100_000  # values shown at most; past it, the rest of a container is _NOT_SHOWN
 _MAX_TEXT = 16 * 1024 * 1024  # characters of text shown at most (strings, digits, hex)
 _NOT_SHOWN = "<not shown: the arguments hold more than a display shows>"
-_SAFE_INT = 2**53  # beyond this, JSON readers (JavaScript) round: shown as text
+_TOO_DEEP = "<not shown: nested too deeply>"
+TOO_LARGE = frozenset({_NOT_SHOWN, _TOO_DEEP})  # the markers of a display past its bounds
 _SECRET = "**********"
-_NAN = struct.pack(">d", math.nan)
-_SCALARS = (str, int, float, bool, bytes, complex, type(None))  # never referenced
+# never referenced (by identity: ``in`` a tuple of types would run a metaclass's __eq__)
+_SCALARS = frozenset(id(t) for t in (str, int, float, bool, bytes, complex, type(None)))
 _PYDANTIC = ("__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__")
 
 # Standard-library values written in C, shown by their text, by exact class.
@@ -110,17 +115,22 @@ class _View:
     far, and where each container and object was first shown (by id; the objects
     are kept, so an id is never reused while the display lives)."""
 
-    __slots__ = ("left", "seen", "text", "whole")
+    __slots__ = ("escape", "left", "misses", "names", "seen", "text", "whole", "why")
 
-    def __init__(self) -> None:
+    def __init__(self, escape: bool = False) -> None:
+        self.escape = escape  # strings with characters an approver cannot see: escaped
         self.left = _MAX_SHOWN
         self.text = _MAX_TEXT
         self.whole = True
+        self.why = ""  # the first part not shown
         self.seen: dict[int, tuple[str, Any]] = {}
+        self.names: dict[int, tuple[bool, type]] = {}  # _leads_to, once per class
+        self.misses: set[tuple[str, str]] = set()  # _known: modules not loaded
 
     def part(self, marker: str) -> str:
         """``marker`` in place of a part not shown: the display is not whole."""
         self.whole = False
+        self.why = self.why or marker
         return marker
 
     def chars(self, text: str) -> str:
@@ -145,9 +155,21 @@ def _at(path: str, step: str) -> str:
     return f"{path}/{step}"
 
 
-def _reserved(key: str) -> bool:
-    """Whether a string key looks like a tag of the display (``__...__``)."""
-    return len(key) >= 4 and key.startswith("__") and key.endswith("__")
+def _reserved(key: str, view: _View) -> bool:
+    """Whether a string key looks like a tag of the display (``__...__``) or (in a
+    request) holds a character an approver cannot see: then it is shown as its
+    ``repr``."""
+    if len(key) >= 4 and key.startswith("__") and key.endswith("__"):
+        return True
+    return view.escape and not _seen(key)
+
+
+def _text(text: str, view: _View) -> Any:
+    """A string as itself, or ``{"__str__": its repr}`` when it holds a character an
+    approver cannot see (:func:`_seen`): each such character as a readable escape."""
+    if not view.escape or len(text) > view.text or _seen(text):  # (past the budget:
+        return view.chars(text)  # refused, unread)
+    return {"__str__": view.chars(repr(text))}
 
 
 def _in(klass: Any, cls: type) -> bool:
@@ -163,34 +185,15 @@ def _class_name(cls: type, view: _View) -> str:
     if type(module) is not str or type(qualname) is not str:
         return view.part("<not shown: a class without a name>")
     name = view.chars(f"{module}.{qualname}")
-    if not _leads_to(cls):
-        view.whole = False
+    if view.escape and not name.isprintable():
+        return view.part("<not shown: a class named with characters that cannot be seen>")
+    if not _leads_to(cls, view.names):
+        view.part(f"<not shown: {name} is not the class its name leads to>")
         return f"{name} <not the class its name leads to>"
     return name
 
 
 # -- the built-in value of a value (exact, or of a subclass) ---------------------------
-
-
-def _int_text(value: int) -> int | str:
-    if -_SAFE_INT <= value <= _SAFE_INT:
-        return value
-    if value.bit_length() > 14_000:  # over Python's 4,300 decimal digits: shown in hex
-        return hex(value)
-    return str(value)  # the exact decimal digits
-
-
-def _float_text(value: float) -> float | str:
-    if math.isfinite(value):
-        return value
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    bits = struct.pack(">d", value)
-    if bits == _NAN:
-        return "nan"
-    if bits == struct.pack(">d", -math.nan):
-        return "-nan"
-    return f"nan:{bits.hex()}"  # a NaN with a payload of its own
 
 
 def _listed(items: Iterable[Any], path: str, depth: int, view: _View) -> list[Any]:
@@ -212,7 +215,7 @@ def _sorted(items: Iterable[Any], path: str, depth: int, view: _View) -> list[An
     for item in items:
         if view.left <= 0:
             return [view.part(_NOT_SHOWN)]
-        if type(item) in _SCALARS:  # never met again as one object: shown once
+        if id(type(item)) in _SCALARS:  # never met again as one object: shown once
             shown = _shown(item, "", depth, view)
             keyed.append((_SORT_TEXT(shown), shown))
             continue
@@ -247,7 +250,7 @@ def _mapping(items: list[tuple[Any, Any]], path: str, depth: int, view: _View) -
     text (a string as its ``repr``, any other as the JSON text of its display), so
     keys of different types never merge into one entry."""
     shown: dict[str, Any] = {}
-    if all(type(k) is str and not _reserved(k) for k, _ in items):
+    if all(type(k) is str and not _reserved(k, view) for k, _ in items):
         for k, v in items:
             if view.left <= 0:
                 shown[_NOT_SHOWN] = view.part(_NOT_SHOWN)
@@ -277,7 +280,7 @@ def _content(base: type, raw: Any, path: str, depth: int, view: _View) -> Any:
     """The display of ``raw``, a built-in value of the type ``base`` (exact), as
     the inside of its tag (or the ``__value__`` of a subclass)."""
     if base is str:
-        return view.chars(raw)
+        return _text(raw, view)
     if base is int:
         text = _int_text(raw)
         return text if type(text) is int else view.chars(str(text))
@@ -342,7 +345,7 @@ def _builtin(value: Any, cls: type, path: str, depth: int, view: _View) -> Any:
     if value is None or cls is bool:
         return value
     if cls is str:
-        return view.chars(value)
+        return _text(value, view)
     _, tag, _ = _BUILTINS[id(cls)]
     if not tag and cls is not dict and cls is not list:  # OrderedDict, defaultdict, deque
         return _subclass(value, cls, cls, path, depth, view)
@@ -387,7 +390,7 @@ def _attributes(
             continue
         if key in skip:
             continue
-        name = view.chars(repr(key) if _reserved(key) else key)
+        name = view.chars(repr(key) if _reserved(key, view) else key)
         if name in shown:
             name = view.part(f"{name} <again>")
         shown[name] = _shown(held, _at(path, name), depth, view)
@@ -481,19 +484,14 @@ def _textual(value: Any, cls: type, view: _View) -> Any:
 def _standard_zone(cls: type) -> bool:
     """Whether ``cls`` is ``datetime.timezone`` or ``zoneinfo.ZoneInfo`` itself
     (by identity: a class that only takes their names runs the app's code)."""
-    import datetime  # loaded already: the value is a datetime
-
-    zoneinfo = sys.modules.get("zoneinfo")
-    return cls is datetime.timezone or (
-        zoneinfo is not None and cls is getattr(zoneinfo, "ZoneInfo", None)
-    )
+    return cls is _known("datetime", "timezone") or cls is _known("zoneinfo", "ZoneInfo")
 
 
 def _object(value: Any, cls: type, path: str, depth: int, view: _View) -> Any:
     """Any value that is not an exact built-in one."""
     if _in(type, cls):  # a class as a value (a class method's cls): its name
         return {"__type__": _class_name(value, view)}
-    if _in(_secret_base(), cls):  # its class and state, never its secret
+    if _in(_secret_base(view.misses), cls):  # its class and state, never its secret
         seen = view.met(value, path)
         if seen is not None:
             return seen
@@ -503,7 +501,7 @@ def _object(value: Any, cls: type, path: str, depth: int, view: _View) -> Any:
     if _in(enum.Enum, cls):
         member, name, raw = _enum_member(value, cls)  # by name and identity: no app code
         if member and type(name) is str:
-            return {"__class__": _class_name(cls, view), "__member__": view.chars(name)}
+            return {"__class__": _class_name(cls, view), "__member__": _text(name, view)}
         if member and type(raw) is int:  # a composite flag without a name (3.10)
             return {"__class__": _class_name(cls, view), "__value__": _int_text(raw)}
         return view.part(f"<not shown: a {_class_name(cls, view)} value that is no member>")
@@ -511,16 +509,17 @@ def _object(value: Any, cls: type, path: str, depth: int, view: _View) -> Any:
         try:
             return {
                 "__class__": _class_name(cls, view),
-                "__value__": view.chars(atom_text(value, cls)),
+                "__value__": _text(atom_text(value, cls), view),
             }
         except NoCanonicalForm:
             return view.part(
                 f"<not shown: a {_class_name(cls, view)} whose text is not what it holds>"
             )
     module, qualname = _module(cls), _qualname_of(cls)
-    if (module, qualname) in _C_TEXTUAL and _stdlib(cls, module, qualname):
+    named = type(module) is str and type(qualname) is str  # (else never hashed: app code)
+    if named and (module, qualname) in _C_TEXTUAL and _stdlib(cls, module, qualname):
         return _textual(value, cls, view)
-    if _in(getattr(sys.modules.get("pydantic"), "BaseModel", None), cls):
+    if _in(_known("pydantic", "BaseModel", view.misses), cls):
         return _model(value, cls, path, depth, view)
     base = next((k for k in _mro(cls) if id(k) in _BUILTINS), None)
     if base is not None:
@@ -537,20 +536,22 @@ def _object(value: Any, cls: type, path: str, depth: int, view: _View) -> Any:
             f"<not shown: the state of its {_class_name(solid, view)} base>"
         )
     _attributes(value, cls, shown, path, depth, view)
-    return shown
+    if len(shown) == 1 and _compared_by_identity(cls):  # shown, never approved (the
+        view.part("<not shown: an object that holds nothing but its identity>")  # digest
+    return shown  # refuses it too: two such objects would be one call)
 
 
 def _shown(value: Any, path: str, depth: int, view: _View) -> Any:
     """A JSON value for display (``path``: the JSON pointer it is shown at): never
     raises, never runs the app's code."""
     if depth > _MAX_DEPTH:
-        return view.part("<not shown: nested too deeply>")
+        return view.part(_TOO_DEEP)
     view.left -= 1
     if view.left < 0:
         return view.part(_NOT_SHOWN)
     cls = type(value)
     if cls is str:  # the common values first (a logged call shows every one)
-        return view.chars(value)
+        return _text(value, view) if view.escape else view.chars(value)
     if value is None or cls is bool or (cls is int and -_SAFE_INT <= value <= _SAFE_INT):
         return value
     try:
@@ -561,11 +562,25 @@ def _shown(value: Any, path: str, depth: int, view: _View) -> Any:
         return view.part("<not shown: a value that cannot be read>")
 
 
-def shown_arguments(arguments: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+def shown_arguments(
+    arguments: Mapping[str, Any], escape: bool = False
+) -> tuple[dict[str, Any], bool]:
     """``arguments`` as plain JSON (what an approver and the decision log are shown;
     see the module's description), and whether that display is whole (every part
-    the digest reads is in it); never raises, never runs the app's code."""
-    view = _View()
+    the digest reads is in it); never raises, never runs the app's code.
+    ``escape``: as a request shows them, a string holding a character an approver
+    cannot see as ``{"__str__": repr}`` (a decision log keeps the string, which
+    ``d2 replay`` judges)."""
+    shown, why = shown_with_reason(arguments, escape)
+    return shown, not why
+
+
+def shown_with_reason(
+    arguments: Mapping[str, Any], escape: bool = False
+) -> tuple[dict[str, Any], str]:
+    """:func:`shown_arguments`, with the first part not shown (its marker) in place
+    of whether the display is whole: ``""`` when it is."""
+    view = _View(escape)
     try:
         if type(arguments) is collections.OrderedDict:
             items = list(_odict_items(arguments))
@@ -580,5 +595,5 @@ def shown_arguments(arguments: Mapping[str, Any]) -> tuple[dict[str, Any], bool]
         else:
             shown = _mapping(items, "", 0, view)
     except Exception:
-        return {}, False
-    return shown, view.whole
+        return {}, "<not shown: arguments that cannot be read>"
+    return shown, "" if view.whole else view.why or _NOT_SHOWN

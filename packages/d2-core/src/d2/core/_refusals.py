@@ -188,21 +188,27 @@ def changed_error(adm: Admitted, path: str, later: bool = False) -> PermissionDe
     return refusal(rules, adm.ctx, "input_validation", "input", detail, path)
 
 
-_store_problem_logged = False
+_LOG_EVERY = 60.0  # seconds between two store-failure warnings, at least
+_clock = time.monotonic
+_store_log = [-_LOG_EVERY, 0]  # when the last warning was logged, failures since
 
 
 def log_store_problem(exc: BaseException | None) -> None:
-    """Log the first store failure (a warning), then stay quiet: an outage must
-    not flood the app's log."""
-    global _store_problem_logged
-    if _store_problem_logged:
+    """Log a store failure (a warning), at most once a minute with the count of
+    failures since the last one: an outage must not flood the app's log, and one
+    failure must not silence the next outage."""
+    now = _clock()
+    last, quiet = _store_log
+    if now - last < _LOG_EVERY:
+        _store_log[1] = quiet + 1
         return
-    _store_problem_logged = True
+    _store_log[:] = [now, 0]
     import logging  # off the cold path: only a failing store logs
 
     logging.getLogger("d2").warning(
-        "d2: the budget/approval store failed (%s: %s); calls of tools with per-user "
+        "d2: the budget/approval store failed (%s: %s)%s; calls of tools with per-user "
         "limits or approvals are denied (budget_unavailable) until it answers again",
         type(exc).__name__,
         exc,
+        f" ({quiet} more since the last warning)" if quiet else "",
     )

@@ -14,25 +14,32 @@ imports nothing of D2):
 * :func:`json_arguments` shows arguments to approvers and the decision log
   (secrets hidden); :func:`shown_arguments` also says whether that display is
   whole (a call is approvable only when it is).
+* :func:`read_once` reads the arguments once, into a private copy that the digest
+  and the view of one request both read.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from ._canonical import NoCanonicalForm, canonical_arguments
-from ._display import shown_arguments
+from ._display import TOO_LARGE, shown_arguments, shown_with_reason
+from ._reading import read_once
 
 __all__ = [
+    "TOO_LARGE",
     "ApprovalRequest",
     "NoCanonicalForm",
     "call_digest",
     "canonical_arguments",
     "json_arguments",
     "new_request_id",
+    "read_once",
     "shown_arguments",
+    "shown_with_reason",
 ]
 
 
@@ -50,12 +57,22 @@ def call_digest(tool_id: str, arguments: Mapping[str, Any], user_id: str, versio
     :class:`NoCanonicalForm` when an argument cannot be digested exactly."""
     import hashlib  # off the cold path: loaded on first use
 
-    text = json.dumps(
-        [tool_id, canonical_arguments(dict(arguments)), user_id, version],
-        separators=(",", ":"),
-        ensure_ascii=True,
+    # who and what (a JSON array: it ends where it ends, and holds no line break),
+    # then the canonical arguments (ASCII), hashed as they are: never copied into
+    # another JSON text (which would escape it again)
+    digest = hashlib.sha256(
+        json.dumps([tool_id, user_id, version], separators=(",", ":"), ensure_ascii=True).encode()
     )
-    return hashlib.sha256(text.encode()).hexdigest()
+    digest.update(b"\n")
+    digest.update(canonical_arguments(dict(arguments)).encode("ascii"))
+    return digest.hexdigest()
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escaped(found: re.Match[str]) -> str:
+    return f"\\u{ord(found.group()):04x}"
 
 
 def new_request_id() -> str:
@@ -90,11 +107,14 @@ class ApprovalRequest(NamedTuple):
         """The request as one JSON object (how shared stores keep it). The
         arguments keep their order (a mapping's order is part of the call: the
         approver reading a shared store reads it as the tool does)."""
-        return json.dumps(
+        text = json.dumps(
             {**self._asdict(), "approver_roles": list(self.approver_roles)},
             separators=(",", ":"),
             ensure_ascii=False,
         )
+        # UTF-8 has no lone surrogate (``"\ud800"``, which JSON and tool-call parsers
+        # produce): written as its JSON escape, so any store can encode the text
+        return _LONE_SURROGATE.sub(_escaped, text) if not text.isascii() else text
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ApprovalRequest:

@@ -80,11 +80,13 @@ from ._refusals import (
 )
 from ._trace import TraceStep, base_trace, rbac_step, roles_text
 from .approval_data import (
+    TOO_LARGE,
     ApprovalRequest,
     NoCanonicalForm,
     call_digest,
     new_request_id,
-    shown_arguments,
+    read_once,
+    shown_with_reason,
 )
 from .context import UserContext, current_context
 from .errors import (
@@ -726,25 +728,39 @@ class Evaluator:
 
     def _digest(self, adm: _Admission, hold: _Hold) -> None:
         """The call needs an approval: its digest, and the request an approver
-        would be shown, from one reading of the arguments (no I/O)."""
+        would be shown, from one reading of the arguments (no I/O): a private copy
+        (:func:`read_once`) that both read, so a thread changing an argument
+        meanwhile cannot get one call shown and another digested."""
         rules, ctx = adm.rules, adm.ctx
         policy = rules.policy
         approval = hold.judged
         args, kwargs, arguments = adm.call
         try:
-            exact = bound_arguments(arguments, args, kwargs, keep_self=True)
-            hold.digest = call_digest(rules.tool_id, exact, ctx.user_id or "", policy.version_text)
+            reading = read_once(bound_arguments(arguments, args, kwargs, keep_self=True))
         except NoCanonicalForm as exc:
             hold.unapprovable = str(exc)  # refused after steps 5-6 (approval_unsupported)
             return
-        shown, whole = shown_arguments(bound_arguments(arguments, args, kwargs))
-        if not whole:  # an approver never approves a part of a call they were not shown
-            hold.digest = None
+        # the view first: a call too large to show is refused at once, before the
+        # digest (which would write and hash it) runs; an approver never approves a
+        # part of a call they were not shown
+        names = bound_arguments(arguments, args, kwargs)  # without a method's self
+        shown, missing = shown_with_reason({name: reading[name] for name in names}, escape=True)
+        if missing in TOO_LARGE:
             hold.unapprovable = (
-                "the arguments cannot be shown to an approver whole (too large, nested "
-                "too deeply, or holding a value whose state Python does not show): pass "
-                "a smaller value, or a reference to the data instead of the data"
+                "the arguments are too large or nested too deeply to show an approver "
+                "whole: pass a smaller value, or a reference to the data instead of the data"
             )
+            return
+        try:
+            hold.digest = call_digest(
+                rules.tool_id, reading, ctx.user_id or "", policy.version_text
+            )
+        except NoCanonicalForm as exc:
+            hold.unapprovable = str(exc)  # (within the view's bounds: the precise reason)
+            return
+        if missing:
+            hold.digest = None
+            hold.unapprovable = f"the arguments cannot be shown to an approver whole: {missing}"
             return
         now = _now()
         hold.request = ApprovalRequest(
@@ -1276,7 +1292,9 @@ def _counters(
             import hashlib
 
             text = f"{policy.name or ''}\x1f{limit.key}\x1f{user_id}\x1f{window:g}\x1f{index}"
-            key = "budget:" + hashlib.sha256(text.encode()).hexdigest()[:40]
+            # (a lone surrogate in a user id is hashed as itself: never an encoding error)
+            data = text.encode("utf-8", "surrogatepass")
+            key = "budget:" + hashlib.sha256(data).hexdigest()[:40]
             if len(memo) >= 4096:
                 memo.clear()
             memo[(user_id, policy.name, index)] = key
