@@ -28,6 +28,7 @@ __all__ = [
     "error_page",
     "esc",
     "esc_lines",
+    "esc_shown",
     "inbox_page",
     "markup",
     "page",
@@ -65,6 +66,13 @@ def esc_lines(text: str) -> Html:
     """``text`` of several lines (an indented JSON, a comment) escaped line by line,
     its line breaks kept."""
     return Html("\n".join(esc(line) for line in text.split("\n")))
+
+
+def esc_shown(text: str) -> Html:
+    """``text`` that :func:`~d2.core.approval_desk.shown_json` (or
+    ``visible_text``) made already, in HTML: only ``& < > " '`` escaped (its
+    ``\\uXXXX`` escapes are not escaped twice), line breaks kept."""
+    return Html(html.escape(text, quote=True))
 
 
 def markup(template: str, **values: object) -> Html:
@@ -283,7 +291,7 @@ def request_page(
         expires=utc(request.expires_at),
         expires_in=ago(request.expires_at, now),
         id=request.id,
-        arguments=esc_lines(shown_json(request.arguments)),
+        arguments=esc_shown(shown_json(request.arguments)),
     )
     top = markup('<p class="status" role="status">{n}</p>', n=notice) if notice else Html("")
     if state == "pending" and csrf is not None:
