@@ -249,6 +249,39 @@ async def test_a_valid_token_does_not_let_a_user_decide_what_they_may_not(host: 
         assert (await p["agent"].refund("o_2", 250)).json()["reason"] == "approval_required"
 
 
+async def test_the_requester_under_another_spelling_cannot_decide_in_the_inbox(
+    host: str,
+) -> None:
+    # The ninth review: "AGENT-7" with a finance_lead role approved agent-7's own
+    # refund through the page (a proxy that forwards logins as typed).
+    async with people(host) as p:
+        own = await hold(p["agent"])  # asked by agent-7
+        colleague = Person(host, "agent-8", "agent")
+        alias = Person(host, "AGENT-7", "finance_lead")
+        try:
+            theirs = await hold(colleague, order="o_8")
+            listing = await alias.get("/")
+            assert theirs in listing.text and own not in listing.text
+            token = await alias.token(theirs)  # a valid token of the alias's session
+            page, missing = (
+                await alias.get(f"/requests/{own}"),
+                await alias.get("/requests/" + "0" * 64),
+            )
+            assert page.status_code == missing.status_code == 404 and page.text == missing.text
+            for decision in ("approve", "reject"):
+                tried = await alias.decide(own, decision, token)
+                assert tried.status_code == 404
+            assert (await p["agent"].refund("o_2", 250)).json()["reason"] == "approval_required"
+            assert RUNS == []
+            done = await p["dana"].decide(own, "approve", await p["dana"].token(own))
+            assert done.status_code == 303
+            decided = await alias.get("/")  # nor is it among their recent decisions
+            assert own not in decided.text
+        finally:
+            await colleague.aclose()
+            await alias.aclose()
+
+
 async def test_reject_refuses_the_call(host: str) -> None:
     async with people(host) as p:
         request_id = await hold(p["agent"])

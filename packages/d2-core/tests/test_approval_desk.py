@@ -15,10 +15,20 @@ from d2.core import (
     ApprovalRequiredError,
     MissingPolicyError,
     PermissionDeniedError,
+    approve,
     d2_guard,
+    pending_approvals,
+    reject,
     set_user,
 )
-from d2.core.approval_desk import ApprovalDesk, namespace_of, shown_json, visible_text
+from d2.core.approval_desk import (
+    ApprovalDesk,
+    could_decide,
+    namespace_of,
+    same_person,
+    shown_json,
+    visible_text,
+)
 from d2.core.errors import ConfigurationError
 from d2.core.evaluate import evaluator_for
 from d2.core.manager import PolicyManager
@@ -354,3 +364,63 @@ def test_every_default_ignorable_or_blank_code_point_is_escaped() -> None:
         assert unicodedata.category(chr(code)) in {"Cf", "Cn", "Mn", "Lo"}
     for name in ("COMBINING GRAPHEME JOINER", "HANGUL FILLER", "MONGOLIAN VOWEL SEPARATOR"):
         assert ord(unicodedata.lookup(name)) in ignorable
+
+
+# -- the ninth review: a second spelling of the requester's id ----------------------
+
+FULLWIDTH = str.maketrans({chr(c): chr(c + 0xFEE0) for c in range(0x21, 0x7F)})
+ALIASES = [
+    "AGENT-7",
+    "Agent-7",
+    "agent-7".translate(FULLWIDTH),  # fullwidth forms (NFKC maps them back)
+    "AGENT-7".translate(FULLWIDTH),
+    "agent\u200b-7",  # a zero-width space (default-ignorable)
+    "agent-7\ufe0f",
+]
+
+
+@pytest.mark.parametrize("alias", ALIASES, ids=ascii)
+async def test_a_second_spelling_of_the_requester_never_decides_their_request(
+    configure: Callable[..., PolicyManager], alias: str
+) -> None:
+    # The ninth review: "AGENT-7" (an LDAP login typed in capitals, another claim
+    # of one token) approved agent-7's refund of 9999, and the call ran.
+    configure(REFUND, LEAD, CFO, metadata={"name": "refund-desk"})
+    desk = ApprovalDesk.of_instance()
+    request = hold()
+    assert await desk.pending(alias, ["finance_lead"]) == []
+    assert await desk.lookup(request.id, alias, ["finance_lead"]) is None
+    assert not could_decide(request, alias, ["finance_lead"])
+    for verdict in (True, False):
+        with pytest.raises(PermissionDeniedError) as info:
+            await desk.decide(request.id, verdict, alias, ["finance_lead"])
+        assert info.value.reason == "approval_not_permitted"
+    set_user(alias, roles=["finance_lead"])  # approve() as the current user: the same rule
+    assert pending_approvals() == []
+    for decide in (approve, reject):
+        with pytest.raises(PermissionDeniedError) as info:
+            decide(request.id)
+        assert info.value.reason == "approval_not_permitted"
+    set_user("agent-7", roles=["agent"])
+    with pytest.raises(ApprovalRequiredError):
+        refund("o_1", 250)  # still waiting: nobody decided it
+    await desk.decide(request.id, True, "dana", ["finance_lead"])  # another person may
+    assert refund("o_1", 250) == "refunded 250 on o_1"
+
+
+@given(
+    user=st.text(min_size=1, max_size=20) | st.from_regex(r"[A-Za-z0-9._@-]{1,20}", fullmatch=True),
+    data=st.data(),
+)
+def test_every_spelling_of_one_id_is_one_person(user: str, data: st.DataObject) -> None:
+    spellings = [
+        lambda u: u.translate(FULLWIDTH),  # fullwidth forms
+        lambda u: "\u200b".join(u),  # zero-width spaces between the letters
+        lambda u: u + "\u034f\ufe0f",
+        lambda u: unicodedata.normalize("NFKD", u),  # decomposed, compatibility forms
+    ]
+    if user.isascii():  # a change of case; beyond ASCII, case maps are not all reversible
+        spellings += [str.upper, str.lower, str.swapcase]
+    alias = data.draw(st.sampled_from(spellings))(user)
+    assert same_person(alias, user) and same_person(user, alias)
+    assert not same_person(user + "x", user + "y")

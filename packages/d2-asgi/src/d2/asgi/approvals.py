@@ -54,7 +54,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 from d2.core import ConfigurationError, UserContext
 from d2.core import evaluate as _evaluate
 from d2.core.approval_data import ApprovalRequest
-from d2.core.approval_desk import ApprovalDesk
+from d2.core.approval_desk import ApprovalDesk, could_decide
 from d2.core.errors import D2Error, PermissionDeniedError
 
 from . import _inbox_html as view
@@ -220,12 +220,7 @@ class _Inbox:
     def visible(self, ctx: UserContext) -> list[view.Decision]:
         with self.lock:
             decisions = list(self.recent)
-        return [
-            d
-            for d in reversed(decisions)
-            if d.request.user_id != ctx.user_id
-            and not ctx.roles.isdisjoint(d.request.approver_roles)
-        ]
+        return [d for d in reversed(decisions) if could_decide(d.request, ctx.user_id, ctx.roles)]
 
     # -- handlers --------------------------------------------------------------------
     async def index(self, request: Request) -> Response:
@@ -377,7 +372,11 @@ def inbox_app(
     async): :func:`~d2.asgi.jwt_extractor`, :func:`~d2.asgi.headers_extractor`
     behind a proxy that sets or strips the headers, or :func:`current_user` when
     the app's own ``ASGIMiddleware`` wraps the mount. It is required: a page that
-    approves refunds never guesses who is asking.
+    approves refunds never guesses who is asking. It must give the user id the
+    app's guard gives the same person (the same claim, the same header): the
+    requester is refused by comparing the two ids (ignoring case, width and
+    invisible characters), so an inbox reading ``email`` in front of an app that
+    reads ``sub`` would let approvers decide their own requests.
 
     ``desk``: where requests are read and decided (default: D2 instance
     ``instance_name`` of this process, its store and the namespace of its policy).

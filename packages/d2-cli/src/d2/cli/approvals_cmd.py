@@ -367,7 +367,12 @@ def serve_command(
         str, typer.Option("--roles-claim", help="The claim (or dotted path) of the roles.")
     ] = "roles",
     user_claim: Annotated[
-        str, typer.Option("--user-claim", help="The claim (or dotted path) of the user id.")
+        str,
+        typer.Option(
+            "--user-claim",
+            help="The claim (or dotted path) of the user id: the one the app's guard reads "
+            "(another claim lets an approver decide their own requests).",
+        ),
     ] = "sub",
     listen: Annotated[
         str, typer.Option("--listen", help="HOST:PORT to serve on.")

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _invisible, evaluate
 from .approval_data import ApprovalRequest
-from .approvals import _check_approver, _logged, _notify, _scoped, _visible
+from .approvals import _check_approver, _logged, _notify, _same_person, _scoped, _visible
 from .context import UserContext
 from .errors import ConfigurationError
 from .stores.base import ApprovalState, Store
@@ -42,7 +42,14 @@ from .stores.base import ApprovalState, Store
 if TYPE_CHECKING:
     from .webhook import ApprovalWebhook
 
-__all__ = ["ApprovalDesk", "namespace_of", "shown_json", "visible_text"]
+__all__ = [
+    "ApprovalDesk",
+    "could_decide",
+    "namespace_of",
+    "same_person",
+    "shown_json",
+    "visible_text",
+]
 
 
 def visible_text(text: str) -> str:
@@ -69,6 +76,25 @@ def shown_json(value: Any) -> str:
     # JSON escapes a newline inside a string (these are its own) and doubles every
     # backslash (no text reads like one of the escapes added here)
     return _invisible.shown(text, " \n", backslash=False)
+
+
+def same_person(first: str, second: str) -> bool:
+    """Whether two user ids name one person for the "never the requester" rule:
+    equal once default-ignorable characters are dropped, NFKC applied and case
+    folded (``AGENT-7``, ``agent-7`` and its fullwidth form are one
+    person: identity sources that ignore case let one person sign in under each).
+    The requester's own identity elsewhere (restoring their request) is exact."""
+    return _same_person(first, second)
+
+
+def could_decide(
+    request: ApprovalRequest, user_id: str | None, roles: Iterable[str] | str | None
+) -> bool:
+    """Whether ``user_id`` holding ``roles`` may decide ``request``, or could have:
+    an approver role of theirs, and not its requester under any spelling
+    (:func:`same_person`)."""
+    ctx = UserContext(user_id, roles)
+    return bool(_visible([request], ctx.user_id, ctx.roles))
 
 
 def namespace_of(app_name: str) -> str:
