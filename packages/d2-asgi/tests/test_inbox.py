@@ -282,6 +282,33 @@ async def test_the_requester_under_another_spelling_cannot_decide_in_the_inbox(
             await alias.aclose()
 
 
+async def test_a_trailing_slash_is_a_404_never_a_redirect_to_the_host_header(
+    host: str,
+) -> None:
+    # The ninth review: GET or POST .../requests/<id>/ with "Host: evil.example"
+    # answered 307 to http://evil.example/..., before any user was read (a browser
+    # re-sends a form, its CSRF token included, on a 307).
+    async with people(host) as p:
+        request_id = await hold(p["agent"])
+        token = await p["dana"].token(request_id)
+        missing = await p["dana"].get("/requests/" + "0" * 64)
+        for person in (p["dana"], p["nobody"]):
+            for path in (f"/requests/{request_id}/", f"/requests/{'ab' * 32}/", "/requests/"):
+                for method in ("GET", "POST"):
+                    answer = await person.client.request(
+                        method,
+                        ROOT + path,
+                        headers={"host": "evil.example"},
+                        data={"csrf": token, "decision": "approve"} if method == "POST" else None,
+                    )
+                    assert answer.status_code == 404, (method, path, answer.status_code)
+                    assert "location" not in answer.headers
+                    assert_secured(answer)
+                    if person is p["dana"] and method == "GET":
+                        assert answer.text == missing.text
+        assert (await p["agent"].refund("o_2", 250)).json()["reason"] == "approval_required"
+
+
 async def test_reject_refuses_the_call(host: str) -> None:
     async with people(host) as p:
         request_id = await hold(p["agent"])

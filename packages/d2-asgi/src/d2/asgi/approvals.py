@@ -417,4 +417,8 @@ def inbox_app(
         ],
         exception_handlers={404: inbox.not_found, 405: inbox.not_found},
     )
+    # Starlette answers a URL with a trailing slash by a redirect to an address it
+    # builds from the Host header (307, which a browser follows with the form's
+    # body): the inbox's own addresses never end in one, so such a URL is a 404.
+    app.router.redirect_slashes = False
     return _Headers(app)
