@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -68,11 +69,16 @@ async def refund_endpoint(request: Request) -> JSONResponse:
         return JSONResponse({"reason": err.reason}, status_code=403)
 
 
+async def ping(request: Request) -> JSONResponse:
+    return JSONResponse({"ok": True})
+
+
 def make_app(**options: Any) -> Starlette:
     options.setdefault("user_extractor", headers_extractor)
     app = Starlette(
         routes=[
             Route("/refund", refund_endpoint, methods=["POST"]),
+            Route("/ping", ping, methods=["GET"]),
             Mount(ROOT, inbox_app(**options)),
         ]
     )
@@ -307,6 +313,48 @@ async def test_a_trailing_slash_is_a_404_never_a_redirect_to_the_host_header(
                     if person is p["dana"] and method == "GET":
                         assert answer.text == missing.text
         assert (await p["agent"].refund("o_2", 250)).json()["reason"] == "approval_required"
+
+
+async def test_a_huge_argument_neither_blocks_the_app_nor_is_approved_unseen(
+    host: str,
+) -> None:
+    # The ninth review: the page of a call with 4 Mi non-ASCII characters was
+    # rendered in the event loop (0.85 s a view, 4.2 MB of HTML): every approver's
+    # view stalled the app the inbox is mounted in.
+    async with people(host) as p:
+        request_id = await hold(p["agent"], order="\u00e9" * (4 * 1024 * 1024))
+        gaps: list[float] = []
+        done = asyncio.Event()
+
+        async def probe() -> None:
+            async with httpx.AsyncClient(base_url=f"http://{host}") as client:
+                while not done.is_set():
+                    started = time.perf_counter()
+                    assert (await client.get("/ping")).status_code == 200
+                    gaps.append(time.perf_counter() - started)
+
+        prober = asyncio.create_task(probe())
+        await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        pages = await asyncio.gather(*(p[w].get(f"/requests/{request_id}") for w in ("dana",) * 3))
+        took = time.perf_counter() - started
+        done.set()
+        await prober
+        page = pages[0]
+        assert page.status_code == 200 and "Truncated: 4,128," in page.text
+        assert len(page.content) < 200_000
+        assert ">Approve</button>" not in page.text and ">Reject</button>" in page.text
+        assert max(gaps) < 0.3, (max(gaps), took)  # the app kept answering meanwhile
+        token = await p["dana"].token(request_id)
+        forced = await p["dana"].decide(request_id, "approve", token)  # a POST without the page
+        assert forced.status_code == 409 and "cannot be approved here" in forced.text
+        assert (await p["agent"].refund("\u00e9" * (4 * 1024 * 1024), 250)).json()[
+            "reason"
+        ] == "approval_required"
+        rejected = await p["dana"].decide(request_id, "reject", token)
+        assert rejected.status_code == 303
+        assert (await p["dana"].get("/?page=abc")).status_code == 400
+        assert (await p["dana"].get("/?page=2")).status_code == 200
 
 
 async def test_reject_refuses_the_call(host: str) -> None:

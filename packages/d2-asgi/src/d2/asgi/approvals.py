@@ -10,11 +10,13 @@ What each approver gets, server-rendered (no script; the list refreshes itself
 with a ``<meta>`` refresh):
 
 * ``GET /``: the pending requests they may decide (an approver role of theirs, not
-  asked by them), and the recent decisions made through this inbox on requests
-  they could have decided;
+  asked by them), 50 a page (``?page=2``), and the recent decisions made through
+  this inbox on requests they could have decided;
 * ``GET /requests/<id>``: one request (tool, arguments as JSON, requester, policy
   version, asked and expiry times) with the buttons **Approve** and **Reject** and
-  an optional comment, or who decided it;
+  an optional comment, or who decided it. Arguments beyond
+  ``max_argument_chars`` are shown cut, and such a call cannot be approved on the
+  page (only where it is seen whole: ``d2 approvals``);
 * ``POST /requests/<id>``: the decision (then back to the request's page).
 
 The same guarantees as :func:`d2.approve` (exact call, one use, never the
@@ -30,6 +32,7 @@ Needs Starlette: ``pip install "d2-sdk[asgi]"``.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
 import hmac
@@ -54,7 +57,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 from d2.core import ConfigurationError, UserContext
 from d2.core import evaluate as _evaluate
 from d2.core.approval_data import ApprovalRequest
-from d2.core.approval_desk import ApprovalDesk, could_decide
+from d2.core.approval_desk import ApprovalDesk, could_decide, shown_json_within
 from d2.core.errors import D2Error, PermissionDeniedError
 
 from . import _inbox_html as view
@@ -86,6 +89,7 @@ _COOKIE = "d2_inbox_session"
 _SESSION = re.compile(r"[A-Za-z0-9_-]{43}")
 _MAX_FORM = 16 * 1024
 _MAX_COMMENT = 500
+_PAGE = re.compile(r"[1-9][0-9]{0,5}")
 
 
 def current_user(scope: Scope) -> tuple[str | None, tuple[str, ...]]:
@@ -137,8 +141,10 @@ class _Inbox:
         refresh: int | None,
         keep: int,
         title: str,
+        limit: int,
     ) -> None:
         self.desk = desk
+        self.limit = limit
         self.extract = user_extractor
         self.secret = secret
         self.refresh = refresh
@@ -227,12 +233,19 @@ class _Inbox:
         ctx = await self.user(request)
         if ctx.user_id is None:
             return self.error(request, ctx, 401)
+        number = request.query_params.get("page", "1")
+        if not _PAGE.fullmatch(number):
+            return self.error(request, ctx, 400)
         try:
             pending = await self.desk.pending(ctx.user_id, ctx.roles)
         except D2Error as exc:
             return self.unavailable(request, ctx, exc)
         body = view.inbox_page(
-            pending, self.visible(ctx)[:10], now=_evaluate._now(), base=self.base(request)
+            pending,
+            self.visible(ctx)[:10],
+            now=_evaluate._now(),
+            base=self.base(request),
+            number=int(number),
         )
         return self.html(request, ctx, self.title, body, refresh=self.refresh)
 
@@ -266,7 +279,10 @@ class _Inbox:
         fresh = session is None
         if session is None:
             session = secrets.token_urlsafe(32)
-        body = view.request_page(
+        # in a thread: the call's arguments may be megabytes of JSON to read through
+        # (the page shows at most self.limit characters of them)
+        body = await asyncio.to_thread(
+            view.request_page,
             shown,
             now=_evaluate._now(),
             state=state.state if state is not None else "closed",
@@ -275,6 +291,7 @@ class _Inbox:
             csrf=self.token(session, ctx.user_id),
             action=f"{self.base(request)}/requests/{request_id}",
             notice=notice,
+            limit=self.limit,
         )
         title = f"{shown.tool_id} - {self.title}"
         return self.html(request, ctx, title, body, status, session=session if fresh else None)
@@ -315,6 +332,12 @@ class _Inbox:
         if not _ID.fullmatch(request_id):
             return self.error(request, ctx, 404)
         approve = choice[0] == "approve"
+        if approve and await self.too_large(request_id, ctx):
+            notice = (
+                "This call is too large to be shown whole here, so it cannot be approved "
+                "here: decide it with d2 approvals."
+            )
+            return await self.render(request, ctx, request_id, 409, notice=notice)
         try:
             decided = await self.desk.decide(request_id, approve, ctx.user_id, ctx.roles)
         except PermissionDeniedError as exc:
@@ -336,6 +359,18 @@ class _Inbox:
             )
         where = f"{self.base(request)}/requests/{request_id}"
         return RedirectResponse(where, status_code=303)
+
+    async def too_large(self, request_id: str, ctx: UserContext) -> bool:
+        """Whether the request's arguments are longer than the page shows (its
+        approval must be given where the whole call is seen)."""
+        try:
+            state = await self.desk.lookup(request_id, ctx.user_id, ctx.roles)
+        except D2Error:
+            return False  # the decision answers the store's failure itself
+        if state is None:
+            return False
+        _, left = await asyncio.to_thread(shown_json_within, state.request.arguments, 0)
+        return left > self.limit
 
     async def refused(self, request: Request, ctx: UserContext, request_id: str) -> Response:
         """A decision the desk refused: 409 when the user can still see the request
@@ -364,6 +399,7 @@ def inbox_app(
     refresh_seconds: int | None = 15,
     recent_decisions: int = 50,
     title: str = "Approvals",
+    max_argument_chars: int = view.MAX_SHOWN,
 ) -> ASGIApp:
     """The approvals inbox as an ASGI app (see the module docstring).
 
@@ -384,7 +420,12 @@ def inbox_app(
     the same one to every replica behind a load balancer). ``refresh_seconds``:
     how often the list reloads itself (``None``: never). ``recent_decisions``: how
     many decisions made here are remembered for the list (in this process's
-    memory). ``title``: the page's heading.
+    memory). ``title``: the page's heading. ``max_argument_chars``: how much of a
+    call's arguments (characters of indented JSON) a request page shows; a longer
+    call is shown cut, with its **Approve** button removed and an approval POST
+    refused (409): an approver approves only what they saw whole, with
+    ``d2 approvals show`` / ``approve``. The list shows 50 pending requests a
+    page (``?page=2``).
 
     Mount it::
 
@@ -401,6 +442,8 @@ def inbox_app(
         raise ConfigurationError("csrf_secret must be at least 32 bytes of random data")
     if refresh_seconds is not None and refresh_seconds < 1:
         raise ConfigurationError("refresh_seconds must be 1 or more, or None")
+    if int(max_argument_chars) < 1024:
+        raise ConfigurationError("max_argument_chars must be 1024 or more")
     inbox = _Inbox(
         desk if desk is not None else ApprovalDesk.of_instance(instance_name),
         user_extractor,
@@ -408,6 +451,7 @@ def inbox_app(
         refresh_seconds,
         max(1, int(recent_decisions)),
         title,
+        int(max_argument_chars),
     )
     app = Starlette(
         routes=[

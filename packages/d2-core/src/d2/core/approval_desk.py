@@ -48,6 +48,7 @@ __all__ = [
     "namespace_of",
     "same_person",
     "shown_json",
+    "shown_json_within",
     "visible_text",
 ]
 
@@ -70,7 +71,20 @@ def shown_json(value: Any) -> str:
     made them for the approver) as indented JSON an approver reads: letters of
     every script kept, and every character :func:`visible_text` escapes written as
     its JSON escape, so two different calls never look the same."""
+    return _json_shown(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False))
+
+
+def shown_json_within(value: Any, limit: int) -> tuple[str, int]:
+    """:func:`shown_json` of ``value`` cut to the first ``limit`` characters of its
+    JSON text, and how many characters were left out (0: the whole call is
+    shown). The work is bounded by ``limit`` (and one ``json.dumps``), whatever the
+    size of the value: what a page shows inline."""
     text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+    left = max(len(text) - max(int(limit), 0), 0)
+    return _json_shown(text[: len(text) - left] if left else text), left
+
+
+def _json_shown(text: str) -> str:
     if text.isascii() and "\x7f" not in text:
         return text  # json.dumps escaped every control character but its own newlines
     # JSON escapes a newline inside a string (these are its own) and doubles every
