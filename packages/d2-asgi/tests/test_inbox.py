@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from d2.asgi import ASGIMiddleware, headers_extractor
-from d2.asgi.approvals import SECURITY_HEADERS, current_user, inbox_app
+from d2.asgi.approvals import CSRF_LIFETIME, SECURITY_HEADERS, current_user, inbox_app
 from d2.core import (
     ApprovalRequiredError,
     ConfigurationError,
@@ -427,6 +427,29 @@ async def test_an_expired_request_cannot_be_decided(
         asked = await p["agent"].refund("o_2", 250)
         assert asked.json()["reason"] == "approval_required"
         assert asked.json()["request"] != request_id and RUNS == []
+
+
+async def test_a_form_token_expires_after_twelve_hours(
+    host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ninth review: a CSRF token never expired; one leaked once (a screenshot,
+    # a HAR file) stayed valid with its cookie for as long as the process lived.
+    clock = controlled_clock(monkeypatch)
+    async with people(host) as p:
+        first = await hold(p["agent"], order="o_1")
+        old = await p["dana"].token(first)
+        clock.advance(CSRF_LIFETIME - 60)
+        second = await hold(p["agent"], order="o_2")  # the first one expired meanwhile
+        assert (await p["dana"].decide(second, "reject", old)).status_code == 303  # still valid
+        clock.advance(61)
+        third = await hold(p["agent"], order="o_3")
+        stale = await p["dana"].decide(third, "approve", old)
+        assert stale.status_code == 403 and "has expired" in stale.text
+        fresh = await p["dana"].token(third)
+        relabelled = f"{int(clock.now):08x}" + old[8:]  # a new time on the old token
+        assert (await p["dana"].decide(third, "approve", relabelled)).status_code == 403
+        assert (await p["dana"].decide(third, "approve", fresh)).status_code == 303
+        assert (await p["agent"].refund("o_3", 250)).json() == {"result": "refunded 250 on o_3"}
 
 
 async def test_two_approvers_at_once_decide_it_once(host: str) -> None:

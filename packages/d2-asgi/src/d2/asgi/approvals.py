@@ -21,7 +21,8 @@ with a ``<meta>`` refresh):
 
 The same guarantees as :func:`d2.approve` (exact call, one use, never the
 requester, only approver roles), and the page is safe by construction: POSTs
-carry a CSRF token bound to the user's session cookie and identity, and a
+carry a CSRF token bound to the user's session cookie and identity and valid for
+12 hours (:data:`CSRF_LIFETIME`), and a
 cross-site POST is refused; every response sends a strict Content-Security-Policy,
 ``X-Frame-Options: DENY`` and ``Cache-Control: no-store``; every value is
 HTML-escaped; a request the user could not decide answers exactly like a missing
@@ -64,7 +65,7 @@ from . import _inbox_html as view
 from .bearer import JWTExtractor
 from .types import ASGIApp, Message, Receive, Scope, Send, UserExtractor
 
-__all__ = ["SECURITY_HEADERS", "current_user", "inbox_app"]
+__all__ = ["CSRF_LIFETIME", "SECURITY_HEADERS", "current_user", "inbox_app"]
 
 log = logging.getLogger("d2.asgi")
 
@@ -84,12 +85,18 @@ SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
 )
 """The headers every inbox response carries (replacing any the app set)."""
 
+CSRF_LIFETIME = 12 * 3600
+"""Seconds a page's CSRF token is accepted after it was issued (a form left open
+longer is refused: reload the page)."""
+
 _ID = re.compile(r"[0-9a-f]{64}")
 _COOKIE = "d2_inbox_session"
 _SESSION = re.compile(r"[A-Za-z0-9_-]{43}")
 _MAX_FORM = 16 * 1024
 _MAX_COMMENT = 500
 _PAGE = re.compile(r"[1-9][0-9]{0,5}")
+_TOKEN = re.compile(r"[0-9a-f]{64}")
+_SKEW = 300  # seconds a token's time may be ahead of this process's clock (replicas)
 
 
 def current_user(scope: Scope) -> tuple[str | None, tuple[str, ...]]:
@@ -167,9 +174,27 @@ class _Inbox:
             log.warning("d2: the inbox's user extractor raised: no user", exc_info=True)
             return UserContext(None, None)
 
-    def token(self, session: str, user: str) -> str:
-        message = json.dumps([session, user], ensure_ascii=True).encode()
-        return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
+    def token(self, session: str, user: str, issued: int | None = None) -> str:
+        """The CSRF token of ``user`` in ``session``, issued at ``issued`` (Unix
+        seconds, default now): the time in 8 hex digits, then 56 of the HMAC of
+        the three (64 hex digits in all)."""
+        if issued is None:
+            issued = int(_evaluate._now())
+        issued &= 0xFFFFFFFF
+        message = json.dumps([session, user, issued], ensure_ascii=True).encode()
+        mac = hmac.new(self.secret, message, hashlib.sha256).hexdigest()
+        return f"{issued:08x}{mac[:56]}"
+
+    def token_valid(self, given: str, session: str, user: str) -> bool:
+        """Whether ``given`` is a token this inbox issued to ``user`` in ``session``
+        less than :data:`CSRF_LIFETIME` seconds ago."""
+        if not _TOKEN.fullmatch(given):
+            return False
+        issued = int(given[:8], 16)
+        age = _evaluate._now() - issued
+        if not -_SKEW <= age <= CSRF_LIFETIME:
+            return False
+        return hmac.compare_digest(given.encode(), self.token(session, user, issued).encode())
 
     @staticmethod
     def session_of(request: Request) -> str | None:
@@ -319,7 +344,7 @@ class _Inbox:
         if (
             session is None
             or len(given) != 1
-            or not hmac.compare_digest(given[0].encode(), self.token(session, ctx.user_id).encode())
+            or not self.token_valid(given[0], session, ctx.user_id)
         ):
             return self.error(request, ctx, 403)
         choice, comments = form.get("decision", []), form.get("comment", [""])
