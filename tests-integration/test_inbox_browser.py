@@ -298,3 +298,19 @@ def test_an_expired_request_cannot_be_decided(
     assert "Not found" in dana.content()
     asked = ask(site, "o_10")
     assert asked.json()["reason"] == "approval_required" and RUNS == []
+
+
+def test_two_calls_that_differ_by_invisible_characters_never_look_alike(
+    site: str, browser: Any
+) -> None:
+    # The ninth review: U+034F and U+FE0F after the order id drew nothing, and the
+    # two argument boxes were pixel-identical in Chromium.
+    plain = hold(site, "o_77")
+    hidden = hold(site, "o_77\u034f\ufe0f")
+    dana = session(browser, "dana", "finance_lead").new_page()
+    boxes = []
+    for request_id in (plain, hidden):
+        dana.goto(f"{site}{INBOX}/requests/{request_id}")
+        boxes.append(dana.locator("pre").screenshot())
+    assert '"order_id": "o_77\\u034f\\ufe0f"' in dana.locator("pre").inner_text()
+    assert boxes[0] != boxes[1]

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from d2.asgi import ASGIMiddleware, JWTExtractor, jwt_extractor
 from d2.asgi.bearer import ASYMMETRIC_ALGORITHMS, bearer_token, identity_from_claims
@@ -133,6 +134,20 @@ async def test_a_token_that_does_not_verify_is_no_user(
     ext = extractor(jwks)
     sub = options.pop("sub", "dana")
     assert await ext(bearer(issuer.token(sub, ["finance_lead"], **options))) is None, why
+
+
+async def test_only_a_token_typed_as_a_login_is_accepted(issuer: TokenIssuer, jwks: str) -> None:
+    # The ninth review: the typ header was ignored, so a logout token or a DPoP
+    # proof of the provider with the right audience was taken for a login.
+    ext = extractor(jwks)
+    for typ in (None, "JWT", "jwt", "at+jwt", "AT+JWT", "application/at+jwt", "application/jwt"):
+        token = issuer.token("dana", ["r"], headers={"typ": typ})
+        if typ is None:
+            assert "typ" not in jwt.get_unverified_header(token)
+        assert await ext(bearer(token)) == ("dana", ("r",)), typ
+    for typ in ("logout+jwt", "secevent+jwt", "dpop+jwt", "JOSE", "JWS", "jwt ", 1, ["JWT"]):
+        token = issuer.token("dana", ["r"], headers={"typ": typ})
+        assert await ext(bearer(token)) is None, typ
 
 
 async def test_an_audience_list_naming_ours_is_accepted_and_leeway_applies(

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 from d2.asgi import ASGIMiddleware, headers_extractor
-from d2.asgi.approvals import SECURITY_HEADERS, current_user, inbox_app
+from d2.asgi.approvals import CSRF_LIFETIME, SECURITY_HEADERS, current_user, inbox_app
 from d2.core import (
     ApprovalRequiredError,
     ConfigurationError,
@@ -68,11 +69,16 @@ async def refund_endpoint(request: Request) -> JSONResponse:
         return JSONResponse({"reason": err.reason}, status_code=403)
 
 
+async def ping(request: Request) -> JSONResponse:
+    return JSONResponse({"ok": True})
+
+
 def make_app(**options: Any) -> Starlette:
     options.setdefault("user_extractor", headers_extractor)
     app = Starlette(
         routes=[
             Route("/refund", refund_endpoint, methods=["POST"]),
+            Route("/ping", ping, methods=["GET"]),
             Mount(ROOT, inbox_app(**options)),
         ]
     )
@@ -249,6 +255,108 @@ async def test_a_valid_token_does_not_let_a_user_decide_what_they_may_not(host: 
         assert (await p["agent"].refund("o_2", 250)).json()["reason"] == "approval_required"
 
 
+async def test_the_requester_under_another_spelling_cannot_decide_in_the_inbox(
+    host: str,
+) -> None:
+    # The ninth review: "AGENT-7" with a finance_lead role approved agent-7's own
+    # refund through the page (a proxy that forwards logins as typed).
+    async with people(host) as p:
+        own = await hold(p["agent"])  # asked by agent-7
+        colleague = Person(host, "agent-8", "agent")
+        alias = Person(host, "AGENT-7", "finance_lead")
+        try:
+            theirs = await hold(colleague, order="o_8")
+            listing = await alias.get("/")
+            assert theirs in listing.text and own not in listing.text
+            token = await alias.token(theirs)  # a valid token of the alias's session
+            page, missing = (
+                await alias.get(f"/requests/{own}"),
+                await alias.get("/requests/" + "0" * 64),
+            )
+            assert page.status_code == missing.status_code == 404 and page.text == missing.text
+            for decision in ("approve", "reject"):
+                tried = await alias.decide(own, decision, token)
+                assert tried.status_code == 404
+            assert (await p["agent"].refund("o_2", 250)).json()["reason"] == "approval_required"
+            assert RUNS == []
+            done = await p["dana"].decide(own, "approve", await p["dana"].token(own))
+            assert done.status_code == 303
+            decided = await alias.get("/")  # nor is it among their recent decisions
+            assert own not in decided.text
+        finally:
+            await colleague.aclose()
+            await alias.aclose()
+
+
+async def test_a_trailing_slash_is_a_404_never_a_redirect_to_the_host_header(
+    host: str,
+) -> None:
+    # The ninth review: GET or POST .../requests/<id>/ with "Host: evil.example"
+    # answered 307 to http://evil.example/..., before any user was read (a browser
+    # re-sends a form, its CSRF token included, on a 307).
+    async with people(host) as p:
+        request_id = await hold(p["agent"])
+        token = await p["dana"].token(request_id)
+        missing = await p["dana"].get("/requests/" + "0" * 64)
+        for person in (p["dana"], p["nobody"]):
+            for path in (f"/requests/{request_id}/", f"/requests/{'ab' * 32}/", "/requests/"):
+                for method in ("GET", "POST"):
+                    answer = await person.client.request(
+                        method,
+                        ROOT + path,
+                        headers={"host": "evil.example"},
+                        data={"csrf": token, "decision": "approve"} if method == "POST" else None,
+                    )
+                    assert answer.status_code == 404, (method, path, answer.status_code)
+                    assert "location" not in answer.headers
+                    assert_secured(answer)
+                    if person is p["dana"] and method == "GET":
+                        assert answer.text == missing.text
+        assert (await p["agent"].refund("o_2", 250)).json()["reason"] == "approval_required"
+
+
+async def test_a_huge_argument_neither_blocks_the_app_nor_is_approved_unseen(
+    host: str,
+) -> None:
+    # The ninth review: the page of a call with 4 Mi non-ASCII characters was
+    # rendered in the event loop (0.85 s a view, 4.2 MB of HTML): every approver's
+    # view stalled the app the inbox is mounted in.
+    async with people(host) as p:
+        request_id = await hold(p["agent"], order="\u00e9" * (4 * 1024 * 1024))
+        gaps: list[float] = []
+        done = asyncio.Event()
+
+        async def probe() -> None:
+            async with httpx.AsyncClient(base_url=f"http://{host}") as client:
+                while not done.is_set():
+                    started = time.perf_counter()
+                    assert (await client.get("/ping")).status_code == 200
+                    gaps.append(time.perf_counter() - started)
+
+        prober = asyncio.create_task(probe())
+        await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        pages = await asyncio.gather(*(p[w].get(f"/requests/{request_id}") for w in ("dana",) * 3))
+        took = time.perf_counter() - started
+        done.set()
+        await prober
+        page = pages[0]
+        assert page.status_code == 200 and "Truncated: 4,128," in page.text
+        assert len(page.content) < 200_000
+        assert ">Approve</button>" not in page.text and ">Reject</button>" in page.text
+        assert max(gaps) < 0.3, (max(gaps), took)  # the app kept answering meanwhile
+        token = await p["dana"].token(request_id)
+        forced = await p["dana"].decide(request_id, "approve", token)  # a POST without the page
+        assert forced.status_code == 409 and "cannot be approved here" in forced.text
+        assert (await p["agent"].refund("\u00e9" * (4 * 1024 * 1024), 250)).json()[
+            "reason"
+        ] == "approval_required"
+        rejected = await p["dana"].decide(request_id, "reject", token)
+        assert rejected.status_code == 303
+        assert (await p["dana"].get("/?page=abc")).status_code == 400
+        assert (await p["dana"].get("/?page=2")).status_code == 200
+
+
 async def test_reject_refuses_the_call(host: str) -> None:
     async with people(host) as p:
         request_id = await hold(p["agent"])
@@ -319,6 +427,29 @@ async def test_an_expired_request_cannot_be_decided(
         asked = await p["agent"].refund("o_2", 250)
         assert asked.json()["reason"] == "approval_required"
         assert asked.json()["request"] != request_id and RUNS == []
+
+
+async def test_a_form_token_expires_after_twelve_hours(
+    host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ninth review: a CSRF token never expired; one leaked once (a screenshot,
+    # a HAR file) stayed valid with its cookie for as long as the process lived.
+    clock = controlled_clock(monkeypatch)
+    async with people(host) as p:
+        first = await hold(p["agent"], order="o_1")
+        old = await p["dana"].token(first)
+        clock.advance(CSRF_LIFETIME - 60)
+        second = await hold(p["agent"], order="o_2")  # the first one expired meanwhile
+        assert (await p["dana"].decide(second, "reject", old)).status_code == 303  # still valid
+        clock.advance(61)
+        third = await hold(p["agent"], order="o_3")
+        stale = await p["dana"].decide(third, "approve", old)
+        assert stale.status_code == 403 and "has expired" in stale.text
+        fresh = await p["dana"].token(third)
+        relabelled = f"{int(clock.now):08x}" + old[8:]  # a new time on the old token
+        assert (await p["dana"].decide(third, "approve", relabelled)).status_code == 403
+        assert (await p["dana"].decide(third, "approve", fresh)).status_code == 303
+        assert (await p["agent"].refund("o_3", 250)).json() == {"result": "refunded 250 on o_3"}
 
 
 async def test_two_approvers_at_once_decide_it_once(host: str) -> None:

@@ -125,7 +125,12 @@ def test_the_requester_and_other_roles_neither_see_nor_decide(
     policy, _ = app
     request = hold()
     where = ("--store", redis_url, "--policy", str(policy))
-    for user, roles in (("agent-7", "finance_lead,agent"), ("eve", "agent")):
+    # the requester under another spelling of their id too (the ninth review)
+    for user, roles in (
+        ("agent-7", "finance_lead,agent"),
+        ("AGENT-7", "finance_lead"),
+        ("eve", "agent"),
+    ):
         code, listed = run_json(d2, "approvals", "list", "--as", user, "--roles", roles, *where)
         assert code == 0 and listed["requests"] == []
         code, shown = run_json(
@@ -143,6 +148,18 @@ def test_the_requester_and_other_roles_neither_see_nor_decide(
         d2, "approvals", "list", "--as", "dana", "--roles", "finance_lead", *where
     )
     assert [r["id"] for r in listed["requests"]] == [request.id]  # still pending
+
+
+def test_an_id_that_cannot_be_a_request_is_refused_before_the_store(
+    d2: Invoke, tmp_path: Path
+) -> None:
+    where = ("--store", "redis://127.0.0.1:1/0", "--app", "refund-desk")  # nothing answers
+    for bad in ("x" * 64, "AB" * 32, "ab" * 31, "ab" * 33, "*", "0" * 64 + "\n"):
+        for verb in ("show", "approve", "reject"):
+            code, out = run_json(
+                d2, "approvals", verb, bad, "--as", "dana", "--roles", "finance_lead", *where
+            )
+            assert code == 1 and "not one you may decide" in out["error"]["message"], (bad, out)
 
 
 def test_a_rejection_refuses_the_call(d2: Invoke, app: tuple[Path, str], redis_url: str) -> None:

@@ -206,6 +206,16 @@ def test_without_a_valid_token_every_page_is_401(inbox: tuple[str, TokenIssuer])
     with signed_in(issuer, "agent-7", ["agent", "finance_lead"]) as requester:
         assert request_id not in requester.get(url + "/").text  # their own request
         assert requester.get(f"{url}/requests/{request_id}").status_code == 404
+    with (  # no redirect to the Host header, signed in or not
+        signed_in(issuer, "dana", ["finance_lead"]) as dana,
+        httpx.Client(timeout=10) as anyone,
+    ):
+        for client in (dana, anyone):
+            for method in ("GET", "POST"):
+                slash = client.request(
+                    method, f"{url}/requests/{request_id}/", headers={"host": "evil.example"}
+                )
+                assert slash.status_code == 404 and "location" not in slash.headers
     assert RUNS == []
 
 

@@ -15,10 +15,20 @@ from d2.core import (
     ApprovalRequiredError,
     MissingPolicyError,
     PermissionDeniedError,
+    approve,
     d2_guard,
+    pending_approvals,
+    reject,
     set_user,
 )
-from d2.core.approval_desk import ApprovalDesk, namespace_of, shown_json, visible_text
+from d2.core.approval_desk import (
+    ApprovalDesk,
+    could_decide,
+    namespace_of,
+    same_person,
+    shown_json,
+    visible_text,
+)
 from d2.core.errors import ConfigurationError
 from d2.core.evaluate import evaluator_for
 from d2.core.manager import PolicyManager
@@ -189,3 +199,228 @@ def test_a_direction_override_cannot_disguise_an_argument() -> None:
     # "\u202e" shows what follows right to left: "moc.live@" would read "@evil.com"
     assert shown_json({"to": "x\u202emoc.live@"}) == '{\n  "to": "x\\u202emoc.live@"\n}'
     assert visible_text("pay\u200bments") == "pay\\u200bments"
+
+
+# -- the ninth review: characters that draw nothing, or draw like other text ---------
+
+# Each of these drew nothing (or a blank) on the inbox page and in `d2 approvals
+# show`: U+034F + U+FE0F after "acct-77" rendered pixel-identical in Chromium.
+DRAW_NOTHING = [
+    "\u034f",  # COMBINING GRAPHEME JOINER (Mn)
+    "\ufe00",  # VARIATION SELECTOR-1 (Mn)
+    "\ufe0f",  # VARIATION SELECTOR-16 (Mn)
+    "\U000e0100",  # VARIATION SELECTOR-17 (Mn)
+    "\U000e01ef",  # VARIATION SELECTOR-256 (Mn)
+    "\u3164",  # HANGUL FILLER (Lo)
+    "\u115f",  # HANGUL CHOSEONG FILLER (Lo)
+    "\u1160",  # HANGUL JUNGSEONG FILLER (Lo)
+    "\uffa0",  # HALFWIDTH HANGUL FILLER (Lo)
+    "\u17b4",  # KHMER VOWEL INHERENT AQ (Mn)
+    "\u17b5",  # KHMER VOWEL INHERENT AA (Mn)
+    "\u180b",  # MONGOLIAN FREE VARIATION SELECTOR ONE (Mn)
+    "\u180c",
+    "\u180d",
+    "\u180f",  # MONGOLIAN FREE VARIATION SELECTOR FOUR (Mn)
+    "\u2800",  # BRAILLE PATTERN BLANK (So)
+    "\U0001d159",  # MUSICAL SYMBOL NULL NOTEHEAD (So)
+    "\u00ad",  # SOFT HYPHEN (Cf)
+    "\U000e0041",  # TAG LATIN CAPITAL LETTER A (Cf)
+]
+
+
+@pytest.mark.parametrize("char", DRAW_NOTHING, ids=lambda c: f"U+{ord(c):04X}")
+def test_a_character_that_draws_nothing_is_shown_as_its_escape(char: str) -> None:
+    plain, hidden = {"to": "acct-77"}, {"to": "acct-77" + char}
+    escaped = json.dumps(char)[1:-1]  # \\uXXXX, or the surrogate pair beyond U+FFFF
+    assert escaped.startswith("\\u")
+    assert shown_json(hidden) == shown_json(plain).replace("acct-77", "acct-77" + escaped)
+    assert visible_text("acct-77" + char) == "acct-77" + escaped
+    assert visible_text(char + "x") == escaped + "x"
+
+
+def test_look_alikes_that_normalisation_would_merge_are_escaped() -> None:
+    # A precomposed letter and its decomposed spelling draw alike: the second is
+    # shown with its mark escaped. So are NFC singletons and overlay marks.
+    assert visible_text("caf\u00e9") == "caf\u00e9"
+    assert visible_text("cafe\u0301") == "cafe\\u0301"
+    assert visible_text("\u212a") == "\\u212a"  # KELVIN SIGN, not K
+    assert visible_text("x\u037ey") == "x\\u037ey"  # GREEK QUESTION MARK, not ;
+    assert visible_text("o\u0338") == "o\\u0338"  # draws "ø"
+    assert visible_text("\u1100\u1161") == "\u1100\\u1161"  # jamo that compose to U+AC00
+    assert visible_text("\uac00") == "\uac00"
+    # text that reads like an escape is not one
+    assert visible_text("CORP\\u200b") == "CORP\\u005cu200b"
+    assert visible_text("CORP\\alice") == "CORP\\alice"
+    # a surrogate on its own never reads as half of a character beyond U+FFFF
+    assert visible_text("\U000e0100") == "\\udb40\\udd00"
+    assert visible_text("\udb40\udd00") == "\\uDB40\\uDD00"
+
+
+def test_a_stack_of_combining_marks_is_cut_after_three() -> None:
+    zalgo = "x" + "\u0301" * 300
+    shown = visible_text(zalgo)
+    assert shown == "x\u0301\u0301\u0301" + "\\u0301" * 297
+    assert sum(unicodedata.category(c).startswith("M") for c in shown) == 3
+    # scripts that stack marks keep them (Tibetan: three on one letter)
+    assert visible_text("\u0f56\u0f66\u0f92\u0fb2\u0f74\u0f56\u0f66") == (
+        "\u0f56\u0f66\u0f92\u0fb2\u0f74\u0f56\u0f66"
+    )
+    assert visible_text("\u0915\u093f") == "\u0915\u093f"  # Devanagari "ki"
+    # a mark with no letter to sit on (after a space, a quote, an escape) is escaped
+    assert visible_text(" \u0301") == " \\u0301"
+    assert shown_json({"k": "\u0301x"}) == '{\n  "k": "\\u0301x"\n}'
+    assert visible_text("\u200b\u0301") == "\\u200b\\u0301"
+
+
+def unshown(text: str) -> str:
+    """The text ``visible_text`` was given, read back from what it shows: proof
+    that two different texts are never shown alike."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        hexa = text[i + 2 : i + 6]
+        if (
+            text.startswith("\\u", i)
+            and len(hexa) == 4
+            and all(c in "0123456789abcdefABCDEF" for c in hexa)
+        ):
+            code = int(hexa, 16)
+            if 0xD800 <= code <= 0xDBFF and hexa.islower():  # the first of a pair
+                low = int(text[i + 8 : i + 12], 16)
+                assert text.startswith("\\u", i + 6) and 0xDC00 <= low <= 0xDFFF
+                out.append(chr(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)))
+                i += 12
+                continue
+            out.append(chr(code))
+            i += 6
+            continue
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
+TRICKY = st.sampled_from(
+    DRAW_NOTHING
+    + list("\u0301\u0316\u0323\u0338\u20e3\u093f\u0f74\u1161\u11a8\u1100\u212a\u037e")
+    + list("\\uU e\u00e9\ud83d\ude00\udb40\udd00\u200b\u202e\n\t\x7f\u2028 \u3000\u00a0")
+)
+# a list joined, not st.text: st.text merges the alphabets and the tricky ones drown
+ANY_TEXT = st.lists(st.one_of(TRICKY, st.characters(codec=None)), max_size=40).map("".join)
+
+
+def drawn_well(shown: str) -> None:
+    """What a reader is shown: nothing invisible, nothing that composes or
+    reorders (NFC), no mark without a letter, never more than three on one."""
+    from d2.core._invisible import invisible
+
+    assert not any(invisible(c) for c in shown if c != " ")
+    assert unicodedata.is_normalized("NFC", shown)
+    run, base = 0, False
+    for char in shown:
+        if unicodedata.category(char).startswith("M"):
+            run += 1
+            assert base and run <= 3 and unicodedata.combining(char) != 1
+        else:
+            run, base = 0, unicodedata.category(char)[0] in "LN"
+
+
+@given(text=ANY_TEXT)
+def test_two_different_texts_are_never_shown_alike(text: str) -> None:
+    shown = visible_text(text)
+    assert unshown(shown) == text  # reversible: different texts, different shown text
+    drawn_well(shown)
+
+
+@given(first=ANY_TEXT, second=ANY_TEXT)
+def test_two_different_arguments_are_never_shown_alike(first: str, second: str) -> None:
+    one, two = shown_json({"to": first}), shown_json({"to": second})
+    assert (one == two) == (first == second)
+    drawn_well(one.replace("\n", " "))
+
+
+def test_every_default_ignorable_or_blank_code_point_is_escaped() -> None:
+    # Over every code point: a character Unicode calls default-ignorable (the
+    # table of DerivedCoreProperties.txt), or whose name says it draws nothing, is
+    # never shown as itself.
+    from d2.core._invisible import DEFAULT_IGNORABLE
+
+    words = (
+        "HANGUL FILLER",
+        "SEONG FILLER",
+        "SCRIPT FILLER",
+        "VARIATION SELECTOR",
+        "ZERO WIDTH",
+        "INVISIBLE",
+        "PATTERN BLANK",
+        "NULL NOTEHEAD",
+    )  # not a "GAP FILLER": a punctuation mark that draws
+    ignorable = {c for first, last in DEFAULT_IGNORABLE for c in range(first, last + 1)}
+    for code in range(0x110000):
+        name = unicodedata.name(chr(code), "")
+        if code in ignorable or any(word in name for word in words):
+            assert visible_text(chr(code)) != chr(code), f"U+{code:04X} {name}"
+    # the table agrees with the runtime's Unicode where a category decides it
+    for code in ignorable:
+        assert unicodedata.category(chr(code)) in {"Cf", "Cn", "Mn", "Lo"}
+    for name in ("COMBINING GRAPHEME JOINER", "HANGUL FILLER", "MONGOLIAN VOWEL SEPARATOR"):
+        assert ord(unicodedata.lookup(name)) in ignorable
+
+
+# -- the ninth review: a second spelling of the requester's id ----------------------
+
+FULLWIDTH = str.maketrans({chr(c): chr(c + 0xFEE0) for c in range(0x21, 0x7F)})
+ALIASES = [
+    "AGENT-7",
+    "Agent-7",
+    "agent-7".translate(FULLWIDTH),  # fullwidth forms (NFKC maps them back)
+    "AGENT-7".translate(FULLWIDTH),
+    "agent\u200b-7",  # a zero-width space (default-ignorable)
+    "agent-7\ufe0f",
+]
+
+
+@pytest.mark.parametrize("alias", ALIASES, ids=ascii)
+async def test_a_second_spelling_of_the_requester_never_decides_their_request(
+    configure: Callable[..., PolicyManager], alias: str
+) -> None:
+    # The ninth review: "AGENT-7" (an LDAP login typed in capitals, another claim
+    # of one token) approved agent-7's refund of 9999, and the call ran.
+    configure(REFUND, LEAD, CFO, metadata={"name": "refund-desk"})
+    desk = ApprovalDesk.of_instance()
+    request = hold()
+    assert await desk.pending(alias, ["finance_lead"]) == []
+    assert await desk.lookup(request.id, alias, ["finance_lead"]) is None
+    assert not could_decide(request, alias, ["finance_lead"])
+    for verdict in (True, False):
+        with pytest.raises(PermissionDeniedError) as info:
+            await desk.decide(request.id, verdict, alias, ["finance_lead"])
+        assert info.value.reason == "approval_not_permitted"
+    set_user(alias, roles=["finance_lead"])  # approve() as the current user: the same rule
+    assert pending_approvals() == []
+    for decide in (approve, reject):
+        with pytest.raises(PermissionDeniedError) as info:
+            decide(request.id)
+        assert info.value.reason == "approval_not_permitted"
+    set_user("agent-7", roles=["agent"])
+    with pytest.raises(ApprovalRequiredError):
+        refund("o_1", 250)  # still waiting: nobody decided it
+    await desk.decide(request.id, True, "dana", ["finance_lead"])  # another person may
+    assert refund("o_1", 250) == "refunded 250 on o_1"
+
+
+@given(
+    user=st.text(min_size=1, max_size=20) | st.from_regex(r"[A-Za-z0-9._@-]{1,20}", fullmatch=True),
+    data=st.data(),
+)
+def test_every_spelling_of_one_id_is_one_person(user: str, data: st.DataObject) -> None:
+    spellings = [
+        lambda u: u.translate(FULLWIDTH),  # fullwidth forms
+        lambda u: "\u200b".join(u),  # zero-width spaces between the letters
+        lambda u: u + "\u034f\ufe0f",
+        lambda u: unicodedata.normalize("NFKD", u),  # decomposed, compatibility forms
+    ]
+    if user.isascii():  # a change of case; beyond ASCII, case maps are not all reversible
+        spellings += [str.upper, str.lower, str.swapcase]
+    alias = data.draw(st.sampled_from(spellings))(user)
+    assert same_person(alias, user) and same_person(user, alias)
+    assert not same_person(user + "x", user + "y")

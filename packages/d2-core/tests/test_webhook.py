@@ -38,6 +38,8 @@ from d2.core import (
 from d2.core.evaluate import evaluator_for
 from d2.core.testing import Reply, WebhookReceiver, policy_document, webhook_receiver
 from d2.core.webhook import ApprovalWebhook
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 SECRET = "T0KEN-s3cr3t"
 DOC = policy_document(
@@ -710,3 +712,93 @@ def test_decisions_made_at_a_desk_are_posted_too(receiver: WebhookReceiver, fast
     seen = sorted((e["event"], e["request_id"], e["decided_by"]) for e in receiver.events)
     assert ("approval.approved", first.id, "dana") in seen
     assert ("approval.rejected", second.id, "dana") in seen
+
+
+# -- the ninth review: a receiver that echoes the URL's path -------------------------
+
+TOKEN = "Zq8rT2vX9kLm4NpW7sYb3HdF6gJc1Ae5"  # the secret part of an incoming webhook's path
+
+
+def secret_pieces(text: str, secret: str = TOKEN, size: int = 6) -> list[str]:
+    """Every run of ``size`` characters of ``secret`` found in ``text`` (any case)."""
+    lower = text.lower()
+    return [
+        secret[i : i + size]
+        for i in range(len(secret) - size + 1)
+        if secret[i : i + size].lower() in lower
+    ]
+
+
+def echoes() -> list[Callable[[str], bytes]]:
+    """Receivers' 404 bodies that echo the path, at every offset a cut could fall
+    on, as sent, percent-decoded, HTML-escaped and JSON-escaped."""
+    import html
+    from urllib.parse import unquote
+
+    found: list[Callable[[str], bytes]] = []
+    for pad in range(0, 140, 9):
+        found.append(lambda path, pad=pad: ("x" * pad + f" no route for POST {path}").encode())
+    found.append(lambda path: f"Cannot POST {unquote(path)}".encode())
+    found.append(lambda path: f"<pre>Cannot POST {html.escape(path)}</pre>".encode())
+    found.append(
+        lambda path: json.dumps({"error": f"no route {path}"}).replace("/", "\\/").encode()
+    )
+    found.append(lambda path: f"unknown token {path.rsplit('/', 1)[-1][3:].upper()}!".encode())
+    return found
+
+
+def test_a_receiver_that_echoes_the_path_never_puts_the_secret_in_the_log(
+    receiver: WebhookReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The ninth review: the body was cut to 120 characters before the exact path
+    # was scrubbed, so a path straddling the cut was logged (35 of 36 characters).
+    caplog.set_level(logging.DEBUG, logger="d2")
+    replies = echoes()
+    receiver.replies = [Reply(404, body=echo) for echo in replies]
+    url = receiver.url + f"/services/T0001/B0002/{TOKEN}%41?sig={TOKEN[::-1]}"
+    with ApprovalWebhookFor(receiver, url=url, retries=0) as hook:
+        hook.dropped = 99  # each failure is logged: the first, then one per 100
+        for _ in replies:
+            hook.opened(_request(), None)
+            assert hook.flush(5)
+            hook.dropped = 99
+    assert receiver.wait_for(len(replies), hits=True)
+    assert TOKEN in receiver.hits[0][1]  # the receiver did echo it
+    logged = [r.getMessage() for r in caplog.records if "HTTP 404" in r.getMessage()]
+    assert len(logged) == len(replies)
+    for line in logged:
+        assert "HTTP 404: '" in line  # an excerpt is still logged, masked
+        assert not secret_pieces(line), line
+        assert not secret_pieces(line, TOKEN[::-1]), line
+        assert len(line.split("HTTP 404: ", 1)[1]) <= 90  # a short excerpt
+
+
+@settings(max_examples=300)
+@given(
+    before=st.text(max_size=150),
+    after=st.text(max_size=40),
+    start=st.integers(0, 40),
+    length=st.integers(6, 80),
+    spelling=st.sampled_from(["as sent", "decoded", "html", "json", "upper"]),
+)
+def test_no_run_of_six_characters_of_the_secret_survives_in_an_excerpt(
+    before: str, after: str, start: int, length: int, spelling: str
+) -> None:
+    import html
+    from urllib.parse import unquote
+
+    from d2.core.webhook import _excerpt, _Secrets
+
+    url = f"https://hooks.example.invalid/services/{TOKEN}%2Fx?key={TOKEN[::-1]}"
+    path = f"/services/{TOKEN}%2Fx?key={TOKEN[::-1]}"
+    echoed = {
+        "as sent": path,
+        "decoded": unquote(path),
+        "html": html.escape(path),
+        "json": path.replace("/", "\\/"),
+        "upper": path.upper(),
+    }[spelling][start : start + length]
+    body = (before + echoed + after).encode("utf-8", "surrogatepass")
+    shown = _excerpt(body, _Secrets(url, url))
+    assert not secret_pieces(shown) and not secret_pieces(shown, TOKEN[::-1])
+    assert len(shown) <= 2 + len(repr("x" * 80))

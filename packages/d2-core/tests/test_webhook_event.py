@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import unicodedata
 from typing import Any
 
 import pytest
+from d2.core._invisible import invisible
 from d2.core._webhook_event import (
     MAX_BODY,
     approval_event,
@@ -52,6 +54,12 @@ def _request(user: str, tool: str, roles: tuple[str, ...], arguments: Any) -> Ap
 def _one_safe_line(text: str) -> None:
     assert "<" not in text and ">" not in text  # no Slack mention, link or markup
     assert not any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Zl", "Zp"} for ch in text)
+    assert not any(ch != " " and invisible(ch) for ch in text)
+    assert (
+        "@" not in text
+        and "://" not in text
+        and "[" not in text.replace("[.]", "").replace("[:]", "")
+    )  # no mention, no link (Markdown or scheme)
     assert "&" not in text.replace("&amp;", "").replace("&lt;", "").replace("&gt;", "")
 
 
@@ -104,7 +112,7 @@ def _has_non_finite(value: Any) -> bool:
 def test_hostile_ids_cannot_ping_forge_lines_or_reorder_text() -> None:
     request = _request("<!channel> \u202eevil\nSecond line", "pay<@U1>&", ("boss",), 1)
     text = approval_event("requested", request, app=None, event_id="e", occurred_at=0.0)["text"]
-    assert "&lt;!channel&gt; ?evil?Second line" in text and "pay&lt;@U1&gt;&amp;" in text
+    assert "&lt;!channel&gt; ?evil?Second line" in text and "pay&lt;\uff20U1&gt;&amp;" in text
     assert "\n" not in text and "\u202e" not in text
 
 
@@ -179,3 +187,63 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert retry_after_seconds(date.replace("GMT", "-0000"), now) == pytest.approx(30.0)
     assert retry_after_seconds("yesterday", now) is None
     assert retry_after_seconds("-5", now) is None
+
+
+# -- the ninth review: mass mentions and links in ``text`` ---------------------------
+
+MENTIONS = re.compile(r"@(channel|here|all|everyone)\b", re.IGNORECASE)
+LINKS = re.compile(r"(https?|ftp)://|www\.|\]\(|\.[^\W_]", re.IGNORECASE)
+
+
+def test_mass_mentions_and_links_in_a_user_id_are_defanged_visibly() -> None:
+    # The ninth review: @channel, @here, @all, @everyone, bare URLs and Markdown
+    # links in a requester id reached the text of Mattermost, Rocket.Chat and
+    # Discord's Slack endpoint, which ping or link them.
+    cases = {
+        "@channel": "\uff20channel",
+        "@here @everyone @all": "\uff20here \uff20everyone \uff20all",
+        "https://evil.example/login?sso=1": "https[:]//evil[.]example/login?sso=1",
+        "approve now: www.evil.example": "approve now: www[.]evil[.]example",
+        "[click](https://evil.example)": "\uff3bclick\uff3d(https[:]//evil[.]example)",
+        "alice@example.com": "alice\uff20example[.]com",
+        "`code` x": "'code' x",
+        "agent_7.v2": "agent_7[.]v2",
+    }
+    for user, shown in cases.items():
+        for kind, by in (("requested", None), ("approved", user), ("rejected", user)):
+            event = approval_event(
+                kind,
+                _request(user, "payments.refund", ("finance",), 1),
+                app=None,
+                event_id="e",
+                occurred_at=0.0,
+                decided_by=by,
+            )
+            assert shown in event["text"], (user, event["text"])
+            assert event["requester"] == user and event["decided_by"] == by  # exact
+            assert "payments.refund" in event["text"]  # the app's own names keep their dots
+            assert not MENTIONS.search(event["text"]) and not LINKS.search(
+                event["text"].replace("payments.refund", "")
+            )
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    user=st.text(max_size=90) | st.from_regex(r"[@.:/\[\]()a-zA-Z ]{0,40}", fullmatch=True),
+    by=st.text(max_size=90) | st.from_regex(r"[@.:/\[\]()wW ]{0,40}", fullmatch=True),
+    kind=st.sampled_from(["requested", "approved", "rejected"]),
+)
+def test_no_user_id_mentions_anyone_or_makes_a_link(user: str, by: str, kind: str) -> None:
+    request = _request(user, "refund", ("finance",), 1)
+    event = approval_event(
+        kind,
+        request,
+        app=None,
+        event_id="e",
+        occurred_at=0.0,
+        decided_by=None if kind == "requested" else by,
+    )
+    text = event["text"]
+    _one_safe_line(text)
+    assert not MENTIONS.search(text) and not LINKS.search(text), text
+    assert event["requester"] == user

@@ -17,23 +17,34 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from d2.core.approval_data import ApprovalRequest
-from d2.core.approval_desk import shown_json, visible_text
+from d2.core.approval_desk import shown_json_within, visible_text
 
 __all__ = [
     "CSS",
     "CSS_HASH",
+    "MAX_SHOWN",
+    "PAGE_SIZE",
     "Decision",
     "Html",
     "ago",
     "error_page",
     "esc",
     "esc_lines",
+    "esc_shown",
     "inbox_page",
     "markup",
     "page",
     "request_page",
     "utc",
 ]
+
+
+MAX_SHOWN = 64 * 1024
+"""Characters of a call's arguments (as indented JSON) a request page shows; a
+larger call is shown cut, and cannot be approved on the page."""
+
+PAGE_SIZE = 50
+"""Pending requests listed per page."""
 
 
 class Html(str):
@@ -65,6 +76,13 @@ def esc_lines(text: str) -> Html:
     """``text`` of several lines (an indented JSON, a comment) escaped line by line,
     its line breaks kept."""
     return Html("\n".join(esc(line) for line in text.split("\n")))
+
+
+def esc_shown(text: str) -> Html:
+    """``text`` that :func:`~d2.core.approval_desk.shown_json` (or
+    ``visible_text``) made already, in HTML: only ``& < > " '`` escaped (its
+    ``\\uXXXX`` escapes are not escaped twice), line breaks kept."""
+    return Html(html.escape(text, quote=True))
 
 
 def markup(template: str, **values: object) -> Html:
@@ -107,6 +125,7 @@ blockquote{white-space:pre-wrap;border-left:3px solid var(--line);margin:.5rem 0
 padding:.25rem .75rem}
 .status{font-size:1.05rem;font-weight:600;margin:1rem 0}
 .empty{padding:1.5rem 0;color:var(--muted)}
+.pages{display:flex;gap:1rem;margin:.75rem 0}
 """.strip()
 
 CSS_HASH = "sha256-" + base64.b64encode(hashlib.sha256(CSS.encode()).digest()).decode()
@@ -218,20 +237,51 @@ def _recent_rows(recent: Sequence[Decision], now: float) -> Html:
     )
 
 
+def _pages(base: str, number: int, total: int) -> Html:
+    """Where this page of the list is, with links to the one before and after."""
+    last = max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1)
+    first = (number - 1) * PAGE_SIZE
+    links = [
+        markup('<a href="{href}" rel="prev">Previous</a>', href=f"{base}/?page={number - 1}")
+        if number > 1
+        else Html(""),
+        markup('<a href="{href}" rel="next">Next</a>', href=f"{base}/?page={number + 1}")
+        if number < last
+        else Html(""),
+    ]
+    return markup(
+        '<nav class="pages" aria-label="Pages"><span class="muted">{a}-{b} of {n}</span>'
+        "{links}</nav>",
+        a=first + 1,
+        b=min(first + PAGE_SIZE, total),
+        n=total,
+        links=_join(links),
+    )
+
+
 def inbox_page(
     pending: Sequence[ApprovalRequest],
     recent: Sequence[Decision],
     *,
     now: float,
     base: str,
+    number: int = 1,
 ) -> Html:
-    """The body of the list: the pending requests this user may decide, then the
-    recent decisions on requests they could have decided."""
-    if pending:
+    """The body of the list: page ``number`` of the pending requests this user
+    may decide (:data:`PAGE_SIZE` a page), then the recent decisions on requests
+    they could have decided."""
+    shown = pending[(number - 1) * PAGE_SIZE : number * PAGE_SIZE]
+    if shown:
         waiting = markup(
             '<table aria-label="Pending requests"><thead><tr><th>Tool</th><th>Requester</th>'
-            "<th>Asked</th><th>Expires</th></tr></thead><tbody>{rows}</tbody></table>",
-            rows=_pending_rows(pending, base, now),
+            "<th>Asked</th><th>Expires</th></tr></thead><tbody>{rows}</tbody></table>{pages}",
+            rows=_pending_rows(shown, base, now),
+            pages=_pages(base, number, len(pending)) if len(pending) > PAGE_SIZE else Html(""),
+        )
+    elif pending:
+        waiting = markup(
+            '<p class="empty">No request on this page: <a href="{home}">the first page</a>.</p>',
+            home=base + "/",
         )
     else:
         waiting = Html('<p class="empty">Nothing waits for your decision.</p>')
@@ -262,9 +312,13 @@ def request_page(
     csrf: str | None = None,
     action: str = "",
     notice: str | None = None,
+    limit: int = MAX_SHOWN,
 ) -> Html:
     """The body of one request's page: the call, then the form (``state`` is
-    ``pending``), or who decided it."""
+    ``pending``), or who decided it. Arguments longer than ``limit`` characters
+    of JSON are shown cut, with a notice, and the form then has no **Approve**
+    (an approver approves only a call they saw whole: ``d2 approvals``)."""
+    arguments, left = shown_json_within(request.arguments, limit)
     details = markup(
         "<dl><dt>Tool</dt><dd><code>{tool}</code></dd>"
         "<dt>Requested by</dt><dd>{who}</dd>"
@@ -273,7 +327,8 @@ def request_page(
         '<dt>Asked</dt><dd>{asked} <span class="muted">({asked_ago})</span></dd>'
         '<dt>Expires</dt><dd>{expires} <span class="muted">({expires_in})</span></dd>'
         "<dt>Request id</dt><dd><code>{id}</code></dd></dl>"
-        '<h2 id="arguments">Arguments</h2><pre aria-labelledby="arguments">{arguments}</pre>',
+        '<h2 id="arguments">Arguments</h2><pre aria-labelledby="arguments">{arguments}</pre>'
+        "{cut}",
         tool=request.tool_id,
         who=request.user_id,
         roles=", ".join(request.approver_roles),
@@ -283,7 +338,16 @@ def request_page(
         expires=utc(request.expires_at),
         expires_in=ago(request.expires_at, now),
         id=request.id,
-        arguments=esc_lines(shown_json(request.arguments)),
+        arguments=esc_shown(arguments),
+        cut=markup(
+            '<p class="status" role="note">Truncated: {left} more characters of the '
+            "arguments are not shown here. Read the whole call with "
+            "<code>d2 approvals show {id}</code>.</p>",
+            left=f"{left:,}",
+            id=request.id,
+        )
+        if left
+        else Html(""),
     )
     top = markup('<p class="status" role="status">{n}</p>', n=notice) if notice else Html("")
     if state == "pending" and csrf is not None:
@@ -292,12 +356,26 @@ def request_page(
             '<input type="hidden" name="csrf" value="{csrf}">'
             '<label for="comment">Comment (optional)</label>'
             '<textarea id="comment" name="comment" maxlength="500"></textarea>'
-            '<div class="actions">'
-            '<button type="submit" class="approve" name="decision" value="approve">Approve</button>'
+            "{why}"
+            '<div class="actions">{approve}'
             '<button type="submit" class="reject" name="decision" value="reject">Reject</button>'
             "</div></form>",
             action=action,
             csrf=csrf,
+            why=markup(
+                '<p class="muted">This call is too large to be seen whole here, so it cannot '
+                "be approved here: approve it with <code>d2 approvals approve {id}</code> "
+                "after reading it, or reject it here.</p>",
+                id=request.id,
+            )
+            if left
+            else Html(""),
+            approve=Html("")
+            if left
+            else Html(
+                '<button type="submit" class="approve" name="decision" value="approve">'
+                "Approve</button>"
+            ),
         )
     else:
         tail = _outcome(state, decided_by, decision, now)

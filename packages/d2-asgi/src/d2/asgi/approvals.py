@@ -10,16 +10,19 @@ What each approver gets, server-rendered (no script; the list refreshes itself
 with a ``<meta>`` refresh):
 
 * ``GET /``: the pending requests they may decide (an approver role of theirs, not
-  asked by them), and the recent decisions made through this inbox on requests
-  they could have decided;
+  asked by them), 50 a page (``?page=2``), and the recent decisions made through
+  this inbox on requests they could have decided;
 * ``GET /requests/<id>``: one request (tool, arguments as JSON, requester, policy
   version, asked and expiry times) with the buttons **Approve** and **Reject** and
-  an optional comment, or who decided it;
+  an optional comment, or who decided it. Arguments beyond
+  ``max_argument_chars`` are shown cut, and such a call cannot be approved on the
+  page (only where it is seen whole: ``d2 approvals``);
 * ``POST /requests/<id>``: the decision (then back to the request's page).
 
 The same guarantees as :func:`d2.approve` (exact call, one use, never the
 requester, only approver roles), and the page is safe by construction: POSTs
-carry a CSRF token bound to the user's session cookie and identity, and a
+carry a CSRF token bound to the user's session cookie and identity and valid for
+12 hours (:data:`CSRF_LIFETIME`), and a
 cross-site POST is refused; every response sends a strict Content-Security-Policy,
 ``X-Frame-Options: DENY`` and ``Cache-Control: no-store``; every value is
 HTML-escaped; a request the user could not decide answers exactly like a missing
@@ -30,6 +33,7 @@ Needs Starlette: ``pip install "d2-sdk[asgi]"``.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
 import hmac
@@ -54,14 +58,14 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 from d2.core import ConfigurationError, UserContext
 from d2.core import evaluate as _evaluate
 from d2.core.approval_data import ApprovalRequest
-from d2.core.approval_desk import ApprovalDesk
+from d2.core.approval_desk import ApprovalDesk, could_decide, shown_json_within
 from d2.core.errors import D2Error, PermissionDeniedError
 
 from . import _inbox_html as view
 from .bearer import JWTExtractor
 from .types import ASGIApp, Message, Receive, Scope, Send, UserExtractor
 
-__all__ = ["SECURITY_HEADERS", "current_user", "inbox_app"]
+__all__ = ["CSRF_LIFETIME", "SECURITY_HEADERS", "current_user", "inbox_app"]
 
 log = logging.getLogger("d2.asgi")
 
@@ -81,11 +85,18 @@ SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
 )
 """The headers every inbox response carries (replacing any the app set)."""
 
+CSRF_LIFETIME = 12 * 3600
+"""Seconds a page's CSRF token is accepted after it was issued (a form left open
+longer is refused: reload the page)."""
+
 _ID = re.compile(r"[0-9a-f]{64}")
 _COOKIE = "d2_inbox_session"
 _SESSION = re.compile(r"[A-Za-z0-9_-]{43}")
 _MAX_FORM = 16 * 1024
 _MAX_COMMENT = 500
+_PAGE = re.compile(r"[1-9][0-9]{0,5}")
+_TOKEN = re.compile(r"[0-9a-f]{64}")
+_SKEW = 300  # seconds a token's time may be ahead of this process's clock (replicas)
 
 
 def current_user(scope: Scope) -> tuple[str | None, tuple[str, ...]]:
@@ -137,8 +148,10 @@ class _Inbox:
         refresh: int | None,
         keep: int,
         title: str,
+        limit: int,
     ) -> None:
         self.desk = desk
+        self.limit = limit
         self.extract = user_extractor
         self.secret = secret
         self.refresh = refresh
@@ -161,9 +174,27 @@ class _Inbox:
             log.warning("d2: the inbox's user extractor raised: no user", exc_info=True)
             return UserContext(None, None)
 
-    def token(self, session: str, user: str) -> str:
-        message = json.dumps([session, user], ensure_ascii=True).encode()
-        return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
+    def token(self, session: str, user: str, issued: int | None = None) -> str:
+        """The CSRF token of ``user`` in ``session``, issued at ``issued`` (Unix
+        seconds, default now): the time in 8 hex digits, then 56 of the HMAC of
+        the three (64 hex digits in all)."""
+        if issued is None:
+            issued = int(_evaluate._now())
+        issued &= 0xFFFFFFFF
+        message = json.dumps([session, user, issued], ensure_ascii=True).encode()
+        mac = hmac.new(self.secret, message, hashlib.sha256).hexdigest()
+        return f"{issued:08x}{mac[:56]}"
+
+    def token_valid(self, given: str, session: str, user: str) -> bool:
+        """Whether ``given`` is a token this inbox issued to ``user`` in ``session``
+        less than :data:`CSRF_LIFETIME` seconds ago."""
+        if not _TOKEN.fullmatch(given):
+            return False
+        issued = int(given[:8], 16)
+        age = _evaluate._now() - issued
+        if not -_SKEW <= age <= CSRF_LIFETIME:
+            return False
+        return hmac.compare_digest(given.encode(), self.token(session, user, issued).encode())
 
     @staticmethod
     def session_of(request: Request) -> str | None:
@@ -220,24 +251,26 @@ class _Inbox:
     def visible(self, ctx: UserContext) -> list[view.Decision]:
         with self.lock:
             decisions = list(self.recent)
-        return [
-            d
-            for d in reversed(decisions)
-            if d.request.user_id != ctx.user_id
-            and not ctx.roles.isdisjoint(d.request.approver_roles)
-        ]
+        return [d for d in reversed(decisions) if could_decide(d.request, ctx.user_id, ctx.roles)]
 
     # -- handlers --------------------------------------------------------------------
     async def index(self, request: Request) -> Response:
         ctx = await self.user(request)
         if ctx.user_id is None:
             return self.error(request, ctx, 401)
+        number = request.query_params.get("page", "1")
+        if not _PAGE.fullmatch(number):
+            return self.error(request, ctx, 400)
         try:
             pending = await self.desk.pending(ctx.user_id, ctx.roles)
         except D2Error as exc:
             return self.unavailable(request, ctx, exc)
         body = view.inbox_page(
-            pending, self.visible(ctx)[:10], now=_evaluate._now(), base=self.base(request)
+            pending,
+            self.visible(ctx)[:10],
+            now=_evaluate._now(),
+            base=self.base(request),
+            number=int(number),
         )
         return self.html(request, ctx, self.title, body, refresh=self.refresh)
 
@@ -271,7 +304,10 @@ class _Inbox:
         fresh = session is None
         if session is None:
             session = secrets.token_urlsafe(32)
-        body = view.request_page(
+        # in a thread: the call's arguments may be megabytes of JSON to read through
+        # (the page shows at most self.limit characters of them)
+        body = await asyncio.to_thread(
+            view.request_page,
             shown,
             now=_evaluate._now(),
             state=state.state if state is not None else "closed",
@@ -280,6 +316,7 @@ class _Inbox:
             csrf=self.token(session, ctx.user_id),
             action=f"{self.base(request)}/requests/{request_id}",
             notice=notice,
+            limit=self.limit,
         )
         title = f"{shown.tool_id} - {self.title}"
         return self.html(request, ctx, title, body, status, session=session if fresh else None)
@@ -307,7 +344,7 @@ class _Inbox:
         if (
             session is None
             or len(given) != 1
-            or not hmac.compare_digest(given[0].encode(), self.token(session, ctx.user_id).encode())
+            or not self.token_valid(given[0], session, ctx.user_id)
         ):
             return self.error(request, ctx, 403)
         choice, comments = form.get("decision", []), form.get("comment", [""])
@@ -320,6 +357,12 @@ class _Inbox:
         if not _ID.fullmatch(request_id):
             return self.error(request, ctx, 404)
         approve = choice[0] == "approve"
+        if approve and await self.too_large(request_id, ctx):
+            notice = (
+                "This call is too large to be shown whole here, so it cannot be approved "
+                "here: decide it with d2 approvals."
+            )
+            return await self.render(request, ctx, request_id, 409, notice=notice)
         try:
             decided = await self.desk.decide(request_id, approve, ctx.user_id, ctx.roles)
         except PermissionDeniedError as exc:
@@ -341,6 +384,18 @@ class _Inbox:
             )
         where = f"{self.base(request)}/requests/{request_id}"
         return RedirectResponse(where, status_code=303)
+
+    async def too_large(self, request_id: str, ctx: UserContext) -> bool:
+        """Whether the request's arguments are longer than the page shows (its
+        approval must be given where the whole call is seen)."""
+        try:
+            state = await self.desk.lookup(request_id, ctx.user_id, ctx.roles)
+        except D2Error:
+            return False  # the decision answers the store's failure itself
+        if state is None:
+            return False
+        _, left = await asyncio.to_thread(shown_json_within, state.request.arguments, 0)
+        return left > self.limit
 
     async def refused(self, request: Request, ctx: UserContext, request_id: str) -> Response:
         """A decision the desk refused: 409 when the user can still see the request
@@ -369,6 +424,7 @@ def inbox_app(
     refresh_seconds: int | None = 15,
     recent_decisions: int = 50,
     title: str = "Approvals",
+    max_argument_chars: int = view.MAX_SHOWN,
 ) -> ASGIApp:
     """The approvals inbox as an ASGI app (see the module docstring).
 
@@ -377,7 +433,11 @@ def inbox_app(
     async): :func:`~d2.asgi.jwt_extractor`, :func:`~d2.asgi.headers_extractor`
     behind a proxy that sets or strips the headers, or :func:`current_user` when
     the app's own ``ASGIMiddleware`` wraps the mount. It is required: a page that
-    approves refunds never guesses who is asking.
+    approves refunds never guesses who is asking. It must give the user id the
+    app's guard gives the same person (the same claim, the same header): the
+    requester is refused by comparing the two ids (ignoring case, width and
+    invisible characters), so an inbox reading ``email`` in front of an app that
+    reads ``sub`` would let approvers decide their own requests.
 
     ``desk``: where requests are read and decided (default: D2 instance
     ``instance_name`` of this process, its store and the namespace of its policy).
@@ -385,7 +445,12 @@ def inbox_app(
     the same one to every replica behind a load balancer). ``refresh_seconds``:
     how often the list reloads itself (``None``: never). ``recent_decisions``: how
     many decisions made here are remembered for the list (in this process's
-    memory). ``title``: the page's heading.
+    memory). ``title``: the page's heading. ``max_argument_chars``: how much of a
+    call's arguments (characters of indented JSON) a request page shows; a longer
+    call is shown cut, with its **Approve** button removed and an approval POST
+    refused (409): an approver approves only what they saw whole, with
+    ``d2 approvals show`` / ``approve``. The list shows 50 pending requests a
+    page (``?page=2``).
 
     Mount it::
 
@@ -402,6 +467,8 @@ def inbox_app(
         raise ConfigurationError("csrf_secret must be at least 32 bytes of random data")
     if refresh_seconds is not None and refresh_seconds < 1:
         raise ConfigurationError("refresh_seconds must be 1 or more, or None")
+    if int(max_argument_chars) < 1024:
+        raise ConfigurationError("max_argument_chars must be 1024 or more")
     inbox = _Inbox(
         desk if desk is not None else ApprovalDesk.of_instance(instance_name),
         user_extractor,
@@ -409,6 +476,7 @@ def inbox_app(
         refresh_seconds,
         max(1, int(recent_decisions)),
         title,
+        int(max_argument_chars),
     )
     app = Starlette(
         routes=[
@@ -418,4 +486,8 @@ def inbox_app(
         ],
         exception_handlers={404: inbox.not_found, 405: inbox.not_found},
     )
+    # Starlette answers a URL with a trailing slash by a redirect to an address it
+    # builds from the Host header (307, which a browser follows with the form's
+    # body): the inbox's own addresses never end in one, so such a URL is a 404.
+    app.router.redirect_slashes = False
     return _Headers(app)

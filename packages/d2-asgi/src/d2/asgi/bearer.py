@@ -18,13 +18,21 @@ What is accepted, decided by the key, never by the token:
 * ``exp`` and ``aud`` are required (``aud`` must name ``audience``; a list that
   names it is accepted, as RFC 7519 allows); ``iss`` must equal ``issuer`` when
   one is given; ``nbf`` and ``iat`` are checked when present; all with ``leeway``
-  seconds of clock skew. A token with a ``crit`` or ``b64`` header is refused.
+  seconds of clock skew. A token with a ``crit`` or ``b64`` header is refused, and
+  so is one whose ``typ`` header is present and is not ``JWT`` or ``at+jwt``
+  (``application/`` prefix optional, any case): a logout token, a security event
+  token or a DPoP proof of the same provider is not a login. An ID token usually
+  says ``JWT`` (or nothing) and is accepted like an access token: give the inbox
+  an audience of its own, which only tokens meant for it name.
 
 The JWKS is fetched with httpx's async client (never blocking the event loop) on
 first use, again after ``cache_seconds``, and when a token names a key id it does
 not know (at most once per ``refresh_floor`` seconds, so made-up key ids cannot
 hammer the identity provider); concurrent requests share one fetch. A failed
-fetch keeps the keys it had. ``jwks_url`` must be ``https://`` except on the
+fetch keeps the keys it had. The floor has a cost: a key the provider has just
+rotated in is refused for up to ``refresh_floor`` seconds (30) after any fetch,
+for example one that a made-up key id triggered; publish a new key in the JWKS
+before signing with it, as providers do. ``jwks_url`` must be ``https://`` except on the
 loopback interface.
 
 The claims: ``user_claim`` (default ``sub``) is the user id; ``roles_claim``
@@ -82,6 +90,9 @@ _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 b64token
 _SPACE = " \t\r\n\f\v"
 _MISSING = object()
 _AUTHORIZATION = b"authorization"
+# the "typ" headers of a token that says who is calling (RFC 7519, RFC 9068), with
+# or without the "application/" prefix, in any case (RFC 7515 4.1.9); absent is fine
+_TYPES = frozenset({"jwt", "application/jwt", "at+jwt", "application/at+jwt"})
 
 Identity = tuple[str, tuple[str, ...]]
 
@@ -340,6 +351,9 @@ class JWTExtractor:
             return None  # none, HS*, anything not asymmetric or not allowed here
         if "crit" in header or "b64" in header:
             return None
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in _TYPES):
+            return None  # a logout token, an event token, a DPoP proof: not an access
         if kid is not None and not isinstance(kid, str):
             return None
         key = await self._key(kid)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -49,6 +50,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_ID = re.compile(r"[0-9a-f]{64}")
 
 AsOption = Annotated[
     str, typer.Option("--as", help="The approver's user id (who decides).", show_default=False)
@@ -241,10 +243,18 @@ def list_command(
 
 def _not_yours(request_id: str) -> CliError:
     return failed(
-        f"approval request {request_id[:12]} is not one you may decide: unknown, expired, "
-        "used, another app's, asked by you, or not for your roles",
+        f"approval request {visible_text(request_id[:12])} is not one you may decide: "
+        "unknown, expired, used, another app's, asked by you, or not for your roles",
         hint="`d2 approvals list` shows the requests you may decide",
     )
+
+
+def _request_id(request_id: str) -> str:
+    """``request_id`` when it can be one (64 lower-case hex digits); else the answer
+    to an unknown request, without asking the store."""
+    if not _ID.fullmatch(request_id):
+        raise _not_yours(request_id)
+    return request_id
 
 
 def show_command(
@@ -260,6 +270,7 @@ def show_command(
 
     def body(out: Output) -> int:
         user, held = _user(as_user), _roles(roles)
+        _request_id(request_id)
         state: ApprovalState | None
         state, _ = _on_desk(store, app, policy, lambda d: d.lookup(request_id, user, held))
         if state is None:
@@ -294,6 +305,7 @@ def _decide(
 
     def body(out: Output) -> int:
         user, held = _user(as_user), _roles(roles)
+        _request_id(request_id)
         try:
             request, _ = _on_desk(
                 store, app, policy, lambda d: d.decide(request_id, approve, user, held)
@@ -367,7 +379,12 @@ def serve_command(
         str, typer.Option("--roles-claim", help="The claim (or dotted path) of the roles.")
     ] = "roles",
     user_claim: Annotated[
-        str, typer.Option("--user-claim", help="The claim (or dotted path) of the user id.")
+        str,
+        typer.Option(
+            "--user-claim",
+            help="The claim (or dotted path) of the user id: the one the app's guard reads "
+            "(another claim lets an approver decide their own requests).",
+        ),
     ] = "sub",
     listen: Annotated[
         str, typer.Option("--listen", help="HOST:PORT to serve on.")

@@ -6,10 +6,17 @@ Promises kept here (each function keeps one):
   ``docs/approvals.md``, "Notifications"): a ``text`` line for Slack-compatible
   incoming webhooks and the structured fields. ``text`` is one line, bounded, with
   the requester's and the tool's names escaped for Slack (``&``, ``<``, ``>``) and
-  stripped of control, format and separator characters, so a user id such as
+  every invisible character (:func:`d2.core._invisible.invisible`: controls,
+  formats, separators, default-ignorables) as ``?``, so a user id such as
   ``<!channel>`` or one holding a newline or a bidi override cannot ping a
-  channel, forge a second line or reorder what the approver reads. The
-  structured fields carry the values exactly.
+  channel, forge a second line or reorder what the approver reads. Mentions and
+  links are defanged, visibly, for the receivers that read them in plain text
+  (Mattermost, Rocket.Chat, Discord's Slack endpoint, Slack's auto-linking):
+  ``@`` becomes the fullwidth at sign U+FF20 (no ``@channel``, ``@here``,
+  ``@all``, ``@everyone``), ``[`` ``]`` the fullwidth brackets U+FF3B, U+FF3D
+  (no Markdown link), a backtick ``'``, ``://`` ``[:]//``, and in a user id a
+  ``.`` before a letter or digit ``[.]`` (no bare link: ``www[.]evil[.]example``).
+  The structured fields carry the values exactly.
 * The call's arguments are included only when the app opted in, and then only
   as the approver's view (:mod:`d2.core._display`, already in
   ``ApprovalRequest.arguments``): never an object of the app.
@@ -25,10 +32,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
-import unicodedata
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+from ._invisible import invisible
 
 if TYPE_CHECKING:
     from .approval_data import ApprovalRequest
@@ -54,8 +63,18 @@ MAX_BODY = 256 * 1024
 """Bytes of JSON an event may take; beyond, its ``arguments`` become ``null``."""
 
 _PIECE = 80  # characters of a requester or tool name shown in ``text``
-_SLACK = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
-_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_SLACK = str.maketrans(
+    {
+        "&": "&amp;",
+        "<": "&lt;",
+        ">": "&gt;",
+        "@": "\uff20",  # FULLWIDTH COMMERCIAL AT: no mention
+        "[": "\uff3b",  # FULLWIDTH LEFT SQUARE BRACKET: no Markdown link
+        "]": "\uff3d",
+        "`": "'",  # no code span swallowing the rest of the line
+    }
+)
+_DOT = re.compile(r"\.(?=[^\W_])")  # a dot before a letter or digit: a host name
 _MAX_RETRY_AFTER = 86400.0
 
 
@@ -66,18 +85,22 @@ def _iso(ts: float, millis: bool = False) -> str:
     return f"{base}.{int(ts % 1 * 1000):03d}Z" if millis else base + "Z"
 
 
-def _shown(value: str) -> str:
-    """``value`` safe for one line of Slack text: control, format and separator
-    characters (newlines, bidi overrides, zero-width joiners, lone surrogates)
-    become ``?``, ``&<>`` are escaped, and it is cut to a bounded length."""
+def _shown(value: str, *, person: bool = False) -> str:
+    """``value`` safe for one line of chat text: invisible characters (newlines,
+    bidi overrides, zero-width joiners, fillers, lone surrogates; spaces but
+    ``" "``) become ``?``, ``&<>`` are escaped, mentions and links defanged (see
+    the module's promises; ``person``: a user id, whose dots before a letter or
+    digit become ``[.]`` too), and it is cut to a bounded length."""
     cut = value if len(value) <= _PIECE else value[: _PIECE - 1] + "\u2026"
-    clean = "".join("?" if unicodedata.category(ch) in _HIDDEN else ch for ch in cut)
-    return clean.translate(_SLACK)
+    clean = "".join("?" if ch != " " and invisible(ch) else ch for ch in cut)
+    clean = clean.translate(_SLACK).replace("://", "[:]//")
+    return _DOT.sub("[.]", clean) if person else clean
 
 
 def summary(kind: str, request: ApprovalRequest, decided_by: str | None, link: str | None) -> str:
     """The one-line ``text`` of an event (see the module's promises)."""
-    who, tool = _shown(request.user_id), _shown(request.tool_id)
+    who, tool = _shown(request.user_id, person=True), _shown(request.tool_id)
+    by = _shown(decided_by or "?", person=True)
     short = request.id[:12]
     if kind == "requested":
         roles = ", ".join(_shown(r) for r in request.approver_roles[:8])
@@ -89,14 +112,11 @@ def summary(kind: str, request: ApprovalRequest, decided_by: str | None, link: s
         )
     elif kind == "approved":
         line = (
-            f"D2: approval request {short} approved by {_shown(decided_by or '?')}: "
+            f"D2: approval request {short} approved by {by}: "
             f"{who} may call {tool} once before {_iso(request.expires_at)}"
         )
     else:
-        line = (
-            f"D2: approval request {short} rejected by {_shown(decided_by or '?')}: "
-            f"{who}'s call of {tool} will not run"
-        )
+        line = f"D2: approval request {short} rejected by {by}: {who}'s call of {tool} will not run"
     return f"{line} {link}" if link else line
 
 

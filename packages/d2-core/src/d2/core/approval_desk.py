@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import unicodedata
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import evaluate
+from . import _invisible, evaluate
 from .approval_data import ApprovalRequest
-from .approvals import _check_approver, _logged, _notify, _scoped, _visible
+from .approvals import _check_approver, _logged, _notify, _same_person, _scoped, _visible
 from .context import UserContext
 from .errors import ConfigurationError
 from .stores.base import ApprovalState, Store
@@ -43,44 +42,73 @@ from .stores.base import ApprovalState, Store
 if TYPE_CHECKING:
     from .webhook import ApprovalWebhook
 
-__all__ = ["ApprovalDesk", "namespace_of", "shown_json", "visible_text"]
-
-# Characters an approver cannot see or that reorder what they see: controls,
-# formats (bidirectional overrides, zero-width joiners), private-use and
-# surrogates, line and paragraph separators, and spaces other than " ".
-_HIDDEN = frozenset({"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp", "Zs"})
-
-
-def _escaped(char: str) -> str:
-    code = ord(char)
-    if code <= 0xFFFF:
-        return f"\\u{code:04x}"
-    code -= 0x10000  # a surrogate pair, as JSON writes it
-    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+__all__ = [
+    "ApprovalDesk",
+    "could_decide",
+    "namespace_of",
+    "same_person",
+    "shown_json",
+    "shown_json_within",
+    "visible_text",
+]
 
 
 def visible_text(text: str) -> str:
-    """``text`` with every character an approver could not see, or that changes
-    the order of what they see, written as its ``\\uXXXX`` escape (letters of
-    every script are kept)."""
-    return _unhidden(text, " ")
-
-
-def _unhidden(text: str, keep: str) -> str:
-    if text.isascii() and text.isprintable():
-        return text
-    return "".join(
-        _escaped(c) if c not in keep and unicodedata.category(c) in _HIDDEN else c for c in text
-    )
+    """``text`` with every character an approver could not see, that changes the
+    order of what they see, or that would make it draw like other text, written
+    as its ``\\uXXXX`` escape (letters of every script are kept): controls,
+    formats, spaces other than ``" "``, every Unicode default-ignorable code point
+    (the Hangul fillers, the variation selectors, the combining grapheme joiner),
+    blanks such as U+2800, characters normalisation would replace, and combining
+    marks that compose, overlay, sit on nothing or stack past three (see
+    :mod:`d2.core._invisible`). A backslash followed by ``u`` is itself escaped
+    (``\\u005c``): two different texts are never shown alike."""
+    return _invisible.shown(text, " ")
 
 
 def shown_json(value: Any) -> str:
     """``value`` (a request's ``arguments``: JSON values, as :mod:`d2.core._display`
     made them for the approver) as indented JSON an approver reads: letters of
-    every script kept, and every invisible or direction-changing character escaped
-    (:func:`visible_text`), so two different calls never look the same."""
+    every script kept, and every character :func:`visible_text` escapes written as
+    its JSON escape, so two different calls never look the same."""
+    return _json_shown(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False))
+
+
+def shown_json_within(value: Any, limit: int) -> tuple[str, int]:
+    """:func:`shown_json` of ``value`` cut to the first ``limit`` characters of its
+    JSON text, and how many characters were left out (0: the whole call is
+    shown). The work is bounded by ``limit`` (and one ``json.dumps``), whatever the
+    size of the value: what a page shows inline."""
     text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
-    return _unhidden(text, " \n")  # JSON escapes a newline inside a string: these are its own
+    left = max(len(text) - max(int(limit), 0), 0)
+    return _json_shown(text[: len(text) - left] if left else text), left
+
+
+def _json_shown(text: str) -> str:
+    if text.isascii() and "\x7f" not in text:
+        return text  # json.dumps escaped every control character but its own newlines
+    # JSON escapes a newline inside a string (these are its own) and doubles every
+    # backslash (no text reads like one of the escapes added here)
+    return _invisible.shown(text, " \n", backslash=False)
+
+
+def same_person(first: str, second: str) -> bool:
+    """Whether two user ids name one person for the "never the requester" rule:
+    equal once default-ignorable characters are dropped, NFKC applied and case
+    folded (``AGENT-7``, ``agent-7`` and its fullwidth form are one
+    person: identity sources that ignore case let one person sign in under each).
+    The requester's own identity elsewhere (restoring their request) is exact."""
+    return _same_person(first, second)
+
+
+def could_decide(
+    request: ApprovalRequest, user_id: str | None, roles: Iterable[str] | str | None
+) -> bool:
+    """Whether ``user_id`` holding ``roles`` may decide ``request``, or could have:
+    an approver role of theirs, and not its requester under any spelling
+    (:func:`same_person`)."""
+    ctx = UserContext(user_id, roles)
+    return bool(_visible([request], ctx.user_id, ctx.roles))
 
 
 def namespace_of(app_name: str) -> str:

@@ -23,7 +23,9 @@ a shared store. The data types live in :mod:`d2.core.approval_data`.
 
 from __future__ import annotations
 
-from . import evaluate, resume
+import unicodedata
+
+from . import _invisible, evaluate, resume
 from .approval_data import (
     ApprovalRequest,
     NoCanonicalForm,
@@ -84,6 +86,25 @@ def _scoped(instance_name: str, ctx: UserContext) -> tuple[Store, str]:
     return evaluator.store_for_use(), namespace
 
 
+def _person_key(user_id: str) -> str:
+    """``user_id`` as one person is told from another by the "never the
+    requester" rule: without default-ignorable characters (zero-width, variation
+    selectors), in NFKC (fullwidth and other compatibility forms as their plain
+    letters), case-folded, trimmed. ``AGENT-7``, ``agent-7`` and its fullwidth
+    form are one person here, since identity sources that ignore
+    case (LDAP, Active Directory, HTTP Basic logins) let one person sign in under
+    each; the requester's own identity (``restore_request``) stays an exact match."""
+    kept = "".join(c for c in user_id if not _invisible.ignorable(c))
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", kept).casefold())
+    return folded.strip()
+
+
+def _same_person(first: str, second: str) -> bool:
+    """Whether two user ids name one person for the "never the requester" rule
+    (:func:`_person_key`)."""
+    return first == second or _person_key(first) == _person_key(second)
+
+
 def _check_approver(
     state: ApprovalState | None, request_id: str, user_id: str | None, roles: frozenset[str]
 ) -> None:
@@ -104,11 +125,11 @@ def _check_approver(
             roles,
         )
     request = state.request
-    if user_id == request.user_id:
+    if _same_person(user_id, request.user_id):
         raise _denied(
-            f"user {user_id!r} asked for approval request {request_id[:12]} and cannot "
-            "approve or reject it: another user with role "
-            f"[{', '.join(request.approver_roles)}] must",
+            f"user {user_id!r} asked for approval request {request_id[:12]} (user ids are "
+            "compared ignoring case, width and invisible characters) and cannot approve "
+            f"or reject it: another user with role [{', '.join(request.approver_roles)}] must",
             "approval_not_permitted",
             user_id,
             roles,
@@ -205,10 +226,15 @@ async def reject_async(request_id: str, *, instance_name: str = "default") -> Ap
 def _visible(
     requests: list[ApprovalRequest], user_id: str | None, roles: frozenset[str]
 ) -> list[ApprovalRequest]:
+    if user_id is None:
+        return []
+    me = _person_key(user_id)
     return [
         r
         for r in requests
-        if user_id is not None and r.user_id != user_id and not roles.isdisjoint(r.approver_roles)
+        if not roles.isdisjoint(r.approver_roles)
+        and r.user_id != user_id
+        and _person_key(r.user_id) != me
     ]
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -238,9 +238,10 @@ def controlled_clock(monkeypatch: Any, start: float | None = None) -> Clock:
 class Reply:
     """How a :class:`WebhookReceiver` answers one POST: ``status`` and
     ``headers`` after ``delay`` seconds; ``hang``: never answer (until the
-    receiver closes)."""
+    receiver closes). ``body``: the answer's body (default ``ok``), or a function
+    of the request's path and query giving it (a receiver that echoes them)."""
 
-    __slots__ = ("delay", "hang", "headers", "status")
+    __slots__ = ("body", "delay", "hang", "headers", "status")
 
     def __init__(
         self,
@@ -249,11 +250,13 @@ class Reply:
         headers: dict[str, str] | None = None,
         delay: float = 0.0,
         hang: bool = False,
+        body: bytes | Callable[[str], bytes] = b"ok",
     ) -> None:
         self.status = status
         self.headers = dict(headers or {})
         self.delay = delay
         self.hang = hang
+        self.body = body
 
 
 class WebhookReceiver:
@@ -295,12 +298,13 @@ class WebhookReceiver:
                     with receiver._arrived:
                         receiver.events.append(body)
                         receiver._arrived.notify_all()
+                answer = reply.body(self.path) if callable(reply.body) else reply.body
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Length", "2")
+                self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
-                self.wfile.write(b"ok")
+                self.wfile.write(answer)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

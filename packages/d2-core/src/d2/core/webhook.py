@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import socket
 import threading
 import time
@@ -186,6 +187,7 @@ class ApprovalWebhook:
         self._url = validate_url(url, "approval_webhook")
         self.shown_url = masked_url(self._url)
         self._target, self._auth = _without_credentials(self._url)
+        self._secrets = _Secrets(self._url, self._target)
         self.arguments = bool(arguments)
         self.inbox_url = (
             validate_url(inbox_url, "approval_inbox_url") if inbox_url is not None else None
@@ -389,7 +391,7 @@ class ApprovalWebhook:
         except urllib.error.HTTPError as exc:
             try:
                 wait = retry_after_seconds(exc.headers.get("Retry-After"), time.time())
-                said = _said(exc.read(512))
+                said = _excerpt(exc.read(512), self._secrets)
             except Exception:
                 wait, said = None, ""
             finally:
@@ -404,13 +406,9 @@ class ApprovalWebhook:
             return None, None, self._scrub(text)
 
     def _scrub(self, text: str) -> str:
-        """``text`` without the URL or any part of it that may be secret."""
-        parts = urlsplit(self._url)
-        secrets = (self._url, self._target, parts.path, parts.query, parts.username, parts.password)
-        for secret in secrets:
-            if secret and len(secret) > 1:
-                text = text.replace(secret, "***")
-        return text[:300]
+        """``text`` without the URL or any part of it that may be secret (see
+        :func:`_masked`), then cut to a bounded length."""
+        return _masked(text, self._secrets)[:300]
 
     def _lost(self, count: int, why: str) -> None:
         before = self.dropped
@@ -521,11 +519,75 @@ def _user_agent() -> str:
     return f"d2-sdk/{__version__} approval-webhook"
 
 
-def _said(data: bytes) -> str:
-    """The start of a receiver's error body, printable, for the log."""
+_EXCERPT = 80  # characters of a receiver's error body in the log
+_GRAM = 6  # a run of this many characters of the URL's secret parts is masked
+_TOKEN = re.compile(r"[A-Za-z0-9_\-+/=~.%]{24,}")  # anything that looks like a token
+
+
+class _Secrets:
+    """What :func:`_masked` removes: the URL's secret parts in every spelling a
+    receiver may echo them (as sent, percent-decoded, HTML- or JSON-escaped), and
+    every run of :data:`_GRAM` characters of them, compared case-insensitively."""
+
+    __slots__ = ("grams", "whole")
+
+    def __init__(self, url: str, target: str) -> None:
+        import html
+        from urllib.parse import quote, unquote, unquote_plus
+
+        parts = urlsplit(url)
+        raw = [url, target, parts.path, parts.query, parts.fragment]
+        raw += [parts.username or "", parts.password or ""]
+        spellings: set[str] = set()
+        for value in raw:
+            for form in (value, unquote(value), unquote_plus(value), quote(unquote(value))):
+                spellings |= {form, html.escape(form), form.replace("/", "\\/")}
+        self.whole = sorted((v.lower() for v in spellings if len(v) > 1), key=len, reverse=True)
+        self.grams = frozenset(
+            value[i : i + _GRAM] for value in self.whole for i in range(len(value) - _GRAM + 1)
+        )
+
+
+def _masked(text: str, secrets: _Secrets) -> str:
+    """``text`` with every spelling of the URL's secret parts, every run of
+    :data:`_GRAM` of their characters, and every run that looks like a token
+    (24 or more letters, digits and ``-_+/=~.%``) replaced by ``***``."""
+    lower = text.lower()
+    hidden = bytearray(len(text))
+    for secret in secrets.whole:
+        start = lower.find(secret)
+        while start >= 0:
+            hidden[start : start + len(secret)] = b"\x01" * len(secret)
+            start = lower.find(secret, start + 1)
+    for i in range(len(lower) - _GRAM + 1):
+        if lower[i : i + _GRAM] in secrets.grams:
+            hidden[i : i + _GRAM] = b"\x01" * _GRAM
+    for found in _TOKEN.finditer(text):
+        hidden[found.start() : found.end()] = b"\x01" * (found.end() - found.start())
+    if not any(hidden):
+        return text
+    out: list[str] = []
+    for i, char in enumerate(text):
+        if not hidden[i]:
+            out.append(char)
+        elif i == 0 or not hidden[i - 1]:
+            out.append("***")
+    return "".join(out)
+
+
+def _excerpt(data: bytes, secrets: _Secrets) -> str:
+    """A receiver's error body as the log shows it: printable, every part of the
+    URL masked (many receivers echo the path of a 404, some decoded or escaped),
+    and only then cut to :data:`_EXCERPT` characters, so that a cut never leaves a
+    piece of the secret that no longer matches."""
     text = data.decode("utf-8", "replace")
-    text = "".join(ch if ch.isprintable() else " " for ch in text).strip()
-    return f": {text[:120]!r}" if text else ""
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    text = " ".join(_masked(text, secrets).split())
+    if not text:
+        return ""
+    if len(text) > _EXCERPT:
+        text = text[: _EXCERPT - 1] + "\u2026"
+    return f": {text!r}"
 
 
 def _tracking(owner: ApprovalWebhook, cls: type[http.client.HTTPConnection]) -> Any:
