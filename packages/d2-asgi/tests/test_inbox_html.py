@@ -255,3 +255,58 @@ def test_the_list_shows_fifty_requests_a_page() -> None:
     assert "No request on this page" in beyond
     few = view.inbox_page(many[:3], [], now=NOW, base="/d2/approvals")
     assert 'rel="next"' not in few and "of 3" not in few
+
+
+def test_a_store_failure_on_the_size_check_never_approves_a_truncated_call() -> None:
+    """Tenth review: the size check's store read failing once let the decision's
+    own read approve a call the page could not show whole."""
+    import asyncio
+    import re
+
+    import httpx
+    from d2.asgi.approvals import inbox_app
+    from d2.core import evaluate
+    from d2.core.approval_data import ApprovalRequest
+    from d2.core.approval_desk import ApprovalDesk
+    from d2.core.errors import D2Error
+    from d2.core.stores.memory import MemoryStore
+
+    class Flaky(MemoryStore):
+        fail = 0
+
+        async def get_approval_async(self, ns, rid, now):  # type: ignore[no-untyped-def]
+            if self.fail:
+                self.fail -= 1
+                raise D2Error("store blip")
+            return await super().get_approval_async(ns, rid, now)
+
+    async def scenario() -> None:
+        store = Flaky()
+        now = evaluate._now()
+        rid = "a" * 64
+        request = ApprovalRequest(
+            id=rid,
+            tool_id="pay",
+            user_id="alice",
+            arguments={"x": "y" * 300_000},
+            policy_version="1",
+            expires_at=now + 600,
+            approver_roles=("boss",),
+            asked_at=now,
+        )
+        store.request_approval("ns", request, "call", "h", "", (), now)
+        app = inbox_app(user_extractor=lambda s: ("bob", ["boss"]), desk=ApprovalDesk(store, "ns"))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            page = await c.get(f"/requests/{rid}")
+            match = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)
+            assert match is not None
+            form = {"csrf": match.group(1), "decision": "approve"}
+            assert (await c.post(f"/requests/{rid}", data=form)).status_code == 409
+            store.fail = 1
+            blip = await c.post(f"/requests/{rid}", data=form)
+            assert blip.status_code == 503
+        state = store.get_approval("ns", rid, evaluate._now())
+        assert state is not None and state.state == "pending"
+
+    asyncio.run(scenario())

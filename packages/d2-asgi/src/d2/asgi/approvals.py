@@ -357,7 +357,11 @@ class _Inbox:
         if not _ID.fullmatch(request_id):
             return self.error(request, ctx, 404)
         approve = choice[0] == "approve"
-        if approve and await self.too_large(request_id, ctx):
+        try:
+            too_large = approve and await self.too_large(request_id, ctx)
+        except D2Error as exc:  # not known to be shown whole: never approved (fail closed)
+            return self.unavailable(request, ctx, exc)
+        if too_large:
             notice = (
                 "This call is too large to be shown whole here, so it cannot be approved "
                 "here: decide it with d2 approvals."
@@ -387,11 +391,9 @@ class _Inbox:
 
     async def too_large(self, request_id: str, ctx: UserContext) -> bool:
         """Whether the request's arguments are longer than the page shows (its
-        approval must be given where the whole call is seen)."""
-        try:
-            state = await self.desk.lookup(request_id, ctx.user_id, ctx.roles)
-        except D2Error:
-            return False  # the decision answers the store's failure itself
+        approval must be given where the whole call is seen). A store failure
+        raises: an approval is never given on a size not known."""
+        state = await self.desk.lookup(request_id, ctx.user_id, ctx.roles)
         if state is None:
             return False
         _, left = await asyncio.to_thread(shown_json_within, state.request.arguments, 0)
