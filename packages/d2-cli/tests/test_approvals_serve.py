@@ -106,9 +106,16 @@ def inbox(
     policy.write_text(json.dumps(document))
     configure_rbac_sync(source=str(policy), store=redis_url)
     RUNS.clear()
+    with serve_inbox(redis_url, jwks, policy) as url:
+        yield url, issuer
+
+
+@contextlib.contextmanager
+def serve_inbox(redis_url: str, jwks: str, policy: Path, **env_extra: str) -> Iterator[str]:
+    """``d2 approvals serve`` in another process; yields its URL."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("D2_")}
-    env.update(D2_SILENT="1", D2_STORE_URL=redis_url, D2_POLICY_FILE=str(policy))
+    env.update(D2_SILENT="1", D2_STORE_URL=redis_url, D2_POLICY_FILE=str(policy), **env_extra)
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "d2", "approvals", "serve",
@@ -131,7 +138,7 @@ def inbox(
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "the inbox did not start"
                 time.sleep(0.1)
-        yield url, issuer
+        yield url
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -233,3 +240,46 @@ def test_bad_serve_options_are_usage_errors(tmp_path: Path) -> None:
             cwd=tmp_path,
         )  # fmt: skip
         assert proc.returncode == 2 and said in proc.stderr, proc.stderr
+
+
+def test_replicas_sharing_a_csrf_secret_accept_each_others_forms(
+    inbox: tuple[str, TokenIssuer], idp: tuple[TokenIssuer, str], redis_url: str, tmp_path: Path
+) -> None:
+    # behind a load balancer the form may come from one replica and be posted to the
+    # next: D2_APPROVALS_CSRF_SECRET gives them one key; a replica without it refuses
+    lone, issuer = inbox
+    jwks = idp[1]
+    request_id = hold("o_5")
+    secret = "9f" * 32
+    with (
+        serve_inbox(
+            redis_url, jwks, tmp_path / "policy.json", D2_APPROVALS_CSRF_SECRET=secret
+        ) as first,
+        serve_inbox(
+            redis_url, jwks, tmp_path / "policy.json", D2_APPROVALS_CSRF_SECRET=secret
+        ) as second,
+        signed_in(issuer, "dana", ["finance_lead"]) as dana,
+    ):
+        page = dana.get(f"{first}/requests/{request_id}")
+        token = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)
+        assert page.status_code == 200 and token is not None
+        form = {"csrf": token.group(1), "decision": "approve", "comment": ""}
+        assert dana.cookies  # the session cookie, sent to every port of 127.0.0.1
+        refused = dana.post(f"{lone}/requests/{request_id}", data=form)
+        assert refused.status_code == 403  # another key: the form is not its own
+        done = dana.post(f"{second}/requests/{request_id}", data=form)
+        assert done.status_code == 303
+    as_user("agent-7", roles=["agent"])
+    assert refund("o_5", 250) == "refunded 250 on o_5"
+    assert RUNS == ["o_5"]
+
+
+def test_a_weak_shared_csrf_secret_is_refused(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("D2_")}
+    env["D2_APPROVALS_CSRF_SECRET"] = "short"
+    proc = subprocess.run(
+        [sys.executable, "-m", "d2", "approvals", "serve", "--audience", "a",
+         "--jwks-url", "https://idp.invalid/jwks", "--app", "x", "--store", "redis://h/0"],
+        env=env, capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "csrf_secret" in proc.stderr, proc.stderr

@@ -394,7 +394,8 @@ def serve_command(
     policy: PolicyOption = None,
 ) -> None:
     """Serve the approvals inbox page on its own: approvers are who their
-    Authorization: Bearer JWT says (verified against --jwks-url); 401 without one."""
+    Authorization: Bearer JWT says (verified against --jwks-url); 401 without one.
+    Replicas share the CSRF key of their forms through D2_APPROVALS_CSRF_SECRET."""
 
     def body(out: Output) -> int:
         host, port = _listen(listen)
@@ -415,7 +416,9 @@ def serve_command(
             user_claim=user_claim,
         )
         desk, label = open_desk(store, app, policy)
-        inbox = inbox_app(user_extractor=users, desk=desk)
+        # replicas behind one load balancer share the key of their forms' tokens
+        shared = os.environ.get("D2_APPROVALS_CSRF_SECRET") or None
+        inbox = inbox_app(user_extractor=users, desk=desk, csrf_secret=shared)
         out.note(f"d2: the approvals inbox of {label} on http://{listen}/ (Ctrl-C stops it)")
         server = uvicorn.Server(
             uvicorn.Config(inbox, host=host, port=port, log_level="warning", lifespan="off")

@@ -90,13 +90,15 @@ def _person_key(user_id: str) -> str:
     """``user_id`` as one person is told from another by the "never the
     requester" rule: without default-ignorable characters (zero-width, variation
     selectors), in NFKC (fullwidth and other compatibility forms as their plain
-    letters), case-folded, trimmed. ``AGENT-7``, ``agent-7`` and its fullwidth
-    form are one person here, since identity sources that ignore
-    case (LDAP, Active Directory, HTTP Basic logins) let one person sign in under
-    each; the requester's own identity (``restore_request``) stays an exact match."""
+    letters), case-folded, trimmed, every run of white space one space. ``AGENT-7``,
+    ``agent-7``, `` agent-7`` and its fullwidth form are one person here, since
+    identity sources that ignore case (LDAP, Active Directory, HTTP Basic logins) let
+    one person sign in under each; the requester's own identity (``restore_request``)
+    stays an exact match. An id with nothing visible in it has the key ``""``: no
+    person, who may decide nothing."""
     kept = "".join(c for c in user_id if not _invisible.ignorable(c))
     folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", kept).casefold())
-    return folded.strip()
+    return " ".join(folded.split())
 
 
 def _same_person(first: str, second: str) -> bool:
@@ -108,12 +110,12 @@ def _same_person(first: str, second: str) -> bool:
 def _check_approver(
     state: ApprovalState | None, request_id: str, user_id: str | None, roles: frozenset[str]
 ) -> None:
-    if user_id is None:
+    if user_id is None or not _person_key(user_id):
         raise _denied(
-            "no user context is set: call d2.set_user(approver_id, roles=[...]) before "
-            "approving or rejecting",
+            "no user context is set (or its id has nothing visible in it): call "
+            "d2.set_user(approver_id, roles=[...]) before approving or rejecting",
             "no_user",
-            None,
+            user_id,
             roles,
         )
     if state is None or state.state != "pending":
@@ -226,9 +228,9 @@ async def reject_async(request_id: str, *, instance_name: str = "default") -> Ap
 def _visible(
     requests: list[ApprovalRequest], user_id: str | None, roles: frozenset[str]
 ) -> list[ApprovalRequest]:
-    if user_id is None:
-        return []
-    me = _person_key(user_id)
+    me = _person_key(user_id) if user_id is not None else ""
+    if not me:
+        return []  # no user, or an id with nothing visible in it: no person
     return [
         r
         for r in requests
