@@ -61,17 +61,16 @@ this module imports them only when an extractor is made.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from d2.core import ConfigurationError
 
+from ._idp import check_issuer_url, check_url, get_json, jwks_uri_of
 from .types import Scope
 
 if TYPE_CHECKING:
@@ -97,7 +96,6 @@ _EC_CURVES = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 _OKP_CURVES = frozenset({"Ed25519", "Ed448"})
 _RSA_MIN_BITS = 2048
 _MAX_TOKEN = 16 * 1024  # characters: a bigger "token" is refused unread
-_MAX_JWKS = 1024 * 1024  # bytes of a JWKS (or a discovery) document
 _DISCOVERY = "/.well-known/openid-configuration"
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 b64token
 _SPACE = " \t\r\n\f\v"
@@ -245,78 +243,6 @@ def _parse_key(jwk: Mapping[str, Any]) -> _Key:
     return _Key(kid, public_key, admits)
 
 
-def _check_url(url: str, what: str = "jwks_url") -> str:
-    """``url`` if it is ``https://`` (``http://`` on loopback); else a
-    ``ConfigurationError`` naming ``what``."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except (ValueError, TypeError, AttributeError):
-        raise ConfigurationError(f"{what} {url!r} is not a URL") from None
-    if parts.scheme == "https" and host:
-        return url
-    loopback = host == "localhost"
-    try:
-        loopback = loopback or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
-    if parts.scheme == "http" and loopback:
-        return url
-    raise ConfigurationError(
-        f"{what} must be an https:// URL (http:// only on the loopback interface), got {url!r}"
-    )
-
-
-def _check_issuer_url(url: str) -> str:
-    """An ``oidc_issuer``: a URL as :func:`_check_url` wants, without query or
-    fragment (OpenID Connect Discovery 1.0, 2)."""
-    _check_url(url, "oidc_issuer")
-    parts = urlsplit(url)
-    if parts.query or parts.fragment or "?" in url or "#" in url:
-        raise ConfigurationError(f"oidc_issuer must have no query or fragment, got {url!r}")
-    return url
-
-
-def _jwks_uri(document: Any, issuer: str) -> str:
-    """The checked ``jwks_uri`` of a discovery document for ``issuer``; raises
-    ``ValueError`` saying why the document is refused."""
-    if not isinstance(document, Mapping):
-        raise ValueError("the document is not a JSON object")
-    said = document.get("issuer")
-    if said != issuer:
-        raise ValueError(
-            f"its issuer {said!r} is not identical to oidc_issuer {issuer!r} (OpenID Connect "
-            "Discovery 4.3; a document naming another issuer is refused: set oidc_issuer to "
-            "exactly the provider's issuer, trailing slash included)"
-        )
-    uri = document.get("jwks_uri")
-    if not isinstance(uri, str):
-        raise ValueError("it has no jwks_uri")
-    try:
-        return _check_url(uri, "its jwks_uri")
-    except ConfigurationError as exc:
-        raise ValueError(str(exc)) from None
-
-
-async def _get_json(url: str, *, timeout: float, transport: httpx.AsyncBaseTransport | None) -> Any:
-    """The JSON document at ``url`` (async, no redirects, at most ``_MAX_JWKS``
-    bytes); raises on any failure."""
-    import httpx
-
-    async with (
-        httpx.AsyncClient(timeout=timeout, follow_redirects=False, transport=transport) as client,
-        client.stream("GET", url, headers={"accept": "application/json"}) as response,
-    ):
-        if response.status_code != 200:
-            raise ValueError(f"HTTP {response.status_code}")
-        body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > _MAX_JWKS:
-                raise ValueError(f"the document is over {_MAX_JWKS} bytes")
-    return json.loads(bytes(body))
-
-
 class JWTExtractor:
     """A user extractor that verifies bearer JWTs against a JWKS, given directly
     (``jwks_url``) or named by the OIDC discovery document of ``oidc_issuer`` (see
@@ -380,13 +306,13 @@ class JWTExtractor:
         self.discovery_url: str | None = None
         self.jwks_url: str | None = None
         if oidc_issuer is not None:
-            self.oidc_issuer = _check_issuer_url(oidc_issuer)
+            self.oidc_issuer = check_issuer_url(oidc_issuer)
             self.discovery_url = oidc_issuer.rstrip("/") + _DISCOVERY
             if issuer is None:
                 issuer = oidc_issuer
         else:
             assert jwks_url is not None
-            self.jwks_url = _check_url(jwks_url)
+            self.jwks_url = check_url(jwks_url)
         self.audience = audience
         self.issuer = issuer
         self.roles_claim = roles_claim
@@ -498,10 +424,10 @@ class JWTExtractor:
         if self._discovered is not None and now - self._discovered < self.cache_seconds:
             return
         try:
-            document = await _get_json(
+            document = await get_json(
                 self.discovery_url, timeout=self.timeout, transport=self._transport
             )
-            uri = _jwks_uri(document, self.oidc_issuer)
+            uri = jwks_uri_of(document, self.oidc_issuer)
         except Exception as exc:
             after = (
                 f"keeping the JWKS {self.jwks_url}"
@@ -527,7 +453,7 @@ class JWTExtractor:
         if self.jwks_url is None:
             return  # discovery has not succeeded yet: no keys, every token refused
         try:
-            document = await _get_json(
+            document = await get_json(
                 self.jwks_url, timeout=self.timeout, transport=self._transport
             )
             keys = self._parse(document)

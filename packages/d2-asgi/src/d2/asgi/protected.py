@@ -39,7 +39,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from d2.core import ConfigurationError
 
-from .bearer import _check_url
+from ._idp import check_url
 from .types import ASGIApp, Receive, Scope, Send, UserExtractor
 
 __all__ = ["WELL_KNOWN", "BearerProtected"]
@@ -146,7 +146,7 @@ def _check_resource(resource: str) -> tuple[str, str]:
     """A configured ``resource`` checked; returns it and its (encoded) path."""
     if not isinstance(resource, str):
         raise ConfigurationError("resource must be the protected resource's URL (a string)")
-    _check_url(resource, "resource")
+    check_url(resource, "resource")
     if not _URL_TEXT.fullmatch(resource):
         raise ConfigurationError(
             f"resource must be printable ASCII without spaces, quotes or backslashes "
