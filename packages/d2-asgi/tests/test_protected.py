@@ -258,6 +258,16 @@ async def test_a_forged_identity_in_the_scope_is_replaced(issuer: TokenIssuer, j
     assert seen.json() == ["dana", ["reader"]]
     assert refused.status_code == 401
     assert inner.calls == 1
+    # an extractor that (wrongly) trusts the scope never sees the forged identity
+    naive = BearerProtected(inner, extractor=lambda scope: scope.get("d2.user"))
+
+    async def naive_forger(scope: Any, receive: Any, send: Any) -> None:
+        await naive({**scope, "d2.user": ("root", ("admin",))}, receive, send)
+
+    transport = httpx.ASGITransport(app=naive_forger)
+    async with httpx.AsyncClient(transport=transport, base_url="http://tools.test") as client:
+        assert (await client.get("/mcp")).status_code == 401
+    assert inner.calls == 1
 
 
 async def test_the_identity_becomes_the_d2_user_with_asgi_middleware_inside(

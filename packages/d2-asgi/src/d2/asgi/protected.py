@@ -6,7 +6,7 @@ and keeps these promises (MCP authorization 2025-06-18, RFC 9728, RFC 6750):
 1. ``GET /.well-known/oauth-protected-resource`` and
    ``GET /.well-known/oauth-protected-resource<path>`` (RFC 9728, 3.1) answer the
    protected resource metadata (JSON) without any token: ``resource``,
-   ``authorization_servers`` (the extractor's issuer, when it has one),
+   ``authorization_servers`` (the extractor's ``oidc_issuer`` or ``issuer``),
    ``bearer_methods_supported: ["header"]``, ``resource_name`` and
    ``scopes_supported`` when given.
 2. Every other ``http`` request and ``websocket`` session runs the inner app only
@@ -163,11 +163,12 @@ class BearerProtected:
     the RFC 9728 metadata that tells clients where to get a token.
 
     ``extractor``: ``extractor(scope) -> (user_id, roles) | None``, plain or async;
-    usually :func:`~d2.asgi.jwt_extractor` (its ``issuer`` becomes the metadata's
-    ``authorization_servers``). ``resource``: the resource's public URL (for an
-    MCP server, its endpoint, e.g. ``https://tools.example.invalid/mcp``); give it
-    behind a proxy, since without it the URL is built from the request's ``Host``
-    header. ``resource_name``, ``scopes``: published in the metadata.
+    usually :func:`~d2.asgi.jwt_extractor` (its ``oidc_issuer``, else its
+    ``issuer``, becomes the metadata's ``authorization_servers``). ``resource``:
+    the resource's public URL (for an MCP server, its endpoint, e.g.
+    ``https://tools.example.invalid/mcp``); give it behind a proxy, since without
+    it the URL is built from the request's ``Host`` header. ``resource_name``,
+    ``scopes``: published in the metadata.
 
     The inner app reads ``scope["d2.user"]``; to make it the D2 user of each
     request, put :class:`~d2.asgi.ASGIMiddleware` inside::
@@ -206,7 +207,9 @@ class BearerProtected:
                         f"scopes must be OAuth scope tokens (printable ASCII, no spaces, "
                         f"quotes or backslashes), got {item!r}"
                     )
-        issuer = getattr(extractor, "issuer", None)
+        # the authorization server: the issuer whose discovery document the extractor
+        # reads, else the issuer its tokens must name
+        issuer = getattr(extractor, "oidc_issuer", None) or getattr(extractor, "issuer", None)
         self.app = app
         self.extractor = extractor
         self.resource_name = resource_name
@@ -248,6 +251,8 @@ class BearerProtected:
         if kind == "http" and (path == WELL_KNOWN or path.startswith(WELL_KNOWN + "/")):
             await self._serve_metadata(scope, send, path)
             return
+        if _USER_KEY in scope:  # set outside: not even the extractor sees it
+            scope = {key: value for key, value in scope.items() if key != _USER_KEY}
         info = self.extractor(scope)
         if isinstance(info, Awaitable):
             info = await info
