@@ -396,6 +396,9 @@ class JWTExtractor:
         return keys[0] if len(keys) == 1 else None  # no kid: only with exactly one key
 
     async def _key(self, kid: str | None) -> _Key | None:
+        task = self._inflight
+        if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
+            await asyncio.shield(task)  # a fetch under way: wait for it, as its starter does
         now = time.monotonic()
         stale = self._loaded is None or now - self._loaded >= self.cache_seconds
         key = self._lookup(kid)
@@ -449,9 +452,17 @@ class JWTExtractor:
 
     async def _fetch(self) -> None:
         self._fetched = time.monotonic()
+        loaded = await self._fetch_keys()
+        self._fetched = time.monotonic()  # the floor counts from the end of the attempt
+        if loaded:
+            self._loaded = self._fetched
+
+    async def _fetch_keys(self) -> bool:
+        """Discover (when due) and fetch the JWKS; True when new keys were loaded.
+        Never raises: a failure is logged and keeps what was known."""
         await self._discover()
         if self.jwks_url is None:
-            return  # discovery has not succeeded yet: no keys, every token refused
+            return False  # discovery has not succeeded yet: no keys, every token refused
         try:
             document = await get_json(
                 self.jwks_url, timeout=self.timeout, transport=self._transport
@@ -465,9 +476,9 @@ class JWTExtractor:
                 exc,
                 len(self._keys),
             )
-            return
+            return False
         self._keys = keys
-        self._loaded = self._fetched
+        return True
 
     def _parse(self, document: Any) -> dict[str | None, _Key]:
         raw = document.get("keys") if isinstance(document, Mapping) else None
