@@ -111,8 +111,11 @@ def inbox(
 
 
 @contextlib.contextmanager
-def serve_inbox(redis_url: str, jwks: str, policy: Path, **env_extra: str) -> Iterator[str]:
-    """``d2 approvals serve`` in another process; yields its URL."""
+def serve_inbox(
+    redis_url: str, jwks: str | None, policy: Path, *idp: str, **env_extra: str
+) -> Iterator[str]:
+    """``d2 approvals serve`` in another process (identity from ``jwks``, or the
+    options ``idp``); yields its URL."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("D2_")}
     env.update(D2_SILENT="1", D2_STORE_URL=redis_url, D2_POLICY_FILE=str(policy), **env_extra)
@@ -120,7 +123,8 @@ def serve_inbox(redis_url: str, jwks: str, policy: Path, **env_extra: str) -> It
         [
             sys.executable, "-m", "d2", "approvals", "serve",
             "--listen", f"127.0.0.1:{port}",
-            "--jwks-url", jwks, "--audience", "refund-inbox", "--issuer", ISSUER,
+            "--audience", "refund-inbox",
+            *(idp or ("--jwks-url", str(jwks), "--issuer", ISSUER)),
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -283,3 +287,35 @@ def test_a_weak_shared_csrf_secret_is_refused(tmp_path: Path) -> None:
         env=env, capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 2 and "csrf_secret" in proc.stderr, proc.stderr
+
+
+def test_the_keys_can_come_from_the_issuers_discovery_document(
+    inbox: tuple[str, TokenIssuer], redis_url: str, tmp_path: Path
+) -> None:
+    # --oidc-issuer instead of --jwks-url: the JWKS its discovery document names,
+    # and tokens must carry exactly that issuer
+    provider = TokenIssuer(audience="refund-inbox", issuer="")
+    with serve_in_thread(provider.jwks_app()) as idp_url:
+        provider.issuer = f"{idp_url}/realms/staff"
+        request_id = hold("o_6")
+        with serve_inbox(
+            redis_url, None, tmp_path / "policy.json", "--oidc-issuer", provider.issuer
+        ) as url:
+            with signed_in(provider, "dana", ["finance_lead"]) as dana:
+                assert request_id in dana.get(url + "/").text
+            elsewhere = provider.token("dana", ["finance_lead"], issuer=ISSUER)
+            response = httpx.get(url + "/", headers={"authorization": f"Bearer {elsewhere}"})
+            assert response.status_code == 401
+        assert provider.discoveries >= 1
+
+
+def test_the_keys_come_one_way(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("D2_")}
+    base = [sys.executable, "-m", "d2", "approvals", "serve", "--audience", "a", "--app", "x",
+            "--store", "redis://h/0"]  # fmt: skip
+    for extra in ([], ["--jwks-url", "https://i.invalid/j", "--oidc-issuer", "https://i.invalid"]):
+        proc = subprocess.run(
+            base + extra, env=env, capture_output=True, text=True, timeout=60, check=False,
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 2 and "--oidc-issuer" in proc.stderr, proc.stderr
