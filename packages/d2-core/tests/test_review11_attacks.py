@@ -1,5 +1,5 @@
-"""Attacks on approvals from the eleventh hostile review (of the inbox, its desk
-and its store), against commit 4bd257b.
+"""Attacks on approvals from the eleventh and twelfth hostile reviews (of the
+inbox, its desk and its store), against commits 4bd257b and 9b96056.
 
 Each test asserts the SAFE behaviour: the approver is shown everything that makes
 the call run as it will, the requester never decides their own request under a
@@ -23,7 +23,8 @@ from d2.core import (
     set_user,
 )
 from d2.core.approval_desk import ApprovalDesk, could_decide, same_person
-from d2.core.testing import policy_document
+from d2.core.stores import MemoryStore
+from d2.core.testing import policy_document, webhook_receiver
 
 RAN: list[str] = []
 
@@ -116,3 +117,104 @@ def test_editing_the_held_request_does_not_change_what_the_approver_reads() -> N
     state.request.arguments["to"] = "edited by one reader"  # not seen by the next
     listed = asyncio.run(desk.pending("dana", ["lead"]))
     assert [r.arguments["to"] for r in listed] == ["attacker-iban"]
+
+
+# -- the twelfth review ----------------------------------------------------------
+
+
+class Payments:
+    def __init__(self, api_key: str) -> None:
+        self.api_key = api_key
+
+    @d2_guard("payments.refund")
+    def refund(self, order_id: str, amount: int) -> str:
+        return "refunded"
+
+
+def test_the_webhook_never_sends_the_object_a_method_runs_on() -> None:
+    # twelfth review F1: the object (its API key) reached the chat channel with the
+    # arguments; the approver still sees it, the webhook does not
+    doc = policy_document(
+        {
+            "role": "agent",
+            "permissions": [{"tool": "payments.refund", "approval": {"approvers": ["lead"]}}],
+        },
+        {"role": "lead", "permissions": []},
+        name="review12",
+    )
+    with webhook_receiver() as hook:
+        configure_rbac_sync(
+            source=InMemorySource(doc),
+            approval_webhook=hook.url,
+            approval_webhook_arguments=True,
+        )
+        set_user("agent-7", roles=["agent"])
+        request = _held(Payments("sk_live_51HxSECRET").refund, "o_2", 250)
+        assert request.arguments["self"]["api_key"] == "sk_live_51HxSECRET"  # the approver's
+        assert hook.wait_for(1)
+        sent = hook.events[0]
+    assert sent["arguments"] == {"order_id": "o_2", "amount": 250}
+    assert "sk_live" not in str(sent)
+
+
+@pytest.mark.parametrize(
+    ("requester", "alias"),
+    [
+        ("lukasz", "\u0142ukasz"),  # letters with a stroke do not decompose
+        ("bjorn", "bj\u00f8rn"),
+        ("aeron", "\u00e6ron"),
+        ("dana", "\u0111ana"),
+        ("agent-7", "agent-7\x01"),  # control characters collations ignore
+        ("agent-7", "agent\x7f-7"),
+    ],
+)
+def test_letters_collations_take_for_plain_ones_are_one_person(requester: str, alias: str) -> None:
+    # twelfth review F4: accent-insensitive collations (the Unicode collation
+    # tables) sign these in as one account
+    assert same_person(alias, requester)
+    _configure({"tool": "refund", "approval": {"approvers": ["lead"]}})
+    refund = d2_guard("refund")(lambda amount: "refunded")
+    set_user(requester, roles=["agent", "lead"])
+    request = _held(refund, 9000)
+    with pytest.raises(PermissionDeniedError) as info:
+        asyncio.run(ApprovalDesk.of_instance().decide(request.id, True, alias, ["lead"]))
+    assert info.value.reason == "approval_not_permitted"
+
+
+def test_the_in_process_store_reads_a_request_outside_its_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # twelfth review F6: parsing megabytes of arguments under the store's lock
+    # stalled every guarded call with a per-user budget meanwhile
+    store = MemoryStore()
+    configure_rbac_sync(
+        source=InMemorySource(
+            policy_document(
+                {
+                    "role": "agent",
+                    "permissions": [{"tool": "pay", "approval": {"approvers": ["lead"]}}],
+                },
+                {"role": "lead", "permissions": []},
+                name="review12",
+            )
+        ),
+        store=store,
+    )
+    parsed_under_lock: list[bool] = []
+    parse = ApprovalRequest.from_json
+
+    def watched(text: str | bytes) -> ApprovalRequest:
+        parsed_under_lock.append(store._lock.locked())
+        return parse(text)
+
+    monkeypatch.setattr(ApprovalRequest, "from_json", staticmethod(watched))
+    pay = d2_guard("pay")(lambda to: "paid")
+    set_user("agent-7", roles=["agent"])
+    request = _held(pay, "x" * 1000)
+    desk = ApprovalDesk.of_instance()
+    asyncio.run(desk.pending("dana", ["lead"]))
+    asyncio.run(desk.lookup(request.id, "dana", ["lead"]))
+    asyncio.run(desk.decide(request.id, True, "dana", ["lead"]))
+    set_user("agent-7", roles=["agent"])
+    assert pay("x" * 1000) == "paid"
+    assert parsed_under_lock and not any(parsed_under_lock)

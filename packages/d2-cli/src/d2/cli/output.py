@@ -145,9 +145,11 @@ class Output:
         self.err.print(escape(f"warning: {text}"), style="yellow", soft_wrap=True)
 
     def emit(self, data: Any) -> None:
-        """The JSON result (``--json`` mode only)."""
+        """The JSON result (``--json`` mode only), in ASCII: every other character as
+        its JSON escape, so invisible or look-alike characters in a value reach a
+        terminal (or ``jq``) as escapes an approver can read."""
         if self.json:
-            sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=True) + "\n")
             sys.stdout.flush()
 
     def fail(self, error: CliError) -> None:

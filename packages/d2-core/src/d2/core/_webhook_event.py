@@ -164,8 +164,21 @@ def approval_event(
         "inbox_url": link,
     }
     if arguments:
-        event["arguments"] = request.arguments
+        event["arguments"] = _without_object(request.arguments)
     return event
+
+
+def _without_object(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments a call was given, without the object a method runs on: the
+    approver sees the object (its state is part of what runs), but its attributes
+    (a client's API key, a cache) are no business of a chat channel. The view puts
+    a method's object first, under ``self`` or ``cls``, as a tagged object."""
+    first = next(iter(arguments), None)
+    if first in ("self", "cls"):
+        value = arguments[first]
+        if isinstance(value, dict) and ("__class__" in value or "__type__" in value):
+            return {k: v for k, v in arguments.items() if k != first}
+    return arguments
 
 
 def _finite(value: Any) -> Any:

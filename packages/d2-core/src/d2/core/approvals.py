@@ -91,21 +91,39 @@ def _person_key(user_id: str) -> str:
     requester" rule: without default-ignorable characters (zero-width, variation
     selectors), in NFKC (fullwidth and other compatibility forms as their plain
     letters), case-folded (after upper-casing: ``adm\\u0131n`` is ``admin``), without
-    accents (``ágent`` is ``agent``), trimmed, every run of white space one space.
+    accents (``ágent`` is ``agent``, ``łukasz`` is ``lukasz``), without control
+    characters (which collations ignore), trimmed, every run of white space one space.
     ``AGENT-7``, ``agent-7``, `` agent-7`` and its fullwidth form are one person
     here, since identity sources that ignore case or accents (LDAP, Active
     Directory, HTTP Basic logins, databases with accent-insensitive collations) let
     one person sign in under each; the requester's own identity (``restore_request``)
     stays an exact match. An id with nothing visible in it has the key ``""``: no
     person, who may decide nothing."""
-    kept = "".join(c for c in user_id if not _invisible.ignorable(c))
+    kept = "".join(
+        " " if c.isspace() else c
+        for c in user_id
+        if not _invisible.ignorable(c) and (c.isspace() or unicodedata.category(c) != "Cc")
+    )
     folded = unicodedata.normalize("NFKC", kept).casefold()
     # upper-cased first: sources that compare upper-cased (Java's equalsIgnoreCase,
     # .NET's OrdinalIgnoreCase) take the dotless i (U+0131) for "i"; and without accents:
     # accent-insensitive collations (SQL Server's _AI, MySQL's default) take "á" for "a"
     plain = unicodedata.normalize("NFKD", folded.upper().casefold())
     bare = "".join(c for c in plain if not unicodedata.combining(c))
-    return " ".join(unicodedata.normalize("NFKC", bare).casefold().split())
+    # letters accent-insensitive collations take for a plain one, that do not
+    # decompose: "łukasz" is "lukasz", "bjørn" "bjorn", "æron" "aeron"
+    return " ".join(unicodedata.normalize("NFKC", bare).casefold().translate(_FOLD).split())
+
+
+# letters with a stroke or a bar, ligatures and runes that the Unicode collation
+# tables compare as plain Latin letters, and that NFKD does not take apart
+_FOLD = str.maketrans(
+    {
+        "ł": "l", "ø": "o", "đ": "d", "ħ": "h", "ŧ": "t", "ƀ": "b", "ɨ": "i", "ƶ": "z",
+        "ǥ": "g", "ɍ": "r", "ʉ": "u", "ɏ": "y", "ȼ": "c", "ɇ": "e", "ɉ": "j",
+        "æ": "ae", "œ": "oe", "þ": "th", "ð": "d", "ĸ": "q", "ŀ": "l", "\u0131": "i",
+    }
+)  # fmt: skip
 
 
 def _same_person(first: str, second: str) -> bool:

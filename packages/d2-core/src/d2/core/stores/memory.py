@@ -6,6 +6,7 @@ import os
 import threading
 import weakref
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from ..approval_data import ApprovalRequest
 from .base import APPROVAL_MISSING, TAKEN, ApprovalKey, ApprovalState, Counter, Store
@@ -30,10 +31,30 @@ class _Request:
         self.by: str | None = None
         self.snapshots: dict[str, str] = {holder: snapshot}
 
-    def view(self, with_snapshots: bool = False) -> ApprovalState:
+    def seen(self, with_snapshots: bool = False) -> _Seen:
+        """What a reader gets, read under the lock (cheap: no parsing)."""
         snapshots = tuple(self.snapshots.items()) if with_snapshots else ()
+        return _Seen(self.text, self.state, self.by, snapshots)
+
+
+class _Seen(NamedTuple):
+    """A request as one reader saw it under the lock; :meth:`state` parses it
+    after the lock is released (megabytes of arguments never stall the guarded
+    calls that wait for the lock)."""
+
+    text: str
+    state: str
+    by: str | None
+    snapshots: tuple[tuple[str, str], ...]
+
+    def approval(self) -> ApprovalState:
         # a fresh copy per reader: one reader's edits never reach the next
-        return ApprovalState(ApprovalRequest.from_json(self.text), self.state, self.by, snapshots)
+        request = ApprovalRequest.from_json(self.text)
+        return ApprovalState(request, self.state, self.by, self.snapshots)
+
+
+def _approval(seen: _Seen | None) -> ApprovalState | None:
+    return seen.approval() if seen is not None else None
 
 
 def _sha1(text: str) -> str:
@@ -119,7 +140,8 @@ class MemoryStore(Store):
     def find_approval(self, namespace: str, call: str, now: float) -> ApprovalState | None:
         with self._lock:
             found = self._live(namespace, call, now)
-            return found.view(with_snapshots=True) if found is not None else None
+            seen = found.seen(with_snapshots=True) if found is not None else None
+        return _approval(seen)
 
     def request_approval(
         self,
@@ -131,22 +153,24 @@ class MemoryStore(Store):
         replaces: Sequence[tuple[str, str]],
         now: float,
     ) -> ApprovalState:
+        made = _Request(request, call, holder, snapshot)  # its JSON text: off the lock
         with self._lock:
             found = self._live(namespace, call, now)
             if found is not None:
                 if found.state == "rejected":
                     self._kill(namespace, found)
-                    return found.view()
+                    return found.seen().approval()  # (rare: a rejected call asked again)
                 for other, digest in replaces:
                     text = found.snapshots.get(other)
                     if text is not None and _sha1(text) == digest:
                         del found.snapshots[other]
                 found.snapshots[holder] = snapshot
-                return found.view()
-            made = _Request(request, call, holder, snapshot)
-            self._requests[(namespace, request.id)] = made
-            self._calls[(namespace, call)] = request.id
-            return made.view()
+                seen = found.seen()
+            else:
+                self._requests[(namespace, request.id)] = made
+                self._calls[(namespace, call)] = request.id
+                seen = made.seen()
+        return seen.approval()
 
     def save_snapshot(
         self,
@@ -175,14 +199,16 @@ class MemoryStore(Store):
             found = self._requests.get((namespace, request_id))
             if found is None or not now < found.request.expires_at:
                 return None
-            return found.view()
+            seen = found.seen()
+        return seen.approval()
 
     def read_approval(self, namespace: str, request_id: str, now: float) -> ApprovalState | None:
         with self._lock:
             found = self._requests.get((namespace, request_id))
             if found is None or not now < found.request.expires_at:
                 return None
-            return found.view(with_snapshots=True)
+            seen = found.seen(with_snapshots=True)
+        return seen.approval()
 
     def decide_approval(
         self, namespace: str, request_id: str, approve: bool, by: str, now: float
@@ -202,8 +228,9 @@ class MemoryStore(Store):
                 for (ns, _), s in self._requests.items()
                 if ns == namespace and s.state == "pending" and now < s.request.expires_at
             ]
-        found.sort(key=lambda s: (s.request.expires_at, s.request.id))
-        return [ApprovalRequest.from_json(s.text) for s in found]
+            found.sort(key=lambda s: (s.request.expires_at, s.request.id))
+            texts = [s.text for s in found]
+        return [ApprovalRequest.from_json(text) for text in texts]
 
     def __repr__(self) -> str:
         return f"<MemoryStore counters={len(self._counts)} approvals={len(self._requests)}>"
