@@ -97,7 +97,7 @@ def _join(parts: Iterable[Html]) -> Html:
 
 CSS = """
 :root{color-scheme:light dark;--line:#8884;--muted:#777;--ok:#1a7f37;--no:#c62828}
-*{box-sizing:border-box}
+*{box-sizing:border-box;direction:ltr;unicode-bidi:bidi-override}
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;padding:0 1rem 3rem}
 header{display:flex;justify-content:space-between;align-items:baseline;flex-wrap:wrap;
 border-bottom:1px solid var(--line);margin:0 -1rem 1.5rem;padding:.75rem 1rem}
