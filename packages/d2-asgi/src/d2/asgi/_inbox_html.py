@@ -4,7 +4,10 @@ Every value reaches the page through :func:`esc` (``html.escape`` with quotes,
 after :func:`~d2.core.approval_desk.visible_text`): the page's markup is made only
 by this module's templates, whatever a tool id, a user id, an argument or a
 comment holds. The one stylesheet is inline and named in the Content-Security-
-Policy by its SHA-256; the page runs no script.
+Policy by its SHA-256; the page runs no script. The stylesheet draws every
+element's text in the order its characters are stored, left to right
+(``unicode-bidi: bidi-override``): a right-to-left character in a value cannot
+make the browser reorder the digits or words after it.
 """
 
 from __future__ import annotations
