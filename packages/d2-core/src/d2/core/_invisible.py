@@ -43,13 +43,15 @@ It also escapes what the text *around* a character makes misleading
   hex digits are left to right). What is shown never mixes directions: a text
   only of right-to-left letters, marks and punctuation (and spaces) is kept as
   it is, and reads right to left in its own order;
-* mixed scripts: a Cyrillic or Greek letter can draw exactly like a Latin one
-  (U+0430 CYRILLIC SMALL LETTER A, U+03BF GREEK SMALL LETTER OMICRON). In a text
-  that holds a Latin letter every Cyrillic and Greek letter is escaped; in one
-  that holds Cyrillic and Greek letters (and no Latin), every Greek letter is. A
-  text in one of these scripts alone is kept: a whole-script look-alike
-  (``\\u0410\\u0421\\u041c\\u0415`` in Cyrillic for ``ACME``) is not caught,
-  which would need Unicode's confusables table.
+* mixed scripts: a letter of Cyrillic, Greek, Armenian, Cherokee, Coptic or
+  Lisu (:data:`LOOK_ALIKE_SCRIPTS`) can draw exactly like a Latin one (U+0430
+  CYRILLIC SMALL LETTER A, U+03BF GREEK SMALL LETTER OMICRON, U+0585 ARMENIAN
+  SMALL LETTER OH). In a text that holds a Latin letter every letter of these
+  scripts is escaped; in one without Latin, the letters of all of them but the
+  first (in that order) that it holds: Cyrillic letters beside Greek ones are
+  kept, the Greek ones escaped. A text in one of these scripts alone is kept: a
+  whole-script look-alike (``\\u0410\\u0421\\u041c\\u0415`` in Cyrillic for
+  ``ACME``) is not caught, which would need Unicode's confusables table.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ import unicodedata
 __all__ = [
     "BLANK",
     "DEFAULT_IGNORABLE",
+    "LOOK_ALIKE_SCRIPTS",
     "MAX_MARKS",
     "escape",
     "foreign",
@@ -131,6 +134,11 @@ def invisible(char: str) -> bool:
     return code in _IGNORABLE or code in BLANK or unicodedata.category(char) in _HIDDEN
 
 
+LOOK_ALIKE_SCRIPTS = ("CYRILLIC", "GREEK", "ARMENIAN", "CHEROKEE", "COPTIC", "LISU")
+"""Scripts with letters drawn like Latin ones (as the first word of their
+characters' Unicode names): never shown beside a Latin letter, nor beside each
+other (see the module docstring)."""
+
 _RIGHT_TO_LEFT = frozenset({"R", "AL"})
 _LEFT_TO_RIGHT = frozenset({"L", "EN"})
 
@@ -139,8 +147,8 @@ def foreign(text: str, *, within_left_to_right: bool = False) -> frozenset[str]:
     """The characters of ``text`` that the text around them makes misleading, and
     that :func:`shown` therefore escapes (see the module docstring): Arabic-Indic
     digits; right-to-left letters and punctuation in a text that also holds a
-    left-to-right letter or a digit; Cyrillic and Greek letters beside Latin ones,
-    Greek letters beside Cyrillic ones. ``within_left_to_right``: ``text`` is
+    left-to-right letter or a digit; letters of the :data:`LOOK_ALIKE_SCRIPTS`
+    beside Latin ones or beside each other. ``within_left_to_right``: ``text`` is
     drawn inside left-to-right text (a line of a notification), so its
     right-to-left characters are always foreign. Empty for ASCII text."""
     if text.isascii():
@@ -152,8 +160,7 @@ def foreign(text: str, *, within_left_to_right: bool = False) -> frozenset[str]:
     )
     right: set[str] = set()  # of class R or AL
     numbers: set[str] = set()  # of class AN
-    cyrillic: set[str] = set()
-    greek: set[str] = set()
+    scripts: dict[str, set[str]] = {}  # letters of each look-alike script
     left = within_left_to_right  # a character of class L or EN
     latin = False
     for char in set(text):
@@ -173,17 +180,17 @@ def foreign(text: str, *, within_left_to_right: bool = False) -> frozenset[str]:
             script = name(char, "")
             if script.startswith(("LATIN ", "FULLWIDTH LATIN ")):
                 latin = True
-            elif script.startswith("CYRILLIC "):
-                cyrillic.add(char)
-            elif script.startswith("GREEK "):
-                greek.add(char)
+            else:
+                word = script.split(" ", 1)[0]
+                if word in LOOK_ALIKE_SCRIPTS:
+                    scripts.setdefault(word, set()).add(char)
     found = set(numbers)
     if left or numbers:
         found |= right
-    if latin:
-        found |= cyrillic | greek
-    elif cyrillic:
-        found |= greek
+    kept = None if latin else next((w for w in LOOK_ALIKE_SCRIPTS if w in scripts), None)
+    for word, letters in scripts.items():
+        if word != kept:
+            found |= letters
     return frozenset(found)
 
 

@@ -12,9 +12,10 @@ Promises kept here (each function keeps one):
   channel, forge a second line or reorder what the approver reads. So does every
   character of a right-to-left script (bidirectional class R, AL or AN: the line
   is left to right, and a chat client would reorder the runs around it, swapping
-  two right-to-left ids around the colon between them), and a Cyrillic or Greek
-  letter in a name that also holds a Latin one (or a Greek one beside Cyrillic:
-  :func:`d2.core._invisible.foreign`), which would draw like another name. Mentions and
+  two right-to-left ids around the colon between them), and a Cyrillic, Greek,
+  Armenian, Cherokee, Coptic or Lisu letter in a name that also holds a Latin
+  one, or a letter of another of these scripts
+  (:func:`d2.core._invisible.foreign`), which would draw like another name. Mentions and
   links are defanged, visibly, for the receivers that read them in plain text
   (Mattermost, Rocket.Chat, Discord's Slack endpoint, Slack's auto-linking):
   ``@`` becomes the fullwidth at sign U+FF20 (no ``@channel``, ``@here``,

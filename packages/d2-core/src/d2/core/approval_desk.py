@@ -65,7 +65,8 @@ def visible_text(text: str) -> str:
     misleading: right-to-left letters and punctuation in a text that also holds a
     left-to-right letter or a digit (a terminal or browser would reorder the runs:
     ``1\\u05be9999`` would draw as ``19999\\u05be``), Arabic-Indic digits, and
-    Cyrillic or Greek letters in a text that holds Latin ones (``p\\u0430ypal``);
+    Cyrillic, Greek, Armenian, Cherokee, Coptic or Lisu letters in a text that
+    holds Latin ones (``p\\u0430ypal``) or letters of another of these scripts;
     a text wholly in one script is kept. A backslash followed by ``u`` is itself
     escaped (``\\u005c``): two different texts are never shown as the same
     characters."""
