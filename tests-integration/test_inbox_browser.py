@@ -314,3 +314,57 @@ def test_two_calls_that_differ_by_invisible_characters_never_look_alike(
         boxes.append(dana.locator("pre").screenshot())
     assert '"order_id": "o_77\\u034f\\ufe0f"' in dana.locator("pre").inner_text()
     assert boxes[0] != boxes[1]
+
+
+# The eleventh review (F2): one right-to-left character, with no override or
+# invisible character, made the browser's implicit bidi algorithm draw the digit
+# groups after it in another order than the value holds: "1\u05be9999" (U+05BE
+# HEBREW PUNCTUATION MAQAF, drawn like a hyphen) and "19999\u05be" drew alike.
+ORDER_OF_CHARACTERS = """(el, text) => {
+    el.textContent = text;
+    const node = el.firstChild, boxes = [];
+    for (let i = 0; i < text.length; i++) {
+        const range = document.createRange();
+        range.setStart(node, i);
+        range.setEnd(node, i + 1);
+        const box = range.getBoundingClientRect();
+        if (text[i] !== " ") boxes.push([Math.round(box.top), box.left]);
+    }
+    return boxes;
+}"""
+
+
+def test_right_to_left_characters_never_reorder_what_the_approver_reads(
+    site: str, browser: Any
+) -> None:
+    dana = session(browser, "dana", "finance_lead").new_page()
+    for real, decoy in (
+        ("1\u05be9999", "19999\u05be"),
+        ("DE44 \u05f3 2222 1111", "DE44 1111 2222 \u05f3"),
+    ):
+        boxes = []
+        for order in (real, decoy):
+            dana.goto(f"{site}{INBOX}/requests/{hold(site, order)}")
+            boxes.append(dana.locator("pre").screenshot())
+        assert boxes[0] != boxes[1], (real, decoy)
+
+
+def test_every_value_on_the_page_draws_in_stored_order(site: str, browser: Any) -> None:
+    # Whatever reaches an element that shows a value (even text the escaping let
+    # through), its characters draw left to right in the order they are stored:
+    # each character is right of the one before it, or on a line below.
+    request_id = hold(site, "o_5")
+    dana = session(browser, "dana", "finance_lead").new_page()
+    text = "DE44 \u05f3 2222 1111 \u05d0\u05d1 12"
+    checked = []
+    for path, selectors in (
+        (f"/requests/{request_id}", ("pre", "main h2", "dd code", "dd", "header strong")),
+        ("/", ("td code", "td")),
+    ):
+        dana.goto(f"{site}{INBOX}{path}")
+        for selector in selectors:
+            found = dana.locator(selector).first.evaluate(ORDER_OF_CHARACTERS, text)
+            boxes = [(top, left) for top, left in found]
+            assert len(boxes) == 17 and boxes == sorted(set(boxes)), (selector, boxes)
+            checked.append(selector)
+    assert len(checked) == 7

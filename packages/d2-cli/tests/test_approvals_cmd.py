@@ -234,3 +234,20 @@ def test_a_store_that_does_not_answer_is_a_clear_error(d2: Invoke, tmp_path: Pat
             "--store", url,
         )  # fmt: skip
     assert code == 2 and "store" in out["error"]["message"].lower()
+
+
+def test_show_never_lets_right_to_left_or_look_alike_characters_mislead(
+    d2: Invoke, app: tuple[Path, str], redis_url: str
+) -> None:
+    # The eleventh review (F2, F5): a terminal that applies the bidirectional
+    # algorithm drew "DE44 \u05f3 2222 1111" as "DE44 1111 2222 \u05f3"; a Cyrillic
+    # "\u0430" drew like the Latin one. Both are shown as escapes.
+    import unicodedata
+
+    policy, _ = app
+    request = hold("DE44 \u05f3 2222 1111 p\u0430ypal")
+    where = ("--store", redis_url, "--policy", str(policy))
+    human = d2("approvals", "show", request.id, "--as", "dana", "--roles", "finance_lead", *where)
+    assert human.exit_code == 0
+    assert '"order_id": "DE44 \\u05f3 2222 1111 p\\u0430ypal"' in human.stdout
+    assert not any(unicodedata.bidirectional(c) in {"R", "AL", "AN"} for c in human.stdout)

@@ -21,6 +21,7 @@ from d2.core import (
     reject,
     set_user,
 )
+from d2.core._invisible import LOOK_ALIKE_SCRIPTS, foreign
 from d2.core.approval_desk import (
     ApprovalDesk,
     could_decide,
@@ -34,7 +35,7 @@ from d2.core.evaluate import evaluator_for
 from d2.core.manager import PolicyManager
 from d2.core.stores import MemoryStore
 from d2.core.testing import controlled_clock
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 REFUND = {
@@ -188,11 +189,19 @@ def test_shown_json_is_the_same_json_with_nothing_hidden(value: dict[str, Any]) 
 
 @given(text=st.text())
 def test_visible_text_escapes_every_invisible_character(text: str) -> None:
+    from d2.core._invisible import invisible
+
     shown = visible_text(text)
     hidden = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp", "Zs"}
     assert all(c == " " or unicodedata.category(c) not in hidden for c in shown)
-    if text.isascii() and text.isprintable() and "\\u" not in text:
-        assert shown == text  # plain text is shown as it is (a lone mark is not plain)
+    if (
+        not any(c != " " and invisible(c) for c in text)
+        and not any(unicodedata.category(c)[0] == "M" for c in text)
+        and unicodedata.is_normalized("NFC", text)
+        and not foreign(text)  # what the text around it makes misleading (below)
+        and "\\u" not in text.lower()
+    ):
+        assert shown == text  # letters, digits and symbols of every script are kept
 
 
 def test_a_direction_override_cannot_disguise_an_argument() -> None:
@@ -303,6 +312,10 @@ TRICKY = st.sampled_from(
     DRAW_NOTHING
     + list("\u0301\u0316\u0323\u0338\u20e3\u093f\u0f74\u1161\u11a8\u1100\u212a\u037e")
     + list("\\uU e\u00e9\ud83d\ude00\udb40\udd00\u200b\u202e\n\t\x7f\u2028 \u3000\u00a0")
+    # right to left (Hebrew, its points and punctuation, Arabic, Arabic-Indic and
+    # Persian digits) and the scripts that look like Latin
+    + list("\u05d0\u05e9\u05b8\u05f3\u05be\u0627\u064e\u0661\u06f1\u200f\u061c1")
+    + list("a\u0430\u0410\u0414\u03b1\u03bf\u03a9\uff41\u0585\u13aa")
 )
 # a list joined, not st.text: st.text merges the alphabets and the tricky ones drown
 ANY_TEXT = st.lists(st.one_of(TRICKY, st.characters(codec=None)), max_size=40).map("".join)
@@ -464,3 +477,94 @@ async def test_runs_of_spaces_do_not_make_another_person(
     with pytest.raises(PermissionDeniedError) as info:
         await desk.decide(request.id, True, alias, ["finance_lead"])
     assert info.value.reason == "approval_not_permitted"
+
+
+# -- the eleventh review: text that the text around it makes misleading --------------
+
+DIRECTIONS = {"R", "AL", "AN"}
+
+
+def directions(text: str) -> set[str]:
+    return {unicodedata.bidirectional(c) for c in text}
+
+
+def test_a_right_to_left_character_cannot_reorder_the_digits_after_it() -> None:
+    # F2: one Hebrew punctuation mark (U+05F3 GERESH, drawn like an apostrophe;
+    # U+05BE MAQAF, like a hyphen) made a terminal, chat or browser draw the digit
+    # groups after it in another order: "1\u05be9999" drew like "19999\u05be".
+    assert visible_text("DE44 \u05f3 2222 1111") == "DE44 \\u05f3 2222 1111"
+    assert shown_json({"amount": "1\u05be9999"}) == '{\n  "amount": "1\\u05be9999"\n}'
+    assert shown_json({"amount": "1\u05be9999"}) != shown_json({"amount": "19999\u05be"})
+    # right-to-left letters beside a digit or a Latin letter, Arabic-Indic digits
+    hebrew, arabic = "\u05e9\u05dc\u05d5\u05dd", "\u0645\u0631\u062d\u0628\u0627"
+    assert visible_text(hebrew + " 12") == "\\u05e9\\u05dc\\u05d5\\u05dd 12"
+    assert visible_text("dana " + hebrew) == "dana \\u05e9\\u05dc\\u05d5\\u05dd"
+    assert visible_text("\u0661\u0662 \u0663\u0664") == "\\u0661\\u0662 \\u0663\\u0664"
+    assert (
+        visible_text(arabic + " \u0661")
+        == visible_text(arabic).replace(arabic, "\\u0645\\u0631\\u062d\\u0628\\u0627") + " \\u0661"
+    )
+    # an escape is left to right: the right-to-left text beside it is escaped too
+    assert visible_text("\u05d0\u200b\u05d1") == "\\u05d0\\u200b\\u05d1"
+    assert visible_text("\u05d0\u202e\u05d1") == "\\u05d0\\u202e\\u05d1"
+    # text only in a right-to-left script is kept: it reads in its own order
+    assert visible_text(hebrew + " " + hebrew) == hebrew + " " + hebrew
+    assert visible_text(arabic + "\u060c " + arabic) == arabic + "\u060c " + arabic
+    assert visible_text("\u05e9\u05b8\u05c1") == "\u05e9\u05b8\u05c1"  # with its points
+    assert shown_json({"\u05e9\u05dd": hebrew}) == '{\n  "\u05e9\u05dd": "' + hebrew + '"\n}'
+    assert "\\u05e9" in shown_json({"name": hebrew})  # its key is Latin
+
+
+@given(text=ANY_TEXT)
+@example(text="1\u05be9999 \u0661")
+def test_shown_text_never_mixes_directions(text: str) -> None:
+    shown = visible_text(text)
+    kinds = directions(shown)
+    assert not (kinds & {"R", "AL"} and kinds & {"L", "EN", "AN"}), shown
+    assert "AN" not in kinds
+    if directions(text) & {"L", "EN", "AN"}:
+        assert not kinds & DIRECTIONS
+    as_json = shown_json({"to": text})  # "to" is left to right
+    assert not directions(as_json) & DIRECTIONS
+    assert not directions(shown_json([text])) & {"AN"}
+
+
+def test_a_cyrillic_or_greek_letter_beside_latin_ones_is_escaped() -> None:
+    # F5: "p\u0430ypal" (CYRILLIC SMALL LETTER A) and "\u0410\u0421ME-77" drew
+    # exactly like "paypal" and "ACME-77".
+    assert visible_text("p\u0430ypal.com") == "p\\u0430ypal.com"
+    url = {"url": "https://p\u0430ypal.com/pay", "amount": 10}
+    assert '"https://p\\u0430ypal.com/pay"' in shown_json(url)
+    # the call's text holds Latin (its keys): a value wholly in Cyrillic is escaped
+    assert shown_json({"payee": "\u0410\u0421ME-77"}) == ('{\n  "payee": "\\u0410\\u0421ME-77"\n}')
+    assert visible_text("\u03bfmega") == "\\u03bfmega"  # GREEK SMALL LETTER OMICRON
+    assert visible_text("\u0414\u03b1\u043d\u0430") == "\u0414\\u03b1\u043d\u0430"
+    # one script alone is kept, and Latin letters beyond ASCII are Latin
+    for word in (
+        "\u0414\u0430\u043d\u0430",
+        "\u03a9\u03bc\u03ad\u03b3\u03b1",
+        "caf\u00e9",
+        "\u0142\u00f3d\u017a",
+    ):
+        assert visible_text(word) == word
+    assert visible_text("\uff41\u0430") == "\uff41\\u0430"  # FULLWIDTH LATIN SMALL A
+    # the other scripts with letters drawn like Latin ones: Armenian, Cherokee
+    assert visible_text("g\u0585\u0585gle") == "g\\u0585\\u0585gle"  # ARMENIAN OH
+    assert visible_text("\u13aaCME") == "\\u13aaCME"  # CHEROKEE LETTER GO
+    assert visible_text("\u0585\u0585") == "\u0585\u0585"
+
+
+@given(text=ANY_TEXT)
+@example(text="p\u0430ypal \u0414\u03b1")
+def test_shown_text_never_mixes_latin_with_cyrillic_or_greek(text: str) -> None:
+    def scripts(value: str) -> set[str]:
+        return {
+            unicodedata.name(c, "").split(" ")[0]
+            for c in value
+            if unicodedata.category(c)[0] == "L" and not c.isascii()
+        } | ({"LATIN"} if any(c.isascii() and c.isalpha() for c in value) else set())
+
+    before, after = scripts(text), scripts(visible_text(text))
+    if "LATIN" in before:
+        assert not after & set(LOOK_ALIKE_SCRIPTS)
+    assert len(after & set(LOOK_ALIKE_SCRIPTS)) <= 1

@@ -55,6 +55,8 @@ def _one_safe_line(text: str) -> None:
     assert "<" not in text and ">" not in text  # no Slack mention, link or markup
     assert not any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Zl", "Zp"} for ch in text)
     assert not any(ch != " " and invisible(ch) for ch in text)
+    # the line is left to right: nothing in it is reordered by a chat client
+    assert not any(unicodedata.bidirectional(ch) in {"R", "AL", "AN"} for ch in text)
     assert (
         "@" not in text
         and "://" not in text
@@ -114,6 +116,30 @@ def test_hostile_ids_cannot_ping_forge_lines_or_reorder_text() -> None:
     text = approval_event("requested", request, app=None, event_id="e", occurred_at=0.0)["text"]
     assert "&lt;!channel&gt; ?evil?Second line" in text and "pay&lt;\uff20U1&gt;&amp;" in text
     assert "\n" not in text and "\u202e" not in text
+
+
+def test_right_to_left_and_look_alike_ids_cannot_reorder_or_pass_for_others() -> None:
+    # The eleventh review (F2, F5): in "approved by <approver>: <requester> may call",
+    # two right-to-left ids drew swapped (the colon between them took their
+    # direction); "agent\u05be12" drew its digits before the maqaf; a Cyrillic
+    # "\u0430" drew like the Latin one.
+    request = _request("\u05d0\u05d1\u05d9", "pay\u05be12", ("\u0430dmin", "\u0434"), 1)
+    requested = approval_event("requested", request, app=None, event_id="e", occurred_at=0.0)
+    assert (
+        "D2: approval requested: ??? wants to call pay?12; approvers: ?dmin, \u0434;"
+        in (requested["text"])
+    )
+    approved = approval_event(
+        "approved",
+        request,
+        app=None,
+        event_id="e",
+        occurred_at=0.0,
+        decided_by="\u05d3\u05e0\u05d4",
+    )
+    assert "approved by ???: ??? may call pay?12 once" in approved["text"]
+    assert approved["requester"] == "\u05d0\u05d1\u05d9"  # the fields are exact
+    assert approved["decided_by"] == "\u05d3\u05e0\u05d4"
 
 
 def test_non_finite_and_huge_arguments_keep_the_body_strict_and_bounded() -> None:

@@ -4,7 +4,10 @@ Every value reaches the page through :func:`esc` (``html.escape`` with quotes,
 after :func:`~d2.core.approval_desk.visible_text`): the page's markup is made only
 by this module's templates, whatever a tool id, a user id, an argument or a
 comment holds. The one stylesheet is inline and named in the Content-Security-
-Policy by its SHA-256; the page runs no script.
+Policy by its SHA-256; the page runs no script. The stylesheet draws every
+element's text in the order its characters are stored, left to right
+(``unicode-bidi: bidi-override``): a right-to-left character in a value cannot
+make the browser reorder the digits or words after it.
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ def _join(parts: Iterable[Html]) -> Html:
 
 CSS = """
 :root{color-scheme:light dark;--line:#8884;--muted:#777;--ok:#1a7f37;--no:#c62828}
-*{box-sizing:border-box}
+*{box-sizing:border-box;direction:ltr;unicode-bidi:bidi-override}
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;padding:0 1rem 3rem}
 header{display:flex;justify-content:space-between;align-items:baseline;flex-wrap:wrap;
 border-bottom:1px solid var(--line);margin:0 -1rem 1.5rem;padding:.75rem 1rem}

@@ -27,6 +27,31 @@ letter (an overlay: ``o`` + U+0338 draws ``ø``), a mark with no letter or digit
 sit on, and every mark past the third on one letter (a stack that draws over the
 lines around it). The result is reversible (two different strings are never
 shown alike) and in NFC.
+
+It also escapes what the text *around* a character makes misleading
+(:func:`foreign`):
+
+* right to left: a reader's terminal, chat client or browser reorders the runs
+  of a text that mixes directions (Unicode's bidirectional algorithm), without
+  any control character: after one Hebrew punctuation mark (U+05F3 GERESH,
+  drawn like an apostrophe) ``DE44 \\u05f3 2222 1111`` draws as
+  ``DE44 1111 2222 \\u05f3``. So every Arabic-Indic digit (bidirectional class
+  AN: its groups reorder even alone) is escaped, and every character of class R
+  or AL (Hebrew, Arabic, Syriac, Thaana, N'Ko... letters and punctuation) is
+  escaped in a text that also holds a character of class L, EN or AN (a letter
+  of a left-to-right script, a digit) or that shows an escape (whose ``u`` and
+  hex digits are left to right). What is shown never mixes directions: a text
+  only of right-to-left letters, marks and punctuation (and spaces) is kept as
+  it is, and reads right to left in its own order;
+* mixed scripts: a letter of Cyrillic, Greek, Armenian, Cherokee, Coptic or
+  Lisu (:data:`LOOK_ALIKE_SCRIPTS`) can draw exactly like a Latin one (U+0430
+  CYRILLIC SMALL LETTER A, U+03BF GREEK SMALL LETTER OMICRON, U+0585 ARMENIAN
+  SMALL LETTER OH). In a text that holds a Latin letter every letter of these
+  scripts is escaped; in one without Latin, the letters of all of them but the
+  first (in that order) that it holds: Cyrillic letters beside Greek ones are
+  kept, the Greek ones escaped. A text in one of these scripts alone is kept: a
+  whole-script look-alike (``\\u0410\\u0421\\u041c\\u0415`` in Cyrillic for
+  ``ACME``) is not caught, which would need Unicode's confusables table.
 """
 
 from __future__ import annotations
@@ -36,8 +61,10 @@ import unicodedata
 __all__ = [
     "BLANK",
     "DEFAULT_IGNORABLE",
+    "LOOK_ALIKE_SCRIPTS",
     "MAX_MARKS",
     "escape",
+    "foreign",
     "ignorable",
     "invisible",
     "shown",
@@ -107,6 +134,75 @@ def invisible(char: str) -> bool:
     return code in _IGNORABLE or code in BLANK or unicodedata.category(char) in _HIDDEN
 
 
+LOOK_ALIKE_SCRIPTS = ("CYRILLIC", "GREEK", "ARMENIAN", "CHEROKEE", "COPTIC", "LISU")
+"""Scripts with letters drawn like Latin ones (as the first word of their
+characters' Unicode names): never shown beside a Latin letter, nor beside each
+other (see the module docstring)."""
+
+_RIGHT_TO_LEFT = frozenset({"R", "AL"})
+_LEFT_TO_RIGHT = frozenset({"L", "EN"})
+
+
+def foreign(text: str, *, within_left_to_right: bool = False) -> frozenset[str]:
+    """The characters of ``text`` that the text around them makes misleading, and
+    that :func:`shown` therefore escapes (see the module docstring): Arabic-Indic
+    digits; right-to-left letters and punctuation in a text that also holds a
+    left-to-right letter or a digit; letters of the :data:`LOOK_ALIKE_SCRIPTS`
+    beside Latin ones or beside each other. ``within_left_to_right``: ``text`` is
+    drawn inside left-to-right text (a line of a notification), so its
+    right-to-left characters are always foreign. Empty for ASCII text."""
+    if text.isascii():
+        return frozenset()
+    bidirectional, category, name = (
+        unicodedata.bidirectional,
+        unicodedata.category,
+        unicodedata.name,
+    )
+    right: set[str] = set()  # of class R or AL
+    numbers: set[str] = set()  # of class AN
+    scripts: dict[str, set[str]] = {}  # letters of each look-alike script
+    left = within_left_to_right  # a character of class L or EN
+    latin = False
+    for char in set(text):
+        if char.isascii():
+            if char.isalnum():
+                left = True
+                latin = latin or char.isalpha()
+            continue
+        kind = bidirectional(char)
+        if kind in _LEFT_TO_RIGHT:
+            left = True
+        elif kind in _RIGHT_TO_LEFT:
+            right.add(char)
+        elif kind == "AN":
+            numbers.add(char)
+        if category(char)[0] == "L":
+            script = name(char, "")
+            if script.startswith(("LATIN ", "FULLWIDTH LATIN ")):
+                latin = True
+            else:
+                word = script.split(" ", 1)[0]
+                if word in LOOK_ALIKE_SCRIPTS:
+                    scripts.setdefault(word, set()).add(char)
+    found = set(numbers)
+    if left or numbers:
+        found |= right
+    kept = None if latin else next((w for w in LOOK_ALIKE_SCRIPTS if w in scripts), None)
+    for word, letters in scripts.items():
+        if word != kept:
+            found |= letters
+    return frozenset(found)
+
+
+def _both_directions(text: str) -> bool:
+    """Whether ``text`` holds a character of class R or AL and one of class L, EN
+    or AN (drawn, it would be reordered)."""
+    if text.isascii():
+        return False
+    kinds = {unicodedata.bidirectional(c) for c in set(text)}
+    return bool(kinds & _RIGHT_TO_LEFT) and bool(kinds & {"L", "EN", "AN"})
+
+
 def escape(char: str) -> str:
     """``char`` as JSON escapes it: ``\\uXXXX`` (lower-case hex), a character
     beyond U+FFFF as its surrogate pair; a surrogate on its own in upper-case hex
@@ -128,17 +224,29 @@ def shown(text: str, keep: str = " ", *, backslash: bool = True) -> str:
     doubles every backslash itself)."""
     if text.isascii() and text.isprintable() and not (backslash and "\\" in text):
         return text
-    result = _shown(text, keep, backslash, strict=False)
+    hide = foreign(text)
+    result = _normal_shown(text, keep, backslash, hide)
+    if _both_directions(result):  # an escape beside right-to-left text: escape it too
+        bidirectional = unicodedata.bidirectional
+        hide |= {c for c in set(text) if bidirectional(c) in _RIGHT_TO_LEFT}
+        result = _normal_shown(text, keep, backslash, hide)
+    return result
+
+
+def _normal_shown(text: str, keep: str, backslash: bool, hide: frozenset[str]) -> str:
+    """:func:`shown`, ``hide`` escaped, in NFC."""
+    result = _shown(text, keep, backslash, hide, strict=False)
     if not unicodedata.is_normalized("NFC", result):
-        result = _shown(text, keep, backslash, strict=True)
+        result = _shown(text, keep, backslash, hide, strict=True)
     if not unicodedata.is_normalized("NFC", result):  # pragma: no cover - defence in depth
         result = "".join(c if c.isascii() or c in keep else escape(c) for c in result)
     return result
 
 
-def _shown(text: str, keep: str, backslash: bool, *, strict: bool) -> str:
-    """One pass of :func:`shown`; ``strict``: escape every combining mark and
-    every Hangul vowel or final jamo as well (nothing left to compose)."""
+def _shown(text: str, keep: str, backslash: bool, hide: frozenset[str], *, strict: bool) -> str:
+    """One pass of :func:`shown` (``hide``: the :func:`foreign` characters of
+    ``text``); ``strict``: escape every combining mark and every Hangul vowel or
+    final jamo as well (nothing left to compose)."""
     check_nfc = strict or not unicodedata.is_normalized("NFC", text)
     category = unicodedata.category
     out: list[str] = []
@@ -162,7 +270,7 @@ def _shown(text: str, keep: str, backslash: bool, *, strict: bool) -> str:
                 marks = 0 if char.isalnum() else -1
             continue
         kind = category(char)
-        if kind in _HIDDEN or code in _IGNORABLE or code in BLANK:
+        if kind in _HIDDEN or code in _IGNORABLE or code in BLANK or char in hide:
             out.append(escape(char))
             marks = -1
         elif kind in _MARKS:

@@ -9,7 +9,13 @@ Promises kept here (each function keeps one):
   every invisible character (:func:`d2.core._invisible.invisible`: controls,
   formats, separators, default-ignorables) as ``?``, so a user id such as
   ``<!channel>`` or one holding a newline or a bidi override cannot ping a
-  channel, forge a second line or reorder what the approver reads. Mentions and
+  channel, forge a second line or reorder what the approver reads. So does every
+  character of a right-to-left script (bidirectional class R, AL or AN: the line
+  is left to right, and a chat client would reorder the runs around it, swapping
+  two right-to-left ids around the colon between them), and a Cyrillic, Greek,
+  Armenian, Cherokee, Coptic or Lisu letter in a name that also holds a Latin
+  one, or a letter of another of these scripts
+  (:func:`d2.core._invisible.foreign`), which would draw like another name. Mentions and
   links are defanged, visibly, for the receivers that read them in plain text
   (Mattermost, Rocket.Chat, Discord's Slack endpoint, Slack's auto-linking):
   ``@`` becomes the fullwidth at sign U+FF20 (no ``@channel``, ``@here``,
@@ -37,7 +43,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ._invisible import invisible
+from ._invisible import foreign, invisible
 
 if TYPE_CHECKING:
     from .approval_data import ApprovalRequest
@@ -88,11 +94,13 @@ def _iso(ts: float, millis: bool = False) -> str:
 def _shown(value: str, *, person: bool = False) -> str:
     """``value`` safe for one line of chat text: invisible characters (newlines,
     bidi overrides, zero-width joiners, fillers, lone surrogates; spaces but
-    ``" "``) become ``?``, ``&<>`` are escaped, mentions and links defanged (see
-    the module's promises; ``person``: a user id, whose dots before a letter or
-    digit become ``[.]`` too), and it is cut to a bounded length."""
+    ``" "``), right-to-left characters and look-alikes of another script become
+    ``?``, ``&<>`` are escaped, mentions and links defanged (see the module's
+    promises; ``person``: a user id, whose dots before a letter or digit become
+    ``[.]`` too), and it is cut to a bounded length."""
     cut = value if len(value) <= _PIECE else value[: _PIECE - 1] + "\u2026"
-    clean = "".join("?" if ch != " " and invisible(ch) else ch for ch in cut)
+    hide = foreign(cut, within_left_to_right=True)
+    clean = "".join("?" if (ch != " " and invisible(ch)) or ch in hide else ch for ch in cut)
     clean = clean.translate(_SLACK).replace("://", "[:]//")
     return _DOT.sub("[.]", clean) if person else clean
 

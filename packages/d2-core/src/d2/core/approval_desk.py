@@ -61,8 +61,15 @@ def visible_text(text: str) -> str:
     (the Hangul fillers, the variation selectors, the combining grapheme joiner),
     blanks such as U+2800, characters normalisation would replace, and combining
     marks that compose, overlay, sit on nothing or stack past three (see
-    :mod:`d2.core._invisible`). A backslash followed by ``u`` is itself escaped
-    (``\\u005c``): two different texts are never shown alike."""
+    :mod:`d2.core._invisible`). So are the characters the text around them makes
+    misleading: right-to-left letters and punctuation in a text that also holds a
+    left-to-right letter or a digit (a terminal or browser would reorder the runs:
+    ``1\\u05be9999`` would draw as ``19999\\u05be``), Arabic-Indic digits, and
+    Cyrillic, Greek, Armenian, Cherokee, Coptic or Lisu letters in a text that
+    holds Latin ones (``p\\u0430ypal``) or letters of another of these scripts;
+    a text wholly in one script is kept. A backslash followed by ``u`` is itself
+    escaped (``\\u005c``): two different texts are never shown as the same
+    characters."""
     return _invisible.shown(text, " ")
 
 
@@ -70,7 +77,12 @@ def shown_json(value: Any) -> str:
     """``value`` (a request's ``arguments``: JSON values, as :mod:`d2.core._display`
     made them for the approver) as indented JSON an approver reads: letters of
     every script kept, and every character :func:`visible_text` escapes written as
-    its JSON escape, so two different calls never look the same."""
+    its JSON escape, the whole JSON text judged as one text (a call whose keys are
+    Latin shows a Cyrillic, Greek, Hebrew or Arabic value escaped). Two different
+    calls are never shown as the same characters, nor drawn alike through
+    invisible characters, reordering or a mix of scripts; one written wholly in
+    Cyrillic or Greek can still look like one in Latin (``\\u0410\\u0421\\u041c\\u0415``
+    and ``ACME``: whole-script look-alikes need Unicode's confusables table)."""
     return _json_shown(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False))
 
 
