@@ -10,6 +10,7 @@ the store's own copy. Each failed on the commit the review was written against.
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 from typing import Any
 
 import pytest
@@ -22,9 +23,17 @@ from d2.core import (
     d2_guard,
     set_user,
 )
-from d2.core.approval_desk import ApprovalDesk, could_decide, same_person
+from d2.core.approval_desk import (
+    ApprovalDesk,
+    could_decide,
+    same_person,
+    shown_json,
+    visible_text,
+)
 from d2.core.stores import MemoryStore
 from d2.core.testing import policy_document, webhook_receiver
+from hypothesis import given
+from hypothesis import strategies as st
 
 RAN: list[str] = []
 
@@ -218,3 +227,29 @@ def test_the_in_process_store_reads_a_request_outside_its_lock(
     set_user("agent-7", roles=["agent"])
     assert pay("x" * 1000) == "paid"
     assert parsed_under_lock and not any(parsed_under_lock)
+
+
+@pytest.mark.parametrize(
+    ("plain", "alike"),
+    [
+        ("acct-77", "acct-\U0001d7fd\U0001d7fd"),  # mathematical monospace digits
+        ("payee", "p\U0001d68a\U0001d6a2ee"),  # mathematical monospace letters
+        ("ACME", "\uff21\uff23\uff2d\uff25"),  # fullwidth
+        ("file", "\ufb01le"),  # a ligature
+    ],
+)
+def test_characters_that_draw_like_ascii_are_shown_as_escapes(plain: str, alike: str) -> None:
+    # twelfth review F2: the mathematical monospace a and 7 (U+1D68A, U+1D7FD) drew
+    # pixel-identical to "a" and "7" on the inbox page
+    assert visible_text(alike) != visible_text(plain) == plain
+    assert "\\u" in visible_text(alike)
+    assert shown_json({"to": alike}) != shown_json({"to": plain})
+    assert all(c.isascii() for c in shown_json({"to": alike}))
+
+
+@given(text=st.text())
+def test_no_character_shown_draws_like_ascii_it_is_not(text: str) -> None:
+    for char in visible_text(text) + shown_json({"v": text}):
+        if not char.isascii():
+            folded = unicodedata.normalize("NFKC", char)
+            assert folded == char or not folded.isascii(), repr(char)

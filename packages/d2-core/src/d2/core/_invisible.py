@@ -21,7 +21,9 @@ What counts as invisible (:func:`invisible`):
 :func:`shown` writes text for a reader with each of those as its ``\\uXXXX``
 escape, and also escapes what would make two different strings draw alike: a
 character that Unicode normalisation (NFC) would replace by another (the Kelvin
-sign, the Greek question mark, a compatibility ideograph), a combining mark that
+sign, the Greek question mark, a compatibility ideograph), a character whose
+compatibility form (NFKC) is ASCII (mathematical letters and digits, fullwidth
+forms, superscripts, ligatures: they draw like the ASCII they stand for), a combining mark that
 would compose with its letter into a precomposed one, a mark drawn over its
 letter (an overlay: ``o`` + U+0338 draws ``ø``), a mark with no letter or digit to
 sit on, and every mark past the third on one letter (a stack that draws over the
@@ -224,13 +226,24 @@ def shown(text: str, keep: str = " ", *, backslash: bool = True) -> str:
     doubles every backslash itself)."""
     if text.isascii() and text.isprintable() and not (backslash and "\\" in text):
         return text
-    hide = foreign(text)
+    hide = foreign(text) | _like_ascii(text)
     result = _normal_shown(text, keep, backslash, hide)
     if _both_directions(result):  # an escape beside right-to-left text: escape it too
         bidirectional = unicodedata.bidirectional
         hide |= {c for c in set(text) if bidirectional(c) in _RIGHT_TO_LEFT}
         result = _normal_shown(text, keep, backslash, hide)
     return result
+
+
+def _like_ascii(text: str) -> frozenset[str]:
+    """The characters of ``text`` whose compatibility form (NFKC) is ASCII: they
+    draw like plain letters, digits or punctuation (the mathematical monospace
+    U+1D68A and U+1D7FD draw pixel-identical to ``a`` and ``7``; fullwidth forms,
+    superscripts, ligatures such as U+FB01, the ellipsis)."""
+    normalize = unicodedata.normalize
+    return frozenset(
+        c for c in set(text) if not c.isascii() and c != (f := normalize("NFKC", c)) and f.isascii()
+    )
 
 
 def _normal_shown(text: str, keep: str, backslash: bool, hide: frozenset[str]) -> str:
