@@ -140,7 +140,9 @@ class Served:
 
 
 @asynccontextmanager
-async def client_for(url: str, user: str | None, roles: str = "") -> AsyncIterator[Any]:
+async def client_for(
+    url: str, user: str | None, roles: str = "", message_handler: Any = None
+) -> AsyncIterator[Any]:
     """The real mcp client over Streamable HTTP, as ``user`` (``None``: no identity)."""
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
@@ -149,7 +151,9 @@ async def client_for(url: str, user: str | None, roles: str = "") -> AsyncIterat
     headers = {} if user is None else {"x-test-user": f"{user};{roles}"}
     async with create_mcp_http_client(headers=headers) as http:
         transport = streamable_http_client(url, http_client=http)
-        async with Client(transport, mode="legacy", cache=None) as client:
+        async with Client(
+            transport, mode="legacy", cache=None, message_handler=message_handler
+        ) as client:
             yield client
 
 

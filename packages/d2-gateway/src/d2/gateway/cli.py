@@ -86,9 +86,12 @@ def _identity_layer(options: dict[str, Any]) -> Wrap:
             "--oidc-issuer needs a d2-asgi release with OIDC discovery; give --jwks-url"
         ) from None
     try:
-        from d2.asgi.protected import BearerProtected  # type: ignore[import-not-found]
+        import importlib
+
+        protected: Any = importlib.import_module("d2.asgi.protected")
     except ImportError:
         return bearer_identity(extractor)
+    BearerProtected = protected.BearerProtected
     resource = options.get("resource")
 
     def wrap(inner: Any) -> Any:
@@ -175,7 +178,8 @@ def serve_command(
     policy: Annotated[
         str | None,
         typer.Option(
-            "--policy", help="Policy file (default: D2_TOKEN cloud mode, D2_POLICY_FILE, discovery)."
+            "--policy",
+            help="Policy file (default: D2_TOKEN cloud mode, D2_POLICY_FILE, discovery).",
         ),
     ] = None,
     upstream: Annotated[

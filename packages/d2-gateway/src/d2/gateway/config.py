@@ -148,9 +148,9 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigurationError(f"cannot read the gateway config {file}: {exc}") from None
     try:
-        import yaml
+        from ruamel.yaml import YAML
 
-        data = yaml.safe_load(text)
+        data = YAML(typ="safe").load(text)
     except Exception as exc:
         raise ConfigurationError(f"{file}: not valid YAML: {exc}") from None
     if data is None:

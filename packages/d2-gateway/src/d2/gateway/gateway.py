@@ -112,8 +112,7 @@ def refusal(err: PermissionDeniedError, upstream: str) -> types.CallToolResult:
 
 def _unavailable(upstream: str, tool: str, why: str) -> types.CallToolResult:
     return _text_result(
-        f"upstream {upstream!r} is unavailable, {tool!r} did not complete: {why}; "
-        "try again later",
+        f"upstream {upstream!r} is unavailable, {tool!r} did not complete: {why}; try again later",
         {"d2_reason": "upstream_unavailable", "d2_tool_id": tool, "d2_upstream": upstream},
     )
 

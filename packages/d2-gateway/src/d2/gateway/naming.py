@@ -92,9 +92,7 @@ class Table:
         self.refused = refused
 
     @classmethod
-    def build(
-        cls, listings: dict[str, list[tuple[str, object]]], *, kind: str = "tool"
-    ) -> Table:
+    def build(cls, listings: dict[str, list[tuple[str, object]]], *, kind: str = "tool") -> Table:
         """Build the table from each upstream's ``(name, item)`` pairs, in upstream
         order. A name that is not ``[A-Za-z0-9_-]``, whose shown name is longer
         than :data:`MAX_SHOWN` or already taken, is left out and logged (never

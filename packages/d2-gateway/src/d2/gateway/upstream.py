@@ -200,9 +200,7 @@ class Upstream:
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> types.CallToolResult:
         """Call ``name`` upstream; :class:`UpstreamUnavailable` when not connected
         or when the connection ends during the call."""
-        result: types.CallToolResult = await self._request(
-            lambda c: c.call_tool(name, arguments)
-        )
+        result: types.CallToolResult = await self._request(lambda c: c.call_tool(name, arguments))
         return result
 
     async def read_resource(self, uri: str) -> types.ReadResourceResult:
@@ -214,9 +212,7 @@ class Upstream:
         self, name: str, arguments: dict[str, str] | None
     ) -> types.GetPromptResult:
         """Get prompt ``name`` upstream."""
-        result: types.GetPromptResult = await self._request(
-            lambda c: c.get_prompt(name, arguments)
-        )
+        result: types.GetPromptResult = await self._request(lambda c: c.get_prompt(name, arguments))
         return result
 
 

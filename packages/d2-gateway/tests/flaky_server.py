@@ -1,0 +1,34 @@
+"""A tiny upstream MCP server for the supervision tests: ``echo``, ``hang`` (a
+call that stays in flight) and ``crash`` (the process exits at once)."""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("flaky")
+
+
+@server.tool()
+def echo(text: str) -> str:
+    """Echo the text."""
+    return f"echo: {text}"
+
+
+@server.tool()
+async def hang(seconds: float = 60) -> str:
+    """Answer late."""
+    await anyio.sleep(seconds)
+    return "late"
+
+
+@server.tool()
+def crash() -> str:
+    """Exit the process now."""
+    os._exit(3)
+
+
+if __name__ == "__main__":
+    server.run()
