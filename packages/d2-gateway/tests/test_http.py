@@ -29,6 +29,7 @@ from gateway_testkit import (
 )
 from mcp import types
 
+RECORDS: list[dict[str, Any]] = []  # the decision log of the module's gateway
 TIME_ARGS = {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Europe/Paris"}
 
 
@@ -85,7 +86,12 @@ def policy_path(tmp_path_factory: pytest.TempPathFactory, git_repo: Path) -> Pat
 @pytest.fixture(scope="module")
 def gateway(policy_path: Path, redis_url: str, git_repo: Path) -> Iterator[tuple[Gateway, Served]]:
     reset()
-    configure_rbac_sync(source=LocalFileSource(policy_path, poll_interval=0.1), store=redis_url)
+    RECORDS.clear()
+    configure_rbac_sync(
+        source=LocalFileSource(policy_path, poll_interval=0.1),
+        store=redis_url,
+        decision_log=RECORDS.append,
+    )
     specs = [
         UpstreamSpec("time", command=upstream_command("mcp-server-time")),
         UpstreamSpec(
@@ -205,6 +211,20 @@ async def test_data_flow_read_private_repo_then_egress_is_refused(
     assert refused.structured_content["d2_reason"] == "data_flow_violation"
     assert refused.structured_content["d2_tool_id"] == "fetch.fetch"
     assert recorder.hits == []  # the fetch server was never asked to fetch
+    # the decision log tells the story, both calls in one D2 request (the session)
+    mine = await records_of("dev-flow", 2)
+    assert [(r["tool_id"], r["decision"], r["reason"]) for r in mine] == [
+        ("git.git_log", "allowed", None),
+        ("fetch.fetch", "denied", "data_flow_violation"),
+    ]
+    assert mine[0]["request_id"] == mine[1]["request_id"]
+
+
+async def records_of(user: str, count: int) -> list[dict[str, Any]]:
+    with anyio.fail_after(5):
+        while len([r for r in RECORDS if r["user_id"] == user]) < count:
+            await anyio.sleep(0.02)
+    return [r for r in RECORDS if r["user_id"] == user]
 
 
 async def test_a_per_user_budget_spans_sessions(url: str) -> None:
@@ -312,3 +332,59 @@ async def test_an_approval_end_to_end_with_the_cli(
         once = await dev.call_tool("time__convert_time", TIME_ARGS)  # runs once only
         assert once.structured_content["d2_reason"] == "approval_required"
         assert once.structured_content["d2_approval_request"] != request_id
+
+
+def sse_json(response: Any) -> dict[str, Any]:
+    """The JSON-RPC message of a Streamable HTTP answer (JSON or one SSE event)."""
+    if response.headers.get("content-type", "").startswith("application/json"):
+        return dict(response.json())
+    for line in response.text.splitlines():
+        if line.startswith("data:"):
+            return dict(json.loads(line[5:]))
+    raise AssertionError(f"no message in {response.text!r}")
+
+
+async def test_a_session_is_bound_to_the_identity_that_opened_it(url: str) -> None:
+    import httpx
+
+    accept = {"accept": "application/json, text/event-stream"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+    async with httpx.AsyncClient(timeout=10) as http:
+        opened = await http.post(url, json=init, headers={**accept, "x-test-user": "ada;admin"})
+        session = opened.headers["mcp-session-id"]
+        headers = {**accept, "mcp-session-id": session, "mcp-protocol-version": "2025-06-18"}
+        await http.post(
+            url,
+            json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+            headers={**headers, "x-test-user": "ada;admin"},
+        )
+        own = sse_json(
+            await http.post(url, json=listing, headers={**headers, "x-test-user": "ada;admin"})
+        )
+        assert len(own["result"]["tools"]) == 15
+        # another user who learnt the session id gets nothing of it
+        stolen = sse_json(
+            await http.post(url, json=listing, headers={**headers, "x-test-user": "vic;admin"})
+        )
+        assert stolen["result"]["tools"] == []
+        call = {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "tools/call",
+            "params": {"name": "time__get_current_time", "arguments": {"timezone": "UTC"}},
+        }
+        refused = sse_json(
+            await http.post(url, json=call, headers={**headers, "x-test-user": "vic;admin"})
+        )
+        assert refused["result"]["isError"] is True
+        assert refused["result"]["content"][0]["text"] == "Unknown tool: time__get_current_time"
