@@ -87,7 +87,7 @@ async def measure(calls: int, batch: int, where: Path) -> dict[str, list[float]]
             "bench",
             "--upstream",
             f"echo=stdio:{sys.executable} {echo}",
-        ],  # fmt: skip
+        ],
         env=env,
     )
     times: dict[str, list[float]] = {"direct": [], "through": []}
@@ -128,7 +128,8 @@ def main() -> int:
     p50 = {k: statistics.median(v) for k, v in ms.items()}
     p99 = {k: percentile(v, 0.99) for k, v in ms.items()}
     print(
-        f"tools/call over stdio, {calls} calls each ({sys.platform}, Python {sys.version.split()[0]})"
+        f"tools/call over stdio, {calls} calls each "
+        f"({sys.platform}, Python {sys.version.split()[0]})"
     )
     print()
     print("| path | p50 (ms) | p99 (ms) |")
