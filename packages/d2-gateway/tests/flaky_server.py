@@ -24,6 +24,24 @@ async def hang(seconds: float = 60) -> str:
     return "late"
 
 
+@server.resource("note://public")
+def public_note() -> str:
+    """A note anyone granted may read."""
+    return "public note"
+
+
+@server.resource("note://secret")
+def secret_note() -> str:
+    """A note nobody is granted."""
+    return "secret note"
+
+
+@server.prompt()
+def greet(name: str) -> str:
+    """A prompt."""
+    return f"Say hello to {name}"
+
+
 @server.tool()
 def crash() -> str:
     """Exit the process now."""

@@ -141,7 +141,11 @@ class Served:
 
 @asynccontextmanager
 async def client_for(
-    url: str, user: str | None, roles: str = "", message_handler: Any = None
+    url: str,
+    user: str | None,
+    roles: str = "",
+    message_handler: Any = None,
+    mode: str = "legacy",
 ) -> AsyncIterator[Any]:
     """The real mcp client over Streamable HTTP, as ``user`` (``None``: no identity)."""
     from mcp import Client
@@ -152,7 +156,7 @@ async def client_for(
     async with create_mcp_http_client(headers=headers) as http:
         transport = streamable_http_client(url, http_client=http)
         async with Client(
-            transport, mode="legacy", cache=None, message_handler=message_handler
+            transport, mode=mode, cache=None, message_handler=message_handler
         ) as client:
             yield client
 

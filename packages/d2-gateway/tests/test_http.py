@@ -388,3 +388,21 @@ async def test_a_session_is_bound_to_the_identity_that_opened_it(url: str) -> No
         )
         assert refused["result"]["isError"] is True
         assert refused["result"]["content"][0]["text"] == "Unknown tool: time__get_current_time"
+
+
+@pytest.mark.parametrize("mode", ["auto", "2026-07-28"])
+async def test_a_sessionless_client_gets_the_same_decisions(
+    url: str, git_repo: Path, recorder: Recorder, mode: str
+) -> None:
+    # On the 2026-07-28 protocol each request stands alone: filtering, guardrails
+    # and per-user state hold; history and facts last one request.
+    async with client_for(url, "vic", "viewer", mode=mode) as viewer:
+        assert await names(viewer) == ["time__get_current_time"]
+        hidden = await viewer.call_tool("fetch__fetch", {"url": recorder.url})
+        assert text(hidden) == "Unknown tool: fetch__fetch"
+    async with client_for(url, f"dev-{mode}", "dev", mode=mode) as dev:
+        refused = await dev.call_tool("time__get_current_time", {"timezone": "Asia/Tokyo"})
+        assert refused.structured_content["d2_reason"] == "input_validation"
+        ok = await dev.call_tool("time__get_current_time", {"timezone": "UTC"})
+        assert not ok.is_error and ok.structured_content["day_of_week"] == "[REDACTED]"
+    assert recorder.hits == []

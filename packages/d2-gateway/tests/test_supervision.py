@@ -5,6 +5,7 @@ sees without a restart."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from gateway_testkit import HeaderIdentity, Served, client_for, write_policy
 from mcp import types
 
 FLAKY = str(Path(__file__).with_name("flaky_server.py"))
-ALL = ["flaky.echo", "flaky.hang", "flaky.crash"]
+ALL = ["flaky.echo", "flaky.hang", "flaky.crash", "resource:flaky:note://public"]
 
 
 @pytest.fixture(scope="module")
@@ -126,4 +127,49 @@ async def test_hot_reload_changes_what_each_user_sees(
         assert [t.name for t in (await client.list_tools()).tools] == ["flaky__echo"]
         hidden = await client.call_tool("flaky__hang", {"seconds": 0})
         assert hidden.is_error and text(hidden) == "Unknown tool: flaky__hang"
-    write_policy(policy, {"role": "dev", "permissions": ALL}, name="sup-tests")
+        changed = anyio.Event()
+        write_policy(policy, {"role": "dev", "permissions": ALL}, name="sup-tests")
+        with anyio.fail_after(10):
+            await changed.wait()
+
+
+async def test_resources_are_denied_unless_granted(setup: tuple[Gateway, Served, Path]) -> None:
+    gw, served, _ = setup
+    await connections(gw, 1)
+    async with client_for(served.url, "u4", "dev") as client:
+        listed = [str(r.uri) for r in (await client.list_resources()).resources]
+        assert listed == ["note://public"]
+        read = await client.read_resource("note://public")
+        assert [c.text for c in read.contents] == ["public note"]  # type: ignore[union-attr]
+        for uri in ("note://secret", "note://missing"):  # hidden == missing
+            with pytest.raises(Exception, match=f"Unknown resource: {uri}"):
+                await client.read_resource(uri)
+        assert (await client.list_prompts()).prompts == []  # prompt:flaky:greet not granted
+    async with client_for(served.url, "u5", "") as nobody:
+        assert (await nobody.list_resources()).resources == []
+
+
+async def test_an_upstream_that_cannot_start_is_absent_and_the_others_serve(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    from mcp import Client
+
+    gw = Gateway(
+        [
+            UpstreamSpec("broken", command=str(tmp_path / "no-such-server")),
+            UpstreamSpec("flaky", command=sys.executable, args=(FLAKY,)),
+        ],
+        identity=("u6", ("dev",)),
+    )
+    with caplog.at_level(logging.WARNING, logger="d2.gateway"):
+        async with gw.running():
+            await gw.wait_tried(20)
+            await connections(gw, 1)
+            async with Client(gw.server, mode="legacy", cache=None) as client:
+                names = sorted(t.name for t in (await client.list_tools()).tools)
+                assert names == ["flaky__crash", "flaky__echo", "flaky__hang"]
+                gone = await client.call_tool("broken__anything", {})
+                assert text(gone) == "Unknown tool: broken__anything"
+            assert gw.upstreams["broken"].connections == 0
+    assert "upstream broken" in caplog.text and "retrying in" in caplog.text
+    assert "no-such-server" in caplog.text

@@ -119,8 +119,7 @@ async def _serve_stdio(gateway: Gateway, policy: str | None, startup_wait: float
 
     await _configure(policy)
     async with gateway.running():
-        with anyio.move_on_after(startup_wait):  # upstreams that start later appear later
-            await gateway.wait_connected(timeout=startup_wait + 1)
+        await gateway.wait_tried(startup_wait)  # upstreams that start later appear later
         async with stdio_server() as (read, write):
             await gateway.server.run(read, write, gateway.initialization_options())
 

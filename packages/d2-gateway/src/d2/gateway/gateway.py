@@ -194,11 +194,20 @@ class Gateway:
                 tg.cancel_scope.cancel()
 
     async def wait_connected(self, timeout: float = 30.0) -> None:
-        """Wait until every upstream is connected (tests, start-up logs)."""
+        """Wait until every upstream is connected (``TimeoutError`` after
+        ``timeout`` seconds)."""
         with anyio.fail_after(timeout):
             for upstream in self.upstreams.values():
                 while upstream.connections == 0 or upstream._client is None:
                     await upstream.connected.wait()
+
+    async def wait_tried(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) until every upstream has connected or
+        failed once: what start-up waits for, so one upstream that cannot start
+        does not hold the others back."""
+        with anyio.move_on_after(timeout):
+            for upstream in self.upstreams.values():
+                await upstream.tried.wait()
 
     async def _follow_policy(self) -> None:
         """A new policy may show or hide tools: tell the sessions to list again."""

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
@@ -117,7 +116,7 @@ def http_app(
     """The ASGI app: ``path`` serves MCP Streamable HTTP through ``wrap`` (the
     identity layer) and :func:`require_identity`; its lifespan supervises the
     upstreams; it waits up to ``startup_wait`` seconds for every upstream to
-    connect before serving (one that is later appears later). ``wrap=None`` only
+    connect or fail once before serving (one that is later appears later). ``wrap=None`` only
     for tests that set ``scope["d2.user"]`` themselves: with no layer every
     request is 401."""
     manager = StreamableHTTPSessionManager(
@@ -134,8 +133,7 @@ def http_app(
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         async with gateway.running(), manager.run():
-            with anyio.move_on_after(startup_wait):
-                await gateway.wait_connected(startup_wait + 1)
+            await gateway.wait_tried(startup_wait)
             yield
 
     return Starlette(routes=[Route(path, endpoint=_Endpoint(inner))], lifespan=lifespan)

@@ -57,6 +57,7 @@ class Upstream:
         self._relist = anyio.Event()
         self._call_timeout = call_timeout
         self.connected = anyio.Event()  # set on every successful connection (tests, logs)
+        self.tried = anyio.Event()  # set once the first attempt to connect has ended
         self.connections = 0
         self.last_error: str | None = None
 
@@ -101,6 +102,7 @@ class Upstream:
                     self.connections += 1
                     self.last_error = None
                     self.connected.set()
+                    self.tried.set()
                     _logger.info(
                         "d2-gateway: upstream %s connected (%d tools)",
                         self.spec.describe(),
@@ -118,6 +120,7 @@ class Upstream:
                 self._client = None
                 self.connected = anyio.Event()
                 self.tools, self.resources, self.prompts = [], [], []
+            self.tried.set()
             if was_up:
                 with anyio.CancelScope(shield=True):
                     await self._on_change()
