@@ -145,10 +145,15 @@ async def test_tools_list_shows_each_role_exactly_its_tools(url: str) -> None:
         assert await names(viewer) == ["time__get_current_time"]
     async with client_for(url, "nobody", "") as nobody:
         assert await names(nobody) == []
-    # the schema and description are the upstream's own
+    # the schema and description are the upstream's own; the output schema is
+    # dropped where output rules may reshape the result (a client would refuse it)
     async with client_for(url, "vic", "viewer") as viewer:
         (tool,) = (await viewer.list_tools()).tools
         assert "timezone" in tool.input_schema["properties"]
+        assert tool.output_schema is None
+    async with client_for(url, "ada", "admin") as admin:
+        tools = {t.name: t for t in (await admin.list_tools()).tools}
+        assert tools["time__convert_time"].output_schema is not None
 
 
 async def test_a_hidden_tool_cannot_be_told_from_a_missing_one(url: str, git_repo: Path) -> None:

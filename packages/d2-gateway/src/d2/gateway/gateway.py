@@ -336,16 +336,30 @@ class Gateway:
         current = self.context(ctx)
         if current is None:
             return types.ListToolsResult(tools=[])
+        policy = evaluator_for(self._instance).policy
         token = attach(current)
         try:
             shown = [
-                entry.item.model_copy(update={"name": name})  # type: ignore[attr-defined]
+                self._shown_tool(name, entry, policy)
                 for name, entry in self.tools.entries.items()
                 if self._allowed(entry.policy_id)
             ]
         finally:
             detach(token)
         return types.ListToolsResult(tools=shown)
+
+    @staticmethod
+    def _shown_tool(name: str, entry: Entry, policy: Any) -> types.Tool:
+        """The upstream's tool under its shown name. When output rules may reshape
+        its results (filter a field, redact a number), its ``outputSchema`` is
+        dropped: a client validating results against it would refuse them."""
+        tool: types.Tool = entry.item  # type: ignore[assignment]
+        update: dict[str, Any] = {"name": name}
+        if tool.output_schema is not None and policy is not None:
+            grants = policy.rules_for(entry.policy_id).grants
+            if any(getattr(g, "output", None) is not None for g in grants):
+                update["output_schema"] = None
+        return tool.model_copy(update=update)
 
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
