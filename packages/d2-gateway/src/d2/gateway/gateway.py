@@ -405,6 +405,15 @@ class Gateway:
                 f"upstream {entry.upstream!r} refused {entry.policy_id!r}: {exc.error.message}",
                 {"d2_reason": "upstream_error", "d2_upstream": entry.upstream},
             )
+        except Exception as exc:  # a malformed answer, a transport fault: never a crash
+            _logger.warning(
+                "d2-gateway: %s failed upstream: %s: %s", entry.policy_id, type(exc).__name__, exc
+            )
+            return _text_result(
+                f"upstream {entry.upstream!r} failed {entry.policy_id!r} "
+                f"({type(exc).__name__}); try again later",
+                {"d2_reason": "upstream_error", "d2_upstream": entry.upstream},
+            )
         finally:
             _HANDLE.reset(handle_token)
         try:
