@@ -86,3 +86,9 @@ def test_a_config_file_holds_the_same_options(
     config.write_text("upstreams: {}\nbogus: 1\n")
     assert main(["serve", "--config", str(config)]) == 2
     assert "unknown option(s) ['bogus']" in capsys.readouterr().err
+
+
+def test_the_version_is_the_repository_version(capsys: pytest.CaptureFixture[str]) -> None:
+    version = (Path(__file__).resolve().parents[3] / "VERSION").read_text().strip()
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"d2-gateway {version} (d2-core {version})\n"

@@ -30,8 +30,23 @@ app = typer.Typer(
 _logger = logging.getLogger("d2.gateway")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from d2.core import __version__ as core_version
+
+        from ._version import __version__
+
+        sys.stdout.write(f"d2-gateway {__version__} (d2-core {core_version})\n")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
     """D2 policies in front of any MCP server."""
 
 
