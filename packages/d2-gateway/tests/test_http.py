@@ -58,6 +58,15 @@ def policy_doc(repo: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             ],
         },
         {"role": "viewer", "permissions": ["time.get_current_time"]},
+        {
+            "role": "auditor",
+            "permissions": [
+                {
+                    "tool": "git.git_log",
+                    "conditions": {"output": {"deny_if_patterns": ["(?i)roadmap"]}},
+                }
+            ],
+        },
         {"role": "lead", "permissions": ["time.convert_time"]},
     ]
     metadata = {
@@ -411,3 +420,16 @@ async def test_a_sessionless_client_gets_the_same_decisions(
         ok = await dev.call_tool("time__get_current_time", {"timezone": "UTC"})
         assert not ok.is_error and ok.structured_content["day_of_week"] == "[REDACTED]"
     assert recorder.hits == []
+
+
+async def test_an_output_rule_refuses_the_result_the_client_never_sees_it(
+    url: str, git_repo: Path
+) -> None:
+    async with client_for(url, "aud", "auditor") as auditor:
+        refused = await auditor.call_tool("git__git_log", {"repo_path": str(git_repo)})
+    assert refused.is_error
+    assert refused.structured_content["d2_reason"] == "output_validation"
+    assert "output_validation" in text(refused)
+    # the refusal names the rule (its pattern), never the upstream's answer
+    assert "private roadmap" not in text(refused)
+    assert "private roadmap" not in json.dumps(refused.structured_content)
