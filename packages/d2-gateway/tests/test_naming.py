@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
 import pytest
 from d2.core import ConfigurationError
-from d2.gateway import parse_upstream, prompt_id, resource_id, shown_name, tool_id
+from d2.gateway import load_config_file, parse_upstream, prompt_id, resource_id, shown_name, tool_id
 from d2.gateway.naming import MAX_SHOWN, Table, check_upstream_name
 from hypothesis import given
 from hypothesis import strategies as st
@@ -86,3 +87,39 @@ def test_parse_upstream_forms() -> None:
         with pytest.raises(ConfigurationError):
             parse_upstream(bad)
     assert MAX_SHOWN == 64
+
+
+def test_the_config_file_forms(tmp_path: Path) -> None:
+    where = tmp_path
+    config = where / "gateway.yaml"
+    config.write_text(
+        "policy: policy.yaml\n"
+        "roles: [dev, ops]\n"
+        "upstreams:\n"
+        "  git: 'stdio:mcp-server-git --repository .'\n"
+        "  db: {command: db-server, args: ['--ro'], env: {DB_URL: 'sqlite:///x'}, cwd: /srv}\n"
+        "  remote: {url: 'https://mcp.example.invalid/mcp'}\n"
+    )
+    options = load_config_file(config)
+    assert options["policy"] == str(where / "policy.yaml")
+    assert options["roles"] == "dev,ops"
+    git, db, remote = options["upstreams"]
+    assert (git.name, git.command, git.args) == ("git", "mcp-server-git", ("--repository", "."))
+    assert (db.command, db.args, db.env, db.cwd) == (
+        "db-server",
+        ("--ro",),
+        {"DB_URL": "sqlite:///x"},
+        "/srv",
+    )
+    assert remote.kind == "http" and remote.describe() == "remote (https://mcp.example.invalid/mcp)"
+    for bad, said in [
+        ("upstreams: {db: {command: x, url: 'https://h/mcp'}}", "exactly one of command or url"),
+        ("upstreams: {db: {command: x, args: [1]}}", "list of strings"),
+        ("upstreams: {db: {command: x, nope: 1}}", "unknown key"),
+        ("upstreams: {'a.b': 'stdio:x'}", "not allowed"),
+        ("upstreams: [a]", "mapping of name"),
+        ("- just a list", "expected a mapping"),
+    ]:
+        config.write_text(bad)
+        with pytest.raises(ConfigurationError, match=said):
+            load_config_file(config)
