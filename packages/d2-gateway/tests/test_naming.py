@@ -123,3 +123,24 @@ def test_the_config_file_forms(tmp_path: Path) -> None:
         config.write_text(bad)
         with pytest.raises(ConfigurationError, match=said):
             load_config_file(config)
+
+
+def test_config_values_take_secrets_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "upstreams:\n"
+        "  gh: {url: 'https://mcp.example.invalid/mcp',"
+        " headers: {Authorization: 'Bearer ${GW_TEST_TOKEN}'}}\n"
+    )
+    monkeypatch.setenv("GW_TEST_TOKEN", "s3cret")
+    (gh,) = load_config_file(config)["upstreams"]
+    assert gh.headers == {"Authorization": "Bearer s3cret"}
+    assert "s3cret" not in repr(gh) and "s3cret" not in gh.describe()
+    monkeypatch.delenv("GW_TEST_TOKEN")
+    with pytest.raises(ConfigurationError, match="GW_TEST_TOKEN is not set"):
+        load_config_file(config)
+    config.write_text("upstreams:\n  git: {command: x, headers: {A: b}}\n")
+    with pytest.raises(ConfigurationError, match="only an upstream with a url"):
+        load_config_file(config)

@@ -112,3 +112,42 @@ async def test_a_per_user_budget_holds_across_two_gateway_processes(tmp_path: Pa
             assert refused.structured_content["d2_reason"] == "budget_exceeded"
             assert 0 < refused.structured_content["d2_retry_after"] <= 3600
             assert (await b.call_tool(*call)).structured_content["d2_reason"] == ("budget_exceeded")
+
+
+async def test_an_http_upstream_gets_its_headers(tmp_path: Path) -> None:
+    # The upstream is another gateway over HTTP, which wants an identity header:
+    # with the header its tools appear; without it (401) the upstream is absent.
+    from d2.gateway.http import http_app
+    from gateway_testkit import HeaderIdentity, Served
+
+    policy = write_policy(
+        tmp_path / "p.json",
+        {"role": "admin", "permissions": ["*"]},
+        name="chain-tests",
+    )
+    reset()
+    configure_rbac_sync(source=str(policy))
+    inner = Gateway([UpstreamSpec("flaky", command=sys.executable, args=(FLAKY,))])
+    served = Served(HeaderIdentity(http_app(inner, wrap=None)))
+    outer = Gateway(
+        [
+            UpstreamSpec("inner", url=served.url, headers={"x-test-user": "ada;admin"}),
+            UpstreamSpec("anon", url=served.url),
+        ],
+        identity=("u", ("admin",)),
+    )
+    try:
+        async with outer.running():
+            await outer.wait_tried(20)
+            async with Client(outer.server, mode="legacy", cache=None) as client:
+                names = sorted(t.name for t in (await client.list_tools()).tools)
+                assert names == ["inner__flaky__crash", "inner__flaky__echo", "inner__flaky__hang"]
+                echoed = await client.call_tool("inner__flaky__echo", {"text": "hi"})
+                assert [c.text for c in echoed.content if isinstance(c, types.TextContent)] == [
+                    "echo: hi"
+                ]
+            assert outer.upstreams["anon"].connections == 0
+            assert "error response" in (outer.upstreams["anon"].last_error or "")  # the 401
+    finally:
+        served.close()
+        reset()

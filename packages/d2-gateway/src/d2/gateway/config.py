@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ class UpstreamSpec:
     """One upstream MCP server: ``name`` (the prefix of its tool ids) and either a
     ``command`` with ``args`` (started and supervised over stdio; ``env`` is added
     to the minimal environment the MCP SDK gives a child process) or a Streamable
-    HTTP ``url``."""
+    HTTP ``url`` (``headers`` are sent with each of its requests, e.g. the
+    upstream's own credentials; never logged)."""
 
     name: str
     command: str | None = None
@@ -30,6 +32,7 @@ class UpstreamSpec:
     url: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def kind(self) -> str:
@@ -86,7 +89,7 @@ def _upstream_from_mapping(name: str, value: Any, where: str) -> UpstreamSpec:
         check_upstream_name(name)
     except ValueError as exc:
         raise ConfigurationError(f"{where}: {exc}") from None
-    unknown = sorted(set(value) - {"command", "args", "url", "env", "cwd"})
+    unknown = sorted(set(value) - {"command", "args", "url", "env", "cwd", "headers"})
     if unknown:
         raise ConfigurationError(f"{where}.{name}: unknown key(s) {unknown}")
     command, url = value.get("command"), value.get("url")
@@ -104,15 +107,41 @@ def _upstream_from_mapping(name: str, value: Any, where: str) -> UpstreamSpec:
         raise ConfigurationError(f"{where}.{name}.url: expected an http:// or https:// URL")
     if command is not None and not isinstance(command, str):
         raise ConfigurationError(f"{where}.{name}.command: expected a string")
+    headers = value.get("headers", {})
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ConfigurationError(f"{where}.{name}.headers: expected a mapping of strings")
+    if headers and url is None:
+        raise ConfigurationError(f"{where}.{name}.headers: only an upstream with a url has headers")
     cwd = value.get("cwd")
     return UpstreamSpec(
         name=name,
         command=command,
         args=tuple(args),
         url=url,
-        env=dict(env),
+        env={k: _expand(v, f"{where}.{name}.env.{k}") for k, v in env.items()},
         cwd=str(cwd) if cwd is not None else None,
+        headers={k: _expand(v, f"{where}.{name}.headers.{k}") for k, v in headers.items()},
     )
+
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand(value: str, where: str) -> str:
+    """``${NAME}`` replaced by the environment variable ``NAME`` (so secrets stay
+    out of the file); an unset variable is an error, never an empty string."""
+
+    def one(match: re.Match[str]) -> str:
+        found = os.environ.get(match.group(1))
+        if found is None:
+            raise ConfigurationError(
+                f"{where}: the environment variable {match.group(1)} is not set"
+            )
+        return found
+
+    return _VARIABLE.sub(one, value)
 
 
 _KEYS = frozenset(

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
 from mcp import Client, StdioServerParameters, types
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from .config import UpstreamSpec
@@ -61,7 +64,8 @@ class Upstream:
         self.connections = 0
         self.last_error: str | None = None
 
-    def _client_for(self) -> Client:
+    async def _connect(self, stack: AsyncExitStack) -> Client:
+        """Enter the transport and the client on ``stack``."""
         spec = self.spec
         target: Any
         if spec.command is not None:
@@ -69,8 +73,12 @@ class Upstream:
                 command=spec.command, args=list(spec.args), env=spec.env or None, cwd=spec.cwd
             )
         else:
-            target = spec.url
-        return Client(
+            assert spec.url is not None
+            http = await stack.enter_async_context(
+                create_mcp_http_client(headers=dict(spec.headers) or None)
+            )
+            target = streamable_http_client(spec.url, http_client=http)
+        client = Client(
             target,
             mode="legacy",
             cache=None,
@@ -78,6 +86,7 @@ class Upstream:
             message_handler=self._message,
             client_info=types.Implementation(name="d2-gateway", version="2.0.0"),
         )
+        return await stack.enter_async_context(client)
 
     async def _message(self, message: Any) -> None:
         if isinstance(
@@ -95,7 +104,8 @@ class Upstream:
         delay = _FIRST_DELAY
         while True:
             try:
-                async with self._client_for() as client:
+                async with AsyncExitStack() as stack:
+                    client = await self._connect(stack)
                     await self._list(client)
                     self._client = client
                     self._dead = anyio.Event()
