@@ -312,6 +312,21 @@ async def test_the_jwks_fetch_never_blocks_the_event_loop_and_is_shared(
     assert ticks >= 20  # the loop ran other work while the JWKS was on its way
 
 
+async def test_a_request_arriving_during_a_fetch_waits_for_it(
+    issuer: TokenIssuer, jwks: str
+) -> None:
+    # Found while building BearerProtected: a request that came while the first
+    # fetch was on its way saw the floor as "recent" and was refused at once.
+    issuer.delay = 0.4
+    ext = extractor(jwks)
+    token = issuer.token("dana", ["r"])
+    first = asyncio.create_task(ext(bearer(token)))
+    await asyncio.sleep(0.15)  # the fetch has started and is waiting on the provider
+    assert await ext(bearer(token)) == ("dana", ("r",))
+    assert await first == ("dana", ("r",))
+    assert issuer.fetches == 1
+
+
 async def test_the_extractor_sets_the_user_in_asgi_middleware(
     issuer: TokenIssuer, jwks: str
 ) -> None:

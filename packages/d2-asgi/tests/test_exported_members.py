@@ -128,3 +128,14 @@ def test_without_starlette_the_inbox_names_the_extra() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert 'pip install "d2-sdk[asgi]"' in proc.stdout
+
+
+def test_bearer_protected_is_imported_on_first_use() -> None:
+    proc = run(
+        "import sys, d2.asgi\n"
+        "print('d2.asgi.protected' in sys.modules)\n"
+        "from d2.asgi import BearerProtected\n"
+        "print('d2.asgi.protected' in sys.modules, BearerProtected.__module__)"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["False", "True d2.asgi.protected"]

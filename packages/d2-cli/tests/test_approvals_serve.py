@@ -106,14 +106,25 @@ def inbox(
     policy.write_text(json.dumps(document))
     configure_rbac_sync(source=str(policy), store=redis_url)
     RUNS.clear()
+    with serve_inbox(redis_url, jwks, policy) as url:
+        yield url, issuer
+
+
+@contextlib.contextmanager
+def serve_inbox(
+    redis_url: str, jwks: str | None, policy: Path, *idp: str, **env_extra: str
+) -> Iterator[str]:
+    """``d2 approvals serve`` in another process (identity from ``jwks``, or the
+    options ``idp``); yields its URL."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("D2_")}
-    env.update(D2_SILENT="1", D2_STORE_URL=redis_url, D2_POLICY_FILE=str(policy))
+    env.update(D2_SILENT="1", D2_STORE_URL=redis_url, D2_POLICY_FILE=str(policy), **env_extra)
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "d2", "approvals", "serve",
             "--listen", f"127.0.0.1:{port}",
-            "--jwks-url", jwks, "--audience", "refund-inbox", "--issuer", ISSUER,
+            "--audience", "refund-inbox",
+            *(idp or ("--jwks-url", str(jwks), "--issuer", ISSUER)),
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -131,7 +142,7 @@ def inbox(
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "the inbox did not start"
                 time.sleep(0.1)
-        yield url, issuer
+        yield url
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -233,3 +244,78 @@ def test_bad_serve_options_are_usage_errors(tmp_path: Path) -> None:
             cwd=tmp_path,
         )  # fmt: skip
         assert proc.returncode == 2 and said in proc.stderr, proc.stderr
+
+
+def test_replicas_sharing_a_csrf_secret_accept_each_others_forms(
+    inbox: tuple[str, TokenIssuer], idp: tuple[TokenIssuer, str], redis_url: str, tmp_path: Path
+) -> None:
+    # behind a load balancer the form may come from one replica and be posted to the
+    # next: D2_APPROVALS_CSRF_SECRET gives them one key; a replica without it refuses
+    lone, issuer = inbox
+    jwks = idp[1]
+    request_id = hold("o_5")
+    secret = "9f" * 32
+    with (
+        serve_inbox(
+            redis_url, jwks, tmp_path / "policy.json", D2_APPROVALS_CSRF_SECRET=secret
+        ) as first,
+        serve_inbox(
+            redis_url, jwks, tmp_path / "policy.json", D2_APPROVALS_CSRF_SECRET=secret
+        ) as second,
+        signed_in(issuer, "dana", ["finance_lead"]) as dana,
+    ):
+        page = dana.get(f"{first}/requests/{request_id}")
+        token = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)
+        assert page.status_code == 200 and token is not None
+        form = {"csrf": token.group(1), "decision": "approve", "comment": ""}
+        assert dana.cookies  # the session cookie, sent to every port of 127.0.0.1
+        refused = dana.post(f"{lone}/requests/{request_id}", data=form)
+        assert refused.status_code == 403  # another key: the form is not its own
+        done = dana.post(f"{second}/requests/{request_id}", data=form)
+        assert done.status_code == 303
+    as_user("agent-7", roles=["agent"])
+    assert refund("o_5", 250) == "refunded 250 on o_5"
+    assert RUNS == ["o_5"]
+
+
+def test_a_weak_shared_csrf_secret_is_refused(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("D2_")}
+    env["D2_APPROVALS_CSRF_SECRET"] = "short"
+    proc = subprocess.run(
+        [sys.executable, "-m", "d2", "approvals", "serve", "--audience", "a",
+         "--jwks-url", "https://idp.invalid/jwks", "--app", "x", "--store", "redis://h/0"],
+        env=env, capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "csrf_secret" in proc.stderr, proc.stderr
+
+
+def test_the_keys_can_come_from_the_issuers_discovery_document(
+    inbox: tuple[str, TokenIssuer], redis_url: str, tmp_path: Path
+) -> None:
+    # --oidc-issuer instead of --jwks-url: the JWKS its discovery document names,
+    # and tokens must carry exactly that issuer
+    provider = TokenIssuer(audience="refund-inbox", issuer="")
+    with serve_in_thread(provider.jwks_app()) as idp_url:
+        provider.issuer = f"{idp_url}/realms/staff"
+        request_id = hold("o_6")
+        with serve_inbox(
+            redis_url, None, tmp_path / "policy.json", "--oidc-issuer", provider.issuer
+        ) as url:
+            with signed_in(provider, "dana", ["finance_lead"]) as dana:
+                assert request_id in dana.get(url + "/").text
+            elsewhere = provider.token("dana", ["finance_lead"], issuer=ISSUER)
+            response = httpx.get(url + "/", headers={"authorization": f"Bearer {elsewhere}"})
+            assert response.status_code == 401
+        assert provider.discoveries >= 1
+
+
+def test_the_keys_come_one_way(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("D2_")}
+    base = [sys.executable, "-m", "d2", "approvals", "serve", "--audience", "a", "--app", "x",
+            "--store", "redis://h/0"]  # fmt: skip
+    for extra in ([], ["--jwks-url", "https://i.invalid/j", "--oidc-issuer", "https://i.invalid"]):
+        proc = subprocess.run(
+            base + extra, env=env, capture_output=True, text=True, timeout=60, check=False,
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 2 and "--oidc-issuer" in proc.stderr, proc.stderr

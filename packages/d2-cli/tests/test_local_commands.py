@@ -171,6 +171,7 @@ def test_diagnose_validation_errors_come_with_paths(d2: Invoke, tmp_path: Path) 
         ("2020-01-01T00:00:00Z", "expired at 2020-01-01"),
         (expires_in(30 * 86400), "more than 7 days ahead"),
     ],
+    ids=["none", "past", "far"],  # stable ids: parallel workers collect the same tests
 )
 def test_diagnose_expiry_errors(
     d2: Invoke, write_policy: WritePolicy, expires: str | None, message: str

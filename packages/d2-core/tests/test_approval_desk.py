@@ -191,8 +191,8 @@ def test_visible_text_escapes_every_invisible_character(text: str) -> None:
     shown = visible_text(text)
     hidden = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp", "Zs"}
     assert all(c == " " or unicodedata.category(c) not in hidden for c in shown)
-    if all(c == " " or unicodedata.category(c) not in hidden for c in text):
-        assert shown == text
+    if text.isascii() and text.isprintable() and "\\u" not in text:
+        assert shown == text  # plain text is shown as it is (a lone mark is not plain)
 
 
 def test_a_direction_override_cannot_disguise_an_argument() -> None:
@@ -424,3 +424,43 @@ def test_every_spelling_of_one_id_is_one_person(user: str, data: st.DataObject) 
     alias = data.draw(st.sampled_from(spellings))(user)
     assert same_person(alias, user) and same_person(user, alias)
     assert not same_person(user + "x", user + "y")
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\u200b", "\u3000\t", "\u2060\ufe0f", "\u00a0"])
+async def test_an_id_with_nothing_visible_is_no_approver(
+    configure: Callable[..., PolicyManager], blank: str
+) -> None:
+    # an identity source that hands out an empty or invisible-only id must not let
+    # that "person" decide: it cannot be told apart from the next such person
+    configure(REFUND, LEAD, CFO, metadata={"name": "refund-desk"})
+    desk = ApprovalDesk.of_instance()
+    request = hold()
+    assert await desk.pending(blank, ["finance_lead"]) == []
+    assert not could_decide(request, blank, ["finance_lead"])
+    for verdict in (True, False):
+        with pytest.raises(PermissionDeniedError) as info:
+            await desk.decide(request.id, verdict, blank, ["finance_lead"])
+        assert info.value.reason == "no_user"
+    if blank:  # "" is no user at all for set_user
+        set_user(blank, roles=["finance_lead"])
+        assert pending_approvals() == []
+        with pytest.raises(PermissionDeniedError) as info:
+            approve(request.id)
+        assert info.value.reason == "no_user"
+    await desk.decide(request.id, True, "dana", ["finance_lead"])  # still pending until now
+
+
+@pytest.mark.parametrize(
+    "alias", ["agent  7", " agent 7 ", "agent\t7", "agent\u30007", "AGENT \u00a07"]
+)
+async def test_runs_of_spaces_do_not_make_another_person(
+    configure: Callable[..., PolicyManager], alias: str
+) -> None:
+    configure(REFUND, LEAD, CFO, metadata={"name": "refund-desk"})
+    desk = ApprovalDesk.of_instance()
+    request = hold(user="agent 7")
+    assert same_person(alias, "agent 7")
+    assert await desk.pending(alias, ["finance_lead"]) == []
+    with pytest.raises(PermissionDeniedError) as info:
+        await desk.decide(request.id, True, alias, ["finance_lead"])
+    assert info.value.reason == "approval_not_permitted"

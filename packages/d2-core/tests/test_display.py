@@ -269,7 +269,9 @@ _FORMS = [
 ]
 
 
-@pytest.mark.parametrize(("value", "form"), _FORMS, ids=[repr(v)[:40] for v, _ in _FORMS])
+@pytest.mark.parametrize(
+    ("value", "form"), _FORMS, ids=[f"{i}-{type(v).__name__}" for i, (v, _) in enumerate(_FORMS)]
+)
 def test_each_kind_of_value_is_shown_in_its_documented_form(value: Any, form: Any) -> None:
     assert shown_arguments({"v": value}) == ({"v": form}, True)
     json.loads(json.dumps(shown_arguments({"v": value})[0], allow_nan=False))  # strict JSON

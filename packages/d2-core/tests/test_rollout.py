@@ -33,7 +33,7 @@ from d2.core.errors import ConfigurationError, InvalidPolicyError
 from d2.core.evaluate import evaluator_for
 from d2.core.policy.compile import compile_policy
 from d2.core.stores import ApprovalKey, ApprovalState, Counter, MemoryStore, Store
-from d2.core.testing import Clock, controlled_clock, policy_document
+from d2.core.testing import Clock, controlled_clock, expires_in, policy_document
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field, SecretStr
@@ -410,7 +410,8 @@ def test_small_refunds_run_and_large_ones_wait_for_a_lead(refund: Any) -> None:
 
 
 def test_an_approval_covers_only_the_same_user_arguments_and_policy(refund: Any) -> None:
-    start(REFUND, LEAD)
+    expires = expires_in()  # one document, whatever second the test reaches its end in
+    start(REFUND, LEAD, expires=expires)
     as_user("agent-7", "agent")
     request = ask(refund, "o1", 250)
     as_user("dana", "finance_lead")
@@ -421,9 +422,9 @@ def test_an_approval_covers_only_the_same_user_arguments_and_policy(refund: Any)
     assert ask(refund, "o1", 251).id != request.id  # a changed argument
     assert ask(refund, "o2", 250).id != request.id
     # a new policy version: same rules, different document
-    start(REFUND, LEAD, description="v2")
+    start(REFUND, LEAD, description="v2", expires=expires)
     assert ask(refund, "o1", 250).id != request.id
-    start(REFUND, LEAD)  # the original version again (same digest): still approved
+    start(REFUND, LEAD, expires=expires)  # the original version again: still approved
     assert refund("o1", 250) == "refunded 250"
 
 
@@ -876,7 +877,12 @@ def test_a_methods_object_is_part_of_the_approved_call() -> None:
     start(REFUND, LEAD)
     as_user("agent-7", "agent")
     request = ask(Account("acct-1").pay, 500)
-    assert request.arguments == {"amount": 500}  # shown without self
+    # the object is shown: its state is part of what runs (eleventh review)
+    assert request.arguments == {
+        "self": {"__class__": f"{__name__}.Account", "name": "acct-1"},
+        "amount": 500,
+    }
+    assert ask(Account("acct-2").pay, 500).arguments["self"]["name"] == "acct-2"
     as_user("dana", "finance_lead")
     approve(request.id)
     as_user("agent-7", "agent")

@@ -8,7 +8,11 @@
   source, ``X-D2-User`` and ``X-D2-Roles``; only safe behind a gateway that sets or
   strips those headers.
 - :func:`jwt_extractor`: the user from a verified ``Authorization: Bearer`` JWT
-  (checked against a JWKS, audience and issuer; needs ``d2-asgi[jwt]``).
+  (checked against a JWKS, given or found by OIDC discovery, audience and issuer;
+  needs ``d2-asgi[jwt]``).
+- :class:`BearerProtected` (imported on first use): runs an ASGI app only for
+  requests with a verified bearer identity, answering 401 and the RFC 9728
+  protected resource metadata as MCP's authorization spec says.
 - :func:`add_permission_denied_handler` / :func:`permission_denied_handler`
   (Starlette/FastAPI, imported on first use): a denial becomes a 403 JSON response.
 """
@@ -23,17 +27,24 @@ from .middleware import ASGIMiddleware
 from .wsgi import WSGIMiddleware
 
 if TYPE_CHECKING:
+    from .protected import BearerProtected
     from .starlette import add_permission_denied_handler, permission_denied_handler
 
-_NEEDS_STARLETTE = frozenset({"add_permission_denied_handler", "permission_denied_handler"})
+# names imported on first use: the module that holds each
+_LAZY = {
+    "BearerProtected": "protected",
+    "add_permission_denied_handler": "starlette",
+    "permission_denied_handler": "starlette",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _NEEDS_STARLETTE:
+    where = _LAZY.get(name)
+    if where is None:
         raise AttributeError(f"module 'd2.asgi' has no attribute {name!r}")
-    from . import starlette
+    import importlib
 
-    value = getattr(starlette, name)
+    value = getattr(importlib.import_module(f".{where}", __name__), name)
     globals()[name] = value
     return value
 
@@ -44,6 +55,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ASGIMiddleware",
+    "BearerProtected",
     "JWTExtractor",
     "ROLES_HEADER",
     "USER_HEADER",

@@ -35,6 +35,18 @@ for example one that a made-up key id triggered; publish a new key in the JWKS
 before signing with it, as providers do. ``jwks_url`` must be ``https://`` except on the
 loopback interface.
 
+OIDC discovery: give ``oidc_issuer`` instead of ``jwks_url`` and the JWKS URL is
+read from ``{oidc_issuer without a trailing slash}/.well-known/openid-configuration``,
+fetched the same way (async, bounded, no redirects, ``https://`` except on
+loopback) on first use and again after ``cache_seconds``. The document's
+``issuer`` must be *identical* to ``oidc_issuer`` (OpenID Connect Discovery 1.0,
+4.3: a document naming another issuer is another provider's, the mix-up attack)
+and its ``jwks_uri`` must pass the same URL check; otherwise it is refused and the
+log says why. ``issuer`` defaults to ``oidc_issuer``, so the token's ``iss`` must
+match it too. Until a discovery succeeds every token is refused (fail closed),
+retried at most once per ``refresh_floor``; a later failed discovery keeps the JWKS
+URL and the keys already known.
+
 The claims: ``user_claim`` (default ``sub``) is the user id; ``roles_claim``
 (default ``roles``) the roles, a list of strings or a space-separated string (as
 OAuth's ``scope``). Both are claim names or dotted paths into nested objects
@@ -49,17 +61,16 @@ this module imports them only when an extractor is made.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from d2.core import ConfigurationError
 
+from ._idp import check_issuer_url, check_url, get_json, jwks_uri_of
 from .types import Scope
 
 if TYPE_CHECKING:
@@ -85,7 +96,7 @@ _EC_CURVES = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 _OKP_CURVES = frozenset({"Ed25519", "Ed448"})
 _RSA_MIN_BITS = 2048
 _MAX_TOKEN = 16 * 1024  # characters: a bigger "token" is refused unread
-_MAX_JWKS = 1024 * 1024  # bytes of a JWKS document
+_DISCOVERY = "/.well-known/openid-configuration"
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 b64token
 _SPACE = " \t\r\n\f\v"
 _MISSING = object()
@@ -232,29 +243,10 @@ def _parse_key(jwk: Mapping[str, Any]) -> _Key:
     return _Key(kid, public_key, admits)
 
 
-def _check_url(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError:
-        raise ConfigurationError(f"jwks_url {url!r} is not a URL") from None
-    if parts.scheme == "https" and host:
-        return url
-    loopback = host == "localhost"
-    try:
-        loopback = loopback or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
-    if parts.scheme == "http" and loopback:
-        return url
-    raise ConfigurationError(
-        f"jwks_url must be an https:// URL (http:// only on the loopback interface), got {url!r}"
-    )
-
-
 class JWTExtractor:
-    """A user extractor that verifies bearer JWTs against a JWKS (see the module
-    docstring); made by :func:`jwt_extractor`.
+    """A user extractor that verifies bearer JWTs against a JWKS, given directly
+    (``jwks_url``) or named by the OIDC discovery document of ``oidc_issuer`` (see
+    the module docstring); made by :func:`jwt_extractor`.
 
     Call it with an ASGI scope (``await extractor(scope)``) for ``(user_id,
     roles)`` or ``None``; :meth:`verify` checks a token string; :meth:`refresh`
@@ -263,7 +255,8 @@ class JWTExtractor:
     def __init__(
         self,
         *,
-        jwks_url: str,
+        jwks_url: str | None = None,
+        oidc_issuer: str | None = None,
         audience: str,
         issuer: str | None = None,
         roles_claim: str = "roles",
@@ -290,6 +283,12 @@ class JWTExtractor:
                 'jwt_extractor needs PyJWT\'s crypto backend: pip install "d2-asgi[jwt]"',
                 name="cryptography",
             )
+        if (jwks_url is None) == (oidc_issuer is None):
+            given = "both" if jwks_url is not None else "neither"
+            raise ConfigurationError(
+                "give exactly one of jwks_url (the identity provider's JWKS) or oidc_issuer "
+                f"(its issuer URL, whose discovery document names the JWKS); got {given}"
+            )
         if not isinstance(audience, str) or not audience:
             raise ConfigurationError("audience must be a non-empty string (the token's 'aud')")
         if issuer is not None and (not isinstance(issuer, str) or not issuer):
@@ -303,7 +302,17 @@ class JWTExtractor:
                 f"algorithms must be some of {sorted(ASYMMETRIC_ALGORITHMS)} (asymmetric "
                 f"signatures only), got {sorted(allowed)}"
             )
-        self.jwks_url = _check_url(jwks_url)
+        self.oidc_issuer: str | None = None
+        self.discovery_url: str | None = None
+        self.jwks_url: str | None = None
+        if oidc_issuer is not None:
+            self.oidc_issuer = check_issuer_url(oidc_issuer)
+            self.discovery_url = oidc_issuer.rstrip("/") + _DISCOVERY
+            if issuer is None:
+                issuer = oidc_issuer
+        else:
+            assert jwks_url is not None
+            self.jwks_url = check_url(jwks_url)
         self.audience = audience
         self.issuer = issuer
         self.roles_claim = roles_claim
@@ -318,9 +327,12 @@ class JWTExtractor:
         self._fetched: float | None = None  # monotonic time of the last fetch attempt
         self._loaded: float | None = None  # ... of the last successful one
         self._inflight: asyncio.Task[None] | None = None
+        self._discovered: float | None = None  # monotonic time of the last good discovery
 
     def __repr__(self) -> str:
-        return f"<JWTExtractor jwks_url={self.jwks_url!r} audience={self.audience!r}>"
+        source = f"oidc_issuer={self.oidc_issuer!r}" if self.oidc_issuer else ""
+        source = source or f"jwks_url={self.jwks_url!r}"
+        return f"<JWTExtractor {source} audience={self.audience!r}>"
 
     async def __call__(self, scope: Scope) -> Identity | None:
         token = bearer_token(scope)
@@ -384,6 +396,9 @@ class JWTExtractor:
         return keys[0] if len(keys) == 1 else None  # no kid: only with exactly one key
 
     async def _key(self, kid: str | None) -> _Key | None:
+        task = self._inflight
+        if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
+            await asyncio.shield(task)  # a fetch under way: wait for it, as its starter does
         now = time.monotonic()
         stale = self._loaded is None or now - self._loaded >= self.cache_seconds
         key = self._lookup(kid)
@@ -403,27 +418,56 @@ class JWTExtractor:
         await asyncio.shield(task)
         return self._loaded is not None and self._fetched == self._loaded
 
-    async def _fetch(self) -> None:
-        import httpx
-
-        self._fetched = time.monotonic()
+    async def _discover(self) -> None:
+        """Read the JWKS URL from the discovery document when it is due; a failure
+        is logged and keeps the JWKS URL already known (none at first: fail closed)."""
+        if self.discovery_url is None or self.oidc_issuer is None:
+            return
+        now = time.monotonic()
+        if self._discovered is not None and now - self._discovered < self.cache_seconds:
+            return
         try:
-            async with (
-                httpx.AsyncClient(
-                    timeout=self.timeout, follow_redirects=False, transport=self._transport
-                ) as client,
-                client.stream(
-                    "GET", self.jwks_url, headers={"accept": "application/json"}
-                ) as response,
-            ):
-                if response.status_code != 200:
-                    raise ValueError(f"HTTP {response.status_code}")
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > _MAX_JWKS:
-                        raise ValueError(f"the document is over {_MAX_JWKS} bytes")
-            keys = self._parse(json.loads(bytes(body)))
+            document = await get_json(
+                self.discovery_url, timeout=self.timeout, transport=self._transport
+            )
+            uri = jwks_uri_of(document, self.oidc_issuer)
+        except Exception as exc:
+            after = (
+                f"keeping the JWKS {self.jwks_url}"
+                if self.jwks_url
+                else "every token is refused until it succeeds"
+            )
+            log.warning(
+                "d2: OIDC discovery at %s failed (%s: %s); %s",
+                self.discovery_url,
+                type(exc).__name__,
+                exc,
+                after,
+            )
+            return
+        if self.jwks_url is not None and uri != self.jwks_url:
+            log.info("d2: the JWKS of %s moved to %s", self.oidc_issuer, uri)
+        self.jwks_url = uri
+        self._discovered = now
+
+    async def _fetch(self) -> None:
+        self._fetched = time.monotonic()
+        loaded = await self._fetch_keys()
+        self._fetched = time.monotonic()  # the floor counts from the end of the attempt
+        if loaded:
+            self._loaded = self._fetched
+
+    async def _fetch_keys(self) -> bool:
+        """Discover (when due) and fetch the JWKS; True when new keys were loaded.
+        Never raises: a failure is logged and keeps what was known."""
+        await self._discover()
+        if self.jwks_url is None:
+            return False  # discovery has not succeeded yet: no keys, every token refused
+        try:
+            document = await get_json(
+                self.jwks_url, timeout=self.timeout, transport=self._transport
+            )
+            keys = self._parse(document)
         except Exception as exc:
             log.warning(
                 "d2: fetching the JWKS %s failed (%s: %s); keeping %d known key(s)",
@@ -432,9 +476,9 @@ class JWTExtractor:
                 exc,
                 len(self._keys),
             )
-            return
+            return False
         self._keys = keys
-        self._loaded = self._fetched
+        return True
 
     def _parse(self, document: Any) -> dict[str | None, _Key]:
         raw = document.get("keys") if isinstance(document, Mapping) else None
@@ -464,7 +508,8 @@ class JWTExtractor:
 
 def jwt_extractor(
     *,
-    jwks_url: str,
+    jwks_url: str | None = None,
+    oidc_issuer: str | None = None,
     audience: str,
     issuer: str | None = None,
     roles_claim: str = "roles",
@@ -479,8 +524,11 @@ def jwt_extractor(
     """A user extractor that trusts only a verified ``Authorization: Bearer`` JWT.
 
     ``jwks_url``: the identity provider's JWKS (``https://``, or ``http://`` on
-    loopback); ``audience``: the ``aud`` the token must name; ``issuer``: the
-    ``iss`` it must have (recommended). ``roles_claim`` / ``user_claim``: where
+    loopback); or instead ``oidc_issuer``: its issuer URL, whose OIDC discovery
+    document (``/.well-known/openid-configuration``) names the JWKS and must name
+    exactly this issuer (give one of the two). ``audience``: the ``aud`` the token
+    must name; ``issuer``: the ``iss`` it must have (recommended; defaults to
+    ``oidc_issuer``). ``roles_claim`` / ``user_claim``: where
     the roles and the user id are (names or dotted paths; see
     :func:`identity_from_claims`). ``algorithms``: restrict the accepted
     algorithms further (default: every one of :data:`ASYMMETRIC_ALGORITHMS`, each
@@ -494,9 +542,15 @@ def jwt_extractor(
         app.add_middleware(ASGIMiddleware, user_extractor=jwt_extractor(
             jwks_url="https://idp.example.invalid/jwks.json", audience="refund-desk",
             issuer="https://idp.example.invalid/"))
+
+    or, with discovery::
+
+        users = jwt_extractor(oidc_issuer="https://idp.example.invalid/realms/desk",
+                              audience="refund-desk")
     """
     return JWTExtractor(
         jwks_url=jwks_url,
+        oidc_issuer=oidc_issuer,
         audience=audience,
         issuer=issuer,
         roles_claim=roles_claim,

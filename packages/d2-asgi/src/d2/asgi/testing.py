@@ -8,6 +8,11 @@ from a tiny ASGI app (serve it with uvicorn on 127.0.0.1 and point
     token = issuer.token("dana", roles=["finance_lead"])
     headers = {"Authorization": f"Bearer {token}"}
 
+The same app answers OIDC discovery too: ``GET <prefix>/.well-known/openid-configuration``
+gives ``{"issuer": issuer.issuer, "jwks_uri": "<this server><prefix>/jwks"}`` (set
+``issuer.issuer`` to the ``oidc_issuer`` you configure; ``discovery`` overrides
+fields of the document).
+
 Needs ``pip install "d2-asgi[jwt]"``. Never use its keys outside tests.
 """
 
@@ -22,6 +27,8 @@ from .types import Receive, Scope, Send
 
 __all__ = ["TokenIssuer"]
 
+_DISCOVERY = "/.well-known/openid-configuration"
+
 
 class TokenIssuer:
     """A signing key, its JWKS and tokens signed with it.
@@ -30,7 +37,9 @@ class TokenIssuer:
     ``issuer`` / ``audience``: the ``iss`` and ``aud`` of the tokens it mints
     unless told otherwise; ``kid``: the key id (default: ``<algorithm>-1``).
     ``fetches`` counts the JWKS documents :meth:`jwks_app` served; set
-    ``available = False`` to make it answer 503, ``delay`` to make it slow.
+    ``available = False`` to make it answer 503, ``delay`` to make it slow;
+    ``discoveries`` counts the discovery documents served, and ``discovery`` holds
+    fields that replace the document's (``{"issuer": ...}``, ``{"jwks_uri": ...}``).
     """
 
     def __init__(
@@ -59,6 +68,8 @@ class TokenIssuer:
         self.private_key = private
         self.extra_keys: list[dict[str, Any]] = []
         self.fetches = 0
+        self.discoveries = 0
+        self.discovery: dict[str, Any] = {}
         self.available = True
         self.delay = 0.0
 
@@ -119,8 +130,14 @@ class TokenIssuer:
             headers={"kid": self.kid, **(headers or {})},
         )
 
+    def discovery_document(self, base: str) -> dict[str, Any]:
+        """The OIDC discovery document served under ``base`` (scheme, host and the
+        path prefix before ``/.well-known/openid-configuration``)."""
+        return {"issuer": self.issuer, "jwks_uri": f"{base}/jwks", **self.discovery}
+
     def jwks_app(self) -> Any:
-        """A plain ASGI app answering every GET with the JWKS document (JSON)."""
+        """A plain ASGI app answering ``GET .../.well-known/openid-configuration``
+        with the discovery document and every other GET with the JWKS (JSON)."""
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] == "lifespan":
@@ -137,9 +154,18 @@ class TokenIssuer:
                 import asyncio
 
                 await asyncio.sleep(self.delay)
-            self.fetches += 1
+            path = str(scope.get("path") or "")
+            document: dict[str, Any]
+            if path.endswith(_DISCOVERY):
+                self.discoveries += 1
+                host = dict(scope.get("headers") or ()).get(b"host", b"").decode("latin-1")
+                base = f"{scope.get('scheme', 'http')}://{host}{path[: -len(_DISCOVERY)]}"
+                document = self.discovery_document(base)
+            else:
+                self.fetches += 1
+                document = self.jwks
             status = 200 if self.available else 503
-            body = json.dumps(self.jwks if self.available else {"error": "down"}).encode()
+            body = json.dumps(document if self.available else {"error": "down"}).encode()
             await send(
                 {
                     "type": "http.response.start",

@@ -363,14 +363,23 @@ def _listen(text: str) -> tuple[str, int]:
 
 
 def serve_command(
-    jwks_url: Annotated[
-        str,
-        typer.Option("--jwks-url", help="Your identity provider's JWKS.", show_default=False),
-    ],
     audience: Annotated[
         str,
         typer.Option("--audience", help="The aud the tokens must name.", show_default=False),
     ],
+    jwks_url: Annotated[
+        str | None,
+        typer.Option("--jwks-url", help="Your identity provider's JWKS.", show_default=False),
+    ] = None,
+    oidc_issuer: Annotated[
+        str | None,
+        typer.Option(
+            "--oidc-issuer",
+            help="Your identity provider's issuer: its discovery document names the JWKS "
+            "(instead of --jwks-url; also the iss the tokens must have).",
+            show_default=False,
+        ),
+    ] = None,
     issuer: Annotated[
         str | None,
         typer.Option("--issuer", help="The iss the tokens must have.", show_default=False),
@@ -394,7 +403,9 @@ def serve_command(
     policy: PolicyOption = None,
 ) -> None:
     """Serve the approvals inbox page on its own: approvers are who their
-    Authorization: Bearer JWT says (verified against --jwks-url); 401 without one."""
+    Authorization: Bearer JWT says (verified against --jwks-url, or the JWKS that
+    --oidc-issuer's discovery document names); 401 without one.
+    Replicas share the CSRF key of their forms through D2_APPROVALS_CSRF_SECRET."""
 
     def body(out: Output) -> int:
         host, port = _listen(listen)
@@ -407,15 +418,23 @@ def serve_command(
                 f"serving the inbox needs {exc.name}",
                 hint='pip install "d2-sdk[cli,asgi,jwt]" uvicorn',
             ) from None
+        if (jwks_url is None) == (oidc_issuer is None):
+            raise CliError(
+                "give the identity provider's keys one way: --jwks-url or --oidc-issuer",
+                hint="--oidc-issuer https://idp.example.invalid/realms/staff",
+            )
         users = jwt_extractor(  # a bad URL or claim name: a usage error (exit 2)
             jwks_url=jwks_url,
+            oidc_issuer=oidc_issuer,
             audience=audience,
             issuer=issuer,
             roles_claim=roles_claim,
             user_claim=user_claim,
         )
         desk, label = open_desk(store, app, policy)
-        inbox = inbox_app(user_extractor=users, desk=desk)
+        # replicas behind one load balancer share the key of their forms' tokens
+        shared = os.environ.get("D2_APPROVALS_CSRF_SECRET") or None
+        inbox = inbox_app(user_extractor=users, desk=desk, csrf_secret=shared)
         out.note(f"d2: the approvals inbox of {label} on http://{listen}/ (Ctrl-C stops it)")
         server = uvicorn.Server(
             uvicorn.Config(inbox, host=host, port=port, log_level="warning", lifespan="off")

@@ -90,13 +90,22 @@ def _person_key(user_id: str) -> str:
     """``user_id`` as one person is told from another by the "never the
     requester" rule: without default-ignorable characters (zero-width, variation
     selectors), in NFKC (fullwidth and other compatibility forms as their plain
-    letters), case-folded, trimmed. ``AGENT-7``, ``agent-7`` and its fullwidth
-    form are one person here, since identity sources that ignore
-    case (LDAP, Active Directory, HTTP Basic logins) let one person sign in under
-    each; the requester's own identity (``restore_request``) stays an exact match."""
+    letters), case-folded (after upper-casing: ``adm\\u0131n`` is ``admin``), without
+    accents (``ágent`` is ``agent``), trimmed, every run of white space one space.
+    ``AGENT-7``, ``agent-7``, `` agent-7`` and its fullwidth form are one person
+    here, since identity sources that ignore case or accents (LDAP, Active
+    Directory, HTTP Basic logins, databases with accent-insensitive collations) let
+    one person sign in under each; the requester's own identity (``restore_request``)
+    stays an exact match. An id with nothing visible in it has the key ``""``: no
+    person, who may decide nothing."""
     kept = "".join(c for c in user_id if not _invisible.ignorable(c))
-    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", kept).casefold())
-    return folded.strip()
+    folded = unicodedata.normalize("NFKC", kept).casefold()
+    # upper-cased first: sources that compare upper-cased (Java's equalsIgnoreCase,
+    # .NET's OrdinalIgnoreCase) take the dotless i (U+0131) for "i"; and without accents:
+    # accent-insensitive collations (SQL Server's _AI, MySQL's default) take "á" for "a"
+    plain = unicodedata.normalize("NFKD", folded.upper().casefold())
+    bare = "".join(c for c in plain if not unicodedata.combining(c))
+    return " ".join(unicodedata.normalize("NFKC", bare).casefold().split())
 
 
 def _same_person(first: str, second: str) -> bool:
@@ -108,12 +117,12 @@ def _same_person(first: str, second: str) -> bool:
 def _check_approver(
     state: ApprovalState | None, request_id: str, user_id: str | None, roles: frozenset[str]
 ) -> None:
-    if user_id is None:
+    if user_id is None or not _person_key(user_id):
         raise _denied(
-            "no user context is set: call d2.set_user(approver_id, roles=[...]) before "
-            "approving or rejecting",
+            "no user context is set (or its id has nothing visible in it): call "
+            "d2.set_user(approver_id, roles=[...]) before approving or rejecting",
             "no_user",
-            None,
+            user_id,
             roles,
         )
     if state is None or state.state != "pending":
@@ -226,9 +235,9 @@ async def reject_async(request_id: str, *, instance_name: str = "default") -> Ap
 def _visible(
     requests: list[ApprovalRequest], user_id: str | None, roles: frozenset[str]
 ) -> list[ApprovalRequest]:
-    if user_id is None:
-        return []
-    me = _person_key(user_id)
+    me = _person_key(user_id) if user_id is not None else ""
+    if not me:
+        return []  # no user, or an id with nothing visible in it: no person
     return [
         r
         for r in requests

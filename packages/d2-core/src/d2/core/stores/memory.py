@@ -18,10 +18,13 @@ _SWEEP_EVERY = 4096  # takes between sweeps of expired counters and requests
 class _Request:
     """One stored request (mutable, under the store's lock)."""
 
-    __slots__ = ("by", "call", "request", "snapshots", "state")
+    __slots__ = ("by", "call", "request", "snapshots", "state", "text")
 
     def __init__(self, request: ApprovalRequest, call: str, holder: str, snapshot: str) -> None:
-        self.request = request
+        # the store's own copy, as a shared store keeps its text: the caller's request
+        # (``err.request``, whose arguments app code may edit) is never what is shown
+        self.text = request.to_json()
+        self.request = request._replace(arguments={})  # the fields read under the lock
         self.call = call
         self.state = "pending"
         self.by: str | None = None
@@ -29,7 +32,8 @@ class _Request:
 
     def view(self, with_snapshots: bool = False) -> ApprovalState:
         snapshots = tuple(self.snapshots.items()) if with_snapshots else ()
-        return ApprovalState(self.request, self.state, self.by, snapshots)
+        # a fresh copy per reader: one reader's edits never reach the next
+        return ApprovalState(ApprovalRequest.from_json(self.text), self.state, self.by, snapshots)
 
 
 def _sha1(text: str) -> str:
@@ -194,11 +198,12 @@ class MemoryStore(Store):
     def pending_approvals(self, namespace: str, now: float) -> list[ApprovalRequest]:
         with self._lock:
             found = [
-                s.request
+                s
                 for (ns, _), s in self._requests.items()
                 if ns == namespace and s.state == "pending" and now < s.request.expires_at
             ]
-        return sorted(found, key=lambda r: (r.expires_at, r.id))
+        found.sort(key=lambda s: (s.request.expires_at, s.request.id))
+        return [ApprovalRequest.from_json(s.text) for s in found]
 
     def __repr__(self) -> str:
         return f"<MemoryStore counters={len(self._counts)} approvals={len(self._requests)}>"
