@@ -1,6 +1,8 @@
 """``d2-gateway serve --listen`` as a subprocess, with users identified by bearer
-JWTs of a test identity provider (RS256, its JWKS on loopback): the real command,
-the real HTTP stack, the real ``mcp`` client."""
+JWTs of a test identity provider (RS256, its JWKS on loopback; found with
+``--jwks-url`` or through OIDC discovery with ``--oidc-issuer``): the real
+command, the real HTTP stack (d2-asgi's ``BearerProtected``), the real ``mcp``
+client."""
 
 from __future__ import annotations
 
@@ -30,8 +32,24 @@ def issuer() -> TokenIssuer:
 
 
 @pytest.fixture(scope="module")
-def gateway_url(issuer: TokenIssuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    jwks = Served(issuer.jwks_app())
+def jwks(issuer: TokenIssuer) -> Iterator[str]:
+    served = Served(issuer.jwks_app())
+    base = served.url.removesuffix("/mcp")
+    issuer.issuer = base  # the OIDC issuer is the loopback identity provider
+    yield base
+    served.close()
+
+
+@pytest.fixture(scope="module", params=["--jwks-url", "--oidc-issuer"])
+def gateway_url(
+    issuer: TokenIssuer,
+    jwks: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[str]:
+    keys = ["--jwks-url", f"{jwks}/jwks", "--issuer", issuer.issuer]
+    if request.param == "--oidc-issuer":
+        keys = ["--oidc-issuer", issuer.issuer]
     where = tmp_path_factory.mktemp("jwt")
     policy = write_policy(
         where / "policy.json",
@@ -52,12 +70,9 @@ def gateway_url(issuer: TokenIssuer, tmp_path_factory: pytest.TempPathFactory) -
             str(policy),
             "--upstream",
             f"time=stdio:{upstream_command('mcp-server-time')}",
-            "--jwks-url",
-            jwks.url.replace("/mcp", "/jwks.json"),
+            *keys,
             "--audience",
             AUDIENCE,
-            "--issuer",
-            issuer.issuer,
             "--roles-claim",
             "realm_access.roles",
         ],
@@ -82,7 +97,6 @@ def gateway_url(issuer: TokenIssuer, tmp_path_factory: pytest.TempPathFactory) -
         proc.terminate()
         proc.wait(10)
         log.close()
-        jwks.close()
 
 
 def token(idp: TokenIssuer, user: str, roles: list[str], **options: Any) -> str:
@@ -133,7 +147,7 @@ async def test_no_bad_or_expired_token_is_401(
         headers["authorization"] = "Bearer " + token(issuer, "x", ["admin"], audience="other")
     elif bad == "wrong-issuer":
         headers["authorization"] = "Bearer " + token(
-            issuer, "x", ["admin"], issuer="https://evil.test.invalid/"
+            issuer, "x", ["admin"], issuer="https://evil.test.invalid"
         )
     elif bad == "other-key":
         headers["authorization"] = "Bearer " + token(TokenIssuer(audience=AUDIENCE), "x", ["admin"])
@@ -141,5 +155,22 @@ async def test_no_bad_or_expired_token_is_401(
     async with httpx.AsyncClient() as http:
         answer = await http.post(gateway_url, json=body, headers=headers)
     assert answer.status_code == 401
-    assert answer.headers["www-authenticate"].lower().startswith("bearer")
+    challenge = answer.headers["www-authenticate"]
+    assert challenge.startswith("Bearer ")
+    metadata = f"{gateway_url.removesuffix('/mcp')}/.well-known/oauth-protected-resource/mcp"
+    assert f'resource_metadata="{metadata}"' in challenge
+    assert ('error="invalid_token"' in challenge) == (bad is not None)
     assert "tools" not in answer.text
+
+
+async def test_the_protected_resource_metadata_names_the_identity_provider(
+    gateway_url: str, issuer: TokenIssuer
+) -> None:
+    base = gateway_url.removesuffix("/mcp")
+    async with httpx.AsyncClient() as http:
+        answer = await http.get(f"{base}/.well-known/oauth-protected-resource/mcp")
+    assert answer.status_code == 200
+    document = answer.json()
+    assert document["resource"] == gateway_url
+    assert document["authorization_servers"] == [issuer.issuer]
+    assert document["bearer_methods_supported"] == ["header"]

@@ -17,7 +17,7 @@ from d2.core import ConfigurationError, D2Error
 
 from .config import UpstreamSpec, load_config_file, parse_upstream
 from .gateway import Gateway, Identity
-from .http import Wrap, bearer_identity, http_app
+from .http import Wrap, http_app
 
 __all__ = ["app", "main", "serve"]
 
@@ -83,34 +83,22 @@ def _identity_layer(options: dict[str, Any]) -> Wrap:
             "(its issuer URL, whose discovery document names the JWKS) with --listen"
         )
     from d2.asgi.bearer import jwt_extractor
+    from d2.asgi.protected import BearerProtected
 
-    kwargs: dict[str, Any] = {
-        "audience": audience,
-        "issuer": options.get("issuer"),
-        "user_claim": options.get("user_claim") or "sub",
-        "roles_claim": options.get("roles_claim") or "roles",
-    }
-    if oidc_issuer:
-        kwargs["oidc_issuer"] = oidc_issuer
-    else:
-        kwargs["jwks_url"] = jwks_url
-    try:
-        extractor = jwt_extractor(**kwargs)
-    except TypeError:
-        raise ConfigurationError(
-            "--oidc-issuer needs a d2-asgi release with OIDC discovery; give --jwks-url"
-        ) from None
-    try:
-        import importlib
+    extractor = jwt_extractor(
+        jwks_url=jwks_url or None,
+        oidc_issuer=oidc_issuer or None,
+        audience=audience,
+        issuer=options.get("issuer") or None,
+        user_claim=options.get("user_claim") or "sub",
+        roles_claim=options.get("roles_claim") or "roles",
+    )
+    resource = options.get("resource") or None
 
-        protected: Any = importlib.import_module("d2.asgi.protected")
-    except ImportError:
-        return bearer_identity(extractor)
-    BearerProtected = protected.BearerProtected
-    resource = options.get("resource")
-
-    def wrap(inner: Any) -> Any:
-        return BearerProtected(inner, extractor=extractor, resource=resource)
+    def wrap(app: Any) -> Any:
+        return BearerProtected(
+            app, extractor=extractor, resource=resource, resource_name="d2-gateway"
+        )
 
     return wrap
 

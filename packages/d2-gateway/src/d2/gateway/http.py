@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
@@ -21,10 +20,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .gateway import USER_SCOPE_KEY, Gateway, _identity
 
-__all__ = ["Wrap", "bearer_identity", "http_app", "require_identity"]
+__all__ = ["Wrap", "http_app", "require_identity"]
 
 Wrap = Callable[[ASGIApp], ASGIApp]
-"""Wraps the ``/mcp`` endpoint in an identity layer that sets ``scope["d2.user"]``."""
+"""Wraps the gateway's ASGI app in an identity layer that sets ``scope["d2.user"]``
+(``d2.asgi.protected.BearerProtected``: it also answers the protected-resource
+metadata document and the 401s)."""
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -60,35 +61,6 @@ def require_identity(app: ASGIApp) -> ASGIApp:
     return guarded
 
 
-def bearer_identity(extractor: Callable[[Scope], Any]) -> Wrap:
-    """An identity layer from a d2-asgi user extractor (``jwt_extractor(...)``):
-    a request whose ``Authorization: Bearer`` token verifies gets its
-    ``(user_id, roles)`` in ``scope["d2.user"]``; any other gets 401. (A value
-    the client sent under that key is always replaced or refused.)"""
-
-    def wrap(app: ASGIApp) -> ASGIApp:
-        async def layer(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":
-                await app(scope, receive, send)
-                return
-            scope = dict(scope)
-            scope.pop(USER_SCOPE_KEY, None)
-            try:
-                identity = await extractor(scope)
-            except Exception:  # a verifier failure never lets a request through
-                identity = None
-            if identity is None:
-                await _unauthorized(send, 'Bearer error="invalid_token"')
-                return
-            user, roles = identity
-            scope[USER_SCOPE_KEY] = (str(user), tuple(roles))
-            await app(scope, receive, send)
-
-        return layer
-
-    return wrap
-
-
 def _security(host: str, allowed_hosts: list[str] | None) -> TransportSecuritySettings:
     if allowed_hosts:
         return TransportSecuritySettings(
@@ -112,9 +84,9 @@ def http_app(
     allowed_hosts: list[str] | None = None,
     path: str = "/mcp",
     startup_wait: float = 15.0,
-) -> Starlette:
-    """The ASGI app: ``path`` serves MCP Streamable HTTP through ``wrap`` (the
-    identity layer) and :func:`require_identity`; its lifespan supervises the
+) -> ASGIApp:
+    """The ASGI app: ``path`` serves MCP Streamable HTTP behind :func:`require_identity`,
+    and the whole app sits inside ``wrap`` (the identity layer); its lifespan supervises the
     upstreams; it waits up to ``startup_wait`` seconds for every upstream to
     connect or fail once before serving (one that is later appears later). ``wrap=None`` only
     for tests that set ``scope["d2.user"]`` themselves: with no layer every
@@ -127,8 +99,6 @@ def http_app(
         await manager.handle_request(scope, receive, send)
 
     inner: ASGIApp = require_identity(endpoint)
-    if wrap is not None:
-        inner = wrap(inner)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -136,7 +106,8 @@ def http_app(
             await gateway.wait_tried(startup_wait)
             yield
 
-    return Starlette(routes=[Route(path, endpoint=_Endpoint(inner))], lifespan=lifespan)
+    app: ASGIApp = Starlette(routes=[Route(path, endpoint=_Endpoint(inner))], lifespan=lifespan)
+    return app if wrap is None else wrap(app)
 
 
 class _Endpoint:
