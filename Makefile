@@ -6,7 +6,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 UV ?= uv
 RUN = $(UV) run --frozen --all-packages
 
-.PHONY: help uv sync demo demo-cloud test lint format bench bench-peers bench-server docs dist
+.PHONY: help uv sync demo demo-cloud test lint format bench bench-peers bench-server bench-gateway docs dist
 
 help:
 	@echo "make demo   - a scripted agent as three users: each call allowed or denied, and why"
@@ -15,6 +15,7 @@ help:
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict on packages/"
 	@echo "make bench  - guard overhead, scaling, compile time and cold start"
 	@echo "make bench-server - d2-server requests/s on SQLite and PostgreSQL: poll 304/200 and ingest vs a bare route (needs ab)"
+	@echo "make bench-gateway - latency a tools/call gains through d2-gateway vs straight to the upstream (p50, p99)"
 	@echo "make bench-peers - D2 vs casbin and cedarpy on the same RBAC decisions (throwaway venv)"
 	@echo "make docs   - build the documentation site into ./site (mkdocs --strict)"
 	@echo "make dist   - build every wheel and sdist into ./dist"
@@ -56,6 +57,10 @@ bench: sync
 # the project's; the run writes its tables into docs/performance.md.
 bench-peers: sync
 	$(RUN) python benchmarks/peers.py
+
+# The upstream is a small echo MCP server over stdio; prints a markdown table.
+bench-gateway: sync
+	$(RUN) python benchmarks/bench_gateway.py
 
 # ApacheBench (`ab`, Debian package apache2-utils) is the load generator: installed
 # with apt-get when missing and run as root, else the target stops and says so.

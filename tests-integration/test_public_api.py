@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["d2.core", "d2.cloud", "d2.asgi", "d2.agents", "d2.server", "d2.cli"]
+PACKAGES = ["d2.core", "d2.cloud", "d2.asgi", "d2.agents", "d2.server", "d2.cli", "d2.gateway"]
 
 
 def public_modules() -> list[str]:

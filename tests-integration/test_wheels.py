@@ -120,7 +120,9 @@ def test_the_all_extra_is_every_other_extra(dist: Path) -> None:
     for extra, requirements in by_extra.items():
         for name, extras in requirements.items():
             assert name in everything and extras <= everything[name], (extra, name, extras)
-    assert {"d2-server", "d2-cloud", "d2-cli", "d2-agents", "d2-asgi"} <= set(everything)
+    assert {"d2-server", "d2-cloud", "d2-cli", "d2-agents", "d2-asgi", "d2-gateway"} <= set(
+        everything
+    )
     assert {"otel", "redis", "yaml"} <= everything["d2-core"]
 
 

@@ -1,0 +1,94 @@
+"""``d2-gateway serve --stdio`` as a subprocess (what a desktop client starts),
+driven by the real ``mcp`` client over its stdin/stdout; and the command's
+usage errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from d2.gateway.cli import main
+from gateway_testkit import upstream_command, write_policy
+from mcp import Client, StdioServerParameters, types
+
+
+def gateway_command(*args: str) -> StdioServerParameters:
+    script = Path(sys.executable).with_name("d2-gateway")
+    return StdioServerParameters(
+        command=str(script), args=list(args), env={"D2_SILENT": "1", "PYTHONWARNINGS": "ignore"}
+    )
+
+
+def text(result: types.CallToolResult) -> str:
+    return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+async def test_stdio_serves_one_client_as_the_given_user(tmp_path: Path) -> None:
+    policy = write_policy(
+        tmp_path / "policy.json",
+        {
+            "role": "viewer",
+            "permissions": [
+                {
+                    "tool": "time.get_current_time",
+                    "conditions": {"input": {"timezone": {"in": ["UTC"]}}},
+                }
+            ],
+        },
+        name="stdio-tests",
+    )
+    upstream = f"time=stdio:{upstream_command('mcp-server-time')}"
+    params = gateway_command(
+        "serve", "--stdio", "--policy", str(policy), "--upstream", upstream,
+        "--user", "alice", "--roles", "viewer",
+    )  # fmt: skip
+    async with Client(params, mode="legacy", cache=None) as client:
+        assert [t.name for t in (await client.list_tools()).tools] == ["time__get_current_time"]
+        ok = await client.call_tool("time__get_current_time", {"timezone": "UTC"})
+        assert not ok.is_error and ok.structured_content["timezone"] == "UTC"
+        refused = await client.call_tool("time__get_current_time", {"timezone": "Asia/Tokyo"})
+        assert refused.is_error and refused.structured_content["d2_reason"] == "input_validation"
+        hidden = await client.call_tool("time__convert_time", {})
+        assert text(hidden) == "Unknown tool: time__convert_time"
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--stdio", "--user", "a"], "no upstream"),
+        (["--upstream", "bad_name=stdio:x", "--stdio"], "is not allowed"),
+        (["--upstream", "git=ftp://x"], "must start with stdio:"),
+        (["--upstream", "git=stdio:x"], "exactly one of --listen"),
+        (["--upstream", "git=stdio:x", "--stdio"], "--user ID"),
+        (["--upstream", "git=stdio:x", "--listen", "127.0.0.1:1"], "--audience is required"),
+        (
+            ["--upstream", "git=stdio:x", "--listen", "127.0.0.1:1", "--audience", "gw"],
+            "exactly one of --jwks-url",
+        ),
+        (["--upstream", "g=stdio:x", "--upstream", "g=stdio:y", "--stdio", "--user", "a"], "twice"),
+    ],
+)
+def test_usage_errors_say_what_to_do(
+    args: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", *args]) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_a_config_file_holds_the_same_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("upstreams:\n  git: 'stdio:mcp-server-git'\nlisten: 127.0.0.1:1\n")
+    assert main(["serve", "--config", str(config)]) == 2
+    assert "--audience is required" in capsys.readouterr().err
+    config.write_text("upstreams: {}\nbogus: 1\n")
+    assert main(["serve", "--config", str(config)]) == 2
+    assert "unknown option(s) ['bogus']" in capsys.readouterr().err
+
+
+def test_the_version_is_the_repository_version(capsys: pytest.CaptureFixture[str]) -> None:
+    version = (Path(__file__).resolve().parents[3] / "VERSION").read_text().strip()
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"d2-gateway {version} (d2-core {version})\n"
