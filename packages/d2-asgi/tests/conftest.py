@@ -6,11 +6,13 @@ The policy: ``admin`` may call every tool, ``reader`` only ``notes.read``."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -134,3 +136,79 @@ def serve_wsgi() -> Callable[..., contextlib.AbstractContextManager[str]]:
     """``with serve_wsgi(app, workers=8) as host:`` serves a WSGI app from a wsgiref
     server whose worker threads are reused across requests."""
     return _wsgi
+
+
+class Trickler:
+    """An HTTP server on 127.0.0.1, run by asyncio in the test's own event loop,
+    that answers each path of ``documents`` with that JSON document padded with
+    4,000 spaces (still valid JSON), at once or, for a path in ``slow``, 100 bytes
+    every 0.25 s (about 12 s in all): never long enough between two reads for a
+    per-read timeout to fire. ``paths`` lists the paths asked, in order."""
+
+    def __init__(self) -> None:
+        self.documents: dict[str, Any] = {}
+        self.slow: set[str] = set()
+        self.paths: list[str] = []
+        self._server: asyncio.Server | None = None
+        self._answers: set[asyncio.Task[Any]] = set()
+
+    def url(self, path: str) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}{path}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+
+    async def asked(self, count: int) -> None:
+        """Wait until ``count`` requests have come (at most 10 s)."""
+        deadline = time.monotonic() + 10
+        while len(self.paths) < count:
+            assert time.monotonic() < deadline, f"only {len(self.paths)} requests came"
+            await asyncio.sleep(0.01)
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._answers.add(task)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.split(b" ", 2)[1].decode()
+            self.paths.append(path)
+            body = json.dumps(self.documents[path]).encode() + b" " * 4000
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+            )
+            step = 100 if path in self.slow else len(body)
+            for start in range(0, len(body), step):
+                writer.write(body[start : start + step])
+                await writer.drain()
+                if step < len(body):
+                    await asyncio.sleep(0.25)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client gave up
+        finally:
+            self._answers.discard(task)
+            writer.close()
+
+    async def close(self) -> None:
+        """Stop serving and cut every answer under way."""
+        answers = list(self._answers)
+        for task in answers:
+            task.cancel()
+        await asyncio.gather(*answers, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@pytest.fixture
+async def trickler() -> AsyncIterator[Trickler]:
+    """A :class:`Trickler`, closed after the test."""
+    server = Trickler()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()

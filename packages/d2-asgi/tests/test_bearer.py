@@ -441,3 +441,44 @@ def test_a_claim_named_with_dots_is_read_by_its_name_first() -> None:
     assert identity_from_claims(claims, roles_claim="realm_access.missing") == ("u", ())
     assert identity_from_claims({"oid": 42}, user_claim="oid") == ("42", ())
     assert identity_from_claims({"user": {"email": "d@x"}}, user_claim="user.email") == ("d@x", ())
+
+
+# -- a provider that trickles its answer (the twelfth review) -------------------------
+
+
+async def test_a_known_key_does_not_wait_for_a_refetch_that_trickles(
+    issuer: TokenIssuer, trickler: Any
+) -> None:
+    # Anyone can start a refetch with a made-up key id; while the provider trickled
+    # its answer, every login waited for it, a known key included (22 s with
+    # timeout=1). The timeout here is long, so only not waiting passes.
+    trickler.documents["/jwks"] = issuer.jwks
+    ext = extractor(trickler.url("/jwks"), timeout=10.0, refresh_floor=0.0)
+    good = issuer.token("dana", ["r"])
+    assert await ext(bearer(good)) == ("dana", ("r",))
+    trickler.slow.add("/jwks")
+    made_up = issuer.token("mallory", ["r"], headers={"kid": "made-up"})
+    refetch = asyncio.create_task(ext(bearer(made_up)))
+    await trickler.asked(2)  # the refetch is trickling in
+    started = time.monotonic()
+    assert await ext(bearer(good)) == ("dana", ("r",))
+    assert time.monotonic() - started < 5
+    assert not refetch.done()
+    await trickler.close()  # the provider hangs up: the refetch fails, the key is kept
+    assert await refetch is None
+    assert await ext(bearer(good)) == ("dana", ("r",))
+
+
+async def test_a_jwks_that_trickles_fails_after_the_timeout(
+    issuer: TokenIssuer, trickler: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # httpx's timeout bounds each read; the trickle (about 12 s) never lets one
+    # wait 1 s. The whole fetch has a deadline of `timeout`.
+    trickler.documents["/jwks"] = issuer.jwks
+    trickler.slow.add("/jwks")
+    caplog.set_level(logging.WARNING, "d2.asgi")
+    ext = extractor(trickler.url("/jwks"), timeout=1.0)
+    started = time.monotonic()
+    assert await ext(bearer(issuer.token("dana", ["r"]))) is None
+    assert time.monotonic() - started < 5
+    assert "TimeoutError" in caplog.text

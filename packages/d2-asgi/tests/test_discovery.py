@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -179,3 +180,22 @@ def test_exactly_one_of_jwks_url_and_oidc_issuer_is_required() -> None:
     ext = jwt_extractor(oidc_issuer="https://idp.example.invalid/realms/x", audience="a")
     assert ext.issuer == "https://idp.example.invalid/realms/x"
     assert "oidc_issuer=" in repr(ext)
+
+
+async def test_a_discovery_document_that_trickles_fails_after_the_timeout(
+    rsa_issuer: TokenIssuer, trickler: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the twelfth review: httpx's timeout bounds each read, and the trickle (about
+    # 12 s, conftest.Trickler) never lets one wait 1 s; the whole document has a
+    # deadline of `timeout`
+    realm = trickler.url("/realms/desk")
+    path = "/realms/desk/.well-known/openid-configuration"
+    trickler.documents[path] = {"issuer": realm, "jwks_uri": f"{realm}/jwks"}
+    trickler.documents["/realms/desk/jwks"] = rsa_issuer.jwks
+    trickler.slow.add(path)
+    caplog.set_level(logging.WARNING, "d2.asgi")
+    ext = jwt_extractor(oidc_issuer=realm, audience="refund-desk", timeout=1.0)
+    started = time.monotonic()
+    assert await ext(bearer(rsa_issuer.token("dana", ["r"], issuer=realm))) is None
+    assert time.monotonic() - started < 5
+    assert "TimeoutError" in caplog.text and trickler.paths == [path]

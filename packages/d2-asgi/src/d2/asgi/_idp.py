@@ -2,12 +2,13 @@
 and checking the URLs they come from; private to d2-asgi.
 
 Every URL is ``https://``, or ``http://`` on the loopback interface only; every
-document is fetched with httpx's async client, without redirects, with a timeout,
-and refused past 1 MiB.
+document is fetched with httpx's async client, without redirects, whole within a
+deadline (the timeout), and refused past 1 MiB.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 from collections.abc import Mapping
@@ -80,7 +81,17 @@ def jwks_uri_of(document: Any, issuer: str) -> str:
 
 async def get_json(url: str, *, timeout: float, transport: httpx.AsyncBaseTransport | None) -> Any:
     """The JSON document at ``url`` (async, no redirects, at most ``MAX_DOCUMENT``
-    bytes); raises on any failure."""
+    bytes, all of it within ``timeout`` seconds); raises on any failure
+    (``TimeoutError`` past the deadline)."""
+    # httpx's timeout bounds each read, not the whole answer: a server that
+    # trickles a few bytes per read would hold the fetch for as long as it likes
+    try:
+        return await asyncio.wait_for(_get_json(url, timeout, transport), timeout)
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"no whole answer within {timeout:g} s") from None
+
+
+async def _get_json(url: str, timeout: float, transport: httpx.AsyncBaseTransport | None) -> Any:
     import httpx
 
     async with (

@@ -28,12 +28,14 @@ What is accepted, decided by the key, never by the token:
 The JWKS is fetched with httpx's async client (never blocking the event loop) on
 first use, again after ``cache_seconds``, and when a token names a key id it does
 not know (at most once per ``refresh_floor`` seconds, so made-up key ids cannot
-hammer the identity provider); concurrent requests share one fetch. A failed
-fetch keeps the keys it had. The floor has a cost: a key the provider has just
-rotated in is refused for up to ``refresh_floor`` seconds (30) after any fetch,
-for example one that a made-up key id triggered; publish a new key in the JWKS
-before signing with it, as providers do. ``jwks_url`` must be ``https://`` except on the
-loopback interface.
+hammer the identity provider); concurrent requests share one fetch. A request
+whose key is known does not wait for a fetch under way (the one that finds the
+keys older than ``cache_seconds`` fetches them again first). Each document must arrive
+whole within ``timeout`` seconds. A failed fetch keeps the keys it had. The floor
+has a cost: a key the provider has just rotated in is refused for up to
+``refresh_floor`` seconds (30) after any fetch, for example one that a made-up
+key id triggered; publish a new key in the JWKS before signing with it, as
+providers do. ``jwks_url`` must be ``https://`` except on the loopback interface.
 
 OIDC discovery: give ``oidc_issuer`` instead of ``jwks_url`` and the JWKS URL is
 read from ``{oidc_issuer without a trailing slash}/.well-known/openid-configuration``,
@@ -397,8 +399,17 @@ class JWTExtractor:
 
     async def _key(self, kid: str | None) -> _Key | None:
         task = self._inflight
-        if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
-            await asyncio.shield(task)  # a fetch under way: wait for it, as its starter does
+        if (
+            task is not None
+            and not task.done()
+            and task.get_loop() is asyncio.get_running_loop()
+            and self._lookup(kid) is None
+        ):
+            # a fetch under way may bring this key (the first fetch: any key): wait for
+            # it, as its starter does. A token whose key is known does not wait: anyone
+            # can start a fetch with a made-up key id, and a slow provider would hold
+            # every login for as long as it takes
+            await asyncio.shield(task)
         now = time.monotonic()
         stale = self._loaded is None or now - self._loaded >= self.cache_seconds
         key = self._lookup(kid)
@@ -535,7 +546,8 @@ def jwt_extractor(
     only with a key of its type). ``leeway``: seconds of clock skew allowed on
     ``exp`` / ``nbf`` / ``iat``. ``cache_seconds``, ``refresh_floor``, ``timeout``:
     how long keys are kept, how often an unknown ``kid`` may trigger a fetch, and
-    the fetch's timeout. ``transport``: an httpx transport (tests, proxies).
+    the seconds each document (JWKS, discovery) has to arrive whole.
+    ``transport``: an httpx transport (tests, proxies).
 
     Use it wherever a user extractor goes::
 

@@ -5,6 +5,7 @@ these read code objects directly, and a declared ``__signature__`` when there is
 from __future__ import annotations
 
 import functools
+import operator
 import sys
 import types
 from collections.abc import Callable
@@ -106,17 +107,20 @@ class _Spec:
         self.defaults = defaults
 
 
-def _spec_of_code(fn: Any) -> _Spec:
-    code = fn.__code__
+def _spec_of_code(
+    code: Any, positional_defaults: tuple[Any, ...], kw_defaults: tuple[tuple[str, Any], ...]
+) -> _Spec:
+    """The spec of a function with this code and these defaults (read once by the
+    caller, which watches them: see :meth:`Arguments.current`)."""
     names = code.co_varnames
     npos, nkw = code.co_argcount, code.co_kwonlyargcount
     defaults: dict[str, Any] = {}
-    positional_defaults = getattr(fn, "__defaults__", None) or ()
     if positional_defaults:
         defaults.update(
             zip(names[npos - len(positional_defaults) : npos], positional_defaults, strict=True)
         )
-    defaults.update(getattr(fn, "__kwdefaults__", None) or {})
+    kwonly = code.co_varnames[npos : npos + nkw]
+    defaults.update((name, value) for name, value in kw_defaults if name in kwonly)
     extra = npos + nkw
     varargs = varkw = None
     if code.co_flags & _CO_VARARGS:
@@ -238,17 +242,43 @@ def _declared_signature(fn: Any, kind: type) -> Any:
 
 class _Target:
     """What binds a call: the signature (``None``: unknown), the leading values bound
-    before the call (innermost first), a partial's keywords, and whether the
-    signature is a forwarding wrapper's (``*args``/``**kwargs`` with ``__wrapped__``
-    not known to forward unchanged)."""
+    before the call (innermost first), a partial's keywords, whether the signature
+    is a forwarding wrapper's (``*args``/``**kwargs`` with ``__wrapped__`` not known
+    to forward unchanged), and what was read from objects the app may change later
+    (``function``: the function whose code and defaults bind the call, as
+    ``(function, __code__, __defaults__)``; ``kwdefaults``: its
+    ``(function, __kwdefaults__)`` when it has keyword-only parameters;
+    ``partials``: the partials on the way, as ``(partial, func, args, keywords)``;
+    ``dicts``: each keywords dict read, as ``(dict, keys, values)``)."""
 
-    __slots__ = ("fixed_kw", "forwarding", "leading", "spec")
+    __slots__ = (
+        "dicts",
+        "fixed_kw",
+        "forwarding",
+        "function",
+        "kwdefaults",
+        "leading",
+        "partials",
+        "spec",
+    )
 
     def __init__(self) -> None:
         self.spec: _Spec | None = None
         self.leading: list[Any] = []
         self.fixed_kw: dict[str, Any] = {}
         self.forwarding = False
+        self.function: tuple[Any, Any, Any] | None = None
+        self.kwdefaults: tuple[Any, Any] | None = None
+        self.partials: list[tuple[Any, Any, Any, Any]] = []
+        self.dicts: list[tuple[dict[str, Any], tuple[str, ...], tuple[Any, ...]]] = []
+
+
+def _snapshot(target: _Target, mapping: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The items of a mutable keywords dict (a partial's, ``__kwdefaults__``), read
+    once; the dict, its keys and its values are watched."""
+    items = tuple(mapping.items())
+    target.dicts.append((mapping, tuple(k for k, _ in items), tuple(v for _, v in items)))
+    return items
 
 
 def _call_of(obj: Any, kind: type, bound: list[tuple[Any, ...]]) -> Any:
@@ -311,7 +341,14 @@ def _resolve(fn: Any) -> _Target:
                 if sig is not None:
                     target.spec = _spec_of_signature(sig)
                     break
-                target.spec = _spec_of_code(fn)
+                defaults = fn.__defaults__
+                target.function = (fn, code, defaults)
+                kw_items: tuple[tuple[str, Any], ...] = ()
+                if code.co_kwonlyargcount:  # else Python never reads __kwdefaults__
+                    kw_defaults = fn.__kwdefaults__
+                    target.kwdefaults = (fn, kw_defaults)
+                    kw_items = _snapshot(target, kw_defaults) if kw_defaults is not None else ()
+                target.spec = _spec_of_code(code, defaults or (), kw_items)
                 target.forwarding = (wrapper or wrapped is not None) and bool(
                     code.co_flags & (_CO_VARARGS | _CO_VARKEYWORDS)
                 )
@@ -325,9 +362,11 @@ def _resolve(fn: Any) -> _Target:
                 target.spec = _spec_of_signature(sig)
                 break
             if issubclass(kind, functools.partial) and _static(kind, "__call__") is _PARTIAL_CALL:
-                bound.append(tuple(_partial_args(fn)))
-                target.fixed_kw = {**_partial_keywords(fn), **target.fixed_kw}
-                fn = _partial_func(fn)
+                func, fixed, keywords = _partial_func(fn), _partial_args(fn), _partial_keywords(fn)
+                target.partials.append((fn, func, fixed, keywords))
+                bound.append(tuple(fixed))
+                target.fixed_kw = {**dict(_snapshot(target, keywords)), **target.fixed_kw}
+                fn = func
                 continue
             if issubclass(kind, staticmethod) and _static(kind, "__call__") is _static(
                 staticmethod, "__call__"
@@ -372,25 +411,42 @@ class Arguments:
     on a function or any other callable, a transparent proxy included, whose own
     signature takes ``*args``/``**kwargs`` or is unknown) binds to its own
     parameters: any other name reads as ``UNBOUND``, since the wrapper may reorder
-    or inject arguments before the wrapped function sees them."""
+    or inject arguments before the wrapped function sees them.
+
+    Python reads a function's ``__code__``, ``__defaults__`` and ``__kwdefaults__``,
+    and a partial's ``func``, ``args`` and ``keywords``, at each call; the app may
+    replace them (or edit the dicts) after the guard wrapped the function. Every
+    reading of a call starts with :meth:`current`, which rebinds when any of them
+    changed, so what is judged, shown and digested is what the function receives."""
 
     __slots__ = (
+        "code_seen",
+        "contents",
         "defaults",
+        "defaults_seen",
+        "dicts",
         "extra",
         "fixed",
         "forwarding",
         "hidden",
         "keywords",
+        "kwdefaults",
+        "latest",
         "method",
         "opaque",
+        "partials",
         "plans",
         "positional_only",
         "positions",
+        "source",
         "varargs",
         "varkw",
+        "watched",
     )
 
     def __init__(self, fn: Any) -> None:
+        self.source = fn
+        self.latest = self  # the binding of the callable as it is now (see current())
         self.positions: dict[str, int] = {}
         self.defaults: dict[str, Any] = {}
         self.fixed: dict[str, Any] = {}  # values a partial binds for good
@@ -406,6 +462,17 @@ class Arguments:
         # (a framework's run context); set by adapters
         self.hidden: frozenset[str] = frozenset()
         target = _resolve(fn)
+        # what the binding was made from (see current())
+        self.watched: Any = None
+        self.code_seen: Any = None
+        self.defaults_seen: Any = None
+        if target.function is not None:
+            self.watched, self.code_seen, self.defaults_seen = target.function
+        self.kwdefaults = target.kwdefaults
+        self.partials = tuple(target.partials)
+        self.dicts = tuple(target.dicts)
+        # more to check than a function's __code__ and __defaults__
+        self.contents = bool(self.partials or self.dicts or self.kwdefaults)
         spec = target.spec
         self.opaque = spec is None
         self.forwarding = target.forwarding
@@ -429,6 +496,30 @@ class Arguments:
         if spec.varargs is not None:
             self.varargs = (spec.varargs, max(npos - skip, 0), tuple(leading[npos:]))
         self.varkw = spec.varkw
+
+    def current(self) -> Arguments:
+        """The binding of the guarded callable as Python would bind a call of it now:
+        this one, or one made again when a function's code or defaults, or a
+        partial's function, arguments or keywords, are no longer those read when it
+        was made (replaced, or the dicts edited). Cheap when nothing changed: a few
+        identity checks."""
+        latest = self.latest
+        fn = latest.watched
+        if fn is not None and (
+            fn.__code__ is not latest.code_seen or fn.__defaults__ is not latest.defaults_seen
+        ):
+            return self._rebind()
+        if latest.contents and not _unchanged(latest):
+            return self._rebind()
+        if latest is not self:  # set on this one by the guard and adapters: kept
+            latest.hidden, latest.method = self.hidden, self.method
+        return latest
+
+    def _rebind(self) -> Arguments:
+        fresh = Arguments(self.source)
+        fresh.hidden, fresh.method = self.hidden, self.method
+        self.latest = fresh  # one assignment: another thread sees the old or the new
+        return fresh
 
     def declares(self, name: str) -> bool:
         """Whether ``name`` is a parameter of the signature a call binds to."""
@@ -491,6 +582,35 @@ class Arguments:
         return missing
 
 
+def _unchanged(arguments: Arguments) -> bool:
+    """Whether the partials and keywords dicts ``arguments`` was made from still
+    hold what it read: the same objects, compared by identity (an equal value of
+    another type, ``True`` for ``1``, is a change); and the function's
+    ``__kwdefaults__``, when it has keyword-only parameters."""
+    try:
+        if arguments.kwdefaults is not None:
+            fn, kwdefaults = arguments.kwdefaults
+            if fn.__kwdefaults__ is not kwdefaults:
+                return False
+        for partial, func, fixed, keywords in arguments.partials:
+            if (
+                _partial_func(partial) is not func
+                or _partial_args(partial) is not fixed
+                or _partial_keywords(partial) is not keywords
+            ):
+                return False
+        for mapping, keys, values in arguments.dicts:
+            if not (
+                len(mapping) == len(keys)
+                and all(map(operator.is_, mapping, keys))
+                and all(map(operator.is_, mapping.values(), values))
+            ):
+                return False
+    except Exception:  # a dict changed size while read: changed
+        return False
+    return True
+
+
 POSITIONAL = "*args"  # positional arguments of a callable whose signature is unknown
 KEYWORDS = "**kwargs"  # keywords that cannot be shown by their own name (see below)
 
@@ -515,6 +635,8 @@ def bound_arguments(
     on it reads. A callable whose signature is unknown shows its keywords the same
     way and its positional arguments as a list under ``"*args"``."""
     bound: dict[str, Any] = {}
+    if arguments is not None:
+        arguments = arguments.current()  # the defaults the function has now
     if arguments is None or arguments.opaque:
         _add_keywords(bound, kwargs, None)
         if args:

@@ -118,6 +118,8 @@ def when_holds(
     cannot judge exactly (NaN, a list where a scalar is compared, ``"500"`` for
     ``gt: 100``, an unbindable argument) asks a person: skipping the approval must
     never be the way around it."""
+    if arguments is not None:
+        arguments = arguments.current()
     if check_input(approval, args, kwargs, arguments) is None:
         return True
     for name, constraint in approval.input:
@@ -179,7 +181,20 @@ def check_input(
     kwargs: dict[str, Any],
     arguments: Arguments | None,
 ) -> Denial | None:
-    plans = arguments.plans if arguments is not None else None
+    if arguments is not None:
+        # the defaults the function has now: Arguments.current(), its common case
+        # (a function without keyword-only parameters, no partial) inline
+        latest = arguments.latest
+        fn = latest.watched
+        if latest.contents or (
+            fn is not None
+            and (fn.__code__ is not latest.code_seen or fn.__defaults__ is not latest.defaults_seen)
+        ):
+            latest = arguments.current()
+        arguments = latest
+        plans = latest.plans
+    else:
+        plans = None
     plan = plans.get(grant) if plans is not None else None
     if plan is None:
         plan = input_plan(grant, arguments)
