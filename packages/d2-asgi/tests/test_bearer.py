@@ -268,7 +268,16 @@ async def test_keys_are_refetched_after_cache_seconds_and_kept_when_the_fetch_fa
     await asyncio.sleep(0.25)
     caplog.set_level(logging.WARNING, "d2.asgi")
     assert await ext(bearer(token)) == ("dana", ("r",))  # the known key is kept
-    assert issuer.fetches == 2 and "HTTP 503" in caplog.text
+    await eventually(lambda: issuer.fetches == 2 and "HTTP 503" in caplog.text)
+    assert await ext(bearer(token)) == ("dana", ("r",))  # and still, after the failure
+
+
+async def eventually(condition: Any, within: float = 5.0) -> None:
+    """Wait for a refresh running in the background to have done its work."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the background refresh did not finish"
+        await asyncio.sleep(0.01)
 
 
 async def test_an_unreachable_jwks_is_no_user_until_it_answers(
@@ -482,3 +491,22 @@ async def test_a_jwks_that_trickles_fails_after_the_timeout(
     assert await ext(bearer(issuer.token("dana", ["r"]))) is None
     assert time.monotonic() - started < 5
     assert "TimeoutError" in caplog.text
+
+
+async def test_a_known_key_answers_at_once_while_a_stale_cache_refreshes(
+    issuer: TokenIssuer, trickler: Any
+) -> None:
+    # fourteenth review: past cache_seconds, the first login (a known key) started the
+    # refresh and waited for it: one login per floor + timeout waited the whole timeout
+    trickler.documents["/jwks"] = issuer.jwks
+    ext = extractor(trickler.url("/jwks"), timeout=10.0, cache_seconds=0.2, refresh_floor=0.0)
+    good = issuer.token("dana", ["r"])
+    assert await ext(bearer(good)) == ("dana", ("r",))
+    trickler.slow.add("/jwks")
+    await asyncio.sleep(0.3)  # the keys are now older than cache_seconds
+    started = time.monotonic()
+    assert await ext(bearer(good)) == ("dana", ("r",))
+    assert time.monotonic() - started < 5  # the refresh trickles meanwhile
+    await trickler.asked(2)
+    await trickler.close()
+    assert await ext(bearer(good)) == ("dana", ("r",))  # a failed refresh keeps the keys

@@ -253,3 +253,39 @@ def test_no_character_shown_draws_like_ascii_it_is_not(text: str) -> None:
         if not char.isascii():
             folded = unicodedata.normalize("NFKC", char)
             assert folded == char or not folded.isascii(), repr(char)
+
+
+# -- the fourteenth review (a re-check) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("plain", "alike"),
+    [
+        ("ACME-77", "ACME\u201077"),  # HYPHEN: pixel-identical in the arguments box
+        ("ACME-77", "ACME\u201177"),  # NON-BREAKING HYPHEN
+        ("acct-8", "acct-\u09ea"),  # BENGALI DIGIT FOUR beside Latin
+        ("code", "\u1d04ode"),  # LATIN LETTER SMALL CAPITAL C
+        ("-5", "\u22125"),  # MINUS SIGN
+    ],
+)
+def test_dashes_digits_and_small_capitals_that_draw_like_ascii_are_escaped(
+    plain: str, alike: str
+) -> None:
+    assert visible_text(plain) == plain
+    assert visible_text(alike) != plain and "\\u" in visible_text(alike)
+    assert all(c.isascii() for c in shown_json({"payee": alike}))
+
+
+@pytest.mark.parametrize(
+    "alias",
+    [f"agent{c}7" for c in "\x1c\x1d\x1e\x1f\u06dd\u070f\ufff9\ufffa\ufffb\ufffc\u1806"],
+)
+def test_characters_ldap_ignores_do_not_make_another_person(alias: str) -> None:
+    # RFC 4518 string preparation (LDAP's caseIgnoreMatch) maps these to nothing
+    assert same_person(alias, "agent7")
+
+
+def test_katakana_and_hiragana_spellings_are_one_person() -> None:
+    # collations that ignore kana type (SQL Server without _KS) sign them in as one
+    assert same_person("\u30a2\u30a4\u30b3", "\u3042\u3044\u3053")
+    assert not same_person("\u3042\u3044\u3053", "\u3042\u3044\u304b")

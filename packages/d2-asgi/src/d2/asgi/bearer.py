@@ -29,8 +29,9 @@ The JWKS is fetched with httpx's async client (never blocking the event loop) on
 first use, again after ``cache_seconds``, and when a token names a key id it does
 not know (at most once per ``refresh_floor`` seconds, so made-up key ids cannot
 hammer the identity provider); concurrent requests share one fetch. A request
-whose key is known does not wait for a fetch under way (the one that finds the
-keys older than ``cache_seconds`` fetches them again first). Each document must arrive
+whose key is known does not wait for a fetch under way (keys older than
+``cache_seconds`` are fetched again in the background, the known ones answering
+meanwhile). Each document must arrive
 whole within ``timeout`` seconds. A failed fetch keeps the keys it had. The floor
 has a cost: a key the provider has just rotated in is refused for up to
 ``refresh_floor`` seconds (30) after any fetch, for example one that a made-up
@@ -415,18 +416,25 @@ class JWTExtractor:
         key = self._lookup(kid)
         recent = self._fetched is not None and now - self._fetched < self.refresh_floor
         if (stale or key is None) and not recent:
-            await self.refresh()
-            key = self._lookup(kid)
+            if key is not None:
+                self._fetch_soon()  # known keys past cache_seconds: refreshed meanwhile
+            else:
+                await self.refresh()
+                key = self._lookup(kid)
         return key
 
-    async def refresh(self) -> bool:
-        """Fetch the JWKS now (concurrent callers share one fetch); True when the
-        keys were loaded. A failure keeps the keys already known, and is logged."""
+    def _fetch_soon(self) -> asyncio.Task[None]:
+        """The fetch under way on this loop, or a new one (shared by every caller)."""
         task = self._inflight
         loop = asyncio.get_running_loop()
         if task is None or task.done() or task.get_loop() is not loop:
             task = self._inflight = loop.create_task(self._fetch())
-        await asyncio.shield(task)
+        return task
+
+    async def refresh(self) -> bool:
+        """Fetch the JWKS now (concurrent callers share one fetch); True when the
+        keys were loaded. A failure keeps the keys already known, and is logged."""
+        await asyncio.shield(self._fetch_soon())
         return self._loaded is not None and self._fetched == self._loaded
 
     async def _discover(self) -> None:

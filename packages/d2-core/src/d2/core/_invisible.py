@@ -236,14 +236,42 @@ def shown(text: str, keep: str = " ", *, backslash: bool = True) -> str:
 
 
 def _like_ascii(text: str) -> frozenset[str]:
-    """The characters of ``text`` whose compatibility form (NFKC) is ASCII: they
-    draw like plain letters, digits or punctuation (the mathematical monospace
-    U+1D68A and U+1D7FD draw pixel-identical to ``a`` and ``7``; fullwidth forms,
-    superscripts, ligatures such as U+FB01, the ellipsis)."""
+    """The characters of ``text`` that draw like ASCII they are not:
+
+    * those whose compatibility form (NFKC) is ASCII: the mathematical monospace
+      U+1D68A and U+1D7FD draw pixel-identical to ``a`` and ``7``; fullwidth
+      forms, superscripts, ligatures such as U+FB01, the ellipsis;
+    * every dash other than ``-`` (U+2010 HYPHEN and U+2011 draw pixel-identical to
+      it in a monospace box), and the few others that draw as ASCII punctuation or
+      letters (:data:`DRAWN_AS_ASCII`: the minus sign, the low quotation mark, the
+      modifier colon and apostrophes, the saltillo, Latin small capitals);
+    * in text that holds an ASCII letter or digit, the digits of other scripts
+      (the Bengali four draws like ``8``, the Devanagari zero like ``o``)."""
     normalize = unicodedata.normalize
-    return frozenset(
-        c for c in set(text) if not c.isascii() and c != (f := normalize("NFKC", c)) and f.isascii()
-    )
+    category = unicodedata.category
+    ascii_near = any(c.isascii() and c.isalnum() for c in text)
+    found = set()
+    for c in set(text):
+        if c.isascii():
+            continue
+        kind = category(c)
+        if (
+            c in DRAWN_AS_ASCII
+            or kind == "Pd"
+            or (ascii_near and kind == "Nd")
+            or (c != (f := normalize("NFKC", c)) and f.isascii())
+        ):
+            found.add(c)
+    return frozenset(found)
+
+
+DRAWN_AS_ASCII = frozenset(
+    "\u2212\u201a\ua789\ua78c\u02cb\u02bc\u02b9\u02ba\u02c8\u02d0\u2044\u2215\u2236"
+    # Latin letter small capitals (U+1D04 draws like c in a body font, U+1D0F like o)
+    "\u1d00\u1d04\u1d05\u1d07\u1d0a\u1d0b\u1d0d\u1d0f\u1d18\u1d1b\u1d1c\u1d20\u1d21\u1d22"
+    "\ua731\u0280\u0262\u029c\u026a\u029f\u0274\u028f"
+)
+"""Characters outside the rules of :func:`_like_ascii` that draw like ASCII."""
 
 
 def _normal_shown(text: str, keep: str, backslash: bool, hide: frozenset[str]) -> str:

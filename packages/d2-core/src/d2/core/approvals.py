@@ -91,18 +91,27 @@ def _person_key(user_id: str) -> str:
     requester" rule: without default-ignorable characters (zero-width, variation
     selectors), in NFKC (fullwidth and other compatibility forms as their plain
     letters), case-folded (after upper-casing: ``adm\\u0131n`` is ``admin``), without
-    accents (``ágent`` is ``agent``, ``łukasz`` is ``lukasz``), without control
-    characters (which collations ignore), trimmed, every run of white space one space.
+    accents (``ágent`` is ``agent``, ``łukasz`` is ``lukasz``), without control or
+    format characters (which collations and LDAP ignore) and without white space,
+    katakana as hiragana.
     ``AGENT-7``, ``agent-7``, `` agent-7`` and its fullwidth form are one person
     here, since identity sources that ignore case or accents (LDAP, Active
     Directory, HTTP Basic logins, databases with accent-insensitive collations) let
     one person sign in under each; the requester's own identity (``restore_request``)
     stays an exact match. An id with nothing visible in it has the key ``""``: no
     person, who may decide nothing."""
+    # nothing that draws nothing, nor white space: LDAP's string preparation (RFC 4518)
+    # and the Unicode collation tables ignore controls, formats and the object
+    # replacement character, and an identity source may trim or merge spaces; a key
+    # shared by two ids only ever refuses
+    category = unicodedata.category
     kept = "".join(
-        " " if c.isspace() else c
+        c
         for c in user_id
-        if not _invisible.ignorable(c) and (c.isspace() or unicodedata.category(c) != "Cc")
+        if not _invisible.ignorable(c)
+        and not c.isspace()
+        and category(c) not in ("Cc", "Cf")
+        and c not in "\ufffc\u1806"
     )
     folded = unicodedata.normalize("NFKC", kept).casefold()
     # upper-cased first: sources that compare upper-cased (Java's equalsIgnoreCase,
@@ -112,7 +121,12 @@ def _person_key(user_id: str) -> str:
     bare = "".join(c for c in plain if not unicodedata.combining(c))
     # letters accent-insensitive collations take for a plain one, that do not
     # decompose: "łukasz" is "lukasz", "bjørn" "bjorn", "æron" "aeron"
-    return " ".join(unicodedata.normalize("NFKC", bare).casefold().translate(_FOLD).split())
+    key = unicodedata.normalize("NFKC", bare).casefold().translate(_FOLD)
+    # katakana as hiragana: collations that ignore kana type (SQL Server without _KS)
+    return "".join(key.split()).translate(_KANA)
+
+
+_KANA = {code: code - 0x60 for code in range(0x30A1, 0x30F7)}  # ァ..ヶ -> ぁ..ゖ
 
 
 # letters with a stroke or a bar, ligatures and runes that the Unicode collation
