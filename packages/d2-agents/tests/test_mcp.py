@@ -423,6 +423,75 @@ async def test_a_low_level_result_no_rule_changes_is_passed_as_it_is(
     assert result.structured_content == {"count": 2} and text(result) == '{"count": 2}'
 
 
+SECRET = "AKIAABCDEFGHIJKLMNOP"
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        {"deny_if_patterns": ["AKIA[0-9A-Z]{16}"]},
+        {"notes": {"matches": "AKIA", "action": "deny"}},
+        {"max_bytes": 10_000},
+    ],
+    ids=["deny_if_patterns", "field-deny", "max_bytes"],
+)
+@pytest.mark.parametrize("mirrored", [False, True], ids=["text", "mirror-of-structured"])
+async def test_low_level_json_text_with_a_duplicate_key_is_refused_under_output_rules(
+    configure: Any, policy_doc: dict[str, Any], output: dict[str, Any], mirrored: bool
+) -> None:
+    # json.loads keeps the last duplicate; a client's parser may keep the first:
+    # the rules would check one value and the model read another.
+    configure(reader_policy(policy_doc, output))
+    sent = types.CallToolResult(
+        content=[types.TextContent(type="text", text=f'{{"notes": "{SECRET}", "notes": "ok"}}')],
+        structured_content={"notes": "ok"} if mirrored else None,
+    )
+    server = lowlevel_reader(lambda arguments: sent)
+    guard_server(server, identify=identify)
+    async with Client(server, mode="legacy") as client:
+        act_as("alice", "analyst")
+        result = await client.call_tool("db.read_users", {"limit": 1})
+    assert result.is_error and "output_validation" in text(result)
+    assert SECRET not in result.model_dump_json()
+
+
+async def test_low_level_json_text_goes_out_as_the_value_the_rules_checked(
+    configure: Any, policy_doc: dict[str, Any]
+) -> None:
+    # Padding around a small JSON value: max_bytes reads the value, so the client
+    # must get the value re-written, never the upstream's bytes.
+    configure(reader_policy(policy_doc, {"max_bytes": 100}))
+    padded = '{"count": 2}' + " " * 5000
+    sent = types.CallToolResult(
+        content=[types.TextContent(type="text", text=padded)] * 2,
+        structured_content={"count": 2},
+    )
+    server = lowlevel_reader(lambda arguments: sent)
+    guard_server(server, identify=identify)
+    async with Client(server, mode="legacy") as client:
+        act_as("alice", "analyst")
+        result = await client.call_tool("db.read_users", {"limit": 1})
+    assert not result.is_error
+    assert [c.text for c in result.content if isinstance(c, types.TextContent)] == [
+        '{"count": 2}',
+        '{"count": 2}',
+    ]
+
+
+async def test_low_level_text_without_output_rules_is_passed_byte_for_byte(
+    configure: Any, policy_doc: dict[str, Any]
+) -> None:
+    configure()
+    padded = '{"count": 2,   "count": 3}  '
+    sent = types.CallToolResult(content=[types.TextContent(type="text", text=padded)])
+    server = lowlevel_reader(lambda arguments: sent)
+    guard_server(server, identify=identify)
+    async with Client(server, mode="legacy") as client:
+        act_as("alice", "analyst")
+        result = await client.call_tool("web.search", {"query": "x"})
+    assert not result.is_error and text(result) == padded
+
+
 async def test_low_level_input_rules_see_only_the_arguments_sent_so_require_them(
     configure: Any, users: list[dict[str, str]], policy_doc: dict[str, Any]
 ) -> None:

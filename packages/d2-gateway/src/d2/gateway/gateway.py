@@ -30,7 +30,7 @@ from typing import Any
 
 import anyio
 from d2.agents._common import approval_details, approval_of, denial_message
-from d2.agents.mcp import _Readable
+from d2.agents.mcp import _output_checked, _Readable
 from d2.core import (
     PermissionDeniedError,
     UserContext,
@@ -382,8 +382,10 @@ class Gateway:
     async def _guarded_call(self, entry: Entry, arguments: dict[str, Any]) -> types.CallToolResult:
         upstream = self.upstreams[entry.upstream]
         readable: list[_Readable] = []
+        checked: list[bool] = []
 
         async def handle() -> Any:
+            checked.append(_output_checked(entry.policy_id, self._instance))  # rules just chosen
             result = _Readable(await upstream.call_tool(entry.name, arguments))
             readable.append(result)
             return result.view
@@ -417,7 +419,8 @@ class Gateway:
         finally:
             _HANDLE.reset(handle_token)
         try:
-            result: types.CallToolResult = readable[0].rebuilt(sanitized)
+            checks = checked[0] or _output_checked(entry.policy_id, self._instance)
+            result: types.CallToolResult = readable[0].rebuilt(sanitized, checks)
         except ValueError:  # defensive: the rules never change its shape; fail closed
             return _text_result(
                 f"{entry.policy_id!r} result refused: it cannot be rebuilt after its output "

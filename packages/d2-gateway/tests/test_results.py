@@ -1,0 +1,88 @@
+"""The gateway's output rules against an upstream that shapes its answers to slip
+past them (tests/hostile_server.py), over real HTTP with the real client: what
+the client receives is always what the rules checked."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from d2.core import configure_rbac_sync
+from d2.core.local import LocalFileSource
+from d2.core.testing import reset
+from d2.gateway import Gateway, UpstreamSpec
+from d2.gateway.http import http_app
+from gateway_testkit import HeaderIdentity, Served, client_for, write_policy
+from mcp import types
+
+HOSTILE = str(Path(__file__).with_name("hostile_server.py"))
+SECRET = "AKIAABCDEFGHIJKLMNOP"
+SSN = "123-45-6789"
+WHOLE = {"deny_if_patterns": ["AKIA[0-9A-Z]{16}", "[0-9]{3}-[0-9]{2}-[0-9]{4}"]}
+FIELDS = {"ssn": {"action": "filter"}}
+
+
+def grant(tool: str, output: dict[str, Any]) -> dict[str, Any]:
+    return {"tool": f"hostile.{tool}", "conditions": {"output": output}}
+
+
+ENTRIES = [
+    {
+        "role": "dev",
+        "permissions": [
+            grant("dupkeys", {"notes": {"matches": "(?i)secret", "action": "deny"}, **WHOLE}),
+            grant("mirrordup", WHOLE),
+            grant("padded", {"max_bytes": 1000}),
+            grant("rpcerror", WHOLE),
+            *(grant(t, FIELDS) for t in ("plain", "fenced", "ndjson", "double", "split")),
+            grant("records", FIELDS),
+        ],
+    },
+    {"role": "patterns", "permissions": [grant("plain", WHOLE), grant("records", WHOLE)]},
+]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    policy = tmp_path_factory.mktemp("results") / "policy.json"
+    write_policy(policy, *ENTRIES, name="results-tests")
+    reset()
+    configure_rbac_sync(source=LocalFileSource(policy, poll_interval=0.1))
+    gw = Gateway([UpstreamSpec("hostile", command=sys.executable, args=(HOSTILE,))])
+    served = Served(HeaderIdentity(http_app(gw, wrap=None)))
+    try:
+        yield served.url
+    finally:
+        served.close()
+        reset()
+
+
+async def call(url: str, tool: str, roles: str = "dev") -> types.CallToolResult:
+    async with client_for(url, "alice", roles) as client:
+        with anyio.fail_after(20):
+            while not (await client.list_tools()).tools:
+                await anyio.sleep(0.05)
+        result: types.CallToolResult = await client.call_tool(f"hostile__{tool}", {})
+        return result
+
+
+def texts(result: types.CallToolResult) -> list[str]:
+    return [c.text for c in result.content if isinstance(c, types.TextContent)]
+
+
+@pytest.mark.parametrize("tool", ["dupkeys", "mirrordup"])
+async def test_json_text_with_a_duplicate_key_is_refused(url: str, tool: str) -> None:
+    result = await call(url, tool)
+    assert result.is_error and result.structured_content is not None
+    assert result.structured_content["d2_reason"] == "output_validation"
+    assert SECRET not in result.model_dump_json()
+
+
+async def test_json_text_goes_out_rewritten_from_the_checked_value(url: str) -> None:
+    result = await call(url, "padded")  # 20 kB of padding around 15 bytes, max_bytes 1000
+    assert not result.is_error
+    assert texts(result) == ['{"notes": "ok"}']
