@@ -60,10 +60,17 @@ async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.Call
 
 
 async def list_resources(ctx: Any, params: Any) -> types.ListResourcesResult:
-    return types.ListResourcesResult(resources=[types.Resource(uri="note://one", name="one")])
+    return types.ListResourcesResult(
+        resources=[
+            types.Resource(uri="note://one", name="one"),
+            types.Resource(uri="note://broken", name="broken"),
+        ]
+    )
 
 
 async def read_resource(ctx: Any, params: Any) -> types.ReadResourceResult:
+    if str(params.uri) == "note://broken":
+        raise MCPError(types.INTERNAL_ERROR, f"cannot read {SECRET}")
     return types.ReadResourceResult(
         contents=[types.TextResourceContents(uri=str(params.uri), text="note")]
     )

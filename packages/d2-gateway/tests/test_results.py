@@ -4,6 +4,7 @@ the client receives is always what the rules checked."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from d2.gateway import Gateway, UpstreamSpec
 from d2.gateway.http import http_app
 from gateway_testkit import HeaderIdentity, Served, client_for, write_policy
 from mcp import types
+from mcp.shared.exceptions import MCPError
 
 HOSTILE = str(Path(__file__).with_name("hostile_server.py"))
 SECRET = "AKIAABCDEFGHIJKLMNOP"
@@ -42,6 +44,7 @@ ENTRIES = [
             grant("records", FIELDS),
         ],
     },
+    {"role": "reader", "permissions": ["resource:hostile:note://broken"]},
     {"role": "patterns", "permissions": [grant("plain", WHOLE), grant("records", WHOLE)]},
 ]
 
@@ -86,3 +89,33 @@ async def test_json_text_goes_out_rewritten_from_the_checked_value(url: str) -> 
     result = await call(url, "padded")  # 20 kB of padding around 15 bytes, max_bytes 1000
     assert not result.is_error
     assert texts(result) == ['{"notes": "ok"}']
+
+
+async def test_an_upstream_error_message_reaches_the_log_only(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The upstream's JSON-RPC error text would skip the output rules: the client
+    # gets the code, the gateway log the text (escaped: no terminal escapes).
+    with caplog.at_level(logging.WARNING, logger="d2.gateway"):
+        result = await call(url, "rpcerror")
+    assert result.is_error
+    assert texts(result) == ["upstream 'hostile' failed 'hostile.rpcerror' (error -32603)"]
+    assert result.structured_content == {
+        "d2_reason": "upstream_error",
+        "d2_upstream": "hostile",
+        "d2_error_code": -32603,
+    }
+    assert SECRET not in result.model_dump_json() and SSN not in result.model_dump_json()
+    logged = [r.getMessage() for r in caplog.records if "JSON-RPC error" in r.getMessage()]
+    assert len(logged) == 1 and SECRET in logged[0]
+    assert "\x1b" not in logged[0] and "\\x1b" in logged[0]
+
+
+async def test_an_upstream_error_on_a_resource_reaches_the_log_only(url: str) -> None:
+    async with client_for(url, "rita", "reader") as client:
+        with anyio.fail_after(20):
+            while not (await client.list_resources()).resources:
+                await anyio.sleep(0.05)
+        with pytest.raises(MCPError) as raised:
+            await client.read_resource("note://broken")
+    assert "error -32603" in str(raised.value) and SECRET not in str(raised.value)

@@ -110,10 +110,45 @@ def refusal(err: PermissionDeniedError, upstream: str) -> types.CallToolResult:
     return _text_result(text, structured)
 
 
+def _only_text(result: types.CallToolResult) -> str:
+    block = result.content[0]
+    return block.text if isinstance(block, types.TextContent) else ""
+
+
 def _unavailable(upstream: str, tool: str, why: str) -> types.CallToolResult:
     return _text_result(
         f"upstream {upstream!r} is unavailable, {tool!r} did not complete: {why}; try again later",
         {"d2_reason": "upstream_unavailable", "d2_tool_id": tool, "d2_upstream": upstream},
+    )
+
+
+def _logged(text: str, limit: int = 500) -> str:
+    """An upstream's text as the gateway log shows it: escaped (ASCII, no control
+    characters) and cut to ``limit`` characters."""
+    cut = text[:limit]
+    return ascii(cut) + (f" (+{len(text) - limit} characters)" if len(text) > limit else "")
+
+
+def _error_code(exc: MCPError) -> int | None:
+    code = getattr(exc.error, "code", None)
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
+def _upstream_error(upstream: str, tool: str, exc: MCPError) -> types.CallToolResult:
+    """The tool error a call gets when its upstream answered with a JSON-RPC error:
+    the code only. The upstream's message never reaches the client (output rules
+    cannot read it); the gateway log keeps it, escaped."""
+    code = _error_code(exc)
+    _logger.warning(
+        "d2-gateway: upstream %r answered %s with JSON-RPC error %s: %s",
+        upstream,
+        tool,
+        code,
+        _logged(str(exc.error.message)),
+    )
+    return _text_result(
+        f"upstream {upstream!r} failed {tool!r} (error {code})",
+        {"d2_reason": "upstream_error", "d2_upstream": upstream, "d2_error_code": code},
     )
 
 
@@ -403,13 +438,13 @@ class Gateway:
         except UpstreamUnavailable as exc:
             return _unavailable(entry.upstream, entry.policy_id, str(exc))
         except MCPError as exc:  # the upstream answered the call with a protocol error
-            return _text_result(
-                f"upstream {entry.upstream!r} refused {entry.policy_id!r}: {exc.error.message}",
-                {"d2_reason": "upstream_error", "d2_upstream": entry.upstream},
-            )
+            return _upstream_error(entry.upstream, entry.policy_id, exc)
         except Exception as exc:  # a malformed answer, a transport fault: never a crash
             _logger.warning(
-                "d2-gateway: %s failed upstream: %s: %s", entry.policy_id, type(exc).__name__, exc
+                "d2-gateway: %s failed upstream: %s: %s",
+                entry.policy_id,
+                type(exc).__name__,
+                _logged(str(exc)),
             )
             return _text_result(
                 f"upstream {entry.upstream!r} failed {entry.policy_id!r} "
@@ -529,5 +564,20 @@ class Gateway:
             ) from None
         except UpstreamUnavailable as exc:
             raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
+        except MCPError as exc:  # the upstream's own error: its text stays in the log
+            refused = _upstream_error(entry.upstream, entry.policy_id, exc)
+            raise MCPError(types.INTERNAL_ERROR, _only_text(refused)) from None
+        except Exception as exc:  # a malformed answer: never the upstream's text
+            _logger.warning(
+                "d2-gateway: %s failed upstream: %s: %s",
+                entry.policy_id,
+                type(exc).__name__,
+                _logged(str(exc)),
+            )
+            raise MCPError(
+                types.INTERNAL_ERROR,
+                f"upstream {entry.upstream!r} failed {entry.policy_id!r} "
+                f"({type(exc).__name__}); try again later",
+            ) from None
         finally:
             _HANDLE.reset(handle_token)
