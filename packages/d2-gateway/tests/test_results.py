@@ -4,6 +4,7 @@ the client receives is always what the rules checked."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -41,7 +42,7 @@ ENTRIES = [
             grant("padded", {"max_bytes": 1000}),
             grant("rpcerror", WHOLE),
             *(grant(t, FIELDS) for t in ("plain", "fenced", "ndjson", "double", "split")),
-            grant("records", FIELDS),
+            grant("records", {**FIELDS, "records.ssn": {"action": "filter"}}),
         ],
     },
     {"role": "reader", "permissions": ["resource:hostile:note://broken"]},
@@ -119,3 +120,27 @@ async def test_an_upstream_error_on_a_resource_reaches_the_log_only(url: str) ->
         with pytest.raises(MCPError) as raised:
             await client.read_resource("note://broken")
     assert "error -32603" in str(raised.value) and SECRET not in str(raised.value)
+
+
+@pytest.mark.parametrize("tool", ["plain", "fenced", "ndjson", "double", "split"])
+async def test_field_rules_refuse_text_they_cannot_read(url: str, tool: str) -> None:
+    # "ssn: filter" finds no field in text that is not one JSON object or array
+    # (a code fence, NDJSON, JSON in a JSON string, JSON split over two blocks).
+    result = await call(url, tool)
+    assert result.is_error and result.structured_content is not None
+    assert result.structured_content["d2_reason"] == "output_validation"
+    assert SSN not in result.model_dump_json()
+
+
+async def test_field_rules_rewrite_every_json_block(url: str) -> None:
+    result = await call(url, "records")
+    assert not result.is_error
+    assert result.structured_content == {"records": [{"id": 1}]}
+    assert [json.loads(t) for t in texts(result)] == [[{"id": 1}], {"id": 1}]
+
+
+async def test_whole_value_rules_read_plain_text(url: str) -> None:
+    result = await call(url, "plain", roles="patterns")
+    assert result.is_error and result.structured_content is not None
+    assert result.structured_content["d2_reason"] == "output_validation"
+    assert SSN not in result.model_dump_json()

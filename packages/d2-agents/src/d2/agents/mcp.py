@@ -30,8 +30,10 @@ Through the SDK's own extension points:
     signature, so a handler's own defaults are invisible to them. Mark the
     arguments a rule depends on ``required: true`` (a missing one then denies);
   - output rules read the handler's ``CallToolResult`` as JSON: its
-    ``structured_content``, and each text block on its own as the JSON it holds
-    (or as a string when it is not JSON); when there are several values, the rules
+    ``structured_content``, and each text block on its own as the JSON object or
+    array it holds (other text, which has no fields, refuses the result when a
+    field rule meets it; ``deny_if_patterns`` and ``max_bytes`` read it whole);
+    when there are several values, the rules
     apply to each (as to the items of a list). When the tool's grants have output
     rules, JSON text goes out written anew from the checked value, and JSON text
     that gives a key twice is refused (``output_validation``). Other content
@@ -228,17 +230,40 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return value
 
 
+class _Text:
+    """A text block that is not one JSON object or array (plain text, a code fence,
+    NDJSON, a JSON string or number): field rules cannot find fields in it, so a
+    field rule that meets it refuses the result (``output_validation``) rather than
+    let it pass unread; ``deny_if_patterns`` and ``max_bytes`` read its text (a
+    JSON string as the string it holds)."""
+
+    __slots__ = ("json", "text", "value")
+
+    def __init__(self, text: str, value: Any = None, is_json: bool = False) -> None:
+        self.text = value if is_json and isinstance(value, str) else text
+        self.value = value
+        self.json = is_json
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return "<MCP text the field rules cannot read>"
+
+
 def _parse(text: str) -> tuple[Any, bool]:
-    """``(value, True)`` for JSON text (duplicate keys refused: an
-    :class:`_Unreadable`), ``(text, False)`` for any other text."""
+    """``(value, True)`` for a JSON object or array; JSON text that gives a key
+    twice (or nests too deeply) is :class:`_Unreadable`, any other text
+    :class:`_Text`."""
     try:
-        return json.loads(text, object_pairs_hook=_pairs), True
-    except _DuplicateKey:
-        return _Unreadable(), True
-    except RecursionError:
+        value = json.loads(text, object_pairs_hook=_pairs)
+    except (_DuplicateKey, RecursionError):
         return _Unreadable(), True
     except ValueError:
-        return text, False
+        return _Text(text), False
+    if isinstance(value, (dict, list)):
+        return value, True
+    return _Text(text, value, is_json=True), True
 
 
 def _dumps(value: Any) -> str:
@@ -266,7 +291,8 @@ class _Readable:
 
     The values: the ``structured_content`` (when present), then each content block
     on its own (a text block that repeats the structured content included): a text
-    block as the JSON it holds (or its text), any other block as :class:`_Opaque`.
+    block as the JSON object or array it holds (other text as :class:`_Text`), any
+    other block as :class:`_Opaque`.
     JSON text with a key given twice is :class:`_Unreadable`. One value is read as
     it is; several as a list (the rules apply to each)."""
 
@@ -333,8 +359,10 @@ class _Readable:
             if not changed and not (checked and self.parsed[n]):
                 content.append(block)
                 continue
-            as_json = self.parsed[n] or not isinstance(new, str)
-            text = _dumps(new) if as_json else new
+            if isinstance(new, _Text):  # never changed by the rules: read as text
+                text = _dumps(new.value) if new.json else new.text
+            else:
+                text = _dumps(new)
             content.append(block.model_copy(update={"text": text}))
         return result.model_copy(update={"content": content, "structured_content": structured})
 
