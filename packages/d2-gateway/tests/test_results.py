@@ -46,6 +46,21 @@ ENTRIES = [
         ],
     },
     {"role": "reader", "permissions": ["resource:hostile:note://broken"]},
+    {
+        "role": "picky",
+        "permissions": [
+            {
+                "tool": "hostile.records",
+                "conditions": {
+                    "input": {
+                        "tz": {"type": "string", "in": ["UTC", "internal-only-zone"]},
+                        "q": {"type": "string", "not_matches": "(?i)project-x"},
+                    }
+                },
+            },
+            "hostile.plain",
+        ],
+    },
     {"role": "patterns", "permissions": [grant("plain", WHOLE), grant("records", WHOLE)]},
 ]
 
@@ -53,7 +68,8 @@ ENTRIES = [
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     policy = tmp_path_factory.mktemp("results") / "policy.json"
-    write_policy(policy, *ENTRIES, name="results-tests")
+    flow = {"labels": {"hostile.records": ["PRIVATE"]}, "blocks": {"PRIVATE": ["hostile.plain"]}}
+    write_policy(policy, *ENTRIES, name="results-tests", data_flow=flow)
     reset()
     configure_rbac_sync(source=LocalFileSource(policy, poll_interval=0.1))
     gw = Gateway([UpstreamSpec("hostile", command=sys.executable, args=(HOSTILE,))])
@@ -66,11 +82,19 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 async def call(url: str, tool: str, roles: str = "dev") -> types.CallToolResult:
+    return await session_calls(url, roles, [(tool, {})])
+
+
+async def session_calls(
+    url: str, roles: str, calls: list[tuple[str, dict[str, Any]]]
+) -> types.CallToolResult:
+    """Make ``calls`` in one session; the last result."""
     async with client_for(url, "alice", roles) as client:
         with anyio.fail_after(20):
             while not (await client.list_tools()).tools:
                 await anyio.sleep(0.05)
-        result: types.CallToolResult = await client.call_tool(f"hostile__{tool}", {})
+        for name, arguments in calls:
+            result: types.CallToolResult = await client.call_tool(f"hostile__{name}", arguments)
         return result
 
 
@@ -144,3 +168,30 @@ async def test_whole_value_rules_read_plain_text(url: str) -> None:
     assert result.is_error and result.structured_content is not None
     assert result.structured_content["d2_reason"] == "output_validation"
     assert SSN not in result.model_dump_json()
+
+
+POLICY_WORDS = ("internal-only-zone", "project-x", "PRIVATE", "AKIA", "[0-9]", "picky", "dev")
+
+
+@pytest.mark.parametrize(
+    ("roles", "calls", "reason", "said"),
+    [
+        ("picky", [("records", {"tz": "Mars", "q": "a"})], "input_validation", "argument 'tz'"),
+        ("picky", [("records", {"tz": "UTC", "q": "project-x"})], "input_validation", "'q'"),
+        ("picky", [("records", {"tz": "UTC", "q": "a"}), ("plain", {})], "data_flow_violation", ""),
+        ("patterns", [("plain", {})], "output_validation", "holds text the policy denies"),
+        ("dev", [("plain", {})], "output_validation", "output field 'ssn'"),
+    ],
+    ids=["allowed-values", "regex", "data-flow-label", "deny-pattern", "field-rule"],
+)
+async def test_a_refusal_never_shows_the_policy(
+    url: str, roles: str, calls: list[tuple[str, dict[str, Any]]], reason: str, said: str
+) -> None:
+    # The client is not the policy's author: the argument or field and the reason
+    # code, never allowed values, patterns, labels or roles.
+    result = await session_calls(url, roles, calls)
+    assert result.is_error and result.structured_content is not None
+    assert result.structured_content["d2_reason"] == reason
+    shown = " ".join(texts(result))
+    assert reason in shown and said in shown
+    assert not [w for w in POLICY_WORDS if w in shown]

@@ -90,12 +90,61 @@ def _unknown_tool(name: object) -> types.CallToolResult:
     return _text_result(f"Unknown tool: {shown}", None)
 
 
+def _after(path: str | None, marker: str) -> str | None:
+    if not path or marker not in path:
+        return None
+    return path.split(marker, 1)[1] or None
+
+
+_OUTPUT_KEYS = {  # output rules that are not about one field: what a refusal says
+    "max_bytes": "the result is larger than the policy allows",
+    "deny_if_patterns": "the result holds text the policy denies",
+    "require_fields_absent": "the result holds a field the policy forbids",
+}
+
+
+def refusal_text(err: PermissionDeniedError) -> str:
+    """What a client reads for a refused call: the tool, the reason code and, for a
+    guardrail, the argument or output field whose rule refused it, in general
+    words. Never a value, a pattern, a list of allowed values, a data-flow label or
+    a role: the client is not the policy's author (the decision log has the
+    details). Approvals and budgets read as in the SDK (request id and approver
+    roles; when to retry)."""
+    if approval_of(err) is not None or err.reason == "budget_exceeded":
+        return denial_message(err)
+    step = err.trace[-1] if err.trace else None
+    path = step.path if step is not None else None
+    if err.reason == "input_validation":
+        name = _after(path, ".conditions.input.")
+        why = (
+            f"argument {name!r} did not pass its rule"
+            if name
+            else "an argument did not pass its rule"
+        )
+    elif err.reason in ("output_validation", "output_sanitization"):
+        key = _after(path, ".conditions.output.")
+        special = key.split("[", 1)[0] if key else None
+        if key is None:
+            why = "the result could not be checked by the output rules"
+        elif special in _OUTPUT_KEYS:
+            why = _OUTPUT_KEYS[special]
+        else:
+            why = f"the result did not pass the rule on output field {key!r}"
+    elif err.reason == "sequence_violation":
+        why = "the calls made earlier in this session do not allow it"
+    elif err.reason == "data_flow_violation":
+        why = "data read earlier in this session may not flow to this tool"
+    else:
+        return f"Permission denied: the current user may not call {err.tool_id!r} ({err.reason})."
+    return f"Permission denied: {err.tool_id!r} was refused ({err.reason}): {why}."
+
+
 def refusal(err: PermissionDeniedError, upstream: str) -> types.CallToolResult:
-    """The tool error a refused call gets: text naming the tool id, the reason
-    code and (budgets) when to retry; ``structuredContent`` with the same facts
-    (``d2_reason``, ``d2_tool_id``, ``d2_upstream``, ``d2_retry_after``, and for a
-    held call ``d2_approval_request``, ``d2_approvers``, ``d2_expires_at``)."""
-    text = denial_message(err)
+    """The tool error a refused call gets: :func:`refusal_text`;
+    ``structuredContent`` with the same facts (``d2_reason``, ``d2_tool_id``,
+    ``d2_upstream``, ``d2_retry_after``, and for a held call
+    ``d2_approval_request``, ``d2_approvers``, ``d2_expires_at``)."""
+    text = refusal_text(err)
     if err.reason not in text:
         text = f"{text} (reason: {err.reason})"
     structured: dict[str, Any] = {
@@ -559,9 +608,10 @@ class Gateway:
             detail = json.dumps(
                 {"d2_reason": err.reason, "d2_retry_after": err.retry_after}, default=str
             )
-            raise MCPError(
-                types.INVALID_REQUEST, f"{denial_message(err)} (reason: {err.reason})", detail
-            ) from None
+            text = refusal_text(err)
+            if err.reason not in text:
+                text = f"{text} (reason: {err.reason})"
+            raise MCPError(types.INVALID_REQUEST, text, detail) from None
         except UpstreamUnavailable as exc:
             raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
         except MCPError as exc:  # the upstream's own error: its text stays in the log
