@@ -46,6 +46,8 @@ ENTRIES = [
         ],
     },
     {"role": "reader", "permissions": ["resource:hostile:note://broken"]},
+    {"role": "root", "permissions": ["*"]},
+    {"role": "named", "permissions": ["resource:hostile:*", "prompt:hostile:hello"]},
     {
         "role": "picky",
         "permissions": [
@@ -195,3 +197,22 @@ async def test_a_refusal_never_shows_the_policy(
     shown = " ".join(texts(result))
     assert reason in shown and said in shown
     assert not [w for w in POLICY_WORDS if w in shown]
+
+
+async def test_a_star_grant_opens_tools_never_resources_or_prompts(url: str) -> None:
+    async with client_for(url, "root", "root") as client:
+        with anyio.fail_after(20):
+            while not (await client.list_tools()).tools:
+                await anyio.sleep(0.05)
+        assert (await client.list_resources()).resources == []
+        assert (await client.list_prompts()).prompts == []
+        with pytest.raises(MCPError, match="Unknown resource"):
+            await client.read_resource("note://one")
+        with pytest.raises(MCPError, match="Unknown prompt"):
+            await client.get_prompt("hostile__hello", {})
+    async with client_for(url, "nina", "named") as client:
+        listed = [str(r.uri) for r in (await client.list_resources()).resources]
+        assert sorted(listed) == ["note://broken", "note://one"]
+        assert [p.name for p in (await client.list_prompts()).prompts] == ["hostile__hello"]
+        assert (await client.read_resource("note://one")).contents
+        assert (await client.get_prompt("hostile__hello", {})).messages

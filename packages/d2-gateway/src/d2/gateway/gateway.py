@@ -15,7 +15,9 @@ upstreams, with every request decided by d2-core.
   is attached around each of the session's requests. A session is bound to the
   identity that opened it: a request of another identity in it is refused.
 - Resources and prompts are exposed only when the policy grants
-  ``resource:NAME:<uri>`` / ``prompt:NAME:<name>`` (default deny).
+  ``resource:NAME:<uri>`` / ``prompt:NAME:<name>`` (default deny) by a grant that
+  names them (``resource:...``, ``prompt:...``, a tool group): a bare ``*`` grant
+  opens tools only.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from d2.core import (
     attach,
     d2_guard,
     detach,
+    get_user_context,
     is_allowed,
 )
 from d2.core.evaluate import evaluator_for
@@ -391,6 +394,20 @@ class Gateway:
     def _allowed(self, policy_id: str) -> bool:
         return is_allowed(policy_id, instance_name=self._instance)
 
+    def _named(self, policy_id: str) -> bool:
+        """Whether the current user may use a resource or prompt: allowed, and
+        granted by a permission that names resources (``resource:...``) or prompts
+        (``prompt:...``), or a tool group listing it. A bare ``*`` grant opens
+        every tool, never a resource or prompt."""
+        if not self._allowed(policy_id):
+            return False
+        policy = evaluator_for(self._instance).policy
+        if policy is None:
+            return False
+        kind = policy_id.split(":", 1)[0] + ":"
+        grants = policy.rules_for(policy_id).allow_grants(get_user_context().roles)
+        return any(g.pattern.startswith((kind, "@")) for g in grants)
+
     def _gate(self, policy_id: str) -> Callable[..., Awaitable[Any]]:
         gate = self._gates.get(policy_id)
         if gate is None:
@@ -522,7 +539,7 @@ class Gateway:
             return types.ListResourcesResult(resources=[])
         token = attach(current)
         try:
-            listed = [e.item for e in self.resources.values() if self._allowed(e.policy_id)]
+            listed = [e.item for e in self.resources.values() if self._named(e.policy_id)]
         finally:
             detach(token)
         return types.ListResourcesResult(resources=listed)  # type: ignore[arg-type]
@@ -545,7 +562,7 @@ class Gateway:
             raise unknown
         token = attach(current)
         try:
-            if not self._allowed(entry.policy_id):
+            if not self._named(entry.policy_id):
                 raise unknown
             result: types.ReadResourceResult = await self._plain_call(
                 entry, {"uri": uri}, lambda: self.upstreams[entry.upstream].read_resource(uri)
@@ -567,7 +584,7 @@ class Gateway:
             listed = [
                 entry.item.model_copy(update={"name": name})  # type: ignore[attr-defined]
                 for name, entry in self.prompts.entries.items()
-                if self._allowed(entry.policy_id)
+                if self._named(entry.policy_id)
             ]
         finally:
             detach(token)
@@ -585,7 +602,7 @@ class Gateway:
         arguments = dict(params.arguments or {})
         token = attach(current)
         try:
-            if not self._allowed(entry.policy_id):
+            if not self._named(entry.policy_id):
                 raise unknown
             result: types.GetPromptResult = await self._plain_call(
                 entry,
