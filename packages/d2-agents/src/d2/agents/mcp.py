@@ -213,7 +213,7 @@ class _Unreadable:
     __slots__ = ()
 
     def __str__(self) -> str:  # deny_if_patterns and max_bytes cannot read it either
-        raise TypeError("JSON text with a duplicate key cannot be checked")
+        raise TypeError("JSON text that cannot be read as one value cannot be checked")
 
     def __repr__(self) -> str:
         return "<MCP text the output rules cannot read>"
