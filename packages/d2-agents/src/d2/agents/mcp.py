@@ -33,12 +33,11 @@ Through the SDK's own extension points:
     ``structured_content``, and each text block on its own as the JSON object or
     array it holds (other text, which has no fields, refuses the result when a
     field rule meets it; ``deny_if_patterns`` and ``max_bytes`` read it whole);
-    when there are several values, the rules
-    apply to each (as to the items of a list). When the tool's grants have output
-    rules, JSON text goes out written anew from the checked value, and JSON text
-    that gives a key twice is refused (``output_validation``). Other content
-    (images, audio, resources) cannot be read: a field rule meeting it refuses the
-    result (``output_validation``);
+    when there are several values, the rules apply to each (as to the items of a
+    list). When the tool's grants have output rules, JSON text goes out written
+    anew from the checked value, and JSON text that gives a key twice is refused
+    (``output_validation``). Other content (images, audio, resources) cannot be
+    read: a field rule meeting it refuses the result (``output_validation``);
     ``deny_if_patterns`` and ``max_bytes`` read its JSON;
 - a guardrail denial is an MCP tool error (``isError: true``, text
   ``deny_message(err)``): the model reads it, the session goes on;
@@ -291,10 +290,10 @@ class _Readable:
 
     The values: the ``structured_content`` (when present), then each content block
     on its own (a text block that repeats the structured content included): a text
-    block as the JSON object or array it holds (other text as :class:`_Text`), any
-    other block as :class:`_Opaque`.
-    JSON text with a key given twice is :class:`_Unreadable`. One value is read as
-    it is; several as a list (the rules apply to each)."""
+    block as the JSON object or array it holds (other text as :class:`_Text`, JSON
+    text with a key given twice as :class:`_Unreadable`), any other block as
+    :class:`_Opaque`. One value is read as it is; several as a list (the rules
+    apply to each)."""
 
     __slots__ = ("original", "parsed", "result", "structured", "values", "view")
 
