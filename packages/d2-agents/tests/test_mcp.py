@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from d2.agents.mcp import MCPGuard, guard_server
 from d2.core import ConfigurationError, get_user_context, set_user
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mcp import Client, types
 from mcp.server.auth.middleware.auth_context import auth_context_var, get_access_token
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -366,7 +368,6 @@ async def test_a_low_level_server_applies_output_rules_to_each_json_text_block(
             content=[
                 types.TextContent(type="text", text=json.dumps(users)),  # a list
                 types.TextContent(type="text", text=json.dumps(users[0])),  # an object
-                types.TextContent(type="text", text="2 users found"),  # not JSON
             ],
             structured_content={"email": "ops@example.com", "count": 2},  # not mirrored
         )
@@ -382,7 +383,59 @@ async def test_a_low_level_server_applies_output_rules_to_each_json_text_block(
     blocks = [c.text for c in result.content if isinstance(c, types.TextContent)]
     assert json.loads(blocks[0])[1] == {"name": "Grace", "email": "[REDACTED]"}
     assert json.loads(blocks[1]) == {"name": "Ada", "email": "[REDACTED]"}
-    assert blocks[2] == "2 users found"
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "2 users found: ops@example.com",  # plain text
+        '```json\n{"email": "ops@example.com"}\n```',  # a code fence
+        '{"email": "ops@example.com"}\n{"email": "ops@example.com"}',  # NDJSON
+        json.dumps(json.dumps({"email": "ops@example.com"})),  # JSON in a JSON string
+    ],
+    ids=["plain", "fenced", "ndjson", "double-encoded"],
+)
+async def test_low_level_text_field_rules_cannot_read_is_refused_under_them(
+    configure: Any, policy_doc: dict[str, Any], shape: str
+) -> None:
+    # A field rule finds no field in text that is not one JSON object or array: the
+    # result is refused instead of passing unread.
+    configure(reader_policy(policy_doc, {"email": {"action": "redact"}}))
+    sent = types.CallToolResult(content=[types.TextContent(type="text", text=shape)])
+    server = lowlevel_reader(lambda arguments: sent)
+    guard_server(server, identify=identify)
+    async with Client(server, mode="legacy") as client:
+        act_as("alice", "analyst")
+        result = await client.call_tool("db.read_users", {"limit": 1})
+    assert result.is_error and "output_validation" in text(result)
+    assert "example.com" not in result.model_dump_json()
+
+
+async def test_low_level_plain_text_is_read_whole_by_patterns_and_size(
+    configure: Any, policy_doc: dict[str, Any]
+) -> None:
+    rules = {"deny_if_patterns": ["AKIA[0-9A-Z]{16}"], "max_bytes": 100}
+    configure(reader_policy(policy_doc, rules))
+    answers = {
+        1: "2 users found",
+        2: f"key {SECRET}",
+        3: '"' + SECRET.replace("A", "\\u0041") + '"',  # a JSON string of escapes
+        4: "x" * 200,
+    }
+
+    def read(arguments: dict[str, Any]) -> types.CallToolResult:
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=answers[arguments["limit"]])]
+        )
+
+    server = lowlevel_reader(read)
+    guard_server(server, identify=identify)
+    async with Client(server, mode="legacy") as client:
+        act_as("alice", "analyst")
+        results = [await client.call_tool("db.read_users", {"limit": n}) for n in answers]
+    assert not results[0].is_error and text(results[0]) == "2 users found"
+    for refused in results[1:]:
+        assert refused.is_error and "output_validation" in text(refused)
 
 
 async def test_low_level_content_the_output_rules_cannot_read_is_refused_under_them(
@@ -421,6 +474,75 @@ async def test_a_low_level_result_no_rule_changes_is_passed_as_it_is(
         result = await client.call_tool("db.read_users", {"limit": 1})
     assert not result.is_error
     assert result.structured_content == {"count": 2} and text(result) == '{"count": 2}'
+
+
+SECRET = "AKIAABCDEFGHIJKLMNOP"
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        {"deny_if_patterns": ["AKIA[0-9A-Z]{16}"]},
+        {"notes": {"matches": "AKIA", "action": "deny"}},
+        {"max_bytes": 10_000},
+    ],
+    ids=["deny_if_patterns", "field-deny", "max_bytes"],
+)
+@pytest.mark.parametrize("mirrored", [False, True], ids=["text", "mirror-of-structured"])
+async def test_low_level_json_text_with_a_duplicate_key_is_refused_under_output_rules(
+    configure: Any, policy_doc: dict[str, Any], output: dict[str, Any], mirrored: bool
+) -> None:
+    # json.loads keeps the last duplicate; a client's parser may keep the first:
+    # the rules would check one value and the model read another.
+    configure(reader_policy(policy_doc, output))
+    sent = types.CallToolResult(
+        content=[types.TextContent(type="text", text=f'{{"notes": "{SECRET}", "notes": "ok"}}')],
+        structured_content={"notes": "ok"} if mirrored else None,
+    )
+    server = lowlevel_reader(lambda arguments: sent)
+    guard_server(server, identify=identify)
+    async with Client(server, mode="legacy") as client:
+        act_as("alice", "analyst")
+        result = await client.call_tool("db.read_users", {"limit": 1})
+    assert result.is_error and "output_validation" in text(result)
+    assert SECRET not in result.model_dump_json()
+
+
+async def test_low_level_json_text_goes_out_as_the_value_the_rules_checked(
+    configure: Any, policy_doc: dict[str, Any]
+) -> None:
+    # Padding around a small JSON value: max_bytes reads the value, so the client
+    # must get the value re-written, never the upstream's bytes.
+    configure(reader_policy(policy_doc, {"max_bytes": 100}))
+    padded = '{"count": 2}' + " " * 5000
+    sent = types.CallToolResult(
+        content=[types.TextContent(type="text", text=padded)] * 2,
+        structured_content={"count": 2},
+    )
+    server = lowlevel_reader(lambda arguments: sent)
+    guard_server(server, identify=identify)
+    async with Client(server, mode="legacy") as client:
+        act_as("alice", "analyst")
+        result = await client.call_tool("db.read_users", {"limit": 1})
+    assert not result.is_error
+    assert [c.text for c in result.content if isinstance(c, types.TextContent)] == [
+        '{"count": 2}',
+        '{"count": 2}',
+    ]
+
+
+async def test_low_level_text_without_output_rules_is_passed_byte_for_byte(
+    configure: Any, policy_doc: dict[str, Any]
+) -> None:
+    configure()
+    padded = '{"count": 2,   "count": 3}  '
+    sent = types.CallToolResult(content=[types.TextContent(type="text", text=padded)])
+    server = lowlevel_reader(lambda arguments: sent)
+    guard_server(server, identify=identify)
+    async with Client(server, mode="legacy") as client:
+        act_as("alice", "analyst")
+        result = await client.call_tool("web.search", {"query": "x"})
+    assert not result.is_error and text(result) == padded
 
 
 async def test_low_level_input_rules_see_only_the_arguments_sent_so_require_them(
@@ -488,3 +610,65 @@ def test_guarding_twice_or_guarding_something_else_is_a_configuration_error(
 def test_a_low_level_server_without_a_call_handler_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="tools/call"):
         guard_server(Server("empty"), identify=identify)
+
+
+ADDRESS = "ops@example.com"
+_record = st.fixed_dictionaries({"email": st.just(ADDRESS)}, optional={"name": st.text()})
+_tree = st.one_of(_record, st.lists(_record, max_size=3))
+
+
+def _shapes(draw: Any) -> list[str]:
+    tree = draw(_tree)
+    indent = draw(st.sampled_from([None, 0, 2]))
+    doc = json.dumps(tree, indent=indent)
+    shape = draw(st.sampled_from(["json", "fence", "ndjson", "double", "dup", "split", "pad"]))
+    if shape == "fence":
+        return [f"```json\n{doc}\n```"]
+    if shape == "ndjson":
+        return [doc.replace("\n", "") + "\n" + doc.replace("\n", "")]
+    if shape == "double":
+        return [json.dumps(doc)]
+    if shape == "dup":
+        return [f'{{"email": "{ADDRESS}", "email": "[REDACTED]"}}']
+    if shape == "split":
+        cut = draw(st.integers(1, max(1, len(doc) - 1)))
+        return [doc[:cut], doc[cut:]]
+    if shape == "pad":
+        return [" " * draw(st.integers(0, 50)) + doc + "\n"]
+    return [doc]
+
+
+@pytest.fixture
+def redacting(configure: Any) -> None:
+    configure()  # the agents policy: db.read_users redacts "email"
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_low_level_text_never_carries_a_field_a_field_rule_removes(
+    redacting: None, data: Any
+) -> None:
+    # Whatever shape the text takes, "email: redact" either rewrites it or the
+    # result is refused: the address never goes out.
+    from d2.agents.mcp import _Readable
+    from d2.core import PermissionDeniedError, d2_guard
+
+    texts = _shapes(data.draw)
+    sent = types.CallToolResult(content=[types.TextContent(type="text", text=t) for t in texts])
+    readable = _Readable(sent)
+
+    @d2_guard("db.read_users")
+    def read(limit: int) -> Any:
+        return readable.view
+
+    set_user("alice", ["analyst"])
+    try:
+        out = readable.rebuilt(read(limit=1), True)
+    except PermissionDeniedError as err:
+        assert err.reason == "output_validation"
+        return
+    assert ADDRESS not in out.model_dump_json()

@@ -30,12 +30,14 @@ Through the SDK's own extension points:
     signature, so a handler's own defaults are invisible to them. Mark the
     arguments a rule depends on ``required: true`` (a missing one then denies);
   - output rules read the handler's ``CallToolResult`` as JSON: its
-    ``structured_content``, and each text block as the JSON it holds (or as a
-    string when it is not JSON). A text block that is the JSON of the structured
-    content (the MCP convention) is checked with it and rewritten from its
-    sanitized value; when there are several values, the rules apply to each (as to
-    the items of a list). Other content (images, audio, resources) cannot be read:
-    a field rule meeting it refuses the result (``output_validation``);
+    ``structured_content``, and each text block on its own as the JSON object or
+    array it holds (other text, which has no fields, refuses the result when a
+    field rule meets it; ``deny_if_patterns`` and ``max_bytes`` read it whole);
+    when there are several values, the rules apply to each (as to the items of a
+    list). When the tool's grants have output rules, JSON text goes out written
+    anew from the checked value, and JSON text that gives a key twice is refused
+    (``output_validation``). Other content (images, audio, resources) cannot be
+    read: a field rule meeting it refuses the result (``output_validation``);
     ``deny_if_patterns`` and ``max_bytes`` read its JSON;
 - a guardrail denial is an MCP tool error (``isError: true``, text
   ``deny_message(err)``): the model reads it, the session goes on;
@@ -80,6 +82,7 @@ from d2.core import (
     d2_guard,
     is_allowed,
 )
+from d2.core.evaluate import evaluator_for
 
 from ._common import (
     DenyMessage,
@@ -201,7 +204,84 @@ class _Opaque:
         return "<MCP content the output rules cannot read>"
 
 
-_MIRROR = -1  # a text block holding the JSON of the structured content
+class _Unreadable:
+    """A text block that looks like JSON but cannot be read as one value (a key
+    given twice, so readers disagree on its value; nesting too deep to parse): any
+    output rule that meets it refuses the result (``output_validation``)."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:  # deny_if_patterns and max_bytes cannot read it either
+        raise TypeError("JSON text that cannot be read as one value cannot be checked")
+
+    def __repr__(self) -> str:
+        return "<MCP text the output rules cannot read>"
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object names one key twice."""
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise _DuplicateKey("a key is given twice")
+    return value
+
+
+class _Text:
+    """A text block that is not one JSON object or array (plain text, a code fence,
+    NDJSON, a JSON string or number): field rules cannot find fields in it, so a
+    field rule that meets it refuses the result (``output_validation``) rather than
+    let it pass unread; ``deny_if_patterns`` and ``max_bytes`` read its text (a
+    JSON string as the string it holds)."""
+
+    __slots__ = ("json", "text", "value")
+
+    def __init__(self, text: str, value: Any = None, is_json: bool = False) -> None:
+        self.text = value if is_json and isinstance(value, str) else text
+        self.value = value
+        self.json = is_json
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return "<MCP text the field rules cannot read>"
+
+
+def _parse(text: str) -> tuple[Any, bool]:
+    """``(value, True)`` for a JSON object or array; JSON text that gives a key
+    twice (or nests too deeply) is :class:`_Unreadable`, any other text
+    :class:`_Text`."""
+    try:
+        value = json.loads(text, object_pairs_hook=_pairs)
+    except (_DuplicateKey, RecursionError):
+        return _Unreadable(), True
+    except ValueError:
+        return _Text(text), False
+    if isinstance(value, (dict, list)):
+        return value, True
+    return _Text(text, value, is_json=True), True
+
+
+def _dumps(value: Any) -> str:
+    """The JSON text of a checked value (UTF-8 unless it holds a lone surrogate)."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value, default=str)
+    return text
+
+
+def _output_checked(tool_id: str, instance_name: str) -> bool:
+    """Whether an allowing grant of ``tool_id`` has output rules (or there is no
+    policy to tell): then a result goes out rebuilt from the values they checked."""
+    policy = evaluator_for(instance_name).policy
+    if policy is None:
+        return True
+    return any(g.allow and g.output is not None for g in policy.rules_for(tool_id).grants)
 
 
 class _Readable:
@@ -209,18 +289,19 @@ class _Readable:
     the way back from their sanitized values to a ``CallToolResult``.
 
     The values: the ``structured_content`` (when present), then each content block
-    that is not the JSON of the structured content: a text block as the JSON it
-    holds (or its text), any other block as :class:`_Opaque`. One value is read as
-    it is; several as a list (the rules apply to each)."""
+    on its own (a text block that repeats the structured content included): a text
+    block as the JSON object or array it holds (other text as :class:`_Text`, JSON
+    text with a key given twice as :class:`_Unreadable`), any other block as
+    :class:`_Opaque`. One value is read as it is; several as a list (the rules
+    apply to each)."""
 
-    __slots__ = ("original", "parsed", "result", "slots", "structured", "values", "view")
+    __slots__ = ("original", "parsed", "result", "structured", "values", "view")
 
     def __init__(self, result: Any) -> None:
         self.original = result
         self.result: types.CallToolResult | None = None
         self.values: list[Any] = []
         self.parsed: list[bool] = []  # per value: read from JSON text
-        self.slots: list[int] = []  # per content block: its value, or _MIRROR
         self.structured = False
         if isinstance(result, types.CallToolResult):
             self.result = result
@@ -237,52 +318,50 @@ class _Readable:
         self.view: Any = self.values[0] if len(self.values) == 1 else list(self.values)
 
     def _read(self, result: types.CallToolResult) -> None:
-        structured = result.structured_content
-        if structured is not None:
+        if result.structured_content is not None:
             self.structured = True
-            self.values.append(structured)
+            self.values.append(result.structured_content)
             self.parsed.append(False)
         for block in result.content:
             if not isinstance(block, types.TextContent):
-                self.slots.append(len(self.values))
                 self.values.append(_Opaque(block))
                 self.parsed.append(False)
                 continue
-            try:
-                value, parsed = json.loads(block.text), True
-            except ValueError:
-                value, parsed = block.text, False
-            if parsed and self.structured and value == structured:
-                self.slots.append(_MIRROR)
-                continue
-            self.slots.append(len(self.values))
+            value, parsed = _parse(block.text)
             self.values.append(value)
             self.parsed.append(parsed)
 
-    def rebuilt(self, sanitized: Any) -> Any:
+    def rebuilt(self, sanitized: Any, checked: bool = True) -> Any:
         """The result carrying ``sanitized`` (what the output rules made of
-        :attr:`view`); the original when they changed nothing."""
-        if sanitized is self.view:
+        :attr:`view`). ``checked``: output rules may have read it; then every JSON
+        text block is written anew from its checked value (never the upstream's
+        bytes). Otherwise, when nothing changed, the original."""
+        if sanitized is self.view and not checked:
             return self.original
         values = [sanitized] if len(self.values) == 1 else sanitized
-        if self.result is None or not isinstance(values, list) or len(values) != len(self.values):
+        if self.result is None:
+            if sanitized is self.view:
+                return self.original
+            raise ValueError("the output rules changed the shape of the result")
+        if not isinstance(values, list) or len(values) != len(self.values):
             raise ValueError("the output rules changed the shape of the result")
         result = self.result
+        first = 1 if self.structured else 0
         structured = values[0] if self.structured else result.structured_content
         content: list[types.ContentBlock] = []
-        for block, slot in zip(result.content, self.slots, strict=True):
-            if slot == _MIRROR:
-                changed = structured is not self.values[0]
-                new = structured
-                as_json = True
-            else:
-                new = values[slot]
-                changed = new is not self.values[slot]
-                as_json = self.parsed[slot] or not isinstance(new, str)
-            if not changed or not isinstance(block, types.TextContent):
+        for n, block in enumerate(result.content, start=first):
+            new = values[n]
+            if not isinstance(block, types.TextContent) or isinstance(new, _Unreadable):
                 content.append(block)
                 continue
-            text = json.dumps(new, ensure_ascii=False, default=str) if as_json else new
+            changed = new is not self.values[n]
+            if not changed and not (checked and self.parsed[n]):
+                content.append(block)
+                continue
+            if isinstance(new, _Text):  # never changed by the rules: read as text
+                text = _dumps(new.value) if new.json else new.text
+            else:
+                text = _dumps(new)
             content.append(block.model_copy(update={"text": text}))
         return result.model_copy(update={"content": content, "structured_content": structured})
 
@@ -474,8 +553,10 @@ class MCPGuard:
             gate = d2_guard(tool_id, instance_name=self._instance)(_through)
             self._gates[tool_id] = gate
         readable: list[_Readable] = []
+        checked: list[bool] = []
 
         async def handle() -> Any:
+            checked.append(_output_checked(tool_id, self._instance))  # the rules just chosen
             result = _Readable(await inner(ctx, params))
             readable.append(result)
             return result.view
@@ -488,7 +569,8 @@ class MCPGuard:
         finally:
             _HANDLE.reset(token)
         try:
-            return readable[0].rebuilt(sanitized)  # type: ignore[no-any-return]
+            checks = checked[0] or _output_checked(tool_id, self._instance)
+            return readable[0].rebuilt(sanitized, checks)  # type: ignore[no-any-return]
         except ValueError:  # defensive: the rules never change its shape; fail closed
             return self._denied(
                 PermissionDeniedError(

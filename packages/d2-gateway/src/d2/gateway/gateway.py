@@ -15,7 +15,9 @@ upstreams, with every request decided by d2-core.
   is attached around each of the session's requests. A session is bound to the
   identity that opened it: a request of another identity in it is refused.
 - Resources and prompts are exposed only when the policy grants
-  ``resource:NAME:<uri>`` / ``prompt:NAME:<name>`` (default deny).
+  ``resource:NAME:<uri>`` / ``prompt:NAME:<name>`` (default deny) by a grant that
+  names them (``resource:...``, ``prompt:...``, a tool group): a bare ``*`` grant
+  opens tools only.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ from typing import Any
 
 import anyio
 from d2.agents._common import approval_details, approval_of, denial_message
-from d2.agents.mcp import _Readable
+from d2.agents.mcp import _output_checked, _Readable
 from d2.core import (
     PermissionDeniedError,
     UserContext,
     attach,
     d2_guard,
     detach,
+    get_user_context,
     is_allowed,
 )
 from d2.core.evaluate import evaluator_for
@@ -90,12 +93,61 @@ def _unknown_tool(name: object) -> types.CallToolResult:
     return _text_result(f"Unknown tool: {shown}", None)
 
 
+def _after(path: str | None, marker: str) -> str | None:
+    if not path or marker not in path:
+        return None
+    return path.split(marker, 1)[1] or None
+
+
+_OUTPUT_KEYS = {  # output rules that are not about one field: what a refusal says
+    "max_bytes": "the result is larger than the policy allows",
+    "deny_if_patterns": "the result holds text the policy denies",
+    "require_fields_absent": "the result holds a field the policy forbids",
+}
+
+
+def refusal_text(err: PermissionDeniedError) -> str:
+    """What a client reads for a refused call: the tool, the reason code and, for a
+    guardrail, the argument or output field whose rule refused it, in general
+    words. Never a value, a pattern, a list of allowed values, a data-flow label or
+    a role: the client is not the policy's author (the decision log has the
+    details). Approvals and budgets read as in the SDK (request id and approver
+    roles; when to retry)."""
+    if approval_of(err) is not None or err.reason == "budget_exceeded":
+        return denial_message(err)
+    step = err.trace[-1] if err.trace else None
+    path = step.path if step is not None else None
+    if err.reason == "input_validation":
+        name = _after(path, ".conditions.input.")
+        why = (
+            f"argument {name!r} did not pass its rule"
+            if name
+            else "an argument did not pass its rule"
+        )
+    elif err.reason in ("output_validation", "output_sanitization"):
+        key = _after(path, ".conditions.output.")
+        special = key.split("[", 1)[0] if key else None
+        if key is None:
+            why = "the result could not be checked by the output rules"
+        elif special in _OUTPUT_KEYS:
+            why = _OUTPUT_KEYS[special]
+        else:
+            why = f"the result did not pass the rule on output field {key!r}"
+    elif err.reason == "sequence_violation":
+        why = "the calls made earlier in this session do not allow it"
+    elif err.reason == "data_flow_violation":
+        why = "data read earlier in this session may not flow to this tool"
+    else:
+        return f"Permission denied: the current user may not call {err.tool_id!r} ({err.reason})."
+    return f"Permission denied: {err.tool_id!r} was refused ({err.reason}): {why}."
+
+
 def refusal(err: PermissionDeniedError, upstream: str) -> types.CallToolResult:
-    """The tool error a refused call gets: text naming the tool id, the reason
-    code and (budgets) when to retry; ``structuredContent`` with the same facts
-    (``d2_reason``, ``d2_tool_id``, ``d2_upstream``, ``d2_retry_after``, and for a
-    held call ``d2_approval_request``, ``d2_approvers``, ``d2_expires_at``)."""
-    text = denial_message(err)
+    """The tool error a refused call gets: :func:`refusal_text`;
+    ``structuredContent`` with the same facts (``d2_reason``, ``d2_tool_id``,
+    ``d2_upstream``, ``d2_retry_after``, and for a held call
+    ``d2_approval_request``, ``d2_approvers``, ``d2_expires_at``)."""
+    text = refusal_text(err)
     if err.reason not in text:
         text = f"{text} (reason: {err.reason})"
     structured: dict[str, Any] = {
@@ -110,10 +162,45 @@ def refusal(err: PermissionDeniedError, upstream: str) -> types.CallToolResult:
     return _text_result(text, structured)
 
 
+def _only_text(result: types.CallToolResult) -> str:
+    block = result.content[0]
+    return block.text if isinstance(block, types.TextContent) else ""
+
+
 def _unavailable(upstream: str, tool: str, why: str) -> types.CallToolResult:
     return _text_result(
         f"upstream {upstream!r} is unavailable, {tool!r} did not complete: {why}; try again later",
         {"d2_reason": "upstream_unavailable", "d2_tool_id": tool, "d2_upstream": upstream},
+    )
+
+
+def _logged(text: str, limit: int = 500) -> str:
+    """An upstream's text as the gateway log shows it: escaped (ASCII, no control
+    characters) and cut to ``limit`` characters."""
+    cut = text[:limit]
+    return ascii(cut) + (f" (+{len(text) - limit} characters)" if len(text) > limit else "")
+
+
+def _error_code(exc: MCPError) -> int | None:
+    code = getattr(exc.error, "code", None)
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
+def _upstream_error(upstream: str, tool: str, exc: MCPError) -> types.CallToolResult:
+    """The tool error a call gets when its upstream answered with a JSON-RPC error:
+    the code only. The upstream's message never reaches the client (output rules
+    cannot read it); the gateway log keeps it, escaped."""
+    code = _error_code(exc)
+    _logger.warning(
+        "d2-gateway: upstream %r answered %s with JSON-RPC error %s: %s",
+        upstream,
+        tool,
+        code,
+        _logged(str(exc.error.message)),
+    )
+    return _text_result(
+        f"upstream {upstream!r} failed {tool!r} (error {code})",
+        {"d2_reason": "upstream_error", "d2_upstream": upstream, "d2_error_code": code},
     )
 
 
@@ -307,6 +394,20 @@ class Gateway:
     def _allowed(self, policy_id: str) -> bool:
         return is_allowed(policy_id, instance_name=self._instance)
 
+    def _named(self, policy_id: str) -> bool:
+        """Whether the current user may use a resource or prompt: allowed, and
+        granted by a permission that names resources (``resource:...``) or prompts
+        (``prompt:...``), or a tool group listing it. A bare ``*`` grant opens
+        every tool, never a resource or prompt."""
+        if not self._allowed(policy_id):
+            return False
+        policy = evaluator_for(self._instance).policy
+        if policy is None:
+            return False
+        kind = policy_id.split(":", 1)[0] + ":"
+        grants = policy.rules_for(policy_id).allow_grants(get_user_context().roles)
+        return any(g.pattern.startswith((kind, "@")) for g in grants)
+
     def _gate(self, policy_id: str) -> Callable[..., Awaitable[Any]]:
         gate = self._gates.get(policy_id)
         if gate is None:
@@ -382,8 +483,10 @@ class Gateway:
     async def _guarded_call(self, entry: Entry, arguments: dict[str, Any]) -> types.CallToolResult:
         upstream = self.upstreams[entry.upstream]
         readable: list[_Readable] = []
+        checked: list[bool] = []
 
         async def handle() -> Any:
+            checked.append(_output_checked(entry.policy_id, self._instance))  # rules just chosen
             result = _Readable(await upstream.call_tool(entry.name, arguments))
             readable.append(result)
             return result.view
@@ -401,13 +504,13 @@ class Gateway:
         except UpstreamUnavailable as exc:
             return _unavailable(entry.upstream, entry.policy_id, str(exc))
         except MCPError as exc:  # the upstream answered the call with a protocol error
-            return _text_result(
-                f"upstream {entry.upstream!r} refused {entry.policy_id!r}: {exc.error.message}",
-                {"d2_reason": "upstream_error", "d2_upstream": entry.upstream},
-            )
+            return _upstream_error(entry.upstream, entry.policy_id, exc)
         except Exception as exc:  # a malformed answer, a transport fault: never a crash
             _logger.warning(
-                "d2-gateway: %s failed upstream: %s: %s", entry.policy_id, type(exc).__name__, exc
+                "d2-gateway: %s failed upstream: %s: %s",
+                entry.policy_id,
+                type(exc).__name__,
+                _logged(str(exc)),
             )
             return _text_result(
                 f"upstream {entry.upstream!r} failed {entry.policy_id!r} "
@@ -417,7 +520,8 @@ class Gateway:
         finally:
             _HANDLE.reset(handle_token)
         try:
-            result: types.CallToolResult = readable[0].rebuilt(sanitized)
+            checks = checked[0] or _output_checked(entry.policy_id, self._instance)
+            result: types.CallToolResult = readable[0].rebuilt(sanitized, checks)
         except ValueError:  # defensive: the rules never change its shape; fail closed
             return _text_result(
                 f"{entry.policy_id!r} result refused: it cannot be rebuilt after its output "
@@ -435,7 +539,7 @@ class Gateway:
             return types.ListResourcesResult(resources=[])
         token = attach(current)
         try:
-            listed = [e.item for e in self.resources.values() if self._allowed(e.policy_id)]
+            listed = [e.item for e in self.resources.values() if self._named(e.policy_id)]
         finally:
             detach(token)
         return types.ListResourcesResult(resources=listed)  # type: ignore[arg-type]
@@ -458,7 +562,7 @@ class Gateway:
             raise unknown
         token = attach(current)
         try:
-            if not self._allowed(entry.policy_id):
+            if not self._named(entry.policy_id):
                 raise unknown
             result: types.ReadResourceResult = await self._plain_call(
                 entry, {"uri": uri}, lambda: self.upstreams[entry.upstream].read_resource(uri)
@@ -480,7 +584,7 @@ class Gateway:
             listed = [
                 entry.item.model_copy(update={"name": name})  # type: ignore[attr-defined]
                 for name, entry in self.prompts.entries.items()
-                if self._allowed(entry.policy_id)
+                if self._named(entry.policy_id)
             ]
         finally:
             detach(token)
@@ -498,7 +602,7 @@ class Gateway:
         arguments = dict(params.arguments or {})
         token = attach(current)
         try:
-            if not self._allowed(entry.policy_id):
+            if not self._named(entry.policy_id):
                 raise unknown
             result: types.GetPromptResult = await self._plain_call(
                 entry,
@@ -521,10 +625,26 @@ class Gateway:
             detail = json.dumps(
                 {"d2_reason": err.reason, "d2_retry_after": err.retry_after}, default=str
             )
-            raise MCPError(
-                types.INVALID_REQUEST, f"{denial_message(err)} (reason: {err.reason})", detail
-            ) from None
+            text = refusal_text(err)
+            if err.reason not in text:
+                text = f"{text} (reason: {err.reason})"
+            raise MCPError(types.INVALID_REQUEST, text, detail) from None
         except UpstreamUnavailable as exc:
             raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
+        except MCPError as exc:  # the upstream's own error: its text stays in the log
+            refused = _upstream_error(entry.upstream, entry.policy_id, exc)
+            raise MCPError(types.INTERNAL_ERROR, _only_text(refused)) from None
+        except Exception as exc:  # a malformed answer: never the upstream's text
+            _logger.warning(
+                "d2-gateway: %s failed upstream: %s: %s",
+                entry.policy_id,
+                type(exc).__name__,
+                _logged(str(exc)),
+            )
+            raise MCPError(
+                types.INTERNAL_ERROR,
+                f"upstream {entry.upstream!r} failed {entry.policy_id!r} "
+                f"({type(exc).__name__}); try again later",
+            ) from None
         finally:
             _HANDLE.reset(handle_token)
