@@ -13,7 +13,9 @@ upstreams, with every request decided by d2-core.
 - One MCP session is one D2 request: a :class:`~d2.core.UserContext` made at the
   session's first request carries its history, facts and per-request budgets, and
   is attached around each of the session's requests. A session is bound to the
-  identity that opened it: a request of another identity in it is refused.
+  identity that opened it: a request of another identity in it is refused. A
+  stdio gateway (one client) is one D2 request for the whole process; over HTTP a
+  request outside a session (a stateless protocol revision) is refused.
 - Resources and prompts are exposed only when the policy grants
   ``resource:NAME:<uri>`` / ``prompt:NAME:<name>`` (default deny).
 """
@@ -166,6 +168,11 @@ class Gateway:
 
             raise ConfigurationError(f"identity must be (user_id, roles), got {identity!r}")
         self._instance = instance_name
+        # --stdio: one client, one D2 request for the process (history, facts and
+        # per-request budgets span every call, whatever the protocol revision).
+        self._fixed_context = (
+            UserContext(self._fixed[0], self._fixed[1]) if self._fixed is not None else None
+        )
         self.tools = Table({})
         self.prompts = Table({}, ())
         self.resources: dict[str, Entry] = {}
@@ -274,24 +281,37 @@ class Gateway:
         return _identity(scope.get(USER_SCOPE_KEY))
 
     def context(self, ctx: ServerRequestContext[Any, Any]) -> UserContext | None:
-        """The D2 request of this MCP session (made at its first request), or
-        ``None`` when the request has no identity or is not the identity that
-        opened the session."""
+        """The D2 request of this caller, or ``None`` (refused): no identity, an
+        identity other than the one that opened the session, or (HTTP) no
+        session at all.
+
+        ``--stdio`` (one client, a fixed identity): one D2 request for the whole
+        process, whatever the protocol revision the client speaks. HTTP: one D2
+        request per MCP session, made at its first request; a request outside a
+        session (a stateless protocol revision) would start from no history, so
+        data flow, sequences and per-request budgets could never fire: refused."""
         identity = self._caller(ctx)
         if identity is None:
             return None
         connection = getattr(ctx.session, "_connection", None)  # no public accessor
         state = getattr(connection, "state", None)
-        if not isinstance(state, dict):
-            return UserContext(identity[0], identity[1])  # a request of its own
+        if self._fixed_context is not None:
+            if isinstance(state, dict) and _STATE_KEY not in state:
+                state[_STATE_KEY] = True
+                self._track(connection)
+            return self._fixed_context
+        if not isinstance(state, dict) or getattr(connection, "session_id", None) is None:
+            _logger.warning(
+                "d2-gateway: a request of user %r came outside a session; refused "
+                "(reason: session_required)",
+                identity[0],
+            )
+            return None
         held = state.get(_STATE_KEY)
         if held is None:
             current = UserContext(identity[0], identity[1])
             state[_STATE_KEY] = (identity, current)
-            try:
-                self._connections.add(connection)
-            except TypeError:  # pragma: no cover - not weakly referenceable
-                pass
+            self._track(connection)
             return current
         if held[0] != identity:
             _logger.warning(
@@ -303,6 +323,12 @@ class Gateway:
             return None
         context: UserContext = held[1]
         return context
+
+    def _track(self, connection: Any) -> None:
+        try:
+            self._connections.add(connection)
+        except TypeError:  # pragma: no cover - not weakly referenceable
+            pass
 
     def _allowed(self, policy_id: str) -> bool:
         return is_allowed(policy_id, instance_name=self._instance)

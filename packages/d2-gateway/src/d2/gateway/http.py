@@ -14,13 +14,16 @@ from contextlib import asynccontextmanager
 
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp.types import UNSUPPORTED_PROTOCOL_VERSION
+from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .gateway import USER_SCOPE_KEY, Gateway, _identity
 
-__all__ = ["Wrap", "http_app", "require_identity"]
+__all__ = ["Wrap", "handshake_only", "http_app", "require_identity"]
 
 Wrap = Callable[[ASGIApp], ASGIApp]
 """Wraps the gateway's ASGI app in an identity layer that sets ``scope["d2.user"]``
@@ -61,6 +64,88 @@ def require_identity(app: ASGIApp) -> ASGIApp:
     return guarded
 
 
+_VERSION_HEADER = MCP_PROTOCOL_VERSION_HEADER.lower().encode("ascii")
+_PEEK_LIMIT = 1 << 20  # bytes of a refused request read to echo its JSON-RPC id
+
+
+async def _request_id(receive: Receive) -> object:
+    """The JSON-RPC id of the request body (``None`` when it cannot be read)."""
+    body, more = b"", True
+    while more and len(body) <= _PEEK_LIMIT:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        body += message.get("body", b"")
+        more = bool(message.get("more_body", False))
+    if more:
+        return None
+    try:
+        decoded = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    found = decoded.get("id") if isinstance(decoded, dict) else None
+    return found if isinstance(found, (str, int)) and not isinstance(found, bool) else None
+
+
+def handshake_only(app: ASGIApp) -> ASGIApp:
+    """Refuse the stateless protocol revisions (2026-07-28 and later): answer a
+    request whose ``MCP-Protocol-Version`` is not a handshake-era version with
+    JSON-RPC error -32022 naming the versions served, so a client falls back to
+    the ``initialize`` handshake and a session. Data flow, sequences and
+    per-request budgets need the history a session carries; a stateless request
+    would start from nothing each time (fail open)."""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            versions = [v for k, v in scope.get("headers", []) if k.lower() == _VERSION_HEADER]
+            requested = versions[0].decode("latin-1") if versions else None
+            if requested is not None and (
+                len(versions) > 1 or requested not in HANDSHAKE_PROTOCOL_VERSIONS
+            ):
+                request_id = await _request_id(receive) if scope.get("method") == "POST" else None
+                await _json_response(send, 400, _unsupported(request_id, requested))
+                return
+        await app(scope, receive, send)
+
+    return guarded
+
+
+def _unsupported(request_id: object, requested: str) -> dict[str, object]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "error": {
+            "code": UNSUPPORTED_PROTOCOL_VERSION,
+            "message": (
+                f"Unsupported protocol version {requested[:40]!r}: this gateway keeps a session "
+                "per client (data flow, sequences and per-request budgets need its history); "
+                f"connect with the initialize handshake, protocol {LATEST_HANDSHAKE_VERSION} "
+                "or earlier (reason: session_required)"
+            ),
+            "data": {
+                "supported": list(HANDSHAKE_PROTOCOL_VERSIONS),
+                "requested": requested[:200],
+                "d2_reason": "session_required",
+            },
+        },
+    }
+
+
+async def _json_response(send: Send, status: int, document: object) -> None:
+    body = json.dumps(document).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 def _security(host: str, allowed_hosts: list[str] | None) -> TransportSecuritySettings:
     if allowed_hosts:
         return TransportSecuritySettings(
@@ -98,7 +183,7 @@ def http_app(
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         await manager.handle_request(scope, receive, send)
 
-    inner: ASGIApp = require_identity(endpoint)
+    inner: ASGIApp = require_identity(handshake_only(endpoint))
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
