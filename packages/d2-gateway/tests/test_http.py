@@ -387,22 +387,17 @@ async def test_a_session_is_bound_to_the_identity_that_opened_it(url: str) -> No
             await http.post(url, json=listing, headers={**headers, "x-test-user": "ada;admin"})
         )
         assert len(own["result"]["tools"]) == 15
-        # another user who learnt the session id gets nothing of it
-        stolen = sse_json(
-            await http.post(url, json=listing, headers={**headers, "x-test-user": "vic;admin"})
-        )
-        assert stolen["result"]["tools"] == []
+        # another user who learnt the session id gets nothing of it: not found
+        stolen = await http.post(url, json=listing, headers={**headers, "x-test-user": "vic;admin"})
+        assert stolen.status_code == 404 and "tools" not in stolen.text
         call = {
             "jsonrpc": "2.0",
             "id": 3,
             "method": "tools/call",
             "params": {"name": "time__get_current_time", "arguments": {"timezone": "UTC"}},
         }
-        refused = sse_json(
-            await http.post(url, json=call, headers={**headers, "x-test-user": "vic;admin"})
-        )
-        assert refused["result"]["isError"] is True
-        assert refused["result"]["content"][0]["text"] == "Unknown tool: time__get_current_time"
+        refused = await http.post(url, json=call, headers={**headers, "x-test-user": "vic;admin"})
+        assert refused.status_code == 404 and "Session not found" in refused.text
 
 
 async def test_the_default_client_gets_a_session_and_data_flow_holds(

@@ -134,11 +134,12 @@ async def _serve_http(
     port: int,
     wrap: Wrap,
     allowed_hosts: list[str] | None,
+    issuer: str | None,
 ) -> None:
     import uvicorn
 
     await _configure(policy)
-    asgi = http_app(gateway, wrap=wrap, host=host, allowed_hosts=allowed_hosts)
+    asgi = http_app(gateway, wrap=wrap, host=host, allowed_hosts=allowed_hosts, issuer=issuer)
     config = uvicorn.Config(asgi, host=host, port=port, log_level="warning", lifespan="on")
     await uvicorn.Server(config).serve()
 
@@ -169,7 +170,8 @@ def serve(options: dict[str, Any]) -> None:
     host, port = _listen_address(str(listen))
     wrap = _identity_layer(options)
     gateway = Gateway(specs, call_timeout=timeout)
-    anyio.run(_serve_http, gateway, policy, host, port, wrap, options.get("allowed_hosts"))
+    issuer = options.get("issuer") or options.get("oidc_issuer") or None
+    anyio.run(_serve_http, gateway, policy, host, port, wrap, options.get("allowed_hosts"), issuer)
 
 
 @app.command("serve")

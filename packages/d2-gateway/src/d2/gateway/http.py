@@ -12,6 +12,8 @@ import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
@@ -23,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .gateway import USER_SCOPE_KEY, Gateway, _identity
 
-__all__ = ["Wrap", "handshake_only", "http_app", "require_identity"]
+__all__ = ["Wrap", "handshake_only", "http_app", "require_identity", "session_owner"]
 
 Wrap = Callable[[ASGIApp], ASGIApp]
 """Wraps the gateway's ASGI app in an identity layer that sets ``scope["d2.user"]``
@@ -51,14 +53,36 @@ async def _unauthorized(send: Send, www_authenticate: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def require_identity(app: ASGIApp) -> ASGIApp:
+def session_owner(user_id: str, roles: tuple[str, ...], issuer: str | None) -> AuthenticatedUser:
+    """The MCP SDK's principal for a verified identity: the SDK binds each session
+    to the principal of the request that created it (``initialize``) and answers
+    404 to a request, a ``DELETE`` or a ``GET`` stream of any other principal in
+    it. The principal is the whole D2 identity (user id and roles, and the
+    issuer when one is configured), so the session's D2 request is bound to the
+    identity that initialized it. The bearer token itself is not kept."""
+    return AuthenticatedUser(
+        AccessToken(
+            token="",
+            client_id=json.dumps([user_id, list(roles)]),
+            scopes=[],
+            subject=user_id,
+            claims={"iss": issuer} if issuer else None,
+        )
+    )
+
+
+def require_identity(app: ASGIApp, issuer: str | None = None) -> ASGIApp:
     """Answer 401 to an HTTP request whose scope carries no well-formed
-    ``"d2.user"``; pass the others to ``app``."""
+    ``"d2.user"``; pass the others to ``app`` with ``scope["user"]`` set to their
+    :func:`session_owner` (any value set by anything outside is replaced)."""
 
     async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _identity(scope.get(USER_SCOPE_KEY)) is None:
-            await _unauthorized(send, 'Bearer error="invalid_token"')
-            return
+        if scope["type"] == "http":
+            identity = _identity(scope.get(USER_SCOPE_KEY))
+            if identity is None:
+                await _unauthorized(send, 'Bearer error="invalid_token"')
+                return
+            scope = {**scope, "user": session_owner(identity[0], identity[1], issuer)}
         await app(scope, receive, send)
 
     return guarded
@@ -169,11 +193,13 @@ def http_app(
     allowed_hosts: list[str] | None = None,
     path: str = "/mcp",
     startup_wait: float = 15.0,
+    issuer: str | None = None,
 ) -> ASGIApp:
     """The ASGI app: ``path`` serves MCP Streamable HTTP behind :func:`require_identity`,
     and the whole app sits inside ``wrap`` (the identity layer); its lifespan supervises the
     upstreams; it waits up to ``startup_wait`` seconds for every upstream to
-    connect or fail once before serving (one that is later appears later). ``wrap=None`` only
+    connect or fail once before serving (one that is later appears later); ``issuer`` (the
+    identity provider's, when configured) is part of each session's owner. ``wrap=None`` only
     for tests that set ``scope["d2.user"]`` themselves: with no layer every
     request is 401."""
     manager = StreamableHTTPSessionManager(
@@ -183,7 +209,7 @@ def http_app(
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         await manager.handle_request(scope, receive, send)
 
-    inner: ASGIApp = require_identity(handshake_only(endpoint))
+    inner: ASGIApp = require_identity(handshake_only(endpoint), issuer)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
