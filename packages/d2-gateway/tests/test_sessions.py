@@ -146,3 +146,48 @@ async def test_another_user_cannot_delete_the_session(served: Served) -> None:
         assert (await http.request("DELETE", served.url, headers=alice)).status_code == 200
         gone = await http.post(served.url, json=rpc(3, "tools/list"), headers=alice)
         assert gone.status_code == 404
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory: pytest.TempPathFactory, served: Served) -> Iterator[Served]:
+    # the module's policy (configured by ``served``); a gateway of its own with
+    # small limits: two sessions per user, idle sessions end after 1.5 s
+    gw = Gateway([UpstreamSpec("flaky", command=sys.executable, args=(FLAKY,))], call_timeout=20)
+    app = http_app(gw, wrap=None, max_sessions_per_user=2, session_idle_timeout=1.5)
+    server = Served(HeaderIdentity(app))
+    try:
+        anyio.run(_connected, gw)
+        yield server
+    finally:
+        server.close()
+
+
+async def test_one_user_cannot_hold_every_session(capped: Served) -> None:
+    url = capped.url
+    async with httpx.AsyncClient(timeout=10) as http:
+        first = await open_session(http, url, "mallory;dev")
+        await open_session(http, url, "mallory;other")  # other roles: the same user
+        over = await http.post(url, json=INIT, headers={**ACCEPT, "x-test-user": "mallory;dev"})
+        assert over.status_code == 429 and "mcp-session-id" not in over.headers
+        error = over.json()["error"]
+        assert error["data"]["d2_reason"] == "too_many_sessions"
+        assert "DELETE" in error["message"]
+        # everyone else is served
+        alice = await open_session(http, url, "alice;dev")
+        listed = message(await http.post(url, json=rpc(2, "tools/list"), headers=alice))
+        assert len(listed["result"]["tools"]) == 2
+        # ending one makes room
+        assert (await http.request("DELETE", url, headers=first)).status_code == 200
+        await open_session(http, url, "mallory;dev")
+
+
+async def test_an_idle_session_ends_after_the_idle_timeout(capped: Served) -> None:
+    url = capped.url
+    async with httpx.AsyncClient(timeout=10) as http:
+        sessions = [await open_session(http, url, "idle-ivy;dev") for _ in range(2)]
+        refused = await http.post(url, json=INIT, headers={**ACCEPT, "x-test-user": "idle-ivy;dev"})
+        assert refused.status_code == 429
+        await anyio.sleep(2.5)
+        gone = await http.post(url, json=rpc(2, "tools/list"), headers=sessions[0])
+        assert gone.status_code == 404
+        await open_session(http, url, "idle-ivy;dev")

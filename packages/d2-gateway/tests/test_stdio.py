@@ -54,6 +54,16 @@ async def test_stdio_serves_one_client_as_the_given_user(tmp_path: Path) -> None
 
 
 FLAKY = str(Path(__file__).with_name("flaky_server.py"))
+HTTP_ARGS = [
+    "--upstream",
+    "g=stdio:x",
+    "--listen",
+    "127.0.0.1:1",
+    "--audience",
+    "gw",
+    "--jwks-url",
+    "http://127.0.0.1:1/jwks",
+]
 
 
 async def test_stdio_history_spans_the_process_with_the_default_client(tmp_path: Path) -> None:
@@ -101,6 +111,14 @@ async def test_stdio_history_spans_the_process_with_the_default_client(tmp_path:
             "exactly one of --jwks-url",
         ),
         (["--upstream", "g=stdio:x", "--upstream", "g=stdio:y", "--stdio", "--user", "a"], "twice"),
+        (
+            [*HTTP_ARGS, "--max-sessions-per-user", "0"],
+            "at least 1",
+        ),
+        (
+            [*HTTP_ARGS, "--session-idle-timeout", "-1"],
+            "positive number of seconds",
+        ),
     ],
 )
 def test_usage_errors_say_what_to_do(

@@ -135,11 +135,20 @@ async def _serve_http(
     wrap: Wrap,
     allowed_hosts: list[str] | None,
     issuer: str | None,
+    sessions: tuple[int, float],
 ) -> None:
     import uvicorn
 
     await _configure(policy)
-    asgi = http_app(gateway, wrap=wrap, host=host, allowed_hosts=allowed_hosts, issuer=issuer)
+    asgi = http_app(
+        gateway,
+        wrap=wrap,
+        host=host,
+        allowed_hosts=allowed_hosts,
+        issuer=issuer,
+        max_sessions_per_user=sessions[0],
+        session_idle_timeout=sessions[1],
+    )
     config = uvicorn.Config(asgi, host=host, port=port, log_level="warning", lifespan="on")
     await uvicorn.Server(config).serve()
 
@@ -171,7 +180,31 @@ def serve(options: dict[str, Any]) -> None:
     wrap = _identity_layer(options)
     gateway = Gateway(specs, call_timeout=timeout)
     issuer = options.get("issuer") or options.get("oidc_issuer") or None
-    anyio.run(_serve_http, gateway, policy, host, port, wrap, options.get("allowed_hosts"), issuer)
+    sessions = _session_limits(options)
+    allowed = options.get("allowed_hosts")
+    anyio.run(lambda: _serve_http(gateway, policy, host, port, wrap, allowed, issuer, sessions))
+
+
+def _session_limits(options: dict[str, Any]) -> tuple[int, float]:
+    """``--max-sessions-per-user`` and ``--session-idle-timeout`` (validated)."""
+    import math
+
+    from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_SESSIONS_PER_USER
+
+    per_user = options.get("max_sessions_per_user")
+    idle = options.get("session_idle_timeout")
+    try:
+        cap = DEFAULT_SESSIONS_PER_USER if per_user is None else int(per_user)
+        timeout = DEFAULT_IDLE_TIMEOUT if idle is None else float(idle)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            "--max-sessions-per-user takes a whole number, --session-idle-timeout seconds"
+        ) from None
+    if cap < 1:
+        raise ConfigurationError("--max-sessions-per-user must be at least 1")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigurationError("--session-idle-timeout must be a positive number of seconds")
+    return cap, timeout
 
 
 @app.command("serve")
@@ -232,6 +265,14 @@ def serve_command(
     call_timeout: Annotated[
         float | None, typer.Option("--call-timeout", help="Seconds an upstream call may take.")
     ] = None,
+    max_sessions_per_user: Annotated[
+        int | None,
+        typer.Option("--max-sessions-per-user", help="HTTP: open sessions per user (32)."),
+    ] = None,
+    session_idle_timeout: Annotated[
+        float | None,
+        typer.Option("--session-idle-timeout", help="HTTP: seconds an idle session lives (900)."),
+    ] = None,
 ) -> None:
     """Serve MCP clients, deciding every request with the D2 policy."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
@@ -254,6 +295,10 @@ def serve_command(
             "resource": _pick(resource, from_file, "resource"),
             "allowed_hosts": _pick(allowed_host, from_file, "allowed_hosts"),
             "call_timeout": _pick(call_timeout, from_file, "call_timeout"),
+            "max_sessions_per_user": _pick(
+                max_sessions_per_user, from_file, "max_sessions_per_user"
+            ),
+            "session_idle_timeout": _pick(session_idle_timeout, from_file, "session_idle_timeout"),
         }
         serve(options)
     except (D2Error, ValueError) as exc:

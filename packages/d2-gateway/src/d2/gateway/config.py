@@ -161,6 +161,8 @@ _KEYS = frozenset(
         "resource",
         "allowed_hosts",
         "call_timeout",
+        "max_sessions_per_user",
+        "session_idle_timeout",
     }
 )
 

@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp.types import UNSUPPORTED_PROTOCOL_VERSION
@@ -24,6 +23,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .gateway import USER_SCOPE_KEY, Gateway, _identity
+from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_SESSIONS_PER_USER, SessionManager
 
 __all__ = ["Wrap", "handshake_only", "http_app", "require_identity", "session_owner"]
 
@@ -194,16 +194,23 @@ def http_app(
     path: str = "/mcp",
     startup_wait: float = 15.0,
     issuer: str | None = None,
+    max_sessions_per_user: int | None = DEFAULT_SESSIONS_PER_USER,
+    session_idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
 ) -> ASGIApp:
     """The ASGI app: ``path`` serves MCP Streamable HTTP behind :func:`require_identity`,
     and the whole app sits inside ``wrap`` (the identity layer); its lifespan supervises the
     upstreams; it waits up to ``startup_wait`` seconds for every upstream to
     connect or fail once before serving (one that is later appears later); ``issuer`` (the
-    identity provider's, when configured) is part of each session's owner. ``wrap=None`` only
+    identity provider's, when configured) is part of each session's owner. A user
+    holds at most ``max_sessions_per_user`` open sessions (then 429); a session with
+    no request in flight for ``session_idle_timeout`` seconds ends. ``wrap=None`` only
     for tests that set ``scope["d2.user"]`` themselves: with no layer every
     request is 401."""
-    manager = StreamableHTTPSessionManager(
-        app=gateway.server, security_settings=_security(host, allowed_hosts)
+    manager = SessionManager(
+        app=gateway.server,
+        security_settings=_security(host, allowed_hosts),
+        session_idle_timeout=session_idle_timeout,
+        max_sessions_per_user=max_sessions_per_user,
     )
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
