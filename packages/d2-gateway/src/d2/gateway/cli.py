@@ -18,6 +18,7 @@ from d2.core import ConfigurationError, D2Error
 from .config import UpstreamSpec, load_config_file, parse_upstream
 from .gateway import Gateway, Identity
 from .http import Wrap, http_app
+from .upstream import DEFAULT_MAX_RESULT_BYTES
 
 __all__ = ["app", "main", "serve"]
 
@@ -162,6 +163,15 @@ def serve(options: dict[str, Any]) -> None:
     if bool(listen) == stdio:
         raise ConfigurationError("give exactly one of --listen HOST:PORT or --stdio")
     timeout = float(options.get("call_timeout") or 120.0)
+    if not timeout > 0:
+        raise ConfigurationError("--call-timeout must be a positive number of seconds")
+    limit = options.get("max_result_bytes")
+    try:
+        max_result = DEFAULT_MAX_RESULT_BYTES if limit is None else int(limit)
+    except (TypeError, ValueError):
+        raise ConfigurationError("--max-result-bytes takes a whole number of bytes") from None
+    if max_result < 1:
+        raise ConfigurationError("--max-result-bytes must be at least 1")
     policy = options.get("policy")
     if stdio:
         user = options.get("user")
@@ -169,7 +179,9 @@ def serve(options: dict[str, Any]) -> None:
             raise ConfigurationError("--stdio needs the client's identity: --user ID --roles R1,R2")
         roles = tuple(r.strip() for r in str(options.get("roles") or "").split(",") if r.strip())
         identity: Identity = (str(user), roles)
-        gateway = Gateway(specs, identity=identity, call_timeout=timeout)
+        gateway = Gateway(
+            specs, identity=identity, call_timeout=timeout, max_result_bytes=max_result
+        )
         anyio.run(_serve_stdio, gateway, policy, float(options.get("startup_wait") or 15.0))
         return
     if options.get("user"):
@@ -178,7 +190,7 @@ def serve(options: dict[str, Any]) -> None:
         )
     host, port = _listen_address(str(listen))
     wrap = _identity_layer(options)
-    gateway = Gateway(specs, call_timeout=timeout)
+    gateway = Gateway(specs, call_timeout=timeout, max_result_bytes=max_result)
     issuer = options.get("issuer") or options.get("oidc_issuer") or None
     sessions = _session_limits(options)
     allowed = options.get("allowed_hosts")
@@ -265,6 +277,10 @@ def serve_command(
     call_timeout: Annotated[
         float | None, typer.Option("--call-timeout", help="Seconds an upstream call may take.")
     ] = None,
+    max_result_bytes: Annotated[
+        int | None,
+        typer.Option("--max-result-bytes", help="Largest upstream result passed on (8 MiB)."),
+    ] = None,
     max_sessions_per_user: Annotated[
         int | None,
         typer.Option("--max-sessions-per-user", help="HTTP: open sessions per user (32)."),
@@ -295,6 +311,7 @@ def serve_command(
             "resource": _pick(resource, from_file, "resource"),
             "allowed_hosts": _pick(allowed_host, from_file, "allowed_hosts"),
             "call_timeout": _pick(call_timeout, from_file, "call_timeout"),
+            "max_result_bytes": _pick(max_result_bytes, from_file, "max_result_bytes"),
             "max_sessions_per_user": _pick(
                 max_sessions_per_user, from_file, "max_sessions_per_user"
             ),

@@ -50,7 +50,7 @@ from mcp.shared.exceptions import MCPError
 from ._version import __version__
 from .config import UpstreamSpec
 from .naming import Entry, Table, resource_id
-from .upstream import Upstream, UpstreamUnavailable
+from .upstream import DEFAULT_MAX_RESULT_BYTES, ResultTooLarge, Upstream, UpstreamUnavailable
 
 __all__ = ["Gateway", "Identity", "USER_SCOPE_KEY"]
 
@@ -119,6 +119,13 @@ def _unavailable(upstream: str, tool: str, why: str) -> types.CallToolResult:
     )
 
 
+def _too_large(upstream: str, tool: str, exc: ResultTooLarge) -> types.CallToolResult:
+    return _text_result(
+        f"{tool!r} result refused: {exc}; ask for less (reason: result_too_large)",
+        {"d2_reason": "result_too_large", "d2_tool_id": tool, "d2_upstream": upstream},
+    )
+
+
 def _identity(value: object) -> Identity | None:
     """A well-formed ``(user_id, roles)`` or ``None`` (fail closed)."""
     if not isinstance(value, tuple) or len(value) != 2:
@@ -140,7 +147,9 @@ class Gateway:
     ``identity``: the fixed ``(user_id, roles)`` of a stdio gateway (one client);
     ``None`` (HTTP): each request's identity is read from the ASGI scope key
     :data:`USER_SCOPE_KEY`, set by the identity layer in front of ``/mcp``.
-    ``instance_name``: the configured D2 instance that decides. Run the upstreams
+    ``instance_name``: the configured D2 instance that decides; ``call_timeout``:
+    seconds an upstream call may take; ``max_result_bytes``: the largest upstream
+    result passed on (a larger one is a ``result_too_large`` tool error). Run the upstreams
     with ``async with gateway.running():``; serve ``gateway.server``.
     """
 
@@ -151,6 +160,7 @@ class Gateway:
         identity: Identity | None = None,
         instance_name: str = "default",
         call_timeout: float = 120.0,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
         specs = list(upstreams)
         names = [s.name for s in specs]
@@ -160,7 +170,10 @@ class Gateway:
 
             raise ConfigurationError(f"upstream name(s) given twice: {dupes}")
         self.upstreams: dict[str, Upstream] = {
-            s.name: Upstream(s, self._changed, call_timeout=call_timeout) for s in specs
+            s.name: Upstream(
+                s, self._changed, call_timeout=call_timeout, max_result_bytes=max_result_bytes
+            )
+            for s in specs
         }
         self._fixed = _identity(identity) if identity is not None else None
         if identity is not None and self._fixed is None:
@@ -426,6 +439,8 @@ class Gateway:
             return refusal(err, entry.upstream)
         except UpstreamUnavailable as exc:
             return _unavailable(entry.upstream, entry.policy_id, str(exc))
+        except ResultTooLarge as exc:
+            return _too_large(entry.upstream, entry.policy_id, exc)
         except MCPError as exc:  # the upstream answered the call with a protocol error
             return _text_result(
                 f"upstream {entry.upstream!r} refused {entry.policy_id!r}: {exc.error.message}",
@@ -552,5 +567,11 @@ class Gateway:
             ) from None
         except UpstreamUnavailable as exc:
             raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
+        except ResultTooLarge as exc:
+            raise MCPError(
+                types.INTERNAL_ERROR,
+                f"{exc} (reason: result_too_large)",
+                {"d2_reason": "result_too_large"},
+            ) from None
         finally:
             _HANDLE.reset(handle_token)
