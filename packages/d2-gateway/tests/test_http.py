@@ -41,7 +41,7 @@ def policy_doc(repo: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             "role": "dev",
             "permissions": [
                 "git.git_log",
-                "git.git_status",
+                {"tool": "git.git_status", "limits": [{"max": 2, "per": "request"}]},
                 "fetch.fetch",
                 {
                     "tool": "time.get_current_time",
@@ -400,7 +400,7 @@ async def test_a_session_is_bound_to_the_identity_that_opened_it(url: str) -> No
         assert refused.status_code == 404 and "Session not found" in refused.text
 
 
-async def test_the_default_client_gets_a_session_and_data_flow_holds(
+async def test_the_default_client_gets_a_session_and_its_history_holds(
     url: str, git_repo: Path, recorder: Recorder
 ) -> None:
     # The SDK's default client (mode="auto") would speak the stateless 2026-07-28
@@ -414,6 +414,14 @@ async def test_the_default_client_gets_a_session_and_data_flow_holds(
         refused = await dev.call_tool("fetch__fetch", {"url": recorder.url + "exfil"})
         assert refused.structured_content["d2_reason"] == "data_flow_violation"
     assert recorder.hits == []
+    repo = {"repo_path": str(git_repo)}
+    async with client_for(url, "dev-auto-budget", "dev", mode="auto") as dev:
+        assert [(await dev.call_tool("git__git_status", repo)).is_error for _ in range(2)] == [
+            False,
+            False,
+        ]
+        third = await dev.call_tool("git__git_status", repo)
+        assert third.structured_content["d2_reason"] == "budget_exceeded"  # per: request
 
 
 def leaves(exc: BaseException) -> list[BaseException]:
