@@ -1,9 +1,12 @@
 """A tiny upstream MCP server for the supervision tests: ``echo``, ``hang`` (a
-call that stays in flight) and ``crash`` (the process exits at once)."""
+call that stays in flight), ``crash`` (the process exits at once), ``block`` (a
+synchronous handler: the server answers nothing, not even a ping, meanwhile) and
+``big`` (a result of ``size`` characters)."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import anyio
 from mcp.server.mcpserver import MCPServer
@@ -40,6 +43,19 @@ def secret_note() -> str:
 def greet(name: str) -> str:
     """A prompt."""
     return f"Say hello to {name}"
+
+
+@server.tool()
+async def block(seconds: float) -> str:
+    """Block the server's event loop (a synchronous wait in a coroutine), then answer."""
+    time.sleep(seconds)  # the point: nothing else runs meanwhile
+    return "unblocked"
+
+
+@server.tool()
+def big(size: int) -> str:
+    """A long text."""
+    return "A" * size
 
 
 @server.tool()

@@ -28,6 +28,7 @@ from gateway_testkit import (
     write_policy,
 )
 from mcp import types
+from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 RECORDS: list[dict[str, Any]] = []  # the decision log of the module's gateway
 TIME_ARGS = {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Europe/Paris"}
@@ -40,7 +41,7 @@ def policy_doc(repo: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             "role": "dev",
             "permissions": [
                 "git.git_log",
-                "git.git_status",
+                {"tool": "git.git_status", "limits": [{"max": 2, "per": "request"}]},
                 "fetch.fetch",
                 {
                     "tool": "time.get_current_time",
@@ -386,39 +387,129 @@ async def test_a_session_is_bound_to_the_identity_that_opened_it(url: str) -> No
             await http.post(url, json=listing, headers={**headers, "x-test-user": "ada;admin"})
         )
         assert len(own["result"]["tools"]) == 15
-        # another user who learnt the session id gets nothing of it
-        stolen = sse_json(
-            await http.post(url, json=listing, headers={**headers, "x-test-user": "vic;admin"})
-        )
-        assert stolen["result"]["tools"] == []
+        # another user who learnt the session id gets nothing of it: not found
+        stolen = await http.post(url, json=listing, headers={**headers, "x-test-user": "vic;admin"})
+        assert stolen.status_code == 404 and "tools" not in stolen.text
         call = {
             "jsonrpc": "2.0",
             "id": 3,
             "method": "tools/call",
             "params": {"name": "time__get_current_time", "arguments": {"timezone": "UTC"}},
         }
-        refused = sse_json(
-            await http.post(url, json=call, headers={**headers, "x-test-user": "vic;admin"})
-        )
-        assert refused["result"]["isError"] is True
-        assert refused["result"]["content"][0]["text"] == "Unknown tool: time__get_current_time"
+        refused = await http.post(url, json=call, headers={**headers, "x-test-user": "vic;admin"})
+        assert refused.status_code == 404 and "Session not found" in refused.text
 
 
-@pytest.mark.parametrize("mode", ["auto", "2026-07-28"])
-async def test_a_sessionless_client_gets_the_same_decisions(
-    url: str, git_repo: Path, recorder: Recorder, mode: str
+async def test_the_default_client_gets_a_session_and_its_history_holds(
+    url: str, git_repo: Path, recorder: Recorder
 ) -> None:
-    # On the 2026-07-28 protocol each request stands alone: filtering, guardrails
-    # and per-user state hold; history and facts last one request.
-    async with client_for(url, "vic", "viewer", mode=mode) as viewer:
-        assert await names(viewer) == ["time__get_current_time"]
-        hidden = await viewer.call_tool("fetch__fetch", {"url": recorder.url})
-        assert text(hidden) == "Unknown tool: fetch__fetch"
-    async with client_for(url, f"dev-{mode}", "dev", mode=mode) as dev:
-        refused = await dev.call_tool("time__get_current_time", {"timezone": "Asia/Tokyo"})
-        assert refused.structured_content["d2_reason"] == "input_validation"
-        ok = await dev.call_tool("time__get_current_time", {"timezone": "UTC"})
-        assert not ok.is_error and ok.structured_content["day_of_week"] == "[REDACTED]"
+    # The SDK's default client (mode="auto") would speak the stateless 2026-07-28
+    # revision, where every request starts from no history; the gateway refuses
+    # it, the client falls back to the initialize handshake, and the session's
+    # history refuses the exfiltration.
+    async with client_for(url, "dev-auto", "dev", mode="auto") as dev:
+        assert dev.session.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS
+        log = await dev.call_tool("git__git_log", {"repo_path": str(git_repo)})
+        assert not log.is_error and "private roadmap" in text(log)
+        refused = await dev.call_tool("fetch__fetch", {"url": recorder.url + "exfil"})
+        assert refused.structured_content["d2_reason"] == "data_flow_violation"
+    assert recorder.hits == []
+    repo = {"repo_path": str(git_repo)}
+    async with client_for(url, "dev-auto-budget", "dev", mode="auto") as dev:
+        assert [(await dev.call_tool("git__git_status", repo)).is_error for _ in range(2)] == [
+            False,
+            False,
+        ]
+        third = await dev.call_tool("git__git_status", repo)
+        assert third.structured_content["d2_reason"] == "budget_exceeded"  # per: request
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside ``exc`` (nested exception groups flattened)."""
+    inner = getattr(exc, "exceptions", None)
+    if not isinstance(inner, tuple):
+        return [exc]
+    return [leaf for e in inner for leaf in leaves(e)]
+
+
+async def test_a_stateless_protocol_request_is_refused_session_required(
+    url: str, recorder: Recorder
+) -> None:
+    import httpx
+    from mcp.shared.exceptions import MCPError
+
+    caught: list[BaseException] = []
+    try:  # a client pinned to the stateless revision
+        async with client_for(url, "dev-modern", "dev", mode="2026-07-28") as modern:
+            await modern.call_tool("fetch__fetch", {"url": recorder.url})
+    except Exception as exc:
+        caught = leaves(exc)
+    (raised,) = caught
+    assert isinstance(raised, MCPError)
+    assert raised.error.code == types.UNSUPPORTED_PROTOCOL_VERSION
+    assert "session_required" in raised.error.message
+    call = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {
+            "name": "fetch__fetch",
+            "arguments": {"url": recorder.url},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+    headers = {
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": "fetch__fetch",
+        "x-test-user": "dev-modern;dev",
+    }
+    async with httpx.AsyncClient(timeout=10) as http:
+        answer = await http.post(url, json=call, headers=headers)
+    assert answer.status_code == 400
+    error = answer.json()
+    assert error["id"] == 7 and error["error"]["code"] == types.UNSUPPORTED_PROTOCOL_VERSION
+    assert error["error"]["data"]["d2_reason"] == "session_required"
+    assert error["error"]["data"]["supported"] == list(HANDSHAKE_PROTOCOL_VERSIONS)
+    assert recorder.hits == []
+
+
+async def test_the_handlers_refuse_a_request_outside_a_session(
+    gateway: tuple[Gateway, Served], recorder: Recorder
+) -> None:
+    # Defence in depth: even a transport that serves requests without a session
+    # (the SDK's stateless mode) gets no tools and no call from the gateway.
+    from contextlib import asynccontextmanager
+
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+    from starlette.applications import Starlette
+
+    gw = gateway[0]
+    manager = StreamableHTTPSessionManager(app=gw.server, stateless=True)
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> Any:
+        async with manager.run():
+            yield
+
+    class Endpoint:
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await manager.handle_request(scope, receive, send)
+
+    from starlette.routing import Route
+
+    bare = Served(HeaderIdentity(Starlette(routes=[Route("/mcp", Endpoint())], lifespan=lifespan)))
+    try:
+        async with client_for(bare.url, "dev-bare", "dev") as dev:
+            assert await names(dev) == []
+            refused = await dev.call_tool("fetch__fetch", {"url": recorder.url})
+            assert refused.is_error and text(refused) == "Unknown tool: fetch__fetch"
+    finally:
+        bare.close()
     assert recorder.hits == []
 
 

@@ -53,6 +53,50 @@ async def test_stdio_serves_one_client_as_the_given_user(tmp_path: Path) -> None
         assert text(hidden) == "Unknown tool: time__convert_time"
 
 
+FLAKY = str(Path(__file__).with_name("flaky_server.py"))
+HTTP_ARGS = [
+    "--upstream",
+    "g=stdio:x",
+    "--listen",
+    "127.0.0.1:1",
+    "--audience",
+    "gw",
+    "--jwks-url",
+    "http://127.0.0.1:1/jwks",
+]
+
+
+async def test_stdio_history_spans_the_process_with_the_default_client(tmp_path: Path) -> None:
+    # The SDK's default client (mode="auto") speaks the stateless 2026-07-28
+    # revision over stdio: every request gets a fresh connection state. The
+    # gateway keeps one D2 request for its one client all the same, so data flow
+    # and per-request budgets hold.
+    policy = write_policy(
+        tmp_path / "policy.json",
+        {
+            "role": "dev",
+            "permissions": [
+                {"tool": "flaky.echo", "limits": [{"max": 2, "per": "request"}]},
+                "flaky.hang",
+            ],
+        },
+        name="stdio-history",
+        data_flow={"labels": {"flaky.echo": ["PRIVATE"]}, "blocks": {"PRIVATE": ["flaky.hang"]}},
+    )
+    params = gateway_command(
+        "serve", "--stdio", "--policy", str(policy), "--user", "alice", "--roles", "dev",
+        "--upstream", f"flaky=stdio:{sys.executable} {FLAKY}",
+    )  # fmt: skip
+    async with Client(params, cache=None) as client:  # the default mode
+        assert client.session.protocol_version == "2026-07-28"
+        assert not (await client.call_tool("flaky__echo", {"text": "secret"})).is_error
+        exfil = await client.call_tool("flaky__hang", {"seconds": 0})
+        assert exfil.is_error and exfil.structured_content["d2_reason"] == "data_flow_violation"
+        assert not (await client.call_tool("flaky__echo", {"text": "again"})).is_error
+        third = await client.call_tool("flaky__echo", {"text": "third"})
+        assert third.is_error and third.structured_content["d2_reason"] == "budget_exceeded"
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [
@@ -67,6 +111,14 @@ async def test_stdio_serves_one_client_as_the_given_user(tmp_path: Path) -> None
             "exactly one of --jwks-url",
         ),
         (["--upstream", "g=stdio:x", "--upstream", "g=stdio:y", "--stdio", "--user", "a"], "twice"),
+        (
+            [*HTTP_ARGS, "--max-sessions-per-user", "0"],
+            "at least 1",
+        ),
+        (
+            [*HTTP_ARGS, "--session-idle-timeout", "-1"],
+            "positive number of seconds",
+        ),
     ],
 )
 def test_usage_errors_say_what_to_do(

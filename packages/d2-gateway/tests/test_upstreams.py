@@ -141,7 +141,13 @@ async def test_an_http_upstream_gets_its_headers(tmp_path: Path) -> None:
             await outer.wait_tried(20)
             async with Client(outer.server, mode="legacy", cache=None) as client:
                 names = sorted(t.name for t in (await client.list_tools()).tools)
-                assert names == ["inner__flaky__crash", "inner__flaky__echo", "inner__flaky__hang"]
+                assert names == [
+                    "inner__flaky__big",
+                    "inner__flaky__block",
+                    "inner__flaky__crash",
+                    "inner__flaky__echo",
+                    "inner__flaky__hang",
+                ]
                 echoed = await client.call_tool("inner__flaky__echo", {"text": "hi"})
                 assert [c.text for c in echoed.content if isinstance(c, types.TextContent)] == [
                     "echo: hi"

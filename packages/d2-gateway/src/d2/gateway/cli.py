@@ -18,6 +18,7 @@ from d2.core import ConfigurationError, D2Error
 from .config import UpstreamSpec, load_config_file, parse_upstream
 from .gateway import Gateway, Identity
 from .http import Wrap, http_app
+from .upstream import DEFAULT_MAX_RESULT_BYTES
 
 __all__ = ["app", "main", "serve"]
 
@@ -134,11 +135,21 @@ async def _serve_http(
     port: int,
     wrap: Wrap,
     allowed_hosts: list[str] | None,
+    issuer: str | None,
+    sessions: tuple[int, float],
 ) -> None:
     import uvicorn
 
     await _configure(policy)
-    asgi = http_app(gateway, wrap=wrap, host=host, allowed_hosts=allowed_hosts)
+    asgi = http_app(
+        gateway,
+        wrap=wrap,
+        host=host,
+        allowed_hosts=allowed_hosts,
+        issuer=issuer,
+        max_sessions_per_user=sessions[0],
+        session_idle_timeout=sessions[1],
+    )
     config = uvicorn.Config(asgi, host=host, port=port, log_level="warning", lifespan="on")
     await uvicorn.Server(config).serve()
 
@@ -152,6 +163,15 @@ def serve(options: dict[str, Any]) -> None:
     if bool(listen) == stdio:
         raise ConfigurationError("give exactly one of --listen HOST:PORT or --stdio")
     timeout = float(options.get("call_timeout") or 120.0)
+    if not timeout > 0:
+        raise ConfigurationError("--call-timeout must be a positive number of seconds")
+    limit = options.get("max_result_bytes")
+    try:
+        max_result = DEFAULT_MAX_RESULT_BYTES if limit is None else int(limit)
+    except (TypeError, ValueError):
+        raise ConfigurationError("--max-result-bytes takes a whole number of bytes") from None
+    if max_result < 1:
+        raise ConfigurationError("--max-result-bytes must be at least 1")
     policy = options.get("policy")
     if stdio:
         user = options.get("user")
@@ -159,7 +179,9 @@ def serve(options: dict[str, Any]) -> None:
             raise ConfigurationError("--stdio needs the client's identity: --user ID --roles R1,R2")
         roles = tuple(r.strip() for r in str(options.get("roles") or "").split(",") if r.strip())
         identity: Identity = (str(user), roles)
-        gateway = Gateway(specs, identity=identity, call_timeout=timeout)
+        gateway = Gateway(
+            specs, identity=identity, call_timeout=timeout, max_result_bytes=max_result
+        )
         anyio.run(_serve_stdio, gateway, policy, float(options.get("startup_wait") or 15.0))
         return
     if options.get("user"):
@@ -168,8 +190,33 @@ def serve(options: dict[str, Any]) -> None:
         )
     host, port = _listen_address(str(listen))
     wrap = _identity_layer(options)
-    gateway = Gateway(specs, call_timeout=timeout)
-    anyio.run(_serve_http, gateway, policy, host, port, wrap, options.get("allowed_hosts"))
+    gateway = Gateway(specs, call_timeout=timeout, max_result_bytes=max_result)
+    issuer = options.get("issuer") or options.get("oidc_issuer") or None
+    sessions = _session_limits(options)
+    allowed = options.get("allowed_hosts")
+    anyio.run(lambda: _serve_http(gateway, policy, host, port, wrap, allowed, issuer, sessions))
+
+
+def _session_limits(options: dict[str, Any]) -> tuple[int, float]:
+    """``--max-sessions-per-user`` and ``--session-idle-timeout`` (validated)."""
+    import math
+
+    from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_SESSIONS_PER_USER
+
+    per_user = options.get("max_sessions_per_user")
+    idle = options.get("session_idle_timeout")
+    try:
+        cap = DEFAULT_SESSIONS_PER_USER if per_user is None else int(per_user)
+        timeout = DEFAULT_IDLE_TIMEOUT if idle is None else float(idle)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            "--max-sessions-per-user takes a whole number, --session-idle-timeout seconds"
+        ) from None
+    if cap < 1:
+        raise ConfigurationError("--max-sessions-per-user must be at least 1")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigurationError("--session-idle-timeout must be a positive number of seconds")
+    return cap, timeout
 
 
 @app.command("serve")
@@ -230,6 +277,18 @@ def serve_command(
     call_timeout: Annotated[
         float | None, typer.Option("--call-timeout", help="Seconds an upstream call may take.")
     ] = None,
+    max_result_bytes: Annotated[
+        int | None,
+        typer.Option("--max-result-bytes", help="Largest upstream result passed on (8 MiB)."),
+    ] = None,
+    max_sessions_per_user: Annotated[
+        int | None,
+        typer.Option("--max-sessions-per-user", help="HTTP: open sessions per user (32)."),
+    ] = None,
+    session_idle_timeout: Annotated[
+        float | None,
+        typer.Option("--session-idle-timeout", help="HTTP: seconds an idle session lives (900)."),
+    ] = None,
 ) -> None:
     """Serve MCP clients, deciding every request with the D2 policy."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
@@ -252,6 +311,11 @@ def serve_command(
             "resource": _pick(resource, from_file, "resource"),
             "allowed_hosts": _pick(allowed_host, from_file, "allowed_hosts"),
             "call_timeout": _pick(call_timeout, from_file, "call_timeout"),
+            "max_result_bytes": _pick(max_result_bytes, from_file, "max_result_bytes"),
+            "max_sessions_per_user": _pick(
+                max_sessions_per_user, from_file, "max_sessions_per_user"
+            ),
+            "session_idle_timeout": _pick(session_idle_timeout, from_file, "session_idle_timeout"),
         }
         serve(options)
     except (D2Error, ValueError) as exc:

@@ -161,6 +161,9 @@ _KEYS = frozenset(
         "resource",
         "allowed_hosts",
         "call_timeout",
+        "max_result_bytes",
+        "max_sessions_per_user",
+        "session_idle_timeout",
     }
 )
 

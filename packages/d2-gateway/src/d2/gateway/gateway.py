@@ -13,7 +13,9 @@ upstreams, with every request decided by d2-core.
 - One MCP session is one D2 request: a :class:`~d2.core.UserContext` made at the
   session's first request carries its history, facts and per-request budgets, and
   is attached around each of the session's requests. A session is bound to the
-  identity that opened it: a request of another identity in it is refused.
+  identity that opened it: a request of another identity in it is refused. A
+  stdio gateway (one client) is one D2 request for the whole process; over HTTP a
+  request outside a session (a stateless protocol revision) is refused.
 - Resources and prompts are exposed only when the policy grants
   ``resource:NAME:<uri>`` / ``prompt:NAME:<name>`` (default deny) by a grant that
   names them (``resource:...``, ``prompt:...``, a tool group): a bare ``*`` grant
@@ -51,7 +53,7 @@ from mcp.shared.exceptions import MCPError
 from ._version import __version__
 from .config import UpstreamSpec
 from .naming import Entry, Table, resource_id
-from .upstream import Upstream, UpstreamUnavailable
+from .upstream import DEFAULT_MAX_RESULT_BYTES, ResultTooLarge, Upstream, UpstreamUnavailable
 
 __all__ = ["Gateway", "Identity", "USER_SCOPE_KEY"]
 
@@ -204,6 +206,13 @@ def _upstream_error(upstream: str, tool: str, exc: MCPError) -> types.CallToolRe
     )
 
 
+def _too_large(upstream: str, tool: str, exc: ResultTooLarge) -> types.CallToolResult:
+    return _text_result(
+        f"{tool!r} result refused: {exc}; ask for less (reason: result_too_large)",
+        {"d2_reason": "result_too_large", "d2_tool_id": tool, "d2_upstream": upstream},
+    )
+
+
 def _identity(value: object) -> Identity | None:
     """A well-formed ``(user_id, roles)`` or ``None`` (fail closed)."""
     if not isinstance(value, tuple) or len(value) != 2:
@@ -225,7 +234,9 @@ class Gateway:
     ``identity``: the fixed ``(user_id, roles)`` of a stdio gateway (one client);
     ``None`` (HTTP): each request's identity is read from the ASGI scope key
     :data:`USER_SCOPE_KEY`, set by the identity layer in front of ``/mcp``.
-    ``instance_name``: the configured D2 instance that decides. Run the upstreams
+    ``instance_name``: the configured D2 instance that decides; ``call_timeout``:
+    seconds an upstream call may take; ``max_result_bytes``: the largest upstream
+    result passed on (a larger one is a ``result_too_large`` tool error). Run the upstreams
     with ``async with gateway.running():``; serve ``gateway.server``.
     """
 
@@ -236,6 +247,7 @@ class Gateway:
         identity: Identity | None = None,
         instance_name: str = "default",
         call_timeout: float = 120.0,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
         specs = list(upstreams)
         names = [s.name for s in specs]
@@ -245,7 +257,10 @@ class Gateway:
 
             raise ConfigurationError(f"upstream name(s) given twice: {dupes}")
         self.upstreams: dict[str, Upstream] = {
-            s.name: Upstream(s, self._changed, call_timeout=call_timeout) for s in specs
+            s.name: Upstream(
+                s, self._changed, call_timeout=call_timeout, max_result_bytes=max_result_bytes
+            )
+            for s in specs
         }
         self._fixed = _identity(identity) if identity is not None else None
         if identity is not None and self._fixed is None:
@@ -253,6 +268,11 @@ class Gateway:
 
             raise ConfigurationError(f"identity must be (user_id, roles), got {identity!r}")
         self._instance = instance_name
+        # --stdio: one client, one D2 request for the process (history, facts and
+        # per-request budgets span every call, whatever the protocol revision).
+        self._fixed_context = (
+            UserContext(self._fixed[0], self._fixed[1]) if self._fixed is not None else None
+        )
         self.tools = Table({})
         self.prompts = Table({}, ())
         self.resources: dict[str, Entry] = {}
@@ -361,24 +381,37 @@ class Gateway:
         return _identity(scope.get(USER_SCOPE_KEY))
 
     def context(self, ctx: ServerRequestContext[Any, Any]) -> UserContext | None:
-        """The D2 request of this MCP session (made at its first request), or
-        ``None`` when the request has no identity or is not the identity that
-        opened the session."""
+        """The D2 request of this caller, or ``None`` (refused): no identity, an
+        identity other than the one that opened the session, or (HTTP) no
+        session at all.
+
+        ``--stdio`` (one client, a fixed identity): one D2 request for the whole
+        process, whatever the protocol revision the client speaks. HTTP: one D2
+        request per MCP session, made at its first request; a request outside a
+        session (a stateless protocol revision) would start from no history, so
+        data flow, sequences and per-request budgets could never fire: refused."""
         identity = self._caller(ctx)
         if identity is None:
             return None
         connection = getattr(ctx.session, "_connection", None)  # no public accessor
         state = getattr(connection, "state", None)
-        if not isinstance(state, dict):
-            return UserContext(identity[0], identity[1])  # a request of its own
+        if self._fixed_context is not None:
+            if isinstance(state, dict) and _STATE_KEY not in state:
+                state[_STATE_KEY] = True
+                self._track(connection)
+            return self._fixed_context
+        if not isinstance(state, dict) or getattr(connection, "session_id", None) is None:
+            _logger.warning(
+                "d2-gateway: a request of user %r came outside a session; refused "
+                "(reason: session_required)",
+                identity[0],
+            )
+            return None
         held = state.get(_STATE_KEY)
         if held is None:
             current = UserContext(identity[0], identity[1])
             state[_STATE_KEY] = (identity, current)
-            try:
-                self._connections.add(connection)
-            except TypeError:  # pragma: no cover - not weakly referenceable
-                pass
+            self._track(connection)
             return current
         if held[0] != identity:
             _logger.warning(
@@ -390,6 +423,12 @@ class Gateway:
             return None
         context: UserContext = held[1]
         return context
+
+    def _track(self, connection: Any) -> None:
+        try:
+            self._connections.add(connection)
+        except TypeError:  # pragma: no cover - not weakly referenceable
+            pass
 
     def _allowed(self, policy_id: str) -> bool:
         return is_allowed(policy_id, instance_name=self._instance)
@@ -503,6 +542,8 @@ class Gateway:
             return refusal(err, entry.upstream)
         except UpstreamUnavailable as exc:
             return _unavailable(entry.upstream, entry.policy_id, str(exc))
+        except ResultTooLarge as exc:
+            return _too_large(entry.upstream, entry.policy_id, exc)
         except MCPError as exc:  # the upstream answered the call with a protocol error
             return _upstream_error(entry.upstream, entry.policy_id, exc)
         except Exception as exc:  # a malformed answer, a transport fault: never a crash
@@ -631,6 +672,12 @@ class Gateway:
             raise MCPError(types.INVALID_REQUEST, text, detail) from None
         except UpstreamUnavailable as exc:
             raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
+        except ResultTooLarge as exc:
+            raise MCPError(
+                types.INTERNAL_ERROR,
+                f"{exc} (reason: result_too_large)",
+                {"d2_reason": "result_too_large"},
+            ) from None
         except MCPError as exc:  # the upstream's own error: its text stays in the log
             refused = _upstream_error(entry.upstream, entry.policy_id, exc)
             raise MCPError(types.INTERNAL_ERROR, _only_text(refused)) from None

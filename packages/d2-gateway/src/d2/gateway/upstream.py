@@ -3,12 +3,17 @@
 A supervisor task connects (starting the process of a stdio upstream), lists its
 tools, resources and prompts, then watches the connection: a process that exits,
 a transport that closes or a ping that goes unanswered ends it, and the supervisor
-connects again after a backoff (0.5 s doubling to 30 s). While an upstream is not
-connected its tools are absent from every listing and calls of them fail as tool
+connects again after a backoff (0.5 s doubling to 30 s). A ping unanswered while
+the upstream is busy (a call in flight, or one that ended during the ping) is not
+death: a busy server may answer late; it is dead only when it stays silent for
+longer than the call timeout. A result larger than ``max_result_bytes`` is
+refused (:class:`ResultTooLarge`) before anything reads it further. While an
+upstream is not connected its tools are absent from every listing and calls of them fail as tool
 errors; calls in flight when it dies fail the same way (never hang)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -22,17 +27,56 @@ from mcp.shared.exceptions import MCPError
 
 from .config import UpstreamSpec
 
-__all__ = ["Upstream", "UpstreamUnavailable"]
+__all__ = ["DEFAULT_MAX_RESULT_BYTES", "ResultTooLarge", "Upstream", "UpstreamUnavailable"]
 
 _logger = logging.getLogger("d2.gateway")
 _FIRST_DELAY = 0.5
 _MAX_DELAY = 30.0
 _PING_EVERY = 1.0
 _PAGES = 50  # listing pages read per upstream (a paginator that never ends stops here)
+_PING_TIMEOUT = 5.0
+
+DEFAULT_MAX_RESULT_BYTES = 8 * 1024 * 1024
+"""The largest upstream result passed on (``--max-result-bytes``): 8 MiB."""
 
 
 class UpstreamUnavailable(Exception):
     """The upstream is not connected, or its connection ended during the call."""
+
+
+class ResultTooLarge(Exception):
+    """The upstream's result is larger than the gateway passes on."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the result is {size} bytes, more than the {limit} bytes allowed")
+        self.size = size
+        self.limit = limit
+
+
+def _text_size(value: object) -> int:
+    if not isinstance(value, str):
+        return 0
+    return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+
+
+def result_size(result: types.CallToolResult | types.ReadResourceResult) -> int:
+    """Bytes of the text and data a result carries (its content blocks, resource
+    contents and structured content), without serialising it."""
+    size = 0
+    blocks: list[Any] = list(getattr(result, "content", None) or [])
+    blocks += list(getattr(result, "contents", None) or [])
+    for block in blocks:
+        for field in ("text", "data", "blob", "uri"):
+            size += _text_size(getattr(block, field, None))
+        inner = getattr(block, "resource", None)
+        if inner is not None:
+            size += _text_size(getattr(inner, "text", None)) + _text_size(
+                getattr(inner, "blob", None)
+            )
+    structured = getattr(result, "structured_content", None)
+    if structured is not None:
+        size += len(json.dumps(structured, default=str))
+    return size
 
 
 class Upstream:
@@ -48,6 +92,7 @@ class Upstream:
         on_change: Callable[[], Awaitable[None]],
         *,
         call_timeout: float = 120.0,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -59,6 +104,9 @@ class Upstream:
         self._dead = anyio.Event()
         self._relist = anyio.Event()
         self._call_timeout = call_timeout
+        self._max_result_bytes = max_result_bytes
+        self._in_flight = 0
+        self._last_done = 0.0  # when the last call ended (anyio clock)
         self.connected = anyio.Event()  # set on every successful connection (tests, logs)
         self.tried = anyio.Event()  # set once the first attempt to connect has ended
         self.connections = 0
@@ -177,7 +225,10 @@ class Upstream:
 
     async def _watch(self, client: Client) -> None:
         """Return when the connection is dead: a call saw it close, or a ping
-        failed. Re-list when the upstream says its listings changed."""
+        went unanswered while the upstream was idle (or for longer than the call
+        timeout while it was busy). Re-list when the upstream says its listings
+        changed."""
+        silent_since: float | None = None
         while not self._dead.is_set():
             with anyio.move_on_after(_PING_EVERY):
                 await self._dead.wait()
@@ -187,14 +238,27 @@ class Upstream:
                 self._relist = anyio.Event()
                 await self._list(client)
                 await self._on_change()
-            with anyio.fail_after(max(_PING_EVERY * 5, 5.0)):
+            started = anyio.current_time()
+            with anyio.move_on_after(_PING_TIMEOUT) as ping:
                 await client.session.send_ping()  # legacy-mode ping (handshake era)
+            if not ping.cancelled_caught:
+                silent_since = None
+                continue
+            silent_since = started if silent_since is None else silent_since
+            busy = self._in_flight > 0 or self._last_done >= started
+            if not busy or anyio.current_time() - silent_since > self._call_timeout:
+                raise UpstreamUnavailable(f"no answer to a ping for {_PING_TIMEOUT:.0f}s")
+            _logger.info(
+                "d2-gateway: upstream %s is busy (calls in flight): a ping went unanswered",
+                self.spec.describe(),
+            )
         raise UpstreamUnavailable("the connection closed")
 
     async def _request(self, run: Callable[[Client], Awaitable[Any]]) -> Any:
         client = self._client
         if client is None:
             raise UpstreamUnavailable(f"upstream {self.name!r} is not connected")
+        self._in_flight += 1
         try:
             return await run(client)
         except MCPError as exc:
@@ -209,17 +273,27 @@ class Upstream:
             raise UpstreamUnavailable(
                 f"upstream {self.name!r} closed the connection during the call"
             ) from None
+        finally:
+            self._in_flight -= 1
+            self._last_done = anyio.current_time()
+
+    def _bounded(self, result: Any) -> Any:
+        size = result_size(result)
+        if size > self._max_result_bytes:
+            raise ResultTooLarge(size, self._max_result_bytes)
+        return result
 
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> types.CallToolResult:
         """Call ``name`` upstream; :class:`UpstreamUnavailable` when not connected
-        or when the connection ends during the call."""
+        or when the connection ends during the call, :class:`ResultTooLarge` when
+        its result is larger than ``max_result_bytes``."""
         result: types.CallToolResult = await self._request(lambda c: c.call_tool(name, arguments))
-        return result
+        return self._bounded(result)  # type: ignore[no-any-return]
 
     async def read_resource(self, uri: str) -> types.ReadResourceResult:
         """Read ``uri`` upstream."""
         result: types.ReadResourceResult = await self._request(lambda c: c.read_resource(uri))
-        return result
+        return self._bounded(result)  # type: ignore[no-any-return]
 
     async def get_prompt(
         self, name: str, arguments: dict[str, str] | None
