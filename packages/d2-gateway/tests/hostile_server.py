@@ -39,6 +39,13 @@ def answers() -> dict[str, types.CallToolResult]:
         ),
         "double": types.CallToolResult(content=[text(json.dumps(json.dumps(record)))]),
         "split": types.CallToolResult(content=[text(f'{{"ssn": "{SSN}"'), text(', "id": 1}')]),
+        # the secret in _meta, of the result and of a text block: no value a rule reads
+        "meta": types.CallToolResult.model_validate(
+            {
+                "content": [{"type": "text", "text": '{"id": 1}', "_meta": {"ssn": SSN}}],
+                "_meta": {"notes": SECRET, "ssn": SSN},
+            }
+        ),
         "records": types.CallToolResult(
             content=[text(json.dumps([record])), text(json.dumps(record))],
             structured_content={"records": [record]},
@@ -47,7 +54,7 @@ def answers() -> dict[str, types.CallToolResult]:
 
 
 async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
-    names = [*answers(), "rpcerror"]
+    names = [*answers(), "rpcerror", "rpccode"]
     return types.ListToolsResult(
         tools=[types.Tool(name=n, input_schema={"type": "object"}) for n in names]
     )
@@ -56,6 +63,8 @@ async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
 async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
     if params.name == "rpcerror":  # a JSON-RPC error whose message carries the secret
         raise MCPError(types.INTERNAL_ERROR, f"db failed on row: {SECRET} ssn={SSN}\x1b[2J")
+    if params.name == "rpccode":  # an error code that is the secret, as an integer
+        raise MCPError(int.from_bytes(f"ssn {SSN} {SECRET}".encode(), "big"), "x")
     return answers()[params.name]
 
 

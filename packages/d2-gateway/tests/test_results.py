@@ -41,6 +41,8 @@ ENTRIES = [
             grant("mirrordup", WHOLE),
             grant("padded", {"max_bytes": 1000}),
             grant("rpcerror", WHOLE),
+            grant("rpccode", WHOLE),
+            grant("meta", {**FIELDS, **WHOLE}),
             *(grant(t, FIELDS) for t in ("plain", "fenced", "ndjson", "double", "split")),
             grant("records", {**FIELDS, "records.ssn": {"action": "filter"}}),
         ],
@@ -216,3 +218,21 @@ async def test_a_star_grant_opens_tools_never_resources_or_prompts(url: str) -> 
         assert [p.name for p in (await client.list_prompts()).prompts] == ["hostile__hello"]
         assert (await client.read_resource("note://one")).contents
         assert (await client.get_prompt("hostile__hello", {})).messages
+
+
+async def test_an_upstream_error_code_outside_json_rpcs_own_is_not_passed_on(url: str) -> None:
+    # gateway re-check review: a huge integer code carried the upstream's bytes
+    result = await call(url, "rpccode")
+    assert result.is_error and result.structured_content is not None
+    assert result.structured_content["d2_error_code"] is None
+    assert texts(result) == ["upstream 'hostile' failed 'hostile.rpccode' (error None)"]
+
+
+async def test_meta_does_not_go_out_under_output_rules(url: str) -> None:
+    # gateway re-check review: _meta (of the result and of a text block) is no
+    # value the rules read; under output rules it is dropped
+    result = await call(url, "meta")
+    assert not result.is_error
+    assert result.meta is None and all(c.meta is None for c in result.content)
+    sent = result.model_dump_json(by_alias=True)
+    assert SSN not in sent and SECRET not in sent

@@ -348,6 +348,9 @@ class _Readable:
         result = self.result
         first = 1 if self.structured else 0
         structured = values[0] if self.structured else result.structured_content
+        # ``_meta`` (of the result, of a text block) is no value the rules read: under
+        # output rules it does not go out (a block of another kind is read whole)
+        unread: dict[str, Any] = {"meta": None} if checked else {}
         content: list[types.ContentBlock] = []
         for n, block in enumerate(result.content, start=first):
             new = values[n]
@@ -356,14 +359,16 @@ class _Readable:
                 continue
             changed = new is not self.values[n]
             if not changed and not (checked and self.parsed[n]):
-                content.append(block)
+                content.append(block.model_copy(update=unread) if unread else block)
                 continue
             if isinstance(new, _Text):  # never changed by the rules: read as text
                 text = _dumps(new.value) if new.json else new.text
             else:
                 text = _dumps(new)
-            content.append(block.model_copy(update={"text": text}))
-        return result.model_copy(update={"content": content, "structured_content": structured})
+            content.append(block.model_copy(update={"text": text, **unread}))
+        return result.model_copy(
+            update={"content": content, "structured_content": structured, **unread}
+        )
 
 
 def _connection_state(ctx: ServerRequestContext[Any, Any]) -> MutableMapping[str, Any] | None:

@@ -184,8 +184,13 @@ def _logged(text: str, limit: int = 500) -> str:
 
 
 def _error_code(exc: MCPError) -> int | None:
+    """The upstream's JSON-RPC error code when it is one of JSON-RPC's own
+    (-32768..-32000), else None: any other integer could carry the upstream's data
+    past the output rules."""
     code = getattr(exc.error, "code", None)
-    return code if isinstance(code, int) and not isinstance(code, bool) else None
+    if isinstance(code, int) and not isinstance(code, bool) and -32768 <= code <= -32000:
+        return code
+    return None
 
 
 def _upstream_error(upstream: str, tool: str, exc: MCPError) -> types.CallToolResult:
