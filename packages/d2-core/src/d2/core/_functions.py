@@ -253,6 +253,7 @@ class _Target:
 
     __slots__ = (
         "dicts",
+        "doubt",
         "fixed_kw",
         "forwarding",
         "function",
@@ -271,6 +272,46 @@ class _Target:
         self.kwdefaults: tuple[Any, Any] | None = None
         self.partials: list[tuple[Any, Any, Any, Any]] = []
         self.dicts: list[tuple[dict[str, Any], tuple[str, ...], tuple[Any, ...]]] = []
+        self.doubt = False  # a declared signature whose defaults are not the live ones
+
+
+def _declared(target: _Target, sig: Any, fn: Any) -> None:
+    """Bind with ``fn``'s declared signature ``sig``, and watch what the wrapped
+    function reads at each call. A wrapper that declares the signature of the
+    function it wraps (``functools.wraps`` plus ``__signature__``) usually passes its
+    arguments on: the wrapped function's own ``__defaults__`` / ``__kwdefaults__``
+    (and a partial's keywords) then fill what the call omits, and the app may change
+    them after the wrapper was made. So the innermost ``__wrapped__`` is resolved
+    too: its function, defaults and partials are watched (a change rebinds, see
+    :meth:`Arguments.current`), and a default the declared signature gives otherwise
+    than it (another object, even an equal one) is a doubt: the binding is then
+    unknown and approvals are refused (see :attr:`Arguments.doubt`)."""
+    target.spec = spec = _spec_of_signature(sig)
+    inner = fn
+    for _ in range(100):
+        wrapped = getattr(inner, "__wrapped__", None)
+        if wrapped is None:
+            break
+        inner = wrapped
+    else:
+        target.doubt = True  # a cycle of __wrapped__: nothing to trust
+        return
+    if inner is fn:
+        return  # declares its own signature, wraps nothing: what runs is fn
+    found = _resolve(inner)
+    target.function, target.kwdefaults = found.function, found.kwdefaults
+    target.partials.extend(found.partials)
+    target.dicts.extend(found.dicts)
+    if found.doubt:
+        target.doubt = True
+        return
+    if found.spec is None:
+        return  # a builtin or unknown callable: no defaults of its own to compare
+    live = {**found.spec.defaults, **found.fixed_kw}
+    for name, default in spec.defaults.items():
+        if name in live and live[name] is not default:
+            target.doubt = True
+            return
 
 
 def _snapshot(target: _Target, mapping: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -339,7 +380,7 @@ def _resolve(fn: Any) -> _Target:
                 if sig is _OPAQUE:
                     break
                 if sig is not None:
-                    target.spec = _spec_of_signature(sig)
+                    _declared(target, sig, fn)
                     break
                 defaults = fn.__defaults__
                 target.function = (fn, code, defaults)
@@ -359,7 +400,7 @@ def _resolve(fn: Any) -> _Target:
             if sig is _OPAQUE:
                 break
             if sig is not None:
-                target.spec = _spec_of_signature(sig)
+                _declared(target, sig, fn)
                 break
             if issubclass(kind, functools.partial) and _static(kind, "__call__") is _PARTIAL_CALL:
                 func, fixed, keywords = _partial_func(fn), _partial_args(fn), _partial_keywords(fn)
@@ -379,6 +420,9 @@ def _resolve(fn: Any) -> _Target:
             if fn is _NOTHING:
                 break
     except Exception:  # an attribute that raises: the signature is unknown
+        target.spec = None
+        wrapper = True
+    if target.doubt:
         target.spec = None
         wrapper = True
     if target.spec is None:
@@ -425,6 +469,7 @@ class Arguments:
         "defaults",
         "defaults_seen",
         "dicts",
+        "doubt",
         "extra",
         "fixed",
         "forwarding",
@@ -473,6 +518,10 @@ class Arguments:
         self.dicts = tuple(target.dicts)
         # more to check than a function's __code__ and __defaults__
         self.contents = bool(self.partials or self.dicts or self.kwdefaults)
+        # a declared __signature__ that gives a default otherwise than the wrapped
+        # function does now: what a call binds to is unknown (opaque, forwarding),
+        # and no approval can show what would run
+        self.doubt = target.doubt
         spec = target.spec
         self.opaque = spec is None
         self.forwarding = target.forwarding

@@ -1,0 +1,125 @@
+"""The fourteenth hostile review (a re-check of the approvals).
+
+Each test asserts the safe behaviour and failed before its fix: a decorator with an
+honest ``__signature__`` hid a default changed on the function it wraps; the
+webhook got a method's object when it was not the first key; two different strings
+had one digest.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+import pytest
+from d2.core import (
+    ApprovalRequest,
+    ApprovalRequiredError,
+    InMemorySource,
+    PermissionDeniedError,
+    approve,
+    configure_rbac_sync,
+    d2_guard,
+    set_user,
+)
+from d2.core.testing import policy_document
+
+GOOD, BAD = "supplier-iban", "attacker-iban"
+
+
+def _configure(*grants: dict[str, Any]) -> None:
+    doc = policy_document(
+        {"role": "agent", "permissions": list(grants)},
+        {"role": "lead", "permissions": []},
+        name="r14",
+    )
+    configure_rbac_sync(source=InMemorySource(doc))
+    set_user("agent-7", roles=["agent"])
+
+
+def _held(call: Any, *args: Any, **kwargs: Any) -> ApprovalRequest:
+    with pytest.raises(ApprovalRequiredError) as info:
+        call(*args, **kwargs)
+    return info.value.request
+
+
+def _approve(request: ApprovalRequest) -> None:
+    set_user("dana", roles=["lead"])
+    approve(request.id)
+    set_user("agent-7", roles=["agent"])
+
+
+def _honest(fn: Any) -> Any:
+    """A decorator that declares the signature of what it wraps (what D2's errors
+    recommend), and passes every argument on."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    wrapper.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
+    return wrapper
+
+
+@pytest.mark.parametrize("keyword_only", [False, True])
+def test_default_changed_under_an_honest_signature_is_never_approved(keyword_only: bool) -> None:
+    ran: list[str] = []
+    _configure({"tool": "pay", "approval": {"approvers": ["lead"]}})
+    if keyword_only:
+
+        def pay(amount: int, *, to: str = GOOD) -> None:
+            ran.append(to)
+    else:
+
+        def pay(amount: int, to: str = GOOD) -> None:
+            ran.append(to)
+
+    guarded = d2_guard("pay")(_honest(pay))
+    request = _held(guarded, 5000)
+    assert request.arguments == {"amount": 5000, "to": GOOD}
+    _approve(request)
+    if keyword_only:
+        pay.__kwdefaults__ = {"to": BAD}
+    else:
+        pay.__defaults__ = (BAD,)
+    # the declared signature still says GOOD, the function runs with BAD: refused
+    with pytest.raises(PermissionDeniedError) as info:
+        guarded(5000)
+    assert info.value.reason == "approval_unsupported"
+    assert "__signature__" in str(info.value)
+    assert ran == []
+
+
+def test_default_changed_under_an_honest_signature_fails_input_rules_closed() -> None:
+    ran: list[str] = []
+    _configure({"tool": "pay", "conditions": {"input": {"to": {"in": [GOOD]}}}})
+
+    def pay(amount: int, to: str = GOOD) -> None:
+        ran.append(to)
+
+    guarded = d2_guard("pay")(_honest(pay))
+    guarded(5)
+    pay.__defaults__ = (BAD,)
+    with pytest.raises(PermissionDeniedError) as info:
+        guarded(5)
+    assert "__signature__" in str(info.value)
+    assert ran == [GOOD]
+    pay.__defaults__ = (GOOD,)  # as declared again: trusted again
+    guarded(5)
+    assert ran == [GOOD, GOOD]
+
+
+def test_honest_signature_with_unchanged_defaults_still_binds() -> None:
+    ran: list[str] = []
+    _configure({"tool": "pay", "approval": {"approvers": ["lead"]}})
+
+    def pay(amount: int, to: str = GOOD) -> None:
+        ran.append(to)
+
+    guarded = d2_guard("pay")(_honest(pay))
+    request = _held(guarded, 5000)
+    assert request.arguments == {"amount": 5000, "to": GOOD}
+    _approve(request)
+    guarded(5000)
+    assert ran == [GOOD]
