@@ -123,3 +123,82 @@ def test_honest_signature_with_unchanged_defaults_still_binds() -> None:
     _approve(request)
     guarded(5000)
     assert ran == [GOOD]
+
+
+class Payments:
+    def __init__(self, api_key: str) -> None:
+        self.api_key = api_key
+
+    def refund(self, order_id: str, amount: int) -> str:
+        return "refunded"
+
+
+class Other:
+    def __init__(self, api_key: str) -> None:
+        self.api_key = api_key
+
+    @d2_guard("this.refund")
+    def refund(this, order_id: str, amount: int) -> str:
+        return "ok"
+
+
+class Data:
+    def __init__(self, to: str) -> None:
+        self.to = to
+
+
+def _webhook_case(name: str) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """(the guarded tool, its call's arguments, what the webhook must send)."""
+    client = Payments("sk_live_SECRET")
+    plain = {"order_id": "o_2", "amount": 250}
+    if name == "bound":
+        return d2_guard(name)(client.refund), ("o_2", 250), plain
+    if name == "partial":
+        return d2_guard(name)(functools.partial(Payments.refund, client)), ("o_2", 250), plain
+    if name == "this.refund":
+        return Other("sk_live_SECRET").refund, ("o_2", 250), plain
+
+    def payee(self: Data, amount: int) -> str:  # a plain function: "self" is data
+        return "ok"
+
+    shown = {"self": {"__class__": f"{__name__}.Data", "to": GOOD}, "amount": 5000}
+    return d2_guard(name)(payee), (Data(GOOD), 5000), shown
+
+
+@pytest.mark.parametrize("name", ["bound", "partial", "this.refund", "selfdata"])
+def test_the_webhook_leaves_out_exactly_the_object_a_method_runs_on(name: str) -> None:
+    from d2.core.testing import webhook_receiver
+
+    tool, args, expected = _webhook_case(name)
+    doc = policy_document(
+        {"role": "agent", "permissions": [{"tool": name, "approval": {"approvers": ["lead"]}}]},
+        {"role": "lead", "permissions": []},
+        name="r14",
+    )
+    with webhook_receiver() as hook:
+        configure_rbac_sync(
+            source=InMemorySource(doc), approval_webhook=hook.url, approval_webhook_arguments=True
+        )
+        set_user("agent-7", roles=["agent"])
+        request = _held(tool, *args)
+        assert hook.wait_for(1)
+        sent = hook.events[0]
+    assert sent["arguments"] == expected
+    assert "sk_live" not in str(sent)
+    if name != "selfdata":  # the approver sees the object, first
+        first = next(iter(request.arguments))
+        assert request.arguments[first]["api_key"] == "sk_live_SECRET"
+        assert request.object_argument == first
+    else:
+        assert request.object_argument == ""
+
+
+def test_a_request_stored_before_object_argument_still_reads() -> None:
+    request = ApprovalRequest("r1", "t", "u", {"self": {"__class__": "x.C"}, "a": 1}, "v", 1.0, ())
+    text = request.to_json()
+    assert ApprovalRequest.from_json(text) == request
+    old = text.replace(',"object_argument":null', "")
+    assert "object_argument" not in old
+    assert ApprovalRequest.from_json(old).object_argument is None
+    named = request._replace(object_argument="self")
+    assert ApprovalRequest.from_json(named.to_json()) == named

@@ -259,6 +259,7 @@ class _Target:
         "function",
         "kwdefaults",
         "leading",
+        "object_first",
         "partials",
         "spec",
     )
@@ -273,6 +274,10 @@ class _Target:
         self.partials: list[tuple[Any, Any, Any, Any]] = []
         self.dicts: list[tuple[dict[str, Any], tuple[str, ...], tuple[Any, ...]]] = []
         self.doubt = False  # a declared signature whose defaults are not the live ones
+        # the first leading value is the object a method runs on (a bound method's
+        # __self__, a callable object, a class method's class, a partial's first
+        # argument of a function defined in a class body), not an argument
+        self.object_first = False
 
 
 def _declared(target: _Target, sig: Any, fn: Any) -> None:
@@ -368,6 +373,7 @@ def _resolve(fn: Any) -> _Target:
             kind = type(fn)
             if kind is _METHOD or kind in _BOUND_METHODS:
                 bound.append((fn.__self__,))
+                target.object_first = True
                 fn = fn.__func__
                 continue
             if kind is _FUNCTION:
@@ -406,6 +412,8 @@ def _resolve(fn: Any) -> _Target:
                 func, fixed, keywords = _partial_func(fn), _partial_args(fn), _partial_keywords(fn)
                 target.partials.append((fn, func, fixed, keywords))
                 bound.append(tuple(fixed))
+                if fixed:
+                    target.object_first = _in_class_body(func)
                 target.fixed_kw = {**dict(_snapshot(target, keywords)), **target.fixed_kw}
                 fn = func
                 continue
@@ -416,7 +424,10 @@ def _resolve(fn: Any) -> _Target:
                 continue
             if getattr(fn, "__wrapped__", None) is not None:
                 wrapper = True  # a proxy or a class-based decorator: it may move arguments
+            before = len(bound)
             fn = _call_of(fn, kind, bound)
+            if len(bound) > before:
+                target.object_first = True  # the callable object, or a class method's class
             if fn is _NOTHING:
                 break
     except Exception:  # an attribute that raises: the signature is unknown
@@ -429,6 +440,19 @@ def _resolve(fn: Any) -> _Target:
         target.forwarding = wrapper
     target.leading = [value for values in reversed(bound) for value in values]
     return target
+
+
+def _in_class_body(fn: Any) -> bool:
+    """Whether ``fn`` is a function defined in a class body (a method, called through
+    its class: ``functools.partial(Payments.refund, client)``), by its qualified
+    name: ``Payments.refund``, not ``refund`` nor ``make.<locals>.refund``."""
+    if type(fn) is not _FUNCTION:
+        return False
+    qualname = fn.__qualname__
+    if type(qualname) is not str:
+        return False
+    parts = qualname.split(".")
+    return len(parts) > 1 and parts[-2] != "<locals>"
 
 
 def bound_method_type(cls: type[T]) -> type[T]:
@@ -474,6 +498,7 @@ class Arguments:
         "fixed",
         "forwarding",
         "hidden",
+        "in_class",
         "keywords",
         "kwdefaults",
         "latest",
@@ -483,6 +508,7 @@ class Arguments:
         "plans",
         "positional_only",
         "positions",
+        "receiver",
         "source",
         "varargs",
         "varkw",
@@ -506,6 +532,13 @@ class Arguments:
         # parameters that are not part of the call an approval covers or a log shows
         # (a framework's run context); set by adapters
         self.hidden: frozenset[str] = frozenset()
+        # the parameter a value bound before the call fills with the object a method
+        # runs on (a bound method's object, a partial's first argument of a method)
+        self.receiver: str | None = None
+        # a function defined in a class body: called as a method, its first
+        # parameter is the object (whatever its name); the guard clears it for a
+        # staticmethod
+        self.in_class = _in_class_body(fn)
         target = _resolve(fn)
         # what the binding was made from (see current())
         self.watched: Any = None
@@ -533,6 +566,8 @@ class Arguments:
         skip = len(leading)
         for i, value in enumerate(leading[:npos]):
             self.fixed[names[i]] = value
+        if target.object_first and skip and npos:
+            self.receiver = names[0]
         self.positions = {names[i]: i - skip for i in range(skip, npos)}
         self.positional_only = frozenset(names[: spec.posonly])
         self.keywords = frozenset(names[max(spec.posonly, skip) :] + spec.kwonly)
@@ -562,13 +597,26 @@ class Arguments:
             return self._rebind()
         if latest is not self:  # set on this one by the guard and adapters: kept
             latest.hidden, latest.method = self.hidden, self.method
+            latest.in_class = self.in_class
         return latest
 
     def _rebind(self) -> Arguments:
         fresh = Arguments(self.source)
         fresh.hidden, fresh.method = self.hidden, self.method
+        fresh.in_class = self.in_class
         self.latest = fresh  # one assignment: another thread sees the old or the new
         return fresh
+
+    def object_name(self) -> str | None:
+        """The parameter that holds the object a method runs on (its ``self`` or
+        ``cls``, whatever its name), or ``None`` when the callable is no method."""
+        if self.receiver is not None:
+            return self.receiver
+        if (self.method or self.in_class) and not self.opaque:
+            first = next((n for n, i in self.positions.items() if i == 0), None)
+            if first is not None and first not in self.fixed:
+                return first
+        return None
 
     def declares(self, name: str) -> bool:
         """Whether ``name`` is a parameter of the signature a call binds to."""
@@ -691,8 +739,12 @@ def bound_arguments(
         if args:
             bound[POSITIONAL] = list(args)
         return bound
-    names = sorted(
-        {*arguments.positions, *arguments.keywords, *arguments.fixed},
+    # values bound before the call first (a bound method's object, a partial's
+    # leading arguments), in parameter order; then the call's, keyword-only last
+    fixed = arguments.fixed
+    names = [*fixed]
+    names += sorted(
+        {*arguments.positions, *arguments.keywords} - fixed.keys(),
         key=lambda n: arguments.positions.get(n, 1 << 30),
     )
     if not keep_self and arguments.method and names and arguments.positions.get(names[0]) == 0:

@@ -91,7 +91,10 @@ class ApprovalRequest(NamedTuple):
     asked under; ``expires_at``: Unix seconds after which approving or using it
     fails; ``approver_roles``: the roles that may approve it; ``asked_at``: Unix
     seconds when the call asked (``0.0``: unknown, a request stored before D2
-    recorded it).
+    recorded it); ``object_argument``: the name of the argument that holds the
+    object a method runs on (its ``self`` or ``cls``, whatever its name), never sent
+    to a webhook (``""``: the call has none; ``None``: unknown, a request stored
+    before D2 recorded it).
     """
 
     id: str
@@ -102,6 +105,7 @@ class ApprovalRequest(NamedTuple):
     expires_at: float
     approver_roles: tuple[str, ...]
     asked_at: float = 0.0
+    object_argument: str | None = None
 
     def to_json(self) -> str:
         """The request as one JSON object (how shared stores keep it). The
@@ -129,4 +133,9 @@ class ApprovalRequest(NamedTuple):
             expires_at=float(data["expires_at"]),
             approver_roles=tuple(str(r) for r in data["approver_roles"]),
             asked_at=float(data.get("asked_at", 0.0)),
+            object_argument=_optional_text(data.get("object_argument")),
         )
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else str(value)

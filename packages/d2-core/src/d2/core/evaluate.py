@@ -779,6 +779,7 @@ class Evaluator:
             expires_at=now + approval.ttl,
             approver_roles=approval.approvers,
             asked_at=now,
+            object_argument=(arguments.object_name() or "") if arguments is not None else "",
         )
 
     def _resume(self, adm: _Admission, hold: _Hold) -> _Steps:
