@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from typing import Any
 
 import pytest
@@ -23,7 +24,10 @@ from d2.core import (
     d2_guard,
     set_user,
 )
+from d2.core.approval_data import call_digest, canonical_arguments
 from d2.core.testing import policy_document
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 GOOD, BAD = "supplier-iban", "attacker-iban"
 
@@ -202,3 +206,64 @@ def test_a_request_stored_before_object_argument_still_reads() -> None:
     assert ApprovalRequest.from_json(old).object_argument is None
     named = request._replace(object_argument="self")
     assert ApprovalRequest.from_json(named.to_json()) == named
+
+
+def _as_surrogates(char: str) -> str:
+    """A character beyond U+FFFF as the two lone surrogates UTF-16 writes it with."""
+    code = ord(char) - 0x10000
+    return chr(0xD800 + (code >> 10)) + chr(0xDC00 + (code & 0x3FF))
+
+
+# any string, lone surrogates included, and often the two surrogates of an astral
+# character (what JSON's ASCII escapes wrote like the character itself)
+_ASTRAL = st.characters(min_codepoint=0x10000)
+_ANY_TEXT = st.lists(
+    st.one_of(
+        st.characters(codec=None, exclude_categories=()),
+        _ASTRAL,
+        _ASTRAL.map(_as_surrogates),
+        st.sampled_from(["\U0001f600", _as_surrogates("\U0001f600")]),
+    ),
+    max_size=6,
+).map("".join)
+
+
+def test_an_astral_character_and_its_two_lone_surrogates_are_two_calls() -> None:
+    astral, pair = "\U0001f600", "\ud83d\ude00"
+    for arguments in ({"memo": astral}, {"memo": pair}):
+        assert call_digest("pay", arguments, "agent-7", "v")  # both digest
+    assert call_digest("pay", {"memo": astral}, "u", "v") != call_digest(
+        "pay", {"memo": pair}, "u", "v"
+    )
+    assert call_digest("pay", {astral: 1}, "u", "v") != call_digest("pay", {pair: 1}, "u", "v")
+    assert call_digest("pay", {}, astral, "v") != call_digest("pay", {}, pair, "v")
+    ran: list[str] = []
+    _configure({"tool": "pay", "approval": {"approvers": ["lead"]}})
+    pay = d2_guard("pay")(lambda memo: ran.append(memo))
+    _approve(_held(pay, astral))
+    _held(pay, pair)  # the approval of the other string does not run this one
+    assert ran == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ANY_TEXT, _ANY_TEXT)
+def test_distinct_strings_never_share_a_digest(a: str, b: str) -> None:
+    split = "".join(_as_surrogates(c) if ord(c) > 0xFFFF else c for c in a)
+    if split != a:  # the same text, as UTF-16 would spell it: another string
+        assert canonical_arguments({"s": a}) != canonical_arguments({"s": split})
+    assume(a != b)
+    assert canonical_arguments({"s": a}) != canonical_arguments({"s": b})
+    assert canonical_arguments({a: 0}) != canonical_arguments({b: 0})
+    assert call_digest("t", {"s": a}, "u", "v") != call_digest("t", {"s": b}, "u", "v")
+    assert call_digest("t", {}, a, "v") != call_digest("t", {}, b, "v")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(codec="utf-8"), max_size=12))
+def test_a_string_without_lone_surrogates_keeps_its_digest(text: str) -> None:
+    assume(text != "s")
+    # what ensure_ascii wrote before: pending approvals of such calls still match
+    written = canonical_arguments({"s": text, text: [text]})
+    before = json.dumps({"__t": "dict", "v": [["s", text], [text, [text]]]}, separators=(",", ":"))
+    assert written == before
+    assert written.isascii()

@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ._canonical import NoCanonicalForm, canonical_arguments
+from ._canonical import NoCanonicalForm, ascii_json, canonical_arguments
 from ._display import TOO_LARGE, shown_arguments, shown_with_reason
 from ._reading import read_once
 
@@ -61,7 +61,9 @@ def call_digest(tool_id: str, arguments: Mapping[str, Any], user_id: str, versio
     # then the canonical arguments (ASCII), hashed as they are: never copied into
     # another JSON text (which would escape it again)
     digest = hashlib.sha256(
-        json.dumps([tool_id, user_id, version], separators=(",", ":"), ensure_ascii=True).encode()
+        ascii_json(
+            json.dumps([tool_id, user_id, version], separators=(",", ":"), ensure_ascii=False)
+        ).encode("ascii")
     )
     digest.update(b"\n")
     digest.update(canonical_arguments(dict(arguments)).encode("ascii"))
