@@ -40,6 +40,7 @@ import enum
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
@@ -160,11 +161,37 @@ class _Walk:
 
 
 # one encoder (json.dumps with options makes a new one per call: a set's every item)
-_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_NON_ASCII = re.compile("[^\x00-\x7e]+")  # DEL too, as ensure_ascii escapes it
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_escape_run: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def _ascii_run(found: re.Match[str]) -> str:
+    """A run of DEL and non-ASCII characters as JSON's ASCII escapes (``ensure_ascii``:
+    lowercase hex, a character beyond U+FFFF as its surrogate pair), except that a
+    lone surrogate is written in uppercase hex (``\\uD83D``): JSON's encoder never
+    writes that, so ``"\\U0001f600"`` and the two lone surrogates
+    ``"\\ud83d\\ude00"`` are two texts (with ``ensure_ascii`` they were one)."""
+    run = found.group()
+    if _SURROGATE.search(run) is None:
+        return _escape_run(run)[1:-1]
+    return "".join(
+        f"\\u{ord(ch):04X}" if "\ud800" <= ch <= "\udfff" else _escape_run(ch)[1:-1] for ch in run
+    )
+
+
+def ascii_json(text: str) -> str:
+    """JSON text written with ``ensure_ascii=False`` made ASCII: what
+    ``ensure_ascii=True`` writes, but lone surrogates apart (see :func:`_ascii_run`):
+    two different strings never give one text."""
+    if text.isascii() and "\x7f" not in text:
+        return text
+    return _NON_ASCII.sub(_ascii_run, text)
 
 
 def _text(value: Any, depth: int, walk: _Walk) -> str:
-    return _encode(_canon(value, depth, walk))
+    return ascii_json(_encode(_canon(value, depth, walk)))
 
 
 def _in_order(items: Collection[Any], depth: int, walk: _Walk) -> list[tuple[str, Any]]:

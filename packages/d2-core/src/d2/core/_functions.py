@@ -253,11 +253,13 @@ class _Target:
 
     __slots__ = (
         "dicts",
+        "doubt",
         "fixed_kw",
         "forwarding",
         "function",
         "kwdefaults",
         "leading",
+        "object_first",
         "partials",
         "spec",
     )
@@ -271,6 +273,50 @@ class _Target:
         self.kwdefaults: tuple[Any, Any] | None = None
         self.partials: list[tuple[Any, Any, Any, Any]] = []
         self.dicts: list[tuple[dict[str, Any], tuple[str, ...], tuple[Any, ...]]] = []
+        self.doubt = False  # a declared signature whose defaults are not the live ones
+        # the first leading value is the object a method runs on (a bound method's
+        # __self__, a callable object, a class method's class, a partial's first
+        # argument of a function defined in a class body), not an argument
+        self.object_first = False
+
+
+def _declared(target: _Target, sig: Any, fn: Any) -> None:
+    """Bind with ``fn``'s declared signature ``sig``, and watch what the wrapped
+    function reads at each call. A wrapper that declares the signature of the
+    function it wraps (``functools.wraps`` plus ``__signature__``) usually passes its
+    arguments on: the wrapped function's own ``__defaults__`` / ``__kwdefaults__``
+    (and a partial's keywords) then fill what the call omits, and the app may change
+    them after the wrapper was made. So the innermost ``__wrapped__`` is resolved
+    too: its function, defaults and partials are watched (a change rebinds, see
+    :meth:`Arguments.current`), and a default the declared signature gives otherwise
+    than it (another object, even an equal one) is a doubt: the binding is then
+    unknown and approvals are refused (see :attr:`Arguments.doubt`)."""
+    target.spec = spec = _spec_of_signature(sig)
+    inner = fn
+    for _ in range(100):
+        wrapped = getattr(inner, "__wrapped__", None)
+        if wrapped is None:
+            break
+        inner = wrapped
+    else:
+        target.doubt = True  # a cycle of __wrapped__: nothing to trust
+        return
+    if inner is fn:
+        return  # declares its own signature, wraps nothing: what runs is fn
+    found = _resolve(inner)
+    target.function, target.kwdefaults = found.function, found.kwdefaults
+    target.partials.extend(found.partials)
+    target.dicts.extend(found.dicts)
+    if found.doubt:
+        target.doubt = True
+        return
+    if found.spec is None:
+        return  # a builtin or unknown callable: no defaults of its own to compare
+    live = {**found.spec.defaults, **found.fixed_kw}
+    for name, default in spec.defaults.items():
+        if name in live and live[name] is not default:
+            target.doubt = True
+            return
 
 
 def _snapshot(target: _Target, mapping: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -327,6 +373,7 @@ def _resolve(fn: Any) -> _Target:
             kind = type(fn)
             if kind is _METHOD or kind in _BOUND_METHODS:
                 bound.append((fn.__self__,))
+                target.object_first = True
                 fn = fn.__func__
                 continue
             if kind is _FUNCTION:
@@ -339,7 +386,7 @@ def _resolve(fn: Any) -> _Target:
                 if sig is _OPAQUE:
                     break
                 if sig is not None:
-                    target.spec = _spec_of_signature(sig)
+                    _declared(target, sig, fn)
                     break
                 defaults = fn.__defaults__
                 target.function = (fn, code, defaults)
@@ -359,12 +406,14 @@ def _resolve(fn: Any) -> _Target:
             if sig is _OPAQUE:
                 break
             if sig is not None:
-                target.spec = _spec_of_signature(sig)
+                _declared(target, sig, fn)
                 break
             if issubclass(kind, functools.partial) and _static(kind, "__call__") is _PARTIAL_CALL:
                 func, fixed, keywords = _partial_func(fn), _partial_args(fn), _partial_keywords(fn)
                 target.partials.append((fn, func, fixed, keywords))
                 bound.append(tuple(fixed))
+                if fixed:
+                    target.object_first = _in_class_body(func)
                 target.fixed_kw = {**dict(_snapshot(target, keywords)), **target.fixed_kw}
                 fn = func
                 continue
@@ -375,16 +424,35 @@ def _resolve(fn: Any) -> _Target:
                 continue
             if getattr(fn, "__wrapped__", None) is not None:
                 wrapper = True  # a proxy or a class-based decorator: it may move arguments
+            before = len(bound)
             fn = _call_of(fn, kind, bound)
+            if len(bound) > before:
+                target.object_first = True  # the callable object, or a class method's class
             if fn is _NOTHING:
                 break
     except Exception:  # an attribute that raises: the signature is unknown
+        target.spec = None
+        wrapper = True
+    if target.doubt:
         target.spec = None
         wrapper = True
     if target.spec is None:
         target.forwarding = wrapper
     target.leading = [value for values in reversed(bound) for value in values]
     return target
+
+
+def _in_class_body(fn: Any) -> bool:
+    """Whether ``fn`` is a function defined in a class body (a method, called through
+    its class: ``functools.partial(Payments.refund, client)``), by its qualified
+    name: ``Payments.refund``, not ``refund`` nor ``make.<locals>.refund``."""
+    if type(fn) is not _FUNCTION:
+        return False
+    qualname = fn.__qualname__
+    if type(qualname) is not str:
+        return False
+    parts = qualname.split(".")
+    return len(parts) > 1 and parts[-2] != "<locals>"
 
 
 def bound_method_type(cls: type[T]) -> type[T]:
@@ -425,10 +493,12 @@ class Arguments:
         "defaults",
         "defaults_seen",
         "dicts",
+        "doubt",
         "extra",
         "fixed",
         "forwarding",
         "hidden",
+        "in_class",
         "keywords",
         "kwdefaults",
         "latest",
@@ -438,6 +508,7 @@ class Arguments:
         "plans",
         "positional_only",
         "positions",
+        "receiver",
         "source",
         "varargs",
         "varkw",
@@ -461,6 +532,13 @@ class Arguments:
         # parameters that are not part of the call an approval covers or a log shows
         # (a framework's run context); set by adapters
         self.hidden: frozenset[str] = frozenset()
+        # the parameter a value bound before the call fills with the object a method
+        # runs on (a bound method's object, a partial's first argument of a method)
+        self.receiver: str | None = None
+        # a function defined in a class body: called as a method, its first
+        # parameter is the object (whatever its name); the guard clears it for a
+        # staticmethod
+        self.in_class = _in_class_body(fn)
         target = _resolve(fn)
         # what the binding was made from (see current())
         self.watched: Any = None
@@ -473,6 +551,10 @@ class Arguments:
         self.dicts = tuple(target.dicts)
         # more to check than a function's __code__ and __defaults__
         self.contents = bool(self.partials or self.dicts or self.kwdefaults)
+        # a declared __signature__ that gives a default otherwise than the wrapped
+        # function does now: what a call binds to is unknown (opaque, forwarding),
+        # and no approval can show what would run
+        self.doubt = target.doubt
         spec = target.spec
         self.opaque = spec is None
         self.forwarding = target.forwarding
@@ -484,6 +566,8 @@ class Arguments:
         skip = len(leading)
         for i, value in enumerate(leading[:npos]):
             self.fixed[names[i]] = value
+        if target.object_first and skip and npos:
+            self.receiver = names[0]
         self.positions = {names[i]: i - skip for i in range(skip, npos)}
         self.positional_only = frozenset(names[: spec.posonly])
         self.keywords = frozenset(names[max(spec.posonly, skip) :] + spec.kwonly)
@@ -513,13 +597,26 @@ class Arguments:
             return self._rebind()
         if latest is not self:  # set on this one by the guard and adapters: kept
             latest.hidden, latest.method = self.hidden, self.method
+            latest.in_class = self.in_class
         return latest
 
     def _rebind(self) -> Arguments:
         fresh = Arguments(self.source)
         fresh.hidden, fresh.method = self.hidden, self.method
+        fresh.in_class = self.in_class
         self.latest = fresh  # one assignment: another thread sees the old or the new
         return fresh
+
+    def object_name(self) -> str | None:
+        """The parameter that holds the object a method runs on (its ``self`` or
+        ``cls``, whatever its name), or ``None`` when the callable is no method."""
+        if self.receiver is not None:
+            return self.receiver
+        if (self.method or self.in_class) and not self.opaque:
+            first = next((n for n, i in self.positions.items() if i == 0), None)
+            if first is not None and first not in self.fixed:
+                return first
+        return None
 
     def declares(self, name: str) -> bool:
         """Whether ``name`` is a parameter of the signature a call binds to."""
@@ -642,8 +739,12 @@ def bound_arguments(
         if args:
             bound[POSITIONAL] = list(args)
         return bound
-    names = sorted(
-        {*arguments.positions, *arguments.keywords, *arguments.fixed},
+    # values bound before the call first (a bound method's object, a partial's
+    # leading arguments), in parameter order; then the call's, keyword-only last
+    fixed = arguments.fixed
+    names = [*fixed]
+    names += sorted(
+        {*arguments.positions, *arguments.keywords} - fixed.keys(),
         key=lambda n: arguments.positions.get(n, 1 << 30),
     )
     if not keep_self and arguments.method and names and arguments.positions.get(names[0]) == 0:

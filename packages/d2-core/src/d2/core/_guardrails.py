@@ -136,19 +136,29 @@ def when_holds(
     return True
 
 
+DOUBT = (
+    "the guarded callable declares a __signature__ whose defaults are not the ones the "
+    "function it wraps (__wrapped__) has now (changed after the wrapper was made?), so "
+    "which value a call would run with is unknown. Set __signature__ again after "
+    "changing the defaults, or put @d2_guard directly on the function"
+)
+
 # A guardrail denial before it becomes an error: (reason, detail, path).
 Denial = tuple[str, str, "str | None"]
 
 
 def input_plan(grant: Grant | Approval, arguments: Arguments | None) -> tuple[Any, ...]:
     """How to read and check each argument of ``grant.input`` for one function:
-    ``(position, name, default, ok)``; position -2 means "ask ``arguments``", -3
-    and -4 that the rule can never be read (a typo; a forwarding wrapper)."""
+    ``(position, name, default, ok)``; position -2 means "ask ``arguments``", -3,
+    -4 and -5 that the rule can never be read (a typo; a forwarding wrapper; a
+    declared signature whose defaults are not the wrapped function's)."""
     plan = []
     for name, constraint in grant.input:
         pos = arguments.position(name) if arguments is not None else -1
         default = arguments.defaults.get(name, MISSING) if arguments is not None else MISSING
-        if arguments is not None and arguments.forwarding and not arguments.declares(name):
+        if arguments is not None and arguments.doubt:
+            pos = -5  # a declared signature that contradicts the wrapped function's defaults
+        elif arguments is not None and arguments.forwarding and not arguments.declares(name):
             pos = -4  # passed on by a forwarding wrapper: where it lands is unknown
         elif arguments is not None and not arguments.takes(name):
             pos = -3  # a rule on an argument the tool does not take: a typo, fail closed
@@ -158,7 +168,9 @@ def input_plan(grant: Grant | Approval, arguments: Arguments | None) -> tuple[An
 
 def unreadable(grant: Grant | Approval, name: str, pos: int) -> Denial:
     """The denial for a rule the plan found it can never read (see :func:`input_plan`)."""
-    if pos == -3:
+    if pos == -5:
+        detail = DOUBT
+    elif pos == -3:
         detail = (
             f"the policy constrains argument {name!r}, which this tool does not take: "
             "fix the argument name in the policy"

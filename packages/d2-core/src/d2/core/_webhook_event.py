@@ -172,15 +172,21 @@ def approval_event(
         "inbox_url": link,
     }
     if arguments:
-        event["arguments"] = _without_object(request.arguments)
+        event["arguments"] = _without_object(request)
     return event
 
 
-def _without_object(arguments: dict[str, Any]) -> dict[str, Any]:
+def _without_object(request: ApprovalRequest) -> dict[str, Any]:
     """The arguments a call was given, without the object a method runs on: the
     approver sees the object (its state is part of what runs), but its attributes
-    (a client's API key, a cache) are no business of a chat channel. The view puts
-    a method's object first, under ``self`` or ``cls``, as a tagged object."""
+    (a client's API key, a cache) are no business of a chat channel. The request
+    names the argument that holds it (whatever its name, wherever it is); one
+    stored before D2 recorded that has it first, under ``self`` or ``cls``, as a
+    tagged object."""
+    arguments = request.arguments
+    name = request.object_argument
+    if name is not None:
+        return {k: v for k, v in arguments.items() if k != name} if name else arguments
     first = next(iter(arguments), None)
     if first in ("self", "cls"):
         value = arguments[first]

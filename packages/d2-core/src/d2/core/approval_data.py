@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ._canonical import NoCanonicalForm, canonical_arguments
+from ._canonical import NoCanonicalForm, ascii_json, canonical_arguments
 from ._display import TOO_LARGE, shown_arguments, shown_with_reason
 from ._reading import read_once
 
@@ -61,7 +61,9 @@ def call_digest(tool_id: str, arguments: Mapping[str, Any], user_id: str, versio
     # then the canonical arguments (ASCII), hashed as they are: never copied into
     # another JSON text (which would escape it again)
     digest = hashlib.sha256(
-        json.dumps([tool_id, user_id, version], separators=(",", ":"), ensure_ascii=True).encode()
+        ascii_json(
+            json.dumps([tool_id, user_id, version], separators=(",", ":"), ensure_ascii=False)
+        ).encode("ascii")
     )
     digest.update(b"\n")
     digest.update(canonical_arguments(dict(arguments)).encode("ascii"))
@@ -91,7 +93,10 @@ class ApprovalRequest(NamedTuple):
     asked under; ``expires_at``: Unix seconds after which approving or using it
     fails; ``approver_roles``: the roles that may approve it; ``asked_at``: Unix
     seconds when the call asked (``0.0``: unknown, a request stored before D2
-    recorded it).
+    recorded it); ``object_argument``: the name of the argument that holds the
+    object a method runs on (its ``self`` or ``cls``, whatever its name), never sent
+    to a webhook (``""``: the call has none; ``None``: unknown, a request stored
+    before D2 recorded it).
     """
 
     id: str
@@ -102,6 +107,7 @@ class ApprovalRequest(NamedTuple):
     expires_at: float
     approver_roles: tuple[str, ...]
     asked_at: float = 0.0
+    object_argument: str | None = None
 
     def to_json(self) -> str:
         """The request as one JSON object (how shared stores keep it). The
@@ -129,4 +135,9 @@ class ApprovalRequest(NamedTuple):
             expires_at=float(data["expires_at"]),
             approver_roles=tuple(str(r) for r in data["approver_roles"]),
             asked_at=float(data.get("asked_at", 0.0)),
+            object_argument=_optional_text(data.get("object_argument")),
         )
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else str(value)

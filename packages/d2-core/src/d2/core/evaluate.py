@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from ._functions import Arguments, bound_arguments
 from ._guardrails import (
+    DOUBT,
     Denial,
     Picked,
     audit_error,
@@ -735,6 +736,11 @@ class Evaluator:
         policy = rules.policy
         approval = hold.judged
         args, kwargs, arguments = adm.call
+        if arguments is not None:
+            arguments = arguments.current()
+            if arguments.doubt:
+                hold.unapprovable = DOUBT  # what would run is unknown: nothing to show
+                return
         try:
             reading = read_once(bound_arguments(arguments, args, kwargs, keep_self=True))
         except NoCanonicalForm as exc:
@@ -773,6 +779,7 @@ class Evaluator:
             expires_at=now + approval.ttl,
             approver_roles=approval.approvers,
             asked_at=now,
+            object_argument=(arguments.object_name() or "") if arguments is not None else "",
         )
 
     def _resume(self, adm: _Admission, hold: _Hold) -> _Steps:

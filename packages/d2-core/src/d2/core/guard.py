@@ -439,6 +439,7 @@ def _decorate(
         tid = tool_id or _default_id(fn)
         guarded = _build(fn, tid, on_deny, strict, instance_name)
         if isinstance(target, staticmethod):
+            guarded.__dict__["_d2_arguments"].in_class = False  # no object: all arguments
             return staticmethod(guarded)
         _mark_method(guarded)
         if _is_sync_plain(fn):
