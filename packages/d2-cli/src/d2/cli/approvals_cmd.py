@@ -328,30 +328,31 @@ def _decide(
     run_command(as_json, body)
 
 
-def approve_command(
-    request_id: IdArgument,
-    as_user: AsOption,
-    roles: RolesOption,
-    store: StoreOption = None,
-    app: AppOption = None,
-    policy: PolicyOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Approve a pending request: the requester's identical call then runs once."""
-    _decide(True, request_id, as_user, roles, store, app, policy, as_json)
+def _decision_command(approve: bool, doc: str) -> Callable[..., None]:
+    """The ``approve`` or ``reject`` command: one signature, one verdict each."""
+
+    def command(
+        request_id: IdArgument,
+        as_user: AsOption,
+        roles: RolesOption,
+        store: StoreOption = None,
+        app: AppOption = None,
+        policy: PolicyOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        _decide(approve, request_id, as_user, roles, store, app, policy, as_json)
+
+    command.__doc__ = doc
+    command.__name__ = command.__qualname__ = "approve_command" if approve else "reject_command"
+    return command
 
 
-def reject_command(
-    request_id: IdArgument,
-    as_user: AsOption,
-    roles: RolesOption,
-    store: StoreOption = None,
-    app: AppOption = None,
-    policy: PolicyOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Reject a pending request: the requester's identical call is refused."""
-    _decide(False, request_id, as_user, roles, store, app, policy, as_json)
+approve_command = _decision_command(
+    True, "Approve a pending request: the requester's identical call then runs once."
+)
+reject_command = _decision_command(
+    False, "Reject a pending request: the requester's identical call is refused."
+)
 
 
 def _listen(text: str) -> tuple[str, int]:
