@@ -34,6 +34,22 @@ _FIRST_DELAY = 0.5
 _MAX_DELAY = 30.0
 _PING_EVERY = 1.0
 _PAGES = 50  # listing pages read per upstream (a paginator that never ends stops here)
+
+
+async def _every_page(listing: Any, field: str) -> list[Any]:
+    """Every item of a paginated MCP listing (``list_tools`` and its kin), at most
+    :data:`_PAGES` pages."""
+    items: list[Any] = []
+    cursor: str | None = None
+    for _ in range(_PAGES):
+        page = await listing(cursor=cursor)
+        items.extend(getattr(page, field))
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return items
+
+
 _PING_TIMEOUT = 5.0
 
 DEFAULT_MAX_RESULT_BYTES = 8 * 1024 * 1024
@@ -198,29 +214,11 @@ class Upstream:
         resources: list[types.Resource] = []
         prompts: list[types.Prompt] = []
         if caps.tools is not None:
-            cursor: str | None = None
-            for _ in range(_PAGES):
-                page = await client.list_tools(cursor=cursor)
-                tools.extend(page.tools)
-                cursor = page.next_cursor
-                if not cursor:
-                    break
+            tools = await _every_page(client.list_tools, "tools")
         if caps.resources is not None:
-            cursor = None
-            for _ in range(_PAGES):
-                rpage = await client.list_resources(cursor=cursor)
-                resources.extend(rpage.resources)
-                cursor = rpage.next_cursor
-                if not cursor:
-                    break
+            resources = await _every_page(client.list_resources, "resources")
         if caps.prompts is not None:
-            cursor = None
-            for _ in range(_PAGES):
-                ppage = await client.list_prompts(cursor=cursor)
-                prompts.extend(ppage.prompts)
-                cursor = ppage.next_cursor
-                if not cursor:
-                    break
+            prompts = await _every_page(client.list_prompts, "prompts")
         self.tools, self.resources, self.prompts = tools, resources, prompts
 
     async def _watch(self, client: Client) -> None:
