@@ -748,10 +748,9 @@ class Evaluator:
             return
         # the view first: a call too large to show is refused at once, before the
         # digest (which would write and hash it) runs; an approver never approves a
-        # part of a call they were not shown
-        # a method's object (its ``self`` / ``cls``) is shown too: its state is part
-        # of what runs (the payee an earlier call picked), and part of the digest
-        shown, missing = shown_with_reason({name: reading[name] for name in reading}, escape=True)
+        # part of a call they were not shown. A method's object (``self`` / ``cls``)
+        # is shown too: its state is part of what runs, and of the digest
+        shown, missing = shown_with_reason(reading, escape=True)
         if missing in TOO_LARGE:
             hold.unapprovable = (
                 "the arguments are too large or nested too deeply to show an approver "
