@@ -229,10 +229,39 @@ def _regex(c: Any, path: str, op: str, value: Any) -> re.Pattern[str] | None:
         c.error(f"{path}.{op}", f"expected a regular expression (string), got {short(value)}")
         return None
     try:
-        return re.compile(value)
+        return value_regex(value)
     except re.error as exc:
         c.error(f"{path}.{op}", f"bad regular expression {short(value)}: {exc}")
         return None
+
+
+def value_regex(pattern: str) -> re.Pattern[str]:
+    """``pattern`` compiled for judging a whole argument value: a ``$`` means the end
+    of the value, as ``\\Z`` does. Python's ``$`` also matches before a final
+    newline, so ``^c_[0-9]+$`` would let ``"c_1\\n"`` through (the tool receives the
+    newline). A pattern in MULTILINE mode (``(?m)``) keeps its line-end ``$``."""
+    compiled = re.compile(pattern)
+    if "$" not in pattern or compiled.flags & re.MULTILINE or "(?m" in pattern:
+        return compiled
+    out: list[str] = []
+    escaped = in_class = False
+    start = -1  # where the current character class began
+    for i, char in enumerate(pattern):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif in_class:
+            # a "]" right after "[" or "[^" is a member, not the class's end
+            if char == "]" and i > start + 1 and pattern[start + 1 : i] != "^":
+                in_class = False
+        elif char == "[":
+            in_class, start = True, i
+        elif char == "$":
+            out.append("\\Z")
+            continue
+        out.append(char)
+    return re.compile("".join(out))
 
 
 Test = Callable[[Any], bool]
@@ -398,7 +427,7 @@ def compile_constraint(
             checks.append((op, test))
     if len(c.errors) > before:
         return None
-    regex = re.compile(spec["matches"]) if "matches" in spec else None
+    regex = value_regex(spec["matches"]) if "matches" in spec else None
     return Constraint(tuple(checks), spec.get("required") is True, dict(spec), regex)
 
 

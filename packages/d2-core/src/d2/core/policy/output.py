@@ -360,7 +360,10 @@ class _Rule:
                  action: str | None) -> None:  # fmt: skip
         self.path, self.field, self.parts, self.con, self.action = path, field, parts, con, action
         self.key = parts[-1]
-        self.selector = con.regex if action else None
+        # a selector picks the values an action (deny, redact...) acts on: Python's
+        # own "$" (also before a final newline) only makes it pick more
+        picks = action and con.regex is not None
+        self.selector = re.compile(con.spec["matches"]) if picks else None
         checks = tuple(ch for ch in con.checks if ch[0] != "matches" or not action)
         self.others = Constraint(checks, con.required, con.spec, None) if checks else None
         self.always = not checks and self.selector is None
