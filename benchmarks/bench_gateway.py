@@ -2,15 +2,18 @@
 d2-gateway, over the same call made directly to the upstream.
 
 The upstream is a small MCP server (``echo``, written to a temporary directory)
-run over stdio. Two clients, both the real ``mcp`` client over stdio:
+run over stdio. Three clients, all the real ``mcp`` client over stdio:
 
 - direct: the client starts the upstream itself;
+- sdk proxy: the client starts a bare proxy written with the same ``mcp`` SDK (a
+  low-level ``Server`` whose handlers forward to a ``Client`` of the upstream; no
+  policy, no checks): the cost of one more MCP hop, whoever makes it;
 - through: the client starts ``d2-gateway serve --stdio`` (policy: the echo tool
-  granted with an input rule and a per-request budget big enough never to refuse),
-  which starts the same upstream.
+  granted with an input rule), which starts the same upstream.
 
-Calls alternate between the two in batches (so machine noise hits both alike);
-the table gives p50 and p99 per call and the added latency (through - direct).
+Calls rotate between the three in batches (so machine noise hits all alike);
+the table gives p50 and p99 per call, the latency the gateway adds over the
+direct call, and what it adds over the bare SDK proxy (D2's part of it).
 A last row isolates the gateway's own work per call, in process: the D2 decision
 (an input rule), attaching the session's context, and reading and rebuilding the
 result, with an upstream that answers at once (no transport).
@@ -25,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,33 @@ def echo(text: str) -> str:
 
 server.run()
 '''
+
+PROXY = """
+import sys
+
+import anyio
+from mcp import Client, StdioServerParameters, types
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+
+
+async def main():
+    upstream = StdioServerParameters(command=sys.executable, args=[sys.argv[1]], env={})
+    async with Client(upstream, mode="legacy", cache=None) as client:
+
+        async def list_tools(ctx, params):
+            return await client.list_tools()
+
+        async def call_tool(ctx, params):
+            return await client.call_tool(params.name, params.arguments or {})
+
+        server = Server("proxy", on_list_tools=list_tools, on_call_tool=call_tool)
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+
+
+anyio.run(main)
+"""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -76,35 +107,46 @@ async def measure(calls: int, batch: int, where: Path) -> dict[str, list[float]]
         )
     )
     env = {"D2_SILENT": "1"}
-    direct = StdioServerParameters(command=sys.executable, args=[str(echo)], env=env)
-    gateway = StdioServerParameters(
-        command=str(Path(sys.executable).with_name("d2-gateway")),
-        args=[
-            "serve",
-            "--stdio",
-            "--policy",
-            str(policy),
-            "--user",
-            "bench",
-            "--roles",
-            "bench",
-            "--upstream",
-            f"echo=stdio:{sys.executable} {echo}",
-        ],
-        env=env,
-    )
-    times: dict[str, list[float]] = {"direct": [], "through": []}
-    async with (
-        Client(direct, mode="legacy", cache=None) as one,
-        Client(gateway, mode="legacy", cache=None) as two,
-    ):
-        names = [t.name for t in (await two.list_tools()).tools]
-        assert names == ["echo__echo"], names
-        pairs: list[tuple[str, Any, str]] = [
-            ("direct", one, "echo"),
-            ("through", two, "echo__echo"),
-        ]
-        for _, client, name in pairs:  # warm up both paths
+    proxy = where / "proxy.py"
+    proxy.write_text(PROXY)
+    paths = {
+        "direct": (
+            StdioServerParameters(command=sys.executable, args=[str(echo)], env=env),
+            "echo",
+        ),
+        "sdk proxy": (
+            StdioServerParameters(command=sys.executable, args=[str(proxy), str(echo)], env=env),
+            "echo",
+        ),
+        "through": (
+            StdioServerParameters(
+                command=str(Path(sys.executable).with_name("d2-gateway")),
+                args=[
+                    "serve",
+                    "--stdio",
+                    "--policy",
+                    str(policy),
+                    "--user",
+                    "bench",
+                    "--roles",
+                    "bench",
+                    "--upstream",
+                    f"echo=stdio:{sys.executable} {echo}",
+                ],
+                env=env,
+            ),
+            "echo__echo",
+        ),
+    }
+    times: dict[str, list[float]] = {label: [] for label in paths}
+    async with AsyncExitStack() as stack:
+        pairs: list[tuple[str, Any, str]] = []
+        for label, (params, name) in paths.items():
+            client = await stack.enter_async_context(Client(params, mode="legacy", cache=None))
+            names = [t.name for t in (await client.list_tools()).tools]
+            assert names == [name], names
+            pairs.append((label, client, name))
+        for _, client, name in pairs:  # warm up every path
             for _ in range(50):
                 await client.call_tool(name, {"text": "warm"})
         done = 0
@@ -115,7 +157,7 @@ async def measure(calls: int, batch: int, where: Path) -> dict[str, list[float]]
                     result = await client.call_tool(name, {"text": "hello"})
                     times[label].append(time.perf_counter() - start)
                     assert not result.is_error
-            pairs.reverse()
+            pairs.append(pairs.pop(0))  # rotate: no path always runs first
             done += batch
     return times
 
@@ -179,12 +221,13 @@ def main() -> int:
     print()
     print("| path | p50 (ms) | p99 (ms) |")
     print("|---|---:|---:|")
-    for label in ("direct", "through"):
+    for label in ("direct", "sdk proxy", "through"):
         print(f"| {label} | {p50[label]:.3f} | {p99[label]:.3f} |")
-    print(
-        f"| added by the gateway | {p50['through'] - p50['direct']:.3f} | "
-        f"{p99['through'] - p99['direct']:.3f} |"
-    )
+    for label, over in (
+        ("added by the gateway", "direct"),
+        ("the gateway over the sdk proxy", "sdk proxy"),
+    ):
+        print(f"| {label} | {p50['through'] - p50[over]:.3f} | {p99['through'] - p99[over]:.3f} |")
     own_ms = [v * 1000 for v in own]
     print(
         f"| the gateway's own work (in process) | {statistics.median(own_ms):.3f} | "
