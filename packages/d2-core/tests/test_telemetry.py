@@ -194,3 +194,30 @@ def test_would_deny_and_budget_reasons_and_log_drops_are_metrics(configure: Any)
     (dropped,) = points(reader)["d2.decision_log.dropped"]
     assert dropped.value == dropped_total() and dropped_total() - before == 1
     log.close()
+
+
+def test_a_tools_labels_are_attributes_of_its_metrics(reader: InMemoryMetricReader) -> None:
+    from d2.core.labels import set_tool_labels
+
+    set_tool_labels("plain", {"upstream": "git"})
+    try:
+        plain = d2_guard("plain")(lambda: None)
+        flow = d2_guard("flow")(lambda: None)
+        set_user("u", roles=["r"])
+        plain()
+        with pytest.raises(PermissionDeniedError):
+            flow()
+        found = points(reader)
+        decisions = {p.attributes["tool"]: dict(p.attributes) for p in found["d2.decisions"]}
+        assert decisions["plain"] == {
+            "tool": "plain",
+            "result": "allowed",
+            "reason": "none",
+            "upstream": "git",
+        }
+        assert "upstream" not in decisions["flow"]  # unlabelled tools are as before
+        for name in ("d2.decision.duration", "d2.tool.duration"):
+            (point,) = [p for p in found[name] if p.attributes["tool"] == "plain"]
+            assert point.attributes["upstream"] == "git"
+    finally:
+        set_tool_labels("plain", {})

@@ -233,6 +233,7 @@ async def test_data_flow_read_private_repo_then_egress_is_refused(
         ("fetch.fetch", "denied", "data_flow_violation"),
     ]
     assert mine[0]["request_id"] == mine[1]["request_id"]
+    assert [r["upstream"] for r in mine] == ["git", "fetch"]  # whose tool each was
 
 
 async def records_of(user: str, count: int) -> list[dict[str, Any]]:

@@ -12,7 +12,8 @@ Fields: ``ts`` (Unix seconds), ``request_id`` (one per ``set_user`` scope),
 ``would_deny``), ``reason``, ``rule`` (the deciding rule's path in the policy),
 ``policy_version``, ``mode``, ``duration_us``; ``approval_id`` when an approval was
 used or requested; ``arguments`` (the bound arguments) only with
-``decision_log_arguments=True``.
+``decision_log_arguments=True``; and the tool's labels (:mod:`d2.core.labels`, e.g.
+d2-gateway's ``upstream``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ._functions import bound_arguments
 from .approval_data import json_arguments
 from .context import process_tag  # request ids as UserContext.request_id shows them
+from .labels import _labels
 
 if TYPE_CHECKING:
     from .context import UserContext
@@ -271,6 +273,9 @@ class DecisionLog:
             record["retry_after"] = round(err.retry_after, 3)
         if arguments is not None:
             record["arguments"] = json.loads(arguments)
+        labels = _labels.get(tool_id)
+        if labels:
+            record.update(labels)
         return record
 
     def close(self) -> None:

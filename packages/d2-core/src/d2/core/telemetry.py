@@ -21,7 +21,8 @@ Instruments (all under ``d2.``; see docs/telemetry.md): ``d2.decisions`` (counte
 ``d2.policy.poll_failures``, ``d2.jwks.fetches``, ``d2.jwks.rotations``,
 ``d2.events.dropped``, ``d2.decision_log.dropped`` (counters) and
 ``d2.bundle.age`` (gauge, seconds). ``result`` is ``allowed``, ``denied`` or
-``would_deny`` (audit).
+``would_deny`` (audit). The three per-tool instruments also carry the tool's labels
+(:mod:`d2.core.labels`, e.g. d2-gateway's ``upstream``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import time
 from typing import Any
 
 from .context import UserContext
+from .labels import tool_labels
 
 __all__ = ["Metrics", "get_metrics", "metrics_enabled", "telemetry_mode", "usage_enabled"]
 
@@ -118,7 +120,8 @@ class Metrics:
         out = []
         for (tool, result, reason), counter in list(self._counts.items()):
             seen = int(repr(counter)[6:-1])  # "count(N)": N calls counted so far
-            out.append(Observation(seen, {"tool": tool, "result": result, "reason": reason}))
+            attributes = {**tool_labels(tool), "tool": tool, "result": result, "reason": reason}
+            out.append(Observation(seen, attributes))
         return out
 
     def _log_dropped(self, options: Any) -> Any:
@@ -149,12 +152,12 @@ class Metrics:
     def decided(self, tool_id: str, seconds: float) -> None:
         """Record how long a decision took (sampled: one call in ``SAMPLE``)."""
         if not next(self._decision_ticks) % SAMPLE:
-            self.decision_duration.record(seconds, {"tool": tool_id})
+            self.decision_duration.record(seconds, {**tool_labels(tool_id), "tool": tool_id})
 
     def ran(self, tool_id: str, seconds: float) -> None:
         """Record how long an allowed tool ran (sampled: one call in ``SAMPLE``)."""
         if not next(self._run_ticks) % SAMPLE:
-            self.tool_duration.record(seconds, {"tool": tool_id})
+            self.tool_duration.record(seconds, {**tool_labels(tool_id), "tool": tool_id})
 
 
 _metrics: Metrics | None = None

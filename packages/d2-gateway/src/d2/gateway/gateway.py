@@ -7,8 +7,9 @@ upstreams, with every request decided by d2-core.
   gets the same answer (``Unknown tool: <name>``, a tool error). Every other call
   passes a ``d2_guard`` of its tool id whose body calls the upstream: argument
   rules, sequences, data flow, budgets, approvals, the decision log and metrics
-  are d2-core's; output rules read the upstream's result (structured content and
-  JSON text) before the client sees it. A refusal is a tool error whose text and
+  are d2-core's (each decision labelled with its ``upstream``); output rules read
+  the upstream's result (structured content and JSON text) before the client
+  sees it. A refusal is a tool error whose text and
   ``structuredContent`` say what was refused and why; the upstream is not called.
 - One MCP session is one D2 request: a :class:`~d2.core.UserContext` made at the
   session's first request carries its history, facts and per-request budgets, and
@@ -45,6 +46,7 @@ from d2.core import (
     is_allowed,
 )
 from d2.core.evaluate import evaluator_for
+from d2.core.labels import set_tool_labels
 from mcp import types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
@@ -452,11 +454,14 @@ class Gateway:
         grants = policy.rules_for(policy_id).allow_grants(get_user_context().roles)
         return any(g.pattern.startswith((kind, "@")) for g in grants)
 
-    def _gate(self, policy_id: str) -> Callable[..., Awaitable[Any]]:
-        gate = self._gates.get(policy_id)
+    def _gate(self, entry: Entry) -> Callable[..., Awaitable[Any]]:
+        """The ``d2_guard`` of ``entry``'s id, made at its first call; its decisions
+        carry the label ``upstream`` (decision log and metrics)."""
+        gate = self._gates.get(entry.policy_id)
         if gate is None:
-            gate = d2_guard(policy_id, instance_name=self._instance)(_upstream_call)
-            self._gates[policy_id] = gate
+            set_tool_labels(entry.policy_id, {"upstream": entry.upstream})
+            gate = d2_guard(entry.policy_id, instance_name=self._instance)(_upstream_call)
+            self._gates[entry.policy_id] = gate
         return gate
 
     # -- handlers ------------------------------------------------------------------------
@@ -537,7 +542,7 @@ class Gateway:
 
         handle_token = _HANDLE.set(handle)
         try:
-            sanitized = await self._gate(entry.policy_id)(**arguments)
+            sanitized = await self._gate(entry)(**arguments)
         except PermissionDeniedError as err:
             if not self._allowed(entry.policy_id):  # hidden meanwhile (a new policy)
                 return _unknown_tool(f"{entry.upstream}__{entry.name}")
@@ -666,7 +671,7 @@ class Gateway:
         unavailable upstream is a protocol error naming the reason."""
         handle_token = _HANDLE.set(call)
         try:
-            return await self._gate(entry.policy_id)(**arguments)
+            return await self._gate(entry)(**arguments)
         except PermissionDeniedError as err:
             detail = json.dumps(
                 {"d2_reason": err.reason, "d2_retry_after": err.retry_after}, default=str
