@@ -4,6 +4,7 @@ usage errors."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -144,3 +145,71 @@ def test_the_version_is_the_repository_version(capsys: pytest.CaptureFixture[str
     version = (Path(__file__).resolve().parents[3] / "VERSION").read_text().strip()
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"d2-gateway {version} (d2-core {version})\n"
+
+
+def _decisions(path: Path) -> list[tuple[str, str, str | None]]:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(r["tool_id"], r["decision"], r["reason"]) for r in records]
+
+
+async def test_a_hidden_tools_call_is_in_the_decision_log(tmp_path: Path) -> None:
+    policy = write_policy(
+        tmp_path / "policy.json",
+        {"role": "viewer", "permissions": ["time.get_current_time"]},
+        name="hidden-logged",
+    )
+    log = tmp_path / "decisions.jsonl"
+    params = gateway_command(
+        "serve", "--stdio", "--policy", str(policy), "--user", "eve", "--roles", "viewer",
+        "--upstream", f"time=stdio:{upstream_command('mcp-server-time')}",
+    )  # fmt: skip
+    params.env = {**(params.env or {}), "D2_DECISION_LOG": str(log)}
+    convert = {"source_timezone": "UTC", "time": "12:00", "target_timezone": "UTC"}
+    async with Client(params, mode="legacy", cache=None) as client:
+        hidden = await client.call_tool("time__convert_time", convert)
+        assert text(hidden) == "Unknown tool: time__convert_time"  # as if missing
+        missing = await client.call_tool("time__no_such_tool", {})
+        assert text(missing) == "Unknown tool: time__no_such_tool"
+    # the client cannot tell them apart; the security team can
+    assert _decisions(log) == [("time.convert_time", "denied", "unknown_tool")]
+
+
+async def test_audit_mode_refuses_nothing_and_records_what_enforce_would(
+    tmp_path: Path,
+) -> None:
+    policy = write_policy(
+        tmp_path / "policy.json",
+        {
+            "role": "viewer",
+            "permissions": [
+                {
+                    "tool": "time.get_current_time",
+                    "conditions": {"input": {"timezone": {"in": ["UTC"]}}},
+                }
+            ],
+        },
+        name="audit-trial",
+        mode="audit",
+    )
+    log = tmp_path / "decisions.jsonl"
+    params = gateway_command(
+        "serve", "--stdio", "--policy", str(policy), "--user", "eve", "--roles", "viewer",
+        "--upstream", f"time=stdio:{upstream_command('mcp-server-time')}",
+    )  # fmt: skip
+    params.env = {**(params.env or {}), "D2_DECISION_LOG": str(log)}
+    convert = {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}
+    async with Client(params, mode="legacy", cache=None) as client:
+        # every tool is listed and runs: audit mode is a trial, not a wall
+        names = sorted(t.name for t in (await client.list_tools()).tools)
+        assert names == ["time__convert_time", "time__get_current_time"]
+        tokyo = await client.call_tool("time__get_current_time", {"timezone": "Asia/Tokyo"})
+        assert not tokyo.is_error and tokyo.structured_content["timezone"] == "Asia/Tokyo"
+        converted = await client.call_tool("time__convert_time", convert)
+        assert not converted.is_error
+        utc = await client.call_tool("time__get_current_time", {"timezone": "UTC"})
+        assert not utc.is_error
+    assert _decisions(log) == [
+        ("time.get_current_time", "would_deny", "input_validation"),
+        ("time.convert_time", "would_deny", "unknown_tool"),
+        ("time.get_current_time", "allowed", None),
+    ]

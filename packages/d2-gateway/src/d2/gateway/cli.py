@@ -118,14 +118,27 @@ async def _configure(policy: str | None) -> None:
         await configure_rbac_async()  # D2_TOKEN (cloud), D2_POLICY_FILE or discovery
 
 
+async def _shut_down() -> None:
+    """Shut D2 down when serving ends, before the upstreams stop: a cloud
+    instance's last usage events and the approval webhook's queue are flushed
+    (at most 5 s; a client that ends a stdio gateway waits 2 s before a signal)."""
+    from d2.core import shutdown_rbac
+
+    with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
+        await shutdown_rbac()
+
+
 async def _serve_stdio(gateway: Gateway, policy: str | None, startup_wait: float) -> None:
     from mcp.server.stdio import stdio_server
 
     await _configure(policy)
     async with gateway.running():
-        await gateway.wait_tried(startup_wait)  # upstreams that start later appear later
-        async with stdio_server() as (read, write):
-            await gateway.server.run(read, write, gateway.initialization_options())
+        try:
+            await gateway.wait_tried(startup_wait)  # upstreams that start later appear later
+            async with stdio_server() as (read, write):
+                await gateway.server.run(read, write, gateway.initialization_options())
+        finally:
+            await _shut_down()
 
 
 async def _serve_http(
@@ -151,7 +164,10 @@ async def _serve_http(
         session_idle_timeout=sessions[1],
     )
     config = uvicorn.Config(asgi, host=host, port=port, log_level="warning", lifespan="on")
-    await uvicorn.Server(config).serve()
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        await _shut_down()
 
 
 def serve(options: dict[str, Any]) -> None:

@@ -103,6 +103,9 @@ def _after(path: str | None, marker: str) -> str | None:
     return path.split(marker, 1)[1] or None
 
 
+_RBAC_REASONS = frozenset({"not_granted", "explicit_deny", "unknown_tool"})
+"""Refusals of the RBAC step, which an audit-mode policy lets run."""
+
 _OUTPUT_KEYS = {  # output rules that are not about one field: what a refusal says
     "max_bytes": "the result is larger than the policy allows",
     "deny_if_patterns": "the result holds text the policy denies",
@@ -440,6 +443,17 @@ class Gateway:
     def _allowed(self, policy_id: str) -> bool:
         return is_allowed(policy_id, instance_name=self._instance)
 
+    def _runs(self, policy_id: str) -> bool:
+        """Whether a call of tool ``policy_id`` would run for the current user:
+        allowed, or refused by RBAC alone under an audit-mode policy (which runs it
+        and records ``would_deny``, as in the SDK)."""
+        evaluator = evaluator_for(self._instance)
+        denial = evaluator.decide(policy_id)
+        if denial is None:
+            return True
+        policy = evaluator.policy
+        return bool(policy is not None and policy.audit and denial.reason in _RBAC_REASONS)
+
     def _named(self, policy_id: str) -> bool:
         """Whether the current user may use a resource or prompt: allowed, and
         granted by a permission that names resources (``resource:...``) or prompts
@@ -492,7 +506,7 @@ class Gateway:
             shown = [
                 self._shown_tool(name, entry, policy)
                 for name, entry in self.tools.entries.items()
-                if self._allowed(entry.policy_id)
+                if self._runs(entry.policy_id)
             ]
         finally:
             detach(token)
@@ -522,9 +536,7 @@ class Gateway:
             return _unknown_tool(params.name)
         arguments = dict(params.arguments or {})
         token = attach(current)
-        try:
-            if not self._allowed(entry.policy_id):
-                return _unknown_tool(params.name)
+        try:  # a hidden tool's call is refused by its gate too: the decision log has it
             return await self._guarded_call(entry, arguments)
         finally:
             detach(token)
