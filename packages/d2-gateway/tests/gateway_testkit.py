@@ -12,8 +12,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -162,3 +162,44 @@ async def client_for(
 
 
 Connect = Callable[..., Any]
+
+
+@contextmanager
+def gateway_listening(
+    where: Path, args: list[str], env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """``d2-gateway serve --listen 127.0.0.1:<free port> ARGS`` as a subprocess (no
+    ``D2_*`` variable of this process, plus ``env``); yields its ``/mcp`` URL once
+    it answers, and stops it at the end. Its stderr goes to ``where/gateway.log``."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("D2_")}
+    log_path = where / f"gateway-{port}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                str(BIN / "d2-gateway"),
+                "serve",
+                "--listen",
+                f"127.0.0.1:{port}",
+                *args,
+            ],
+            env={**clean, "D2_SILENT": "1", **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        url = f"http://127.0.0.1:{port}/mcp"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                        break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        said = log_path.read_text()
+                        raise RuntimeError(f"the gateway did not start: {said}") from None
+                    time.sleep(0.05)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(10)

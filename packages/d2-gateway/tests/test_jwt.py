@@ -6,10 +6,8 @@ client."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from d2.asgi.testing import TokenIssuer
-from gateway_testkit import Served, free_port, upstream_command, write_policy
+from gateway_testkit import Served, gateway_listening, upstream_command, write_policy
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -57,46 +55,15 @@ def gateway_url(
         {"role": "admin", "permissions": ["*"]},
         name="jwt-tests",
     )
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("D2_")}
-    log = (where / "gateway.log").open("w")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("d2-gateway")),
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--policy",
-            str(policy),
-            "--upstream",
-            f"time=stdio:{upstream_command('mcp-server-time')}",
-            *keys,
-            "--audience",
-            AUDIENCE,
-            "--roles-claim",
-            "realm_access.roles",
-        ],
-        env={**env, "D2_SILENT": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    url = f"http://127.0.0.1:{port}/mcp"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url, timeout=0.5)
-                break
-            except httpx.TransportError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    said = (where / "gateway.log").read_text()
-                    raise RuntimeError(f"the gateway did not start: {said}") from None
-                time.sleep(0.05)
+    args = [
+        "--policy",
+        str(policy),
+        "--upstream",
+        f"time=stdio:{upstream_command('mcp-server-time')}",
+    ]
+    args += [*keys, "--audience", AUDIENCE, "--roles-claim", "realm_access.roles"]
+    with gateway_listening(where, args) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
 
 
 def token(idp: TokenIssuer, user: str, roles: list[str], **options: Any) -> str:
@@ -174,3 +141,66 @@ async def test_the_protected_resource_metadata_names_the_identity_provider(
     assert document["resource"] == gateway_url
     assert document["authorization_servers"] == [issuer.issuer]
     assert document["bearer_methods_supported"] == ["header"]
+
+
+async def test_two_http_replicas_share_budgets_and_approvals_through_redis(
+    issuer: TokenIssuer, jwks: str, tmp_path: Path
+) -> None:
+    # Two `serve --listen` processes behind one identity provider, one Redis: what
+    # a load balancer in front of replicas gives a user, whichever replica answers.
+    from d2.core.testing import redis_server
+
+    policy = write_policy(
+        tmp_path / "policy.json",
+        {
+            "role": "dev",
+            "permissions": [
+                {
+                    "tool": "time.get_current_time",
+                    "limits": [{"max": 2, "per": "user", "window": "1h"}],
+                },
+                {"tool": "time.convert_time", "approval": {"approvers": ["lead"]}},
+            ],
+        },
+        {"role": "lead", "permissions": ["time.convert_time"]},
+        name="replicas",
+    )
+    args = [
+        "--policy",
+        str(policy),
+        "--upstream",
+        f"time=stdio:{upstream_command('mcp-server-time')}",
+    ]
+    args += ["--jwks-url", f"{jwks}/jwks", "--audience", AUDIENCE]
+    args += ["--roles-claim", "realm_access.roles"]
+    now = ("time__get_current_time", {"timezone": "UTC"})
+    convert = {"source_timezone": "UTC", "time": "09:00", "target_timezone": "Asia/Tokyo"}
+    rita = token(issuer, "rita", ["dev"])
+    with redis_server() as redis:
+        store = {"D2_STORE_URL": redis.url}
+        with (
+            gateway_listening(tmp_path, args, store) as one,
+            gateway_listening(tmp_path, args, store) as two,
+        ):
+            async with session(one, rita) as a, session(two, rita) as b:
+                assert not (await a.call_tool(*now)).is_error
+                assert not (await b.call_tool(*now)).is_error
+                for replica in (a, b):  # the third call, whichever replica takes it
+                    refused = await replica.call_tool(*now)
+                    assert refused.structured_content["d2_reason"] == "budget_exceeded"
+                    assert 0 < refused.structured_content["d2_retry_after"] <= 3600
+
+                held = await a.call_tool("time__convert_time", convert)
+                request_id = held.structured_content["d2_approval_request"]
+                decided = subprocess.run(
+                    [sys.executable, "-m", "d2", "approvals", "approve", request_id,
+                     "--as", "lena", "--roles", "lead",
+                     "--store", redis.url, "--policy", str(policy)],
+                    capture_output=True, text=True, timeout=60, check=False,
+                )  # fmt: skip
+                assert decided.returncode == 0, decided.stderr
+                ran = await b.call_tool("time__convert_time", convert)  # the other replica
+                assert not ran.is_error and "Asia/Tokyo" in str(ran.structured_content)
+                again = await a.call_tool("time__convert_time", convert)  # once only
+                assert again.structured_content["d2_reason"] == "approval_required"
+                assert again.structured_content["d2_approval_request"] != request_id
