@@ -1,7 +1,9 @@
 """A tiny upstream MCP server for the supervision tests: ``echo``, ``hang`` (a
 call that stays in flight), ``crash`` (the process exits at once), ``block`` (a
 synchronous handler: the server answers nothing, not even a ping, meanwhile) and
-``big`` (a result of ``size`` characters)."""
+``big`` (a result of ``size`` characters), ``big_meta`` (a short text whose
+result carries ``size`` characters in ``_meta``) and the prompt ``long`` (a
+message of ``size`` characters)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import os
 import time
 
 import anyio
+from mcp import types
 from mcp.server.mcpserver import MCPServer
 
 server = MCPServer("flaky")
@@ -56,6 +59,20 @@ async def block(seconds: float) -> str:
 def big(size: int) -> str:
     """A long text."""
     return "A" * size
+
+
+@server.tool()
+def big_meta(size: int) -> types.CallToolResult:
+    """A short text; the bulk of the result is in its ``_meta``."""
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text="small")], _meta={"pad": "M" * size}
+    )
+
+
+@server.prompt()
+def long(size: int) -> str:
+    """A prompt of ``size`` characters."""
+    return "P" * int(size)
 
 
 @server.tool()

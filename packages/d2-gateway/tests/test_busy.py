@@ -26,7 +26,8 @@ LIMIT = 200_000
 @pytest.fixture(scope="module")
 def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Served]]:
     policy = tmp_path_factory.mktemp("busy") / "policy.json"
-    grants = ["flaky.echo", "flaky.hang", "flaky.block", "flaky.big", "resource:flaky:*"]
+    grants = ["flaky.echo", "flaky.hang", "flaky.block", "flaky.big", "flaky.big_meta"]
+    grants += ["resource:flaky:*", "prompt:flaky:*"]
     write_policy(policy, {"role": "dev", "permissions": grants}, name="busy-tests")
     reset()
     configure_rbac_sync(source=LocalFileSource(policy, poll_interval=0.1))
@@ -93,3 +94,25 @@ async def test_a_result_over_the_limit_is_a_tool_error(busy: tuple[Gateway, Serv
         assert len(text(refused)) < 500
         assert not (await carol.call_tool("flaky__echo", {"text": "x"})).is_error
     assert gw.upstreams["flaky"].connections == before
+
+
+async def test_every_field_of_a_result_counts_and_prompts_are_bounded_too(
+    busy: tuple[Gateway, Served],
+) -> None:
+    # gateway re-check review (low): the bound counted text, data and structured
+    # content only, so a result could carry any size in its _meta, and a prompt
+    # was not bounded at all
+    gw, served = busy
+    before = gw.upstreams["flaky"].connections
+    async with client_for(served.url, "dave", "dev") as dave:
+        fits = await dave.call_tool("flaky__big_meta", {"size": LIMIT // 2})
+        assert not fits.is_error
+        refused = await dave.call_tool("flaky__big_meta", {"size": LIMIT + 1})
+        assert refused.is_error and refused.structured_content["d2_reason"] == "result_too_large"
+        short = await dave.get_prompt("flaky__long", {"size": "100"})
+        assert "P" * 100 in str(short.messages[0].content)
+        with pytest.raises(Exception, match="result_too_large") as info:
+            await dave.get_prompt("flaky__long", {"size": str(LIMIT + 1)})
+        assert "PPPP" not in str(info.value)
+        assert not (await dave.call_tool("flaky__echo", {"text": "x"})).is_error
+    assert gw.upstreams["flaky"].connections == before  # never restarted

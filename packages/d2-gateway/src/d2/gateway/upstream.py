@@ -7,13 +7,13 @@ connects again after a backoff (0.5 s doubling to 30 s). A ping unanswered while
 the upstream is busy (a call in flight, or one that ended during the ping) is not
 death: a busy server may answer late; it is dead only when it stays silent for
 longer than the call timeout. A result larger than ``max_result_bytes`` is
-refused (:class:`ResultTooLarge`) before anything reads it further. While an
+refused (:class:`ResultTooLarge`) before anything reads it further (tool results,
+resource contents and prompts alike, every field counted). While an
 upstream is not connected its tools are absent from every listing and calls of them fail as tool
 errors; calls in flight when it dies fail the same way (never hang)."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -24,6 +24,7 @@ from mcp import Client, StdioServerParameters, types
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
+from pydantic import BaseModel
 
 from .config import UpstreamSpec
 
@@ -69,30 +70,10 @@ class ResultTooLarge(Exception):
         self.limit = limit
 
 
-def _text_size(value: object) -> int:
-    if not isinstance(value, str):
-        return 0
-    return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
-
-
-def result_size(result: types.CallToolResult | types.ReadResourceResult) -> int:
-    """Bytes of the text and data a result carries (its content blocks, resource
-    contents and structured content), without serialising it."""
-    size = 0
-    blocks: list[Any] = list(getattr(result, "content", None) or [])
-    blocks += list(getattr(result, "contents", None) or [])
-    for block in blocks:
-        for field in ("text", "data", "blob", "uri"):
-            size += _text_size(getattr(block, field, None))
-        inner = getattr(block, "resource", None)
-        if inner is not None:
-            size += _text_size(getattr(inner, "text", None)) + _text_size(
-                getattr(inner, "blob", None)
-            )
-    structured = getattr(result, "structured_content", None)
-    if structured is not None:
-        size += len(json.dumps(structured, default=str))
-    return size
+def result_size(result: BaseModel) -> int:
+    """Bytes of a result as JSON, every field counted (content, structured
+    content, ``_meta``, descriptions, ...): about what the client receives."""
+    return len(result.__pydantic_serializer__.to_json(result, by_alias=True, exclude_none=True))
 
 
 class Upstream:
@@ -289,16 +270,16 @@ class Upstream:
         return self._bounded(result)  # type: ignore[no-any-return]
 
     async def read_resource(self, uri: str) -> types.ReadResourceResult:
-        """Read ``uri`` upstream."""
+        """Read ``uri`` upstream (bounded as a tool result is)."""
         result: types.ReadResourceResult = await self._request(lambda c: c.read_resource(uri))
         return self._bounded(result)  # type: ignore[no-any-return]
 
     async def get_prompt(
         self, name: str, arguments: dict[str, str] | None
     ) -> types.GetPromptResult:
-        """Get prompt ``name`` upstream."""
+        """Get prompt ``name`` upstream (bounded as a tool result is)."""
         result: types.GetPromptResult = await self._request(lambda c: c.get_prompt(name, arguments))
-        return result
+        return self._bounded(result)  # type: ignore[no-any-return]
 
 
 def _describe(exc: BaseException) -> str:
