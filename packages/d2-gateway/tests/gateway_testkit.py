@@ -32,6 +32,21 @@ def upstream_command(name: str) -> str:
     return str(found)
 
 
+def time_gateway(policy: Path, user: str, roles: str, env: dict[str, str] | None = None) -> Any:
+    """``d2-gateway serve --stdio`` in front of mcp-server-time as ``user`` with
+    ``roles`` (comma-separated), for the real ``mcp`` client to start."""
+    from mcp import StdioServerParameters
+
+    return StdioServerParameters(
+        command=str(BIN / "d2-gateway"),
+        args=[
+            "serve", "--stdio", "--policy", str(policy), "--user", user, "--roles", roles,
+            "--upstream", f"time=stdio:{upstream_command('mcp-server-time')}",
+        ],
+        env={"D2_SILENT": "1", "PYTHONWARNINGS": "ignore", **(env or {})},
+    )  # fmt: skip
+
+
 def write_policy(path: Path, *entries: dict[str, Any], **metadata: Any) -> Path:
     """Write a valid local policy (expires in 3 days) and return its path."""
     doc = {"metadata": {"expires": expires_in(), **metadata}, "policies": list(entries)}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from d2.gateway.cli import main
-from gateway_testkit import upstream_command, write_policy
+from gateway_testkit import time_gateway, write_policy
 from mcp import Client, StdioServerParameters, types
 
 
@@ -39,11 +39,7 @@ async def test_stdio_serves_one_client_as_the_given_user(tmp_path: Path) -> None
         },
         name="stdio-tests",
     )
-    upstream = f"time=stdio:{upstream_command('mcp-server-time')}"
-    params = gateway_command(
-        "serve", "--stdio", "--policy", str(policy), "--upstream", upstream,
-        "--user", "alice", "--roles", "viewer",
-    )  # fmt: skip
+    params = time_gateway(policy, "alice", "viewer")
     async with Client(params, mode="legacy", cache=None) as client:
         assert [t.name for t in (await client.list_tools()).tools] == ["time__get_current_time"]
         ok = await client.call_tool("time__get_current_time", {"timezone": "UTC"})
@@ -159,11 +155,7 @@ async def test_a_hidden_tools_call_is_in_the_decision_log(tmp_path: Path) -> Non
         name="hidden-logged",
     )
     log = tmp_path / "decisions.jsonl"
-    params = gateway_command(
-        "serve", "--stdio", "--policy", str(policy), "--user", "eve", "--roles", "viewer",
-        "--upstream", f"time=stdio:{upstream_command('mcp-server-time')}",
-    )  # fmt: skip
-    params.env = {**(params.env or {}), "D2_DECISION_LOG": str(log)}
+    params = time_gateway(policy, "eve", "viewer", {"D2_DECISION_LOG": str(log)})
     convert = {"source_timezone": "UTC", "time": "12:00", "target_timezone": "UTC"}
     async with Client(params, mode="legacy", cache=None) as client:
         hidden = await client.call_tool("time__convert_time", convert)
@@ -192,11 +184,7 @@ async def test_audit_mode_refuses_nothing_and_records_what_enforce_would(
         mode="audit",
     )
     log = tmp_path / "decisions.jsonl"
-    params = gateway_command(
-        "serve", "--stdio", "--policy", str(policy), "--user", "eve", "--roles", "viewer",
-        "--upstream", f"time=stdio:{upstream_command('mcp-server-time')}",
-    )  # fmt: skip
-    params.env = {**(params.env or {}), "D2_DECISION_LOG": str(log)}
+    params = time_gateway(policy, "eve", "viewer", {"D2_DECISION_LOG": str(log)})
     convert = {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}
     async with Client(params, mode="legacy", cache=None) as client:
         # every tool is listed and runs: audit mode is a trial, not a wall

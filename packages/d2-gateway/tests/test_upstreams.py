@@ -13,8 +13,8 @@ import pytest
 from d2.core import configure_rbac_sync
 from d2.core.testing import redis_server, reset
 from d2.gateway import Gateway, UpstreamSpec
-from gateway_testkit import free_port, upstream_command, write_policy
-from mcp import Client, StdioServerParameters, types
+from gateway_testkit import free_port, time_gateway, write_policy
+from mcp import Client, types
 
 FLAKY = str(Path(__file__).with_name("flaky_server.py"))
 
@@ -67,25 +67,6 @@ async def test_an_http_upstream_is_listed_and_called(http_upstream: str, tmp_pat
         reset()
 
 
-def gateway_process(policy: Path, redis_url: str, user: str) -> StdioServerParameters:
-    return StdioServerParameters(
-        command=str(Path(sys.executable).with_name("d2-gateway")),
-        args=[
-            "serve",
-            "--stdio",
-            "--policy",
-            str(policy),
-            "--upstream",
-            f"time=stdio:{upstream_command('mcp-server-time')}",
-            "--user",
-            user,
-            "--roles",
-            "dev",
-        ],
-        env={"D2_SILENT": "1", "D2_STORE_URL": redis_url},
-    )
-
-
 async def test_a_per_user_budget_holds_across_two_gateway_processes(tmp_path: Path) -> None:
     policy = write_policy(
         tmp_path / "p.json",
@@ -102,8 +83,9 @@ async def test_a_per_user_budget_holds_across_two_gateway_processes(tmp_path: Pa
     )
     call = ("time__get_current_time", {"timezone": "UTC"})
     with redis_server() as redis:
-        one = Client(gateway_process(policy, redis.url, "rita"), mode="legacy", cache=None)
-        two = Client(gateway_process(policy, redis.url, "rita"), mode="legacy", cache=None)
+        store = {"D2_STORE_URL": redis.url}
+        one = Client(time_gateway(policy, "rita", "dev", store), mode="legacy", cache=None)
+        two = Client(time_gateway(policy, "rita", "dev", store), mode="legacy", cache=None)
         async with one as a, two as b:
             assert not (await a.call_tool(*call)).is_error
             assert not (await b.call_tool(*call)).is_error
@@ -143,6 +125,7 @@ async def test_an_http_upstream_gets_its_headers(tmp_path: Path) -> None:
                 names = sorted(t.name for t in (await client.list_tools()).tools)
                 assert names == [
                     "inner__flaky__big",
+                    "inner__flaky__big_meta",
                     "inner__flaky__block",
                     "inner__flaky__crash",
                     "inner__flaky__echo",
