@@ -284,6 +284,17 @@ def _output_checked(tool_id: str, instance_name: str) -> bool:
     return any(g.allow and g.output is not None for g in policy.rules_for(tool_id).grants)
 
 
+def _unread_of(block: types.TextContent) -> dict[str, Any]:
+    """What of a text block output rules did not read, to leave out: its ``_meta``,
+    and the one free-text annotation (``lastModified``); ``audience`` and
+    ``priority`` (typed by the SDK) stay."""
+    drop: dict[str, Any] = {"meta": None}
+    notes = block.annotations
+    if notes is not None and notes.last_modified is not None:
+        drop["annotations"] = notes.model_copy(update={"last_modified": None})
+    return drop
+
+
 class _Readable:
     """A low-level handler's result as the JSON values output rules can read, and
     the way back from their sanitized values to a ``CallToolResult``.
@@ -348,8 +359,9 @@ class _Readable:
         result = self.result
         first = 1 if self.structured else 0
         structured = values[0] if self.structured else result.structured_content
-        # ``_meta`` (of the result, of a text block) is no value the rules read: under
-        # output rules it does not go out (a block of another kind is read whole)
+        # ``_meta`` (of the result, of a text block) and a text block's free-text
+        # annotation (``lastModified``) are no values the rules read: under output
+        # rules they do not go out (a block of another kind is read whole)
         unread: dict[str, Any] = {"meta": None} if checked else {}
         content: list[types.ContentBlock] = []
         for n, block in enumerate(result.content, start=first):
@@ -357,15 +369,16 @@ class _Readable:
             if not isinstance(block, types.TextContent) or isinstance(new, _Unreadable):
                 content.append(block)
                 continue
+            drop = _unread_of(block) if checked else {}
             changed = new is not self.values[n]
             if not changed and not (checked and self.parsed[n]):
-                content.append(block.model_copy(update=unread) if unread else block)
+                content.append(block.model_copy(update=drop) if drop else block)
                 continue
             if isinstance(new, _Text):  # never changed by the rules: read as text
                 text = _dumps(new.value) if new.json else new.text
             else:
                 text = _dumps(new)
-            content.append(block.model_copy(update={"text": text, **unread}))
+            content.append(block.model_copy(update={"text": text, **drop}))
         return result.model_copy(
             update={"content": content, "structured_content": structured, **unread}
         )

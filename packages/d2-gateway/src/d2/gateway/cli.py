@@ -162,12 +162,10 @@ async def _serve_http(
         issuer=issuer,
         max_sessions_per_user=sessions[0],
         session_idle_timeout=sessions[1],
+        on_shutdown=_shut_down,
     )
     config = uvicorn.Config(asgi, host=host, port=port, log_level="warning", lifespan="on")
-    try:
-        await uvicorn.Server(config).serve()
-    finally:
-        await _shut_down()
+    await uvicorn.Server(config).serve()  # a signal ends it after the lifespan's exit
 
 
 def serve(options: dict[str, Any]) -> None:

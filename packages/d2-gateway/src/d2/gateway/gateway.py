@@ -585,12 +585,16 @@ class Gateway:
         try:
             checks = checked[0] or _output_checked(entry.policy_id, self._instance)
             result: types.CallToolResult = readable[0].rebuilt(sanitized, checks)
+            if checks:  # JSON written anew may be longer than the upstream's
+                upstream.bounded(result)
         except ValueError:  # defensive: the rules never change its shape; fail closed
             return _text_result(
                 f"{entry.policy_id!r} result refused: it cannot be rebuilt after its output "
                 "rules (reason: output_validation)",
                 {"d2_reason": "output_validation", "d2_tool_id": entry.policy_id},
             )
+        except ResultTooLarge as exc:
+            return _too_large(entry.upstream, entry.policy_id, exc)
         return result
 
     async def list_resources(

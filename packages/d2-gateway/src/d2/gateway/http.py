@@ -9,7 +9,7 @@ tools)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -196,6 +196,7 @@ def http_app(
     issuer: str | None = None,
     max_sessions_per_user: int | None = DEFAULT_SESSIONS_PER_USER,
     session_idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> ASGIApp:
     """The ASGI app: ``path`` serves MCP Streamable HTTP behind :func:`require_identity`,
     and the whole app sits inside ``wrap`` (the identity layer); its lifespan supervises the
@@ -203,7 +204,9 @@ def http_app(
     connect or fail once before serving (one that is later appears later); ``issuer`` (the
     identity provider's, when configured) is part of each session's owner. A user
     holds at most ``max_sessions_per_user`` open sessions (then 429); a session with
-    no request in flight for ``session_idle_timeout`` seconds ends. ``wrap=None`` only
+    no request in flight for ``session_idle_timeout`` seconds ends. ``on_shutdown`` is
+    awaited when the server stops, before the upstreams do (the command shuts D2
+    down there: usage events and the decision log are flushed). ``wrap=None`` only
     for tests that set ``scope["d2.user"]`` themselves: with no layer every
     request is 401."""
     manager = SessionManager(
@@ -222,7 +225,11 @@ def http_app(
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         async with gateway.running(), manager.run():
             await gateway.wait_tried(startup_wait)
-            yield
+            try:
+                yield
+            finally:  # the server is stopping (a signal too): before the upstreams stop
+                if on_shutdown is not None:
+                    await on_shutdown()
 
     app: ASGIApp = Starlette(routes=[Route(path, endpoint=_Endpoint(inner))], lifespan=lifespan)
     return app if wrap is None else wrap(app)

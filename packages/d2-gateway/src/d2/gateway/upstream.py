@@ -256,7 +256,9 @@ class Upstream:
             self._in_flight -= 1
             self._last_done = anyio.current_time()
 
-    def _bounded(self, result: Any) -> Any:
+    def bounded(self, result: Any) -> Any:
+        """``result``, or :class:`ResultTooLarge` when its JSON is larger than
+        ``max_result_bytes``."""
         size = result_size(result)
         if size > self._max_result_bytes:
             raise ResultTooLarge(size, self._max_result_bytes)
@@ -267,19 +269,19 @@ class Upstream:
         or when the connection ends during the call, :class:`ResultTooLarge` when
         its result is larger than ``max_result_bytes``."""
         result: types.CallToolResult = await self._request(lambda c: c.call_tool(name, arguments))
-        return self._bounded(result)  # type: ignore[no-any-return]
+        return self.bounded(result)  # type: ignore[no-any-return]
 
     async def read_resource(self, uri: str) -> types.ReadResourceResult:
         """Read ``uri`` upstream (bounded as a tool result is)."""
         result: types.ReadResourceResult = await self._request(lambda c: c.read_resource(uri))
-        return self._bounded(result)  # type: ignore[no-any-return]
+        return self.bounded(result)  # type: ignore[no-any-return]
 
     async def get_prompt(
         self, name: str, arguments: dict[str, str] | None
     ) -> types.GetPromptResult:
         """Get prompt ``name`` upstream (bounded as a tool result is)."""
         result: types.GetPromptResult = await self._request(lambda c: c.get_prompt(name, arguments))
-        return self._bounded(result)  # type: ignore[no-any-return]
+        return self.bounded(result)  # type: ignore[no-any-return]
 
 
 def _describe(exc: BaseException) -> str:
