@@ -181,19 +181,41 @@ async def _through(**arguments: Any) -> Any:
     return await handle()
 
 
+def _leaves(value: Any, out: list[str]) -> None:
+    """Append every key, string and number of a JSON value to ``out``, as it is
+    (no JSON escapes: a line break stays one)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out.append(str(key))
+            _leaves(item, out)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _leaves(item, out)
+    elif isinstance(value, str):
+        out.append(value)
+    elif value is not None and not isinstance(value, bool):
+        out.append(str(value))
+
+
 class _Opaque:
-    """Content the output rules cannot read (an image, audio, a resource, a result
-    that is not a ``CallToolResult``): a field rule that meets it refuses the
-    result; ``deny_if_patterns`` and ``max_bytes`` read its JSON (``str``)."""
+    """Content the output rules cannot read as fields (an image, audio, a
+    resource, a resource link, a result that is not a ``CallToolResult``): a field
+    rule that meets it refuses the result; ``deny_if_patterns`` and ``max_bytes``
+    read its text (``str``): every key, string and number in it, one per line,
+    unescaped (a secret on its own line in a resource's text is on its own line
+    here too; an image's data is its base64 text)."""
 
     __slots__ = ("text",)
 
     def __init__(self, value: Any) -> None:
         try:
-            if hasattr(value, "model_dump_json"):
-                self.text = str(value.model_dump_json(by_alias=True, exclude_none=True))
+            if hasattr(value, "model_dump"):
+                value = value.model_dump(mode="json", by_alias=True, exclude_none=True)
             else:
-                self.text = json.dumps(value, ensure_ascii=False, default=str)
+                value = json.loads(json.dumps(value, default=str))
+            found: list[str] = []
+            _leaves(value, found)
+            self.text = "\n".join(found)
         except Exception:  # unreadable: its type name is all there is
             self.text = type(value).__name__
 
@@ -285,13 +307,14 @@ def _output_checked(tool_id: str, instance_name: str) -> bool:
 
 
 def _unread_of(block: types.TextContent) -> dict[str, Any]:
-    """What of a text block output rules did not read, to leave out: its ``_meta``,
-    and the one free-text annotation (``lastModified``); ``audience`` and
-    ``priority`` (typed by the SDK) stay."""
+    """What of a text block output rules did not read, to leave out: its ``_meta``
+    and the annotations that can carry any data (``lastModified``, a free string;
+    ``priority``, a float of fifteen digits); ``audience`` (a closed set) stays."""
     drop: dict[str, Any] = {"meta": None}
     notes = block.annotations
-    if notes is not None and notes.last_modified is not None:
-        drop["annotations"] = notes.model_copy(update={"last_modified": None})
+    if notes is not None and (notes.last_modified is not None or notes.priority is not None):
+        kept = notes.model_copy(update={"last_modified": None, "priority": None})
+        drop["annotations"] = kept if kept.audience is not None else None
     return drop
 
 

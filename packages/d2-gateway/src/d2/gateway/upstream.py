@@ -130,6 +130,7 @@ class Upstream:
             read_timeout_seconds=self._call_timeout,
             message_handler=self._message,
             client_info=types.Implementation(name="d2-gateway", version="2.0.0"),
+            input_required_max_rounds=0,  # one decision, one upstream call: never re-sent
         )
         return await stack.enter_async_context(client)
 
