@@ -53,6 +53,7 @@ Through the SDK's own extension points:
 
 from __future__ import annotations
 
+import base64
 import inspect
 import json
 import logging
@@ -181,13 +182,30 @@ async def _through(**arguments: Any) -> Any:
     return await handle()
 
 
+_BASE64_FIELDS = frozenset({"blob", "data"})
+
+
+def _decoded(text: str) -> str | None:
+    """The UTF-8 text base64 ``text`` holds, or ``None`` (not base64, or bytes that
+    are not UTF-8 text: an image)."""
+    try:
+        return base64.b64decode(text, validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 def _leaves(value: Any, out: list[str]) -> None:
     """Append every key, string and number of a JSON value to ``out``, as it is
-    (no JSON escapes: a line break stays one)."""
+    (no JSON escapes: a line break stays one); the base64 of a ``blob`` or
+    ``data`` field also as the text it decodes to, when that is UTF-8 text."""
     if isinstance(value, dict):
         for key, item in value.items():
             out.append(str(key))
             _leaves(item, out)
+            if key in _BASE64_FIELDS and isinstance(item, str):
+                text = _decoded(item)
+                if text is not None:
+                    out.append(text)
     elif isinstance(value, (list, tuple)):
         for item in value:
             _leaves(item, out)
@@ -203,7 +221,8 @@ class _Opaque:
     rule that meets it refuses the result; ``deny_if_patterns`` and ``max_bytes``
     read its text (``str``): every key, string and number in it, one per line,
     unescaped (a secret on its own line in a resource's text is on its own line
-    here too; an image's data is its base64 text)."""
+    here too), and base64 data that decodes to UTF-8 text also as that text (an
+    image's data is only its base64)."""
 
     __slots__ = ("text",)
 
@@ -309,12 +328,14 @@ def _output_checked(tool_id: str, instance_name: str) -> bool:
 def _unread_of(block: types.TextContent) -> dict[str, Any]:
     """What of a text block output rules did not read, to leave out: its ``_meta``
     and the annotations that can carry any data (``lastModified``, a free string;
-    ``priority``, a float of fifteen digits); ``audience`` (a closed set) stays."""
+    ``priority``, a float of fifteen digits); ``audience`` stays as the set of
+    roles it names, sorted (a list of any length would carry bits)."""
     drop: dict[str, Any] = {"meta": None}
     notes = block.annotations
-    if notes is not None and (notes.last_modified is not None or notes.priority is not None):
-        kept = notes.model_copy(update={"last_modified": None, "priority": None})
-        drop["annotations"] = kept if kept.audience is not None else None
+    if notes is not None:
+        roles = sorted(set(notes.audience)) if notes.audience else None
+        kept = types.Annotations(audience=roles) if roles else None
+        drop["annotations"] = kept
     return drop
 
 
@@ -402,6 +423,8 @@ class _Readable:
             else:
                 text = _dumps(new)
             content.append(block.model_copy(update={"text": text, **drop}))
+        if checked:  # a free string on the newest revision: the core value only
+            unread["result_type"] = "complete"
         return result.model_copy(
             update={"content": content, "structured_content": structured, **unread}
         )

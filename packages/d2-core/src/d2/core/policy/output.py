@@ -512,9 +512,9 @@ class OutputRules:
             if self.max_bytes is not None and _size(result) > self.max_bytes:
                 detail = f"output is larger than max_bytes {self.max_bytes} (or not JSON)"
                 raise OutputViolation("output_validation", detail, f"{self.path}.max_bytes")
-            if self.patterns:
+            if self.patterns:  # strings, keys and numbers: a card number is one either way
                 texts: list[str] = []
-                _strings(result, texts)
+                _strings(result, texts, numbers=True)
                 for n, pattern in enumerate(self.patterns):
                     if not any(map(pattern.search, texts)):
                         continue
