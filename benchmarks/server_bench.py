@@ -233,7 +233,7 @@ def write_docs(table: str, database: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n", 1)[0])
     parser.add_argument("--serve", nargs=2, metavar=("DB", "PORT"), help=argparse.SUPPRESS)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 short rounds")
+    parser.add_argument("--quick", action="store_true", help="smoke run: one short round")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("ab") is None:
         print("bench-server needs ApacheBench: apt-get install -y apache2-utils", file=sys.stderr)
         return 2
-    rounds, requests = (2, 1000) if args.quick else (args.rounds, args.requests)
+    rounds, requests = (1, 200) if args.quick else (args.rounds, args.requests)
     os.environ.setdefault("D2_SERVER_SECRET", BENCH_SECRET)
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="d2-bench-server-"))
