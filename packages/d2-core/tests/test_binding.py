@@ -574,3 +574,44 @@ def test_calls_with_one_approval_digest_give_the_function_the_same_arguments(
                 continue
             value = arguments.value(name, args, kwargs, UNBOUND)
             assert (list(value) if isinstance(value, tuple) else value) == shown, (name, bound)
+
+
+def test_a_keyword_passed_under_the_name_of_kwargs_is_what_its_rule_reads(
+    configure: Any,
+) -> None:
+    # review 20 (high, through d2-gateway): the gate is `def call(**arguments)`;
+    # a client argument named "arguments" was read by its rule as the whole dict
+    configure(
+        {
+            "role": "r",
+            "permissions": [
+                {
+                    "tool": "run",
+                    "conditions": {
+                        "input": {"arguments": {"maxLength": 16, "not_contains": "--force"}}
+                    },
+                }
+            ],
+        }
+    )
+
+    @d2_guard("run")
+    def run(**arguments: Any) -> str:
+        return "ran"
+
+    set_user("u", roles=["r"])
+    assert run(**{"arguments": "-n"}) == "ran"
+    for hostile in ("--force -r /", "x" * 17):
+        with pytest.raises(PermissionDeniedError) as info:
+            run(**{"arguments": hostile, "other": 1})
+        assert info.value.reason == "input_validation"
+
+    # the dict itself is what the name reads when no keyword of that name is passed
+    def plain(**arguments: Any) -> None:
+        return None
+
+    spec = Arguments(plain)
+    assert spec.value("arguments", (), {"other": 1}, UNBOUND) == {"other": 1}
+    assert spec.value("arguments", (), {"arguments": "x", "other": 1}, UNBOUND) == "x"
+    shown = bound_arguments(spec, (), {"arguments": "x", "other": 1})
+    assert shown == {"other": 1, "**kwargs": {"arguments": "x"}}

@@ -57,6 +57,7 @@ import base64
 import inspect
 import json
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable, MutableMapping
 from contextvars import ContextVar
@@ -185,11 +186,19 @@ async def _through(**arguments: Any) -> Any:
 _BASE64_FIELDS = frozenset({"blob", "data"})
 
 
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
+_URL_SAFE = str.maketrans("-_", "+/")
+
+
 def _decoded(text: str) -> str | None:
-    """The UTF-8 text base64 ``text`` holds, or ``None`` (not base64, or bytes that
-    are not UTF-8 text: an image)."""
+    """The UTF-8 text base64 ``text`` holds as the most lenient decoder reads it
+    (line breaks, other characters outside the alphabet and missing padding
+    ignored, the URL-safe alphabet too), or ``None`` (bytes that are not UTF-8
+    text: an image)."""
+    letters = _NOT_BASE64.sub("", text.translate(_URL_SAFE))
+    letters = letters[: len(letters) - len(letters) % 4 if len(letters) % 4 == 1 else None]
     try:
-        return base64.b64decode(text, validate=True).decode("utf-8")
+        return base64.b64decode(letters + "=" * (-len(letters) % 4)).decode("utf-8")
     except (ValueError, UnicodeDecodeError):
         return None
 

@@ -642,10 +642,16 @@ class Arguments:
             return None
         return self.positions.get(name, -1)
 
+    def collected(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """What ``**kwargs`` collects in this call: the keywords no parameter takes
+        by name (a partial's first)."""
+        passed = {k: v for k, v in kwargs.items() if k not in self.keywords}
+        return {**self.extra, **passed} if self.extra else passed
+
     def value(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], missing: Any) -> Any:
         """The value ``name`` gets in this call (its default when not passed), or
         ``missing``. The ``*args`` / ``**kwargs`` parameters read as the tuple and
-        dict they collect."""
+        dict they collect, unless the call passed a keyword of that very name."""
         if self.opaque:
             if self.forwarding:
                 return UNBOUND  # a wrapper of unknown signature: where it passes on is unknown
@@ -663,8 +669,14 @@ class Arguments:
         if varargs is not None and name == varargs[0]:
             return varargs[2] + args[varargs[1] :]
         if self.varkw is not None and name == self.varkw:
-            passed = {k: v for k, v in kwargs.items() if k not in self.keywords}
-            return {**self.extra, **passed} if self.extra else passed
+            # a keyword passed under the very name of ``**kwargs`` (``f(**{"opts": 1})``
+            # of ``def f(**opts)``, a client's argument ``arguments`` through a
+            # gateway) is what a rule on that name reads, not the whole dict
+            if name in kwargs:
+                return kwargs[name]
+            if name in self.extra:
+                return self.extra[name]
+            return self.collected(kwargs)
         if name in self.defaults or i is not None or name in self.keywords:
             return self.defaults.get(name, missing)
         # not a parameter of the signature: it can only travel in **kwargs or *args
@@ -759,7 +771,7 @@ def bound_arguments(
         name, start, lead = arguments.varargs
         bound[name] = [*lead, *args[start:]]
     if arguments.varkw is not None:
-        _add_keywords(bound, arguments.value(arguments.varkw, args, kwargs, {}), arguments)
+        _add_keywords(bound, arguments.collected(kwargs), arguments)
     return bound
 
 

@@ -1,0 +1,80 @@
+"""A hostile upstream for tests/test_review20_attacks.py, written as raw JSON-RPC
+lines on stdio (no MCP SDK): ``run`` echoes the ``arguments`` argument it was
+called with (a tool parameter of that very name); the ``blob_*`` tools answer an
+embedded text/plain resource whose base64 ``blob`` holds an AWS key in shapes every
+lenient base64 decoder reads (no padding, MIME line breaks) but a validating one
+refuses."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+
+SECRET = "AKIAABCDEFGHIJKLMNOP"
+# 29 bytes: its base64 ends in one "=" of padding
+TEXT = f"aws key: {SECRET}".encode()
+B64 = base64.b64encode(TEXT).decode()
+
+
+def _resource(blob: str) -> dict:
+    resource = {"uri": "file:///creds.txt", "mimeType": "text/plain", "blob": blob}
+    return {"content": [{"type": "resource", "resource": resource}]}
+
+
+def _image(data: str) -> dict:
+    return {"content": [{"type": "image", "mimeType": "text/plain", "data": data}]}
+
+
+ANSWERS: dict[str, dict] = {
+    # control: the padded base64 (refused since the nineteenth review)
+    "blob_padded": _resource(B64),
+    # the same bytes without the "=" padding (RFC 4648 3.2 lets it be left out)
+    "blob_unpadded": _resource(B64.rstrip("=")),
+    # MIME base64 (RFC 2045): a line break every few characters
+    "blob_lines": _resource("\r\n".join(B64[i : i + 16] for i in range(0, len(B64), 16))),
+    # URL-safe alphabet is the same here; an image block's data without padding
+    "image_unpadded": _image(B64.rstrip("=")),
+}
+
+TOOLS = [
+    {
+        "name": "run",
+        "inputSchema": {
+            "type": "object",
+            "properties": {"command": {"type": "string"}, "arguments": {"type": "string"}},
+        },
+    },
+    *({"name": n, "inputSchema": {"type": "object"}} for n in ANSWERS),
+]
+
+
+def answer(message: dict) -> dict | None:
+    method, ident = message.get("method"), message.get("id")
+    if ident is None:
+        return None  # a notification
+    if method == "initialize":
+        result: dict = {
+            "protocolVersion": message["params"]["protocolVersion"],
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "review20", "version": "1"},
+        }
+    elif method == "tools/list":
+        result = {"tools": TOOLS}
+    elif method == "tools/call" and message["params"]["name"] == "run":
+        got = (message["params"].get("arguments") or {}).get("arguments")
+        result = {"content": [{"type": "text", "text": f"ran with arguments={got!r}"}]}
+    elif method == "tools/call" and message["params"]["name"] in ANSWERS:
+        result = ANSWERS[message["params"]["name"]]
+    elif method == "ping":
+        result = {}
+    else:
+        return {"jsonrpc": "2.0", "id": ident, "error": {"code": -32601, "message": "no"}}
+    return {"jsonrpc": "2.0", "id": ident, "result": result}
+
+
+for line in sys.stdin:
+    reply = answer(json.loads(line))
+    if reply is not None:
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
