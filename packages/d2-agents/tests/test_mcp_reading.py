@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 
+import pytest
 from d2.agents.mcp import _decoded, _Opaque
 from hypothesis import given
 from hypothesis import strategies as st
@@ -62,3 +63,38 @@ def test_a_resource_blob_and_a_link_are_read_unescaped_and_decoded() -> None:
         type="resource_link", name="k", uri="file:///k", description=f"key:\n{SECRET}"
     )
     assert f"key:\n{SECRET}" in str(_Opaque(link))
+
+
+def test_content_that_cannot_be_read_is_refused_by_any_rule_that_reads_it() -> None:
+    # an unreadable block once read as its type name alone: patterns saw nothing
+    class Odd:
+        def __repr__(self) -> str:
+            raise RuntimeError("no")
+
+    unreadable = _Opaque({"x": Odd()})  # json.dumps(default=str) calls repr: fails
+    with pytest.raises(TypeError, match="cannot be checked"):
+        str(unreadable)
+
+
+@given(st.binary(max_size=200))
+def test_a_blobs_ascii_is_searched_in_any_charset(noise: bytes) -> None:
+    secret = SECRET.encode()
+    for raw in (
+        noise + b" " + secret,  # any 8-bit charset around it
+        (noise.decode("latin-1") + " " + SECRET).encode("utf-16"),
+        (noise.decode("latin-1") + " " + SECRET).encode("utf-32-le"),
+    ):
+        blob = types.EmbeddedResource(
+            type="resource",
+            resource=types.BlobResourceContents(
+                uri="file:///k", blob=base64.b64encode(raw).decode()
+            ),
+        )
+        assert SECRET in str(_Opaque(blob))
+
+
+def test_a_data_uri_is_read_as_what_it_holds() -> None:
+    encoded = base64.b64encode(f"key {SECRET}".encode("latin-1")).decode()
+    for uri in (f"data:text/plain;base64,{encoded}", f"DATA:,key%20{SECRET}"):
+        link = types.ResourceLink(type="resource_link", name="k", uri=uri)
+        assert SECRET in str(_Opaque(link))

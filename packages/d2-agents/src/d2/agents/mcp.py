@@ -183,35 +183,63 @@ async def _through(**arguments: Any) -> Any:
     return await handle()
 
 
-_BASE64_FIELDS = frozenset({"blob", "data"})
-
-
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
 _URL_SAFE = str.maketrans("-_", "+/")
 
 
-def _decoded(text: str) -> str | None:
-    """The UTF-8 text base64 ``text`` holds as the most lenient decoder reads it
-    (line breaks, other characters outside the alphabet and missing padding
-    ignored, the URL-safe alphabet too), or ``None`` (bytes that are not UTF-8
-    text: an image)."""
+def _base64(text: str) -> bytes:
+    """The bytes base64 ``text`` holds as the most lenient decoder reads it (line
+    breaks, other characters outside the alphabet and missing padding ignored,
+    the URL-safe alphabet too)."""
     letters = _NOT_BASE64.sub("", text.translate(_URL_SAFE))
-    letters = letters[: len(letters) - len(letters) % 4 if len(letters) % 4 == 1 else None]
+    if len(letters) % 4 == 1:  # one stray letter decodes to nothing
+        letters = letters[:-1]
+    return base64.b64decode(letters + "=" * (-len(letters) % 4))
+
+
+def _decoded(text: str) -> str | None:
+    """The UTF-8 text base64 ``text`` holds (read leniently, see :func:`_base64`),
+    or ``None`` (bytes that are not UTF-8 text: an image)."""
     try:
-        return base64.b64decode(letters + "=" * (-len(letters) % 4)).decode("utf-8")
+        return _base64(text).decode("utf-8")
     except (ValueError, UnicodeDecodeError):
         return None
 
 
+def _readings(raw: bytes) -> list[str]:
+    """The texts a client could make of ``raw`` in any charset: UTF-8 with bad bytes
+    replaced (the ASCII of any 8-bit charset stays as it is), and, when it holds
+    NUL bytes, the bytes without them (the ASCII of UTF-16 and UTF-32)."""
+    found = [raw.decode("utf-8", errors="replace")]
+    if b"\x00" in raw:
+        found.append(raw.replace(b"\x00", b"").decode("latin-1"))
+    return found
+
+
+def _data_uri(text: str) -> bytes | None:
+    """The bytes a ``data:`` URI (RFC 2397) holds, or ``None`` (not one)."""
+    if text[:5].lower() != "data:" or "," not in text:
+        return None
+    header, _, body = text[5:].partition(",")
+    if header.lower().endswith(";base64"):
+        return _base64(body)
+    from urllib.parse import unquote_to_bytes
+
+    return unquote_to_bytes(body)
+
+
 def _leaves(value: Any, out: list[str]) -> None:
     """Append every key, string and number of a JSON value to ``out``, as it is
-    (no JSON escapes: a line break stays one); the base64 of a ``blob`` or
-    ``data`` field also as the text it decodes to, when that is UTF-8 text."""
+    (no JSON escapes: a line break stays one), and the text clients could make of
+    encoded data: a resource's ``blob`` and any ``data:`` URI in every charset
+    (:func:`_readings`), a block's ``data`` (an image, audio) when it is UTF-8 text."""
     if isinstance(value, dict):
         for key, item in value.items():
             out.append(str(key))
             _leaves(item, out)
-            if key in _BASE64_FIELDS and isinstance(item, str):
+            if isinstance(item, str) and key == "blob":
+                out.extend(_readings(_base64(item)))
+            elif isinstance(item, str) and key == "data":
                 text = _decoded(item)
                 if text is not None:
                     out.append(text)
@@ -220,6 +248,9 @@ def _leaves(value: Any, out: list[str]) -> None:
             _leaves(item, out)
     elif isinstance(value, str):
         out.append(value)
+        raw = _data_uri(value)
+        if raw is not None:
+            out.extend(_readings(raw))
     elif value is not None and not isinstance(value, bool):
         out.append(str(value))
 
@@ -230,8 +261,8 @@ class _Opaque:
     rule that meets it refuses the result; ``deny_if_patterns`` and ``max_bytes``
     read its text (``str``): every key, string and number in it, one per line,
     unescaped (a secret on its own line in a resource's text is on its own line
-    here too), and base64 data that decodes to UTF-8 text also as that text (an
-    image's data is only its base64)."""
+    here too), and encoded data also as the text clients could make of it (see
+    :func:`_leaves`; an image's data only when it is UTF-8 text)."""
 
     __slots__ = ("text",)
 
@@ -243,11 +274,13 @@ class _Opaque:
                 value = json.loads(json.dumps(value, default=str))
             found: list[str] = []
             _leaves(value, found)
-            self.text = "\n".join(found)
-        except Exception:  # unreadable: its type name is all there is
-            self.text = type(value).__name__
+            self.text: str | None = "\n".join(found)
+        except Exception:  # unreadable: any rule that reads it refuses (fail closed)
+            self.text = None
 
     def __str__(self) -> str:
+        if self.text is None:
+            raise TypeError("content that cannot be read cannot be checked")
         return self.text
 
     def __repr__(self) -> str:
