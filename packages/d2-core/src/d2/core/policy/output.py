@@ -328,9 +328,13 @@ def _strings(node: Any, out: list[str], numbers: bool = False) -> None:
         _strings(str(node) if plain is node else plain, out, numbers)
         return
     for value in values:
-        if type(value) is str:
+        kind = type(value)
+        if kind is str:
             out.append(value)
-        elif type(value) not in _SCALARS or numbers:
+        elif kind is int or kind is float:  # inline: a list of a million numbers
+            if numbers:
+                out.append(repr(value))
+        elif kind not in _SCALARS:
             _strings(value, out, numbers)
 
 
@@ -515,6 +519,8 @@ class OutputRules:
             if self.patterns:  # strings, keys and numbers: a card number is one either way
                 texts: list[str] = []
                 _strings(result, texts, numbers=True)
+                if len(texts) > 64:  # each distinct value searched once (a list of zeros)
+                    texts = list(dict.fromkeys(texts))
                 for n, pattern in enumerate(self.patterns):
                     if not any(map(pattern.search, texts)):
                         continue
