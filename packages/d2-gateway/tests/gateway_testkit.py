@@ -218,3 +218,43 @@ def gateway_listening(
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+@contextmanager
+def served_gateway(policy: Path, specs: list[Any], **options: Any) -> Iterator[str]:
+    """A gateway over ``specs`` (``UpstreamSpec``) deciding with the local policy
+    file ``policy``, served by a real uvicorn behind :class:`HeaderIdentity`;
+    yields its ``/mcp`` URL."""
+    from d2.core import configure_rbac_sync
+    from d2.core.local import LocalFileSource
+    from d2.core.testing import reset
+    from d2.gateway import Gateway
+    from d2.gateway.http import http_app
+
+    reset()
+    configure_rbac_sync(source=LocalFileSource(policy, poll_interval=0.1))
+    served = Served(HeaderIdentity(http_app(Gateway(specs, **options), wrap=None)))
+    try:
+        yield served.url
+    finally:
+        served.close()
+        reset()
+
+
+async def call_listed(
+    url: str,
+    name: str,
+    arguments: dict[str, Any] | None = None,
+    *,
+    tools: int = 1,
+    roles: str = "dev",
+) -> Any:
+    """As ``alice`` (``roles``): wait until at least ``tools`` tools are listed,
+    then call ``name``."""
+    import anyio
+
+    async with client_for(url, "alice", roles) as client:
+        with anyio.fail_after(20):
+            while len((await client.list_tools()).tools) < tools:
+                await anyio.sleep(0.05)
+        return await client.call_tool(name, arguments or {})

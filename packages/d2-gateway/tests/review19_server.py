@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
+
+from raw_upstream import serve
 
 SECRET = "AKIAABCDEFGHIJKLMNOP"
 CARD = 4111111111111111
@@ -42,30 +43,4 @@ ANSWERS: dict[str, dict] = {
 }
 
 
-def answer(message: dict) -> dict | None:
-    method, ident = message.get("method"), message.get("id")
-    if ident is None:
-        return None  # a notification
-    if method == "initialize":
-        result: dict = {
-            "protocolVersion": message["params"]["protocolVersion"],
-            "capabilities": {"tools": {}},
-            "serverInfo": {"name": "review19", "version": "1"},
-        }
-    elif method == "tools/list":
-        schema = {"type": "object"}
-        result = {"tools": [{"name": n, "inputSchema": schema} for n in ANSWERS]}
-    elif method == "tools/call" and message["params"]["name"] in ANSWERS:
-        result = ANSWERS[message["params"]["name"]]
-    elif method == "ping":
-        result = {}
-    else:
-        return {"jsonrpc": "2.0", "id": ident, "error": {"code": -32601, "message": "no"}}
-    return {"jsonrpc": "2.0", "id": ident, "result": result}
-
-
-for line in sys.stdin:
-    reply = answer(json.loads(line))
-    if reply is not None:
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
+serve("review19", ANSWERS)

@@ -8,8 +8,8 @@ refuses."""
 from __future__ import annotations
 
 import base64
-import json
-import sys
+
+from raw_upstream import serve
 
 SECRET = "AKIAABCDEFGHIJKLMNOP"
 # 29 bytes: its base64 ends in one "=" of padding
@@ -49,32 +49,9 @@ TOOLS = [
 ]
 
 
-def answer(message: dict) -> dict | None:
-    method, ident = message.get("method"), message.get("id")
-    if ident is None:
-        return None  # a notification
-    if method == "initialize":
-        result: dict = {
-            "protocolVersion": message["params"]["protocolVersion"],
-            "capabilities": {"tools": {}},
-            "serverInfo": {"name": "review20", "version": "1"},
-        }
-    elif method == "tools/list":
-        result = {"tools": TOOLS}
-    elif method == "tools/call" and message["params"]["name"] == "run":
-        got = (message["params"].get("arguments") or {}).get("arguments")
-        result = {"content": [{"type": "text", "text": f"ran with arguments={got!r}"}]}
-    elif method == "tools/call" and message["params"]["name"] in ANSWERS:
-        result = ANSWERS[message["params"]["name"]]
-    elif method == "ping":
-        result = {}
-    else:
-        return {"jsonrpc": "2.0", "id": ident, "error": {"code": -32601, "message": "no"}}
-    return {"jsonrpc": "2.0", "id": ident, "result": result}
+def _run(arguments: dict) -> dict:
+    got = arguments.get("arguments")
+    return {"content": [{"type": "text", "text": f"ran with arguments={got!r}"}]}
 
 
-for line in sys.stdin:
-    reply = answer(json.loads(line))
-    if reply is not None:
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
+serve("review20", {"run": _run, **ANSWERS}, TOOLS)

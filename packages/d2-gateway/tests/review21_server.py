@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
+
+from raw_upstream import serve
 
 SECRET = "AKIAABCDEFGHIJKLMNOP"
 LATIN1 = f"clé aws: {SECRET}".encode("latin-1")  # one byte that is not UTF-8
@@ -40,34 +41,10 @@ TOOLS = [
 RUNS = [0]
 
 
-def answer(message: dict) -> dict | None:
-    method, ident = message.get("method"), message.get("id")
-    if ident is None:
-        return None  # a notification
-    if method == "initialize":
-        result: dict = {
-            "protocolVersion": message["params"]["protocolVersion"],
-            "capabilities": {"tools": {}},
-            "serverInfo": {"name": "review21", "version": "1"},
-        }
-    elif method == "tools/list":
-        result = {"tools": TOOLS}
-    elif method == "tools/call" and message["params"]["name"] == "echo":
-        RUNS[0] += 1
-        got = message["params"].get("arguments") or {}
-        text = json.dumps({"runs": RUNS[0], "keys": sorted(got)[:20]})
-        result = {"content": [{"type": "text", "text": text}]}
-    elif method == "tools/call" and message["params"]["name"] in ANSWERS:
-        result = ANSWERS[message["params"]["name"]]
-    elif method == "ping":
-        result = {}
-    else:
-        return {"jsonrpc": "2.0", "id": ident, "error": {"code": -32601, "message": "no"}}
-    return {"jsonrpc": "2.0", "id": ident, "result": result}
+def _echo(arguments: dict) -> dict:
+    RUNS[0] += 1
+    text = json.dumps({"runs": RUNS[0], "keys": sorted(arguments)[:20]})
+    return {"content": [{"type": "text", "text": text}]}
 
 
-for line in sys.stdin:
-    reply = answer(json.loads(line))
-    if reply is not None:
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
+serve("review21", {"echo": _echo, **ANSWERS}, TOOLS)

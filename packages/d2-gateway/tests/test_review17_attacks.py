@@ -15,13 +15,16 @@ from typing import Any
 
 import anyio
 import pytest
-from d2.core import configure_rbac_sync
-from d2.core.local import LocalFileSource
-from d2.core.testing import reset
-from d2.gateway import Gateway, UpstreamSpec
-from d2.gateway.http import http_app
+from d2.gateway import UpstreamSpec
 from d2.gateway.upstream import result_size
-from gateway_testkit import BIN, HeaderIdentity, Served, client_for, free_port, write_policy
+from gateway_testkit import (
+    BIN,
+    Served,
+    call_listed,
+    free_port,
+    served_gateway,
+    write_policy,
+)
 from mcp import Client, types
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -46,27 +49,17 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         },
         name="review17",
     )
-    reset()
-    configure_rbac_sync(source=LocalFileSource(policy, poll_interval=0.1))
-    gw = Gateway(
+    with served_gateway(
+        policy,
         [UpstreamSpec("review17", command=sys.executable, args=(SERVER,))],
         max_result_bytes=LIMIT,
-    )
-    served = Served(HeaderIdentity(http_app(gw, wrap=None)))
-    try:
-        yield served.url
-    finally:
-        served.close()
-        reset()
+    ) as url:
+        yield url
 
 
 async def call(url: str, tool: str) -> types.CallToolResult:
-    async with client_for(url, "alice", "dev") as client:
-        with anyio.fail_after(20):
-            while not (await client.list_tools()).tools:
-                await anyio.sleep(0.05)
-        result: types.CallToolResult = await client.call_tool(f"review17__{tool}", {})
-        return result
+    result: types.CallToolResult = await call_listed(url, f"review17__{tool}")
+    return result
 
 
 async def test_a_secret_in_a_text_blocks_annotations_does_not_pass_the_output_rules(

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import anyio
 import pytest
-from d2.core import configure_rbac_sync
-from d2.core.local import LocalFileSource
-from d2.core.testing import reset
-from d2.gateway import Gateway, UpstreamSpec
-from d2.gateway.http import http_app
-from gateway_testkit import HeaderIdentity, Served, client_for, write_policy
+from d2.gateway import UpstreamSpec
+from gateway_testkit import (
+    call_listed,
+    client_for,
+    served_gateway,
+    write_policy,
+)
 from mcp import types
 
 RAW = str(Path(__file__).with_name("raw_server.py"))
@@ -40,29 +41,19 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         },
         name="review18",
     )
-    reset()
-    configure_rbac_sync(source=LocalFileSource(policy, poll_interval=0.1))
-    gw = Gateway(
+    with served_gateway(
+        policy,
         [
             UpstreamSpec("review18", command=sys.executable, args=(SERVER,)),
             UpstreamSpec("raw", command=sys.executable, args=(RAW,)),
-        ]
-    )
-    served = Served(HeaderIdentity(http_app(gw, wrap=None)))
-    try:
-        yield served.url
-    finally:
-        served.close()
-        reset()
+        ],
+    ) as url:
+        yield url
 
 
 async def call(url: str, tool: str) -> types.CallToolResult:
-    async with client_for(url, "alice", "dev") as client:
-        with anyio.fail_after(20):
-            while not (await client.list_tools()).tools:
-                await anyio.sleep(0.05)
-        result: types.CallToolResult = await client.call_tool(f"review18__{tool}", {})
-        return result
+    result: types.CallToolResult = await call_listed(url, f"review18__{tool}")
+    return result
 
 
 async def test_a_secret_on_its_own_line_in_an_embedded_resource_is_refused(url: str) -> None:

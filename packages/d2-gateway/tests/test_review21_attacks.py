@@ -9,14 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
-from d2.core import configure_rbac_sync
-from d2.core.local import LocalFileSource
-from d2.core.testing import reset
-from d2.gateway import Gateway, UpstreamSpec
-from d2.gateway.http import http_app
-from gateway_testkit import HeaderIdentity, Served, client_for, write_policy
+from d2.gateway import UpstreamSpec
+from gateway_testkit import (
+    call_listed,
+    served_gateway,
+    write_policy,
+)
 from mcp import types
 
 SERVER = str(Path(__file__).with_name("review21_server.py"))
@@ -39,26 +38,19 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         },
         name="review21",
     )
-    reset()
-    configure_rbac_sync(source=LocalFileSource(policy, poll_interval=0.1))
-    gw = Gateway([UpstreamSpec("review21", command=sys.executable, args=(SERVER,))])
-    served = Served(HeaderIdentity(http_app(gw, wrap=None)))
-    try:
-        yield served.url
-    finally:
-        served.close()
-        reset()
+    with served_gateway(
+        policy, [UpstreamSpec("review21", command=sys.executable, args=(SERVER,))]
+    ) as url:
+        yield url
 
 
 async def call(
     url: str, tool: str, arguments: dict[str, Any] | None = None, roles: str = "dev"
 ) -> types.CallToolResult:
-    async with client_for(url, "alice", roles) as client:
-        with anyio.fail_after(20):
-            while not (await client.list_tools()).tools:
-                await anyio.sleep(0.05)
-        result: types.CallToolResult = await client.call_tool(f"review21__{tool}", arguments or {})
-        return result
+    result: types.CallToolResult = await call_listed(
+        url, f"review21__{tool}", arguments, roles=roles
+    )
+    return result
 
 
 def dumped(result: types.CallToolResult) -> str:
