@@ -258,3 +258,28 @@ async def call_listed(
             while len((await client.list_tools()).tools) < tools:
                 await anyio.sleep(0.05)
         return await client.call_tool(name, arguments or {})
+
+
+def dumped(result: Any) -> str:
+    """A result as the client receives it (JSON, by alias)."""
+    return str(result.model_dump_json(by_alias=True))
+
+
+def act_as_alice() -> None:
+    """For in-process ``guard_server`` tests: the SDK's auth context holds an
+    access token of ``alice`` with role ``dev``."""
+    from mcp.server.auth.middleware.auth_context import auth_context_var
+    from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+    from mcp.server.auth.provider import AccessToken
+
+    token = AccessToken(
+        token="t", client_id="agent", scopes=[], subject="alice", claims={"roles": ["dev"]}
+    )
+    auth_context_var.set(AuthenticatedUser(token))
+
+
+def identify(token: Any) -> tuple[str, list[str]] | None:
+    """``guard_server``'s ``identify``: the token's subject and its ``roles`` claim."""
+    if token is None or token.subject is None:
+        return None
+    return token.subject, (token.claims or {}).get("roles", [])

@@ -15,14 +15,15 @@ from d2.core import InMemorySource, configure_rbac_sync
 from d2.core.testing import expires_in, reset
 from d2.gateway import UpstreamSpec
 from gateway_testkit import (
+    act_as_alice,
     call_listed,
+    dumped,
+    identify,
     served_gateway,
     write_policy,
 )
 from mcp import Client, types
 from mcp.server.auth.middleware.auth_context import auth_context_var
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
-from mcp.server.auth.provider import AccessToken
 from mcp.server.lowlevel import Server
 
 SERVER = str(Path(__file__).with_name("review19_server.py"))
@@ -62,10 +63,6 @@ async def call(url: str, tool: str) -> types.CallToolResult:
     return result
 
 
-def dumped(result: types.CallToolResult) -> str:
-    return result.model_dump_json(by_alias=True)
-
-
 async def test_a_card_number_written_as_a_json_number_is_refused(url: str) -> None:
     # The digits in prose are refused; the same digits as a JSON number, in a
     # text block's JSON or in the structured content, are not read by
@@ -100,19 +97,6 @@ async def test_a_text_blocks_audience_carries_no_upstream_data_past_field_rules(
     assert len(audience) == len(set(audience)) <= 2, len(audience)
 
 
-def _act_as_alice() -> None:
-    token = AccessToken(
-        token="t", client_id="agent", scopes=[], subject="alice", claims={"roles": ["dev"]}
-    )
-    auth_context_var.set(AuthenticatedUser(token))
-
-
-def _identify(token: AccessToken | None) -> tuple[str, list[str]] | None:
-    if token is None or token.subject is None:
-        return None
-    return token.subject, (token.claims or {}).get("roles", [])
-
-
 @pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
 async def test_guard_server_result_type_carries_no_data_past_output_rules(mode: Any) -> None:
     # CallToolResult.resultType is a free string (the union is open). On a
@@ -141,10 +125,10 @@ async def test_guard_server_result_type_carries_no_data_past_output_rules(mode: 
         return types.CallToolResult(content=[text], result_type=f"aws key {SECRET}")
 
     server = Server("review19", on_list_tools=on_list_tools, on_call_tool=on_call_tool)
-    guard_server(server, identify=_identify)
+    guard_server(server, identify=identify)
     try:
         async with Client(server, mode=mode) as client:
-            _act_as_alice()
+            act_as_alice()
             result = await client.call_tool("read", {})
     finally:
         auth_context_var.set(None)

@@ -15,14 +15,15 @@ from d2.core import InMemorySource, configure_rbac_sync
 from d2.core.testing import expires_in, reset
 from d2.gateway import UpstreamSpec
 from gateway_testkit import (
+    act_as_alice,
     call_listed,
+    dumped,
+    identify,
     served_gateway,
     write_policy,
 )
 from mcp import Client, types
 from mcp.server.auth.middleware.auth_context import auth_context_var
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
-from mcp.server.auth.provider import AccessToken
 from mcp.server.lowlevel import Server
 
 SERVER = str(Path(__file__).with_name("review20_server.py"))
@@ -79,10 +80,6 @@ async def call(
     return result
 
 
-def dumped(result: types.CallToolResult) -> str:
-    return result.model_dump_json(by_alias=True)
-
-
 async def test_an_input_rule_on_an_argument_named_arguments_reads_that_argument(
     url: str,
 ) -> None:
@@ -118,19 +115,6 @@ async def test_a_secret_in_base64_any_decoder_reads_is_refused(url: str, tool: s
     assert result.is_error, dumped(result)[:300]
 
 
-def _act_as_alice() -> None:
-    token = AccessToken(
-        token="t", client_id="agent", scopes=[], subject="alice", claims={"roles": ["dev"]}
-    )
-    auth_context_var.set(AuthenticatedUser(token))
-
-
-def _identify(token: AccessToken | None) -> tuple[str, list[str]] | None:
-    if token is None or token.subject is None:
-        return None
-    return token.subject, (token.claims or {}).get("roles", [])
-
-
 async def test_guard_server_input_rule_on_an_argument_named_arguments() -> None:
     # d2-agents' low-level guard wraps `async def _through(**arguments)`: the same
     # name, the same misreading, for every low-level MCP server guard_server guards.
@@ -157,10 +141,10 @@ async def test_guard_server_input_rule_on_an_argument_named_arguments() -> None:
         return types.CallToolResult(content=[types.TextContent(type="text", text="ran")])
 
     server = Server("review20", on_list_tools=on_list_tools, on_call_tool=on_call_tool)
-    guard_server(server, identify=_identify)
+    guard_server(server, identify=identify)
     try:
         async with Client(server, mode="legacy") as client:
-            _act_as_alice()
+            act_as_alice()
             result = await client.call_tool("run", {"arguments": "--force " * 10})
     finally:
         auth_context_var.set(None)

@@ -13,6 +13,7 @@ import pytest
 from d2.gateway import UpstreamSpec
 from gateway_testkit import (
     call_listed,
+    dumped,
     served_gateway,
     write_policy,
 )
@@ -51,10 +52,6 @@ async def call(
         url, f"review21__{tool}", arguments, roles=roles
     )
     return result
-
-
-def dumped(result: types.CallToolResult) -> str:
-    return result.model_dump_json(by_alias=True)
 
 
 @pytest.mark.parametrize("tool", ["blob_latin1", "blob_utf16"])
