@@ -515,6 +515,7 @@ class Evaluator:
         if self._judge(adm, inputs, None) and adm.store_needed:
             namespace = adm.namespace
             assert namespace is not None
+            seen = _seen(adm)
             now = _now()
             try:
                 answer = self.store_for_use().take(namespace, adm.counters, None, now)
@@ -525,6 +526,7 @@ class Evaluator:
                 self._release(adm)
                 raise
             self._taken(adm, result, now)
+            self._rejudge(adm, inputs, seen)
             self._verify(adm, inputs, None)
         return self._admitted(adm, keep)
 
@@ -619,6 +621,7 @@ class Evaluator:
                             yield from self._resume(adm, hold)
             if not self._judge(adm, inputs, approval_holds):
                 return self._admitted(adm)
+            seen = _seen(adm)
             if adm.store_needed:
                 yield from self._take(adm)
                 if adm.would is not None:
@@ -627,6 +630,7 @@ class Evaluator:
             line = tethered(ctx.scope) if self.holding else None
             if line is not None and not (yield from self._feed(adm, line, True)):
                 self._stop(adm, unavailable_error(adm, adm.problem))
+            self._rejudge(adm, inputs, seen)
             self._verify(adm, inputs, approval_holds)
             return self._admitted(adm, keep)
         except GeneratorExit:
@@ -653,6 +657,24 @@ class Evaluator:
         if rules.budgeted:
             self._budgets(adm, grant, holds)
         return adm.would is None
+
+    def _rejudge(self, adm: _Admission, inputs: bool, seen: tuple[int, int]) -> None:
+        """After the store's last answer: another call of this request admitted
+        while the store answered (a second call of the session, another thread)
+        may have changed its history or facts since steps 5-6 judged this one.
+        Judge them again on what the request holds now; nothing is awaited between
+        this and recording the call. A call refused here keeps what the store
+        took (a ``per: user`` budget stays spent: the safe side)."""
+        if adm.would is not None or _seen(adm) == seen:
+            return
+        rules = adm.rules
+        if not (rules.policy.sequences or rules.blocked_by):
+            return
+        args, kwargs, arguments = adm.call
+        _, denial, _, _ = layers(rules, adm.ctx, args, kwargs, arguments, None, inputs, adm.picked)
+        if denial is not None:
+            err = guardrail_error(rules, adm.ctx, denial, args, kwargs, arguments, adm.picked)
+            self._stop(adm, err)
 
     def _verify(
         self, adm: _Admission, inputs: bool, holds: bool | None, later: bool = False
@@ -1265,6 +1287,12 @@ class _Admission:
         if hold.state is not None:
             return hold.state.request.id
         return hold.found.request.id if hold.found is not None else None
+
+
+def _seen(adm: _Admission) -> tuple[int, int]:
+    """What the request has recorded so far (its history and facts only grow)."""
+    scope = adm.ctx.scope
+    return len(scope.history), len(scope.facts)
 
 
 def _answer(result: object, adm: _Admission) -> int:
