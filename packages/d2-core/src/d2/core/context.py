@@ -11,6 +11,7 @@ import contextvars
 import functools
 import itertools
 import os
+import threading
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
@@ -52,9 +53,11 @@ class RequestScope:
     what recorded them. ``progress``: per policy, what it has read of the history
     (sequence progress, labels). ``spent``: calls counted by ``per: request``
     budgets. ``number``: this request's number in the process (decision logs).
+    ``lock``: held while a call of a policy that keeps history is judged on it and
+    recorded (threads of one request never both pass on the same history).
     """
 
-    __slots__ = ("facts", "history", "number", "progress", "spent")
+    __slots__ = ("facts", "history", "lock", "number", "progress", "spent")
 
     def __init__(self) -> None:
         self.history: list[str] = []
@@ -62,6 +65,7 @@ class RequestScope:
         self.progress: dict[object, Any] = {}
         self.spent: dict[str, int] = {}
         self.number = next(_request_numbers)
+        self.lock = threading.Lock()
 
 
 class UserContext:

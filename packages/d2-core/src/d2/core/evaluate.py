@@ -515,7 +515,6 @@ class Evaluator:
         if self._judge(adm, inputs, None) and adm.store_needed:
             namespace = adm.namespace
             assert namespace is not None
-            seen = _seen(adm)
             now = _now()
             try:
                 answer = self.store_for_use().take(namespace, adm.counters, None, now)
@@ -526,7 +525,6 @@ class Evaluator:
                 self._release(adm)
                 raise
             self._taken(adm, result, now)
-            self._rejudge(adm, inputs, seen)
             self._verify(adm, inputs, None)
         return self._admitted(adm, keep)
 
@@ -621,7 +619,6 @@ class Evaluator:
                             yield from self._resume(adm, hold)
             if not self._judge(adm, inputs, approval_holds):
                 return self._admitted(adm)
-            seen = _seen(adm)
             if adm.store_needed:
                 yield from self._take(adm)
                 if adm.would is not None:
@@ -630,7 +627,6 @@ class Evaluator:
             line = tethered(ctx.scope) if self.holding else None
             if line is not None and not (yield from self._feed(adm, line, True)):
                 self._stop(adm, unavailable_error(adm, adm.problem))
-            self._rejudge(adm, inputs, seen)
             self._verify(adm, inputs, approval_holds)
             return self._admitted(adm, keep)
         except GeneratorExit:
@@ -654,27 +650,10 @@ class Evaluator:
             adm.would = err
             return False
         adm.output, adm.audited = output, audited
+        adm.seen = _seen(adm)
         if rules.budgeted:
             self._budgets(adm, grant, holds)
         return adm.would is None
-
-    def _rejudge(self, adm: _Admission, inputs: bool, seen: tuple[int, int]) -> None:
-        """After the store's last answer: another call of this request admitted
-        while the store answered (a second call of the session, another thread)
-        may have changed its history or facts since steps 5-6 judged this one.
-        Judge them again on what the request holds now; nothing is awaited between
-        this and recording the call. A call refused here keeps what the store
-        took (a ``per: user`` budget stays spent: the safe side)."""
-        if adm.would is not None or _seen(adm) == seen:
-            return
-        rules = adm.rules
-        if not (rules.policy.sequences or rules.blocked_by):
-            return
-        args, kwargs, arguments = adm.call
-        _, denial, _, _ = layers(rules, adm.ctx, args, kwargs, arguments, None, inputs, adm.picked)
-        if denial is not None:
-            err = guardrail_error(rules, adm.ctx, denial, args, kwargs, arguments, adm.picked)
-            self._stop(adm, err)
 
     def _verify(
         self, adm: _Admission, inputs: bool, holds: bool | None, later: bool = False
@@ -1061,9 +1040,21 @@ class Evaluator:
         picked = None
         if keep is not None and rules.conditional and not rules.policy.audit:
             picked = input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
-        output, denial, grant, audited = layers(
-            rules, ctx, args, kwargs, arguments, None, inputs, picked
-        )
+        if rules.policy.sequences or rules.policy.flow_labels:
+            # judged on the history and recorded in it under the request's lock:
+            # two threads of one request never both pass on the same history
+            with ctx.scope.lock:
+                output, denial, grant, audited = layers(
+                    rules, ctx, args, kwargs, arguments, None, inputs, picked
+                )
+                if denial is None:
+                    record_call(rules, ctx.scope)
+        else:
+            output, denial, grant, audited = layers(
+                rules, ctx, args, kwargs, arguments, None, inputs, picked
+            )
+            if denial is None:
+                record_call(rules, ctx.scope)
         if denial is not None:
             err = guardrail_error(rules, ctx, denial, args, kwargs, arguments)
             if not rules.policy.audit:
@@ -1081,7 +1072,6 @@ class Evaluator:
                 "would_deny" if would else "allowed", rules, started, would, grant,
                 (args, kwargs, arguments),
             )  # fmt: skip
-        record_call(rules, ctx.scope)
         if picked is not None and keep is not None:
             keep.append((ctx, picked))  # the lean form: an _Admission when rechecked
         return output
@@ -1090,6 +1080,9 @@ class Evaluator:
         """Report the decision and record the call (step 7); ``keep``: see
         :meth:`admit`."""
         rules, ctx = adm.rules, adm.ctx
+        history = rules.policy.sequences or rules.policy.flow_labels
+        if adm.would is None and history:
+            self._record_judged(adm)  # may refuse, or note a would-deny (audit)
         if adm.would is not None:  # audit mode: enforce would deny; it runs unrecorded
             if self.observer is not None:
                 err = adm.would
@@ -1110,10 +1103,40 @@ class Evaluator:
                     rules.tool_id, ctx, None, "allowed", rules, adm.started, None,
                     adm.grant, adm.call, adm.hold.used if adm.hold else None,
                 )  # fmt: skip
-        record_call(rules, ctx.scope)
+        if not history:
+            record_call(rules, ctx.scope)
         if keep is not None and (rules.conditional or rules.approvals) and not rules.policy.audit:
             keep.append(adm)
         return adm.output
+
+    def _record_judged(self, adm: _Admission) -> None:
+        """Step 7 under a policy that keeps history, under the request's lock: when
+        the request recorded anything since steps 5-6 judged this call (another
+        task or thread of the request, a call admitted while the store answered),
+        judge them again on what it holds now, then record the call. Refused here,
+        a call keeps what the store took (a ``per: user`` budget stays spent: the
+        safe side); in audit mode it runs, reported as ``would_deny``."""
+        rules, ctx = adm.rules, adm.ctx
+        scope = ctx.scope
+        err = None
+        with scope.lock:
+            if (
+                adm.seen is not None
+                and _seen(adm) != adm.seen
+                and (rules.policy.sequences or rules.blocked_by)
+            ):
+                args, kwargs, arguments = adm.call
+                _, denial, _, audited = layers(
+                    rules, ctx, args, kwargs, arguments, None, True, adm.picked
+                )
+                if denial is not None:
+                    err = guardrail_error(rules, ctx, denial, args, kwargs, arguments, adm.picked)
+                else:
+                    adm.audited = adm.audited or audited
+            if err is None:
+                record_call(rules, scope)
+        if err is not None:
+            self._stop(adm, err)
 
     def finish(self, rules: ToolRules, output: OutputRules, result: Any) -> Any:
         """Step 8: the sanitized result, or raise the output denial. Audited output
@@ -1256,6 +1279,7 @@ class _Admission:
         "problem",
         "reserved",
         "rules",
+        "seen",
         "started",
         "store_needed",
         "would",
@@ -1277,6 +1301,7 @@ class _Admission:
         self.hold: _Hold | None = None  # the approval part, when the grant has one
         self.picked: Picked | None = None  # step 4, read once (see input_step)
         self.problem: BaseException | None = None
+        self.seen: tuple[int, int] | None = None  # what steps 5-6 judged it on
 
     def consulted(self) -> str | None:
         """The id of the approval request this call consulted: the one it was
