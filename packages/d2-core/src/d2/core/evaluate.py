@@ -1043,12 +1043,16 @@ class Evaluator:
         if rules.policy.sequences or rules.policy.flow_labels:
             # judged on the history and recorded in it under the request's lock:
             # two threads of one request never both pass on the same history
-            with ctx.scope.lock:
+            lock = ctx.scope.lock
+            lock.acquire()
+            try:
                 output, denial, grant, audited = layers(
                     rules, ctx, args, kwargs, arguments, None, inputs, picked
                 )
                 if denial is None:
                     record_call(rules, ctx.scope)
+            finally:
+                lock.release()
         else:
             output, denial, grant, audited = layers(
                 rules, ctx, args, kwargs, arguments, None, inputs, picked
