@@ -93,9 +93,11 @@ def record_call(rules: ToolRules, scope: RequestScope) -> None:
     that never meets one keeps no history, however long it runs)."""
     if rules.policy.sequences or rules.policy.flow_labels:
         scope.history.append(rules.tool_id)
+        scope.version += 1
     if rules.labels:
         for label in rules.labels:
             scope.facts.setdefault(label, rules.tool_id)
+        scope.version += 1
 
 
 def needs_approval(approval: Approval, call: tuple[Any, ...], holds: bool | None) -> bool:

@@ -53,11 +53,11 @@ class RequestScope:
     what recorded them. ``progress``: per policy, what it has read of the history
     (sequence progress, labels). ``spent``: calls counted by ``per: request``
     budgets. ``number``: this request's number in the process (decision logs).
-    ``lock``: held while a call of a policy that keeps history is judged on it and
-    recorded (threads of one request never both pass on the same history).
+    ``version``: bumped whenever the history or the facts change. ``lock``: see
+    :func:`request_lock`.
     """
 
-    __slots__ = ("facts", "history", "lock", "number", "progress", "spent")
+    __slots__ = ("facts", "forks", "history", "lock", "number", "progress", "spent", "version")
 
     def __init__(self) -> None:
         self.history: list[str] = []
@@ -65,7 +65,32 @@ class RequestScope:
         self.progress: dict[object, Any] = {}
         self.spent: dict[str, int] = {}
         self.number = next(_request_numbers)
+        self.version = 0
         self.lock = threading.Lock()
+        self.forks = _forks[0]
+
+
+_forks = [0]  # bumped in a forked child: request locks made before are replaced
+
+
+def request_lock(scope: RequestScope) -> threading.Lock:
+    """The lock held while a call of a policy that keeps history is judged on the
+    request's history and recorded in it (two threads of one request never both
+    pass on the same history). Nothing that runs app code runs under it. In a
+    process forked since the request began, a fresh one (the thread that may have
+    held it is not in the child)."""
+    if scope.forks != _forks[0]:
+        scope.lock = threading.Lock()
+        scope.forks = _forks[0]
+    return scope.lock
+
+
+def _forked() -> None:
+    _forks[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 class UserContext:
@@ -291,7 +316,9 @@ def _writable_scope() -> RequestScope:
 def record_fact(fact: str) -> None:
     """Record a data-flow label (e.g. ``"UNTRUSTED_INPUT"``) in this request: tools
     that ``metadata.data_flow.blocks`` lists for it are denied from now on."""
-    _writable_scope().facts.setdefault(_label(fact), "record_fact")
+    scope = _writable_scope()
+    scope.facts.setdefault(_label(fact), "record_fact")
+    scope.version += 1
 
 
 def record_facts(facts: Iterable[str]) -> None:
@@ -300,6 +327,7 @@ def record_facts(facts: Iterable[str]) -> None:
     scope = _writable_scope()
     for label in labels:
         scope.facts.setdefault(label, "record_fact")
+    scope.version += 1
 
 
 def get_facts() -> frozenset[str]:

@@ -89,7 +89,7 @@ from .approval_data import (
     read_once,
     shown_with_reason,
 )
-from .context import UserContext, current_context
+from .context import UserContext, current_context, request_lock
 from .errors import (
     BundleExpiredError,
     D2NoContextError,
@@ -640,6 +640,7 @@ class Evaluator:
         args, kwargs, arguments = adm.call
         if adm.picked is None:
             adm.picked = input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
+        adm.seen = _seen(adm)  # before steps 5-6 read the history
         output, denial, grant, audited = layers(
             rules, ctx, args, kwargs, arguments, None, inputs, adm.picked
         )
@@ -650,7 +651,6 @@ class Evaluator:
             adm.would = err
             return False
         adm.output, adm.audited = output, audited
-        adm.seen = _seen(adm)
         if rules.budgeted:
             self._budgets(adm, grant, holds)
         return adm.would is None
@@ -1042,8 +1042,11 @@ class Evaluator:
             picked = input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
         if rules.policy.sequences or rules.policy.flow_labels:
             # judged on the history and recorded in it under the request's lock:
-            # two threads of one request never both pass on the same history
-            lock = ctx.scope.lock
+            # two threads of one request never both pass on the same history.
+            # Input rules may run app code (an argument's __eq__): read first.
+            if picked is None and rules.conditional:
+                picked = input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
+            lock = request_lock(ctx.scope)
             lock.acquire()
             try:
                 output, denial, grant, audited = layers(
@@ -1305,7 +1308,7 @@ class _Admission:
         self.hold: _Hold | None = None  # the approval part, when the grant has one
         self.picked: Picked | None = None  # step 4, read once (see input_step)
         self.problem: BaseException | None = None
-        self.seen: tuple[int, int] | None = None  # what steps 5-6 judged it on
+        self.seen: int | None = None  # the history's version steps 5-6 judged it on
 
     def consulted(self) -> str | None:
         """The id of the approval request this call consulted: the one it was
@@ -1318,10 +1321,9 @@ class _Admission:
         return hold.found.request.id if hold.found is not None else None
 
 
-def _seen(adm: _Admission) -> tuple[int, int]:
-    """What the request has recorded so far (its history and facts only grow)."""
-    scope = adm.ctx.scope
-    return len(scope.history), len(scope.facts)
+def _seen(adm: _Admission) -> int:
+    """The version of the request's history and facts (bumped at every change)."""
+    return adm.ctx.scope.version
 
 
 def _answer(result: object, adm: _Admission) -> int:

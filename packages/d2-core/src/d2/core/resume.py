@@ -44,7 +44,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .context import RequestScope
+from .context import RequestScope, request_lock
 
 if TYPE_CHECKING:
     from .policy.model import CompiledPolicy
@@ -313,8 +313,11 @@ def restore(scope: RequestScope, snapshots: Sequence[str], user_id: str) -> bool
 
     The caller holds the lock that guards ``scope.spent``."""
     parsed = [_parsed(text, user_id) for text in snapshots]  # all checked first
-    with _lock:
-        return _merge(scope, parsed)
+    with _lock, request_lock(scope):  # no call judged on the history meanwhile
+        changed = _merge(scope, parsed)
+        if changed:
+            scope.version += 1
+        return changed
 
 
 def _merge(scope: RequestScope, parsed: list[tuple[list[_Block], dict[str, str]]]) -> bool:
