@@ -89,7 +89,7 @@ from .approval_data import (
     read_once,
     shown_with_reason,
 )
-from .context import UserContext, current_context, request_lock
+from .context import UserContext, _forks, current_context, request_lock
 from .errors import (
     BundleExpiredError,
     D2NoContextError,
@@ -1046,7 +1046,8 @@ class Evaluator:
             # Input rules may run app code (an argument's __eq__): read first.
             if picked is None and rules.conditional:
                 picked = input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
-            lock = request_lock(ctx.scope)
+            scope = ctx.scope
+            lock = scope.lock if scope.forks == _forks[0] else request_lock(scope)
             lock.acquire()
             try:
                 output, denial, grant, audited = layers(
