@@ -52,7 +52,8 @@ class Track:
 def progress_of(scope: RequestScope, policy: CompiledPolicy) -> Track:
     """``policy``'s view of this request's history, caught up incrementally: each
     recorded call is read once per policy, O(rules mentioning it)."""
-    track: Track | None = scope.progress.get(policy)
+    cache = scope.progress  # a restore replaces it: what is read from an older
+    track: Track | None = cache.get(policy)  # history is never cached in the new one
     history = scope.history
     end = len(history)
     if track is not None and track.read >= end:
@@ -83,7 +84,7 @@ def progress_of(scope: RequestScope, policy: CompiledPolicy) -> Track:
         new_labels if new_labels is not None else labels,
         end,
     )
-    scope.progress[policy] = track
+    cache[policy] = track
     return track
 
 

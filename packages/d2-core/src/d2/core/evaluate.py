@@ -1040,7 +1040,7 @@ class Evaluator:
         picked = None
         if keep is not None and rules.conditional and not rules.policy.audit:
             picked = input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
-        if rules.policy.sequences or rules.policy.flow_labels:
+        if rules.history:
             # judged on the history and recorded in it under the request's lock:
             # two threads of one request never both pass on the same history.
             # Input rules may run app code (an argument's __eq__): read first.
@@ -1048,15 +1048,18 @@ class Evaluator:
                 picked = input_step(rules, ctx.roles, args, kwargs, arguments, inputs)
             scope = ctx.scope
             lock = scope.lock if scope.forks == _forks[0] else request_lock(scope)
-            lock.acquire()
-            try:
-                output, denial, grant, audited = layers(
-                    rules, ctx, args, kwargs, arguments, None, inputs, picked
-                )
-                if denial is None:
-                    record_call(rules, ctx.scope)
-            finally:
-                lock.release()
+            denial: Denial | None
+            if not lock.acquire(False) and not lock.acquire(timeout=_LOCK_WAIT):
+                output, denial, grant, audited = None, _busy(rules), None, None
+            else:
+                try:
+                    output, denial, grant, audited = layers(
+                        rules, ctx, args, kwargs, arguments, None, inputs, picked
+                    )
+                    if denial is None:
+                        record_call(rules, scope)
+                finally:
+                    lock.release()
         else:
             output, denial, grant, audited = layers(
                 rules, ctx, args, kwargs, arguments, None, inputs, picked
@@ -1088,7 +1091,7 @@ class Evaluator:
         """Report the decision and record the call (step 7); ``keep``: see
         :meth:`admit`."""
         rules, ctx = adm.rules, adm.ctx
-        history = rules.policy.sequences or rules.policy.flow_labels
+        history = rules.history
         if adm.would is None and history:
             self._record_judged(adm)  # may refuse, or note a would-deny (audit)
         if adm.would is not None:  # audit mode: enforce would deny; it runs unrecorded
@@ -1126,23 +1129,31 @@ class Evaluator:
         safe side); in audit mode it runs, reported as ``would_deny``."""
         rules, ctx = adm.rules, adm.ctx
         scope = ctx.scope
+        args, kwargs, arguments = adm.call
         err = None
-        with scope.lock:
-            if (
-                adm.seen is not None
-                and _seen(adm) != adm.seen
-                and (rules.policy.sequences or rules.blocked_by)
-            ):
-                args, kwargs, arguments = adm.call
-                _, denial, _, audited = layers(
-                    rules, ctx, args, kwargs, arguments, None, True, adm.picked
-                )
-                if denial is not None:
-                    err = guardrail_error(rules, ctx, denial, args, kwargs, arguments, adm.picked)
-                else:
-                    adm.audited = adm.audited or audited
-            if err is None:
-                record_call(rules, scope)
+        lock = request_lock(scope)
+        if not lock.acquire(False) and not lock.acquire(timeout=_LOCK_WAIT):
+            err = guardrail_error(rules, ctx, _busy(rules), args, kwargs, arguments, adm.picked)
+        else:
+            try:
+                if (
+                    adm.seen is not None
+                    and _seen(adm) != adm.seen
+                    and (rules.policy.sequences or rules.blocked_by)
+                ):
+                    _, denial, _, audited = layers(
+                        rules, ctx, args, kwargs, arguments, None, True, adm.picked
+                    )
+                    if denial is not None:
+                        err = guardrail_error(
+                            rules, ctx, denial, args, kwargs, arguments, adm.picked
+                        )
+                    else:
+                        adm.audited = adm.audited or audited
+                if err is None:
+                    record_call(rules, scope)
+            finally:
+                lock.release()
         if err is not None:
             self._stop(adm, err)
 
@@ -1320,6 +1331,25 @@ class _Admission:
         if hold.state is not None:
             return hold.state.request.id
         return hold.found.request.id if hold.found is not None else None
+
+
+_LOCK_WAIT = 2.0
+"""Seconds a call waits for its request's lock (held for microseconds by another
+call) before it is refused: only a call made while its own thread holds it (from a
+signal handler) waits that long, and it is refused rather than hung."""
+
+
+def _busy(rules: ToolRules) -> Denial:
+    """The refusal of a call whose request's history stayed in use (see
+    :data:`_LOCK_WAIT`)."""
+    reason = "sequence_violation" if rules.policy.sequences else "data_flow_violation"
+    return (
+        reason,
+        f"the request's history stayed in use by another call for {_LOCK_WAIT:.0f} s "
+        "(a guarded call from a signal handler, or from code run while a call of the "
+        "same thread is judged?): refused rather than judged on a history that may change",
+        None,
+    )
 
 
 def _seen(adm: _Admission) -> int:

@@ -358,9 +358,9 @@ def _merge(scope: RequestScope, parsed: list[tuple[list[_Block], dict[str, str]]
             if label not in scope.facts:
                 scope.facts[label] = origin
                 changed = True
-    if changed:  # the history moved: every policy reads it again from the start
-        for cached in [k for k in scope.progress if k is not _LINEAGE]:
-            del scope.progress[cached]
+    if changed:  # the history moved: every policy reads it again from the start, in a
+        # new cache (a reader of the old history writes what it read to the old one)
+        scope.progress = {_LINEAGE: own}
     return changed
 
 

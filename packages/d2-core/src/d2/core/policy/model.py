@@ -168,6 +168,8 @@ class ToolRules:
     ``guarded`` is True when a layer beyond RBAC applies (conditions, sequences,
     data flow, budgets, approvals): only then does a call take the slower path.
     ``blocked_by`` maps a data-flow label to the (path, audit) of the block on it.
+    ``history`` is True when the policy keeps a request history (sequences or
+    data-flow labels).
     """
 
     __slots__ = (
@@ -184,6 +186,7 @@ class ToolRules:
         "follows",
         "grants",
         "guarded",
+        "history",
         "known",
         "labels",
         "policy",
@@ -231,6 +234,9 @@ class ToolRules:
             and not (self.conditional or policy.sequences or self.labels or self.blocked_by)
             and all(not (g.user_limits or g.approval) for g in grants if g.allow)
         )
+        # the policy keeps a history (sequences, data-flow labels): calls are judged
+        # on it and recorded in it under the request's lock
+        self.history = bool(policy.sequences or policy.flow_labels)
         self.guarded = bool(
             self.conditional or self.budgeted or policy.sequences or self.labels or self.blocked_by
         )
