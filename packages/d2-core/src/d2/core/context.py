@@ -80,13 +80,19 @@ def request_lock(scope: RequestScope) -> threading.Lock:
     process forked since the request began, a fresh one (the thread that may have
     held it is not in the child)."""
     if scope.forks != _forks[0]:
-        scope.lock = threading.Lock()
-        scope.forks = _forks[0]
+        with _swapping[0]:  # two threads of the child replace it once, together
+            if scope.forks != _forks[0]:
+                scope.lock = threading.Lock()
+                scope.forks = _forks[0]
     return scope.lock
+
+
+_swapping = [threading.Lock()]
 
 
 def _forked() -> None:
     _forks[0] += 1
+    _swapping[0] = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):

@@ -305,6 +305,11 @@ def _parsed(text: str, user_id: str) -> tuple[list[_Block], dict[str, str]]:
     return blocks, facts
 
 
+_HISTORY_WAIT = 0.1
+"""Seconds a restore waits for its request's lock (held for microseconds by a
+call being judged) while its caller holds the shared budget lock."""
+
+
 def restore(scope: RequestScope, snapshots: Sequence[str], user_id: str) -> bool:
     """Merge ``snapshots`` (of one request of ``user_id``) into ``scope``: for each
     block, only the calls and budget counts the scope does not have yet; facts
@@ -313,11 +318,20 @@ def restore(scope: RequestScope, snapshots: Sequence[str], user_id: str) -> bool
 
     The caller holds the lock that guards ``scope.spent``."""
     parsed = [_parsed(text, user_id) for text in snapshots]  # all checked first
-    with _lock, request_lock(scope):  # no call judged on the history meanwhile
-        changed = _merge(scope, parsed)
-        if changed:
-            scope.version += 1
-        return changed
+    history = request_lock(scope)  # no call judged on the history meanwhile
+    if not history.acquire(timeout=_HISTORY_WAIT):  # the caller holds shared locks
+        raise TimeoutError(
+            "the request's history stayed in use by another call (a restore from a "
+            "signal handler?); try again"
+        )
+    try:
+        with _lock:
+            changed = _merge(scope, parsed)
+            if changed:
+                scope.version += 1
+            return changed
+    finally:
+        history.release()
 
 
 def _merge(scope: RequestScope, parsed: list[tuple[list[_Block], dict[str, str]]]) -> bool:

@@ -168,8 +168,8 @@ class ToolRules:
     ``guarded`` is True when a layer beyond RBAC applies (conditions, sequences,
     data flow, budgets, approvals): only then does a call take the slower path.
     ``blocked_by`` maps a data-flow label to the (path, audit) of the block on it.
-    ``history`` is True when the policy keeps a request history (sequences or
-    data-flow labels).
+    ``history`` is True when calls of the tool read or write the request's
+    history or facts (sequences, data-flow labels, a data-flow block on it).
     """
 
     __slots__ = (
@@ -236,7 +236,7 @@ class ToolRules:
         )
         # the policy keeps a history (sequences, data-flow labels): calls are judged
         # on it and recorded in it under the request's lock
-        self.history = bool(policy.sequences or policy.flow_labels)
+        self.history = bool(policy.sequences or policy.flow_labels or self.blocked_by)
         self.guarded = bool(
             self.conditional or self.budgeted or policy.sequences or self.labels or self.blocked_by
         )
