@@ -757,25 +757,28 @@ class SQLStorage(Storage):
 
         On PostgreSQL the counts of the apps concerned are locked first, in app
         order, as an ingest's trim locks them before its events: two such
-        transactions wait for each other instead of deadlocking."""
-        oldest = (
-            sa.select(events.c.id, events.c.app_id)
-            .where(events.c.received_at < cutoff)
-            .order_by(events.c.received_at)
-            .limit(limit)
-            .subquery()
-        )
+        transactions wait for each other instead of deadlocking. The events are
+        chosen once: deleting "the oldest" again after the lock could reach an app
+        whose counts were not locked (a trim deleted some of them meanwhile), and
+        deadlock with that app's upload."""
         with self._write(polled=False) as conn:
+            chosen = conn.execute(
+                sa.select(events.c.id, events.c.app_id)
+                .where(events.c.received_at < cutoff)
+                .order_by(events.c.received_at)
+                .limit(limit)
+            ).all()
+            if not chosen:
+                return 0
             if self._postgres:
                 conn.execute(
                     sa.select(event_counts.c.app_id)
-                    .where(event_counts.c.app_id.in_(sa.select(oldest.c.app_id)))
+                    .where(event_counts.c.app_id.in_(sorted({int(r[1]) for r in chosen})))
                     .order_by(event_counts.c.app_id)
                     .with_for_update(key_share=True)
                 ).all()
-            return conn.execute(
-                events.delete().where(events.c.id.in_(sa.select(oldest.c.id)))
-            ).rowcount
+            ids = [int(r[0]) for r in chosen]
+            return conn.execute(events.delete().where(events.c.id.in_(ids))).rowcount
 
     def apps_over_event_cap(self, cap: EventCap) -> list[int]:
         """The apps holding more events or bytes than ``cap``."""
