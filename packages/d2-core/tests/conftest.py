@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # race_kit
 from d2.core import InMemorySource, configure_rbac_sync
 from d2.core.manager import PolicyManager
 from d2.core.testing import RedisServer, expires_in, isolate, redis_server, reset

@@ -11,17 +11,7 @@ from typing import Any
 import pytest
 from d2.core import PermissionDeniedError, d2_guard, set_user
 from d2.core.context import get_user_context
-
-
-def _pause(url: str, millis: int) -> None:
-    """Every write to the store waits ``millis`` (a loaded or distant Redis)."""
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        client.execute_command("CLIENT", "PAUSE", str(millis), "WRITE")
-    finally:
-        client.close()
+from race_kit import pause_redis
 
 
 def _policy(configure: Any, redis_url: str, **metadata: Any) -> None:
@@ -42,7 +32,7 @@ def _policy(configure: Any, redis_url: str, **metadata: Any) -> None:
 
 async def _overlap(first: Any, second: Any, redis_url: str) -> tuple[Any, Any]:
     """``first`` waits for the store while ``second`` (no store work) runs."""
-    _pause(redis_url, 300)
+    pause_redis(redis_url, 300)
     one = asyncio.ensure_future(first())
     await asyncio.sleep(0.1)
     two = await second()

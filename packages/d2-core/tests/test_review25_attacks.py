@@ -25,15 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from d2.core import PermissionDeniedError, d2_guard, evaluate, set_user
-
-
-def _tool(name: str) -> Any:
-    def tool(to: Any = None) -> str:
-        return name
-
-    tool.__name__ = name.replace(".", "_")
-    return d2_guard(name)(tool)
+from d2.core import PermissionDeniedError, evaluate, set_user
+from race_kit import guarded_tool
 
 
 def test_a_call_judged_before_another_thread_records_is_judged_again(
@@ -48,7 +41,7 @@ def test_a_call_judged_before_another_thread_records_is_judged_again(
          "permissions": ["read", {"tool": "send", "limits": [{"max": 5, "per": "request"}]}],
          "sequence": [{"deny": ["read", "send"]}]},
     )  # fmt: skip
-    read, send = _tool("read"), _tool("send")
+    read, send = guarded_tool("read"), guarded_tool("send")
     set_user("u-toctou", roles=["r"])
     real = evaluate.layers
     ran: list[str] = []
@@ -85,7 +78,7 @@ def test_an_input_rule_reading_user_code_does_not_hang_the_request(configure: An
                          "lookup"],
          "sequence": [{"deny": ["x.never", "y.never"]}]},
     )  # fmt: skip
-    send, lookup = _tool("send"), _tool("lookup")
+    send, lookup = guarded_tool("send"), guarded_tool("lookup")
 
     class Lazy:
         def __eq__(self, other: object) -> bool:
@@ -116,7 +109,7 @@ def test_a_child_forked_while_another_thread_holds_the_request_lock_does_not_han
     configure(
         {"role": "r", "permissions": ["a", "b"], "sequence": [{"deny": ["b", "a"]}]},
     )
-    a, b = _tool("a"), _tool("b")
+    a, b = guarded_tool("a"), guarded_tool("b")
     set_user("u-fork", roles=["r"])
     request = contextvars.copy_context()  # the request, as a forked worker inherits it
     inside, leave = threading.Event(), threading.Event()

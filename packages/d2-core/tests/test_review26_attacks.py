@@ -19,49 +19,13 @@ import contextvars
 import os
 import signal
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from d2.core import PermissionDeniedError, d2_guard, evaluate, set_user
+from race_kit import guarded_tool, in_child
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-
-
-def _tool(name: str) -> Any:
-    def tool(to: Any = None) -> str:
-        return name
-
-    tool.__name__ = name.replace(".", "_")
-    return d2_guard(name)(tool)
-
-
-def _in_child(body: Callable[[], None], seconds: int = 5) -> int:
-    """Fork; the child runs ``body`` under an alarm (a hang ends it by SIGALRM).
-    Returns the child's wait status (killed after 20 s)."""
-    pid = os.fork()
-    if pid == 0:
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.alarm(seconds)
-        code = 0
-        try:
-            body()
-        except BaseException as exc:
-            os.write(2, f"child raised: {exc!r}\n".encode())
-            code = 3
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 20
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return -1
-        time.sleep(0.05)
 
 
 def test_a_budgeted_call_in_a_child_forked_while_the_request_lock_was_held_does_not_hang(
@@ -75,7 +39,7 @@ def test_a_budgeted_call_in_a_child_forked_while_the_request_lock_was_held_does_
          "permissions": ["a", "b", {"tool": "send", "limits": [{"max": 5, "per": "request"}]}],
          "sequence": [{"deny": ["b", "a"]}]},
     )  # fmt: skip
-    a, b, send = _tool("a"), _tool("b"), _tool("send")
+    a, b, send = guarded_tool("a"), guarded_tool("b"), guarded_tool("send")
     set_user("u-fork-budget", roles=["r"])
     request = contextvars.copy_context()  # the request, as a forked worker keeps it
     inside, leave = threading.Event(), threading.Event()
@@ -101,7 +65,7 @@ def test_a_budgeted_call_in_a_child_forked_while_the_request_lock_was_held_does_
         assert outcome
 
     try:
-        status = _in_child(child)
+        status = in_child(child)
     finally:
         leave.set()
         other.join(10)
@@ -122,7 +86,7 @@ def test_a_signal_handler_calling_a_guarded_tool_does_not_deadlock_the_request(
     configure(
         {"role": "r", "permissions": ["a", "save"], "sequence": [{"deny": ["x.never", "y.never"]}]},
     )
-    a, save = _tool("a"), _tool("save")
+    a, save = guarded_tool("a"), guarded_tool("save")
     real = evaluate.record_call
 
     def child() -> None:
@@ -149,7 +113,7 @@ def test_a_signal_handler_calling_a_guarded_tool_does_not_deadlock_the_request(
         assert handled, "the handler did not run"
 
     monkeypatch.setattr(evaluate, "record_call", real)  # restored in the parent
-    status = _in_child(child)
+    status = in_child(child)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (
         f"a signal handler's guarded call deadlocked on its own thread's lock (status {status})"
     )

@@ -20,49 +20,13 @@ import contextvars
 import os
 import signal
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from d2.core import PermissionDeniedError, d2_guard, evaluate, record_fact, set_user
+from race_kit import guarded_tool, in_child, pause_redis
 
 _fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-
-
-def _tool(name: str) -> Any:
-    def tool(*args: Any) -> str:
-        return name
-
-    tool.__name__ = name.replace(".", "_")
-    return d2_guard(name)(tool)
-
-
-def _in_child(body: Callable[[], None], seconds: int = 10) -> int:
-    """Fork; the child runs ``body`` under an alarm (a hang ends it by SIGALRM).
-    Returns the child's wait status (killed after 30 s)."""
-    pid = os.fork()
-    if pid == 0:
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.alarm(seconds)
-        code = 0
-        try:
-            body()
-        except BaseException as exc:
-            os.write(2, f"child raised: {exc!r}\n".encode())
-            code = 3
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 30
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return -1
-        time.sleep(0.05)
 
 
 @_fork
@@ -96,8 +60,8 @@ def test_a_signal_handler_restoring_a_request_does_not_deadlock(
 
     def child() -> None:  # (a forked child starts with an empty in-memory store)
         configure_rbac_sync(source=InMemorySource(doc))
-        read_users, a = _tool("db.read_users"), _tool("a")
-        refund = _tool("payments.refund")
+        read_users, a = guarded_tool("db.read_users"), guarded_tool("a")
+        refund = guarded_tool("payments.refund")
         set_user("agent-7", roles=["agent"])  # the paused run: read, then a held refund
         read_users()
         try:
@@ -131,7 +95,7 @@ def test_a_signal_handler_restoring_a_request_does_not_deadlock(
         assert handled, "the handler did not run"
 
     monkeypatch.setattr(evaluate, "record_call", real)  # restored in the parent
-    status = _in_child(child, seconds=6)
+    status = in_child(child, seconds=6)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (
         f"restore_request() from a signal handler deadlocked (status {status})"
     )
@@ -152,7 +116,7 @@ def test_two_threads_first_calls_in_a_forked_child_share_one_request_lock(
             "sequence": [{"deny": ["a", "b"]}, {"deny": ["b", "a"]}],
         },
     )
-    a, b = _tool("a"), _tool("b")
+    a, b = guarded_tool("a"), guarded_tool("b")
     set_user("u-fork-race", roles=["r"])
     request = contextvars.copy_context()
     from d2.core import context
@@ -210,20 +174,10 @@ def test_two_threads_first_calls_in_a_forked_child_share_one_request_lock(
         ran = [v for v in outcomes.values() if v in ("a", "b")]
         assert len(ran) == 1, f"both calls of a forbidden pair ran: {outcomes}"
 
-    status = _in_child(child, seconds=15)
+    status = in_child(child, seconds=15)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (
         f"two threads of one request passed on two request locks (status {status})"
     )
-
-
-def _pause(url: str, millis: int) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        client.execute_command("CLIENT", "PAUSE", str(millis), "WRITE")
-    finally:
-        client.close()
 
 
 async def _send_while_labelled(configure: Any, redis_url: str, labels: dict[str, Any]) -> Any:
@@ -244,7 +198,7 @@ async def _send_while_labelled(configure: Any, redis_url: str, labels: dict[str,
 
     send = d2_guard("send")(body)
     set_user("u-fact", roles=["r"])
-    _pause(redis_url, 300)
+    pause_redis(redis_url, 300)
     pending = asyncio.ensure_future(send())
     await asyncio.sleep(0.1)  # send waits on the store
     record_fact("UNTRUSTED")  # e.g. the app just read a web page
