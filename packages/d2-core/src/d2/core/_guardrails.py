@@ -233,6 +233,11 @@ def check_input(
                 "it by keyword",
                 f"{grant.input_path}.{name}",
             )
+        if ok(value) and arguments is not None and name == arguments.varkw and name in kwargs:
+            # a keyword passed under the very name of ``**kwargs`` is read as itself;
+            # what the dict collects besides must pass the rule too (a decoy hides
+            # nothing)
+            value = {k: v for k, v in arguments.collected(kwargs).items() if k != name}
         if not ok(value):
             constraint = next(c for a, c in grant.input if a == name)
             op = constraint.failure(value) or "required"
