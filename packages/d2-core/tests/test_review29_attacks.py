@@ -35,3 +35,30 @@ def test_a_keyword_named_like_kwargs_does_not_hide_the_rest_from_its_rule(
     with pytest.raises(PermissionDeniedError):
         run(opts={}, force=1)
     assert ran == []
+
+
+def test_a_decoy_named_like_kwargs_does_not_skip_an_approval(configure: Any) -> None:
+    # the same decoy against approval.when: {opts: {contains: prod}} asked a person
+    # for run(prod=1) but not for run(opts="x", prod=1)
+    configure(
+        {
+            "role": "r",
+            "permissions": [
+                {
+                    "tool": "deploy",
+                    "approval": {"approvers": ["lead"], "when": {"opts": {"contains": "prod"}}},
+                }
+            ],
+        },
+        {"role": "lead", "permissions": ["deploy"]},
+    )
+
+    @d2_guard("deploy")
+    def deploy(**opts: Any) -> str:
+        return "deployed"
+
+    set_user("u-decoy", roles=["r"])
+    assert deploy(opts="dev", stage=1) == "deployed"  # neither holds: no approval
+    with pytest.raises(PermissionDeniedError) as info:
+        deploy(opts="dev", prod=1)
+    assert info.value.reason == "approval_required"

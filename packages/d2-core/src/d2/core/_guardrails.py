@@ -135,6 +135,12 @@ def when_holds(
         if value is UNBOUND:
             return True
         if certainly_fails(constraint, value):
+            if arguments is not None and name == arguments.varkw and name in kwargs:
+                # a decoy under the name of ``**kwargs``: ask unless the other
+                # keywords certainly fail too
+                rest = {k: v for k, v in arguments.collected(kwargs).items() if k != name}
+                if not certainly_fails(constraint, rest):
+                    continue
             return False
     return True
 
